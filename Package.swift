@@ -1,0 +1,76 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// One set of settings for every Swift target: Swift 6 language mode (strict concurrency)
+// plus the upcoming features Hummingbird itself builds with.
+let swiftSettings: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+]
+
+let package = Package(
+    name: "neutrino",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "neutrino-gateway", targets: ["NeutrinoGatewayMain"]),
+        .executable(name: "neutrino-worker", targets: ["NeutrinoWorkerMain"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-http-types.git", from: "1.8.0"),
+    ],
+    targets: [
+        // C libraries, each behind a system-library target with its own shim header.
+        .systemLibrary(name: "CPython", path: "Sources/CPython", pkgConfig: "python3-embed",
+                       providers: [.apt(["libpython3-dev"])]),
+        .systemLibrary(name: "CNats", path: "Sources/CNats", pkgConfig: "libnats",
+                       providers: [.apt(["libnats-dev"])]),
+        .systemLibrary(name: "CSQLite", path: "Sources/CSQLite", pkgConfig: "sqlite3",
+                       providers: [.apt(["libsqlite3-dev"])]),
+
+        // Pure model: ids, statuses and their state machine, task specs, the manifest, JSON values, schema checks.
+        .target(name: "NeutrinoCore", swiftSettings: swiftSettings),
+        // The SQLite task log: schema, batched writer, idempotent event application, queries.
+        .target(name: "NeutrinoTaskLog", dependencies: [
+            "NeutrinoCore", "CSQLite",
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: swiftSettings),
+        // The embedded CPython interpreter and the dedicated threads that run Python.
+        .target(name: "NeutrinoPython", dependencies: ["NeutrinoCore", "CPython"], swiftSettings: swiftSettings),
+        // HTTP pieces both servers share: JSON error bodies, the listening-address announcement.
+        .target(name: "NeutrinoHTTP", dependencies: [
+            "NeutrinoCore",
+            .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "HTTPTypes", package: "swift-http-types"),
+            .product(name: "NIOCore", package: "swift-nio"),
+        ], swiftSettings: swiftSettings),
+        .target(name: "NeutrinoGateway", dependencies: [
+            "NeutrinoCore", "NeutrinoTaskLog", "NeutrinoHTTP",
+            .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: swiftSettings),
+        .target(name: "NeutrinoWorker", dependencies: [
+            "NeutrinoCore", "NeutrinoTaskLog", "NeutrinoPython", "NeutrinoHTTP",
+            .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: swiftSettings),
+        .executableTarget(name: "NeutrinoGatewayMain", dependencies: [
+            "NeutrinoGateway",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ], path: "Sources/NeutrinoGatewayMain", swiftSettings: swiftSettings),
+        .executableTarget(name: "NeutrinoWorkerMain", dependencies: [
+            "NeutrinoWorker",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ], path: "Sources/NeutrinoWorkerMain", swiftSettings: swiftSettings),
+
+        .testTarget(name: "NeutrinoCoreTests", dependencies: ["NeutrinoCore"], swiftSettings: swiftSettings),
+        .testTarget(name: "NeutrinoTaskLogTests", dependencies: ["NeutrinoTaskLog"], swiftSettings: swiftSettings),
+        .testTarget(name: "NeutrinoPythonTests", dependencies: ["NeutrinoPython"], swiftSettings: swiftSettings),
+    ],
+    swiftLanguageModes: [.v6]
+)

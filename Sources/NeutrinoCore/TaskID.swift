@@ -1,0 +1,67 @@
+import Foundation
+import Synchronization
+
+/// Time-ordered task ids: UUIDv7 (RFC 9562), lowercase hex, `8-4-4-4-12`.
+///
+/// The first 48 bits are the Unix time in milliseconds, so ids sort by creation time as text; within one
+/// millisecond a process keeps ids increasing with a counter in the `rand_a` field.
+public enum TaskID {
+    private struct State {
+        var lastMillis: UInt64 = 0
+        var counter: UInt16 = 0
+    }
+    private static let state = Mutex(State())
+
+    /// A new id, greater than every id this process made before.
+    public static func make(now: Date = Date()) -> String {
+        let millisNow = UInt64(max(0, now.timeIntervalSince1970 * 1000))
+        let (millis, counter) = state.withLock { s -> (UInt64, UInt16) in
+            if millisNow > s.lastMillis {
+                s.lastMillis = millisNow
+                s.counter = UInt16.random(in: 0..<0x400)  // leave room to count up within the millisecond
+            } else if s.counter < 0xFFF {
+                s.counter += 1
+            } else {
+                s.lastMillis += 1  // counter exhausted: borrow the next millisecond
+                s.counter = 0
+            }
+            return (s.lastMillis, s.counter)
+        }
+        var bytes = [UInt8](repeating: 0, count: 16)
+        for i in 0..<6 { bytes[i] = UInt8(truncatingIfNeeded: millis >> (40 - 8 * UInt64(i))) }
+        bytes[6] = 0x70 | UInt8(counter >> 8)
+        bytes[7] = UInt8(truncatingIfNeeded: counter)
+        var random = SystemRandomNumberGenerator()
+        let tail = random.next() as UInt64
+        for i in 0..<8 { bytes[8 + i] = UInt8(truncatingIfNeeded: tail >> (56 - 8 * UInt64(i))) }
+        bytes[8] = 0x80 | (bytes[8] & 0x3F)
+        return format(bytes)
+    }
+
+    /// Whether `text` has the shape of a task id (any UUID in canonical lowercase or uppercase form).
+    public static func isValid(_ text: String) -> Bool {
+        let utf8 = Array(text.utf8)
+        guard utf8.count == 36 else { return false }
+        for (i, c) in utf8.enumerated() {
+            if i == 8 || i == 13 || i == 18 || i == 23 {
+                if c != UInt8(ascii: "-") { return false }
+            } else if !(c >= 48 && c <= 57) && !(c >= 97 && c <= 102) && !(c >= 65 && c <= 70) {
+                return false
+            }
+        }
+        return true
+    }
+
+    private static let hex = Array("0123456789abcdef".utf8)
+
+    private static func format(_ bytes: [UInt8]) -> String {
+        var out = [UInt8]()
+        out.reserveCapacity(36)
+        for (i, b) in bytes.enumerated() {
+            if i == 4 || i == 6 || i == 8 || i == 10 { out.append(UInt8(ascii: "-")) }
+            out.append(hex[Int(b >> 4)])
+            out.append(hex[Int(b & 0x0F)])
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+}

@@ -1,0 +1,73 @@
+import Glibc
+import HTTPTypes
+import Hummingbird
+import NIOCore
+import NeutrinoCore
+
+/// Headers the gateway and the workers exchange (internal to Neutrino).
+public enum NeutrinoHeader {
+    /// The task id the gateway assigned; a worker called directly makes its own.
+    public static let taskID = HTTPField.Name("X-Neutrino-Task-Id")!
+    /// The attempt number (1 for sync calls).
+    public static let attempt = HTTPField.Name("X-Neutrino-Attempt")!
+    /// On a worker's answer: the task's status, worker id and execution time.
+    public static let status = HTTPField.Name("X-Neutrino-Status")!
+    public static let worker = HTTPField.Name("X-Neutrino-Worker")!
+    public static let durationMs = HTTPField.Name("X-Neutrino-Duration-Ms")!
+    /// On a worker's answer: byte offset in the body where the raw `result` (or `error`) JSON starts; it runs to
+    /// the body's last byte but one. Lets the gateway log the outcome without parsing the body again.
+    public static let outcomeOffset = HTTPField.Name("X-Neutrino-Outcome-Offset")!
+}
+
+extension Response {
+    /// A JSON response from bytes the JSON writer built.
+    public static func json(_ status: HTTPResponse.Status, _ bytes: [UInt8], headers: HTTPFields = [:]) -> Response {
+        var fields = headers
+        fields[.contentType] = "application/json"
+        return Response(status: status, headers: fields, body: ResponseBody(byteBuffer: ByteBuffer(bytes: bytes)))
+    }
+
+    /// `{"error":{"type","message",…}}` with `status`.
+    public static func error(_ status: HTTPResponse.Status, type: String, message: String, headers: HTTPFields = [:],
+                             extra: (inout JSONWriter) -> Void = { _ in }) -> Response {
+        .json(status, JSONWriter.errorBody(type: type, message: message, extra: extra), headers: headers)
+    }
+}
+
+/// Why a request body could not be read.
+public enum BodyReadError: Error, Sendable {
+    case tooLarge(limit: Int)
+    case unreadable(String)
+
+    public var response: Response {
+        switch self {
+        case .tooLarge(let limit):
+            .error(.contentTooLarge, type: "PayloadTooLarge", message: "request body is larger than \(limit) bytes")
+        case .unreadable(let reason):
+            .error(.badRequest, type: "BadRequest", message: "cannot read the request body: \(reason)")
+        }
+    }
+}
+
+extension Request {
+    /// The whole body, refused past `limit` bytes (413) without reading the rest into memory.
+    public func collectBody(limit: Int) async throws(BodyReadError) -> [UInt8] {
+        if let declared = headers[.contentLength].flatMap(Int.init), declared > limit { throw .tooLarge(limit: limit) }
+        do {
+            var buffer = try await body.collect(upTo: limit)
+            return buffer.readBytes(length: buffer.readableBytes) ?? []
+        } catch is NIOTooManyBytesError {
+            throw .tooLarge(limit: limit)
+        } catch {
+            throw .unreadable("\(error)")
+        }
+    }
+}
+
+/// Prints `listening on http://HOST:PORT` on stdout once the server is bound, so a supervisor or test that
+/// asked for port 0 learns the real one.
+public func announceListening(_ channel: any Channel, host: String) {
+    let port = channel.localAddress?.port ?? 0
+    print("listening on http://\(host):\(port)")
+    fflush(nil)  // flushes every output stream, stdout included
+}

@@ -1,0 +1,63 @@
+import NIOPosix
+import NeutrinoCore
+import Synchronization
+
+/// Queries behind the polling API. SQLite calls block, so they run on a small NIO thread pool of their own,
+/// never on the event loops or Swift's cooperative pool; each query borrows one of a few read connections
+/// (WAL lets them read while the writer commits).
+public final class TaskLogReader: Sendable {
+    private let pool: NIOThreadPool
+    private let connections: ConnectionStack
+    private let path: String
+
+    public init(path: String, threads: Int = 2) throws {
+        self.path = path
+        // Make sure the file and schema exist before opening read connections.
+        let db = try SQLiteConnection(path: path)
+        try TaskLogSchema.prepare(db)
+        connections = ConnectionStack(first: db)
+        pool = NIOThreadPool(numberOfThreads: threads)
+        pool.start()
+    }
+
+    public func shutdown() async {
+        try? await pool.shutdownGracefully()
+    }
+
+    public func record(id: String) async throws -> TaskRecord? {
+        try await withStore { try $0.record(id: id) }
+    }
+
+    public func events(taskID: String) async throws -> [TaskEventRecord] {
+        try await withStore { try $0.events(taskID: taskID) }
+    }
+
+    /// The record and its event timeline, read in one go.
+    public func recordWithEvents(id: String) async throws -> (TaskRecord, [TaskEventRecord])? {
+        try await withStore { store in
+            guard let r = try store.record(id: id) else { return nil }
+            return (r, try store.events(taskID: id))
+        }
+    }
+
+    public func list(_ filter: TaskListFilter) async throws -> [TaskRecord] {
+        try await withStore { try $0.list(filter) }
+    }
+
+    private func withStore<T: Sendable>(_ body: @escaping @Sendable (TaskLogStore) throws -> T) async throws -> T {
+        let path = self.path
+        return try await pool.runIfActive { [connections] in
+            let conn = try connections.pop() ?? UncheckedBox(SQLiteConnection(path: path))
+            defer { connections.push(conn) }
+            return try body(TaskLogStore(db: conn.value))
+        }
+    }
+}
+
+/// Idle read connections; one is borrowed per query.
+private final class ConnectionStack: Sendable {
+    private let idle: Mutex<[UncheckedBox<SQLiteConnection>]>
+    init(first: SQLiteConnection) { idle = Mutex([UncheckedBox(first)]) }
+    func pop() -> UncheckedBox<SQLiteConnection>? { idle.withLock { $0.popLast() } }
+    func push(_ c: UncheckedBox<SQLiteConnection>) { idle.withLock { $0.append(c) } }
+}

@@ -1,0 +1,127 @@
+import NeutrinoCore
+
+/// Reads and writes rows on one connection; the writer thread and each reader own one.
+struct TaskLogStore {
+    let db: SQLiteConnection
+
+    static let columns = "id, function_name, status, created_at, started_at, completed_at, worker_id, pool, execution_mode, args, result, error, duration_ms, attempts, progress, progress_message"
+
+    func record(id: String) throws -> TaskRecord? {
+        let stmt = try db.statement("SELECT \(TaskLogStore.columns) FROM tasks WHERE id = ?1")
+        stmt.bind(1, id)
+        return try stmt.step() ? TaskLogStore.decode(stmt) : nil
+    }
+
+    /// Applies one batch in one transaction: every event through the state machine, and into `task_events`.
+    func apply(_ events: [TaskEvent]) throws {
+        try db.writeTransaction {
+            // Several events of one batch often concern one task (running + completed): keep the merged rows.
+            var rows: [String: TaskRecord?] = [:]
+            for event in events {
+                let existing: TaskRecord?
+                if let cached = rows[event.taskID] { existing = cached } else { existing = try record(id: event.taskID) }
+                rows[event.taskID] = TaskRecord.applying(event, to: existing)
+                if event.kind != .progress { try insertEvent(event) }
+            }
+            for case let (_, row?) in rows { try upsert(row) }
+        }
+    }
+
+    private func insertEvent(_ e: TaskEvent) throws {
+        let stmt = try db.statement(
+            "INSERT OR IGNORE INTO task_events (task_id, event, at, worker_id, attempt, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
+        stmt.bind(1, e.taskID)
+        stmt.bind(2, e.kind.rawValue)
+        stmt.bind(3, e.at.iso8601)
+        stmt.bind(4, e.workerID)
+        stmt.bind(5, e.attempt)
+        stmt.bind(6, e.detail)
+        try stmt.run()
+    }
+
+    private func upsert(_ r: TaskRecord) throws {
+        let stmt = try db.statement("INSERT OR REPLACE INTO tasks (\(TaskLogStore.columns)) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)")
+        stmt.bind(1, r.id)
+        stmt.bind(2, r.function)
+        stmt.bind(3, r.status.rawValue)
+        stmt.bind(4, r.createdAt.iso8601)
+        stmt.bind(5, r.startedAt?.iso8601)
+        stmt.bind(6, r.completedAt?.iso8601)
+        stmt.bind(7, r.workerID)
+        stmt.bind(8, r.pool)
+        stmt.bind(9, r.mode.rawValue)
+        stmt.bind(10, r.args)
+        stmt.bind(11, r.result)
+        stmt.bind(12, r.error)
+        stmt.bind(13, r.durationMs)
+        stmt.bind(14, r.attempts)
+        stmt.bind(15, r.progress)
+        stmt.bind(16, r.progressMessage)
+        try stmt.run()
+    }
+
+    static func decode(_ s: Statement) -> TaskRecord? {
+        guard let id = s.string(0), let function = s.string(1), let status = s.string(2).flatMap(TaskStatus.init(rawValue:)),
+              let created = s.string(3).flatMap(Timestamp.init(iso8601:)) else { return nil }
+        return TaskRecord(
+            id: id, function: function, status: status, createdAt: created,
+            startedAt: s.string(4).flatMap(Timestamp.init(iso8601:)),
+            completedAt: s.string(5).flatMap(Timestamp.init(iso8601:)),
+            workerID: s.string(6), pool: s.string(7) ?? "",
+            mode: s.string(8).flatMap(ExecutionMode.init(rawValue:)) ?? .sync,
+            args: s.string(9), result: s.string(10), error: s.string(11), durationMs: s.double(12),
+            attempts: s.int(13) ?? 0, progress: s.double(14), progressMessage: s.string(15))
+    }
+
+    func events(taskID: String) throws -> [TaskEventRecord] {
+        let stmt = try db.statement("SELECT event, at, worker_id, attempt, detail FROM task_events WHERE task_id = ?1 ORDER BY at, id")
+        stmt.bind(1, taskID)
+        var out: [TaskEventRecord] = []
+        while try stmt.step() {
+            guard let event = stmt.string(0), let at = stmt.string(1).flatMap(Timestamp.init(iso8601:)) else { continue }
+            out.append(TaskEventRecord(event: event, at: at, workerID: stmt.string(2), attempt: stmt.int(3) ?? 0, detail: stmt.string(4)))
+        }
+        return out
+    }
+
+    func list(_ filter: TaskListFilter) throws -> [TaskRecord] {
+        var clauses: [String] = []
+        var binds: [String] = []
+        if let s = filter.status { clauses.append("status = ?\(binds.count + 1)"); binds.append(s.rawValue) }
+        if let f = filter.function { clauses.append("function_name = ?\(binds.count + 1)"); binds.append(f) }
+        if let p = filter.pool { clauses.append("pool = ?\(binds.count + 1)"); binds.append(p) }
+        if let b = filter.before { clauses.append("id < ?\(binds.count + 1)"); binds.append(b) }
+        let whereSQL = clauses.isEmpty ? "" : " WHERE " + clauses.joined(separator: " AND ")
+        let stmt = try db.statement("SELECT \(TaskLogStore.columns) FROM tasks\(whereSQL) ORDER BY id DESC LIMIT \(max(1, filter.limit))")
+        for (i, v) in binds.enumerated() { stmt.bind(Int32(i + 1), v) }
+        var out: [TaskRecord] = []
+        while try stmt.step() { if let r = TaskLogStore.decode(stmt) { out.append(r) } }
+        return out
+    }
+}
+
+/// One row of `task_events`.
+public struct TaskEventRecord: Sendable, Hashable {
+    public var event: String
+    public var at: Timestamp
+    public var workerID: String?
+    public var attempt: Int
+    public var detail: String?
+}
+
+/// `GET /tasks` filters. Ids are time-ordered, so `before` (an id) is the page cursor.
+public struct TaskListFilter: Sendable, Hashable {
+    public var status: TaskStatus?
+    public var function: String?
+    public var pool: String?
+    public var before: String?
+    public var limit: Int
+
+    public init(status: TaskStatus? = nil, function: String? = nil, pool: String? = nil, before: String? = nil, limit: Int = 50) {
+        self.status = status
+        self.function = function
+        self.pool = pool
+        self.before = before
+        self.limit = limit
+    }
+}

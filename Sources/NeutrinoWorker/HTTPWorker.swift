@@ -1,0 +1,121 @@
+import Hummingbird
+import Logging
+import NeutrinoCore
+import NeutrinoHTTP
+import NeutrinoPython
+import NeutrinoTaskLog
+
+/// `neutrino-worker --mode http`: serves `POST /api/<task>` for the sync tasks of its pool on top of a
+/// `PythonExecutor`, and records `running` and the outcome of every call in the task log.
+public struct HTTPWorker: Sendable {
+    let configuration: WorkerConfiguration
+    let specs: [String: TaskSpec]
+    let executor: PythonExecutor
+    let taskLog: TaskLogWriter?
+    let logger: Logger
+
+    public init(configuration: WorkerConfiguration, runtime: PythonRuntime, taskLog: TaskLogWriter?, logger: Logger) {
+        self.configuration = configuration
+        // Only this pool's sync tasks are served here; a task of another pool is a routing mistake (404).
+        self.specs = Dictionary(uniqueKeysWithValues: runtime.tasks
+            .filter { $0.pool == configuration.pool && $0.mode == .sync }
+            .map { ($0.name, $0) })
+        self.executor = PythonExecutor(runtime: runtime, threads: configuration.concurrency, maxQueued: configuration.maxQueued)
+        self.taskLog = taskLog
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        let router = Router()
+        router.get("/healthz") { _, _ in self.health() }
+        router.post("/api/:task") { request, context in
+            await self.call(request, task: context.parameters.get("task") ?? "")
+        }
+        let host = configuration.host
+        let app = Application(
+            router: router,
+            configuration: .init(address: .hostname(host, port: configuration.port), serverName: "neutrino-worker"),
+            onServerRunning: { channel in announceListening(channel, host: host) },
+            logger: logger)
+        if specs.isEmpty {
+            logger.warning("the app has no sync task in this pool", metadata: ["pool": "\(configuration.pool)"])
+        }
+        logger.info("worker starting", metadata: [
+            "worker_id": "\(configuration.workerID)", "pool": "\(configuration.pool)", "mode": "http",
+            "concurrency": "\(configuration.concurrency)", "tasks": "\(specs.keys.sorted().joined(separator: ","))",
+        ])
+        try await app.runService()
+        executor.shutdown()
+        await taskLog?.close()
+    }
+
+    private func health() -> Response {
+        let load = executor.load
+        var w = JSONWriter()
+        w.beginObject()
+        w.key("status"); w.string("ok")
+        w.key("worker_id"); w.string(configuration.workerID)
+        w.key("pool"); w.string(configuration.pool)
+        w.key("mode"); w.string("http")
+        w.key("concurrency"); w.int(executor.threadCount)
+        w.key("busy"); w.int(load.busy)
+        w.key("queued"); w.int(load.queued)
+        w.key("stuck"); w.int(load.stuck)
+        w.key("tasks"); w.beginArray(); for name in specs.keys.sorted() { w.string(name) }; w.endArray()
+        w.endObject()
+        return .json(.ok, w.bytes)
+    }
+
+    private func call(_ request: Request, task name: String) async -> Response {
+        guard let spec = specs[name] else {
+            return .error(.notFound, type: "UnknownTask", message: "no sync task '\(name)' in pool '\(configuration.pool)' of this worker")
+        }
+        let body: [UInt8]
+        do { body = try await request.collectBody(limit: configuration.maxBodyBytes) } catch { return error.response }
+        let taskID = request.headers[NeutrinoHeader.taskID].flatMap { TaskID.isValid($0) ? $0 : nil } ?? TaskID.make()
+        let attempt = request.headers[NeutrinoHeader.attempt].flatMap(Int.init).map { max(1, $0) } ?? 1
+        let payload: [UInt8]
+        do {
+            payload = try TaskPayload.make(body: body, taskID: taskID, attempt: attempt, pool: spec.pool)
+        } catch {
+            return .error(.badRequest, type: "MalformedJSON", message: "the body must be a JSON object {\"args\": {...}}")
+        }
+        let workerID = configuration.workerID
+        let taskLog = self.taskLog
+        let outcome = await executor.run(task: name, payload: payload, timeoutMs: spec.timeoutMs) {
+            taskLog?.record(TaskEvent(taskID: taskID, kind: .running, function: spec.name, pool: spec.pool, mode: spec.mode,
+                                      workerID: workerID, attempt: attempt))
+        }
+        let reply = TaskReply(taskID: taskID, spec: spec, workerID: workerID, attempt: attempt, outcome: outcome)
+        if case .rejected(let reason) = outcome {
+            // Nothing ran: the caller may send it elsewhere; nothing is logged here.
+            return .error(.serviceUnavailable, type: "WorkerUnavailable", message: reason, headers: [.retryAfter: "1"])
+        }
+        taskLog?.record(Self.outcomeEvent(taskID: taskID, spec: spec, workerID: workerID, attempt: attempt, reply: reply))
+        if reply.status == .timedOut {
+            logger.warning("task timed out", metadata: ["task_id": "\(taskID)", "task": "\(name)", "timeout_ms": "\(spec.timeoutMs)"])
+        }
+        let status: HTTPResponse.Status = switch reply.status {
+        case .completed: .ok
+        case .timedOut: .gatewayTimeout
+        default: .internalServerError
+        }
+        return .json(status, reply.body, headers: [
+            NeutrinoHeader.status: reply.status.rawValue,
+            NeutrinoHeader.worker: workerID,
+            NeutrinoHeader.durationMs: JSONWriter.format(reply.durationMs),
+            NeutrinoHeader.outcomeOffset: String(reply.outcomeOffset),
+        ])
+    }
+
+    static func outcomeEvent(taskID: String, spec: TaskSpec, workerID: String, attempt: Int, reply: TaskReply) -> TaskEvent {
+        let kind: TaskEventKind = switch reply.status {
+        case .completed: .completed
+        case .timedOut: .timedOut
+        default: .failed
+        }
+        return TaskEvent(taskID: taskID, kind: kind, function: spec.name, pool: spec.pool, mode: spec.mode, workerID: workerID,
+                         attempt: attempt, result: reply.status == .completed ? reply.outcome : nil,
+                         error: reply.status == .completed ? nil : reply.outcome, durationMs: reply.durationMs)
+    }
+}

@@ -1,0 +1,55 @@
+import NeutrinoCore
+import NeutrinoPython
+
+/// The body a worker answers a task call with, which the gateway passes on unchanged:
+/// `{"task_id","function","pool","status","worker_id","attempt","duration_ms","result"|"error"}`.
+/// The raw outcome JSON is the last member, and its offset is reported so the gateway can log it
+/// without parsing the body.
+struct TaskReply {
+    var status: TaskStatus
+    var body: [UInt8]
+    var outcomeOffset: Int
+    var outcome: String?
+    var durationMs: Double
+
+    init(taskID: String, spec: TaskSpec, workerID: String, attempt: Int, outcome: PythonOutcome) {
+        var w = JSONWriter(capacity: 256)
+        w.beginObject()
+        w.key("task_id"); w.string(taskID)
+        w.key("function"); w.string(spec.name)
+        w.key("pool"); w.string(spec.pool)
+        let raw: [UInt8]
+        let key: String
+        switch outcome {
+        case .completed(let result, let ms):
+            (status, raw, key, durationMs) = (.completed, result, "result", ms)
+        case .failed(let error, let ms):
+            (status, raw, key, durationMs) = (.failed, error, "error", ms)
+        case .timedOut(let ms):
+            let message = "task '\(spec.name)' exceeded its timeout of \(spec.timeoutMs) ms"
+            (status, raw, key, durationMs) = (.timedOut, TaskReply.errorJSON(type: "TimeoutError", message: message), "error", ms)
+        case .rejected(let reason):
+            (status, raw, key, durationMs) = (.failed, TaskReply.errorJSON(type: "WorkerUnavailable", message: reason), "error", 0)
+        }
+        w.key("status"); w.string(status.rawValue)
+        w.key("worker_id"); w.string(workerID)
+        w.key("attempt"); w.int(attempt)
+        w.key("duration_ms"); w.double(durationMs)
+        w.key(key)
+        outcomeOffset = w.bytes.count
+        w.raw(raw)
+        w.endObject()
+        body = w.bytes
+        self.outcome = String(decoding: raw, as: UTF8.self)
+    }
+
+    static func errorJSON(type: String, message: String) -> [UInt8] {
+        var w = JSONWriter()
+        w.beginObject()
+        w.key("type"); w.string(type)
+        w.key("message"); w.string(message)
+        w.key("traceback"); w.null()
+        w.endObject()
+        return w.bytes
+    }
+}

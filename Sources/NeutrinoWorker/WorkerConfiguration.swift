@@ -1,0 +1,50 @@
+import NeutrinoCore
+
+/// Where lifecycle events go: straight into the shared SQLite file, or nowhere (a worker run by hand).
+public enum TaskLogTarget: Sendable, Hashable {
+    case sqlite(path: String)
+    case none
+
+    /// Parses `sqlite:PATH` or `none`.
+    public init?(argument: String) {
+        if argument == "none" { self = .none; return }
+        guard argument.hasPrefix("sqlite:"), argument.count > "sqlite:".count else { return nil }
+        self = .sqlite(path: String(argument.dropFirst("sqlite:".count)))
+    }
+}
+
+public enum WorkerMode: String, Sendable, CaseIterable {
+    case http
+    case nats
+}
+
+/// Everything `neutrino-worker` is told on its command line.
+public struct WorkerConfiguration: Sendable {
+    public var mode: WorkerMode
+    public var pool: String
+    public var app: String
+    public var host: String
+    public var port: Int
+    public var concurrency: Int
+    public var taskLog: TaskLogTarget
+    public var pythonPaths: [String]
+    public var workerID: String
+    public var maxBodyBytes: Int
+    public var maxQueued: Int
+
+    public init(mode: WorkerMode, pool: String, app: String, host: String = "127.0.0.1", port: Int = 0,
+                concurrency: Int = 2, taskLog: TaskLogTarget = .none, pythonPaths: [String] = [],
+                workerID: String, maxBodyBytes: Int = 16 << 20, maxQueued: Int = 1024) {
+        self.mode = mode
+        self.pool = pool
+        self.app = app
+        self.host = host
+        self.port = port
+        self.concurrency = concurrency
+        self.taskLog = taskLog
+        self.pythonPaths = pythonPaths
+        self.workerID = workerID
+        self.maxBodyBytes = maxBodyBytes
+        self.maxQueued = maxQueued
+    }
+}

@@ -1,0 +1,29 @@
+import Logging
+import NeutrinoCore
+import NeutrinoPython
+import NeutrinoTaskLog
+
+/// Starts a worker: the interpreter and the app first (a broken app fails before any port opens), then the
+/// task log, then the server of the chosen mode.
+public enum Worker {
+    public static func run(_ configuration: WorkerConfiguration, logger: Logger) async throws {
+        let runtime = try PythonRuntime.start(app: configuration.app, paths: configuration.pythonPaths)
+        let taskLog: TaskLogWriter?
+        switch configuration.taskLog {
+        case .sqlite(let path): taskLog = try TaskLogWriter(path: path, logger: logger)
+        case .none: taskLog = nil
+        }
+        switch configuration.mode {
+        case .http:
+            try await HTTPWorker(configuration: configuration, runtime: runtime, taskLog: taskLog, logger: logger).run()
+        case .nats:
+            throw WorkerError(message: "--mode nats (the JetStream path) is not built yet; use --mode http")
+        }
+    }
+}
+
+public struct WorkerError: Error, CustomStringConvertible {
+    public var message: String
+    public init(message: String) { self.message = message }
+    public var description: String { message }
+}

@@ -1,0 +1,72 @@
+import ArgumentParser
+import Foundation
+import Logging
+import NeutrinoCore
+import NeutrinoWorker
+
+@main
+struct WorkerCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "neutrino-worker",
+        abstract: "Runs the Python tasks of one pool in an embedded CPython interpreter.")
+
+    @Option(help: "http: serve sync calls over HTTP; nats: pull from the pool's JetStream consumer.")
+    var mode: String = "http"
+
+    @Option(help: "The pool whose tasks this worker runs ([a-z0-9_]+).")
+    var pool: String = "fast"
+
+    @Option(help: "The app: a .py file, a module, or module:attr.")
+    var app: String
+
+    @Option(help: "Address to listen on (http mode).")
+    var host: String = "127.0.0.1"
+
+    @Option(help: "Port to listen on; 0 picks a free one (printed as 'listening on http://HOST:PORT').")
+    var port: Int = 0
+
+    @Option(help: "Python threads: how many tasks run at once.")
+    var concurrency: Int = 2
+
+    @Option(name: .customLong("task-log"), help: "Where lifecycle events go: sqlite:PATH or none.")
+    var taskLog: String = "none"
+
+    @Option(name: .customLong("python-path"), help: "A folder to put first on sys.path (repeatable), e.g. the SDK's.")
+    var pythonPaths: [String] = []
+
+    @Option(name: .customLong("worker-id"), help: "This worker's id in the task log (default: POOL-HOST-PID).")
+    var workerID: String?
+
+    @Option(name: .customLong("max-body-bytes"), help: "Largest request body accepted.")
+    var maxBodyBytes: Int = 16 << 20
+
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String = "info"
+
+    func validate() throws {
+        guard WorkerMode(rawValue: mode) != nil else { throw ValidationError("--mode must be http or nats") }
+        guard TaskSpec.isValidName(pool) else { throw ValidationError("--pool must match [a-z0-9_]+") }
+        guard (1...256).contains(concurrency) else { throw ValidationError("--concurrency must be 1...256") }
+        guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535") }
+        guard TaskLogTarget(argument: taskLog) != nil else { throw ValidationError("--task-log must be sqlite:PATH or none") }
+        guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
+    }
+
+    func run() async throws {
+        var logger = Logger(label: "neutrino.worker")
+        logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
+        let id = workerID ?? "\(pool)-\(ProcessInfo.processInfo.hostName)-\(getpid())"
+        let configuration = WorkerConfiguration(
+            mode: WorkerMode(rawValue: mode) ?? .http, pool: pool, app: app, host: host, port: port,
+            concurrency: concurrency, taskLog: TaskLogTarget(argument: taskLog) ?? .none, pythonPaths: pythonPaths,
+            workerID: id, maxBodyBytes: maxBodyBytes)
+        logger[metadataKey: "worker_id"] = "\(id)"
+        do {
+            try await Worker.run(configuration, logger: logger)
+        } catch {
+            logger.critical("worker failed: \(error)")
+            throw ExitCode(1)
+        }
+    }
+}
+
