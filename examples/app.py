@@ -39,8 +39,8 @@ def centroid(points: list[Point], weights: Optional[list[float]] = None) -> dict
     weights = weights or [1.0] * len(points)
     total = sum(weights)
     return {
-        "x": sum(p["x"] * w for p, w in zip(points, weights)) / total,
-        "y": sum(p["y"] * w for p, w in zip(points, weights)) / total,
+        "x": sum(p.x * w for p, w in zip(points, weights)) / total,
+        "y": sum(p.y * w for p, w in zip(points, weights)) / total,
     }
 
 

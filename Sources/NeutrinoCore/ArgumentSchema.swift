@@ -25,6 +25,10 @@ public indirect enum ArgumentSchema: Sendable, Hashable {
         public var path: String
         public var message: String
         public var description: String { "\(path): \(message)" }
+        public init(path: String, message: String) {
+            self.path = path
+            self.message = message
+        }
     }
 
     public struct CompileError: Error, Sendable, CustomStringConvertible {

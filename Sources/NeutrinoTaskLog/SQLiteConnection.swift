@@ -43,8 +43,15 @@ final class SQLiteConnection {
         }
     }
 
-    /// A prepared statement, cached by its SQL text and reset for reuse.
-    func statement(_ sql: String) throws(SQLiteError) -> Statement {
+    /// Runs `body` with the prepared statement for `sql` (cached by its text) and resets it afterwards: a
+    /// statement left mid-result would hold its read snapshot open and hide later commits from this connection.
+    func withStatement<T>(_ sql: String, _ body: (Statement) throws -> T) throws -> T {
+        let stmt = try statement(sql)
+        defer { sqlite3_reset(stmt.handle) }
+        return try body(stmt)
+    }
+
+    private func statement(_ sql: String) throws(SQLiteError) -> Statement {
         if let cached = statements[sql] {
             sqlite3_reset(cached)
             sqlite3_clear_bindings(cached)

@@ -51,8 +51,7 @@ enum TaskLogSchema {
         try db.execute("PRAGMA journal_mode=WAL")
         try db.execute("PRAGMA synchronous=NORMAL")
         try db.writeTransaction {
-            let stmt = try db.statement("PRAGMA user_version")
-            let current = try stmt.step() ? (stmt.int(0) ?? 0) : 0
+            let current = try db.withStatement("PRAGMA user_version") { try $0.step() ? ($0.int(0) ?? 0) : 0 }
             guard current < version else { return }
             for sql in statements { try db.execute(sql) }
             try db.execute("PRAGMA user_version=\(version)")

@@ -7,9 +7,10 @@ struct TaskLogStore {
     static let columns = "id, function_name, status, created_at, started_at, completed_at, worker_id, pool, execution_mode, args, result, error, duration_ms, attempts, progress, progress_message"
 
     func record(id: String) throws -> TaskRecord? {
-        let stmt = try db.statement("SELECT \(TaskLogStore.columns) FROM tasks WHERE id = ?1")
-        stmt.bind(1, id)
-        return try stmt.step() ? TaskLogStore.decode(stmt) : nil
+        try db.withStatement("SELECT \(TaskLogStore.columns) FROM tasks WHERE id = ?1") { stmt in
+            stmt.bind(1, id)
+            return try stmt.step() ? TaskLogStore.decode(stmt) : nil
+        }
     }
 
     /// Applies one batch in one transaction: every event through the state machine, and into `task_events`.
@@ -28,19 +29,21 @@ struct TaskLogStore {
     }
 
     private func insertEvent(_ e: TaskEvent) throws {
-        let stmt = try db.statement(
-            "INSERT OR IGNORE INTO task_events (task_id, event, at, worker_id, attempt, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
-        stmt.bind(1, e.taskID)
-        stmt.bind(2, e.kind.rawValue)
-        stmt.bind(3, e.at.iso8601)
-        stmt.bind(4, e.workerID)
-        stmt.bind(5, e.attempt)
-        stmt.bind(6, e.detail)
-        try stmt.run()
+        try db.withStatement(
+            "INSERT OR IGNORE INTO task_events (task_id, event, at, worker_id, attempt, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+        ) { stmt in
+            stmt.bind(1, e.taskID)
+            stmt.bind(2, e.kind.rawValue)
+            stmt.bind(3, e.at.iso8601)
+            stmt.bind(4, e.workerID)
+            stmt.bind(5, e.attempt)
+            stmt.bind(6, e.detail)
+            try stmt.run()
+        }
     }
 
     private func upsert(_ r: TaskRecord) throws {
-        let stmt = try db.statement("INSERT OR REPLACE INTO tasks (\(TaskLogStore.columns)) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)")
+        try db.withStatement("INSERT OR REPLACE INTO tasks (\(TaskLogStore.columns)) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)") { stmt in
         stmt.bind(1, r.id)
         stmt.bind(2, r.function)
         stmt.bind(3, r.status.rawValue)
@@ -58,6 +61,7 @@ struct TaskLogStore {
         stmt.bind(15, r.progress)
         stmt.bind(16, r.progressMessage)
         try stmt.run()
+        }
     }
 
     static func decode(_ s: Statement) -> TaskRecord? {
@@ -74,14 +78,15 @@ struct TaskLogStore {
     }
 
     func events(taskID: String) throws -> [TaskEventRecord] {
-        let stmt = try db.statement("SELECT event, at, worker_id, attempt, detail FROM task_events WHERE task_id = ?1 ORDER BY at, id")
-        stmt.bind(1, taskID)
-        var out: [TaskEventRecord] = []
-        while try stmt.step() {
-            guard let event = stmt.string(0), let at = stmt.string(1).flatMap(Timestamp.init(iso8601:)) else { continue }
-            out.append(TaskEventRecord(event: event, at: at, workerID: stmt.string(2), attempt: stmt.int(3) ?? 0, detail: stmt.string(4)))
+        try db.withStatement("SELECT event, at, worker_id, attempt, detail FROM task_events WHERE task_id = ?1 ORDER BY at, id") { stmt in
+            stmt.bind(1, taskID)
+            var out: [TaskEventRecord] = []
+            while try stmt.step() {
+                guard let event = stmt.string(0), let at = stmt.string(1).flatMap(Timestamp.init(iso8601:)) else { continue }
+                out.append(TaskEventRecord(event: event, at: at, workerID: stmt.string(2), attempt: stmt.int(3) ?? 0, detail: stmt.string(4)))
+            }
+            return out
         }
-        return out
     }
 
     func list(_ filter: TaskListFilter) throws -> [TaskRecord] {
@@ -92,11 +97,12 @@ struct TaskLogStore {
         if let p = filter.pool { clauses.append("pool = ?\(binds.count + 1)"); binds.append(p) }
         if let b = filter.before { clauses.append("id < ?\(binds.count + 1)"); binds.append(b) }
         let whereSQL = clauses.isEmpty ? "" : " WHERE " + clauses.joined(separator: " AND ")
-        let stmt = try db.statement("SELECT \(TaskLogStore.columns) FROM tasks\(whereSQL) ORDER BY id DESC LIMIT \(max(1, filter.limit))")
-        for (i, v) in binds.enumerated() { stmt.bind(Int32(i + 1), v) }
-        var out: [TaskRecord] = []
-        while try stmt.step() { if let r = TaskLogStore.decode(stmt) { out.append(r) } }
-        return out
+        return try db.withStatement("SELECT \(TaskLogStore.columns) FROM tasks\(whereSQL) ORDER BY id DESC LIMIT \(max(1, filter.limit))") { stmt in
+            for (i, v) in binds.enumerated() { stmt.bind(Int32(i + 1), v) }
+            var out: [TaskRecord] = []
+            while try stmt.step() { if let r = TaskLogStore.decode(stmt) { out.append(r) } }
+            return out
+        }
     }
 }
 

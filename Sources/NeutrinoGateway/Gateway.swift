@@ -1,0 +1,301 @@
+import AsyncHTTPClient
+import Foundation
+import Hummingbird
+import Logging
+import NIOCore
+import NeutrinoCore
+import NeutrinoHTTP
+import NeutrinoTaskLog
+
+/// `neutrino-gateway`: routes `POST /api/<task>` by the manifest, validates arguments, sends sync tasks to their
+/// pool's fast workers, and serves the polling API from the task log. Links no Python.
+public final class Gateway: Sendable {
+    let configuration: GatewayConfiguration
+    let manifest: Manifest
+    let pools: [String: WorkerPool]
+    let taskLog: TaskLogWriter?
+    let reader: TaskLogReader?
+    let client: HTTPClient
+    let logger: Logger
+
+    public init(configuration: GatewayConfiguration, logger: Logger) throws {
+        self.configuration = configuration
+        self.logger = logger
+        let bytes: [UInt8]
+        do {
+            bytes = try readFile(configuration.manifestPath)
+        } catch {
+            throw GatewayError(message: "cannot read the manifest \(configuration.manifestPath): \(error)")
+        }
+        do { manifest = try Manifest(json: bytes) } catch { throw GatewayError(message: "\(configuration.manifestPath): \(error)") }
+        var clientConfiguration = HTTPClient.Configuration()
+        clientConfiguration.timeout = .init(connect: .seconds(1))
+        clientConfiguration.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 256)
+        // Fail a refused connection at once so the call moves to the next worker (the circuit breaker backs off).
+        clientConfiguration.connectionPool.retryConnectionEstablishment = false
+        clientConfiguration.decompression = .disabled
+        client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: clientConfiguration)
+        var pools: [String: WorkerPool] = [:]
+        for (name, urls) in configuration.httpPools {
+            pools[name] = WorkerPool(name: name, endpoints: urls.map(WorkerPool.Endpoint.init(url:)), client: client, logger: logger)
+        }
+        self.pools = pools
+        if let path = configuration.taskLogPath {
+            taskLog = try TaskLogWriter(path: path, logger: logger)
+            reader = try TaskLogReader(path: path)
+        } else {
+            taskLog = nil
+            reader = nil
+        }
+        for (pool, mode) in manifest.pools where mode == .sync && pools[pool] == nil {
+            logger.warning("no --http-pool given for a sync pool of the manifest; its tasks will answer 503", metadata: ["pool": "\(pool)"])
+        }
+    }
+
+    public func run() async throws {
+        let router = Router()
+        router.get("/healthz") { _, _ in Response.json(.ok, Array(#"{"status":"ok"}"#.utf8)) }
+        router.get("/readyz") { _, _ in await self.readiness() }
+        router.get("/openapi.json") { _, _ in Response.json(.ok, self.manifest.document) }
+        router.post("/api/:task") { request, context in
+            await self.submit(request, task: context.parameters.get("task") ?? "")
+        }
+        router.get("/tasks/:id") { _, context in
+            await self.getTask(context.parameters.get("id") ?? "")
+        }
+        router.get("/tasks") { request, _ in
+            await self.listTasks(request.uri.queryParameters)
+        }
+        let host = configuration.host
+        let app = Application(
+            router: router,
+            configuration: .init(address: .hostname(host, port: configuration.port), serverName: "neutrino-gateway"),
+            onServerRunning: { channel in announceListening(channel, host: host) },
+            logger: logger)
+        logger.info("gateway starting", metadata: [
+            "tasks": "\(manifest.tasks.keys.sorted().joined(separator: ","))",
+            "pools": "\(configuration.httpPools.map { "\($0.key)=\($0.value.count)" }.sorted().joined(separator: ","))",
+        ])
+        do {
+            try await app.runService()
+        } catch {
+            await shutdown()
+            throw error
+        }
+        await shutdown()
+    }
+
+    private func shutdown() async {
+        await taskLog?.close()
+        await reader?.shutdown()
+        try? await client.shutdown()
+    }
+
+    // MARK: Submitting
+
+    func submit(_ request: Request, task name: String) async -> Response {
+        guard let task = manifest.tasks[name] else {
+            return .error(.notFound, type: "UnknownTask", message: "no task named '\(name)' in the manifest")
+        }
+        let body: [UInt8]
+        do { body = try await request.collectBody(limit: configuration.maxBodyBytes) } catch { return error.response }
+        let document: JSONValue
+        do { document = try JSONParser.parse(body) } catch {
+            return .error(.badRequest, type: "MalformedJSON", message: "the body is not valid JSON: \(error)")
+        }
+        guard case .object(let members) = document else {
+            return .error(.badRequest, type: "MalformedJSON", message: "the body must be a JSON object {\"args\": {...}}")
+        }
+        let args = members["args"] ?? .object([:])
+        var issues = manifest.validate(args: args, for: task)
+        for key in members.keys.sorted() where key != "args" {
+            issues.append(.init(path: key, message: "unexpected field '\(key)' (the body is {\"args\": {...}})"))
+        }
+        guard issues.isEmpty else {
+            return .error(.unprocessableContent, type: "InvalidArguments",
+                          message: "arguments do not match the schema of '\(name)': \(issues[0])") { w in
+                w.key("details")
+                w.beginArray()
+                for issue in issues {
+                    w.beginObject()
+                    w.key("path"); w.string(issue.path)
+                    w.key("message"); w.string(issue.message)
+                    w.endObject()
+                }
+                w.endArray()
+            }
+        }
+        let spec = task.spec
+        guard spec.mode == .sync else {
+            return .error(.notImplemented, type: "NotSupported",
+                          message: "'\(name)' is an \(spec.mode.rawValue) task: the JetStream path is not built in this gateway yet")
+        }
+        return await callSync(spec: spec, args: args)
+    }
+
+    private func callSync(spec: TaskSpec, args: JSONValue) async -> Response {
+        let taskID = TaskID.make()
+        func event(_ kind: TaskEventKind, workerID: String? = nil, result: String? = nil, error: String? = nil,
+                   durationMs: Double? = nil) -> TaskEvent {
+            TaskEvent(taskID: taskID, kind: kind, function: spec.name, pool: spec.pool, mode: spec.mode, workerID: workerID,
+                      attempt: kind == .pending ? 0 : 1, args: kind == .pending ? args.jsonText : nil, result: result,
+                      error: error, durationMs: durationMs)
+        }
+        taskLog?.record(event(.pending))
+        let taskHeader: HTTPFields = [NeutrinoHeader.taskID: taskID]
+        guard let pool = pools[spec.pool] else {
+            let message = "no worker is configured for pool '\(spec.pool)'"
+            taskLog?.record(event(.failed, error: Self.errorJSON(type: "NoWorkerAvailable", message: message)))
+            return Self.taskError(.serviceUnavailable, taskID: taskID, status: .failed, type: "NoWorkerAvailable", message: message,
+                                  headers: taskHeader + [.retryAfter: "1"])
+        }
+        // The worker enforces the timeout and answers 504 itself; the grace covers queueing and transport.
+        let deadline = NIODeadline.now() + .milliseconds(Int64(spec.timeoutMs + configuration.timeoutGraceMs))
+        let answer: WorkerPool.Answer
+        do {
+            answer = try await pool.call(task: spec.name, taskID: taskID, body: Self.forwardBody(args), deadline: deadline)
+        } catch {
+            switch error {
+            case .timedOut:
+                let message = "no answer from the worker within \(spec.timeoutMs) ms + \(configuration.timeoutGraceMs) ms grace"
+                taskLog?.record(event(.timedOut, error: Self.errorJSON(type: "TimeoutError", message: message)))
+                return Self.taskError(.gatewayTimeout, taskID: taskID, status: .timedOut, type: "TimeoutError", message: message, headers: taskHeader)
+            case .noWorkerAvailable(let reason):
+                let message = "no worker of pool '\(spec.pool)' is reachable (\(reason))"
+                taskLog?.record(event(.failed, error: Self.errorJSON(type: "NoWorkerAvailable", message: message)))
+                return Self.taskError(.serviceUnavailable, taskID: taskID, status: .failed, type: "NoWorkerAvailable", message: message,
+                                      headers: taskHeader + [.retryAfter: "1"])
+            }
+        }
+        // Record the outcome the caller is about to see, so GET /tasks/<id> right after this answer shows it.
+        if let statusText = answer.headers["x-neutrino-status"], let status = TaskStatus(rawValue: statusText), status.isTerminal,
+           let offsetText = answer.headers["x-neutrino-outcome-offset"], let offset = Int(offsetText),
+           offset < answer.body.count {
+            let outcome = String(decoding: answer.body[offset..<(answer.body.count - 1)], as: UTF8.self)
+            let kind: TaskEventKind = status == .completed ? .completed : status == .timedOut ? .timedOut : .failed
+            taskLog?.record(event(kind, workerID: answer.headers["x-neutrino-worker"],
+                                  result: kind == .completed ? outcome : nil, error: kind == .completed ? nil : outcome,
+                                  durationMs: answer.headers["x-neutrino-duration-ms"].flatMap(Double.init)))
+        }
+        return .json(HTTPResponse.Status(code: answer.status), answer.body, headers: taskHeader)
+    }
+
+    /// What a worker receives: `{"args":…}` re-written from the validated value.
+    static func forwardBody(_ args: JSONValue) -> [UInt8] {
+        var w = JSONWriter()
+        w.beginObject()
+        w.key("args")
+        w.value(args)
+        w.endObject()
+        return w.bytes
+    }
+
+    static func errorJSON(type: String, message: String) -> String {
+        var w = JSONWriter()
+        w.beginObject()
+        w.key("type"); w.string(type)
+        w.key("message"); w.string(message)
+        w.key("traceback"); w.null()
+        w.endObject()
+        return w.text
+    }
+
+    static func taskError(_ code: HTTPResponse.Status, taskID: String, status: TaskStatus, type: String, message: String,
+                          headers: HTTPFields) -> Response {
+        .error(code, type: type, message: message, headers: headers) { w in
+            w.key("task_id"); w.string(taskID)
+            w.key("status"); w.string(status.rawValue)
+        }
+    }
+
+    // MARK: Polling API
+
+    func getTask(_ id: String) async -> Response {
+        guard let reader else { return Self.noTaskLog }
+        guard TaskID.isValid(id) else { return .error(.notFound, type: "TaskNotFound", message: "'\(id)' is not a task id") }
+        await taskLog?.flush()
+        do {
+            guard let (record, events) = try await reader.recordWithEvents(id: id.lowercased()) else {
+                return .error(.notFound, type: "TaskNotFound", message: "no task with id \(id)")
+            }
+            var w = JSONWriter(capacity: 1024)
+            w.task(record, events: events)
+            return .json(.ok, w.bytes)
+        } catch {
+            logger.error("task log read failed", metadata: ["error": "\(error)"])
+            return .error(.serviceUnavailable, type: "TaskLogUnavailable", message: "\(error)")
+        }
+    }
+
+    func listTasks(_ query: Hummingbird.Parameters) async -> Response {
+        guard let reader else { return Self.noTaskLog }
+        var filter = TaskListFilter()
+        if let s = query.get("status"), !s.isEmpty {
+            guard let status = TaskStatus(rawValue: s) else {
+                let allowed = TaskStatus.allCases.map(\.rawValue).joined(separator: ", ")
+                return .error(.badRequest, type: "BadRequest", message: "unknown status '\(s)'; one of \(allowed)")
+            }
+            filter.status = status
+        }
+        if let f = query.get("function"), !f.isEmpty { filter.function = f }
+        if let p = query.get("pool"), !p.isEmpty { filter.pool = p }
+        if let l = query.get("limit"), !l.isEmpty {
+            guard let limit = Int(l), (1...500).contains(limit) else {
+                return .error(.badRequest, type: "BadRequest", message: "limit must be an integer from 1 to 500")
+            }
+            filter.limit = limit
+        }
+        if let b = query.get("before"), !b.isEmpty {
+            guard TaskID.isValid(b) else { return .error(.badRequest, type: "BadRequest", message: "before must be a task id") }
+            filter.before = b.lowercased()
+        }
+        await taskLog?.flush()
+        do {
+            let records = try await reader.list(filter)
+            var w = JSONWriter(capacity: 512 * max(1, records.count))
+            w.beginObject()
+            w.key("tasks")
+            w.beginArray()
+            for r in records { w.task(r) }
+            w.endArray()
+            w.key("next_before")
+            w.stringOrNull(records.count == filter.limit ? records.last?.id : nil)
+            w.endObject()
+            return .json(.ok, w.bytes)
+        } catch {
+            logger.error("task log read failed", metadata: ["error": "\(error)"])
+            return .error(.serviceUnavailable, type: "TaskLogUnavailable", message: "\(error)")
+        }
+    }
+
+    func readiness() async -> Response {
+        var problems: [String] = []
+        if let reader {
+            do { _ = try await reader.list(TaskListFilter(limit: 1)) } catch { problems.append("task log: \(error)") }
+        }
+        for (name, pool) in pools where pool.healthyCount == 0 { problems.append("pool \(name): no reachable worker") }
+        if problems.isEmpty { return .json(.ok, Array(#"{"status":"ready"}"#.utf8)) }
+        return .error(.serviceUnavailable, type: "NotReady", message: problems.joined(separator: "; "))
+    }
+
+    static let noTaskLog = Response.error(.serviceUnavailable, type: "TaskLogUnavailable",
+                                          message: "this gateway runs without a task log (--task-log)")
+}
+
+public struct GatewayError: Error, CustomStringConvertible {
+    public var message: String
+    public var description: String { message }
+}
+
+func readFile(_ path: String) throws -> [UInt8] {
+    guard let data = FileManager.default.contents(atPath: path) else { throw GatewayError(message: "no such readable file") }
+    return Array(data)
+}
+
+extension HTTPFields {
+    static func + (lhs: HTTPFields, rhs: HTTPFields) -> HTTPFields {
+        var out = lhs
+        out.append(contentsOf: rhs)
+        return out
+    }
+}

@@ -1,0 +1,38 @@
+import Foundation
+import NeutrinoCore
+
+/// Everything `neutrino-gateway` is told on its command line.
+public struct GatewayConfiguration: Sendable {
+    public var manifestPath: String
+    /// Sync pool name → worker base URLs.
+    public var httpPools: [String: [String]]
+    /// Path of the SQLite task log, or nil to run without one (the polling API then answers 503).
+    public var taskLogPath: String?
+    public var host: String
+    public var port: Int
+    public var maxBodyBytes: Int
+    /// Added to a task's timeout before the gateway gives up on its worker (the worker answers 504 first).
+    public var timeoutGraceMs: Int
+
+    public init(manifestPath: String, httpPools: [String: [String]], taskLogPath: String?, host: String = "127.0.0.1",
+                port: Int = 8080, maxBodyBytes: Int = 1 << 20, timeoutGraceMs: Int = 2000) {
+        self.manifestPath = manifestPath
+        self.httpPools = httpPools
+        self.taskLogPath = taskLogPath
+        self.host = host
+        self.port = port
+        self.maxBodyBytes = maxBodyBytes
+        self.timeoutGraceMs = timeoutGraceMs
+    }
+
+    /// Parses one `--http-pool NAME=URL[,URL…]` flag.
+    public static func parsePool(_ argument: String) -> (String, [String])? {
+        guard let eq = argument.firstIndex(of: "=") else { return nil }
+        let name = String(argument[..<eq])
+        let urls = argument[argument.index(after: eq)...].split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+        guard TaskSpec.isValidName(name), !urls.isEmpty,
+              urls.allSatisfy({ $0.hasPrefix("http://") || $0.hasPrefix("https://") }) else { return nil }
+        return (name, urls)
+    }
+}
+
