@@ -1,0 +1,60 @@
+# Neutrino: `make up` runs the example app end to end, `make test` runs every test, `make bench` the benchmarks.
+# Both install what they need on a fresh Debian machine (apt-get for system packages, pip into .venv).
+
+SHELL := /bin/bash
+DEBIAN_PACKAGES := nats-server libnats-dev libpython3-dev libsqlite3-dev libssl-dev python3-venv sqlite3
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+VENV := .venv
+PY := $(VENV)/bin/python
+APP ?= examples/app.py
+PORT ?= 8080
+SWIFT_BUILD_FLAGS ?=
+
+.PHONY: up test bench deps debs venv build build-release swift-test python-test e2e-test clean
+
+debs:
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages: $$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+$(VENV)/.installed: python/pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e 'python[test]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+deps: debs venv
+
+build: deps
+	swift build $(SWIFT_BUILD_FLAGS)
+
+build-release: deps
+	swift build -c release $(SWIFT_BUILD_FLAGS)
+
+up: build-release
+	$(VENV)/bin/neutrino up $(APP) --port $(PORT) --bin-dir .build/release
+
+swift-test:
+	swift build --build-tests $(SWIFT_BUILD_FLAGS)
+	swift test --skip-build --parallel
+
+python-test:
+	$(PY) -m pytest -q python/tests
+
+e2e-test:
+	NEUTRINO_BIN_DIR=$(CURDIR)/.build/debug $(PY) -m pytest -q tests/e2e
+
+test: deps
+	$(MAKE) swift-test
+	$(MAKE) python-test
+	$(MAKE) e2e-test
+
+bench: build-release
+	bash bench/run.sh
+
+clean:
+	rm -rf .build .neutrino $(VENV)

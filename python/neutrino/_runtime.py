@@ -1,0 +1,156 @@
+"""The worker's side of the embedded interpreter. Swift calls these two functions through the C API.
+
+* :func:`load` once per process, to import the app;
+* :func:`invoke` once per task, on one of the worker's Python threads: bytes in, bytes out.
+
+Errors leave :func:`invoke` as :class:`TaskError`, whose ``payload`` is the JSON the worker puts into the
+task record's ``error`` field: ``{"type", "message", "traceback"}``. The types the runtime itself reports:
+
+``UnknownTask``            no task of that name in the loaded app
+``InvalidArguments``       payload not JSON, ``args`` not an object, or arguments that do not bind to the
+                           function's signature (missing, unexpected) or to its dataclass parameters
+``ResultNotSerializable``  the task returned something JSON cannot encode
+
+Anything the task raises is reported under its own type (``ValueError``, ``myapp.QuotaExceeded``), with
+the traceback starting at the task function's frame. That includes the ``TimeoutError`` (or cancel error)
+the worker injects into a task thread with ``PyThreadState_SetAsyncExc``: the worker tells its own
+injections apart. In the rare case that such an injected exception lands in this module's own code
+rather than in the task, it escapes as itself rather than as ``TaskError``.
+
+This module is on the hot path: keep :func:`invoke` free of allocations it does not need.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import traceback
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from ._context import _local
+from ._convert import build_args_converter
+from ._loader import load_app
+
+__all__ = ["TaskError", "load", "invoke"]
+
+_ArgsConverter = Optional[Callable[[Dict[str, Any]], Dict[str, Any]]]
+
+# name -> (the undecorated function, its args converter or None); filled by load().
+_tasks: Dict[str, Tuple[Callable[..., Any], _ArgsConverter]] = {}
+
+
+class TaskError(Exception):
+    """A task invocation that did not produce a result. ``payload`` (= ``args[0]``) is JSON bytes
+    ``{"type": str, "message": str, "traceback": str}``."""
+
+    @property
+    def payload(self) -> bytes:
+        return self.args[0]
+
+
+def load(app_spec: str) -> bytes:
+    """Import the app (``path/to/app.py``, ``module`` or ``module:attr``) and make its tasks invokable.
+
+    Returns JSON bytes: ``[{"name", "execution_mode", "pool", "timeout_ms", "retries"}, ...]`` in
+    definition order. Import errors and definition errors propagate as raised.
+    """
+    app = load_app(app_spec)
+    specs = list(app.tasks.values())
+    tasks = {spec.name: (spec.func, build_args_converter(spec.func)) for spec in specs}
+    _tasks.clear()
+    _tasks.update(tasks)
+    return json.dumps([spec.to_json() for spec in specs]).encode()
+
+
+def _encode_default(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    raise TypeError(f"Object of type {type(value).__qualname__} is not JSON serializable")
+
+
+_decode = json.loads
+_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=_encode_default).encode
+
+
+def invoke(name: str, payload: bytes) -> bytes:
+    """Run task ``name`` with the arguments in ``payload`` and return its result as JSON bytes.
+
+    ``payload`` is JSON ``{"args": {...}, "task_id": str, "attempt": int, "pool": str}``; only ``args`` is
+    needed. While the task runs, :func:`neutrino.current_task` returns its context on this thread.
+
+    Raises:
+        TaskError: the task raised, or the call could not be made or answered (see the module docs).
+    """
+    entry = _tasks.get(name)
+    if entry is None:
+        known = ", ".join(sorted(_tasks)) or "none loaded"
+        raise TaskError(_error_payload("UnknownTask", f"no task named {name!r} (tasks: {known})"))
+    func, convert = entry
+
+    try:
+        request = _decode(payload)
+    except (ValueError, TypeError) as exc:
+        raise TaskError(_error_payload("InvalidArguments", f"the payload is not valid JSON: {exc}")) from None
+    if type(request) is not dict:
+        raise TaskError(_error_payload("InvalidArguments", 'the payload must be a JSON object {"args": {...}}'))
+    args = request.get("args", {})
+    if type(args) is not dict:
+        raise TaskError(_error_payload("InvalidArguments", f"args must be a JSON object, not {_json_type(args)}"))
+    if convert is not None:
+        try:
+            args = convert(args)
+        except Exception as exc:
+            raise TaskError(_error_payload("InvalidArguments", _message(exc))) from None
+
+    error: Optional[bytes] = None
+    _local.task = (request.get("task_id"), name, request.get("attempt", 1), request.get("pool"))
+    try:
+        result = func(**args)
+    except BaseException as exc:  # the worker's injected TimeoutError included
+        error = _describe(exc)
+    finally:
+        _local.task = None
+    if error is not None:
+        raise TaskError(error)
+
+    try:
+        return _encode(result).encode()
+    except (TypeError, ValueError, RecursionError) as exc:
+        message = f"task {name!r} returned a value that is not JSON-serialisable: {exc}"
+        raise TaskError(_error_payload("ResultNotSerializable", message)) from None
+
+
+def _describe(exc: BaseException) -> bytes:
+    """The error payload for an exception caught around ``func(**args)`` in :func:`invoke`."""
+    # exc.__traceback__ is invoke's own frame; tb_next is the task function's frame, if the call got there.
+    tb = exc.__traceback__
+    inner = tb.tb_next if tb is not None else None
+    if inner is None and type(exc) is TypeError:
+        # Raised by the call itself: the arguments do not bind to the signature.
+        return _error_payload("InvalidArguments", _message(exc))
+    text = "".join(traceback.format_exception(type(exc), exc, inner))
+    return _error_payload(_type_name(type(exc)), _message(exc), text)
+
+
+def _error_payload(error_type: str, message: str, traceback_text: str = "") -> bytes:
+    return json.dumps({"type": error_type, "message": message, "traceback": traceback_text}).encode()
+
+
+def _type_name(cls: type) -> str:
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+
+
+def _message(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:
+        return f"<unprintable {type(exc).__name__} object>"
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}.get(
+        type(value), type(value).__name__
+    )

@@ -1,0 +1,520 @@
+"""The ``neutrino`` command.
+
+``neutrino openapi APP [-o FILE]``
+    Print (or write) the app's OpenAPI manifest, the file the gateway is started with.
+
+``neutrino up APP [--port 8080] [--host 127.0.0.1] [--fast-workers 2] [--concurrency 4] [--state-dir .neutrino]
+[--bin-dir DIR]``
+    Run the app locally: HTTP workers for each sync pool, then the gateway in front of them, all sharing
+    one SQLite task log under the state directory. Ctrl-C stops everything.
+
+``APP`` is ``path/to/app.py``, ``module`` or ``module:attr``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
+
+import neutrino
+
+from ._loader import load_app, split_spec
+from .app import App, TaskSpec
+from .errors import NeutrinoError
+from .manifest import build_openapi
+from .schema import SchemaBuilder
+
+__all__ = ["main", "Supervisor"]
+
+WORKER_BINARY = "neutrino-worker"
+GATEWAY_BINARY = "neutrino-gateway"
+#: How long a child may take to print its ``listening on`` line.
+STARTUP_TIMEOUT_SECS = 60.0
+#: How long children get to exit after SIGTERM before they are killed.
+SHUTDOWN_GRACE_SECS = 10.0
+
+_LISTENING = re.compile(r"listening on (https?://\S+)")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``neutrino`` console script; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    return args.handler(args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="neutrino", description="Neutrino task orchestrator: Python SDK and CLI.")
+    parser.add_argument("--version", action="version", version=f"neutrino {neutrino.__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    app_help = "the app: path/to/app.py, module or module:attr"
+
+    openapi = commands.add_parser("openapi", help="print the app's OpenAPI manifest", description=_cmd_openapi.__doc__)
+    openapi.add_argument("app", metavar="APP", help=app_help)
+    openapi.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+    openapi.set_defaults(handler=_cmd_openapi)
+
+    up = commands.add_parser("up", help="run the app locally (workers + gateway)", description=_cmd_up.__doc__)
+    up.add_argument("app", metavar="APP", help=app_help)
+    up.add_argument("--host", default="127.0.0.1", help="the gateway's listen address (default: %(default)s)")
+    up.add_argument("--port", type=int, default=8080, help="the gateway's port (default: %(default)s)")
+    up.add_argument(
+        "--fast-workers",
+        type=_positive_int,
+        default=2,
+        metavar="N",
+        help="HTTP workers per sync pool (default: %(default)s)",
+    )
+    up.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=4,
+        metavar="N",
+        help="Python threads per worker (default: %(default)s)",
+    )
+    up.add_argument(
+        "--state-dir",
+        default=".neutrino",
+        metavar="DIR",
+        help="where the manifest and the task log live (default: %(default)s)",
+    )
+    up.add_argument(
+        "--bin-dir",
+        metavar="DIR",
+        help=f"where {WORKER_BINARY} and {GATEWAY_BINARY} are "
+        "(default: $NEUTRINO_BIN_DIR, else ./.build/release, ./.build/debug, $PATH)",
+    )
+    up.set_defaults(handler=_cmd_up)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _error(message: str) -> None:
+    print(f"neutrino: error: {message}", file=sys.stderr)
+
+
+def _load(spec: str) -> Optional[App]:
+    """Load the app, reporting failures on stderr (with the app's traceback when its own code failed)."""
+    try:
+        return load_app(spec)
+    except (NeutrinoError, FileNotFoundError, ModuleNotFoundError) as exc:
+        _error(str(exc))
+    except Exception:
+        traceback.print_exc()
+        _error(f"importing {spec} failed (traceback above)")
+    return None
+
+
+def _manifest_text(app: App) -> Optional[str]:
+    try:
+        return json.dumps(build_openapi(app), indent=2, ensure_ascii=False) + "\n"
+    except NeutrinoError as exc:
+        _error(str(exc))
+        return None
+
+
+def _write_file(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (readers never see half a file)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    temporary = f"{path}.tmp{os.getpid()}"
+    with open(temporary, "w", encoding="utf-8") as file:
+        file.write(text)
+    os.replace(temporary, path)
+
+
+# -- neutrino openapi ------------------------------------------------------------------------------
+
+
+def _cmd_openapi(args: argparse.Namespace) -> int:
+    """Print the app's OpenAPI 3.1 manifest (the gateway's --manifest file)."""
+    app = _load(args.app)
+    if app is None:
+        return 1
+    text = _manifest_text(app)
+    if text is None:
+        return 1
+    if args.output:
+        _write_file(args.output, text)
+        print(f"wrote {args.output} ({len(app.tasks)} tasks)", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+# -- neutrino up -----------------------------------------------------------------------------------
+
+
+class StartupError(Exception):
+    """A child could not be started or did not come up."""
+
+
+class _Interrupted(Exception):
+    """SIGINT or SIGTERM arrived while starting up."""
+
+
+@dataclasses.dataclass
+class _Child:
+    name: str
+    process: subprocess.Popen
+    relay: Optional[threading.Thread] = None
+    url: Optional[str] = None
+    listening: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+
+class Supervisor:
+    """Starts child processes, relays their output line by line with a name prefix, and stops them all.
+
+    Children run in their own session, so a Ctrl-C in the terminal reaches only the supervisor, which
+    then stops them in order: SIGTERM, up to :data:`SHUTDOWN_GRACE_SECS` to exit, then SIGKILL.
+    """
+
+    def __init__(self, out: TextIO = sys.stdout, prefix_width: int = 8) -> None:
+        self.children: List[_Child] = []
+        self._out = out
+        self._width = prefix_width
+        self._print_lock = threading.Lock()
+        self._wake = threading.Event()  # set by a signal, or when a child's output ends
+        self._signals = 0
+
+    # -- output
+
+    def log(self, name: str, line: str) -> None:
+        with self._print_lock:
+            self._out.write(f"{name:>{self._width}} | {line}\n")
+            self._out.flush()
+
+    def say(self, text: str) -> None:
+        with self._print_lock:
+            self._out.write(text if text.endswith("\n") else text + "\n")
+            self._out.flush()
+
+    # -- signals
+
+    def install_signal_handlers(self) -> Dict[int, Any]:
+        """Route SIGINT and SIGTERM to :meth:`request_stop`; returns the previous handlers."""
+        previous: Dict[int, Any] = {}
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, lambda signum, frame: self.request_stop())
+        return previous
+
+    def request_stop(self) -> None:
+        self._signals += 1
+        self._wake.set()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._signals > 0
+
+    # -- children
+
+    def spawn(self, name: str, argv: Sequence[str]) -> _Child:
+        try:
+            process = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                errors="replace",
+                bufsize=1,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise StartupError(f"cannot start {name} ({argv[0]}): {exc}") from None
+        child = _Child(name, process)
+        child.relay = threading.Thread(target=self._relay, args=(child,), name=f"relay-{name}", daemon=True)
+        child.relay.start()
+        self.children.append(child)
+        return child
+
+    def _relay(self, child: _Child) -> None:
+        assert child.process.stdout is not None
+        for line in child.process.stdout:
+            line = line.rstrip("\r\n")
+            if child.url is None:
+                match = _LISTENING.search(line)
+                if match:
+                    child.url = match.group(1).rstrip("/")
+                    child.listening.set()
+            self.log(child.name, line)
+        self._wake.set()
+
+    def wait_listening(self, child: _Child, timeout: float = STARTUP_TIMEOUT_SECS) -> str:
+        """Wait for the child's ``listening on http://HOST:PORT`` line; returns that URL."""
+        deadline = time.monotonic() + timeout
+        while not child.listening.wait(0.05):
+            if self.stop_requested:
+                raise _Interrupted()
+            status = child.process.poll()
+            if status is not None:
+                if child.relay is not None:
+                    child.relay.join(1.0)  # let its last words reach the terminal first
+                if child.url is None:
+                    raise StartupError(f"{child.name} exited with status {status} before it was listening")
+            if time.monotonic() > deadline:
+                raise StartupError(f"{child.name} did not print 'listening on http://HOST:PORT' within {timeout:.0f} s")
+        assert child.url is not None
+        return child.url
+
+    def supervise(self) -> int:
+        """Block until a signal (→ 0) or until a child exits on its own (→ 1)."""
+        while True:
+            self._wake.wait(0.5)
+            self._wake.clear()
+            if self.stop_requested:
+                return 0
+            for child in self.children:
+                status = child.process.poll()
+                if status is not None:
+                    if child.relay is not None:
+                        child.relay.join(1.0)
+                    self.say(f"neutrino: {child.name} exited unexpectedly with status {status}; stopping")
+                    return 1
+
+    def stop_all(self, grace: float = SHUTDOWN_GRACE_SECS) -> None:
+        """SIGTERM every running child (the last started first), wait up to ``grace`` s, then SIGKILL."""
+        running = [child for child in reversed(self.children) if child.process.poll() is None]
+        for child in running:
+            _signal(child.process, signal.SIGTERM)
+        signals_before = self._signals
+        deadline = time.monotonic() + grace
+        for child in running:
+            while child.process.poll() is None:
+                # A second Ctrl-C skips the grace period.
+                if time.monotonic() >= deadline or self._signals > signals_before:
+                    self.say(f"neutrino: {child.name} did not stop in time; killing it")
+                    _signal(child.process, signal.SIGKILL)
+                    child.process.wait()
+                    break
+                time.sleep(0.05)
+        for child in self.children:
+            if child.relay is not None:
+                child.relay.join(1.0)
+
+
+def _signal(process: subprocess.Popen, signum: int) -> None:
+    try:
+        process.send_signal(signum)
+    except ProcessLookupError:
+        pass
+
+
+def find_binaries(bin_dir: Optional[str] = None) -> Tuple[str, str]:
+    """Paths of ``neutrino-worker`` and ``neutrino-gateway``.
+
+    Looks in ``bin_dir`` (or ``$NEUTRINO_BIN_DIR``) only, when given; else in ``./.build/release``,
+    ``./.build/debug`` (here and at the root of the repository holding this SDK), then on ``$PATH``.
+    """
+    explicit = bin_dir or os.environ.get("NEUTRINO_BIN_DIR")
+    if explicit:
+        folders = [explicit]
+    else:
+        repository = os.path.dirname(_sdk_path())
+        folders = []
+        for root in (os.getcwd(), repository):
+            for configuration in ("release", "debug"):
+                folder = os.path.join(root, ".build", configuration)
+                if folder not in folders:
+                    folders.append(folder)
+    for folder in folders:
+        worker, gateway = (os.path.join(folder, name) for name in (WORKER_BINARY, GATEWAY_BINARY))
+        if _is_executable(worker) and _is_executable(gateway):
+            return worker, gateway
+    if not explicit:
+        found_worker, found_gateway = shutil.which(WORKER_BINARY), shutil.which(GATEWAY_BINARY)
+        if found_worker and found_gateway:
+            return found_worker, found_gateway
+    where = ", ".join(folders) + ("" if explicit else ", $PATH")
+    raise StartupError(
+        f"cannot find {WORKER_BINARY} and {GATEWAY_BINARY} (looked in {where}); "
+        "build them with `swift build -c release` or pass --bin-dir"
+    )
+
+
+def _is_executable(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)
+
+
+def _sdk_path() -> str:
+    """The folder holding the ``neutrino`` package: what the embedded interpreter needs on ``sys.path``."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(neutrino.__file__)))
+
+
+def _absolute_app_spec(spec: str) -> str:
+    """The app spec with a file path made absolute (children may resolve it from elsewhere)."""
+    target, attr = split_spec(spec)
+    if target.endswith(".py") or os.sep in target or "/" in target:
+        target = os.path.abspath(target)
+        return f"{target}:{attr}" if attr else target
+    return spec
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    """Run the app locally: HTTP workers for each sync pool and the gateway in front of them.
+
+    Stop with Ctrl-C (or SIGTERM): every child gets SIGTERM, then SIGKILL after 10 s.
+    """
+    app = _load(args.app)
+    if app is None:
+        return 1
+    manifest = _manifest_text(app)
+    if manifest is None:
+        return 1
+    try:
+        worker_binary, gateway_binary = find_binaries(args.bin_dir)
+    except StartupError as exc:
+        _error(str(exc))
+        return 1
+
+    state_dir = os.path.abspath(args.state_dir)
+    manifest_path = os.path.join(state_dir, "openapi.json")
+    task_log = "sqlite:" + os.path.join(state_dir, "tasks.db")
+    _write_file(manifest_path, manifest)
+
+    pools = app.pools()
+    sync_pools = [pool for pool, mode in pools.items() if mode == "sync"]
+    queued_pools = {pool: mode for pool, mode in pools.items() if mode != "sync"}
+    app_spec = _absolute_app_spec(args.app)
+    worker_names = {pool: [f"{pool}-{i}" for i in range(1, args.fast_workers + 1)] for pool in sync_pools}
+
+    supervisor = Supervisor(prefix_width=max([len("gateway")] + [len(n) for ns in worker_names.values() for n in ns]))
+    previous_handlers = supervisor.install_signal_handlers()
+    try:
+        workers: Dict[str, List[_Child]] = {}
+        for pool in sync_pools:
+            workers[pool] = [
+                supervisor.spawn(
+                    name,
+                    [
+                        worker_binary,
+                        "--mode",
+                        "http",
+                        "--pool",
+                        pool,
+                        "--app",
+                        app_spec,
+                        "--port",
+                        "0",
+                        "--concurrency",
+                        str(args.concurrency),
+                        "--task-log",
+                        task_log,
+                        "--python-path",
+                        _sdk_path(),
+                    ],
+                )
+                for name in worker_names[pool]
+            ]
+        pool_urls = {
+            pool: [supervisor.wait_listening(child) for child in children] for pool, children in workers.items()
+        }
+
+        gateway_argv = [gateway_binary, "--manifest", manifest_path]
+        for pool, urls in pool_urls.items():
+            gateway_argv += ["--http-pool", f"{pool}={','.join(urls)}"]
+        gateway_argv += ["--task-log", task_log, "--host", args.host, "--port", str(args.port)]
+        gateway_url = supervisor.wait_listening(supervisor.spawn("gateway", gateway_argv))
+
+        supervisor.say(_banner(app, gateway_url, pool_urls, queued_pools, state_dir))
+        status = supervisor.supervise()
+        if status == 0:
+            supervisor.say("neutrino: stopping")
+        return status
+    except _Interrupted:
+        supervisor.say("neutrino: interrupted while starting; stopping")
+        return 0
+    except StartupError as exc:
+        _error(str(exc))
+        return 1
+    finally:
+        supervisor.stop_all()
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, handler)
+
+
+def _banner(
+    app: App, gateway_url: str, pool_urls: Dict[str, List[str]], queued_pools: Dict[str, str], state_dir: str
+) -> str:
+    address = re.sub(r"^http://(127\.0\.0\.1|0\.0\.0\.0|\[::\]|\[::1\])(?=:)", "localhost", gateway_url)
+    address = address[len("http://") :] if address.startswith("http://") else address
+    lines = [
+        "",
+        f"Neutrino app {app.name!r} is up",
+        f"  gateway     {gateway_url}   (dashboard at /, manifest at /openapi.json)",
+    ]
+    for pool, urls in pool_urls.items():
+        lines.append(f"  pool {pool:<6} {len(urls)} HTTP worker{'s' if len(urls) != 1 else ''}: {', '.join(urls)}")
+    lines.append(f"  state       {state_dir} (openapi.json, tasks.db)")
+    if queued_pools:
+        pending = ", ".join(f"{pool} ({mode})" for pool, mode in queued_pools.items())
+        lines.append(f"  not started {pending}: async/gpu pools are not started yet (JetStream path pending)")
+
+    specs = list(app.tasks.values())
+    sync_specs = [spec for spec in specs if spec.execution_mode == "sync"] or specs
+    if sync_specs:
+        example = sync_specs[0]
+        body = json.dumps({"args": _example_args(example)}, separators=(",", ":"))
+        lines += [
+            "",
+            "Try:",
+            f"  curl -s {address}/api/{example.name} -d '{body}'",
+            f"  curl -s {address}/tasks/<task_id>",
+            f"  curl -s '{address}/tasks?status=failed&function={example.name}'",
+        ]
+    lines += ["", "Press Ctrl-C to stop.", ""]
+    return "\n".join(lines)
+
+
+def _example_args(spec: TaskSpec) -> Dict[str, Any]:
+    """Placeholder values for a task's required arguments, for the banner's curl example."""
+    try:
+        schema = SchemaBuilder().args_schema(spec.func)
+    except NeutrinoError:
+        return {}
+    return {name: _sample(schema["properties"][name]) for name in schema["required"]}
+
+
+def _sample(schema: Dict[str, Any]) -> Any:
+    if "default" in schema:
+        return schema["default"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    for option in schema.get("anyOf", []):
+        if option.get("type") != "null":
+            return _sample(option)
+    if "$ref" in schema:
+        return {}
+    samples: Dict[str, Any] = {
+        "integer": 3,
+        "number": 1.5,
+        "string": "hello",
+        "boolean": True,
+        "array": [],
+        "object": {},
+    }
+    return samples.get(str(schema.get("type")))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
