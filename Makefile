@@ -40,7 +40,7 @@ up: build-release
 
 swift-test:
 	swift build --build-tests $(SWIFT_BUILD_FLAGS)
-	swift test --skip-build --parallel
+	swift test --skip-build
 
 python-test:
 	$(PY) -m pytest -q python/tests

@@ -1,0 +1,38 @@
+import Foundation
+import Testing
+@testable import NeutrinoCore
+
+struct TaskIDTests {
+    @Test func idsAreValidUUIDv7AndIncreasing() {
+        var previous = ""
+        for _ in 0..<10_000 {
+            let id = TaskID.make()
+            #expect(TaskID.isValid(id))
+            #expect(Array(id.utf8)[14] == UInt8(ascii: "7"))
+            #expect(id > previous)
+            previous = id
+        }
+    }
+
+    @Test func idsSortByTime() {
+        let early = TaskID.make(now: Date(timeIntervalSince1970: 1_000_000))
+        let late = TaskID.make(now: Date(timeIntervalSince1970: 2_000_000_000))
+        #expect(early < late)
+    }
+
+    @Test func rejectsNonIds() {
+        for bad in ["", "abc", "01a20d33-f5e1-703c-8a48-eb343ac6658", "01a20d33-f5e1-703c-8a48-eb343ac6658z", "../../etc/passwd"] {
+            #expect(!TaskID.isValid(bad))
+        }
+    }
+
+    @Test func timestampsRoundTrip() {
+        for millis: Int64 in [0, 1, 999, 1_795_000_000_123, 951_782_400_000 /* 2000-02-29 */, -1] {
+            let t = Timestamp(millis: millis)
+            #expect(Timestamp(iso8601: t.iso8601) == t, "\(t.iso8601)")
+        }
+        #expect(Timestamp(millis: 951_782_400_000).iso8601 == "2000-02-29T00:00:00.000Z")
+        #expect(Timestamp(iso8601: "2026-11-24T10:40:46Z")?.iso8601 == "2026-11-24T10:40:46.000Z")
+        #expect(Timestamp(iso8601: "not a time") == nil)
+    }
+}

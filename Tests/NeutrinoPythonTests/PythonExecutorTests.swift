@@ -1,0 +1,96 @@
+import Testing
+import NeutrinoCore
+@testable import NeutrinoPython
+
+/// The interpreter can start once per process, so every test shares one runtime and one executor.
+enum Embedded {
+    static let repo: String = {
+        var parts = #filePath.split(separator: "/", omittingEmptySubsequences: false)
+        parts.removeLast(3)  // Tests/NeutrinoPythonTests/<file>
+        return parts.joined(separator: "/")
+    }()
+    static let runtime = Result { try PythonRuntime.start(app: repo + "/examples/app.py", paths: [repo + "/python"]) }
+    static let executor = runtime.map { PythonExecutor(runtime: $0, threads: 3, maxQueued: 64) }
+}
+
+@Suite(.serialized)
+struct PythonExecutorTests {
+    func run(_ task: String, _ args: String, timeoutMs: Int = 5000) async throws -> PythonOutcome {
+        let executor = try Embedded.executor.get()
+        let payload = Array(#"{"args":\#(args),"task_id":"t-1","attempt":1,"pool":"fast"}"#.utf8)
+        return await executor.run(task: task, payload: payload, timeoutMs: timeoutMs)
+    }
+
+    func errorObject(_ outcome: PythonOutcome) throws -> JSONValue {
+        guard case .failed(let bytes, _) = outcome else { Issue.record("expected failure, got \(outcome)"); return .null }
+        return try JSONParser.parse(bytes)
+    }
+
+    @Test func loadsTheAppsTasks() throws {
+        let runtime = try Embedded.runtime.get()
+        let echo = try #require(runtime.tasks.first { $0.name == "echo" })
+        #expect(echo == TaskSpec(name: "echo", mode: .sync, pool: "fast", timeoutMs: 5000, retries: 0))
+        #expect(runtime.tasks.contains { $0.name == "generate_report" && $0.mode == .async && $0.retries == 3 })
+    }
+
+    @Test func returnsTheResultAsJSON() async throws {
+        guard case .completed(let bytes, let ms) = try await run("echo", #"{"x":3,"label":"é"}"#) else {
+            Issue.record("echo did not complete"); return
+        }
+        #expect(try JSONParser.parse(bytes) == .object(["x": .number("3"), "label": .string("é")]))
+        #expect(ms >= 0)
+    }
+
+    @Test func taskSeesItsContext() async throws {
+        guard case .completed(let bytes, _) = try await run("whoami", "{}") else { Issue.record("whoami failed"); return }
+        #expect(try JSONParser.parse(bytes)["task_id"]?.stringValue == "t-1")
+    }
+
+    @Test func exceptionsCarryTypeMessageAndTraceback() async throws {
+        let error = try errorObject(try await run("boom", #"{"message":"kaput"}"#))
+        #expect(error["type"]?.stringValue == "RuntimeError")
+        #expect(error["message"]?.stringValue == "kaput")
+        #expect(error["traceback"]?.stringValue?.contains("raise RuntimeError(message)") == true)
+    }
+
+    @Test func badArgumentsAreReported() async throws {
+        let error = try errorObject(try await run("echo", #"{"nope":1}"#))
+        #expect(error["type"]?.stringValue == "InvalidArguments")
+    }
+
+    @Test func timeoutInterruptsAPurePythonLoopAndTheThreadServesAgain() async throws {
+        // spin's own timeout is 500 ms; more calls than threads show every thread came back.
+        for _ in 0..<4 {
+            guard case .timedOut(let ms) = try await run("spin", "{}", timeoutMs: 200) else {
+                Issue.record("spin did not time out"); return
+            }
+            #expect(ms >= 200)
+        }
+        let executor = try Embedded.executor.get()
+        for _ in 0..<50 where executor.load.stuck > 0 { try await Task.sleep(for: .milliseconds(20)) }
+        #expect(executor.load.stuck == 0, "every interrupted thread is free again")
+        guard case .completed = try await run("echo", #"{"x":1}"#) else { Issue.record("echo after timeouts failed"); return }
+    }
+
+    @Test func callsRunConcurrentlyOnTheThreads() async throws {
+        // Three threads, three 300 ms sleeps: together well under three times 300 ms would be a timing assertion,
+        // so check instead that all three were running at once.
+        let executor = try Embedded.executor.get()
+        async let a = run("sleepy", #"{"seconds":0.3}"#)
+        async let b = run("sleepy", #"{"seconds":0.3}"#)
+        async let c = run("sleepy", #"{"seconds":0.3}"#)
+        var sawThreeBusy = false
+        for _ in 0..<100 {
+            if executor.load.busy == 3 { sawThreeBusy = true; break }
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        let outcomes = [try await a, try await b, try await c]
+        #expect(sawThreeBusy)
+        for o in outcomes { guard case .completed = o else { Issue.record("sleepy failed: \(o)"); continue } }
+    }
+
+    @Test func unknownTaskFailsCleanly() async throws {
+        let error = try errorObject(try await run("does_not_exist", "{}"))
+        #expect(error["type"]?.stringValue == "UnknownTask")
+    }
+}

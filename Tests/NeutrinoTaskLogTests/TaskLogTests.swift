@@ -1,0 +1,118 @@
+import Foundation
+import Testing
+import NeutrinoCore
+@testable import NeutrinoTaskLog
+
+struct TaskLogTests {
+    func tempPath() -> String {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("neutrino-tasklog-\(UUID().uuidString)")
+        try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        return dir.appendingPathComponent("tasks.db").path
+    }
+
+    func events(for id: String, worker: String) -> [TaskEvent] {
+        [
+            TaskEvent(taskID: id, kind: .pending, at: Timestamp(millis: 1_000), function: "echo", pool: "fast", mode: .sync,
+                      attempt: 0, args: #"{"x":1}"#),
+            TaskEvent(taskID: id, kind: .running, at: Timestamp(millis: 1_001), function: "echo", pool: "fast", mode: .sync,
+                      workerID: worker, attempt: 1),
+            TaskEvent(taskID: id, kind: .completed, at: Timestamp(millis: 1_002), function: "echo", pool: "fast", mode: .sync,
+                      workerID: worker, attempt: 1, result: #"{"ok":true}"#, durationMs: 1),
+        ]
+    }
+
+    /// Several writers on one file (each with its own connection and thread, as gateway and workers have), events
+    /// of one task split between writers and delivered in every order, some twice: every task ends with one row,
+    /// `completed`, and one event of each kind.
+    @Test func concurrentWritersApplyEventsExactlyOnce() async throws {
+        let path = tempPath()
+        let writers = try (0..<4).map { _ in try TaskLogWriter(path: path) }
+        let ids = (0..<1000).map { _ in TaskID.make() }
+        await withTaskGroup(of: Void.self) { group in
+            for (w, writer) in writers.enumerated() {
+                group.addTask {
+                    for (i, id) in ids.enumerated() {
+                        let evs = self.events(for: id, worker: "w\(i % 2)")
+                        // Writer w delivers event (i + w) % 3, and writer 3 repeats the outcome.
+                        if w < 3 { writer.record(evs[(i + w) % 3]) } else { writer.record(evs[2]) }
+                    }
+                    await writer.flush()
+                }
+            }
+        }
+        let reader = try TaskLogReader(path: path)
+        var all: [TaskRecord] = []
+        var before: String?
+        for _ in 0..<20 {
+            let page = try await reader.list(TaskListFilter(before: before, limit: 500))
+            all += page
+            guard page.count == 500 else { break }
+            before = page.last?.id
+        }
+        #expect(all.count == ids.count)
+        #expect(Set(all.map(\.id)) == Set(ids))
+        #expect(all.allSatisfy { $0.status == .completed && $0.args == #"{"x":1}"# && $0.result == #"{"ok":true}"# && $0.attempts == 1 })
+        #expect(all.map(\.id) == all.map(\.id).sorted(by: >), "newest first")
+        for id in ids.prefix(50) {
+            let evs = try await reader.events(taskID: id)
+            #expect(evs.map(\.event) == ["pending", "running", "completed"])
+        }
+        for w in writers { await w.close() }
+        await reader.shutdown()
+    }
+
+    @Test func terminalStatusSurvivesLateEvents() async throws {
+        let path = tempPath()
+        let writer = try TaskLogWriter(path: path)
+        let id = TaskID.make()
+        let base = events(for: id, worker: "w")
+        writer.record(base[2])
+        await writer.flush()
+        writer.record(TaskEvent(taskID: id, kind: .timedOut, function: "echo", pool: "fast", mode: .sync, attempt: 1))
+        writer.record(base[1])
+        writer.record(base[0])
+        await writer.flush()
+        let reader = try TaskLogReader(path: path)
+        let record = try #require(try await reader.record(id: id))
+        #expect(record.status == .completed)
+        #expect(record.args == #"{"x":1}"#)
+        #expect(record.createdAt == Timestamp(millis: 1_000))
+        await writer.close()
+        await reader.shutdown()
+    }
+
+    @Test func filtersAndPages() async throws {
+        let path = tempPath()
+        let writer = try TaskLogWriter(path: path)
+        var ids: [String] = []
+        for i in 0..<7 {
+            let id = TaskID.make()
+            ids.append(id)
+            writer.record(TaskEvent(taskID: id, kind: i % 2 == 0 ? .completed : .failed, function: i < 4 ? "a" : "b",
+                                    pool: i < 2 ? "fast" : "other", mode: .sync, attempt: 1))
+        }
+        await writer.flush()
+        let reader = try TaskLogReader(path: path)
+        #expect(try await reader.list(TaskListFilter(status: .failed)).map(\.id) == [ids[5], ids[3], ids[1]])
+        #expect(try await reader.list(TaskListFilter(function: "a", pool: "other")).map(\.id) == [ids[3], ids[2]])
+        #expect(try await reader.list(TaskListFilter(before: ids[4], limit: 2)).map(\.id) == [ids[3], ids[2]])
+        #expect(try await reader.record(id: TaskID.make()) == nil)
+        await writer.close()
+        await reader.shutdown()
+    }
+
+    @Test func schemaIsWalWithTheSeedIndexes() async throws {
+        let path = tempPath()
+        let writer = try TaskLogWriter(path: path)
+        await writer.close()
+        let db = try SQLiteConnection(path: path)
+        let mode = try db.withStatement("PRAGMA journal_mode") { s in try s.step() ? s.string(0) : nil }
+        #expect(mode == "wal")
+        let indexes = try db.withStatement("SELECT name FROM sqlite_master WHERE type = 'index'") { s in
+            var names: [String] = []
+            while try s.step() { if let n = s.string(0) { names.append(n) } }
+            return names
+        }
+        for name in ["idx_status", "idx_created_at", "idx_function_name", "idx_pool"] { #expect(indexes.contains(name)) }
+    }
+}
