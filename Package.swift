@@ -52,6 +52,7 @@ let package = Package(
             "NeutrinoCore", "NeutrinoTaskLog", "NeutrinoHTTP",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: swiftSettings),
         .target(name: "NeutrinoWorker", dependencies: [
