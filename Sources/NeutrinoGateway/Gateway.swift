@@ -1,4 +1,3 @@
-import AsyncHTTPClient
 import Foundation
 import Hummingbird
 import Logging
@@ -15,7 +14,6 @@ public final class Gateway: Sendable {
     let pools: [String: WorkerPool]
     let taskLog: TaskLogWriter?
     let reader: TaskLogReader?
-    let client: HTTPClient
     let logger: Logger
 
     public init(configuration: GatewayConfiguration, logger: Logger) throws {
@@ -28,16 +26,13 @@ public final class Gateway: Sendable {
             throw GatewayError(message: "cannot read the manifest \(configuration.manifestPath): \(error)")
         }
         do { manifest = try Manifest(json: bytes) } catch { throw GatewayError(message: "\(configuration.manifestPath): \(error)") }
-        var clientConfiguration = HTTPClient.Configuration()
-        clientConfiguration.timeout = .init(connect: .seconds(1))
-        clientConfiguration.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 256)
-        // Fail a refused connection at once so the call moves to the next worker (the circuit breaker backs off).
-        clientConfiguration.connectionPool.retryConnectionEstablishment = false
-        clientConfiguration.decompression = .disabled
-        client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: clientConfiguration)
         var pools: [String: WorkerPool] = [:]
         for (name, urls) in configuration.httpPools {
-            pools[name] = WorkerPool(name: name, endpoints: urls.map(WorkerPool.Endpoint.init(url:)), client: client, logger: logger)
+            let endpoints = try urls.map { url in
+                guard let e = WorkerPool.Endpoint(url: url) else { throw GatewayError(message: "--http-pool \(name): '\(url)' is not http://HOST:PORT") }
+                return e
+            }
+            pools[name] = WorkerPool(name: name, endpoints: endpoints, logger: logger)
         }
         self.pools = pools
         if let path = configuration.taskLogPath {
@@ -88,7 +83,7 @@ public final class Gateway: Sendable {
     private func shutdown() async {
         await taskLog?.close()
         await reader?.shutdown()
-        try? await client.shutdown()
+        for pool in pools.values { pool.close() }
     }
 
     // MARK: Submitting
@@ -141,11 +136,14 @@ public final class Gateway: Sendable {
                       attempt: kind == .pending ? 0 : 1, args: kind == .pending ? args.jsonText : nil, result: result,
                       error: error, durationMs: durationMs)
         }
-        taskLog?.record(event(.pending))
+        // `pending` is recorded together with the outcome, in one batch: the worker's `running` makes the task
+        // visible while it runs, and a sync call costs the task log one transaction instead of two.
+        let pending = event(.pending)
+        func record(_ outcome: TaskEvent?) { taskLog?.record(contentsOf: [pending] + (outcome.map { [$0] } ?? [])) }
         let taskHeader: HTTPFields = [NeutrinoHeader.taskID: taskID]
         guard let pool = pools[spec.pool] else {
             let message = "no worker is configured for pool '\(spec.pool)'"
-            taskLog?.record(event(.failed, error: Self.errorJSON(type: "NoWorkerAvailable", message: message)))
+            record(event(.failed, error: Self.errorJSON(type: "NoWorkerAvailable", message: message)))
             return Self.taskError(.serviceUnavailable, taskID: taskID, status: .failed, type: "NoWorkerAvailable", message: message,
                                   headers: taskHeader + [.retryAfter: "1"])
         }
@@ -158,25 +156,27 @@ public final class Gateway: Sendable {
             switch error {
             case .timedOut:
                 let message = "no answer from the worker within \(spec.timeoutMs) ms + \(configuration.timeoutGraceMs) ms grace"
-                taskLog?.record(event(.timedOut, error: Self.errorJSON(type: "TimeoutError", message: message)))
+                record(event(.timedOut, error: Self.errorJSON(type: "TimeoutError", message: message)))
                 return Self.taskError(.gatewayTimeout, taskID: taskID, status: .timedOut, type: "TimeoutError", message: message, headers: taskHeader)
             case .noWorkerAvailable(let reason):
                 let message = "no worker of pool '\(spec.pool)' is reachable (\(reason))"
-                taskLog?.record(event(.failed, error: Self.errorJSON(type: "NoWorkerAvailable", message: message)))
+                record(event(.failed, error: Self.errorJSON(type: "NoWorkerAvailable", message: message)))
                 return Self.taskError(.serviceUnavailable, taskID: taskID, status: .failed, type: "NoWorkerAvailable", message: message,
                                       headers: taskHeader + [.retryAfter: "1"])
             }
         }
         // Record the outcome the caller is about to see, so GET /tasks/<id> right after this answer shows it.
+        var outcome: TaskEvent?
         if let statusText = answer.headers["x-neutrino-status"], let status = TaskStatus(rawValue: statusText), status.isTerminal,
            let offsetText = answer.headers["x-neutrino-outcome-offset"], let offset = Int(offsetText),
            offset < answer.body.count {
-            let outcome = String(decoding: answer.body[offset..<(answer.body.count - 1)], as: UTF8.self)
+            let raw = String(decoding: answer.body[offset..<(answer.body.count - 1)], as: UTF8.self)
             let kind: TaskEventKind = status == .completed ? .completed : status == .timedOut ? .timedOut : .failed
-            taskLog?.record(event(kind, workerID: answer.headers["x-neutrino-worker"],
-                                  result: kind == .completed ? outcome : nil, error: kind == .completed ? nil : outcome,
-                                  durationMs: answer.headers["x-neutrino-duration-ms"].flatMap(Double.init)))
+            outcome = event(kind, workerID: answer.headers["x-neutrino-worker"],
+                            result: kind == .completed ? raw : nil, error: kind == .completed ? nil : raw,
+                            durationMs: answer.headers["x-neutrino-duration-ms"].flatMap(Double.init))
         }
+        record(outcome)
         return .json(HTTPResponse.Status(code: answer.status), answer.body, headers: taskHeader)
     }
 

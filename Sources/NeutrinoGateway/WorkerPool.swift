@@ -1,4 +1,3 @@
-import AsyncHTTPClient
 import Logging
 import NIOCore
 import NIOHTTP1
@@ -8,12 +7,25 @@ import NeutrinoHTTP
 import Synchronization
 
 /// The fast workers of one sync pool: round robin over the workers whose circuit is closed, over pooled
-/// keep-alive connections (one shared AsyncHTTPClient). A worker that cannot be reached is skipped and the call
+/// keep-alive connections (`WorkerConnections`). A worker that cannot be reached is skipped and the call
 /// goes to the next one, so one dead worker costs no failed request while another is healthy.
 public final class WorkerPool: Sendable {
     public struct Endpoint: Sendable, Hashable {
         public var url: String
-        public init(url: String) { self.url = url.hasSuffix("/") ? String(url.dropLast()) : url }
+        public var host: String
+        public var port: Int
+
+        /// `http://HOST:PORT` (a trailing slash is ignored); nil for anything else.
+        public init?(url: String) {
+            let trimmed = url.hasSuffix("/") ? String(url.dropLast()) : url
+            guard trimmed.hasPrefix("http://") else { return nil }
+            let authority = trimmed.dropFirst("http://".count)
+            guard let colon = authority.lastIndex(of: ":"), let port = Int(authority[authority.index(after: colon)...]),
+                  (1...65535).contains(port), !authority[..<colon].isEmpty, !authority.contains("/") else { return nil }
+            self.url = trimmed
+            self.host = String(authority[..<colon])
+            self.port = port
+        }
     }
 
     /// A worker's answer: status, headers and the whole body.
@@ -35,14 +47,15 @@ public final class WorkerPool: Sendable {
     public let endpoints: [Endpoint]
     private let breakers: Mutex<[CircuitBreaker]>
     private let next = Atomic<Int>(0)
-    private let client: HTTPClient
+    private let connections: [WorkerConnections]
     private let logger: Logger
 
-    public init(name: String, endpoints: [Endpoint], client: HTTPClient, logger: Logger) {
+    public init(name: String, endpoints: [Endpoint], group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+                logger: Logger) {
         self.name = name
         self.endpoints = endpoints
         self.breakers = Mutex(Array(repeating: CircuitBreaker(), count: endpoints.count))
-        self.client = client
+        self.connections = endpoints.map { WorkerConnections(host: $0.host, port: $0.port, group: group) }
         self.logger = logger
     }
 
@@ -73,6 +86,7 @@ public final class WorkerPool: Sendable {
         var attempt = 1
         var lastError = "no worker is configured for pool '\(name)'"
         var retriedLostConnection = false
+        let payload = ByteBuffer(bytes: body)
         for index in order(now: .now()) {
             let endpoint = endpoints[index]
             var headers = HTTPHeaders()
@@ -80,45 +94,42 @@ public final class WorkerPool: Sendable {
             headers.add(name: "X-Neutrino-Task-Id", value: taskID)
             headers.add(name: "X-Neutrino-Attempt", value: String(attempt))
             do {
-                // The future-based API collects the body on the event loop: fewer hops than the async one.
-                let request = try HTTPClient.Request(url: "\(endpoint.url)/api/\(task)", method: .POST, headers: headers,
-                                                     body: .byteBuffer(ByteBuffer(bytes: body)))
-                let response = try await client.execute(request: request, eventLoop: .indifferent, deadline: deadline,
-                                                        logger: nil).get()
-                var buffer = response.body ?? ByteBuffer()
-                let bytes = buffer.readBytes(length: buffer.readableBytes) ?? []
-                if response.status.code == 503 {
+                var reply = try await connections[index].send(path: "/api/\(task)", headers: headers, body: payload, deadline: deadline)
+                if reply.status == 503 {
                     // Saturated: it ran nothing; another worker may have room.
                     lastError = "worker \(endpoint.url) is saturated"
                     continue
                 }
                 breakers.withLock { $0[index].recordSuccess() }
                 var answerHeaders: [String: String] = [:]
-                for h in response.headers where h.name.lowercased().hasPrefix("x-neutrino-") { answerHeaders[h.name.lowercased()] = h.value }
-                return Answer(status: Int(response.status.code), headers: answerHeaders, body: bytes, endpoint: endpoint.url)
+                for h in reply.headers where h.name.lowercased().hasPrefix("x-neutrino-") { answerHeaders[h.name.lowercased()] = h.value }
+                let bytes = reply.body.readBytes(length: reply.body.readableBytes) ?? []
+                return Answer(status: reply.status, headers: answerHeaders, body: bytes, endpoint: endpoint.url)
             } catch {
-                if Self.isDeadline(error) { throw .timedOut }
-                lastError = "worker \(endpoint.url): \(error)"
-                breakers.withLock { $0[index].recordFailure(now: .now()) }
-                logger.warning("worker unreachable", metadata: ["pool": "\(name)", "worker": "\(endpoint.url)", "error": "\(error)"])
-                if Self.mayHaveRun(error) {
-                    guard !retriedLostConnection else { throw .noWorkerAvailable(lastError) }
+                switch error {
+                case .timedOut:
+                    throw .timedOut
+                case .unreachable(let reason):
+                    lastError = "worker \(endpoint.url): \(reason)"
+                case .lost(let reason):
+                    // The task may have run: try once more elsewhere, as the next attempt.
+                    lastError = "worker \(endpoint.url): \(reason)"
+                    guard !retriedLostConnection else {
+                        breakers.withLock { $0[index].recordFailure(now: .now()) }
+                        throw .noWorkerAvailable(lastError)
+                    }
                     retriedLostConnection = true
                     attempt += 1
                 }
+                breakers.withLock { $0[index].recordFailure(now: .now()) }
+                logger.warning("worker unreachable", metadata: ["pool": "\(name)", "worker": "\(endpoint.url)", "error": "\(lastError)"])
             }
         }
         throw .noWorkerAvailable(lastError)
     }
 
-    static func isDeadline(_ error: any Error) -> Bool {
-        if let e = error as? HTTPClientError, e == .deadlineExceeded || e == .readTimeout { return true }
-        return false
-    }
-
-    /// Whether the request may have reached the worker before the connection broke (so the task may have run).
-    static func mayHaveRun(_ error: any Error) -> Bool {
-        if let e = error as? HTTPClientError, e == .remoteConnectionClosed { return true }
-        return false
+    /// Closes idle connections.
+    public func close() {
+        for c in connections { c.close() }
     }
 }

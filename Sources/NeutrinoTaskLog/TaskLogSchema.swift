@@ -1,3 +1,6 @@
+import CSQLite
+import Glibc
+
 /// The task log's tables. `tasks` is the seed's table plus `attempts`, `progress` and `progress_message`;
 /// `task_events` keeps every lifecycle event. Timestamps are ISO-8601 UTC text with milliseconds, which sorts
 /// in time order.
@@ -42,12 +45,25 @@ enum TaskLogSchema {
         """,
         // One row per (task, event, attempt): the gateway and the worker may both report an outcome.
         "CREATE UNIQUE INDEX IF NOT EXISTS idx_task_events_unique ON task_events(task_id, event, attempt)",
-        "CREATE INDEX IF NOT EXISTS idx_task_events_at ON task_events(at)",
     ]
 
     /// Opens `path` for writing: WAL, NORMAL sync (a commit is a WAL append, not a disk sync), busy timeout,
     /// and the schema, created once under a write lock so several processes can start together.
     static func prepare(_ db: SQLiteConnection) throws {
+        // Processes starting together race to create the file and switch it to WAL; SQLite answers some of those
+        // races with SQLITE_BUSY at once instead of waiting, so retry for a while.
+        var attempt = 0
+        while true {
+            do {
+                return try prepareOnce(db)
+            } catch let error as SQLiteError where (error.code == SQLITE_BUSY || error.code == SQLITE_LOCKED) && attempt < 100 {
+                attempt += 1
+                usleep(UInt32(20_000 + Int.random(in: 0..<20_000)))
+            }
+        }
+    }
+
+    private static func prepareOnce(_ db: SQLiteConnection) throws {
         try db.execute("PRAGMA journal_mode=WAL")
         try db.execute("PRAGMA synchronous=NORMAL")
         try db.writeTransaction {

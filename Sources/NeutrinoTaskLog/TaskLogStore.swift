@@ -16,15 +16,19 @@ struct TaskLogStore {
     /// Applies one batch in one transaction: every event through the state machine, and into `task_events`.
     func apply(_ events: [TaskEvent]) throws {
         try db.writeTransaction {
-            // Several events of one batch often concern one task (running + completed): keep the merged rows.
-            var rows: [String: TaskRecord?] = [:]
+            // Several events of one batch often concern one task (running + completed): merge them in memory and
+            // write each row once, remembering whether it existed (an UPDATE touches fewer indexes than a REPLACE).
+            var rows: [String: (row: TaskRecord, existed: Bool)] = [:]
             for event in events {
-                let existing: TaskRecord?
-                if let cached = rows[event.taskID] { existing = cached } else { existing = try record(id: event.taskID) }
-                rows[event.taskID] = TaskRecord.applying(event, to: existing)
+                if let cached = rows[event.taskID] {
+                    rows[event.taskID] = (TaskRecord.applying(event, to: cached.row), cached.existed)
+                } else {
+                    let existing = try record(id: event.taskID)
+                    rows[event.taskID] = (TaskRecord.applying(event, to: existing), existing != nil)
+                }
                 if event.kind != .progress { try insertEvent(event) }
             }
-            for case let (_, row?) in rows { try upsert(row) }
+            for (row, existed) in rows.values { try existed ? update(row) : insert(row) }
         }
     }
 
@@ -42,8 +46,21 @@ struct TaskLogStore {
         }
     }
 
-    private func upsert(_ r: TaskRecord) throws {
-        try db.withStatement("INSERT OR REPLACE INTO tasks (\(TaskLogStore.columns)) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)") { stmt in
+    private func insert(_ r: TaskRecord) throws {
+        try write(r, sql: "INSERT INTO tasks (\(TaskLogStore.columns)) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)")
+    }
+
+    private func update(_ r: TaskRecord) throws {
+        try write(r, sql: """
+            UPDATE tasks SET function_name = ?2, status = ?3, created_at = ?4, started_at = ?5, completed_at = ?6,
+                worker_id = ?7, pool = ?8, execution_mode = ?9, args = ?10, result = ?11, error = ?12, duration_ms = ?13,
+                attempts = ?14, progress = ?15, progress_message = ?16
+            WHERE id = ?1
+            """)
+    }
+
+    private func write(_ r: TaskRecord, sql: String) throws {
+        try db.withStatement(sql) { stmt in
         stmt.bind(1, r.id)
         stmt.bind(2, r.function)
         stmt.bind(3, r.status.rawValue)

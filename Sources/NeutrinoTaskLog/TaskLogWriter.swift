@@ -70,15 +70,22 @@ public final class TaskLogWriter: Sendable {
 
     /// Queues `event` for the next batch. Never blocks on the database.
     public func record(_ event: TaskEvent) {
+        record(contentsOf: CollectionOfOne(event))
+    }
+
+    /// Queues `events` so they commit in one batch (one transaction).
+    public func record<C: Collection>(contentsOf events: C) where C.Element == TaskEvent {
         let s = state
         s.condition.lock()
         if s.stopped {
             s.condition.unlock()
-            logger.error("task log closed; event dropped", metadata: ["task_id": "\(event.taskID)", "event": "\(event.kind.rawValue)"])
+            for event in events {
+                logger.error("task log closed; event dropped", metadata: ["task_id": "\(event.taskID)", "event": "\(event.kind.rawValue)"])
+            }
             return
         }
-        s.queue.append(event)
-        s.enqueued += 1
+        s.queue.append(contentsOf: events)
+        s.enqueued += UInt64(events.count)
         s.condition.signal()
         s.condition.unlock()
     }

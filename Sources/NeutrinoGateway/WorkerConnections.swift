@@ -1,0 +1,164 @@
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+/// Keep-alive HTTP/1.1 connections to one worker, one request in flight per connection.
+///
+/// The gateway talks to its own workers only: short JSON bodies, `Content-Length` always set, no redirects, no TLS,
+/// no decompression. A small client on SwiftNIO does exactly that with a fraction of a general-purpose client's work
+/// per request (measured: see docs/architecture.md), and makes the one distinction the circuit breaker needs:
+/// whether the request could have reached the worker.
+final class WorkerConnections: Sendable {
+    struct Reply: Sendable {
+        var status: Int
+        var headers: HTTPHeaders
+        var body: ByteBuffer
+    }
+
+    enum Failure: Error, Sendable {
+        /// Could not connect: the request never left the gateway.
+        case unreachable(String)
+        /// The connection broke after the request was written: the worker may have run it.
+        case lost(String)
+        case timedOut
+    }
+
+    let host: String
+    let port: Int
+    private let group: any EventLoopGroup
+    private let idle = NIOLockedValueBox<[any Channel]>([])
+    static let maxIdle = 256
+
+    init(host: String, port: Int, group: any EventLoopGroup) {
+        self.host = host
+        self.port = port
+        self.group = group
+    }
+
+    /// Sends one request and returns the worker's whole answer.
+    func send(path: String, headers: HTTPHeaders, body: ByteBuffer, deadline: NIODeadline) async throws(Failure) -> Reply {
+        let channel = try await checkout()
+        let promise = channel.eventLoop.makePromise(of: Reply.self)
+        var head = HTTPRequestHead(version: .http1_1, method: .POST, uri: path, headers: headers)
+        head.headers.replaceOrAdd(name: "Host", value: "\(host):\(port)")
+        head.headers.replaceOrAdd(name: "Content-Length", value: String(body.readableBytes))
+        let exchange = Exchange(head: head, body: body, promise: promise)
+        let timeout = channel.eventLoop.scheduleTask(deadline: deadline) {
+            promise.fail(Failure.timedOut)
+            channel.close(promise: nil)
+        }
+        channel.writeAndFlush(exchange, promise: nil)
+        do {
+            let reply = try await promise.futureResult.get()
+            timeout.cancel()
+            checkin(channel, keepAlive: reply.headers.first(name: "Connection")?.lowercased() != "close")
+            return reply
+        } catch let failure as Failure {
+            timeout.cancel()
+            channel.close(promise: nil)
+            throw failure
+        } catch {
+            timeout.cancel()
+            channel.close(promise: nil)
+            throw .lost("\(error)")
+        }
+    }
+
+    /// Closes the idle connections.
+    func close() {
+        let channels = idle.withLockedValue { c in defer { c.removeAll() }; return c }
+        for c in channels { c.close(promise: nil) }
+    }
+
+    private func checkout() async throws(Failure) -> any Channel {
+        while let channel = idle.withLockedValue({ $0.popLast() }) {
+            if channel.isActive { return channel }
+        }
+        do {
+            return try await ClientBootstrap(group: group)
+                .connectTimeout(.seconds(1))
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                        try channel.pipeline.syncOperations.addHandler(ExchangeHandler())
+                    }
+                }
+                .connect(host: host, port: port)
+                .get()
+        } catch {
+            throw .unreachable("\(error)")
+        }
+    }
+
+    private func checkin(_ channel: any Channel, keepAlive: Bool) {
+        guard keepAlive, channel.isActive else {
+            channel.close(promise: nil)
+            return
+        }
+        let kept = idle.withLockedValue { c -> Bool in
+            guard c.count < WorkerConnections.maxIdle else { return false }
+            c.append(channel)
+            return true
+        }
+        if !kept { channel.close(promise: nil) }
+    }
+}
+
+/// One request and the promise its answer completes.
+struct Exchange {
+    var head: HTTPRequestHead
+    var body: ByteBuffer
+    var promise: EventLoopPromise<WorkerConnections.Reply>
+}
+
+/// Writes an `Exchange` as request parts and assembles the response into its promise.
+private final class ExchangeHandler: ChannelDuplexHandler {
+    typealias InboundIn = HTTPClientResponsePart
+    typealias OutboundIn = Exchange
+    typealias OutboundOut = HTTPClientRequestPart
+
+    private var pending: EventLoopPromise<WorkerConnections.Reply>?
+    private var head: HTTPResponseHead?
+    private var body: ByteBuffer?
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let exchange = unwrapOutboundIn(data)
+        pending = exchange.promise
+        head = nil
+        body = nil
+        context.write(wrapOutboundOut(.head(exchange.head)), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(exchange.body))), promise: nil)
+        context.write(wrapOutboundOut(.end(nil)), promise: promise)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let h):
+            head = h
+        case .body(var chunk):
+            if body == nil { body = chunk } else { body!.writeBuffer(&chunk) }
+        case .end:
+            guard let promise = pending, let head else { return }
+            pending = nil
+            promise.succeed(.init(status: Int(head.status.code), headers: head.headers, body: body ?? ByteBuffer()))
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        fail(WorkerConnections.Failure.lost("the worker closed the connection before answering"))
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        fail(WorkerConnections.Failure.lost("\(error)"))
+        context.close(promise: nil)
+    }
+
+    private func fail(_ error: WorkerConnections.Failure) {
+        if let promise = pending {
+            pending = nil
+            promise.fail(error)
+        }
+    }
+}
