@@ -46,6 +46,7 @@ let package = Package(
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "HTTPTypes", package: "swift-http-types"),
             .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: swiftSettings),
         .target(name: "NeutrinoGateway", dependencies: [
             "NeutrinoCore", "NeutrinoTaskLog", "NeutrinoHTTP",

@@ -97,6 +97,17 @@ public struct JSONWriter: Sendable {
 }
 
 extension JSONWriter {
+    /// `{"type","message","traceback"}`: how a task's error is stored in the task log and answered.
+    public static func taskError(type: String, message: String, traceback: String? = nil) -> [UInt8] {
+        var w = JSONWriter()
+        w.beginObject()
+        w.key("type"); w.string(type)
+        w.key("message"); w.string(message)
+        w.key("traceback"); w.stringOrNull(traceback)
+        w.endObject()
+        return w.bytes
+    }
+
     /// `{"error":{"type":…,"message":…}}`: the one shape of every error body the servers send.
     public static func errorBody(type: String, message: String, extra: (inout JSONWriter) -> Void = { _ in }) -> [UInt8] {
         var w = JSONWriter()

@@ -61,12 +61,8 @@ public final class Gateway: Sendable {
         router.get("/tasks") { request, _ in
             await self.listTasks(request.uri.queryParameters)
         }
-        let host = configuration.host
-        let app = Application(
-            router: router,
-            configuration: .init(address: .hostname(host, port: configuration.port), serverName: "neutrino-gateway"),
-            onServerRunning: { channel in announceListening(channel, host: host) },
-            logger: logger)
+        let app = makeApplication(router: router, host: configuration.host, port: configuration.port,
+                                  serverName: "neutrino-gateway", logger: logger)
         logger.info("gateway starting", metadata: [
             "tasks": "\(manifest.tasks.keys.sorted().joined(separator: ","))",
             "pools": "\(configuration.httpPools.map { "\($0.key)=\($0.value.count)" }.sorted().joined(separator: ","))",
@@ -191,13 +187,7 @@ public final class Gateway: Sendable {
     }
 
     static func errorJSON(type: String, message: String) -> String {
-        var w = JSONWriter()
-        w.beginObject()
-        w.key("type"); w.string(type)
-        w.key("message"); w.string(message)
-        w.key("traceback"); w.null()
-        w.endObject()
-        return w.text
+        String(decoding: JSONWriter.taskError(type: type, message: message), as: UTF8.self)
     }
 
     static func taskError(_ code: HTTPResponse.Status, taskID: String, status: TaskStatus, type: String, message: String,

@@ -1,6 +1,7 @@
 import Glibc
 import HTTPTypes
 import Hummingbird
+import Logging
 import NIOCore
 import NeutrinoCore
 
@@ -62,6 +63,16 @@ extension Request {
             throw .unreadable("\(error)")
         }
     }
+}
+
+/// A Hummingbird application on `host:port` that announces its bound address (see `announceListening`).
+public func makeApplication(router: Router<BasicRequestContext>, host: String, port: Int, serverName: String,
+                            logger: Logger) -> some ApplicationProtocol {
+    Application(
+        router: router,
+        configuration: .init(address: .hostname(host, port: port), serverName: serverName),
+        onServerRunning: { channel in announceListening(channel, host: host) },
+        logger: logger)
 }
 
 /// Prints `listening on http://HOST:PORT` on stdout once the server is bound, so a supervisor or test that

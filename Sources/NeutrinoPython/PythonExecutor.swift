@@ -204,7 +204,7 @@ public final class PythonExecutor: Sendable {
     private func call(_ job: Job) -> PythonOutcome {
         func elapsed() -> Double { Double(monotonicNanos() - job.startNanos) / 1e6 }
         guard let name = runtime.taskNames[job.task] else {
-            return .failed(error: PythonExecutor.errorJSON(type: "UnknownTask", message: "no task named '\(job.task)' in this app", traceback: nil),
+            return .failed(error: JSONWriter.taskError(type: "UnknownTask", message: "no task named '\(job.task)' in this app", traceback: nil),
                            durationMs: elapsed())
         }
         let payload = job.payload.withUnsafeBufferPointer { buffer in
@@ -214,7 +214,7 @@ public final class PythonExecutor: Sendable {
         }
         guard let payload, let args = PyTuple_New(2) else {
             PyErr_Clear()
-            return .failed(error: PythonExecutor.errorJSON(type: "MemoryError", message: "cannot build the call", traceback: nil), durationMs: elapsed())
+            return .failed(error: JSONWriter.taskError(type: "MemoryError", message: "cannot build the call", traceback: nil), durationMs: elapsed())
         }
         Py_IncRef(name.pointer)
         PyTuple_SetItem(args, 0, name.pointer)
@@ -224,7 +224,7 @@ public final class PythonExecutor: Sendable {
         if let result {
             defer { Py_DecRef(result) }
             if let bytes = PythonRuntime.bytes(of: result) { return .completed(result: bytes, durationMs: elapsed()) }
-            return .failed(error: PythonExecutor.errorJSON(type: "ResultNotSerializable", message: "the runtime returned no bytes", traceback: nil),
+            return .failed(error: JSONWriter.taskError(type: "ResultNotSerializable", message: "the runtime returned no bytes", traceback: nil),
                            durationMs: elapsed())
         }
         let (type, value, traceback) = PythonRuntime.fetchError()
@@ -237,17 +237,8 @@ public final class PythonExecutor: Sendable {
         PyErr_Clear()
         // Raised outside the runtime's own handler (e.g. an injected TimeoutError landing between two lines of it).
         let text = PythonRuntime.formatException(type: type, value: value, traceback: traceback)
-        return .failed(error: PythonExecutor.errorJSON(type: PythonRuntime.typeName(type), message: PythonRuntime.string(of: value), traceback: text),
+        return .failed(error: JSONWriter.taskError(type: PythonRuntime.typeName(type), message: PythonRuntime.string(of: value), traceback: text),
                        durationMs: elapsed())
     }
 
-    static func errorJSON(type: String, message: String, traceback: String?) -> [UInt8] {
-        var w = JSONWriter()
-        w.beginObject()
-        w.key("type"); w.string(type)
-        w.key("message"); w.string(message)
-        w.key("traceback"); w.stringOrNull(traceback)
-        w.endObject()
-        return w.bytes
-    }
 }

@@ -31,12 +31,8 @@ public struct HTTPWorker: Sendable {
         router.post("/api/:task") { request, context in
             await self.call(request, task: context.parameters.get("task") ?? "")
         }
-        let host = configuration.host
-        let app = Application(
-            router: router,
-            configuration: .init(address: .hostname(host, port: configuration.port), serverName: "neutrino-worker"),
-            onServerRunning: { channel in announceListening(channel, host: host) },
-            logger: logger)
+        let app = makeApplication(router: router, host: configuration.host, port: configuration.port,
+                                  serverName: "neutrino-worker", logger: logger)
         if specs.isEmpty {
             logger.warning("the app has no sync task in this pool", metadata: ["pool": "\(configuration.pool)"])
         }

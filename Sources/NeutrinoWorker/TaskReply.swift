@@ -27,9 +27,9 @@ struct TaskReply {
             (status, raw, key, durationMs) = (.failed, error, "error", ms)
         case .timedOut(let ms):
             let message = "task '\(spec.name)' exceeded its timeout of \(spec.timeoutMs) ms"
-            (status, raw, key, durationMs) = (.timedOut, TaskReply.errorJSON(type: "TimeoutError", message: message), "error", ms)
+            (status, raw, key, durationMs) = (.timedOut, JSONWriter.taskError(type: "TimeoutError", message: message), "error", ms)
         case .rejected(let reason):
-            (status, raw, key, durationMs) = (.failed, TaskReply.errorJSON(type: "WorkerUnavailable", message: reason), "error", 0)
+            (status, raw, key, durationMs) = (.failed, JSONWriter.taskError(type: "WorkerUnavailable", message: reason), "error", 0)
         }
         w.key("status"); w.string(status.rawValue)
         w.key("worker_id"); w.string(workerID)
@@ -43,13 +43,4 @@ struct TaskReply {
         self.outcome = String(decoding: raw, as: UTF8.self)
     }
 
-    static func errorJSON(type: String, message: String) -> [UInt8] {
-        var w = JSONWriter()
-        w.beginObject()
-        w.key("type"); w.string(type)
-        w.key("message"); w.string(message)
-        w.key("traceback"); w.null()
-        w.endObject()
-        return w.bytes
-    }
 }
