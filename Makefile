@@ -54,7 +54,7 @@ test: deps
 	$(MAKE) e2e-test
 
 bench: build-release
-	bash bench/run.sh
+	PYTHON=$(CURDIR)/$(PY) BENCH_SKIP_BUILD=1 bash bench/run.sh
 
 clean:
 	rm -rf .build .neutrino $(VENV)

@@ -1,0 +1,628 @@
+#!/usr/bin/env python3
+"""Neutrino benchmark orchestration (stdlib only; bench/run.sh installs and builds, then runs this).
+
+For each target — Neutrino gateway + 2 HTTP workers, one Neutrino worker direct, uvicorn+Starlette
+with 1 and 2 worker processes, Ray Serve — it starts the server(s) on free 127.0.0.1 ports, waits
+(bounded) until `POST /api/echo` answers, runs wrk at each concurrency (warm-up, then the measured
+run), stops the server(s), and moves on, so only one server runs at a time. Prints a Markdown
+table. Nothing here asserts on timings.
+
+Environment:
+  BENCH_SECONDS=10         measured seconds per (target, concurrency)
+  BENCH_WARMUP=2           warm-up seconds before each measured run (0: none)
+  BENCH_CONCURRENCY=1,32   connection counts (wrk threads: 1 for c=1, else 2)
+  BENCH_ONLY=...           comma list of targets to run, from:
+                           neutrino, neutrino-direct, uvicorn-1, uvicorn-2, ray
+  BENCH_START_TIMEOUT=60   seconds to wait for a server to come up (Ray: max(this, 180))
+  BENCH_WORKER_PATH=/api/echo   path of the echo task on a worker called directly
+  BENCH_RAY_REPLICAS=2     Ray Serve replicas
+  BENCH_KEEP=1             keep the state/log directory (it is kept anyway when a server failed)
+  BENCH_SKIP_NEUTRINO=reason    skip the Neutrino rows (run.sh sets it when swift build fails)
+  BENCH_NEUTRINO_BIN_DIR=.build/release   where neutrino-gateway and neutrino-worker are
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+VENV = BENCH / ".venv"
+RAY_VENV = BENCH / ".venv-ray"
+RAY_FAILED = RAY_VENV / "bench-install-failed"  # written by run.sh with the reason
+LUA = BENCH / "post.lua"
+BIN_DIR = Path(os.environ.get("BENCH_NEUTRINO_BIN_DIR", REPO / ".build" / "release"))
+WORKER_BIN = BIN_DIR / "neutrino-worker"
+GATEWAY_BIN = BIN_DIR / "neutrino-gateway"
+
+BODY = os.environ.get("BENCH_BODY", '{"args":{"x":42,"label":"bench"}}')
+SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
+WARMUP = int(os.environ.get("BENCH_WARMUP", "2"))
+CONCURRENCY = [int(c) for c in os.environ.get("BENCH_CONCURRENCY", "1,32").split(",") if c.strip()]
+START_TIMEOUT = float(os.environ.get("BENCH_START_TIMEOUT", "60"))
+WORKER_PATH = os.environ.get("BENCH_WORKER_PATH", "/api/echo")
+RAY_REPLICAS = int(os.environ.get("BENCH_RAY_REPLICAS", "2"))
+LISTENING = re.compile(rb"listening on http://127\.0\.0\.1:(\d+)")
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- processes
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def descendants(pid: int) -> list[int]:
+    """All live descendants of pid (from /proc), so that children that left the process
+    group (Ray's actors do) are still stopped."""
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{d}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+class Proc:
+    """A server process in its own session (so the terminal's Ctrl-C goes to us, not it),
+    stdout+stderr to a log file."""
+
+    live: list["Proc"] = []
+
+    def __init__(self, name: str, argv: list[str], log_path: Path, env: Optional[dict] = None):
+        self.name, self.argv, self.log_path = name, argv, log_path
+        log(f"start {name}: {' '.join(argv)}")
+        self._log = open(log_path, "wb")
+        self.p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log,
+                                  stderr=subprocess.STDOUT, start_new_session=True,
+                                  cwd=REPO, env=env)
+        Proc.live.append(self)
+
+    def log_tail(self, n: int = 15) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join("    " + l for l in lines[-n:])
+
+    def wait_listening(self, timeout: float) -> int:
+        """Port from the `listening on http://127.0.0.1:PORT` line."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = LISTENING.search(self.log_path.read_bytes())
+            if m:
+                return int(m.group(1))
+            if self.p.poll() is not None:
+                raise StartError(f"{self.name} exited with status {self.p.returncode} before "
+                                 f"printing 'listening on'")
+            time.sleep(0.05)
+        raise StartError(f"{self.name} printed no 'listening on http://127.0.0.1:PORT' line "
+                         f"within {timeout:.0f} s (still running: is stdout flushed after it?)")
+
+    def stop(self, grace: float = 10.0) -> None:
+        if self not in Proc.live:
+            return
+        Proc.live.remove(self)
+        kids = descendants(self.p.pid)
+        pgid = self.p.pid  # start_new_session: the process leads its own group
+        if self.p.poll() is None:
+            try:
+                os.kill(self.p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.p.wait(grace)
+            except subprocess.TimeoutExpired:
+                log(f"{self.name} ignored SIGTERM for {grace:.0f} s; killing it")
+        # Whatever is left, in its group or among the children seen before: SIGKILL.
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        for pid in kids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        try:
+            self.p.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+        self._log.close()
+
+    @classmethod
+    def stop_all(cls) -> None:
+        for p in reversed(list(cls.live)):
+            p.stop(grace=5.0)
+
+
+class StartError(Exception):
+    pass
+
+
+class Skip(Exception):
+    pass
+
+
+def post(url: str, body: str = BODY, timeout: float = 5.0) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=body.encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def wait_answering(url: str, timeout: float, procs: list[Proc]) -> str:
+    """Bounded wait until POST url gives any HTTP answer; returns a note if it is not a 2xx
+    with the echoed x (the run still goes ahead, its errors show in the table)."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        for p in procs:
+            if p.p.poll() is not None:
+                raise StartError(f"{p.name} exited with status {p.p.returncode}")
+        try:
+            status, data = post(url, timeout=2.0)
+        except (OSError, urllib.error.URLError) as e:
+            last = f"{type(e).__name__}: {e}"
+            time.sleep(0.1)
+            continue
+        text = data[:200].decode(errors="replace")
+        if not 200 <= status < 300:
+            if status in (502, 503, 504):  # a gateway/proxy whose backends are not ready yet
+                last = f"HTTP {status}: {text}"
+                time.sleep(0.2)
+                continue
+            return f"sanity check: HTTP {status} {text}"
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            return f"sanity check: 2xx but not JSON: {text}"
+        if '"x": 42' not in json.dumps(doc) and '"x":42' not in text:
+            return f"sanity check: 2xx but no x=42 in {text}"
+        log(f"  {url} -> {status} {text}")
+        return ""
+    raise StartError(f"{url} did not answer within {timeout:.0f} s (last: {last})")
+
+
+# --------------------------------------------------------------------------- wrk
+
+@dataclass
+class WrkResult:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    non2xx: int
+    sock: dict  # connect/read/write/timeout
+
+    @property
+    def sock_total(self) -> int:
+        return sum(self.sock.values())
+
+
+_UNIT = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+
+
+def _ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text)
+    if not m:
+        raise ValueError(text)
+    return float(m.group(1)) * _UNIT[m.group(2)]
+
+
+def parse_wrk(out: str) -> WrkResult:
+    """From post.lua's BENCH_RESULT line if present (exact microseconds), else from wrk's
+    own --latency text."""
+    m = re.search(r"^BENCH_RESULT (.*)$", out, re.M)
+    if m:
+        kv = dict(tok.split("=", 1) for tok in m.group(1).split())
+        n, dur = int(kv["requests"]), int(kv["duration_us"])
+        return WrkResult(
+            rps=n / (dur / 1e6) if dur else 0.0,
+            p50_ms=int(kv["p50_us"]) / 1e3, p99_ms=int(kv["p99_us"]) / 1e3, requests=n,
+            non2xx=int(kv["status_errors"]),
+            sock={k: int(kv[k]) for k in ("connect", "read", "write", "timeout")})
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
+    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
+    n = int(re.search(r"^\s+(\d+) requests in", out, re.M).group(1))
+    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    non2xx = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    sock = dict(zip(("connect", "read", "write", "timeout"),
+                    map(int, m.groups()))) if m else dict.fromkeys(("connect", "read", "write", "timeout"), 0)
+    return WrkResult(rps, p50, p99, n, non2xx, sock)
+
+
+def wrk(url: str, conns: int, seconds: int, log_path: Path) -> WrkResult:
+    threads = 1 if conns == 1 else 2
+    argv = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--latency",
+            "--timeout", "5s", "-s", str(LUA), url]
+    env = dict(os.environ, BENCH_BODY=BODY)
+    r = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=seconds + 60)
+    with open(log_path, "a") as f:
+        f.write(f"$ {' '.join(argv)}\n{r.stdout}{r.stderr}\n")
+    if r.returncode != 0:
+        raise RuntimeError(f"wrk exited {r.returncode}: {r.stderr.strip()[-300:]}")
+    return parse_wrk(r.stdout)
+
+
+# --------------------------------------------------------------------------- targets
+
+@dataclass
+class Row:
+    target: str
+    conns: Optional[int] = None
+    result: Optional[WrkResult] = None
+    error: str = ""
+
+
+@dataclass
+class Target:
+    key: str
+    label: str
+    start: Callable[["Ctx"], tuple[str, list[Proc], str]]  # -> (url, procs, note)
+    start_timeout: float = START_TIMEOUT
+
+
+@dataclass
+class Ctx:
+    state: Path
+    notes: list = field(default_factory=list)
+    failed: bool = False
+    keep: bool = False  # keep the logs (a server logged problems)
+    neutrino_ready: Optional[str] = None  # None: not checked yet; "": ok; else skip reason
+    manifest: Optional[Path] = None
+
+
+def neutrino_check(ctx: Ctx) -> None:
+    if ctx.neutrino_ready is not None:
+        if ctx.neutrino_ready:
+            raise Skip(ctx.neutrino_ready)
+        return
+    reason = ""
+    if os.environ.get("BENCH_SKIP_NEUTRINO"):
+        reason = os.environ["BENCH_SKIP_NEUTRINO"]
+    elif not WORKER_BIN.exists() or not GATEWAY_BIN.exists():
+        reason = f"binaries not built ({BIN_DIR}/neutrino-{{gateway,worker}} missing)"
+    else:
+        try:
+            h = subprocess.run([str(WORKER_BIN), "--help"], capture_output=True, text=True,
+                               timeout=30)
+            if "--mode" not in h.stdout + h.stderr:
+                reason = "neutrino-worker --help shows no --mode (HTTP worker not built yet)"
+        except (OSError, subprocess.TimeoutExpired) as e:
+            reason = f"neutrino-worker --help failed: {e}"
+    if not reason:
+        manifest = ctx.state / "openapi.json"
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "python"),
+                                                          env.get("PYTHONPATH")]))
+        r = subprocess.run([sys.executable, "-m", "neutrino.cli", "openapi", "examples/app.py",
+                            "-o", str(manifest)], cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=120)
+        if r.returncode != 0 or not manifest.exists():
+            tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or [""]
+            reason = f"`neutrino.cli openapi` failed: {tail[0][:200]}"
+        ctx.manifest = manifest
+    ctx.neutrino_ready = reason
+    if reason:
+        raise Skip(reason)
+
+
+def start_worker(ctx: Ctx, name: str, db: Path) -> Proc:
+    argv = [str(WORKER_BIN), "--mode", "http", "--pool", "fast",
+                       "--app", "examples/app.py", "--port", "0", "--concurrency", "2",
+                       "--task-log", f"sqlite:{db}",
+                       "--python-path", str(REPO / "python")]
+    return Proc(name, argv, ctx.state / f"{name}.log")
+
+
+def start_neutrino(ctx: Ctx):
+    neutrino_check(ctx)
+    db = ctx.state / "tasks-gateway.db"  # one task log for the gateway and its workers
+    workers = [start_worker(ctx, f"neutrino-worker-{i}", db) for i in (1, 2)]
+    ports = [w.wait_listening(START_TIMEOUT) for w in workers]
+    pool = ",".join(f"http://127.0.0.1:{p}" for p in ports)
+    argv = [str(GATEWAY_BIN), "--manifest", str(ctx.manifest),
+                       "--http-pool", f"fast={pool}",
+                       "--task-log", f"sqlite:{db}", "--port", "0"]
+    gw = Proc("neutrino-gateway", argv, ctx.state / "neutrino-gateway.log")
+    port = gw.wait_listening(START_TIMEOUT)
+    return f"http://127.0.0.1:{port}/api/echo", workers + [gw]
+
+
+def start_neutrino_direct(ctx: Ctx):
+    neutrino_check(ctx)
+    w = start_worker(ctx, "neutrino-worker-direct", ctx.state / "tasks-direct.db")
+    port = w.wait_listening(START_TIMEOUT)
+    return f"http://127.0.0.1:{port}{WORKER_PATH}", [w]
+
+
+def start_uvicorn(workers: int):
+    def start(ctx: Ctx):
+        py = VENV / "bin" / "python"
+        if not py.exists():
+            raise Skip("bench/.venv missing (run bench/run.sh)")
+        port = free_port()
+        argv = [str(py), "-m", "uvicorn", "starlette_app:app", "--app-dir", str(BENCH),
+                "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+                "--no-access-log", "--log-level", "warning"]
+        p = Proc(f"uvicorn-{workers}", argv, ctx.state / f"uvicorn-{workers}.log")
+        return f"http://127.0.0.1:{port}/api/echo", [p]
+    return start
+
+
+def start_ray(ctx: Ctx):
+    py = RAY_VENV / "bin" / "python"
+    if RAY_FAILED.exists():
+        raise Skip("not installed (" + RAY_FAILED.read_text(errors="replace").strip()[:200] + ")")
+    if not py.exists():
+        raise Skip("not installed (bench/.venv-ray missing; run bench/run.sh)")
+    r = subprocess.run([str(py), "-c", "import ray.serve"], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise Skip("not installed (import ray.serve failed: "
+                   + (r.stderr.strip().splitlines() or [""])[-1][:200] + ")")
+    port = free_port()
+    argv = [str(py), str(BENCH / "ray_app.py"), "--port", str(port),
+            "--replicas", str(RAY_REPLICAS), "--temp-dir", str(ctx.state / "ray")]
+    p = Proc("ray-serve", argv, ctx.state / "ray-serve.log",
+             env=dict(os.environ, RAY_USAGE_STATS_ENABLED="0"))
+    p.wait_listening(max(START_TIMEOUT, 180))
+    return f"http://127.0.0.1:{port}/api/echo", [p]
+
+
+TARGETS = [
+    Target("neutrino", "neutrino: gateway + 2 workers", start_neutrino),
+    Target("neutrino-direct", "neutrino: 1 worker direct", start_neutrino_direct),
+    Target("uvicorn-1", "uvicorn+starlette, 1 process", start_uvicorn(1)),
+    Target("uvicorn-2", "uvicorn+starlette, 2 processes", start_uvicorn(2)),
+    Target("ray", f"ray serve, {RAY_REPLICAS} replicas", start_ray, max(START_TIMEOUT, 180)),
+]
+
+
+def run_target(t: Target, ctx: Ctx, rows: list[Row]) -> None:
+    """Appends its rows as they are measured, so an interrupt keeps what was done."""
+    log(f"=== {t.label}")
+    procs: list[Proc] = []
+    try:
+        try:
+            url, procs = t.start(ctx)
+            procs = list(procs)
+            note = wait_answering(url, t.start_timeout, procs)
+        except Skip as e:
+            log(f"skip {t.label}: {e}")
+            msg = str(e) if str(e).startswith("not installed") else f"skipped: {e}"
+            rows.append(Row(t.label, error=msg))
+            return
+        except StartError as e:
+            ctx.failed = True
+            procs = procs or [p for p in Proc.live]
+            tails = "\n".join(f"  {p.name} ({p.log_path}):\n{p.log_tail()}" for p in procs)
+            log(f"FAILED {t.label}: {e}\n{tails}")
+            rows.append(Row(t.label, error=f"failed to start: {e}"))
+            return
+        if note:
+            ctx.notes.append(f"{t.label}: {note}")
+            log(note)
+        for c in CONCURRENCY:
+            wlog = ctx.state / f"wrk-{t.key}.log"
+            try:
+                if WARMUP > 0:
+                    wrk(url, c, WARMUP, wlog)
+                res = wrk(url, c, SECONDS, wlog)
+                log(f"  c={c}: {res.rps:.0f} req/s, p50 {res.p50_ms:.3f} ms, "
+                    f"p99 {res.p99_ms:.3f} ms, non-2xx {res.non2xx}, socket errors {res.sock_total}")
+                rows.append(Row(t.label, c, res))
+            except (RuntimeError, ValueError, AttributeError, subprocess.TimeoutExpired) as e:
+                ctx.failed = True
+                log(f"  c={c}: wrk failed: {e}")
+                rows.append(Row(t.label, c, error=f"wrk failed: {e}"))
+            for p in procs:
+                if p.p.poll() is not None:
+                    ctx.failed = True
+                    ctx.notes.append(f"{t.label}: {p.name} exited ({p.p.returncode}) during the run")
+    finally:
+        # procs started before a failure in t.start are in Proc.live too
+        started = list(procs) or list(Proc.live)
+        for p in reversed(list(Proc.live)):
+            p.stop()
+        for p in started:
+            scan_log(p, t.label, ctx)
+
+
+SWIFT_LOG_PROBLEM = re.compile(r"^\S+ (warning|error|critical) ", re.M)
+
+
+def scan_log(p: Proc, label: str, ctx: Ctx) -> None:
+    """Problems a server logged but its HTTP answers don't show (e.g. a task log that can't be
+    written) become notes under the table. Matches swift-log's `TIME LEVEL label: ...` lines."""
+    try:
+        text = p.log_path.read_text(errors="replace")
+    except OSError:
+        return
+    hits = [m.start() for m in SWIFT_LOG_PROBLEM.finditer(text)]
+    if hits:
+        ctx.keep = True
+        levels = Counter(m.group(1) for m in SWIFT_LOG_PROBLEM.finditer(text))
+        first = text[hits[0]:].split("\n", 1)[0][:220]
+        last = text[hits[-1]:].split("\n", 1)[0][:220]
+        counts = ", ".join(f"{n} {lvl}" for lvl, n in levels.most_common())
+        ctx.notes.append(f"{label}: {p.name} logged {counts} lines (see {p.log_path.name}); "
+                         f"first: `{first}`" + (f"; last: `{last}`" if len(hits) > 1 else ""))
+
+
+# --------------------------------------------------------------------------- report
+
+def fmt_ms(v: float) -> str:
+    return f"{v:.2f} ms" if v >= 1 else f"{v * 1000:.0f} µs"
+
+
+def version_of(py: Path, mods: list[str]) -> str:
+    if not py.exists():
+        return ""
+    code = ("import importlib.metadata as m\n"
+            f"for n in {mods!r}:\n"
+            "    try: print(f'{n} {m.version(n)}')\n"
+            "    except Exception: pass\n")
+    r = subprocess.run([str(py), "-c", code], capture_output=True, text=True)
+    return ", ".join(r.stdout.split("\n")).strip(", ")
+
+
+def header() -> list[str]:
+    def out(argv):
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, timeout=10,
+                                  cwd=REPO).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+    wrk_v = ""
+    try:
+        r = subprocess.run(["wrk", "-v"], capture_output=True, text=True)
+        wrk_v = (r.stdout + r.stderr).splitlines()[0].split(" [")[0]
+    except (OSError, IndexError):
+        pass
+    cpu = ""
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
+                   if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    commit = out(["git", "rev-parse", "--short", "HEAD"]) or "no commit"
+    if out(["git", "status", "--porcelain"]):
+        commit += " (+ uncommitted changes)"
+    return [
+        f"- date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M:%S %Z')}",
+        f"- machine: nproc {os.cpu_count()} ({out(['nproc'])} usable), {cpu}, "
+        f"{platform.system()} {platform.release()}, load avg {os.getloadavg()[0]:.2f} at start",
+        f"- repo: {commit}",
+        f"- load: {wrk_v}, POST {BODY}, {SECONDS} s per run after {WARMUP} s warm-up; "
+        f"c=1 with -t1, otherwise -t2",
+        f"- python stack: {version_of(VENV / 'bin' / 'python', ['starlette', 'uvicorn', 'uvloop', 'httptools'])}"
+        + (f"; {version_of(RAY_VENV / 'bin' / 'python', ['ray'])}" if (RAY_VENV / 'bin' / 'python').exists() else ""),
+    ]
+
+
+def table(rows: list[Row]) -> list[str]:
+    out = ["| target | conns | req/s | p50 | p99 | non-2xx | socket errors |",
+           "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if r.result is None:
+            c = str(r.conns) if r.conns else "–"
+            out.append(f"| {r.target} | {c} | {r.error} | | | | |")
+            continue
+        x = r.result
+        sock = str(x.sock_total)
+        if x.sock_total:
+            sock += " (" + ", ".join(f"{k} {v}" for k, v in x.sock.items() if v) + ")"
+        non2xx = f"**{x.non2xx}**" if x.non2xx else "0"
+        if x.sock_total:
+            sock = f"**{sock}**"
+        out.append(f"| {r.target} | {r.conns} | {x.rps:,.0f} | {fmt_ms(x.p50_ms)} | "
+                   f"{fmt_ms(x.p99_ms)} | {non2xx} | {sock} |")
+    return out
+
+
+def gateway_hop(rows: list[Row]) -> str:
+    def p50(label_prefix: str) -> Optional[float]:
+        for r in rows:
+            if r.target.startswith(label_prefix) and r.conns == 1 and r.result:
+                return r.result.p50_ms
+        return None
+    a, b = p50(TARGETS[0].label), p50(TARGETS[1].label)
+    if 1 not in CONCURRENCY:
+        return "gateway hop p50: n/a (no c=1 run)"
+    if a is None or b is None:
+        return "gateway hop p50: n/a (needs both Neutrino rows at c=1)"
+    return (f"gateway hop p50 (c=1): {fmt_ms(a - b) if a >= b else '-' + fmt_ms(b - a)} "
+            f"(gateway+2 workers {fmt_ms(a)} − worker direct {fmt_ms(b)})")
+
+
+# --------------------------------------------------------------------------- main
+
+def main() -> int:
+    def on_signal(signum, _frame):
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+
+    if not shutil.which("wrk"):
+        print("bench: wrk not found (apt-get install -y wrk, or run bench/run.sh)", file=sys.stderr)
+        return 2
+    only = {s.strip() for s in os.environ.get("BENCH_ONLY", "").split(",") if s.strip()}
+    unknown = only - {t.key for t in TARGETS}
+    if unknown:
+        print(f"bench: unknown BENCH_ONLY targets {sorted(unknown)}; "
+              f"known: {[t.key for t in TARGETS]}", file=sys.stderr)
+        return 2
+    ctx = Ctx(state=Path(tempfile.mkdtemp(prefix="neutrino-bench-")))
+    log(f"state and logs in {ctx.state}")
+    head = header()
+    rows: list[Row] = []
+    interrupted = False
+    try:
+        for t in TARGETS:
+            if not only or t.key in only:
+                run_target(t, ctx, rows)
+    except (KeyboardInterrupt, SystemExit):
+        interrupted = True
+        rows.append(Row(t.label, error="interrupted"))
+        log("interrupted; stopping servers")
+    finally:
+        Proc.stop_all()
+
+    print()
+    print("## Neutrino benchmark: echo(x, label) over HTTP" + (" (INTERRUPTED, partial)" if interrupted else ""))
+    print()
+    print("\n".join(head))
+    print()
+    print("\n".join(table(rows)))
+    print()
+    if not only or {"neutrino", "neutrino-direct"} <= only:
+        print(gateway_hop(rows))
+        print()
+    for n in ctx.notes:
+        print(f"- note: {n}")
+    if ctx.failed or ctx.keep or os.environ.get("BENCH_KEEP"):
+        print(f"- logs: {ctx.state}")
+    else:
+        shutil.rmtree(ctx.state, ignore_errors=True)
+    return 130 if interrupted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# `make bench`: installs what the benchmark needs, builds Neutrino (release), then runs
+# bench/run.py, which starts each server in turn, drives it with wrk and prints a Markdown table.
+#
+#   BENCH_SKIP_BUILD=1          don't run `swift build -c release` (use the binaries as they are)
+#   BENCH_RETRY_RAY=1           retry a Ray install that failed before (the failure is cached)
+#   BENCH_RAY_INSTALL_TIMEOUT   seconds for `pip install "ray[serve]"` (default 900)
+#   BENCH_NO_RAY=1              don't try to install Ray at all
+# and the BENCH_* variables of bench/run.py (BENCH_SECONDS, BENCH_ONLY, ...).
+set -euo pipefail
+
+BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(dirname "$BENCH_DIR")"
+cd "$REPO"
+PY="${PYTHON:-python3}"
+say() { echo "[bench] $*" >&2; }
+
+# --- wrk (Debian package)
+if ! command -v wrk >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing wrk"
+    apt-get update -qq && apt-get install -y -qq wrk >/dev/null
+  else
+    say "wrk not found: install it (Debian: sudo apt-get install -y wrk)"; exit 2
+  fi
+fi
+
+# --- bench/.venv: starlette + uvicorn[standard] (uvloop, httptools)
+if ! "$BENCH_DIR/.venv/bin/python" -c "import starlette, uvicorn, uvloop, httptools" 2>/dev/null; then
+  say "creating bench/.venv (starlette, uvicorn[standard])"
+  "$PY" -m venv "$BENCH_DIR/.venv"
+  "$BENCH_DIR/.venv/bin/python" -m pip install -q --disable-pip-version-check \
+    starlette 'uvicorn[standard]'
+fi
+
+# --- bench/.venv-ray: ray[serve], tried once; a failure is cached in the venv with its reason
+RAY_FAILED="$BENCH_DIR/.venv-ray/bench-install-failed"
+if [ -n "${BENCH_NO_RAY:-}" ]; then
+  :
+elif [ -f "$RAY_FAILED" ] && [ -z "${BENCH_RETRY_RAY:-}" ]; then
+  say "ray serve: earlier install failed ($(head -c 200 "$RAY_FAILED")); BENCH_RETRY_RAY=1 retries"
+elif ! "$BENCH_DIR/.venv-ray/bin/python" -c "import ray.serve" 2>/dev/null; then
+  say "installing ray[serve] into bench/.venv-ray (once; timeout ${BENCH_RAY_INSTALL_TIMEOUT:-900} s)"
+  rm -f "$RAY_FAILED"
+  raylog="$(mktemp)"
+  if "$PY" -m venv "$BENCH_DIR/.venv-ray" >"$raylog" 2>&1 &&
+     timeout "${BENCH_RAY_INSTALL_TIMEOUT:-900}" "$BENCH_DIR/.venv-ray/bin/python" -m pip install \
+       -q --disable-pip-version-check "ray[serve]" >>"$raylog" 2>&1 &&
+     "$BENCH_DIR/.venv-ray/bin/python" -c "import ray.serve" >>"$raylog" 2>&1; then
+    say "ray[serve] installed"
+  else
+    rc=$?
+    mkdir -p "$BENCH_DIR/.venv-ray"
+    if [ "$rc" = 124 ]; then reason="pip install timed out after ${BENCH_RAY_INSTALL_TIMEOUT:-900} s"
+    else reason="$(grep -E 'ERROR|Error' "$raylog" | tail -1 | cut -c1-200)"; reason="${reason:-exit status $rc}"; fi
+    echo "$reason" >"$RAY_FAILED"
+    say "ray serve: install failed: $reason (full log: $raylog)"
+  fi
+fi
+
+# --- Neutrino: SDK (for the manifest) and the release build
+if [ -f python/pyproject.toml ] || [ -f python/setup.py ]; then
+  if ! "$PY" -c "import neutrino.cli, os, sys; sys.exit(0 if os.path.realpath(neutrino.__file__).startswith(os.path.realpath('python')) else 1)" 2>/dev/null; then
+    say "pip install -e python/"
+    "$PY" -m pip install -q --disable-pip-version-check -e python/ ||
+      say "warning: pip install -e python/ failed (run.py falls back to PYTHONPATH=python)"
+  fi
+fi
+if [ -z "${BENCH_SKIP_BUILD:-}" ]; then
+  say "swift build -c release"
+  if ! swift build -c release >&2; then
+    say "swift build failed: the Neutrino rows are skipped"
+    export BENCH_SKIP_NEUTRINO="swift build -c release failed"
+  fi
+fi
+
+exec "$PY" "$BENCH_DIR/run.py" "$@"
