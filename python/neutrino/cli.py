@@ -461,7 +461,7 @@ def _banner(
     lines = [
         "",
         f"Neutrino app {app.name!r} is up",
-        f"  gateway     {gateway_url}   (dashboard at /, manifest at /openapi.json)",
+        f"  gateway     {gateway_url}   (manifest at /openapi.json, tasks at /tasks)",
     ]
     for pool, urls in pool_urls.items():
         lines.append(f"  pool {pool:<6} {len(urls)} HTTP worker{'s' if len(urls) != 1 else ''}: {', '.join(urls)}")
