@@ -1,5 +1,13 @@
 #ifndef NEUTRINO_CPYTHON_SHIM_H
 #define NEUTRINO_CPYTHON_SHIM_H
+// pyconfig.h defines _GNU_SOURCE, which changes glibc's fd_set member names; Swift's Glibc module is built
+// without it, and Clang refuses one type with two layouts in one Swift module. Including glibc's headers first
+// settles them as SwiftGlibc sees them; Python.h's later _GNU_SOURCE no longer changes them.
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/select.h>
+#include <pthread.h>
+#include <time.h>
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
