@@ -15,6 +15,7 @@ public final class TaskLogWriter: Sendable {
         var stopping = false
         var stopped = false
         var batchObserver: (@Sendable (Int, Double) -> Void)?
+        var lastBatchSize = 0
 
         /// The count to wait for, or nil when everything recorded so far is committed.
         func unfinishedTarget() -> UInt64? {
@@ -46,6 +47,8 @@ public final class TaskLogWriter: Sendable {
     private let path: String
     private let logger: Logger
     public static let maxBatch = 4096
+    /// How long the writer waits for more events when the previous batch showed load.
+    static let linger: TimeInterval = 0.002
 
     /// Opens (and if needed creates) the task log at `path` and starts the writer thread.
     public init(path: String, logger: Logger = Logger(label: "neutrino.tasklog")) throws {
@@ -84,9 +87,11 @@ public final class TaskLogWriter: Sendable {
             }
             return
         }
+        let wasEmpty = s.queue.isEmpty
         s.queue.append(contentsOf: events)
         s.enqueued += UInt64(events.count)
-        s.condition.signal()
+        // Only an empty queue can have the writer asleep; otherwise it is committing or lingering for more.
+        if wasEmpty || s.queue.count >= TaskLogWriter.maxBatch / 4 { s.condition.signal() }
         s.condition.unlock()
     }
 
@@ -107,6 +112,12 @@ public final class TaskLogWriter: Sendable {
         while true {
             s.condition.lock()
             while s.queue.isEmpty && !s.stopping { s.condition.wait() }
+            // Under load, linger a moment so one transaction carries many events; an idle log commits at once
+            // (the first event of a quiet period does not wait).
+            if !s.stopping && s.lastBatchSize > 1 {
+                let deadline = Date(timeIntervalSinceNow: TaskLogWriter.linger)
+                while !s.stopping && s.queue.count < maxBatch / 4 && s.condition.wait(until: deadline) {}
+            }
             if s.queue.isEmpty {
                 s.stopped = true
                 let waiters = s.waiters
@@ -116,6 +127,7 @@ public final class TaskLogWriter: Sendable {
                 return
             }
             let n = min(s.queue.count, maxBatch)
+            s.lastBatchSize = n
             let batch = Array(s.queue.prefix(n))
             s.queue.removeFirst(n)
             let observer = s.batchObserver
