@@ -137,7 +137,13 @@ private final class ExchangeHandler: ChannelDuplexHandler {
         case .head(let h):
             head = h
         case .body(var chunk):
-            if body == nil { body = chunk } else { body!.writeBuffer(&chunk) }
+            if var collected = body {
+                body = nil  // keep the buffer uniquely referenced while appending
+                collected.writeBuffer(&chunk)
+                body = collected
+            } else {
+                body = chunk
+            }
         case .end:
             guard let promise = pending, let head else { return }
             pending = nil

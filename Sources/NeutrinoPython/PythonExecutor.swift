@@ -207,10 +207,8 @@ public final class PythonExecutor: Sendable {
             return .failed(error: JSONWriter.taskError(type: "UnknownTask", message: "no task named '\(job.task)' in this app", traceback: nil),
                            durationMs: elapsed())
         }
-        let payload = job.payload.withUnsafeBufferPointer { buffer in
-            buffer.baseAddress!.withMemoryRebound(to: CChar.self, capacity: buffer.count) {
-                PyBytes_FromStringAndSize($0, Py_ssize_t(buffer.count))
-            }
+        let payload = job.payload.withUnsafeBytes { raw in
+            PyBytes_FromStringAndSize(raw.baseAddress?.assumingMemoryBound(to: CChar.self), Py_ssize_t(raw.count))
         }
         guard let payload, let args = PyTuple_New(2) else {
             PyErr_Clear()
