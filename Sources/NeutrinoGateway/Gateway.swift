@@ -14,6 +14,7 @@ public final class Gateway: Sendable {
     let pools: [String: WorkerPool]
     let taskLog: TaskLogWriter?
     let reader: TaskLogReader?
+    let waiters: TaskWaiters?
     let logger: Logger
 
     public init(configuration: GatewayConfiguration, logger: Logger) throws {
@@ -37,10 +38,13 @@ public final class Gateway: Sendable {
         self.pools = pools
         if let path = configuration.taskLogPath {
             taskLog = try TaskLogWriter(path: path, logger: logger)
-            reader = try TaskLogReader(path: path)
+            let reader = try TaskLogReader(path: path)
+            self.reader = reader
+            waiters = TaskWaiters(reader: reader)
         } else {
             taskLog = nil
             reader = nil
+            waiters = nil
         }
         for (pool, mode) in manifest.pools where mode == .sync && pools[pool] == nil {
             logger.warning("no --http-pool given for a sync pool of the manifest; its tasks will answer 503", metadata: ["pool": "\(pool)"])
@@ -55,8 +59,8 @@ public final class Gateway: Sendable {
         router.post("/api/:task") { request, context in
             await self.submit(request, task: context.parameters.get("task") ?? "")
         }
-        router.get("/tasks/:id") { _, context in
-            await self.getTask(context.parameters.get("id") ?? "")
+        router.get("/tasks/:id") { request, context in
+            await self.getTask(context.parameters.get("id") ?? "", wait: request.uri.queryParameters.get("wait"))
         }
         router.get("/tasks") { request, _ in
             await self.listTasks(request.uri.queryParameters)
@@ -200,13 +204,28 @@ public final class Gateway: Sendable {
 
     // MARK: Polling API
 
-    func getTask(_ id: String) async -> Response {
-        guard let reader else { return Self.noTaskLog }
-        guard TaskID.isValid(id) else { return .error(.notFound, type: "TaskNotFound", message: "'\(id)' is not a task id") }
+    /// The longest `?wait=` honoured, in seconds.
+    static let maxWaitSeconds = 60.0
+
+    func getTask(_ rawID: String, wait: String?) async -> Response {
+        guard let reader, let waiters else { return Self.noTaskLog }
+        guard TaskID.isValid(rawID) else { return .error(.notFound, type: "TaskNotFound", message: "'\(rawID)' is not a task id") }
+        let id = rawID.lowercased()
+        var waitSeconds = 0.0
+        if let wait, !wait.isEmpty {
+            guard let seconds = Double(wait), seconds >= 0, seconds.isFinite else {
+                return .error(.badRequest, type: "BadRequest", message: "wait must be a number of seconds (0 to \(Int(Self.maxWaitSeconds)))")
+            }
+            waitSeconds = min(seconds, Self.maxWaitSeconds)
+        }
         await taskLog?.flush()
         do {
-            guard let (record, events) = try await reader.recordWithEvents(id: id.lowercased()) else {
-                return .error(.notFound, type: "TaskNotFound", message: "no task with id \(id)")
+            guard var (record, events) = try await reader.recordWithEvents(id: id) else {
+                return .error(.notFound, type: "TaskNotFound", message: "no task with id \(rawID)")
+            }
+            if !record.status.isTerminal && waitSeconds > 0 {
+                await waiters.waitForTerminal(id: id, timeout: .milliseconds(Int64(waitSeconds * 1000)))
+                if let fresh = try await reader.recordWithEvents(id: id) { (record, events) = fresh }
             }
             var w = JSONWriter(capacity: 1024)
             w.task(record, events: events)

@@ -9,6 +9,7 @@ public final class TaskLogReader: Sendable {
     private let pool: NIOThreadPool
     private let connections: ConnectionStack
     private let path: String
+    private let watch = WatchConnection()
 
     public init(path: String, threads: Int = 2) throws {
         self.path = path
@@ -44,6 +45,21 @@ public final class TaskLogReader: Sendable {
         try await withStore { try $0.list(filter) }
     }
 
+    /// The ids among `ids` whose task is in a terminal status.
+    public func terminal(among ids: [String]) async throws -> Set<String> {
+        guard !ids.isEmpty else { return [] }
+        return try await withStore { try $0.terminal(among: ids) }
+    }
+
+    /// SQLite's `data_version` on one dedicated connection: it changes whenever another connection (any process)
+    /// commits, so one cheap query tells a watcher whether anything can have changed.
+    public func dataVersion() async throws -> Int {
+        let path = self.path
+        return try await pool.runIfActive { [watch] in
+            try watch.dataVersion(path: path)
+        }
+    }
+
     private func withStore<T: Sendable>(_ body: @escaping @Sendable (TaskLogStore) throws -> T) async throws -> T {
         let path = self.path
         return try await pool.runIfActive { [connections] in
@@ -60,4 +76,17 @@ private final class ConnectionStack: Sendable {
     init(first: SQLiteConnection) { idle = Mutex([UncheckedBox(first)]) }
     func pop() -> UncheckedBox<SQLiteConnection>? { idle.withLock { $0.popLast() } }
     func push(_ c: UncheckedBox<SQLiteConnection>) { idle.withLock { $0.append(c) } }
+}
+
+/// The one connection `data_version` is read on (the value is per connection).
+private final class WatchConnection: Sendable {
+    private let connection = Mutex(UncheckedBox<SQLiteConnection?>(nil))
+
+    func dataVersion(path: String) throws -> Int {
+        try connection.withLock { box in
+            if box.value == nil { box = UncheckedBox(try SQLiteConnection(path: path, readOnly: true)) }
+            guard let db = box.value else { return 0 }
+            return try db.withStatement("PRAGMA data_version") { try $0.step() ? ($0.int(0) ?? 0) : 0 }
+        }
+    }
 }

@@ -106,6 +106,21 @@ struct TaskLogStore {
         }
     }
 
+    func terminal(among ids: [String]) throws -> Set<String> {
+        var out: Set<String> = []
+        // Bounded IN lists: SQLite allows 32766 parameters, keep statements small and cacheable.
+        for chunkStart in stride(from: 0, to: ids.count, by: 64) {
+            let chunk = Array(ids[chunkStart..<min(ids.count, chunkStart + 64)])
+            let marks = (1...chunk.count).map { "?\($0)" }.joined(separator: ",")
+            let terminal = TaskStatus.allCases.filter(\.isTerminal).map { "'\($0.rawValue)'" }.joined(separator: ",")
+            try db.withStatement("SELECT id FROM tasks WHERE id IN (\(marks)) AND status IN (\(terminal))") { stmt in
+                for (i, id) in chunk.enumerated() { stmt.bind(Int32(i + 1), id) }
+                while try stmt.step() { if let id = stmt.string(0) { out.insert(id) } }
+            }
+        }
+        return out
+    }
+
     func list(_ filter: TaskListFilter) throws -> [TaskRecord] {
         var clauses: [String] = []
         var binds: [String] = []
