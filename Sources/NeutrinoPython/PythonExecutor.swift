@@ -10,6 +10,8 @@ public enum PythonOutcome: Sendable {
     case failed(error: [UInt8], durationMs: Double)
     /// The task ran past its timeout; the caller is answered at the deadline, the thread is interrupted.
     case timedOut(durationMs: Double)
+    /// `cancel(tag:)` stopped it (or it never started): the caller is answered at once, the thread is interrupted.
+    case cancelled(durationMs: Double)
     /// Not run: the queue is full or the executor is stopping.
     case rejected(reason: String)
 }
@@ -20,10 +22,12 @@ public enum PythonOutcome: Sendable {
 /// (`PyEval_RestoreThread` / `PyEval_SaveThread`). A watchdog thread enforces timeouts: at the deadline it answers
 /// the caller with `.timedOut` and raises `TimeoutError` in the task's thread with `PyThreadState_SetAsyncExc`, so a
 /// pure-Python loop stops at once and blocking C calls (`time.sleep`) stop when they return to the interpreter.
+/// Cancellation (`cancel(tag:)`) works the same way with `neutrino._runtime.CancelledByRequest`.
 public final class PythonExecutor: Sendable {
     private final class Job: @unchecked Sendable {
-        enum Phase { case queued, running(UInt), done, timedOut }
+        enum Phase { case queued, running(UInt), done, interrupted }
         let task: String
+        let tag: String?
         let payload: [UInt8]
         let timeoutNanos: UInt64
         let onStart: @Sendable () -> Void
@@ -31,8 +35,9 @@ public final class PythonExecutor: Sendable {
         var phase: Phase = .queued
         var startNanos: UInt64 = 0
 
-        init(task: String, payload: [UInt8], timeoutMs: Int, onStart: @escaping @Sendable () -> Void) {
+        init(task: String, tag: String?, payload: [UInt8], timeoutMs: Int, onStart: @escaping @Sendable () -> Void) {
             self.task = task
+            self.tag = tag
             self.payload = payload
             self.timeoutNanos = UInt64(max(1, timeoutMs)) * 1_000_000
             self.onStart = onStart
@@ -48,6 +53,7 @@ public final class PythonExecutor: Sendable {
         var stopping = false
         var busy = 0
         var stuck = 0
+        var cancelRequests: [Job] = []
     }
 
     private let runtime: PythonRuntime
@@ -75,9 +81,10 @@ public final class PythonExecutor: Sendable {
 
     /// Runs `task` with `payload` (JSON `{"args":…,"task_id":…}`) and returns how it ended. `onStart` runs on the
     /// Python thread just before the call (to record `running` at the moment it starts).
-    public func run(task: String, payload: [UInt8], timeoutMs: Int,
+    /// `tag` (the task id) lets `cancel(tag:)` find the call.
+    public func run(task: String, tag: String? = nil, payload: [UInt8], timeoutMs: Int,
                     onStart: @escaping @Sendable () -> Void = {}) async -> PythonOutcome {
-        let job = Job(task: task, payload: payload, timeoutMs: timeoutMs, onStart: onStart)
+        let job = Job(task: task, tag: tag, payload: payload, timeoutMs: timeoutMs, onStart: onStart)
         return await withCheckedContinuation { continuation in
             lock.lock()
             if state.stopping || state.queue.count - state.queueHead >= maxQueued {
@@ -145,7 +152,7 @@ public final class PythonExecutor: Sendable {
             // Still holding the GIL: the watchdog cannot be between its check and its SetAsyncExc now.
             let timedOut = lock.withLock { () -> Bool in
                 let wasTimedOut: Bool
-                if case .timedOut = job.phase { wasTimedOut = true; state.stuck -= 1 } else { wasTimedOut = false }
+                if case .interrupted = job.phase { wasTimedOut = true; state.stuck -= 1 } else { wasTimedOut = false }
                 job.phase = .done
                 state.running[ObjectIdentifier(job)] = nil
                 state.busy -= 1
@@ -176,27 +183,56 @@ public final class PythonExecutor: Sendable {
                 guard case .running = job.phase else { continue }
                 if job.deadline <= now { expired.append(job) } else { next = min(next ?? .max, job.deadline) }
             }
-            if expired.isEmpty {
+            let cancels = state.cancelRequests
+            state.cancelRequests.removeAll()
+            if expired.isEmpty && cancels.isEmpty {
                 lock.wait(watchdogWake, untilNanos: next ?? now + 1_000_000_000)
                 lock.unlock()
                 continue
             }
             lock.unlock()
             PyEval_RestoreThread(threadState)
-            for job in expired {
-                let interrupted = lock.withLock { () -> Bool in
-                    guard case .running(let ident) = job.phase else { return false }
-                    PyThreadState_SetAsyncExc(ident, neutrino_py_timeout_error())
-                    job.phase = .timedOut
-                    state.stuck += 1
-                    return true
-                }
-                if interrupted {
-                    let ms = Double(monotonicNanos() - job.startNanos) / 1e6
-                    finish(job, .timedOut(durationMs: ms))
-                }
+            for job in expired where interrupt(job, with: neutrino_py_timeout_error()) {
+                finish(job, .timedOut(durationMs: Double(monotonicNanos() - job.startNanos) / 1e6))
+            }
+            for job in cancels where interrupt(job, with: runtime.cancelClass.pointer) {
+                finish(job, .cancelled(durationMs: Double(monotonicNanos() - job.startNanos) / 1e6))
             }
             _ = PyEval_SaveThread()
+        }
+    }
+
+    /// Raises `exception` in `job`'s thread if it is still running it (GIL held by the caller).
+    private func interrupt(_ job: Job, with exception: UnsafeMutablePointer<PyObject>?) -> Bool {
+        lock.withLock { () -> Bool in
+            guard case .running(let ident) = job.phase else { return false }
+            PyThreadState_SetAsyncExc(ident, exception)
+            job.phase = .interrupted
+            state.stuck += 1
+            return true
+        }
+    }
+
+    /// Cancels the call tagged `tag`: a queued one is dropped, a running one gets `CancelledByRequest` raised in its
+    /// thread. Either way its caller is answered `.cancelled` at once. False when no such call is here.
+    @discardableResult
+    public func cancel(tag: String) -> Bool {
+        let queued = lock.withLock { () -> Job? in
+            guard let i = state.queue[state.queueHead...].firstIndex(where: { $0.tag == tag }) else { return nil }
+            let job = state.queue.remove(at: i)
+            job.phase = .done
+            return job
+        }
+        if let queued {
+            finish(queued, .cancelled(durationMs: 0))
+            return true
+        }
+        // The interrupt needs the GIL: leave it to the watchdog thread, never block the caller's thread on it.
+        return lock.withLock { () -> Bool in
+            guard let running = state.running.values.first(where: { $0.tag == tag }) else { return false }
+            state.cancelRequests.append(running)
+            watchdogWake.signal()
+            return true
         }
     }
 

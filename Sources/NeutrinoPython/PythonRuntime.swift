@@ -24,6 +24,8 @@ public final class PythonRuntime: Sendable {
     let invoke: PyRef
     let taskErrorClass: PyRef
     let taskNames: [String: PyRef]
+    /// `neutrino._runtime.CancelledByRequest`, injected into a task's thread to cancel it.
+    let cancelClass: PyRef
 
     /// Starts the interpreter and imports `app` (a `.py` path, `module` or `module:attr`).
     /// `paths` go first on `sys.path` (the SDK, extra folders); an active virtualenv (`VIRTUAL_ENV`) is added as a
@@ -60,8 +62,9 @@ public final class PythonRuntime: Sendable {
         defer { Py_DecRef(module) }
         guard let load = PyObject_GetAttrString(module, "load"),
               let invoke = PyObject_GetAttrString(module, "invoke"),
-              let taskError = PyObject_GetAttrString(module, "TaskError") else {
-            throw PythonStartupError(message: "neutrino._runtime lacks load/invoke/TaskError: \(PythonRuntime.takeErrorText())")
+              let taskError = PyObject_GetAttrString(module, "TaskError"),
+              let cancelled = PyObject_GetAttrString(module, "CancelledByRequest") else {
+            throw PythonStartupError(message: "neutrino._runtime lacks load/invoke/TaskError/CancelledByRequest: \(PythonRuntime.takeErrorText())")
         }
         defer { Py_DecRef(load) }
         guard let appArg = PyUnicode_FromString(app), let args = PyTuple_New(1) else {
@@ -84,14 +87,16 @@ public final class PythonRuntime: Sendable {
             guard let name = PyUnicode_FromString(spec.name) else { throw PythonStartupError(message: "out of memory") }
             names[spec.name] = PyRef(pointer: name)
         }
-        return PythonRuntime(tasks: specs, invoke: PyRef(pointer: invoke), taskErrorClass: PyRef(pointer: taskError), taskNames: names)
+        return PythonRuntime(tasks: specs, invoke: PyRef(pointer: invoke), taskErrorClass: PyRef(pointer: taskError),
+                             taskNames: names, cancelClass: PyRef(pointer: cancelled))
     }
 
-    private init(tasks: [TaskSpec], invoke: PyRef, taskErrorClass: PyRef, taskNames: [String: PyRef]) {
+    private init(tasks: [TaskSpec], invoke: PyRef, taskErrorClass: PyRef, taskNames: [String: PyRef], cancelClass: PyRef) {
         self.tasks = tasks
         self.invoke = invoke
         self.taskErrorClass = taskErrorClass
         self.taskNames = taskNames
+        self.cancelClass = cancelClass
     }
 
     /// `[{"name","execution_mode","pool","timeout_ms","retries"}]` as `load` returns it.

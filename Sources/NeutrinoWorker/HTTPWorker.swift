@@ -108,6 +108,7 @@ public struct HTTPWorker: Sendable {
         let kind: TaskEventKind = switch reply.status {
         case .completed: .completed
         case .timedOut: .timedOut
+        case .cancelled: .cancelled
         default: .failed
         }
         return TaskEvent(taskID: taskID, kind: kind, function: spec.name, pool: spec.pool, mode: spec.mode, workerID: workerID,

@@ -28,6 +28,8 @@ struct TaskReply {
         case .timedOut(let ms):
             let message = "task '\(spec.name)' exceeded its timeout of \(spec.timeoutMs) ms"
             (status, raw, key, durationMs) = (.timedOut, JSONWriter.taskError(type: "TimeoutError", message: message), "error", ms)
+        case .cancelled(let ms):
+            (status, raw, key, durationMs) = (.cancelled, JSONWriter.taskError(type: "Cancelled", message: "task '\(spec.name)' was cancelled"), "error", ms)
         case .rejected(let reason):
             (status, raw, key, durationMs) = (.failed, JSONWriter.taskError(type: "WorkerUnavailable", message: reason), "error", 0)
         }

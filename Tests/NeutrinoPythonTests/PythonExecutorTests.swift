@@ -94,3 +94,22 @@ struct PythonExecutorTests {
         #expect(error["type"]?.stringValue == "UnknownTask")
     }
 }
+
+@Suite(.serialized)
+struct PythonCancelTests {
+    @Test func cancelStopsARunningTaskAndTheThreadServesAgain() async throws {
+        let executor = try Embedded.executor.get()
+        let payload = Array(#"{"args":{"iterations":1000000000000},"task_id":"c-1"}"#.utf8)
+        async let outcome = executor.run(task: "spin", tag: "c-1", payload: payload, timeoutMs: 60_000)
+        var cancelled = false
+        for _ in 0..<200 where !cancelled {
+            cancelled = executor.cancel(tag: "c-1")
+            if !cancelled { try await Task.sleep(for: .milliseconds(10)) }
+        }
+        #expect(cancelled)
+        guard case .cancelled = await outcome else { Issue.record("spin was not cancelled"); return }
+        for _ in 0..<100 where executor.load.stuck > 0 { try await Task.sleep(for: .milliseconds(20)) }
+        #expect(executor.load.stuck == 0)
+        #expect(!executor.cancel(tag: "c-1"), "nothing left to cancel")
+    }
+}

@@ -31,7 +31,7 @@ from ._context import _local
 from ._convert import build_args_converter
 from ._loader import load_app
 
-__all__ = ["TaskError", "load", "invoke"]
+__all__ = ["TaskError", "CancelledByRequest", "load", "invoke"]
 
 _ArgsConverter = Optional[Callable[[Dict[str, Any]], Dict[str, Any]]]
 
@@ -46,6 +46,13 @@ class TaskError(Exception):
     @property
     def payload(self) -> bytes:
         return self.args[0]
+
+
+class CancelledByRequest(BaseException):
+    """Raised inside a running task's thread when its cancellation was requested (``DELETE /tasks/<id>``).
+
+    A ``BaseException``, like ``KeyboardInterrupt``, so that a task's ``except Exception`` does not swallow it;
+    ``finally`` blocks and context managers still run. The worker injects it with ``PyThreadState_SetAsyncExc``."""
 
 
 def load(app_spec: str) -> bytes:
