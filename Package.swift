@@ -49,14 +49,14 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: swiftSettings),
         .target(name: "NeutrinoGateway", dependencies: [
-            "NeutrinoCore", "NeutrinoTaskLog", "NeutrinoHTTP",
+            "NeutrinoCore", "NeutrinoTaskLog", "NeutrinoHTTP", "NeutrinoNATS",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: swiftSettings),
         .target(name: "NeutrinoWorker", dependencies: [
-            "NeutrinoCore", "NeutrinoTaskLog", "NeutrinoPython", "NeutrinoHTTP",
+            "NeutrinoCore", "NeutrinoTaskLog", "NeutrinoPython", "NeutrinoHTTP", "NeutrinoNATS",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: swiftSettings),
@@ -72,6 +72,8 @@ let package = Package(
         .testTarget(name: "NeutrinoCoreTests", dependencies: ["NeutrinoCore"], swiftSettings: swiftSettings),
         .testTarget(name: "NeutrinoTaskLogTests", dependencies: ["NeutrinoTaskLog"], swiftSettings: swiftSettings),
         .testTarget(name: "NeutrinoPythonTests", dependencies: ["NeutrinoPython"], swiftSettings: swiftSettings),
+        .target(name: "NeutrinoNATS", dependencies: ["NeutrinoCore", "CNats", .product(name: "Logging", package: "swift-log")], swiftSettings: swiftSettings),
+        .testTarget(name: "NeutrinoNATSTests", dependencies: ["NeutrinoNATS"], swiftSettings: swiftSettings),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -85,3 +85,25 @@ def train_model(data: str, epochs: int = 1) -> dict:
     """A gpu-pool task; runs on CPU where no GPU is visible."""
     time.sleep(0.5 * epochs)
     return {"data": data, "epochs": epochs, "loss": 0.1}
+
+
+@app.task(execution_mode="async", timeout_secs=60, retries=2)
+def flaky(fail_times: int = 1) -> dict:
+    """Fails its first `fail_times` attempts, then succeeds: shows retries with backoff (and the DLQ when
+    `fail_times` exceeds `retries`)."""
+    ctx = current_task()
+    attempt = ctx.attempt if ctx else 1
+    if attempt <= fail_times:
+        raise RuntimeError(f"attempt {attempt} of flaky fails on purpose")
+    return {"attempt": attempt}
+
+
+@app.task(execution_mode="async", timeout_secs=120)
+def crunch(seconds: float = 5.0) -> dict:
+    """A long async task (sleeps in small steps), for cancellation and drain tests."""
+    deadline = time.monotonic() + seconds
+    steps = 0
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        steps += 1
+    return {"seconds": seconds, "steps": steps}

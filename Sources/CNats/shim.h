@@ -1,8 +1,14 @@
 #ifndef NEUTRINO_CNATS_SHIM_H
 #define NEUTRINO_CNATS_SHIM_H
-// Python.h defines _GNU_SOURCE; define it here too (before any include) so both modules see one fd_set.
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE
-#endif
+// Swift's Glibc module is built without _GNU_SOURCE, and Clang refuses one type (fd_set) with two layouts in one
+// Swift module. Including glibc's headers first settles them as SwiftGlibc sees them (the same fix as CPython's
+// shim); nats.h needs nothing from _GNU_SOURCE, so it is not defined here.
+#include <stdio.h>
+#include <stdlib.h>
+#include <stdint.h>
+#include <stdbool.h>
+#include <sys/select.h>
+#include <pthread.h>
+#include <time.h>
 #include <nats/nats.h>
 #endif

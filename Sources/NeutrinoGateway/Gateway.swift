@@ -15,10 +15,12 @@ public final class Gateway: Sendable {
     let taskLog: TaskLogWriter?
     let reader: TaskLogReader?
     let waiters: TaskWaiters?
+    let queue: GatewayQueue?
     let logger: Logger
 
-    public init(configuration: GatewayConfiguration, logger: Logger) throws {
+    public init(configuration: GatewayConfiguration, queue: GatewayQueue? = nil, logger: Logger) throws {
         self.configuration = configuration
+        self.queue = queue
         self.logger = logger
         let bytes: [UInt8]
         do {
@@ -62,6 +64,9 @@ public final class Gateway: Sendable {
         router.get("/tasks/:id") { request, context in
             await self.getTask(context.parameters.get("id") ?? "", wait: request.uri.queryParameters.get("wait"))
         }
+        router.delete("/tasks/:id") { _, context in
+            await self.cancelTask(context.parameters.get("id") ?? "")
+        }
         router.get("/tasks") { request, _ in
             await self.listTasks(request.uri.queryParameters)
         }
@@ -84,6 +89,7 @@ public final class Gateway: Sendable {
         await taskLog?.close()
         await reader?.shutdown()
         for pool in pools.values { pool.close() }
+        await queue?.close()
     }
 
     // MARK: Submitting
@@ -121,11 +127,94 @@ public final class Gateway: Sendable {
             }
         }
         let spec = task.spec
-        guard spec.mode == .sync else {
-            return .error(.notImplemented, type: "NotSupported",
-                          message: "'\(name)' is an \(spec.mode.rawValue) task: the JetStream path is not built in this gateway yet")
-        }
+        guard spec.mode == .sync else { return await enqueue(spec: spec, args: args) }
         return await callSync(spec: spec, args: args)
+    }
+
+    /// Async and gpu tasks: recorded `queued` and committed before the publish, published with
+    /// `Nats-Msg-Id = task_id`, and answered 202 only after JetStream stored it. A failed publish leaves the task
+    /// `failed` (never `queued` forever) and answers 503 with Retry-After.
+    private func enqueue(spec: TaskSpec, args: JSONValue) async -> Response {
+        guard let queue else {
+            return .error(.notImplemented, type: "NotSupported",
+                          message: "'\(spec.name)' is an \(spec.mode.rawValue) task: start the gateway with --nats URL to run queued tasks")
+        }
+        let taskID = TaskID.make()
+        let taskHeader: HTTPFields = [NeutrinoHeader.taskID: taskID]
+        taskLog?.record(TaskEvent(taskID: taskID, kind: .queued, function: spec.name, pool: spec.pool, mode: spec.mode,
+                                  attempt: 0, args: args.jsonText))
+        await taskLog?.flush()
+        do {
+            try await queue.publish(spec: spec, taskID: taskID, body: Self.forwardBody(args))
+        } catch {
+            let message = "the task queue is unavailable: \(error)"
+            taskLog?.record(TaskEvent(taskID: taskID, kind: .failed, function: spec.name, pool: spec.pool, mode: spec.mode,
+                                      error: Self.errorJSON(type: "QueueUnavailable", message: message)))
+            logger.warning("publish failed", metadata: ["task_id": "\(taskID)", "error": "\(error)"])
+            return Self.taskError(.serviceUnavailable, taskID: taskID, status: .failed, type: "QueueUnavailable", message: message,
+                                  headers: taskHeader + [.retryAfter: "2"])
+        }
+        var w = JSONWriter()
+        w.beginObject()
+        w.key("task_id"); w.string(taskID)
+        w.key("function"); w.string(spec.name)
+        w.key("pool"); w.string(spec.pool)
+        w.key("status"); w.string(TaskStatus.queued.rawValue)
+        w.key("poll_url"); w.string("/tasks/\(taskID)")
+        w.endObject()
+        return .json(.accepted, w.bytes, headers: taskHeader + [.location: "/tasks/\(taskID)"])
+    }
+
+    /// `DELETE /tasks/<id>`: a queued task becomes `cancelled` and never runs; a running async task is interrupted
+    /// by its worker (202, `cancelling`); a finished task answers 409.
+    func cancelTask(_ rawID: String) async -> Response {
+        guard let reader else { return Self.noTaskLog }
+        guard TaskID.isValid(rawID) else { return .error(.notFound, type: "TaskNotFound", message: "'\(rawID)' is not a task id") }
+        let id = rawID.lowercased()
+        await taskLog?.flush()
+        let record: TaskRecord
+        do {
+            guard let r = try await reader.record(id: id) else { return .error(.notFound, type: "TaskNotFound", message: "no task with id \(rawID)") }
+            record = r
+        } catch {
+            return .error(.serviceUnavailable, type: "TaskLogUnavailable", message: "\(error)")
+        }
+        func answer(_ code: HTTPResponse.Status, _ status: String) -> Response {
+            var w = JSONWriter()
+            w.beginObject()
+            w.key("task_id"); w.string(id)
+            w.key("status"); w.string(status)
+            w.endObject()
+            return .json(code, w.bytes)
+        }
+        if record.status.isTerminal {
+            return .error(.conflict, type: "TaskFinished", message: "task \(id) is already \(record.status.rawValue)") { w in
+                w.key("task_id"); w.string(id)
+                w.key("status"); w.string(record.status.rawValue)
+            }
+        }
+        if record.mode == .sync {
+            return .error(.conflict, type: "NotCancellable", message: "a sync task cannot be cancelled; it ends within its timeout")
+        }
+        switch record.status {
+        case .pending, .queued:
+            taskLog?.record(TaskEvent(taskID: id, kind: .cancelled, function: record.function, pool: record.pool, mode: record.mode,
+                                      attempt: record.attempts,
+                                      error: Self.errorJSON(type: "Cancelled", message: "cancelled while queued")))
+            await taskLog?.flush()
+            // Best effort: a worker about to run it also checks the task log.
+            try? await queue?.broadcastCancel(taskID: id)
+            return answer(.ok, TaskStatus.cancelled.rawValue)
+        default:
+            guard let queue else { return .error(.serviceUnavailable, type: "QueueUnavailable", message: "not connected to NATS") }
+            do {
+                try await queue.broadcastCancel(taskID: id)
+            } catch {
+                return .error(.serviceUnavailable, type: "QueueUnavailable", message: "cannot reach the workers: \(error)",
+                              headers: [.retryAfter: "2"])
+            }
+            return answer(.accepted, "cancelling")
+        }
     }
 
     private func callSync(spec: TaskSpec, args: JSONValue) async -> Response {
@@ -283,6 +372,7 @@ public final class Gateway: Sendable {
             do { _ = try await reader.list(TaskListFilter(limit: 1)) } catch { problems.append("task log: \(error)") }
         }
         for (name, pool) in pools where pool.healthyCount == 0 { problems.append("pool \(name): no reachable worker") }
+        if let queue, !queue.isConnected { problems.append("NATS: not connected") }
         if problems.isEmpty { return .json(.ok, Array(#"{"status":"ready"}"#.utf8)) }
         return .error(.serviceUnavailable, type: "NotReady", message: problems.joined(separator: "; "))
     }
@@ -296,7 +386,7 @@ public struct GatewayError: Error, CustomStringConvertible {
     public var description: String { message }
 }
 
-func readFile(_ path: String) throws -> [UInt8] {
+public func readFile(_ path: String) throws -> [UInt8] {
     guard let data = FileManager.default.contents(atPath: path) else { throw GatewayError(message: "no such readable file") }
     return Array(data)
 }

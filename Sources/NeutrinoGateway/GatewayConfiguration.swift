@@ -13,9 +13,14 @@ public struct GatewayConfiguration: Sendable {
     public var maxBodyBytes: Int
     /// Added to a task's timeout before the gateway gives up on its worker (the worker answers 504 first).
     public var timeoutGraceMs: Int
+    /// NATS server URL(s) for async and gpu tasks; without it they answer 501.
+    public var natsURL: String?
+    /// AckWait of the pool consumers the gateway provisions.
+    public var ackWait: Duration
 
     public init(manifestPath: String, httpPools: [String: [String]], taskLogPath: String?, host: String = "127.0.0.1",
-                port: Int = 8080, maxBodyBytes: Int = 1 << 20, timeoutGraceMs: Int = 2000) {
+                port: Int = 8080, maxBodyBytes: Int = 1 << 20, timeoutGraceMs: Int = 2000, natsURL: String? = nil,
+                ackWait: Duration = .seconds(30)) {
         self.manifestPath = manifestPath
         self.httpPools = httpPools
         self.taskLogPath = taskLogPath
@@ -23,6 +28,8 @@ public struct GatewayConfiguration: Sendable {
         self.port = port
         self.maxBodyBytes = maxBodyBytes
         self.timeoutGraceMs = timeoutGraceMs
+        self.natsURL = natsURL
+        self.ackWait = ackWait
     }
 
     /// Parses one `--http-pool NAME=URL[,URL…]` flag.

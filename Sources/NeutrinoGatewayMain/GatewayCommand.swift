@@ -1,6 +1,7 @@
 import ArgumentParser
 import Logging
 import NeutrinoCore
+import Foundation
 import NeutrinoGateway
 
 @main
@@ -27,6 +28,12 @@ struct GatewayCommand: AsyncParsableCommand {
     @Option(name: .customLong("max-body-bytes"), help: "Largest request body accepted (413 above).")
     var maxBodyBytes: Int = 1 << 20
 
+    @Option(help: "NATS server URL for async and gpu tasks, e.g. nats://127.0.0.1:4222 (without it they answer 501).")
+    var nats: String?
+
+    @Option(name: .customLong("ack-wait"), help: "Seconds of AckWait for the pool consumers the gateway provisions.")
+    var ackWait: Double = 30
+
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
@@ -52,9 +59,15 @@ struct GatewayCommand: AsyncParsableCommand {
         let configuration = GatewayConfiguration(
             manifestPath: manifest, httpPools: pools,
             taskLogPath: taskLog.hasPrefix("sqlite:") ? String(taskLog.dropFirst(7)) : nil,
-            host: host, port: port, maxBodyBytes: maxBodyBytes)
+            host: host, port: port, maxBodyBytes: maxBodyBytes, natsURL: nats, ackWait: .milliseconds(Int64(ackWait * 1000)))
         do {
-            try await Gateway(configuration: configuration, logger: logger).run()
+            var queue: GatewayQueue?
+            if let nats {
+                let manifestBytes = try readFile(manifest)
+                queue = try await GatewayQueue.start(url: nats, manifest: try Manifest(json: manifestBytes), ackWait: configuration.ackWait,
+                                                     logger: logger)
+            }
+            try await Gateway(configuration: configuration, queue: queue, logger: logger).run()
         } catch {
             logger.critical("gateway failed: \(error)")
             throw ExitCode(1)

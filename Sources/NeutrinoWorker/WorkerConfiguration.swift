@@ -31,10 +31,17 @@ public struct WorkerConfiguration: Sendable {
     public var workerID: String
     public var maxBodyBytes: Int
     public var maxQueued: Int
+    /// NATS server URL(s) for `--mode nats`.
+    public var natsURL: String?
+    /// The pool consumer's AckWait; `InProgress` heartbeats go out every third of it while a task runs.
+    public var ackWait: Duration
+    /// How long SIGTERM waits for running tasks before handing them back to the queue.
+    public var drainGrace: Duration
 
     public init(mode: WorkerMode, pool: String, app: String, host: String = "127.0.0.1", port: Int = 0,
                 concurrency: Int = 2, taskLog: TaskLogTarget = .none, pythonPaths: [String] = [],
-                workerID: String, maxBodyBytes: Int = 16 << 20, maxQueued: Int = 1024) {
+                workerID: String, maxBodyBytes: Int = 16 << 20, maxQueued: Int = 1024, natsURL: String? = nil,
+                ackWait: Duration = .seconds(30), drainGrace: Duration = .seconds(30)) {
         self.mode = mode
         self.pool = pool
         self.app = app
@@ -46,5 +53,8 @@ public struct WorkerConfiguration: Sendable {
         self.workerID = workerID
         self.maxBodyBytes = maxBodyBytes
         self.maxQueued = maxQueued
+        self.natsURL = natsURL
+        self.ackWait = ackWait
+        self.drainGrace = drainGrace
     }
 }

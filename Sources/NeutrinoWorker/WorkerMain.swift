@@ -17,7 +17,7 @@ public enum Worker {
         case .http:
             try await HTTPWorker(configuration: configuration, runtime: runtime, taskLog: taskLog, logger: logger).run()
         case .nats:
-            throw WorkerError(message: "--mode nats (the JetStream path) is not built yet; use --mode http")
+            try await NATSWorker(configuration: configuration, runtime: runtime, taskLog: taskLog, logger: logger).run()
         }
     }
 }

@@ -40,6 +40,15 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(name: .customLong("max-body-bytes"), help: "Largest request body accepted.")
     var maxBodyBytes: Int = 16 << 20
 
+    @Option(help: "NATS server URL for --mode nats, e.g. nats://127.0.0.1:4222.")
+    var nats: String?
+
+    @Option(name: .customLong("ack-wait"), help: "Seconds JetStream waits for an ack before redelivering (--mode nats); heartbeats keep running tasks alive.")
+    var ackWait: Double = 30
+
+    @Option(name: .customLong("drain-grace"), help: "Seconds SIGTERM lets running tasks finish before handing them back (--mode nats).")
+    var drainGrace: Double = 30
+
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
@@ -50,6 +59,8 @@ struct WorkerCommand: AsyncParsableCommand {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535") }
         guard TaskLogTarget(argument: taskLog) != nil else { throw ValidationError("--task-log must be sqlite:PATH or none") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
+        if mode == "nats" && nats == nil { throw ValidationError("--mode nats needs --nats URL") }
+        guard ackWait >= 0.5, drainGrace >= 0 else { throw ValidationError("--ack-wait must be at least 0.5 s and --drain-grace not negative") }
     }
 
     func run() async throws {
@@ -59,7 +70,8 @@ struct WorkerCommand: AsyncParsableCommand {
         let configuration = WorkerConfiguration(
             mode: WorkerMode(rawValue: mode) ?? .http, pool: pool, app: app, host: host, port: port,
             concurrency: concurrency, taskLog: TaskLogTarget(argument: taskLog) ?? .none, pythonPaths: pythonPaths,
-            workerID: id, maxBodyBytes: maxBodyBytes)
+            workerID: id, maxBodyBytes: maxBodyBytes, natsURL: nats,
+            ackWait: .milliseconds(Int64(ackWait * 1000)), drainGrace: .milliseconds(Int64(drainGrace * 1000)))
         logger[metadataKey: "worker_id"] = "\(id)"
         do {
             try await Worker.run(configuration, logger: logger)

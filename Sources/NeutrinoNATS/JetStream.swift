@@ -1,0 +1,461 @@
+import CNats
+import Glibc
+
+/// The server's answer to a publish.
+public struct PubAck: Sendable, Equatable {
+    public var stream: String
+    public var sequence: UInt64
+    /// The message id was seen inside the stream's duplicate window: nothing new was stored, `sequence` is the
+    /// original message's.
+    public var duplicate: Bool
+
+    public init(stream: String, sequence: UInt64, duplicate: Bool) {
+        self.stream = stream
+        self.sequence = sequence
+        self.duplicate = duplicate
+    }
+}
+
+/// How a stream keeps messages.
+public enum StreamRetention: Sendable, Equatable {
+    /// Kept until acknowledged by the (one) consumer of each subject: a task queue.
+    case workQueue
+    /// Kept up to the stream's limits (age, count, bytes): a log, e.g. the dead-letter stream.
+    case limits
+    /// Kept while some consumer has not acknowledged it.
+    case interest
+}
+
+public enum StreamStorage: Sendable, Equatable {
+    case file
+    case memory
+}
+
+/// A stream's state.
+public struct StreamInfo: Sendable, Equatable {
+    public var name: String
+    public var subjects: [String]
+    /// Messages stored (on a WorkQueue stream this includes terminated-by-MaxDeliver messages not yet deleted).
+    public var messages: UInt64
+    public var bytes: UInt64
+    public var firstSequence: UInt64
+    public var lastSequence: UInt64
+    public var consumers: Int
+    public var duplicateWindow: Duration
+}
+
+/// A durable consumer's configuration and state.
+public struct ConsumerInfo: Sendable, Equatable {
+    public var stream: String
+    public var name: String
+    /// Messages not delivered yet.
+    public var numPending: UInt64
+    /// Delivered, not acknowledged yet.
+    public var numAckPending: Int
+    /// Messages delivered more than once.
+    public var numRedelivered: Int
+    /// Pull requests waiting for messages.
+    public var numWaiting: Int
+    /// The last stream sequence delivered, and the stream sequence below which all is acknowledged.
+    public var deliveredStreamSequence: UInt64
+    public var ackFloorStreamSequence: UInt64
+    public var filterSubject: String
+    /// As the server reports it (with a BackOff list the server replaces AckWait by BackOff[0]).
+    public var ackWait: Duration
+    public var maxDeliver: Int
+    public var maxAckPending: Int
+
+    /// The queue depth: `numPending + numAckPending` (what KEDA's nats-jetstream scaler uses as lag).
+    public var backlog: UInt64 { numPending + UInt64(max(0, numAckPending)) }
+}
+
+/// A message read from a stream by sequence (`js_GetMsg`): a copy, nothing to acknowledge.
+public struct StoredMessage: Sendable, Equatable {
+    public var subject: String
+    public var sequence: UInt64
+    public var data: [UInt8]
+    public var headers: [String: [String]]
+    /// Nanoseconds since the Unix epoch.
+    public var timestampNanos: Int64
+
+    public func header(_ key: String) -> String? { headers[key]?.first }
+}
+
+/// A JetStream context (`jsCtx`) on a connection: stream and consumer provisioning, publishing with awaited acks,
+/// state queries, pull subscriptions.
+///
+/// Publishing uses cnats's asynchronous publish (`js_PublishMsgAsync`) with an ack handler that resumes the caller:
+/// no thread is parked while the ack is on its way. API requests (`js_AddStream`, `js_GetConsumerInfo`, …) block
+/// for a round trip and run on the connection's dedicated threads.
+public final class JetStream: Sendable {
+    let handle: JetStreamHandle
+    public let connection: NATSConnection
+    let waiters: PublishWaiters
+    /// Bound on every JetStream API request (cnats `jsOptions.Wait`).
+    public let requestTimeout: Duration
+    /// Default wait for a publish ack.
+    public let publishTimeout: Duration
+
+    init(handle: JetStreamHandle, connection: NATSConnection, waiters: PublishWaiters, requestTimeout: Duration,
+         publishTimeout: Duration) {
+        self.handle = handle
+        self.connection = connection
+        self.waiters = waiters
+        self.requestTimeout = requestTimeout
+        self.publishTimeout = publishTimeout
+    }
+
+    private var pool: BlockingThreadPool { connection.pool }
+
+    // MARK: - Provisioning
+
+    /// Creates the stream, or updates it to this configuration (idempotent). `js_AddStream` returns OK for an
+    /// identical configuration and jerr 10058 for a changed one, which is then applied with `js_UpdateStream`.
+    /// Retention cannot be changed on an existing stream (jerr 10052 is thrown).
+    @discardableResult
+    public func ensureStream(name: String, subjects: [String], retention: StreamRetention,
+                             storage: StreamStorage = .file, duplicateWindow: Duration = .seconds(120),
+                             maxAge: Duration? = nil) async throws -> StreamInfo {
+        let handle = self.handle
+        return try await pool.run("js_AddStream") {
+            let op = "js_AddStream"
+            let arena = CArena()
+            var cfg = jsStreamConfig()
+            jsStreamConfig_Init(&cfg)
+            cfg.Name = try arena.string(name, op, what: "the stream name")
+            let cSubjects = try arena.array(of: UnsafePointer<CChar>?.self, count: subjects.count, op)
+            for (i, subject) in subjects.enumerated() { cSubjects[i] = try arena.string(subject, op, what: "a subject") }
+            cfg.Subjects = cSubjects
+            cfg.SubjectsLen = Int32(clamping: subjects.count)
+            switch retention {
+            case .workQueue: cfg.Retention = js_WorkQueuePolicy
+            case .limits: cfg.Retention = js_LimitsPolicy
+            case .interest: cfg.Retention = js_InterestPolicy
+            }
+            cfg.Storage = storage == .file ? js_FileStorage : js_MemoryStorage
+            cfg.Duplicates = duplicateWindow.natsNanoseconds
+            if let maxAge { cfg.MaxAge = maxAge.natsNanoseconds }
+
+            var info: UnsafeMutablePointer<jsStreamInfo>?
+            var jerr = jsErrCode(0)
+            var s = js_AddStream(&info, handle.pointer, &cfg, nil, &jerr)
+            var operation = op
+            if s == NATS_ERR && jerr.rawValue == 10058 {
+                operation = "js_UpdateStream"
+                jerr = jsErrCode(0)
+                s = js_UpdateStream(&info, handle.pointer, &cfg, nil, &jerr)
+            }
+            guard s == NATS_OK, let info else {
+                throw NATSError.library(operation, s, jsErrCode: jerr, connection: handle.connection.pointer)
+            }
+            defer { jsStreamInfo_Destroy(info) }
+            return StreamInfo(info.pointee)
+        }
+    }
+
+    /// Creates the durable pull consumer, or updates it to this configuration (idempotent). Explicit acks,
+    /// deliver-all, instant replay. `backOff` (redelivery delays after AckWait expires) needs
+    /// `maxDeliver > backOff.count`, and the server then takes `backOff[0]` as the AckWait.
+    @discardableResult
+    public func ensureConsumer(stream: String, durable: String, filterSubject: String?, ackWait: Duration,
+                               maxDeliver: Int, maxAckPending: Int = 1000,
+                               backOff: [Duration] = []) async throws -> ConsumerInfo {
+        let handle = self.handle
+        return try await pool.run("js_AddConsumer") {
+            let op = "js_AddConsumer"
+            let arena = CArena()
+            let cStream = try arena.string(stream, op, what: "the stream name")
+            var cfg = jsConsumerConfig()
+            jsConsumerConfig_Init(&cfg)
+            cfg.Durable = try arena.string(durable, op, what: "the durable name")
+            cfg.AckPolicy = js_AckExplicit
+            cfg.DeliverPolicy = js_DeliverAll
+            cfg.ReplayPolicy = js_ReplayInstant
+            cfg.AckWait = ackWait.natsNanoseconds
+            cfg.MaxDeliver = Int64(maxDeliver)
+            cfg.MaxAckPending = Int64(maxAckPending)
+            if let filterSubject { cfg.FilterSubject = try arena.string(filterSubject, op, what: "the filter subject") }
+            if !backOff.isEmpty {
+                let delays = try arena.array(of: Int64.self, count: backOff.count, op)
+                for (i, delay) in backOff.enumerated() { delays[i] = delay.natsNanoseconds }
+                cfg.BackOff = delays
+                cfg.BackOffLen = Int32(clamping: backOff.count)
+            }
+
+            var info: UnsafeMutablePointer<jsConsumerInfo>?
+            var jerr = jsErrCode(0)
+            var s = js_AddConsumer(&info, handle.pointer, cStream, &cfg, nil, &jerr)
+            var operation = op
+            // nats-server 2.9 updates a durable on a second add; newer servers answer "already exists".
+            if s == NATS_ERR && [10013, 10148].contains(jerr.rawValue) {
+                operation = "js_UpdateConsumer"
+                jerr = jsErrCode(0)
+                s = js_UpdateConsumer(&info, handle.pointer, cStream, &cfg, nil, &jerr)
+            }
+            guard s == NATS_OK, let info else {
+                throw NATSError.library(operation, s, jsErrCode: jerr, connection: handle.connection.pointer)
+            }
+            defer { jsConsumerInfo_Destroy(info) }
+            return ConsumerInfo(info.pointee)
+        }
+    }
+
+    // MARK: - Queries
+
+    public func streamInfo(stream: String) async throws -> StreamInfo {
+        let handle = self.handle
+        return try await pool.run("js_GetStreamInfo") {
+            let op = "js_GetStreamInfo"
+            let arena = CArena()
+            let cStream = try arena.string(stream, op, what: "the stream name")
+            var info: UnsafeMutablePointer<jsStreamInfo>?
+            var jerr = jsErrCode(0)
+            let s = js_GetStreamInfo(&info, handle.pointer, cStream, nil, &jerr)
+            guard s == NATS_OK, let info else { throw NATSError.library(op, s, jsErrCode: jerr, connection: handle.connection.pointer) }
+            defer { jsStreamInfo_Destroy(info) }
+            return StreamInfo(info.pointee)
+        }
+    }
+
+    public func consumerInfo(stream: String, consumer: String) async throws -> ConsumerInfo {
+        let handle = self.handle
+        return try await pool.run("js_GetConsumerInfo") {
+            let op = "js_GetConsumerInfo"
+            let arena = CArena()
+            let cStream = try arena.string(stream, op, what: "the stream name")
+            let cConsumer = try arena.string(consumer, op, what: "the consumer name")
+            var info: UnsafeMutablePointer<jsConsumerInfo>?
+            var jerr = jsErrCode(0)
+            let s = js_GetConsumerInfo(&info, handle.pointer, cStream, cConsumer, nil, &jerr)
+            guard s == NATS_OK, let info else { throw NATSError.library(op, s, jsErrCode: jerr, connection: handle.connection.pointer) }
+            defer { jsConsumerInfo_Destroy(info) }
+            return ConsumerInfo(info.pointee)
+        }
+    }
+
+    /// Reads the message stored at `sequence` (`js_GetMsg`). A missing message throws with `isNotFound`.
+    public func getMessage(stream: String, sequence: UInt64) async throws -> StoredMessage {
+        let handle = self.handle
+        return try await pool.run("js_GetMsg") {
+            let op = "js_GetMsg"
+            let arena = CArena()
+            let cStream = try arena.string(stream, op, what: "the stream name")
+            var msg: OpaquePointer?
+            var jerr = jsErrCode(0)
+            let s = js_GetMsg(&msg, handle.pointer, cStream, sequence, nil, &jerr)
+            guard s == NATS_OK, let msg else { throw NATSError.library(op, s, jsErrCode: jerr, connection: handle.connection.pointer) }
+            defer { natsMsg_Destroy(msg) }
+            return StoredMessage(subject: swiftString(natsMsg_GetSubject(msg)), sequence: natsMsg_GetSequence(msg),
+                                 data: messageData(msg), headers: allHeaders(msg), timestampNanos: natsMsg_GetTime(msg))
+        }
+    }
+
+    /// Deletes the message stored at `sequence` (`js_DeleteMsg`).
+    public func deleteMessage(stream: String, sequence: UInt64) async throws {
+        let handle = self.handle
+        try await pool.run("js_DeleteMsg") {
+            let op = "js_DeleteMsg"
+            let arena = CArena()
+            let cStream = try arena.string(stream, op, what: "the stream name")
+            var jerr = jsErrCode(0)
+            let s = js_DeleteMsg(handle.pointer, cStream, sequence, nil, &jerr)
+            guard s == NATS_OK else { throw NATSError.library(op, s, jsErrCode: jerr, connection: handle.connection.pointer) }
+        }
+    }
+
+    // MARK: - Publishing
+
+    /// Publishes `data` to `subject` and waits for the stream's ack.
+    ///
+    /// `msgID` becomes the `Nats-Msg-Id` header: a second publish with the same id inside the stream's duplicate
+    /// window stores nothing and answers `duplicate == true`. `timeout` (default `publishTimeout`) bounds the wait
+    /// for the ack; while the connection is down the publish is buffered by cnats and times out with an error
+    /// whose `isConnectionProblem` is true. Such a buffered message may still be stored once the connection is back,
+    /// so retry with the same `msgID` (at-least-once, made exactly-once by the duplicate window).
+    public func publish(subject: String, data: [UInt8], msgID: String? = nil, headers: [String: String] = [:],
+                        timeout: Duration? = nil) async throws -> PubAck {
+        let op = "js_PublishMsgAsync"
+        guard data.count <= Int(Int32.max) else { throw NATSError.invalidArgument(op, "the payload is too large") }
+        let arena = CArena()
+        let cSubject = try arena.string(subject, op, what: "the subject")
+        let cMsgID = try msgID.map { try arena.string($0, op, what: "the message id") }
+        var msg: OpaquePointer?
+        var s = data.withUnsafeBytes { bytes in
+            natsMsg_Create(&msg, cSubject, nil, bytes.baseAddress?.assumingMemoryBound(to: CChar.self), Int32(data.count))
+        }
+        guard s == NATS_OK, let msg else { throw NATSError.library("natsMsg_Create", s, connection: handle.connection.pointer) }
+        for (key, value) in headers {
+            do {
+                s = natsMsgHeader_Set(msg, try arena.string(key, op, what: "a header name"), try arena.string(value, op, what: "a header value"))
+            } catch {
+                natsMsg_Destroy(msg)
+                throw error
+            }
+            guard s == NATS_OK else {
+                let error = NATSError.library("natsMsgHeader_Set", s, connection: handle.connection.pointer)
+                natsMsg_Destroy(msg)
+                throw error
+            }
+        }
+        let maxWait = max(1, (timeout ?? publishTimeout).natsMilliseconds)
+        let handle = self.handle
+        let waiters = self.waiters
+        // The ack handler finds the caller by the message's address: registered before the publish (the ack can
+        // arrive before js_PublishMsgAsync returns) and removed before the message is destroyed.
+        let key = UInt(bitPattern: Int(bitPattern: msg))
+        return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<PubAck, any Error>) in
+            if let refused = waiters.register(key, continuation) {
+                natsMsg_Destroy(msg)
+                continuation.resume(throwing: refused)
+                return
+            }
+            var options = jsPubOptions()
+            jsPubOptions_Init(&options)
+            options.MaxWait = maxWait
+            options.MsgId = cMsgID
+            var owned: OpaquePointer? = msg
+            // With MaxPending 0 this never stalls: it appends to cnats's buffer (or writes to the socket, SendAsap).
+            let status = js_PublishMsgAsync(handle.pointer, &owned, &options)
+            if status != NATS_OK {
+                // Refused: the ack handler will not run for it and the message is still ours.
+                let error = NATSError.library(op, status, connection: handle.connection.pointer)
+                natsMsg_Destroy(owned)
+                waiters.take(key)?.resume(throwing: error)
+            }
+        }
+    }
+
+    // MARK: - Consuming
+
+    /// A pull subscription bound to the existing durable `consumer` of `stream` (see `ensureConsumer`).
+    /// Each subscription fetches on its own dedicated thread; give each concurrent fetch loop its own subscription.
+    public func pullSubscribe(stream: String, consumer: String) async throws -> PullSubscription {
+        let handle = self.handle
+        let subscription = try await pool.run("js_PullSubscribe") { () throws -> SubscriptionHandle in
+            let op = "js_PullSubscribe"
+            let arena = CArena()
+            var so = jsSubOptions()
+            jsSubOptions_Init(&so)
+            so.Stream = try arena.string(stream, op, what: "the stream name")
+            so.Consumer = try arena.string(consumer, op, what: "the consumer name")
+            let cDurable = try arena.string(consumer, op, what: "the consumer name")
+            var sub: OpaquePointer?
+            var jerr = jsErrCode(0)
+            let s = js_PullSubscribe(&sub, handle.pointer, nil, cDurable, nil, &so, &jerr)
+            guard s == NATS_OK, let sub else { throw NATSError.library(op, s, jsErrCode: jerr, connection: handle.connection.pointer) }
+            return SubscriptionHandle(pointer: sub, jetStream: handle)
+        }
+        return try PullSubscription(handle: subscription, jetStream: self, stream: stream, consumer: consumer)
+    }
+}
+
+/// Callers waiting for publish acks, by message address.
+final class PublishWaiters: @unchecked Sendable {
+    /// Not owned: the jsCtx retains the connection for as long as its ack handler can run.
+    let connection: OpaquePointer
+    private let lock = PThreadLock()
+    private var waiting: [UInt: CheckedContinuation<PubAck, any Error>] = [:]
+    private var closedError: NATSError?
+
+    init(connection: OpaquePointer) { self.connection = connection }
+
+    /// Registers a caller; returns the error to fail it with instead when closed.
+    func register(_ key: UInt, _ continuation: CheckedContinuation<PubAck, any Error>) -> NATSError? {
+        lock.withLock {
+            if let closedError { return closedError }
+            waiting[key] = continuation
+            return nil
+        }
+    }
+
+    func take(_ key: UInt) -> CheckedContinuation<PubAck, any Error>? {
+        lock.withLock { waiting.removeValue(forKey: key) }
+    }
+
+    /// Fails every waiting caller and refuses new ones.
+    func failAll(_ error: NATSError) {
+        let all = lock.withLock { () -> [CheckedContinuation<PubAck, any Error>] in
+            if closedError == nil { closedError = error }
+            defer { waiting.removeAll() }
+            return Array(waiting.values)
+        }
+        for continuation in all { continuation.resume(throwing: error) }
+    }
+}
+
+/// cnats's async-publish ack handler: runs on the context's reply-subscription thread for every published message,
+/// with either `ack` or `failure`. The message is ours to destroy.
+func onPublishAck(_ js: OpaquePointer?, _ msg: OpaquePointer?, _ ack: UnsafeMutablePointer<jsPubAck>?,
+                          _ failure: UnsafeMutablePointer<jsPubAckErr>?, _ closure: UnsafeMutableRawPointer?) {
+    defer { natsMsg_Destroy(msg) }
+    guard let msg, let waiters = publishWaitersTable.get(closure: closure),
+          let continuation = waiters.take(UInt(bitPattern: Int(bitPattern: msg))) else { return }
+    if let ack {
+        continuation.resume(returning: PubAck(stream: swiftString(ack.pointee.Stream), sequence: ack.pointee.Sequence,
+                                              duplicate: ack.pointee.Duplicate))
+    } else if let failure {
+        continuation.resume(throwing: NATSError.reported("js_PublishMsgAsync", failure.pointee.Err,
+                                                         jsErrCode: Int(failure.pointee.ErrCode.rawValue),
+                                                         detail: swiftString(failure.pointee.ErrText),
+                                                         connection: waiters.connection))
+    } else {
+        continuation.resume(throwing: NATSError.local("js_PublishMsgAsync", "the ack handler got neither an ack nor an error"))
+    }
+}
+
+// MARK: - Conversions from cnats structs
+
+extension StreamInfo {
+    init(_ info: jsStreamInfo) {
+        var subjects: [String] = []
+        var name = ""
+        var duplicates: Int64 = 0
+        if let cfg = info.Config?.pointee {
+            name = swiftString(cfg.Name)
+            if let list = cfg.Subjects {
+                for i in 0..<Int(max(0, cfg.SubjectsLen)) { subjects.append(swiftString(list[i])) }
+            }
+            duplicates = cfg.Duplicates
+        }
+        self.init(name: name, subjects: subjects, messages: info.State.Msgs, bytes: info.State.Bytes,
+                  firstSequence: info.State.FirstSeq, lastSequence: info.State.LastSeq,
+                  consumers: Int(info.State.Consumers), duplicateWindow: .nanoseconds(duplicates))
+    }
+}
+
+extension ConsumerInfo {
+    init(_ info: jsConsumerInfo) {
+        let cfg = info.Config?.pointee
+        self.init(stream: swiftString(info.Stream), name: swiftString(info.Name), numPending: info.NumPending,
+                  numAckPending: Int(info.NumAckPending), numRedelivered: Int(info.NumRedelivered),
+                  numWaiting: Int(info.NumWaiting), deliveredStreamSequence: info.Delivered.Stream,
+                  ackFloorStreamSequence: info.AckFloor.Stream, filterSubject: swiftString(cfg?.FilterSubject),
+                  ackWait: .nanoseconds(cfg?.AckWait ?? 0), maxDeliver: Int(cfg?.MaxDeliver ?? 0),
+                  maxAckPending: Int(cfg?.MaxAckPending ?? 0))
+    }
+}
+
+/// A copy of a message's payload.
+func messageData(_ msg: OpaquePointer) -> [UInt8] {
+    let count = Int(natsMsg_GetDataLength(msg))
+    guard count > 0, let data = natsMsg_GetData(msg) else { return [] }
+    return data.withMemoryRebound(to: UInt8.self, capacity: count) { Array(UnsafeBufferPointer(start: $0, count: count)) }
+}
+
+/// Every header of a message (`natsMsgHeader_Keys` / `_Values`; the arrays are ours to free, the strings are not).
+func allHeaders(_ msg: OpaquePointer) -> [String: [String]] {
+    var keys: UnsafeMutablePointer<UnsafePointer<CChar>?>?
+    var keyCount: Int32 = 0
+    guard natsMsgHeader_Keys(msg, &keys, &keyCount) == NATS_OK, let keys else { return [:] }
+    defer { free(keys) }
+    var headers: [String: [String]] = [:]
+    for i in 0..<Int(keyCount) {
+        guard let key = keys[i] else { continue }
+        var values: UnsafeMutablePointer<UnsafePointer<CChar>?>?
+        var valueCount: Int32 = 0
+        guard natsMsgHeader_Values(msg, key, &values, &valueCount) == NATS_OK, let values else { continue }
+        defer { free(values) }
+        headers[String(cString: key)] = (0..<Int(valueCount)).map { swiftString(values[$0]) }
+    }
+    return headers
+}

@@ -1,0 +1,350 @@
+import Foundation
+import Logging
+import NeutrinoCore
+import NeutrinoNATS
+import NeutrinoPython
+import NeutrinoTaskLog
+import Synchronization
+
+/// `neutrino-worker --mode nats`: pulls its pool's tasks from JetStream and runs them on the executor.
+///
+/// - Fetches only as many messages as it has free Python threads (no prefetch, so a slow task never holds others
+///   back), and heartbeats `InProgress` while a task runs so it is not redelivered however long it takes.
+/// - Acknowledges only after the terminal event is committed to the task log.
+/// - A failed attempt is retried with exponential backoff and jitter (`NakWithDelay`) up to the task's `retries`;
+///   the last failure is copied to `neutrino.dlq.<pool>.<task>`, logged `failed`, and terminated.
+/// - Timeouts end as `timed_out` (not retried); cancellation (broadcast on `neutrino.control.cancel`) skips a task
+///   still queued and interrupts a running one.
+/// - SIGTERM/SIGINT drain: stop fetching, let running tasks finish within the grace period, nak the rest at once.
+public final class NATSWorker: Sendable {
+    let configuration: WorkerConfiguration
+    let specs: [String: TaskSpec]
+    let executor: PythonExecutor
+    let taskLog: TaskLogWriter?
+    let reader: TaskLogReader?
+    let logger: Logger
+    private let inFlight = Mutex<[String: JetStreamMessage]>([:])
+    private let cancelled = Mutex(CancelledSet())
+    private let draining = Atomic<Bool>(false)
+
+    public init(configuration: WorkerConfiguration, runtime: PythonRuntime, taskLog: TaskLogWriter?, logger: Logger) throws {
+        self.configuration = configuration
+        self.specs = Dictionary(uniqueKeysWithValues: runtime.tasks
+            .filter { $0.pool == configuration.pool && $0.mode.isQueued }
+            .map { ($0.name, $0) })
+        self.executor = PythonExecutor(runtime: runtime, threads: configuration.concurrency, maxQueued: configuration.concurrency)
+        self.taskLog = taskLog
+        if case .sqlite(let path) = configuration.taskLog { reader = try TaskLogReader(path: path, threads: 1) } else { reader = nil }
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        guard let url = configuration.natsURL else { throw WorkerError(message: "--mode nats needs --nats URL") }
+        let pool = configuration.pool
+        let gpu = GPUProbe.describe()
+        logger.info("worker starting", metadata: [
+            "worker_id": "\(configuration.workerID)", "pool": "\(pool)", "mode": "nats", "nats": "\(url)",
+            "concurrency": "\(configuration.concurrency)", "tasks": "\(specs.keys.sorted().joined(separator: ","))",
+            "gpu": "\(gpu)",
+        ])
+        if specs.isEmpty { logger.warning("the app has no async or gpu task in this pool", metadata: ["pool": "\(pool)"]) }
+        let connection = try await NATSConnection.connect(url: url, name: configuration.workerID, logger: logger)
+        let js = try connection.jetStream()
+        try await TaskQueueProvisioning.ensure(js, pools: [pool: QueueLayout.maxDeliver(retries: specs.values.map(\.retries))],
+                                               ackWait: configuration.ackWait, logger: logger)
+        let subscription = try await js.pullSubscribe(stream: QueueLayout.tasksStream, consumer: QueueLayout.consumer(pool: pool))
+        let cancels = try await connection.subscribe(subject: QueueLayout.cancelSubject)
+        let signals = SignalWatcher(signals: [SIGTERM, SIGINT]) { [self] signal in
+            if !draining.exchange(true, ordering: .relaxed) {
+                logger.notice("draining: no new tasks; finishing the running ones", metadata: ["signal": "\(signal)"])
+            }
+        }
+        print("consuming \(QueueLayout.consumer(pool: pool)) from \(url)")
+        fflush(nil)
+
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { [self] in
+                for await data in cancels.messages { self.noteCancel(data) }
+            }
+            group.addTask { [self] in
+                await self.fetchLoop(subscription: subscription, js: js)
+                cancels.close()
+            }
+        }
+        signals.cancel()
+        executor.shutdown()
+        subscription.close()
+        await taskLog?.close()
+        await reader?.shutdown()
+        await connection.close()
+        logger.notice("worker stopped")
+    }
+
+    private func fetchLoop(subscription: PullSubscription, js: JetStream) async {
+        let slots = Slots(configuration.concurrency)
+        await withDiscardingTaskGroup { running in
+            while !draining.load(ordering: .relaxed) {
+                // Fetch only for free threads: a message waiting here would wait behind a slow task.
+                let free = await slots.waitForFree(orUntil: { self.draining.load(ordering: .relaxed) })
+                guard free > 0 else { continue }
+                let messages: [JetStreamMessage]
+                do {
+                    messages = try await subscription.fetch(batch: free, timeout: .milliseconds(500))
+                } catch {
+                    logger.warning("fetch failed; retrying", metadata: ["error": "\(error)"])
+                    try? await Task.sleep(for: .milliseconds(250))
+                    continue
+                }
+                for message in messages {
+                    slots.take()
+                    running.addTask { [self] in
+                        await self.handle(message, js: js)
+                        slots.release()
+                    }
+                }
+            }
+            // Draining: running tasks get the grace period; what still runs then goes back to the queue.
+            let deadline = ContinuousClock.now + configuration.drainGrace
+            while slots.busy > 0 && ContinuousClock.now < deadline {
+                try? await Task.sleep(for: .milliseconds(50))
+            }
+            let leftover = inFlight.withLock { Array($0.values) }
+            for message in leftover {
+                try? message.nak()
+                logger.notice("handed a running task back to the queue", metadata: ["subject": "\(message.subject)"])
+            }
+            if !leftover.isEmpty { executor.shutdown() }
+            running.cancelAll()
+        }
+    }
+
+    private func noteCancel(_ data: [UInt8]) {
+        let id = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines).lowercased()
+        guard TaskID.isValid(id) else { return }
+        cancelled.withLock { $0.insert(id) }
+        if executor.cancel(tag: id) {
+            logger.info("cancelling running task", metadata: ["task_id": "\(id)"])
+        }
+    }
+
+    /// Why `id` must not run: cancelled (broadcast to this worker), or already terminal in the task log
+    /// (cancelled while queued, or finished by an earlier delivery).
+    private func reasonToSkip(_ id: String) async -> String? {
+        if cancelled.withLock({ $0.contains(id) }) { return "cancelled" }
+        guard let reader, let record = try? await reader.record(id: id), record.status.isTerminal else { return nil }
+        return record.status.rawValue
+    }
+
+    private func handle(_ message: JetStreamMessage, js: JetStream) async {
+        let pool = configuration.pool
+        guard let name = QueueLayout.task(fromSubject: message.subject, pool: pool), let spec = specs[name],
+              let taskID = message.header("Nats-Msg-Id").map({ $0.lowercased() }), TaskID.isValid(taskID) else {
+            logger.error("unroutable message terminated", metadata: ["subject": "\(message.subject)"])
+            try? message.term()
+            return
+        }
+        let attempt = Int(message.numDelivered)
+        let workerID = configuration.workerID
+        @Sendable func event(_ kind: TaskEventKind, result: String? = nil, error: String? = nil, durationMs: Double? = nil) -> TaskEvent {
+            TaskEvent(taskID: taskID, kind: kind, function: spec.name, pool: spec.pool, mode: spec.mode,
+                      workerID: workerID, attempt: attempt, result: result, error: error, durationMs: durationMs)
+        }
+        if let reason = await reasonToSkip(taskID) {
+            try? message.ack()
+            logger.info("skipped a task that must not run", metadata: ["task_id": "\(taskID)", "status": "\(reason)"])
+            return
+        }
+        inFlight.withLock { $0[taskID] = message }
+        defer { _ = inFlight.withLock { $0.removeValue(forKey: taskID) } }
+
+        let payload: [UInt8]
+        do {
+            payload = try TaskPayload.make(body: message.data, taskID: taskID, attempt: attempt, pool: pool)
+        } catch {
+            await finish(message, event(.failed, error: Self.errorText("InvalidArguments", "the queued message is not a JSON object")), settle: .term)
+            return
+        }
+        let heartbeat = Task { [configuration] in
+            let interval = configuration.ackWait / 3
+            while !Task.isCancelled {
+                try? await Task.sleep(for: interval)
+                if Task.isCancelled { break }
+                try? message.inProgress()
+            }
+        }
+        let taskLog = self.taskLog
+        let outcome = await executor.run(task: name, tag: taskID, payload: payload, timeoutMs: spec.timeoutMs) {
+            taskLog?.record(event(.running))
+        }
+        heartbeat.cancel()
+        switch outcome {
+        case .completed(let result, let ms):
+            await finish(message, event(.completed, result: String(decoding: result, as: UTF8.self), durationMs: ms), settle: .ack)
+        case .timedOut(let ms):
+            let error = Self.errorText("TimeoutError", "task '\(name)' exceeded its timeout of \(spec.timeoutMs) ms")
+            await finish(message, event(.timedOut, error: error, durationMs: ms), settle: .ack)
+        case .cancelled(let ms):
+            await finish(message, event(.cancelled, error: Self.errorText("Cancelled", "task '\(name)' was cancelled"), durationMs: ms), settle: .ack)
+        case .rejected:
+            try? message.nak()
+        case .failed(let errorBytes, let ms):
+            let error = String(decoding: errorBytes, as: UTF8.self)
+            if attempt <= spec.retries {
+                let delay = QueueLayout.retryDelay(afterAttempt: attempt)
+                logger.info("attempt failed; retrying", metadata: ["task_id": "\(taskID)", "attempt": "\(attempt)", "delay": "\(delay)"])
+                await finish(message, event(.retrying, error: error, durationMs: ms), settle: .nak(delay))
+            } else {
+                await deadLetter(message, spec: spec, taskID: taskID, attempt: attempt, error: error, js: js)
+                await finish(message, event(.failed, error: error, durationMs: ms), settle: .term)
+            }
+        }
+    }
+
+    private enum Settle { case ack, nak(Duration), term }
+
+    /// Records `event`, waits until it is committed, then settles the message: a task is never acknowledged
+    /// before its outcome is in the task log.
+    private func finish(_ message: JetStreamMessage, _ event: TaskEvent, settle: Settle) async {
+        if let taskLog {
+            taskLog.record(event)
+            await taskLog.flush()
+        }
+        do {
+            switch settle {
+            case .ack: try await message.ackSync()
+            case .nak(let delay): try message.nak(delay: delay)
+            case .term: try message.term()
+            }
+        } catch {
+            logger.warning("settling a message failed; it will be redelivered", metadata: ["task_id": "\(event.taskID)", "error": "\(error)"])
+        }
+    }
+
+    /// Copies the last failed attempt to `neutrino.dlq.<pool>.<task>` (before `term` deletes it from the work queue).
+    private func deadLetter(_ message: JetStreamMessage, spec: TaskSpec, taskID: String, attempt: Int, error: String, js: JetStream) async {
+        do {
+            _ = try await js.publish(subject: QueueLayout.deadLetterSubject(pool: spec.pool, task: spec.name), data: message.data,
+                                     msgID: "dlq-\(taskID)",
+                                     headers: ["Neutrino-Task-Id": taskID, "Neutrino-Attempts": String(attempt),
+                                               "Neutrino-Error": String(error.prefix(1024))])
+        } catch {
+            logger.error("copying a failed task to the dead-letter stream failed", metadata: ["task_id": "\(taskID)", "error": "\(error)"])
+        }
+    }
+
+    static func errorText(_ type: String, _ message: String) -> String {
+        String(decoding: JSONWriter.taskError(type: type, message: message), as: UTF8.self)
+    }
+}
+
+/// Free Python threads, for fetching no more messages than can start at once.
+final class Slots: Sendable {
+    private struct State {
+        var free: Int
+        let total: Int
+        var waiter: CheckedContinuation<Void, Never>?
+    }
+    private let state: Mutex<State>
+
+    init(_ total: Int) { state = Mutex(State(free: total, total: total)) }
+
+    var busy: Int { state.withLock { $0.total - $0.free } }
+
+    func take() { state.withLock { $0.free -= 1 } }
+
+    func release() {
+        let waiter = state.withLock { s -> CheckedContinuation<Void, Never>? in
+            s.free += 1
+            defer { s.waiter = nil }
+            return s.waiter
+        }
+        waiter?.resume()
+    }
+
+    /// The number of free threads once there is at least one (checking `stop` every 100 ms; 0 when it says stop).
+    func waitForFree(orUntil stop: @escaping @Sendable () -> Bool) async -> Int {
+        while !stop() {
+            let free = state.withLock { $0.free }
+            if free > 0 { return free }
+            await withTaskGroup(of: Void.self) { race in
+                race.addTask {
+                    await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+                        let resumeNow = self.state.withLock { s -> Bool in
+                            if s.free > 0 || s.waiter != nil { return true }
+                            s.waiter = c
+                            return false
+                        }
+                        if resumeNow { c.resume() }
+                    }
+                }
+                race.addTask { try? await Task.sleep(for: .milliseconds(100)) }
+                _ = await race.next()
+                // Whichever came first, leave no continuation behind for the other.
+                let pending = self.state.withLock { s -> CheckedContinuation<Void, Never>? in
+                    defer { s.waiter = nil }
+                    return s.waiter
+                }
+                pending?.resume()
+                race.cancelAll()
+            }
+        }
+        return 0
+    }
+}
+
+/// Task ids cancelled recently (bounded: the oldest are forgotten first).
+struct CancelledSet: Sendable {
+    private var order: [String] = []
+    private var members: Set<String> = []
+    static let capacity = 10_000
+
+    mutating func insert(_ id: String) {
+        guard members.insert(id).inserted else { return }
+        order.append(id)
+        if order.count > CancelledSet.capacity {
+            members.remove(order.removeFirst())
+        }
+    }
+
+    func contains(_ id: String) -> Bool { members.contains(id) }
+}
+
+/// Whether a GPU is visible to this process, for the start-up log (and later heartbeats).
+enum GPUProbe {
+    static func describe() -> String {
+        let env = ProcessInfo.processInfo.environment
+        if let devices = env["CUDA_VISIBLE_DEVICES"], devices.isEmpty || devices == "-1" { return "none (CUDA_VISIBLE_DEVICES hides all)" }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["nvidia-smi", "-L"]
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = FileHandle.nullDevice
+        do {
+            try process.run()
+            process.waitUntilExit()
+        } catch {
+            return "none (no nvidia-smi)"
+        }
+        let out = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let gpus = out.split(separator: "\n").filter { $0.hasPrefix("GPU ") }
+        return process.terminationStatus == 0 && !gpus.isEmpty ? gpus.joined(separator: "; ") : "none (running on CPU)"
+    }
+}
+
+/// Calls `handler` on SIGTERM/SIGINT (the default actions are turned off while it watches).
+final class SignalWatcher: @unchecked Sendable {  // sources are set once in init and only cancelled after
+    private let sources: [any DispatchSourceSignal]
+
+    init(signals: [Int32], handler: @escaping @Sendable (Int32) -> Void) {
+        sources = signals.map { sig in
+            signal(sig, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            source.setEventHandler { handler(sig) }
+            source.resume()
+            return source
+        }
+    }
+
+    func cancel() { for s in sources { s.cancel() } }
+}
