@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-from neutrino import App, current_task
+from neutrino import App, current_task, report_progress
 
 app = App("demo")
 
@@ -75,8 +75,10 @@ def whoami() -> dict:
 
 @app.task(execution_mode="async", timeout_secs=300, retries=3)
 def generate_report(dataset: str) -> dict:
-    """A long-running task for the async pool (JetStream path)."""
-    time.sleep(1)
+    """A long-running task for the async pool (JetStream path); reports its progress."""
+    time.sleep(0.5)
+    report_progress(0.5, f"read {dataset}")
+    time.sleep(0.5)
     return {"dataset": dataset, "rows": len(dataset) * 1000}
 
 
@@ -101,9 +103,12 @@ def flaky(fail_times: int = 1) -> dict:
 @app.task(execution_mode="async", timeout_secs=120)
 def crunch(seconds: float = 5.0) -> dict:
     """A long async task (sleeps in small steps), for cancellation and drain tests."""
-    deadline = time.monotonic() + seconds
+    started = time.monotonic()
+    deadline = started + seconds
     steps = 0
     while time.monotonic() < deadline:
         time.sleep(0.05)
         steps += 1
+        if steps % 20 == 0:
+            report_progress(min(1.0, (time.monotonic() - started) / seconds), f"{steps} steps")
     return {"seconds": seconds, "steps": steps}

@@ -67,6 +67,16 @@ public final class PythonRuntime: Sendable {
             throw PythonStartupError(message: "neutrino._runtime lacks load/invoke/TaskError/CancelledByRequest: \(PythonRuntime.takeErrorText())")
         }
         defer { Py_DecRef(load) }
+        // Hand neutrino.report_progress its way out to Swift.
+        if let setSink = PyObject_GetAttrString(module, "set_progress_sink"), let sink = ProgressReporting.makeSinkFunction(),
+           let sinkArgs = PyTuple_New(1) {
+            PyTuple_SetItem(sinkArgs, 0, sink)  // steals sink
+            if let r = PyObject_CallObject(setSink, sinkArgs) { Py_DecRef(r) } else { PyErr_Clear() }
+            Py_DecRef(sinkArgs)
+            Py_DecRef(setSink)
+        } else {
+            PyErr_Clear()
+        }
         guard let appArg = PyUnicode_FromString(app), let args = PyTuple_New(1) else {
             throw PythonStartupError(message: "out of memory")
         }

@@ -13,6 +13,16 @@ public enum Worker {
         case .sqlite(let path): taskLog = try TaskLogWriter(path: path, logger: logger)
         case .none: taskLog = nil
         }
+        if let taskLog {
+            let specs = Dictionary(runtime.tasks.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
+            let workerID = configuration.workerID
+            ProgressReporting.install { report in
+                guard let spec = specs[report.task] else { return }
+                taskLog.record(TaskEvent(taskID: report.taskID, kind: .progress, function: spec.name, pool: spec.pool,
+                                         mode: spec.mode, workerID: workerID, attempt: report.attempt,
+                                         progress: report.fraction, detail: report.message))
+            }
+        }
         switch configuration.mode {
         case .http:
             try await HTTPWorker(configuration: configuration, runtime: runtime, taskLog: taskLog, logger: logger).run()

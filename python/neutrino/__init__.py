@@ -14,7 +14,7 @@ Serve it with ``neutrino up app.py``; call it with :class:`Client` or plain HTTP
 (``curl -s localhost:8080/api/echo -d '{"args":{"x":3}}'``).
 """
 
-from ._context import TaskContext, current_task
+from ._context import TaskContext, current_task, report_progress
 from ._version import __version__
 from .app import App, Task, TaskSpec
 from .client import Client, TaskHandle
@@ -43,6 +43,7 @@ __all__ = [
     "TaskSpec",
     # inside a task
     "current_task",
+    "report_progress",
     "TaskContext",
     # calling tasks
     "Client",

@@ -6,7 +6,7 @@ import dataclasses
 import threading
 from typing import Optional
 
-__all__ = ["TaskContext", "current_task"]
+__all__ = ["TaskContext", "current_task", "report_progress"]
 
 # The worker runtime stores a plain tuple here (cheap on the hot path); ``current_task`` builds the
 # dataclass only when a task asks for it.
@@ -35,3 +35,31 @@ def current_task() -> Optional[TaskContext]:
     """
     raw = getattr(_local, "task", None)
     return None if raw is None else TaskContext(*raw)
+
+
+# Set by the worker (``neutrino._runtime.set_progress_sink``): a callable taking
+# (task_id, task_name, pool, attempt, fraction, message) that records a progress event in the task log.
+_progress_sink = None
+
+
+def report_progress(fraction: float, message: Optional[str] = None) -> None:
+    """Record how far the running task has got: ``fraction`` from 0.0 to 1.0, and an optional message.
+
+    Stored in the task log and returned by ``GET /tasks/<id>`` as ``progress`` / ``progress_message``. Outside a
+    worker (a task function called directly) it does nothing, so tasks stay testable as plain functions.
+
+    Raises:
+        ValueError: ``fraction`` is not a number from 0 to 1.
+    """
+    try:
+        value = float(fraction)
+    except (TypeError, ValueError):
+        raise ValueError(f"fraction must be a number from 0 to 1, not {fraction!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"fraction must be from 0 to 1, not {value}")
+    raw = getattr(_local, "task", None)
+    sink = _progress_sink
+    if raw is None or sink is None or raw[0] is None:
+        return
+    task_id, name, attempt, pool = raw
+    sink(task_id, name, pool or "", int(attempt or 1), value, None if message is None else str(message))

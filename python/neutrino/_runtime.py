@@ -27,11 +27,12 @@ import json
 import traceback
 from typing import Any, Callable, Dict, Optional, Tuple
 
+from . import _context
 from ._context import _local
 from ._convert import build_args_converter
 from ._loader import load_app
 
-__all__ = ["TaskError", "CancelledByRequest", "load", "invoke"]
+__all__ = ["TaskError", "CancelledByRequest", "load", "invoke", "set_progress_sink"]
 
 _ArgsConverter = Optional[Callable[[Dict[str, Any]], Dict[str, Any]]]
 
@@ -53,6 +54,11 @@ class CancelledByRequest(BaseException):
 
     A ``BaseException``, like ``KeyboardInterrupt``, so that a task's ``except Exception`` does not swallow it;
     ``finally`` blocks and context managers still run. The worker injects it with ``PyThreadState_SetAsyncExc``."""
+
+
+def set_progress_sink(sink: Callable[[str, str, str, int, float, Optional[str]], None]) -> None:
+    """Called once by the worker with the function :func:`neutrino.report_progress` hands progress to."""
+    _context._progress_sink = sink
 
 
 def load(app_spec: str) -> bytes:
