@@ -51,6 +51,7 @@ let package = Package(
         .target(name: "NeutrinoGateway", dependencies: [
             "NeutrinoCore", "NeutrinoTaskLog", "NeutrinoHTTP", "NeutrinoNATS",
             .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "HTTPTypes", package: "swift-http-types"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),

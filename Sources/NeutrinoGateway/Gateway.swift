@@ -1,4 +1,5 @@
 import Foundation
+import HTTPTypes
 import Hummingbird
 import Logging
 import NIOCore
@@ -127,19 +128,62 @@ public final class Gateway: Sendable {
             }
         }
         let spec = task.spec
-        guard spec.mode == .sync else { return await enqueue(spec: spec, args: args) }
+        guard spec.mode == .sync else {
+            return await enqueue(spec: spec, args: args, idempotencyKey: request.headers[Self.idempotencyKey])
+        }
         return await callSync(spec: spec, args: args)
     }
 
     /// Async and gpu tasks: recorded `queued` and committed before the publish, published with
     /// `Nats-Msg-Id = task_id`, and answered 202 only after JetStream stored it. A failed publish leaves the task
     /// `failed` (never `queued` forever) and answers 503 with Retry-After.
-    private func enqueue(spec: TaskSpec, args: JSONValue) async -> Response {
+    static let idempotencyKey = HTTPField.Name("Idempotency-Key")!
+    /// How long an Idempotency-Key keeps naming its task: JetStream's duplicate window.
+    static let idempotencyWindow = Duration.seconds(120)
+
+    private func enqueue(spec: TaskSpec, args: JSONValue, idempotencyKey: String?) async -> Response {
         guard let queue else {
             return .error(.notImplemented, type: "NotSupported",
                           message: "'\(spec.name)' is an \(spec.mode.rawValue) task: start the gateway with --nats URL to run queued tasks")
         }
         let taskID = TaskID.make()
+        if let key = idempotencyKey {
+            guard !key.isEmpty, key.utf8.count <= 255 else {
+                return .error(.badRequest, type: "BadRequest", message: "Idempotency-Key must be 1 to 255 bytes")
+            }
+            guard let reader else { return Self.noTaskLog }
+            do {
+                let owner = try await reader.claimIdempotencyKey("\(spec.name):\(key)", taskID: taskID, window: Self.idempotencyWindow)
+                if owner != taskID { return await replay(taskID: owner, spec: spec) }
+            } catch {
+                return .error(.serviceUnavailable, type: "TaskLogUnavailable", message: "\(error)", headers: [.retryAfter: "1"])
+            }
+        }
+        return await publishQueued(spec: spec, args: args, taskID: taskID, queue: queue)
+    }
+
+    /// The answer for a repeated Idempotency-Key: the task the first request created, as it stands now.
+    private func replay(taskID: String, spec: TaskSpec) async -> Response {
+        await taskLog?.flush()
+        let status = (try? await reader?.record(id: taskID))??.status ?? .queued
+        return queuedAnswer(taskID: taskID, spec: spec, status: status, extra: ["Idempotent-Replayed": "true"])
+    }
+
+    private func queuedAnswer(taskID: String, spec: TaskSpec, status: TaskStatus, extra: [String: String] = [:]) -> Response {
+        var w = JSONWriter()
+        w.beginObject()
+        w.key("task_id"); w.string(taskID)
+        w.key("function"); w.string(spec.name)
+        w.key("pool"); w.string(spec.pool)
+        w.key("status"); w.string(status.rawValue)
+        w.key("poll_url"); w.string("/tasks/\(taskID)")
+        w.endObject()
+        var headers: HTTPFields = [NeutrinoHeader.taskID: taskID, .location: "/tasks/\(taskID)"]
+        for (k, v) in extra { if let name = HTTPField.Name(k) { headers[name] = v } }
+        return .json(.accepted, w.bytes, headers: headers)
+    }
+
+    private func publishQueued(spec: TaskSpec, args: JSONValue, taskID: String, queue: GatewayQueue) async -> Response {
         let taskHeader: HTTPFields = [NeutrinoHeader.taskID: taskID]
         taskLog?.record(TaskEvent(taskID: taskID, kind: .queued, function: spec.name, pool: spec.pool, mode: spec.mode,
                                   attempt: 0, args: args.jsonText))
@@ -154,15 +198,7 @@ public final class Gateway: Sendable {
             return Self.taskError(.serviceUnavailable, taskID: taskID, status: .failed, type: "QueueUnavailable", message: message,
                                   headers: taskHeader + [.retryAfter: "2"])
         }
-        var w = JSONWriter()
-        w.beginObject()
-        w.key("task_id"); w.string(taskID)
-        w.key("function"); w.string(spec.name)
-        w.key("pool"); w.string(spec.pool)
-        w.key("status"); w.string(TaskStatus.queued.rawValue)
-        w.key("poll_url"); w.string("/tasks/\(taskID)")
-        w.endObject()
-        return .json(.accepted, w.bytes, headers: taskHeader + [.location: "/tasks/\(taskID)"])
+        return queuedAnswer(taskID: taskID, spec: spec, status: .queued)
     }
 
     /// `DELETE /tasks/<id>`: a queued task becomes `cancelled` and never runs; a running async task is interrupted

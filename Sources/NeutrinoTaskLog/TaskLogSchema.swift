@@ -5,7 +5,7 @@ import Glibc
 /// `task_events` keeps every lifecycle event. Timestamps are ISO-8601 UTC text with milliseconds, which sorts
 /// in time order.
 enum TaskLogSchema {
-    static let version = 1
+    static let version = 2
 
     static let statements = [
         """
@@ -45,6 +45,14 @@ enum TaskLogSchema {
         """,
         // One row per (task, event, attempt): the gateway and the worker may both report an outcome.
         "CREATE UNIQUE INDEX IF NOT EXISTS idx_task_events_unique ON task_events(task_id, event, attempt)",
+        // Idempotency-Key → the task it created, for the gateway's dedup window (version 2).
+        """
+        CREATE TABLE IF NOT EXISTS idempotency_keys (
+            key TEXT PRIMARY KEY,
+            task_id TEXT NOT NULL,
+            created_at TIMESTAMP NOT NULL
+        )
+        """,
     ]
 
     /// Opens `path` for writing: WAL, NORMAL sync (a commit is a WAL append, not a disk sync), busy timeout,

@@ -106,6 +106,24 @@ struct TaskLogStore {
         }
     }
 
+    /// The task `key` already names if it was claimed within `windowMs`, else `taskID` (now claimed for `key`).
+    func claim(key: String, taskID: String, now: Timestamp, windowMs: Int64) throws -> String {
+        try db.writeTransaction {
+            let existing = try db.withStatement("SELECT task_id, created_at FROM idempotency_keys WHERE key = ?1") { s in
+                s.bind(1, key)
+                return try s.step() ? (s.string(0), s.string(1).flatMap(Timestamp.init(iso8601:))) : (nil, nil)
+            }
+            if let id = existing.0, let at = existing.1, now.millis - at.millis <= windowMs { return id }
+            try db.withStatement("INSERT OR REPLACE INTO idempotency_keys (key, task_id, created_at) VALUES (?1, ?2, ?3)") { s in
+                s.bind(1, key)
+                s.bind(2, taskID)
+                s.bind(3, now.iso8601)
+                try s.run()
+            }
+            return taskID
+        }
+    }
+
     func terminal(among ids: [String]) throws -> Set<String> {
         var out: Set<String> = []
         // Bounded IN lists: SQLite allows 32766 parameters, keep statements small and cacheable.
