@@ -113,6 +113,13 @@ public final class PythonExecutor: Sendable {
         for job in queued { finish(job, .rejected(reason: "the worker is shutting down")) }
     }
 
+    /// Answers every running call `.rejected` without waiting for Python (their threads run on until the process
+    /// exits). For a drain whose grace period ran out: the callers hand their tasks back to the queue.
+    public func abandonRunning(reason: String) {
+        let running = lock.withLock { Array(state.running.values) }
+        for job in running { finish(job, .rejected(reason: reason)) }
+    }
+
     private func finish(_ job: Job, _ outcome: PythonOutcome) {
         let continuation = lock.withLock { () -> CheckedContinuation<PythonOutcome, Never>? in
             defer { job.continuation = nil }

@@ -113,8 +113,10 @@ public final class NATSWorker: Sendable {
                 try? message.nak()
                 logger.notice("handed a running task back to the queue", metadata: ["subject": "\(message.subject)"])
             }
-            if !leftover.isEmpty { executor.shutdown() }
-            running.cancelAll()
+            if !leftover.isEmpty {
+                executor.shutdown()
+                executor.abandonRunning(reason: "the worker is shutting down")
+            }
         }
     }
 
