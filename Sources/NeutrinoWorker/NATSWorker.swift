@@ -98,8 +98,9 @@ public final class NATSWorker: Sendable {
                 for message in messages {
                     slots.take()
                     running.addTask { [self] in
-                        await self.handle(message, js: js)
-                        slots.release()
+                        let slot = SlotRelease(slots)
+                        await self.handle(message, js: js, pythonDone: slot.release)
+                        slot.release()
                     }
                 }
             }
@@ -137,7 +138,9 @@ public final class NATSWorker: Sendable {
         return record.status.rawValue
     }
 
-    private func handle(_ message: JetStreamMessage, js: JetStream) async {
+    /// Runs one message. `pythonDone` frees the thread's slot as soon as Python returns, so the next fetch does not
+    /// wait for this task's commit and ack.
+    private func handle(_ message: JetStreamMessage, js: JetStream, pythonDone: @Sendable () -> Void) async {
         let pool = configuration.pool
         guard let name = QueueLayout.task(fromSubject: message.subject, pool: pool), let spec = specs[name],
               let taskID = message.header("Nats-Msg-Id").map({ $0.lowercased() }), TaskID.isValid(taskID) else {
@@ -156,8 +159,10 @@ public final class NATSWorker: Sendable {
             logger.info("skipped a task that must not run", metadata: ["task_id": "\(taskID)", "status": "\(reason)"])
             return
         }
+        // In flight while Python runs it: what a drain that runs out of time hands back.
         inFlight.withLock { $0[taskID] = message }
-        defer { _ = inFlight.withLock { $0.removeValue(forKey: taskID) } }
+        var stillInFlight = true
+        defer { if stillInFlight { _ = inFlight.withLock { $0.removeValue(forKey: taskID) } } }
 
         let payload: [UInt8]
         do {
@@ -179,6 +184,9 @@ public final class NATSWorker: Sendable {
             taskLog?.record(event(.running))
         }
         heartbeat.cancel()
+        _ = inFlight.withLock { $0.removeValue(forKey: taskID) }
+        stillInFlight = false
+        pythonDone()
         switch outcome {
         case .completed(let result, let ms):
             await finish(message, event(.completed, result: String(decoding: result, as: UTF8.self), durationMs: ms), settle: .ack)
@@ -213,7 +221,8 @@ public final class NATSWorker: Sendable {
         }
         do {
             switch settle {
-            case .ack: try await message.ackSync()
+            // A lost ack means a redelivery, which the terminal row makes a no-op (see reasonToSkip).
+            case .ack: try message.ack()
             case .nak(let delay): try message.nak(delay: delay)
             case .term: try message.term()
             }
@@ -292,6 +301,14 @@ final class Slots: Sendable {
         }
         return 0
     }
+}
+
+/// Releases one slot once, whichever of its two callers comes first.
+final class SlotRelease: Sendable {
+    private let slots: Slots
+    private let done = Atomic<Bool>(false)
+    init(_ slots: Slots) { self.slots = slots }
+    @Sendable func release() { if !done.exchange(true, ordering: .relaxed) { slots.release() } }
 }
 
 /// Task ids cancelled recently (bounded: the oldest are forgotten first).
