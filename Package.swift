@@ -39,7 +39,9 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: swiftSettings),
         // The embedded CPython interpreter and the dedicated threads that run Python.
-        .target(name: "NeutrinoPython", dependencies: ["NeutrinoCore", "CPython"], swiftSettings: swiftSettings),
+        // pthread locks and threads for the modules that stay off Foundation.
+        .target(name: "NeutrinoThreads", swiftSettings: swiftSettings),
+        .target(name: "NeutrinoPython", dependencies: ["NeutrinoCore", "NeutrinoThreads", "CPython"], swiftSettings: swiftSettings),
         // HTTP pieces both servers share: JSON error bodies, the listening-address announcement.
         .target(name: "NeutrinoHTTP", dependencies: [
             "NeutrinoCore",
@@ -73,7 +75,7 @@ let package = Package(
         .testTarget(name: "NeutrinoCoreTests", dependencies: ["NeutrinoCore"], swiftSettings: swiftSettings),
         .testTarget(name: "NeutrinoTaskLogTests", dependencies: ["NeutrinoTaskLog"], swiftSettings: swiftSettings),
         .testTarget(name: "NeutrinoPythonTests", dependencies: ["NeutrinoPython"], swiftSettings: swiftSettings),
-        .target(name: "NeutrinoNATS", dependencies: ["NeutrinoCore", "CNats", .product(name: "Logging", package: "swift-log")], swiftSettings: swiftSettings),
+        .target(name: "NeutrinoNATS", dependencies: ["NeutrinoCore", "NeutrinoThreads", "CNats", .product(name: "Logging", package: "swift-log")], swiftSettings: swiftSettings),
         .testTarget(name: "NeutrinoNATSTests", dependencies: ["NeutrinoNATS"], swiftSettings: swiftSettings),
     ],
     swiftLanguageModes: [.v6]

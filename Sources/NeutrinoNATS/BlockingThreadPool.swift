@@ -1,5 +1,6 @@
 import CNats
 import Glibc
+import NeutrinoThreads
 
 /// A fixed set of dedicated OS threads with a FIFO job queue, for the cnats calls that block (requests to the
 /// JetStream API, `Fetch`, `AckSync`). They never run on Swift's cooperative pool or on NIO event loops.
@@ -110,25 +111,3 @@ func runOnNewThread<T: Sendable>(_ operation: String, _ body: @escaping @Sendabl
     }
 }
 
-/// Starts a detached OS thread running `body`; returns pthread_create's result (0 on success). (`name` is for
-/// reading the code: pthread_setname_np is a GNU extension that Swift's Glibc module does not declare.)
-func startThread(name: String, _ body: @escaping @Sendable () -> Void) -> Int32 {
-    final class Box: @unchecked Sendable {
-        let body: @Sendable () -> Void
-        init(_ body: @escaping @Sendable () -> Void) { self.body = body }
-    }
-    var attr = pthread_attr_t()
-    pthread_attr_init(&attr)
-    pthread_attr_setdetachstate(&attr, Int32(PTHREAD_CREATE_DETACHED))
-    let context = Unmanaged.passRetained(Box(body)).toOpaque()
-    var thread = pthread_t()
-    let rc = pthread_create(&thread, &attr, { raw in
-        guard let raw else { return nil }
-        let box = Unmanaged<Box>.fromOpaque(raw).takeRetainedValue()
-        box.body()
-        return nil
-    }, context)
-    pthread_attr_destroy(&attr)
-    if rc != 0 { Unmanaged<Box>.fromOpaque(context).release() }
-    return rc
-}

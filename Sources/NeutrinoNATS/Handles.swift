@@ -1,5 +1,6 @@
 import CNats
 import Glibc
+import NeutrinoThreads
 
 // Ownership of the cnats handles. Each handle is a final class that owns one C object and destroys it in deinit,
 // and holds a strong reference to the handle it depends on, so ARC destroys them in the order cnats requires:

@@ -1,5 +1,6 @@
 import CNats
 import Glibc
+import NeutrinoThreads
 
 /// The server's answer to a publish.
 public struct PubAck: Sendable, Equatable {

@@ -1,5 +1,6 @@
 import CNats
 import Glibc
+import NeutrinoThreads
 import NeutrinoCore
 
 /// A message fetched from a pull consumer. Owns its `natsMsg` (destroyed exactly once, in deinit) and keeps its

@@ -1,5 +1,6 @@
 import CNats
 import Glibc
+import NeutrinoThreads
 import Logging
 
 /// A connection to a NATS server (cnats `natsConnection`), reconnecting forever.

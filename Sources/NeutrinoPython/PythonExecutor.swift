@@ -1,6 +1,7 @@
 import CPython
 import Glibc
 import NeutrinoCore
+import NeutrinoThreads
 
 /// How one call into Python ended.
 public enum PythonOutcome: Sendable {
@@ -69,9 +70,11 @@ public final class PythonExecutor: Sendable {
         self.threadCount = max(1, threads)
         self.maxQueued = maxQueued
         for i in 0..<threadCount {
-            startThread(name: "neutrino-py-\(i)") { [self] in self.workerLoop() }
+            let rc = startThread(name: "neutrino-py-\(i)", stackBytes: 16 << 20) { [self] in self.workerLoop() }
+            precondition(rc == 0, "cannot start Python thread \(i): pthread_create returned \(rc)")
         }
-        startThread(name: "neutrino-py-wd") { [self] in self.watchdogLoop() }
+        let rc = startThread(name: "neutrino-py-wd") { [self] in self.watchdogLoop() }
+        precondition(rc == 0, "cannot start the timeout watchdog: pthread_create returned \(rc)")
     }
 
     /// Tasks running now, and tasks queued behind them.
