@@ -9,12 +9,15 @@ when they are missing.
 """
 from __future__ import annotations
 
+import base64
 import http.client
 import itertools
 import json
 import os
 import re
+import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -585,3 +588,423 @@ def pytest_runtest_makereport(item, call):
             parts.append(f"--- {p.name} ({state}, pid {p.pid}, log {p.log_path})\n{tail}")
         report.sections.append(("neutrino processes", "\n".join(parts)))
     return report
+
+
+# ===================================================================================== JetStream path
+# Queued (async / gpu) tasks: a private `nats-server -js` per test stack, a gateway started with `--nats`, and
+# `neutrino-worker --mode nats` workers started and stopped by the tests. Everything listens on 127.0.0.1 with
+# ports the processes pick themselves (nats-server `-p -1 -m -1`, gateway `--port 0`) and reports on stdout.
+
+QUEUE_APP = APPS_DIR / "queue_app.py"
+NATS_SERVER_BIN = shutil.which("nats-server") or "/usr/sbin/nats-server"
+NATS_READY_RE = re.compile(r"Server is ready")
+NATS_CLIENT_PORT_RE = re.compile(r"Listening for client connections on 127\.0\.0\.1:(\d+)")
+NATS_MONITOR_PORT_RE = re.compile(r"Starting http monitor on 127\.0\.0\.1:(\d+)")
+CONSUMING_RE = re.compile(r"consuming (pool_[a-z0-9_]+) from (nats://\S+)")
+TASK_WAIT_TIMEOUT_S = 120.0  # a queued task reaching a terminal status (generous; not a speed assertion)
+
+
+def wait_for_output(proc: ServerProcess, pattern: "str | re.Pattern[str]", *, timeout: float = STARTUP_TIMEOUT_S,
+                    start: int = 0) -> "re.Match[str]":
+    """The first match of `pattern` in `proc`'s combined output (from character `start` on); fails early when the
+    process exits without printing it."""
+    regex = re.compile(pattern) if isinstance(pattern, str) else pattern
+
+    def found():
+        m = regex.search(proc.output, start)
+        if m:
+            return m
+        if not proc.alive():
+            proc._reader.join(5)
+            m = regex.search(proc.output, start)
+            if m:
+                return m
+            raise AssertionError(f"{proc.name} exited with code {proc.proc.returncode} before printing "
+                                 f"{regex.pattern!r}:\n{proc.output[-4000:]}")
+        return None
+
+    deadline = time.monotonic() + timeout
+    while True:
+        m = found()
+        if m:
+            return m
+        if time.monotonic() >= deadline:
+            raise AssertionError(
+                f"{proc.name} printed no {regex.pattern!r} within {timeout:.0f}s:\n{proc.output[-4000:]}")
+        time.sleep(0.05)
+
+
+def queued_pools(manifest: Path) -> set[str]:
+    """The pools of the manifest's async and gpu tasks (the ones that get a JetStream consumer)."""
+    doc = json.loads(Path(manifest).read_text())
+    pools = set()
+    for item in doc.get("paths", {}).values():
+        op = item.get("post") or {}
+        if op.get("x-neutrino-mode") in ("async", "gpu"):
+            pools.add(op["x-neutrino-pool"])
+    return pools
+
+
+class NatsServer:
+    """`nats-server -js` on loopback with its store under `store_dir`. `start()` again after `stop()` restarts it on
+    the same client and monitoring ports and the same store."""
+
+    def __init__(self, launcher: Launcher, log_dir: Path):
+        self.launcher = launcher
+        self.log_dir = log_dir
+        self.store_dir = log_dir / "js"
+        self.port: Optional[int] = None
+        self.monitor_port: Optional[int] = None
+        self.proc: Optional[ServerProcess] = None
+        self._starts = 0
+
+    @property
+    def url(self) -> str:
+        assert self.port
+        return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def monitor_url(self) -> str:
+        assert self.monitor_port
+        return f"http://127.0.0.1:{self.monitor_port}"
+
+    def start(self) -> "NatsServer":
+        assert self.proc is None or not self.proc.alive(), "nats-server is already running"
+        self._starts += 1
+        argv = [NATS_SERVER_BIN, "-js", "-a", "127.0.0.1", "-p", str(self.port or -1),
+                "-m", str(self.monitor_port or -1), "-sd", str(self.store_dir)]
+        self.proc = self.launcher.spawn(f"nats-{self._starts}", argv, env=_server_env(), log_dir=self.log_dir)
+        wait_for_output(self.proc, NATS_READY_RE, timeout=60)
+        self.port = int(wait_for_output(self.proc, NATS_CLIENT_PORT_RE, timeout=5).group(1))
+        self.monitor_port = int(wait_for_output(self.proc, NATS_MONITOR_PORT_RE, timeout=5).group(1))
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.alive()
+
+    # -- monitoring (/jsz) --------------------------------------------------------------------------------
+
+    def jsz(self) -> dict:
+        resp = http_request("GET", f"{self.monitor_url}/jsz?acc=%24G&consumers=true&config=true", timeout=30)
+        assert resp.status == 200, f"/jsz answered {resp!r}"
+        return resp.json()
+
+    def streams(self) -> dict[str, dict]:
+        out: dict[str, dict] = {}
+        for account in self.jsz().get("account_details") or []:
+            for stream in account.get("stream_detail") or []:
+                out[stream["name"]] = stream
+        return out
+
+    def stream(self, name: str) -> Optional[dict]:
+        return self.streams().get(name)
+
+    def consumer(self, name: str, stream: str = "NEUTRINO_TASKS") -> Optional[dict]:
+        s = self.stream(stream)
+        for c in (s or {}).get("consumer_detail") or []:
+            if c.get("name") == name:
+                return c
+        return None
+
+    def queue_depth(self, pool: str) -> tuple[int, int]:
+        """(num_pending, num_ack_pending) of the pool's consumer."""
+        c = self.consumer(f"pool_{pool}")
+        assert c is not None, f"no consumer pool_{pool} in /jsz: {self.streams().keys()}"
+        return int(c.get("num_pending", 0)), int(c.get("num_ack_pending", 0))
+
+    # -- the wire protocol, for what HTTP cannot do (direct publishes, JetStream API requests) ---------
+
+    def wire(self) -> "NatsWire":
+        assert self.port
+        return NatsWire("127.0.0.1", self.port)
+
+
+class NatsWire:
+    """A minimal NATS client over a plain socket (the text protocol: CONNECT, SUB, PUB/HPUB, MSG/HMSG, PING/PONG),
+    enough to publish to JetStream with headers and to make JetStream API requests. Standard library only."""
+
+    def __init__(self, host: str, port: int, timeout: float = 30.0):
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.file = self.sock.makefile("rb")
+        self.inbox = f"_INBOX.e2e{uuid.uuid4().hex}"
+        self._counter = itertools.count(1)
+        line = self.file.readline()
+        assert line.startswith(b"INFO "), f"not a NATS server greeting: {line[:200]!r}"
+        connect = {"verbose": False, "pedantic": False, "headers": True, "no_responders": True,
+                   "lang": "python-e2e", "version": "0", "protocol": 1}
+        self._send(b"CONNECT " + json.dumps(connect).encode() + b"\r\n" + b"SUB " + self.inbox.encode()
+                   + b".* 1\r\nPING\r\n")
+        while True:
+            kind, _ = self._read()
+            if kind == "PONG":
+                break
+
+    def close(self) -> None:
+        try:
+            self.file.close()
+        finally:
+            self.sock.close()
+
+    def __enter__(self) -> "NatsWire":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _read(self) -> tuple[str, Any]:
+        """The next protocol message: ("MSG", (subject, headers_bytes, payload)), ("PONG", None), ..."""
+        while True:
+            line = self.file.readline()
+            if not line:
+                raise AssertionError("NATS connection closed by the server")
+            line = line.rstrip(b"\r\n")
+            op, _, rest = line.partition(b" ")
+            op = op.upper()
+            if op == b"PING":
+                self._send(b"PONG\r\n")
+                continue
+            if op in (b"+OK", b"INFO"):
+                continue
+            if op == b"PONG":
+                return "PONG", None
+            if op == b"-ERR":
+                raise AssertionError(f"NATS error: {rest.decode(errors='replace')}")
+            if op == b"MSG":
+                parts = rest.split()
+                size = int(parts[-1])
+                data = self.file.read(size + 2)[:size]
+                return "MSG", (parts[0].decode(), b"", data)
+            if op == b"HMSG":
+                parts = rest.split()
+                hdr_len, total = int(parts[-2]), int(parts[-1])
+                raw = self.file.read(total + 2)[:total]
+                return "MSG", (parts[0].decode(), raw[:hdr_len], raw[hdr_len:])
+            raise AssertionError(f"unexpected NATS protocol line {line[:200]!r}")
+
+    def request(self, subject: str, payload: bytes = b"", headers: Optional[dict[str, str]] = None) -> bytes:
+        """Publishes with a reply inbox and returns the reply's payload (fails on 'no responders')."""
+        reply = f"{self.inbox}.{next(self._counter)}"
+        if headers:
+            hdr = ("NATS/1.0\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode()
+            size = len(hdr) + len(payload)
+            self._send(f"HPUB {subject} {reply} {len(hdr)} {size}\r\n".encode() + hdr + payload + b"\r\n")
+        else:
+            self._send(f"PUB {subject} {reply} {len(payload)}\r\n".encode() + payload + b"\r\n")
+        while True:
+            kind, msg = self._read()
+            if kind != "MSG" or msg[0] != reply:
+                continue
+            _, hdrs, data = msg
+            if hdrs.startswith(b"NATS/1.0 503"):
+                raise AssertionError(f"no responders for {subject}")
+            return data
+
+    def js_publish(self, subject: str, payload: bytes, msg_id: Optional[str] = None,
+                   headers: Optional[dict[str, str]] = None) -> dict:
+        """A JetStream publish; returns the PubAck `{"stream","seq","duplicate"?}` (fails on a JetStream error)."""
+        hdrs = dict(headers or {})
+        if msg_id is not None:
+            hdrs["Nats-Msg-Id"] = msg_id
+        ack = json.loads(self.request(subject, payload, hdrs or None))
+        assert "error" not in ack, f"JetStream refused the publish to {subject}: {ack}"
+        return ack
+
+    def js_api(self, what: str, body: Optional[dict] = None) -> dict:
+        """A JetStream API request, e.g. js_api("STREAM.MSG.GET.NEUTRINO_DLQ", {"last_by_subj": ...})."""
+        return json.loads(self.request(f"$JS.API.{what}", json.dumps(body or {}).encode()))
+
+    def stream_message(self, stream: str, last_by_subject: str) -> Optional[dict]:
+        """The last message of `stream` on a subject: {"subject","seq","headers":{...},"data":bytes}, or None."""
+        answer = self.js_api(f"STREAM.MSG.GET.{stream}", {"last_by_subj": last_by_subject})
+        msg = answer.get("message")
+        if not msg:
+            return None
+        headers: dict[str, str] = {}
+        if msg.get("hdrs"):
+            for line in base64.b64decode(msg["hdrs"]).decode().split("\r\n")[1:]:
+                if ":" in line:
+                    k, _, v = line.partition(":")
+                    headers[k.strip()] = v.strip()
+        return {"subject": msg.get("subject"), "seq": msg.get("seq"), "headers": headers,
+                "data": base64.b64decode(msg.get("data") or "")}
+
+
+@dataclass
+class QueueStack:
+    """nats-server + a gateway started with `--nats` (no sync pool) + NATS-mode workers, all on one task log."""
+
+    launcher: Launcher
+    dir: Path
+    name: str
+    app: Path
+    manifest: Path
+    ack_wait: float
+    nats: NatsServer
+    db_path: Path
+    gateway: Optional[ServerProcess] = None
+    workers: list[ServerProcess] = field(default_factory=list)
+    _worker_counter: Any = field(default_factory=lambda: itertools.count(1), repr=False)
+
+    # -- processes ---------------------------------------------------------------------------------------
+
+    def start_gateway(self) -> ServerProcess:
+        argv = [str(GATEWAY_BIN), "--manifest", str(self.manifest), "--task-log", f"sqlite:{self.db_path}",
+                "--host", "127.0.0.1", "--port", "0", "--nats", self.nats.url, "--ack-wait", f"{self.ack_wait:g}"]
+        self.gateway = self.launcher.spawn(f"{self.name}-gateway", argv, env=_server_env(), log_dir=self.dir)
+        self.gateway.wait_listening()
+        # The gateway provisions the stream and every queued pool's consumer in the background.
+        wanted = {f"pool_{p}" for p in queued_pools(self.manifest)}
+
+        def provisioned():
+            s = self.nats.stream("NEUTRINO_TASKS")
+            have = {c.get("name") for c in (s or {}).get("consumer_detail") or []}
+            return wanted <= have and self.nats.stream("NEUTRINO_DLQ") is not None
+
+        wait_for(provisioned, timeout=60, message=lambda: f"the gateway to provision consumers {sorted(wanted)}")
+        return self.gateway
+
+    def worker(self, pool: str, *, worker_id: Optional[str] = None, concurrency: int = 2,
+               drain_grace: float = 2.0, ack_wait: Optional[float] = None, wait: bool = True) -> ServerProcess:
+        """A `--mode nats` worker of `pool`; waits for its `consuming pool_<pool>` line unless wait=False."""
+        worker_id = worker_id or f"{self.name}-{pool}-w{next(self._worker_counter)}"
+        argv = [str(WORKER_BIN), "--mode", "nats", "--pool", pool, "--app", str(self.app),
+                "--python-path", str(PYTHON_SDK), "--task-log", f"sqlite:{self.db_path}", "--nats", self.nats.url,
+                "--concurrency", str(concurrency), "--ack-wait", f"{(ack_wait or self.ack_wait):g}",
+                "--drain-grace", f"{drain_grace:g}", "--worker-id", worker_id]
+        p = self.launcher.spawn(f"worker-{worker_id}", argv, env=_server_env(), log_dir=self.dir)
+        p.worker_id = worker_id  # type: ignore[attr-defined]
+        self.workers.append(p)
+        if wait:
+            self.wait_consuming(p, pool)
+        return p
+
+    @staticmethod
+    def wait_consuming(p: ServerProcess, pool: str) -> None:
+        m = wait_for_output(p, CONSUMING_RE)
+        assert m.group(1) == f"pool_{pool}", f"{p.name} consumes {m.group(1)}, expected pool_{pool}"
+
+    def stop(self) -> None:
+        for w in reversed(self.workers):
+            w.stop()
+        if self.gateway is not None:
+            self.gateway.stop()
+        self.nats.stop()
+
+    # -- HTTP -------------------------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        assert self.gateway is not None and self.gateway.url
+        return self.gateway.url
+
+    @property
+    def log(self) -> TaskLog:
+        return TaskLog(self.db_path)
+
+    def client(self):
+        from neutrino import Client
+
+        return Client(self.url, timeout=HTTP_TIMEOUT_S)
+
+    def post(self, task: str, args: Any = None, **kw) -> HttpResponse:
+        return post_task(self.url, task, args, **kw)
+
+    def get(self, path: str, **kw) -> HttpResponse:
+        return http_request("GET", self.url + path, **kw)
+
+    def delete(self, task_id: str) -> HttpResponse:
+        return http_request("DELETE", f"{self.url}/tasks/{task_id}")
+
+    def submit(self, task: str, args: Any = None) -> str:
+        """POST /api/<task>; asserts the 202 answer of a queued task and returns its id."""
+        resp = self.post(task, args)
+        assert resp.status == 202, f"POST /api/{task} {args!r}: expected 202, got {resp!r}"
+        body = resp.json()
+        task_id = body.get("task_id")
+        assert isinstance(task_id, str) and task_id, f"no task_id in {body!r}"
+        assert body.get("status") == "queued", f"202 body without status queued: {body!r}"
+        assert body.get("function") == task, body
+        assert body.get("poll_url") == f"/tasks/{task_id}", body
+        return task_id
+
+    def record(self, task_id: str) -> dict:
+        resp = self.get(f"/tasks/{task_id}")
+        assert resp.status == 200, f"GET /tasks/{task_id}: {resp!r}"
+        return resp.json()
+
+    def wait_task(self, task_id: str, *, timeout: float = TASK_WAIT_TIMEOUT_S) -> dict:
+        """The record once terminal, by long polls (`?wait=`, at most 30 s each); bounded by `timeout`."""
+        deadline = time.monotonic() + timeout
+        record: dict = {}
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"task {task_id} not terminal after {timeout:.0f}s; last record: {record}")
+            wait = max(1, min(30, int(remaining)))
+            resp = self.get(f"/tasks/{task_id}?wait={wait}", timeout=wait + HTTP_TIMEOUT_S)
+            assert resp.status == 200, f"GET /tasks/{task_id}?wait={wait}: {resp!r}"
+            record = resp.json()
+            if record.get("status") in TERMINAL_STATUSES:
+                return record
+
+    def wait_status(self, task_id: str, status: str, *, timeout: float = 60.0) -> dict:
+        """The record once it shows `status` (e.g. running), by plain polls."""
+        return wait_for(lambda: (r := self.record(task_id)) and r.get("status") == status and r, timeout=timeout,
+                        interval=0.05, message=lambda: f"task {task_id} to be {status} (now {self.record(task_id)})")
+
+
+def event_names(record: dict, *, attempt: Optional[int] = None) -> list[str]:
+    """The `event` of each entry in a task record's `events` (optionally of one attempt), in order."""
+    return [e["event"] for e in record.get("events") or [] if attempt is None or e.get("attempt") == attempt]
+
+
+def count_events(log: TaskLog, task_id: str, event: str) -> int:
+    """How many `event` rows the task log's task_events holds for the task."""
+    rows = log.query("SELECT COUNT(*) AS n FROM task_events WHERE task_id = ? AND event = ?", (task_id, event))
+    return int(rows[0]["n"])
+
+
+def read_journal(path: Path) -> list[dict]:
+    """The lines appended by tests/e2e/apps/queue_app.py's tasks (one JSON object per line)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def queue_manifest(tmp_path_factory) -> Path:
+    return build_manifest(QUEUE_APP, tmp_path_factory.mktemp("manifest-queue") / "openapi.json")
+
+
+@pytest.fixture
+def queue_stack(launcher: Launcher, request) -> Iterable[Callable[..., QueueStack]]:
+    """A factory: `queue_stack(app=EXAMPLE_APP|QUEUE_APP, ack_wait=30, name=...)` starts nats-server and a gateway
+    (`--nats`, `--ack-wait`), with no workers (start them with `stack.worker(pool, ...)`). Everything it started is
+    stopped when the test ends."""
+    if not (os.path.isfile(NATS_SERVER_BIN) and os.access(NATS_SERVER_BIN, os.X_OK)):
+        pytest.skip("nats-server is not installed (Debian package nats-server)")
+    stacks: list[QueueStack] = []
+
+    def make(*, app: Path = EXAMPLE_APP, ack_wait: float = 30.0, name: str = "queue",
+             gateway: bool = True) -> QueueStack:
+        manifest = request.getfixturevalue("queue_manifest" if Path(app) == QUEUE_APP else "example_manifest")
+        d = launcher.new_dir(name)
+        stack = QueueStack(launcher=launcher, dir=d, name=name, app=Path(app), manifest=manifest, ack_wait=ack_wait,
+                           nats=NatsServer(launcher, d), db_path=d / "tasks.sqlite")
+        stacks.append(stack)
+        stack.nats.start()
+        if gateway:
+            stack.start_gateway()
+        return stack
+
+    yield make
+    for s in reversed(stacks):
+        s.stop()
