@@ -3,7 +3,7 @@ import NeutrinoTaskLog
 import Synchronization
 
 /// Long-polling (`GET /tasks/<id>?wait=N`) without a database query per waiter: one watcher checks SQLite's
-/// `data_version` every `interval` while anyone waits, and only when another connection (a worker, the gateway's
+/// `data_version` while anyone waits (every 1 ms after a change, backing off to `interval` while nothing changes), and only when another connection (a worker, the gateway's
 /// own writer) has committed does it look up which of the waited-for tasks are now terminal — one query for all.
 final class TaskWaiters: Sendable {
     private struct State {
@@ -55,6 +55,9 @@ final class TaskWaiters: Sendable {
 
     private func watch() async {
         var lastVersion: Int?
+        // Start fast and back off while nothing changes: a task that finishes moments after its waiter arrived is
+        // seen within a millisecond or two, and an idle wait costs at most one query per `interval`.
+        var pause = Duration.milliseconds(1)
         while true {
             let ids = state.withLock { s -> [String]? in
                 if s.waiters.isEmpty {
@@ -68,6 +71,7 @@ final class TaskWaiters: Sendable {
             // The first round always looks: a task may have finished between the caller's read and its wait.
             if version != lastVersion || version == -1 {
                 lastVersion = version
+                pause = .milliseconds(1)
                 let done = (try? await reader.terminal(among: ids)) ?? []
                 let ready = state.withLock { s -> [CheckedContinuation<Void, Never>] in
                     var out: [CheckedContinuation<Void, Never>] = []
@@ -75,8 +79,10 @@ final class TaskWaiters: Sendable {
                     return out
                 }
                 for c in ready { c.resume() }
+            } else {
+                pause = min(pause * 2, interval)
             }
-            try? await Task.sleep(for: interval)
+            try? await Task.sleep(for: pause)
         }
     }
 }
