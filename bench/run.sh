@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # `make bench`: installs what the benchmark needs, builds Neutrino (release), then runs
-# bench/run.py, which starts each server in turn, drives it with wrk and prints a Markdown table.
+# bench/run.py, which starts each server in turn, drives it with wrk and prints a Markdown table (sync
+# tasks over HTTP), and bench/async_bench.py, which prints a second one (queued tasks: Neutrino on NATS
+# JetStream against Celery 5 + Redis).
 #
 #   BENCH_SKIP_BUILD=1          don't run `swift build -c release` (use the binaries as they are)
+#   BENCH_SYNC=0                skip the sync table (bench/run.py)
+#   BENCH_ASYNC=0               skip the async table (bench/async_bench.py)
 #   BENCH_RETRY_RAY=1           retry a Ray install that failed before (the failure is cached)
 #   BENCH_RAY_INSTALL_TIMEOUT   seconds for `pip install "ray[serve]"` (default 900)
 #   BENCH_NO_RAY=1              don't try to install Ray at all
-# and the BENCH_* variables of bench/run.py (BENCH_SECONDS, BENCH_ONLY, ...).
+# and the BENCH_* variables of bench/run.py (BENCH_SECONDS, BENCH_ONLY, ...) and bench/async_bench.py
+# (BENCH_ASYNC_TASKS, BENCH_ASYNC_ONLY, ...).
 set -euo pipefail
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -14,6 +19,16 @@ REPO="$(dirname "$BENCH_DIR")"
 cd "$REPO"
 PY="${PYTHON:-python3}"
 say() { echo "[bench] $*" >&2; }
+# apt-get install, as root or through sudo; returns non-zero when neither is possible or it fails.
+apt_install() {
+  local sudo=""
+  if [ "$(id -u)" != 0 ]; then
+    command -v sudo >/dev/null 2>&1 || return 1
+    sudo="sudo -n"
+  fi
+  command -v apt-get >/dev/null 2>&1 || return 1
+  $sudo apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
 
 # --- wrk (Debian package)
 if ! command -v wrk >/dev/null 2>&1; then
@@ -31,6 +46,26 @@ if ! "$BENCH_DIR/.venv/bin/python" -c "import starlette, uvicorn, uvloop, httpto
   "$PY" -m venv "$BENCH_DIR/.venv"
   "$BENCH_DIR/.venv/bin/python" -m pip install -q --disable-pip-version-check \
     starlette 'uvicorn[standard]'
+fi
+
+# --- the async table: nats-server (Neutrino) and redis-server + celery[redis] (the comparison)
+if [ "${BENCH_ASYNC:-1}" != 0 ]; then
+  if ! command -v nats-server >/dev/null 2>&1; then
+    say "installing nats-server"
+    apt_install nats-server || say "nats-server missing and could not be installed: the Neutrino async column is skipped"
+  fi
+  if ! command -v redis-server >/dev/null 2>&1; then
+    say "installing redis-server"
+    # Debian's package may start a system instance on :6379; the benchmark starts its own on a free port.
+    apt_install redis-server || { say "redis-server missing and could not be installed: the Celery column is skipped"
+                                  export BENCH_SKIP_CELERY="redis-server not installed (apt-get install redis-server)"; }
+  fi
+  if ! "$BENCH_DIR/.venv/bin/python" -c "import celery, redis" 2>/dev/null; then
+    say "installing celery[redis] into bench/.venv"
+    "$BENCH_DIR/.venv/bin/python" -m pip install -q --disable-pip-version-check 'celery[redis]>=5,<6' ||
+      { say "pip install celery[redis] failed: the Celery column is skipped"
+        export BENCH_SKIP_CELERY="${BENCH_SKIP_CELERY:-pip install celery[redis] failed}"; }
+  fi
 fi
 
 # --- bench/.venv-ray: ray[serve], tried once; a failure is cached in the venv with its reason
@@ -74,4 +109,14 @@ if [ -z "${BENCH_SKIP_BUILD:-}" ]; then
   fi
 fi
 
-exec "$PY" "$BENCH_DIR/run.py" "$@"
+rc=0
+if [ "${BENCH_SYNC:-1}" != 0 ]; then
+  "$PY" "$BENCH_DIR/run.py" "$@" || rc=$?
+  # Interrupted (Ctrl-C, SIGTERM): don't start the async half.
+  if [ "$rc" -ge 128 ]; then exit "$rc"; fi
+fi
+if [ "${BENCH_ASYNC:-1}" != 0 ]; then
+  # bench/.venv's Python: the Celery client runs in the benchmark process.
+  "$BENCH_DIR/.venv/bin/python" "$BENCH_DIR/async_bench.py" || { r=$?; [ "$rc" != 0 ] || rc=$r; }
+fi
+exit "$rc"

@@ -3,10 +3,12 @@
 ``neutrino openapi APP [-o FILE]``
     Print (or write) the app's OpenAPI manifest, the file the gateway is started with.
 
-``neutrino up APP [--port 8080] [--host 127.0.0.1] [--fast-workers 2] [--concurrency 4] [--state-dir .neutrino]
-[--bin-dir DIR]``
-    Run the app locally: HTTP workers for each sync pool, then the gateway in front of them, all sharing
-    one SQLite task log under the state directory. Ctrl-C stops everything.
+``neutrino up APP [--port 8080] [--host 127.0.0.1] [--fast-workers 2] [--queue-workers 1] [--concurrency 4]
+[--nats-port 4222] [--state-dir .neutrino] [--bin-dir DIR]``
+    Run the whole app locally: when the app has async or gpu tasks, a child ``nats-server -js`` with its
+    store under the state directory and NATS workers for each queued pool; HTTP workers for each sync pool;
+    then the gateway in front of them, all sharing one SQLite task log under the state directory. Ctrl-C
+    stops the workers and the gateway first, nats-server last.
 
 ``APP`` is ``path/to/app.py``, ``module`` or ``module:attr``.
 """
@@ -20,12 +22,14 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 import traceback
-from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
+from collections import deque
+from typing import Any, Deque, Dict, List, Optional, Pattern, Sequence, TextIO, Tuple
 
 import neutrino
 
@@ -39,12 +43,19 @@ __all__ = ["main", "Supervisor"]
 
 WORKER_BINARY = "neutrino-worker"
 GATEWAY_BINARY = "neutrino-gateway"
-#: How long a child may take to print its ``listening on`` line.
+NATS_BINARY = "nats-server"
+#: How long a child may take to print its ``listening on`` (or ``consuming``) line.
 STARTUP_TIMEOUT_SECS = 60.0
+#: How long nats-server may take to accept TCP connections.
+NATS_STARTUP_TIMEOUT_SECS = 30.0
 #: How long children get to exit after SIGTERM before they are killed.
 SHUTDOWN_GRACE_SECS = 10.0
+#: NATS's conventional monitoring port, used when free.
+NATS_MONITOR_PORT = 8222
 
 _LISTENING = re.compile(r"listening on (https?://\S+)")
+#: What ``neutrino-worker --mode nats`` prints once it pulls from its pool's consumer.
+_CONSUMING = re.compile(r"consuming (\S+) from (\S+)")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -68,7 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     openapi.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
     openapi.set_defaults(handler=_cmd_openapi)
 
-    up = commands.add_parser("up", help="run the app locally (workers + gateway)", description=_cmd_up.__doc__)
+    up = commands.add_parser(
+        "up", help="run the app locally (nats-server, workers, gateway)", description=_cmd_up.__doc__
+    )
     up.add_argument("app", metavar="APP", help=app_help)
     up.add_argument("--host", default="127.0.0.1", help="the gateway's listen address (default: %(default)s)")
     up.add_argument("--port", type=int, default=8080, help="the gateway's port (default: %(default)s)")
@@ -80,6 +93,13 @@ def _parser() -> argparse.ArgumentParser:
         help="HTTP workers per sync pool (default: %(default)s)",
     )
     up.add_argument(
+        "--queue-workers",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="NATS workers per async/gpu pool (default: %(default)s)",
+    )
+    up.add_argument(
         "--concurrency",
         type=_positive_int,
         default=4,
@@ -87,10 +107,18 @@ def _parser() -> argparse.ArgumentParser:
         help="Python threads per worker (default: %(default)s)",
     )
     up.add_argument(
+        "--nats-port",
+        type=_port,
+        default=4222,
+        metavar="PORT",
+        help="client port of the local nats-server, started when the app has async or gpu tasks; "
+        "a free one is picked when it is busy (default: %(default)s)",
+    )
+    up.add_argument(
         "--state-dir",
         default=".neutrino",
         metavar="DIR",
-        help="where the manifest and the task log live (default: %(default)s)",
+        help="where the manifest, the task log and the JetStream store live (default: %(default)s)",
     )
     up.add_argument(
         "--bin-dir",
@@ -106,6 +134,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError("must be a port number (1-65535)")
     return value
 
 
@@ -177,16 +212,23 @@ class _Interrupted(Exception):
 class _Child:
     name: str
     process: subprocess.Popen
+    #: The line that says the child is ready; group 1 becomes :attr:`url`.
+    ready_pattern: Optional[Pattern[str]] = _LISTENING
+    #: Stopped after every other child (nats-server: the workers and the gateway still talk to it).
+    stop_last: bool = False
     relay: Optional[threading.Thread] = None
     url: Optional[str] = None
     listening: threading.Event = dataclasses.field(default_factory=threading.Event)
+    #: The last lines it printed, to explain a failed start.
+    tail: Deque[str] = dataclasses.field(default_factory=lambda: deque(maxlen=40))
 
 
 class Supervisor:
     """Starts child processes, relays their output line by line with a name prefix, and stops them all.
 
     Children run in their own session, so a Ctrl-C in the terminal reaches only the supervisor, which
-    then stops them in order: SIGTERM, up to :data:`SHUTDOWN_GRACE_SECS` to exit, then SIGKILL.
+    then stops them in order: SIGTERM, up to :data:`SHUTDOWN_GRACE_SECS` to exit, then SIGKILL; children
+    spawned with ``stop_last`` (nats-server) only once every other child has exited.
     """
 
     def __init__(self, out: TextIO = sys.stdout, prefix_width: int = 8) -> None:
@@ -228,7 +270,14 @@ class Supervisor:
 
     # -- children
 
-    def spawn(self, name: str, argv: Sequence[str]) -> _Child:
+    def spawn(
+        self,
+        name: str,
+        argv: Sequence[str],
+        ready: Optional[Pattern[str]] = _LISTENING,
+        stop_last: bool = False,
+    ) -> _Child:
+        """Start ``argv``; ``ready`` is the pattern of the line that says it is ready (None: no such line)."""
         try:
             process = subprocess.Popen(
                 list(argv),
@@ -242,7 +291,7 @@ class Supervisor:
             )
         except OSError as exc:
             raise StartupError(f"cannot start {name} ({argv[0]}): {exc}") from None
-        child = _Child(name, process)
+        child = _Child(name, process, ready_pattern=ready, stop_last=stop_last)
         child.relay = threading.Thread(target=self._relay, args=(child,), name=f"relay-{name}", daemon=True)
         child.relay.start()
         self.children.append(child)
@@ -252,8 +301,9 @@ class Supervisor:
         assert child.process.stdout is not None
         for line in child.process.stdout:
             line = line.rstrip("\r\n")
-            if child.url is None:
-                match = _LISTENING.search(line)
+            child.tail.append(line)
+            if child.url is None and child.ready_pattern is not None:
+                match = child.ready_pattern.search(line)
                 if match:
                     child.url = match.group(1).rstrip("/")
                     child.listening.set()
@@ -262,6 +312,13 @@ class Supervisor:
 
     def wait_listening(self, child: _Child, timeout: float = STARTUP_TIMEOUT_SECS) -> str:
         """Wait for the child's ``listening on http://HOST:PORT`` line; returns that URL."""
+        return self.wait_ready(child, "'listening on http://HOST:PORT'", "it was listening", timeout)
+
+    def wait_ready(self, child: _Child, expected: str, before: str, timeout: float = STARTUP_TIMEOUT_SECS) -> str:
+        """Wait for the line matching the child's ready pattern; returns its first group.
+
+        ``expected`` names that line and ``before`` the state it announces, for the error messages.
+        """
         deadline = time.monotonic() + timeout
         while not child.listening.wait(0.05):
             if self.stop_requested:
@@ -271,11 +328,37 @@ class Supervisor:
                 if child.relay is not None:
                     child.relay.join(1.0)  # let its last words reach the terminal first
                 if child.url is None:
-                    raise StartupError(f"{child.name} exited with status {status} before it was listening")
+                    raise StartupError(f"{child.name} exited with status {status} before {before}{_hint(child)}")
             if time.monotonic() > deadline:
-                raise StartupError(f"{child.name} did not print 'listening on http://HOST:PORT' within {timeout:.0f} s")
+                raise StartupError(f"{child.name} did not print {expected} within {timeout:.0f} s")
         assert child.url is not None
         return child.url
+
+    def wait_accepting(self, child: _Child, host: str, port: int, timeout: float = NATS_STARTUP_TIMEOUT_SECS) -> None:
+        """Wait until the child accepts TCP connections on ``host:port`` (for servers that print no URL)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.stop_requested:
+                raise _Interrupted()
+            status = child.process.poll()
+            if status is not None:
+                if child.relay is not None:
+                    child.relay.join(1.0)
+                raise StartupError(
+                    f"{child.name} exited with status {status} before it accepted connections on {host}:{port}"
+                )
+            try:
+                with socket.create_connection((host, port), timeout=0.5):
+                    pass
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise StartupError(
+                        f"{child.name} did not accept connections on {host}:{port} within {timeout:.0f} s"
+                    ) from None
+                time.sleep(0.05)
+                continue
+            if child.process.poll() is None:  # not someone else's server on a port taken meanwhile
+                return
 
     def supervise(self) -> int:
         """Block until a signal (→ 0) or until a child exits on its own (→ 1)."""
@@ -293,11 +376,22 @@ class Supervisor:
                     return 1
 
     def stop_all(self, grace: float = SHUTDOWN_GRACE_SECS) -> None:
-        """SIGTERM every running child (the last started first), wait up to ``grace`` s, then SIGKILL."""
-        running = [child for child in reversed(self.children) if child.process.poll() is None]
+        """Stop every running child: first all but the ``stop_last`` ones, then those (nats-server).
+
+        Each group gets SIGTERM (the last started first), up to ``grace`` s to exit, then SIGKILL.
+        """
+        signals_before = self._signals
+        for last in (False, True):
+            group = [child for child in reversed(self.children) if child.stop_last == last]
+            self._stop_group(group, grace, signals_before)
+        for child in self.children:
+            if child.relay is not None:
+                child.relay.join(1.0)
+
+    def _stop_group(self, group: List[_Child], grace: float, signals_before: int) -> None:
+        running = [child for child in group if child.process.poll() is None]
         for child in running:
             _signal(child.process, signal.SIGTERM)
-        signals_before = self._signals
         deadline = time.monotonic() + grace
         for child in running:
             while child.process.poll() is None:
@@ -308,9 +402,17 @@ class Supervisor:
                     child.process.wait()
                     break
                 time.sleep(0.05)
-        for child in self.children:
-            if child.relay is not None:
-                child.relay.join(1.0)
+
+
+def _hint(child: _Child) -> str:
+    """Why a child may have refused to start, when its output says so."""
+    text = "\n".join(child.tail)
+    if re.search(r"Unknown option|Error: Unexpected argument", text) and re.search(r"--(nats|mode|drain-grace)", text):
+        return (
+            f" ({os.path.basename(str(child.process.args[0]))} does not know the JetStream options: "
+            "are the binaries older than the JetStream path? rebuild with `swift build -c release`)"
+        )
+    return ""
 
 
 def _signal(process: subprocess.Popen, signum: int) -> None:
@@ -370,10 +472,55 @@ def _absolute_app_spec(spec: str) -> str:
     return spec
 
 
-def _cmd_up(args: argparse.Namespace) -> int:
-    """Run the app locally: HTTP workers for each sync pool and the gateway in front of them.
+def find_nats_server() -> str:
+    """Path of ``nats-server`` on ``$PATH``."""
+    found = shutil.which(NATS_BINARY)
+    if not found:
+        raise StartupError(
+            f"the app has async or gpu tasks, which run through NATS JetStream, but {NATS_BINARY} is not on PATH; "
+            "install it (Debian: `sudo apt-get install nats-server`) or run `make deps`"
+        )
+    return found
 
-    Stop with Ctrl-C (or SIGTERM): every child gets SIGTERM, then SIGKILL after 10 s.
+
+def _port_is_free(host: str, port: int) -> bool:
+    """Whether a server could listen on ``host:port`` now (SO_REUSEADDR, as servers set it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port(host: str, preferred: Optional[int] = None, avoid: Sequence[int] = ()) -> int:
+    """``preferred`` when it is free, else a port the kernel picks."""
+    if preferred is not None and preferred not in avoid and _port_is_free(host, preferred):
+        return preferred
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind((host, 0))
+            port = int(probe.getsockname()[1])
+        if port not in avoid:
+            return port
+
+
+@dataclasses.dataclass
+class _Nats:
+    """The local nats-server: where clients and the monitoring page reach it, where it stores streams."""
+
+    url: str
+    monitor_url: str
+    store_dir: str
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    """Run the whole app locally: a nats-server with JetStream and NATS workers for each async/gpu pool (when
+    the app has such tasks), HTTP workers for each sync pool, and the gateway in front of them.
+
+    Stop with Ctrl-C (or SIGTERM): the workers and the gateway get SIGTERM (SIGKILL after 10 s), then
+    nats-server.
     """
     app = _load(args.app)
     if app is None:
@@ -381,8 +528,12 @@ def _cmd_up(args: argparse.Namespace) -> int:
     manifest = _manifest_text(app)
     if manifest is None:
         return 1
+    pools = app.pools()
+    sync_pools = [pool for pool, mode in pools.items() if mode == "sync"]
+    queued_pools = {pool: mode for pool, mode in pools.items() if mode != "sync"}
     try:
         worker_binary, gateway_binary = find_binaries(args.bin_dir)
+        nats_binary = find_nats_server() if queued_pools else None
     except StartupError as exc:
         _error(str(exc))
         return 1
@@ -392,51 +543,55 @@ def _cmd_up(args: argparse.Namespace) -> int:
     task_log = "sqlite:" + os.path.join(state_dir, "tasks.db")
     _write_file(manifest_path, manifest)
 
-    pools = app.pools()
-    sync_pools = [pool for pool, mode in pools.items() if mode == "sync"]
-    queued_pools = {pool: mode for pool, mode in pools.items() if mode != "sync"}
     app_spec = _absolute_app_spec(args.app)
     worker_names = {pool: [f"{pool}-{i}" for i in range(1, args.fast_workers + 1)] for pool in sync_pools}
+    queue_worker_names = {pool: [f"{pool}-{i}" for i in range(1, args.queue_workers + 1)] for pool in queued_pools}
+    names = ["gateway", "nats"] + [
+        n for group in (worker_names, queue_worker_names) for ns in group.values() for n in ns
+    ]
 
-    supervisor = Supervisor(prefix_width=max([len("gateway")] + [len(n) for ns in worker_names.values() for n in ns]))
+    supervisor = Supervisor(prefix_width=max(len(name) for name in names))
     previous_handlers = supervisor.install_signal_handlers()
     try:
+        nats: Optional[_Nats] = None
+        if nats_binary is not None:
+            nats = _start_nats(supervisor, nats_binary, args.nats_port, state_dir)
+
+        common = ["--app", app_spec, "--concurrency", str(args.concurrency), "--task-log", task_log]
+        common += ["--python-path", _sdk_path()]
         workers: Dict[str, List[_Child]] = {}
         for pool in sync_pools:
             workers[pool] = [
-                supervisor.spawn(
-                    name,
-                    [
-                        worker_binary,
-                        "--mode",
-                        "http",
-                        "--pool",
-                        pool,
-                        "--app",
-                        app_spec,
-                        "--port",
-                        "0",
-                        "--concurrency",
-                        str(args.concurrency),
-                        "--task-log",
-                        task_log,
-                        "--python-path",
-                        _sdk_path(),
-                    ],
-                )
+                supervisor.spawn(name, [worker_binary, "--mode", "http", "--pool", pool, "--port", "0", *common])
                 for name in worker_names[pool]
             ]
+        queue_workers: Dict[str, List[_Child]] = {}
+        for pool in queued_pools:
+            assert nats is not None
+            argv = [worker_binary, "--mode", "nats", "--pool", pool, *common, "--nats", nats.url]
+            # Drain (finish or hand back running tasks) within the supervisor's grace, before any SIGKILL.
+            argv += ["--drain-grace", f"{max(1.0, SHUTDOWN_GRACE_SECS - 3):g}"]
+            queue_workers[pool] = [supervisor.spawn(name, argv, ready=_CONSUMING) for name in queue_worker_names[pool]]
+
         pool_urls = {
             pool: [supervisor.wait_listening(child) for child in children] for pool, children in workers.items()
         }
+        for pool, children in queue_workers.items():
+            for child in children:
+                supervisor.wait_ready(
+                    child, f"'consuming pool_{pool} from {nats.url if nats else 'URL'}'", "it was consuming its queue"
+                )
 
         gateway_argv = [gateway_binary, "--manifest", manifest_path]
         for pool, urls in pool_urls.items():
             gateway_argv += ["--http-pool", f"{pool}={','.join(urls)}"]
+        if nats is not None:
+            gateway_argv += ["--nats", nats.url]
         gateway_argv += ["--task-log", task_log, "--host", args.host, "--port", str(args.port)]
         gateway_url = supervisor.wait_listening(supervisor.spawn("gateway", gateway_argv))
 
-        supervisor.say(_banner(app, gateway_url, pool_urls, queued_pools, state_dir))
+        queue_counts = {pool: len(children) for pool, children in queue_workers.items()}
+        supervisor.say(_banner(app, gateway_url, pool_urls, queued_pools, queue_counts, nats, state_dir))
         status = supervisor.supervise()
         if status == 0:
             supervisor.say("neutrino: stopping")
@@ -453,8 +608,30 @@ def _cmd_up(args: argparse.Namespace) -> int:
             signal.signal(signum, handler)
 
 
+def _start_nats(supervisor: Supervisor, binary: str, wanted_port: int, state_dir: str) -> _Nats:
+    """Start ``nats-server -js`` on 127.0.0.1 (``wanted_port``, or a free one when that is busy) with its store
+    under ``state_dir/nats``, and wait until it accepts connections."""
+    host = "127.0.0.1"
+    port = _free_port(host, wanted_port)
+    if port != wanted_port:
+        supervisor.say(f"neutrino: port {wanted_port} is busy; nats-server listens on {port} instead")
+    monitor_port = _free_port(host, NATS_MONITOR_PORT, avoid=[port])
+    store_dir = os.path.join(state_dir, "nats")
+    os.makedirs(store_dir, exist_ok=True)
+    argv = [binary, "-js", "-a", host, "-p", str(port), "-sd", store_dir, "-m", str(monitor_port)]
+    child = supervisor.spawn("nats", argv, ready=None, stop_last=True)
+    supervisor.wait_accepting(child, host, port)
+    return _Nats(f"nats://{host}:{port}", f"http://{host}:{monitor_port}", store_dir)
+
+
 def _banner(
-    app: App, gateway_url: str, pool_urls: Dict[str, List[str]], queued_pools: Dict[str, str], state_dir: str
+    app: App,
+    gateway_url: str,
+    pool_urls: Dict[str, List[str]],
+    queued_pools: Dict[str, str],
+    queue_counts: Dict[str, int],
+    nats: Optional[_Nats],
+    state_dir: str,
 ) -> str:
     address = re.sub(r"^http://(127\.0\.0\.1|0\.0\.0\.0|\[::\]|\[::1\])(?=:)", "localhost", gateway_url)
     address = address[len("http://") :] if address.startswith("http://") else address
@@ -465,25 +642,41 @@ def _banner(
     ]
     for pool, urls in pool_urls.items():
         lines.append(f"  pool {pool:<6} {len(urls)} HTTP worker{'s' if len(urls) != 1 else ''}: {', '.join(urls)}")
-    lines.append(f"  state       {state_dir} (openapi.json, tasks.db)")
-    if queued_pools:
-        pending = ", ".join(f"{pool} ({mode})" for pool, mode in queued_pools.items())
-        lines.append(f"  not started {pending}: async/gpu pools are not started yet (JetStream path pending)")
+    for pool, mode in queued_pools.items():
+        count = queue_counts.get(pool, 0)
+        lines.append(f"  pool {pool:<6} {count} NATS worker{'s' if count != 1 else ''} ({mode}), consumer pool_{pool}")
+    if nats is not None:
+        lines.append(f"  nats        {nats.url}   (JetStream store in {nats.store_dir})")
+        lines.append(f"  monitoring  {nats.monitor_url}/jsz   (streams, consumers, queue depth)")
+    lines.append(f"  state       {state_dir} (openapi.json, tasks.db{', nats/' if nats is not None else ''})")
 
     specs = list(app.tasks.values())
-    sync_specs = [spec for spec in specs if spec.execution_mode == "sync"] or specs
+    sync_specs = [spec for spec in specs if spec.execution_mode == "sync"]
+    queued_specs = [spec for spec in specs if spec.execution_mode != "sync"]
+    if sync_specs or queued_specs:
+        lines += ["", "Try:"]
     if sync_specs:
         example = sync_specs[0]
-        body = json.dumps({"args": _example_args(example)}, separators=(",", ":"))
         lines += [
-            "",
-            "Try:",
-            f"  curl -s {address}/api/{example.name} -d '{body}'",
+            f"  curl -s {address}/api/{example.name} -d '{_example_body(example)}'",
             f"  curl -s {address}/tasks/<task_id>",
             f"  curl -s '{address}/tasks?status=failed&function={example.name}'",
         ]
+    if queued_specs:
+        example = queued_specs[0]
+        commands = [
+            (f"curl -s {address}/api/{example.name} -d '{_example_body(example)}'", "202: queued, with its task_id"),
+            (f"curl -s '{address}/tasks/<task_id>?wait=30'", "waits up to 30 s for the result"),
+            (f"curl -s -X DELETE {address}/tasks/<task_id>", "cancels it while queued or running"),
+        ]
+        width = max(len(command) for command, _ in commands)
+        lines += [f"  {command:<{width}}   # {comment}" for command, comment in commands]
     lines += ["", "Press Ctrl-C to stop.", ""]
     return "\n".join(lines)
+
+
+def _example_body(spec: TaskSpec) -> str:
+    return json.dumps({"args": _example_args(spec)}, separators=(",", ":"))
 
 
 def _example_args(spec: TaskSpec) -> Dict[str, Any]:
