@@ -32,6 +32,7 @@ public final class TaskLogWriter: Sendable {
                 return
             }
             waiters.append((target, continuation))
+            condition.signal()  // someone is waiting: the writer stops lingering and commits now
             condition.unlock()
         }
 
@@ -113,10 +114,10 @@ public final class TaskLogWriter: Sendable {
             s.condition.lock()
             while s.queue.isEmpty && !s.stopping { s.condition.wait() }
             // Under load, linger a moment so one transaction carries many events; an idle log commits at once
-            // (the first event of a quiet period does not wait).
+            // (the first event of a quiet period does not wait), and so does a log someone is flushing.
             if !s.stopping && s.lastBatchSize > 1 {
                 let deadline = Date(timeIntervalSinceNow: TaskLogWriter.linger)
-                while !s.stopping && s.queue.count < maxBatch / 4 && s.condition.wait(until: deadline) {}
+                while !s.stopping && s.queue.count < maxBatch / 4 && s.waiters.isEmpty && s.condition.wait(until: deadline) {}
             }
             if s.queue.isEmpty {
                 s.stopped = true
