@@ -187,10 +187,16 @@ public final class Gateway: Sendable {
         let taskHeader: HTTPFields = [NeutrinoHeader.taskID: taskID]
         taskLog?.record(TaskEvent(taskID: taskID, kind: .queued, function: spec.name, pool: spec.pool, mode: spec.mode,
                                   attempt: 0, args: args.jsonText))
-        await taskLog?.flush()
+        // The commit of the queued row and the publish run side by side; the 202 waits for both, so an id that was
+        // answered always exists. (A worker may record `running` before the `queued` row commits: events apply in
+        // any order.)
+        let taskLog = self.taskLog
+        async let committed: Void = { await taskLog?.flush() }()
         do {
             try await queue.publish(spec: spec, taskID: taskID, body: Self.forwardBody(args))
+            await committed
         } catch {
+            await committed
             let message = "the task queue is unavailable: \(error)"
             taskLog?.record(TaskEvent(taskID: taskID, kind: .failed, function: spec.name, pool: spec.pool, mode: spec.mode,
                                       error: Self.errorJSON(type: "QueueUnavailable", message: message)))
