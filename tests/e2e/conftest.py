@@ -391,20 +391,12 @@ class ServerProcess:
             self._log.close()
 
 
-@dataclass
-class Cluster:
-    """A gateway in front of `workers` (pool "fast"), all logging into `db`."""
-
-    gateway: ServerProcess
-    workers: list[ServerProcess]
-    worker_ids: list[str]
-    db_path: Path
-    manifest: Path
-    _stopped: bool = field(default=False, repr=False)
+class GatewayAccess:
+    """HTTP access to a running gateway (`self.gateway`) and its task log (`self.db_path`)."""
 
     @property
     def url(self) -> str:
-        assert self.gateway.url
+        assert self.gateway is not None and self.gateway.url
         return self.gateway.url
 
     @property
@@ -421,6 +413,18 @@ class Cluster:
 
     def get(self, path: str, **kw) -> HttpResponse:
         return http_request("GET", self.url + path, **kw)
+
+
+@dataclass
+class Cluster(GatewayAccess):
+    """A gateway in front of `workers` (pool "fast"), all logging into `db`."""
+
+    gateway: ServerProcess
+    workers: list[ServerProcess]
+    worker_ids: list[str]
+    db_path: Path
+    manifest: Path
+    _stopped: bool = field(default=False, repr=False)
 
     def stop(self) -> None:
         if self._stopped:
@@ -837,7 +841,7 @@ class NatsWire:
 
 
 @dataclass
-class QueueStack:
+class QueueStack(GatewayAccess):
     """nats-server + a gateway started with `--nats` (no sync pool) + NATS-mode workers, all on one task log."""
 
     launcher: Launcher
@@ -898,26 +902,6 @@ class QueueStack:
         self.nats.stop()
 
     # -- HTTP -------------------------------------------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        assert self.gateway is not None and self.gateway.url
-        return self.gateway.url
-
-    @property
-    def log(self) -> TaskLog:
-        return TaskLog(self.db_path)
-
-    def client(self):
-        from neutrino import Client
-
-        return Client(self.url, timeout=HTTP_TIMEOUT_S)
-
-    def post(self, task: str, args: Any = None, **kw) -> HttpResponse:
-        return post_task(self.url, task, args, **kw)
-
-    def get(self, path: str, **kw) -> HttpResponse:
-        return http_request("GET", self.url + path, **kw)
 
     def delete(self, task_id: str) -> HttpResponse:
         return http_request("DELETE", f"{self.url}/tasks/{task_id}")
