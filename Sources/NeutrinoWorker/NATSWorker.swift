@@ -50,9 +50,22 @@ public final class NATSWorker: Sendable {
         if specs.isEmpty { logger.warning("the app has no async or gpu task in this pool", metadata: ["pool": "\(pool)"]) }
         let connection = try await NATSConnection.connect(url: url, name: configuration.workerID, logger: logger)
         let js = try connection.jetStream()
-        try await TaskQueueProvisioning.ensure(js, pools: [pool: QueueLayout.maxDeliver(retries: specs.values.map(\.retries))],
-                                               ackWait: configuration.ackWait, logger: logger)
-        let subscription = try await js.pullSubscribe(stream: QueueLayout.tasksStream, consumer: QueueLayout.consumer(pool: pool))
+        // NATS may come up after the worker (a pod starting before the StatefulSet): keep trying, as the gateway does.
+        var attempt = 0
+        let subscription: PullSubscription
+        while true {
+            do {
+                try await TaskQueueProvisioning.ensure(js, pools: [pool: QueueLayout.maxDeliver(retries: specs.values.map(\.retries))],
+                                                       ackWait: configuration.ackWait, logger: logger)
+                subscription = try await js.pullSubscribe(stream: QueueLayout.tasksStream, consumer: QueueLayout.consumer(pool: pool))
+                break
+            } catch {
+                if attempt % 20 == 0 { logger.warning("cannot provision or subscribe yet; retrying", metadata: ["error": "\(error)"]) }
+                attempt += 1
+                if draining.load(ordering: .relaxed) { throw WorkerError(message: "stopped before NATS was reachable") }
+                try? await Task.sleep(for: .milliseconds(500))
+            }
+        }
         let cancels = try await connection.subscribe(subject: QueueLayout.cancelSubject)
         let signals = SignalWatcher(signals: [SIGTERM, SIGINT]) { [self] signal in
             if !draining.exchange(true, ordering: .relaxed) {
