@@ -1,4 +1,5 @@
 import CSQLite
+import Glibc
 
 /// An SQLite error with the library's message and the statement that caused it.
 public struct SQLiteError: Error, Sendable, CustomStringConvertible {
@@ -13,7 +14,7 @@ final class SQLiteConnection {
     let handle: OpaquePointer
     private var statements: [String: OpaquePointer] = [:]
 
-    init(path: String, readOnly: Bool = false, busyTimeoutMs: Int32 = 10_000) throws(SQLiteError) {
+    init(path: String, readOnly: Bool = false) throws(SQLiteError) {
         var db: OpaquePointer?
         let flags = (readOnly ? SQLITE_OPEN_READONLY : (SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE)) | SQLITE_OPEN_NOMUTEX
         let rc = sqlite3_open_v2(path, &db, flags, nil)
@@ -23,7 +24,14 @@ final class SQLiteConnection {
             throw SQLiteError(code: rc, message: "\(message) (\(path))")
         }
         handle = db
-        sqlite3_busy_timeout(db, busyTimeoutMs)
+        // SQLite's own busy timeout sleeps 1, 2, 5, 10 … ms between tries; with the gateway and every worker
+        // committing small batches to one file, locks are held for well under a millisecond, so poll finely first
+        // (0.1 ms for the first 20 ms), then every millisecond, giving up after about 10 s.
+        sqlite3_busy_handler(db, { _, count in
+            if count < 200 { usleep(100); return 1 }
+            if count < 200 + 10_000 { usleep(1000); return 1 }
+            return 0
+        }, nil)
     }
 
     deinit {
