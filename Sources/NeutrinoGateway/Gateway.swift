@@ -134,13 +134,14 @@ public final class Gateway: Sendable {
         return await callSync(spec: spec, args: args)
     }
 
-    /// Async and gpu tasks: recorded `queued` and committed before the publish, published with
-    /// `Nats-Msg-Id = task_id`, and answered 202 only after JetStream stored it. A failed publish leaves the task
-    /// `failed` (never `queued` forever) and answers 503 with Retry-After.
     static let idempotencyKey = HTTPField.Name("Idempotency-Key")!
     /// How long an Idempotency-Key keeps naming its task: JetStream's duplicate window.
     static let idempotencyWindow = Duration.seconds(120)
 
+    /// Async and gpu tasks: recorded `queued` (committed alongside the publish), published with
+    /// `Nats-Msg-Id = task_id`, and answered 202 only after both. A failed publish leaves the task `failed` (never
+    /// `queued` forever) and answers 503 with Retry-After. An `Idempotency-Key` seen within the window answers with
+    /// the task it created first.
     private func enqueue(spec: TaskSpec, args: JSONValue, idempotencyKey: String?) async -> Response {
         guard let queue else {
             return .error(.notImplemented, type: "NotSupported",
