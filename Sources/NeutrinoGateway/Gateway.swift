@@ -271,7 +271,9 @@ public final class Gateway: Sendable {
         // `pending` is recorded together with the outcome, in one batch: the worker's `running` makes the task
         // visible while it runs, and a sync call costs the task log one transaction instead of two.
         let pending = event(.pending)
-        func record(_ outcome: TaskEvent?) { taskLog?.record(contentsOf: [pending] + (outcome.map { [$0] } ?? [])) }
+        func record(_ outcome: TaskEvent?, running: TaskEvent? = nil) {
+            taskLog?.record(contentsOf: [pending] + (running.map { [$0] } ?? []) + (outcome.map { [$0] } ?? []))
+        }
         let taskHeader: HTTPFields = [NeutrinoHeader.taskID: taskID]
         guard let pool = pools[spec.pool] else {
             let message = "no worker is configured for pool '\(spec.pool)'"
@@ -308,7 +310,15 @@ public final class Gateway: Sendable {
                             result: kind == .completed ? raw : nil, error: kind == .completed ? nil : raw,
                             durationMs: answer.headers["x-neutrino-duration-ms"].flatMap(Double.init))
         }
-        record(outcome)
+        // The worker's own `running` may still sit in its writer's queue: record the start it reported too (the unique
+        // (task, event, attempt) index keeps one), so the record read right after this answer is complete.
+        var running: TaskEvent?
+        if outcome != nil, let startedText = answer.headers["x-neutrino-started-at"], let millis = Int64(startedText) {
+            var e = event(.running, workerID: answer.headers["x-neutrino-worker"])
+            e.at = Timestamp(millis: millis)
+            running = e
+        }
+        record(outcome, running: running)
         return .json(HTTPResponse.Status(code: answer.status), answer.body, headers: taskHeader)
     }
 

@@ -15,6 +15,8 @@ public enum NeutrinoHeader {
     public static let status = HTTPField.Name("X-Neutrino-Status")!
     public static let worker = HTTPField.Name("X-Neutrino-Worker")!
     public static let durationMs = HTTPField.Name("X-Neutrino-Duration-Ms")!
+    /// On a worker's answer: when the Python thread started the call (Unix milliseconds).
+    public static let startedAt = HTTPField.Name("X-Neutrino-Started-At")!
     /// On a worker's answer: byte offset in the body where the raw `result` (or `error`) JSON starts; it runs to
     /// the body's last byte but one. Lets the gateway log the outcome without parsing the body again.
     public static let outcomeOffset = HTTPField.Name("X-Neutrino-Outcome-Offset")!

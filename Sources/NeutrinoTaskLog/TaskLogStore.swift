@@ -94,8 +94,10 @@ struct TaskLogStore {
             attempts: s.int(13) ?? 0, progress: s.double(14), progressMessage: s.string(15))
     }
 
+    /// The timeline in lifecycle order. Timestamps have millisecond resolution and events come from several
+    /// processes, so within one millisecond the attempt and the lifecycle stage order them, not the insertion order.
     func events(taskID: String) throws -> [TaskEventRecord] {
-        try db.withStatement("SELECT event, at, worker_id, attempt, detail FROM task_events WHERE task_id = ?1 ORDER BY at, id") { stmt in
+        try db.withStatement("SELECT event, at, worker_id, attempt, detail FROM task_events WHERE task_id = ?1 ORDER BY at, attempt, CASE event WHEN 'pending' THEN 0 WHEN 'queued' THEN 0 WHEN 'running' THEN 1 WHEN 'retrying' THEN 2 ELSE 3 END, id") { stmt in
             stmt.bind(1, taskID)
             var out: [TaskEventRecord] = []
             while try stmt.step() {

@@ -4,6 +4,7 @@ import NeutrinoCore
 import NeutrinoHTTP
 import NeutrinoPython
 import NeutrinoTaskLog
+import Synchronization
 
 /// `neutrino-worker --mode http`: serves `POST /api/<task>` for the sync tasks of its pool on top of a
 /// `PythonExecutor`, and records `running` and the outcome of every call in the task log.
@@ -78,9 +79,12 @@ public struct HTTPWorker: Sendable {
         }
         let workerID = configuration.workerID
         let taskLog = self.taskLog
+        let started = StartTime()
         let outcome = await executor.run(task: name, payload: payload, timeoutMs: spec.timeoutMs) {
-            taskLog?.record(TaskEvent(taskID: taskID, kind: .running, function: spec.name, pool: spec.pool, mode: spec.mode,
-                                      workerID: workerID, attempt: attempt))
+            let now = Timestamp.now()
+            started.set(now)
+            taskLog?.record(TaskEvent(taskID: taskID, kind: .running, at: now, function: spec.name, pool: spec.pool,
+                                      mode: spec.mode, workerID: workerID, attempt: attempt))
         }
         let reply = TaskReply(taskID: taskID, spec: spec, workerID: workerID, attempt: attempt, outcome: outcome)
         if case .rejected(let reason) = outcome {
@@ -100,6 +104,7 @@ public struct HTTPWorker: Sendable {
             NeutrinoHeader.status: reply.status.rawValue,
             NeutrinoHeader.worker: workerID,
             NeutrinoHeader.durationMs: JSONWriter.format(reply.durationMs),
+            NeutrinoHeader.startedAt: String(started.value?.millis ?? Timestamp.now().millis),
             NeutrinoHeader.outcomeOffset: String(reply.outcomeOffset),
         ])
     }
@@ -115,4 +120,11 @@ public struct HTTPWorker: Sendable {
                          attempt: attempt, result: reply.status == .completed ? reply.outcome : nil,
                          error: reply.status == .completed ? nil : reply.outcome, durationMs: reply.durationMs)
     }
+}
+
+/// When the Python thread started a call (set on that thread, read after the call returns).
+final class StartTime: Sendable {
+    private let stored = Mutex<Timestamp?>(nil)
+    func set(_ t: Timestamp) { stored.withLock { $0 = t } }
+    var value: Timestamp? { stored.withLock { $0 } }
 }
