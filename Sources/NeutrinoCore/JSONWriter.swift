@@ -108,6 +108,11 @@ extension JSONWriter {
         return w.bytes
     }
 
+    /// `taskError` as text, the form task-log events carry.
+    public static func taskErrorText(type: String, message: String) -> String {
+        String(decoding: taskError(type: type, message: message), as: UTF8.self)
+    }
+
     /// `{"error":{"type":…,"message":…}}`: the one shape of every error body the servers send.
     public static func errorBody(type: String, message: String, extra: (inout JSONWriter) -> Void = { _ in }) -> [UInt8] {
         var w = JSONWriter()

@@ -200,7 +200,7 @@ public final class Gateway: Sendable {
             await committed
             let message = "the task queue is unavailable: \(error)"
             taskLog?.record(TaskEvent(taskID: taskID, kind: .failed, function: spec.name, pool: spec.pool, mode: spec.mode,
-                                      error: Self.errorJSON(type: "QueueUnavailable", message: message)))
+                                      error: JSONWriter.taskErrorText(type: "QueueUnavailable", message: message)))
             logger.warning("publish failed", metadata: ["task_id": "\(taskID)", "error": "\(error)"])
             return Self.taskError(.serviceUnavailable, taskID: taskID, status: .failed, type: "QueueUnavailable", message: message,
                                   headers: taskHeader + [.retryAfter: "2"])
@@ -243,7 +243,7 @@ public final class Gateway: Sendable {
         case .pending, .queued:
             taskLog?.record(TaskEvent(taskID: id, kind: .cancelled, function: record.function, pool: record.pool, mode: record.mode,
                                       attempt: record.attempts,
-                                      error: Self.errorJSON(type: "Cancelled", message: "cancelled while queued")))
+                                      error: JSONWriter.taskErrorText(type: "Cancelled", message: "cancelled while queued")))
             await taskLog?.flush()
             // Best effort: a worker about to run it also checks the task log.
             try? await queue?.broadcastCancel(taskID: id)
@@ -277,7 +277,7 @@ public final class Gateway: Sendable {
         let taskHeader: HTTPFields = [NeutrinoHeader.taskID: taskID]
         guard let pool = pools[spec.pool] else {
             let message = "no worker is configured for pool '\(spec.pool)'"
-            record(event(.failed, error: Self.errorJSON(type: "NoWorkerAvailable", message: message)))
+            record(event(.failed, error: JSONWriter.taskErrorText(type: "NoWorkerAvailable", message: message)))
             return Self.taskError(.serviceUnavailable, taskID: taskID, status: .failed, type: "NoWorkerAvailable", message: message,
                                   headers: taskHeader + [.retryAfter: "1"])
         }
@@ -290,11 +290,11 @@ public final class Gateway: Sendable {
             switch error {
             case .timedOut:
                 let message = "no answer from the worker within \(spec.timeoutMs) ms + \(configuration.timeoutGraceMs) ms grace"
-                record(event(.timedOut, error: Self.errorJSON(type: "TimeoutError", message: message)))
+                record(event(.timedOut, error: JSONWriter.taskErrorText(type: "TimeoutError", message: message)))
                 return Self.taskError(.gatewayTimeout, taskID: taskID, status: .timedOut, type: "TimeoutError", message: message, headers: taskHeader)
             case .noWorkerAvailable(let reason):
                 let message = "no worker of pool '\(spec.pool)' is reachable (\(reason))"
-                record(event(.failed, error: Self.errorJSON(type: "NoWorkerAvailable", message: message)))
+                record(event(.failed, error: JSONWriter.taskErrorText(type: "NoWorkerAvailable", message: message)))
                 return Self.taskError(.serviceUnavailable, taskID: taskID, status: .failed, type: "NoWorkerAvailable", message: message,
                                       headers: taskHeader + [.retryAfter: "1"])
             }
@@ -330,10 +330,6 @@ public final class Gateway: Sendable {
         w.value(args)
         w.endObject()
         return w.bytes
-    }
-
-    static func errorJSON(type: String, message: String) -> String {
-        String(decoding: JSONWriter.taskError(type: type, message: message), as: UTF8.self)
     }
 
     static func taskError(_ code: HTTPResponse.Status, taskID: String, status: TaskStatus, type: String, message: String,

@@ -14,7 +14,6 @@ public final class TaskLogWriter: Sendable {
         var waiters: [(target: UInt64, continuation: CheckedContinuation<Void, Never>)] = []
         var stopping = false
         var stopped = false
-        var batchObserver: (@Sendable (Int, Double) -> Void)?
         var lastBatchSize = 0
 
         /// The count to wait for, or nil when everything recorded so far is committed.
@@ -63,13 +62,6 @@ public final class TaskLogWriter: Sendable {
         }
         thread.name = "neutrino-tasklog-writer"
         thread.start()
-    }
-
-    /// Called after each committed batch with its size and commit time in seconds (for metrics).
-    public func observeBatches(_ observer: @escaping @Sendable (Int, Double) -> Void) {
-        state.condition.lock()
-        state.batchObserver = observer
-        state.condition.unlock()
     }
 
     /// Queues `event` for the next batch. Never blocks on the database.
@@ -131,13 +123,9 @@ public final class TaskLogWriter: Sendable {
             s.lastBatchSize = n
             let batch = Array(s.queue.prefix(n))
             s.queue.removeFirst(n)
-            let observer = s.batchObserver
             s.condition.unlock()
 
-            let started = DispatchTime.now().uptimeNanoseconds
             commit(batch, store: store, logger: logger)
-            let seconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
-            observer?(batch.count, seconds)
 
             s.condition.lock()
             s.committed += UInt64(n)

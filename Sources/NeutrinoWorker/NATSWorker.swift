@@ -181,7 +181,7 @@ public final class NATSWorker: Sendable {
         do {
             payload = try TaskPayload.make(body: message.data, taskID: taskID, attempt: attempt, pool: pool)
         } catch {
-            await finish(message, event(.failed, error: Self.errorText("InvalidArguments", "the queued message is not a JSON object")), settle: .term)
+            await finish(message, event(.failed, error: JSONWriter.taskErrorText(type: "InvalidArguments", message: "the queued message is not a JSON object")), settle: .term)
             return
         }
         let heartbeat = Task { [configuration] in
@@ -204,10 +204,10 @@ public final class NATSWorker: Sendable {
         case .completed(let result, let ms):
             await finish(message, event(.completed, result: String(decoding: result, as: UTF8.self), durationMs: ms), settle: .ack)
         case .timedOut(let ms):
-            let error = Self.errorText("TimeoutError", "task '\(name)' exceeded its timeout of \(spec.timeoutMs) ms")
+            let error = JSONWriter.taskErrorText(type: "TimeoutError", message: "task '\(name)' exceeded its timeout of \(spec.timeoutMs) ms")
             await finish(message, event(.timedOut, error: error, durationMs: ms), settle: .ack)
         case .cancelled(let ms):
-            await finish(message, event(.cancelled, error: Self.errorText("Cancelled", "task '\(name)' was cancelled"), durationMs: ms), settle: .ack)
+            await finish(message, event(.cancelled, error: JSONWriter.taskErrorText(type: "Cancelled", message: "task '\(name)' was cancelled"), durationMs: ms), settle: .ack)
         case .rejected:
             try? message.nak()
         case .failed(let errorBytes, let ms):
@@ -256,9 +256,6 @@ public final class NATSWorker: Sendable {
         }
     }
 
-    static func errorText(_ type: String, _ message: String) -> String {
-        String(decoding: JSONWriter.taskError(type: type, message: message), as: UTF8.self)
-    }
 }
 
 /// Free Python threads, for fetching no more messages than can start at once.
