@@ -20,6 +20,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-http-types.git", from: "1.8.0"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
     ],
     targets: [
         // C libraries, each behind a system-library target with its own shim header.
@@ -36,39 +39,52 @@ let package = Package(
         .target(name: "NeutrinoTaskLog", dependencies: [
             "NeutrinoCore", "CSQLite",
             .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "Metrics", package: "swift-metrics"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: swiftSettings),
         // The embedded CPython interpreter and the dedicated threads that run Python.
         // pthread locks and threads for the modules that stay off Foundation.
         .target(name: "NeutrinoThreads", swiftSettings: swiftSettings),
         .target(name: "NeutrinoPython", dependencies: ["NeutrinoCore", "NeutrinoThreads", "CPython"], swiftSettings: swiftSettings),
+        // Logging (text or JSON lines) and the Prometheus registry behind swift-metrics, set up once per process.
+        .target(name: "NeutrinoObservability", dependencies: [
+            "NeutrinoCore",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "Metrics", package: "swift-metrics"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
+        ], swiftSettings: swiftSettings),
         // HTTP pieces both servers share: JSON error bodies, the listening-address announcement.
         .target(name: "NeutrinoHTTP", dependencies: [
-            "NeutrinoCore",
+            "NeutrinoCore", "NeutrinoObservability",
+            .product(name: "Metrics", package: "swift-metrics"),
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "HTTPTypes", package: "swift-http-types"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: swiftSettings),
         .target(name: "NeutrinoGateway", dependencies: [
-            "NeutrinoCore", "NeutrinoTaskLog", "NeutrinoHTTP", "NeutrinoNATS",
+            "NeutrinoCore", "NeutrinoTaskLog", "NeutrinoHTTP", "NeutrinoNATS", "NeutrinoObservability", "NeutrinoEvents",
             .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            .product(name: "Metrics", package: "swift-metrics"),
             .product(name: "HTTPTypes", package: "swift-http-types"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: swiftSettings),
         .target(name: "NeutrinoWorker", dependencies: [
-            "NeutrinoCore", "NeutrinoTaskLog", "NeutrinoPython", "NeutrinoHTTP", "NeutrinoNATS",
+            "NeutrinoCore", "NeutrinoTaskLog", "NeutrinoPython", "NeutrinoHTTP", "NeutrinoNATS", "NeutrinoObservability", "NeutrinoEvents",
             .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            .product(name: "Metrics", package: "swift-metrics"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: swiftSettings),
         .executableTarget(name: "NeutrinoGatewayMain", dependencies: [
-            "NeutrinoGateway",
+            "NeutrinoGateway", "NeutrinoObservability",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], path: "Sources/NeutrinoGatewayMain", swiftSettings: swiftSettings),
         .executableTarget(name: "NeutrinoWorkerMain", dependencies: [
-            "NeutrinoWorker",
+            "NeutrinoWorker", "NeutrinoObservability",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], path: "Sources/NeutrinoWorkerMain", swiftSettings: swiftSettings),
 
@@ -77,6 +93,14 @@ let package = Package(
         .testTarget(name: "NeutrinoPythonTests", dependencies: ["NeutrinoPython"], swiftSettings: swiftSettings),
         .target(name: "NeutrinoNATS", dependencies: ["NeutrinoCore", "NeutrinoThreads", "CNats", .product(name: "Logging", package: "swift-log")], swiftSettings: swiftSettings),
         .testTarget(name: "NeutrinoNATSTests", dependencies: ["NeutrinoNATS"], swiftSettings: swiftSettings),
+        // Task lifecycle events over NATS (`--task-log nats`): the codec, the stream, the worker's publisher,
+        // the gateway's consumer into the task log.
+        .target(name: "NeutrinoEvents", dependencies: [
+            "NeutrinoCore", "NeutrinoTaskLog", "NeutrinoNATS", "NeutrinoThreads",
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: swiftSettings),
+        .testTarget(name: "NeutrinoEventsTests", dependencies: ["NeutrinoEvents", "NeutrinoTaskLog", "NeutrinoNATS"],
+                    swiftSettings: swiftSettings),
     ],
     swiftLanguageModes: [.v6]
 )

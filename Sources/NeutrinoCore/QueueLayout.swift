@@ -10,7 +10,7 @@ public enum QueueLayout {
     /// Subjects of the dead-letter stream.
     public static let deadLetterSubjects = "neutrino.dlq.>"
     /// Pool names that would collide with the layout's own subjects.
-    public static let reservedPools: Set<String> = ["dlq", "control", "events"]
+    public static let reservedPools: Set<String> = ["dlq", "control", "events", "heartbeat"]
 
     /// `neutrino.<pool>.<task>`: where the gateway publishes a task.
     public static func taskSubject(pool: String, task: String) -> String { "neutrino.\(pool).\(task)" }

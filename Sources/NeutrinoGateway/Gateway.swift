@@ -4,8 +4,12 @@ import Hummingbird
 import Logging
 import NIOCore
 import NeutrinoCore
+import NeutrinoEvents
 import NeutrinoHTTP
+import NeutrinoNATS
+import NeutrinoObservability
 import NeutrinoTaskLog
+import ServiceLifecycle
 
 /// `neutrino-gateway`: routes `POST /api/<task>` by the manifest, validates arguments, sends sync tasks to their
 /// pool's fast workers, and serves the polling API from the task log. Links no Python.
@@ -13,10 +17,14 @@ public final class Gateway: Sendable {
     let configuration: GatewayConfiguration
     let manifest: Manifest
     let pools: [String: WorkerPool]
-    let taskLog: TaskLogWriter?
+    let taskLog: (any TaskEventSink)?
     let reader: TaskLogReader?
+    let eventsConsumer: EventStreamConsumer?
     let waiters: TaskWaiters?
     let queue: GatewayQueue?
+    let workers: WorkerRegistry
+    let monitor: PoolMonitor
+    let feed: EventFeed?
     let logger: Logger
 
     public init(configuration: GatewayConfiguration, queue: GatewayQueue? = nil, logger: Logger) throws {
@@ -40,7 +48,17 @@ public final class Gateway: Sendable {
         }
         self.pools = pools
         if let path = configuration.taskLogPath {
-            taskLog = try TaskLogWriter(path: path, logger: logger)
+            let writer = try TaskLogWriter(path: path, logger: logger)
+            if configuration.eventsViaNATS {
+                guard let queue else { throw GatewayError(message: "--events-via-nats needs --nats") }
+                // Workers' events arrive on NEUTRINO_EVENTS and are committed here; this gateway's own events are
+                // committed at once and published for the other replicas (applying one twice is harmless).
+                taskLog = TeeSink(local: writer, published: NATSEventPublisher(jetStream: queue.js, logger: logger))
+                eventsConsumer = EventStreamConsumer(jetStream: queue.js, id: configuration.gatewayID, sink: writer, logger: logger)
+            } else {
+                taskLog = writer
+                eventsConsumer = nil
+            }
             let reader = try TaskLogReader(path: path)
             self.reader = reader
             waiters = TaskWaiters(reader: reader)
@@ -48,10 +66,24 @@ public final class Gateway: Sendable {
             taskLog = nil
             reader = nil
             waiters = nil
+            eventsConsumer = nil
         }
         for (pool, mode) in manifest.pools where mode == .sync && pools[pool] == nil {
             logger.warning("no --http-pool given for a sync pool of the manifest; its tasks will answer 503", metadata: ["pool": "\(pool)"])
         }
+        var policies: [String: ScalingPolicy] = [:]
+        for (pool, text) in configuration.scaling {
+            guard let mode = manifest.pools[pool] else {
+                throw GatewayError(message: "--scale \(pool)=\(text): the manifest has no pool '\(pool)'")
+            }
+            do { policies[pool] = try ScalingPolicy.parse(text, mode: mode) } catch {
+                throw GatewayError(message: "--scale \(pool)=\(text): \(error)")
+            }
+        }
+        workers = WorkerRegistry(timeout: configuration.heartbeatTimeout, logger: logger)
+        monitor = PoolMonitor(pools: manifest.pools, policies: policies, registry: workers, queue: queue, reader: reader,
+                              staticPools: pools, logger: logger)
+        feed = reader.map { EventFeed(reader: $0, logger: logger) }
     }
 
     public func run() async throws {
@@ -71,22 +103,82 @@ public final class Gateway: Sendable {
         router.get("/tasks") { request, _ in
             await self.listTasks(request.uri.queryParameters)
         }
+        router.post("/tasks/:id/retry") { _, context in
+            await self.retryTask(context.parameters.get("id") ?? "")
+        }
+        router.get("/pools") { _, _ in Response.json(.ok, self.monitor.snapshot) }
+        router.get("/events") { request, _ in await self.eventStream(request) }
+        router.addMetricsRoute()
+        router.add(middleware: RequestMetricsMiddleware())
+        if let directory = configuration.dashboardDirectory {
+            router.add(middleware: FileMiddleware(directory, searchForIndexHtml: true, logger: logger))
+        }
         let app = makeApplication(router: router, host: configuration.host, port: configuration.port,
                                   serverName: "neutrino-gateway", logger: logger)
         logger.info("gateway starting", metadata: [
             "tasks": "\(manifest.tasks.keys.sorted().joined(separator: ","))",
             "pools": "\(configuration.httpPools.map { "\($0.key)=\($0.value.count)" }.sorted().joined(separator: ","))",
         ])
+        eventsConsumer?.start()
+        let background = Task {
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask { await self.monitor.run() }
+                if let feed = self.feed { group.addTask { await feed.run() } }
+                if let queue = self.queue { group.addTask { await self.listenForHeartbeats(queue) } }
+            }
+        }
         do {
             try await app.runService()
         } catch {
+            background.cancel()
             await shutdown()
             throw error
         }
+        background.cancel()
         await shutdown()
     }
 
+    /// Feeds the live set of workers from `neutrino.heartbeat.>` until cancelled (resubscribing if NATS was down).
+    private func listenForHeartbeats(_ queue: GatewayQueue) async {
+        while !Task.isCancelled {
+            do {
+                let subscription = try await queue.connection.subscribe(subject: WorkerHeartbeat.wildcardSubject)
+                await withTaskCancellationHandler {
+                    for await data in subscription.messages {
+                        if let heartbeat = WorkerHeartbeat(json: data) { workers.apply(heartbeat) }
+                    }
+                } onCancel: {
+                    subscription.close()
+                }
+            } catch {
+                logger.debug("cannot subscribe to heartbeats yet", metadata: ["error": "\(error)"])
+            }
+            try? await Task.sleep(for: .seconds(1))
+        }
+    }
+
+    /// `GET /events`: Server-Sent Events, one per committed lifecycle event (see EventFeed).
+    private func eventStream(_ request: Request) async -> Response {
+        guard let feed else { return Self.noTaskLog }
+        let lastID = request.headers[Self.lastEventID].flatMap { Int64($0) }
+            ?? request.uri.queryParameters.get("last_event_id").flatMap { Int64($0) }
+        let stream = await feed.subscribe(lastEventID: lastID)
+        return Response(
+            status: .ok,
+            headers: [.contentType: "text/event-stream", .cacheControl: "no-cache", Self.accelBuffering: "no"],
+            body: ResponseBody { writer in
+                for await chunk in stream.cancelOnGracefulShutdown() {
+                    try await writer.write(ByteBuffer(bytes: chunk))
+                }
+                try await writer.finish(nil)
+            })
+    }
+
+    static let lastEventID = HTTPField.Name("Last-Event-ID")!
+    static let accelBuffering = HTTPField.Name("X-Accel-Buffering")!
+
     private func shutdown() async {
+        await eventsConsumer?.stop()
         await taskLog?.close()
         await reader?.shutdown()
         for pool in pools.values { pool.close() }
@@ -128,6 +220,7 @@ public final class Gateway: Sendable {
             }
         }
         let spec = task.spec
+        NeutrinoMetrics.submitted(task: spec.name, mode: spec.mode.rawValue, pool: spec.pool)
         guard spec.mode == .sync else {
             return await enqueue(spec: spec, args: args, idempotencyKey: request.headers[Self.idempotencyKey])
         }
@@ -170,10 +263,12 @@ public final class Gateway: Sendable {
         return queuedAnswer(taskID: taskID, spec: spec, status: status, extra: ["Idempotent-Replayed": "true"])
     }
 
-    private func queuedAnswer(taskID: String, spec: TaskSpec, status: TaskStatus, extra: [String: String] = [:]) -> Response {
+    private func queuedAnswer(taskID: String, spec: TaskSpec, status: TaskStatus, extra: [String: String] = [:],
+                              retryOf: String? = nil) -> Response {
         var w = JSONWriter()
         w.beginObject()
         w.key("task_id"); w.string(taskID)
+        if let retryOf { w.key("retry_of"); w.string(retryOf) }
         w.key("function"); w.string(spec.name)
         w.key("pool"); w.string(spec.pool)
         w.key("status"); w.string(status.rawValue)
@@ -184,10 +279,10 @@ public final class Gateway: Sendable {
         return .json(.accepted, w.bytes, headers: headers)
     }
 
-    private func publishQueued(spec: TaskSpec, args: JSONValue, taskID: String, queue: GatewayQueue) async -> Response {
+    private func publishQueued(spec: TaskSpec, args: JSONValue, taskID: String, queue: GatewayQueue, retryOf: String? = nil) async -> Response {
         let taskHeader: HTTPFields = [NeutrinoHeader.taskID: taskID]
         taskLog?.record(TaskEvent(taskID: taskID, kind: .queued, function: spec.name, pool: spec.pool, mode: spec.mode,
-                                  attempt: 0, args: args.jsonText))
+                                  attempt: 0, args: args.jsonText, detail: retryOf.map { "retry of \($0)" }))
         // The commit of the queued row and the publish run side by side; the 202 waits for both, so an id that was
         // answered always exists. (A worker may record `running` before the `queued` row commits: events apply in
         // any order.)
@@ -202,10 +297,11 @@ public final class Gateway: Sendable {
             taskLog?.record(TaskEvent(taskID: taskID, kind: .failed, function: spec.name, pool: spec.pool, mode: spec.mode,
                                       error: JSONWriter.taskErrorText(type: "QueueUnavailable", message: message)))
             logger.warning("publish failed", metadata: ["task_id": "\(taskID)", "error": "\(error)"])
+            NeutrinoMetrics.finished(task: spec.name, mode: spec.mode.rawValue, pool: spec.pool, status: TaskStatus.failed.rawValue)
             return Self.taskError(.serviceUnavailable, taskID: taskID, status: .failed, type: "QueueUnavailable", message: message,
                                   headers: taskHeader + [.retryAfter: "2"])
         }
-        return queuedAnswer(taskID: taskID, spec: spec, status: .queued)
+        return queuedAnswer(taskID: taskID, spec: spec, status: .queued, retryOf: retryOf)
     }
 
     /// `DELETE /tasks/<id>`: a queued task becomes `cancelled` and never runs; a running async task is interrupted
@@ -260,19 +356,75 @@ public final class Gateway: Sendable {
         }
     }
 
-    private func callSync(spec: TaskSpec, args: JSONValue) async -> Response {
+    /// `POST /tasks/<id>/retry`: runs a failed, timed-out or cancelled task again as a new task with the same
+    /// function and arguments; answers as the submit would (202 or the sync result), naming the original.
+    func retryTask(_ rawID: String) async -> Response {
+        guard let reader else { return Self.noTaskLog }
+        guard TaskID.isValid(rawID) else { return .error(.notFound, type: "TaskNotFound", message: "'\(rawID)' is not a task id") }
+        let id = rawID.lowercased()
+        await taskLog?.flush()
+        let record: TaskRecord
+        do {
+            guard let r = try await reader.record(id: id) else { return .error(.notFound, type: "TaskNotFound", message: "no task with id \(rawID)") }
+            record = r
+        } catch {
+            return .error(.serviceUnavailable, type: "TaskLogUnavailable", message: "\(error)")
+        }
+        guard [.failed, .timedOut, .cancelled].contains(record.status) else {
+            return .error(.conflict, type: "NotRetryable", message: "task \(id) is \(record.status.rawValue); only failed, timed_out or cancelled tasks can be retried") { w in
+                w.key("task_id"); w.string(id)
+                w.key("status"); w.string(record.status.rawValue)
+            }
+        }
+        guard let task = manifest.tasks[record.function] else {
+            return .error(.conflict, type: "NotRetryable", message: "the manifest no longer has a task named '\(record.function)'")
+        }
+        let args: JSONValue
+        do { args = try JSONParser.parse(Array((record.args ?? "{}").utf8)) } catch {
+            return .error(.conflict, type: "NotRetryable", message: "the stored arguments of \(id) are not valid JSON")
+        }
+        let issues = manifest.validate(args: args, for: task)
+        guard issues.isEmpty else {
+            return .error(.conflict, type: "NotRetryable", message: "the stored arguments no longer match the schema of '\(record.function)': \(issues[0])")
+        }
+        let retryHeader: HTTPFields = [Self.retryOf: id]
+        let spec = task.spec
+        NeutrinoMetrics.submitted(task: spec.name, mode: spec.mode.rawValue, pool: spec.pool)
+        guard spec.mode == .sync else {
+            guard let queue else {
+                return .error(.notImplemented, type: "NotSupported", message: "start the gateway with --nats URL to run queued tasks")
+            }
+            var response = await publishQueued(spec: spec, args: args, taskID: TaskID.make(), queue: queue, retryOf: id)
+            response.headers.append(contentsOf: retryHeader)
+            return response
+        }
+        var response = await callSync(spec: spec, args: args, retryOf: id)
+        response.headers.append(contentsOf: retryHeader)
+        return response
+    }
+
+    static let retryOf = HTTPField.Name("X-Neutrino-Retry-Of")!
+
+    private func callSync(spec: TaskSpec, args: JSONValue, retryOf: String? = nil) async -> Response {
         let taskID = TaskID.make()
         func event(_ kind: TaskEventKind, workerID: String? = nil, result: String? = nil, error: String? = nil,
                    durationMs: Double? = nil) -> TaskEvent {
             TaskEvent(taskID: taskID, kind: kind, function: spec.name, pool: spec.pool, mode: spec.mode, workerID: workerID,
                       attempt: kind == .pending ? 0 : 1, args: kind == .pending ? args.jsonText : nil, result: result,
-                      error: error, durationMs: durationMs)
+                      error: error, durationMs: durationMs, detail: kind == .pending ? retryOf.map { "retry of \($0)" } : nil)
         }
         // `pending` is recorded together with the outcome, in one batch: the worker's `running` makes the task
         // visible while it runs, and a sync call costs the task log one transaction instead of two.
         let pending = event(.pending)
+        let started = ContinuousClock.now
         func record(_ outcome: TaskEvent?, running: TaskEvent? = nil) {
             taskLog?.record(contentsOf: [pending] + (running.map { [$0] } ?? []) + (outcome.map { [$0] } ?? []))
+            let elapsed = ContinuousClock.now - started
+            if let final = outcome.flatMap({ TaskStatus(rawValue: $0.kind.rawValue) }) {
+                NeutrinoMetrics.finished(task: spec.name, mode: spec.mode.rawValue, pool: spec.pool, status: final.rawValue)
+            }
+            NeutrinoMetrics.recordDuration(NeutrinoMetrics.taskDuration, task: spec.name, mode: spec.mode.rawValue, pool: spec.pool,
+                                           milliseconds: Double(elapsed.components.seconds) * 1000 + Double(elapsed.components.attoseconds) / 1e15)
         }
         let taskHeader: HTTPFields = [NeutrinoHeader.taskID: taskID]
         guard let pool = pools[spec.pool] else {
@@ -386,6 +538,23 @@ public final class Gateway: Sendable {
         }
         if let f = query.get("function"), !f.isEmpty { filter.function = f }
         if let p = query.get("pool"), !p.isEmpty { filter.pool = p }
+        if let m = query.get("mode"), !m.isEmpty {
+            guard let mode = ExecutionMode(rawValue: m) else {
+                return .error(.badRequest, type: "BadRequest", message: "unknown mode '\(m)'; one of sync, async, gpu")
+            }
+            filter.mode = mode
+        }
+        for (name, keyPath) in [("since", \TaskListFilter.since), ("until", \TaskListFilter.until)] {
+            guard let text = query.get(name), !text.isEmpty else { continue }
+            guard let time = Self.parseTime(text) else {
+                return .error(.badRequest, type: "BadRequest", message: "\(name) must be an ISO-8601 time (2026-12-01T10:00:00Z) or epoch milliseconds")
+            }
+            filter[keyPath: keyPath] = time
+        }
+        if let q = query.get("q"), !q.isEmpty {
+            guard q.utf8.count <= 200 else { return .error(.badRequest, type: "BadRequest", message: "q must be at most 200 bytes") }
+            filter.nameContains = q
+        }
         if let l = query.get("limit"), !l.isEmpty {
             guard let limit = Int(l), (1...500).contains(limit) else {
                 return .error(.badRequest, type: "BadRequest", message: "limit must be an integer from 1 to 500")
@@ -413,6 +582,15 @@ public final class Gateway: Sendable {
             logger.error("task log read failed", metadata: ["error": "\(error)"])
             return .error(.serviceUnavailable, type: "TaskLogUnavailable", message: "\(error)")
         }
+    }
+
+    /// `2026-12-01T10:00:00Z`, with or without milliseconds, or epoch milliseconds.
+    static func parseTime(_ text: String) -> Timestamp? {
+        if let millis = Int64(text), millis >= 0 { return Timestamp(millis: millis) }
+        if let t = Timestamp(iso8601: text) { return t }
+        // Without milliseconds: insert them.
+        if text.hasSuffix("Z"), text.count == 20 { return Timestamp(iso8601: String(text.dropLast()) + ".000Z") }
+        return nil
     }
 
     func readiness() async -> Response {

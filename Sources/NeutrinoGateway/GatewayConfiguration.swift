@@ -17,6 +17,16 @@ public struct GatewayConfiguration: Sendable {
     public var natsURL: String?
     /// AckWait of the pool consumers the gateway provisions.
     public var ackWait: Duration
+    /// The folder `GET /` serves the dashboard from, if any.
+    public var dashboardDirectory: String?
+    /// A worker not heard from for this long leaves the live set.
+    public var heartbeatTimeout: Duration = .seconds(6)
+    /// `--scale POOL=MIN:MAX[:TARGET[:WINDOW]]` texts by pool, checked against the manifest's modes at start-up.
+    public var scaling: [String: String] = [:]
+    /// Cluster mode of the task log: consume NEUTRINO_EVENTS into this gateway's file and publish its own events there.
+    public var eventsViaNATS = false
+    /// Names this gateway's durable events consumer (`events_<id>`).
+    public var gatewayID = "gateway"
 
     public init(manifestPath: String, httpPools: [String: [String]], taskLogPath: String?, host: String = "127.0.0.1",
                 port: Int = 8080, maxBodyBytes: Int = 1 << 20, timeoutGraceMs: Int = 2000, natsURL: String? = nil,

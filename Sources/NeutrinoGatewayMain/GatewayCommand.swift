@@ -3,6 +3,7 @@ import Logging
 import NeutrinoCore
 import Foundation
 import NeutrinoGateway
+import NeutrinoObservability
 
 @main
 struct GatewayCommand: AsyncParsableCommand {
@@ -37,7 +38,40 @@ struct GatewayCommand: AsyncParsableCommand {
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
+    @Option(name: .customLong("log-format"), help: "text or json (one JSON object per line).")
+    var logFormat: String = "text"
+
+    @Option(name: .customLong("dashboard-dir"), help: "Serve the web dashboard from this folder at /.")
+    var dashboardDir: String?
+
+    @Option(name: .customLong("heartbeat-timeout"), help: "Seconds without a heartbeat after which a worker counts as gone.")
+    var heartbeatTimeout: Double = 6
+
+    @Option(name: .customLong("scale"), help: "Scaling policy of a pool: POOL=MIN:MAX[:TARGET[:DOWN_WINDOW_SECONDS]] (repeatable).")
+    var scale: [String] = []
+
+    @Flag(name: .customLong("events-via-nats"), help: "Cluster task log: apply the events workers publish on NEUTRINO_EVENTS to this gateway's file, and publish the gateway's own there.")
+    var eventsViaNATS = false
+
+    @Option(name: .customLong("gateway-id"), help: "This replica's id; names its events consumer (default: the host name).")
+    var gatewayID: String?
+
     func validate() throws {
+        guard LogFormat(rawValue: logFormat) != nil else { throw ValidationError("--log-format must be text or json") }
+        guard heartbeatTimeout > 0 else { throw ValidationError("--heartbeat-timeout must be positive") }
+        for s in scale {
+            guard let eq = s.firstIndex(of: "="), TaskSpec.isValidName(String(s[..<eq])) else {
+                throw ValidationError("--scale '\(s)' must be POOL=MIN:MAX[:TARGET[:DOWN_WINDOW_SECONDS]]")
+            }
+        }
+        if eventsViaNATS {
+            guard nats != nil, taskLog.hasPrefix("sqlite:") else {
+                throw ValidationError("--events-via-nats needs --nats URL and --task-log sqlite:PATH")
+            }
+        }
+        if let id = gatewayID, id.isEmpty || !id.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }) {
+            throw ValidationError("--gateway-id must be letters, digits, - and _")
+        }
         for p in httpPools where GatewayConfiguration.parsePool(p) == nil {
             throw ValidationError("--http-pool '\(p)' must be NAME=http://HOST:PORT[,http://HOST:PORT...] with NAME in [a-z0-9_]+")
         }
@@ -50,16 +84,27 @@ struct GatewayCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        let level = Logger.Level(rawValue: logLevel) ?? .info
+        Observability.bootstrap(logFormat: LogFormat(rawValue: logFormat) ?? .text, level: level)
         var logger = Logger(label: "neutrino.gateway")
-        logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
+        logger.logLevel = level
         var pools: [String: [String]] = [:]
         for p in httpPools {
             if let (name, urls) = GatewayConfiguration.parsePool(p) { pools[name, default: []] += urls }
         }
-        let configuration = GatewayConfiguration(
+        var configuration = GatewayConfiguration(
             manifestPath: manifest, httpPools: pools,
             taskLogPath: taskLog.hasPrefix("sqlite:") ? String(taskLog.dropFirst(7)) : nil,
             host: host, port: port, maxBodyBytes: maxBodyBytes, natsURL: nats, ackWait: .milliseconds(Int64(ackWait * 1000)))
+        configuration.dashboardDirectory = dashboardDir
+        configuration.heartbeatTimeout = .milliseconds(Int64(heartbeatTimeout * 1000))
+        for s in scale {
+            guard let eq = s.firstIndex(of: "=") else { continue }
+            configuration.scaling[String(s[..<eq])] = String(s[s.index(after: eq)...])
+        }
+        configuration.eventsViaNATS = eventsViaNATS
+        let hostName = ProcessInfo.processInfo.hostName.filter { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }
+        configuration.gatewayID = gatewayID ?? (hostName.isEmpty ? "gateway" : hostName)
         do {
             var queue: GatewayQueue?
             if let nats {

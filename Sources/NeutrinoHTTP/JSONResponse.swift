@@ -67,13 +67,17 @@ extension Request {
     }
 }
 
-/// A Hummingbird application on `host:port` that announces its bound address (see `announceListening`).
+/// A Hummingbird application on `host:port` that announces its bound address (see `announceListening`), counts
+/// every request in `neutrino_http_requests_total{route,code}`, and tells `onListening` the bound port.
 public func makeApplication(router: Router<BasicRequestContext>, host: String, port: Int, serverName: String,
-                            logger: Logger) -> some ApplicationProtocol {
+                            logger: Logger, onListening: @escaping @Sendable (Int) -> Void = { _ in }) -> some ApplicationProtocol {
     Application(
         router: router,
         configuration: .init(address: .hostname(host, port: port), serverName: serverName),
-        onServerRunning: { channel in announceListening(channel, host: host) },
+        onServerRunning: { channel in
+            announceListening(channel, host: host)
+            onListening(channel.localAddress?.port ?? 0)
+        },
         logger: logger)
 }
 

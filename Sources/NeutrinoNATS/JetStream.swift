@@ -156,11 +156,12 @@ public final class JetStream: Sendable {
 
     /// Creates the durable pull consumer, or updates it to this configuration (idempotent). Explicit acks,
     /// deliver-all, instant replay. `backOff` (redelivery delays after AckWait expires) needs
-    /// `maxDeliver > backOff.count`, and the server then takes `backOff[0]` as the AckWait.
+    /// `maxDeliver > backOff.count`, and the server then takes `backOff[0]` as the AckWait. `maxDeliver` -1 means
+    /// unlimited. `inactiveThreshold`: the server deletes the durable after that long without pull requests.
     @discardableResult
     public func ensureConsumer(stream: String, durable: String, filterSubject: String?, ackWait: Duration,
                                maxDeliver: Int, maxAckPending: Int = 1000,
-                               backOff: [Duration] = []) async throws -> ConsumerInfo {
+                               backOff: [Duration] = [], inactiveThreshold: Duration? = nil) async throws -> ConsumerInfo {
         let handle = self.handle
         return try await pool.run("js_AddConsumer") {
             let op = "js_AddConsumer"
@@ -176,6 +177,7 @@ public final class JetStream: Sendable {
             cfg.MaxDeliver = Int64(maxDeliver)
             cfg.MaxAckPending = Int64(maxAckPending)
             if let filterSubject { cfg.FilterSubject = try arena.string(filterSubject, op, what: "the filter subject") }
+            if let inactiveThreshold { cfg.InactiveThreshold = inactiveThreshold.natsNanoseconds }
             if !backOff.isEmpty {
                 let delays = try arena.array(of: Int64.self, count: backOff.count, op)
                 for (i, delay) in backOff.enumerated() { delays[i] = delay.natsNanoseconds }

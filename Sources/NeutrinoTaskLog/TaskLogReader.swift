@@ -67,7 +67,7 @@ public final class TaskLogReader: Sendable {
         }
     }
 
-    private func withStore<T: Sendable>(_ body: @escaping @Sendable (TaskLogStore) throws -> T) async throws -> T {
+    func withStore<T: Sendable>(_ body: @escaping @Sendable (TaskLogStore) throws -> T) async throws -> T {
         let path = self.path
         return try await pool.runIfActive { [connections] in
             let conn = try connections.pop() ?? UncheckedBox(SQLiteConnection(path: path))

@@ -5,7 +5,7 @@ import Glibc
 /// `task_events` keeps every lifecycle event. Timestamps are ISO-8601 UTC text with milliseconds, which sorts
 /// in time order.
 enum TaskLogSchema {
-    static let version = 2
+    static let version = 3
 
     static let statements = [
         """
@@ -32,6 +32,8 @@ enum TaskLogSchema {
         "CREATE INDEX IF NOT EXISTS idx_created_at ON tasks(created_at)",
         "CREATE INDEX IF NOT EXISTS idx_function_name ON tasks(function_name)",
         "CREATE INDEX IF NOT EXISTS idx_pool ON tasks(pool)",
+        // Last-minute throughput and durations per pool, for /pools (version 3).
+        "CREATE INDEX IF NOT EXISTS idx_completed_at ON tasks(completed_at)",
         """
         CREATE TABLE IF NOT EXISTS task_events (
             id INTEGER PRIMARY KEY,

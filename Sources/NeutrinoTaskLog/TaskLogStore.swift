@@ -147,6 +147,18 @@ struct TaskLogStore {
         if let s = filter.status { clauses.append("status = ?\(binds.count + 1)"); binds.append(s.rawValue) }
         if let f = filter.function { clauses.append("function_name = ?\(binds.count + 1)"); binds.append(f) }
         if let p = filter.pool { clauses.append("pool = ?\(binds.count + 1)"); binds.append(p) }
+        if let m = filter.mode { clauses.append("execution_mode = ?\(binds.count + 1)"); binds.append(m.rawValue) }
+        if let t = filter.since { clauses.append("created_at >= ?\(binds.count + 1)"); binds.append(t.iso8601) }
+        if let t = filter.until { clauses.append("created_at <= ?\(binds.count + 1)"); binds.append(t.iso8601) }
+        if let q = filter.nameContains {
+            var escaped = ""
+            for c in q {
+                if c == "\\" || c == "%" || c == "_" { escaped.append("\\") }
+                escaped.append(c)
+            }
+            clauses.append("function_name LIKE ?\(binds.count + 1) ESCAPE '\\'")
+            binds.append("%\(escaped)%")
+        }
         if let b = filter.before { clauses.append("id < ?\(binds.count + 1)"); binds.append(b) }
         let whereSQL = clauses.isEmpty ? "" : " WHERE " + clauses.joined(separator: " AND ")
         return try db.withStatement("SELECT \(TaskLogStore.columns) FROM tasks\(whereSQL) ORDER BY id DESC LIMIT \(max(1, filter.limit))") { stmt in
@@ -172,13 +184,25 @@ public struct TaskListFilter: Sendable, Hashable {
     public var status: TaskStatus?
     public var function: String?
     public var pool: String?
+    public var mode: ExecutionMode?
+    /// `created_at` bounds, inclusive.
+    public var since: Timestamp?
+    public var until: Timestamp?
+    /// A case-insensitive substring of the task name.
+    public var nameContains: String?
     public var before: String?
     public var limit: Int
 
-    public init(status: TaskStatus? = nil, function: String? = nil, pool: String? = nil, before: String? = nil, limit: Int = 50) {
+    public init(status: TaskStatus? = nil, function: String? = nil, pool: String? = nil, mode: ExecutionMode? = nil,
+                since: Timestamp? = nil, until: Timestamp? = nil, nameContains: String? = nil, before: String? = nil,
+                limit: Int = 50) {
         self.status = status
         self.function = function
         self.pool = pool
+        self.mode = mode
+        self.since = since
+        self.until = until
+        self.nameContains = nameContains
         self.before = before
         self.limit = limit
     }

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Metrics
 import NeutrinoCore
 
 /// Takes lifecycle events off the request path: `record` appends to a queue (microseconds) and one dedicated
@@ -143,9 +144,12 @@ public final class TaskLogWriter: Sendable {
     /// Commits a batch, retrying while another process holds the write lock past the busy timeout.
     private static func commit(_ batch: [TaskEvent], store: TaskLogStore, logger: Logger) {
         var attempt = 0
+        let started = DispatchTime.now().uptimeNanoseconds
         while true {
             do {
                 try store.apply(batch)
+                batchSizes.record(batch.count)
+                writeTimes.recordNanoseconds(Int64(DispatchTime.now().uptimeNanoseconds - started))
                 return
             } catch {
                 attempt += 1
@@ -159,6 +163,10 @@ public final class TaskLogWriter: Sendable {
         }
     }
 }
+
+/// Batch sizes and commit latency (`neutrino_tasklog_batch_size`, `neutrino_tasklog_write_seconds`).
+private let batchSizes = Recorder(label: "neutrino_tasklog_batch_size")
+private let writeTimes = Metrics.Timer(label: "neutrino_tasklog_write_seconds")
 
 /// Moves a non-Sendable value to the one thread that will own it from then on.
 struct UncheckedBox<T>: @unchecked Sendable {

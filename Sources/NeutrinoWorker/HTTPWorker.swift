@@ -2,8 +2,9 @@ import Hummingbird
 import Logging
 import NeutrinoCore
 import NeutrinoHTTP
+import NeutrinoNATS
+import NeutrinoObservability
 import NeutrinoPython
-import NeutrinoTaskLog
 import Synchronization
 
 /// `neutrino-worker --mode http`: serves `POST /api/<task>` for the sync tasks of its pool on top of a
@@ -12,10 +13,12 @@ public struct HTTPWorker: Sendable {
     let configuration: WorkerConfiguration
     let specs: [String: TaskSpec]
     let executor: PythonExecutor
-    let taskLog: TaskLogWriter?
+    let taskLog: any TaskEventSink
+    let heartbeats: HeartbeatPublisher?
     let logger: Logger
 
-    public init(configuration: WorkerConfiguration, runtime: PythonRuntime, taskLog: TaskLogWriter?, logger: Logger) {
+    init(configuration: WorkerConfiguration, runtime: PythonRuntime, taskLog: any TaskEventSink, connection: NATSConnection?,
+         logger: Logger) {
         self.configuration = configuration
         // Only this pool's sync tasks are served here; a task of another pool is a routing mistake (404).
         self.specs = Dictionary(uniqueKeysWithValues: runtime.tasks
@@ -24,16 +27,31 @@ public struct HTTPWorker: Sendable {
         self.executor = PythonExecutor(runtime: runtime, threads: configuration.concurrency, maxQueued: configuration.maxQueued)
         self.taskLog = taskLog
         self.logger = logger
+        let executor = self.executor
+        heartbeats = connection.map {
+            HeartbeatPublisher(connection: $0, configuration: configuration, gpu: false, busy: { executor.load.busy }, logger: logger)
+        }
     }
 
     public func run() async throws {
         let router = Router()
         router.get("/healthz") { _, _ in self.health() }
+        router.get("/readyz") { _, _ in self.health() }
         router.post("/api/:task") { request, context in
             await self.call(request, task: context.parameters.get("task") ?? "")
         }
+        let executor = self.executor
+        let labels = [("pool", configuration.pool), ("worker", configuration.workerID)]
+        router.addMetricsRoute {
+            NeutrinoMetrics.gauge(NeutrinoMetrics.workerInFlight, labels, Double(executor.load.busy))
+            NeutrinoMetrics.gauge(NeutrinoMetrics.workerSlots, labels, Double(executor.threadCount))
+        }
+        router.add(middleware: RequestMetricsMiddleware())
+        let heartbeats = self.heartbeats
+        let host = configuration.host
         let app = makeApplication(router: router, host: configuration.host, port: configuration.port,
-                                  serverName: "neutrino-worker", logger: logger)
+                                  serverName: "neutrino-worker", logger: logger,
+                                  onListening: { port in heartbeats?.listening(host: host, port: port) })
         if specs.isEmpty {
             logger.warning("the app has no sync task in this pool", metadata: ["pool": "\(configuration.pool)"])
         }
@@ -41,9 +59,13 @@ public struct HTTPWorker: Sendable {
             "worker_id": "\(configuration.workerID)", "pool": "\(configuration.pool)", "mode": "http",
             "concurrency": "\(configuration.concurrency)", "tasks": "\(specs.keys.sorted().joined(separator: ","))",
         ])
+        let beating = Task { await heartbeats?.run() }
+        defer { beating.cancel() }
         try await app.runService()
+        beating.cancel()
+        await heartbeats?.stopping()
         executor.shutdown()
-        await taskLog?.close()
+        await taskLog.close()
     }
 
     private func health() -> Response {
@@ -83,7 +105,7 @@ public struct HTTPWorker: Sendable {
         let outcome = await executor.run(task: name, payload: payload, timeoutMs: spec.timeoutMs) {
             let now = Timestamp.now()
             started.set(now)
-            taskLog?.record(TaskEvent(taskID: taskID, kind: .running, at: now, function: spec.name, pool: spec.pool,
+            taskLog.record(TaskEvent(taskID: taskID, kind: .running, at: now, function: spec.name, pool: spec.pool,
                                       mode: spec.mode, workerID: workerID, attempt: attempt))
         }
         let reply = TaskReply(taskID: taskID, spec: spec, workerID: workerID, attempt: attempt, outcome: outcome)
@@ -91,7 +113,7 @@ public struct HTTPWorker: Sendable {
             // Nothing ran: the caller may send it elsewhere; nothing is logged here.
             return .error(.serviceUnavailable, type: "WorkerUnavailable", message: reason, headers: [.retryAfter: "1"])
         }
-        taskLog?.record(Self.outcomeEvent(taskID: taskID, spec: spec, workerID: workerID, attempt: attempt, reply: reply))
+        taskLog.record(Self.outcomeEvent(taskID: taskID, spec: spec, workerID: workerID, attempt: attempt, reply: reply))
         if reply.status == .timedOut {
             logger.warning("task timed out", metadata: ["task_id": "\(taskID)", "task": "\(name)", "timeout_ms": "\(spec.timeoutMs)"])
         }

@@ -1,9 +1,13 @@
 import Foundation
+import Hummingbird
 import Logging
 import NeutrinoCore
+import NeutrinoHTTP
 import NeutrinoNATS
+import NeutrinoObservability
 import NeutrinoPython
 import NeutrinoTaskLog
+import ServiceLifecycle
 import Synchronization
 
 /// `neutrino-worker --mode nats`: pulls its pool's tasks from JetStream and runs them on the executor.
@@ -20,14 +24,16 @@ public final class NATSWorker: Sendable {
     let configuration: WorkerConfiguration
     let specs: [String: TaskSpec]
     let executor: PythonExecutor
-    let taskLog: TaskLogWriter?
+    let taskLog: any TaskEventSink
     let reader: TaskLogReader?
+    let connection: NATSConnection
     let logger: Logger
     private let inFlight = Mutex<[String: JetStreamMessage]>([:])
     private let cancelled = Mutex(CancelledSet())
     private let draining = Atomic<Bool>(false)
 
-    public init(configuration: WorkerConfiguration, runtime: PythonRuntime, taskLog: TaskLogWriter?, logger: Logger) throws {
+    init(configuration: WorkerConfiguration, runtime: PythonRuntime, taskLog: any TaskEventSink, connection: NATSConnection,
+         logger: Logger) throws {
         self.configuration = configuration
         self.specs = Dictionary(uniqueKeysWithValues: runtime.tasks
             .filter { $0.pool == configuration.pool && $0.mode.isQueued }
@@ -35,6 +41,7 @@ public final class NATSWorker: Sendable {
         self.executor = PythonExecutor(runtime: runtime, threads: configuration.concurrency, maxQueued: configuration.concurrency)
         self.taskLog = taskLog
         if case .sqlite(let path) = configuration.taskLog { reader = try TaskLogReader(path: path, threads: 1) } else { reader = nil }
+        self.connection = connection
         self.logger = logger
     }
 
@@ -48,8 +55,10 @@ public final class NATSWorker: Sendable {
             "gpu": "\(gpu)",
         ])
         if specs.isEmpty { logger.warning("the app has no async or gpu task in this pool", metadata: ["pool": "\(pool)"]) }
-        let connection = try await NATSConnection.connect(url: url, name: configuration.workerID, logger: logger)
         let js = try connection.jetStream()
+        let executor = self.executor
+        let heartbeats = HeartbeatPublisher(connection: connection, configuration: configuration, gpu: !gpu.hasPrefix("none"),
+                                            busy: { executor.load.busy }, logger: logger)
         // NATS may come up after the worker (a pod starting before the StatefulSet): keep trying, as the gateway does.
         var attempt = 0
         let subscription: PullSubscription
@@ -70,27 +79,61 @@ public final class NATSWorker: Sendable {
         let signals = SignalWatcher(signals: [SIGTERM, SIGINT]) { [self] signal in
             if !draining.exchange(true, ordering: .relaxed) {
                 logger.notice("draining: no new tasks; finishing the running ones", metadata: ["signal": "\(signal)"])
+                Task { await heartbeats.stopping() }
             }
         }
         print("consuming \(QueueLayout.consumer(pool: pool)) from \(url)")
         fflush(nil)
+        let server = healthServer(heartbeats: heartbeats)
 
         await withTaskGroup(of: Void.self) { group in
             group.addTask { [self] in
                 for await data in cancels.messages { self.noteCancel(data) }
             }
+            group.addTask {
+                do { try await server.run() } catch { self.logger.error("health server failed", metadata: ["error": "\(error)"]) }
+            }
+            let beating = Task { await heartbeats.run() }
             group.addTask { [self] in
                 await self.fetchLoop(subscription: subscription, js: js)
+                beating.cancel()
                 cancels.close()
+                await server.triggerGracefulShutdown()
             }
         }
         signals.cancel()
         executor.shutdown()
         subscription.close()
-        await taskLog?.close()
+        await taskLog.close()
         await reader?.shutdown()
-        await connection.close()
         logger.notice("worker stopped")
+    }
+
+    /// `/healthz`, `/readyz` (503 while draining or disconnected) and `/metrics` on `--host:--port`, for probes and
+    /// scrapes. Its own service group, without signal handling: SIGTERM drains the worker, which then stops it.
+    private func healthServer(heartbeats: HeartbeatPublisher) -> ServiceGroup {
+        let router = Router()
+        router.get("/healthz") { _, _ in Response.json(.ok, Array(#"{"status":"ok"}"#.utf8)) }
+        router.get("/readyz") { _, _ in
+            if self.draining.load(ordering: .relaxed) {
+                return Response.error(.serviceUnavailable, type: "NotReady", message: "draining")
+            }
+            if !self.connection.isConnected {
+                return Response.error(.serviceUnavailable, type: "NotReady", message: "NATS: not connected")
+            }
+            return Response.json(.ok, Array(#"{"status":"ready"}"#.utf8))
+        }
+        let executor = self.executor
+        let labels = [("pool", configuration.pool), ("worker", configuration.workerID)]
+        router.addMetricsRoute {
+            NeutrinoMetrics.gauge(NeutrinoMetrics.workerInFlight, labels, Double(executor.load.busy))
+            NeutrinoMetrics.gauge(NeutrinoMetrics.workerSlots, labels, Double(executor.threadCount))
+        }
+        router.add(middleware: RequestMetricsMiddleware())
+        let host = configuration.host
+        let app = makeApplication(router: router, host: host, port: configuration.port, serverName: "neutrino-worker",
+                                  logger: logger, onListening: { port in heartbeats.listening(host: host, port: port) })
+        return ServiceGroup(configuration: .init(services: [app], gracefulShutdownSignals: [], logger: logger))
     }
 
     private func fetchLoop(subscription: PullSubscription, js: JetStream) async {
@@ -194,7 +237,7 @@ public final class NATSWorker: Sendable {
         }
         let taskLog = self.taskLog
         let outcome = await executor.run(task: name, tag: taskID, payload: payload, timeoutMs: spec.timeoutMs) {
-            taskLog?.record(event(.running))
+            taskLog.record(event(.running))
         }
         heartbeat.cancel()
         _ = inFlight.withLock { $0.removeValue(forKey: taskID) }
@@ -228,10 +271,8 @@ public final class NATSWorker: Sendable {
     /// Records `event`, waits until it is committed, then settles the message: a task is never acknowledged
     /// before its outcome is in the task log.
     private func finish(_ message: JetStreamMessage, _ event: TaskEvent, settle: Settle) async {
-        if let taskLog {
-            taskLog.record(event)
-            await taskLog.flush()
-        }
+        taskLog.record(event)
+        await taskLog.flush()
         do {
             switch settle {
             // A lost ack means a redelivery, which the terminal row makes a no-op (see reasonToSkip).

@@ -1,13 +1,16 @@
 import NeutrinoCore
 
-/// Where lifecycle events go: straight into the shared SQLite file, or nowhere (a worker run by hand).
+/// Where lifecycle events go: straight into the shared SQLite file, published on NATS for the gateway to record
+/// (`nats`, for pools spread over nodes), or nowhere (a worker run by hand).
 public enum TaskLogTarget: Sendable, Hashable {
     case sqlite(path: String)
+    case nats
     case none
 
-    /// Parses `sqlite:PATH` or `none`.
+    /// Parses `sqlite:PATH`, `nats` or `none`.
     public init?(argument: String) {
         if argument == "none" { self = .none; return }
+        if argument == "nats" { self = .nats; return }
         guard argument.hasPrefix("sqlite:"), argument.count > "sqlite:".count else { return nil }
         self = .sqlite(path: String(argument.dropFirst("sqlite:".count)))
     }
@@ -37,6 +40,8 @@ public struct WorkerConfiguration: Sendable {
     public var ackWait: Duration
     /// How long SIGTERM waits for running tasks before handing them back to the queue.
     public var drainGrace: Duration
+    /// How often the worker announces itself on `neutrino.heartbeat.<pool>` (with `--nats`).
+    public var heartbeatInterval: Duration = .seconds(2)
 
     public init(mode: WorkerMode, pool: String, app: String, host: String = "127.0.0.1", port: Int = 0,
                 concurrency: Int = 2, taskLog: TaskLogTarget = .none, pythonPaths: [String] = [],

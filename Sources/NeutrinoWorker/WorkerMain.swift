@@ -1,34 +1,54 @@
 import Logging
 import NeutrinoCore
+import NeutrinoEvents
+import NeutrinoNATS
 import NeutrinoPython
 import NeutrinoTaskLog
 
-/// Starts a worker: the interpreter and the app first (a broken app fails before any port opens), then the
-/// task log, then the server of the chosen mode.
+/// Starts a worker: the interpreter and the app first (a broken app fails before any port opens), then NATS (when
+/// given: the queue, heartbeats, events), then the task log, then the server of the chosen mode.
 public enum Worker {
     public static func run(_ configuration: WorkerConfiguration, logger: Logger) async throws {
         let runtime = try PythonRuntime.start(app: configuration.app, paths: configuration.pythonPaths)
-        let taskLog: TaskLogWriter?
+        var connection: NATSConnection?
+        if let url = configuration.natsURL {
+            connection = try await NATSConnection.connect(url: url, name: configuration.workerID, logger: logger)
+        }
+        let taskLog: (any TaskEventSink)?
         switch configuration.taskLog {
         case .sqlite(let path): taskLog = try TaskLogWriter(path: path, logger: logger)
+        case .nats:
+            guard let connection else { throw WorkerError(message: "--task-log nats needs --nats URL") }
+            let js = try connection.jetStream()
+            // The stream may not be creatable yet (NATS still starting): the publisher keeps events until it is.
+            Task {
+                for attempt in 0..<Int.max {
+                    do { _ = try await EventStreamProvisioning.ensureStream(js); return } catch {
+                        if attempt % 20 == 0 { logger.warning("cannot provision the events stream yet; retrying", metadata: ["error": "\(error)"]) }
+                        try? await Task.sleep(for: .milliseconds(500))
+                    }
+                }
+            }
+            taskLog = NATSEventPublisher(jetStream: js, logger: logger)
         case .none: taskLog = nil
         }
-        if let taskLog {
-            let specs = Dictionary(runtime.tasks.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
-            let workerID = configuration.workerID
-            ProgressReporting.install { report in
-                guard let spec = specs[report.task] else { return }
-                taskLog.record(TaskEvent(taskID: report.taskID, kind: .progress, function: spec.name, pool: spec.pool,
-                                         mode: spec.mode, workerID: workerID, attempt: report.attempt,
-                                         progress: report.fraction, detail: report.message))
-            }
+        let sink = ObservedSink(taskLog, logger: logger)
+        let specs = Dictionary(runtime.tasks.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
+        let workerID = configuration.workerID
+        ProgressReporting.install { report in
+            guard let spec = specs[report.task] else { return }
+            sink.record(TaskEvent(taskID: report.taskID, kind: .progress, function: spec.name, pool: spec.pool,
+                                  mode: spec.mode, workerID: workerID, attempt: report.attempt,
+                                  progress: report.fraction, detail: report.message))
         }
         switch configuration.mode {
         case .http:
-            try await HTTPWorker(configuration: configuration, runtime: runtime, taskLog: taskLog, logger: logger).run()
+            try await HTTPWorker(configuration: configuration, runtime: runtime, taskLog: sink, connection: connection, logger: logger).run()
         case .nats:
-            try await NATSWorker(configuration: configuration, runtime: runtime, taskLog: taskLog, logger: logger).run()
+            guard let connection else { throw WorkerError(message: "--mode nats needs --nats URL") }
+            try await NATSWorker(configuration: configuration, runtime: runtime, taskLog: sink, connection: connection, logger: logger).run()
         }
+        await connection?.close()
     }
 }
 

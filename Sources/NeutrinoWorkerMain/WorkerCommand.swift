@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import NeutrinoCore
+import NeutrinoObservability
 import NeutrinoWorker
 
 @main
@@ -19,7 +20,7 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(help: "The app: a .py file, a module, or module:attr.")
     var app: String
 
-    @Option(help: "Address to listen on (http mode).")
+    @Option(help: "Address to listen on (http mode: sync calls; nats mode: /healthz, /readyz, /metrics).")
     var host: String = "127.0.0.1"
 
     @Option(help: "Port to listen on; 0 picks a free one (printed as 'listening on http://HOST:PORT').")
@@ -28,7 +29,7 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(help: "Python threads: how many tasks run at once.")
     var concurrency: Int = 2
 
-    @Option(name: .customLong("task-log"), help: "Where lifecycle events go: sqlite:PATH or none.")
+    @Option(name: .customLong("task-log"), help: "Where lifecycle events go: sqlite:PATH, nats (published on NEUTRINO_EVENTS for the gateway to record) or none.")
     var taskLog: String = "none"
 
     @Option(name: .customLong("python-path"), help: "A folder to put first on sys.path (repeatable), e.g. the SDK's.")
@@ -40,7 +41,7 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(name: .customLong("max-body-bytes"), help: "Largest request body accepted.")
     var maxBodyBytes: Int = 16 << 20
 
-    @Option(help: "NATS server URL for --mode nats, e.g. nats://127.0.0.1:4222.")
+    @Option(help: "NATS server URL, e.g. nats://127.0.0.1:4222: the queue (--mode nats), heartbeats, --task-log nats.")
     var nats: String?
 
     @Option(name: .customLong("ack-wait"), help: "Seconds JetStream waits for an ack before redelivering (--mode nats); heartbeats keep running tasks alive.")
@@ -52,26 +53,38 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
+    @Option(name: .customLong("heartbeat-interval"), help: "Seconds between heartbeats on neutrino.heartbeat.<pool> (with --nats).")
+    var heartbeatInterval: Double = 2
+
+    @Option(name: .customLong("log-format"), help: "text or json (one JSON object per line).")
+    var logFormat: String = "text"
+
     func validate() throws {
+        guard LogFormat(rawValue: logFormat) != nil else { throw ValidationError("--log-format must be text or json") }
+        guard heartbeatInterval >= 0.05 else { throw ValidationError("--heartbeat-interval must be at least 0.05 s") }
+        if taskLog == "nats" && nats == nil { throw ValidationError("--task-log nats needs --nats URL") }
         guard WorkerMode(rawValue: mode) != nil else { throw ValidationError("--mode must be http or nats") }
         guard TaskSpec.isValidName(pool) else { throw ValidationError("--pool must match [a-z0-9_]+") }
         guard (1...256).contains(concurrency) else { throw ValidationError("--concurrency must be 1...256") }
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535") }
-        guard TaskLogTarget(argument: taskLog) != nil else { throw ValidationError("--task-log must be sqlite:PATH or none") }
+        guard TaskLogTarget(argument: taskLog) != nil else { throw ValidationError("--task-log must be sqlite:PATH, nats or none") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
         if mode == "nats" && nats == nil { throw ValidationError("--mode nats needs --nats URL") }
         guard ackWait >= 0.5, drainGrace >= 0 else { throw ValidationError("--ack-wait must be at least 0.5 s and --drain-grace not negative") }
     }
 
     func run() async throws {
+        let level = Logger.Level(rawValue: logLevel) ?? .info
+        Observability.bootstrap(logFormat: LogFormat(rawValue: logFormat) ?? .text, level: level)
         var logger = Logger(label: "neutrino.worker")
-        logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
+        logger.logLevel = level
         let id = workerID ?? "\(pool)-\(ProcessInfo.processInfo.hostName)-\(getpid())"
-        let configuration = WorkerConfiguration(
+        var configuration = WorkerConfiguration(
             mode: WorkerMode(rawValue: mode) ?? .http, pool: pool, app: app, host: host, port: port,
             concurrency: concurrency, taskLog: TaskLogTarget(argument: taskLog) ?? .none, pythonPaths: pythonPaths,
             workerID: id, maxBodyBytes: maxBodyBytes, natsURL: nats,
             ackWait: .milliseconds(Int64(ackWait * 1000)), drainGrace: .milliseconds(Int64(drainGrace * 1000)))
+        configuration.heartbeatInterval = .milliseconds(Int64(heartbeatInterval * 1000))
         logger[metadataKey: "worker_id"] = "\(id)"
         do {
             try await Worker.run(configuration, logger: logger)

@@ -1,0 +1,12 @@
+/// Where a process sends task lifecycle events: the SQLite task log directly (`TaskLogWriter`), or NATS
+/// (`NATSEventPublisher`, `--task-log nats`) for a gateway to record.
+///
+/// `record` never blocks the caller on I/O; `flush` is the durability point (a NATS worker acknowledges a task
+/// message only after `flush` returns for its terminal event).
+public protocol TaskEventSink: Sendable {
+    func record(_ event: TaskEvent)
+    func record(contentsOf events: [TaskEvent])
+    /// Returns once everything recorded before the call is durable (committed / acknowledged).
+    func flush() async
+    func close() async
+}

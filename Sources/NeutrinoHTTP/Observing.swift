@@ -1,0 +1,42 @@
+import HTTPTypes
+import Hummingbird
+import Metrics
+import NIOCore
+import NeutrinoObservability
+
+/// Counts requests by matched route and status code (`neutrino_http_requests_total`). The route is the
+/// router's pattern (`/tasks/{id}`), never the raw path, so the label set stays bounded.
+public struct RequestMetricsMiddleware<Context: RequestContext>: RouterMiddleware {
+    public init() {}
+
+    public func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            let response = try await next(request, context)
+            count(route: context.endpointPath, code: response.status.code)
+            return response
+        } catch let error as any HTTPResponseError {
+            count(route: context.endpointPath, code: error.status.code)
+            throw error
+        } catch {
+            count(route: context.endpointPath, code: 500)
+            throw error
+        }
+    }
+
+    private func count(route: String?, code: Int) {
+        Counter(label: NeutrinoMetrics.httpRequests, dimensions: [("route", route ?? "unmatched"), ("code", String(code))]).increment()
+    }
+}
+
+extension Router where Context == BasicRequestContext {
+    /// `GET /metrics`: the process's registry in the Prometheus text format. `refresh` runs first (gauges that are
+    /// read on demand, e.g. a worker's busy threads).
+    public func addMetricsRoute(refresh: @escaping @Sendable () -> Void = {}) {
+        get("/metrics") { _, _ in
+            refresh()
+            let bytes = Observability.registry.emitToBuffer()
+            return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                            body: ResponseBody(byteBuffer: ByteBuffer(bytes: bytes)))
+        }
+    }
+}

@@ -1,0 +1,55 @@
+import Metrics
+
+/// The metric names both executables export (`neutrino_` prefix, base units, `_total` counters), and small
+/// helpers so a call site names a metric once. The list and its meaning: docs/observability-contract.md.
+public enum NeutrinoMetrics {
+    public static let httpRequests = "neutrino_http_requests_total"
+    public static let tasksSubmitted = "neutrino_tasks_submitted_total"
+    public static let tasksFinished = "neutrino_tasks_total"
+    public static let taskDuration = "neutrino_task_duration_seconds"
+    public static let taskExecution = "neutrino_task_execution_seconds"
+    public static let workerInFlight = "neutrino_worker_tasks_in_flight"
+    public static let workerSlots = "neutrino_worker_slots"
+    public static let queuePending = "neutrino_queue_pending"
+    public static let queueInFlight = "neutrino_queue_in_flight"
+    public static let queueRedelivered = "neutrino_queue_redelivered"
+    public static let queueDepth = "neutrino_queue_depth"
+    public static let queueOldestAge = "neutrino_queue_oldest_age_seconds"
+    public static let dlqDepth = "neutrino_dlq_depth"
+    public static let workersAlive = "neutrino_workers_alive"
+    public static let desiredReplicas = "neutrino_pool_desired_replicas"
+    public static let tasklogBatchSize = "neutrino_tasklog_batch_size"
+    public static let tasklogWrite = "neutrino_tasklog_write_seconds"
+    public static let eventsApplied = "neutrino_events_applied_total"
+
+    /// Task durations from half a millisecond to ten minutes.
+    static let durationBuckets: [Duration] = [
+        .microseconds(500), .milliseconds(1), .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(25),
+        .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1), .milliseconds(2500),
+        .seconds(5), .seconds(10), .seconds(30), .seconds(60), .seconds(300), .seconds(600),
+    ]
+    static let batchSizeBuckets: [Double] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 4096]
+
+    public static func taskLabels(task: String, mode: String, pool: String) -> [(String, String)] {
+        [("task", task), ("mode", mode), ("pool", pool)]
+    }
+
+    /// A task reached a terminal status.
+    public static func finished(task: String, mode: String, pool: String, status: String) {
+        Counter(label: tasksFinished, dimensions: taskLabels(task: task, mode: mode, pool: pool) + [("status", status)]).increment()
+    }
+
+    public static func submitted(task: String, mode: String, pool: String) {
+        Counter(label: tasksSubmitted, dimensions: taskLabels(task: task, mode: mode, pool: pool)).increment()
+    }
+
+    public static func recordDuration(_ name: String, task: String, mode: String, pool: String, milliseconds: Double) {
+        guard milliseconds.isFinite, milliseconds >= 0 else { return }
+        Metrics.Timer(label: name, dimensions: taskLabels(task: task, mode: mode, pool: pool))
+            .recordNanoseconds(Int64(milliseconds * 1_000_000))
+    }
+
+    public static func gauge(_ name: String, _ labels: [(String, String)] = [], _ value: Double) {
+        Gauge(label: name, dimensions: labels).record(value)
+    }
+}

@@ -1,0 +1,55 @@
+import Foundation
+import Logging
+import Metrics
+import Prometheus
+
+/// How log lines are written: `text` for people, `json` (one object per line) for log collectors.
+public enum LogFormat: String, Sendable, CaseIterable {
+    case text
+    case json
+}
+
+/// Process-wide logging and metrics set-up for both executables: swift-log writes text or JSON lines to stderr,
+/// swift-metrics reports into one Prometheus registry that `GET /metrics` renders.
+public enum Observability {
+    private static let state = BootstrapState()
+
+    /// Bootstraps logging and metrics once per process and returns the registry `/metrics` renders.
+    @discardableResult
+    public static func bootstrap(logFormat: LogFormat, level: Logger.Level) -> PrometheusCollectorRegistry {
+        state.once {
+            LoggingSystem.bootstrap { label in
+                switch logFormat {
+                case .text:
+                    var handler = StreamLogHandler.standardError(label: label)
+                    handler.logLevel = level
+                    return handler
+                case .json:
+                    return JSONLogHandler(label: label, level: level)
+                }
+            }
+            var factory = PrometheusMetricsFactory(registry: state.registry)
+            factory.defaultDurationHistogramBuckets = NeutrinoMetrics.durationBuckets
+            factory.valueHistogramBuckets = [NeutrinoMetrics.tasklogBatchSize: NeutrinoMetrics.batchSizeBuckets]
+            MetricsSystem.bootstrap(factory)
+        }
+        return state.registry
+    }
+
+    /// The registry metrics land in (also before `bootstrap`, for tests that render it).
+    public static var registry: PrometheusCollectorRegistry { state.registry }
+}
+
+private final class BootstrapState: @unchecked Sendable {  // guarded by `lock`
+    private let lock = NSLock()
+    private var done = false
+    let registry = PrometheusCollectorRegistry()
+
+    func once(_ body: () -> Void) {
+        lock.lock()
+        defer { lock.unlock() }
+        guard !done else { return }
+        done = true
+        body()
+    }
+}

@@ -1,0 +1,58 @@
+import Foundation
+import Logging
+import NeutrinoCore
+import NeutrinoNATS
+import Synchronization
+
+/// Announces this worker on `neutrino.heartbeat.<pool>` every `interval`: id, pool, mode, threads, busy threads,
+/// GPU visibility, version, start time, and its HTTP address once it listens. A last heartbeat with
+/// `stopping: true` tells the gateway at once that the worker drains.
+final class HeartbeatPublisher: Sendable {
+    private let connection: NATSConnection
+    private let template: WorkerHeartbeat
+    private let interval: Duration
+    private let busy: @Sendable () -> Int
+    private let url = Mutex<String?>(nil)
+    private let logger: Logger
+
+    init(connection: NATSConnection, configuration: WorkerConfiguration, gpu: Bool, busy: @escaping @Sendable () -> Int, logger: Logger) {
+        self.connection = connection
+        self.interval = configuration.heartbeatInterval
+        self.busy = busy
+        self.logger = logger
+        template = WorkerHeartbeat(
+            workerID: configuration.workerID, pool: configuration.pool, mode: configuration.mode.rawValue,
+            concurrency: configuration.concurrency, busy: 0, gpu: gpu, version: NeutrinoVersion.current, startedAt: .now(),
+            host: ProcessInfo.processInfo.hostName, pid: Int(getpid()), url: nil)
+    }
+
+    /// Records where the worker's HTTP server listens (`http://HOST:PORT`), for the next heartbeats.
+    func listening(host: String, port: Int) {
+        url.withLock { $0 = "http://\(host):\(port)" }
+    }
+
+    /// Publishes until the surrounding task is cancelled.
+    func run() async {
+        while !Task.isCancelled {
+            await publish(stopping: false)
+            try? await Task.sleep(for: interval)
+        }
+    }
+
+    /// The last heartbeat: the worker is draining and takes no new work.
+    func stopping() async {
+        await publish(stopping: true)
+    }
+
+    private func publish(stopping: Bool) async {
+        var beat = template
+        beat.busy = busy()
+        beat.url = url.withLock { $0 }
+        beat.stopping = stopping
+        do {
+            try await connection.publish(subject: WorkerHeartbeat.subject(pool: beat.pool), data: beat.json)
+        } catch {
+            logger.debug("heartbeat not sent", metadata: ["error": "\(error)"])
+        }
+    }
+}
