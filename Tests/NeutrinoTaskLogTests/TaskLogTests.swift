@@ -116,3 +116,52 @@ struct TaskLogTests {
         for name in ["idx_status", "idx_created_at", "idx_function_name", "idx_pool"] { #expect(indexes.contains(name)) }
     }
 }
+
+struct TaskLogStatsTests {
+    @Test func poolStatsAndFeed() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("neutrino-stats-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("tasks.db").path
+        let writer = try TaskLogWriter(path: path)
+        let reader = try TaskLogReader(path: path)
+        var events: [TaskEvent] = []
+        for i in 0..<10 {
+            let id = TaskID.make()
+            events.append(TaskEvent(taskID: id, kind: .queued, function: "slow", pool: "async", mode: .async))
+            if i < 6 {
+                events.append(TaskEvent(taskID: id, kind: .running, function: "slow", pool: "async", mode: .async, workerID: "w", attempt: 1))
+                if i < 5 {
+                    events.append(TaskEvent(taskID: id, kind: i == 4 ? .failed : .completed, function: "slow", pool: "async", mode: .async,
+                                            workerID: "w", attempt: 1, durationMs: Double((i + 1) * 10)))
+                }
+            }
+        }
+        writer.record(contentsOf: events)
+        await writer.flush()
+        let stats = try await reader.poolStats(since: Timestamp(millis: Timestamp.now().millis - 60_000))
+        let async = try #require(stats["async"])
+        #expect(async.queued == 4)
+        #expect(async.running == 1)
+        #expect(async.completed == 4)
+        #expect(async.failed == 1)
+        #expect(async.p50Ms == 30)
+        #expect(async.p95Ms == 50)
+        #expect(async.oldestQueued != nil)
+
+        let all = try await reader.events(afterID: 0)
+        #expect(all.count == events.count)
+        #expect(all.map(\.id) == all.map(\.id).sorted())
+        #expect(all.allSatisfy { $0.function == "slow" && $0.pool == "async" })
+        let last = try await reader.lastEventID()
+        #expect(try await reader.events(afterID: last).isEmpty)
+        #expect(try await reader.events(afterID: 0, limit: 3).count == 3)
+
+        let named = try await reader.list(TaskListFilter(mode: .async, nameContains: "LO", limit: 100))
+        #expect(named.count == 10)
+        #expect(try await reader.list(TaskListFilter(nameContains: "%", limit: 100)).isEmpty)
+        #expect(try await reader.list(TaskListFilter(until: Timestamp(millis: 0), limit: 100)).isEmpty)
+        await writer.close()
+        await reader.shutdown()
+    }
+}

@@ -1,0 +1,78 @@
+import Foundation
+import Logging
+import NeutrinoCore
+import NeutrinoNATS
+import NeutrinoTaskLog
+
+let testLogger: Logger = {
+    var logger = Logger(label: "neutrino.events.test")
+    logger.logLevel = .critical
+    return logger
+}()
+
+/// Runs `body` with a fresh server, a connection and a JetStream context; tears all down afterwards.
+func withJetStream(publishTimeout: Duration = .seconds(2),
+                   _ body: (NATSServerProcess, NATSConnection, JetStream) async throws -> Void) async throws {
+    let server = try await NATSServerProcess.start()
+    defer { server.destroy() }
+    var options = NATSConnection.Options()
+    options.reconnectWait = .milliseconds(100)
+    let connection = try await NATSConnection.connect(url: server.url, name: "neutrino-events-test", logger: testLogger,
+                                                      options: options)
+    do {
+        let js = try connection.jetStream(requestTimeout: .seconds(2), publishTimeout: publishTimeout)
+        try await body(server, connection, js)
+    } catch {
+        await connection.close()
+        throw error
+    }
+    await connection.close()
+}
+
+/// Polls `condition` every 50 ms, at most `attempts` times; true as soon as it holds.
+func eventually(attempts: Int = 200, _ condition: () async throws -> Bool) async rethrows -> Bool {
+    for _ in 0..<attempts {
+        if try await condition() { return true }
+        try? await Task.sleep(for: .milliseconds(50))
+    }
+    return false
+}
+
+func tempTaskLogPath() -> String {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("neutrino-events-\(UUID().uuidString)")
+    try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    return dir.appendingPathComponent("tasks.db").path
+}
+
+/// One task's life as a NATS worker (and the gateway's `pending`) would record it: pending, running, progress,
+/// completed.
+func lifecycle(_ id: String, pool: String = "gpu", worker: String = "w1", base: Int64 = 1_700_000_000_000) -> [TaskEvent] {
+    [
+        TaskEvent(taskID: id, kind: .pending, at: Timestamp(millis: base), function: "embed", pool: pool, mode: .gpu,
+                  attempt: 0, args: #"{ "text" : "é\"q\"" , "n":[1, 2.50] }"#),
+        TaskEvent(taskID: id, kind: .running, at: Timestamp(millis: base + 1), function: "embed", pool: pool, mode: .gpu,
+                  workerID: worker, attempt: 1),
+        TaskEvent(taskID: id, kind: .progress, at: Timestamp(millis: base + 2), function: "embed", pool: pool, mode: .gpu,
+                  workerID: worker, attempt: 1, progress: 0.5, detail: "half"),
+        TaskEvent(taskID: id, kind: .completed, at: Timestamp(millis: base + 3), function: "embed", pool: pool, mode: .gpu,
+                  workerID: worker, attempt: 1, result: #"{"v": [0.1,0.2]}"#, durationMs: 12.345),
+    ]
+}
+
+/// Checks that every task of `ids` has its row completed with the exact texts, and each lifecycle event once.
+func expectLifecycleRows(_ ids: [String], reader: TaskLogReader) async throws -> [String] {
+    var problems: [String] = []
+    for id in ids {
+        guard let (record, events) = try await reader.recordWithEvents(id: id) else {
+            problems.append("\(id): no row")
+            continue
+        }
+        if record.status != .completed { problems.append("\(id): status \(record.status)") }
+        if record.args != #"{ "text" : "é\"q\"" , "n":[1, 2.50] }"# { problems.append("\(id): args \(record.args ?? "nil")") }
+        if record.result != #"{"v": [0.1,0.2]}"# { problems.append("\(id): result \(record.result ?? "nil")") }
+        if record.durationMs != 12.345 { problems.append("\(id): duration \(String(describing: record.durationMs))") }
+        let kinds = events.map(\.event).sorted()
+        if kinds != ["completed", "pending", "running"] { problems.append("\(id): events \(kinds)") }
+    }
+    return problems
+}

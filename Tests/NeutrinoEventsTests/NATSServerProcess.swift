@@ -1,0 +1,113 @@
+import Foundation
+import Logging
+import NeutrinoNATS
+
+/// (A copy of NeutrinoNATSTests' helper: test targets cannot share sources.)
+/// A real `nats-server -js` on a free loopback port with its own store directory, for one test.
+final class NATSServerProcess: @unchecked Sendable {
+    let port: Int
+    let storeDir: String
+    private var process: Process?
+
+    var url: String { "nats://127.0.0.1:\(port)" }
+
+    private init(port: Int, storeDir: String) {
+        self.port = port
+        self.storeDir = storeDir
+    }
+
+    /// Starts a server on a free port and a fresh store directory.
+    static func start() async throws -> NATSServerProcess {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("neutrino-nats-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let server = NATSServerProcess(port: try freePort(), storeDir: dir)
+        try await server.restart()
+        return server
+    }
+
+    /// A server that is not started yet (for connecting before the server is up).
+    static func notStarted() throws -> NATSServerProcess {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("neutrino-nats-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        return NATSServerProcess(port: try freePort(), storeDir: dir)
+    }
+
+    /// Starts (again) on the same port and store directory; returns once it accepts TCP connections.
+    func restart() async throws {
+        precondition(process == nil, "already running")
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Self.executable)
+        process.arguments = ["-js", "-a", "127.0.0.1", "-p", String(port), "-sd", storeDir]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        self.process = process
+        for _ in 0..<500 {  // 10 s at most
+            if Self.accepts(port: port) { return }
+            if !process.isRunning { break }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        stop()
+        throw ServerError.notListening(port)
+    }
+
+    /// Stops the server (SIGTERM, SIGKILL after 5 s) and waits for it to exit.
+    func stop() {
+        guard let process else { return }
+        self.process = nil
+        if process.isRunning { process.terminate() }
+        for _ in 0..<250 where process.isRunning { usleep(20_000) }
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            for _ in 0..<250 where process.isRunning { usleep(20_000) }
+        }
+    }
+
+    /// Stops the server and removes its store.
+    func destroy() {
+        stop()
+        try? FileManager.default.removeItem(atPath: storeDir)
+    }
+
+    enum ServerError: Error { case notListening(Int), noFreePort }
+
+    static let executable: String = {
+        for path in ["/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"]
+        where FileManager.default.isExecutableFile(atPath: path) { return path }
+        return "nats-server"
+    }()
+
+    private static func freePort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw ServerError.noFreePort }
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = 0
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard bound == 0 else { throw ServerError.noFreePort }
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let named = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        guard named == 0 else { throw ServerError.noFreePort }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    private static func accepts(port: Int) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = UInt16(port).bigEndian
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        } == 0
+    }
+}
+
