@@ -3,6 +3,7 @@
 
 SHELL := /bin/bash
 DEBIAN_PACKAGES := nats-server libnats-dev libpython3-dev libsqlite3-dev libssl-dev python3-venv sqlite3
+BROWSER_PACKAGES := chromium chromium-driver
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -10,7 +11,7 @@ APP ?= examples/app.py
 PORT ?= 8080
 SWIFT_BUILD_FLAGS ?=
 
-.PHONY: up test bench deps debs venv build build-release swift-test python-test e2e-test clean
+.PHONY: up test bench deps debs browser-deps venv build build-release swift-test python-test e2e-test clean
 
 debs:
 	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -18,6 +19,30 @@ debs:
 		echo "installing Debian packages: $$missing"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
+
+# Headless Chromium + chromedriver for the dashboard's browser tests (tests/e2e/test_dashboard.py).
+browser-deps:
+	@missing=$$(for p in $(BROWSER_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages: $$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+# kubectl renders the kustomizations in tests/k8s (`kubectl kustomize`). Debian 12 ships it as kubernetes-client
+# (kubectl 1.20, kustomize v2.0.3, which k8s/ is written for); any newer kubectl already on PATH is used as is.
+K8S_PACKAGES := kubernetes-client
+.PHONY: k8s-deps k8s-test
+
+k8s-deps:
+	@if ! command -v kubectl >/dev/null 2>&1; then \
+		echo "installing Debian packages: $(K8S_PACKAGES)"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(K8S_PACKAGES); \
+	fi
+
+# The manifest tests: render k8s/ and its overlays, validate every object, run the rendered command lines on the
+# real binaries (.build/debug; that part is skipped when they are not built).
+k8s-test: k8s-deps venv
+	NEUTRINO_BIN_DIR=$(CURDIR)/.build/debug $(PY) -m pytest -q tests/k8s
 
 $(VENV)/.installed: python/pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -48,10 +73,11 @@ python-test:
 e2e-test:
 	NEUTRINO_BIN_DIR=$(CURDIR)/.build/debug $(PY) -m pytest -q tests/e2e
 
-test: deps
+test: deps browser-deps k8s-deps
 	$(MAKE) swift-test
 	$(MAKE) python-test
 	$(MAKE) e2e-test
+	$(MAKE) k8s-test
 
 bench: build-release
 	PYTHON=$(CURDIR)/$(PY) BENCH_SKIP_BUILD=1 bash bench/run.sh
