@@ -10,7 +10,12 @@ public enum QueueLayout {
     /// Subjects of the dead-letter stream.
     public static let deadLetterSubjects = "neutrino.dlq.>"
     /// Pool names that would collide with the layout's own subjects.
-    public static let reservedPools: Set<String> = ["dlq", "control", "events", "heartbeat"]
+    public static let reservedPools: Set<String> = ["dlq", "control", "events", "heartbeat", "cancelled"]
+    /// `NEUTRINO_CANCELLED`: one message per task cancelled while queued (`neutrino.cancelled.<task_id>`), kept a
+    /// day, so a worker without the task log (`--task-log nats`) can still tell it must not run.
+    public static let cancelledStream = "NEUTRINO_CANCELLED"
+    public static let cancelledSubjects = "neutrino.cancelled.*"
+    public static func cancelledSubject(taskID: String) -> String { "neutrino.cancelled.\(taskID)" }
 
     /// `neutrino.<pool>.<task>`: where the gateway publishes a task.
     public static func taskSubject(pool: String, task: String) -> String { "neutrino.\(pool).\(task)" }

@@ -253,6 +253,29 @@ public final class JetStream: Sendable {
         }
     }
 
+    /// Reads the newest message stored on `subject` (`js_GetLastMsg`); nil when there is none.
+    public func lastMessage(stream: String, subject: String) async throws -> StoredMessage? {
+        let handle = self.handle
+        return try await pool.run("js_GetLastMsg") {
+            let op = "js_GetLastMsg"
+            let arena = CArena()
+            let cStream = try arena.string(stream, op, what: "the stream name")
+            let cSubject = try arena.string(subject, op, what: "the subject")
+            var msg: OpaquePointer?
+            var jerr = jsErrCode(0)
+            let s = js_GetLastMsg(&msg, handle.pointer, cStream, cSubject, nil, &jerr)
+            if s == NATS_NOT_FOUND { return nil }
+            guard s == NATS_OK, let msg else {
+                let error = NATSError.library(op, s, jsErrCode: jerr, connection: handle.connection.pointer)
+                if error.isNotFound { return nil }
+                throw error
+            }
+            defer { natsMsg_Destroy(msg) }
+            return StoredMessage(subject: swiftString(natsMsg_GetSubject(msg)), sequence: natsMsg_GetSequence(msg),
+                                 data: messageData(msg), headers: allHeaders(msg), timestampNanos: natsMsg_GetTime(msg))
+        }
+    }
+
     /// Deletes the message stored at `sequence` (`js_DeleteMsg`).
     public func deleteMessage(stream: String, sequence: UInt64) async throws {
         let handle = self.handle

@@ -188,9 +188,14 @@ public final class NATSWorker: Sendable {
 
     /// Why `id` must not run: cancelled (broadcast to this worker), or already terminal in the task log
     /// (cancelled while queued, or finished by an earlier delivery).
-    private func reasonToSkip(_ id: String) async -> String? {
+    private func reasonToSkip(_ id: String, js: JetStream) async -> String? {
         if cancelled.withLock({ $0.contains(id) }) { return "cancelled" }
-        guard let reader, let record = try? await reader.record(id: id), record.status.isTerminal else { return nil }
+        guard let reader else {
+            // No task log here (--task-log nats): the gateway stores cancellations of queued tasks on a stream.
+            let marker = try? await js.lastMessage(stream: QueueLayout.cancelledStream, subject: QueueLayout.cancelledSubject(taskID: id))
+            return marker == nil ? nil : "cancelled"
+        }
+        guard let record = try? await reader.record(id: id), record.status.isTerminal else { return nil }
         return record.status.rawValue
     }
 
@@ -210,7 +215,7 @@ public final class NATSWorker: Sendable {
             TaskEvent(taskID: taskID, kind: kind, function: spec.name, pool: spec.pool, mode: spec.mode,
                       workerID: workerID, attempt: attempt, result: result, error: error, durationMs: durationMs)
         }
-        if let reason = await reasonToSkip(taskID) {
+        if let reason = await reasonToSkip(taskID, js: js) {
             try? message.ack()
             logger.info("skipped a task that must not run", metadata: ["task_id": "\(taskID)", "status": "\(reason)"])
             return
