@@ -249,7 +249,7 @@ class NeutrinoSide:
         for i in range(1, WORKERS + 1):
             argv = [str(common.WORKER_BIN), "--mode", "nats", "--pool", "async", "--app", str(BENCH / "async_app.py"),
                     "--concurrency", str(CONCURRENCY), "--task-log", f"sqlite:{self.db}", "--nats", url,
-                    "--python-path", str(REPO / "python"), "--drain-grace", "5"]
+                    "--python-path", str(REPO / "python"), "--drain-grace", "5", "--log-level", "warning"]
             workers.append(Proc(f"neutrino-nats-worker-{i}", argv, self.state / f"neutrino-nats-worker-{i}.log"))
         self.procs += workers
         for w in workers:

@@ -348,7 +348,10 @@ def start_worker(ctx: Ctx, name: str, db: Path) -> Proc:
     argv = [str(WORKER_BIN), "--mode", "http", "--pool", "fast",
                        "--app", "examples/app.py", "--port", "0", "--concurrency", "2",
                        "--task-log", f"sqlite:{db}",
-                       "--python-path", str(REPO / "python")]
+                       "--python-path", str(REPO / "python"),
+                       # One log line per lifecycle event is the default; the comparison runs uvicorn with
+                       # --log-level warning and no access log, so the workers log warnings only here too.
+                       "--log-level", "warning"]
     return Proc(name, argv, ctx.state / f"{name}.log")
 
 
