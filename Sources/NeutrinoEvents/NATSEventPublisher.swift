@@ -34,6 +34,9 @@ public final class NATSEventPublisher: TaskEventSink {
         public var maxRejections = 5
         /// How long `close` waits for the queue to be published.
         public var closeTimeout: Duration = .seconds(10)
+        /// The most bytes of args + result + error one event may carry: below NATS's default `max_payload` (1 MiB),
+        /// which would refuse the message. A larger result becomes a `ResultTooLarge` failure, not a lost event.
+        public var maxValueBytes = 900_000
 
         public init() {}
     }
@@ -112,7 +115,9 @@ public final class NATSEventPublisher: TaskEventSink {
     public var pending: Int { queue.pending }
 
     private func admit<C: Collection>(_ events: C) where C.Element == TaskEvent {
-        let (dropped, reason) = queue.append(events)
+        let limit = options.maxValueBytes
+        let fits = events.allSatisfy { Self.valueBytes($0) <= limit }
+        let (dropped, reason) = fits ? queue.append(events) : queue.append(events.map { bounded($0, limit: limit) })
         guard dropped > 0 else { return }
         let total = queue.snapshot.dropped
         // Log the first drop of a run and then every 10,000th, not once per event.
@@ -123,5 +128,29 @@ public final class NATSEventPublisher: TaskEventSink {
                 "task_id": "\(events.first?.taskID ?? "")",
             ])
         }
+    }
+
+    static func valueBytes(_ e: TaskEvent) -> Int {
+        (e.args?.utf8.count ?? 0) + (e.result?.utf8.count ?? 0) + (e.error?.utf8.count ?? 0) + (e.detail?.utf8.count ?? 0)
+    }
+
+    /// An event too large for one NATS message, made to fit: a result turns the outcome into a `ResultTooLarge`
+    /// failure (the task must not look completed without its result), other values are replaced by a note.
+    private func bounded(_ event: TaskEvent, limit: Int) -> TaskEvent {
+        guard Self.valueBytes(event) > limit else { return event }
+        var e = event
+        let size = Self.valueBytes(event)
+        logger.error("task event too large for NATS; replaced", metadata: ["task_id": "\(e.taskID)", "event": "\(e.kind.rawValue)", "bytes": "\(size)"])
+        if e.result != nil {
+            e.kind = .failed
+            e.result = nil
+            e.error = JSONWriter.taskErrorText(type: "ResultTooLarge",
+                                               message: "the result is \(size) bytes; with --task-log nats an event carries at most \(limit)")
+        } else if (e.error?.utf8.count ?? 0) > limit / 2 {
+            e.error = JSONWriter.taskErrorText(type: "ErrorTooLarge", message: "the error report was \(e.error?.utf8.count ?? 0) bytes")
+        }
+        if (e.args?.utf8.count ?? 0) > limit / 2 { e.args = #"{"_truncated":true}"# }
+        if (e.detail?.utf8.count ?? 0) > 4096 { e.detail = String(e.detail?.prefix(4096) ?? "") }
+        return e
     }
 }

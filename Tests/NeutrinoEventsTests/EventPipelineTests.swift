@@ -61,6 +61,33 @@ struct EventPipelineTests {
         }
     }
 
+    @Test func aResultTooLargeForNATSBecomesAFailureNotALostEvent() async throws {
+        try await withJetStream { _, _, js in
+            let path = tempTaskLogPath()
+            let writer = try TaskLogWriter(path: path, logger: testLogger)
+            let reader = try TaskLogReader(path: path, threads: 1)
+            var options = publisherOptions()
+            options.maxValueBytes = 1000
+            let publisher = NATSEventPublisher(jetStream: js, logger: testLogger, options: options)
+            let id = TaskID.make()
+            var events = lifecycle(id)
+            events[3].result = "\"" + String(repeating: "x", count: 5000) + "\""
+            publisher.record(contentsOf: events)
+            #expect(await publisher.flush(timeout: .seconds(30)))
+            #expect(publisher.dropped == 0)
+            let consumer = EventStreamConsumer(jetStream: js, id: "gw", sink: writer, logger: testLogger, options: consumerOptions())
+            consumer.start()
+            #expect(await eventually { consumer.eventsApplied >= UInt64(events.count) })
+            await consumer.stop()
+            let record = try #require(try await reader.record(id: id))
+            #expect(record.status == .failed)
+            #expect(record.error?.contains("ResultTooLarge") == true)
+            await publisher.close()
+            await writer.close()
+            await reader.shutdown()
+        }
+    }
+
     @Test func aConsumerRestartedBetweenCommitAndAckReplaysWithoutDuplicates() async throws {
         try await withJetStream { _, _, js in
             let path = tempTaskLogPath()
