@@ -92,14 +92,17 @@ let package = Package(
         .testTarget(name: "NeutrinoTaskLogTests", dependencies: ["NeutrinoTaskLog"], swiftSettings: swiftSettings),
         .testTarget(name: "NeutrinoPythonTests", dependencies: ["NeutrinoPython"], swiftSettings: swiftSettings),
         .target(name: "NeutrinoNATS", dependencies: ["NeutrinoCore", "NeutrinoThreads", "CNats", .product(name: "Logging", package: "swift-log")], swiftSettings: swiftSettings),
-        .testTarget(name: "NeutrinoNATSTests", dependencies: ["NeutrinoNATS"], swiftSettings: swiftSettings),
+        // A real nats-server per test, for the test targets that need NATS (not a product).
+        .target(name: "NeutrinoTestSupport", dependencies: ["NeutrinoNATS", .product(name: "Logging", package: "swift-log")],
+                path: "Tests/NeutrinoTestSupport", swiftSettings: swiftSettings),
+        .testTarget(name: "NeutrinoNATSTests", dependencies: ["NeutrinoNATS", "NeutrinoTestSupport"], swiftSettings: swiftSettings),
         // Task lifecycle events over NATS (`--task-log nats`): the codec, the stream, the worker's publisher,
         // the gateway's consumer into the task log.
         .target(name: "NeutrinoEvents", dependencies: [
             "NeutrinoCore", "NeutrinoTaskLog", "NeutrinoNATS", "NeutrinoThreads",
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: swiftSettings),
-        .testTarget(name: "NeutrinoEventsTests", dependencies: ["NeutrinoEvents", "NeutrinoTaskLog", "NeutrinoNATS"],
+        .testTarget(name: "NeutrinoEventsTests", dependencies: ["NeutrinoEvents", "NeutrinoTaskLog", "NeutrinoNATS", "NeutrinoTestSupport"],
                     swiftSettings: swiftSettings),
     ],
     swiftLanguageModes: [.v6]

@@ -304,20 +304,36 @@ public final class Gateway: Sendable {
         return queuedAnswer(taskID: taskID, spec: spec, status: .queued, retryOf: retryOf)
     }
 
+    private enum Lookup {
+        case found(TaskRecord)
+        case answer(Response)
+    }
+
+    /// The task `rawID` names, read after this gateway's own events are committed; or the answer saying why there
+    /// is none (404 unknown, 503 no task log).
+    private func existingTask(_ rawID: String) async -> Lookup {
+        guard let reader else { return .answer(Self.noTaskLog) }
+        guard TaskID.isValid(rawID) else { return .answer(.error(.notFound, type: "TaskNotFound", message: "'\(rawID)' is not a task id")) }
+        await taskLog?.flush()
+        do {
+            guard let record = try await reader.record(id: rawID.lowercased()) else {
+                return .answer(.error(.notFound, type: "TaskNotFound", message: "no task with id \(rawID)"))
+            }
+            return .found(record)
+        } catch {
+            return .answer(.error(.serviceUnavailable, type: "TaskLogUnavailable", message: "\(error)"))
+        }
+    }
+
     /// `DELETE /tasks/<id>`: a queued task becomes `cancelled` and never runs; a running async task is interrupted
     /// by its worker (202, `cancelling`); a finished task answers 409.
     func cancelTask(_ rawID: String) async -> Response {
-        guard let reader else { return Self.noTaskLog }
-        guard TaskID.isValid(rawID) else { return .error(.notFound, type: "TaskNotFound", message: "'\(rawID)' is not a task id") }
-        let id = rawID.lowercased()
-        await taskLog?.flush()
         let record: TaskRecord
-        do {
-            guard let r = try await reader.record(id: id) else { return .error(.notFound, type: "TaskNotFound", message: "no task with id \(rawID)") }
-            record = r
-        } catch {
-            return .error(.serviceUnavailable, type: "TaskLogUnavailable", message: "\(error)")
+        switch await existingTask(rawID) {
+        case .found(let r): record = r
+        case .answer(let response): return response
         }
+        let id = record.id
         func answer(_ code: HTTPResponse.Status, _ status: String) -> Response {
             var w = JSONWriter()
             w.beginObject()
@@ -360,17 +376,12 @@ public final class Gateway: Sendable {
     /// `POST /tasks/<id>/retry`: runs a failed, timed-out or cancelled task again as a new task with the same
     /// function and arguments; answers as the submit would (202 or the sync result), naming the original.
     func retryTask(_ rawID: String) async -> Response {
-        guard let reader else { return Self.noTaskLog }
-        guard TaskID.isValid(rawID) else { return .error(.notFound, type: "TaskNotFound", message: "'\(rawID)' is not a task id") }
-        let id = rawID.lowercased()
-        await taskLog?.flush()
         let record: TaskRecord
-        do {
-            guard let r = try await reader.record(id: id) else { return .error(.notFound, type: "TaskNotFound", message: "no task with id \(rawID)") }
-            record = r
-        } catch {
-            return .error(.serviceUnavailable, type: "TaskLogUnavailable", message: "\(error)")
+        switch await existingTask(rawID) {
+        case .found(let r): record = r
+        case .answer(let response): return response
         }
+        let id = record.id
         guard [.failed, .timedOut, .cancelled].contains(record.status) else {
             return .error(.conflict, type: "NotRetryable", message: "task \(id) is \(record.status.rawValue); only failed, timed_out or cancelled tasks can be retried") { w in
                 w.key("task_id"); w.string(id)

@@ -40,13 +40,7 @@ public struct HTTPWorker: Sendable {
         router.post("/api/:task") { request, context in
             await self.call(request, task: context.parameters.get("task") ?? "")
         }
-        let executor = self.executor
-        let labels = [("pool", configuration.pool), ("worker", configuration.workerID)]
-        router.addMetricsRoute {
-            NeutrinoMetrics.gauge(NeutrinoMetrics.workerInFlight, labels, Double(executor.load.busy))
-            NeutrinoMetrics.gauge(NeutrinoMetrics.workerSlots, labels, Double(executor.threadCount))
-        }
-        router.add(middleware: RequestMetricsMiddleware())
+        router.addWorkerMetrics(executor: executor, configuration: configuration)
         let heartbeats = self.heartbeats
         let host = configuration.host
         let app = makeApplication(router: router, host: configuration.host, port: configuration.port,
@@ -141,6 +135,19 @@ public struct HTTPWorker: Sendable {
         return TaskEvent(taskID: taskID, kind: kind, function: spec.name, pool: spec.pool, mode: spec.mode, workerID: workerID,
                          attempt: attempt, result: reply.status == .completed ? reply.outcome : nil,
                          error: reply.status == .completed ? nil : reply.outcome, durationMs: reply.durationMs)
+    }
+}
+
+extension Router where Context == BasicRequestContext {
+    /// `/metrics` of a worker (either mode), with its busy and total Python threads read at each scrape, and the
+    /// request counter.
+    func addWorkerMetrics(executor: PythonExecutor, configuration: WorkerConfiguration) {
+        let labels = [("pool", configuration.pool), ("worker", configuration.workerID)]
+        addMetricsRoute {
+            NeutrinoMetrics.gauge(NeutrinoMetrics.workerInFlight, labels, Double(executor.load.busy))
+            NeutrinoMetrics.gauge(NeutrinoMetrics.workerSlots, labels, Double(executor.threadCount))
+        }
+        add(middleware: RequestMetricsMiddleware())
     }
 }
 

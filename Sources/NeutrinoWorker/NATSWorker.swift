@@ -123,13 +123,7 @@ public final class NATSWorker: Sendable {
             }
             return Response.json(.ok, Array(#"{"status":"ready"}"#.utf8))
         }
-        let executor = self.executor
-        let labels = [("pool", configuration.pool), ("worker", configuration.workerID)]
-        router.addMetricsRoute {
-            NeutrinoMetrics.gauge(NeutrinoMetrics.workerInFlight, labels, Double(executor.load.busy))
-            NeutrinoMetrics.gauge(NeutrinoMetrics.workerSlots, labels, Double(executor.threadCount))
-        }
-        router.add(middleware: RequestMetricsMiddleware())
+        router.addWorkerMetrics(executor: executor, configuration: configuration)
         let host = configuration.host
         let app = makeApplication(router: router, host: host, port: configuration.port, serverName: "neutrino-worker",
                                   logger: logger, onListening: { port in heartbeats.listening(host: host, port: port) })

@@ -3,40 +3,7 @@ import Logging
 import NeutrinoCore
 import NeutrinoNATS
 import NeutrinoTaskLog
-
-let testLogger: Logger = {
-    var logger = Logger(label: "neutrino.events.test")
-    logger.logLevel = .critical
-    return logger
-}()
-
-/// Runs `body` with a fresh server, a connection and a JetStream context; tears all down afterwards.
-func withJetStream(publishTimeout: Duration = .seconds(2),
-                   _ body: (NATSServerProcess, NATSConnection, JetStream) async throws -> Void) async throws {
-    let server = try await NATSServerProcess.start()
-    defer { server.destroy() }
-    var options = NATSConnection.Options()
-    options.reconnectWait = .milliseconds(100)
-    let connection = try await NATSConnection.connect(url: server.url, name: "neutrino-events-test", logger: testLogger,
-                                                      options: options)
-    do {
-        let js = try connection.jetStream(requestTimeout: .seconds(2), publishTimeout: publishTimeout)
-        try await body(server, connection, js)
-    } catch {
-        await connection.close()
-        throw error
-    }
-    await connection.close()
-}
-
-/// Polls `condition` every 50 ms, at most `attempts` times; true as soon as it holds.
-func eventually(attempts: Int = 200, _ condition: () async throws -> Bool) async rethrows -> Bool {
-    for _ in 0..<attempts {
-        if try await condition() { return true }
-        try? await Task.sleep(for: .milliseconds(50))
-    }
-    return false
-}
+@_exported import NeutrinoTestSupport
 
 func tempTaskLogPath() -> String {
     let dir = FileManager.default.temporaryDirectory.appendingPathComponent("neutrino-events-\(UUID().uuidString)")

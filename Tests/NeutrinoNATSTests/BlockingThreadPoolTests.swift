@@ -1,3 +1,4 @@
+import NeutrinoTestSupport
 import Foundation
 import Testing
 @testable import NeutrinoNATS

@@ -2,14 +2,14 @@ import Foundation
 import Logging
 import NeutrinoNATS
 
-/// (A copy of NeutrinoNATSTests' helper: test targets cannot share sources.)
-/// A real `nats-server -js` on a free loopback port with its own store directory, for one test.
-final class NATSServerProcess: @unchecked Sendable {
-    let port: Int
-    let storeDir: String
+/// A real `nats-server -js` on a free loopback port with its own store directory, for one test (shared by the
+/// test targets that need NATS).
+public final class NATSServerProcess: @unchecked Sendable {
+    public let port: Int
+    public let storeDir: String
     private var process: Process?
 
-    var url: String { "nats://127.0.0.1:\(port)" }
+    public var url: String { "nats://127.0.0.1:\(port)" }
 
     private init(port: Int, storeDir: String) {
         self.port = port
@@ -17,7 +17,7 @@ final class NATSServerProcess: @unchecked Sendable {
     }
 
     /// Starts a server on a free port and a fresh store directory.
-    static func start() async throws -> NATSServerProcess {
+    public static func start() async throws -> NATSServerProcess {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("neutrino-nats-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let server = NATSServerProcess(port: try freePort(), storeDir: dir)
@@ -26,14 +26,14 @@ final class NATSServerProcess: @unchecked Sendable {
     }
 
     /// A server that is not started yet (for connecting before the server is up).
-    static func notStarted() throws -> NATSServerProcess {
+    public static func notStarted() throws -> NATSServerProcess {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("neutrino-nats-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         return NATSServerProcess(port: try freePort(), storeDir: dir)
     }
 
     /// Starts (again) on the same port and store directory; returns once it accepts TCP connections.
-    func restart() async throws {
+    public func restart() async throws {
         precondition(process == nil, "already running")
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Self.executable)
@@ -52,7 +52,7 @@ final class NATSServerProcess: @unchecked Sendable {
     }
 
     /// Stops the server (SIGTERM, SIGKILL after 5 s) and waits for it to exit.
-    func stop() {
+    public func stop() {
         guard let process else { return }
         self.process = nil
         if process.isRunning { process.terminate() }
@@ -64,7 +64,7 @@ final class NATSServerProcess: @unchecked Sendable {
     }
 
     /// Stops the server and removes its store.
-    func destroy() {
+    public func destroy() {
         stop()
         try? FileManager.default.removeItem(atPath: storeDir)
     }
@@ -111,3 +111,34 @@ final class NATSServerProcess: @unchecked Sendable {
     }
 }
 
+public let testLogger: Logger = {
+    var logger = Logger(label: "neutrino.nats.test")
+    logger.logLevel = .critical
+    return logger
+}()
+
+/// Runs `body` with a fresh server, a connection and a JetStream context; tears all down afterwards.
+public func withJetStream(publishTimeout: Duration = .seconds(5), requestTimeout: Duration = .seconds(5), options: NATSConnection.Options = NATSConnection.Options(),
+                   _ body: (NATSServerProcess, NATSConnection, JetStream) async throws -> Void) async throws {
+    let server = try await NATSServerProcess.start()
+    defer { server.destroy() }
+    let connection = try await NATSConnection.connect(url: server.url, name: "neutrino-test", logger: testLogger,
+                                                      options: options)
+    do {
+        let js = try connection.jetStream(requestTimeout: requestTimeout, publishTimeout: publishTimeout)
+        try await body(server, connection, js)
+    } catch {
+        await connection.close()
+        throw error
+    }
+    await connection.close()
+}
+
+/// Polls `condition` every 50 ms, at most `attempts` times; true as soon as it holds.
+public func eventually(attempts: Int = 200, _ condition: () async throws -> Bool) async rethrows -> Bool {
+    for _ in 0..<attempts {
+        if try await condition() { return true }
+        try? await Task.sleep(for: .milliseconds(50))
+    }
+    return false
+}
