@@ -88,6 +88,8 @@ public final class Gateway: Sendable {
 
     public func run() async throws {
         let router = Router()
+        // Hummingbird applies a middleware to the routes added after it: count every route.
+        router.add(middleware: RequestMetricsMiddleware())
         router.get("/healthz") { _, _ in Response.json(.ok, Array(#"{"status":"ok"}"#.utf8)) }
         router.get("/readyz") { _, _ in await self.readiness() }
         router.get("/openapi.json") { _, _ in Response.json(.ok, self.manifest.document) }
@@ -109,7 +111,6 @@ public final class Gateway: Sendable {
         router.get("/pools") { _, _ in Response.json(.ok, self.monitor.snapshot) }
         router.get("/events") { request, _ in await self.eventStream(request) }
         router.addMetricsRoute()
-        router.add(middleware: RequestMetricsMiddleware())
         if let directory = configuration.dashboardDirectory {
             router.add(middleware: FileMiddleware(directory, searchForIndexHtml: true, logger: logger))
         }

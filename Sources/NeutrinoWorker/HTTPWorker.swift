@@ -1,3 +1,4 @@
+import Foundation
 import Hummingbird
 import Logging
 import NeutrinoCore
@@ -35,12 +36,12 @@ public struct HTTPWorker: Sendable {
 
     public func run() async throws {
         let router = Router()
+        router.addWorkerMetrics(executor: executor, configuration: configuration)
         router.get("/healthz") { _, _ in self.health() }
         router.get("/readyz") { _, _ in self.health() }
         router.post("/api/:task") { request, context in
             await self.call(request, task: context.parameters.get("task") ?? "")
         }
-        router.addWorkerMetrics(executor: executor, configuration: configuration)
         let heartbeats = self.heartbeats
         let host = configuration.host
         let app = makeApplication(router: router, host: configuration.host, port: configuration.port,
@@ -55,6 +56,11 @@ public struct HTTPWorker: Sendable {
         ])
         let beating = Task { await heartbeats?.run() }
         defer { beating.cancel() }
+        // Hummingbird drains on SIGTERM/SIGINT; the gateway hears at once that this worker is leaving.
+        let signals = SignalWatcher(signals: [SIGTERM, SIGINT]) { _ in
+            Task { await heartbeats?.stopping() }
+        }
+        defer { signals.cancel() }
         try await app.runService()
         beating.cancel()
         await heartbeats?.stopping()
@@ -139,15 +145,15 @@ public struct HTTPWorker: Sendable {
 }
 
 extension Router where Context == BasicRequestContext {
-    /// `/metrics` of a worker (either mode), with its busy and total Python threads read at each scrape, and the
-    /// request counter.
+    /// The request counter for every route added after this call, and `/metrics` of a worker (either mode) with its
+    /// busy and total Python threads read at each scrape.
     func addWorkerMetrics(executor: PythonExecutor, configuration: WorkerConfiguration) {
+        add(middleware: RequestMetricsMiddleware())
         let labels = [("pool", configuration.pool), ("worker", configuration.workerID)]
         addMetricsRoute {
             NeutrinoMetrics.gauge(NeutrinoMetrics.workerInFlight, labels, Double(executor.load.busy))
             NeutrinoMetrics.gauge(NeutrinoMetrics.workerSlots, labels, Double(executor.threadCount))
         }
-        add(middleware: RequestMetricsMiddleware())
     }
 }
 

@@ -13,6 +13,8 @@ final class HeartbeatPublisher: Sendable {
     private let interval: Duration
     private let busy: @Sendable () -> Int
     private let url = Mutex<String?>(nil)
+    /// Set by `stopping()`: no regular heartbeat may follow the last one (it would put a draining worker back).
+    private let stopped = Atomic<Bool>(false)
     private let logger: Logger
 
     init(connection: NATSConnection, configuration: WorkerConfiguration, gpu: Bool, busy: @escaping @Sendable () -> Int, logger: Logger) {
@@ -33,18 +35,20 @@ final class HeartbeatPublisher: Sendable {
 
     /// Publishes until the surrounding task is cancelled.
     func run() async {
-        while !Task.isCancelled {
+        while !Task.isCancelled && !stopped.load(ordering: .relaxed) {
             await publish(stopping: false)
             try? await Task.sleep(for: interval)
         }
     }
 
-    /// The last heartbeat: the worker is draining and takes no new work.
+    /// The last heartbeat: the worker is draining and takes no new work. Later calls send nothing.
     func stopping() async {
+        guard !stopped.exchange(true, ordering: .relaxed) else { return }
         await publish(stopping: true)
     }
 
     private func publish(stopping: Bool) async {
+        if !stopping && stopped.load(ordering: .relaxed) { return }
         var beat = template
         beat.busy = busy()
         beat.url = url.withLock { $0 }

@@ -29,6 +29,8 @@ public final class NATSWorker: Sendable {
     let connection: NATSConnection
     let logger: Logger
     private let inFlight = Mutex<[String: JetStreamMessage]>([:])
+    /// Tasks whose attempt here has ended in Python but whose outcome is not yet durable and acknowledged.
+    private let finishing = Mutex<Set<String>>([])
     private let cancelled = Mutex(CancelledSet())
     private let draining = Atomic<Bool>(false)
 
@@ -113,6 +115,7 @@ public final class NATSWorker: Sendable {
     /// scrapes. Its own service group, without signal handling: SIGTERM drains the worker, which then stops it.
     private func healthServer(heartbeats: HeartbeatPublisher) -> ServiceGroup {
         let router = Router()
+        router.addWorkerMetrics(executor: executor, configuration: configuration)
         router.get("/healthz") { _, _ in Response.json(.ok, Array(#"{"status":"ok"}"#.utf8)) }
         router.get("/readyz") { _, _ in
             if self.draining.load(ordering: .relaxed) {
@@ -123,7 +126,6 @@ public final class NATSWorker: Sendable {
             }
             return Response.json(.ok, Array(#"{"status":"ready"}"#.utf8))
         }
-        router.addWorkerMetrics(executor: executor, configuration: configuration)
         let host = configuration.host
         let app = makeApplication(router: router, host: host, port: configuration.port, serverName: "neutrino-worker",
                                   logger: logger, onListening: { port in heartbeats.listening(host: host, port: port) })
@@ -193,6 +195,26 @@ public final class NATSWorker: Sendable {
         return record.status.rawValue
     }
 
+    /// A redelivery of a task this worker is still running or finishing (its ack came after AckWait, or was lost in
+    /// a reconnect) waits for that attempt to end, keeping the new delivery alive meanwhile, so the check that
+    /// follows sees the outcome instead of running the task a second time.
+    private func waitForLocalAttempt(_ taskID: String, redelivery: JetStreamMessage, spec: TaskSpec) async {
+        func isLocal() -> Bool {
+            inFlight.withLock { $0[taskID] != nil } || finishing.withLock { $0.contains(taskID) }
+        }
+        guard isLocal() else { return }
+        logger.notice("a task running here was redelivered; waiting for this worker's attempt", metadata: ["task_id": "\(taskID)"])
+        let deadline = ContinuousClock.now + .milliseconds(Int64(spec.timeoutMs)) + .seconds(30)
+        var lastHeartbeat = ContinuousClock.now
+        while isLocal() && ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(20))
+            if ContinuousClock.now - lastHeartbeat > configuration.ackWait / 3 {
+                try? redelivery.inProgress()
+                lastHeartbeat = .now
+            }
+        }
+    }
+
     /// Runs one message. `pythonDone` frees the thread's slot as soon as Python returns, so the next fetch does not
     /// wait for this task's commit and ack.
     private func handle(_ message: JetStreamMessage, js: JetStream, pythonDone: @Sendable () -> Void) async {
@@ -209,6 +231,7 @@ public final class NATSWorker: Sendable {
             TaskEvent(taskID: taskID, kind: kind, function: spec.name, pool: spec.pool, mode: spec.mode,
                       workerID: workerID, attempt: attempt, result: result, error: error, durationMs: durationMs)
         }
+        await waitForLocalAttempt(taskID, redelivery: message, spec: spec)
         if let reason = await reasonToSkip(taskID, js: js) {
             try? message.ack()
             logger.info("skipped a task that must not run", metadata: ["task_id": "\(taskID)", "status": "\(reason)"])
@@ -239,6 +262,8 @@ public final class NATSWorker: Sendable {
             taskLog.record(event(.running))
         }
         heartbeat.cancel()
+        finishing.withLock { _ = $0.insert(taskID) }
+        defer { finishing.withLock { _ = $0.remove(taskID) } }
         _ = inFlight.withLock { $0.removeValue(forKey: taskID) }
         stillInFlight = false
         pythonDone()

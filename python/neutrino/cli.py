@@ -3,11 +3,13 @@
 ``neutrino openapi APP [-o FILE]``
     Print (or write) the app's OpenAPI manifest, the file the gateway is started with.
 
-``neutrino up APP [--port 8080] [--host 127.0.0.1] [--fast-workers 2] [--queue-workers 1] [--concurrency 4]
-[--nats-port 4222] [--state-dir .neutrino] [--bin-dir DIR]``
+``neutrino up APP [--port 8080] [--host 127.0.0.1] [--fast-workers 2] [--queue-workers N] [--concurrency 4]
+[--nats-port 4222] [--state-dir .neutrino] [--bin-dir DIR] [--scale POOL=MIN:MAX[:TARGET[:WINDOW]]]...
+[--no-autoscale] [--heartbeat-interval SECONDS]``
     Run the whole app locally: when the app has async or gpu tasks, a child ``nats-server -js`` with its
     store under the state directory and NATS workers for each queued pool; HTTP workers for each sync pool;
-    then the gateway in front of them, all sharing one SQLite task log under the state directory. Ctrl-C
+    then the gateway in front of them, all sharing one SQLite task log under the state directory. The
+    queued pools are autoscaled (:mod:`neutrino.autoscale`) to what the gateway's ``/pools`` wants. Ctrl-C
     stops the workers and the gateway first, nats-server last.
 
 ``APP`` is ``path/to/app.py``, ``module`` or ``module:attr``.
@@ -33,6 +35,7 @@ from typing import Any, Deque, Dict, List, Optional, Pattern, Sequence, TextIO, 
 
 import neutrino
 
+from . import autoscale
 from ._loader import load_app, split_spec
 from .app import App, TaskSpec
 from .errors import NeutrinoError
@@ -95,9 +98,10 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--queue-workers",
         type=_positive_int,
-        default=1,
+        default=None,
         metavar="N",
-        help="NATS workers per async/gpu pool (default: %(default)s)",
+        help="NATS workers each async/gpu pool starts with (default: the pool's scaling minimum; "
+        "1 with --no-autoscale); the autoscaler then keeps the number the gateway's /pools wants",
     )
     up.add_argument(
         "--concurrency",
@@ -126,7 +130,35 @@ def _parser() -> argparse.ArgumentParser:
         help=f"where {WORKER_BINARY} and {GATEWAY_BINARY} are "
         "(default: $NEUTRINO_BIN_DIR, else ./.build/release, ./.build/debug, $PATH)",
     )
+    up.add_argument(
+        "--scale",
+        type=_scale_spec,
+        action="append",
+        default=[],
+        metavar="POOL=MIN:MAX[:TARGET[:WINDOW]]",
+        help="scaling policy of one pool, repeatable (given to the gateway, which computes each pool's desired "
+        "replicas): MIN..MAX workers, TARGET tasks of backlog per replica (queued pools; default 10, gpu 1), "
+        "WINDOW seconds of lower demand before scaling in (default 60); MIN 0 lets a pool scale to zero "
+        "(gpu default: 0:1:1:60)",
+    )
+    up.add_argument(
+        "--no-autoscale",
+        action="store_true",
+        help="keep the async/gpu pools at --queue-workers instead of following /pools",
+    )
+    up.add_argument(
+        "--heartbeat-interval",
+        type=_positive_float,
+        default=None,
+        metavar="SECONDS",
+        help="how often workers announce themselves on NATS (default: the worker's, 2 s); "
+        "the gateway forgets a worker after 4 missed intervals (at least 2 s)",
+    )
     up.set_defaults(handler=_cmd_up)
+
+    from . import deploy  # noqa: PLC0415 - `neutrino deploy` (renders k8s manifests)
+
+    deploy.add_parser(commands, app_help)
     return parser
 
 
@@ -135,6 +167,20 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError("must be a number above 0")
+    return value
+
+
+def _scale_spec(text: str) -> autoscale.ScaleSpec:
+    try:
+        return autoscale.parse_scale(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _port(text: str) -> int:
@@ -221,6 +267,8 @@ class _Child:
     listening: threading.Event = dataclasses.field(default_factory=threading.Event)
     #: The last lines it printed, to explain a failed start.
     tail: Deque[str] = dataclasses.field(default_factory=lambda: deque(maxlen=40))
+    #: When the autoscaler sent it SIGTERM to scale in (monotonic); its exit is then expected.
+    retired_at: Optional[float] = None
 
 
 class Supervisor:
@@ -229,10 +277,15 @@ class Supervisor:
     Children run in their own session, so a Ctrl-C in the terminal reaches only the supervisor, which
     then stops them in order: SIGTERM, up to :data:`SHUTDOWN_GRACE_SECS` to exit, then SIGKILL; children
     spawned with ``stop_last`` (nats-server) only once every other child has exited.
+
+    Children may be spawned and retired (:meth:`retire`) from another thread (the autoscaler) while
+    :meth:`supervise` runs; a retired child's exit is expected and does not stop the others.
     """
 
     def __init__(self, out: TextIO = sys.stdout, prefix_width: int = 8) -> None:
         self.children: List[_Child] = []
+        self._children_lock = threading.Lock()
+        self._closed = False  # stop_all began: no new children
         self._out = out
         self._width = prefix_width
         self._print_lock = threading.Lock()
@@ -278,24 +331,38 @@ class Supervisor:
         stop_last: bool = False,
     ) -> _Child:
         """Start ``argv``; ``ready`` is the pattern of the line that says it is ready (None: no such line)."""
-        try:
-            process = subprocess.Popen(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                errors="replace",
-                bufsize=1,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            raise StartupError(f"cannot start {name} ({argv[0]}): {exc}") from None
-        child = _Child(name, process, ready_pattern=ready, stop_last=stop_last)
-        child.relay = threading.Thread(target=self._relay, args=(child,), name=f"relay-{name}", daemon=True)
-        child.relay.start()
-        self.children.append(child)
+        with self._children_lock:
+            if self._closed:
+                raise StartupError(f"not starting {name}: stopping")
+            try:
+                process = subprocess.Popen(
+                    list(argv),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                    errors="replace",
+                    bufsize=1,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise StartupError(f"cannot start {name} ({argv[0]}): {exc}") from None
+            child = _Child(name, process, ready_pattern=ready, stop_last=stop_last)
+            child.relay = threading.Thread(target=self._relay, args=(child,), name=f"relay-{name}", daemon=True)
+            child.relay.start()
+            self.children.append(child)
         return child
+
+    def retire(self, child: _Child) -> None:
+        """SIGTERM ``child`` to scale in: a NATS worker drains (finishes its running tasks) and exits; its exit is
+        reported, not treated as a failure."""
+        if child.retired_at is None:
+            child.retired_at = time.monotonic()
+        _signal(child.process, signal.SIGTERM)
+
+    def _snapshot(self) -> List[_Child]:
+        with self._children_lock:
+            return list(self.children)
 
     def _relay(self, child: _Child) -> None:
         assert child.process.stdout is not None
@@ -361,17 +428,24 @@ class Supervisor:
                 return
 
     def supervise(self) -> int:
-        """Block until a signal (→ 0) or until a child exits on its own (→ 1)."""
+        """Block until a signal (→ 0) or until a child exits on its own (→ 1); children retired by the
+        autoscaler may exit (reported, then forgotten)."""
         while True:
             self._wake.wait(0.5)
             self._wake.clear()
             if self.stop_requested:
                 return 0
-            for child in self.children:
+            for child in self._snapshot():
                 status = child.process.poll()
                 if status is not None:
                     if child.relay is not None:
                         child.relay.join(1.0)
+                    if child.retired_at is not None:
+                        took = time.monotonic() - child.retired_at
+                        self.say(f"autoscaler: {child.name} drained and exited with status {status} after {took:.1f} s")
+                        with self._children_lock:
+                            self.children.remove(child)
+                        continue
                     self.say(f"neutrino: {child.name} exited unexpectedly with status {status}; stopping")
                     return 1
 
@@ -381,10 +455,13 @@ class Supervisor:
         Each group gets SIGTERM (the last started first), up to ``grace`` s to exit, then SIGKILL.
         """
         signals_before = self._signals
+        with self._children_lock:
+            self._closed = True
+        children = self._snapshot()
         for last in (False, True):
-            group = [child for child in reversed(self.children) if child.stop_last == last]
+            group = [child for child in reversed(children) if child.stop_last == last]
             self._stop_group(group, grace, signals_before)
-        for child in self.children:
+        for child in children:
             if child.relay is not None:
                 child.relay.join(1.0)
 
@@ -519,6 +596,10 @@ def _cmd_up(args: argparse.Namespace) -> int:
     """Run the whole app locally: a nats-server with JetStream and NATS workers for each async/gpu pool (when
     the app has such tasks), HTTP workers for each sync pool, and the gateway in front of them.
 
+    The async/gpu pools are autoscaled: once a second the gateway's ``/pools`` says how many workers each
+    pool should have (the policy of ``--scale``), and workers are started, or drained with SIGTERM, to match.
+    Pools with MIN 0 (gpu by default) start with none. Sync pools keep ``--fast-workers``.
+
     Stop with Ctrl-C (or SIGTERM): the workers and the gateway get SIGTERM (SIGKILL after 10 s), then
     nats-server.
     """
@@ -531,12 +612,28 @@ def _cmd_up(args: argparse.Namespace) -> int:
     pools = app.pools()
     sync_pools = [pool for pool, mode in pools.items() if mode == "sync"]
     queued_pools = {pool: mode for pool, mode in pools.items() if mode != "sync"}
+    scale_specs: Dict[str, autoscale.ScaleSpec] = {spec.pool: spec for spec in args.scale}
+    unknown = sorted(set(scale_specs) - set(pools))
+    if unknown:
+        _error(f"--scale names pools the app does not use: {', '.join(unknown)} (its pools: {', '.join(pools)})")
+        return 1
     try:
         worker_binary, gateway_binary = find_binaries(args.bin_dir)
         nats_binary = find_nats_server() if queued_pools else None
     except StartupError as exc:
         _error(str(exc))
         return 1
+
+    autoscaling = bool(queued_pools) and not args.no_autoscale
+    policies = {pool: autoscale.policy_for(pool, mode, scale_specs) for pool, mode in queued_pools.items()}
+    initial: Dict[str, int] = {}
+    for pool, policy in policies.items():
+        if not autoscaling:
+            initial[pool] = args.queue_workers or 1
+        elif args.queue_workers is None:
+            initial[pool] = policy.min
+        else:
+            initial[pool] = max(policy.min, min(args.queue_workers, policy.max))
 
     state_dir = os.path.abspath(args.state_dir)
     manifest_path = os.path.join(state_dir, "openapi.json")
@@ -545,13 +642,13 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
     app_spec = _absolute_app_spec(args.app)
     worker_names = {pool: [f"{pool}-{i}" for i in range(1, args.fast_workers + 1)] for pool in sync_pools}
-    queue_worker_names = {pool: [f"{pool}-{i}" for i in range(1, args.queue_workers + 1)] for pool in queued_pools}
-    names = ["gateway", "nats"] + [
-        n for group in (worker_names, queue_worker_names) for ns in group.values() for n in ns
-    ]
+    most = {pool: (policies[pool].max if autoscaling else initial[pool]) for pool in queued_pools}
+    names = ["gateway", "nats"] + [n for ns in worker_names.values() for n in ns]
+    names += [f"{pool}-{most[pool] + 1}" for pool in queued_pools]
 
     supervisor = Supervisor(prefix_width=max(len(name) for name in names))
     previous_handlers = supervisor.install_signal_handlers()
+    scaler: Optional[autoscale.Autoscaler] = None
     try:
         nats: Optional[_Nats] = None
         if nats_binary is not None:
@@ -559,25 +656,27 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
         common = ["--app", app_spec, "--concurrency", str(args.concurrency), "--task-log", task_log]
         common += ["--python-path", _sdk_path()]
+        if nats is not None:
+            common += ["--nats", nats.url]  # heartbeats (and, for NATS workers, the queue)
+        if args.heartbeat_interval is not None:
+            common += ["--heartbeat-interval", f"{args.heartbeat_interval:g}"]
         workers: Dict[str, List[_Child]] = {}
         for pool in sync_pools:
             workers[pool] = [
                 supervisor.spawn(name, [worker_binary, "--mode", "http", "--pool", pool, "--port", "0", *common])
                 for name in worker_names[pool]
             ]
-        queue_workers: Dict[str, List[_Child]] = {}
-        for pool in queued_pools:
-            assert nats is not None
-            argv = [worker_binary, "--mode", "nats", "--pool", pool, *common, "--nats", nats.url]
-            # Drain (finish or hand back running tasks) within the supervisor's grace, before any SIGKILL.
-            argv += ["--drain-grace", f"{max(1.0, SHUTDOWN_GRACE_SECS - 3):g}"]
-            queue_workers[pool] = [supervisor.spawn(name, argv, ready=_CONSUMING) for name in queue_worker_names[pool]]
+
+        queue_workers = _QueueWorkers(supervisor, worker_binary, common, _drain_graces(app, autoscaling))
+        for pool, count in initial.items():
+            for _ in range(count):
+                queue_workers.start(pool)
 
         pool_urls = {
             pool: [supervisor.wait_listening(child) for child in children] for pool, children in workers.items()
         }
-        for pool, children in queue_workers.items():
-            for child in children:
+        for pool in queued_pools:
+            for child in queue_workers.children(pool):
                 supervisor.wait_ready(
                     child, f"'consuming pool_{pool} from {nats.url if nats else 'URL'}'", "it was consuming its queue"
                 )
@@ -588,10 +687,39 @@ def _cmd_up(args: argparse.Namespace) -> int:
         if nats is not None:
             gateway_argv += ["--nats", nats.url]
         gateway_argv += ["--task-log", task_log, "--host", args.host, "--port", str(args.port)]
+        for spec in args.scale:
+            gateway_argv += ["--scale", spec.argument()]
+        if args.heartbeat_interval is not None:
+            gateway_argv += ["--heartbeat-timeout", f"{max(2.0, 4 * args.heartbeat_interval):g}"]
+        dashboard = find_dashboard_dir(os.path.dirname(worker_binary))
+        if dashboard is not None:
+            gateway_argv += ["--dashboard-dir", dashboard]
         gateway_url = supervisor.wait_listening(supervisor.spawn("gateway", gateway_argv))
 
-        queue_counts = {pool: len(children) for pool, children in queue_workers.items()}
-        supervisor.say(_banner(app, gateway_url, pool_urls, queued_pools, queue_counts, nats, state_dir))
+        queue_counts = {pool: len(queue_workers.children(pool)) for pool in queued_pools}
+        supervisor.say(
+            _banner(
+                app,
+                gateway_url,
+                pool_urls,
+                queued_pools,
+                queue_counts,
+                nats,
+                state_dir,
+                policies if autoscaling else None,
+                dashboard,
+            )
+        )
+        if autoscaling:
+            scaler = autoscale.Autoscaler(
+                gateway_url,
+                queued_pools,
+                running=queue_workers.running,
+                start=lambda pool: queue_workers.state(queue_workers.start(pool)),
+                retire=queue_workers.retire,
+                say=supervisor.say,
+            )
+            scaler.start()
         status = supervisor.supervise()
         if status == 0:
             supervisor.say("neutrino: stopping")
@@ -603,9 +731,95 @@ def _cmd_up(args: argparse.Namespace) -> int:
         _error(str(exc))
         return 1
     finally:
+        if scaler is not None:
+            scaler.stop()
         supervisor.stop_all()
         for signum, handler in previous_handlers.items():
             signal.signal(signum, handler)
+
+
+class _QueueWorkers:
+    """The NATS worker children of the queued pools, started and retired by the autoscaler's thread."""
+
+    def __init__(self, supervisor: Supervisor, binary: str, common: Sequence[str], drain_grace: Dict[str, float]):
+        self._supervisor = supervisor
+        self._binary = binary
+        self._common = list(common)
+        self._drain_grace = drain_grace
+        self._lock = threading.Lock()
+        self._children: Dict[str, List[_Child]] = {}
+        self._numbers: Dict[str, int] = {}
+        self._order: Dict[int, int] = {}
+
+    def start(self, pool: str) -> _Child:
+        """Start the pool's next worker (``<pool>-<n>``, n counting on) without waiting for it to be ready."""
+        with self._lock:
+            number = self._numbers.get(pool, 0) + 1
+            self._numbers[pool] = number
+        argv = [self._binary, "--mode", "nats", "--pool", pool, *self._common, "--port", "0"]
+        argv += ["--drain-grace", f"{self._drain_grace.get(pool, 1.0):g}"]
+        child = self._supervisor.spawn(f"{pool}-{number}", argv, ready=_CONSUMING)
+        with self._lock:
+            self._children.setdefault(pool, []).append(child)
+            self._order[child.process.pid] = number
+        return child
+
+    def children(self, pool: str) -> List[_Child]:
+        with self._lock:
+            return list(self._children.get(pool, []))
+
+    def state(self, child: _Child) -> autoscale.WorkerState:
+        with self._lock:
+            return autoscale.WorkerState(child.name, child.process.pid, self._order.get(child.process.pid, 0))
+
+    def running(self, pool: str) -> List[autoscale.WorkerState]:
+        """The pool's workers that run and are not draining."""
+        with self._lock:
+            live = [c for c in self._children.get(pool, []) if c.retired_at is None and c.process.poll() is None]
+            self._children[pool] = [c for c in self._children.get(pool, []) if c.process.poll() is None]
+        return [self.state(child) for child in live]
+
+    def retire(self, pool: str, worker: autoscale.WorkerState) -> None:
+        for child in self.children(pool):
+            if child.process.pid == worker.pid:
+                self._supervisor.retire(child)
+
+
+def _drain_graces(app: App, autoscaling: bool) -> Dict[str, float]:
+    """``--drain-grace`` of each queued pool's workers.
+
+    Autoscaled: the pool's largest task timeout plus 5 s, so a worker drained to scale in always finishes its
+    running tasks (nothing is handed back because of scaling). Otherwise: within the supervisor's Ctrl-C grace.
+    """
+    graces: Dict[str, float] = {}
+    for spec in app.tasks.values():
+        if spec.execution_mode == "sync":
+            continue
+        if autoscaling:
+            graces[spec.pool] = max(graces.get(spec.pool, 0.0), spec.timeout_ms / 1000.0 + 5.0)
+        else:
+            graces[spec.pool] = max(1.0, SHUTDOWN_GRACE_SECS - 3)
+    return graces
+
+
+def find_dashboard_dir(bin_dir: Optional[str] = None) -> Optional[str]:
+    """The dashboard's static files for the gateway's ``--dashboard-dir``: ``$NEUTRINO_DASHBOARD_DIR`` when set,
+    else the ``dashboard/`` folder of the repository holding this SDK, of the one holding the binaries
+    (``<repo>/.build/<configuration>``), or of the current directory; one with an ``index.html`` first."""
+    configured = os.environ.get("NEUTRINO_DASHBOARD_DIR")
+    if configured:
+        return os.path.abspath(configured) if os.path.isdir(configured) else None
+    roots = [os.path.dirname(_sdk_path())]
+    if bin_dir:
+        roots.append(os.path.dirname(os.path.dirname(os.path.abspath(bin_dir))))
+    roots.append(os.getcwd())
+    folders = []
+    for root in roots:
+        folder = os.path.join(root, "dashboard")
+        if os.path.isdir(folder) and folder not in folders:
+            folders.append(folder)
+    with_index = [folder for folder in folders if os.path.isfile(os.path.join(folder, "index.html"))]
+    return (with_index or folders or [None])[0]
 
 
 def _start_nats(supervisor: Supervisor, binary: str, wanted_port: int, state_dir: str) -> _Nats:
@@ -632,6 +846,8 @@ def _banner(
     queue_counts: Dict[str, int],
     nats: Optional[_Nats],
     state_dir: str,
+    policies: Optional[Dict[str, autoscale.ScaleSpec]] = None,
+    dashboard: Optional[str] = None,
 ) -> str:
     address = re.sub(r"^http://(127\.0\.0\.1|0\.0\.0\.0|\[::\]|\[::1\])(?=:)", "localhost", gateway_url)
     address = address[len("http://") :] if address.startswith("http://") else address
@@ -639,12 +855,32 @@ def _banner(
         "",
         f"Neutrino app {app.name!r} is up",
         f"  gateway     {gateway_url}   (manifest at /openapi.json, tasks at /tasks)",
+        f"  dashboard   {gateway_url}/"
+        + ("" if dashboard else "   (no dashboard/ folder found; set NEUTRINO_DASHBOARD_DIR)"),
+        f"  pools       {gateway_url}/pools   (queue depth, workers, scaling)",
+        f"  metrics     {gateway_url}/metrics   (Prometheus)",
     ]
     for pool, urls in pool_urls.items():
         lines.append(f"  pool {pool:<6} {len(urls)} HTTP worker{'s' if len(urls) != 1 else ''}: {', '.join(urls)}")
     for pool, mode in queued_pools.items():
         count = queue_counts.get(pool, 0)
-        lines.append(f"  pool {pool:<6} {count} NATS worker{'s' if count != 1 else ''} ({mode}), consumer pool_{pool}")
+        line = f"  pool {pool:<6} {count} NATS worker{'s' if count != 1 else ''} ({mode}), consumer pool_{pool}"
+        policy = (policies or {}).get(pool)
+        if policy is not None:
+            line += (
+                f", autoscaled {policy.min}..{policy.max} (target {policy.target:g} tasks/replica, "
+                f"scale-down window {policy.window:g} s)"
+            )
+        lines.append(line)
+    if queued_pools:
+        lines.append(
+            "  autoscaler  "
+            + (
+                "follows /pools' desired replicas of the queued pools, once a second"
+                if policies is not None
+                else "off (--no-autoscale)"
+            )
+        )
     if nats is not None:
         lines.append(f"  nats        {nats.url}   (JetStream store in {nats.store_dir})")
         lines.append(f"  monitoring  {nats.monitor_url}/jsz   (streams, consumers, queue depth)")

@@ -309,7 +309,8 @@ def test_up_starts_nats_workers_then_gateway_and_stops_on_sigint(
         assert flag(argv, "--app") == [str(app_file)]
         assert flag(argv, "--port") == ["0"] and flag(argv, "--concurrency") == ["3"]
         assert flag(argv, "--task-log") == [f"sqlite:{state / 'tasks.db'}"]
-        assert flag(argv, "--nats") == []
+        assert flag(argv, "--nats") == [nats_url]  # heartbeats
+        assert flag(argv, "--heartbeat-interval") == []
         [python_path] = flag(argv, "--python-path")
         assert (Path(python_path) / "neutrino" / "__init__.py").is_file()
     [worker] = nats_workers
@@ -317,7 +318,9 @@ def test_up_starts_nats_workers_then_gateway_and_stops_on_sigint(
     assert argv[:4] == ["--mode", "nats", "--pool", "async"]
     assert flag(argv, "--app") == [str(app_file)] and flag(argv, "--concurrency") == ["3"]
     assert flag(argv, "--task-log") == [f"sqlite:{state / 'tasks.db'}"] and flag(argv, "--nats") == [nats_url]
-    assert flag(argv, "--port") == []
+    assert flag(argv, "--port") == ["0"]  # /metrics, /healthz; the URL goes into its heartbeats
+    # Autoscaled: a drain outlasts the pool's longest task (report: async default 300 s) so scale-in hands nothing back.
+    assert flag(argv, "--drain-grace") == ["305"]
     [python_path] = flag(argv, "--python-path")
     assert (Path(python_path) / "neutrino" / "__init__.py").is_file()
 
@@ -354,7 +357,7 @@ def test_up_sync_only_app_starts_no_nats(tmp_path: Path, fake_bin: Path) -> None
 def test_up_one_queue_worker_set_per_pool(tmp_path: Path, fake_bin: Path) -> None:
     app = tmp_path / "pools_app.py"
     app.write_text(POOLS_APP)
-    process = start_up(tmp_path, app, fake_bin, "--queue-workers", "2", "--concurrency", "1")
+    process = start_up(tmp_path, app, fake_bin, "--queue-workers", "2", "--concurrency", "1", "--no-autoscale")
     text, _ = run_until_banner_then_sigint(process)
     started = children(tmp_path)
     pools = sorted(flag(w["argv"], "--pool")[0] for w in started["neutrino-worker"])
@@ -363,6 +366,8 @@ def test_up_one_queue_worker_set_per_pool(tmp_path: Path, fake_bin: Path) -> Non
     assert flag(started["neutrino-gateway"][0]["argv"], "--http-pool") == []
     assert "a100-2 | consuming pool_a100 from nats://" in text and "async-2 | consuming pool_async" in text
     assert "pool a100   2 NATS workers (gpu), consumer pool_a100" in text
+    assert "autoscaler  off (--no-autoscale)" in text
+    assert all(flag(w["argv"], "--drain-grace") == ["7"] for w in started["neutrino-worker"])
     assert "/api/report -d" in text and "/api/echo" not in text
 
 

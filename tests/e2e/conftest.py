@@ -65,6 +65,10 @@ STOP_GRACE_S = 10.0  # SIGTERM -> SIGKILL
 HTTP_TIMEOUT_S = 120.0  # one HTTP request
 SETTLE_TIMEOUT_S = 30.0  # batched task-log writes reaching the SQLite file
 EXIT_TIMEOUT_S = 180.0  # a process expected to exit on its own
+# Heartbeats of the JetStream stacks' workers, and how long their gateway keeps a silent worker: short, so the
+# heartbeat tests wait seconds, not minutes; 4 missed heartbeats before a worker is forgotten.
+HEARTBEAT_INTERVAL_S = 0.5
+HEARTBEAT_TIMEOUT_S = 2.0
 
 TERMINAL_STATUSES = {"completed", "failed", "cancelled", "timed_out"}
 ALL_STATUSES = {"pending", "queued", "running", "completed", "failed", "cancelled", "timed_out"}
@@ -464,7 +468,10 @@ class Launcher:
         concurrency: int = 2,
         env_extra: Optional[dict[str, str]] = None,
         wait: bool = True,
+        nats_url: Optional[str] = None,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL_S,
     ) -> ServerProcess:
+        """An HTTP-mode worker; with `nats_url` it also sends heartbeats (every `heartbeat_interval` s)."""
         argv = [
             str(WORKER_BIN), "--mode", "http", "--pool", pool, "--app", str(app),
             "--host", "127.0.0.1", "--port", "0", "--concurrency", str(concurrency),
@@ -472,6 +479,8 @@ class Launcher:
         ]
         if worker_id:
             argv += ["--worker-id", worker_id]
+        if nats_url:
+            argv += ["--nats", nats_url, "--heartbeat-interval", f"{heartbeat_interval:g}"]
         p = self.spawn(f"worker-{worker_id or next(self._counter)}", argv, env=_server_env(env_extra), log_dir=log_dir)
         if wait:
             p.wait_listening()
@@ -858,9 +867,16 @@ class QueueStack(GatewayAccess):
 
     # -- processes ---------------------------------------------------------------------------------------
 
-    def start_gateway(self) -> ServerProcess:
+    def start_gateway(self, *, http_pools: Optional[dict[str, list[str]]] = None,
+                      heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S, extra_args: Iterable[str] = ()) -> ServerProcess:
+        """The gateway (`--nats`, `--heartbeat-timeout`, `--http-pool` for each of `http_pools`); waits until it
+        provisioned every queued pool's consumer."""
         argv = [str(GATEWAY_BIN), "--manifest", str(self.manifest), "--task-log", f"sqlite:{self.db_path}",
-                "--host", "127.0.0.1", "--port", "0", "--nats", self.nats.url, "--ack-wait", f"{self.ack_wait:g}"]
+                "--host", "127.0.0.1", "--port", "0", "--nats", self.nats.url, "--ack-wait", f"{self.ack_wait:g}",
+                "--heartbeat-timeout", f"{heartbeat_timeout:g}"]
+        for pool, urls in (http_pools or {}).items():
+            argv += ["--http-pool", f"{pool}=" + ",".join(urls)]
+        argv += list(extra_args)
         self.gateway = self.launcher.spawn(f"{self.name}-gateway", argv, env=_server_env(), log_dir=self.dir)
         self.gateway.wait_listening()
         # The gateway provisions the stream and every queued pool's consumer in the background.
@@ -875,19 +891,38 @@ class QueueStack(GatewayAccess):
         return self.gateway
 
     def worker(self, pool: str, *, worker_id: Optional[str] = None, concurrency: int = 2,
-               drain_grace: float = 2.0, ack_wait: Optional[float] = None, wait: bool = True) -> ServerProcess:
-        """A `--mode nats` worker of `pool`; waits for its `consuming pool_<pool>` line unless wait=False."""
+               drain_grace: float = 2.0, ack_wait: Optional[float] = None, wait: bool = True,
+               heartbeat_interval: float = HEARTBEAT_INTERVAL_S) -> ServerProcess:
+        """A `--mode nats` worker of `pool` (heartbeats every `heartbeat_interval` s; `/metrics` on an ephemeral
+        port, its `url` once it printed `listening on`); waits for its `consuming pool_<pool>` line unless
+        wait=False."""
         worker_id = worker_id or f"{self.name}-{pool}-w{next(self._worker_counter)}"
         argv = [str(WORKER_BIN), "--mode", "nats", "--pool", pool, "--app", str(self.app),
                 "--python-path", str(PYTHON_SDK), "--task-log", f"sqlite:{self.db_path}", "--nats", self.nats.url,
                 "--concurrency", str(concurrency), "--ack-wait", f"{(ack_wait or self.ack_wait):g}",
-                "--drain-grace", f"{drain_grace:g}", "--worker-id", worker_id]
+                "--drain-grace", f"{drain_grace:g}", "--worker-id", worker_id,
+                "--host", "127.0.0.1", "--port", "0", "--heartbeat-interval", f"{heartbeat_interval:g}"]
         p = self.launcher.spawn(f"worker-{worker_id}", argv, env=_server_env(), log_dir=self.dir)
         p.worker_id = worker_id  # type: ignore[attr-defined]
         self.workers.append(p)
         if wait:
             self.wait_consuming(p, pool)
         return p
+
+    def http_worker(self, pool: str = "fast", *, worker_id: Optional[str] = None, concurrency: int = 2,
+                    wait: bool = True) -> ServerProcess:
+        """A `--mode http` worker of `pool` that also heartbeats over this stack's NATS (start it before the
+        gateway, which is given its URL: `start_gateway(http_pools={pool: [w.url]})`)."""
+        worker_id = worker_id or f"{self.name}-{pool}-h{next(self._worker_counter)}"
+        p = self.launcher.worker(self.app, self.db_path, log_dir=self.dir, worker_id=worker_id, pool=pool,
+                                 concurrency=concurrency, wait=wait, nats_url=self.nats.url)
+        p.worker_id = worker_id  # type: ignore[attr-defined]
+        self.workers.append(p)
+        return p
+
+    def pools(self) -> dict[str, dict]:
+        """GET /pools as {pool name: entry}."""
+        return pools_by_name(self.url)
 
     @staticmethod
     def wait_consuming(p: ServerProcess, pool: str) -> None:
@@ -992,3 +1027,73 @@ def queue_stack(launcher: Launcher, request) -> Iterable[Callable[..., QueueStac
     yield make
     for s in reversed(stacks):
         s.stop()
+
+
+# ============================================================================== observability helpers
+# /pools and /metrics (docs/observability-contract.md).
+
+def pools_document(base_url: str) -> dict:
+    resp = http_request("GET", f"{base_url}/pools", timeout=30)
+    assert resp.status == 200, f"GET /pools: {resp!r}"
+    return resp.json()
+
+
+def pools_by_name(base_url: str) -> dict[str, dict]:
+    """GET /pools as {pool name: entry}."""
+    document = pools_document(base_url)
+    assert isinstance(document.get("pools"), list), f"no pools list in {document!r}"
+    return {entry["name"]: entry for entry in document["pools"]}
+
+
+@dataclass
+class Scrape:
+    """One /metrics answer parsed with prometheus_client's text parser (which fails on invalid exposition)."""
+
+    text: str
+    families: dict[str, Any]  # family name -> prometheus_client Metric
+
+    @classmethod
+    def parse(cls, text: str) -> "Scrape":
+        from prometheus_client.parser import text_string_to_metric_families
+
+        families = {}
+        for family in text_string_to_metric_families(text):
+            assert family.name not in families, f"metric family {family.name} exposed twice"
+            families[family.name] = family
+        return cls(text, families)
+
+    def family(self, name: str) -> Any:
+        """The family by its exposed name (`neutrino_tasks_total` finds the counter family `neutrino_tasks`)."""
+        for key in (name, name[: -len("_total")] if name.endswith("_total") else name):
+            if key in self.families:
+                return self.families[key]
+        raise AssertionError(f"no metric {name} in /metrics; have {sorted(self.families)}")
+
+    def has(self, name: str) -> bool:
+        try:
+            self.family(name)
+        except AssertionError:
+            return False
+        return True
+
+    def samples(self, name: str, **labels: str) -> list[Any]:
+        """Samples named `name` (e.g. `neutrino_task_duration_seconds_count`) whose labels include `labels`."""
+        out = []
+        for family in self.families.values():
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    out.append(sample)
+        return out
+
+    def value(self, name: str, **labels: str) -> float:
+        """The sum of the matching samples' values (0 when none matches)."""
+        return float(sum(sample.value for sample in self.samples(name, **labels)))
+
+
+def scrape(base_url: str) -> Scrape:
+    """GET /metrics (Prometheus text format) and parse it."""
+    resp = http_request("GET", f"{base_url}/metrics", timeout=30)
+    assert resp.status == 200, f"GET {base_url}/metrics: {resp!r}"
+    content_type = resp.headers.get("content-type", "")
+    assert content_type.startswith("text/plain"), f"/metrics Content-Type {content_type!r}"
+    return Scrape.parse(resp.body.decode())
