@@ -2,6 +2,7 @@ import Foundation
 import HTTPTypes
 import Hummingbird
 import Logging
+import Metrics
 import NIOCore
 import NeutrinoCore
 import NeutrinoEvents
@@ -10,6 +11,7 @@ import NeutrinoNATS
 import NeutrinoObservability
 import NeutrinoTaskLog
 import ServiceLifecycle
+import Synchronization
 
 /// `neutrino-gateway`: routes `POST /api/<task>` by the manifest, validates arguments, sends sync tasks to their
 /// pool's fast workers, and serves the polling API from the task log. Links no Python.
@@ -110,7 +112,18 @@ public final class Gateway: Sendable {
         }
         router.get("/pools") { _, _ in Response.json(.ok, self.monitor.snapshot) }
         router.get("/events") { request, _ in await self.eventStream(request) }
-        router.addMetricsRoute()
+        let eventsConsumer = self.eventsConsumer
+        let reportedEvents = Mutex<UInt64>(0)
+        router.addMetricsRoute {
+            // Cluster mode: events applied from NEUTRINO_EVENTS, as a counter advanced by what was applied since the last scrape.
+            guard let eventsConsumer else { return }
+            let applied = eventsConsumer.eventsApplied
+            let delta = reportedEvents.withLock { last -> UInt64 in
+                defer { last = max(last, applied) }
+                return applied > last ? applied - last : 0
+            }
+            Counter(label: NeutrinoMetrics.eventsApplied, dimensions: [("consumer", eventsConsumer.durableName)]).increment(by: Int64(delta))
+        }
         if let directory = configuration.dashboardDirectory {
             router.add(middleware: FileMiddleware(directory, searchForIndexHtml: true, logger: logger))
         }

@@ -19,7 +19,9 @@ final class PoolMonitor: Sendable {
 
     private struct State: Sendable {
         var recommenders: [String: ScalingRecommender]
+        /// The last consumer info read per pool, and which pools it could be read for in the last refresh.
         var queues: [String: QueueState] = [:]
+        var queuesAvailable: Set<String> = []
         var stats: [String: PoolTaskStats] = [:]
         var dlqMessages: Int?
         var snapshot: [UInt8] = Array(#"{"pools":[]}"#.utf8)
@@ -85,7 +87,8 @@ final class PoolMonitor: Sendable {
         let workers = registry.alive()
         let now = Timestamp.now()
         state.withLock { s in
-            s.queues = queues
+            s.queues.merge(queues) { _, new in new }
+            s.queuesAvailable = Set(queues.keys)
             if let stats { s.stats = stats }
             if let dlq { s.dlqMessages = dlq }
             s.snapshot = render(&s, workers: workers, now: now)
@@ -142,7 +145,7 @@ final class PoolMonitor: Sendable {
                 w.key("oldest_queued_age_seconds"); if let oldestAge { w.double(oldestAge) } else { w.null() }
                 w.key("consumer"); w.string(QueueLayout.consumer(pool: pool))
                 w.key("stream"); w.string(QueueLayout.tasksStream)
-                w.key("available"); w.bool(queue != nil)
+                w.key("available"); w.bool(s.queuesAvailable.contains(pool))
                 w.endObject()
             } else {
                 w.null()
