@@ -85,6 +85,7 @@ final class EventFeed: Sendable {
                     if items.count < 500 { break }
                 }
             } catch {
+                if Task.isCancelled { break }
                 logger.warning("event feed read failed", metadata: ["error": "\(error)"])
             }
             if ContinuousClock.now - lastKeepAlive > Self.keepAliveInterval {

@@ -1,0 +1,89 @@
+import Foundation
+import Logging
+import NeutrinoCore
+import NeutrinoTaskLog
+import Testing
+@testable import NeutrinoGateway
+
+/// The live feed over a real task log: events arrive in commit order, a reconnect resumes after its last id, and a
+/// subscriber that reads nothing is cut off at its buffer instead of holding the feed back.
+@Suite(.serialized)
+struct EventFeedTests {
+    let logger = Logger(label: "neutrino.test.feed")
+
+    func taskLog() throws -> (TaskLogWriter, TaskLogReader, URL) {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("neutrino-feed-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let path = dir.appendingPathComponent("tasks.db").path
+        return (try TaskLogWriter(path: path), try TaskLogReader(path: path), dir)
+    }
+
+    func events(_ n: Int) -> [TaskEvent] {
+        (0..<n).map { _ in TaskEvent(taskID: TaskID.make(), kind: .queued, function: "slow", pool: "async", mode: .async) }
+    }
+
+    /// Reads SSE chunks until `count` task events were seen or the stream ends (bounded by `limit` chunks).
+    func collect(_ stream: AsyncStream<[UInt8]>, count: Int, limit: Int = 5000) async -> (ids: [Int64], ended: Bool) {
+        var ids: [Int64] = []
+        var seen = 0
+        for await chunk in stream {
+            seen += 1
+            let text = String(decoding: chunk, as: UTF8.self)
+            if text.hasPrefix("id: "), let line = text.split(separator: "\n").first, let id = Int64(line.dropFirst(4)) { ids.append(id) }
+            if ids.count >= count || seen >= limit { return (ids, false) }
+        }
+        return (ids, true)
+    }
+
+    @Test func deliversCommittedEventsInOrderAndResumes() async throws {
+        let (writer, reader, dir) = try taskLog()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let feed = EventFeed(reader: reader, logger: logger)
+        let loop = Task { await feed.run() }
+        // The feed starts at the head: events from before it started are not replayed to a fresh subscriber.
+        writer.record(contentsOf: events(3))
+        await writer.flush()
+        try await Task.sleep(for: .milliseconds(300))
+        let live = await feed.subscribe(lastEventID: nil)
+        writer.record(contentsOf: events(5))
+        await writer.flush()
+        let first = await collect(live, count: 5)
+        #expect(first.ids.count == 5)
+        #expect(first.ids == first.ids.sorted())
+        #expect(first.ids.first == 4)
+        // A reconnect with Last-Event-ID gets what came after it.
+        let resumed = await feed.subscribe(lastEventID: 2)
+        let replay = await collect(resumed, count: 6)
+        #expect(replay.ids == [3, 4, 5, 6, 7, 8])
+        loop.cancel()
+        await loop.value
+        await writer.close()
+        await reader.shutdown()
+    }
+
+    @Test func aSubscriberThatDoesNotReadIsCutOff() async throws {
+        let (writer, reader, dir) = try taskLog()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let feed = EventFeed(reader: reader, logger: logger)
+        let loop = Task { await feed.run() }
+        try await Task.sleep(for: .milliseconds(300))
+        let stuck = await feed.subscribe(lastEventID: nil)
+        let reading = await feed.subscribe(lastEventID: nil)
+        #expect(feed.subscriberCount == 2)
+        let total = EventFeed.bufferLimit + 500
+        async let readerSaw = collect(reading, count: total, limit: total + 10)
+        writer.record(contentsOf: events(total))
+        await writer.flush()
+        let saw = await readerSaw
+        // The reading subscriber got everything; the stuck one was dropped after its buffer filled.
+        #expect(saw.ids.count == total)
+        var bounded = 0
+        for await _ in stuck { bounded += 1 }
+        #expect(bounded <= EventFeed.bufferLimit)
+        #expect(feed.subscriberCount <= 1)
+        loop.cancel()
+        await loop.value
+        await writer.close()
+        await reader.shutdown()
+    }
+}
