@@ -10,12 +10,14 @@ public enum QueueLayout {
     /// Subjects of the dead-letter stream.
     public static let deadLetterSubjects = "neutrino.dlq.>"
     /// Pool names that would collide with the layout's own subjects.
-    public static let reservedPools: Set<String> = ["dlq", "control", "events", "heartbeat", "cancelled"]
-    /// `NEUTRINO_CANCELLED`: one message per task cancelled while queued (`neutrino.cancelled.<task_id>`), kept a
-    /// day, so a worker without the task log (`--task-log nats`) can still tell it must not run.
-    public static let cancelledStream = "NEUTRINO_CANCELLED"
-    public static let cancelledSubjects = "neutrino.cancelled.*"
-    public static func cancelledSubject(taskID: String) -> String { "neutrino.cancelled.\(taskID)" }
+    public static let reservedPools: Set<String> = ["dlq", "control", "events", "heartbeat", "settled"]
+    /// `NEUTRINO_SETTLED`: one small message per task that must not run (again), `neutrino.settled.<task_id>` with
+    /// its status as the body: cancelled while queued (the gateway), or finished (a `--task-log nats` worker, before
+    /// it acknowledges). Such a worker has no task log to ask, so it looks here before running a delivery; kept a
+    /// day, far longer than any redelivery.
+    public static let settledStream = "NEUTRINO_SETTLED"
+    public static let settledSubjects = "neutrino.settled.*"
+    public static func settledSubject(taskID: String) -> String { "neutrino.settled.\(taskID)" }
 
     /// `neutrino.<pool>.<task>`: where the gateway publishes a task.
     public static func taskSubject(pool: String, task: String) -> String { "neutrino.\(pool).\(task)" }

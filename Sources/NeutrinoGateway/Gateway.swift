@@ -371,7 +371,7 @@ public final class Gateway: Sendable {
                                       attempt: record.attempts,
                                       error: JSONWriter.taskErrorText(type: "Cancelled", message: "cancelled while queued")))
             await taskLog?.flush()
-            // Best effort: a worker about to run it also checks the task log, or (--task-log nats) NEUTRINO_CANCELLED.
+            // Best effort: a worker about to run it also checks the task log, or (--task-log nats) NEUTRINO_SETTLED.
             try? await queue?.recordCancel(taskID: id)
             try? await queue?.broadcastCancel(taskID: id)
             return answer(.ok, TaskStatus.cancelled.rawValue)

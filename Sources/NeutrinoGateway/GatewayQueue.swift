@@ -66,11 +66,12 @@ public final class GatewayQueue: Sendable {
         }
     }
 
-    /// Stores the cancellation of a queued task on `NEUTRINO_CANCELLED`, where workers without the task log look
+    /// Stores the cancellation of a queued task on `NEUTRINO_SETTLED`, where workers without the task log look
     /// before running a task.
     public func recordCancel(taskID: String) async throws(Failure) {
         do {
-            _ = try await js.publish(subject: QueueLayout.cancelledSubject(taskID: taskID), data: [], msgID: "cancel-\(taskID)",
+            _ = try await js.publish(subject: QueueLayout.settledSubject(taskID: taskID), data: Array("cancelled".utf8),
+                                     msgID: "settled-\(taskID)",
                                      timeout: .seconds(5))
         } catch {
             throw .unavailable("\(error)")

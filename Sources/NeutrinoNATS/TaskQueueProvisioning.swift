@@ -24,7 +24,7 @@ public enum TaskQueueProvisioning {
         }
         try await js.ensureStream(name: QueueLayout.deadLetterStream, subjects: [QueueLayout.deadLetterSubjects],
                                   retention: .limits, duplicateWindow: .seconds(120))
-        try await js.ensureStream(name: QueueLayout.cancelledStream, subjects: [QueueLayout.cancelledSubjects],
+        try await js.ensureStream(name: QueueLayout.settledStream, subjects: [QueueLayout.settledSubjects],
                                   retention: .limits, duplicateWindow: .seconds(120), maxAge: .seconds(24 * 3600))
         for (pool, maxDeliver) in pools.sorted(by: { $0.key < $1.key }) {
             try await js.ensureConsumer(stream: QueueLayout.tasksStream, durable: QueueLayout.consumer(pool: pool),

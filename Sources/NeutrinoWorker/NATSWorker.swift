@@ -187,9 +187,11 @@ public final class NATSWorker: Sendable {
     private func reasonToSkip(_ id: String, js: JetStream) async -> String? {
         if cancelled.withLock({ $0.contains(id) }) { return "cancelled" }
         guard let reader else {
-            // No task log here (--task-log nats): the gateway stores cancellations of queued tasks on a stream.
-            let marker = try? await js.lastMessage(stream: QueueLayout.cancelledStream, subject: QueueLayout.cancelledSubject(taskID: id))
-            return marker == nil ? nil : "cancelled"
+            // No task log here (--task-log nats): cancellations of queued tasks and finished tasks leave a marker.
+            guard let marker = try? await js.lastMessage(stream: QueueLayout.settledStream, subject: QueueLayout.settledSubject(taskID: id)) else {
+                return nil
+            }
+            return marker.data.isEmpty ? "settled" : String(decoding: marker.data, as: UTF8.self)
         }
         guard let record = try? await reader.record(id: id), record.status.isTerminal else { return nil }
         return record.status.rawValue
@@ -246,7 +248,7 @@ public final class NATSWorker: Sendable {
         do {
             payload = try TaskPayload.make(body: message.data, taskID: taskID, attempt: attempt, pool: pool)
         } catch {
-            await finish(message, event(.failed, error: JSONWriter.taskErrorText(type: "InvalidArguments", message: "the queued message is not a JSON object")), settle: .term)
+            await finish(message, js: js, event(.failed, error: JSONWriter.taskErrorText(type: "InvalidArguments", message: "the queued message is not a JSON object")), settle: .term)
             return
         }
         let heartbeat = Task { [configuration] in
@@ -269,12 +271,12 @@ public final class NATSWorker: Sendable {
         pythonDone()
         switch outcome {
         case .completed(let result, let ms):
-            await finish(message, event(.completed, result: String(decoding: result, as: UTF8.self), durationMs: ms), settle: .ack)
+            await finish(message, js: js, event(.completed, result: String(decoding: result, as: UTF8.self), durationMs: ms), settle: .ack)
         case .timedOut(let ms):
             let error = JSONWriter.taskErrorText(type: "TimeoutError", message: "task '\(name)' exceeded its timeout of \(spec.timeoutMs) ms")
-            await finish(message, event(.timedOut, error: error, durationMs: ms), settle: .ack)
+            await finish(message, js: js, event(.timedOut, error: error, durationMs: ms), settle: .ack)
         case .cancelled(let ms):
-            await finish(message, event(.cancelled, error: JSONWriter.taskErrorText(type: "Cancelled", message: "task '\(name)' was cancelled"), durationMs: ms), settle: .ack)
+            await finish(message, js: js, event(.cancelled, error: JSONWriter.taskErrorText(type: "Cancelled", message: "task '\(name)' was cancelled"), durationMs: ms), settle: .ack)
         case .rejected:
             try? message.nak()
         case .failed(let errorBytes, let ms):
@@ -282,10 +284,10 @@ public final class NATSWorker: Sendable {
             if attempt <= spec.retries {
                 let delay = QueueLayout.retryDelay(afterAttempt: attempt)
                 logger.info("attempt failed; retrying", metadata: ["task_id": "\(taskID)", "attempt": "\(attempt)", "delay": "\(delay)"])
-                await finish(message, event(.retrying, error: error, durationMs: ms), settle: .nak(delay))
+                await finish(message, js: js, event(.retrying, error: error, durationMs: ms), settle: .nak(delay))
             } else {
                 await deadLetter(message, spec: spec, taskID: taskID, attempt: attempt, error: error, js: js)
-                await finish(message, event(.failed, error: error, durationMs: ms), settle: .term)
+                await finish(message, js: js, event(.failed, error: error, durationMs: ms), settle: .term)
             }
         }
     }
@@ -294,9 +296,19 @@ public final class NATSWorker: Sendable {
 
     /// Records `event`, waits until it is committed, then settles the message: a task is never acknowledged
     /// before its outcome is in the task log.
-    private func finish(_ message: JetStreamMessage, _ event: TaskEvent, settle: Settle) async {
+    private func finish(_ message: JetStreamMessage, js: JetStream, _ event: TaskEvent, settle: Settle) async {
         taskLog.record(event)
-        await taskLog.flush()
+        var final = true
+        if case .nak = settle { final = false }
+        if final && reader == nil {
+            // Without a task log a later redelivery (a lost ack) could not tell that this task is done: leave a marker
+            // first, side by side with the event's own publish.
+            async let marked: Void = markSettled(event, js: js)
+            await taskLog.flush()
+            await marked
+        } else {
+            await taskLog.flush()
+        }
         do {
             switch settle {
             // A lost ack means a redelivery, which the terminal row makes a no-op (see reasonToSkip).
@@ -306,6 +318,15 @@ public final class NATSWorker: Sendable {
             }
         } catch {
             logger.warning("settling a message failed; it will be redelivered", metadata: ["task_id": "\(event.taskID)", "error": "\(error)"])
+        }
+    }
+
+    private func markSettled(_ event: TaskEvent, js: JetStream) async {
+        do {
+            _ = try await js.publish(subject: QueueLayout.settledSubject(taskID: event.taskID), data: Array(event.kind.status.rawValue.utf8),
+                                     msgID: "settled-\(event.taskID)")
+        } catch {
+            logger.warning("could not mark the task settled; a redelivery may run it again", metadata: ["task_id": "\(event.taskID)", "error": "\(error)"])
         }
     }
 

@@ -6,6 +6,14 @@ SIGKILL after 10 s. Loops are bounded; nothing asserts on how fast something ran
 
 Binaries come from $NEUTRINO_BIN_DIR (default `<repo>/.build/debug`); the suite is skipped, with a message,
 when they are missing.
+
+Task-log mode ($NEUTRINO_E2E_TASK_LOG, docs/architecture.md "The task log over NATS"):
+- `sqlite` (default): workers write the gateway's SQLite file directly (`--task-log sqlite:PATH`).
+- `nats`: every gateway the fixtures start gets a nats-server (one per cluster/stack) and `--nats URL
+  --events-via-nats --gateway-id <unique id>`; every worker gets `--task-log nats --nats URL` and publishes its
+  events on NEUTRINO_EVENTS, which the gateway commits into its own file. That file is still the complete task
+  log (TaskLog reads it), but worker events reach it asynchronously. Tests inherently about the direct file are
+  marked `@pytest.mark.sqlite_task_log_only("why")` and skipped in this mode.
 """
 from __future__ import annotations
 
@@ -69,6 +77,58 @@ EXIT_TIMEOUT_S = 180.0  # a process expected to exit on its own
 # heartbeat tests wait seconds, not minutes; 4 missed heartbeats before a worker is forgotten.
 HEARTBEAT_INTERVAL_S = 0.5
 HEARTBEAT_TIMEOUT_S = 2.0
+
+# ------------------------------------------------------------------------------------------ task-log mode
+
+TASK_LOG_MODES = ("sqlite", "nats")
+TASK_LOG_MODE = (os.environ.get("NEUTRINO_E2E_TASK_LOG") or "sqlite").strip().lower()
+if TASK_LOG_MODE not in TASK_LOG_MODES:
+    raise pytest.UsageError(f"NEUTRINO_E2E_TASK_LOG={TASK_LOG_MODE!r}: expected one of {', '.join(TASK_LOG_MODES)}")
+NATS_TASK_LOG = TASK_LOG_MODE == "nats"
+
+_GATEWAY_IDS = itertools.count(1)
+
+
+def new_gateway_id(name: str) -> str:
+    """A gateway id unique in this session (it names the durable `events_<id>` on NEUTRINO_EVENTS)."""
+    token = re.sub(r"[^A-Za-z0-9_-]", "_", name)
+    return f"e2e-{token}-{os.getpid()}-{next(_GATEWAY_IDS)}"
+
+
+def worker_task_log_args(db_path: Optional[Path], nats_url: Optional[str], task_log: str) -> list[str]:
+    """A worker's task-log flags: `--task-log sqlite:PATH`, or `--task-log nats` (its `--nats URL` is added by the
+    caller, which also wants it for heartbeats and the queue)."""
+    if task_log == "nats":
+        assert nats_url, "a --task-log nats worker needs a NATS URL"
+        return ["--task-log", "nats"]
+    assert db_path is not None, "a --task-log sqlite worker needs the SQLite file"
+    return ["--task-log", f"sqlite:{db_path}"]
+
+
+def gateway_events_args(nats_url: str, gateway_id: str) -> list[str]:
+    """What makes a gateway record the workers' events from NATS into its own file."""
+    return ["--nats", nats_url, "--events-via-nats", "--gateway-id", gateway_id]
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line(
+        "markers", "sqlite_task_log_only(reason): about the direct SQLite task log; skipped when "
+                   "NEUTRINO_E2E_TASK_LOG=nats")
+
+
+def pytest_report_header(config) -> str:
+    return f"neutrino task log: {TASK_LOG_MODE} (NEUTRINO_E2E_TASK_LOG)"
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    if not NATS_TASK_LOG:
+        return
+    for item in items:
+        marker = item.get_closest_marker("sqlite_task_log_only")
+        if marker is not None:
+            why = marker.args[0] if marker.args else marker.kwargs.get("reason", "about the direct SQLite task log")
+            item.add_marker(pytest.mark.skip(reason=f"NEUTRINO_E2E_TASK_LOG=nats: {why}"))
+
 
 TERMINAL_STATUSES = {"completed", "failed", "cancelled", "timed_out"}
 ALL_STATUSES = {"pending", "queued", "running", "completed", "failed", "cancelled", "timed_out"}
@@ -421,13 +481,16 @@ class GatewayAccess:
 
 @dataclass
 class Cluster(GatewayAccess):
-    """A gateway in front of `workers` (pool "fast"), all logging into `db`."""
+    """A gateway in front of `workers` (pool "fast"), all logging into `db` (in the NATS task-log mode: the
+    workers publish on `nats`, the gateway `gateway_id` commits into `db`)."""
 
     gateway: ServerProcess
     workers: list[ServerProcess]
     worker_ids: list[str]
     db_path: Path
     manifest: Path
+    nats: Optional["NatsServer"] = None
+    gateway_id: Optional[str] = None
     _stopped: bool = field(default=False, repr=False)
 
     def stop(self) -> None:
@@ -437,6 +500,8 @@ class Cluster(GatewayAccess):
         self.gateway.stop()
         for w in self.workers:
             w.stop()
+        if self.nats is not None:
+            self.nats.stop()
 
 
 class Launcher:
@@ -446,6 +511,13 @@ class Launcher:
         self.base_dir = base_dir
         self._procs: list[ServerProcess] = []
         self._counter = itertools.count(1)
+        self._standalone_nats: Optional["NatsServer"] = None
+
+    def standalone_nats(self) -> "NatsServer":
+        """A nats-server for `--task-log nats` workers started without a gateway (one per session, on demand)."""
+        if self._standalone_nats is None:
+            self._standalone_nats = NatsServer(self, self.new_dir("nats-standalone")).start()
+        return self._standalone_nats
 
     def new_dir(self, prefix: str) -> Path:
         d = self.base_dir / f"{prefix}-{next(self._counter)}"
@@ -470,12 +542,19 @@ class Launcher:
         wait: bool = True,
         nats_url: Optional[str] = None,
         heartbeat_interval: float = HEARTBEAT_INTERVAL_S,
+        task_log: Optional[str] = None,
     ) -> ServerProcess:
-        """An HTTP-mode worker; with `nats_url` it also sends heartbeats (every `heartbeat_interval` s)."""
+        """An HTTP-mode worker; with `nats_url` it also sends heartbeats (every `heartbeat_interval` s).
+
+        `task_log` (default: the session's mode) picks `--task-log sqlite:<db_path>` or `--task-log nats`; a NATS-mode
+        worker given no `nats_url` publishes to the session's standalone nats-server."""
+        task_log = task_log or TASK_LOG_MODE
+        if task_log == "nats" and not nats_url:
+            nats_url = self.standalone_nats().url
         argv = [
             str(WORKER_BIN), "--mode", "http", "--pool", pool, "--app", str(app),
             "--host", "127.0.0.1", "--port", "0", "--concurrency", str(concurrency),
-            "--task-log", f"sqlite:{db_path}", "--python-path", str(PYTHON_SDK),
+            *worker_task_log_args(db_path, nats_url, task_log), "--python-path", str(PYTHON_SDK),
         ]
         if worker_id:
             argv += ["--worker-id", worker_id]
@@ -494,15 +573,25 @@ class Launcher:
         *,
         log_dir: Path,
         max_body_bytes: Optional[int] = None,
+        nats: Optional["NatsServer"] = None,
+        gateway_id: Optional[str] = None,
     ) -> ServerProcess:
+        """A gateway on `db_path`; with `nats` and `gateway_id` (the NATS task-log mode) it also records the events
+        published on that server (`--nats --events-via-nats --gateway-id`) and is returned once its events consumer
+        exists."""
         argv = [str(GATEWAY_BIN), "--manifest", str(manifest)]
         for pool, urls in pools.items():
             argv += ["--http-pool", f"{pool}=" + ",".join(urls)]
         argv += ["--task-log", f"sqlite:{db_path}", "--host", "127.0.0.1", "--port", "0"]
         if max_body_bytes is not None:
             argv += ["--max-body-bytes", str(max_body_bytes)]
+        if nats is not None:
+            assert gateway_id, "a gateway recording events from NATS needs its id"
+            argv += gateway_events_args(nats.url, gateway_id)
         p = self.spawn(f"gateway-{next(self._counter)}", argv, env=_server_env(), log_dir=log_dir)
         p.wait_listening()
+        if nats is not None:
+            nats.wait_events_consumer(gateway_id)
         return p
 
     def cluster(
@@ -517,12 +606,19 @@ class Launcher:
     ) -> Cluster:
         d = self.new_dir(name)
         db = d / "tasks.sqlite"
+        # The NATS task-log mode: a nats-server of the cluster's own, the workers publish their events on it.
+        nats = NatsServer(self, d).start() if NATS_TASK_LOG else None
+        gateway_id = new_gateway_id(name) if nats else None
+        nats_url = nats.url if nats else None
         ids = [f"{name}-w{i + 1}" for i in range(workers)]
-        procs = [self.worker(app, db, log_dir=d, worker_id=wid, concurrency=concurrency, wait=False) for wid in ids]
+        procs = [self.worker(app, db, log_dir=d, worker_id=wid, concurrency=concurrency, wait=False, nats_url=nats_url)
+                 for wid in ids]
         for p in procs:
             p.wait_listening()
-        gw = self.gateway(manifest, {"fast": [p.url for p in procs]}, db, log_dir=d, max_body_bytes=max_body_bytes)
-        return Cluster(gateway=gw, workers=procs, worker_ids=ids, db_path=db, manifest=manifest)
+        gw = self.gateway(manifest, {"fast": [p.url for p in procs]}, db, log_dir=d, max_body_bytes=max_body_bytes,
+                          nats=nats, gateway_id=gateway_id)
+        return Cluster(gateway=gw, workers=procs, worker_ids=ids, db_path=db, manifest=manifest, nats=nats,
+                       gateway_id=gateway_id)
 
     def stop_all(self) -> None:
         errors = []
@@ -723,6 +819,13 @@ class NatsServer:
                 return c
         return None
 
+    def wait_events_consumer(self, gateway_id: str, timeout: float = 60.0) -> dict:
+        """The durable `events_<gateway_id>` on NEUTRINO_EVENTS once the gateway has provisioned it."""
+        name = f"events_{gateway_id}"
+        return wait_for(lambda: self.consumer(name, stream="NEUTRINO_EVENTS"), timeout=timeout,
+                        message=lambda: f"the gateway to provision the events consumer {name} "
+                                        f"(streams: {sorted(self.streams())})")
+
     def queue_depth(self, pool: str) -> tuple[int, int]:
         """(num_pending, num_ack_pending) of the pool's consumer."""
         c = self.consumer(f"pool_{pool}")
@@ -851,7 +954,11 @@ class NatsWire:
 
 @dataclass
 class QueueStack(GatewayAccess):
-    """nats-server + a gateway started with `--nats` (no sync pool) + NATS-mode workers, all on one task log."""
+    """nats-server + a gateway started with `--nats` (no sync pool) + NATS-mode workers, all on one task log.
+
+    `task_log` ("sqlite" or "nats"; default: the session's NEUTRINO_E2E_TASK_LOG): with "nats" the workers publish
+    their events (`--task-log nats`) and the gateway records them into `db_path` (`--events-via-nats --gateway-id
+    <gateway_id>`; a restarted gateway keeps the id, so it resumes its durable consumer)."""
 
     launcher: Launcher
     dir: Path
@@ -863,23 +970,36 @@ class QueueStack(GatewayAccess):
     db_path: Path
     gateway: Optional[ServerProcess] = None
     workers: list[ServerProcess] = field(default_factory=list)
+    task_log: str = field(default_factory=lambda: TASK_LOG_MODE)
+    gateway_id: Optional[str] = None
     _worker_counter: Any = field(default_factory=lambda: itertools.count(1), repr=False)
+    _gateway_counter: Any = field(default_factory=lambda: itertools.count(1), repr=False)
+
+    def __post_init__(self) -> None:
+        assert self.task_log in TASK_LOG_MODES, self.task_log
+        if self.task_log == "nats" and self.gateway_id is None:
+            self.gateway_id = new_gateway_id(self.name)
 
     # -- processes ---------------------------------------------------------------------------------------
 
-    def start_gateway(self, *, http_pools: Optional[dict[str, list[str]]] = None,
-                      heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S, extra_args: Iterable[str] = ()) -> ServerProcess:
-        """The gateway (`--nats`, `--heartbeat-timeout`, `--http-pool` for each of `http_pools`); waits until it
-        provisioned every queued pool's consumer."""
-        argv = [str(GATEWAY_BIN), "--manifest", str(self.manifest), "--task-log", f"sqlite:{self.db_path}",
+    def gateway_argv(self, *, db_path: Optional[Path] = None, gateway_id: Optional[str] = None,
+                     http_pools: Optional[dict[str, list[str]]] = None, heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S,
+                     extra_args: Iterable[str] = ()) -> list[str]:
+        """The command line of a gateway of this stack (on `db_path`, default the stack's file; in the NATS task-log
+        mode with `--events-via-nats --gateway-id <gateway_id>`, default the stack's id)."""
+        argv = [str(GATEWAY_BIN), "--manifest", str(self.manifest), "--task-log", f"sqlite:{db_path or self.db_path}",
                 "--host", "127.0.0.1", "--port", "0", "--nats", self.nats.url, "--ack-wait", f"{self.ack_wait:g}",
                 "--heartbeat-timeout", f"{heartbeat_timeout:g}"]
+        if self.task_log == "nats":
+            argv += ["--events-via-nats", "--gateway-id", gateway_id or self.gateway_id]
         for pool, urls in (http_pools or {}).items():
             argv += ["--http-pool", f"{pool}=" + ",".join(urls)]
         argv += list(extra_args)
-        self.gateway = self.launcher.spawn(f"{self.name}-gateway", argv, env=_server_env(), log_dir=self.dir)
-        self.gateway.wait_listening()
-        # The gateway provisions the stream and every queued pool's consumer in the background.
+        return argv
+
+    def wait_provisioned(self, gateway_id: Optional[str] = None) -> None:
+        """Until the gateway provisioned every queued pool's consumer (and, in the NATS task-log mode, its events
+        consumer `events_<gateway_id>`)."""
         wanted = {f"pool_{p}" for p in queued_pools(self.manifest)}
 
         def provisioned():
@@ -888,6 +1008,20 @@ class QueueStack(GatewayAccess):
             return wanted <= have and self.nats.stream("NEUTRINO_DLQ") is not None
 
         wait_for(provisioned, timeout=60, message=lambda: f"the gateway to provision consumers {sorted(wanted)}")
+        if self.task_log == "nats":
+            self.nats.wait_events_consumer(gateway_id or self.gateway_id)
+
+    def start_gateway(self, *, http_pools: Optional[dict[str, list[str]]] = None,
+                      heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S, extra_args: Iterable[str] = ()) -> ServerProcess:
+        """The gateway (`--nats`, `--heartbeat-timeout`, `--http-pool` for each of `http_pools`); waits until it
+        provisioned every queued pool's consumer."""
+        argv = self.gateway_argv(http_pools=http_pools, heartbeat_timeout=heartbeat_timeout, extra_args=extra_args)
+        n = next(self._gateway_counter)
+        self.gateway = self.launcher.spawn(f"{self.name}-gateway" + (f"-{n}" if n > 1 else ""), argv,
+                                           env=_server_env(), log_dir=self.dir)
+        self.gateway.wait_listening()
+        # The gateway provisions the stream and every queued pool's consumer in the background.
+        self.wait_provisioned()
         return self.gateway
 
     def worker(self, pool: str, *, worker_id: Optional[str] = None, concurrency: int = 2,
@@ -898,7 +1032,8 @@ class QueueStack(GatewayAccess):
         wait=False."""
         worker_id = worker_id or f"{self.name}-{pool}-w{next(self._worker_counter)}"
         argv = [str(WORKER_BIN), "--mode", "nats", "--pool", pool, "--app", str(self.app),
-                "--python-path", str(PYTHON_SDK), "--task-log", f"sqlite:{self.db_path}", "--nats", self.nats.url,
+                "--python-path", str(PYTHON_SDK), *worker_task_log_args(self.db_path, self.nats.url, self.task_log),
+                "--nats", self.nats.url,
                 "--concurrency", str(concurrency), "--ack-wait", f"{(ack_wait or self.ack_wait):g}",
                 "--drain-grace", f"{drain_grace:g}", "--worker-id", worker_id,
                 "--host", "127.0.0.1", "--port", "0", "--heartbeat-interval", f"{heartbeat_interval:g}"]
@@ -915,7 +1050,7 @@ class QueueStack(GatewayAccess):
         gateway, which is given its URL: `start_gateway(http_pools={pool: [w.url]})`)."""
         worker_id = worker_id or f"{self.name}-{pool}-h{next(self._worker_counter)}"
         p = self.launcher.worker(self.app, self.db_path, log_dir=self.dir, worker_id=worker_id, pool=pool,
-                                 concurrency=concurrency, wait=wait, nats_url=self.nats.url)
+                                 concurrency=concurrency, wait=wait, nats_url=self.nats.url, task_log=self.task_log)
         p.worker_id = worker_id  # type: ignore[attr-defined]
         self.workers.append(p)
         return p
@@ -1005,19 +1140,21 @@ def queue_manifest(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def queue_stack(launcher: Launcher, request) -> Iterable[Callable[..., QueueStack]]:
-    """A factory: `queue_stack(app=EXAMPLE_APP|QUEUE_APP, ack_wait=30, name=...)` starts nats-server and a gateway
-    (`--nats`, `--ack-wait`), with no workers (start them with `stack.worker(pool, ...)`). Everything it started is
-    stopped when the test ends."""
+    """A factory: `queue_stack(app=EXAMPLE_APP|QUEUE_APP, ack_wait=30, name=..., task_log=None)` starts nats-server and
+    a gateway (`--nats`, `--ack-wait`), with no workers (start them with `stack.worker(pool, ...)`). `task_log`
+    ("sqlite" or "nats") overrides the session's NEUTRINO_E2E_TASK_LOG. Everything it started is stopped when the
+    test ends."""
     if not (os.path.isfile(NATS_SERVER_BIN) and os.access(NATS_SERVER_BIN, os.X_OK)):
         pytest.skip("nats-server is not installed (Debian package nats-server)")
     stacks: list[QueueStack] = []
 
     def make(*, app: Path = EXAMPLE_APP, ack_wait: float = 30.0, name: str = "queue",
-             gateway: bool = True) -> QueueStack:
+             gateway: bool = True, task_log: Optional[str] = None) -> QueueStack:
         manifest = request.getfixturevalue("queue_manifest" if Path(app) == QUEUE_APP else "example_manifest")
         d = launcher.new_dir(name)
         stack = QueueStack(launcher=launcher, dir=d, name=name, app=Path(app), manifest=manifest, ack_wait=ack_wait,
-                           nats=NatsServer(launcher, d), db_path=d / "tasks.sqlite")
+                           nats=NatsServer(launcher, d), db_path=d / "tasks.sqlite",
+                           task_log=task_log or TASK_LOG_MODE)
         stacks.append(stack)
         stack.nats.start()
         if gateway:

@@ -87,7 +87,8 @@ def dash(launcher: Launcher, example_manifest: Path) -> Iterable[DashStack]:
         pytest.skip("nats-server is not installed (Debian package nats-server)")
     d = launcher.new_dir("dashboard")
     stack = DashStack(launcher=launcher, dir=d, name="dash", app=EXAMPLE_APP, manifest=example_manifest,
-                      ack_wait=30.0, nats=NatsServer(launcher, d), db_path=d / "tasks.sqlite")
+                      ack_wait=30.0, nats=NatsServer(launcher, d), db_path=d / "tasks.sqlite",
+                      task_log="sqlite")  # its own command lines: the direct task log in either mode
     stack.http_workers = []
     try:
         stack.nats.start()

@@ -114,6 +114,7 @@ def test_body_under_limit_passes(cluster: Cluster):
 
 # ------------------------------------------------------------------------------------------ async and gpu
 
+@pytest.mark.sqlite_task_log_only("the NATS task-log mode gives the gateway --nats, which accepts queued tasks")
 @pytest.mark.parametrize("task,args", [("generate_report", {"dataset": "d"}), ("train_model", {"data": "d"})])
 def test_async_and_gpu_tasks_not_supported_yet(cluster: Cluster, task: str, args: dict):
     """Until the JetStream path exists, async/gpu tasks answer 501 with a JSON error (never a fake 202)."""

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
+
 from conftest import QUEUE_APP, count_events, event_names, read_journal, wait_for
 
 

@@ -15,6 +15,7 @@ from conftest import QUEUE_APP, assert_error_body, count_events, event_names, re
 ACK_WAIT_S = 2.0
 
 
+@pytest.mark.sqlite_task_log_only("a worker's outcome reaches the task log only through NATS in the NATS mode")
 def test_nats_down_then_back(queue_stack, tmp_path):
     from neutrino import ServiceUnavailable
 

@@ -47,6 +47,7 @@ def test_healthz_answers_while_all_python_threads_are_busy(busy_worker, task: st
         assert r.json()["result"] == {"released": True}, r
 
 
+@pytest.mark.sqlite_task_log_only("reads the SQLite file a worker without a gateway writes itself")
 def test_worker_uses_the_given_task_id(launcher: Launcher):
     """POST to the worker with X-Neutrino-Task-Id: the answer, the task's context and the log all use that id."""
     d = launcher.new_dir("direct")
