@@ -36,6 +36,8 @@ final class EventFeed: Sendable {
     }
 
     var subscriberCount: Int { state.withLock { $0.subscribers.count } }
+    /// The last event id handed out (nil until the loop has read the head once).
+    var cursor: Int64? { state.withLock { $0.lastID } }
 
     /// A stream of SSE text for one client. With `lastEventID` (a reconnect), events after it are sent first
     /// (at most `backlogLimit`).
@@ -66,12 +68,15 @@ final class EventFeed: Sendable {
             try? await Task.sleep(for: Self.pollInterval)
             let (listening, cursor) = state.withLock { ($0.subscribers.isEmpty == false, $0.lastID) }
             guard let cursor else {
-                if let last = try? await reader.lastEventID() { state.withLock { $0.lastID = last } }
+                if let last = try? await reader.lastEventID() { state.withLock { if $0.lastID == nil { $0.lastID = last } } }
                 continue
             }
             guard listening else {
-                // Nobody listens: just keep the cursor near the head, cheaply, so a new subscriber starts live.
-                if let last = try? await reader.lastEventID() { state.withLock { $0.lastID = last } }
+                // Nobody listens: keep the cursor near the head, cheaply, so a new subscriber starts live. Jump only if
+                // still nobody listens: one who subscribed meanwhile must get what was committed since.
+                if let last = try? await reader.lastEventID() {
+                    state.withLock { if $0.subscribers.isEmpty { $0.lastID = max($0.lastID ?? 0, last) } }
+                }
                 continue
             }
             do {

@@ -7,7 +7,7 @@ import Testing
 
 /// The live feed over a real task log: events arrive in commit order, a reconnect resumes after its last id, and a
 /// subscriber that reads nothing is cut off at its buffer instead of holding the feed back.
-@Suite(.serialized)
+@Suite(.serialized, .timeLimit(.minutes(2)))
 struct EventFeedTests {
     let logger = Logger(label: "neutrino.test.feed")
 
@@ -22,17 +22,35 @@ struct EventFeedTests {
         (0..<n).map { _ in TaskEvent(taskID: TaskID.make(), kind: .queued, function: "slow", pool: "async", mode: .async) }
     }
 
-    /// Reads SSE chunks until `count` task events were seen or the stream ends (bounded by `limit` chunks).
-    func collect(_ stream: AsyncStream<[UInt8]>, count: Int, limit: Int = 5000) async -> (ids: [Int64], ended: Bool) {
-        var ids: [Int64] = []
-        var seen = 0
-        for await chunk in stream {
-            seen += 1
-            let text = String(decoding: chunk, as: UTF8.self)
-            if text.hasPrefix("id: "), let line = text.split(separator: "\n").first, let id = Int64(line.dropFirst(4)) { ids.append(id) }
-            if ids.count >= count || seen >= limit { return (ids, false) }
+    /// Reads SSE chunks until `count` task events were seen, the stream ends, or 20 s pass.
+    func collect(_ stream: AsyncStream<[UInt8]>, count: Int) async -> (ids: [Int64], ended: Bool) {
+        await withTaskGroup(of: (ids: [Int64], ended: Bool)?.self) { group in
+            group.addTask {
+                var ids: [Int64] = []
+                for await chunk in stream {
+                    let text = String(decoding: chunk, as: UTF8.self)
+                    if text.hasPrefix("id: "), let line = text.split(separator: "\n").first, let id = Int64(line.dropFirst(4)) { ids.append(id) }
+                    if ids.count >= count { return (ids, false) }
+                }
+                return (ids, true)
+            }
+            group.addTask {
+                try? await Task.sleep(for: .seconds(20))
+                return nil
+            }
+            let first = await group.next() ?? nil
+            group.cancelAll()
+            return first ?? ([], false)
         }
-        return (ids, true)
+    }
+
+    /// Waits (bounded) until the feed's loop has read the head of the log once.
+    func started(_ feed: EventFeed) async -> Bool {
+        for _ in 0..<400 {
+            if feed.cursor != nil { return true }
+            try? await Task.sleep(for: .milliseconds(25))
+        }
+        return false
     }
 
     @Test func deliversCommittedEventsInOrderAndResumes() async throws {
@@ -43,7 +61,8 @@ struct EventFeedTests {
         // The feed starts at the head: events from before it started are not replayed to a fresh subscriber.
         writer.record(contentsOf: events(3))
         await writer.flush()
-        try await Task.sleep(for: .milliseconds(300))
+        #expect(await started(feed))
+        while feed.cursor != 3 { try await Task.sleep(for: .milliseconds(25)) }  // bounded by the suite's time limit
         let live = await feed.subscribe(lastEventID: nil)
         writer.record(contentsOf: events(5))
         await writer.flush()
@@ -66,12 +85,12 @@ struct EventFeedTests {
         defer { try? FileManager.default.removeItem(at: dir) }
         let feed = EventFeed(reader: reader, logger: logger)
         let loop = Task { await feed.run() }
-        try await Task.sleep(for: .milliseconds(300))
+        #expect(await started(feed))
         let stuck = await feed.subscribe(lastEventID: nil)
         let reading = await feed.subscribe(lastEventID: nil)
         #expect(feed.subscriberCount == 2)
         let total = EventFeed.bufferLimit + 500
-        async let readerSaw = collect(reading, count: total, limit: total + 10)
+        async let readerSaw = collect(reading, count: total)
         writer.record(contentsOf: events(total))
         await writer.flush()
         let saw = await readerSaw
