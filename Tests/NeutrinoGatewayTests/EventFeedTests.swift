@@ -91,8 +91,12 @@ struct EventFeedTests {
         #expect(feed.subscriberCount == 2)
         let total = EventFeed.bufferLimit + 500
         async let readerSaw = collect(reading, count: total)
-        writer.record(contentsOf: events(total))
-        await writer.flush()
+        // In steps a reading client keeps up with (the feed polls every 100 ms); the stuck one falls behind by all.
+        for _ in 0..<(total / 250) {
+            writer.record(contentsOf: events(250))
+            await writer.flush()
+            try await Task.sleep(for: .milliseconds(150))
+        }
         let saw = await readerSaw
         // The reading subscriber got everything; the stuck one was dropped after its buffer filled.
         #expect(saw.ids.count == total)
