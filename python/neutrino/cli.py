@@ -214,6 +214,15 @@ def _manifest_text(app: App) -> Optional[str]:
         return None
 
 
+def _load_with_manifest(spec: str) -> Optional[Tuple[App, str]]:
+    """The app and its manifest text, or None after reporting on stderr why not."""
+    app = _load(spec)
+    if app is None:
+        return None
+    manifest = _manifest_text(app)
+    return None if manifest is None else (app, manifest)
+
+
 def _write_file(path: str, text: str) -> None:
     """Write ``text`` to ``path`` atomically (readers never see half a file)."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -229,12 +238,10 @@ def _write_file(path: str, text: str) -> None:
 
 def _cmd_openapi(args: argparse.Namespace) -> int:
     """Print the app's OpenAPI 3.1 manifest (the gateway's --manifest file)."""
-    app = _load(args.app)
-    if app is None:
+    loaded = _load_with_manifest(args.app)
+    if loaded is None:
         return 1
-    text = _manifest_text(app)
-    if text is None:
-        return 1
+    app, text = loaded
     if args.output:
         _write_file(args.output, text)
         print(f"wrote {args.output} ({len(app.tasks)} tasks)", file=sys.stderr)
@@ -603,12 +610,10 @@ def _cmd_up(args: argparse.Namespace) -> int:
     Stop with Ctrl-C (or SIGTERM): the workers and the gateway get SIGTERM (SIGKILL after 10 s), then
     nats-server.
     """
-    app = _load(args.app)
-    if app is None:
+    loaded = _load_with_manifest(args.app)
+    if loaded is None:
         return 1
-    manifest = _manifest_text(app)
-    if manifest is None:
-        return 1
+    app, manifest = loaded
     pools = app.pools()
     sync_pools = [pool for pool, mode in pools.items() if mode == "sync"]
     queued_pools = {pool: mode for pool, mode in pools.items() if mode != "sync"}

@@ -895,14 +895,12 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
     With --dry-run nothing is applied: the YAML is printed, or written to --output.
     """
-    from .cli import _load, _manifest_text
+    from .cli import _load_with_manifest
 
-    app = _load(args.app)
-    if app is None:
+    loaded = _load_with_manifest(args.app)
+    if loaded is None:
         return 1
-    manifest = _manifest_text(app)
-    if manifest is None:
-        return 1
+    app, manifest = loaded
     target, _ = _split(args.app)
     if args.app_configmap and not target.endswith(".py"):
         _error("--app-configmap needs APP to be a .py file")
