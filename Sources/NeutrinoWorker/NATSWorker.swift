@@ -139,6 +139,13 @@ public final class NATSWorker: Sendable {
                 // Fetch only for free threads: a message waiting here would wait behind a slow task.
                 let free = await slots.waitForFree(orUntil: { self.draining.load(ordering: .relaxed) })
                 guard free > 0 else { continue }
+                // No pull requests while disconnected: cnats would buffer them and send them all on reconnect, and the
+                // server would deliver messages into requests nobody waits for any more, starting their AckWait while
+                // they sit in the client until a later fetch.
+                guard connection.isConnected else {
+                    try? await Task.sleep(for: .milliseconds(100))
+                    continue
+                }
                 let messages: [JetStreamMessage]
                 do {
                     messages = try await subscription.fetch(batch: free, timeout: .milliseconds(500))
