@@ -100,8 +100,9 @@ let package = Package(
         // Task lifecycle events over NATS (`--task-log nats`): the codec, the stream, the worker's publisher,
         // the gateway's consumer into the task log.
         .target(name: "NeutrinoEvents", dependencies: [
-            "NeutrinoCore", "NeutrinoTaskLog", "NeutrinoNATS", "NeutrinoThreads",
+            "NeutrinoCore", "NeutrinoTaskLog", "NeutrinoNATS", "NeutrinoThreads", "NeutrinoObservability",
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "Metrics", package: "swift-metrics"),
         ], swiftSettings: swiftSettings),
         .testTarget(name: "NeutrinoEventsTests", dependencies: ["NeutrinoEvents", "NeutrinoTaskLog", "NeutrinoNATS", "NeutrinoTestSupport"],
                     swiftSettings: swiftSettings),

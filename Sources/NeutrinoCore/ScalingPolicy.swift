@@ -133,7 +133,7 @@ public struct ScalingRecommender: Sendable {
     /// Feeds one recommendation observed at `now` and returns the replica count to run.
     @discardableResult
     public mutating func observe(_ recommended: Int, reason: String, now: Timestamp) -> Int {
-        let windowMs = policy.downWindow.components.seconds * 1000 + policy.downWindow.components.attoseconds / 1_000_000_000_000_000
+        let windowMs = policy.downWindow.wholeMilliseconds
         history.append((now.millis, recommended))
         history.removeAll { $0.at < now.millis - windowMs }
         let stabilised = history.map(\.replicas).max() ?? recommended

@@ -73,3 +73,15 @@ public struct Timestamp: Sendable, Hashable, Comparable, Codable {
         return era * 146_097 + doe - 719_468
     }
 }
+
+extension Duration {
+    /// Whole milliseconds (truncated), for windows and deadlines kept as Unix-millisecond arithmetic.
+    public var wholeMilliseconds: Int64 {
+        components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000
+    }
+
+    /// Milliseconds with the fraction, for latencies.
+    public var milliseconds: Double {
+        Double(components.seconds) * 1000 + Double(components.attoseconds) / 1e15
+    }
+}

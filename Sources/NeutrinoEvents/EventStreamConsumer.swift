@@ -1,6 +1,8 @@
 import Logging
+import Metrics
 import NeutrinoCore
 import NeutrinoNATS
+import NeutrinoObservability
 import Synchronization
 
 /// The gateway's side of `--task-log nats`: a durable pull consumer `events_<id>` on `NEUTRINO_EVENTS` whose loop
@@ -43,6 +45,8 @@ public final class EventStreamConsumer: Sendable {
     private let stopping = Atomic<Bool>(false)
     private let state = Mutex(LoopState())
     private let applied = Atomic<UInt64>(0)
+    /// `neutrino_events_applied_total{consumer}`.
+    private let appliedCounter: Counter
     private let batchCount = Atomic<UInt64>(0)
     private let terminated = Atomic<UInt64>(0)
 
@@ -59,6 +63,7 @@ public final class EventStreamConsumer: Sendable {
         self.options = options
         self.consumerID = id
         self.durableName = EventStreamLayout.consumer(id: id)
+        self.appliedCounter = Counter(label: NeutrinoMetrics.eventsApplied, dimensions: [("consumer", durableName)])
     }
 
     /// Events handed to the sink and committed.
@@ -168,6 +173,7 @@ public final class EventStreamConsumer: Sendable {
         }
         let batch = batchCount.add(1, ordering: .relaxed).newValue
         applied.add(UInt64(events.count), ordering: .relaxed)
+        appliedCounter.increment(by: Int64(events.count))
         if let crash = options.crashAfterCommittingBatch, Int(batch) >= crash { return false }
         var ackFailure: (any Error)?
         for message in decoded {

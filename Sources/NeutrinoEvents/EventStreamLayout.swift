@@ -28,12 +28,10 @@ public enum EventStreamLayout {
     /// `text` with every byte outside `[A-Za-z0-9_-]` replaced by `_` (`_` alone when empty).
     static func token(_ text: String) -> String {
         guard !text.isEmpty else { return "_" }
-        let safe = text.utf8.allSatisfy { c in
+        func safe(_ c: UInt8) -> Bool {
             (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || c == 0x5F || c == 0x2D
         }
-        if safe { return text }
-        return String(decoding: text.utf8.map { c -> UInt8 in
-            (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || c == 0x5F || c == 0x2D ? c : 0x5F
-        }, as: UTF8.self)
+        if text.utf8.allSatisfy(safe) { return text }
+        return String(decoding: text.utf8.map { safe($0) ? $0 : 0x5F }, as: UTF8.self)
     }
 }

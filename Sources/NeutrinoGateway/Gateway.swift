@@ -2,7 +2,6 @@ import Foundation
 import HTTPTypes
 import Hummingbird
 import Logging
-import Metrics
 import NIOCore
 import NeutrinoCore
 import NeutrinoEvents
@@ -11,7 +10,6 @@ import NeutrinoNATS
 import NeutrinoObservability
 import NeutrinoTaskLog
 import ServiceLifecycle
-import Synchronization
 
 /// `neutrino-gateway`: routes `POST /api/<task>` by the manifest, validates arguments, sends sync tasks to their
 /// pool's fast workers, and serves the polling API from the task log. Links no Python.
@@ -112,18 +110,7 @@ public final class Gateway: Sendable {
         }
         router.get("/pools") { _, _ in Response.json(.ok, self.monitor.snapshot) }
         router.get("/events") { request, _ in await self.eventStream(request) }
-        let eventsConsumer = self.eventsConsumer
-        let reportedEvents = Mutex<UInt64>(0)
-        router.addMetricsRoute {
-            // Cluster mode: events applied from NEUTRINO_EVENTS, as a counter advanced by what was applied since the last scrape.
-            guard let eventsConsumer else { return }
-            let applied = eventsConsumer.eventsApplied
-            let delta = reportedEvents.withLock { last -> UInt64 in
-                defer { last = max(last, applied) }
-                return applied > last ? applied - last : 0
-            }
-            Counter(label: NeutrinoMetrics.eventsApplied, dimensions: [("consumer", eventsConsumer.durableName)]).increment(by: Int64(delta))
-        }
+        router.addMetricsRoute()
         if let directory = configuration.dashboardDirectory {
             router.add(middleware: FileMiddleware(directory, searchForIndexHtml: true, logger: logger))
         }
@@ -357,10 +344,8 @@ public final class Gateway: Sendable {
             return .json(code, w.bytes)
         }
         if record.status.isTerminal {
-            return .error(.conflict, type: "TaskFinished", message: "task \(id) is already \(record.status.rawValue)") { w in
-                w.key("task_id"); w.string(id)
-                w.key("status"); w.string(record.status.rawValue)
-            }
+            return Self.taskError(.conflict, taskID: id, status: record.status, type: "TaskFinished",
+                                  message: "task \(id) is already \(record.status.rawValue)")
         }
         if record.mode == .sync {
             return .error(.conflict, type: "NotCancellable", message: "a sync task cannot be cancelled; it ends within its timeout")
@@ -397,10 +382,8 @@ public final class Gateway: Sendable {
         }
         let id = record.id
         guard [.failed, .timedOut, .cancelled].contains(record.status) else {
-            return .error(.conflict, type: "NotRetryable", message: "task \(id) is \(record.status.rawValue); only failed, timed_out or cancelled tasks can be retried") { w in
-                w.key("task_id"); w.string(id)
-                w.key("status"); w.string(record.status.rawValue)
-            }
+            return Self.taskError(.conflict, taskID: id, status: record.status, type: "NotRetryable",
+                                  message: "task \(id) is \(record.status.rawValue); only failed, timed_out or cancelled tasks can be retried")
         }
         guard let task = manifest.tasks[record.function] else {
             return .error(.conflict, type: "NotRetryable", message: "the manifest no longer has a task named '\(record.function)'")
@@ -450,7 +433,7 @@ public final class Gateway: Sendable {
                 NeutrinoMetrics.finished(task: spec.name, mode: spec.mode.rawValue, pool: spec.pool, status: final.rawValue)
             }
             NeutrinoMetrics.recordDuration(NeutrinoMetrics.taskDuration, task: spec.name, mode: spec.mode.rawValue, pool: spec.pool,
-                                           milliseconds: Double(elapsed.components.seconds) * 1000 + Double(elapsed.components.attoseconds) / 1e15)
+                                           milliseconds: elapsed.milliseconds)
         }
         let taskHeader: HTTPFields = [NeutrinoHeader.taskID: taskID]
         guard let pool = pools[spec.pool] else {
@@ -511,7 +494,7 @@ public final class Gateway: Sendable {
     }
 
     static func taskError(_ code: HTTPResponse.Status, taskID: String, status: TaskStatus, type: String, message: String,
-                          headers: HTTPFields) -> Response {
+                          headers: HTTPFields = [:]) -> Response {
         .error(code, type: type, message: message, headers: headers) { w in
             w.key("task_id"); w.string(taskID)
             w.key("status"); w.string(status.rawValue)

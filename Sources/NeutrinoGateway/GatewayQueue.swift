@@ -70,9 +70,7 @@ public final class GatewayQueue: Sendable {
     /// before running a task.
     public func recordCancel(taskID: String) async throws(Failure) {
         do {
-            _ = try await js.publish(subject: QueueLayout.settledSubject(taskID: taskID), data: Array("cancelled".utf8),
-                                     msgID: "settled-\(taskID)",
-                                     timeout: .seconds(5))
+            try await js.markSettled(taskID: taskID, status: .cancelled, timeout: .seconds(5))
         } catch {
             throw .unavailable("\(error)")
         }

@@ -35,6 +35,7 @@ final class PoolMonitor: Sendable {
     private let staticPools: [String: WorkerPool]
     private let logger: Logger
     private let state: Mutex<State>
+    /// The span of `last_minute` in `/pools`.
     static let window = Duration.seconds(60)
 
     init(pools: [String: ExecutionMode], policies: [String: ScalingPolicy], registry: WorkerRegistry, queue: GatewayQueue?,
@@ -79,7 +80,7 @@ final class PoolMonitor: Sendable {
         var stats: [String: PoolTaskStats]?
         if let reader, tick % 2 == 1 {
             do {
-                stats = try await reader.poolStats(since: Timestamp(millis: Timestamp.now().millis - 60_000))
+                stats = try await reader.poolStats(since: Timestamp(millis: Timestamp.now().millis - Self.window.wholeMilliseconds))
             } catch {
                 logger.warning("pool statistics query failed", metadata: ["error": "\(error)"])
             }
@@ -177,7 +178,7 @@ final class PoolMonitor: Sendable {
             w.key("failed"); w.int(stats.failed)
             w.key("p50_ms"); if let v = stats.p50Ms { w.double(v) } else { w.null() }
             w.key("p95_ms"); if let v = stats.p95Ms { w.double(v) } else { w.null() }
-            w.key("per_second"); w.double(Double(stats.completed + stats.failed) / 60)
+            w.key("per_second"); w.double(Double(stats.completed + stats.failed) * 1000 / Double(Self.window.wholeMilliseconds))
             w.endObject()
             let policy = recommender.policy
             w.key("scaling")
@@ -186,7 +187,7 @@ final class PoolMonitor: Sendable {
             w.key("min"); w.int(policy.min)
             w.key("max"); w.int(policy.max)
             w.key("target"); w.double(policy.target)
-            w.key("down_window_seconds"); w.double(Double(policy.downWindow.components.seconds))
+            w.key("down_window_seconds"); w.double(Double(policy.downWindow.wholeMilliseconds) / 1000)
             w.key("scale_to_zero"); w.bool(policy.scaleToZero)
             w.key("current"); w.int(replicas)
             w.key("recommended"); w.int(recommended)

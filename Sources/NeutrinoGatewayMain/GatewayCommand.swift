@@ -84,10 +84,8 @@ struct GatewayCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let level = Logger.Level(rawValue: logLevel) ?? .info
-        Observability.bootstrap(logFormat: LogFormat(rawValue: logFormat) ?? .text, level: level)
-        var logger = Logger(label: "neutrino.gateway")
-        logger.logLevel = level
+        let logger = Observability.start(label: "neutrino.gateway", logFormat: LogFormat(rawValue: logFormat) ?? .text,
+                                         level: Logger.Level(rawValue: logLevel) ?? .info)
         var pools: [String: [String]] = [:]
         for p in httpPools {
             if let (name, urls) = GatewayConfiguration.parsePool(p) { pools[name, default: []] += urls }

@@ -36,6 +36,14 @@ public enum Observability {
         return state.registry
     }
 
+    /// Bootstraps (see `bootstrap`) and returns the executable's logger at `level`.
+    public static func start(label: String, logFormat: LogFormat, level: Logger.Level) -> Logger {
+        bootstrap(logFormat: logFormat, level: level)
+        var logger = Logger(label: label)
+        logger.logLevel = level
+        return logger
+    }
+
     /// The registry metrics land in (also before `bootstrap`, for tests that render it).
     public static var registry: PrometheusCollectorRegistry { state.registry }
 }

@@ -48,8 +48,7 @@ public final class TaskLogReader: Sendable {
     /// Claims `key` for `taskID` unless it already names a task created within `window`; returns the task the key
     /// names now (the earlier one, or `taskID`). One short write transaction, safe across gateway replicas on one file.
     public func claimIdempotencyKey(_ key: String, taskID: String, window: Duration) async throws -> String {
-        let ms = window.components.seconds * 1000 + window.components.attoseconds / 1_000_000_000_000_000
-        return try await withStore { try $0.claim(key: key, taskID: taskID, now: .now(), windowMs: ms) }
+        try await withStore { try $0.claim(key: key, taskID: taskID, now: .now(), windowMs: window.wholeMilliseconds) }
     }
 
     /// The ids among `ids` whose task is in a terminal status.

@@ -50,16 +50,16 @@ public final class NATSWorker: Sendable {
     public func run() async throws {
         guard let url = configuration.natsURL else { throw WorkerError(message: "--mode nats needs --nats URL") }
         let pool = configuration.pool
-        let gpu = GPUProbe.describe()
+        let gpu = GPUProbe.probe()
         logger.info("worker starting", metadata: [
             "worker_id": "\(configuration.workerID)", "pool": "\(pool)", "mode": "nats", "nats": "\(url)",
             "concurrency": "\(configuration.concurrency)", "tasks": "\(specs.keys.sorted().joined(separator: ","))",
-            "gpu": "\(gpu)",
+            "gpu": "\(gpu.description)",
         ])
         if specs.isEmpty { logger.warning("the app has no async or gpu task in this pool", metadata: ["pool": "\(pool)"]) }
         let js = try connection.jetStream()
         let executor = self.executor
-        let heartbeats = HeartbeatPublisher(connection: connection, configuration: configuration, gpu: !gpu.hasPrefix("none"),
+        let heartbeats = HeartbeatPublisher(connection: connection, configuration: configuration, gpu: gpu.visible,
                                             busy: { executor.load.busy }, logger: logger)
         // NATS may come up after the worker (a pod starting before the StatefulSet): keep trying, as the gateway does.
         var attempt = 0
@@ -194,11 +194,8 @@ public final class NATSWorker: Sendable {
     private func reasonToSkip(_ id: String, js: JetStream) async -> String? {
         if cancelled.withLock({ $0.contains(id) }) { return "cancelled" }
         guard let reader else {
-            // No task log here (--task-log nats): cancellations of queued tasks and finished tasks leave a marker.
-            guard let marker = try? await js.lastMessage(stream: QueueLayout.settledStream, subject: QueueLayout.settledSubject(taskID: id)) else {
-                return nil
-            }
-            return marker.data.isEmpty ? "settled" : String(decoding: marker.data, as: UTF8.self)
+            // No task log here (--task-log nats): cancellations of queued tasks and finished tasks leave a mark.
+            return (try? await js.settledStatus(taskID: id)) ?? nil
         }
         guard let record = try? await reader.record(id: id), record.status.isTerminal else { return nil }
         return record.status.rawValue
@@ -213,13 +210,22 @@ public final class NATSWorker: Sendable {
         }
         guard isLocal() else { return }
         logger.notice("a task running here was redelivered; waiting for this worker's attempt", metadata: ["task_id": "\(taskID)"])
+        let heartbeat = keepAlive(redelivery)
+        defer { heartbeat.cancel() }
         let deadline = ContinuousClock.now + .milliseconds(Int64(spec.timeoutMs)) + .seconds(30)
-        var lastHeartbeat = ContinuousClock.now
         while isLocal() && ContinuousClock.now < deadline {
             try? await Task.sleep(for: .milliseconds(20))
-            if ContinuousClock.now - lastHeartbeat > configuration.ackWait / 3 {
-                try? redelivery.inProgress()
-                lastHeartbeat = .now
+        }
+    }
+
+    /// Sends `InProgress` for `message` every third of AckWait until cancelled, so it is not redelivered meanwhile.
+    private func keepAlive(_ message: JetStreamMessage) -> Task<Void, Never> {
+        let interval = configuration.ackWait / 3
+        return Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: interval)
+                if Task.isCancelled { break }
+                try? message.inProgress()
             }
         }
     }
@@ -258,14 +264,7 @@ public final class NATSWorker: Sendable {
             await finish(message, js: js, event(.failed, error: JSONWriter.taskErrorText(type: "InvalidArguments", message: "the queued message is not a JSON object")), settle: .term)
             return
         }
-        let heartbeat = Task { [configuration] in
-            let interval = configuration.ackWait / 3
-            while !Task.isCancelled {
-                try? await Task.sleep(for: interval)
-                if Task.isCancelled { break }
-                try? message.inProgress()
-            }
-        }
+        let heartbeat = keepAlive(message)
         let taskLog = self.taskLog
         let outcome = await executor.run(task: name, tag: taskID, payload: payload, timeoutMs: spec.timeoutMs) {
             taskLog.record(event(.running))
@@ -299,15 +298,18 @@ public final class NATSWorker: Sendable {
         }
     }
 
-    private enum Settle { case ack, nak(Duration), term }
+    private enum Settle {
+        case ack, nak(Duration), term
+
+        /// Whether the task ends here (a nak hands it back for another attempt).
+        var isFinal: Bool { if case .nak = self { false } else { true } }
+    }
 
     /// Records `event`, waits until it is committed, then settles the message: a task is never acknowledged
     /// before its outcome is in the task log.
     private func finish(_ message: JetStreamMessage, js: JetStream, _ event: TaskEvent, settle: Settle) async {
         taskLog.record(event)
-        var final = true
-        if case .nak = settle { final = false }
-        if final && reader == nil {
+        if settle.isFinal && reader == nil {
             // Without a task log a later redelivery (a lost ack) could not tell that this task is done: leave a marker
             // first, side by side with the event's own publish.
             async let marked: Void = markSettled(event, js: js)
@@ -330,8 +332,7 @@ public final class NATSWorker: Sendable {
 
     private func markSettled(_ event: TaskEvent, js: JetStream) async {
         do {
-            _ = try await js.publish(subject: QueueLayout.settledSubject(taskID: event.taskID), data: Array(event.kind.status.rawValue.utf8),
-                                     msgID: "settled-\(event.taskID)")
+            try await js.markSettled(taskID: event.taskID, status: event.kind.status)
         } catch {
             logger.warning("could not mark the task settled; a redelivery may run it again", metadata: ["task_id": "\(event.taskID)", "error": "\(error)"])
         }
@@ -431,11 +432,18 @@ struct CancelledSet: Sendable {
     func contains(_ id: String) -> Bool { members.contains(id) }
 }
 
-/// Whether a GPU is visible to this process, for the start-up log (and later heartbeats).
+/// Whether a GPU is visible to this process: for the start-up log and the heartbeats.
 enum GPUProbe {
-    static func describe() -> String {
+    struct Result: Sendable {
+        var visible: Bool
+        var description: String
+    }
+
+    static func probe() -> Result {
         let env = ProcessInfo.processInfo.environment
-        if let devices = env["CUDA_VISIBLE_DEVICES"], devices.isEmpty || devices == "-1" { return "none (CUDA_VISIBLE_DEVICES hides all)" }
+        if let devices = env["CUDA_VISIBLE_DEVICES"], devices.isEmpty || devices == "-1" {
+            return Result(visible: false, description: "none (CUDA_VISIBLE_DEVICES hides all)")
+        }
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = ["nvidia-smi", "-L"]
@@ -446,11 +454,12 @@ enum GPUProbe {
             try process.run()
             process.waitUntilExit()
         } catch {
-            return "none (no nvidia-smi)"
+            return Result(visible: false, description: "none (no nvidia-smi)")
         }
         let out = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         let gpus = out.split(separator: "\n").filter { $0.hasPrefix("GPU ") }
-        return process.terminationStatus == 0 && !gpus.isEmpty ? gpus.joined(separator: "; ") : "none (running on CPU)"
+        guard process.terminationStatus == 0, !gpus.isEmpty else { return Result(visible: false, description: "none (running on CPU)") }
+        return Result(visible: true, description: gpus.joined(separator: "; "))
     }
 }
 

@@ -19,17 +19,8 @@ public enum Worker {
         case .sqlite(let path): taskLog = try TaskLogWriter(path: path, logger: logger)
         case .nats:
             guard let connection else { throw WorkerError(message: "--task-log nats needs --nats URL") }
-            let js = try connection.jetStream()
-            // The stream may not be creatable yet (NATS still starting): the publisher keeps events until it is.
-            Task {
-                for attempt in 0..<Int.max {
-                    do { _ = try await EventStreamProvisioning.ensureStream(js); return } catch {
-                        if attempt % 20 == 0 { logger.warning("cannot provision the events stream yet; retrying", metadata: ["error": "\(error)"]) }
-                        try? await Task.sleep(for: .milliseconds(500))
-                    }
-                }
-            }
-            taskLog = NATSEventPublisher(jetStream: js, logger: logger)
+            // The publisher provisions NEUTRINO_EVENTS itself and keeps events while NATS is not reachable yet.
+            taskLog = NATSEventPublisher(jetStream: try connection.jetStream(), logger: logger)
         case .none: taskLog = nil
         }
         let sink = ObservedSink(taskLog, logger: logger)

@@ -74,10 +74,8 @@ struct WorkerCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let level = Logger.Level(rawValue: logLevel) ?? .info
-        Observability.bootstrap(logFormat: LogFormat(rawValue: logFormat) ?? .text, level: level)
-        var logger = Logger(label: "neutrino.worker")
-        logger.logLevel = level
+        var logger = Observability.start(label: "neutrino.worker", logFormat: LogFormat(rawValue: logFormat) ?? .text,
+                                         level: Logger.Level(rawValue: logLevel) ?? .info)
         let id = workerID ?? "\(pool)-\(ProcessInfo.processInfo.hostName)-\(getpid())"
         var configuration = WorkerConfiguration(
             mode: WorkerMode(rawValue: mode) ?? .http, pool: pool, app: app, host: host, port: port,
