@@ -15,9 +15,9 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 
-from neutrino import autoscale
-from neutrino.autoscale import Autoscaler, ScaleSpec, WorkerState, decide, describe, parse_scale, policy_for
-from neutrino.cli import _parser, find_dashboard_dir
+from neutrino.cli import build_parser
+from neutrino.local import find_dashboard_dir
+from neutrino.local.autoscale import Autoscaler, ScaleSpec, WorkerState, decide, describe, parse_scale, policy_for
 
 # -- --scale ----------------------------------------------------------------------------------------
 
@@ -74,13 +74,13 @@ def test_policy_for_fills_in_the_mode_defaults() -> None:
 
 
 def test_up_arguments() -> None:
-    args = _parser().parse_args(
+    args = build_parser().parse_args(
         ["up", "app.py", "--scale", "async=1:3:2:4", "--scale", "gpu=0:1", "--heartbeat-interval", "0.5"]
     )
     assert args.scale == [ScaleSpec("async", 1, 3, 2.0, 4.0), ScaleSpec("gpu", 0, 1)]
     assert args.heartbeat_interval == 0.5
     assert args.no_autoscale is False and args.queue_workers is None
-    args = _parser().parse_args(["up", "app.py", "--no-autoscale", "--queue-workers", "2"])
+    args = build_parser().parse_args(["up", "app.py", "--no-autoscale", "--queue-workers", "2"])
     assert args.no_autoscale is True and args.queue_workers == 2 and args.scale == []
     assert args.heartbeat_interval is None
 
@@ -88,7 +88,7 @@ def test_up_arguments() -> None:
 @pytest.mark.parametrize("argv", [["--scale", "async=3:1"], ["--heartbeat-interval", "0"], ["--scale", "x"]])
 def test_up_rejects_bad_arguments(argv: List[str], capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        _parser().parse_args(["up", "app.py", *argv])
+        build_parser().parse_args(["up", "app.py", *argv])
     assert exit_info.value.code == 2
     assert "error: argument" in capsys.readouterr().err
 

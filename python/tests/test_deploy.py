@@ -11,7 +11,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from neutrino import deploy
+from neutrino import k8s
 from neutrino._loader import load_app
 from neutrino.cli import main
 from neutrino.manifest import build_openapi
@@ -49,9 +49,9 @@ def ping() -> str:
 """
 
 
-def _render(path: Path, **options: Any) -> deploy.Rendered:
+def _render(path: Path, **options: Any) -> k8s.Rendered:
     app = load_app(str(path))
-    return deploy.render(app, json.dumps(build_openapi(app)), deploy.DeployOptions(**options))
+    return k8s.render(app, json.dumps(build_openapi(app)), k8s.DeployOptions(**options))
 
 
 def _get(objects: List[Dict[str, Any]], kind: str, name: str) -> Dict[str, Any]:
@@ -74,7 +74,7 @@ def _flag(args: List[str], name: str) -> List[str]:
 
 
 def test_plan_pools_takes_the_longest_timeout(write_app):
-    plans = {p.name: p for p in deploy.plan_pools(load_app(str(write_app(A100_APP))))}
+    plans = {p.name: p for p in k8s.plan_pools(load_app(str(write_app(A100_APP))))}
     assert [(p.name, p.mode) for p in plans.values()] == [("fast", "sync"), ("async", "async"), ("a100", "gpu")]
     assert plans["async"].timeout_secs == 900
     assert plans["a100"].timeout_secs == 600 and plans["fast"].timeout_secs == 5
@@ -96,8 +96,8 @@ def test_gpu_pool_named_a100(write_app):
     assert _flag(args, "--port") == ["8000"] and _flag(args, "--drain-grace") == ["600"]
     pod = worker["spec"]["template"]["spec"]
     assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    assert pod["nodeSelector"] == deploy.GPU_NODE_SELECTOR and pod["tolerations"] == deploy.GPU_TOLERATIONS
-    assert pod["terminationGracePeriodSeconds"] >= 600 + deploy.PRESTOP_SLEEP_SECS
+    assert pod["nodeSelector"] == k8s.GPU_NODE_SELECTOR and pod["tolerations"] == k8s.GPU_TOLERATIONS
+    assert pod["terminationGracePeriodSeconds"] >= 600 + k8s.PRESTOP_SLEEP_SECS
     assert worker["spec"]["replicas"] == 0
 
     scaled = _get(objects, "ScaledObject", "worker-a100")
@@ -116,7 +116,7 @@ def test_gpu_pool_named_a100(write_app):
     assert (async_so["spec"]["minReplicaCount"], async_so["spec"]["maxReplicaCount"]) == (1, 50)
     assert async_so["spec"]["triggers"][0]["metadata"]["lagThreshold"] == "10"
     async_pod = _get(objects, "Deployment", "worker-async")["spec"]["template"]["spec"]
-    assert async_pod["terminationGracePeriodSeconds"] >= 900 + deploy.PRESTOP_SLEEP_SECS
+    assert async_pod["terminationGracePeriodSeconds"] >= 900 + k8s.PRESTOP_SLEEP_SECS
     assert "nodeSelector" not in async_pod
 
     hpa = _get(objects, "HorizontalPodAutoscaler", "worker-fast")
@@ -164,7 +164,7 @@ def test_namespace_and_image(write_app):
     ],
 )
 def test_split_image(image, entry):
-    assert deploy.split_image(image) == {"name": "neutrino", **entry}
+    assert k8s.split_image(image) == {"name": "neutrino", **entry}
 
 
 @pytest.mark.parametrize(
@@ -178,15 +178,15 @@ def test_split_image(image, entry):
     ],
 )
 def test_yaml_round_trips(value):
-    assert yaml.safe_load(deploy.to_yaml(value)) == value
+    assert yaml.safe_load(k8s.to_yaml(value)) == value
 
 
 def test_every_rendered_object_round_trips_through_yaml(write_app):
     rendered = _render(write_app(A100_APP))
     for objects in [*rendered.files.values(), rendered.autoscalers]:
-        assert list(yaml.safe_load_all(deploy.to_yaml_stream(objects))) == objects
+        assert list(yaml.safe_load_all(k8s.to_yaml_stream(objects))) == objects
     for kustomization in (rendered.kustomization, rendered.top_kustomization):
-        assert yaml.safe_load(deploy.to_yaml(kustomization)) == kustomization
+        assert yaml.safe_load(k8s.to_yaml(kustomization)) == kustomization
 
 
 def test_cli_dry_run_prints_yaml(write_app, capsys):

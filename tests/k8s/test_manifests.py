@@ -43,7 +43,6 @@ from conftest import (
 
 sys.path.insert(0, str(REPO_ROOT / "python"))
 
-from neutrino import deploy  # noqa: E402
 from neutrino._loader import load_app  # noqa: E402
 from neutrino.manifest import build_openapi  # noqa: E402
 

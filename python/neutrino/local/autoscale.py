@@ -25,7 +25,6 @@ import json
 import math
 import re
 import threading
-import time
 import urllib.error
 import urllib.request
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
@@ -171,7 +170,9 @@ class Decision:
     reason: str = ""
 
 
-def decide(snapshot: Mapping[str, Any], running: Sequence[WorkerState], limit: int = MAX_LOCAL_REPLICAS) -> Optional[Decision]:
+def decide(
+    snapshot: Mapping[str, Any], running: Sequence[WorkerState], limit: int = MAX_LOCAL_REPLICAS
+) -> Optional[Decision]:
     """The action for one pool, given its entry of ``GET /pools`` and the workers it runs now (not draining).
 
     ``None`` when nothing is to be done or the entry says nothing usable (no ``scaling.desired``). Scale-in picks
@@ -287,7 +288,7 @@ class Autoscaler:
         while not self._stop.is_set():
             try:
                 self.step()
-            except Exception as exc:  # noqa: BLE001 - keep scaling; say what went wrong
+            except Exception as exc:  # keep scaling; say what went wrong
                 self._say(f"autoscaler: error: {exc!r}")
             self._stop.wait(self._interval)
 
@@ -336,12 +337,15 @@ class Autoscaler:
             self._say(f"{head}; starting {names}")
         else:
             names = ", ".join(
-                f"{w.name} (pid {w.pid}, busy {decision.busy.get(w.pid) if decision.busy.get(w.pid) is not None else '?'})"
-                for w in decision.stop
+                f"{w.name} (pid {w.pid}, busy {_or_unknown(decision.busy.get(w.pid))})" for w in decision.stop
             )
             self._say(f"{head}; draining {names}")
             for worker in decision.stop:
                 self._retire(decision.pool, worker)
+
+
+def _or_unknown(value: Optional[int]) -> str:
+    return "?" if value is None else str(value)
 
 
 def summary(pools: Mapping[str, str], specs: Mapping[str, ScaleSpec]) -> Iterable[str]:

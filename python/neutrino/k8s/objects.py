@@ -1,0 +1,512 @@
+"""The Kubernetes objects of a Neutrino deployment, as plain dicts: nats-server with JetStream, the gateway, one
+workload per pool with its autoscaler, and the network policies. :mod:`neutrino.k8s.kustomize` arranges them into
+files."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence
+
+from .plan import (
+    APP_DIR,
+    CONCURRENCY,
+    DASHBOARD_DIR,
+    DATA_DIR,
+    GATEWAY_PORT,
+    GATEWAY_REPLICAS,
+    GPU_NODE_SELECTOR,
+    GPU_TOLERATIONS,
+    IMAGE_NAME,
+    INITIAL_REPLICAS,
+    MANIFEST_DIR,
+    MANIFEST_FILE,
+    NATS_CLIENT_PORT,
+    NATS_IMAGE,
+    NATS_MONITOR_PORT,
+    NATS_SERVICE,
+    PART_OF,
+    PRESTOP_SLEEP_SECS,
+    RESOURCES,
+    RUN_AS,
+    SCALING,
+    TASK_STREAM,
+    TERMINATION_SLACK_SECS,
+    WORKER_PORT,
+    DeployOptions,
+    PoolPlan,
+)
+
+__all__ = [
+    "NATS_CONF",
+    "NATS_LABELS",
+    "GATEWAY_LABELS",
+    "WORKER_LABELS",
+    "nats_monitoring_endpoint",
+    "nats_url",
+    "render_nats",
+    "render_gateway",
+    "render_pool",
+    "render_network_policies",
+]
+
+
+def _metadata(name: str, labels: Dict[str, str], annotations: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+    meta: Dict[str, Any] = {"name": name, "labels": dict(labels)}
+    if annotations:
+        meta["annotations"] = dict(annotations)
+    return meta
+
+
+def _pod_security() -> Dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "fsGroup": RUN_AS,
+        "fsGroupChangePolicy": "OnRootMismatch",
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _container_security() -> Dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def _probes(port_name: str) -> Dict[str, Any]:
+    return {
+        "startupProbe": {
+            "httpGet": {"path": "/healthz", "port": port_name},
+            "periodSeconds": 2,
+            "failureThreshold": 60,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": port_name},
+            "periodSeconds": 10,
+            "timeoutSeconds": 3,
+            "failureThreshold": 3,
+        },
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": port_name},
+            "periodSeconds": 5,
+            "timeoutSeconds": 3,
+            "failureThreshold": 2,
+        },
+    }
+
+
+def _prestop() -> Dict[str, Any]:
+    return {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_SLEEP_SECS)]}}}
+
+
+def _pod_env() -> List[Dict[str, Any]]:
+    return [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
+    ]
+
+
+def _scrape(port: int) -> Dict[str, str]:
+    return {"prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}
+
+
+def _tmp_volume() -> Dict[str, Any]:
+    return {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}
+
+
+def _pdb(name: str, selector: Dict[str, str], labels: Dict[str, str], **budget: Any) -> Dict[str, Any]:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(name, labels),
+        "spec": {**budget, "selector": {"matchLabels": dict(selector)}},
+    }
+
+
+def nats_monitoring_endpoint(namespace: str) -> str:
+    """host:port of nats-server's monitoring port as KEDA (in its own namespace) reaches it."""
+    return f"{NATS_SERVICE}.{namespace}.svc.cluster.local:{NATS_MONITOR_PORT}"
+
+
+def nats_url() -> str:
+    return f"nats://{NATS_SERVICE}:{NATS_CLIENT_PORT}"
+
+
+NATS_CONF = f"""# nats-server configuration (JetStream on the PVC mounted at {DATA_DIR}).
+server_name: $POD_NAME
+pid_file: /tmp/nats.pid
+port: {NATS_CLIENT_PORT}
+http_port: {NATS_MONITOR_PORT}
+max_payload: 8MB
+lame_duck_duration: 30s
+lame_duck_grace_period: 10s
+jetstream {{
+  store_dir: {DATA_DIR}/jetstream
+  max_memory_store: 256MB
+  max_file_store: 8GB
+}}
+"""
+
+NATS_LABELS = {"app.kubernetes.io/name": "nats", "app.kubernetes.io/component": "queue"}
+GATEWAY_LABELS = {"app.kubernetes.io/name": "neutrino-gateway", "app.kubernetes.io/component": "gateway"}
+WORKER_LABELS = {"app.kubernetes.io/name": "neutrino-worker", "app.kubernetes.io/component": "worker"}
+
+
+def _pool_labels(plan: PoolPlan) -> Dict[str, str]:
+    return {**WORKER_LABELS, "neutrino.io/pool": plan.name, "neutrino.io/mode": plan.mode}
+
+
+def _pool_selector(plan: PoolPlan) -> Dict[str, str]:
+    return {**WORKER_LABELS, "neutrino.io/pool": plan.name}
+
+
+def _pvc_template(name: str, size: str, storage_class: Optional[str]) -> Dict[str, Any]:
+    spec: Dict[str, Any] = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}}
+    if storage_class:
+        spec["storageClassName"] = storage_class
+    return {"metadata": {"name": name}, "spec": spec}
+
+
+def render_nats(options: DeployOptions) -> List[Dict[str, Any]]:
+    config = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata("nats-config", NATS_LABELS),
+        "data": {"nats.conf": NATS_CONF},
+    }
+    ports = [
+        {"name": "client", "port": NATS_CLIENT_PORT, "targetPort": "client"},
+        {"name": "monitor", "port": NATS_MONITOR_PORT, "targetPort": "monitor"},
+    ]
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(NATS_SERVICE, NATS_LABELS),
+        "spec": {"selector": dict(NATS_LABELS), "ports": ports},
+    }
+    headless = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata("nats-headless", NATS_LABELS),
+        "spec": {"clusterIP": "None", "publishNotReadyAddresses": True, "selector": dict(NATS_LABELS), "ports": ports},
+    }
+    container = {
+        "name": "nats",
+        "image": NATS_IMAGE,
+        "command": ["nats-server", "--config", "/etc/nats/nats.conf"],
+        "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+        "ports": [
+            {"name": "client", "containerPort": NATS_CLIENT_PORT},
+            {"name": "monitor", "containerPort": NATS_MONITOR_PORT},
+        ],
+        "startupProbe": {
+            "httpGet": {"path": "/healthz", "port": "monitor"},
+            "periodSeconds": 2,
+            "failureThreshold": 90,
+        },
+        "livenessProbe": {"httpGet": {"path": "/healthz?js-enabled-only=true", "port": "monitor"}, "periodSeconds": 10},
+        "readinessProbe": {"httpGet": {"path": "/healthz", "port": "monitor"}, "periodSeconds": 5},
+        "lifecycle": {"preStop": {"exec": {"command": ["nats-server", "--signal", "ldm=/tmp/nats.pid"]}}},
+        "resources": RESOURCES["nats"],
+        "securityContext": _container_security(),
+        "volumeMounts": [
+            {"name": "data", "mountPath": DATA_DIR},
+            {"name": "config", "mountPath": "/etc/nats", "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    }
+    statefulset = {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": _metadata("nats", NATS_LABELS),
+        "spec": {
+            "serviceName": "nats-headless",
+            "replicas": 1,
+            "selector": {"matchLabels": dict(NATS_LABELS)},
+            "template": {
+                "metadata": {"labels": dict(NATS_LABELS)},
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "securityContext": _pod_security(),
+                    "terminationGracePeriodSeconds": 60,
+                    "containers": [container],
+                    "volumes": [
+                        {"name": "config", "configMap": {"name": "nats-config"}},
+                        _tmp_volume(),
+                    ],
+                },
+            },
+            "volumeClaimTemplates": [_pvc_template("data", "10Gi", options.storage_class)],
+        },
+    }
+    pdb = _pdb("nats", NATS_LABELS, NATS_LABELS, maxUnavailable=1)
+    return [config, service, headless, statefulset, pdb]
+
+
+def _gateway_args(plans: Sequence[PoolPlan]) -> List[str]:
+    args = [
+        "--task-log", f"sqlite:{DATA_DIR}/tasks.db",
+        "--events-via-nats",
+        "--gateway-id", "$(POD_NAME)",
+        "--nats", nats_url(),
+        "--manifest", f"{MANIFEST_DIR}/{MANIFEST_FILE}",
+        "--dashboard-dir", DASHBOARD_DIR,
+    ]  # fmt: skip
+    for plan in plans:
+        if plan.mode == "sync":
+            args += ["--http-pool", f"{plan.name}=http://{plan.service_name}:{WORKER_PORT}"]
+    for plan in plans:
+        low, high, target, window = SCALING[plan.mode]
+        target_text = f"{target / 100:g}" if plan.mode == "sync" else str(target)
+        args += ["--scale", f"{plan.name}={low}:{high}:{target_text}:{window}"]
+    args += ["--host", "0.0.0.0", "--port", str(GATEWAY_PORT), "--log-format", "json"]
+    return args
+
+
+def render_gateway(plans: Sequence[PoolPlan], options: DeployOptions) -> List[Dict[str, Any]]:
+    container = {
+        "name": "gateway",
+        "image": IMAGE_NAME,
+        "command": ["neutrino-gateway"],
+        "args": _gateway_args(plans),
+        "env": _pod_env(),
+        "ports": [{"name": "http", "containerPort": GATEWAY_PORT}],
+        **_probes("http"),
+        "lifecycle": _prestop(),
+        "resources": RESOURCES["gateway"],
+        "securityContext": _container_security(),
+        "volumeMounts": [
+            {"name": "data", "mountPath": DATA_DIR},
+            {"name": "manifest", "mountPath": MANIFEST_DIR, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    }
+    statefulset = {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": _metadata("gateway", GATEWAY_LABELS),
+        "spec": {
+            "serviceName": "gateway-headless",
+            "replicas": GATEWAY_REPLICAS,
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": dict(GATEWAY_LABELS)},
+            "template": {
+                "metadata": {"labels": dict(GATEWAY_LABELS), "annotations": _scrape(GATEWAY_PORT)},
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "securityContext": _pod_security(),
+                    # preStop + in-flight sync calls (at most 5 s) + long polls (at most 60 s) + slack
+                    "terminationGracePeriodSeconds": PRESTOP_SLEEP_SECS + 60 + TERMINATION_SLACK_SECS,
+                    "containers": [container],
+                    "volumes": [
+                        {"name": "manifest", "configMap": {"name": "neutrino-manifest"}},
+                        _tmp_volume(),
+                    ],
+                },
+            },
+            "volumeClaimTemplates": [_pvc_template("data", "5Gi", options.storage_class)],
+        },
+    }
+    public = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata("neutrino", GATEWAY_LABELS),
+        "spec": {
+            "type": "LoadBalancer",
+            "externalTrafficPolicy": "Local",
+            "selector": dict(GATEWAY_LABELS),
+            "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
+        },
+    }
+    headless = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata("gateway-headless", GATEWAY_LABELS),
+        "spec": {
+            "clusterIP": "None",
+            "selector": dict(GATEWAY_LABELS),
+            "ports": [{"name": "http", "port": GATEWAY_PORT, "targetPort": "http"}],
+        },
+    }
+    pdb = _pdb("gateway", GATEWAY_LABELS, GATEWAY_LABELS, minAvailable=1)
+    return [statefulset, public, headless, pdb]
+
+
+def _worker_args(plan: PoolPlan, options: DeployOptions) -> List[str]:
+    args = ["--mode", "http" if plan.mode == "sync" else "nats", "--pool", plan.name, "--app", options.app_in_image]
+    args += ["--task-log", "nats", "--nats", nats_url()]
+    args += ["--host", "0.0.0.0", "--port", str(WORKER_PORT)]
+    args += ["--concurrency", str(CONCURRENCY[plan.mode]), "--worker-id", "$(POD_NAME)"]
+    args += ["--drain-grace", str(plan.drain_secs), "--log-format", "json"]
+    return args
+
+
+def render_pool(plan: PoolPlan, options: DeployOptions) -> List[Dict[str, Any]]:
+    labels = _pool_labels(plan)
+    selector = _pool_selector(plan)
+    mounts = [{"name": "tmp", "mountPath": "/tmp"}]
+    volumes: List[Dict[str, Any]] = [_tmp_volume()]
+    if options.app_file:
+        mounts.append({"name": "app", "mountPath": APP_DIR, "readOnly": True})
+        volumes.append({"name": "app", "configMap": {"name": "neutrino-app"}})
+    container = {
+        "name": "worker",
+        "image": IMAGE_NAME,
+        "command": ["neutrino-worker"],
+        "args": _worker_args(plan, options),
+        "env": _pod_env(),
+        "ports": [{"name": "http", "containerPort": WORKER_PORT}],
+        **_probes("http"),
+        "lifecycle": _prestop(),
+        "resources": RESOURCES[plan.mode],
+        "securityContext": _container_security(),
+        "volumeMounts": mounts,
+    }
+    pod_spec: Dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "securityContext": _pod_security(),
+        "terminationGracePeriodSeconds": plan.termination_grace_secs,
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if plan.mode == "gpu":
+        pod_spec["nodeSelector"] = dict(GPU_NODE_SELECTOR)
+        pod_spec["tolerations"] = [dict(t) for t in GPU_TOLERATIONS]
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(plan.object_name, labels),
+        "spec": {
+            "replicas": INITIAL_REPLICAS[plan.mode],
+            "selector": {"matchLabels": dict(selector)},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}},
+            "template": {"metadata": {"labels": dict(labels), "annotations": _scrape(WORKER_PORT)}, "spec": pod_spec},
+        },
+    }
+    objects = [deployment]
+    low, high, target, window = SCALING[plan.mode]
+    if plan.mode == "sync":
+        objects.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": _metadata(plan.service_name, labels),
+                "spec": {
+                    "selector": dict(selector),
+                    "ports": [{"name": "http", "port": WORKER_PORT, "targetPort": "http"}],
+                },
+            }
+        )
+        objects.append(
+            {
+                "apiVersion": "autoscaling/v2",
+                "kind": "HorizontalPodAutoscaler",
+                "metadata": _metadata(plan.object_name, labels),
+                "spec": {
+                    "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": plan.object_name},
+                    "minReplicas": low,
+                    "maxReplicas": high,
+                    "metrics": [
+                        {
+                            "type": "Resource",
+                            "resource": {
+                                "name": "cpu",
+                                "target": {"type": "Utilization", "averageUtilization": target},
+                            },
+                        }
+                    ],
+                    "behavior": {"scaleDown": {"stabilizationWindowSeconds": window}},
+                },
+            }
+        )
+    else:
+        objects.append(
+            {
+                "apiVersion": "keda.sh/v1alpha1",
+                "kind": "ScaledObject",
+                "metadata": _metadata(plan.object_name, labels),
+                "spec": {
+                    "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": plan.object_name},
+                    "minReplicaCount": low,
+                    "maxReplicaCount": high,
+                    "pollingInterval": 10,
+                    "cooldownPeriod": window,
+                    "advanced": {
+                        "horizontalPodAutoscalerConfig": {
+                            "behavior": {"scaleDown": {"stabilizationWindowSeconds": window}}
+                        }
+                    },
+                    "triggers": [
+                        {
+                            "type": "nats-jetstream",
+                            "metadata": {
+                                "natsServerMonitoringEndpoint": nats_monitoring_endpoint(options.namespace),
+                                "account": "$G",
+                                "stream": TASK_STREAM,
+                                "consumer": plan.consumer,
+                                "lagThreshold": str(target),
+                                "activationLagThreshold": "0",
+                            },
+                        }
+                    ],
+                },
+            }
+        )
+    objects.append(_pdb(plan.object_name, selector, labels, maxUnavailable=1))
+    return objects
+
+
+def render_network_policies(plans: Sequence[PoolPlan]) -> List[Dict[str, Any]]:
+    def policy(name: str, selector: Dict[str, Any], ingress: List[Dict[str, Any]]) -> Dict[str, Any]:
+        return {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"name": name, "labels": dict(PART_OF)},
+            "spec": {"podSelector": selector, "policyTypes": ["Ingress"], "ingress": ingress},
+        }
+
+    def pods(labels: Dict[str, str]) -> Dict[str, Any]:
+        return {"podSelector": {"matchLabels": {"app.kubernetes.io/component": labels["app.kubernetes.io/component"]}}}
+
+    def namespace(name: str) -> Dict[str, Any]:
+        return {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": name}}}
+
+    gateway_pods = pods(GATEWAY_LABELS)
+    worker_pods = pods(WORKER_LABELS)
+    return [
+        policy("default-deny-ingress", {}, []),
+        # The only entry from outside the namespace: the gateway's HTTP port (the LoadBalancer Service).
+        policy(
+            "gateway-ingress",
+            {"matchLabels": {"app.kubernetes.io/component": "gateway"}},
+            [{"ports": [{"protocol": "TCP", "port": GATEWAY_PORT}]}],
+        ),
+        # Workers: the gateway (sync calls), Prometheus (/metrics) from the namespace "monitoring".
+        policy(
+            "worker-ingress",
+            {"matchLabels": {"app.kubernetes.io/component": "worker"}},
+            [
+                {"from": [gateway_pods], "ports": [{"protocol": "TCP", "port": WORKER_PORT}]},
+                {"from": [namespace("monitoring")], "ports": [{"protocol": "TCP", "port": WORKER_PORT}]},
+            ],
+        ),
+        # NATS: clients are the gateway and the workers; the monitoring port also serves KEDA's scaler
+        # (namespace "keda") and Prometheus exporters (namespace "monitoring").
+        policy(
+            "nats-ingress",
+            {"matchLabels": {"app.kubernetes.io/component": "queue"}},
+            [
+                {"from": [gateway_pods, worker_pods], "ports": [{"protocol": "TCP", "port": NATS_CLIENT_PORT}]},
+                {
+                    "from": [gateway_pods, namespace("keda"), namespace("monitoring")],
+                    "ports": [{"protocol": "TCP", "port": NATS_MONITOR_PORT}],
+                },
+            ],
+        ),
+    ]
+
+

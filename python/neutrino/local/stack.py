@@ -1,0 +1,190 @@
+"""``neutrino up`` as a library: :func:`up` runs an app's whole stack locally until Ctrl-C.
+
+A child ``nats-server -js`` (when the app has async or gpu tasks) with its store under the state directory, NATS
+workers for each queued pool, HTTP workers for each sync pool, then the gateway in front of them, all sharing one
+SQLite task log under the state directory; the queued pools are autoscaled (:mod:`neutrino.local.autoscale`) to
+what the gateway's ``/pools`` wants.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import sys
+from typing import Callable, Dict, List, Optional, Sequence
+
+from ..loading import LoadedApp, absolute_app_spec, write_text_atomic
+from . import autoscale
+from .banner import banner
+from .binaries import find_binaries, find_dashboard_dir, find_nats_server, sdk_path
+from .nats import NatsServer, start_nats
+from .supervisor import Child, Interrupted, StartupError, Supervisor
+from .workers import QueueWorkers, drain_graces
+
+__all__ = ["UpOptions", "up"]
+
+
+@dataclasses.dataclass
+class UpOptions:
+    """The options of ``neutrino up`` (its command-line flags)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: HTTP workers per sync pool.
+    fast_workers: int = 2
+    #: NATS workers each queued pool starts with (None: the pool's scaling minimum; 1 without autoscaling).
+    queue_workers: Optional[int] = None
+    concurrency: int = 4
+    nats_port: int = 4222
+    state_dir: str = ".neutrino"
+    bin_dir: Optional[str] = None
+    scale: Sequence[autoscale.ScaleSpec] = ()
+    autoscaling: bool = True
+    heartbeat_interval: Optional[float] = None
+
+
+def _print_error(message: str) -> None:
+    print(f"neutrino: error: {message}", file=sys.stderr)
+
+
+def up(loaded: LoadedApp, options: UpOptions, error: Callable[[str], None] = _print_error) -> int:
+    """Run the whole app locally: a nats-server with JetStream and NATS workers for each async/gpu pool (when
+    the app has such tasks), HTTP workers for each sync pool, and the gateway in front of them.
+
+    The async/gpu pools are autoscaled: once a second the gateway's ``/pools`` says how many workers each
+    pool should have (the policy of ``--scale``), and workers are started, or drained with SIGTERM, to match.
+    Pools with MIN 0 (gpu by default) start with none. Sync pools keep ``--fast-workers``.
+
+    Stop with Ctrl-C (or SIGTERM): the workers and the gateway get SIGTERM (SIGKILL after 10 s), then
+    nats-server. Returns the exit status: 0 after a signal, 1 when it could not start (``error`` says why) or
+    a child exited on its own.
+    """
+    app, manifest = loaded.app, loaded.manifest
+    pools = app.pools()
+    sync_pools = [pool for pool, mode in pools.items() if mode == "sync"]
+    queued_pools = {pool: mode for pool, mode in pools.items() if mode != "sync"}
+    scale_specs: Dict[str, autoscale.ScaleSpec] = {spec.pool: spec for spec in options.scale}
+    unknown = sorted(set(scale_specs) - set(pools))
+    if unknown:
+        error(f"--scale names pools the app does not use: {', '.join(unknown)} (its pools: {', '.join(pools)})")
+        return 1
+    try:
+        worker_binary, gateway_binary = find_binaries(options.bin_dir)
+        nats_binary = find_nats_server() if queued_pools else None
+    except StartupError as exc:
+        error(str(exc))
+        return 1
+
+    autoscaling = bool(queued_pools) and options.autoscaling
+    policies = {pool: autoscale.policy_for(pool, mode, scale_specs) for pool, mode in queued_pools.items()}
+    initial: Dict[str, int] = {}
+    for pool, policy in policies.items():
+        if not autoscaling:
+            initial[pool] = options.queue_workers or 1
+        elif options.queue_workers is None:
+            initial[pool] = policy.min
+        else:
+            initial[pool] = max(policy.min, min(options.queue_workers, policy.max))
+
+    state_dir = os.path.abspath(options.state_dir)
+    manifest_path = os.path.join(state_dir, "openapi.json")
+    task_log = "sqlite:" + os.path.join(state_dir, "tasks.db")
+    write_text_atomic(manifest_path, manifest)
+
+    app_spec = absolute_app_spec(loaded.spec)
+    worker_names = {pool: [f"{pool}-{i}" for i in range(1, options.fast_workers + 1)] for pool in sync_pools}
+    most = {pool: (policies[pool].max if autoscaling else initial[pool]) for pool in queued_pools}
+    names = ["gateway", "nats"] + [n for ns in worker_names.values() for n in ns]
+    names += [f"{pool}-{most[pool] + 1}" for pool in queued_pools]
+
+    supervisor = Supervisor(prefix_width=max(len(name) for name in names))
+    previous_handlers = supervisor.install_signal_handlers()
+    scaler: Optional[autoscale.Autoscaler] = None
+    try:
+        nats: Optional[NatsServer] = None
+        if nats_binary is not None:
+            nats = start_nats(supervisor, nats_binary, options.nats_port, state_dir)
+
+        common = ["--app", app_spec, "--concurrency", str(options.concurrency), "--task-log", task_log]
+        common += ["--python-path", sdk_path()]
+        if nats is not None:
+            common += ["--nats", nats.url]  # heartbeats (and, for NATS workers, the queue)
+        if options.heartbeat_interval is not None:
+            common += ["--heartbeat-interval", f"{options.heartbeat_interval:g}"]
+        workers: Dict[str, List[Child]] = {}
+        for pool in sync_pools:
+            workers[pool] = [
+                supervisor.spawn(name, [worker_binary, "--mode", "http", "--pool", pool, "--port", "0", *common])
+                for name in worker_names[pool]
+            ]
+
+        queue_workers = QueueWorkers(supervisor, worker_binary, common, drain_graces(app, autoscaling))
+        for pool, count in initial.items():
+            for _ in range(count):
+                queue_workers.start(pool)
+
+        pool_urls = {
+            pool: [supervisor.wait_listening(child) for child in children] for pool, children in workers.items()
+        }
+        for pool in queued_pools:
+            for child in queue_workers.children(pool):
+                supervisor.wait_ready(
+                    child, f"'consuming pool_{pool} from {nats.url if nats else 'URL'}'", "it was consuming its queue"
+                )
+
+        gateway_argv = [gateway_binary, "--manifest", manifest_path]
+        for pool, urls in pool_urls.items():
+            gateway_argv += ["--http-pool", f"{pool}={','.join(urls)}"]
+        if nats is not None:
+            gateway_argv += ["--nats", nats.url]
+        gateway_argv += ["--task-log", task_log, "--host", options.host, "--port", str(options.port)]
+        for spec in options.scale:
+            gateway_argv += ["--scale", spec.argument()]
+        if options.heartbeat_interval is not None:
+            gateway_argv += ["--heartbeat-timeout", f"{max(2.0, 4 * options.heartbeat_interval):g}"]
+        dashboard = find_dashboard_dir(os.path.dirname(worker_binary))
+        if dashboard is not None:
+            gateway_argv += ["--dashboard-dir", dashboard]
+        gateway_url = supervisor.wait_listening(supervisor.spawn("gateway", gateway_argv))
+
+        queue_counts = {pool: len(queue_workers.children(pool)) for pool in queued_pools}
+        supervisor.say(
+            banner(
+                app,
+                gateway_url,
+                pool_urls,
+                queued_pools,
+                queue_counts,
+                nats,
+                state_dir,
+                policies if autoscaling else None,
+                dashboard,
+            )
+        )
+        if autoscaling:
+            scaler = autoscale.Autoscaler(
+                gateway_url,
+                queued_pools,
+                running=queue_workers.running,
+                start=lambda pool: queue_workers.state(queue_workers.start(pool)),
+                retire=queue_workers.retire,
+                say=supervisor.say,
+            )
+            scaler.start()
+        status = supervisor.supervise()
+        if status == 0:
+            supervisor.say("neutrino: stopping")
+        return status
+    except Interrupted:
+        supervisor.say("neutrino: interrupted while starting; stopping")
+        return 0
+    except StartupError as exc:
+        error(str(exc))
+        return 1
+    finally:
+        if scaler is not None:
+            scaler.stop()
+        supervisor.stop_all()
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, handler)

@@ -1,0 +1,77 @@
+"""The NATS worker children of the queued pools, which the autoscaler starts and drains."""
+
+from __future__ import annotations
+
+import threading
+from typing import Dict, List, Sequence
+
+from ..app import App
+from . import autoscale
+from .supervisor import CONSUMING, SHUTDOWN_GRACE_SECS, Child, Supervisor
+
+__all__ = ["QueueWorkers", "drain_graces"]
+
+
+class QueueWorkers:
+    """The NATS worker children of the queued pools, started and retired by the autoscaler's thread."""
+
+    def __init__(self, supervisor: Supervisor, binary: str, common: Sequence[str], drain_grace: Dict[str, float]):
+        self._supervisor = supervisor
+        self._binary = binary
+        self._common = list(common)
+        self._drain_grace = drain_grace
+        self._lock = threading.Lock()
+        self._children: Dict[str, List[Child]] = {}
+        self._numbers: Dict[str, int] = {}
+        self._order: Dict[int, int] = {}
+
+    def start(self, pool: str) -> Child:
+        """Start the pool's next worker (``<pool>-<n>``, n counting on) without waiting for it to be ready."""
+        with self._lock:
+            number = self._numbers.get(pool, 0) + 1
+            self._numbers[pool] = number
+        argv = [self._binary, "--mode", "nats", "--pool", pool, *self._common, "--port", "0"]
+        argv += ["--drain-grace", f"{self._drain_grace.get(pool, 1.0):g}"]
+        child = self._supervisor.spawn(f"{pool}-{number}", argv, ready=CONSUMING)
+        with self._lock:
+            self._children.setdefault(pool, []).append(child)
+            self._order[child.process.pid] = number
+        return child
+
+    def children(self, pool: str) -> List[Child]:
+        with self._lock:
+            return list(self._children.get(pool, []))
+
+    def state(self, child: Child) -> autoscale.WorkerState:
+        with self._lock:
+            return autoscale.WorkerState(child.name, child.process.pid, self._order.get(child.process.pid, 0))
+
+    def running(self, pool: str) -> List[autoscale.WorkerState]:
+        """The pool's workers that run and are not draining."""
+        with self._lock:
+            live = [c for c in self._children.get(pool, []) if c.retired_at is None and c.process.poll() is None]
+            self._children[pool] = [c for c in self._children.get(pool, []) if c.process.poll() is None]
+        return [self.state(child) for child in live]
+
+    def retire(self, pool: str, worker: autoscale.WorkerState) -> None:
+        for child in self.children(pool):
+            if child.process.pid == worker.pid:
+                self._supervisor.retire(child)
+
+
+def drain_graces(app: App, autoscaling: bool) -> Dict[str, float]:
+    """``--drain-grace`` of each queued pool's workers.
+
+    Autoscaled: the pool's largest task timeout plus 5 s, so a worker drained to scale in always finishes its
+    running tasks (nothing is handed back because of scaling). Otherwise: within the supervisor's Ctrl-C grace.
+    """
+    graces: Dict[str, float] = {}
+    for spec in app.tasks.values():
+        if spec.execution_mode == "sync":
+            continue
+        if autoscaling:
+            graces[spec.pool] = max(graces.get(spec.pool, 0.0), spec.timeout_ms / 1000.0 + 5.0)
+        else:
+            graces[spec.pool] = max(1.0, SHUTDOWN_GRACE_SECS - 3)
+    return graces
+
