@@ -53,9 +53,10 @@ let package = Package(
             .product(name: "Metrics", package: "swift-metrics"),
             .product(name: "Prometheus", package: "swift-prometheus"),
         ], swiftSettings: swiftSettings),
-        // HTTP pieces both servers share: JSON error bodies, the listening-address announcement.
+        // HTTP pieces both servers share: JSON error bodies, the listening-address announcement, LifecycleService.
         .target(name: "NeutrinoHTTP", dependencies: [
             "NeutrinoCore", "NeutrinoObservability",
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "Metrics", package: "swift-metrics"),
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "HTTPTypes", package: "swift-http-types"),

@@ -144,10 +144,10 @@ public final class NATSEventPublisher: TaskEventSink {
         if e.result != nil {
             e.kind = .failed
             e.result = nil
-            e.error = JSONWriter.taskErrorText(type: "ResultTooLarge",
+            e.error = JSONWriter.taskErrorText(.resultTooLarge,
                                                message: "the result is \(size) bytes; with --task-log nats an event carries at most \(limit)")
         } else if (e.error?.utf8.count ?? 0) > limit / 2 {
-            e.error = JSONWriter.taskErrorText(type: "ErrorTooLarge", message: "the error report was \(e.error?.utf8.count ?? 0) bytes")
+            e.error = JSONWriter.taskErrorText(.errorTooLarge, message: "the error report was \(e.error?.utf8.count ?? 0) bytes")
         }
         if (e.args?.utf8.count ?? 0) > limit / 2 { e.args = #"{"_truncated":true}"# }
         if (e.detail?.utf8.count ?? 0) > 4096 { e.detail = String(e.detail?.prefix(4096) ?? "") }

@@ -62,7 +62,7 @@ final class EventFeed: Sendable {
     }
 
     /// Polls the task log and fans out until cancelled.
-    func run() async {
+    func pollLoop() async {
         var lastKeepAlive = ContinuousClock.now
         while !Task.isCancelled {
             try? await Task.sleep(for: Self.pollInterval)

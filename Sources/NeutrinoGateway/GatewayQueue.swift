@@ -2,7 +2,7 @@ import Logging
 import NeutrinoCore
 import NeutrinoNATS
 
-/// The gateway's side of the JetStream path: provisioning at start-up, publishing async and gpu tasks with
+/// The gateway's side of the JetStream path: publishing async and gpu tasks with
 /// `Nats-Msg-Id = task_id`, and broadcasting cancellations.
 public final class GatewayQueue: Sendable {
     let connection: NATSConnection
@@ -13,29 +13,12 @@ public final class GatewayQueue: Sendable {
         public var description: String { if case .unavailable(let m) = self { m } else { "" } }
     }
 
-    /// Connects to `url` (retrying in the background when the server is down) and provisions every queued pool of
-    /// `manifest`. A server that is down at start-up does not stop the gateway: submits answer 503 until it is up.
-    public static func start(url: String, manifest: Manifest, ackWait: Duration, logger: Logger) async throws -> GatewayQueue {
+    /// Connects to `url` (cnats keeps reconnecting in the background when the server is down). Provisioning the
+    /// streams and pool consumers is the `QueueProvisioner` service's job: a server that is down at start-up does not
+    /// stop the gateway, submits answer 503 until it is up.
+    public static func connect(url: String, logger: Logger) async throws -> GatewayQueue {
         let connection = try await NATSConnection.connect(url: url, name: "neutrino-gateway", logger: logger)
-        let queue = GatewayQueue(connection: connection, js: try connection.jetStream())
-        var pools: [String: [Int]] = [:]
-        for task in manifest.tasks.values where task.spec.mode.isQueued { pools[task.spec.pool, default: []].append(task.spec.retries) }
-        let wanted = pools.mapValues { QueueLayout.maxDeliver(retries: $0) }
-        if !wanted.isEmpty {
-            // Provision in the background until it succeeds: NATS may come up after the gateway.
-            Task {
-                for attempt in 0..<Int.max {
-                    do {
-                        try await TaskQueueProvisioning.ensure(queue.js, pools: wanted, ackWait: ackWait, logger: logger)
-                        return
-                    } catch {
-                        if attempt % 20 == 0 { logger.warning("JetStream provisioning failed; retrying", metadata: ["error": "\(error)"]) }
-                        try? await Task.sleep(for: .milliseconds(500))
-                    }
-                }
-            }
-        }
-        return queue
+        return GatewayQueue(connection: connection, js: try connection.jetStream())
     }
 
     private init(connection: NATSConnection, js: JetStream) {

@@ -57,7 +57,7 @@ final class PoolMonitor: Sendable {
     var snapshot: [UInt8] { state.withLock { $0.snapshot } }
 
     /// Refreshes once a second until the surrounding task is cancelled.
-    func run() async {
+    func refreshLoop() async {
         while !Task.isCancelled {
             await refresh()
             try? await Task.sleep(for: .seconds(1))

@@ -104,13 +104,7 @@ struct GatewayCommand: AsyncParsableCommand {
         let hostName = ProcessInfo.processInfo.hostName.filter { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }
         configuration.gatewayID = gatewayID ?? (hostName.isEmpty ? "gateway" : hostName)
         do {
-            var queue: GatewayQueue?
-            if let nats {
-                let manifestBytes = try readFile(manifest)
-                queue = try await GatewayQueue.start(url: nats, manifest: try Manifest(json: manifestBytes), ackWait: configuration.ackWait,
-                                                     logger: logger)
-            }
-            try await Gateway(configuration: configuration, queue: queue, logger: logger).run()
+            try await buildGateway(configuration, logger: logger).runService()
         } catch {
             logger.critical("gateway failed: \(error)")
             throw ExitCode(1)

@@ -4,6 +4,7 @@ import Hummingbird
 import Logging
 import NIOCore
 import NeutrinoCore
+import ServiceLifecycle
 
 /// Headers the gateway and the workers exchange (internal to Neutrino).
 public enum NeutrinoHeader {
@@ -30,7 +31,14 @@ extension Response {
         return Response(status: status, headers: fields, body: ResponseBody(byteBuffer: ByteBuffer(bytes: bytes)))
     }
 
-    /// `{"error":{"type","message",…}}` with `status`.
+    /// `{"error":{"type","message",…}}` with the error's own status.
+    public static func error(_ error: APIError, _ message: String, headers: HTTPFields = [:],
+                             extra: (inout JSONWriter) -> Void = { _ in }) -> Response {
+        .json(HTTPResponse.Status(code: error.statusCode), JSONWriter.errorBody(type: error.type, message: message, extra: extra),
+              headers: headers)
+    }
+
+    /// `{"error":{"type","message",…}}` with `status` (for a status other than the error's own).
     public static func error(_ status: HTTPResponse.Status, type: String, message: String, headers: HTTPFields = [:],
                              extra: (inout JSONWriter) -> Void = { _ in }) -> Response {
         .json(status, JSONWriter.errorBody(type: type, message: message, extra: extra), headers: headers)
@@ -45,9 +53,9 @@ public enum BodyReadError: Error, Sendable {
     public var response: Response {
         switch self {
         case .tooLarge(let limit):
-            .error(.contentTooLarge, type: "PayloadTooLarge", message: "request body is larger than \(limit) bytes")
+            .error(.payloadTooLarge, "request body is larger than \(limit) bytes")
         case .unreadable(let reason):
-            .error(.badRequest, type: "BadRequest", message: "cannot read the request body: \(reason)")
+            .error(.badRequest, "cannot read the request body: \(reason)")
         }
     }
 }
@@ -69,11 +77,16 @@ extension Request {
 
 /// A Hummingbird application on `host:port` that announces its bound address (see `announceListening`), counts
 /// every request in `neutrino_http_requests_total{route,code}`, and tells `onListening` the bound port.
+///
+/// `services` run beside the server in its service group; on graceful shutdown the server stops first (it drains its
+/// requests), then the services in reverse order of the list.
 public func makeApplication(router: Router<BasicRequestContext>, host: String, port: Int, serverName: String,
+                            services: [any Service] = [],
                             logger: Logger, onListening: @escaping @Sendable (Int) -> Void = { _ in }) -> some ApplicationProtocol {
     Application(
         router: router,
         configuration: .init(address: .hostname(host, port: port), serverName: serverName),
+        services: services,
         onServerRunning: { channel in
             announceListening(channel, host: host)
             onListening(channel.localAddress?.port ?? 0)

@@ -250,7 +250,7 @@ public final class PythonExecutor: Sendable {
     private func call(_ job: Job) -> PythonOutcome {
         func elapsed() -> Double { Double(monotonicNanos() - job.startNanos) / 1e6 }
         guard let name = runtime.taskNames[job.task] else {
-            return .failed(error: JSONWriter.taskError(type: "UnknownTask", message: "no task named '\(job.task)' in this app", traceback: nil),
+            return .failed(error: JSONWriter.taskError(type: APIError.unknownTask.type, message: "no task named '\(job.task)' in this app", traceback: nil),
                            durationMs: elapsed())
         }
         let payload = job.payload.withUnsafeBytes { raw in
@@ -258,7 +258,7 @@ public final class PythonExecutor: Sendable {
         }
         guard let payload, let args = PyTuple_New(2) else {
             PyErr_Clear()
-            return .failed(error: JSONWriter.taskError(type: "MemoryError", message: "cannot build the call", traceback: nil), durationMs: elapsed())
+            return .failed(error: JSONWriter.taskError(type: APIError.memoryError.type, message: "cannot build the call", traceback: nil), durationMs: elapsed())
         }
         Py_IncRef(name.pointer)
         PyTuple_SetItem(args, 0, name.pointer)
@@ -268,7 +268,7 @@ public final class PythonExecutor: Sendable {
         if let result {
             defer { Py_DecRef(result) }
             if let bytes = PythonRuntime.bytes(of: result) { return .completed(result: bytes, durationMs: elapsed()) }
-            return .failed(error: JSONWriter.taskError(type: "ResultNotSerializable", message: "the runtime returned no bytes", traceback: nil),
+            return .failed(error: JSONWriter.taskError(type: APIError.resultNotSerializable.type, message: "the runtime returned no bytes", traceback: nil),
                            durationMs: elapsed())
         }
         let (type, value, traceback) = PythonRuntime.fetchError()

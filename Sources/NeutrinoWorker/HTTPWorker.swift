@@ -6,11 +6,12 @@ import NeutrinoHTTP
 import NeutrinoNATS
 import NeutrinoObservability
 import NeutrinoPython
+import ServiceLifecycle
 import Synchronization
 
 /// `neutrino-worker --mode http`: serves `POST /api/<task>` for the sync tasks of its pool on top of a
 /// `PythonExecutor`, and records `running` and the outcome of every call in the task log.
-public struct HTTPWorker: Sendable {
+struct HTTPWorker: Sendable {
     let configuration: WorkerConfiguration
     let specs: [String: TaskSpec]
     let executor: PythonExecutor
@@ -34,7 +35,10 @@ public struct HTTPWorker: Sendable {
         }
     }
 
-    public func run() async throws {
+    /// The worker's services, in start order (stopped in reverse): the task log, the Python threads, the HTTP
+    /// server, the heartbeats. On SIGTERM the last heartbeat says `stopping` (the gateway stops routing here at once),
+    /// then the server drains the calls in flight, then the threads and the task log close.
+    func services() -> [any Service] {
         let router = Router()
         router.addWorkerMetrics(executor: executor, configuration: configuration)
         router.get("/healthz") { _, _ in self.health() }
@@ -54,18 +58,15 @@ public struct HTTPWorker: Sendable {
             "worker_id": "\(configuration.workerID)", "pool": "\(configuration.pool)", "mode": "http",
             "concurrency": "\(configuration.concurrency)", "tasks": "\(specs.keys.sorted().joined(separator: ","))",
         ])
-        let beating = Task { await heartbeats?.run() }
-        defer { beating.cancel() }
-        // Hummingbird drains on SIGTERM/SIGINT; the gateway hears at once that this worker is leaving.
-        let signals = SignalWatcher(signals: [SIGTERM, SIGINT]) { _ in
-            Task { await heartbeats?.stopping() }
-        }
-        defer { signals.cancel() }
-        try await app.runService()
-        beating.cancel()
-        await heartbeats?.stopping()
-        executor.shutdown()
-        await taskLog.close()
+        let executor = self.executor
+        let taskLog = self.taskLog
+        var services: [any Service] = [
+            LifecycleService("task log", stop: { await taskLog.close() }),
+            LifecycleService("python threads", stop: { executor.shutdown() }),
+            app,
+        ]
+        if let heartbeats { services.append(heartbeats) }
+        return services
     }
 
     private func health() -> Response {
@@ -87,7 +88,7 @@ public struct HTTPWorker: Sendable {
 
     private func call(_ request: Request, task name: String) async -> Response {
         guard let spec = specs[name] else {
-            return .error(.notFound, type: "UnknownTask", message: "no sync task '\(name)' in pool '\(configuration.pool)' of this worker")
+            return .error(.unknownTask, "no sync task '\(name)' in pool '\(configuration.pool)' of this worker")
         }
         let body: [UInt8]
         do { body = try await request.collectBody(limit: configuration.maxBodyBytes) } catch { return error.response }
@@ -97,7 +98,7 @@ public struct HTTPWorker: Sendable {
         do {
             payload = try TaskPayload.make(body: body, taskID: taskID, attempt: attempt, pool: spec.pool)
         } catch {
-            return .error(.badRequest, type: "MalformedJSON", message: "the body must be a JSON object {\"args\": {...}}")
+            return .error(.malformedJSON, "the body must be a JSON object {\"args\": {...}}")
         }
         let workerID = configuration.workerID
         let taskLog = self.taskLog
@@ -111,7 +112,7 @@ public struct HTTPWorker: Sendable {
         let reply = TaskReply(taskID: taskID, spec: spec, workerID: workerID, attempt: attempt, outcome: outcome)
         if case .rejected(let reason) = outcome {
             // Nothing ran: the caller may send it elsewhere; nothing is logged here.
-            return .error(.serviceUnavailable, type: "WorkerUnavailable", message: reason, headers: [.retryAfter: "1"])
+            return .error(.workerUnavailable, reason, headers: [.retryAfter: "1"])
         }
         taskLog.record(Self.outcomeEvent(taskID: taskID, spec: spec, workerID: workerID, attempt: attempt, reply: reply))
         if reply.status == .timedOut {

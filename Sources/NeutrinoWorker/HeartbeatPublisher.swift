@@ -2,12 +2,16 @@ import Foundation
 import Logging
 import NeutrinoCore
 import NeutrinoNATS
+import ServiceLifecycle
 import Synchronization
 
 /// Announces this worker on `neutrino.heartbeat.<pool>` every `interval`: id, pool, mode, threads, busy threads,
 /// GPU visibility, version, start time, and its HTTP address once it listens. A last heartbeat with
 /// `stopping: true` tells the gateway at once that the worker drains.
-final class HeartbeatPublisher: Sendable {
+///
+/// As a `Service` it is the last of a worker's services, so the first to hear of a graceful shutdown: the gateway
+/// stops routing to this worker before the server or the consumer starts draining.
+final class HeartbeatPublisher: Service {
     private let connection: NATSConnection
     private let template: WorkerHeartbeat
     private let interval: Duration
@@ -34,7 +38,7 @@ final class HeartbeatPublisher: Sendable {
     }
 
     /// Publishes until the surrounding task is cancelled.
-    func run() async {
+    func beatLoop() async {
         while !Task.isCancelled && !stopped.load(ordering: .relaxed) {
             await publish(stopping: false)
             try? await Task.sleep(for: interval)
@@ -58,5 +62,12 @@ final class HeartbeatPublisher: Sendable {
         } catch {
             logger.debug("heartbeat not sent", metadata: ["error": "\(error)"])
         }
+    }
+}
+
+extension HeartbeatPublisher {
+    func run() async throws {
+        await cancelWhenGracefulShutdown { await self.beatLoop() }
+        await stopping()
     }
 }

@@ -20,7 +20,7 @@ import Synchronization
 /// - Timeouts end as `timed_out` (not retried); cancellation (broadcast on `neutrino.control.cancel`) skips a task
 ///   still queued and interrupts a running one.
 /// - SIGTERM/SIGINT drain: stop fetching, let running tasks finish within the grace period, nak the rest at once.
-public final class NATSWorker: Sendable {
+final class NATSWorker: Sendable {
     let configuration: WorkerConfiguration
     let specs: [String: TaskSpec]
     let executor: PythonExecutor
@@ -47,7 +47,10 @@ public final class NATSWorker: Sendable {
         self.logger = logger
     }
 
-    public func run() async throws {
+    /// The worker's services, in start order (stopped in reverse): the task log, the Python threads, the health
+    /// server, the cancel listener, the task consumer, the heartbeats. On SIGTERM the last heartbeat says
+    /// `stopping`, the consumer drains (see `TaskConsumer`), then the rest close.
+    func services() throws -> [any Service] {
         guard let url = configuration.natsURL else { throw WorkerError(message: "--mode nats needs --nats URL") }
         let pool = configuration.pool
         let gpu = GPUProbe.probe()
@@ -57,132 +60,66 @@ public final class NATSWorker: Sendable {
             "gpu": "\(gpu.description)",
         ])
         if specs.isEmpty { logger.warning("the app has no async or gpu task in this pool", metadata: ["pool": "\(pool)"]) }
-        let js = try connection.jetStream()
         let executor = self.executor
         let heartbeats = HeartbeatPublisher(connection: connection, configuration: configuration, gpu: gpu.visible,
                                             busy: { executor.load.busy }, logger: logger)
-        // NATS may come up after the worker (a pod starting before the StatefulSet): keep trying, as the gateway does.
-        var attempt = 0
-        let subscription: PullSubscription
-        while true {
-            do {
-                try await TaskQueueProvisioning.ensure(js, pools: [pool: QueueLayout.maxDeliver(retries: specs.values.map(\.retries))],
-                                                       ackWait: configuration.ackWait, logger: logger)
-                subscription = try await js.pullSubscribe(stream: QueueLayout.tasksStream, consumer: QueueLayout.consumer(pool: pool))
-                break
-            } catch {
-                if attempt % 20 == 0 { logger.warning("cannot provision or subscribe yet; retrying", metadata: ["error": "\(error)"]) }
-                attempt += 1
-                if draining.load(ordering: .relaxed) { throw WorkerError(message: "stopped before NATS was reachable") }
-                try? await Task.sleep(for: .milliseconds(500))
-            }
-        }
-        let cancels = try await connection.subscribe(subject: QueueLayout.cancelSubject)
-        let signals = SignalWatcher(signals: [SIGTERM, SIGINT]) { [self] signal in
-            if !draining.exchange(true, ordering: .relaxed) {
-                logger.notice("draining: no new tasks; finishing the running ones", metadata: ["signal": "\(signal)"])
-                Task { await heartbeats.stopping() }
-            }
-        }
-        print("consuming \(QueueLayout.consumer(pool: pool)) from \(url)")
-        fflush(nil)
-        let server = healthServer(heartbeats: heartbeats)
+        let taskLog = self.taskLog
+        let reader = self.reader
+        return [
+            LifecycleService("task log", stop: {
+                await taskLog.close()
+                await reader?.shutdown()
+            }),
+            LifecycleService("python threads", stop: { executor.shutdown() }),
+            healthServer(heartbeats: heartbeats),
+            CancelListener(connection: connection, logger: logger) { [self] id in self.noteCancel(id) },
+            TaskConsumer(worker: self, natsURL: url, js: try connection.jetStream()),
+            heartbeats,
+        ]
+    }
 
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask { [self] in
-                for await data in cancels.messages { self.noteCancel(data) }
-            }
-            group.addTask {
-                do { try await server.run() } catch { self.logger.error("health server failed", metadata: ["error": "\(error)"]) }
-            }
-            let beating = Task { await heartbeats.run() }
-            group.addTask { [self] in
-                await self.fetchLoop(subscription: subscription, js: js)
-                beating.cancel()
-                cancels.close()
-                await server.triggerGracefulShutdown()
-            }
+    /// Whether the worker has begun to drain (readiness answers 503 from then on).
+    var isDraining: Bool { draining.load(ordering: .relaxed) }
+
+    /// Stops new work: no more fetches; the consumer then waits for the running tasks (see `TaskConsumer`).
+    func beginDrain() {
+        if !draining.exchange(true, ordering: .relaxed) {
+            logger.notice("draining: no new tasks; finishing the running ones")
         }
-        signals.cancel()
-        executor.shutdown()
-        subscription.close()
-        await taskLog.close()
-        await reader?.shutdown()
-        logger.notice("worker stopped")
+    }
+
+    /// Hands every task still running back to the queue (nak) and abandons its Python thread: the drain's grace ran
+    /// out. Returns how many were handed back.
+    func handBackRunning() -> Int {
+        let leftover = inFlight.withLock { Array($0.values) }
+        for message in leftover {
+            try? message.nak()
+            logger.notice("handed a running task back to the queue", metadata: ["subject": "\(message.subject)"])
+        }
+        if !leftover.isEmpty {
+            executor.shutdown()
+            executor.abandonRunning(reason: "the worker is shutting down")
+        }
+        return leftover.count
     }
 
     /// `/healthz`, `/readyz` (503 while draining or disconnected) and `/metrics` on `--host:--port`, for probes and
-    /// scrapes. Its own service group, without signal handling: SIGTERM drains the worker, which then stops it.
-    private func healthServer(heartbeats: HeartbeatPublisher) -> ServiceGroup {
+    /// scrapes.
+    private func healthServer(heartbeats: HeartbeatPublisher) -> some Service {
         let router = Router()
         router.addWorkerMetrics(executor: executor, configuration: configuration)
         router.get("/healthz") { _, _ in Response.json(.ok, Array(#"{"status":"ok"}"#.utf8)) }
         router.get("/readyz") { _, _ in
-            if self.draining.load(ordering: .relaxed) {
-                return Response.error(.serviceUnavailable, type: "NotReady", message: "draining")
-            }
-            if !self.connection.isConnected {
-                return Response.error(.serviceUnavailable, type: "NotReady", message: "NATS: not connected")
-            }
+            if self.isDraining { return Response.error(.notReady, "draining") }
+            if !self.connection.isConnected { return Response.error(.notReady, "NATS: not connected") }
             return Response.json(.ok, Array(#"{"status":"ready"}"#.utf8))
         }
         let host = configuration.host
-        let app = makeApplication(router: router, host: host, port: configuration.port, serverName: "neutrino-worker",
-                                  logger: logger, onListening: { port in heartbeats.listening(host: host, port: port) })
-        return ServiceGroup(configuration: .init(services: [app], gracefulShutdownSignals: [], logger: logger))
+        return makeApplication(router: router, host: host, port: configuration.port, serverName: "neutrino-worker",
+                               logger: logger, onListening: { port in heartbeats.listening(host: host, port: port) })
     }
 
-    private func fetchLoop(subscription: PullSubscription, js: JetStream) async {
-        let slots = Slots(configuration.concurrency)
-        await withDiscardingTaskGroup { running in
-            while !draining.load(ordering: .relaxed) {
-                // Fetch only for free threads: a message waiting here would wait behind a slow task.
-                let free = await slots.waitForFree(orUntil: { self.draining.load(ordering: .relaxed) })
-                guard free > 0 else { continue }
-                // No pull requests while disconnected: cnats would buffer them and send them all on reconnect, and the
-                // server would deliver messages into requests nobody waits for any more, starting their AckWait while
-                // they sit in the client until a later fetch.
-                guard connection.isConnected else {
-                    try? await Task.sleep(for: .milliseconds(100))
-                    continue
-                }
-                let messages: [JetStreamMessage]
-                do {
-                    messages = try await subscription.fetch(batch: free, timeout: .milliseconds(500))
-                } catch {
-                    logger.warning("fetch failed; retrying", metadata: ["error": "\(error)"])
-                    try? await Task.sleep(for: .milliseconds(250))
-                    continue
-                }
-                for message in messages {
-                    slots.take()
-                    running.addTask { [self] in
-                        let slot = SlotRelease(slots)
-                        await self.handle(message, js: js, pythonDone: slot.release)
-                        slot.release()
-                    }
-                }
-            }
-            // Draining: running tasks get the grace period; what still runs then goes back to the queue.
-            let deadline = ContinuousClock.now + configuration.drainGrace
-            while slots.busy > 0 && ContinuousClock.now < deadline {
-                try? await Task.sleep(for: .milliseconds(50))
-            }
-            let leftover = inFlight.withLock { Array($0.values) }
-            for message in leftover {
-                try? message.nak()
-                logger.notice("handed a running task back to the queue", metadata: ["subject": "\(message.subject)"])
-            }
-            if !leftover.isEmpty {
-                executor.shutdown()
-                executor.abandonRunning(reason: "the worker is shutting down")
-            }
-        }
-    }
-
-    private func noteCancel(_ data: [UInt8]) {
-        let id = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines).lowercased()
-        guard TaskID.isValid(id) else { return }
+    private func noteCancel(_ id: String) {
         cancelled.withLock { $0.insert(id) }
         if executor.cancel(tag: id) {
             logger.info("cancelling running task", metadata: ["task_id": "\(id)"])
@@ -230,9 +167,8 @@ public final class NATSWorker: Sendable {
         }
     }
 
-    /// Runs one message. `pythonDone` frees the thread's slot as soon as Python returns, so the next fetch does not
-    /// wait for this task's commit and ack.
-    private func handle(_ message: JetStreamMessage, js: JetStream, pythonDone: @Sendable () -> Void) async {
+    /// Runs one message to its settlement: skip, run, record the outcome durably, then ack, nak or term.
+    func handle(_ message: JetStreamMessage, js: JetStream) async {
         let pool = configuration.pool
         guard let name = QueueLayout.task(fromSubject: message.subject, pool: pool), let spec = specs[name],
               let taskID = message.header("Nats-Msg-Id").map({ $0.lowercased() }), TaskID.isValid(taskID) else {
@@ -261,7 +197,7 @@ public final class NATSWorker: Sendable {
         do {
             payload = try TaskPayload.make(body: message.data, taskID: taskID, attempt: attempt, pool: pool)
         } catch {
-            await finish(message, js: js, event(.failed, error: JSONWriter.taskErrorText(type: "InvalidArguments", message: "the queued message is not a JSON object")), settle: .term)
+            await finish(message, js: js, event(.failed, error: JSONWriter.taskErrorText(.invalidArguments, message: "the queued message is not a JSON object")), settle: .term)
             return
         }
         let heartbeat = keepAlive(message)
@@ -274,15 +210,14 @@ public final class NATSWorker: Sendable {
         defer { finishing.withLock { _ = $0.remove(taskID) } }
         _ = inFlight.withLock { $0.removeValue(forKey: taskID) }
         stillInFlight = false
-        pythonDone()
         switch outcome {
         case .completed(let result, let ms):
             await finish(message, js: js, event(.completed, result: String(decoding: result, as: UTF8.self), durationMs: ms), settle: .ack)
         case .timedOut(let ms):
-            let error = JSONWriter.taskErrorText(type: "TimeoutError", message: "task '\(name)' exceeded its timeout of \(spec.timeoutMs) ms")
+            let error = JSONWriter.taskErrorText(.timeout, message: "task '\(name)' exceeded its timeout of \(spec.timeoutMs) ms")
             await finish(message, js: js, event(.timedOut, error: error, durationMs: ms), settle: .ack)
         case .cancelled(let ms):
-            await finish(message, js: js, event(.cancelled, error: JSONWriter.taskErrorText(type: "Cancelled", message: "task '\(name)' was cancelled"), durationMs: ms), settle: .ack)
+            await finish(message, js: js, event(.cancelled, error: JSONWriter.taskErrorText(.cancelled, message: "task '\(name)' was cancelled"), durationMs: ms), settle: .ack)
         case .rejected:
             try? message.nak()
         case .failed(let errorBytes, let ms):
@@ -350,132 +285,4 @@ public final class NATSWorker: Sendable {
         }
     }
 
-}
-
-/// Free Python threads, for fetching no more messages than can start at once.
-final class Slots: Sendable {
-    private struct State {
-        var free: Int
-        let total: Int
-        var waiter: CheckedContinuation<Void, Never>?
-    }
-    private let state: Mutex<State>
-
-    init(_ total: Int) { state = Mutex(State(free: total, total: total)) }
-
-    var busy: Int { state.withLock { $0.total - $0.free } }
-
-    func take() { state.withLock { $0.free -= 1 } }
-
-    func release() {
-        let waiter = state.withLock { s -> CheckedContinuation<Void, Never>? in
-            s.free += 1
-            defer { s.waiter = nil }
-            return s.waiter
-        }
-        waiter?.resume()
-    }
-
-    /// The number of free threads once there is at least one (checking `stop` every 100 ms; 0 when it says stop).
-    func waitForFree(orUntil stop: @escaping @Sendable () -> Bool) async -> Int {
-        while !stop() {
-            let free = state.withLock { $0.free }
-            if free > 0 { return free }
-            await withTaskGroup(of: Void.self) { race in
-                race.addTask {
-                    await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-                        let resumeNow = self.state.withLock { s -> Bool in
-                            if s.free > 0 || s.waiter != nil { return true }
-                            s.waiter = c
-                            return false
-                        }
-                        if resumeNow { c.resume() }
-                    }
-                }
-                race.addTask { try? await Task.sleep(for: .milliseconds(100)) }
-                _ = await race.next()
-                // Whichever came first, leave no continuation behind for the other.
-                let pending = self.state.withLock { s -> CheckedContinuation<Void, Never>? in
-                    defer { s.waiter = nil }
-                    return s.waiter
-                }
-                pending?.resume()
-                race.cancelAll()
-            }
-        }
-        return 0
-    }
-}
-
-/// Releases one slot once, whichever of its two callers comes first.
-final class SlotRelease: Sendable {
-    private let slots: Slots
-    private let done = Atomic<Bool>(false)
-    init(_ slots: Slots) { self.slots = slots }
-    @Sendable func release() { if !done.exchange(true, ordering: .relaxed) { slots.release() } }
-}
-
-/// Task ids cancelled recently (bounded: the oldest are forgotten first).
-struct CancelledSet: Sendable {
-    private var order: [String] = []
-    private var members: Set<String> = []
-    static let capacity = 10_000
-
-    mutating func insert(_ id: String) {
-        guard members.insert(id).inserted else { return }
-        order.append(id)
-        if order.count > CancelledSet.capacity {
-            members.remove(order.removeFirst())
-        }
-    }
-
-    func contains(_ id: String) -> Bool { members.contains(id) }
-}
-
-/// Whether a GPU is visible to this process: for the start-up log and the heartbeats.
-enum GPUProbe {
-    struct Result: Sendable {
-        var visible: Bool
-        var description: String
-    }
-
-    static func probe() -> Result {
-        let env = ProcessInfo.processInfo.environment
-        if let devices = env["CUDA_VISIBLE_DEVICES"], devices.isEmpty || devices == "-1" {
-            return Result(visible: false, description: "none (CUDA_VISIBLE_DEVICES hides all)")
-        }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["nvidia-smi", "-L"]
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = FileHandle.nullDevice
-        do {
-            try process.run()
-            process.waitUntilExit()
-        } catch {
-            return Result(visible: false, description: "none (no nvidia-smi)")
-        }
-        let out = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        let gpus = out.split(separator: "\n").filter { $0.hasPrefix("GPU ") }
-        guard process.terminationStatus == 0, !gpus.isEmpty else { return Result(visible: false, description: "none (running on CPU)") }
-        return Result(visible: true, description: gpus.joined(separator: "; "))
-    }
-}
-
-/// Calls `handler` on SIGTERM/SIGINT (the default actions are turned off while it watches).
-final class SignalWatcher: @unchecked Sendable {  // sources are set once in init and only cancelled after
-    private let sources: [any DispatchSourceSignal]
-
-    init(signals: [Int32], handler: @escaping @Sendable (Int32) -> Void) {
-        sources = signals.map { sig in
-            signal(sig, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-            source.setEventHandler { handler(sig) }
-            source.resume()
-            return source
-        }
-    }
-
-    func cancel() { for s in sources { s.cancel() } }
 }

@@ -27,11 +27,11 @@ struct TaskReply {
             (status, raw, key, durationMs) = (.failed, error, "error", ms)
         case .timedOut(let ms):
             let message = "task '\(spec.name)' exceeded its timeout of \(spec.timeoutMs) ms"
-            (status, raw, key, durationMs) = (.timedOut, JSONWriter.taskError(type: "TimeoutError", message: message), "error", ms)
+            (status, raw, key, durationMs) = (.timedOut, JSONWriter.taskError(type: APIError.timeout.type, message: message), "error", ms)
         case .cancelled(let ms):
-            (status, raw, key, durationMs) = (.cancelled, JSONWriter.taskError(type: "Cancelled", message: "task '\(spec.name)' was cancelled"), "error", ms)
+            (status, raw, key, durationMs) = (.cancelled, JSONWriter.taskError(type: APIError.cancelled.type, message: "task '\(spec.name)' was cancelled"), "error", ms)
         case .rejected(let reason):
-            (status, raw, key, durationMs) = (.failed, JSONWriter.taskError(type: "WorkerUnavailable", message: reason), "error", 0)
+            (status, raw, key, durationMs) = (.failed, JSONWriter.taskError(type: APIError.workerUnavailable.type, message: reason), "error", 0)
         }
         w.key("status"); w.string(status.rawValue)
         w.key("worker_id"); w.string(workerID)

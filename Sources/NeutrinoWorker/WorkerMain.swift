@@ -4,9 +4,11 @@ import NeutrinoEvents
 import NeutrinoNATS
 import NeutrinoPython
 import NeutrinoTaskLog
+import ServiceLifecycle
 
 /// Starts a worker: the interpreter and the app first (a broken app fails before any port opens), then NATS (when
-/// given: the queue, heartbeats, events), then the task log, then the server of the chosen mode.
+/// given: the queue, heartbeats, events), then the task log, then the services of the chosen mode in one
+/// `ServiceGroup` that owns the process's lifecycle.
 public enum Worker {
     public static func run(_ configuration: WorkerConfiguration, logger: Logger) async throws {
         let runtime = try PythonRuntime.start(app: configuration.app, paths: configuration.pythonPaths)
@@ -32,14 +34,26 @@ public enum Worker {
                                   mode: spec.mode, workerID: workerID, attempt: report.attempt,
                                   progress: report.fraction, detail: report.message))
         }
+        let services: [any Service]
         switch configuration.mode {
         case .http:
-            try await HTTPWorker(configuration: configuration, runtime: runtime, taskLog: sink, connection: connection, logger: logger).run()
+            services = HTTPWorker(configuration: configuration, runtime: runtime, taskLog: sink, connection: connection,
+                                  logger: logger).services()
         case .nats:
             guard let connection else { throw WorkerError(message: "--mode nats needs --nats URL") }
-            try await NATSWorker(configuration: configuration, runtime: runtime, taskLog: sink, connection: connection, logger: logger).run()
+            services = try NATSWorker(configuration: configuration, runtime: runtime, taskLog: sink, connection: connection,
+                                      logger: logger).services()
+        }
+        // One service group per worker process: SIGTERM/SIGINT shut its services down in reverse order of the list.
+        let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        do {
+            try await group.run()
+        } catch {
+            await connection?.close()
+            throw error
         }
         await connection?.close()
+        logger.notice("worker stopped")
     }
 }
 

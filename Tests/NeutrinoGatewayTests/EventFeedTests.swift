@@ -57,7 +57,7 @@ struct EventFeedTests {
         let (writer, reader, dir) = try taskLog()
         defer { try? FileManager.default.removeItem(at: dir) }
         let feed = EventFeed(reader: reader, logger: logger)
-        let loop = Task { await feed.run() }
+        let loop = Task { await feed.pollLoop() }
         // The feed starts at the head: events from before it started are not replayed to a fresh subscriber.
         writer.record(contentsOf: events(3))
         await writer.flush()
@@ -84,7 +84,7 @@ struct EventFeedTests {
         let (writer, reader, dir) = try taskLog()
         defer { try? FileManager.default.removeItem(at: dir) }
         let feed = EventFeed(reader: reader, logger: logger)
-        let loop = Task { await feed.run() }
+        let loop = Task { await feed.pollLoop() }
         #expect(await started(feed))
         let stuck = await feed.subscribe(lastEventID: nil)
         let reading = await feed.subscribe(lastEventID: nil)

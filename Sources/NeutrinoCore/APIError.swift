@@ -1,0 +1,63 @@
+/// Every error `type` Neutrino puts on the wire, in an HTTP error body (`{"error":{"type","message"}}`) or in a task's
+/// stored error (`{"type","message","traceback"}`), with the HTTP status it is answered with.
+///
+/// The gateway, the workers and the task-log paths all name errors through this one enum, so a client can rely on
+/// the `type` strings (the Python SDK maps them to exception classes). Errors raised by the user's own code keep the
+/// Python exception's class name as their type and are not listed here.
+public enum APIError: String, Sendable, CaseIterable {
+    // The request itself.
+    case badRequest = "BadRequest"
+    case malformedJSON = "MalformedJSON"
+    case invalidArguments = "InvalidArguments"
+    case payloadTooLarge = "PayloadTooLarge"
+    case routeNotFound = "NotFound"
+    case methodNotAllowed = "MethodNotAllowed"
+    case unknownTask = "UnknownTask"
+    case taskNotFound = "TaskNotFound"
+    // The task's state.
+    case taskFinished = "TaskFinished"
+    case notCancellable = "NotCancellable"
+    case notRetryable = "NotRetryable"
+    case notSupported = "NotSupported"
+    // Capacity and dependencies.
+    case noWorkerAvailable = "NoWorkerAvailable"
+    case workerUnavailable = "WorkerUnavailable"
+    case workerCrashed = "WorkerCrashed"
+    case queueUnavailable = "QueueUnavailable"
+    case taskLogUnavailable = "TaskLogUnavailable"
+    case notReady = "NotReady"
+    // How a task ended other than by its own exception.
+    case timeout = "TimeoutError"
+    case cancelled = "Cancelled"
+    case resultNotSerializable = "ResultNotSerializable"
+    case resultTooLarge = "ResultTooLarge"
+    case errorTooLarge = "ErrorTooLarge"
+    case memoryError = "MemoryError"
+
+    /// The wire name.
+    public var type: String { rawValue }
+
+    /// The HTTP status this error is answered with.
+    public var statusCode: Int {
+        switch self {
+        case .badRequest, .malformedJSON: 400
+        case .routeNotFound, .unknownTask, .taskNotFound: 404
+        case .methodNotAllowed: 405
+        case .taskFinished, .notCancellable, .notRetryable: 409
+        case .payloadTooLarge: 413
+        case .invalidArguments: 422
+        case .notSupported: 501
+        case .workerCrashed: 502
+        case .noWorkerAvailable, .workerUnavailable, .queueUnavailable, .taskLogUnavailable, .notReady: 503
+        case .timeout: 504
+        case .cancelled, .resultNotSerializable, .resultTooLarge, .errorTooLarge, .memoryError: 500
+        }
+    }
+}
+
+extension JSONWriter {
+    /// A stored task error of one of Neutrino's own types, as JSON text.
+    public static func taskErrorText(_ error: APIError, message: String) -> String {
+        taskErrorText(type: error.type, message: message)
+    }
+}

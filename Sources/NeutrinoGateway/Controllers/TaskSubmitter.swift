@@ -1,0 +1,182 @@
+import HTTPTypes
+import Hummingbird
+import Logging
+import NIOCore
+import NeutrinoCore
+import NeutrinoHTTP
+import NeutrinoObservability
+
+/// Runs a validated task: a sync task on its pool's fast workers (the answer carries the result), a queued one
+/// published to JetStream (the answer is 202). Used by `POST /api/<task>` and by `POST /tasks/<id>/retry`.
+struct TaskSubmitter: Sendable {
+    let components: GatewayComponents
+
+    static let idempotencyKey = HTTPField.Name("Idempotency-Key")!
+    /// How long an Idempotency-Key keeps naming its task: JetStream's duplicate window.
+    static let idempotencyWindow = Duration.seconds(120)
+
+    /// Counts the submit, then runs the task by its mode.
+    func submit(spec: TaskSpec, args: JSONValue, idempotencyKey: String? = nil, retryOf: String? = nil) async -> Response {
+        NeutrinoMetrics.submitted(task: spec.name, mode: spec.mode.rawValue, pool: spec.pool)
+        guard spec.mode == .sync else {
+            return await enqueue(spec: spec, args: args, idempotencyKey: idempotencyKey, retryOf: retryOf)
+        }
+        return await callSync(spec: spec, args: args, retryOf: retryOf)
+    }
+
+    // MARK: Queued (async and gpu)
+
+    /// Async and gpu tasks: recorded `queued` (committed alongside the publish), published with
+    /// `Nats-Msg-Id = task_id`, and answered 202 only after both. A failed publish leaves the task `failed` (never
+    /// `queued` forever) and answers 503 with Retry-After. An `Idempotency-Key` seen within the window answers with
+    /// the task it created first.
+    private func enqueue(spec: TaskSpec, args: JSONValue, idempotencyKey: String?, retryOf: String?) async -> Response {
+        guard let queue = components.queue else {
+            return .error(.notSupported,
+                          "'\(spec.name)' is an \(spec.mode.rawValue) task: start the gateway with --nats URL to run queued tasks")
+        }
+        let taskID = TaskID.make()
+        if let key = idempotencyKey {
+            guard !key.isEmpty, key.utf8.count <= 255 else {
+                return .error(.badRequest, "Idempotency-Key must be 1 to 255 bytes")
+            }
+            guard let reader = components.reader else { return .noTaskLog }
+            do {
+                let owner = try await reader.claimIdempotencyKey("\(spec.name):\(key)", taskID: taskID, window: Self.idempotencyWindow)
+                if owner != taskID { return await replay(taskID: owner, spec: spec) }
+            } catch {
+                return .error(.taskLogUnavailable, "\(error)", headers: [.retryAfter: "1"])
+            }
+        }
+        return await publishQueued(spec: spec, args: args, taskID: taskID, queue: queue, retryOf: retryOf)
+    }
+
+    /// The answer for a repeated Idempotency-Key: the task the first request created, as it stands now.
+    private func replay(taskID: String, spec: TaskSpec) async -> Response {
+        await components.taskLog?.flush()
+        let status = (try? await components.reader?.record(id: taskID))??.status ?? .queued
+        return queuedAnswer(taskID: taskID, spec: spec, status: status, extra: ["Idempotent-Replayed": "true"])
+    }
+
+    private func queuedAnswer(taskID: String, spec: TaskSpec, status: TaskStatus, extra: [String: String] = [:],
+                              retryOf: String? = nil) -> Response {
+        var w = JSONWriter()
+        w.beginObject()
+        w.key("task_id"); w.string(taskID)
+        if let retryOf { w.key("retry_of"); w.string(retryOf) }
+        w.key("function"); w.string(spec.name)
+        w.key("pool"); w.string(spec.pool)
+        w.key("status"); w.string(status.rawValue)
+        w.key("poll_url"); w.string("/tasks/\(taskID)")
+        w.endObject()
+        var headers: HTTPFields = [NeutrinoHeader.taskID: taskID, .location: "/tasks/\(taskID)"]
+        for (k, v) in extra { if let name = HTTPField.Name(k) { headers[name] = v } }
+        return .json(.accepted, w.bytes, headers: headers)
+    }
+
+    private func publishQueued(spec: TaskSpec, args: JSONValue, taskID: String, queue: GatewayQueue, retryOf: String?) async -> Response {
+        let taskHeader: HTTPFields = [NeutrinoHeader.taskID: taskID]
+        let taskLog = components.taskLog
+        taskLog?.record(TaskEvent(taskID: taskID, kind: .queued, function: spec.name, pool: spec.pool, mode: spec.mode,
+                                  attempt: 0, args: args.jsonText, detail: retryOf.map { "retry of \($0)" }))
+        // The commit of the queued row and the publish run side by side; the 202 waits for both, so an id that was
+        // answered always exists. (A worker may record `running` before the `queued` row commits: events apply in
+        // any order.)
+        async let committed: Void = { await taskLog?.flush() }()
+        do {
+            try await queue.publish(spec: spec, taskID: taskID, body: Self.forwardBody(args))
+            await committed
+        } catch {
+            await committed
+            let message = "the task queue is unavailable: \(error)"
+            taskLog?.record(TaskEvent(taskID: taskID, kind: .failed, function: spec.name, pool: spec.pool, mode: spec.mode,
+                                      error: JSONWriter.taskErrorText(.queueUnavailable, message: message)))
+            components.logger.warning("publish failed", metadata: ["task_id": "\(taskID)", "error": "\(error)"])
+            NeutrinoMetrics.finished(task: spec.name, mode: spec.mode.rawValue, pool: spec.pool, status: TaskStatus.failed.rawValue)
+            return .taskError(.queueUnavailable, taskID: taskID, status: .failed, message: message,
+                              headers: taskHeader + [.retryAfter: "2"])
+        }
+        return queuedAnswer(taskID: taskID, spec: spec, status: .queued, retryOf: retryOf)
+    }
+
+    // MARK: Sync
+
+    private func callSync(spec: TaskSpec, args: JSONValue, retryOf: String?) async -> Response {
+        let taskID = TaskID.make()
+        let taskLog = components.taskLog
+        func event(_ kind: TaskEventKind, workerID: String? = nil, result: String? = nil, error: String? = nil,
+                   durationMs: Double? = nil) -> TaskEvent {
+            TaskEvent(taskID: taskID, kind: kind, function: spec.name, pool: spec.pool, mode: spec.mode, workerID: workerID,
+                      attempt: kind == .pending ? 0 : 1, args: kind == .pending ? args.jsonText : nil, result: result,
+                      error: error, durationMs: durationMs, detail: kind == .pending ? retryOf.map { "retry of \($0)" } : nil)
+        }
+        // `pending` is recorded together with the outcome, in one batch: the worker's `running` makes the task
+        // visible while it runs, and a sync call costs the task log one transaction instead of two.
+        let pending = event(.pending)
+        let started = ContinuousClock.now
+        func record(_ outcome: TaskEvent?, running: TaskEvent? = nil) {
+            taskLog?.record(contentsOf: [pending] + (running.map { [$0] } ?? []) + (outcome.map { [$0] } ?? []))
+            let elapsed = ContinuousClock.now - started
+            if let final = outcome.flatMap({ TaskStatus(rawValue: $0.kind.rawValue) }) {
+                NeutrinoMetrics.finished(task: spec.name, mode: spec.mode.rawValue, pool: spec.pool, status: final.rawValue)
+            }
+            NeutrinoMetrics.recordDuration(NeutrinoMetrics.taskDuration, task: spec.name, mode: spec.mode.rawValue, pool: spec.pool,
+                                           milliseconds: elapsed.milliseconds)
+        }
+        func fail(_ error: APIError, _ kind: TaskEventKind, _ message: String, headers: HTTPFields = [:]) -> Response {
+            record(event(kind, error: JSONWriter.taskErrorText(error, message: message)))
+            let status: TaskStatus = kind == .timedOut ? .timedOut : .failed
+            return .taskError(error, taskID: taskID, status: status, message: message,
+                              headers: [NeutrinoHeader.taskID: taskID] + headers)
+        }
+        guard let pool = components.pools[spec.pool] else {
+            return fail(.noWorkerAvailable, .failed, "no worker is configured for pool '\(spec.pool)'", headers: [.retryAfter: "1"])
+        }
+        // The worker enforces the timeout and answers 504 itself; the grace covers queueing and transport.
+        let deadline = NIODeadline.now() + .milliseconds(Int64(spec.timeoutMs + components.configuration.timeoutGraceMs))
+        let answer: WorkerPool.Answer
+        do {
+            answer = try await pool.call(task: spec.name, taskID: taskID, body: Self.forwardBody(args), deadline: deadline)
+        } catch {
+            switch error {
+            case .timedOut:
+                return fail(.timeout, .timedOut,
+                            "no answer from the worker within \(spec.timeoutMs) ms + \(components.configuration.timeoutGraceMs) ms grace")
+            case .noWorkerAvailable(let reason):
+                return fail(.noWorkerAvailable, .failed, "no worker of pool '\(spec.pool)' is reachable (\(reason))",
+                            headers: [.retryAfter: "1"])
+            }
+        }
+        // Record the outcome the caller is about to see, so GET /tasks/<id> right after this answer shows it.
+        var outcome: TaskEvent?
+        if let statusText = answer.headers["x-neutrino-status"], let status = TaskStatus(rawValue: statusText), status.isTerminal,
+           let offsetText = answer.headers["x-neutrino-outcome-offset"], let offset = Int(offsetText),
+           offset >= 0, offset < answer.body.count {
+            let raw = String(decoding: answer.body[offset..<(answer.body.count - 1)], as: UTF8.self)
+            let kind: TaskEventKind = status == .completed ? .completed : status == .timedOut ? .timedOut : .failed
+            outcome = event(kind, workerID: answer.headers["x-neutrino-worker"],
+                            result: kind == .completed ? raw : nil, error: kind == .completed ? nil : raw,
+                            durationMs: answer.headers["x-neutrino-duration-ms"].flatMap(Double.init))
+        }
+        // The worker's own `running` may still sit in its writer's queue: record the start it reported too (the unique
+        // (task, event, attempt) index keeps one), so the record read right after this answer is complete.
+        var running: TaskEvent?
+        if outcome != nil, let startedText = answer.headers["x-neutrino-started-at"], let millis = Int64(startedText) {
+            var e = event(.running, workerID: answer.headers["x-neutrino-worker"])
+            e.at = Timestamp(millis: millis)
+            running = e
+        }
+        record(outcome, running: running)
+        return .json(HTTPResponse.Status(code: answer.status), answer.body, headers: [NeutrinoHeader.taskID: taskID])
+    }
+
+    /// What a worker receives: `{"args":…}` re-written from the validated value.
+    static func forwardBody(_ args: JSONValue) -> [UInt8] {
+        var w = JSONWriter()
+        w.beginObject()
+        w.key("args")
+        w.value(args)
+        w.endObject()
+        return w.bytes
+    }
+}

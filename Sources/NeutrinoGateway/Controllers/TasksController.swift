@@ -1,0 +1,233 @@
+import HTTPTypes
+import Hummingbird
+import Logging
+import NIOCore
+import NeutrinoCore
+import NeutrinoHTTP
+import NeutrinoTaskLog
+import ServiceLifecycle
+
+/// The polling API over the task log: one task (`?wait=` long-poll), the filtered list, cancel, retry, and the live
+/// feed of lifecycle events (`GET /events`, Server-Sent Events).
+struct TasksController: Sendable {
+    let components: GatewayComponents
+    let submitter: TaskSubmitter
+
+    /// The longest `?wait=` honoured, in seconds.
+    static let maxWaitSeconds = 60.0
+    static let retryOf = HTTPField.Name("X-Neutrino-Retry-Of")!
+    static let lastEventID = HTTPField.Name("Last-Event-ID")!
+    static let accelBuffering = HTTPField.Name("X-Accel-Buffering")!
+
+    func addRoutes(to router: Router<BasicRequestContext>) {
+        router.get("/tasks/:id") { request, context in
+            await getTask(context.parameters.get("id") ?? "", wait: request.uri.queryParameters.get("wait"))
+        }
+        router.delete("/tasks/:id") { _, context in
+            await cancelTask(context.parameters.get("id") ?? "")
+        }
+        router.get("/tasks") { request, _ in
+            await listTasks(request.uri.queryParameters)
+        }
+        router.post("/tasks/:id/retry") { _, context in
+            await retryTask(context.parameters.get("id") ?? "")
+        }
+        router.get("/events") { request, _ in await eventStream(request) }
+    }
+
+    // MARK: One task
+
+    func getTask(_ rawID: String, wait: String?) async -> Response {
+        guard let reader = components.reader, let waiters = components.waiters else { return .noTaskLog }
+        guard TaskID.isValid(rawID) else { return .error(.taskNotFound, "'\(rawID)' is not a task id") }
+        let id = rawID.lowercased()
+        var waitSeconds = 0.0
+        if let wait, !wait.isEmpty {
+            guard let seconds = Double(wait), seconds >= 0, seconds.isFinite else {
+                return .error(.badRequest, "wait must be a number of seconds (0 to \(Int(Self.maxWaitSeconds)))")
+            }
+            waitSeconds = min(seconds, Self.maxWaitSeconds)
+        }
+        await components.taskLog?.flush()
+        do {
+            guard var (record, events) = try await reader.recordWithEvents(id: id) else {
+                return .error(.taskNotFound, "no task with id \(rawID)")
+            }
+            if !record.status.isTerminal && waitSeconds > 0 {
+                await waiters.waitForTerminal(id: id, timeout: .milliseconds(Int64(waitSeconds * 1000)))
+                if let fresh = try await reader.recordWithEvents(id: id) { (record, events) = fresh }
+            }
+            var w = JSONWriter(capacity: 1024)
+            w.task(record, events: events)
+            return .json(.ok, w.bytes)
+        } catch {
+            components.logger.error("task log read failed", metadata: ["error": "\(error)"])
+            return .error(.taskLogUnavailable, "\(error)")
+        }
+    }
+
+    // MARK: The list
+
+    func listTasks(_ query: Hummingbird.Parameters) async -> Response {
+        guard let reader = components.reader else { return .noTaskLog }
+        var filter = TaskListFilter()
+        if let s = query.get("status"), !s.isEmpty {
+            guard let status = TaskStatus(rawValue: s) else {
+                let allowed = TaskStatus.allCases.map(\.rawValue).joined(separator: ", ")
+                return .error(.badRequest, "unknown status '\(s)'; one of \(allowed)")
+            }
+            filter.status = status
+        }
+        if let f = query.get("function"), !f.isEmpty { filter.function = f }
+        if let p = query.get("pool"), !p.isEmpty { filter.pool = p }
+        if let m = query.get("mode"), !m.isEmpty {
+            guard let mode = ExecutionMode(rawValue: m) else {
+                return .error(.badRequest, "unknown mode '\(m)'; one of sync, async, gpu")
+            }
+            filter.mode = mode
+        }
+        for (name, keyPath) in [("since", \TaskListFilter.since), ("until", \TaskListFilter.until)] {
+            guard let text = query.get(name), !text.isEmpty else { continue }
+            guard let time = Self.parseTime(text) else {
+                return .error(.badRequest, "\(name) must be an ISO-8601 time (2026-12-01T10:00:00Z) or epoch milliseconds")
+            }
+            filter[keyPath: keyPath] = time
+        }
+        if let q = query.get("q"), !q.isEmpty {
+            guard q.utf8.count <= 200 else { return .error(.badRequest, "q must be at most 200 bytes") }
+            filter.nameContains = q
+        }
+        if let l = query.get("limit"), !l.isEmpty {
+            guard let limit = Int(l), (1...500).contains(limit) else {
+                return .error(.badRequest, "limit must be an integer from 1 to 500")
+            }
+            filter.limit = limit
+        }
+        if let b = query.get("before"), !b.isEmpty {
+            guard TaskID.isValid(b) else { return .error(.badRequest, "before must be a task id") }
+            filter.before = b.lowercased()
+        }
+        await components.taskLog?.flush()
+        do {
+            let records = try await reader.list(filter)
+            var w = JSONWriter(capacity: 512 * max(1, records.count))
+            w.beginObject()
+            w.key("tasks")
+            w.beginArray()
+            for r in records { w.task(r) }
+            w.endArray()
+            w.key("next_before")
+            w.stringOrNull(records.count == filter.limit ? records.last?.id : nil)
+            w.endObject()
+            return .json(.ok, w.bytes)
+        } catch {
+            components.logger.error("task log read failed", metadata: ["error": "\(error)"])
+            return .error(.taskLogUnavailable, "\(error)")
+        }
+    }
+
+    /// `2026-12-01T10:00:00Z`, with or without milliseconds, or epoch milliseconds.
+    static func parseTime(_ text: String) -> Timestamp? {
+        if let millis = Int64(text), millis >= 0 { return Timestamp(millis: millis) }
+        if let t = Timestamp(iso8601: text) { return t }
+        // Without milliseconds: insert them.
+        if text.hasSuffix("Z"), text.count == 20 { return Timestamp(iso8601: String(text.dropLast()) + ".000Z") }
+        return nil
+    }
+
+    // MARK: Cancel and retry
+
+    /// `DELETE /tasks/<id>`: a queued task becomes `cancelled` and never runs; a running async task is interrupted
+    /// by its worker (202, `cancelling`); a finished task answers 409.
+    func cancelTask(_ rawID: String) async -> Response {
+        let record: TaskRecord
+        switch await components.existingTask(rawID) {
+        case .found(let r): record = r
+        case .answer(let response): return response
+        }
+        let id = record.id
+        func answer(_ code: HTTPResponse.Status, _ status: String) -> Response {
+            var w = JSONWriter()
+            w.beginObject()
+            w.key("task_id"); w.string(id)
+            w.key("status"); w.string(status)
+            w.endObject()
+            return .json(code, w.bytes)
+        }
+        if record.status.isTerminal {
+            return .taskError(.taskFinished, taskID: id, status: record.status, message: "task \(id) is already \(record.status.rawValue)")
+        }
+        if record.mode == .sync {
+            return .error(.notCancellable, "a sync task cannot be cancelled; it ends within its timeout")
+        }
+        let queue = components.queue
+        switch record.status {
+        case .pending, .queued:
+            components.taskLog?.record(TaskEvent(taskID: id, kind: .cancelled, function: record.function, pool: record.pool,
+                                                 mode: record.mode, attempt: record.attempts,
+                                                 error: JSONWriter.taskErrorText(.cancelled, message: "cancelled while queued")))
+            await components.taskLog?.flush()
+            // Best effort: a worker about to run it also checks the task log, or (--task-log nats) NEUTRINO_SETTLED.
+            try? await queue?.recordCancel(taskID: id)
+            try? await queue?.broadcastCancel(taskID: id)
+            return answer(.ok, TaskStatus.cancelled.rawValue)
+        default:
+            guard let queue else { return .error(.queueUnavailable, "not connected to NATS") }
+            do {
+                try await queue.broadcastCancel(taskID: id)
+            } catch {
+                return .error(.queueUnavailable, "cannot reach the workers: \(error)", headers: [.retryAfter: "2"])
+            }
+            return answer(.accepted, "cancelling")
+        }
+    }
+
+    /// `POST /tasks/<id>/retry`: runs a failed, timed-out or cancelled task again as a new task with the same
+    /// function and arguments; answers as the submit would (202 or the sync result), naming the original.
+    func retryTask(_ rawID: String) async -> Response {
+        let record: TaskRecord
+        switch await components.existingTask(rawID) {
+        case .found(let r): record = r
+        case .answer(let response): return response
+        }
+        let id = record.id
+        guard [.failed, .timedOut, .cancelled].contains(record.status) else {
+            return .taskError(.notRetryable, taskID: id, status: record.status,
+                              message: "task \(id) is \(record.status.rawValue); only failed, timed_out or cancelled tasks can be retried")
+        }
+        let manifest = components.manifest
+        guard let task = manifest.tasks[record.function] else {
+            return .error(.notRetryable, "the manifest no longer has a task named '\(record.function)'")
+        }
+        let args: JSONValue
+        do { args = try JSONParser.parse(Array((record.args ?? "{}").utf8)) } catch {
+            return .error(.notRetryable, "the stored arguments of \(id) are not valid JSON")
+        }
+        let issues = manifest.validate(args: args, for: task)
+        guard issues.isEmpty else {
+            return .error(.notRetryable, "the stored arguments no longer match the schema of '\(record.function)': \(issues[0])")
+        }
+        var response = await submitter.submit(spec: task.spec, args: args, retryOf: id)
+        response.headers[Self.retryOf] = id
+        return response
+    }
+
+    // MARK: Live feed
+
+    /// `GET /events`: Server-Sent Events, one per committed lifecycle event (see EventFeed).
+    func eventStream(_ request: Request) async -> Response {
+        guard let feed = components.feed else { return .noTaskLog }
+        let lastID = request.headers[Self.lastEventID].flatMap { Int64($0) }
+            ?? request.uri.queryParameters.get("last_event_id").flatMap { Int64($0) }
+        let stream = await feed.subscribe(lastEventID: lastID)
+        return Response(
+            status: .ok,
+            headers: [.contentType: "text/event-stream", .cacheControl: "no-cache", Self.accelBuffering: "no"],
+            body: ResponseBody { writer in
+                for await chunk in stream.cancelOnGracefulShutdown() {
+                    try await writer.write(ByteBuffer(bytes: chunk))
+                }
+                try await writer.finish(nil)
+            })
+    }
+}

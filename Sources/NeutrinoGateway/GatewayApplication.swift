@@ -1,0 +1,116 @@
+import Foundation
+import Hummingbird
+import Logging
+import NeutrinoCore
+import NeutrinoEvents
+import NeutrinoHTTP
+import NeutrinoNATS
+import NeutrinoTaskLog
+import ServiceLifecycle
+
+/// `neutrino-gateway`'s composition root: reads the manifest, connects what the configuration names (NATS, the task
+/// log, the sync pools), wires the controllers into one router and the background loops into the application's
+/// service group. Links no Python.
+///
+/// Start-up order: manifest → NATS connection → task log → pools → routes → services. On SIGTERM/SIGINT the server
+/// stops first (it drains the requests in flight; open `GET /events` streams end), then the services in reverse
+/// order of the list below: heartbeat listener → live feed → pool monitor → events consumer → queue provisioner →
+/// sync pools' connections → task log (the last events committed) → NATS connection.
+public func buildGateway(_ configuration: GatewayConfiguration, logger: Logger) async throws -> some ApplicationProtocol {
+    let manifest = try readManifest(configuration.manifestPath)
+    let queue: GatewayQueue? = if let url = configuration.natsURL { try await GatewayQueue.connect(url: url, logger: logger) } else { nil }
+
+    var pools: [String: WorkerPool] = [:]
+    for (name, urls) in configuration.httpPools {
+        let endpoints = try urls.map { url in
+            guard let e = WorkerPool.Endpoint(url: url) else { throw GatewayError(message: "--http-pool \(name): '\(url)' is not http://HOST:PORT") }
+            return e
+        }
+        pools[name] = WorkerPool(name: name, endpoints: endpoints, logger: logger)
+    }
+    for (pool, mode) in manifest.pools where mode == .sync && pools[pool] == nil {
+        logger.warning("no --http-pool given for a sync pool of the manifest; its tasks will answer 503", metadata: ["pool": "\(pool)"])
+    }
+
+    var taskLog: (any TaskEventSink)?
+    var reader: TaskLogReader?
+    var eventsConsumer: EventStreamConsumer?
+    if let path = configuration.taskLogPath {
+        let writer = try TaskLogWriter(path: path, logger: logger)
+        if configuration.eventsViaNATS {
+            guard let queue else { throw GatewayError(message: "--events-via-nats needs --nats") }
+            // Workers' events arrive on NEUTRINO_EVENTS and are committed here; this gateway's own events are
+            // committed at once and published for the other replicas (applying one twice is harmless).
+            taskLog = TeeSink(local: writer, published: NATSEventPublisher(jetStream: queue.js, logger: logger))
+            eventsConsumer = EventStreamConsumer(jetStream: queue.js, id: configuration.gatewayID, sink: writer, logger: logger)
+        } else {
+            taskLog = writer
+        }
+        reader = try TaskLogReader(path: path)
+    }
+
+    var policies: [String: ScalingPolicy] = [:]
+    for (pool, text) in configuration.scaling {
+        guard let mode = manifest.pools[pool] else {
+            throw GatewayError(message: "--scale \(pool)=\(text): the manifest has no pool '\(pool)'")
+        }
+        do { policies[pool] = try ScalingPolicy.parse(text, mode: mode) } catch {
+            throw GatewayError(message: "--scale \(pool)=\(text): \(error)")
+        }
+    }
+    let workers = WorkerRegistry(timeout: configuration.heartbeatTimeout, logger: logger)
+    let monitor = PoolMonitor(pools: manifest.pools, policies: policies, registry: workers, queue: queue, reader: reader,
+                              staticPools: pools, logger: logger)
+    let feed = reader.map { EventFeed(reader: $0, logger: logger) }
+    let components = GatewayComponents(
+        configuration: configuration, manifest: manifest, pools: pools, taskLog: taskLog, reader: reader,
+        waiters: reader.map { TaskWaiters(reader: $0) }, queue: queue, workers: workers, monitor: monitor, feed: feed,
+        logger: logger)
+
+    let router = Router()
+    // Hummingbird applies a middleware to the routes added after it: count every route.
+    router.add(middleware: RequestMetricsMiddleware())
+    let submitter = TaskSubmitter(components: components)
+    let operations = OperationsController(components: components)
+    operations.addRoutes(to: router)
+    SubmitController(components: components, submitter: submitter).addRoutes(to: router)
+    TasksController(components: components, submitter: submitter).addRoutes(to: router)
+    operations.addDashboard(to: router)
+
+    // Stopped in reverse order of this list, after the server.
+    var services: [any Service] = []
+    if let queue { services.append(LifecycleService("NATS connection", stop: { await queue.close() })) }
+    services.append(LifecycleService("task log", stop: { [taskLog, reader] in
+        await taskLog?.close()
+        await reader?.shutdown()
+    }))
+    services.append(LifecycleService("sync pools", stop: { [pools] in for pool in pools.values { pool.close() } }))
+    if let queue { services.append(QueueProvisioner(queue: queue, manifest: manifest, ackWait: configuration.ackWait, logger: logger)) }
+    if let eventsConsumer {
+        services.append(LifecycleService("events consumer", start: { eventsConsumer.start() }, stop: { await eventsConsumer.stop() }))
+    }
+    services.append(monitor)
+    if let feed { services.append(feed) }
+    if let queue { services.append(HeartbeatListener(connection: queue.connection, registry: workers, logger: logger)) }
+
+    logger.info("gateway starting", metadata: [
+        "tasks": "\(manifest.tasks.keys.sorted().joined(separator: ","))",
+        "pools": "\(configuration.httpPools.map { "\($0.key)=\($0.value.count)" }.sorted().joined(separator: ","))",
+    ])
+    return makeApplication(router: router, host: configuration.host, port: configuration.port,
+                           serverName: "neutrino-gateway", services: services, logger: logger)
+}
+
+/// The manifest `neutrino openapi APP` wrote.
+func readManifest(_ path: String) throws -> Manifest {
+    guard let data = FileManager.default.contents(atPath: path) else {
+        throw GatewayError(message: "cannot read the manifest \(path): no such readable file")
+    }
+    do { return try Manifest(json: Array(data)) } catch { throw GatewayError(message: "\(path): \(error)") }
+}
+
+/// A configuration the gateway cannot start with.
+public struct GatewayError: Error, CustomStringConvertible {
+    public var message: String
+    public var description: String { message }
+}

@@ -1,0 +1,16 @@
+/// Task ids cancelled recently (bounded: the oldest are forgotten first).
+struct CancelledSet: Sendable {
+    private var order: [String] = []
+    private var members: Set<String> = []
+    static let capacity = 10_000
+
+    mutating func insert(_ id: String) {
+        guard members.insert(id).inserted else { return }
+        order.append(id)
+        if order.count > CancelledSet.capacity {
+            members.remove(order.removeFirst())
+        }
+    }
+
+    func contains(_ id: String) -> Bool { members.contains(id) }
+}
