@@ -10,9 +10,11 @@
     def echo(x: int, label: str = "") -> dict:
         return {"x": x, "label": label}
 
-Serve it with ``neutrino up app.py``; call it with :class:`Client` or plain HTTP
-(``curl -s localhost:8080/api/echo -d '{"args":{"x":3}}'``).
+Serve it with ``neutrino up app.py``; call it with :class:`Client`, :class:`AsyncClient` (asyncio) or plain
+HTTP (``curl -s localhost:8080/api/echo -d '{"args":{"x":3}}'``).
 """
+
+from typing import TYPE_CHECKING, Any
 
 from ._context import TaskContext, current_task, report_progress
 from ._version import __version__
@@ -22,18 +24,24 @@ from .errors import (
     AppLoadError,
     BadRequest,
     DefinitionError,
+    Forbidden,
     InvalidArguments,
     NeutrinoError,
     NotSupported,
     PayloadTooLarge,
+    RateLimited,
     RemoteError,
     ServiceUnavailable,
     TaskCancelled,
     TaskFailed,
     TaskTimedOut,
+    Unauthorized,
     UnknownTask,
     WaitTimeout,
 )
+
+if TYPE_CHECKING:
+    from .aio import AsyncClient, AsyncTaskHandle
 
 __all__ = [
     "__version__",
@@ -48,6 +56,8 @@ __all__ = [
     # calling tasks
     "Client",
     "TaskHandle",
+    "AsyncClient",
+    "AsyncTaskHandle",
     # errors
     "NeutrinoError",
     "DefinitionError",
@@ -60,7 +70,19 @@ __all__ = [
     "InvalidArguments",
     "BadRequest",
     "PayloadTooLarge",
+    "Unauthorized",
+    "Forbidden",
+    "RateLimited",
     "ServiceUnavailable",
     "NotSupported",
     "WaitTimeout",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The asyncio client is imported on first use: importing asyncio costs every worker and CLI start-up.
+    if name in ("AsyncClient", "AsyncTaskHandle"):
+        from . import aio
+
+        return getattr(aio, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -27,6 +27,9 @@ __all__ = [
     "InvalidArguments",
     "BadRequest",
     "PayloadTooLarge",
+    "Unauthorized",
+    "Forbidden",
+    "RateLimited",
     "ServiceUnavailable",
     "NotSupported",
     "WaitTimeout",
@@ -140,6 +143,36 @@ class BadRequest(RemoteError):
 
 class PayloadTooLarge(RemoteError):
     """413: the request body is over the gateway's limit."""
+
+
+class Unauthorized(RemoteError):
+    """401: the request carried no API key, or one the gateway does not know.
+
+    Pass ``api_key=`` to the client or set ``$NEUTRINO_API_KEY``. The key itself never appears in the message.
+    """
+
+
+class Forbidden(RemoteError):
+    """403: the API key is valid but lacks the scope this call needs (``submit``, ``read`` or ``admin``, possibly
+    limited to some tasks or pools)."""
+
+
+class RateLimited(RemoteError):
+    """429: the API key is over its rate limit or quota; the gateway refused the request before doing anything.
+
+    The client has already retried as long as :attr:`retry_after` fitted in the call's timeout and
+    ``max_retries`` allowed; this is what was left.
+
+    Attributes:
+        retry_after: seconds the gateway asks to wait (``Retry-After``, delta-seconds or an HTTP date), or ``None``.
+        limit: the limit the gateway reported in its error body (``error.limit``: a number or an object such as
+            ``{"requests": 100, "per_secs": 60}``), or ``None``.
+    """
+
+    def __init__(self, message: str, *, retry_after: Optional[float] = None, limit: Any = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+        self.limit = limit
 
 
 class ServiceUnavailable(RemoteError):
