@@ -91,7 +91,11 @@ let package = Package(
 
         .testTarget(name: "NeutrinoCoreTests", dependencies: ["NeutrinoCore"], swiftSettings: swiftSettings),
         .testTarget(name: "NeutrinoTaskLogTests", dependencies: ["NeutrinoTaskLog"], swiftSettings: swiftSettings),
-        .testTarget(name: "NeutrinoGatewayTests", dependencies: ["NeutrinoGateway", "NeutrinoTaskLog"], swiftSettings: swiftSettings),
+        .testTarget(name: "NeutrinoGatewayTests", dependencies: [
+            "NeutrinoGateway", "NeutrinoTaskLog",
+            .product(name: "HummingbirdTesting", package: "hummingbird"),
+            .product(name: "HTTPTypes", package: "swift-http-types"),
+        ], swiftSettings: swiftSettings),
         .testTarget(name: "NeutrinoPythonTests", dependencies: ["NeutrinoPython"], swiftSettings: swiftSettings),
         .target(name: "NeutrinoNATS", dependencies: ["NeutrinoCore", "NeutrinoThreads", "CNats", .product(name: "Logging", package: "swift-log")], swiftSettings: swiftSettings),
         // A real nats-server per test, for the test targets that need NATS (not a product).
