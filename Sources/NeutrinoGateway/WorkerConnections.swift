@@ -48,7 +48,8 @@ final class WorkerConnections: Sendable {
             promise.fail(Failure.timedOut)
             channel.close(promise: nil)
         }
-        channel.writeAndFlush(exchange, promise: nil)
+        let written = channel.eventLoop.makePromise(of: Void.self)
+        channel.writeAndFlush(exchange, promise: written)
         do {
             let reply = try await promise.futureResult.get()
             timeout.cancel()
@@ -61,6 +62,9 @@ final class WorkerConnections: Sendable {
         } catch {
             timeout.cancel()
             channel.close(promise: nil)
+            // A request that never left this process cannot have run: the worker was gone before it (a pooled
+            // connection to a worker that died while idle), so another worker may take it.
+            if (try? await written.futureResult.get()) == nil { throw .unreachable("the connection closed before the request was sent: \(error)") }
             throw .lost("\(error)")
         }
     }

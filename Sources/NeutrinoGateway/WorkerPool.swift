@@ -41,6 +41,9 @@ public final class WorkerPool: Sendable {
         case noWorkerAvailable(String)
         /// The worker did not answer before the deadline.
         case timedOut
+        /// The connection dropped after the request was sent: the worker died (crashed, was killed, ran out of
+        /// memory) while it may have been running the task.
+        case workerCrashed(String)
     }
 
     public let name: String
@@ -80,12 +83,13 @@ public final class WorkerPool: Sendable {
         }
     }
 
-    /// Sends `POST /api/<task>` to a worker of this pool. Connection failures and saturated workers move on to the
-    /// next worker; a connection that drops mid-call is retried once elsewhere with the next attempt number.
-    public func call(task: String, taskID: String, body: [UInt8], deadline: NIODeadline) async throws(Failure) -> Answer {
+    /// Sends `POST /api/<task>` to a worker of this pool. Unreachable and saturated workers move on to the next
+    /// worker (nothing ran there). A connection that drops after the request was sent means the worker died while
+    /// the task may have been running: that ends the call (`workerCrashed`), unless the task opted in to `reruns`
+    /// extra attempts on other workers (at-least-once), each with the next attempt number.
+    public func call(task: String, taskID: String, body: [UInt8], deadline: NIODeadline, reruns: Int = 0) async throws(Failure) -> Answer {
         var attempt = 1
         var lastError = "no worker is configured for pool '\(name)'"
-        var retriedLostConnection = false
         let payload = ByteBuffer(bytes: body)
         for index in order(now: .now()) {
             let endpoint = endpoints[index]
@@ -106,23 +110,22 @@ public final class WorkerPool: Sendable {
                 let bytes = reply.body.readBytes(length: reply.body.readableBytes) ?? []
                 return Answer(status: reply.status, headers: answerHeaders, body: bytes, endpoint: endpoint.url)
             } catch {
+                if case .timedOut = error { throw .timedOut }  // a slow task, not a broken worker
+                breakers.withLock { $0[index].recordFailure(now: .now()) }
                 switch error {
                 case .timedOut:
                     throw .timedOut
                 case .unreachable(let reason):
                     lastError = "worker \(endpoint.url): \(reason)"
+                    logger.warning("worker unreachable", metadata: ["pool": "\(name)", "worker": "\(endpoint.url)", "error": "\(reason)"])
                 case .lost(let reason):
-                    // The task may have run: try once more elsewhere, as the next attempt.
-                    lastError = "worker \(endpoint.url): \(reason)"
-                    guard !retriedLostConnection else {
-                        breakers.withLock { $0[index].recordFailure(now: .now()) }
-                        throw .noWorkerAvailable(lastError)
-                    }
-                    retriedLostConnection = true
+                    let crash = "worker \(endpoint.url) dropped the connection during attempt \(attempt) (it crashed or was killed): \(reason)"
+                    logger.error("worker lost mid-call", metadata: ["pool": "\(name)", "worker": "\(endpoint.url)", "task_id": "\(taskID)",
+                                                                    "attempt": "\(attempt)"])
+                    guard attempt <= reruns else { throw .workerCrashed(crash) }
+                    lastError = crash
                     attempt += 1
                 }
-                breakers.withLock { $0[index].recordFailure(now: .now()) }
-                logger.warning("worker unreachable", metadata: ["pool": "\(name)", "worker": "\(endpoint.url)", "error": "\(lastError)"])
             }
         }
         throw .noWorkerAvailable(lastError)

@@ -32,6 +32,10 @@ public final class PythonRuntime: Sendable {
     /// site dir ahead of the system's packages. Call once per process, before any executor starts.
     public static func start(app: String, paths: [String]) throws -> PythonRuntime {
         guard Py_IsInitialized() == 0 else { throw PythonStartupError(message: "the Python interpreter is already running") }
+        // Signals a task could raise at its own process and whose default action ends it: ignored, so
+        // `signal.alarm(1)` or `setitimer` in a task cannot take the worker (and every other task on it) down.
+        // (`signal.signal` from a task's thread already fails: Python allows handlers only on the main thread.)
+        for sig in [SIGALRM, SIGVTALRM, SIGPROF, SIGUSR1, SIGUSR2, SIGPIPE, SIGHUP] { signal(sig, SIG_IGN) }
         Py_InitializeEx(0)
         defer { _ = PyEval_SaveThread() }  // from here on the GIL is taken per call, on executor threads
         // The app's own folder is put on sys.path by the loader; a `module` app is looked up from the cwd.

@@ -176,7 +176,10 @@ class App:
                 by mode. All tasks of one pool must share its execution mode.
             timeout_ms: the timeout in milliseconds. Default: 5000 (sync), 300000 (async), 600000 (gpu).
             timeout_secs: the timeout in seconds instead; give one of ``timeout_ms`` / ``timeout_secs``.
-            retries: extra attempts after a failure (async and gpu only). Default 0.
+            retries: extra attempts. Async and gpu tasks: after a failure, with backoff. Sync tasks: only when the
+                worker dies mid-call (crash, OOM kill), re-run on another worker: at-least-once, so only for tasks
+                that are safe to run twice; the task's own exceptions are never retried (the caller is waiting).
+                Default 0: a sync call whose worker died ends ``failed`` with ``WorkerCrashed`` (HTTP 502).
 
         Parameters must be plain named parameters with JSON-expressible hints (see :mod:`neutrino.schema`);
         the function must be a plain ``def`` returning a JSON-serialisable value.
@@ -256,12 +259,6 @@ class App:
 
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise DefinitionError(f"{where}: retries must be an int >= 0, got {retries!r}")
-        if retries and execution_mode == "sync":
-            raise DefinitionError(
-                f"{where}: sync tasks are not retried (the caller is waiting on the response); "
-                "use execution_mode='async' to get retries, or retry in the caller"
-            )
-
         self._check_function(where, func)
 
         spec = TaskSpec(

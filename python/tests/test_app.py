@@ -152,7 +152,6 @@ def _define(app: App, **options):
         ({"retries": -1}, "int >= 0"),
         ({"retries": 1.0}, "int >= 0"),
         ({"retries": True}, "int >= 0"),
-        ({"retries": 2}, "use execution_mode='async'"),
     ],
 )
 def test_bad_options(app: App, options: dict, fragment: str) -> None:
@@ -168,6 +167,11 @@ def test_definition_error_is_a_value_error_and_a_neutrino_error() -> None:
 
 def test_retries_on_async_is_fine(app: App) -> None:
     assert _define(app, execution_mode="async", retries=2).spec.retries == 2
+
+
+def test_retries_on_sync_means_rerun_on_crash(app: App) -> None:
+    # Sync retries re-run a call whose worker died on another worker (documented as at-least-once).
+    assert _define(app, execution_mode="sync", retries=1).spec.retries == 1
 
 
 def test_function_name_not_matching(app: App) -> None:

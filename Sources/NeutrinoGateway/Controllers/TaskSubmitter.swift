@@ -136,12 +136,16 @@ struct TaskSubmitter: Sendable {
         let deadline = NIODeadline.now() + .milliseconds(Int64(spec.timeoutMs + components.configuration.timeoutGraceMs))
         let answer: WorkerPool.Answer
         do {
-            answer = try await pool.call(task: spec.name, taskID: taskID, body: Self.forwardBody(args), deadline: deadline)
+            answer = try await pool.call(task: spec.name, taskID: taskID, body: Self.forwardBody(args), deadline: deadline,
+                                         reruns: spec.retries)
         } catch {
             switch error {
             case .timedOut:
                 return fail(.timeout, .timedOut,
                             "no answer from the worker within \(spec.timeoutMs) ms + \(components.configuration.timeoutGraceMs) ms grace")
+            case .workerCrashed(let reason):
+                // Not re-run elsewhere unless the task opted in (`retries` on a sync task): it may have had effects.
+                return fail(.workerCrashed, .failed, reason)
             case .noWorkerAvailable(let reason):
                 return fail(.noWorkerAvailable, .failed, "no worker of pool '\(spec.pool)' is reachable (\(reason))",
                             headers: [.retryAfter: "1"])
