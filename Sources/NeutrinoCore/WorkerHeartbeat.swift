@@ -16,6 +16,13 @@ public struct WorkerHeartbeat: Sendable, Hashable {
     public var url: String?
     /// Sent once when the worker begins to drain: the gateway drops it at once.
     public var stopping: Bool
+    /// How often its supervisor has restarted this worker slot (crashes and recycles; `NEUTRINO_WORKER_RESTARTS`).
+    public var restarts: Int = 0
+
+    /// Bounds on what a heartbeat may claim: anything read from NATS is validated, and a forged heartbeat with
+    /// absurd numbers must not make the gateway's pool arithmetic overflow.
+    public static let maxConcurrency = 100_000
+    public static let maxRestarts = 1_000_000
 
     public init(workerID: String, pool: String, mode: String, concurrency: Int, busy: Int, gpu: Bool, version: String,
                 startedAt: Timestamp, host: String, pid: Int, url: String?, stopping: Bool = false) {
@@ -50,6 +57,7 @@ public struct WorkerHeartbeat: Sendable, Hashable {
         w.key("pid"); w.int(pid)
         w.key("url"); w.stringOrNull(url)
         w.key("stopping"); w.bool(stopping)
+        w.key("restarts"); w.int(restarts)
         w.endObject()
     }
 
@@ -67,8 +75,9 @@ public struct WorkerHeartbeat: Sendable, Hashable {
         self.workerID = id
         self.pool = pool
         self.mode = o["mode"]?.stringValue ?? "unknown"
-        self.concurrency = max(0, o["concurrency"]?.intValue ?? 0)
-        self.busy = max(0, o["busy"]?.intValue ?? 0)
+        self.concurrency = min(max(0, o["concurrency"]?.intValue ?? 0), Self.maxConcurrency)
+        self.busy = min(max(0, o["busy"]?.intValue ?? 0), self.concurrency)
+        self.restarts = min(max(0, o["restarts"]?.intValue ?? 0), Self.maxRestarts)
         if case .bool(let g) = o["gpu"] { self.gpu = g } else { self.gpu = false }
         self.version = o["version"]?.stringValue ?? ""
         self.startedAt = o["started_at"]?.stringValue.flatMap { Timestamp(iso8601: $0) } ?? Timestamp(millis: 0)

@@ -153,6 +153,7 @@ final class PoolMonitor: Sendable {
             }
             w.key("running"); w.int(stats.running)
             w.key("workers_alive"); w.int(replicas)
+            w.key("restarts"); w.int(live.reduce(0) { $0.addingReportingOverflow($1.heartbeat.restarts).partialValue })
             w.key("workers")
             w.beginArray()
             for entry in live {
@@ -169,6 +170,7 @@ final class PoolMonitor: Sendable {
                 w.key("host"); w.string(hb.host)
                 w.key("pid"); w.int(hb.pid)
                 w.key("url"); w.stringOrNull(hb.url)
+                w.key("restarts"); w.int(hb.restarts)
                 w.endObject()
             }
             w.endArray()

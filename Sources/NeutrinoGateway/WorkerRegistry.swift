@@ -1,5 +1,7 @@
 import Logging
 import NeutrinoCore
+import Metrics
+import NeutrinoObservability
 import Synchronization
 
 /// The live set of workers, from their heartbeats: a worker is alive while it has been heard from within
@@ -14,6 +16,10 @@ final class WorkerRegistry: Sendable {
     let timeout: Duration
     private let logger: Logger
     private let entries = Mutex<[String: Entry]>([:])
+    /// The highest restart count heard per worker slot, kept after the worker leaves (its supervisor restarts it under
+    /// the same id), so `neutrino_worker_restarts_total` counts each restart once. Bounded against forged ids.
+    private let restartsSeen = Mutex<[String: Int]>([:])
+    static let maxRememberedSlots = 10_000
 
     init(timeout: Duration, logger: Logger) {
         self.timeout = timeout
@@ -22,6 +28,21 @@ final class WorkerRegistry: Sendable {
 
     func apply(_ heartbeat: WorkerHeartbeat) {
         let key = "\(heartbeat.pool)/\(heartbeat.workerID)"
+        let newRestarts = restartsSeen.withLock { seen -> Int in
+            guard let before = seen[key] else {
+                // First heard of since this gateway started: a baseline, not restarts to count.
+                if seen.count < Self.maxRememberedSlots { seen[key] = heartbeat.restarts }
+                return 0
+            }
+            guard heartbeat.restarts > before else { return 0 }
+            seen[key] = heartbeat.restarts
+            return heartbeat.restarts - before
+        }
+        if newRestarts > 0 {
+            Counter(label: NeutrinoMetrics.workerRestarts, dimensions: [("pool", heartbeat.pool)]).increment(by: newRestarts)
+            logger.notice("worker restarted by its supervisor", metadata: ["worker_id": "\(heartbeat.workerID)", "pool": "\(heartbeat.pool)",
+                                                                          "restarts": "\(heartbeat.restarts)"])
+        }
         let change: String? = entries.withLock { all in
             if heartbeat.stopping {
                 return all.removeValue(forKey: key) == nil ? nil : "stopping"

@@ -17,6 +17,8 @@ public enum NeutrinoMetrics {
     public static let queueOldestAge = "neutrino_queue_oldest_age_seconds"
     public static let dlqDepth = "neutrino_dlq_depth"
     public static let workersAlive = "neutrino_workers_alive"
+    /// Restarts of worker slots by their supervisor (crashes, wedged interpreters, recycling), from heartbeats.
+    public static let workerRestarts = "neutrino_worker_restarts_total"
     public static let desiredReplicas = "neutrino_pool_desired_replicas"
     public static let tasklogBatchSize = "neutrino_tasklog_batch_size"
     public static let tasklogWrite = "neutrino_tasklog_write_seconds"

@@ -17,10 +17,12 @@ struct HTTPWorker: Sendable {
     let executor: PythonExecutor
     let taskLog: any TaskEventSink
     let heartbeats: HeartbeatPublisher?
+    let recycler: Recycler
     let logger: Logger
 
     init(configuration: WorkerConfiguration, runtime: PythonRuntime, taskLog: any TaskEventSink, connection: NATSConnection?,
-         logger: Logger) {
+         recycler: Recycler, logger: Logger) {
+        self.recycler = recycler
         self.configuration = configuration
         // Only this pool's sync tasks are served here; a task of another pool is a routing mistake (404).
         self.specs = Dictionary(uniqueKeysWithValues: runtime.tasks
@@ -89,6 +91,10 @@ struct HTTPWorker: Sendable {
     private func call(_ request: Request, task name: String) async -> Response {
         guard let spec = specs[name] else {
             return .error(.unknownTask, "no sync task '\(name)' in pool '\(configuration.pool)' of this worker")
+        }
+        if recycler.isRecycling {
+            // Nothing runs here any more: the gateway sends the call to another worker.
+            return .error(.workerUnavailable, "this worker is recycling", headers: [.retryAfter: "1"])
         }
         let body: [UInt8]
         do { body = try await request.collectBody(limit: configuration.maxBodyBytes) } catch { return error.response }

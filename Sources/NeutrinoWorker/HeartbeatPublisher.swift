@@ -26,10 +26,12 @@ final class HeartbeatPublisher: Service {
         self.interval = configuration.heartbeatInterval
         self.busy = busy
         self.logger = logger
-        template = WorkerHeartbeat(
+        var template = WorkerHeartbeat(
             workerID: configuration.workerID, pool: configuration.pool, mode: configuration.mode.rawValue,
             concurrency: configuration.concurrency, busy: 0, gpu: gpu, version: NeutrinoVersion.current, startedAt: .now(),
             host: ProcessInfo.processInfo.hostName, pid: Int(getpid()), url: nil)
+        template.restarts = configuration.restarts
+        self.template = template
     }
 
     /// Records where the worker's HTTP server listens (`http://HOST:PORT`), for the next heartbeats.

@@ -33,9 +33,11 @@ final class NATSWorker: Sendable {
     private let finishing = Mutex<Set<String>>([])
     private let cancelled = Mutex(CancelledSet())
     private let draining = Atomic<Bool>(false)
+    private let recycler: Recycler
 
     init(configuration: WorkerConfiguration, runtime: PythonRuntime, taskLog: any TaskEventSink, connection: NATSConnection,
-         logger: Logger) throws {
+         recycler: Recycler, logger: Logger) throws {
+        self.recycler = recycler
         self.configuration = configuration
         self.specs = Dictionary(uniqueKeysWithValues: runtime.tasks
             .filter { $0.pool == configuration.pool && $0.mode.isQueued }
@@ -79,7 +81,7 @@ final class NATSWorker: Sendable {
     }
 
     /// Whether the worker has begun to drain (readiness answers 503 from then on).
-    var isDraining: Bool { draining.load(ordering: .relaxed) }
+    var isDraining: Bool { draining.load(ordering: .relaxed) || recycler.isRecycling }
 
     /// Stops new work: no more fetches; the consumer then waits for the running tasks (see `TaskConsumer`).
     func beginDrain() {

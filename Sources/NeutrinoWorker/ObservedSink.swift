@@ -8,20 +8,30 @@ import NeutrinoObservability
 final class ObservedSink: TaskEventSink {
     private let inner: (any TaskEventSink)?
     private let logger: Logger
+    private let recycler: Recycler?
 
-    init(_ inner: (any TaskEventSink)?, logger: Logger) {
+    init(_ inner: (any TaskEventSink)?, logger: Logger, recycler: Recycler? = nil) {
         self.inner = inner
         self.logger = logger
+        self.recycler = recycler
     }
 
     func record(_ event: TaskEvent) {
         observe(event)
         inner?.record(event)
+        countOutcome(event)
     }
 
     func record(contentsOf events: [TaskEvent]) {
         for event in events { observe(event) }
         inner?.record(contentsOf: events)
+        for event in events { countOutcome(event) }
+    }
+
+    /// An attempt that ran here ended (a terminal outcome or a failed attempt handed back for a retry).
+    private func countOutcome(_ event: TaskEvent) {
+        guard let recycler, event.workerID != nil, event.kind == .retrying || (event.kind.status.isTerminal && event.durationMs != nil) else { return }
+        recycler.taskFinished()
     }
 
     func flush() async { await inner?.flush() }

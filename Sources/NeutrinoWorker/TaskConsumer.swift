@@ -35,6 +35,9 @@ struct TaskConsumer: Service {
             drainStarted.finish()
         }
         worker.logger.notice("worker stopped taking tasks")
+        // A recycle ends the loop before the group's graceful shutdown reaches this service: a service that returns
+        // early would end the group with an error, so wait for the shutdown (it returns at once if it has begun).
+        try? await gracefulShutdown()
     }
 
     /// Provisions this pool's consumer and subscribes, retrying every 0.5 s while NATS is unreachable (a pod may

@@ -42,6 +42,12 @@ public struct WorkerConfiguration: Sendable {
     public var drainGrace: Duration
     /// How often the worker announces itself on `neutrino.heartbeat.<pool>` (with `--nats`).
     public var heartbeatInterval: Duration = .seconds(2)
+    /// Recycle after this many tasks (0: never).
+    public var maxTasksPerWorker = 0
+    /// Recycle once resident memory passes this many MB after a task (0: never).
+    public var maxRSSMB = 0
+    /// How often the supervisor has restarted this worker slot (`NEUTRINO_WORKER_RESTARTS`), for the heartbeats.
+    public var restarts = 0
 
     public init(mode: WorkerMode, pool: String, app: String, host: String = "127.0.0.1", port: Int = 0,
                 concurrency: Int = 2, taskLog: TaskLogTarget = .none, pythonPaths: [String] = [],

@@ -10,7 +10,19 @@ import ServiceLifecycle
 /// given: the queue, heartbeats, events), then the task log, then the services of the chosen mode in one
 /// `ServiceGroup` that owns the process's lifecycle.
 public enum Worker {
-    public static func run(_ configuration: WorkerConfiguration, logger: Logger) async throws {
+    /// How a worker ended when it was not told to stop by a signal.
+    public enum Exit: Sendable {
+        /// Stopped by SIGTERM/SIGINT (drained).
+        case stopped
+        /// Recycled itself (`--max-tasks-per-worker`, `--max-rss-mb`): its supervisor should start a fresh one.
+        case recycled(String)
+
+        /// The process exit status: 0, or 75 (EX_TEMPFAIL) for a recycle.
+        public var status: Int32 { if case .recycled = self { Recycler.exitStatus } else { 0 } }
+    }
+
+    @discardableResult
+    public static func run(_ configuration: WorkerConfiguration, logger: Logger) async throws -> Exit {
         let runtime = try PythonRuntime.start(app: configuration.app, paths: configuration.pythonPaths)
         var connection: NATSConnection?
         if let url = configuration.natsURL {
@@ -25,7 +37,8 @@ public enum Worker {
             taskLog = NATSEventPublisher(jetStream: try connection.jetStream(), logger: logger)
         case .none: taskLog = nil
         }
-        let sink = ObservedSink(taskLog, logger: logger)
+        let recycler = Recycler(maxTasks: configuration.maxTasksPerWorker, maxRSSMB: configuration.maxRSSMB, logger: logger)
+        let sink = ObservedSink(taskLog, logger: logger, recycler: recycler)
         let specs = Dictionary(runtime.tasks.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
         let workerID = configuration.workerID
         ProgressReporting.install { report in
@@ -38,14 +51,15 @@ public enum Worker {
         switch configuration.mode {
         case .http:
             services = HTTPWorker(configuration: configuration, runtime: runtime, taskLog: sink, connection: connection,
-                                  logger: logger).services()
+                                  recycler: recycler, logger: logger).services()
         case .nats:
             guard let connection else { throw WorkerError(message: "--mode nats needs --nats URL") }
             services = try NATSWorker(configuration: configuration, runtime: runtime, taskLog: sink, connection: connection,
-                                      logger: logger).services()
+                                      recycler: recycler, logger: logger).services()
         }
         // One service group per worker process: SIGTERM/SIGINT shut its services down in reverse order of the list.
         let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        recycler.onRecycle { Task { await group.triggerGracefulShutdown() } }
         do {
             try await group.run()
         } catch {
@@ -54,6 +68,7 @@ public enum Worker {
         }
         await connection?.close()
         logger.notice("worker stopped")
+        return recycler.reason.map { .recycled($0) } ?? .stopped
     }
 }
 

@@ -59,6 +59,12 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(name: .customLong("log-format"), help: "text or json (one JSON object per line).")
     var logFormat: String = "text"
 
+    @Option(name: .customLong("max-tasks-per-worker"), help: "Drain and exit with status 75 after this many tasks, for a fresh worker (0: never).")
+    var maxTasksPerWorker: Int = 0
+
+    @Option(name: .customLong("max-rss-mb"), help: "Drain and exit with status 75 once resident memory passes this many MB after a task (0: never).")
+    var maxRSSMB: Int = 0
+
     func validate() throws {
         guard LogFormat(rawValue: logFormat) != nil else { throw ValidationError("--log-format must be text or json") }
         guard heartbeatInterval >= 0.05 else { throw ValidationError("--heartbeat-interval must be at least 0.05 s") }
@@ -70,6 +76,7 @@ struct WorkerCommand: AsyncParsableCommand {
         guard TaskLogTarget(argument: taskLog) != nil else { throw ValidationError("--task-log must be sqlite:PATH, nats or none") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
         if mode == "nats" && nats == nil { throw ValidationError("--mode nats needs --nats URL") }
+        guard maxTasksPerWorker >= 0, maxRSSMB >= 0 else { throw ValidationError("--max-tasks-per-worker and --max-rss-mb must be 0 or more") }
         guard ackWait >= 0.5, drainGrace >= 0 else { throw ValidationError("--ack-wait must be at least 0.5 s and --drain-grace not negative") }
     }
 
@@ -83,13 +90,19 @@ struct WorkerCommand: AsyncParsableCommand {
             workerID: id, maxBodyBytes: maxBodyBytes, natsURL: nats,
             ackWait: .milliseconds(Int64(ackWait * 1000)), drainGrace: .milliseconds(Int64(drainGrace * 1000)))
         configuration.heartbeatInterval = .milliseconds(Int64(heartbeatInterval * 1000))
+        configuration.maxTasksPerWorker = maxTasksPerWorker
+        configuration.maxRSSMB = maxRSSMB
+        let restarts = ProcessInfo.processInfo.environment["NEUTRINO_WORKER_RESTARTS"].flatMap(Int.init) ?? 0
+        configuration.restarts = min(max(0, restarts), WorkerHeartbeat.maxRestarts)
         logger[metadataKey: "worker_id"] = "\(id)"
+        let exit: Worker.Exit
         do {
-            try await Worker.run(configuration, logger: logger)
+            exit = try await Worker.run(configuration, logger: logger)
         } catch {
             logger.critical("worker failed: \(error)")
             throw ExitCode(1)
         }
+        if exit.status != 0 { throw ExitCode(exit.status) }
     }
 }
 

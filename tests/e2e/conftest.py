@@ -543,6 +543,7 @@ class Launcher:
         nats_url: Optional[str] = None,
         heartbeat_interval: float = HEARTBEAT_INTERVAL_S,
         task_log: Optional[str] = None,
+        extra_args: Iterable[str] = (),
     ) -> ServerProcess:
         """An HTTP-mode worker; with `nats_url` it also sends heartbeats (every `heartbeat_interval` s).
 
@@ -560,6 +561,7 @@ class Launcher:
             argv += ["--worker-id", worker_id]
         if nats_url:
             argv += ["--nats", nats_url, "--heartbeat-interval", f"{heartbeat_interval:g}"]
+        argv += list(extra_args)
         p = self.spawn(f"worker-{worker_id or next(self._counter)}", argv, env=_server_env(env_extra), log_dir=log_dir)
         if wait:
             p.wait_listening()
@@ -1026,7 +1028,8 @@ class QueueStack(GatewayAccess):
 
     def worker(self, pool: str, *, worker_id: Optional[str] = None, concurrency: int = 2,
                drain_grace: float = 2.0, ack_wait: Optional[float] = None, wait: bool = True,
-               heartbeat_interval: float = HEARTBEAT_INTERVAL_S) -> ServerProcess:
+               heartbeat_interval: float = HEARTBEAT_INTERVAL_S, extra_args: Iterable[str] = (),
+               env_extra: Optional[dict[str, str]] = None) -> ServerProcess:
         """A `--mode nats` worker of `pool` (heartbeats every `heartbeat_interval` s; `/metrics` on an ephemeral
         port, its `url` once it printed `listening on`); waits for its `consuming pool_<pool>` line unless
         wait=False."""
@@ -1036,8 +1039,8 @@ class QueueStack(GatewayAccess):
                 "--nats", self.nats.url,
                 "--concurrency", str(concurrency), "--ack-wait", f"{(ack_wait or self.ack_wait):g}",
                 "--drain-grace", f"{drain_grace:g}", "--worker-id", worker_id,
-                "--host", "127.0.0.1", "--port", "0", "--heartbeat-interval", f"{heartbeat_interval:g}"]
-        p = self.launcher.spawn(f"worker-{worker_id}", argv, env=_server_env(), log_dir=self.dir)
+                "--host", "127.0.0.1", "--port", "0", "--heartbeat-interval", f"{heartbeat_interval:g}", *extra_args]
+        p = self.launcher.spawn(f"worker-{worker_id}", argv, env=_server_env(env_extra), log_dir=self.dir)
         p.worker_id = worker_id  # type: ignore[attr-defined]
         self.workers.append(p)
         if wait:
