@@ -106,8 +106,12 @@ def run(args: argparse.Namespace) -> int:
     pool should have (the policy of ``--scale``), and workers are started, or drained with SIGTERM, to match.
     Pools with MIN 0 (gpu by default) start with none. Sync pools keep ``--fast-workers``.
 
+    A worker that exits without being asked to is restarted in its slot (an HTTP worker on the same port): at
+    once after exit status 0 or 75, else after 1 s, 2 s, 4 s ... at most 30 s. A worker that fails at start-up
+    (the app cannot be imported) stops start-up, its output shown.
+
     Stop with Ctrl-C (or SIGTERM): the workers and the gateway get SIGTERM (SIGKILL after 10 s), then
-    nats-server.
+    nats-server. The gateway or nats-server exiting stops everything too.
     """
     loaded = load_or_report(args.app)
     if loaded is None:

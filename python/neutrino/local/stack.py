@@ -3,15 +3,18 @@
 A child ``nats-server -js`` (when the app has async or gpu tasks) with its store under the state directory, NATS
 workers for each queued pool, HTTP workers for each sync pool, then the gateway in front of them, all sharing one
 SQLite task log under the state directory; the queued pools are autoscaled (:mod:`neutrino.local.autoscale`) to
-what the gateway's ``/pools`` wants.
+what the gateway's ``/pools`` wants, and workers that exit on their own are restarted
+(:mod:`neutrino.local.restarts`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import signal
 import sys
+import urllib.parse
 from typing import Callable, Dict, List, Optional, Sequence
 
 from ..loading import LoadedApp, absolute_app_spec, write_text_atomic
@@ -56,9 +59,13 @@ def up(loaded: LoadedApp, options: UpOptions, error: Callable[[str], None] = _pr
     pool should have (the policy of ``--scale``), and workers are started, or drained with SIGTERM, to match.
     Pools with MIN 0 (gpu by default) start with none. Sync pools keep ``--fast-workers``.
 
+    A worker that exits without being asked to is restarted in its slot (same name and worker id; an HTTP worker
+    on the same port): at once after exit status 0 or 75, else with a backoff of 1 s doubling to 30 s. A worker
+    that fails before it is ready during start-up is not restarted: start-up stops and ``error`` shows its output.
+
     Stop with Ctrl-C (or SIGTERM): the workers and the gateway get SIGTERM (SIGKILL after 10 s), then
-    nats-server. Returns the exit status: 0 after a signal, 1 when it could not start (``error`` says why) or
-    a child exited on its own.
+    nats-server; the stack also stops when the gateway or nats-server exits. Returns the exit status: 0 after a
+    signal, 1 when it could not start (``error`` says why) or the gateway or nats-server exited.
     """
     app, manifest = loaded.app, loaded.manifest
     pools = app.pools()
@@ -101,6 +108,7 @@ def up(loaded: LoadedApp, options: UpOptions, error: Callable[[str], None] = _pr
     supervisor = Supervisor(prefix_width=max(len(name) for name in names))
     previous_handlers = supervisor.install_signal_handlers()
     scaler: Optional[autoscale.Autoscaler] = None
+    failure: Optional[StartupError] = None
     try:
         nats: Optional[NatsServer] = None
         if nats_binary is not None:
@@ -115,7 +123,11 @@ def up(loaded: LoadedApp, options: UpOptions, error: Callable[[str], None] = _pr
         workers: Dict[str, List[Child]] = {}
         for pool in sync_pools:
             workers[pool] = [
-                supervisor.spawn(name, [worker_binary, "--mode", "http", "--pool", pool, "--port", "0", *common])
+                supervisor.spawn(
+                    name,
+                    _http_worker_argv(worker_binary, pool, name, 0, common),
+                    restart=functools.partial(_restart_http_worker, worker_binary, pool, common),
+                )
                 for name in worker_names[pool]
             ]
 
@@ -180,7 +192,7 @@ def up(loaded: LoadedApp, options: UpOptions, error: Callable[[str], None] = _pr
         supervisor.say("neutrino: interrupted while starting; stopping")
         return 0
     except StartupError as exc:
-        error(str(exc))
+        failure = exc
         return 1
     finally:
         if scaler is not None:
@@ -188,3 +200,17 @@ def up(loaded: LoadedApp, options: UpOptions, error: Callable[[str], None] = _pr
         supervisor.stop_all()
         for signum, handler in previous_handlers.items():
             signal.signal(signum, handler)
+        if failure is not None:  # last, below the other children's goodbyes: why it did not start
+            error(failure.report())
+
+
+def _http_worker_argv(binary: str, pool: str, name: str, port: int, common: Sequence[str]) -> List[str]:
+    """An HTTP worker's command line; ``--worker-id`` is its slot's name, the same after every restart."""
+    return [binary, "--mode", "http", "--pool", pool, "--port", str(port), *common, "--worker-id", name]
+
+
+def _restart_http_worker(binary: str, pool: str, common: Sequence[str], child: Child) -> List[str]:
+    """The command line of an HTTP worker started again: the port it listened on before, since the gateway's
+    ``--http-pool`` list of worker URLs is fixed."""
+    port = urllib.parse.urlsplit(child.url).port if child.url else None
+    return _http_worker_argv(binary, pool, child.name, port or 0, common)

@@ -13,7 +13,10 @@ __all__ = ["QueueWorkers", "drain_graces"]
 
 
 class QueueWorkers:
-    """The NATS worker children of the queued pools, started and retired by the autoscaler's thread."""
+    """The NATS worker children of the queued pools, started and retired by the autoscaler's thread.
+
+    A worker that crashes keeps its slot (the supervisor restarts it): it still counts as running, so the
+    autoscaler does not start another one in its place."""
 
     def __init__(self, supervisor: Supervisor, binary: str, common: Sequence[str], drain_grace: Dict[str, float]):
         self._supervisor = supervisor
@@ -23,19 +26,20 @@ class QueueWorkers:
         self._lock = threading.Lock()
         self._children: Dict[str, List[Child]] = {}
         self._numbers: Dict[str, int] = {}
-        self._order: Dict[int, int] = {}
+        self._order: Dict[str, int] = {}
 
     def start(self, pool: str) -> Child:
         """Start the pool's next worker (``<pool>-<n>``, n counting on) without waiting for it to be ready."""
         with self._lock:
             number = self._numbers.get(pool, 0) + 1
             self._numbers[pool] = number
+        name = f"{pool}-{number}"
         argv = [self._binary, "--mode", "nats", "--pool", pool, *self._common, "--port", "0"]
-        argv += ["--drain-grace", f"{self._drain_grace.get(pool, 1.0):g}"]
-        child = self._supervisor.spawn(f"{pool}-{number}", argv, ready=CONSUMING)
+        argv += ["--drain-grace", f"{self._drain_grace.get(pool, 1.0):g}", "--worker-id", name]
+        child = self._supervisor.spawn(name, argv, ready=CONSUMING, restart=lambda _child: argv)
         with self._lock:
             self._children.setdefault(pool, []).append(child)
-            self._order[child.process.pid] = number
+            self._order[name] = number
         return child
 
     def children(self, pool: str) -> List[Child]:
@@ -44,18 +48,19 @@ class QueueWorkers:
 
     def state(self, child: Child) -> autoscale.WorkerState:
         with self._lock:
-            return autoscale.WorkerState(child.name, child.process.pid, self._order.get(child.process.pid, 0))
+            return autoscale.WorkerState(child.name, child.process.pid, self._order.get(child.name, 0))
 
     def running(self, pool: str) -> List[autoscale.WorkerState]:
-        """The pool's workers that run and are not draining."""
+        """The pool's workers that are not draining: running, or waiting to be restarted."""
         with self._lock:
-            live = [c for c in self._children.get(pool, []) if c.retired_at is None and c.process.poll() is None]
-            self._children[pool] = [c for c in self._children.get(pool, []) if c.process.poll() is None]
+            slots = [c for c in self._children.get(pool, []) if self._supervisor.supervises(c)]
+            self._children[pool] = slots
+            live = [c for c in slots if c.retired_at is None]
         return [self.state(child) for child in live]
 
     def retire(self, pool: str, worker: autoscale.WorkerState) -> None:
         for child in self.children(pool):
-            if child.process.pid == worker.pid:
+            if child.name == worker.name:
                 self._supervisor.retire(child)
 
 

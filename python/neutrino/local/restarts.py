@@ -1,0 +1,66 @@
+"""When ``neutrino up`` restarts a worker that exited without being asked to, and how it says so.
+
+- Exit status 0, or 75 (``EX_TEMPFAIL``: the worker recycled itself after N tasks / M MB, or its interpreter was
+  wedged past a task's hard timeout), after the worker was ready: restart at once.
+- Anything else (a crash, a signal such as SIGKILL, any exit before the worker was ready): restart after a backoff
+  of 1 s, 2 s, 4 s … at most 30 s for consecutive crashes; a worker that stayed up 30 s starts again from 1 s.
+
+Pure functions, so the policy is tested without processes; :class:`~neutrino.local.supervisor.Supervisor` applies it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+from typing import Tuple
+
+__all__ = ["EX_TEMPFAIL", "RESTART_AT_ONCE", "RESTARTS_ENV", "Backoff", "plan_restart", "describe_exit"]
+
+#: The exit status of a worker that recycled itself or whose interpreter was wedged (sysexits.h EX_TEMPFAIL).
+EX_TEMPFAIL = 75
+#: Exit statuses after which a worker is restarted without delay.
+RESTART_AT_ONCE = (0, EX_TEMPFAIL)
+#: Set for every worker child: how often its slot was restarted (0 on the first start); the worker reports it in
+#: its heartbeats, so the gateway's /pools shows it.
+RESTARTS_ENV = "NEUTRINO_WORKER_RESTARTS"
+
+
+@dataclasses.dataclass(frozen=True)
+class Backoff:
+    """Delays before restarting a crashing child: ``first``, doubling with each consecutive crash, at most
+    ``cap``; a child that stayed up ``reset_after`` seconds counts as healthy again."""
+
+    first: float = 1.0
+    cap: float = 30.0
+    reset_after: float = 30.0
+
+    def delay(self, crashes: int) -> float:
+        """The delay after the ``crashes``-th consecutive crash (1: ``first``)."""
+        return min(self.cap, self.first * 2.0 ** min(max(crashes - 1, 0), 62))
+
+
+def plan_restart(
+    status: int, uptime: float, crashes: int, backoff: Backoff, ready: bool = True
+) -> Tuple[float, int]:
+    """``(delay, consecutive crashes)`` after a child that had ``crashes`` consecutive crashes before exited with
+    ``status`` (``Popen.returncode``: negative for a signal) after ``uptime`` seconds, having printed its ready
+    line (``ready``) or not. Exiting 0 or 75 before it was ready counts as a crash: it would restart in a loop."""
+    if uptime >= backoff.reset_after:
+        crashes = 0
+    if status in RESTART_AT_ONCE and ready:
+        return 0.0, crashes
+    crashes += 1
+    return backoff.delay(crashes), crashes
+
+
+def describe_exit(status: int) -> str:
+    """``exited with status 3``, ``exited with status 75 (EX_TEMPFAIL)``, ``was killed by SIGKILL``."""
+    if status < 0:
+        try:
+            name = signal.Signals(-status).name
+        except ValueError:
+            name = f"signal {-status}"
+        return f"was killed by {name}"
+    if status == EX_TEMPFAIL:
+        return f"exited with status {status} (EX_TEMPFAIL)"
+    return f"exited with status {status}"
