@@ -15,6 +15,33 @@ public enum PythonOutcome: Sendable {
     case cancelled(durationMs: Double)
     /// Not run: the queue is full or the executor is stopping.
     case rejected(reason: String)
+    /// It was running when the interpreter wedged (a thread holding the GIL past its hard limit): the worker stops,
+    /// and this call may have had effects. A sync caller gets a terminal failure; a queued task is handed back.
+    case abandoned(reason: String)
+}
+
+/// How the executor restores capacity that a task keeps past its timeout (soft, then hard).
+public struct HardTimeoutPolicy: Sendable {
+    /// After the soft timeout (an exception raised in the task), how long the task may take to return before its
+    /// thread is given up on.
+    public var grace: Duration
+    /// Threads given up on that are still blocked (with the GIL released: a `time.sleep`, a blocking C call). Past
+    /// this many, the worker should be recycled to get them back.
+    public var maxLeakedThreads: Int
+
+    public init(grace: Duration = .seconds(5), maxLeakedThreads: Int = 8) {
+        self.grace = grace
+        self.maxLeakedThreads = maxLeakedThreads
+    }
+}
+
+/// What the executor tells its owner about capacity it could not get back by itself.
+public enum ExecutorAlarm: Sendable {
+    /// Too many abandoned threads are still blocked: recycle the worker.
+    case tooManyLeakedThreads(Int)
+    /// A thread has held the GIL past its hard limit: no Python runs in this process any more. Exit so the
+    /// supervisor starts a fresh worker.
+    case wedged(String)
 }
 
 /// Runs Python on `threads` dedicated OS threads, never on NIO event loops or Swift's cooperative pool.
@@ -24,9 +51,19 @@ public enum PythonOutcome: Sendable {
 /// the caller with `.timedOut` and raises `TimeoutError` in the task's thread with `PyThreadState_SetAsyncExc`, so a
 /// pure-Python loop stops at once and blocking C calls (`time.sleep`) stop when they return to the interpreter.
 /// Cancellation (`cancel(tag:)`) works the same way with `neutrino._runtime.CancelledByRequest`.
+///
+/// Hard limits (Celery's hard time limit): a task that has not returned `grace` after its exception was raised is
+/// given up on. If its thread released the GIL (blocked in `time.sleep(1e9)`, a socket, a C call), the thread is
+/// abandoned and a new one takes its place, so the pool's capacity comes back (`leaked` counts them; too many raise
+/// `.tooManyLeakedThreads`). If the exception could not even be raised because a thread holds the GIL (a C loop such as
+/// a catastrophic regex), the interpreter is wedged: every running call ends `.abandoned`, nothing more runs, and
+/// `.wedged` tells the worker to exit. The watchdog never takes the GIL itself (it would block on a wedged one);
+/// an interrupter thread does, and a request it cannot complete within `grace` is how a wedge is seen.
 public final class PythonExecutor: Sendable {
+    // Every mutable field of Job and State is read and written under `lock` only; the continuation is resumed
+    // once, taken out under the lock.
     private final class Job: @unchecked Sendable {
-        enum Phase { case queued, running(UInt), done, interrupted }
+        enum Phase { case queued, running(UInt), done, interrupted(UInt) }
         let task: String
         let tag: String?
         let payload: [UInt8]
@@ -35,6 +72,10 @@ public final class PythonExecutor: Sendable {
         var continuation: CheckedContinuation<PythonOutcome, Never>?
         var phase: Phase = .queued
         var startNanos: UInt64 = 0
+        /// When the soft timeout or the cancel was raised in it.
+        var interruptedNanos: UInt64 = 0
+        /// Given up on: its thread left the pool (a replacement took its place).
+        var abandoned = false
 
         init(task: String, tag: String?, payload: [UInt8], timeoutMs: Int, onStart: @escaping @Sendable () -> Void) {
             self.task = task
@@ -54,33 +95,61 @@ public final class PythonExecutor: Sendable {
         var stopping = false
         var busy = 0
         var stuck = 0
-        var cancelRequests: [Job] = []
+        /// Interrupts (job, exception) waiting for the interrupter thread, and since when it has had any.
+        var interrupts: [(Job, Interrupt)] = []
+        var interruptsPendingSince: UInt64?
+        var leaked = 0
+        var wedged: String?
+        var threadSerial = 0
     }
+
+    private enum Interrupt { case timeout, cancel }
 
     private let runtime: PythonRuntime
     private let lock = ConditionLock()
     private let workAvailable = ConditionLock.Condition()
     private let watchdogWake = ConditionLock.Condition()
+    private let interruptWake = ConditionLock.Condition()
     private let state = State()
     public let threadCount: Int
     public let maxQueued: Int
+    private let hardLimit: HardTimeoutPolicy
+    private let alarm: @Sendable (ExecutorAlarm) -> Void
 
-    public init(runtime: PythonRuntime, threads: Int, maxQueued: Int = 1024) {
+    public init(runtime: PythonRuntime, threads: Int, maxQueued: Int = 1024, hardLimit: HardTimeoutPolicy = HardTimeoutPolicy(),
+                alarm: @escaping @Sendable (ExecutorAlarm) -> Void = { _ in }) {
         self.runtime = runtime
         self.threadCount = max(1, threads)
         self.maxQueued = maxQueued
-        for i in 0..<threadCount {
-            let rc = startThread(name: "neutrino-py-\(i)", stackBytes: 16 << 20) { [self] in self.workerLoop() }
-            precondition(rc == 0, "cannot start Python thread \(i): pthread_create returned \(rc)")
-        }
-        let rc = startThread(name: "neutrino-py-wd") { [self] in self.watchdogLoop() }
+        self.hardLimit = hardLimit
+        self.alarm = alarm
+        for _ in 0..<threadCount { startPythonThread() }
+        var rc = startThread(name: "neutrino-py-wd") { [self] in self.watchdogLoop() }
         precondition(rc == 0, "cannot start the timeout watchdog: pthread_create returned \(rc)")
+        rc = startThread(name: "neutrino-py-int") { [self] in self.interrupterLoop() }
+        precondition(rc == 0, "cannot start the interrupter: pthread_create returned \(rc)")
     }
 
-    /// Tasks running now, and tasks queued behind them.
+    private func startPythonThread() {
+        let serial = lock.withLock { () -> Int in
+            state.threadSerial += 1
+            return state.threadSerial
+        }
+        let rc = startThread(name: "neutrino-py-\(serial)", stackBytes: 16 << 20) { [self] in self.workerLoop() }
+        precondition(rc == 0, "cannot start a Python thread: pthread_create returned \(rc)")
+    }
+
+    /// Tasks running now, tasks queued behind them, tasks past their timeout that have not returned yet, and threads
+    /// given up on that are still blocked.
     public var load: (busy: Int, queued: Int, stuck: Int) {
         lock.withLock { (state.busy, state.queue.count - state.queueHead, state.stuck) }
     }
+
+    /// Threads given up on (past their hard limit) that have not returned.
+    public var leakedThreads: Int { lock.withLock { state.leaked } }
+
+    /// Why the interpreter is wedged, once it is (liveness fails from then on).
+    public var wedged: String? { lock.withLock { state.wedged } }
 
     /// Runs `task` with `payload` (JSON `{"args":…,"task_id":…}`) and returns how it ended. `onStart` runs on the
     /// Python thread just before the call (to record `running` at the moment it starts).
@@ -90,8 +159,9 @@ public final class PythonExecutor: Sendable {
         let job = Job(task: task, tag: tag, payload: payload, timeoutMs: timeoutMs, onStart: onStart)
         return await withCheckedContinuation { continuation in
             lock.lock()
-            if state.stopping || state.queue.count - state.queueHead >= maxQueued {
-                let reason = state.stopping ? "the worker is shutting down" : "the worker's queue is full (\(maxQueued) waiting)"
+            if state.stopping || state.wedged != nil || state.queue.count - state.queueHead >= maxQueued {
+                let reason = state.wedged.map { "the interpreter is wedged: \($0)" }
+                    ?? (state.stopping ? "the worker is shutting down" : "the worker's queue is full (\(maxQueued) waiting)")
                 lock.unlock()
                 continuation.resume(returning: .rejected(reason: reason))
                 return
@@ -112,6 +182,7 @@ public final class PythonExecutor: Sendable {
         state.queueHead = 0
         workAvailable.broadcast()
         watchdogWake.signal()
+        interruptWake.signal()
         lock.unlock()
         for job in queued { finish(job, .rejected(reason: "the worker is shutting down")) }
     }
@@ -159,67 +230,141 @@ public final class PythonExecutor: Sendable {
             job.onStart()
             PyEval_RestoreThread(threadState)
             let outcome = call(job)
-            // Still holding the GIL: the watchdog cannot be between its check and its SetAsyncExc now.
-            let timedOut = lock.withLock { () -> Bool in
-                let wasTimedOut: Bool
-                if case .interrupted = job.phase { wasTimedOut = true; state.stuck -= 1 } else { wasTimedOut = false }
+            // Still holding the GIL: the interrupter cannot be between its check and its SetAsyncExc now.
+            let (wasInterrupted, abandoned) = lock.withLock { () -> (Bool, Bool) in
+                let wasInterrupted: Bool
+                if case .interrupted = job.phase { wasInterrupted = true } else { wasInterrupted = false }
+                if wasInterrupted && !job.abandoned { state.stuck -= 1 }
                 job.phase = .done
-                state.running[ObjectIdentifier(job)] = nil
-                state.busy -= 1
-                return wasTimedOut
+                if job.abandoned {
+                    state.leaked -= 1
+                } else {
+                    state.running[ObjectIdentifier(job)] = nil
+                    state.busy -= 1
+                }
+                return (wasInterrupted, job.abandoned)
             }
-            if timedOut {
-                // Clear a TimeoutError that was injected but not raised yet, so it cannot hit the next task.
+            if wasInterrupted {
+                // Clear an exception that was injected but not raised yet, so it cannot hit the next task.
                 PyThreadState_SetAsyncExc(ident, nil)
+            }
+            if abandoned {
+                // A replacement took this thread's place while it was blocked: leave the pool.
+                PyThreadState_Clear(threadState)
+                PyThreadState_DeleteCurrent()
+                return
             }
             _ = PyEval_SaveThread()
             finish(job, outcome)
         }
     }
 
+    /// Soft timeouts, hard limits and wedge detection. Never takes the GIL.
     private func watchdogLoop() {
-        _ = PyGILState_Ensure()
-        guard let threadState = PyEval_SaveThread() else { return }
+        let graceNanos = UInt64(max(0, hardLimit.grace.wholeMilliseconds)) * 1_000_000
         while true {
             lock.lock()
-            if state.stopping && state.running.isEmpty {
+            if (state.stopping && state.running.isEmpty) || state.wedged != nil {
+                interruptWake.signal()
                 lock.unlock()
                 return
             }
             let now = monotonicNanos()
-            var expired: [Job] = []
-            var next: UInt64?
+            var timedOut: [Job] = []
+            var giveUp: [Job] = []
+            var next = now + 1_000_000_000
             for job in state.running.values {
-                guard case .running = job.phase else { continue }
-                if job.deadline <= now { expired.append(job) } else { next = min(next ?? .max, job.deadline) }
+                switch job.phase {
+                case .running(let ident):
+                    if job.deadline <= now {
+                        job.phase = .interrupted(ident)
+                        job.interruptedNanos = now
+                        state.stuck += 1
+                        state.interrupts.append((job, .timeout))
+                        timedOut.append(job)
+                    } else {
+                        next = min(next, job.deadline)
+                    }
+                case .interrupted:
+                    if job.interruptedNanos + graceNanos <= now { giveUp.append(job) } else { next = min(next, job.interruptedNanos + graceNanos) }
+                default:
+                    break
+                }
             }
-            let cancels = state.cancelRequests
-            state.cancelRequests.removeAll()
-            if expired.isEmpty && cancels.isEmpty {
-                lock.wait(watchdogWake, untilNanos: next ?? now + 1_000_000_000)
+            if !state.interrupts.isEmpty {
+                if state.interruptsPendingSince == nil { state.interruptsPendingSince = now }
+                interruptWake.signal()
+            }
+            // An interrupt the interrupter could not deliver within the grace: it cannot get the GIL.
+            if let since = state.interruptsPendingSince, since + graceNanos <= now {
+                let names = state.running.values.filter { if case .interrupted = $0.phase { true } else { false } }.map(\.task)
+                let reason = "a thread has held the GIL for over \(hardLimit.grace) past its task's timeout (\(names.sorted().joined(separator: ", ")))"
+                state.wedged = reason
+                let running = Array(state.running.values)
+                let queued = Array(state.queue[state.queueHead...])
+                state.queue.removeAll()
+                state.queueHead = 0
+                lock.unlock()
+                for job in running { finish(job, .abandoned(reason: reason)) }
+                for job in queued { finish(job, .rejected(reason: "the interpreter is wedged")) }
+                alarm(.wedged(reason))
+                return
+            }
+            if let since = state.interruptsPendingSince { next = min(next, since + graceNanos) }
+            // Past the hard limit with the GIL available (the interrupter keeps up): the thread is blocked outside
+            // Python. Give it up and start another in its place.
+            var leakedNow = 0
+            for job in giveUp where state.interruptsPendingSince == nil {
+                job.abandoned = true
+                state.running[ObjectIdentifier(job)] = nil
+                state.busy -= 1
+                state.stuck -= 1
+                state.leaked += 1
+                leakedNow += 1
+            }
+            let leaked = state.leaked
+            if timedOut.isEmpty && leakedNow == 0 {
+                lock.wait(watchdogWake, untilNanos: next)
                 lock.unlock()
                 continue
             }
             lock.unlock()
-            PyEval_RestoreThread(threadState)
-            for job in expired where interrupt(job, with: neutrino_py_timeout_error()) {
-                finish(job, .timedOut(durationMs: Double(monotonicNanos() - job.startNanos) / 1e6))
-            }
-            for job in cancels where interrupt(job, with: runtime.cancelClass.pointer) {
-                finish(job, .cancelled(durationMs: Double(monotonicNanos() - job.startNanos) / 1e6))
-            }
-            _ = PyEval_SaveThread()
+            for job in timedOut { finish(job, .timedOut(durationMs: Double(monotonicNanos() - job.startNanos) / 1e6)) }
+            for _ in 0..<leakedNow { startPythonThread() }
+            if leakedNow > 0 && leaked > hardLimit.maxLeakedThreads { alarm(.tooManyLeakedThreads(leaked)) }
         }
     }
 
-    /// Raises `exception` in `job`'s thread if it is still running it (GIL held by the caller).
-    private func interrupt(_ job: Job, with exception: UnsafeMutablePointer<PyObject>?) -> Bool {
-        lock.withLock { () -> Bool in
-            guard case .running(let ident) = job.phase else { return false }
-            PyThreadState_SetAsyncExc(ident, exception)
-            job.phase = .interrupted
-            state.stuck += 1
-            return true
+    /// Delivers interrupts (`PyThreadState_SetAsyncExc` needs the GIL). If a thread holds the GIL and never lets go,
+    /// this thread blocks here and the watchdog sees the request age past the grace: a wedge.
+    private func interrupterLoop() {
+        _ = PyGILState_Ensure()
+        guard let threadState = PyEval_SaveThread() else { return }
+        while true {
+            lock.lock()
+            while state.interrupts.isEmpty && !state.stopping && state.wedged == nil { lock.wait(interruptWake) }
+            if state.interrupts.isEmpty {
+                lock.unlock()
+                return
+            }
+            lock.unlock()
+            PyEval_RestoreThread(threadState)
+            let batch = lock.withLock { () -> [(Job, Interrupt)] in
+                defer { state.interrupts.removeAll() }
+                return state.interrupts
+            }
+            for (job, kind) in batch {
+                lock.withLock {
+                    // Only while it still runs the call (a finished thread cleared its phase under the GIL we hold).
+                    guard case .interrupted(let ident) = job.phase, !job.abandoned else { return }
+                    PyThreadState_SetAsyncExc(ident, kind == .timeout ? neutrino_py_timeout_error() : runtime.cancelClass.pointer)
+                }
+            }
+            _ = PyEval_SaveThread()
+            lock.withLock {
+                if state.interrupts.isEmpty { state.interruptsPendingSince = nil }
+                watchdogWake.signal()
+            }
         }
     }
 
@@ -237,13 +382,21 @@ public final class PythonExecutor: Sendable {
             finish(queued, .cancelled(durationMs: 0))
             return true
         }
-        // The interrupt needs the GIL: leave it to the watchdog thread, never block the caller's thread on it.
-        return lock.withLock { () -> Bool in
-            guard let running = state.running.values.first(where: { $0.tag == tag }) else { return false }
-            state.cancelRequests.append(running)
+        // The interrupt needs the GIL: leave it to the interrupter thread, never block the caller's thread on it.
+        let running = lock.withLock { () -> Job? in
+            guard let job = state.running.values.first(where: { $0.tag == tag }), case .running(let ident) = job.phase else { return nil }
+            job.phase = .interrupted(ident)
+            job.interruptedNanos = monotonicNanos()
+            state.stuck += 1
+            state.interrupts.append((job, .cancel))
+            if state.interruptsPendingSince == nil { state.interruptsPendingSince = job.interruptedNanos }
+            interruptWake.signal()
             watchdogWake.signal()
-            return true
+            return job
         }
+        guard let running else { return false }
+        finish(running, .cancelled(durationMs: Double(monotonicNanos() - running.startNanos) / 1e6))
+        return true
     }
 
     /// One call into `neutrino._runtime.invoke` (GIL held).

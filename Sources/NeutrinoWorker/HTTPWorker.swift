@@ -28,7 +28,10 @@ struct HTTPWorker: Sendable {
         self.specs = Dictionary(uniqueKeysWithValues: runtime.tasks
             .filter { $0.pool == configuration.pool && $0.mode == .sync }
             .map { ($0.name, $0) })
-        self.executor = PythonExecutor(runtime: runtime, threads: configuration.concurrency, maxQueued: configuration.maxQueued)
+        self.executor = PythonExecutor(runtime: runtime, threads: configuration.concurrency, maxQueued: configuration.maxQueued,
+                                       hardLimit: HardTimeoutPolicy(grace: configuration.hardTimeoutGrace,
+                                                                    maxLeakedThreads: configuration.maxLeakedThreads),
+                                       alarm: { [recycler] in recycler.executorAlarm($0) })
         self.taskLog = taskLog
         self.logger = logger
         let executor = self.executor
@@ -72,6 +75,8 @@ struct HTTPWorker: Sendable {
     }
 
     private func health() -> Response {
+        // Liveness: a wedged interpreter fails it, so a kubelet (or any prober) restarts the worker.
+        if let wedged = executor.wedged { return .error(.notReady, "the interpreter is wedged: \(wedged)") }
         let load = executor.load
         var w = JSONWriter()
         w.beginObject()
@@ -124,11 +129,11 @@ struct HTTPWorker: Sendable {
         if reply.status == .timedOut {
             logger.warning("task timed out", metadata: ["task_id": "\(taskID)", "task": "\(name)", "timeout_ms": "\(spec.timeoutMs)"])
         }
-        let status: HTTPResponse.Status = switch reply.status {
+        let status: HTTPResponse.Status = if case .abandoned = outcome { .badGateway } else { switch reply.status {
         case .completed: .ok
         case .timedOut: .gatewayTimeout
         default: .internalServerError
-        }
+        } }
         return .json(status, reply.body, headers: [
             NeutrinoHeader.status: reply.status.rawValue,
             NeutrinoHeader.worker: workerID,

@@ -42,7 +42,10 @@ final class NATSWorker: Sendable {
         self.specs = Dictionary(uniqueKeysWithValues: runtime.tasks
             .filter { $0.pool == configuration.pool && $0.mode.isQueued }
             .map { ($0.name, $0) })
-        self.executor = PythonExecutor(runtime: runtime, threads: configuration.concurrency, maxQueued: configuration.concurrency)
+        self.executor = PythonExecutor(runtime: runtime, threads: configuration.concurrency, maxQueued: configuration.concurrency,
+                                       hardLimit: HardTimeoutPolicy(grace: configuration.hardTimeoutGrace,
+                                                                    maxLeakedThreads: configuration.maxLeakedThreads),
+                                       alarm: { [recycler] in recycler.executorAlarm($0) })
         self.taskLog = taskLog
         if case .sqlite(let path) = configuration.taskLog { reader = try TaskLogReader(path: path, threads: 1) } else { reader = nil }
         self.connection = connection
@@ -110,7 +113,11 @@ final class NATSWorker: Sendable {
     private func healthServer(heartbeats: HeartbeatPublisher) -> some Service {
         let router = Router()
         router.addWorkerMetrics(executor: executor, configuration: configuration)
-        router.get("/healthz") { _, _ in Response.json(.ok, Array(#"{"status":"ok"}"#.utf8)) }
+        router.get("/healthz") { _, _ in
+            // Liveness: a wedged interpreter fails it, so a kubelet restarts the pod.
+            if let wedged = self.executor.wedged { return Response.error(.notReady, "the interpreter is wedged: \(wedged)") }
+            return Response.json(.ok, Array(#"{"status":"ok"}"#.utf8))
+        }
         router.get("/readyz") { _, _ in
             if self.isDraining { return Response.error(.notReady, "draining") }
             if !self.connection.isConnected { return Response.error(.notReady, "NATS: not connected") }
@@ -220,7 +227,7 @@ final class NATSWorker: Sendable {
             await finish(message, js: js, event(.timedOut, error: error, durationMs: ms), settle: .ack)
         case .cancelled(let ms):
             await finish(message, js: js, event(.cancelled, error: JSONWriter.taskErrorText(.cancelled, message: "task '\(name)' was cancelled"), durationMs: ms), settle: .ack)
-        case .rejected:
+        case .rejected, .abandoned:
             try? message.nak()
         case .failed(let errorBytes, let ms):
             let error = String(decoding: errorBytes, as: UTF8.self)

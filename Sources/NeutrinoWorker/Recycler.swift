@@ -2,15 +2,23 @@ import Foundation
 import Glibc
 import Logging
 import NeutrinoCore
+import NeutrinoPython
+import NeutrinoThreads
 import Synchronization
 
 /// Recycles a worker the way Celery's `max_tasks_per_child` / `max_memory_per_child` do: once it has run
 /// `--max-tasks-per-worker` tasks, or its resident memory passes `--max-rss-mb` after a task, it drains (the same
 /// graceful shutdown as SIGTERM: running tasks finish, nothing is lost or run twice) and exits with status 75
 /// (EX_TEMPFAIL), which tells its supervisor to start a fresh one at once.
+///
+/// It is also where the executor's alarms land: too many threads lost past their hard limit recycle the worker the
+/// same way; a wedged interpreter (a thread holding the GIL past its hard limit) ends it with status 70
+/// (EX_SOFTWARE) — through the same graceful shutdown, with a hard exit if that cannot finish in 10 s.
 final class Recycler: Sendable {
     /// The exit status of a recycled worker.
     static let exitStatus: Int32 = 75
+    /// The exit status of a worker whose interpreter wedged.
+    static let wedgedExitStatus: Int32 = 70
 
     let maxTasks: Int
     let maxRSSBytes: Int
@@ -20,6 +28,7 @@ final class Recycler: Sendable {
 
     private struct State {
         var reason: String?
+        var wedged = false
         var action: (@Sendable () -> Void)?
     }
 
@@ -38,6 +47,25 @@ final class Recycler: Sendable {
     /// Whether the worker has reached a limit: it takes no new task from then on.
     var isRecycling: Bool { reason != nil }
 
+    /// The status the process should exit with: 0 when it was not recycled.
+    var exitStatus: Int32 { state.withLock { $0.reason == nil ? 0 : $0.wedged ? Self.wedgedExitStatus : Self.exitStatus } }
+
+    /// The executor's alarms (see `PythonExecutor`).
+    func executorAlarm(_ alarm: ExecutorAlarm) {
+        switch alarm {
+        case .tooManyLeakedThreads(let n):
+            recycle("\(n) Python threads are blocked past their hard timeout")
+        case .wedged(let why):
+            logger.critical("the interpreter is wedged; the worker exits for a fresh one", metadata: ["reason": "\(why)"])
+            recycle(why, wedged: true)
+            // The graceful shutdown answers every caller without Python; if anything still waits on the GIL, end anyway.
+            _ = startThread(name: "neutrino-wedge-exit") {
+                sleep(10)
+                _exit(Self.wedgedExitStatus)
+            }
+        }
+    }
+
     /// What recycling does (start the graceful shutdown); set once the service group exists.
     func onRecycle(_ action: @escaping @Sendable () -> Void) {
         state.withLock { $0.action = action }
@@ -54,8 +82,9 @@ final class Recycler: Sendable {
         }
     }
 
-    private func recycle(_ why: String) {
+    private func recycle(_ why: String, wedged: Bool = false) {
         let action = state.withLock { s -> (@Sendable () -> Void)? in
+            if wedged { s.wedged = true }
             guard s.reason == nil else { return nil }
             s.reason = why
             return s.action

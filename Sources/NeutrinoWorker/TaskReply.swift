@@ -30,6 +30,9 @@ struct TaskReply {
             (status, raw, key, durationMs) = (.timedOut, JSONWriter.taskError(type: APIError.timeout.type, message: message), "error", ms)
         case .cancelled(let ms):
             (status, raw, key, durationMs) = (.cancelled, JSONWriter.taskError(type: APIError.cancelled.type, message: "task '\(spec.name)' was cancelled"), "error", ms)
+        case .abandoned(let reason):
+            let message = "the worker's interpreter wedged while this task ran; the worker restarts: \(reason)"
+            (status, raw, key, durationMs) = (.failed, JSONWriter.taskError(type: APIError.workerCrashed.type, message: message), "error", 0)
         case .rejected(let reason):
             (status, raw, key, durationMs) = (.failed, JSONWriter.taskError(type: APIError.workerUnavailable.type, message: reason), "error", 0)
         }

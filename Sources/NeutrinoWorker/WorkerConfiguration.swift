@@ -42,6 +42,10 @@ public struct WorkerConfiguration: Sendable {
     public var drainGrace: Duration
     /// How often the worker announces itself on `neutrino.heartbeat.<pool>` (with `--nats`).
     public var heartbeatInterval: Duration = .seconds(2)
+    /// How long a task may run past its timeout (after the injected exception) before its thread is given up on.
+    public var hardTimeoutGrace: Duration = .seconds(5)
+    /// Threads given up on and still blocked before the worker recycles itself.
+    public var maxLeakedThreads = 8
     /// Recycle after this many tasks (0: never).
     public var maxTasksPerWorker = 0
     /// Recycle once resident memory passes this many MB after a task (0: never).

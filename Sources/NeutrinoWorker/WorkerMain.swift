@@ -17,8 +17,17 @@ public enum Worker {
         /// Recycled itself (`--max-tasks-per-worker`, `--max-rss-mb`): its supervisor should start a fresh one.
         case recycled(String)
 
-        /// The process exit status: 0, or 75 (EX_TEMPFAIL) for a recycle.
-        public var status: Int32 { if case .recycled = self { Recycler.exitStatus } else { 0 } }
+        /// Its interpreter wedged past a hard timeout.
+        case wedged(String)
+
+        /// The process exit status: 0, 75 (EX_TEMPFAIL) for a recycle, 70 (EX_SOFTWARE) for a wedged interpreter.
+        public var status: Int32 {
+            switch self {
+            case .stopped: 0
+            case .recycled: Recycler.exitStatus
+            case .wedged: Recycler.wedgedExitStatus
+            }
+        }
     }
 
     @discardableResult
@@ -68,7 +77,8 @@ public enum Worker {
         }
         await connection?.close()
         logger.notice("worker stopped")
-        return recycler.reason.map { .recycled($0) } ?? .stopped
+        guard let reason = recycler.reason else { return .stopped }
+        return recycler.exitStatus == Recycler.wedgedExitStatus ? .wedged(reason) : .recycled(reason)
     }
 }
 

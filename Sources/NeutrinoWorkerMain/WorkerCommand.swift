@@ -59,6 +59,12 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(name: .customLong("log-format"), help: "text or json (one JSON object per line).")
     var logFormat: String = "text"
 
+    @Option(name: .customLong("hard-timeout-grace"), help: "Seconds a task may run past its timeout (after the TimeoutError) before its thread is replaced, or, if it holds the GIL, the worker exits with status 70.")
+    var hardTimeoutGrace: Double = 5
+
+    @Option(name: .customLong("max-leaked-threads"), help: "Python threads replaced while still blocked past their hard timeout before the worker recycles itself (exit 75).")
+    var maxLeakedThreads: Int = 8
+
     @Option(name: .customLong("max-tasks-per-worker"), help: "Drain and exit with status 75 after this many tasks, for a fresh worker (0: never).")
     var maxTasksPerWorker: Int = 0
 
@@ -76,6 +82,9 @@ struct WorkerCommand: AsyncParsableCommand {
         guard TaskLogTarget(argument: taskLog) != nil else { throw ValidationError("--task-log must be sqlite:PATH, nats or none") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
         if mode == "nats" && nats == nil { throw ValidationError("--mode nats needs --nats URL") }
+        guard hardTimeoutGrace >= 0.1, hardTimeoutGrace <= 3600, maxLeakedThreads >= 0 else {
+            throw ValidationError("--hard-timeout-grace must be 0.1...3600 s and --max-leaked-threads not negative")
+        }
         guard maxTasksPerWorker >= 0, maxRSSMB >= 0 else { throw ValidationError("--max-tasks-per-worker and --max-rss-mb must be 0 or more") }
         guard ackWait >= 0.5, drainGrace >= 0 else { throw ValidationError("--ack-wait must be at least 0.5 s and --drain-grace not negative") }
     }
@@ -90,6 +99,8 @@ struct WorkerCommand: AsyncParsableCommand {
             workerID: id, maxBodyBytes: maxBodyBytes, natsURL: nats,
             ackWait: .milliseconds(Int64(ackWait * 1000)), drainGrace: .milliseconds(Int64(drainGrace * 1000)))
         configuration.heartbeatInterval = .milliseconds(Int64(heartbeatInterval * 1000))
+        configuration.hardTimeoutGrace = .milliseconds(Int64(hardTimeoutGrace * 1000))
+        configuration.maxLeakedThreads = maxLeakedThreads
         configuration.maxTasksPerWorker = maxTasksPerWorker
         configuration.maxRSSMB = maxRSSMB
         let restarts = ProcessInfo.processInfo.environment["NEUTRINO_WORKER_RESTARTS"].flatMap(Int.init) ?? 0

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Launcher, assert_error_body, build_manifest, post_task
+import time
+
+from conftest import Launcher, assert_error_body, build_manifest, post_task, wait_for
 
 pytestmark = pytest.mark.destructive
 
@@ -71,3 +73,70 @@ def test_signals_from_a_task_do_not_end_its_worker(launcher: Launcher, poison_ma
         assert post_task(c.url, "echo", {"x": 7}).json()["result"] == 7
     finally:
         c.stop()
+
+
+def _worker_and_gateway(launcher: Launcher, manifest: Path, name: str, *, concurrency: int, extra_args=()):
+    d = launcher.new_dir(name)
+    db = d / "tasks.sqlite"
+    worker = launcher.worker(POISON_APP, db, log_dir=d, worker_id=f"{name}-w1", concurrency=concurrency,
+                             extra_args=["--hard-timeout-grace", "1", *extra_args])
+    gateway = launcher.gateway(manifest, {"fast": [worker.url]}, db, log_dir=d)
+    return worker, gateway
+
+
+def test_threads_stuck_past_the_hard_limit_are_replaced(launcher: Launcher, poison_manifest):
+    """Two tasks that swallow their TimeoutError and keep sleeping take both threads; after timeout + grace the
+    threads are given up and replaced, so the worker serves again without a restart."""
+    worker, gateway = _worker_and_gateway(launcher, poison_manifest, "stuck", concurrency=2)
+    try:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            stuck = list(pool.map(lambda _: post_task(gateway.url, "stubborn_sleep", {"seconds": 120}), range(2)))
+        assert [r.status for r in stuck] == [504, 504], stuck
+        # Capacity comes back once the grace has passed: both threads replaced, the same process serves.
+        def serves():
+            r = post_task(gateway.url, "echo", {"x": 1}, timeout=10)
+            return r.status == 200
+        wait_for(serves, timeout=20, message=lambda: "the worker to serve again after its threads were replaced")
+        answers = [post_task(gateway.url, "echo", {"x": i}) for i in range(4)]
+        assert all(a.status == 200 for a in answers), answers
+        assert worker.alive()
+    finally:
+        gateway.stop()
+        worker.stop()
+
+
+def test_a_gil_holding_task_wedges_its_worker_which_exits_70(launcher: Launcher, poison_manifest):
+    """A catastrophic regex holds the GIL: the soft timeout answers 504, the other running call ends 502
+    WorkerCrashed, and the worker exits with status 70 for its supervisor to restart it."""
+    worker, gateway = _worker_and_gateway(launcher, poison_manifest, "wedge", concurrency=2)
+    try:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            other = pool.submit(post_task, gateway.url, "slow", {"seconds": 3.5})
+            time.sleep(0.3)
+            bomb = post_task(gateway.url, "regex_bomb", {})
+            other = other.result()
+        body = assert_error_body(bomb, 504, "TimeoutError")
+        assert body["status"] == "timed_out"
+        assert_error_body(other, 502, "WorkerCrashed")
+        worker.ended_by_test = True
+        assert worker.wait_exit(timeout=30) == 70, worker.output[-3000:]
+        assert "wedged" in worker.output
+        row = gateway_log(gateway).wait_terminal(bomb.json()["task_id"])
+        assert row["status"] == "timed_out", row
+    finally:
+        gateway.stop()
+        worker.stop()
+
+
+def test_a_segfaulting_task_fails_with_502(launcher: Launcher, poison_manifest):
+    c = launcher.cluster(app=POISON_APP, manifest=poison_manifest, workers=2, concurrency=1, name="segv")
+    try:
+        assert_error_body(post_task(c.url, "segfault", {}), 502, "WorkerCrashed")
+        assert post_task(c.url, "echo", {"x": 2}).json()["result"] == 2
+    finally:
+        c.stop()
+
+
+def gateway_log(gateway):
+    from conftest import TaskLog
+    return TaskLog(Path(gateway.argv[gateway.argv.index("--task-log") + 1].removeprefix("sqlite:")))

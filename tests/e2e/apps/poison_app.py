@@ -43,3 +43,35 @@ def install_handler() -> str:
     """Python allows signal handlers only on the main thread: this fails as a task error."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     return "installed"
+
+
+@app.task(timeout_ms=1000)
+def stubborn_sleep(seconds: float = 60.0) -> str:
+    """Swallows the TimeoutError and goes back to sleep: only a hard limit gets its thread back."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(deadline - time.monotonic())
+        except Exception:  # noqa: BLE001 - the point: it ignores the soft timeout
+            pass
+    return "woke"
+
+
+@app.task(timeout_ms=1000)
+def regex_bomb() -> bool:
+    """A C loop that holds the GIL (catastrophic backtracking): no exception can be raised in it."""
+    import re
+    return re.match(r"(a+)+$", "a" * 40 + "b") is not None
+
+
+@app.task(timeout_ms=4000)
+def slow(seconds: float = 3.0) -> str:
+    time.sleep(seconds)
+    return "done"
+
+
+@app.task()
+def segfault() -> None:
+    """Reads address 0 through ctypes: SIGSEGV, as a broken C extension would."""
+    import ctypes
+    ctypes.string_at(0)
