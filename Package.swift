@@ -92,7 +92,7 @@ let package = Package(
         .testTarget(name: "NeutrinoCoreTests", dependencies: ["NeutrinoCore"], swiftSettings: swiftSettings),
         .testTarget(name: "NeutrinoTaskLogTests", dependencies: ["NeutrinoTaskLog"], swiftSettings: swiftSettings),
         .testTarget(name: "NeutrinoGatewayTests", dependencies: [
-            "NeutrinoGateway", "NeutrinoTaskLog",
+            "NeutrinoGateway", "NeutrinoTaskLog", "NeutrinoNATS", "NeutrinoTestSupport",
             .product(name: "HummingbirdTesting", package: "hummingbird"),
             .product(name: "HTTPTypes", package: "swift-http-types"),
         ], swiftSettings: swiftSettings),

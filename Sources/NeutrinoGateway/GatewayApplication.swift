@@ -14,7 +14,7 @@ import ServiceLifecycle
 ///
 /// Start-up order: manifest → NATS connection → task log → pools → routes → services. On SIGTERM/SIGINT the server
 /// stops first (it drains the requests in flight; open `GET /events` streams end), then the services in reverse
-/// order of the list below: heartbeat listener → live feed → pool monitor → events consumer → queue provisioner →
+/// order of the list below: heartbeat listener → live feed → pool monitor → events consumer → delivery janitor → queue provisioner →
 /// sync pools' connections → task log (the last events committed) → NATS connection.
 public func buildGateway(_ configuration: GatewayConfiguration, logger: Logger) async throws -> some ApplicationProtocol {
     let manifest = try readManifest(configuration.manifestPath)
@@ -85,7 +85,10 @@ public func buildGateway(_ configuration: GatewayConfiguration, logger: Logger) 
         await reader?.shutdown()
     }))
     services.append(LifecycleService("sync pools", stop: { [pools] in for pool in pools.values { pool.close() } }))
-    if let queue { services.append(QueueProvisioner(queue: queue, manifest: manifest, ackWait: configuration.ackWait, logger: logger)) }
+    if let queue {
+        services.append(QueueProvisioner(queue: queue, manifest: manifest, ackWait: configuration.ackWait, logger: logger))
+        services.append(DeliveryJanitor(queue: queue, manifest: manifest, taskLog: taskLog, reader: reader, logger: logger))
+    }
     if let eventsConsumer {
         services.append(LifecycleService("events consumer", start: { eventsConsumer.start() }, stop: { await eventsConsumer.stop() }))
     }

@@ -197,6 +197,16 @@ final class NATSWorker: Sendable {
             logger.info("skipped a task that must not run", metadata: ["task_id": "\(taskID)", "status": "\(reason)"])
             return
         }
+        if attempt > spec.retries + 1 {
+            // Every attempt the task is allowed has been delivered, yet it is not terminal: each ended with its worker
+            // (a failed last attempt is terminated, never redelivered). Crashes count as attempts: this one ends it.
+            let text = "task '\(name)' used its \(spec.retries + 1) attempt(s) and its worker ended each without an outcome "
+                + "(it crashed, was killed or wedged)"
+            logger.warning("attempts exhausted by worker crashes", metadata: ["task_id": "\(taskID)", "attempt": "\(attempt)"])
+            await deadLetter(message, spec: spec, taskID: taskID, attempt: attempt - 1, error: text, js: js)
+            await finish(message, js: js, event(.failed, error: JSONWriter.taskErrorText(.workerCrashed, message: text)), settle: .term)
+            return
+        }
         // In flight while Python runs it: what a drain that runs out of time hands back.
         inFlight.withLock { $0[taskID] = message }
         var stillInFlight = true

@@ -66,3 +66,17 @@ def overrun(path: str, seconds: float = 30.0) -> dict:
 def ping(n: int) -> dict:
     """The cheapest queued task."""
     return {"n": n}
+
+
+@app.task(execution_mode="async", timeout_secs=60, retries=1)
+def crash_worker(path: str) -> dict:
+    """Ends its worker process on every attempt (a segfaulting extension, an OOM kill): no outcome is ever recorded."""
+    _note(path, "start")
+    os._exit(9)
+
+
+@app.task(execution_mode="async", timeout_secs=60, retries=2)
+def crash_worker_max(path: str) -> dict:
+    """As crash_worker, with the pool's largest retries: every delivery JetStream allows ends its worker."""
+    _note(path, "start")
+    os._exit(9)
