@@ -16,6 +16,8 @@ public struct TaskRecord: Sendable, Hashable {
     public var attempts: Int
     public var progress: Double?
     public var progressMessage: String?
+    /// What the task printed in its last attempt (see `TaskEvent.output`).
+    public var output: String?
 
     public init(id: String, function: String, status: TaskStatus, createdAt: Timestamp, startedAt: Timestamp? = nil,
                 completedAt: Timestamp? = nil, workerID: String? = nil, pool: String, mode: ExecutionMode,
@@ -70,12 +72,14 @@ public struct TaskRecord: Sendable, Hashable {
                 completedAt = nil
             case .retrying:
                 error = event.error ?? error
+                output = event.output ?? output
             case .completed, .failed, .cancelled, .timedOut:
                 completedAt = event.at
                 workerID = event.workerID ?? workerID
                 result = event.result ?? result
                 error = event.error ?? error
                 durationMs = event.durationMs ?? durationMs
+                output = event.output ?? output
                 if event.kind == .completed { progress = 1 }
             case .pending, .queued, .progress:
                 break
@@ -88,6 +92,7 @@ public struct TaskRecord: Sendable, Hashable {
                 if result == nil { result = event.result }
                 if error == nil { error = event.error }
                 if durationMs == nil { durationMs = event.durationMs }
+                if output == nil { output = event.output }
             }
         case .updateProgress:
             progress = event.progress ?? progress

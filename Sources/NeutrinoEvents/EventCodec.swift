@@ -35,6 +35,7 @@ public enum EventCodec {
         w.key("duration_ms"); number(event.durationMs, &w)
         w.key("progress"); number(event.progress, &w)
         w.key("detail"); w.stringOrNull(event.detail)
+        if let output = event.output { w.key("output"); w.string(output) }
         w.endObject()
         return w.bytes
     }
@@ -64,7 +65,8 @@ public enum EventCodec {
                          error: try fieldsReader.optionalString("error"),
                          durationMs: try fieldsReader.optionalDouble("duration_ms"),
                          progress: try fieldsReader.optionalDouble("progress"),
-                         detail: try fieldsReader.optionalString("detail"))
+                         detail: try fieldsReader.optionalString("detail"),
+                         output: try fieldsReader.optionalString("output"))
     }
 
     /// A finite number in its shortest round-trip text (`null` when absent or not finite).

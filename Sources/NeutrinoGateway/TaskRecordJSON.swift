@@ -22,6 +22,7 @@ extension JSONWriter {
         key("result"); rawOrNull(r.result)
         key("error"); rawOrNull(r.error)
         if let events {
+            key("output"); stringOrNull(r.output)
             key("events")
             beginArray()
             for e in events {

@@ -69,6 +69,7 @@ public final class PythonExecutor: Sendable {
         let payload: [UInt8]
         let timeoutNanos: UInt64
         let onStart: @Sendable () -> Void
+        let onOutput: @Sendable ([UInt8]) -> Void
         var continuation: CheckedContinuation<PythonOutcome, Never>?
         var phase: Phase = .queued
         var startNanos: UInt64 = 0
@@ -77,7 +78,9 @@ public final class PythonExecutor: Sendable {
         /// Given up on: its thread left the pool (a replacement took its place).
         var abandoned = false
 
-        init(task: String, tag: String?, payload: [UInt8], timeoutMs: Int, onStart: @escaping @Sendable () -> Void) {
+        init(task: String, tag: String?, payload: [UInt8], timeoutMs: Int, onStart: @escaping @Sendable () -> Void,
+             onOutput: @escaping @Sendable ([UInt8]) -> Void) {
+            self.onOutput = onOutput
             self.task = task
             self.tag = tag
             self.payload = payload
@@ -155,8 +158,9 @@ public final class PythonExecutor: Sendable {
     /// Python thread just before the call (to record `running` at the moment it starts).
     /// `tag` (the task id) lets `cancel(tag:)` find the call.
     public func run(task: String, tag: String? = nil, payload: [UInt8], timeoutMs: Int,
-                    onStart: @escaping @Sendable () -> Void = {}) async -> PythonOutcome {
-        let job = Job(task: task, tag: tag, payload: payload, timeoutMs: timeoutMs, onStart: onStart)
+                    onStart: @escaping @Sendable () -> Void = {},
+                    onOutput: @escaping @Sendable ([UInt8]) -> Void = { _ in }) async -> PythonOutcome {
+        let job = Job(task: task, tag: tag, payload: payload, timeoutMs: timeoutMs, onStart: onStart, onOutput: onOutput)
         return await withCheckedContinuation { continuation in
             lock.lock()
             if state.stopping || state.wedged != nil || state.queue.count - state.queueHead >= maxQueued {
@@ -230,6 +234,7 @@ public final class PythonExecutor: Sendable {
             job.onStart()
             PyEval_RestoreThread(threadState)
             let outcome = call(job)
+            let output = runtime.takeOutput()
             // Still holding the GIL: the interrupter cannot be between its check and its SetAsyncExc now.
             let (wasInterrupted, abandoned) = lock.withLock { () -> (Bool, Bool) in
                 let wasInterrupted: Bool
@@ -255,6 +260,7 @@ public final class PythonExecutor: Sendable {
                 return
             }
             _ = PyEval_SaveThread()
+            if let output { job.onOutput(output) }
             finish(job, outcome)
         }
     }

@@ -26,6 +26,8 @@ public final class PythonRuntime: Sendable {
     let taskNames: [String: PyRef]
     /// `neutrino._runtime.CancelledByRequest`, injected into a task's thread to cancel it.
     let cancelClass: PyRef
+    /// `neutrino._runtime.last_output`: what the last task on the calling thread printed (bytes or None).
+    let lastOutput: PyRef?
 
     /// Starts the interpreter and imports `app` (a `.py` path, `module` or `module:attr`).
     /// `paths` go first on `sys.path` (the SDK, extra folders); an active virtualenv (`VIRTUAL_ENV`) is added as a
@@ -71,6 +73,8 @@ public final class PythonRuntime: Sendable {
             throw PythonStartupError(message: "neutrino._runtime lacks load/invoke/TaskError/CancelledByRequest: \(PythonRuntime.takeErrorText())")
         }
         defer { Py_DecRef(load) }
+        let lastOutput = PyObject_GetAttrString(module, "last_output")
+        if lastOutput == nil { PyErr_Clear() }  // an SDK without output capture: nothing is captured
         // Hand neutrino.report_progress its way out to Swift.
         if let setSink = PyObject_GetAttrString(module, "set_progress_sink"), let sink = ProgressReporting.makeSinkFunction(),
            let sinkArgs = PyTuple_New(1) {
@@ -102,15 +106,27 @@ public final class PythonRuntime: Sendable {
             names[spec.name] = PyRef(pointer: name)
         }
         return PythonRuntime(tasks: specs, invoke: PyRef(pointer: invoke), taskErrorClass: PyRef(pointer: taskError),
-                             taskNames: names, cancelClass: PyRef(pointer: cancelled))
+                             taskNames: names, cancelClass: PyRef(pointer: cancelled), lastOutput: lastOutput.map { PyRef(pointer: $0) })
     }
 
-    private init(tasks: [TaskSpec], invoke: PyRef, taskErrorClass: PyRef, taskNames: [String: PyRef], cancelClass: PyRef) {
+    private init(tasks: [TaskSpec], invoke: PyRef, taskErrorClass: PyRef, taskNames: [String: PyRef], cancelClass: PyRef,
+                 lastOutput: PyRef?) {
+        self.lastOutput = lastOutput
         self.tasks = tasks
         self.invoke = invoke
         self.taskErrorClass = taskErrorClass
         self.taskNames = taskNames
         self.cancelClass = cancelClass
+    }
+
+    /// What the last task on this thread printed, as `last_output` returns it (GIL held).
+    func takeOutput() -> [UInt8]? {
+        guard let lastOutput, let value = PyObject_CallObject(lastOutput.pointer, nil) else {
+            PyErr_Clear()
+            return nil
+        }
+        defer { Py_DecRef(value) }
+        return PythonRuntime.bytes(of: value)
     }
 
     /// `[{"name","execution_mode","pool","timeout_ms","retries"}]` as `load` returns it.

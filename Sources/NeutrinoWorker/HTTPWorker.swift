@@ -114,18 +114,21 @@ struct HTTPWorker: Sendable {
         let workerID = configuration.workerID
         let taskLog = self.taskLog
         let started = StartTime()
-        let outcome = await executor.run(task: name, payload: payload, timeoutMs: spec.timeoutMs) {
+        let printed = CapturedOutput()
+        let outcome = await executor.run(task: name, payload: payload, timeoutMs: spec.timeoutMs, onStart: {
             let now = Timestamp.now()
             started.set(now)
             taskLog.record(TaskEvent(taskID: taskID, kind: .running, at: now, function: spec.name, pool: spec.pool,
                                       mode: spec.mode, workerID: workerID, attempt: attempt))
-        }
+        }, onOutput: printed.set)
         let reply = TaskReply(taskID: taskID, spec: spec, workerID: workerID, attempt: attempt, outcome: outcome)
         if case .rejected(let reason) = outcome {
             // Nothing ran: the caller may send it elsewhere; nothing is logged here.
             return .error(.workerUnavailable, reason, headers: [.retryAfter: "1"])
         }
-        taskLog.record(Self.outcomeEvent(taskID: taskID, spec: spec, workerID: workerID, attempt: attempt, reply: reply))
+        var outcomeEvent = Self.outcomeEvent(taskID: taskID, spec: spec, workerID: workerID, attempt: attempt, reply: reply)
+        outcomeEvent.output = printed.text
+        taskLog.record(outcomeEvent)
         if reply.status == .timedOut {
             logger.warning("task timed out", metadata: ["task_id": "\(taskID)", "task": "\(name)", "timeout_ms": "\(spec.timeoutMs)"])
         }
@@ -167,6 +170,13 @@ extension Router where Context == BasicRequestContext {
             NeutrinoMetrics.gauge(NeutrinoMetrics.workerSlots, labels, Double(executor.threadCount))
         }
     }
+}
+
+/// What a call printed (set on its Python thread, read after the call returns).
+final class CapturedOutput: Sendable {
+    private let stored = Mutex<[UInt8]?>(nil)
+    @Sendable func set(_ bytes: [UInt8]) { stored.withLock { $0 = bytes } }
+    var text: String? { stored.withLock { $0.map { String(decoding: $0, as: UTF8.self) } } }
 }
 
 /// When the Python thread started a call (set on that thread, read after the call returns).

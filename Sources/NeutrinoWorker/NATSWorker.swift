@@ -187,9 +187,10 @@ final class NATSWorker: Sendable {
         }
         let attempt = Int(message.numDelivered)
         let workerID = configuration.workerID
-        @Sendable func event(_ kind: TaskEventKind, result: String? = nil, error: String? = nil, durationMs: Double? = nil) -> TaskEvent {
+        @Sendable func event(_ kind: TaskEventKind, result: String? = nil, error: String? = nil, durationMs: Double? = nil,
+                             output: String? = nil) -> TaskEvent {
             TaskEvent(taskID: taskID, kind: kind, function: spec.name, pool: spec.pool, mode: spec.mode,
-                      workerID: workerID, attempt: attempt, result: result, error: error, durationMs: durationMs)
+                      workerID: workerID, attempt: attempt, result: result, error: error, durationMs: durationMs, output: output)
         }
         await waitForLocalAttempt(taskID, redelivery: message, spec: spec)
         if let reason = await reasonToSkip(taskID, js: js) {
@@ -221,9 +222,10 @@ final class NATSWorker: Sendable {
         }
         let heartbeat = keepAlive(message)
         let taskLog = self.taskLog
-        let outcome = await executor.run(task: name, tag: taskID, payload: payload, timeoutMs: spec.timeoutMs) {
+        let printed = CapturedOutput()
+        let outcome = await executor.run(task: name, tag: taskID, payload: payload, timeoutMs: spec.timeoutMs, onStart: {
             taskLog.record(event(.running))
-        }
+        }, onOutput: printed.set)
         heartbeat.cancel()
         finishing.withLock { _ = $0.insert(taskID) }
         defer { finishing.withLock { _ = $0.remove(taskID) } }
@@ -231,10 +233,10 @@ final class NATSWorker: Sendable {
         stillInFlight = false
         switch outcome {
         case .completed(let result, let ms):
-            await finish(message, js: js, event(.completed, result: String(decoding: result, as: UTF8.self), durationMs: ms), settle: .ack)
+            await finish(message, js: js, event(.completed, result: String(decoding: result, as: UTF8.self), durationMs: ms, output: printed.text), settle: .ack)
         case .timedOut(let ms):
             let error = JSONWriter.taskErrorText(.timeout, message: "task '\(name)' exceeded its timeout of \(spec.timeoutMs) ms")
-            await finish(message, js: js, event(.timedOut, error: error, durationMs: ms), settle: .ack)
+            await finish(message, js: js, event(.timedOut, error: error, durationMs: ms, output: printed.text), settle: .ack)
         case .cancelled(let ms):
             await finish(message, js: js, event(.cancelled, error: JSONWriter.taskErrorText(.cancelled, message: "task '\(name)' was cancelled"), durationMs: ms), settle: .ack)
         case .rejected, .abandoned:
@@ -244,10 +246,10 @@ final class NATSWorker: Sendable {
             if attempt <= spec.retries {
                 let delay = QueueLayout.retryDelay(afterAttempt: attempt)
                 logger.info("attempt failed; retrying", metadata: ["task_id": "\(taskID)", "attempt": "\(attempt)", "delay": "\(delay)"])
-                await finish(message, js: js, event(.retrying, error: error, durationMs: ms), settle: .nak(delay))
+                await finish(message, js: js, event(.retrying, error: error, durationMs: ms, output: printed.text), settle: .nak(delay))
             } else {
                 await deadLetter(message, spec: spec, taskID: taskID, attempt: attempt, error: error, js: js)
-                await finish(message, js: js, event(.failed, error: error, durationMs: ms), settle: .term)
+                await finish(message, js: js, event(.failed, error: error, durationMs: ms, output: printed.text), settle: .term)
             }
         }
     }

@@ -65,6 +65,9 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(name: .customLong("max-leaked-threads"), help: "Python threads replaced while still blocked past their hard timeout before the worker recycles itself (exit 75).")
     var maxLeakedThreads: Int = 8
 
+    @Option(name: .customLong("task-output-bytes"), help: "How much of what a task prints (stdout, stderr) is stored with it: the last N characters (0: none).")
+    var taskOutputBytes: Int = 65536
+
     @Option(name: .customLong("max-tasks-per-worker"), help: "Drain and exit with status 75 after this many tasks, for a fresh worker (0: never).")
     var maxTasksPerWorker: Int = 0
 
@@ -99,6 +102,8 @@ struct WorkerCommand: AsyncParsableCommand {
             workerID: id, maxBodyBytes: maxBodyBytes, natsURL: nats,
             ackWait: .milliseconds(Int64(ackWait * 1000)), drainGrace: .milliseconds(Int64(drainGrace * 1000)))
         configuration.heartbeatInterval = .milliseconds(Int64(heartbeatInterval * 1000))
+        // Read by neutrino._output when the interpreter imports it.
+        setenv("NEUTRINO_TASK_OUTPUT_BYTES", String(max(0, taskOutputBytes)), 1)
         configuration.hardTimeoutGrace = .milliseconds(Int64(hardTimeoutGrace * 1000))
         configuration.maxLeakedThreads = maxLeakedThreads
         configuration.maxTasksPerWorker = maxTasksPerWorker

@@ -132,6 +132,11 @@ export function renderDetail(main, id, params) {
         rec.result === null || rec.result === undefined ? el("p.muted", {}, terminal ? "no result" : "not finished yet")
           : renderJSON(decodeMaybe(rec.result)))));
 
+    if (rec.output) {
+      parts.push(el("section.panel", { id: "output" }, el("h2", {}, "Output"),
+        el("pre.traceback", { id: "output-text" }, rec.output)));
+    }
+
     const events = rec.events || [];
     parts.push(el("section", { id: "timeline" }, el("h2", {}, `Timeline (${events.length} events)`),
       el("div.table-wrap", {}, el("table.timeline", { "aria-label": "Lifecycle events" },

@@ -88,6 +88,7 @@ function paintCard(card, p) {
     q && q.redelivered ? stat("redelivered", fmtNumber(q.redelivered), "redelivered") : null,
     q ? stat("oldest queued", q.oldest_queued_age_seconds ? fmtDuration(q.oldest_queued_age_seconds * 1000) : "—", "oldest") : null,
     stat("workers alive", `${fmtNumber(p.workers_alive)}`, "workers"),
+    p.restarts ? stat("restarts", fmtNumber(p.restarts), "restarts") : null,
     stat("busy slots", `${busySlots(p)} / ${totalSlots(p)}`, "busy"),
     stat("per second (1 min)", fmtNumber(lm.per_second, 2), "throughput"),
     stat("done / failed (1 min)", `${fmtNumber(lm.completed)} / ${fmtNumber(lm.failed)}`, "counts"),
@@ -102,6 +103,8 @@ function paintCard(card, p) {
   fill(workersList, ...(workers.length ? workers.map((w) => el("li", { "data-worker": w.worker_id },
     el("span.wid.mono", { title: `${w.host || ""} pid ${w.pid ?? "?"} ${w.url || ""} · v${w.version || "?"}` }, w.worker_id),
     w.gpu ? el("span.badge", {}, "gpu") : null, slots(w),
+    w.restarts ? el("span.badge.warn", { title: "restarted by its supervisor (crashes, wedged interpreter, recycling)", "data-restarts": String(w.restarts) },
+      `${w.restarts} restart${w.restarts === 1 ? "" : "s"}`) : null,
     el("span.muted", { title: w.last_seen || "" }, `seen ${fmtAgo(w.last_seen)}`)))
     : [el("li.muted", {}, q ? "no worker alive: tasks wait in the queue" : "no worker alive")]));
 

@@ -27,12 +27,12 @@ import json
 import traceback
 from typing import Any, Callable, Dict, Optional, Tuple
 
-from . import _context
+from . import _context, _output
 from ._context import _local
 from ._convert import build_args_converter
 from ._loader import load_app
 
-__all__ = ["TaskError", "CancelledByRequest", "load", "invoke", "set_progress_sink"]
+__all__ = ["TaskError", "CancelledByRequest", "load", "invoke", "last_output", "set_progress_sink"]
 
 _ArgsConverter = Optional[Callable[[Dict[str, Any]], Dict[str, Any]]]
 
@@ -72,6 +72,7 @@ def load(app_spec: str) -> bytes:
     tasks = {spec.name: (spec.func, build_args_converter(spec.func)) for spec in specs}
     _tasks.clear()
     _tasks.update(tasks)
+    _output.install()
     return json.dumps([spec.to_json() for spec in specs]).encode()
 
 
@@ -116,13 +117,16 @@ def invoke(name: str, payload: bytes) -> bytes:
             raise TaskError(_error_payload("InvalidArguments", _message(exc))) from None
 
     error: Optional[bytes] = None
-    _local.task = (request.get("task_id"), name, request.get("attempt", 1), request.get("pool"))
+    task_id = request.get("task_id")
+    _local.task = (task_id, name, request.get("attempt", 1), request.get("pool"))
+    _output.begin(task_id)
     try:
         result = func(**args)
     except BaseException as exc:  # the worker's injected TimeoutError included
         error = _describe(exc)
     finally:
         _local.task = None
+        _local.output = _output.end()
     if error is not None:
         raise TaskError(error)
 
@@ -131,6 +135,13 @@ def invoke(name: str, payload: bytes) -> bytes:
     except (TypeError, ValueError, RecursionError) as exc:
         message = f"task {name!r} returned a value that is not JSON-serialisable: {exc}"
         raise TaskError(_error_payload("ResultNotSerializable", message)) from None
+
+
+def last_output() -> Optional[bytes]:
+    """What the last task on this thread printed (UTF-8), or None; the worker reads it right after :func:`invoke`."""
+    text = getattr(_local, "output", None)
+    _local.output = None
+    return None if text is None else text.encode("utf-8", "replace")
 
 
 def _describe(exc: BaseException) -> bytes:

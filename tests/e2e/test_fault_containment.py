@@ -140,3 +140,17 @@ def test_a_segfaulting_task_fails_with_502(launcher: Launcher, poison_manifest):
 def gateway_log(gateway):
     from conftest import TaskLog
     return TaskLog(Path(gateway.argv[gateway.argv.index("--task-log") + 1].removeprefix("sqlite:")))
+
+
+def test_what_a_task_prints_is_kept_with_it_and_logged_with_its_id(launcher: Launcher, poison_manifest):
+    c = launcher.cluster(app=POISON_APP, manifest=poison_manifest, workers=1, concurrency=1, name="output")
+    try:
+        r = post_task(c.url, "chatty", {"lines": 3})
+        assert r.status == 200, r
+        task_id = r.json()["task_id"]
+        record = c.get(f"/tasks/{task_id}").json()
+        assert record["output"] == "line 0\nline 1\nline 2\nto stderr\n", record
+        wait_for(lambda: f"[task {task_id}] line 2" in c.workers[0].output, timeout=10,
+                 message=lambda: "the worker log to carry the task's lines with its id")
+    finally:
+        c.stop()

@@ -75,3 +75,13 @@ def segfault() -> None:
     """Reads address 0 through ctypes: SIGSEGV, as a broken C extension would."""
     import ctypes
     ctypes.string_at(0)
+
+
+@app.task()
+def chatty(lines: int = 3) -> int:
+    """Prints to stdout and stderr: both are kept with the task and logged with its id."""
+    import sys
+    for i in range(lines):
+        print(f"line {i}")
+    print("to stderr", file=sys.stderr)
+    return lines
