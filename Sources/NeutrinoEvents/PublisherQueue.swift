@@ -7,6 +7,9 @@ import NeutrinoThreads
 /// and the ones that failed go back to its front, so the queue stays sorted by sequence. Everything below the
 /// lowest sequence still queued or in flight is settled (acknowledged by the stream, or dropped), which is what
 /// `flush` waits for.
+///
+/// `@unchecked Sendable`: every stored var is read and written with `lock` held; it is a pthread condition lock (not a
+/// `Mutex`) because the publisher's pump thread waits on it for events, off the cooperative pool.
 final class PublisherQueue: @unchecked Sendable {
     struct Entry: Sendable {
         let seq: UInt64

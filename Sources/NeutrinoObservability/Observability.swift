@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Synchronization
 import Metrics
 import Prometheus
 
@@ -48,16 +49,16 @@ public enum Observability {
     public static var registry: PrometheusCollectorRegistry { state.registry }
 }
 
-private final class BootstrapState: @unchecked Sendable {  // guarded by `lock`
-    private let lock = NSLock()
-    private var done = false
+private final class BootstrapState: Sendable {
+    private let done = Mutex(false)
     let registry = PrometheusCollectorRegistry()
 
+    /// Runs `body` the first time only (under the lock, so a second caller waits until the first has finished).
     func once(_ body: () -> Void) {
-        lock.lock()
-        defer { lock.unlock() }
-        guard !done else { return }
-        done = true
-        body()
+        done.withLock { done in
+            guard !done else { return }
+            done = true
+            body()
+        }
     }
 }

@@ -1,7 +1,11 @@
 import Glibc
 
 /// A pthread mutex with condition variables on the monotonic clock, for the modules that must avoid Foundation
-/// (NeutrinoPython, NeutrinoNATS: Dispatch's headers and their C modules can disagree on `fd_set`).
+/// (NeutrinoPython, NeutrinoNATS: Dispatch's headers and their C modules can disagree on `fd_set`), and for threads
+/// that must wait off the cooperative pool (`Synchronization.Mutex` has no condition variable).
+///
+/// `@unchecked Sendable` (here and on `Condition`): they own a heap-allocated `pthread_mutex_t` / `pthread_cond_t`,
+/// which are made to be shared between threads; the pointers never change after `init`.
 public final class ConditionLock: @unchecked Sendable {
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
 
@@ -60,7 +64,7 @@ public func monotonicNanos() -> UInt64 {
 /// `stackBytes` matters for Python threads (deep recursion); nil keeps the system default.
 @discardableResult
 public func startThread(name: String, stackBytes: Int? = nil, _ body: @escaping @Sendable () -> Void) -> Int32 {
-    final class Box: @unchecked Sendable {
+    final class Box: Sendable {
         let body: @Sendable () -> Void
         init(_ body: @escaping @Sendable () -> Void) { self.body = body }
     }

@@ -1,18 +1,17 @@
 import NeutrinoTestSupport
 import Foundation
+import Synchronization
 import Testing
 @testable import NeutrinoNATS
 
 struct BlockingThreadPoolTests {
-    final class Counter: @unchecked Sendable {
-        private let lock = PThreadLock()
-        private var value = 0
-        private var peak = 0
-        private var active = 0
-        func enter() { lock.withLock { active += 1; peak = max(peak, active); value += 1 } }
-        func leave() { lock.withLock { active -= 1 } }
-        var total: Int { lock.withLock { value } }
-        var maxConcurrent: Int { lock.withLock { peak } }
+    final class Counter: Sendable {
+        private struct Counts { var value = 0, peak = 0, active = 0 }
+        private let counts = Mutex(Counts())
+        func enter() { counts.withLock { $0.active += 1; $0.peak = max($0.peak, $0.active); $0.value += 1 } }
+        func leave() { counts.withLock { $0.active -= 1 } }
+        var total: Int { counts.withLock { $0.value } }
+        var maxConcurrent: Int { counts.withLock { $0.peak } }
     }
 
     @Test func runsJobsOnItsThreadsAndStopsCleanly() async throws {

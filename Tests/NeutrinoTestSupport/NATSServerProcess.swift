@@ -4,6 +4,8 @@ import NeutrinoNATS
 
 /// A real `nats-server -js` on a free loopback port with its own store directory, for one test (shared by the
 /// test targets that need NATS).
+///
+/// `@unchecked Sendable`: `process` is replaced only by `restart`/`stop`, which one test calls from one task at a time.
 public final class NATSServerProcess: @unchecked Sendable {
     public let port: Int
     public let storeDir: String
