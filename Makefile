@@ -11,7 +11,7 @@ APP ?= examples/app.py
 PORT ?= 8080
 SWIFT_BUILD_FLAGS ?=
 
-.PHONY: up test bench deps debs browser-deps venv build build-release swift-test python-test e2e-test clean
+.PHONY: up test bench deps debs browser-deps venv build build-release swift-test python-test e2e-test lint format clean
 
 debs:
 	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -62,6 +62,16 @@ build-release: deps
 
 up: build-release
 	$(VENV)/bin/neutrino up $(APP) --port $(PORT) --bin-dir .build/release
+
+# Swift formatting: the toolchain's `swift format` with the checked-in .swift-format; `make lint` fails on any file
+# that `make format` would change.
+SWIFT_FORMAT_PATHS := Package.swift Sources Tests
+
+lint:
+	swift format lint --strict --recursive --parallel $(SWIFT_FORMAT_PATHS)
+
+format:
+	swift format format --in-place --recursive --parallel $(SWIFT_FORMAT_PATHS)
 
 swift-test:
 	swift build --build-tests $(SWIFT_BUILD_FLAGS)

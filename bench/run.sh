@@ -7,6 +7,7 @@
 #   BENCH_SKIP_BUILD=1          don't run `swift build -c release` (use the binaries as they are)
 #   BENCH_SYNC=0                skip the sync table (bench/run.py)
 #   BENCH_ASYNC=0               skip the async table (bench/async_bench.py)
+#   BENCH_FAULTS=0              skip the fault-containment table (bench/faults.py)
 #   BENCH_RETRY_RAY=1           retry a Ray install that failed before (the failure is cached)
 #   BENCH_RAY_INSTALL_TIMEOUT   seconds for `pip install "ray[serve]"` (default 900)
 #   BENCH_NO_RAY=1              don't try to install Ray at all
@@ -118,5 +119,9 @@ fi
 if [ "${BENCH_ASYNC:-1}" != 0 ]; then
   # bench/.venv's Python: the Celery client runs in the benchmark process.
   "$BENCH_DIR/.venv/bin/python" "$BENCH_DIR/async_bench.py" || { r=$?; [ "$rc" != 0 ] || rc=$r; }
+fi
+if [ "${BENCH_FAULTS:-1}" != 0 ]; then
+  # Fault containment under `neutrino up`: capacity back after stuck tasks, a poison storm, a killed worker.
+  "$PY" "$BENCH_DIR/faults.py" || { r=$?; [ "$rc" != 0 ] || rc=$r; }
 fi
 exit "$rc"

@@ -85,3 +85,9 @@ def chatty(lines: int = 3) -> int:
         print(f"line {i}")
     print("to stderr", file=sys.stderr)
     return lines
+
+
+@app.task()
+def boom_task(message: str = "boom") -> None:
+    """An ordinary failure: the task raises."""
+    raise RuntimeError(message)
