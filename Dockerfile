@@ -44,7 +44,7 @@ RUN apt-get update \
  && groupadd --system --gid 10001 neutrino \
  && useradd --system --uid 10001 --gid 10001 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin neutrino
 
-# The SDK (package `neutrino`, no runtime dependencies) in a venv from Debian's python3, which the workers'
+# The SDK (package `neutrino`; its one runtime dependency, PyYAML, is for `neutrino deploy`) in a venv from Debian's python3, which the workers'
 # embedded libpython3.11 honours through VIRTUAL_ENV.
 ENV VIRTUAL_ENV=/opt/neutrino/venv
 ENV PATH=/opt/neutrino/venv/bin:$PATH \
