@@ -32,6 +32,50 @@ struct TaskLogStore {
         }
     }
 
+    /// An event the database refused, and whether its task could be marked `failed` in its place.
+    struct RejectedEvent {
+        var event: TaskEvent
+        var error: SQLiteError
+        var markedFailed: Bool
+    }
+
+    /// The slow path for a batch `apply` could not write because of one row (a constraint, a value too big): every
+    /// event in a savepoint of its own, so the others commit. A refused event's task is marked `failed` with a
+    /// `TaskLogWriteError` (a `failed` event carries the reason) unless it already has a terminal status. Errors that
+    /// are not about one row (I/O, a full disk, the lock) abort the whole transaction for the caller to retry.
+    func applyIsolating(_ events: [TaskEvent]) throws -> [RejectedEvent] {
+        try db.writeTransaction {
+            var rejected: [RejectedEvent] = []
+            for event in events {
+                do {
+                    try db.savepoint { try applyOne(event) }
+                } catch let error as SQLiteError where error.isDataError {
+                    var marked = false
+                    if try record(id: event.taskID)?.status.isTerminal != true {
+                        let message = "the task log could not store the task's '\(event.kind.rawValue)' event: \(error.message)"
+                        let marker = TaskEvent(taskID: event.taskID, kind: .failed, at: event.at, function: event.function,
+                                               pool: event.pool, mode: event.mode, workerID: event.workerID, attempt: event.attempt,
+                                               error: JSONWriter.taskErrorText(type: "TaskLogWriteError", message: message),
+                                               detail: message)
+                        do {
+                            try db.savepoint { try applyOne(marker) }
+                            marked = true
+                        } catch let markError as SQLiteError where markError.isDataError {}
+                    }
+                    rejected.append(RejectedEvent(event: event, error: error, markedFailed: marked))
+                }
+            }
+            return rejected
+        }
+    }
+
+    private func applyOne(_ event: TaskEvent) throws {
+        let existing = try record(id: event.taskID)
+        if event.kind != .progress { try insertEvent(event) }
+        let row = TaskRecord.applying(event, to: existing)
+        try existing != nil ? update(row) : insert(row)
+    }
+
     private func insertEvent(_ e: TaskEvent) throws {
         try db.withStatement(
             "INSERT OR IGNORE INTO task_events (task_id, event, at, worker_id, attempt, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
@@ -139,34 +183,6 @@ struct TaskLogStore {
             }
         }
         return out
-    }
-
-    func list(_ filter: TaskListFilter) throws -> [TaskRecord] {
-        var clauses: [String] = []
-        var binds: [String] = []
-        if let s = filter.status { clauses.append("status = ?\(binds.count + 1)"); binds.append(s.rawValue) }
-        if let f = filter.function { clauses.append("function_name = ?\(binds.count + 1)"); binds.append(f) }
-        if let p = filter.pool { clauses.append("pool = ?\(binds.count + 1)"); binds.append(p) }
-        if let m = filter.mode { clauses.append("execution_mode = ?\(binds.count + 1)"); binds.append(m.rawValue) }
-        if let t = filter.since { clauses.append("created_at >= ?\(binds.count + 1)"); binds.append(t.iso8601) }
-        if let t = filter.until { clauses.append("created_at <= ?\(binds.count + 1)"); binds.append(t.iso8601) }
-        if let q = filter.nameContains {
-            var escaped = ""
-            for c in q {
-                if c == "\\" || c == "%" || c == "_" { escaped.append("\\") }
-                escaped.append(c)
-            }
-            clauses.append("function_name LIKE ?\(binds.count + 1) ESCAPE '\\'")
-            binds.append("%\(escaped)%")
-        }
-        if let b = filter.before { clauses.append("id < ?\(binds.count + 1)"); binds.append(b) }
-        let whereSQL = clauses.isEmpty ? "" : " WHERE " + clauses.joined(separator: " AND ")
-        return try db.withStatement("SELECT \(TaskLogStore.columns) FROM tasks\(whereSQL) ORDER BY id DESC LIMIT \(max(1, filter.limit))") { stmt in
-            for (i, v) in binds.enumerated() { stmt.bind(Int32(i + 1), v) }
-            var out: [TaskRecord] = []
-            while try stmt.step() { if let r = TaskLogStore.decode(stmt) { out.append(r) } }
-            return out
-        }
     }
 }
 
