@@ -32,10 +32,13 @@ public final class TaskLogRetention: Service, Sendable {
         public var pause: Duration
         /// Pages `incremental_vacuum` frees per transaction, at most (it shrinks like the batch).
         public var maxVacuumPages: Int
+        /// Whether each pass ends with `vacuum()`.
+        public var vacuum: Bool
 
         public init(retention: Duration, idempotencyWindow: Duration = .seconds(3600), interval: Duration = .seconds(60),
                     maxBatch: Int = 500, maxTransaction: Duration = .milliseconds(1), pause: Duration = .milliseconds(10),
-                    maxVacuumPages: Int = 2048) {
+                    maxVacuumPages: Int = 2048, vacuum: Bool = true) {
+            self.vacuum = vacuum
             self.retention = retention
             self.idempotencyWindow = idempotencyWindow
             self.interval = interval
@@ -146,13 +149,24 @@ public final class TaskLogRetention: Service, Sendable {
             if deleted < limit { break }
             try await Task.sleep(for: configuration.pause)
         }
-        report.pagesFreed = try await vacuum(&report.transactions)
+        if configuration.vacuum {
+            let (pages, transactions) = try await incrementalVacuum()
+            report.pagesFreed = pages
+            report.transactions += transactions
+        }
         return report
     }
 
-    /// Hands free pages back to the file system in short transactions (only on `auto_vacuum=INCREMENTAL` files).
-    private func vacuum(_ transactions: inout Int) async throws -> Int {
-        guard try await onConnection({ try $0.integer("PRAGMA auto_vacuum") }) == 2 else { return 0 }
+    /// Hands the database's free pages back to the file system, in short transactions with pauses like pruning's,
+    /// and returns how many pages it freed. Only files created with `auto_vacuum=INCREMENTAL` (every file schema
+    /// version 4 created) can; on others it returns 0 and the free pages are reused by later writes instead.
+    public func vacuum() async throws -> Int {
+        try await incrementalVacuum().pages
+    }
+
+    private func incrementalVacuum() async throws -> (pages: Int, transactions: Int) {
+        var transactions = 0
+        guard try await onConnection({ try $0.integer("PRAGMA auto_vacuum") }) == 2 else { return (0, 0) }
         var pages = min(256, configuration.maxVacuumPages)
         var freed = 0
         while true {
@@ -166,7 +180,7 @@ public final class TaskLogRetention: Service, Sendable {
                 let after = try db.integer("PRAGMA freelist_count")
                 return (Int(max(0, before - after)), DispatchTime.now().uptimeNanoseconds - started)
             }
-            guard step.0 > 0 else { return freed }
+            guard step.0 > 0 else { return (freed, transactions) }
             freed += step.0
             transactions += 1
             pages = adapt(pages, nanoseconds: step.1, ceiling: configuration.maxVacuumPages)

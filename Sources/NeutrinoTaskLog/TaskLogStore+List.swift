@@ -179,11 +179,18 @@ extension TaskLogStore {
         }
     }
 
-    /// `EXPLAIN QUERY PLAN` of every statement `list(filter)` runs (for the plan tests).
-    func listPlans(_ filter: TaskListFilter) throws -> [String: [String]] {
+    /// `EXPLAIN QUERY PLAN` of every statement `list(filter)` runs, with the index each must use (for the plan tests).
+    func listPlans(_ filter: TaskListFilter) throws -> [(sql: String, plan: [String], index: String)] {
         let query = TaskListQuery(filter)
-        guard let groupsSQL = query.groupsSQL else { return [query.walkSQL: try db.queryPlan(query.walkSQL)] }
+        guard let groupsSQL = query.groupsSQL else {
+            return [(query.walkSQL, try db.queryPlan(query.walkSQL), "sqlite_autoindex_tasks_1 (id>? AND id<?)")]
+        }
         let byID = "SELECT \(TaskLogStore.columns) FROM tasks WHERE id = ?1"
-        return [groupsSQL: try db.queryPlan(groupsSQL), query.seekSQL: try db.queryPlan(query.seekSQL), byID: try db.queryPlan(byID)]
+        return [
+            (groupsSQL, try db.queryPlan(groupsSQL), "task_groups"),
+            (query.seekSQL, try db.queryPlan(query.seekSQL),
+             "idx_tasks_group (status=? AND function_name=? AND pool=? AND execution_mode=? AND id>? AND id<?)"),
+            (byID, try db.queryPlan(byID), "sqlite_autoindex_tasks_1 (id=?)"),
+        ]
     }
 }

@@ -170,14 +170,20 @@ struct TaskLogStore {
         }
     }
 
+    /// Up to 64 ids by primary key. The unary `+` keeps `status` out of index selection: with a long IN list the
+    /// planner would otherwise walk every terminal row of `idx_tasks_group`.
+    static func terminalSQL(count: Int) -> String {
+        let marks = (1...max(1, count)).map { "?\($0)" }.joined(separator: ",")
+        let terminal = TaskStatus.allCases.filter(\.isTerminal).map { "'\($0.rawValue)'" }.joined(separator: ",")
+        return "SELECT id FROM tasks WHERE id IN (\(marks)) AND +status IN (\(terminal))"
+    }
+
     func terminal(among ids: [String]) throws -> Set<String> {
         var out: Set<String> = []
         // Bounded IN lists: SQLite allows 32766 parameters, keep statements small and cacheable.
         for chunkStart in stride(from: 0, to: ids.count, by: 64) {
             let chunk = Array(ids[chunkStart..<min(ids.count, chunkStart + 64)])
-            let marks = (1...chunk.count).map { "?\($0)" }.joined(separator: ",")
-            let terminal = TaskStatus.allCases.filter(\.isTerminal).map { "'\($0.rawValue)'" }.joined(separator: ",")
-            try db.withStatement("SELECT id FROM tasks WHERE id IN (\(marks)) AND status IN (\(terminal))") { stmt in
+            try db.withStatement(Self.terminalSQL(count: chunk.count)) { stmt in
                 for (i, id) in chunk.enumerated() { stmt.bind(Int32(i + 1), id) }
                 while try stmt.step() { if let id = stmt.string(0) { out.insert(id) } }
             }

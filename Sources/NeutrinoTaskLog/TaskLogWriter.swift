@@ -102,6 +102,8 @@ public final class TaskLogWriter: Sendable {
         if let max = configuration.maxRowBytes { sqlite3_limit(db.handle, SQLITE_LIMIT_LENGTH, Int32(clamping: max)) }
         let checkpointDB = try SQLiteConnection(path: path)
         try checkpointDB.execute("PRAGMA journal_size_limit=\(configuration.journalSizeLimitBytes)")
+        // A connection that has not read the file yet has not opened its WAL: a checkpoint on it would do nothing.
+        _ = try checkpointDB.integer("SELECT COUNT(*) FROM sqlite_master")
         checkpointer = Checkpointer(path: path, threshold: configuration.checkpointPages)
         // The hook replaces SQLite's automatic checkpoint (which would run inside the writer's commit).
         sqlite3_wal_hook(db.handle, { context, _, _, pages in
@@ -338,12 +340,12 @@ final class Checkpointer: @unchecked Sendable {
                 var log: Int32 = 0
                 var done: Int32 = 0
                 let rc = sqlite3_wal_checkpoint_v2(db.handle, nil, SQLITE_CHECKPOINT_PASSIVE, &log, &done)
-                if rc == SQLITE_OK {
+                if rc == SQLITE_OK && log >= 0 {
                     condition.lock()
                     completed += 1
                     condition.unlock()
                     checkpointTimes.recordNanoseconds(Int64(DispatchTime.now().uptimeNanoseconds - started))
-                } else if rc & 0xFF != SQLITE_BUSY && rc & 0xFF != SQLITE_LOCKED {
+                } else if rc != SQLITE_OK && rc & 0xFF != SQLITE_BUSY && rc & 0xFF != SQLITE_LOCKED {
                     logger.warning("task log checkpoint failed", metadata: ["error": "\(db.lastError)"])
                 }
             }

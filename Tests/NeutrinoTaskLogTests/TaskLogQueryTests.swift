@@ -127,31 +127,37 @@ struct TaskLogQueryTests {
                     mode: has(3) ? .async : nil, since: has(4) ? Timestamp(millis: Self.time(10)) : nil,
                     until: has(4) ? Timestamp(millis: Self.time(200)) : nil, nameContains: has(5) ? "run" : nil,
                     before: has(6) ? TaskID.make() : nil, limit: 50)
-                for (sql, plan) in try store.listPlans(filter) {
-                    Self.expectIndexed(plan, sql: sql, filter: "\(filter) analyzed=\(analyzed)")
+                for (sql, plan, index) in try store.listPlans(filter) {
+                    Self.expectIndexed(plan, sql: sql, index: index, filter: "\(filter) analyzed=\(analyzed)")
                 }
             }
             // The other reads behind the API: one task, /pools, the SSE backlog, the long-poll check.
-            for sql in [
-                "SELECT \(TaskLogStore.columns) FROM tasks WHERE id = ?1",
-                TaskLogStore.recentOutcomesSQL,
-                TaskLogStore.eventsAfterSQL,
-                "SELECT COALESCE(MAX(id), 0) FROM task_events",
-                "SELECT id FROM tasks WHERE id IN (?1, ?2, ?3) AND status IN ('completed', 'failed')",
-                "SELECT created_at FROM tasks INDEXED BY idx_tasks_group WHERE status = ?1 AND function_name = ?2 AND pool = ?3 AND execution_mode = ?4 ORDER BY id LIMIT 1",
-            ] {
-                Self.expectIndexed(try db.queryPlan(sql), sql: sql, filter: "analyzed=\(analyzed)")
+            let others: [(String, String)] = [
+                ("SELECT \(TaskLogStore.columns) FROM tasks WHERE id = ?1", "sqlite_autoindex_tasks_1 (id=?)"),
+                ("SELECT event, at FROM task_events WHERE task_id = ?1", "idx_task_events_unique (task_id=?)"),
+                (TaskLogStore.recentOutcomesSQL, "COVERING INDEX idx_tasks_completed (completed_at>?)"),
+                (TaskLogStore.eventsAfterSQL, "INTEGER PRIMARY KEY (rowid>?)"),
+                (TaskLogStore.eventsAfterSQL, "sqlite_autoindex_tasks_1 (id=?)"),
+                ("SELECT COALESCE(MAX(id), 0) FROM task_events", "SEARCH task_events"),
+                (TaskLogStore.terminalSQL(count: 64), "sqlite_autoindex_tasks_1 (id=?)"),
+                (TaskLogStore.terminalSQL(count: 3), "sqlite_autoindex_tasks_1 (id=?)"),
+                ("SELECT created_at FROM tasks INDEXED BY idx_tasks_group WHERE status = ?1 AND function_name = ?2 AND pool = ?3 AND execution_mode = ?4 ORDER BY id LIMIT 1",
+                 "idx_tasks_group (status=? AND function_name=? AND pool=? AND execution_mode=?)"),
+            ]
+            for (sql, index) in others {
+                Self.expectIndexed(try db.queryPlan(sql), sql: sql, index: index, filter: "analyzed=\(analyzed)")
             }
         }
     }
 
-    static func expectIndexed(_ plan: [String], sql: String, filter: String) {
+    /// No full scan, no sort, and the named index is the one used.
+    static func expectIndexed(_ plan: [String], sql: String, index: String, filter: String) {
         for line in plan {
             #expect(line != "SCAN tasks" && !line.hasPrefix("SCAN tasks ") && !line.hasPrefix("SCAN t ")
                     && !line.hasPrefix("SCAN e") && !line.hasPrefix("SCAN task_events"), "\(line) in \(sql) for \(filter)")
             #expect(!line.contains("TEMP B-TREE"), "\(line) in \(sql) for \(filter)")
         }
-        #expect(!plan.isEmpty)
+        #expect(plan.contains { $0.contains(index) }, "\(plan) should use \(index): \(sql) for \(filter)")
     }
 
     /// The time part of a UUIDv7 orders ids as text: ids made before an instant sort below its prefix.
