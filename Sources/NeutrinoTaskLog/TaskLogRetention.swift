@@ -204,16 +204,19 @@ public final class TaskLogRetention: Service, Sendable {
         var nanoseconds: UInt64 = 0
     }
 
-    /// One transaction: the oldest `limit` tasks of one terminal group above `after` and below `below`, each
-    /// deleted with its events if it was created before `createdBefore`.
+    /// One transaction: the oldest `limit` tasks of one terminal group above `after` and below `below`, those
+    /// created before `createdBefore` deleted with their events — two statements for the whole batch (each
+    /// statement that fires the `task_groups` trigger keeps a statement journal; one per batch, not one per task).
     static func deleteBatch(_ db: SQLiteConnection, group: TaskGroup, after: String, below: String, createdBefore: String,
                             limit: Int) throws -> BatchResult {
         try db.writeTransaction {
             let started = DispatchTime.now().uptimeNanoseconds
             var result = BatchResult()
-            let ids = try db.withStatement("""
-                SELECT id FROM tasks INDEXED BY idx_tasks_group WHERE status = ?1 AND function_name = ?2 AND pool = ?3
-                AND execution_mode = ?4 AND id > ?5 AND id < ?6 ORDER BY id LIMIT ?7
+            var seen = 0
+            var doomed: [String] = []
+            try db.withStatement("""
+                SELECT id, created_at FROM tasks INDEXED BY idx_tasks_group WHERE status = ?1 AND function_name = ?2
+                AND pool = ?3 AND execution_mode = ?4 AND id > ?5 AND id < ?6 ORDER BY id LIMIT ?7
                 """) { s in
                 s.bind(1, group.status)
                 s.bind(2, group.function)
@@ -222,25 +225,31 @@ public final class TaskLogRetention: Service, Sendable {
                 s.bind(5, after)
                 s.bind(6, below)
                 s.bind(7, limit)
-                var ids: [String] = []
-                while try s.step() { if let id = s.string(0) { ids.append(id) } }
-                return ids
+                while try s.step() {
+                    guard let id = s.string(0) else { continue }
+                    seen += 1
+                    result.last = id
+                    if let created = s.string(1), created < createdBefore { doomed.append(id) }
+                }
             }
-            for id in ids {
-                try db.withStatement("DELETE FROM tasks WHERE id = ?1 AND created_at < ?2") { s in
-                    s.bind(1, id)
-                    s.bind(2, createdBefore)
+            if !doomed.isEmpty {
+                var list = JSONWriter(capacity: doomed.count * 40)
+                list.beginArray()
+                for id in doomed { list.string(id) }
+                list.endArray()
+                let ids = list.text
+                try db.withStatement("DELETE FROM task_events WHERE task_id IN (SELECT value FROM json_each(?1))") { s in
+                    s.bind(1, ids)
                     try s.run()
                 }
-                guard db.changes == 1 else { continue }
-                result.tasks += 1
-                try db.withStatement("DELETE FROM task_events WHERE task_id = ?1") { s in
-                    s.bind(1, id)
+                result.events = db.changes
+                try db.withStatement("DELETE FROM tasks WHERE id IN (SELECT value FROM json_each(?1))") { s in
+                    s.bind(1, ids)
                     try s.run()
                 }
-                result.events += db.changes
+                result.tasks = db.changes
             }
-            result.last = ids.count == limit ? ids.last : nil
+            if seen < limit { result.last = nil }
             result.nanoseconds = DispatchTime.now().uptimeNanoseconds - started
             return result
         }

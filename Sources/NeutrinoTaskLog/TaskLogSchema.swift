@@ -68,8 +68,9 @@ enum TaskLogSchema {
         // Every filtered list: equality on all four columns of one group, then id order (newest first) — the
         // filter and the order from one index, whatever combination was asked for. Covering for the id walk.
         "CREATE INDEX IF NOT EXISTS idx_tasks_group ON tasks(status, function_name, pool, execution_mode, id)",
-        // /pools' outcomes and durations of the last minute, read from the index alone.
-        "CREATE INDEX IF NOT EXISTS idx_tasks_completed ON tasks(completed_at, pool, status, duration_ms)",
+        // /pools' outcomes and durations of the last minute, read from the index alone. Partial: queued and running
+        // tasks are not in it, so creating a task or starting it does not touch it.
+        "CREATE INDEX IF NOT EXISTS idx_tasks_completed ON tasks(completed_at, pool, status, duration_ms) WHERE completed_at IS NOT NULL",
     ]
 
     /// The rest of version 4, in one transaction: the single-column indexes the composite ones replace, the group

@@ -31,9 +31,17 @@ public final class TaskLogWriter: Sendable {
         /// The largest row or value this writer stores (SQLite's `SQLITE_LIMIT_LENGTH`); nil keeps SQLite's 1 GB.
         /// An event whose row would be larger is refused and its task marked `failed` (`TaskLogWriteError`).
         public var maxRowBytes: Int?
+        /// The writer connection's page cache, in KiB (`PRAGMA cache_size`).
+        public var cacheKiB: Int
+        /// The longest the writer waits, between two batches, for a checkpoint to finish when the WAL has grown past
+        /// 4 × `checkpointPages` (only under sustained full load; see `Checkpointer`).
+        public var maxCheckpointYield: Duration
 
         public init(maxQueuedEvents: Int = 100_000, maxBlock: Duration = .milliseconds(50), checkpointPages: Int = 4_000,
-                    journalSizeLimitBytes: Int = 64 << 20, maxRowBytes: Int? = nil) {
+                    journalSizeLimitBytes: Int = 64 << 20, maxRowBytes: Int? = nil, cacheKiB: Int = 65_536,
+                    maxCheckpointYield: Duration = .milliseconds(50)) {
+            self.cacheKiB = cacheKiB
+            self.maxCheckpointYield = maxCheckpointYield
             self.maxQueuedEvents = maxQueuedEvents
             self.maxBlock = maxBlock
             self.checkpointPages = checkpointPages
@@ -99,6 +107,10 @@ public final class TaskLogWriter: Sendable {
         let db = try SQLiteConnection(path: path)
         try TaskLogSchema.prepare(db)
         try db.execute("PRAGMA journal_size_limit=\(configuration.journalSizeLimitBytes)")
+        // Every page a batch dirties stays in the cache until the commit: with SQLite's default 2 MB a batch of
+        // thousands of events spilled pages into the WAL mid-transaction and wrote them again and again.
+        try db.execute("PRAGMA cache_size=-\(configuration.cacheKiB)")
+        try db.execute("PRAGMA temp_store=MEMORY")
         if let max = configuration.maxRowBytes { sqlite3_limit(db.handle, SQLITE_LIMIT_LENGTH, Int32(clamping: max)) }
         let checkpointDB = try SQLiteConnection(path: path)
         try checkpointDB.execute("PRAGMA journal_size_limit=\(configuration.journalSizeLimitBytes)")
@@ -113,18 +125,19 @@ public final class TaskLogWriter: Sendable {
 
         let box = UncheckedBox(db)
         let thread = Thread { [state, logger, checkpointer] in
-            TaskLogWriter.run(store: TaskLogStore(db: box.value), state: state, logger: logger)
-            _ = checkpointer  // the hook's context lives as long as the writer's connection
+            nameThisThread("tasklog-writer")
+            // The checkpointer is also the WAL hook's context: it lives as long as the writer's connection.
+            TaskLogWriter.run(store: TaskLogStore(db: box.value), state: state, checkpointer: checkpointer,
+                              maxCheckpointYield: configuration.maxCheckpointYield, logger: logger)
         }
-        thread.name = "neutrino-tasklog-writer"
         thread.start()
 
         let checkpointBox = UncheckedBox(checkpointDB)
         let checkpointThread = Thread { [state, checkpointer, logger] in
+            nameThisThread("tasklog-ckpt")
             checkpointer.run(db: checkpointBox.value, queued: { state.condition.lock(); defer { state.condition.unlock() }; return state.queue.count },
                              logger: logger)
         }
-        checkpointThread.name = "neutrino-tasklog-checkpoint"
         checkpointThread.start()
     }
 
@@ -208,7 +221,7 @@ public final class TaskLogWriter: Sendable {
         checkpointer.stop()
     }
 
-    private static func run(store: TaskLogStore, state s: State, logger: Logger) {
+    private static func run(store: TaskLogStore, state s: State, checkpointer: Checkpointer, maxCheckpointYield: Duration, logger: Logger) {
         while true {
             s.condition.lock()
             while s.queue.isEmpty && !s.stopping { s.condition.wait() }
@@ -236,6 +249,8 @@ public final class TaskLogWriter: Sendable {
             s.condition.unlock()
 
             commit(batch, store: store, logger: logger)
+            let waited = checkpointer.yieldIfWALTooLong(limit: maxCheckpointYield)
+            if waited > 0 { checkpointYields.recordNanoseconds(Int64(waited)) }
 
             s.condition.lock()
             s.committed += UInt64(n)
@@ -294,6 +309,8 @@ public final class TaskLogWriter: Sendable {
 final class Checkpointer: @unchecked Sendable {
     private let condition = NSCondition()
     private var requested = false
+    private var running = false
+    private var walPages = 0
     private var stopping = false
     /// Checkpoints that ran to completion (for tests).
     private(set) var completed = 0
@@ -309,8 +326,24 @@ final class Checkpointer: @unchecked Sendable {
     func walGrew(pages: Int) {
         guard pages >= threshold else { return }
         condition.lock()
-        if !requested { requested = true; condition.signal() }
+        walPages = pages
+        if !requested { requested = true; condition.broadcast() }
         condition.unlock()
+    }
+
+    /// Under sustained full load the writer commits again before a checkpoint has copied everything, and SQLite
+    /// restarts the WAL only at a commit that finds it all copied: the WAL would grow for as long as the load
+    /// lasts. Past 4 × the threshold, the writer (between two batches) waits for the running checkpoint, at most
+    /// `limit`, so that its next commit starts the WAL over. Returns the nanoseconds waited.
+    func yieldIfWALTooLong(limit: Duration) -> UInt64 {
+        condition.lock()
+        defer { condition.unlock() }
+        guard walPages >= 4 * threshold, requested || running else { return 0 }
+        let started = DispatchTime.now().uptimeNanoseconds
+        let deadline = Date(timeIntervalSinceNow: Double(limit.wholeMilliseconds) / 1000)
+        while (requested || running) && !stopping && condition.wait(until: deadline) {}
+        walPages = 0
+        return DispatchTime.now().uptimeNanoseconds - started
     }
 
     var completedCount: Int {
@@ -322,7 +355,7 @@ final class Checkpointer: @unchecked Sendable {
     func stop() {
         condition.lock()
         stopping = true
-        condition.signal()
+        condition.broadcast()
         condition.unlock()
     }
 
@@ -334,12 +367,17 @@ final class Checkpointer: @unchecked Sendable {
             let checkpoint = requested
             let stop = stopping
             requested = false
+            running = checkpoint
             condition.unlock()
             if checkpoint {
                 let started = DispatchTime.now().uptimeNanoseconds
                 var log: Int32 = 0
                 var done: Int32 = 0
                 let rc = sqlite3_wal_checkpoint_v2(db.handle, nil, SQLITE_CHECKPOINT_PASSIVE, &log, &done)
+                condition.lock()
+                running = false
+                condition.broadcast()
+                condition.unlock()
                 if rc == SQLITE_OK && log >= 0 {
                     condition.lock()
                     completed += 1
@@ -356,6 +394,15 @@ final class Checkpointer: @unchecked Sendable {
             if stop { return }
         }
     }
+}
+
+/// Names the calling thread for `top -H` and /proc (Foundation's `Thread.name` does not reach the OS on Linux, and
+/// `pthread_setname_np` is not imported without `_GNU_SOURCE`).
+func nameThisThread(_ name: String) {
+    let fd = open("/proc/thread-self/comm", O_WRONLY)
+    guard fd >= 0 else { return }
+    _ = name.withCString { write(fd, $0, strlen($0)) }
+    close(fd)
 }
 
 /// The task log's files on disk.
@@ -380,6 +427,7 @@ public enum TaskLogFiles {
 private let batchSizes = Recorder(label: "neutrino_tasklog_batch_size")
 private let writeTimes = Metrics.Timer(label: "neutrino_tasklog_write_seconds")
 private let checkpointTimes = Metrics.Timer(label: "neutrino_tasklog_checkpoint_seconds")
+private let checkpointYields = Metrics.Timer(label: "neutrino_tasklog_checkpoint_yield_seconds")
 private let droppedEvents = Counter(label: "neutrino_tasklog_events_dropped_total")
 private let rejectedEvents = Counter(label: "neutrino_tasklog_events_rejected_total")
 private let lostEvents = Counter(label: "neutrino_tasklog_events_lost_total")
