@@ -101,5 +101,14 @@ test: deps browser-deps k8s-deps
 bench: build-release
 	PYTHON=$(CURDIR)/$(PY) BENCH_SKIP_BUILD=1 bash bench/run.sh
 
+# The task log at scale (bench/tasklog, see bench/README.md): builds a log of TASKLOG_BENCH_TASKS tasks (1000000;
+# 10000000 for the full figure) under TASKLOG_BENCH_DIR (/tmp/neutrino-tasklog-bench) and times every query, ingest
+# and pruning on it.
+.PHONY: bench-tasklog
+bench-tasklog: debs
+	swift build -c release --product NeutrinoTaskLogBench $(SWIFT_BUILD_FLAGS)
+	TASKLOG_BENCH_COMMIT=$$(git rev-parse --short HEAD 2>/dev/null || echo unknown) \
+		"$$(swift build -c release --show-bin-path $(SWIFT_BUILD_FLAGS))/NeutrinoTaskLogBench"
+
 clean:
 	rm -rf .build .neutrino $(VENV)

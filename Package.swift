@@ -41,7 +41,15 @@ let package = Package(
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Metrics", package: "swift-metrics"),
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ], swiftSettings: swiftSettings),
+        // `make bench-tasklog`: generates a task log of TASKLOG_BENCH_TASKS tasks and times every query, ingest and
+        // pruning on it. A tool, not a product: nothing ships it.
+        .executableTarget(name: "NeutrinoTaskLogBench", dependencies: [
+            "NeutrinoCore", "NeutrinoTaskLog", "CSQLite",
+            .product(name: "Metrics", package: "swift-metrics"),
+            .product(name: "Logging", package: "swift-log"),
+        ], path: "bench/tasklog", swiftSettings: swiftSettings),
         // The embedded CPython interpreter and the dedicated threads that run Python.
         // pthread locks and threads for the modules that stay off Foundation.
         .target(name: "NeutrinoThreads", swiftSettings: swiftSettings),

@@ -6,6 +6,18 @@ public struct SQLiteError: Error, Sendable, CustomStringConvertible {
     public var code: Int32
     public var message: String
     public var description: String { "SQLite error \(code): \(message)" }
+
+    /// The primary result code (the low byte of an extended code).
+    var primary: Int32 { code & 0xFF }
+
+    /// Errors that say something about one value or row (a constraint, a value too big, a type SQLite refuses), not
+    /// about the database: the writer isolates the event that caused one instead of retrying or dropping its batch.
+    var isDataError: Bool {
+        switch primary {
+        case SQLITE_CONSTRAINT, SQLITE_TOOBIG, SQLITE_MISMATCH, SQLITE_RANGE: true
+        default: false
+        }
+    }
 }
 
 /// One SQLite connection, used by one thread at a time (opened `NOMUTEX`). Not `Sendable`: the writer
@@ -13,6 +25,11 @@ public struct SQLiteError: Error, Sendable, CustomStringConvertible {
 final class SQLiteConnection {
     let handle: OpaquePointer
     private var statements: [String: OpaquePointer] = [:]
+    /// Extra copies of a statement, for queries that step several cursors of one SQL text at once (the list merge).
+    private var slotted: [String: [OpaquePointer]] = [:]
+    private var savepointDepth = 0
+    /// A value `sqlite3_bind_*` refused (too big), thrown by the next `step` instead of running with a NULL.
+    var bindError: SQLiteError?
 
     init(path: String, readOnly: Bool = false) throws(SQLiteError) {
         var db: OpaquePointer?
@@ -24,6 +41,7 @@ final class SQLiteConnection {
             throw SQLiteError(code: rc, message: "\(message) (\(path))")
         }
         handle = db
+        sqlite3_extended_result_codes(db, 1)
         // SQLite's own busy timeout sleeps 1, 2, 5, 10 … ms between tries; with the gateway and every worker
         // committing small batches to one file, locks are held for well under a millisecond, so poll finely first
         // (0.1 ms for the first 20 ms), then every millisecond, giving up after about 10 s.
@@ -36,10 +54,11 @@ final class SQLiteConnection {
 
     deinit {
         for stmt in statements.values { sqlite3_finalize(stmt) }
+        for list in slotted.values { for stmt in list { sqlite3_finalize(stmt) } }
         sqlite3_close_v2(handle)
     }
 
-    var lastError: SQLiteError { SQLiteError(code: sqlite3_errcode(handle), message: String(cString: sqlite3_errmsg(handle))) }
+    var lastError: SQLiteError { SQLiteError(code: sqlite3_extended_errcode(handle), message: String(cString: sqlite3_errmsg(handle))) }
 
     func execute(_ sql: String) throws(SQLiteError) {
         var err: UnsafeMutablePointer<CChar>?
@@ -47,9 +66,17 @@ final class SQLiteConnection {
         if rc != SQLITE_OK {
             let message = err.map { String(cString: $0) } ?? "unknown error"
             sqlite3_free(err)
-            throw SQLiteError(code: rc, message: message)
+            throw SQLiteError(code: sqlite3_extended_errcode(handle), message: message)
         }
     }
+
+    /// The integer a `PRAGMA name` (or any one-value query) answers; 0 when it answers nothing.
+    func integer(_ sql: String) throws -> Int64 {
+        try withStatement(sql) { try $0.step() ? Int64($0.int(0) ?? 0) : 0 }
+    }
+
+    /// Rows changed by the last INSERT, UPDATE or DELETE on this connection.
+    var changes: Int { Int(sqlite3_changes(handle)) }
 
     /// Runs `body` with the prepared statement for `sql` (cached by its text) and resets it afterwards: a
     /// statement left mid-result would hold its read snapshot open and hide later commits from this connection.
@@ -59,18 +86,41 @@ final class SQLiteConnection {
         return try body(stmt)
     }
 
+    /// `count` independent prepared copies of `sql` (cached), all reset afterwards: for stepping several cursors
+    /// of one query side by side.
+    func withStatements<T>(_ sql: String, count: Int, _ body: ([Statement]) throws -> T) throws -> T {
+        var list = slotted[sql] ?? []
+        while list.count < count {
+            list.append(try prepare(sql))
+            slotted[sql] = list
+        }
+        let stmts = list.prefix(count).map { stmt in
+            sqlite3_reset(stmt)
+            sqlite3_clear_bindings(stmt)
+            return Statement(handle: stmt, connection: self)
+        }
+        defer { for s in stmts { sqlite3_reset(s.handle) } }
+        return try body(stmts)
+    }
+
     private func statement(_ sql: String) throws(SQLiteError) -> Statement {
+        bindError = nil
         if let cached = statements[sql] {
             sqlite3_reset(cached)
             sqlite3_clear_bindings(cached)
             return Statement(handle: cached, connection: self)
         }
+        let stmt = try prepare(sql)
+        statements[sql] = stmt
+        return Statement(handle: stmt, connection: self)
+    }
+
+    private func prepare(_ sql: String) throws(SQLiteError) -> OpaquePointer {
         var stmt: OpaquePointer?
         guard sqlite3_prepare_v3(handle, sql, -1, UInt32(SQLITE_PREPARE_PERSISTENT), &stmt, nil) == SQLITE_OK, let stmt else {
             throw lastError
         }
-        statements[sql] = stmt
-        return Statement(handle: stmt, connection: self)
+        return stmt
     }
 
     /// Runs `body` in a write transaction taken at once (`BEGIN IMMEDIATE`), so two processes never
@@ -86,6 +136,45 @@ final class SQLiteConnection {
             throw error
         }
     }
+
+    /// Runs `body` in one read transaction, so the several statements of one answer see one snapshot.
+    func readTransaction<T>(_ body: () throws -> T) throws -> T {
+        try execute("BEGIN")
+        do {
+            let value = try body()
+            try execute("COMMIT")
+            return value
+        } catch {
+            try? execute("ROLLBACK")
+            throw error
+        }
+    }
+
+    /// Runs `body` inside a savepoint of the current transaction: when it throws, only its own changes are undone.
+    func savepoint<T>(_ body: () throws -> T) throws -> T {
+        savepointDepth += 1
+        let name = "sp\(savepointDepth)"
+        defer { savepointDepth -= 1 }
+        try execute("SAVEPOINT \(name)")
+        do {
+            let value = try body()
+            try execute("RELEASE \(name)")
+            return value
+        } catch {
+            try? execute("ROLLBACK TO \(name)")
+            try? execute("RELEASE \(name)")
+            throw error
+        }
+    }
+
+    /// `EXPLAIN QUERY PLAN` of `sql`: the detail column of every row (for tests of the query plans).
+    func queryPlan(_ sql: String) throws -> [String] {
+        try withStatement("EXPLAIN QUERY PLAN " + sql) { s in
+            var out: [String] = []
+            while try s.step() { if let d = s.string(3) { out.append(d) } }
+            return out
+        }
+    }
 }
 
 /// A prepared statement bound positionally (1-based) and stepped row by row.
@@ -95,7 +184,8 @@ struct Statement {
 
     func bind(_ index: Int32, _ value: String?) {
         if let value {
-            sqlite3_bind_text(handle, index, value, -1, neutrino_sqlite_transient())
+            let rc = sqlite3_bind_text(handle, index, value, -1, neutrino_sqlite_transient())
+            if rc != SQLITE_OK && connection.bindError == nil { connection.bindError = connection.lastError }
         } else {
             sqlite3_bind_null(handle, index)
         }
@@ -111,6 +201,10 @@ struct Statement {
 
     /// Advances; `true` while a row is available.
     func step() throws(SQLiteError) -> Bool {
+        if let error = connection.bindError {
+            connection.bindError = nil
+            throw error
+        }
         switch sqlite3_step(handle) {
         case SQLITE_ROW: return true
         case SQLITE_DONE: return false

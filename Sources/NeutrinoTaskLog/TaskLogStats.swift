@@ -31,36 +31,66 @@ public struct TaskEventFeedItem: Sendable, Hashable {
 }
 
 extension TaskLogStore {
+    /// `GET /pools`: running and queued counts from `task_groups` (kept exact by triggers), the oldest queued task
+    /// per pool from the lowest id of each queued group, and the recent outcomes from `idx_tasks_completed` alone.
     func poolStats(since: Timestamp) throws -> [String: PoolTaskStats] {
-        var stats: [String: PoolTaskStats] = [:]
-        try db.withStatement("SELECT pool, status, COUNT(*), MIN(created_at) FROM tasks WHERE status IN ('running', 'queued') GROUP BY pool, status") { stmt in
-            while try stmt.step() {
-                guard let pool = stmt.string(0), let status = stmt.string(1) else { continue }
-                let count = stmt.int(2) ?? 0
-                if status == "running" {
-                    stats[pool, default: PoolTaskStats()].running = count
-                } else {
-                    stats[pool, default: PoolTaskStats()].queued = count
-                    stats[pool, default: PoolTaskStats()].oldestQueued = stmt.string(3).flatMap(Timestamp.init(iso8601:))
+        try db.readTransaction {
+            var stats: [String: PoolTaskStats] = [:]
+            var queuedGroups: [TaskGroup] = []
+            try db.withStatement("SELECT status, function_name, pool, execution_mode, n FROM task_groups WHERE status IN ('running', 'queued') AND n > 0") { stmt in
+                while try stmt.step() {
+                    guard let status = stmt.string(0), let function = stmt.string(1), let pool = stmt.string(2), let mode = stmt.string(3) else { continue }
+                    let count = stmt.int(4) ?? 0
+                    if status == "running" {
+                        stats[pool, default: PoolTaskStats()].running += count
+                    } else {
+                        stats[pool, default: PoolTaskStats()].queued += count
+                        queuedGroups.append(TaskGroup(status: status, function: function, pool: pool, mode: mode))
+                    }
                 }
             }
-        }
-        var durations: [String: [Double]] = [:]
-        try db.withStatement("SELECT pool, status, duration_ms FROM tasks WHERE completed_at >= ?1 AND status IN ('completed', 'failed', 'timed_out')") { stmt in
-            stmt.bind(1, since.iso8601)
-            while try stmt.step() {
-                guard let pool = stmt.string(0) else { continue }
-                if stmt.string(1) == "completed" { stats[pool, default: PoolTaskStats()].completed += 1 } else { stats[pool, default: PoolTaskStats()].failed += 1 }
-                if let d = stmt.double(2) { durations[pool, default: []].append(d) }
+            for group in queuedGroups {
+                let oldest = try db.withStatement("""
+                    SELECT created_at FROM tasks INDEXED BY idx_tasks_group
+                    WHERE status = ?1 AND function_name = ?2 AND pool = ?3 AND execution_mode = ?4 ORDER BY id LIMIT 1
+                    """) { stmt in
+                    stmt.bind(1, group.status)
+                    stmt.bind(2, group.function)
+                    stmt.bind(3, group.pool)
+                    stmt.bind(4, group.mode)
+                    return try stmt.step() ? stmt.string(0).flatMap(Timestamp.init(iso8601:)) : nil
+                }
+                if let oldest, stats[group.pool]?.oldestQueued.map({ oldest < $0 }) ?? true {
+                    stats[group.pool, default: PoolTaskStats()].oldestQueued = oldest
+                }
             }
+            var durations: [String: [Double]] = [:]
+            try db.withStatement(Self.recentOutcomesSQL) { stmt in
+                stmt.bind(1, since.iso8601)
+                while try stmt.step() {
+                    guard let pool = stmt.string(0) else { continue }
+                    if stmt.string(1) == "completed" { stats[pool, default: PoolTaskStats()].completed += 1 } else { stats[pool, default: PoolTaskStats()].failed += 1 }
+                    if let d = stmt.double(2) { durations[pool, default: []].append(d) }
+                }
+            }
+            for (pool, values) in durations where !values.isEmpty {
+                let sorted = values.sorted()
+                stats[pool, default: PoolTaskStats()].p50Ms = Self.percentile(sorted, 0.50)
+                stats[pool, default: PoolTaskStats()].p95Ms = Self.percentile(sorted, 0.95)
+            }
+            return stats
         }
-        for (pool, values) in durations where !values.isEmpty {
-            let sorted = values.sorted()
-            stats[pool, default: PoolTaskStats()].p50Ms = Self.percentile(sorted, 0.50)
-            stats[pool, default: PoolTaskStats()].p95Ms = Self.percentile(sorted, 0.95)
-        }
-        return stats
     }
+
+    static let recentOutcomesSQL = """
+        SELECT pool, status, duration_ms FROM tasks INDEXED BY idx_tasks_completed
+        WHERE completed_at >= ?1 AND status IN ('completed', 'failed', 'timed_out')
+        """
+
+    static let eventsAfterSQL = """
+        SELECT e.id, e.task_id, e.event, e.at, e.worker_id, e.attempt, t.function_name, t.pool, t.execution_mode, t.status, t.duration_ms
+        FROM task_events e LEFT JOIN tasks t ON t.id = e.task_id WHERE e.id > ?1 ORDER BY e.id LIMIT ?2
+        """
 
     /// Nearest-rank percentile of an ascending, non-empty array.
     static func percentile(_ sorted: [Double], _ p: Double) -> Double {
@@ -69,10 +99,7 @@ extension TaskLogStore {
     }
 
     func events(afterID: Int64, limit: Int) throws -> [TaskEventFeedItem] {
-        try db.withStatement("""
-            SELECT e.id, e.task_id, e.event, e.at, e.worker_id, e.attempt, t.function_name, t.pool, t.execution_mode, t.status, t.duration_ms
-            FROM task_events e LEFT JOIN tasks t ON t.id = e.task_id WHERE e.id > ?1 ORDER BY e.id LIMIT ?2
-            """) { stmt in
+        try db.withStatement(Self.eventsAfterSQL) { stmt in
             stmt.bind(1, Int(afterID))
             stmt.bind(2, limit)
             var out: [TaskEventFeedItem] = []

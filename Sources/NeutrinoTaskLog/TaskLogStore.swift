@@ -1,4 +1,5 @@
 import NeutrinoCore
+import Synchronization
 
 /// Reads and writes rows on one connection; the writer thread and each reader own one.
 struct TaskLogStore {
@@ -17,19 +18,62 @@ struct TaskLogStore {
     func apply(_ events: [TaskEvent]) throws {
         try db.writeTransaction {
             // Several events of one batch often concern one task (running + completed): merge them in memory and
-            // write each row once, remembering whether it existed (an UPDATE touches fewer indexes than a REPLACE).
-            var rows: [String: (row: TaskRecord, existed: Bool)] = [:]
+            // write each row once, remembering what it was (only the columns that changed are written).
+            var rows: [String: (row: TaskRecord, original: TaskRecord?)] = [:]
             for event in events {
                 if let cached = rows[event.taskID] {
-                    rows[event.taskID] = (TaskRecord.applying(event, to: cached.row), cached.existed)
+                    rows[event.taskID] = (TaskRecord.applying(event, to: cached.row), cached.original)
                 } else {
                     let existing = try record(id: event.taskID)
-                    rows[event.taskID] = (TaskRecord.applying(event, to: existing), existing != nil)
+                    rows[event.taskID] = (TaskRecord.applying(event, to: existing), existing)
                 }
                 if event.kind != .progress { try insertEvent(event) }
             }
-            for (row, existed) in rows.values { try existed ? update(row) : insert(row) }
+            for (row, original) in rows.values { try write(row, over: original) }
         }
+    }
+
+    /// An event the database refused, and whether its task could be marked `failed` in its place.
+    struct RejectedEvent {
+        var event: TaskEvent
+        var error: SQLiteError
+        var markedFailed: Bool
+    }
+
+    /// The slow path for a batch `apply` could not write because of one row (a constraint, a value too big): every
+    /// event in a savepoint of its own, so the others commit. A refused event's task is marked `failed` with a
+    /// `TaskLogWriteError` (a `failed` event carries the reason) unless it already has a terminal status. Errors that
+    /// are not about one row (I/O, a full disk, the lock) abort the whole transaction for the caller to retry.
+    func applyIsolating(_ events: [TaskEvent]) throws -> [RejectedEvent] {
+        try db.writeTransaction {
+            var rejected: [RejectedEvent] = []
+            for event in events {
+                do {
+                    try db.savepoint { try applyOne(event) }
+                } catch let error as SQLiteError where error.isDataError {
+                    var marked = false
+                    if try record(id: event.taskID)?.status.isTerminal != true {
+                        let message = "the task log could not store the task's '\(event.kind.rawValue)' event: \(error.message)"
+                        let marker = TaskEvent(taskID: event.taskID, kind: .failed, at: event.at, function: event.function,
+                                               pool: event.pool, mode: event.mode, workerID: event.workerID, attempt: event.attempt,
+                                               error: JSONWriter.taskErrorText(type: "TaskLogWriteError", message: message),
+                                               detail: message)
+                        do {
+                            try db.savepoint { try applyOne(marker) }
+                            marked = true
+                        } catch let markError as SQLiteError where markError.isDataError {}
+                    }
+                    rejected.append(RejectedEvent(event: event, error: error, markedFailed: marked))
+                }
+            }
+            return rejected
+        }
+    }
+
+    private func applyOne(_ event: TaskEvent) throws {
+        let existing = try record(id: event.taskID)
+        if event.kind != .progress { try insertEvent(event) }
+        try write(TaskRecord.applying(event, to: existing), over: existing)
     }
 
     private func insertEvent(_ e: TaskEvent) throws {
@@ -46,38 +90,24 @@ struct TaskLogStore {
         }
     }
 
-    private func insert(_ r: TaskRecord) throws {
-        try write(r, sql: "INSERT INTO tasks (\(TaskLogStore.columns)) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)")
-    }
-
-    private func update(_ r: TaskRecord) throws {
-        try write(r, sql: """
-            UPDATE tasks SET function_name = ?2, status = ?3, created_at = ?4, started_at = ?5, completed_at = ?6,
-                worker_id = ?7, pool = ?8, execution_mode = ?9, args = ?10, result = ?11, error = ?12, duration_ms = ?13,
-                attempts = ?14, progress = ?15, progress_message = ?16
-            WHERE id = ?1
-            """)
-    }
-
-    private func write(_ r: TaskRecord, sql: String) throws {
-        try db.withStatement(sql) { stmt in
-        stmt.bind(1, r.id)
-        stmt.bind(2, r.function)
-        stmt.bind(3, r.status.rawValue)
-        stmt.bind(4, r.createdAt.iso8601)
-        stmt.bind(5, r.startedAt?.iso8601)
-        stmt.bind(6, r.completedAt?.iso8601)
-        stmt.bind(7, r.workerID)
-        stmt.bind(8, r.pool)
-        stmt.bind(9, r.mode.rawValue)
-        stmt.bind(10, r.args)
-        stmt.bind(11, r.result)
-        stmt.bind(12, r.error)
-        stmt.bind(13, r.durationMs)
-        stmt.bind(14, r.attempts)
-        stmt.bind(15, r.progress)
-        stmt.bind(16, r.progressMessage)
-        try stmt.run()
+    /// Inserts `row`, or updates the columns in which it differs from `original` (nothing when none does).
+    /// `OR FAIL`: a statement that fires the `task_groups` triggers would otherwise keep a statement journal (a copy
+    /// of every page it touches) to undo itself alone; on any failure the whole batch or savepoint is undone anyway.
+    private func write(_ row: TaskRecord, over original: TaskRecord?) throws {
+        guard let original else {
+            return try db.withStatement("INSERT OR FAIL INTO tasks (\(TaskLogStore.columns)) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)") { stmt in
+                stmt.bind(1, row.id)
+                for column in TaskColumn.all { column.bind(stmt, row) }
+                try stmt.run()
+            }
+        }
+        var mask = 0
+        for (i, column) in TaskColumn.all.enumerated() where !column.same(original, row) { mask |= 1 << i }
+        guard mask != 0 else { return }
+        try db.withStatement(TaskColumn.updateSQL(mask)) { stmt in
+            stmt.bind(1, row.id)
+            for (i, column) in TaskColumn.all.enumerated() where mask & (1 << i) != 0 { column.bind(stmt, row) }
+            try stmt.run()
         }
     }
 
@@ -126,48 +156,63 @@ struct TaskLogStore {
         }
     }
 
+    /// Up to 64 ids by primary key. The unary `+` keeps `status` out of index selection: with a long IN list the
+    /// planner would otherwise walk every terminal row of `idx_tasks_group`.
+    static func terminalSQL(count: Int) -> String {
+        let marks = (1...max(1, count)).map { "?\($0)" }.joined(separator: ",")
+        let terminal = TaskStatus.allCases.filter(\.isTerminal).map { "'\($0.rawValue)'" }.joined(separator: ",")
+        return "SELECT id FROM tasks WHERE id IN (\(marks)) AND +status IN (\(terminal))"
+    }
+
     func terminal(among ids: [String]) throws -> Set<String> {
         var out: Set<String> = []
         // Bounded IN lists: SQLite allows 32766 parameters, keep statements small and cacheable.
         for chunkStart in stride(from: 0, to: ids.count, by: 64) {
             let chunk = Array(ids[chunkStart..<min(ids.count, chunkStart + 64)])
-            let marks = (1...chunk.count).map { "?\($0)" }.joined(separator: ",")
-            let terminal = TaskStatus.allCases.filter(\.isTerminal).map { "'\($0.rawValue)'" }.joined(separator: ",")
-            try db.withStatement("SELECT id FROM tasks WHERE id IN (\(marks)) AND status IN (\(terminal))") { stmt in
+            try db.withStatement(Self.terminalSQL(count: chunk.count)) { stmt in
                 for (i, id) in chunk.enumerated() { stmt.bind(Int32(i + 1), id) }
                 while try stmt.step() { if let id = stmt.string(0) { out.insert(id) } }
             }
         }
         return out
     }
+}
 
-    func list(_ filter: TaskListFilter) throws -> [TaskRecord] {
-        var clauses: [String] = []
-        var binds: [String] = []
-        if let s = filter.status { clauses.append("status = ?\(binds.count + 1)"); binds.append(s.rawValue) }
-        if let f = filter.function { clauses.append("function_name = ?\(binds.count + 1)"); binds.append(f) }
-        if let p = filter.pool { clauses.append("pool = ?\(binds.count + 1)"); binds.append(p) }
-        if let m = filter.mode { clauses.append("execution_mode = ?\(binds.count + 1)"); binds.append(m.rawValue) }
-        if let t = filter.since { clauses.append("created_at >= ?\(binds.count + 1)"); binds.append(t.iso8601) }
-        if let t = filter.until { clauses.append("created_at <= ?\(binds.count + 1)"); binds.append(t.iso8601) }
-        if let q = filter.nameContains {
-            var escaped = ""
-            for c in q {
-                if c == "\\" || c == "%" || c == "_" { escaped.append("\\") }
-                escaped.append(c)
-            }
-            clauses.append("function_name LIKE ?\(binds.count + 1) ESCAPE '\\'")
-            binds.append("%\(escaped)%")
-        }
-        if let b = filter.before { clauses.append("id < ?\(binds.count + 1)"); binds.append(b) }
-        let whereSQL = clauses.isEmpty ? "" : " WHERE " + clauses.joined(separator: " AND ")
-        return try db.withStatement("SELECT \(TaskLogStore.columns) FROM tasks\(whereSQL) ORDER BY id DESC LIMIT \(max(1, filter.limit))") { stmt in
-            for (i, v) in binds.enumerated() { stmt.bind(Int32(i + 1), v) }
-            var out: [TaskRecord] = []
-            while try stmt.step() { if let r = TaskLogStore.decode(stmt) { out.append(r) } }
-            return out
-        }
+/// The columns of `tasks` after `id`, each bound at its own position (?2 … ?16) in the INSERT and every UPDATE.
+struct TaskColumn: Sendable {
+    let name: String
+    let position: Int32
+    let same: @Sendable (TaskRecord, TaskRecord) -> Bool
+    let bind: @Sendable (Statement, TaskRecord) -> Void
+
+    static let all: [TaskColumn] = [
+        TaskColumn(name: "function_name", position: 2, same: { $0.function == $1.function }, bind: { $0.bind(2, $1.function) }),
+        TaskColumn(name: "status", position: 3, same: { $0.status == $1.status }, bind: { $0.bind(3, $1.status.rawValue) }),
+        TaskColumn(name: "created_at", position: 4, same: { $0.createdAt == $1.createdAt }, bind: { $0.bind(4, $1.createdAt.iso8601) }),
+        TaskColumn(name: "started_at", position: 5, same: { $0.startedAt == $1.startedAt }, bind: { $0.bind(5, $1.startedAt?.iso8601) }),
+        TaskColumn(name: "completed_at", position: 6, same: { $0.completedAt == $1.completedAt }, bind: { $0.bind(6, $1.completedAt?.iso8601) }),
+        TaskColumn(name: "worker_id", position: 7, same: { $0.workerID == $1.workerID }, bind: { $0.bind(7, $1.workerID) }),
+        TaskColumn(name: "pool", position: 8, same: { $0.pool == $1.pool }, bind: { $0.bind(8, $1.pool) }),
+        TaskColumn(name: "execution_mode", position: 9, same: { $0.mode == $1.mode }, bind: { $0.bind(9, $1.mode.rawValue) }),
+        TaskColumn(name: "args", position: 10, same: { $0.args == $1.args }, bind: { $0.bind(10, $1.args) }),
+        TaskColumn(name: "result", position: 11, same: { $0.result == $1.result }, bind: { $0.bind(11, $1.result) }),
+        TaskColumn(name: "error", position: 12, same: { $0.error == $1.error }, bind: { $0.bind(12, $1.error) }),
+        TaskColumn(name: "duration_ms", position: 13, same: { $0.durationMs == $1.durationMs }, bind: { $0.bind(13, $1.durationMs) }),
+        TaskColumn(name: "attempts", position: 14, same: { $0.attempts == $1.attempts }, bind: { $0.bind(14, $1.attempts) }),
+        TaskColumn(name: "progress", position: 15, same: { $0.progress == $1.progress }, bind: { $0.bind(15, $1.progress) }),
+        TaskColumn(name: "progress_message", position: 16, same: { $0.progressMessage == $1.progressMessage }, bind: { $0.bind(16, $1.progressMessage) }),
+    ]
+
+    /// `UPDATE OR FAIL tasks SET <the columns in mask> WHERE id = ?1`, built once per mask.
+    static func updateSQL(_ mask: Int) -> String {
+        if let sql = updateSQLCache.withLock({ $0[mask] }) { return sql }
+        let sets = all.enumerated().filter { mask & (1 << $0.offset) != 0 }.map { "\($0.element.name) = ?\($0.element.position)" }
+        let sql = "UPDATE OR FAIL tasks SET \(sets.joined(separator: ", ")) WHERE id = ?1"
+        updateSQLCache.withLock { $0[mask] = sql }
+        return sql
     }
+
+    private static let updateSQLCache = Mutex<[Int: String]>([:])
 }
 
 /// One row of `task_events`.

@@ -101,19 +101,24 @@ struct TaskLogTests {
         await reader.shutdown()
     }
 
-    @Test func schemaIsWalWithTheSeedIndexes() async throws {
+    @Test func schemaIsWalWithTheCompositeIndexes() async throws {
         let path = tempPath()
         let writer = try TaskLogWriter(path: path)
         await writer.close()
         let db = try SQLiteConnection(path: path)
         let mode = try db.withStatement("PRAGMA journal_mode") { s in try s.step() ? s.string(0) : nil }
         #expect(mode == "wal")
+        #expect(try db.integer("PRAGMA user_version") == 4)
+        #expect(try db.integer("PRAGMA auto_vacuum") == 2, "new files are created with auto_vacuum=INCREMENTAL")
         let indexes = try db.withStatement("SELECT name FROM sqlite_master WHERE type = 'index'") { s in
             var names: [String] = []
             while try s.step() { if let n = s.string(0) { names.append(n) } }
             return names
         }
-        for name in ["idx_status", "idx_created_at", "idx_function_name", "idx_pool"] { #expect(indexes.contains(name)) }
+        for name in ["idx_tasks_group", "idx_tasks_completed", "idx_task_events_unique", "idx_idempotency_created"] {
+            #expect(indexes.contains(name))
+        }
+        for name in TaskLogSchema.replacedIndexes { #expect(!indexes.contains(name)) }
     }
 }
 

@@ -1,0 +1,269 @@
+import CSQLite
+import Dispatch
+import Logging
+import Metrics
+import NeutrinoCore
+import ServiceLifecycle
+
+/// Keeps the task log to a retention period: deletes terminal tasks (and their events) created longer ago than
+/// `Configuration.retention`, and idempotency keys older than `Configuration.idempotencyWindow`, then gives the
+/// freed pages back to the file system (`PRAGMA incremental_vacuum`, on files created with
+/// `auto_vacuum=INCREMENTAL`, which every file version 4 creates is).
+///
+/// It works in short write transactions (at most `maxBatch` tasks, shrunk so each stays under `maxTransaction`)
+/// with a pause between them, on a thread of its own, so writers in every process wait at most one short
+/// transaction for the lock. Queued and running tasks are never deleted, however old.
+///
+/// A `Service`: `run()` prunes once every `interval` until cancelled or a graceful shutdown.
+public final class TaskLogRetention: Service, Sendable {
+    public struct Configuration: Sendable {
+        /// Terminal tasks created longer ago than this are deleted with their events.
+        public var retention: Duration
+        /// Idempotency keys claimed longer ago than this are deleted (a claim ignores them after the gateway's
+        /// window anyway).
+        public var idempotencyWindow: Duration
+        /// Time between two passes of `run()`.
+        public var interval: Duration
+        /// The most tasks one transaction deletes.
+        public var maxBatch: Int
+        /// The batch shrinks (and grows back) so a transaction holds the write lock about this long at most.
+        public var maxTransaction: Duration
+        /// Pause between two transactions, in which writers have the lock to themselves.
+        public var pause: Duration
+        /// Pages `incremental_vacuum` frees per transaction, at most (it shrinks like the batch).
+        public var maxVacuumPages: Int
+        /// Whether each pass ends with `vacuum()`.
+        public var vacuum: Bool
+
+        public init(retention: Duration, idempotencyWindow: Duration = .seconds(3600), interval: Duration = .seconds(60),
+                    maxBatch: Int = 500, maxTransaction: Duration = .milliseconds(1), pause: Duration = .milliseconds(10),
+                    maxVacuumPages: Int = 2048, vacuum: Bool = true) {
+            self.vacuum = vacuum
+            self.retention = retention
+            self.idempotencyWindow = idempotencyWindow
+            self.interval = interval
+            self.maxBatch = max(1, maxBatch)
+            self.maxTransaction = maxTransaction
+            self.pause = pause
+            self.maxVacuumPages = max(1, maxVacuumPages)
+        }
+    }
+
+    /// What one pass deleted.
+    public struct Report: Sendable, Hashable {
+        public var tasks = 0
+        public var events = 0
+        public var idempotencyKeys = 0
+        /// Pages (of `PRAGMA page_size` bytes) handed back to the file system.
+        public var pagesFreed = 0
+        public var transactions = 0
+
+        public init() {}
+    }
+
+    private let path: String
+    private let configuration: Configuration
+    private let logger: Logger
+    private let queue = DispatchQueue(label: "neutrino.tasklog.retention")
+    /// Used only on `queue`.
+    private let connection: UncheckedBox<SQLiteConnection>
+
+    /// Opens (and if needed creates or migrates) the task log at `path`.
+    public init(path: String, configuration: Configuration, logger: Logger = Logger(label: "neutrino.tasklog.retention")) throws {
+        self.path = path
+        self.configuration = configuration
+        self.logger = logger
+        let db = try SQLiteConnection(path: path)
+        try TaskLogSchema.prepare(db)
+        connection = UncheckedBox(db)
+    }
+
+    /// Prunes once every `interval` until the task is cancelled or a graceful shutdown begins.
+    public func run() async throws {
+        await cancelWhenGracefulShutdown { [self] in
+            while !Task.isCancelled {
+                do {
+                    let report = try await prune()
+                    if report.tasks + report.idempotencyKeys + report.pagesFreed > 0 {
+                        logger.info("task log pruned", metadata: [
+                            "tasks": "\(report.tasks)", "events": "\(report.events)", "idempotency_keys": "\(report.idempotencyKeys)",
+                            "pages_freed": "\(report.pagesFreed)", "transactions": "\(report.transactions)",
+                        ])
+                    }
+                } catch is CancellationError {
+                    return
+                } catch {
+                    logger.warning("task log pruning failed", metadata: ["error": "\(error)"])
+                }
+                do { try await Task.sleep(for: configuration.interval) } catch { return }
+            }
+        }
+    }
+
+    /// One pass: what is past retention now, then the freed pages. Stops between transactions when cancelled.
+    public func prune(now: Timestamp = .now()) async throws -> Report {
+        var report = Report()
+        let cutoff = now.millis - configuration.retention.wholeMilliseconds
+        let cutoffID = TaskIDTime.prefix(millis: cutoff)
+        let cutoffTime = Timestamp(millis: cutoff).iso8601
+        let terminal = TaskStatus.allCases.filter(\.isTerminal).map { "'\($0.rawValue)'" }.joined(separator: ",")
+        let groups = try await onConnection { db in
+            try TaskLogStore(db: db).groups("SELECT status, function_name, pool, execution_mode FROM task_groups WHERE status IN (\(terminal)) AND n > 0", binds: [])
+        }
+        var batch = min(50, configuration.maxBatch)
+        for group in groups {
+            var after = ""
+            while true {
+                try Task.checkCancellation()
+                let (from, limit) = (after, batch)
+                let step = try await onConnection { db in
+                    try Self.deleteBatch(db, group: group, after: from, below: cutoffID, createdBefore: cutoffTime, limit: limit)
+                }
+                report.tasks += step.tasks
+                report.events += step.events
+                report.transactions += 1
+                prunedTasks.increment(by: step.tasks)
+                pruneTimes.recordNanoseconds(Int64(step.nanoseconds))
+                batch = adapt(batch, nanoseconds: step.nanoseconds, ceiling: configuration.maxBatch)
+                guard let last = step.last else { break }
+                after = last
+                try await Task.sleep(for: configuration.pause)
+            }
+        }
+        let keysBefore = Timestamp(millis: now.millis - configuration.idempotencyWindow.wholeMilliseconds).iso8601
+        while true {
+            try Task.checkCancellation()
+            let limit = configuration.maxBatch
+            let deleted = try await onConnection { db in
+                try db.writeTransaction { () -> Int in
+                    try db.withStatement("DELETE FROM idempotency_keys WHERE rowid IN (SELECT rowid FROM idempotency_keys WHERE created_at < ?1 LIMIT ?2)") { s in
+                        s.bind(1, keysBefore)
+                        s.bind(2, limit)
+                        try s.run()
+                    }
+                    return db.changes
+                }
+            }
+            report.idempotencyKeys += deleted
+            report.transactions += 1
+            if deleted < limit { break }
+            try await Task.sleep(for: configuration.pause)
+        }
+        if configuration.vacuum {
+            let (pages, transactions) = try await incrementalVacuum()
+            report.pagesFreed = pages
+            report.transactions += transactions
+        }
+        return report
+    }
+
+    /// Hands the database's free pages back to the file system, in short transactions with pauses like pruning's,
+    /// and returns how many pages it freed. Only files created with `auto_vacuum=INCREMENTAL` (every file schema
+    /// version 4 created) can; on others it returns 0 and the free pages are reused by later writes instead.
+    public func vacuum() async throws -> Int {
+        try await incrementalVacuum().pages
+    }
+
+    private func incrementalVacuum() async throws -> (pages: Int, transactions: Int) {
+        var transactions = 0
+        guard try await onConnection({ try $0.integer("PRAGMA auto_vacuum") }) == 2 else { return (0, 0) }
+        var pages = min(256, configuration.maxVacuumPages)
+        var freed = 0
+        while true {
+            try Task.checkCancellation()
+            let n = pages
+            let step = try await onConnection { db -> (Int, UInt64) in
+                let before = try db.integer("PRAGMA freelist_count")
+                guard before > 0 else { return (0, 0) }
+                let started = DispatchTime.now().uptimeNanoseconds
+                try db.writeTransaction { try db.execute("PRAGMA incremental_vacuum(\(n))") }
+                let after = try db.integer("PRAGMA freelist_count")
+                return (Int(max(0, before - after)), DispatchTime.now().uptimeNanoseconds - started)
+            }
+            guard step.0 > 0 else { return (freed, transactions) }
+            freed += step.0
+            transactions += 1
+            pages = adapt(pages, nanoseconds: step.1, ceiling: configuration.maxVacuumPages)
+            try await Task.sleep(for: configuration.pause)
+        }
+    }
+
+    /// Twice as much after a transaction that took under half the budget, half as much after one over it.
+    private func adapt(_ n: Int, nanoseconds: UInt64, ceiling: Int) -> Int {
+        let budget = UInt64(max(1, configuration.maxTransaction.wholeMilliseconds * 1_000_000 + Int64(configuration.maxTransaction.components.attoseconds / 1_000_000_000 % 1_000_000)))
+        if nanoseconds > budget { return max(1, n / 2) }
+        if nanoseconds < budget / 2 { return min(ceiling, n * 2) }
+        return n
+    }
+
+    struct BatchResult: Sendable {
+        var tasks = 0
+        var events = 0
+        /// The last id looked at, or nil when the group has nothing more below the cutoff.
+        var last: String?
+        var nanoseconds: UInt64 = 0
+    }
+
+    /// One transaction: the oldest `limit` tasks of one terminal group above `after` and below `below`, those
+    /// created before `createdBefore` deleted with their events — two statements for the whole batch (each
+    /// statement that fires the `task_groups` trigger keeps a statement journal; one per batch, not one per task).
+    static func deleteBatch(_ db: SQLiteConnection, group: TaskGroup, after: String, below: String, createdBefore: String,
+                            limit: Int) throws -> BatchResult {
+        try db.writeTransaction {
+            let started = DispatchTime.now().uptimeNanoseconds
+            var result = BatchResult()
+            var seen = 0
+            var doomed: [String] = []
+            try db.withStatement("""
+                SELECT id, created_at FROM tasks INDEXED BY idx_tasks_group WHERE status = ?1 AND function_name = ?2
+                AND pool = ?3 AND execution_mode = ?4 AND id > ?5 AND id < ?6 ORDER BY id LIMIT ?7
+                """) { s in
+                s.bind(1, group.status)
+                s.bind(2, group.function)
+                s.bind(3, group.pool)
+                s.bind(4, group.mode)
+                s.bind(5, after)
+                s.bind(6, below)
+                s.bind(7, limit)
+                while try s.step() {
+                    guard let id = s.string(0) else { continue }
+                    seen += 1
+                    result.last = id
+                    if let created = s.string(1), created < createdBefore { doomed.append(id) }
+                }
+            }
+            if !doomed.isEmpty {
+                var list = JSONWriter(capacity: doomed.count * 40)
+                list.beginArray()
+                for id in doomed { list.string(id) }
+                list.endArray()
+                let ids = list.text
+                try db.withStatement("DELETE FROM task_events WHERE task_id IN (SELECT value FROM json_each(?1))") { s in
+                    s.bind(1, ids)
+                    try s.run()
+                }
+                result.events = db.changes
+                try db.withStatement("DELETE FROM tasks WHERE id IN (SELECT value FROM json_each(?1))") { s in
+                    s.bind(1, ids)
+                    try s.run()
+                }
+                result.tasks = db.changes
+            }
+            if seen < limit { result.last = nil }
+            result.nanoseconds = DispatchTime.now().uptimeNanoseconds - started
+            return result
+        }
+    }
+
+    /// Runs `body` on the retention's own thread with its connection.
+    private func onConnection<T: Sendable>(_ body: @escaping @Sendable (SQLiteConnection) throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { continuation in
+            queue.async { [connection] in
+                continuation.resume(with: Result { try body(connection.value) })
+            }
+        }
+    }
+}
+
+private let prunedTasks = Counter(label: "neutrino_tasklog_pruned_tasks_total")
+private let pruneTimes = Metrics.Timer(label: "neutrino_tasklog_prune_transaction_seconds")

@@ -1,0 +1,138 @@
+import Foundation
+import Testing
+import NeutrinoCore
+@testable import NeutrinoTaskLog
+
+/// Files written by version 3 of the schema are migrated to version 4 when the new code opens them.
+struct TaskLogMigrationTests {
+    /// A version-3 file made with version 3's own statements, filled the way version 3's writer wrote rows.
+    static func makeVersion3File(_ path: String, tasks: Int = 300, partialMigration: Bool = false) throws {
+        let db = try SQLiteConnection(path: path)
+        try db.execute("PRAGMA journal_mode=WAL")
+        for sql in TaskLogSchema.version3 { try db.execute(sql) }
+        try db.execute("PRAGMA user_version=3")
+        var rng = SplitMix(seed: 5)
+        let statuses = ["completed", "completed", "completed", "failed", "cancelled", "timed_out", "queued", "running", "pending"]
+        let functions = [("echo", "fast", "sync"), ("report", "async", "async"), ("train", "gpu", "gpu")]
+        try db.writeTransaction {
+            for i in 0..<tasks {
+                let t = Int64(1_780_000_000_000) + Int64(i) * 1000
+                let id = taskID(millis: t, &rng)
+                let status = statuses[i % statuses.count]
+                let f = functions[i % functions.count]
+                let terminal = ["completed", "failed", "cancelled", "timed_out"].contains(status)
+                try db.withStatement("INSERT INTO tasks (\(TaskLogStore.columns)) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)") { s in
+                    s.bind(1, id)
+                    s.bind(2, f.0)
+                    s.bind(3, status)
+                    s.bind(4, Timestamp(millis: t).iso8601)
+                    s.bind(5, status == "pending" || status == "queued" ? nil : Timestamp(millis: t + 5).iso8601)
+                    s.bind(6, terminal ? Timestamp(millis: t + 9).iso8601 : nil)
+                    s.bind(7, "w1")
+                    s.bind(8, i == 7 ? nil : f.1)  // one row without a pool (possible in old files)
+                    s.bind(9, f.2)
+                    s.bind(10, #"{"i":\#(i)}"#)
+                    s.bind(11, status == "completed" ? #"{"ok":true}"# : nil)
+                    s.bind(12, status == "failed" ? #"{"type":"E","message":"m","traceback":null}"# : nil)
+                    s.bind(13, terminal ? 4.5 : nil)
+                    s.bind(14, 1)
+                    s.bind(15, nil as Double?)
+                    s.bind(16, nil as String?)
+                    try s.run()
+                }
+                for (n, event) in ["pending", "running", status].enumerated() where n < 2 || terminal {
+                    try db.withStatement("INSERT OR IGNORE INTO task_events (task_id, event, at, worker_id, attempt, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)") { s in
+                        s.bind(1, id)
+                        s.bind(2, event)
+                        s.bind(3, Timestamp(millis: t + Int64(n)).iso8601)
+                        s.bind(4, "w1")
+                        s.bind(5, n == 0 ? 0 : 1)
+                        s.bind(6, nil as String?)
+                        try s.run()
+                    }
+                }
+            }
+            try db.execute("INSERT INTO idempotency_keys (key, task_id, created_at) VALUES ('echo:k1', 'x', '2026-05-28T00:00:00.000Z')")
+        }
+        if partialMigration {
+            // A migration cut short after its first index: the next open must finish it.
+            try db.execute(TaskLogSchema.version4Indexes[0])
+        }
+    }
+
+    static func names(_ path: String, type: String) throws -> Set<String> {
+        let db = try SQLiteConnection(path: path)
+        return try db.withStatement("SELECT name FROM sqlite_master WHERE type = ?1") { s in
+            s.bind(1, type)
+            var out: Set<String> = []
+            while try s.step() { if let n = s.string(0) { out.insert(n) } }
+            return out
+        }
+    }
+
+    static func eventCount(_ path: String) throws -> Int64 {
+        try SQLiteConnection(path: path).integer("SELECT COUNT(*) FROM task_events")
+    }
+
+    @Test(arguments: [false, true])
+    func version3FileIsMigratedWithItsData(partial: Bool) async throws {
+        let path = temporaryTaskLogPath()
+        try Self.makeVersion3File(path, partialMigration: partial)
+        let before = try allTasks(path: path)
+        let eventsBefore = try Self.eventCount(path)
+        #expect(try SQLiteConnection(path: path).integer("PRAGMA user_version") == 3)
+
+        let writer = try TaskLogWriter(path: path)
+        let db = try SQLiteConnection(path: path)
+        #expect(try db.integer("PRAGMA user_version") == 4)
+        let indexes = try Self.names(path, type: "index")
+        for name in ["idx_tasks_group", "idx_tasks_completed", "idx_idempotency_created", "idx_task_events_unique"] {
+            #expect(indexes.contains(name))
+        }
+        #expect(indexes.isDisjoint(with: TaskLogSchema.replacedIndexes))
+        #expect(try Self.names(path, type: "trigger") == ["tasks_group_insert", "tasks_group_update", "tasks_group_delete"])
+        #expect(try db.integer("PRAGMA auto_vacuum") == 0, "an existing file keeps its auto_vacuum mode until a VACUUM")
+
+        // Every row and event is still there, and the group table counts them.
+        let after = try allTasks(path: path)
+        #expect(Set(after) == Set(before))
+        #expect(try Self.eventCount(path) == eventsBefore)
+        #expect(try db.integer("SELECT COUNT(*) FROM idempotency_keys") == 1)
+        var counts = try groupCounts(path: path)
+        #expect(counts.table == counts.actual)
+
+        // Lists on the migrated file agree with a brute-force filter.
+        let reader = try TaskLogReader(path: path)
+        for filter in [TaskListFilter(limit: 500), TaskListFilter(status: .failed, limit: 500),
+                       TaskListFilter(function: "report", pool: "async", limit: 500), TaskListFilter(mode: .gpu, nameContains: "RAI", limit: 500),
+                       TaskListFilter(since: before[40].createdAt, until: before[90].createdAt, limit: 500)] {
+            let expected = before.filter { TaskLogQueryTests.matches($0, filter) }.map(\.id).sorted(by: >)
+            #expect(try await reader.list(filter).map(\.id) == expected, "\(filter)")
+        }
+
+        // New writes keep the counts exact: a queued task completes, a new task arrives.
+        let queued = try #require(before.first { $0.status == .queued })
+        writer.record(TaskEvent(taskID: queued.id, kind: .completed, function: queued.function, pool: queued.pool, mode: queued.mode,
+                                workerID: "w2", attempt: 1, result: "1", durationMs: 2))
+        writer.record(TaskEvent(taskID: TaskID.make(), kind: .queued, function: "report", pool: "async", mode: .async))
+        await writer.flush()
+        counts = try groupCounts(path: path)
+        #expect(counts.table == counts.actual)
+        #expect(try await reader.record(id: queued.id)?.status == .completed)
+        await writer.close()
+        await reader.shutdown()
+    }
+
+    /// Opening an already migrated file again changes nothing.
+    @Test func reopeningAVersion4FileIsANoOp() async throws {
+        let path = temporaryTaskLogPath()
+        try Self.makeVersion3File(path, tasks: 20)
+        for _ in 0..<3 {
+            let writer = try TaskLogWriter(path: path)
+            await writer.close()
+        }
+        let counts = try groupCounts(path: path)
+        #expect(counts.table == counts.actual)
+        #expect(counts.table.values.reduce(0, +) == 20)
+    }
+}
