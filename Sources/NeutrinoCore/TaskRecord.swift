@@ -22,7 +22,8 @@ public struct TaskRecord: Sendable, Hashable {
     public init(id: String, function: String, status: TaskStatus, createdAt: Timestamp, startedAt: Timestamp? = nil,
                 completedAt: Timestamp? = nil, workerID: String? = nil, pool: String, mode: ExecutionMode,
                 args: String? = nil, result: String? = nil, error: String? = nil, durationMs: Double? = nil,
-                attempts: Int = 0, progress: Double? = nil, progressMessage: String? = nil) {
+                attempts: Int = 0, progress: Double? = nil, progressMessage: String? = nil, output: String? = nil) {
+        self.output = output
         self.id = id
         self.function = function
         self.status = status

@@ -15,7 +15,7 @@ import ServiceLifecycle
 /// Start-up order: manifest → NATS connection → task log → pools → routes → services. On SIGTERM/SIGINT the server
 /// stops first (it drains the requests in flight; open `GET /events` streams end), then the services in reverse
 /// order of the list below: heartbeat listener → live feed → pool monitor → events consumer → delivery janitor → queue provisioner →
-/// sync pools' connections → task log (the last events committed) → NATS connection.
+/// task-log retention → sync pools' connections → task log (the last events committed) → NATS connection.
 public func buildGateway(_ configuration: GatewayConfiguration, logger: Logger) async throws -> some ApplicationProtocol {
     let manifest = try readManifest(configuration.manifestPath)
     let queue: GatewayQueue? = if let url = configuration.natsURL { try await GatewayQueue.connect(url: url, logger: logger) } else { nil }
@@ -85,6 +85,11 @@ public func buildGateway(_ configuration: GatewayConfiguration, logger: Logger) 
         await reader?.shutdown()
     }))
     services.append(LifecycleService("sync pools", stop: { [pools] in for pool in pools.values { pool.close() } }))
+    if let path = configuration.taskLogPath, let retention = configuration.retention {
+        services.append(try TaskLogRetention(path: path, configuration: .init(retention: retention,
+                                                                              idempotencyWindow: TaskSubmitter.idempotencyWindow),
+                                             logger: logger))
+    }
     if let queue {
         services.append(QueueProvisioner(queue: queue, manifest: manifest, ackWait: configuration.ackWait, logger: logger))
         services.append(DeliveryJanitor(queue: queue, manifest: manifest, taskLog: taskLog, reader: reader, logger: logger))

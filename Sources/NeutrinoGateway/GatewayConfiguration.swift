@@ -27,6 +27,9 @@ public struct GatewayConfiguration: Sendable {
     public var eventsViaNATS = false
     /// Names this gateway's durable events consumer (`events_<id>`).
     public var gatewayID = "gateway"
+    /// Terminal tasks older than this are deleted from the task log (with their events), in small batches off the
+    /// request path; nil keeps everything.
+    public var retention: Duration? = .seconds(7 * 24 * 3600)
 
     public init(manifestPath: String, httpPools: [String: [String]], taskLogPath: String?, host: String = "127.0.0.1",
                 port: Int = 8080, maxBodyBytes: Int = 1 << 20, timeoutGraceMs: Int = 2000, natsURL: String? = nil,

@@ -56,6 +56,9 @@ struct GatewayCommand: AsyncParsableCommand {
     @Option(name: .customLong("gateway-id"), help: "This replica's id; names its events consumer (default: the host name).")
     var gatewayID: String?
 
+    @Option(name: .customLong("retention-days"), help: "Delete terminal tasks older than this many days from the task log (0: keep everything).")
+    var retentionDays: Double = 7
+
     func validate() throws {
         guard LogFormat(rawValue: logFormat) != nil else { throw ValidationError("--log-format must be text or json") }
         guard heartbeatTimeout > 0 else { throw ValidationError("--heartbeat-timeout must be positive") }
@@ -79,6 +82,7 @@ struct GatewayCommand: AsyncParsableCommand {
             throw ValidationError("--task-log must be sqlite:PATH or none")
         }
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535") }
+        guard retentionDays >= 0, retentionDays <= 36_500 else { throw ValidationError("--retention-days must be 0...36500") }
         guard maxBodyBytes > 0 else { throw ValidationError("--max-body-bytes must be positive") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
     }
@@ -101,6 +105,7 @@ struct GatewayCommand: AsyncParsableCommand {
             configuration.scaling[String(s[..<eq])] = String(s[s.index(after: eq)...])
         }
         configuration.eventsViaNATS = eventsViaNATS
+        configuration.retention = retentionDays > 0 ? .milliseconds(Int64(retentionDays * 86_400_000)) : nil
         let hostName = ProcessInfo.processInfo.hostName.filter { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }
         configuration.gatewayID = gatewayID ?? (hostName.isEmpty ? "gateway" : hostName)
         do {

@@ -6,7 +6,10 @@ import Glibc
 /// mode) combination and is what filtered lists start from. Timestamps are ISO-8601 UTC text with milliseconds,
 /// which sorts in time order. docs/architecture.md ("The task log: layout") says why the indexes are what they are.
 enum TaskLogSchema {
-    static let version = 4
+    static let version = 5
+
+    /// Version 5: what a task printed (`TaskEvent.output`), kept with its row.
+    static let version5 = ["ALTER TABLE tasks ADD COLUMN output TEXT"]
 
     /// The tables as version 3 made them (and the statements a file older than 3 is brought to 3 with).
     static let version3 = [
@@ -161,7 +164,7 @@ enum TaskLogSchema {
                 try db.execute(sql)
             }
             if !hasTasks {
-                for sql in version4Indexes + version4 { try db.execute(sql) }
+                for sql in version4Indexes + version4 + version5 { try db.execute(sql) }
                 try db.execute("PRAGMA user_version=\(version)")
                 return true
             }
@@ -170,6 +173,17 @@ enum TaskLogSchema {
         }
         if fresh { return }
         try migrate3to4(db)
+        try migrate4to5(db)
+    }
+
+    /// Version 4 → 5: one nullable column, added in place (SQLite does not rewrite the table for it).
+    static func migrate4to5(_ db: SQLiteConnection) throws {
+        try db.writeTransaction {
+            guard try db.integer("PRAGMA user_version") < 5 else { return }
+            let hasOutput = try db.integer("SELECT COUNT(*) FROM pragma_table_info('tasks') WHERE name = 'output'") > 0
+            if !hasOutput { for sql in version5 { try db.execute(sql) } }
+            try db.execute("PRAGMA user_version=5")
+        }
     }
 
     /// Version 3 → 4 on a file that may hold millions of tasks and be in use by other processes. Each index is built

@@ -5,7 +5,7 @@ import Synchronization
 struct TaskLogStore {
     let db: SQLiteConnection
 
-    static let columns = "id, function_name, status, created_at, started_at, completed_at, worker_id, pool, execution_mode, args, result, error, duration_ms, attempts, progress, progress_message"
+    static let columns = "id, function_name, status, created_at, started_at, completed_at, worker_id, pool, execution_mode, args, result, error, duration_ms, attempts, progress, progress_message, output"
 
     func record(id: String) throws -> TaskRecord? {
         try db.withStatement("SELECT \(TaskLogStore.columns) FROM tasks WHERE id = ?1") { stmt in
@@ -95,7 +95,7 @@ struct TaskLogStore {
     /// of every page it touches) to undo itself alone; on any failure the whole batch or savepoint is undone anyway.
     private func write(_ row: TaskRecord, over original: TaskRecord?) throws {
         guard let original else {
-            return try db.withStatement("INSERT OR FAIL INTO tasks (\(TaskLogStore.columns)) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)") { stmt in
+            return try db.withStatement("INSERT OR FAIL INTO tasks (\(TaskLogStore.columns)) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)") { stmt in
                 stmt.bind(1, row.id)
                 for column in TaskColumn.all { column.bind(stmt, row) }
                 try stmt.run()
@@ -121,7 +121,7 @@ struct TaskLogStore {
             workerID: s.string(6), pool: s.string(7) ?? "",
             mode: s.string(8).flatMap(ExecutionMode.init(rawValue:)) ?? .sync,
             args: s.string(9), result: s.string(10), error: s.string(11), durationMs: s.double(12),
-            attempts: s.int(13) ?? 0, progress: s.double(14), progressMessage: s.string(15))
+            attempts: s.int(13) ?? 0, progress: s.double(14), progressMessage: s.string(15), output: s.string(16))
     }
 
     /// The timeline in lifecycle order. Timestamps have millisecond resolution and events come from several
@@ -178,7 +178,7 @@ struct TaskLogStore {
     }
 }
 
-/// The columns of `tasks` after `id`, each bound at its own position (?2 … ?16) in the INSERT and every UPDATE.
+/// The columns of `tasks` after `id`, each bound at its own position (?2 … ?17) in the INSERT and every UPDATE.
 struct TaskColumn: Sendable {
     let name: String
     let position: Int32
@@ -201,6 +201,7 @@ struct TaskColumn: Sendable {
         TaskColumn(name: "attempts", position: 14, same: { $0.attempts == $1.attempts }, bind: { $0.bind(14, $1.attempts) }),
         TaskColumn(name: "progress", position: 15, same: { $0.progress == $1.progress }, bind: { $0.bind(15, $1.progress) }),
         TaskColumn(name: "progress_message", position: 16, same: { $0.progressMessage == $1.progressMessage }, bind: { $0.bind(16, $1.progressMessage) }),
+        TaskColumn(name: "output", position: 17, same: { $0.output == $1.output }, bind: { $0.bind(17, $1.output) }),
     ]
 
     /// `UPDATE OR FAIL tasks SET <the columns in mask> WHERE id = ?1`, built once per mask.

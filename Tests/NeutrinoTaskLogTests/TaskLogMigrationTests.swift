@@ -3,8 +3,12 @@ import Testing
 import NeutrinoCore
 @testable import NeutrinoTaskLog
 
-/// Files written by version 3 of the schema are migrated to version 4 when the new code opens them.
+/// Files written by version 3 of the schema are migrated to the current version (4: the composite indexes, 5: the
+/// `output` column) when the new code opens them.
 struct TaskLogMigrationTests {
+    /// The columns of version 3's `tasks` (later versions add columns).
+    static let version3Columns = "id, function_name, status, created_at, started_at, completed_at, worker_id, pool, execution_mode, args, result, error, duration_ms, attempts, progress, progress_message"
+
     /// A version-3 file made with version 3's own statements, filled the way version 3's writer wrote rows.
     static func makeVersion3File(_ path: String, tasks: Int = 300, partialMigration: Bool = false) throws {
         let db = try SQLiteConnection(path: path)
@@ -21,7 +25,7 @@ struct TaskLogMigrationTests {
                 let status = statuses[i % statuses.count]
                 let f = functions[i % functions.count]
                 let terminal = ["completed", "failed", "cancelled", "timed_out"].contains(status)
-                try db.withStatement("INSERT INTO tasks (\(TaskLogStore.columns)) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)") { s in
+                try db.withStatement("INSERT INTO tasks (\(Self.version3Columns)) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)") { s in
                     s.bind(1, id)
                     s.bind(2, f.0)
                     s.bind(3, status)
@@ -84,7 +88,7 @@ struct TaskLogMigrationTests {
 
         let writer = try TaskLogWriter(path: path)
         let db = try SQLiteConnection(path: path)
-        #expect(try db.integer("PRAGMA user_version") == 4)
+        #expect(try db.integer("PRAGMA user_version") == 5)
         let indexes = try Self.names(path, type: "index")
         for name in ["idx_tasks_group", "idx_tasks_completed", "idx_idempotency_created", "idx_task_events_unique"] {
             #expect(indexes.contains(name))
@@ -134,5 +138,25 @@ struct TaskLogMigrationTests {
         let counts = try groupCounts(path: path)
         #expect(counts.table == counts.actual)
         #expect(counts.table.values.reduce(0, +) == 20)
+    }
+}
+
+extension TaskLogMigrationTests {
+    /// A task's printed output survives a write and a read, on a file migrated from version 3.
+    @Test func outputIsStoredOnAMigratedFile() async throws {
+        let path = temporaryTaskLogPath()
+        try Self.makeVersion3File(path, tasks: 5)
+        let writer = try TaskLogWriter(path: path)
+        let reader = try TaskLogReader(path: path)
+        let id = TaskID.make()
+        writer.record(contentsOf: [
+            TaskEvent(taskID: id, kind: .pending, function: "echo", pool: "fast", mode: .sync, args: "{}"),
+            TaskEvent(taskID: id, kind: .completed, function: "echo", pool: "fast", mode: .sync, workerID: "w", attempt: 1,
+                      result: "1", durationMs: 1, output: "hello\n"),
+        ])
+        await writer.flush()
+        #expect(try await reader.record(id: id)?.output == "hello\n")
+        await writer.close()
+        await reader.shutdown()
     }
 }

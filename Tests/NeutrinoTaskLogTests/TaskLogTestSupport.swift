@@ -12,7 +12,10 @@ func temporaryTaskLogPath(_ name: String = "tasks.db") -> String {
 /// Every row of `tasks`, read directly (the brute-force answer the indexed queries are compared with).
 func allTasks(path: String) throws -> [TaskRecord] {
     let db = try SQLiteConnection(path: path)
-    return try db.withStatement("SELECT \(TaskLogStore.columns) FROM tasks") { s in
+    // A file not migrated yet lacks the newer columns (decode reads a missing last column as NULL).
+    let hasOutput = try db.integer("SELECT COUNT(*) FROM pragma_table_info('tasks') WHERE name = 'output'") > 0
+    let columns = hasOutput ? TaskLogStore.columns : TaskLogMigrationTests.version3Columns
+    return try db.withStatement("SELECT \(columns) FROM tasks") { s in
         var out: [TaskRecord] = []
         while try s.step() { if let r = TaskLogStore.decode(s) { out.append(r) } }
         return out
