@@ -51,14 +51,15 @@ def test_backoff_doubles_from_one_second_up_to_thirty() -> None:
     for _ in range(8):
         delay, crashes = plan_restart(1, uptime=0.5, crashes=crashes, backoff=backoff)
         delays.append(delay)
-    assert delays == [1, 2, 4, 8, 16, 30, 30, 30]
+    assert delays == [0, 1, 2, 4, 8, 16, 30, 30]  # a serving worker's first crash restarts at once
     assert backoff.delay(10_000) == 30  # no overflow however long the crash loop
 
 
 def test_backoff_resets_after_thirty_seconds_up() -> None:
     backoff = Backoff()
-    assert plan_restart(-9, uptime=29.9, crashes=5, backoff=backoff) == (30, 6)
-    assert plan_restart(-9, uptime=30.0, crashes=5, backoff=backoff) == (1, 1)
+    assert plan_restart(-9, uptime=29.9, crashes=5, backoff=backoff) == (16, 6)
+    assert plan_restart(-9, uptime=30.0, crashes=5, backoff=backoff) == (0, 1)
+    assert plan_restart(-9, uptime=0.1, crashes=0, backoff=backoff, ready=False) == (1, 1)  # never served: back off
 
 
 def test_exit_0_and_75_restart_at_once_unless_before_ready() -> None:
@@ -171,9 +172,11 @@ def test_backoff_grows_then_resets_after_staying_up(tmp_path: Path) -> None:
     with Running(Backoff(first=0.05, cap=0.2, reset_after=2.0)) as run:
         spawn_worker(run.supervisor, log, plan)
         wait_for(lambda: len(starts(log)) == 6, what="the 5th restart")
-        run.wait_line(r"w-1 exited with status 1 after [\d.]+ s; restart 5 in 0\.05 s")
-    expected = ["0.05", "0.1", "0.2", "0.2", "0.05"]  # doubling, capped at 0.2; after 2.1 s up it starts over
-    delays = re.findall(r"w-1 exited with status 1 after [\d.]+ s; restart \d in ([\d.]+) s", run.text)
+        run.wait_line(r"w-1 exited with status 1 after [\d.]+ s; restart 5 now")
+    # The first crash of a serving worker restarts at once, then doubling, capped at 0.2; after 2.1 s up it starts over.
+    expected = ["0", "0.05", "0.1", "0.2", "0"]
+    delays = [("0" if d == "now" else d.removeprefix("in ").removesuffix(" s"))
+              for d in re.findall(r"w-1 exited with status 1 after [\d.]+ s; restart \d (now|in [\d.]+ s)", run.text)]
     assert delays == expected, run.text
     records = starts(log)
     assert [r["restarts"] for r in records] == [0, 1, 2, 3, 4, 5]
@@ -216,7 +219,7 @@ def test_retired_worker_is_not_restarted(tmp_path: Path) -> None:
 
 def test_worker_retired_while_waiting_to_restart_is_dropped(tmp_path: Path) -> None:
     log = tmp_path / "starts.jsonl"
-    with Running(Backoff(first=30)) as run:
+    with Running(Backoff(first=30, immediate_first=False)) as run:
         child = spawn_worker(run.supervisor, log, [[True, 0, 1], [True, None, 0]])
         run.wait_line(r"w-1 exited with status 1 after [\d.]+ s; restart 1 in 30 s")
         run.supervisor.retire(child)
@@ -269,7 +272,7 @@ def test_queue_worker_keeps_its_slot_while_it_waits_to_restart(
     binary.chmod(0o755)
     log = tmp_path / "starts.jsonl"
     monkeypatch.setenv("FAKE_LOG", str(log))
-    with Running(Backoff(first=30)) as run:
+    with Running(Backoff(first=30, immediate_first=False)) as run:
         workers = QueueWorkers(run.supervisor, str(binary), ["--app", "app.py"], {"async": 12.0})
         child = workers.start("async")
         wait_for(child.listening.is_set, what="consuming")
@@ -477,7 +480,7 @@ def test_up_restarts_a_killed_http_worker_on_the_same_port(tmp_path: Path) -> No
         assert url.group(1) in flag(gateway["argv"], "--http-pool")
 
         os.kill(first["pid"], signal.SIGKILL)
-        up.wait_line(r"neutrino: fast-1 was killed by SIGKILL after [\d.]+ s; restart 1 in 1 s$")
+        up.wait_line(r"neutrino: fast-1 was killed by SIGKILL after [\d.]+ s; restart 1 now$")  # a serving worker's first crash
         mark = len(up.lines)
         restarted = wait_for(lambda: len(up.worker_starts("fast-1")) == 2 and up.worker_starts("fast-1")[1],
                              what="fast-1 to start again")
