@@ -89,6 +89,7 @@ def test_up_runs_a_three_node_jetstream_cluster(tmp_path: Path, app_file: Path, 
         assert {m["cluster_size"] for m in metas} == {3}
         assert len({m["leader"] for m in metas}) == 1 and metas[0]["leader"] in names
         assert all(f"nats-{i} |" in output for i in (1, 2, 3)), output
+        assert "3-node JetStream cluster, streams at R3" in output and "nats-cluster/)" in output
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGINT)
