@@ -262,9 +262,8 @@ public final class JetStream: Sendable {
 
     /// A server's refusal of a replica count, restated with what to do about it; nil for an unrelated error.
     static func replicasRefused(_ error: NATSError, stream: String, from: Int?, to: Int) -> NATSError? {
-        // 10074: replicas > 1 on a server that is not clustered; 10023: fewer JetStream servers than replicas
-        // ("insufficient resources", "no suitable peers for placement"); 10052 mentions replicas only when the
-        // server refuses to change the count.
+        // 10074: replicas > 1 on a server that is not clustered; 10023: fewer JetStream servers (up) than replicas
+        // ("insufficient resources", "no suitable peers for placement").
         let text = error.detail.lowercased()
         guard to > 1 || from != nil else { return nil }
         guard [10074, 10023].contains(error.jsErrorCode) || text.contains("replica") || text.contains("peers")
@@ -273,8 +272,8 @@ public final class JetStream: Sendable {
         return NATSError(operation: error.operation, origin: error.origin, status: error.status,
                          statusText: error.statusText, jsErrorCode: error.jsErrorCode,
                          detail: "the JetStream server refused to \(what): \(error.detail.isEmpty ? error.statusText : error.detail). "
-                             + "The replica count (--stream-replicas) must not exceed the JetStream servers of the cluster "
-                             + "(1 for a single server, which cannot replicate)",
+                             + "The replica count (--stream-replicas) must not exceed the cluster's JetStream servers that "
+                             + "are up (1 for a single server, which cannot replicate)",
                          connectionWasDown: error.connectionWasDown)
     }
 
