@@ -83,9 +83,9 @@ python-test:
 # The end-to-end suite twice: with the direct SQLite task log (workers write the gateway's file), then with the task
 # log over NATS (NEUTRINO_E2E_TASK_LOG=nats: workers `--task-log nats`, gateways `--events-via-nats`). The second run
 # leaves out what does not depend on the task-log mode: test_dashboard.py and test_autoscaler.py (their own stacks,
-# always the direct task log), test_venv.py (a worker's interpreter only) and test_events_via_nats.py (it sets up
-# NATS-mode stacks itself, so the first run already covered it).
-E2E_NATS_IGNORE := test_dashboard.py test_autoscaler.py test_venv.py test_events_via_nats.py
+# always the direct task log), test_venv.py (a worker's interpreter only), test_events_via_nats.py and
+# test_nats_cluster.py (they set up NATS-mode stacks themselves, so the first run already covered them).
+E2E_NATS_IGNORE := test_dashboard.py test_autoscaler.py test_venv.py test_events_via_nats.py test_nats_cluster.py
 
 e2e-test:
 	NEUTRINO_BIN_DIR=$(CURDIR)/.build/debug $(PY) -m pytest -q tests/e2e

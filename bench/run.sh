@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # `make bench`: installs what the benchmark needs, builds Neutrino (release), then runs
 # bench/run.py, which starts each server in turn, drives it with wrk and prints a Markdown table (sync
-# tasks over HTTP), and bench/async_bench.py, which prints a second one (queued tasks: Neutrino on NATS
-# JetStream against Celery 5 + Redis).
+# tasks over HTTP), bench/async_bench.py, which prints a second one (queued tasks: Neutrino on NATS
+# JetStream against Celery 5 + Redis), and bench/cluster_bench.py, a third (what replicated streams cost:
+# publish and submit latency at R1 on one nats-server against R3 on a 3-node cluster).
 #
 #   BENCH_SKIP_BUILD=1          don't run `swift build -c release` (use the binaries as they are)
 #   BENCH_SYNC=0                skip the sync table (bench/run.py)
 #   BENCH_ASYNC=0               skip the async table (bench/async_bench.py)
 #   BENCH_FAULTS=0              skip the fault-containment table (bench/faults.py)
+#   BENCH_CLUSTER=0             skip the R1 vs R3 table (bench/cluster_bench.py)
 #   BENCH_RETRY_RAY=1           retry a Ray install that failed before (the failure is cached)
 #   BENCH_RAY_INSTALL_TIMEOUT   seconds for `pip install "ray[serve]"` (default 900)
 #   BENCH_NO_RAY=1              don't try to install Ray at all
@@ -69,6 +71,12 @@ if [ "${BENCH_ASYNC:-1}" != 0 ]; then
   fi
 fi
 
+# --- the R1 vs R3 table: nats-server only
+if [ "${BENCH_CLUSTER:-1}" != 0 ] && ! command -v nats-server >/dev/null 2>&1; then
+  say "installing nats-server"
+  apt_install nats-server || say "nats-server missing and could not be installed: the R1 vs R3 table is skipped"
+fi
+
 # --- bench/.venv-ray: ray[serve], tried once; a failure is cached in the venv with its reason
 RAY_FAILED="$BENCH_DIR/.venv-ray/bench-install-failed"
 if [ -n "${BENCH_NO_RAY:-}" ]; then
@@ -119,6 +127,10 @@ fi
 if [ "${BENCH_ASYNC:-1}" != 0 ]; then
   # bench/.venv's Python: the Celery client runs in the benchmark process.
   "$BENCH_DIR/.venv/bin/python" "$BENCH_DIR/async_bench.py" || { r=$?; [ "$rc" != 0 ] || rc=$r; }
+  if [ "$rc" -ge 128 ]; then exit "$rc"; fi
+fi
+if [ "${BENCH_CLUSTER:-1}" != 0 ]; then
+  "$PY" "$BENCH_DIR/cluster_bench.py" || { r=$?; [ "$rc" != 0 ] || rc=$r; }
 fi
 if [ "${BENCH_FAULTS:-1}" != 0 ]; then
   # Fault containment under `neutrino up`: capacity back after stuck tasks, a poison storm, a killed worker.

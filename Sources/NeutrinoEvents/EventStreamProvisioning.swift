@@ -4,7 +4,8 @@ import NeutrinoNATS
 /// Creates (idempotently) the events stream and a gateway's durable consumer on it. Both sides call it: a worker
 /// publishing events before any gateway ran still finds the stream (an event published to no stream is not stored).
 public enum EventStreamProvisioning {
-    /// `NEUTRINO_EVENTS`: subjects `neutrino.events.>`, limits retention, file storage, 7 days, 2 min dedup window.
+    /// `NEUTRINO_EVENTS`: subjects `neutrino.events.>`, limits retention, file storage, 7 days, 2 min dedup window,
+    /// replicated as the JetStream context says (`--stream-replicas`; the events consumers inherit it).
     @discardableResult
     public static func ensureStream(_ js: JetStream) async throws -> StreamInfo {
         try await js.ensureStream(name: EventStreamLayout.stream, subjects: [EventStreamLayout.subjects],

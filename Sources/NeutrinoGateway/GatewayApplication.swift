@@ -18,7 +18,9 @@ import ServiceLifecycle
 /// task-log retention → sync pools' connections → task log (the last events committed) → NATS connection.
 public func buildGateway(_ configuration: GatewayConfiguration, logger: Logger) async throws -> some ApplicationProtocol {
     let manifest = try readManifest(configuration.manifestPath)
-    let queue: GatewayQueue? = if let url = configuration.natsURL { try await GatewayQueue.connect(url: url, logger: logger) } else { nil }
+    let queue: GatewayQueue? = if let url = configuration.natsURL {
+        try await GatewayQueue.connect(url: url, streamReplicas: configuration.streamReplicas, logger: logger)
+    } else { nil }
 
     var pools: [String: WorkerPool] = [:]
     for (name, urls) in configuration.httpPools {

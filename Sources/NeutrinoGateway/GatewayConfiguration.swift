@@ -13,8 +13,12 @@ public struct GatewayConfiguration: Sendable {
     public var maxBodyBytes: Int
     /// Added to a task's timeout before the gateway gives up on its worker (the worker answers 504 first).
     public var timeoutGraceMs: Int
-    /// NATS server URL(s) for async and gpu tasks; without it they answer 501.
+    /// NATS server URL(s) for async and gpu tasks (without it they answer 501): one server, or the members of a
+    /// cluster comma-separated (the connection fails over between them).
     public var natsURL: String?
+    /// `--stream-replicas`: the replica count of the streams the gateway provisions (pool consumers inherit it),
+    /// reconciled on existing streams; nil: 1 for one server, 3 when several are given, applied to new streams only.
+    public var streamReplicas: Int?
     /// AckWait of the pool consumers the gateway provisions.
     public var ackWait: Duration
     /// The folder `GET /` serves the dashboard from, if any.

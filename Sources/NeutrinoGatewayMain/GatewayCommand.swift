@@ -29,8 +29,11 @@ struct GatewayCommand: AsyncParsableCommand {
     @Option(name: .customLong("max-body-bytes"), help: "Largest request body accepted (413 above).")
     var maxBodyBytes: Int = 1 << 20
 
-    @Option(help: "NATS server URL for async and gpu tasks, e.g. nats://127.0.0.1:4222 (without it they answer 501).")
+    @Option(help: "NATS server URL for async and gpu tasks, e.g. nats://127.0.0.1:4222, or a cluster's members comma-separated: nats://a:4222,nats://b:4222,nats://c:4222 (without it they answer 501).")
     var nats: String?
+
+    @Option(name: .customLong("stream-replicas"), help: "JetStream servers keeping each stream (1...5); an existing stream with another count is changed to it. Default: 1 for one --nats server, 3 for several (then applied to new streams only).")
+    var streamReplicas: Int?
 
     @Option(name: .customLong("ack-wait"), help: "Seconds of AckWait for the pool consumers the gateway provisions.")
     var ackWait: Double = 30
@@ -83,6 +86,13 @@ struct GatewayCommand: AsyncParsableCommand {
         }
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535") }
         guard retentionDays >= 0, retentionDays <= 36_500 else { throw ValidationError("--retention-days must be 0...36500") }
+        if let nats, NATSServers.parse(nats) == nil {
+            throw ValidationError("--nats '\(nats)' must be one URL or several comma-separated (nats://HOST:PORT,...)")
+        }
+        if let streamReplicas {
+            guard nats != nil else { throw ValidationError("--stream-replicas needs --nats") }
+            guard (1...5).contains(streamReplicas) else { throw ValidationError("--stream-replicas must be 1...5") }
+        }
         guard maxBodyBytes > 0 else { throw ValidationError("--max-body-bytes must be positive") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
     }
@@ -106,6 +116,7 @@ struct GatewayCommand: AsyncParsableCommand {
         }
         configuration.eventsViaNATS = eventsViaNATS
         configuration.retention = retentionDays > 0 ? .milliseconds(Int64(retentionDays * 86_400_000)) : nil
+        configuration.streamReplicas = streamReplicas
         let hostName = ProcessInfo.processInfo.hostName.filter { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }
         configuration.gatewayID = gatewayID ?? (hostName.isEmpty ? "gateway" : hostName)
         do {

@@ -32,10 +32,65 @@ public enum StreamStorage: Sendable, Equatable {
     case memory
 }
 
+/// How many JetStream servers keep a copy of each stream Neutrino creates (JetStream `Replicas`, 1...5), and what
+/// happens to a stream that exists with another count.
+///
+/// A stream at R3 survives the loss of one of three servers (a new leader is elected among the two others, which
+/// hold every acknowledged message); R1 lives on one server only. Consumers inherit the stream's count.
+public struct StreamReplication: Sendable, Equatable, CustomStringConvertible {
+    /// The replica count streams are created with.
+    public var replicas: Int
+    /// Whether an existing stream with another count is changed to `replicas` (a stream update, which
+    /// nats-server 2.9 applies in a cluster: it adds or removes peers and moves the data). False leaves an existing
+    /// stream's count alone: for a default guessed from the number of servers given, which must not scale down a
+    /// stream someone deliberately replicated.
+    public var reconcile: Bool
+
+    public init(replicas: Int, reconcile: Bool) {
+        self.replicas = replicas
+        self.reconcile = reconcile
+    }
+
+    /// R1, existing streams left as they are: one server.
+    public static let single = StreamReplication(replicas: 1, reconcile: false)
+
+    /// The most replicas JetStream allows.
+    public static let maxReplicas = 5
+
+    /// `--stream-replicas N` given explicitly (reconciled), or the default for `serverCount` servers: 1 for one
+    /// server, 3 for several (created so, existing streams left alone).
+    public static func forServers(_ serverCount: Int, explicit: Int? = nil) -> StreamReplication {
+        if let explicit { return StreamReplication(replicas: explicit, reconcile: true) }
+        return StreamReplication(replicas: serverCount > 1 ? 3 : 1, reconcile: false)
+    }
+
+    public var description: String { "R\(replicas)\(reconcile ? "" : " (new streams)")" }
+}
+
+/// Which servers hold a replicated stream (or consumer), as the server reports it.
+public struct ClusterInfo: Sendable, Equatable {
+    /// The cluster's name; empty on a server that is not clustered.
+    public var name: String
+    /// The server that leads the stream's Raft group (publishes and reads go through it); empty during an election.
+    public var leader: String
+    /// The other servers holding a copy, with whether each is current.
+    public var replicas: [Peer]
+
+    public struct Peer: Sendable, Equatable {
+        public var name: String
+        public var current: Bool
+        public var offline: Bool
+    }
+}
+
 /// A stream's state.
 public struct StreamInfo: Sendable, Equatable {
     public var name: String
     public var subjects: [String]
+    /// Servers keeping a copy (the configured `Replicas`).
+    public var replicas: Int
+    /// The leader and the other replicas (nil from a server that is not clustered).
+    public var cluster: ClusterInfo?
     /// Messages stored (on a WorkQueue stream this includes terminated-by-MaxDeliver messages not yet deleted).
     public var messages: UInt64
     public var bytes: UInt64
@@ -65,6 +120,11 @@ public struct ConsumerInfo: Sendable, Equatable {
     public var ackWait: Duration
     public var maxDeliver: Int
     public var maxAckPending: Int
+    /// Servers keeping the consumer's state (0 in the configuration means "as the stream"; this is what the
+    /// server reports, which may still be 0 on a single server).
+    public var replicas: Int
+    /// The consumer's leader (the server that delivers and tracks acks) and its followers; nil when not clustered.
+    public var cluster: ClusterInfo?
 
     /// The queue depth: `numPending + numAckPending` (what KEDA's nats-jetstream scaler uses as lag).
     public var backlog: UInt64 { numPending + UInt64(max(0, numAckPending)) }
@@ -96,14 +156,17 @@ public final class JetStream: Sendable {
     public let requestTimeout: Duration
     /// Default wait for a publish ack.
     public let publishTimeout: Duration
+    /// The replica count `ensureStream` creates streams with (and reconciles existing ones to, if so told).
+    public let replication: StreamReplication
 
     init(handle: JetStreamHandle, connection: NATSConnection, waiters: PublishWaiters, requestTimeout: Duration,
-         publishTimeout: Duration) {
+         publishTimeout: Duration, replication: StreamReplication) {
         self.handle = handle
         self.connection = connection
         self.waiters = waiters
         self.requestTimeout = requestTimeout
         self.publishTimeout = publishTimeout
+        self.replication = replication
     }
 
     private var pool: BlockingThreadPool { connection.pool }
@@ -113,11 +176,21 @@ public final class JetStream: Sendable {
     /// Creates the stream, or updates it to this configuration (idempotent). `js_AddStream` returns OK for an
     /// identical configuration and jerr 10058 for a changed one, which is then applied with `js_UpdateStream`.
     /// Retention cannot be changed on an existing stream (jerr 10052 is thrown).
+    ///
+    /// Replicas (`replication`, default the context's): a new stream gets `replication.replicas`. An existing stream
+    /// with another count keeps it unless `replication.reconcile`, in which case the update changes it (logged);
+    /// a server that refuses (a single server asked for R3, a cluster with fewer JetStream servers than replicas)
+    /// throws an error that says so.
     @discardableResult
     public func ensureStream(name: String, subjects: [String], retention: StreamRetention,
                              storage: StreamStorage = .file, duplicateWindow: Duration = .seconds(120),
-                             maxAge: Duration? = nil) async throws -> StreamInfo {
+                             maxAge: Duration? = nil, replication: StreamReplication? = nil) async throws -> StreamInfo {
         let handle = self.handle
+        let replication = replication ?? self.replication
+        let logger = connection.events.logger
+        guard (1...StreamReplication.maxReplicas).contains(replication.replicas) else {
+            throw NATSError.invalidArgument("js_AddStream", "stream replicas must be 1...\(StreamReplication.maxReplicas), not \(replication.replicas)")
+        }
         return try await pool.run("js_AddStream") {
             let op = "js_AddStream"
             let arena = CArena()
@@ -136,22 +209,72 @@ public final class JetStream: Sendable {
             cfg.Storage = storage == .file ? js_FileStorage : js_MemoryStorage
             cfg.Duplicates = duplicateWindow.natsNanoseconds
             if let maxAge { cfg.MaxAge = maxAge.natsNanoseconds }
+            cfg.Replicas = Int64(replication.replicas)
 
             var info: UnsafeMutablePointer<jsStreamInfo>?
             var jerr = jsErrCode(0)
             var s = js_AddStream(&info, handle.pointer, &cfg, nil, &jerr)
-            var operation = op
-            if s == NATS_ERR && jerr.rawValue == 10058 {
-                operation = "js_UpdateStream"
-                jerr = jsErrCode(0)
-                s = js_UpdateStream(&info, handle.pointer, &cfg, nil, &jerr)
+            if s == NATS_OK, let info {
+                defer { jsStreamInfo_Destroy(info) }
+                return StreamInfo(info.pointee)
             }
+            let addError = NATSError.library(op, s, jsErrCode: jerr, connection: handle.connection.pointer)
+            // 10058: the stream exists with another configuration. A refused replica count may also be about an
+            // existing stream (a single server checks the count before it looks for the stream).
+            let refusedReplicas = JetStream.replicasRefused(addError, stream: name, from: nil, to: replication.replicas)
+            guard addError.jsErrorCode == 10058 || refusedReplicas != nil else { throw addError }
+            var existing: UnsafeMutablePointer<jsStreamInfo>?
+            jerr = jsErrCode(0)
+            s = js_GetStreamInfo(&existing, handle.pointer, cfg.Name, nil, &jerr)
+            guard s == NATS_OK, let existing else {
+                let infoError = NATSError.library("js_GetStreamInfo", s, jsErrCode: jerr, connection: handle.connection.pointer)
+                throw infoError.isNotFound ? (refusedReplicas ?? addError) : infoError
+            }
+            let current = max(1, Int(existing.pointee.Config?.pointee.Replicas ?? 1))
+            // A server that is not clustered reports no cluster; nats-server 2.9 would accept an update to R3 there
+            // (and claim R3 while keeping one copy), so refuse it here.
+            let clustered = !swiftString(existing.pointee.Cluster?.pointee.Name).isEmpty
+            jsStreamInfo_Destroy(existing)
+            if !replication.reconcile { cfg.Replicas = Int64(current) }
+            let changing = Int(cfg.Replicas) != current
+            if changing && cfg.Replicas > 1 && !clustered {
+                let refusal = NATSError.local("js_UpdateStream", "replicas > 1 not supported in non-clustered mode")
+                throw JetStream.replicasRefused(refusal, stream: name, from: current, to: Int(cfg.Replicas)) ?? refusal
+            }
+            if changing {
+                logger.notice("changing the stream's replica count", metadata: [
+                    "stream": "\(name)", "replicas.from": "\(current)", "replicas.to": "\(cfg.Replicas)",
+                ])
+            }
+            jerr = jsErrCode(0)
+            s = js_UpdateStream(&info, handle.pointer, &cfg, nil, &jerr)
             guard s == NATS_OK, let info else {
-                throw NATSError.library(operation, s, jsErrCode: jerr, connection: handle.connection.pointer)
+                let error = NATSError.library("js_UpdateStream", s, jsErrCode: jerr, connection: handle.connection.pointer)
+                if changing, let refused = JetStream.replicasRefused(error, stream: name, from: current, to: Int(cfg.Replicas)) {
+                    throw refused
+                }
+                throw error
             }
             defer { jsStreamInfo_Destroy(info) }
             return StreamInfo(info.pointee)
         }
+    }
+
+    /// A server's refusal of a replica count, restated with what to do about it; nil for an unrelated error.
+    static func replicasRefused(_ error: NATSError, stream: String, from: Int?, to: Int) -> NATSError? {
+        // 10074: replicas > 1 on a server that is not clustered; 10023: fewer JetStream servers (up) than replicas
+        // ("insufficient resources", "no suitable peers for placement").
+        let text = error.detail.lowercased()
+        guard to > 1 || from != nil else { return nil }
+        guard [10074, 10023].contains(error.jsErrorCode) || text.contains("replica") || text.contains("peers")
+                || text.contains("insufficient resources") else { return nil }
+        let what = from.map { "change \(stream) from \(max(1, $0)) to \(to) replicas" } ?? "create \(stream) with \(to) replicas"
+        return NATSError(operation: error.operation, origin: error.origin, status: error.status,
+                         statusText: error.statusText, jsErrorCode: error.jsErrorCode,
+                         detail: "the JetStream server refused to \(what): \(error.detail.isEmpty ? error.statusText : error.detail). "
+                             + "The replica count (--stream-replicas) must not exceed the cluster's JetStream servers that "
+                             + "are up (1 for a single server, which cannot replicate)",
+                         connectionWasDown: error.connectionWasDown)
     }
 
     /// Creates the durable pull consumer, or updates it to this configuration (idempotent). Explicit acks,
@@ -436,16 +559,32 @@ extension StreamInfo {
         var subjects: [String] = []
         var name = ""
         var duplicates: Int64 = 0
+        var replicas = 1
         if let cfg = info.Config?.pointee {
             name = swiftString(cfg.Name)
             if let list = cfg.Subjects {
                 for i in 0..<Int(max(0, cfg.SubjectsLen)) { subjects.append(swiftString(list[i])) }
             }
             duplicates = cfg.Duplicates
+            replicas = Int(max(1, cfg.Replicas))
         }
-        self.init(name: name, subjects: subjects, messages: info.State.Msgs, bytes: info.State.Bytes,
+        self.init(name: name, subjects: subjects, replicas: replicas, cluster: info.Cluster.map { ClusterInfo($0.pointee) },
+                  messages: info.State.Msgs, bytes: info.State.Bytes,
                   firstSequence: info.State.FirstSeq, lastSequence: info.State.LastSeq,
                   consumers: Int(info.State.Consumers), duplicateWindow: .nanoseconds(duplicates))
+    }
+}
+
+extension ClusterInfo {
+    init(_ info: jsClusterInfo) {
+        var peers: [Peer] = []
+        if let list = info.Replicas {
+            for i in 0..<Int(max(0, info.ReplicasLen)) {
+                guard let peer = list[i]?.pointee else { continue }
+                peers.append(Peer(name: swiftString(peer.Name), current: peer.Current, offline: peer.Offline))
+            }
+        }
+        self.init(name: swiftString(info.Name), leader: swiftString(info.Leader), replicas: peers)
     }
 }
 
@@ -457,7 +596,8 @@ extension ConsumerInfo {
                   numWaiting: Int(info.NumWaiting), deliveredStreamSequence: info.Delivered.Stream,
                   ackFloorStreamSequence: info.AckFloor.Stream, filterSubject: swiftString(cfg?.FilterSubject),
                   ackWait: .nanoseconds(cfg?.AckWait ?? 0), maxDeliver: Int(cfg?.MaxDeliver ?? 0),
-                  maxAckPending: Int(cfg?.MaxAckPending ?? 0))
+                  maxAckPending: Int(cfg?.MaxAckPending ?? 0), replicas: Int(cfg?.Replicas ?? 0),
+                  cluster: info.Cluster.map { ClusterInfo($0.pointee) })
     }
 }
 

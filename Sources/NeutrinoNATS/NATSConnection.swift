@@ -3,8 +3,11 @@ import Glibc
 import NeutrinoThreads
 import Logging
 
-/// A connection to a NATS server (cnats `natsConnection`), reconnecting forever.
+/// A connection to a NATS server or cluster (cnats `natsConnection`), reconnecting forever.
 ///
+/// - Servers: one URL or several (`natsOptions_SetServers`); cnats picks one at random, and when it loses that
+///   one it tries the others (and any the cluster announced), so a client of a 3-node cluster fails over to a
+///   surviving node within a reconnect wait.
 /// - Reconnects: `MaxReconnect = -1` (never gives up), `reconnectWait` with jitter between tries, and
 ///   `RetryOnFailedConnect`, so a server that is down at start-up is retried in the background instead of failing.
 /// - `connect` waits up to `Options.firstConnectionWait` for the first connection; if the server is still down then,
@@ -35,6 +38,9 @@ public final class NATSConnection: Sendable {
         public var sendAsap: Bool = true
         /// Bytes published while disconnected that cnats buffers for the reconnect (0: cnats's default, 8 MB).
         public var reconnectBufferBytes: Int = 0
+        /// How many servers keep each stream this connection's JetStream contexts create (`ensureStream`), and
+        /// whether an existing stream with another count is changed (see `StreamReplication`).
+        public var replication: StreamReplication = .single
 
         public init() {}
     }
@@ -44,20 +50,44 @@ public final class NATSConnection: Sendable {
     /// Dedicated threads for the blocking calls of this connection and everything made from it.
     let pool: BlockingThreadPool
     public let name: String
+    /// The servers as given, comma-separated.
     public let url: String
+    /// The servers as given.
+    public let servers: [String]
+    /// What the JetStream contexts made from this connection provision with.
+    public let replication: StreamReplication
     private let closed = ClosedFlag()
 
-    private init(handle: ConnectionHandle, events: ConnectionEvents, pool: BlockingThreadPool, name: String, url: String) {
+    private init(handle: ConnectionHandle, events: ConnectionEvents, pool: BlockingThreadPool, name: String,
+                 servers: [String], replication: StreamReplication) {
         self.handle = handle
         self.events = events
         self.pool = pool
         self.name = name
-        self.url = url
+        self.servers = servers
+        self.url = servers.joined(separator: ",")
+        self.replication = replication
     }
 
-    /// Connects to `url` (e.g. `nats://127.0.0.1:4222`; several may be given comma-separated). Throws only for
-    /// options cnats refuses (a malformed URL); a server that is down is retried in the background.
+    /// The server URLs in `text`: comma-separated, blanks around them ignored, empty entries dropped
+    /// (`nats://a:4222, nats://b:4222` → two servers). `NATSServers.parse` is the strict version for flags.
+    public static func serverList(_ text: String) -> [String] {
+        text.split(separator: ",").map { entry in
+            String(entry.drop(while: { $0 == " " || $0 == "\t" }).reversed().drop(while: { $0 == " " || $0 == "\t" }).reversed())
+        }.filter { !$0.isEmpty }
+    }
+
+    /// Connects to `url`: one server (`nats://127.0.0.1:4222`) or several, comma-separated (the members of a
+    /// cluster). Throws only for options cnats refuses (a malformed URL, no URL at all); servers that are down are
+    /// retried in the background.
     public static func connect(url: String, name: String, logger: Logger, options: Options = Options()) async throws -> NATSConnection {
+        try await connect(servers: serverList(url), name: name, logger: logger, options: options)
+    }
+
+    /// Connects to one of `servers` (the members of one cluster, or a single server), failing over between them.
+    public static func connect(servers: [String], name: String, logger: Logger, options: Options = Options()) async throws -> NATSConnection {
+        guard !servers.isEmpty else { throw NATSError.invalidArgument("natsOptions_SetServers", "no server URL given") }
+        let url = servers.joined(separator: ",")
         let pool = try BlockingThreadPool(name: "nats-\(name)", threads: options.blockingThreads)
         let events = ConnectionEvents(name: name, logger: logger)
         let eventsID = connectionEventsTable.insert(events)
@@ -71,10 +101,10 @@ public final class NATSConnection: Sendable {
                 guard s == NATS_OK, let opts else { throw NATSError.library("natsOptions_Create", s, connection: nil) }
                 defer { natsOptions_Destroy(opts) }
                 let arena = CArena()
-                let cURL = try arena.string(url, op, what: "the URL")
+                let cServers = try arena.array(of: UnsafePointer<CChar>?.self, count: servers.count, op)
+                for (i, server) in servers.enumerated() { cServers[i] = try arena.string(server, op, what: "a server URL") }
                 let cName = try arena.string(name, op, what: "the connection name")
-                // cnats reads a comma-separated list in SetURL as several servers.
-                s = natsOptions_SetURL(opts, cURL)
+                s = natsOptions_SetServers(opts, cServers, Int32(clamping: servers.count))
                 if s == NATS_OK { s = natsOptions_SetName(opts, cName) }
                 if s == NATS_OK { s = natsOptions_SetMaxReconnect(opts, -1) }
                 if s == NATS_OK { s = natsOptions_SetReconnectWait(opts, max(1, options.reconnectWait.natsMilliseconds)) }
@@ -104,7 +134,8 @@ public final class NATSConnection: Sendable {
             throw error
         }
         let connection = NATSConnection(handle: ConnectionHandle(pointer: result.pointer.pointer, eventsID: eventsID),
-                                        events: events, pool: pool, name: name, url: url)
+                                        events: events, pool: pool, name: name, servers: servers,
+                                        replication: options.replication)
         if result.connected {
             logger.info("connected to NATS", metadata: ["nats.name": "\(name)", "nats.url": "\(connection.connectedURL ?? url)"])
         } else {
@@ -165,7 +196,8 @@ public final class NATSConnection: Sendable {
             throw NATSError.library("natsConnection_JetStream", s, connection: handle.pointer)
         }
         return JetStream(handle: JetStreamHandle(pointer: js, connection: handle, waitersID: waitersID),
-                         connection: self, waiters: waiters, requestTimeout: requestTimeout, publishTimeout: publishTimeout)
+                         connection: self, waiters: waiters, requestTimeout: requestTimeout, publishTimeout: publishTimeout,
+                         replication: replication)
     }
 
     /// Closes the connection: fetches and requests in progress return, publishes awaiting an ack fail with a

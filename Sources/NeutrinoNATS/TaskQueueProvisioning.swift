@@ -2,7 +2,9 @@ import Logging
 import NeutrinoCore
 
 /// Creates (idempotently) what the JetStream path needs: the work-queue stream with a subject per queued pool,
-/// the dead-letter stream, and each pool's durable pull consumer. The gateway provisions every pool of its manifest
+/// the dead-letter and settled streams, and each pool's durable pull consumer. The streams get the JetStream
+/// context's replica count (`JetStream.replication`, from `--stream-replicas`); the consumers inherit their
+/// stream's. The gateway provisions every pool of its manifest
 /// and each worker its own, so whichever starts first, the consumer exists before anyone needs it (KEDA needs it
 /// to exist with zero workers, too).
 public enum TaskQueueProvisioning {
@@ -31,6 +33,7 @@ public enum TaskQueueProvisioning {
                                         filterSubject: QueueLayout.filterSubject(pool: pool), ackWait: ackWait,
                                         maxDeliver: max(1, maxDeliver) + 1)
         }
-        logger.info("JetStream provisioned", metadata: ["pools": "\(pools.keys.sorted().joined(separator: ","))"])
+        logger.info("JetStream provisioned", metadata: ["pools": "\(pools.keys.sorted().joined(separator: ","))",
+                                                         "replicas": "\(js.replication)"])
     }
 }

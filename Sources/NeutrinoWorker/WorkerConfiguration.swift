@@ -34,8 +34,13 @@ public struct WorkerConfiguration: Sendable {
     public var workerID: String
     public var maxBodyBytes: Int
     public var maxQueued: Int
-    /// NATS server URL(s) for `--mode nats`.
+    /// NATS server URL(s) for `--mode nats`, heartbeats and `--task-log nats`: one server, or the members of a
+    /// cluster comma-separated (the connection fails over between them).
     public var natsURL: String?
+    /// `--stream-replicas`: the replica count of the streams this worker provisions (its pool's consumer inherits
+    /// it), reconciled on existing streams; nil: 1 for one server, 3 when several are given, applied to new
+    /// streams only.
+    public var streamReplicas: Int?
     /// The pool consumer's AckWait; `InProgress` heartbeats go out every third of it while a task runs.
     public var ackWait: Duration
     /// How long SIGTERM waits for running tasks before handing them back to the queue.

@@ -35,7 +35,10 @@ public enum Worker {
         let runtime = try PythonRuntime.start(app: configuration.app, paths: configuration.pythonPaths)
         var connection: NATSConnection?
         if let url = configuration.natsURL {
-            connection = try await NATSConnection.connect(url: url, name: configuration.workerID, logger: logger)
+            var options = NATSConnection.Options()
+            options.replication = .forServers(NATSConnection.serverList(url).count, explicit: configuration.streamReplicas)
+            connection = try await NATSConnection.connect(url: url, name: configuration.workerID, logger: logger,
+                                                          options: options)
         }
         let taskLog: (any TaskEventSink)?
         switch configuration.taskLog {

@@ -41,8 +41,11 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(name: .customLong("max-body-bytes"), help: "Largest request body accepted.")
     var maxBodyBytes: Int = 16 << 20
 
-    @Option(help: "NATS server URL, e.g. nats://127.0.0.1:4222: the queue (--mode nats), heartbeats, --task-log nats.")
+    @Option(help: "NATS server URL, e.g. nats://127.0.0.1:4222, or a cluster's members comma-separated (nats://a:4222,nats://b:4222,nats://c:4222): the queue (--mode nats), heartbeats, --task-log nats.")
     var nats: String?
+
+    @Option(name: .customLong("stream-replicas"), help: "JetStream servers keeping each stream this worker provisions (1...5); an existing stream with another count is changed to it. Default: 1 for one --nats server, 3 for several (then applied to new streams only).")
+    var streamReplicas: Int?
 
     @Option(name: .customLong("ack-wait"), help: "Seconds JetStream waits for an ack before redelivering (--mode nats); heartbeats keep running tasks alive.")
     var ackWait: Double = 30
@@ -82,6 +85,13 @@ struct WorkerCommand: AsyncParsableCommand {
         guard TaskSpec.isValidName(pool) else { throw ValidationError("--pool must match [a-z0-9_]+") }
         guard (1...256).contains(concurrency) else { throw ValidationError("--concurrency must be 1...256") }
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535") }
+        if let nats, NATSServers.parse(nats) == nil {
+            throw ValidationError("--nats '\(nats)' must be one URL or several comma-separated (nats://HOST:PORT,...)")
+        }
+        if let streamReplicas {
+            guard nats != nil else { throw ValidationError("--stream-replicas needs --nats") }
+            guard (1...5).contains(streamReplicas) else { throw ValidationError("--stream-replicas must be 1...5") }
+        }
         guard TaskLogTarget(argument: taskLog) != nil else { throw ValidationError("--task-log must be sqlite:PATH, nats or none") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
         if mode == "nats" && nats == nil { throw ValidationError("--mode nats needs --nats URL") }
@@ -108,6 +118,7 @@ struct WorkerCommand: AsyncParsableCommand {
         configuration.maxLeakedThreads = maxLeakedThreads
         configuration.maxTasksPerWorker = maxTasksPerWorker
         configuration.maxRSSMB = maxRSSMB
+        configuration.streamReplicas = streamReplicas
         let restarts = ProcessInfo.processInfo.environment["NEUTRINO_WORKER_RESTARTS"].flatMap(Int.init) ?? 0
         configuration.restarts = min(max(0, restarts), WorkerHeartbeat.maxRestarts)
         logger[metadataKey: "worker_id"] = "\(id)"

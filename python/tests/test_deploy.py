@@ -92,7 +92,9 @@ def test_gpu_pool_named_a100(write_app):
     worker = _get(objects, "Deployment", "worker-a100")
     args = _args(worker)
     assert _flag(args, "--mode") == ["nats"] and _flag(args, "--pool") == ["a100"]
-    assert _flag(args, "--task-log") == ["nats"] and _flag(args, "--nats") == ["nats://nats:4222"]
+    assert _flag(args, "--task-log") == ["nats"] and _flag(args, "--nats") == [
+        "nats://nats-0.nats-headless:4222,nats://nats-1.nats-headless:4222,nats://nats-2.nats-headless:4222"]
+    assert _flag(args, "--stream-replicas") == ["3"]
     assert _flag(args, "--port") == ["8000"] and _flag(args, "--drain-grace") == ["600"]
     pod = worker["spec"]["template"]["spec"]
     assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
@@ -151,7 +153,8 @@ def test_namespace_and_image(write_app):
         {"name": "neutrino", "newName": "registry.local:5000/team/neutrino-ml", "newTag": "2.1"}
     ]
     trigger = _get(rendered.objects(), "ScaledObject", "worker-a100")["spec"]["triggers"][0]
-    assert trigger["metadata"]["natsServerMonitoringEndpoint"] == "nats.ml-prod.svc.cluster.local:8222"
+    # The headless Service: KEDA reaches the consumer's leader as <pod>.nats-headless.ml-prod.svc.cluster.local.
+    assert trigger["metadata"]["natsServerMonitoringEndpoint"] == "nats-headless.ml-prod.svc.cluster.local:8222"
 
 
 @pytest.mark.parametrize(

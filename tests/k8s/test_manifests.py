@@ -6,8 +6,9 @@
    the ScaledObject CRD schema vendored in tests/k8s/schemas/ (also strict).
 3. The shape the design asks for: replicas, autoscalers, probes, drain, security, PDBs, NetworkPolicy, storage.
 4. `k8s/base` is what `neutrino deploy examples/app.py` renders, and its manifest ConfigMap is the example app's.
-5. The real binaries accept each container's command line: nats-server with the rendered nats.conf, the workers
-   and both gateway replicas with their rendered args (addresses rewritten to loopback, paths to a temp dir);
+5. The real binaries accept each container's command line: the three nats-server pods with the rendered nats.conf
+   (forming one JetStream cluster on loopback), the workers and both gateway replicas with their rendered args
+   (addresses rewritten to loopback, paths to a temp dir); the streams are at R3;
    every probe path answers 200 on the declared port; the KEDA stream/consumer names are what the processes
    provision (nats-server's /jsz); a sync and an async task go through the rendered topology.
 """
@@ -153,6 +154,10 @@ def _pod(workload: dict) -> dict:
     return workload["spec"]["template"]["spec"]
 
 
+def _pod_labels(workload: dict) -> dict:
+    return workload["spec"]["template"]["metadata"]["labels"]
+
+
 def _container(workload: dict) -> dict:
     containers = _pod(workload)["containers"]
     assert len(containers) == 1, workload["metadata"]["name"]
@@ -180,9 +185,29 @@ def test_base_topology():
     assert re.search(r"^port: 4222$", conf, re.M) and re.search(r"^http_port: 8222$", conf, re.M)
     assert re.search(r"^jetstream \{", conf, re.M) and "store_dir: /data/jetstream" in conf
     assert [c["metadata"]["name"] for c in nats["spec"]["volumeClaimTemplates"]] == ["data"]
-    assert {p["containerPort"] for p in _container(nats)["ports"]} == {4222, 8222}
+    assert {p["containerPort"] for p in _container(nats)["ports"]} == {4222, 6222, 8222}
     nats_service = one(objs, "Service", "nats")
     assert {p["port"] for p in nats_service["spec"]["ports"]} == {4222, 8222}
+
+    # NATS is a 3-node JetStream cluster: one pod per Kubernetes node, routes by the pods' stable DNS names
+    # (headless Service), a PVC each, started all at once, at most one down by choice.
+    assert nats["spec"]["replicas"] == 3 and nats["spec"]["podManagementPolicy"] == "Parallel"
+    headless = one(objs, "Service", nats["spec"]["serviceName"])
+    assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["publishNotReadyAddresses"] is True
+    assert {p["port"] for p in headless["spec"]["ports"]} >= {4222, 6222, 8222}
+    [anti] = _pod(nats)["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert anti["topologyKey"] == "kubernetes.io/hostname"
+    assert anti["labelSelector"]["matchLabels"].items() <= _pod_labels(nats).items()
+    assert one(objs, "PodDisruptionBudget", "nats")["spec"] == {
+        "maxUnavailable": 1, "selector": {"matchLabels": nats["spec"]["selector"]["matchLabels"]}}
+    pods = [f"nats-{i}.{headless['metadata']['name']}" for i in range(3)]
+    assert re.search(r"^server_name: \$POD_NAME$", conf, re.M), "server_name is the pod name (unique, and KEDA's key)"
+    cluster = re.search(r"^cluster \{(.*?)^\}", conf, re.M | re.S)
+    assert cluster, conf
+    assert re.search(r"^\s*port: 6222$", cluster.group(1), re.M)
+    assert re.findall(r"nats://(\S+):6222", cluster.group(1)) == pods
+    assert re.search(r"^\s*no_advertise: true$", cluster.group(1), re.M)
+    cluster_urls = ",".join(f"nats://{pod}:4222" for pod in pods)
 
     gateway = one(objs, "StatefulSet", "gateway")
     assert gateway["spec"]["replicas"] == 2
@@ -193,7 +218,7 @@ def test_base_topology():
     assert "--events-via-nats" in c["args"]
     assert _arg(c, "--gateway-id") == "$(POD_NAME)"
     assert any(e["name"] == "POD_NAME" and e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name" for e in c["env"])
-    assert _arg(c, "--nats") == "nats://nats:4222"
+    assert _arg(c, "--nats") == cluster_urls and _arg(c, "--stream-replicas") == "3"
     assert _arg(c, "--manifest") == "/etc/neutrino/openapi.json"
     assert _arg(c, "--dashboard-dir") == "/opt/neutrino/dashboard"
     assert _arg(c, "--http-pool") == "fast=http://fast:8000"
@@ -213,8 +238,8 @@ def test_base_topology():
     assert fast["spec"]["replicas"] == 3
     c = _container(fast)
     assert c["command"] == ["neutrino-worker"]
-    assert [_arg(c, f) for f in ("--mode", "--pool", "--host", "--port", "--task-log", "--nats")] == [
-        "http", "fast", "0.0.0.0", "8000", "nats", "nats://nats:4222"]
+    assert [_arg(c, f) for f in ("--mode", "--pool", "--host", "--port", "--task-log", "--nats", "--stream-replicas")] == [
+        "http", "fast", "0.0.0.0", "8000", "nats", cluster_urls, "3"]
     fast_service = one(objs, "Service", "fast")
     assert fast_service["spec"]["ports"][0]["port"] == 8000
     assert fast_service["spec"]["selector"] == fast["spec"]["selector"]["matchLabels"]
@@ -228,8 +253,8 @@ def test_base_topology():
     for pool, low, high, lag in (("async", 1, 50, "10"), ("gpu", 0, 5, "1")):
         deployment = one(objs, "Deployment", f"worker-{pool}")
         c = _container(deployment)
-        assert [_arg(c, f) for f in ("--mode", "--pool", "--task-log", "--host", "--port")] == [
-            "nats", pool, "nats", "0.0.0.0", "8000"]
+        assert [_arg(c, f) for f in ("--mode", "--pool", "--task-log", "--host", "--port", "--nats", "--stream-replicas")] == [
+            "nats", pool, "nats", "0.0.0.0", "8000", cluster_urls, "3"]
         so = one(objs, "ScaledObject", f"worker-{pool}")
         assert so["spec"]["scaleTargetRef"]["name"] == f"worker-{pool}"
         assert (so["spec"]["minReplicaCount"], so["spec"]["maxReplicaCount"]) == (low, high)
@@ -238,9 +263,12 @@ def test_base_topology():
         meta = trigger["metadata"]
         assert meta["stream"] == "NEUTRINO_TASKS" and meta["consumer"] == f"pool_{pool}"
         assert meta["account"] == "$G" and meta["lagThreshold"] == lag
+        # The headless Service: KEDA sees a 3-node cluster in /jsz and reads the consumer's leader, which it reaches
+        # as <server_name>.<this host> = <pod>.nats-headless.neutrino.svc.cluster.local (the pod's own DNS name).
         host, _, port = meta["natsServerMonitoringEndpoint"].rpartition(":")
-        assert host == "nats.neutrino.svc.cluster.local"
-        assert int(port) in {p["port"] for p in nats_service["spec"]["ports"]}
+        assert host == "nats-headless.neutrino.svc.cluster.local"
+        assert int(port) in {p["port"] for p in headless["spec"]["ports"]}
+        assert meta["useHttps"] == "false"
         behavior = so["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
         assert behavior["scaleDown"]["stabilizationWindowSeconds"] == 300
 
@@ -348,6 +376,8 @@ def test_network_policy():
     assert not allowed(nats, 4222, outsider)
     assert not allowed(nats, 4222, namespace="anywhere")
     assert allowed(nats, 8222, namespace="keda"), "KEDA's nats-jetstream scaler reads /jsz"
+    assert allowed(nats, 6222, nats), "the nats nodes route to each other"
+    assert not allowed(nats, 6222, gateway) and not allowed(nats, 6222, namespace="anywhere")
 
 
 def test_dev_overlay():
@@ -355,6 +385,15 @@ def test_dev_overlay():
     assert not find(objs, "ScaledObject") and not find(objs, "HorizontalPodAutoscaler")
     for workload in workloads(objs):
         assert workload["spec"]["replicas"] == 1, workload["metadata"]["name"]
+    # One nats-server, not a cluster: no routes, and every client on that server with its streams at R1.
+    conf = one(objs, "ConfigMap", "nats-config")["data"]["nats.conf"]
+    assert "cluster {" not in conf and "store_dir: /data/jetstream" in conf
+    from neutrino.k8s.objects import nats_conf
+    assert conf == nats_conf(1), "k8s/overlays/dev/single-nats.yaml is nats_conf(1) of python/neutrino/k8s/objects.py"
+    for workload in workloads(objs):
+        c = _container(workload)
+        if c["name"] != "nats":
+            assert (_arg(c, "--nats"), _arg(c, "--stream-replicas")) == ("nats://nats:4222", "1"), workload["metadata"]["name"]
     gpu = one(objs, "Deployment", "worker-gpu")
     assert "nodeSelector" not in _pod(gpu) and "tolerations" not in _pod(gpu)
     assert "nvidia.com/gpu" not in json.dumps(_container(gpu)["resources"])
@@ -379,12 +418,23 @@ def test_hpa_only_overlay():
 
 
 def _same_command_lines(variant: str) -> None:
-    """Overlays change replicas, resources and autoscalers, never a command line (the run test covers the base)."""
+    """Overlays change replicas, resources and autoscalers, never a command line (the run test covers the base),
+    except for the NATS servers a client is given and the streams' replica count (the dev overlay runs one server)."""
+    def normalised(args: list[str] | None) -> list[str] | None:
+        if args is None:
+            return None
+        out = list(args)
+        for flag in ("--nats", "--stream-replicas"):
+            if flag in out:
+                out[out.index(flag) + 1] = "<" + flag + ">"
+        return out
+
     base = {w["metadata"]["name"]: _container(w) for w in workloads(rendered("base"))}
     for workload in workloads(rendered(variant)):
         c = _container(workload)
         b = base[workload["metadata"]["name"]]
-        assert (c.get("command"), c.get("args"), c["ports"]) == (b.get("command"), b.get("args"), b["ports"])
+        assert (c.get("command"), normalised(c.get("args")), c["ports"]) == (
+            b.get("command"), normalised(b.get("args")), b["ports"])
 
 
 # ------------------------------------------------------------------------------ the base is `neutrino deploy`
@@ -489,6 +539,14 @@ class _Pod:
         return int(number)
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def _probe_ok(url: str) -> bool:
     return e2e.http_request("GET", url, timeout=30).status == 200
 
@@ -501,33 +559,61 @@ def test_rendered_pods_run_on_the_real_binaries(launcher, tmp_path):
     work = launcher.new_dir("k8s-run")
     binaries = {"neutrino-gateway": str(e2e.GATEWAY_BIN), "neutrino-worker": str(e2e.WORKER_BIN)}
 
-    # nats-server with the rendered nats.conf (paths into the temp dir; loopback and free ports on the
-    # command line, which override the file's ports).
+    # The nats StatefulSet's pods, each nats-server with the rendered nats.conf: its paths into the pod's own temp
+    # dir, its cluster port and the routes' pod DNS names onto loopback ports picked here (the client and monitoring
+    # ports are free ones on the command line, which override the file's).
     nats_set = one(objs, "StatefulSet", "nats")
     nats_container = _container(nats_set)
-    conf = one(objs, "ConfigMap", "nats-config")["data"]["nats.conf"]
-    conf_path = work / "nats.conf"
-    local_dirs = {"/data/": f"{work}/nats-data/", "/tmp/": f"{work}/nats-tmp/"}
-    (work / "nats-tmp").mkdir()
-    conf_path.write_text(re.sub(r"(?<![\w/])/(data|tmp)/", lambda m: local_dirs[m.group(0)], conf))
     assert nats_container["command"][:2] == ["nats-server", "--config"]
-    nats_argv = [e2e.NATS_SERVER_BIN, "--config", str(conf_path), "-a", "127.0.0.1", "-p", "-1", "-m", "-1"]
-    nats = launcher.spawn("nats-0", nats_argv, env=e2e._server_env({"POD_NAME": "nats-0"}), log_dir=work)
-    e2e.wait_for_output(nats, e2e.NATS_READY_RE, timeout=60)
-    nats_port = int(e2e.wait_for_output(nats, e2e.NATS_CLIENT_PORT_RE, timeout=5).group(1))
-    monitor_port = int(e2e.wait_for_output(nats, e2e.NATS_MONITOR_PORT_RE, timeout=5).group(1))
-    assert "JetStream" in nats.output
-    for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
-        probe = nats_container[kind]["httpGet"]
-        assert {p["name"]: p["containerPort"] for p in nats_container["ports"]}[probe["port"]] == 8222
-        e2e.wait_for(lambda: _probe_ok(f"http://127.0.0.1:{monitor_port}{probe['path']}"), timeout=60,
-                     message=f"nats {kind} {probe['path']}")
+    conf = one(objs, "ConfigMap", "nats-config")["data"]["nats.conf"]
+    replicas = nats_set["spec"]["replicas"]
+    headless = nats_set["spec"]["serviceName"]
+    route_ports = [_free_port() for _ in range(replicas)]
+    nats_nodes = []
+    for ordinal in range(replicas):
+        pod_dir = work / f"nats-{ordinal}"
+        local_dirs = {"/data/": f"{pod_dir}/data/", "/tmp/": f"{pod_dir}/tmp/"}
+        (pod_dir / "tmp").mkdir(parents=True)
+        text = re.sub(r"(?<![\w/])/(data|tmp)/", lambda m: local_dirs[m.group(0)], conf)
+        text = re.sub(r"(?m)^(\s+)port: 6222$", rf"\g<1>listen: 127.0.0.1:{route_ports[ordinal]}", text)
+        text = re.sub(rf"nats-(\d+)\.{re.escape(headless)}:6222", lambda m: f"127.0.0.1:{route_ports[int(m.group(1))]}",
+                      text)
+        conf_path = pod_dir / "nats.conf"
+        conf_path.write_text(text)
+        argv = [e2e.NATS_SERVER_BIN, "--config", str(conf_path), "-a", "127.0.0.1", "-p", "-1", "-m", "-1"]
+        nats_nodes.append((launcher.spawn(f"nats-{ordinal}", argv, env=e2e._server_env({"POD_NAME": f"nats-{ordinal}"}),
+                                          log_dir=work), local_dirs))
+    nats_ports, monitor_ports = [], []
+    for node, _ in nats_nodes:
+        e2e.wait_for_output(node, e2e.NATS_READY_RE, timeout=60)
+        nats_ports.append(int(e2e.wait_for_output(node, e2e.NATS_CLIENT_PORT_RE, timeout=5).group(1)))
+        monitor_ports.append(int(e2e.wait_for_output(node, e2e.NATS_MONITOR_PORT_RE, timeout=5).group(1)))
+        assert "JetStream" in node.output
+    nats, monitor_port = nats_nodes[0][0], monitor_ports[0]
+
+    def jsz(port: int, query: str = "") -> dict:
+        resp = e2e.http_request("GET", f"http://127.0.0.1:{port}/jsz{query}", timeout=30)
+        assert resp.status == 200, resp
+        return resp.json()
+
+    # One cluster: every node knows the same JetStream meta leader, one of the pods.
+    e2e.wait_for(lambda: len({jsz(p).get("meta_cluster", {}).get("leader") for p in monitor_ports}
+                             - {None, ""}) == 1 and all(jsz(p).get("meta_cluster", {}).get("leader")
+                                                         for p in monitor_ports),
+                 timeout=90, message=lambda: f"one meta leader ({[jsz(p).get('meta_cluster') for p in monitor_ports]})")
+    assert jsz(monitor_port)["meta_cluster"]["cluster_size"] == replicas
+    for port in monitor_ports:
+        for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
+            probe = nats_container[kind]["httpGet"]
+            assert {p["name"]: p["containerPort"] for p in nats_container["ports"]}[probe["port"]] == 8222
+            e2e.wait_for(lambda: _probe_ok(f"http://127.0.0.1:{port}{probe['path']}"), timeout=60,
+                         message=f"nats {kind} {probe['path']}")
 
     manifest_map = next(c for c in find(objs, "ConfigMap") if c["metadata"]["name"].startswith("neutrino-manifest"))
     (work / "etc").mkdir()
     (work / "etc" / "openapi.json").write_text(manifest_map["data"]["openapi.json"])
     rewrites = {
-        "nats://nats:4222": f"nats://127.0.0.1:{nats_port}",
+        **{f"nats://nats-{i}.{headless}:4222": f"nats://127.0.0.1:{port}" for i, port in enumerate(nats_ports)},
         "/etc/neutrino/": f"{work}/etc/",
         "/opt/neutrino/dashboard": str(REPO_ROOT / "dashboard"),
         "/opt/neutrino/app/app.py": str(EXAMPLE_APP),  # what the Dockerfile puts there
@@ -599,6 +685,22 @@ def test_rendered_pods_run_on_the_real_binaries(launcher, tmp_path):
         key = f"{meta['account']}/{meta['stream']}"
         e2e.wait_for(lambda: meta["consumer"] in jsz_consumers().get(key, set()), timeout=60,
                      message=lambda: f"consumer {meta['consumer']} of {key} in /jsz (have {jsz_consumers()})")
+    # Every stream at R3, and the pool consumers' leaders are pods: KEDA finds the leader's numbers at
+    # <leader>.<the headless Service>, the leader's own DNS name.
+    def stream_details() -> dict[str, dict]:
+        document = jsz(monitor_port, "?acc=%24G&consumers=true&config=true")
+        return {s["name"]: s for a in document.get("account_details") or [] for s in a.get("stream_detail") or []}
+
+    e2e.wait_for(lambda: {"NEUTRINO_TASKS", "NEUTRINO_DLQ", "NEUTRINO_SETTLED", "NEUTRINO_EVENTS"} <= set(stream_details()),
+                 timeout=60, message=lambda: f"Neutrino's streams (have {sorted(stream_details())})")
+    details = stream_details()
+    for name in ("NEUTRINO_TASKS", "NEUTRINO_DLQ", "NEUTRINO_SETTLED", "NEUTRINO_EVENTS"):
+        assert details[name]["config"]["num_replicas"] == replicas, (name, details[name]["config"])
+    for so in find(objs, "ScaledObject"):
+        consumer = next(c for c in details["NEUTRINO_TASKS"].get("consumer_detail") or []
+                        if c["name"] == so["spec"]["triggers"][0]["metadata"]["consumer"])
+        assert consumer["cluster"]["leader"] in {f"nats-{i}" for i in range(replicas)}, consumer["cluster"]
+
     # The events stream of the cluster task log, with one durable consumer per gateway replica.
     e2e.wait_for(lambda: {f"events_{g.name}" for g in gateways} <= jsz_consumers().get("$G/NEUTRINO_EVENTS", set()),
                  timeout=60, message=lambda: f"NEUTRINO_EVENTS consumers of both gateways (have {jsz_consumers()})")
@@ -629,6 +731,7 @@ def test_rendered_pods_run_on_the_real_binaries(launcher, tmp_path):
             assert proc.wait_exit(timeout=grace) == 0, proc.output[-2000:]
 
     # nats' preStop hook puts the server into lame-duck mode (through its pid file).
+    local_dirs = nats_nodes[0][1]
     prestop = [re.sub(r"(?<![\w/])/(data|tmp)/", lambda m: local_dirs[m.group(0)], a)
                for a in nats_container["lifecycle"]["preStop"]["exec"]["command"]]
     assert prestop[0] == "nats-server"

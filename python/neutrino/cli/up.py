@@ -1,7 +1,7 @@
 """``neutrino up APP``: run the whole app locally (nats-server, workers, gateway) until Ctrl-C.
 
 ``neutrino up APP [--port 8080] [--host 127.0.0.1] [--fast-workers 2] [--queue-workers N] [--concurrency 4]
-[--nats-port 4222] [--state-dir .neutrino] [--bin-dir DIR] [--scale POOL=MIN:MAX[:TARGET[:WINDOW]]]...
+[--nats-port 4222] [--nats-cluster N] [--state-dir .neutrino] [--bin-dir DIR] [--scale POOL=MIN:MAX[:TARGET[:WINDOW]]]...
 [--no-autoscale] [--heartbeat-interval SECONDS]``
 
 The command parses its flags; :func:`neutrino.local.up` does the rest.
@@ -57,6 +57,16 @@ def register(commands: Any) -> argparse.ArgumentParser:
         metavar="PORT",
         help="client port of the local nats-server, started when the app has async or gpu tasks; "
         "a free one is picked when it is busy (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--nats-cluster",
+        type=_cluster_size,
+        default=1,
+        metavar="N",
+        help="nats-server nodes: 1 (default) runs one server; N > 1 runs N nodes on loopback forming one JetStream "
+        "cluster (client ports from --nats-port on, routes between them, stores under STATE_DIR/nats-cluster), "
+        "every process connected to all of them and every stream on 3 nodes (--stream-replicas 3), so one "
+        "node can die without losing a task; 2 is refused (two nodes cannot survive losing either)",
     )
     parser.add_argument(
         "--state-dir",
@@ -128,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
         scale=list(args.scale),
         autoscaling=not args.no_autoscale,
         heartbeat_interval=args.heartbeat_interval,
+        nats_cluster=args.nats_cluster,
     )
     return up(loaded, options, error=error)
 
@@ -136,6 +147,17 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _cluster_size(text: str) -> int:
+    value = int(text)
+    if value == 2:
+        raise argparse.ArgumentTypeError(
+            "2 nodes cannot elect a leader once either is gone: use 1, or 3 or more (3 survives losing one)"
+        )
+    if not 1 <= value <= 9:
+        raise argparse.ArgumentTypeError("must be 1, or 3 to 9")
     return value
 
 

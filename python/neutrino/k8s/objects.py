@@ -20,14 +20,19 @@ from .plan import (
     MANIFEST_DIR,
     MANIFEST_FILE,
     NATS_CLIENT_PORT,
+    NATS_CLUSTER_NAME,
+    NATS_CLUSTER_PORT,
+    NATS_HEADLESS_SERVICE,
     NATS_IMAGE,
     NATS_MONITOR_PORT,
+    NATS_REPLICAS,
     NATS_SERVICE,
     PART_OF,
     PRESTOP_SLEEP_SECS,
     RESOURCES,
     RUN_AS,
     SCALING,
+    STREAM_REPLICAS,
     TASK_STREAM,
     TERMINATION_SLACK_SECS,
     WORKER_PORT,
@@ -41,7 +46,9 @@ __all__ = [
     "GATEWAY_LABELS",
     "WORKER_LABELS",
     "nats_monitoring_endpoint",
+    "nats_pod_host",
     "nats_url",
+    "nats_conf",
     "render_nats",
     "render_gateway",
     "render_pool",
@@ -128,15 +135,28 @@ def _pdb(name: str, selector: Dict[str, str], labels: Dict[str, str], **budget: 
 
 
 def nats_monitoring_endpoint(namespace: str) -> str:
-    """host:port of nats-server's monitoring port as KEDA (in its own namespace) reaches it."""
-    return f"{NATS_SERVICE}.{namespace}.svc.cluster.local:{NATS_MONITOR_PORT}"
+    """host:port of nats-server's monitoring port as KEDA (in its own namespace) reaches it: the headless Service.
+
+    KEDA's nats-jetstream scaler sees ``cluster_size`` 3 in ``/jsz`` and then reads the consumer's numbers from
+    the consumer's leader, which it addresses as ``<server_name>.<this host>`` (``server_name`` is the pod name,
+    so that is the pod's own DNS name); a follower's view of ``num_pending``/``num_ack_pending`` can lag."""
+    return f"{NATS_HEADLESS_SERVICE}.{namespace}.svc.cluster.local:{NATS_MONITOR_PORT}"
 
 
-def nats_url() -> str:
-    return f"nats://{NATS_SERVICE}:{NATS_CLIENT_PORT}"
+def nats_pod_host(ordinal: int) -> str:
+    """The stable DNS name of nats pod ``ordinal`` inside the namespace (``nats-0.nats-headless``)."""
+    return f"{NATS_SERVICE}-{ordinal}.{NATS_HEADLESS_SERVICE}"
 
 
-NATS_CONF = f"""# nats-server configuration (JetStream on the PVC mounted at {DATA_DIR}).
+def nats_url(replicas: int = NATS_REPLICAS) -> str:
+    """``--nats`` of the gateway and the workers: every node of the cluster (the client fails over between them)."""
+    return ",".join(f"nats://{nats_pod_host(i)}:{NATS_CLIENT_PORT}" for i in range(replicas))
+
+
+def nats_conf(replicas: int = NATS_REPLICAS) -> str:
+    """nats.conf of the StatefulSet's pods: with several replicas, one node of a JetStream cluster whose routes
+    are the pods' DNS names."""
+    text = f"""# nats-server configuration (JetStream on the PVC mounted at {DATA_DIR}).
 server_name: $POD_NAME
 pid_file: /tmp/nats.pid
 port: {NATS_CLIENT_PORT}
@@ -150,6 +170,24 @@ jetstream {{
   max_file_store: 8GB
 }}
 """
+    if replicas > 1:
+        routes = "\n".join(f"    nats://{nats_pod_host(i)}:{NATS_CLUSTER_PORT}" for i in range(replicas))
+        text += f"""# One node of a {replicas}-node cluster: routes to every pod by its stable DNS name (its own route is ignored).
+# no_advertise: clients use the --nats list they are given, not pod IPs gossiped by the servers.
+cluster {{
+  name: {NATS_CLUSTER_NAME}
+  port: {NATS_CLUSTER_PORT}
+  routes: [
+{routes}
+  ]
+  connect_retries: 120
+  no_advertise: true
+}}
+"""
+    return text
+
+
+NATS_CONF = nats_conf()
 
 NATS_LABELS = {"app.kubernetes.io/name": "nats", "app.kubernetes.io/component": "queue"}
 GATEWAY_LABELS = {"app.kubernetes.io/name": "neutrino-gateway", "app.kubernetes.io/component": "gateway"}
@@ -176,12 +214,13 @@ def render_nats(options: DeployOptions) -> List[Dict[str, Any]]:
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _metadata("nats-config", NATS_LABELS),
-        "data": {"nats.conf": NATS_CONF},
+        "data": {"nats.conf": nats_conf(NATS_REPLICAS)},
     }
     ports = [
         {"name": "client", "port": NATS_CLIENT_PORT, "targetPort": "client"},
         {"name": "monitor", "port": NATS_MONITOR_PORT, "targetPort": "monitor"},
     ]
+    cluster_port = {"name": "cluster", "port": NATS_CLUSTER_PORT, "targetPort": "cluster"}
     service = {
         "apiVersion": "v1",
         "kind": "Service",
@@ -191,8 +230,14 @@ def render_nats(options: DeployOptions) -> List[Dict[str, Any]]:
     headless = {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata("nats-headless", NATS_LABELS),
-        "spec": {"clusterIP": "None", "publishNotReadyAddresses": True, "selector": dict(NATS_LABELS), "ports": ports},
+        "metadata": _metadata(NATS_HEADLESS_SERVICE, NATS_LABELS),
+        # Not-ready pods too: the routes of a forming cluster must resolve before any node is ready.
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": dict(NATS_LABELS),
+            "ports": [*ports, cluster_port],
+        },
     }
     container = {
         "name": "nats",
@@ -201,10 +246,14 @@ def render_nats(options: DeployOptions) -> List[Dict[str, Any]]:
         "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
         "ports": [
             {"name": "client", "containerPort": NATS_CLIENT_PORT},
+            {"name": "cluster", "containerPort": NATS_CLUSTER_PORT},
             {"name": "monitor", "containerPort": NATS_MONITOR_PORT},
         ],
+        # Started = JetStream is on (a node waiting for its peers is not killed); ready = caught up with the
+        # cluster (/healthz checks the meta leader and every stream and consumer it holds), which is what the
+        # rolling update and the disruption budget wait for before taking the next node down.
         "startupProbe": {
-            "httpGet": {"path": "/healthz", "port": "monitor"},
+            "httpGet": {"path": "/healthz?js-enabled-only=true", "port": "monitor"},
             "periodSeconds": 2,
             "failureThreshold": 90,
         },
@@ -224,13 +273,27 @@ def render_nats(options: DeployOptions) -> List[Dict[str, Any]]:
         "kind": "StatefulSet",
         "metadata": _metadata("nats", NATS_LABELS),
         "spec": {
-            "serviceName": "nats-headless",
-            "replicas": 1,
+            "serviceName": NATS_HEADLESS_SERVICE,
+            "replicas": NATS_REPLICAS,
+            # All pods at once: a node only turns ready once the cluster has a quorum, so an ordered start-up
+            # would wait for nats-0 forever.
+            "podManagementPolicy": "Parallel",
             "selector": {"matchLabels": dict(NATS_LABELS)},
             "template": {
                 "metadata": {"labels": dict(NATS_LABELS)},
                 "spec": {
                     "automountServiceAccountToken": False,
+                    # One node per Kubernetes node: losing a machine costs one replica of each stream, never two.
+                    "affinity": {
+                        "podAntiAffinity": {
+                            "requiredDuringSchedulingIgnoredDuringExecution": [
+                                {
+                                    "labelSelector": {"matchLabels": dict(NATS_LABELS)},
+                                    "topologyKey": "kubernetes.io/hostname",
+                                }
+                            ]
+                        }
+                    },
                     "securityContext": _pod_security(),
                     "terminationGracePeriodSeconds": 60,
                     "containers": [container],
@@ -253,6 +316,7 @@ def _gateway_args(plans: Sequence[PoolPlan]) -> List[str]:
         "--events-via-nats",
         "--gateway-id", "$(POD_NAME)",
         "--nats", nats_url(),
+        "--stream-replicas", str(STREAM_REPLICAS),
         "--manifest", f"{MANIFEST_DIR}/{MANIFEST_FILE}",
         "--dashboard-dir", DASHBOARD_DIR,
     ]  # fmt: skip
@@ -338,7 +402,7 @@ def render_gateway(plans: Sequence[PoolPlan], options: DeployOptions) -> List[Di
 
 def _worker_args(plan: PoolPlan, options: DeployOptions) -> List[str]:
     args = ["--mode", "http" if plan.mode == "sync" else "nats", "--pool", plan.name, "--app", options.app_in_image]
-    args += ["--task-log", "nats", "--nats", nats_url()]
+    args += ["--task-log", "nats", "--nats", nats_url(), "--stream-replicas", str(STREAM_REPLICAS)]
     args += ["--host", "0.0.0.0", "--port", str(WORKER_PORT)]
     args += ["--concurrency", str(CONCURRENCY[plan.mode]), "--worker-id", "$(POD_NAME)"]
     args += ["--drain-grace", str(plan.drain_secs), "--log-format", "json"]
@@ -450,6 +514,7 @@ def render_pool(plan: PoolPlan, options: DeployOptions) -> List[Dict[str, Any]]:
                                 "consumer": plan.consumer,
                                 "lagThreshold": str(target),
                                 "activationLagThreshold": "0",
+                                "useHttps": "false",
                             },
                         }
                     ],
@@ -494,13 +559,14 @@ def render_network_policies(plans: Sequence[PoolPlan]) -> List[Dict[str, Any]]:
                 {"from": [namespace("monitoring")], "ports": [{"protocol": "TCP", "port": WORKER_PORT}]},
             ],
         ),
-        # NATS: clients are the gateway and the workers; the monitoring port also serves KEDA's scaler
-        # (namespace "keda") and Prometheus exporters (namespace "monitoring").
+        # NATS: clients are the gateway and the workers; the nodes route to each other; the monitoring port also
+        # serves KEDA's scaler (namespace "keda") and Prometheus exporters (namespace "monitoring").
         policy(
             "nats-ingress",
             {"matchLabels": {"app.kubernetes.io/component": "queue"}},
             [
                 {"from": [gateway_pods, worker_pods], "ports": [{"protocol": "TCP", "port": NATS_CLIENT_PORT}]},
+                {"from": [pods(NATS_LABELS)], "ports": [{"protocol": "TCP", "port": NATS_CLUSTER_PORT}]},
                 {
                     "from": [gateway_pods, namespace("keda"), namespace("monitoring")],
                     "ports": [{"protocol": "TCP", "port": NATS_MONITOR_PORT}],

@@ -27,7 +27,16 @@ GATEWAY_PORT = 8080
 WORKER_PORT = 8000
 NATS_CLIENT_PORT = 4222
 NATS_MONITOR_PORT = 8222
+NATS_CLUSTER_PORT = 6222
 NATS_SERVICE = "nats"
+#: The headless Service of the nats StatefulSet: stable per-pod DNS names (nats-0.nats-headless) for the cluster
+#: routes, the clients' server list and KEDA's per-node queries.
+NATS_HEADLESS_SERVICE = "nats-headless"
+#: nats-server pods: a 3-node JetStream cluster, which keeps working (and loses nothing) with one node down.
+NATS_REPLICAS = 3
+NATS_CLUSTER_NAME = "neutrino"
+#: Servers keeping each stream (--stream-replicas of the gateway and the workers).
+STREAM_REPLICAS = 3
 TASK_STREAM = "NEUTRINO_TASKS"
 
 GATEWAY_REPLICAS = 2

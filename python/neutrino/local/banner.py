@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from typing import Any, Dict, List, Optional
 
@@ -59,9 +60,17 @@ def banner(
             )
         )
     if nats is not None:
-        lines.append(f"  nats        {nats.url}   (JetStream store in {nats.store_dir})")
-        lines.append(f"  monitoring  {nats.monitor_url}/jsz   (streams, consumers, queue depth)")
-    lines.append(f"  state       {state_dir} (openapi.json, tasks.db{', nats/' if nats is not None else ''})")
+        if nats.size > 1:
+            lines.append(
+                f"  nats        {nats.size}-node JetStream cluster, streams at R{nats.stream_replicas}: {nats.url}"
+                f"   (stores in {nats.store_dir})"
+            )
+            lines.append(f"  monitoring  {'/jsz, '.join(nats.monitor_urls)}/jsz   (streams, consumers, queue depth)")
+        else:
+            lines.append(f"  nats        {nats.url}   (JetStream store in {nats.store_dir})")
+            lines.append(f"  monitoring  {nats.monitor_url}/jsz   (streams, consumers, queue depth)")
+    nats_dir = f", {os.path.basename(nats.store_dir)}/" if nats is not None else ""
+    lines.append(f"  state       {state_dir} (openapi.json, tasks.db{nats_dir})")
 
     specs = list(app.tasks.values())
     sync_specs = [spec for spec in specs if spec.execution_mode == "sync"]

@@ -45,6 +45,8 @@ class UpOptions:
     scale: Sequence[autoscale.ScaleSpec] = ()
     autoscaling: bool = True
     heartbeat_interval: Optional[float] = None
+    #: nats-server nodes: 1 (a single server), or N forming a JetStream cluster on loopback with replicated streams.
+    nats_cluster: int = 1
 
 
 def _print_error(message: str) -> None:
@@ -102,7 +104,8 @@ def up(loaded: LoadedApp, options: UpOptions, error: Callable[[str], None] = _pr
     app_spec = absolute_app_spec(loaded.spec)
     worker_names = {pool: [f"{pool}-{i}" for i in range(1, options.fast_workers + 1)] for pool in sync_pools}
     most = {pool: (policies[pool].max if autoscaling else initial[pool]) for pool in queued_pools}
-    names = ["gateway", "nats"] + [n for ns in worker_names.values() for n in ns]
+    names = ["gateway", "nats"] + [f"nats-{i}" for i in range(1, options.nats_cluster + 1)]
+    names += [n for ns in worker_names.values() for n in ns]
     names += [f"{pool}-{most[pool] + 1}" for pool in queued_pools]
 
     supervisor = Supervisor(prefix_width=max(len(name) for name in names))
@@ -112,12 +115,12 @@ def up(loaded: LoadedApp, options: UpOptions, error: Callable[[str], None] = _pr
     try:
         nats: Optional[NatsServer] = None
         if nats_binary is not None:
-            nats = start_nats(supervisor, nats_binary, options.nats_port, state_dir)
+            nats = start_nats(supervisor, nats_binary, options.nats_port, state_dir, cluster=options.nats_cluster)
+        nats_args = nats.client_args() if nats is not None else []
 
         common = ["--app", app_spec, "--concurrency", str(options.concurrency), "--task-log", task_log]
         common += ["--python-path", sdk_path()]
-        if nats is not None:
-            common += ["--nats", nats.url]  # heartbeats (and, for NATS workers, the queue)
+        common += nats_args  # heartbeats (and, for NATS workers, the queue)
         if options.heartbeat_interval is not None:
             common += ["--heartbeat-interval", f"{options.heartbeat_interval:g}"]
         workers: Dict[str, List[Child]] = {}
@@ -148,8 +151,7 @@ def up(loaded: LoadedApp, options: UpOptions, error: Callable[[str], None] = _pr
         gateway_argv = [gateway_binary, "--manifest", manifest_path]
         for pool, urls in pool_urls.items():
             gateway_argv += ["--http-pool", f"{pool}={','.join(urls)}"]
-        if nats is not None:
-            gateway_argv += ["--nats", nats.url]
+        gateway_argv += nats_args
         gateway_argv += ["--task-log", task_log, "--host", options.host, "--port", str(options.port)]
         for spec in options.scale:
             gateway_argv += ["--scale", spec.argument()]
