@@ -68,7 +68,9 @@ public func buildGateway(_ configuration: GatewayConfiguration, logger: Logger) 
         logger: logger)
 
     let router = Router()
-    // Hummingbird applies a middleware to the routes added after it: count every route.
+    // Hummingbird applies a middleware to the routes added after it. First the one error shape for what no handler
+    // answers (404, 405, an unreadable request target), then the request counter.
+    router.add(middleware: ErrorBodyMiddleware(routes: gatewayRoutes))
     router.add(middleware: RequestMetricsMiddleware())
     let submitter = TaskSubmitter(components: components)
     let operations = OperationsController(components: components)
@@ -100,6 +102,14 @@ public func buildGateway(_ configuration: GatewayConfiguration, logger: Logger) 
     return makeApplication(router: router, host: configuration.host, port: configuration.port,
                            serverName: "neutrino-gateway", services: services, logger: logger)
 }
+
+/// Every route the controllers add (what `ErrorBodyMiddleware` answers 405 for when the method differs). A test checks
+/// that each one is served.
+let gatewayRoutes = RouteTable([
+    (.get, "/healthz"), (.get, "/readyz"), (.get, "/openapi.json"), (.get, "/pools"), (.get, "/metrics"),
+    (.post, "/api/:task"),
+    (.get, "/tasks"), (.get, "/tasks/:id"), (.delete, "/tasks/:id"), (.post, "/tasks/:id/retry"), (.get, "/events"),
+])
 
 /// The manifest `neutrino openapi APP` wrote.
 func readManifest(_ path: String) throws -> Manifest {

@@ -203,11 +203,11 @@ struct TasksController: Sendable {
         do { args = try JSONParser.parse(Array((record.args ?? "{}").utf8)) } catch {
             return .error(.notRetryable, "the stored arguments of \(id) are not valid JSON")
         }
-        let issues = manifest.validate(args: args, for: task)
-        guard issues.isEmpty else {
-            return .error(.notRetryable, "the stored arguments no longer match the schema of '\(record.function)': \(issues[0])")
+        let conformance = manifest.conform(args: args, for: task)
+        if let issue = conformance.issues.items.first {
+            return .error(.notRetryable, "the stored arguments no longer match the schema of '\(record.function)': \(issue)")
         }
-        var response = await submitter.submit(spec: task.spec, args: args, retryOf: id)
+        var response = await submitter.submit(spec: task.spec, args: conformance.value, retryOf: id)
         response.headers[Self.retryOf] = id
         return response
     }
