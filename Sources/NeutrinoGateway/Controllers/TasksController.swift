@@ -54,7 +54,12 @@ struct TasksController: Sendable {
                 return .error(.taskNotFound, "no task with id \(rawID)")
             }
             if !record.status.isTerminal && waitSeconds > 0 {
-                await waiters.waitForTerminal(id: id, timeout: .milliseconds(Int64(waitSeconds * 1000)))
+                let outcome = await waiters.waitForTerminal(id: id, timeout: .nanoseconds(Int64(waitSeconds * 1e9)))
+                if case .full(let limit) = outcome {
+                    HTTPRejections.count("long_poll_waiters")
+                    return .error(.overloaded, "\(limit) long polls are waiting (--max-long-poll-waiters); poll without wait= or retry later",
+                                  headers: [.retryAfter: "1"])
+                }
                 if let fresh = try await reader.recordWithEvents(id: id) { (record, events) = fresh }
             }
             var w = JSONWriter(capacity: 1024)
@@ -214,17 +219,35 @@ struct TasksController: Sendable {
 
     // MARK: Live feed
 
-    /// `GET /events`: Server-Sent Events, one per committed lifecycle event (see EventFeed).
+    /// `GET /events`: Server-Sent Events, one per committed lifecycle event (see EventFeed). 503 with Retry-After
+    /// when `--max-sse-subscribers` streams are open.
     func eventStream(_ request: Request) async -> Response {
         guard let feed = components.feed else { return .noTaskLog }
-        let lastID = request.headers[Self.lastEventID].flatMap { Int64($0) }
-            ?? request.uri.queryParameters.get("last_event_id").flatMap { Int64($0) }
-        let stream = await feed.subscribe(lastEventID: lastID)
+        let header = request.headers[Self.lastEventID]
+        let query = request.uri.queryParameters.get("last_event_id")
+        var lastID: Int64?
+        if let text = header ?? query, !text.isEmpty {
+            guard let id = Int64(text), id >= 0 else {
+                return .error(.badRequest, "Last-Event-ID must be a non-negative integer (an event id)")
+            }
+            lastID = id
+        }
+        let subscription: EventFeed.Subscription
+        do { subscription = try await feed.subscribe(lastEventID: lastID) } catch {
+            switch error {
+            case .full(let limit):
+                HTTPRejections.count("sse_subscribers")
+                return .error(.overloaded, "\(limit) live-feed streams are open (--max-sse-subscribers); retry later",
+                              headers: [.retryAfter: "5"])
+            case .unavailable(let reason):
+                return .error(.taskLogUnavailable, reason, headers: [.retryAfter: "1"])
+            }
+        }
         return Response(
             status: .ok,
             headers: [.contentType: "text/event-stream", .cacheControl: "no-cache", Self.accelBuffering: "no"],
             body: ResponseBody { writer in
-                for await chunk in stream.cancelOnGracefulShutdown() {
+                for await chunk in subscription.cancelOnGracefulShutdown() {
                     try await writer.write(ByteBuffer(bytes: chunk))
                 }
                 try await writer.finish(nil)
