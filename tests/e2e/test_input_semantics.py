@@ -141,6 +141,16 @@ def test_wrong_method_is_405_with_allow(cluster: Cluster):
     assert set(resp.headers.get("allow", "").split(", ")) == {"GET", "DELETE"}, resp.headers
 
 
+def test_list_omits_bodies_unless_asked(cluster: Cluster):
+    made = cluster.post("echo", {"x": 5, "label": "listed"}).json()
+    page = cluster.get("/tasks?function=echo&limit=5").json()
+    assert page["tasks"] and all("args" not in t and "result" not in t and "error" not in t for t in page["tasks"]), page
+    page = cluster.get("/tasks?function=echo&limit=50&fields=args,result").json()
+    mine = [t for t in page["tasks"] if t["task_id"] == made["task_id"]]
+    assert mine and mine[0]["args"] == {"x": 5, "label": "listed"} and "error" not in mine[0], mine
+    assert_error_body(cluster.get("/tasks?fields=secrets"), 400, "BadRequest")
+
+
 def test_invalid_json_nesting_is_400(cluster: Cluster):
     deep = b'{"args": {"x": 1, "label": ' + b"[" * 5000 + b"]" * 5000 + b"}}"
     assert_error_body(_post_raw(cluster, "echo", deep), 400, "MalformedJSON")

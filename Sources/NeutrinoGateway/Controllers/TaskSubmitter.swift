@@ -210,6 +210,12 @@ struct TaskSubmitter: Sendable {
             case .noWorkerAvailable(let reason):
                 return fail(.noWorkerAvailable, .failed, "no worker of pool '\(spec.pool)' is reachable (\(reason))",
                             headers: [.retryAfter: "1"])
+            case .answerTooLarge(let limit):
+                // The task ran and its worker recorded the outcome; only the answer is too big to relay.
+                record(nil)
+                return .error(.workerAnswerTooLarge,
+                              "the worker's answer is larger than \(limit) bytes (--max-worker-answer-bytes); the outcome is at GET /tasks/\(taskID)",
+                              headers: [NeutrinoHeader.taskID: taskID]) { w in w.key("task_id"); w.string(taskID) }
             }
         }
         // Record the outcome the caller is about to see, so GET /tasks/<id> right after this answer shows it.

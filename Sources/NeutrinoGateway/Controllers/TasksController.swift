@@ -112,23 +112,66 @@ struct TasksController: Sendable {
             guard TaskID.isValid(b) else { return .error(.badRequest, "before must be a task id") }
             filter.before = b.lowercased()
         }
+        var bodies: TaskBodies = []
+        if let f = query.get("fields"), !f.isEmpty {
+            for name in f.split(separator: ",") {
+                guard let body = TaskBodies.names.first(where: { $0.0 == name })?.1 else {
+                    return .error(.badRequest, "fields is a comma-separated list of args, result, error")
+                }
+                bodies.insert(body)
+            }
+        }
         await components.taskLog?.flush()
         do {
             let records = try await reader.list(filter)
-            var w = JSONWriter(capacity: 512 * max(1, records.count))
-            w.beginObject()
-            w.key("tasks")
-            w.beginArray()
-            for r in records { w.task(r) }
-            w.endArray()
-            w.key("next_before")
-            w.stringOrNull(records.count == filter.limit ? records.last?.id : nil)
-            w.endObject()
-            return .json(.ok, w.bytes)
+            return .json(.ok, Self.page(records, limit: filter.limit, bodies: bodies, maxBytes: components.configuration.maxListBytes))
         } catch {
             components.logger.error("task log read failed", metadata: ["error": "\(error)"])
             return .error(.taskLogUnavailable, "\(error)")
         }
+    }
+
+    /// `{"tasks":[…],"next_before":…}`. Without `fields=`, records leave out their args, result and error. The
+    /// body stops before `maxBytes`: a page cut short says `"truncated":true` and continues at `next_before` (a
+    /// record too big on its own comes without its bodies, `"bodies_omitted":true`).
+    static func page(_ records: [TaskRecord], limit: Int, bodies: TaskBodies, maxBytes: Int) -> [UInt8] {
+        var items: [[UInt8]] = []
+        var size = 64
+        var truncated = false
+        for r in records {
+            var one = JSONWriter(capacity: 512)
+            one.task(r, bodies: bodies)
+            if size + one.bytes.count + 1 > maxBytes {
+                if items.isEmpty {
+                    // Alone over the limit: without its bodies, so the walk goes on.
+                    var bare = JSONWriter(capacity: 512)
+                    bare.task(r, bodies: [])
+                    var marked = bare.bytes
+                    if !bodies.isEmpty {
+                        marked.removeLast()
+                        marked.append(contentsOf: Array(#","bodies_omitted":true}"#.utf8))
+                    }
+                    items.append(marked)
+                    size += marked.count + 1
+                }
+                truncated = true
+                break
+            }
+            items.append(one.bytes)
+            size += one.bytes.count + 1
+        }
+        let included = records.prefix(items.count)
+        var w = JSONWriter(capacity: size + 64)
+        w.beginObject()
+        w.key("tasks")
+        w.beginArray()
+        for item in items { w.raw(item) }
+        w.endArray()
+        w.key("next_before")
+        w.stringOrNull(truncated || records.count == limit ? included.last?.id : nil)
+        if truncated { w.key("truncated"); w.bool(true) }
+        w.endObject()
+        return w.bytes
     }
 
     /// `2026-12-01T10:00:00Z`, with or without milliseconds, or epoch milliseconds.
