@@ -32,6 +32,9 @@ from conftest import (
     wait_for,
 )
 
+# Its gateways use their own SQLite task log in both task-log modes: one run is enough.
+pytestmark = pytest.mark.sqlite_task_log_only("the hostile suite does not depend on the task-log mode")
+
 HEADER_TIMEOUT_S = 1
 BODY_TIMEOUT_S = 2
 SOCKET_BOUND_S = 60  # no answer within this is a failure, not a measurement

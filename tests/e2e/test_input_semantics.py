@@ -155,3 +155,10 @@ def test_invalid_json_nesting_is_400(cluster: Cluster):
     deep = b'{"args": {"x": 1, "label": ' + b"[" * 5000 + b"]" * 5000 + b"}}"
     assert_error_body(_post_raw(cluster, "echo", deep), 400, "MalformedJSON")
     assert json.loads(cluster.get("/healthz").body)["status"] == "ok"
+
+
+def test_args_are_required_as_the_manifest_says(cluster: Cluster):
+    """The manifest's request schema requires `args` (found by the fuzzer: `{}` ran the task)."""
+    body = assert_error_body(_post_raw(cluster, "whoami", b"{}"), 422, "InvalidArguments")
+    assert [d["path"] for d in body["error"]["details"]] == ["args"], body
+    assert _post_raw(cluster, "whoami", b'{"args": {}}').status == 200

@@ -27,7 +27,11 @@ struct SubmitController: Sendable {
         guard case .object(let members) = document else {
             return .error(.malformedJSON, "the body must be a JSON object {\"args\": {...}}")
         }
+        // The manifest's request schema requires `args` (what /openapi.json tells clients): a body without it is 422.
         var conformance = manifest.conform(args: members["args"] ?? .object([:]), for: task, limit: Self.maxIssues)
+        if members["args"] == nil {
+            conformance.issues.append(.init(path: "args", message: "missing required field 'args' (the body is {\"args\": {...}})"))
+        }
         for key in members.keys.sorted() where key != "args" {
             let shown = ArgumentSchema.abbreviate(key)
             conformance.issues.append(.init(path: shown, message: "unexpected field '\(shown)' (the body is {\"args\": {...}})"))
