@@ -11,7 +11,7 @@ APP ?= examples/app.py
 PORT ?= 8080
 SWIFT_BUILD_FLAGS ?=
 
-.PHONY: up test bench deps debs browser-deps venv build build-release swift-test python-test e2e-test lint format clean
+.PHONY: up test bench deps debs browser-deps venv build build-release swift-test python-test e2e-test fuzz-test soak lint format clean
 
 debs:
 	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -92,11 +92,28 @@ e2e-test:
 	NEUTRINO_E2E_TASK_LOG=nats NEUTRINO_BIN_DIR=$(CURDIR)/.build/debug $(PY) -m pytest -q tests/e2e \
 		$(foreach f,$(E2E_NATS_IGNORE),--ignore=tests/e2e/$(f))
 
+# Property-based fuzzing of a real gateway from its own /openapi.json (schemathesis, FUZZ_EXAMPLES per operation and
+# generation mode); the wire-level hostile suite (tests/e2e/test_hostile_wire.py) runs in e2e-test.
+FUZZ_EXAMPLES ?= 25
+
+fuzz-test:
+	NEUTRINO_FUZZ=1 NEUTRINO_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) NEUTRINO_BIN_DIR=$(CURDIR)/.build/debug \
+		$(PY) -m pytest -q tests/e2e/test_fuzz_schemathesis.py
+
 test: deps browser-deps k8s-deps
 	$(MAKE) swift-test
 	$(MAKE) python-test
 	$(MAKE) e2e-test
+	$(MAKE) fuzz-test
 	$(MAKE) k8s-test
+
+# Not part of `make test`: SOAK_MINUTES of mixed load while workers are SIGKILLed and nats-server and the gateway
+# restarted, then an exact account (tests/soak/soak.py).
+SOAK_MINUTES ?= 10
+
+soak: build venv
+	SOAK_MINUTES=$(SOAK_MINUTES) NEUTRINO_BIN_DIR=$(CURDIR)/.build/debug PYTHONPATH=$(CURDIR)/python \
+		$(PY) tests/soak/soak.py
 
 bench: build-release
 	PYTHON=$(CURDIR)/$(PY) BENCH_SKIP_BUILD=1 bash bench/run.sh

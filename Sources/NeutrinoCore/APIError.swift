@@ -10,6 +10,12 @@ public enum APIError: String, Sendable, CaseIterable {
     case malformedJSON = "MalformedJSON"
     case invalidArguments = "InvalidArguments"
     case payloadTooLarge = "PayloadTooLarge"
+    /// The request (its head or body) did not arrive within the server's time limit.
+    case requestTimeout = "RequestTimeout"
+    /// The request's header section is larger than the server accepts.
+    case headersTooLarge = "HeadersTooLarge"
+    /// An Idempotency-Key was sent again with different arguments (or for another task) within its window.
+    case idempotencyKeyReused = "IdempotencyKeyReused"
     case routeNotFound = "NotFound"
     case methodNotAllowed = "MethodNotAllowed"
     case unknownTask = "UnknownTask"
@@ -23,9 +29,13 @@ public enum APIError: String, Sendable, CaseIterable {
     case noWorkerAvailable = "NoWorkerAvailable"
     case workerUnavailable = "WorkerUnavailable"
     case workerCrashed = "WorkerCrashed"
+    /// The worker's answer was larger than the gateway reads; the task's outcome is in the task log.
+    case workerAnswerTooLarge = "WorkerAnswerTooLarge"
     case queueUnavailable = "QueueUnavailable"
     case taskLogUnavailable = "TaskLogUnavailable"
     case notReady = "NotReady"
+    /// A bounded resource of the server is full (long-poll waiters, live-feed streams, connections); retry later.
+    case overloaded = "Overloaded"
     // How a task ended other than by its own exception.
     case timeout = "TimeoutError"
     case cancelled = "Cancelled"
@@ -43,12 +53,14 @@ public enum APIError: String, Sendable, CaseIterable {
         case .badRequest, .malformedJSON: 400
         case .routeNotFound, .unknownTask, .taskNotFound: 404
         case .methodNotAllowed: 405
+        case .requestTimeout: 408
         case .taskFinished, .notCancellable, .notRetryable: 409
         case .payloadTooLarge: 413
-        case .invalidArguments: 422
+        case .headersTooLarge: 431
+        case .invalidArguments, .idempotencyKeyReused: 422
         case .notSupported: 501
-        case .workerCrashed: 502
-        case .noWorkerAvailable, .workerUnavailable, .queueUnavailable, .taskLogUnavailable, .notReady: 503
+        case .workerCrashed, .workerAnswerTooLarge: 502
+        case .noWorkerAvailable, .workerUnavailable, .queueUnavailable, .taskLogUnavailable, .notReady, .overloaded: 503
         case .timeout: 504
         case .cancelled, .resultNotSerializable, .resultTooLarge, .errorTooLarge, .memoryError: 500
         }

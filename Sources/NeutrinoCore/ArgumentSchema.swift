@@ -74,74 +74,226 @@ public indirect enum ArgumentSchema: Sendable, Hashable {
 
     public static let refPrefix = "#/components/schemas/"
 
+    /// Where in the document a value is: built as the checker descends, rendered as text (`args.points[2].x`) only
+    /// for the issues that are reported.
+    indirect enum Location: Sendable {
+        case root(String)
+        case key(Location, String)
+        case index(Location, Int)
+
+        var text: String {
+            switch self {
+            case .root(let name): name
+            case .key(let parent, let key): parent.text + "." + ArgumentSchema.abbreviate(key)
+            case .index(let parent, let i): parent.text + "[\(i)]"
+            }
+        }
+    }
+
+    /// The issues found in a document: the first `limit` kept with their path, every one counted.
+    public struct Issues: Sendable {
+        public private(set) var items: [Issue] = []
+        /// How many issues were found in all (`items` holds the first `limit`).
+        public private(set) var count = 0
+        public let limit: Int
+        /// Stop looking once `limit` issues are found (trial matches of `anyOf` branches).
+        let stopEarly: Bool
+
+        public init(limit: Int = 20) {
+            self.limit = max(1, limit)
+            self.stopEarly = false
+        }
+
+        init(limit: Int, stopEarly: Bool) {
+            self.limit = max(1, limit)
+            self.stopEarly = stopEarly
+        }
+
+        public var isEmpty: Bool { count == 0 }
+        var saturated: Bool { stopEarly && count >= limit }
+
+        public mutating func append(_ issue: Issue) {
+            count += 1
+            if items.count < limit { items.append(issue) }
+        }
+
+        mutating func add(_ location: Location, _ message: @autoclosure () -> String) {
+            count += 1
+            if items.count < limit { items.append(Issue(path: location.text, message: message())) }
+        }
+
+        mutating func merge(_ other: Issues) {
+            for issue in other.items { append(issue) }
+            count += other.count - other.items.count
+        }
+    }
+
+    /// A document checked against the schema: the issues, and the value to forward (identical to the input except
+    /// that a whole number given for an `integer` is written as an integer literal: `1e3` and `1000.0` become `1000`).
+    public struct Conformance: Sendable {
+        public var value: JSONValue
+        public var issues: Issues
+    }
+
+    /// Checks `value`, keeping the first `limit` issues; see `Conformance`.
+    ///
+    /// Besides the schema, every number anywhere in the document must reach Python as written: an integer literal
+    /// (no fraction or exponent, which Python reads as `int`) must fit 64 bits, and any other number (read as a
+    /// `float`) must be finite.
+    public func conform(_ value: JSONValue, at path: String = "args", definitions: [String: ArgumentSchema] = [:],
+                        limit: Int = 20) -> Conformance {
+        var issues = Issues(limit: limit)
+        ArgumentSchema.checkNumbers(value, at: .root(path), &issues)
+        let conformed = walk(value, at: .root(path), definitions, &issues, depth: 0)
+        return Conformance(value: conformed, issues: issues)
+    }
+
     /// Every issue (up to `limit`) that makes `value` not match; empty when it matches.
     public func validate(_ value: JSONValue, at path: String = "args",
                          definitions: [String: ArgumentSchema] = [:], limit: Int = 20) -> [Issue] {
-        var issues: [Issue] = []
-        check(value, path: path, definitions: definitions, issues: &issues, limit: limit, depth: 0)
-        return issues
+        conform(value, at: path, definitions: definitions, limit: limit).issues.items
     }
 
-    private func check(_ value: JSONValue, path: String, definitions: [String: ArgumentSchema],
-                       issues: inout [Issue], limit: Int, depth: Int) {
-        guard issues.count < limit else { return }
-        guard depth < 64 else { issues.append(Issue(path: path, message: "schema nesting too deep")); return }
-        switch self {
-        case .anything: return
-        case .nothing: issues.append(Issue(path: path, message: "no value is allowed here")); return
-        case .node(let n):
-            if let ref = n.ref {
-                guard let target = definitions[ref] else {
-                    issues.append(Issue(path: path, message: "schema '\(ref)' is not defined in the manifest"))
-                    return
+    static let integerRange = "\(JSONNumber.minInteger) to \(JSONNumber.maxInteger)"
+
+    /// Numbers Python would not receive as written: integer literals beyond 64 bits, floats that overflow.
+    static func checkNumbers(_ value: JSONValue, at location: Location, _ issues: inout Issues) {
+        switch value {
+        case .number(let text):
+            if JSONNumber.isIntegerLiteral(text) {
+                if case .integerOutOfRange = JSONNumber.classify(text) {
+                    issues.add(location, "integer \(abbreviate(text)) is outside the 64-bit range (\(integerRange))")
                 }
-                target.check(value, path: path, definitions: definitions, issues: &issues, limit: limit, depth: depth + 1)
+            } else if !JSONNumber.isFiniteDouble(text) {
+                issues.add(location, "number \(abbreviate(text)) is too large for a 64-bit float (it would be infinite)")
             }
-            if let types = n.types, !ArgumentSchema.matches(value, types: types) {
+        case .array(let items):
+            for (i, item) in items.enumerated() { checkNumbers(item, at: .index(location, i), &issues) }
+        case .object(let members):
+            for key in members.keys.sorted() {
+                if let v = members[key] { checkNumbers(v, at: .key(location, key), &issues) }
+            }
+        case .null, .bool, .string:
+            return
+        }
+    }
+
+    private func walk(_ input: JSONValue, at location: Location, _ definitions: [String: ArgumentSchema],
+                      _ issues: inout Issues, depth: Int) -> JSONValue {
+        if issues.saturated { return input }
+        guard depth < 64 else { issues.add(location, "schema nesting too deep"); return input }
+        guard case .node(let n) = self else {
+            if case .nothing = self { issues.add(location, "no value is allowed here") }
+            return input
+        }
+        var value = input
+        if let ref = n.ref {
+            guard let target = definitions[ref] else {
+                issues.add(location, "schema '\(ref)' is not defined in the manifest")
+                return value
+            }
+            value = target.walk(value, at: location, definitions, &issues, depth: depth + 1)
+        }
+        if let types = n.types {
+            guard ArgumentSchema.matches(value, types: types) else {
                 let expected = types.sorted().joined(separator: " or ")
-                issues.append(Issue(path: path, message: "expected \(expected), got \(value.schemaTypeName)"))
-                return
+                issues.add(location, "expected \(expected), got \(value.schemaTypeName)")
+                return value
             }
-            if let e = n.enumValues, !e.contains(where: { ArgumentSchema.equal($0, value) }) {
-                issues.append(Issue(path: path, message: "must be one of \(e.map(\.jsonText).joined(separator: ", "))"))
-            }
-            if let c = n.constValue, !ArgumentSchema.equal(c, value) {
-                issues.append(Issue(path: path, message: "must be \(c.jsonText)"))
-            }
-            if let branches = n.anyOf ?? n.oneOf {
-                let matching = branches.filter { $0.validate(value, at: path, definitions: definitions, limit: 1).isEmpty }.count
-                if matching == 0 {
-                    // Report the branch closest to matching: the one with the fewest issues.
-                    let best = branches.map { $0.validate(value, at: path, definitions: definitions, limit: limit) }
-                        .min(by: { $0.count < $1.count }) ?? []
-                    if best.isEmpty { issues.append(Issue(path: path, message: "matches none of the allowed forms")) }
-                    issues.append(contentsOf: best.prefix(limit - issues.count))
-                } else if n.oneOf != nil && matching > 1 {
-                    issues.append(Issue(path: path, message: "matches more than one of the allowed forms"))
-                }
-            }
-            if case .object(let members) = value {
-                for key in n.required where members[key] == nil {
-                    issues.append(Issue(path: path, message: "missing required field '\(key)'"))
-                }
-                for key in members.keys.sorted() {
-                    guard let v = members[key] else { continue }
-                    let childPath = path + "." + key
-                    if let s = n.properties[key] {
-                        s.check(v, path: childPath, definitions: definitions, issues: &issues, limit: limit, depth: depth + 1)
-                    } else if case .nothing = n.additionalProperties {
-                        issues.append(Issue(path: childPath, message: "unexpected field '\(key)'"))
-                    } else {
-                        n.additionalProperties.check(v, path: childPath, definitions: definitions, issues: &issues, limit: limit, depth: depth + 1)
+            if types.contains("integer"), case .number(let text) = value {
+                switch JSONNumber.classify(text) {
+                case .integer(let whole):
+                    value = .number(String(whole))
+                case .integerOutOfRange where !types.contains("number"):
+                    // Literals that cannot reach Python at all were reported by checkNumbers.
+                    if !JSONNumber.isIntegerLiteral(text) && JSONNumber.isFiniteDouble(text) {
+                        issues.add(location, "integer \(ArgumentSchema.abbreviate(text)) is outside the 64-bit range (\(ArgumentSchema.integerRange))")
                     }
-                }
-            }
-            if case .array(let items) = value, let itemSchema = n.items {
-                for (i, item) in items.enumerated() {
-                    itemSchema.check(item, path: "\(path)[\(i)]", definitions: definitions, issues: &issues, limit: limit, depth: depth + 1)
+                    return value
+                default:
+                    break
                 }
             }
         }
+        if let e = n.enumValues, !e.contains(where: { ArgumentSchema.equal($0, value) }) {
+            issues.add(location, "must be one of \(ArgumentSchema.abbreviate(e.map(\.jsonText).joined(separator: ", "), limit: 200))")
+        }
+        if let c = n.constValue, !ArgumentSchema.equal(c, value) {
+            issues.add(location, "must be \(ArgumentSchema.abbreviate(c.jsonText, limit: 200))")
+        }
+        if let branches = n.anyOf ?? n.oneOf {
+            let exclusive = n.oneOf != nil
+            var matched: [JSONValue] = []
+            for branch in branches {
+                var trial = Issues(limit: 1, stopEarly: true)
+                let v = branch.walk(value, at: location, definitions, &trial, depth: depth + 1)
+                if trial.isEmpty {
+                    matched.append(v)
+                    if !exclusive || matched.count > 1 { break }
+                }
+            }
+            if matched.isEmpty {
+                // Report the branch closest to matching: the one with the fewest issues.
+                var best: Issues?
+                for branch in branches {
+                    var attempt = Issues(limit: issues.limit)
+                    _ = branch.walk(value, at: location, definitions, &attempt, depth: depth + 1)
+                    if best == nil || attempt.count < (best?.count ?? 0) { best = attempt }
+                }
+                if let best, !best.isEmpty {
+                    issues.merge(best)
+                } else {
+                    issues.add(location, "matches none of the allowed forms")
+                }
+                return value
+            } else if exclusive && matched.count > 1 {
+                issues.add(location, "matches more than one of the allowed forms")
+                return value
+            }
+            value = matched[0]
+        }
+        if case .object(let members) = value {
+            for key in n.required where members[key] == nil {
+                issues.add(location, "missing required field '\(ArgumentSchema.abbreviate(key))'")
+            }
+            var out = members
+            for key in members.keys.sorted() {
+                if issues.saturated { break }
+                guard let v = members[key] else { continue }
+                let child = Location.key(location, key)
+                if let s = n.properties[key] {
+                    out[key] = s.walk(v, at: child, definitions, &issues, depth: depth + 1)
+                } else if case .nothing = n.additionalProperties {
+                    issues.add(child, "unexpected field '\(ArgumentSchema.abbreviate(key))'")
+                } else {
+                    out[key] = n.additionalProperties.walk(v, at: child, definitions, &issues, depth: depth + 1)
+                }
+            }
+            value = .object(out)
+        }
+        if case .array(let items) = value, let itemSchema = n.items {
+            var out: [JSONValue] = []
+            out.reserveCapacity(items.count)
+            for (i, item) in items.enumerated() {
+                out.append(itemSchema.walk(item, at: .index(location, i), definitions, &issues, depth: depth + 1))
+            }
+            value = .array(out)
+        }
+        return value
+    }
+
+    /// Text shown in an issue, cut to `limit` bytes (keys and numbers come from the request and can be huge).
+    public static func abbreviate(_ text: String, limit: Int = 64) -> String {
+        guard text.utf8.count > limit else { return text }
+        var out = ""
+        var used = 0
+        for ch in text {
+            let size = ch.utf8.count
+            if used + size > limit { break }
+            out.append(ch)
+            used += size
+        }
+        return out + "…(\(text.utf8.count) bytes)"
     }
 
     static func matches(_ value: JSONValue, types: Set<String>) -> Bool {
@@ -149,10 +301,12 @@ public indirect enum ArgumentSchema: Sendable, Hashable {
         return types.contains(t) || (t == "integer" && types.contains("number"))
     }
 
-    /// JSON equality: numbers by value, objects regardless of key order.
+    /// JSON equality: numbers by value (whole numbers exactly), objects regardless of key order.
     static func equal(_ a: JSONValue, _ b: JSONValue) -> Bool {
         switch (a, b) {
-        case (.number(let x), .number(let y)): return Double(x) == Double(y)
+        case (.number(let x), .number(let y)):
+            if case .integer(let i) = JSONNumber.classify(x), case .integer(let j) = JSONNumber.classify(y) { return i == j }
+            return Double(x) == Double(y)
         case (.array(let x), .array(let y)): return x.count == y.count && zip(x, y).allSatisfy { equal($0, $1) }
         case (.object(let x), .object(let y)):
             return x.count == y.count && x.allSatisfy { k, v in y[k].map { equal(v, $0) } ?? false }

@@ -17,8 +17,9 @@ public enum JSONValue: Sendable, Hashable {
         return nil
     }
 
+    /// The number as an `Int` when its value is exactly a whole number that fits (`3`, `3.0`, `3e2`); nil otherwise.
     public var intValue: Int? {
-        if case .number(let text) = self { return Int(text) ?? Double(text).flatMap { $0 == $0.rounded() ? Int(exactly: $0) : nil } }
+        if case .number(let text) = self, case .integer(let v) = JSONNumber.classify(text) { return Int(exactly: v) }
         return nil
     }
 
@@ -42,7 +43,7 @@ public enum JSONValue: Sendable, Hashable {
         switch self {
         case .null: "null"
         case .bool: "boolean"
-        case .number(let text): Double(text).map { $0 == $0.rounded() && $0.isFinite } == true ? "integer" : "number"
+        case .number(let text): JSONNumber.classify(text).isIntegral ? "integer" : "number"
         case .string: "string"
         case .array: "array"
         case .object: "object"
@@ -64,7 +65,9 @@ public struct JSONParseError: Error, Sendable, CustomStringConvertible {
     public var description: String { "\(message) at byte \(offset)" }
 }
 
-/// A strict RFC 8259 parser over UTF-8 bytes (no trailing commas, no comments, depth-limited).
+/// A strict RFC 8259 parser over UTF-8 bytes (no trailing commas, no comments, depth-limited). Strings must be
+/// well-formed UTF-8 (no overlong forms, no encoded surrogates, nothing above U+10FFFF): invalid bytes are refused
+/// with their offset, never replaced. Of duplicate object keys the last one wins (as in Python's `json`).
 public struct JSONParser {
     private let bytes: [UInt8]
     private var index = 0
@@ -210,6 +213,34 @@ public struct JSONParser {
         return v
     }
 
+    /// Steps over one well-formed multi-byte UTF-8 sequence at `index` (Unicode 15, table 3-7), or throws.
+    private mutating func skipUTF8Sequence() throws(JSONParseError) {
+        let lead = bytes[index]
+        let length: Int
+        var low: UInt8 = 0x80
+        var high: UInt8 = 0xBF
+        switch lead {
+        case 0xC2...0xDF: length = 2
+        case 0xE0: length = 3; low = 0xA0
+        case 0xE1...0xEC, 0xEE...0xEF: length = 3
+        case 0xED: length = 3; high = 0x9F  // no UTF-16 surrogates
+        case 0xF0: length = 4; low = 0x90
+        case 0xF1...0xF3: length = 4
+        case 0xF4: length = 4; high = 0x8F  // nothing above U+10FFFF
+        default: throw error("invalid UTF-8 byte 0x\(String(lead, radix: 16, uppercase: true)) in string")
+        }
+        guard index + length <= bytes.count else { throw error("truncated UTF-8 sequence in string") }
+        for k in 1..<length {
+            let b = bytes[index + k]
+            let (lo, hi) = k == 1 ? (low, high) : (UInt8(0x80), UInt8(0xBF))
+            guard b >= lo && b <= hi else {
+                index += k
+                throw error("invalid UTF-8 sequence in string")
+            }
+        }
+        index += length
+    }
+
     private mutating func parseString() throws(JSONParseError) -> String {
         index += 1
         let start = index
@@ -223,6 +254,7 @@ public struct JSONParser {
             }
             if c == UInt8(ascii: "\\") { break }
             if c < 0x20 { throw error("control character in string") }
+            if c >= 0x80 { try skipUTF8Sequence(); continue }
             index += 1
         }
         var out = Array(bytes[start..<index])
@@ -266,8 +298,14 @@ public struct JSONParser {
                 }
             default:
                 if c < 0x20 { throw error("control character in string") }
-                out.append(c)
-                index += 1
+                if c >= 0x80 {
+                    let start = index
+                    try skipUTF8Sequence()
+                    out.append(contentsOf: bytes[start..<index])
+                } else {
+                    out.append(c)
+                    index += 1
+                }
             }
         }
         throw error("unterminated string")

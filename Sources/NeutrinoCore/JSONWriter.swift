@@ -85,6 +85,8 @@ public struct JSONWriter: Sendable {
             case 0x0A: bytes.append(0x5C); bytes.append(UInt8(ascii: "n"))
             case 0x0D: bytes.append(0x5C); bytes.append(UInt8(ascii: "r"))
             case 0x09: bytes.append(0x5C); bytes.append(UInt8(ascii: "t"))
+            case 0x08: bytes.append(0x5C); bytes.append(UInt8(ascii: "b"))
+            case 0x0C: bytes.append(0x5C); bytes.append(UInt8(ascii: "f"))
             case 0..<0x20:
                 bytes.append(contentsOf: Array("\\u00".utf8))
                 bytes.append(JSONWriter.hex[Int(c >> 4)])

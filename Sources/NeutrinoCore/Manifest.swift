@@ -75,4 +75,9 @@ public struct Manifest: Sendable {
     public func validate(args: JSONValue, for task: Task) -> [ArgumentSchema.Issue] {
         task.arguments.validate(args, definitions: definitions)
     }
+
+    /// `args` checked against `task`'s schema: its issues (the first `limit`, all counted) and the value to forward.
+    public func conform(args: JSONValue, for task: Task, limit: Int = 20) -> ArgumentSchema.Conformance {
+        task.arguments.conform(args, definitions: definitions, limit: limit)
+    }
 }

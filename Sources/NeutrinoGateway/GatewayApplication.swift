@@ -1,6 +1,7 @@
 import Foundation
 import Hummingbird
 import Logging
+import NIOCore
 import NeutrinoCore
 import NeutrinoEvents
 import NeutrinoHTTP
@@ -28,7 +29,8 @@ public func buildGateway(_ configuration: GatewayConfiguration, logger: Logger) 
             guard let e = WorkerPool.Endpoint(url: url) else { throw GatewayError(message: "--http-pool \(name): '\(url)' is not http://HOST:PORT") }
             return e
         }
-        pools[name] = WorkerPool(name: name, endpoints: endpoints, logger: logger)
+        pools[name] = WorkerPool(name: name, endpoints: endpoints, maxConnections: configuration.workerConnections,
+                                 maxAnswerBytes: configuration.maxWorkerAnswerBytes, logger: logger)
     }
     for (pool, mode) in manifest.pools where mode == .sync && pools[pool] == nil {
         logger.warning("no --http-pool given for a sync pool of the manifest; its tasks will answer 503", metadata: ["pool": "\(pool)"])
@@ -63,14 +65,18 @@ public func buildGateway(_ configuration: GatewayConfiguration, logger: Logger) 
     let workers = WorkerRegistry(timeout: configuration.heartbeatTimeout, logger: logger)
     let monitor = PoolMonitor(pools: manifest.pools, policies: policies, registry: workers, queue: queue, reader: reader,
                               staticPools: pools, logger: logger)
-    let feed = reader.map { EventFeed(reader: $0, logger: logger) }
+    let feed = reader.map {
+        EventFeed(reader: $0, logger: logger, maxSubscribers: configuration.maxSSESubscribers, backlogLimit: configuration.sseBacklog)
+    }
     let components = GatewayComponents(
         configuration: configuration, manifest: manifest, pools: pools, taskLog: taskLog, reader: reader,
-        waiters: reader.map { TaskWaiters(reader: $0) }, queue: queue, workers: workers, monitor: monitor, feed: feed,
-        logger: logger)
+        waiters: reader.map { TaskWaiters(reader: $0, maxWaiters: configuration.maxLongPollWaiters) }, queue: queue,
+        workers: workers, monitor: monitor, feed: feed, logger: logger)
 
     let router = Router()
-    // Hummingbird applies a middleware to the routes added after it: count every route.
+    // Hummingbird applies a middleware to the routes added after it. First the one error shape for what no handler
+    // answers (404, 405, an unreadable request target), then the request counter.
+    router.add(middleware: ErrorBodyMiddleware(routes: gatewayRoutes))
     router.add(middleware: RequestMetricsMiddleware())
     let submitter = TaskSubmitter(components: components)
     let operations = OperationsController(components: components)
@@ -108,8 +114,32 @@ public func buildGateway(_ configuration: GatewayConfiguration, logger: Logger) 
         "pools": "\(configuration.httpPools.map { "\($0.key)=\($0.value.count)" }.sorted().joined(separator: ","))",
     ])
     return makeApplication(router: router, host: configuration.host, port: configuration.port,
-                           serverName: "neutrino-gateway", services: services, logger: logger)
+                           serverName: "neutrino-gateway", services: services, limits: serverLimits(configuration), logger: logger)
 }
+
+/// The connection limits of the gateway's server: Hummingbird's idle timeout and header size, the connection guard
+/// (header and body timeouts, the connection limit, JSON answers to malformed requests), and an accept pause a little
+/// above the connection limit, which bounds file descriptors even against clients that never send a byte.
+func serverLimits(_ configuration: GatewayConfiguration) -> ServerLimits {
+    var limits = ServerLimits()
+    limits.idleTimeout = configuration.idleTimeout
+    limits.maxHeaderBytes = configuration.maxHeaderBytes
+    let settings = ConnectionGuardSettings(headerTimeout: TimeAmount(configuration.headerTimeout),
+                                           bodyTimeout: TimeAmount(configuration.bodyTimeout),
+                                           counter: ConnectionCounter(limit: configuration.maxConnections))
+    limits.channelHandlers = { settings.handlers() }
+    let (quarter, _) = configuration.maxConnections.dividedReportingOverflow(by: 4)
+    limits.maxAcceptedConnections = configuration.maxConnections.addingReportingOverflow(quarter + 16).partialValue
+    return limits
+}
+
+/// Every route the controllers add (what `ErrorBodyMiddleware` answers 405 for when the method differs). A test checks
+/// that each one is served.
+let gatewayRoutes = RouteTable([
+    (.get, "/healthz"), (.get, "/readyz"), (.get, "/openapi.json"), (.get, "/pools"), (.get, "/metrics"),
+    (.post, "/api/:task"),
+    (.get, "/tasks"), (.get, "/tasks/:id"), (.delete, "/tasks/:id"), (.post, "/tasks/:id/retry"), (.get, "/events"),
+])
 
 /// The manifest `neutrino openapi APP` wrote.
 func readManifest(_ path: String) throws -> Manifest {

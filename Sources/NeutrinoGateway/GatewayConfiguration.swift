@@ -35,6 +35,30 @@ public struct GatewayConfiguration: Sendable {
     /// request path; nil keeps everything.
     public var retention: Duration? = .seconds(7 * 24 * 3600)
 
+    // Limits (README "Input semantics and limits"). Each refusal is counted in neutrino_http_rejected_total{reason}.
+    /// A request's head must arrive within this (from the connection's start, or the request's first byte): else 408.
+    public var headerTimeout: Duration = .seconds(10)
+    /// A request's body must arrive within this after its head: else 408.
+    public var bodyTimeout: Duration = .seconds(30)
+    /// A kept-alive connection without a request for this long is closed.
+    public var idleTimeout: Duration = .seconds(60)
+    /// Open client connections; more are answered 503 and closed.
+    public var maxConnections = 1024
+    /// The largest request head (request line and headers): 431 above.
+    public var maxHeaderBytes = 32 * 1024
+    /// Requests parked in `?wait=` at once: 503 above.
+    public var maxLongPollWaiters = 10_000
+    /// Open `GET /events` streams: 503 above.
+    public var maxSSESubscribers = 256
+    /// Events a resuming `GET /events` client is sent from the table at most; further behind it gets `event: gap`.
+    public var sseBacklog = 1000
+    /// Connections from this gateway to each sync worker; when all are busy the call goes to the next worker.
+    public var workerConnections = 128
+    /// The largest answer read from a sync worker: 502 above.
+    public var maxWorkerAnswerBytes = 16 << 20
+    /// The largest `GET /tasks` body; a page is cut short (`truncated`, `next_before`) before it.
+    public var maxListBytes = 4 << 20
+
     public init(manifestPath: String, httpPools: [String: [String]], taskLogPath: String?, host: String = "127.0.0.1",
                 port: Int = 8080, maxBodyBytes: Int = 1 << 20, timeoutGraceMs: Int = 2000, natsURL: String? = nil,
                 ackWait: Duration = .seconds(30)) {

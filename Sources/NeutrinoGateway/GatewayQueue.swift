@@ -11,7 +11,29 @@ public final class GatewayQueue: Sendable {
 
     public enum Failure: Error, Sendable, CustomStringConvertible {
         case unavailable(String)
-        public var description: String { if case .unavailable(let m) = self { m } else { "" } }
+        /// The message (with its headers) is larger than the server's `max_payload`: no retry can succeed.
+        case tooLarge(size: Int, limit: Int)
+        public var description: String {
+            switch self {
+            case .unavailable(let m): m
+            case .tooLarge(let size, let limit): "the task's message is \(size) bytes with its headers; the NATS server accepts at most \(limit) (max_payload)"
+            }
+        }
+    }
+
+    /// Bytes allowed for the headers of a task message (`NATS/1.0`, `Nats-Msg-Id: <task id>`): more than they take.
+    public static let headerAllowance = 128
+
+    /// The server's `max_payload` (payload and headers together), once known.
+    public var maxPayload: Int? { connection.maxPayload }
+
+    /// Why a task whose body is `bodyBytes` long cannot be published, if it cannot: nil when it fits (or the
+    /// limit is not known yet).
+    public func refusal(bodyBytes: Int) -> Failure? {
+        guard let limit = maxPayload else { return nil }
+        let size = bodyBytes.addingReportingOverflow(Self.headerAllowance)
+        guard size.overflow || size.partialValue > limit else { return nil }
+        return .tooLarge(size: size.overflow ? Int.max : size.partialValue, limit: limit)
     }
 
     /// Connects to `url`, one server or a cluster's members comma-separated (cnats keeps reconnecting in the
@@ -45,6 +67,7 @@ public final class GatewayQueue: Sendable {
     public func publish(spec: TaskSpec, taskID: String, body: [UInt8], budget: Duration = .seconds(5),
                         attemptTimeout: Duration = .milliseconds(1500)) async throws(Failure) {
         guard connection.isConnected else { throw .unavailable("not connected to NATS") }
+        if let refusal = refusal(bodyBytes: body.count) { throw refusal }
         let clock = ContinuousClock()
         let deadline = clock.now + budget
         var attempts = 0
@@ -63,7 +86,9 @@ public final class GatewayQueue: Sendable {
                 let pause = min(Duration.milliseconds(100), deadline - clock.now)
                 if pause > .zero { try? await Task.sleep(for: pause) }
             } catch {
-                // Refused by the server (not a transient condition): nothing was stored.
+                // Refused by the server (not a transient condition): nothing was stored. The server's limit may have
+                // changed since it was learnt: a refused size is final, not a retry.
+                if let refusal = refusal(bodyBytes: body.count) { throw refusal }
                 throw .unavailable("\(error)")
             }
         }

@@ -1,9 +1,19 @@
 import NeutrinoCore
 import NeutrinoTaskLog
 
+/// The bodies a task record may carry, which `GET /tasks` leaves out unless `fields=` asks for them.
+struct TaskBodies: OptionSet, Sendable {
+    let rawValue: Int
+    static let args = TaskBodies(rawValue: 1)
+    static let result = TaskBodies(rawValue: 2)
+    static let error = TaskBodies(rawValue: 4)
+    static let all: TaskBodies = [.args, .result, .error]
+    static let names: [(String, TaskBodies)] = [("args", .args), ("result", .result), ("error", .error)]
+}
+
 /// The polling API's view of a task: the row, with the JSON fields spliced in as stored.
 extension JSONWriter {
-    mutating func task(_ r: TaskRecord, events: [TaskEventRecord]? = nil) {
+    mutating func task(_ r: TaskRecord, events: [TaskEventRecord]? = nil, bodies: TaskBodies = .all) {
         beginObject()
         key("task_id"); string(r.id)
         key("function"); string(r.function)
@@ -18,9 +28,9 @@ extension JSONWriter {
         key("attempts"); int(r.attempts)
         key("progress"); if let p = r.progress { double(p) } else { null() }
         key("progress_message"); stringOrNull(r.progressMessage)
-        key("args"); rawOrNull(r.args)
-        key("result"); rawOrNull(r.result)
-        key("error"); rawOrNull(r.error)
+        if bodies.contains(.args) { key("args"); rawOrNull(r.args) }
+        if bodies.contains(.result) { key("result"); rawOrNull(r.result) }
+        if bodies.contains(.error) { key("error"); rawOrNull(r.error) }
         if let events {
             key("output"); stringOrNull(r.output)
             key("events")

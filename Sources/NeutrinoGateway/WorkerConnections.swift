@@ -22,19 +22,40 @@ final class WorkerConnections: Sendable {
         /// The connection broke after the request was written: the worker may have run it.
         case lost(String)
         case timedOut
+        /// `maxConnections` connections to this worker are busy: the request never left the gateway.
+        case saturated(limit: Int)
+        /// The worker's answer is larger than `maxAnswerBytes` (it ran the task; the answer was not read).
+        case answerTooLarge(limit: Int)
+    }
+
+    struct Pooled {
+        let channel: any Channel
+        let since: NIODeadline
     }
 
     let host: String
     let port: Int
+    /// Connections to this worker, busy and idle together.
+    let maxConnections: Int
+    /// The largest answer read from this worker.
+    let maxAnswerBytes: Int
     private let group: any EventLoopGroup
-    private let idle = NIOLockedValueBox<[any Channel]>([])
-    static let maxIdle = 256
+    private let idle = NIOLockedValueBox<[Pooled]>([])
+    private let open = NIOLockedValueBox<Int>(0)
+    /// An idle connection older than this is closed rather than reused: the worker closes idle connections itself
+    /// (its server's idle timeout, 60 s by default), and a request written into a closing one would fail.
+    static let maxIdleAge = TimeAmount.seconds(30)
 
-    init(host: String, port: Int, group: any EventLoopGroup) {
+    init(host: String, port: Int, group: any EventLoopGroup, maxConnections: Int = 128, maxAnswerBytes: Int = 16 << 20) {
         self.host = host
         self.port = port
         self.group = group
+        self.maxConnections = max(1, maxConnections)
+        self.maxAnswerBytes = max(1024, maxAnswerBytes)
     }
+
+    /// Connections open to this worker now.
+    var openCount: Int { open.withLockedValue { $0 } }
 
     /// Sends one request and returns the worker's whole answer.
     func send(path: String, headers: HTTPHeaders, body: ByteBuffer, deadline: NIODeadline) async throws(Failure) -> Reply {
@@ -43,7 +64,7 @@ final class WorkerConnections: Sendable {
         var head = HTTPRequestHead(version: .http1_1, method: .POST, uri: path, headers: headers)
         head.headers.replaceOrAdd(name: "Host", value: "\(host):\(port)")
         head.headers.replaceOrAdd(name: "Content-Length", value: String(body.readableBytes))
-        let exchange = Exchange(head: head, body: body, promise: promise)
+        let exchange = Exchange(head: head, body: body, promise: promise, maxAnswerBytes: maxAnswerBytes)
         let timeout = channel.eventLoop.scheduleTask(deadline: deadline) {
             promise.fail(Failure.timedOut)
             channel.close(promise: nil)
@@ -71,16 +92,25 @@ final class WorkerConnections: Sendable {
 
     /// Closes the idle connections.
     func close() {
-        let channels = idle.withLockedValue { c in defer { c.removeAll() }; return c }
-        for c in channels { c.close(promise: nil) }
+        let pooled = idle.withLockedValue { c in defer { c.removeAll() }; return c }
+        for p in pooled { p.channel.close(promise: nil) }
     }
 
     private func checkout() async throws(Failure) -> any Channel {
-        while let channel = idle.withLockedValue({ $0.popLast() }) {
-            if channel.isActive { return channel }
+        let oldest = NIODeadline.now() - Self.maxIdleAge
+        while let pooled = idle.withLockedValue({ $0.popLast() }) {
+            if pooled.channel.isActive && pooled.since > oldest { return pooled.channel }
+            pooled.channel.close(promise: nil)
         }
+        // A place for a new connection, given back when it closes (however it closes).
+        let admitted = open.withLockedValue { n -> Bool in
+            guard n < maxConnections else { return false }
+            n += 1
+            return true
+        }
+        guard admitted else { throw .saturated(limit: maxConnections) }
         do {
-            return try await ClientBootstrap(group: group)
+            let channel = try await ClientBootstrap(group: group)
                 .connectTimeout(.seconds(1))
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
@@ -90,7 +120,10 @@ final class WorkerConnections: Sendable {
                 }
                 .connect(host: host, port: port)
                 .get()
+            channel.closeFuture.whenComplete { [open] _ in open.withLockedValue { $0 -= 1 } }
+            return channel
         } catch {
+            open.withLockedValue { $0 -= 1 }
             throw .unreachable("\(error)")
         }
     }
@@ -100,12 +133,7 @@ final class WorkerConnections: Sendable {
             channel.close(promise: nil)
             return
         }
-        let kept = idle.withLockedValue { c -> Bool in
-            guard c.count < WorkerConnections.maxIdle else { return false }
-            c.append(channel)
-            return true
-        }
-        if !kept { channel.close(promise: nil) }
+        idle.withLockedValue { $0.append(Pooled(channel: channel, since: .now())) }
     }
 }
 
@@ -114,6 +142,7 @@ struct Exchange {
     var head: HTTPRequestHead
     var body: ByteBuffer
     var promise: EventLoopPromise<WorkerConnections.Reply>
+    var maxAnswerBytes: Int
 }
 
 /// Writes an `Exchange` as request parts and assembles the response into its promise.
@@ -125,10 +154,12 @@ private final class ExchangeHandler: ChannelDuplexHandler {
     private var pending: EventLoopPromise<WorkerConnections.Reply>?
     private var head: HTTPResponseHead?
     private var body: ByteBuffer?
+    private var maxAnswerBytes = Int.max
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         let exchange = unwrapOutboundIn(data)
         pending = exchange.promise
+        maxAnswerBytes = exchange.maxAnswerBytes
         head = nil
         body = nil
         context.write(wrapOutboundOut(.head(exchange.head)), promise: nil)
@@ -140,7 +171,15 @@ private final class ExchangeHandler: ChannelDuplexHandler {
         switch unwrapInboundIn(data) {
         case .head(let h):
             head = h
+            if let declared = h.headers.first(name: "Content-Length").flatMap(Int.init), declared > maxAnswerBytes {
+                tooLarge(context)
+            }
         case .body(var chunk):
+            guard pending != nil else { return }
+            if (body?.readableBytes ?? 0) > maxAnswerBytes - chunk.readableBytes {
+                tooLarge(context)
+                return
+            }
             if var collected = body {
                 body = nil  // keep the buffer uniquely referenced while appending
                 collected.writeBuffer(&chunk)
@@ -162,6 +201,13 @@ private final class ExchangeHandler: ChannelDuplexHandler {
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         fail(WorkerConnections.Failure.lost("\(error)"))
+        context.close(promise: nil)
+    }
+
+    /// The answer will not be read: fail the exchange and drop the connection (the rest of the answer with it).
+    private func tooLarge(_ context: ChannelHandlerContext) {
+        fail(WorkerConnections.Failure.answerTooLarge(limit: maxAnswerBytes))
+        body = nil
         context.close(promise: nil)
     }
 

@@ -44,6 +44,8 @@ public final class WorkerPool: Sendable {
         /// The connection dropped after the request was sent: the worker died (crashed, was killed, ran out of
         /// memory) while it may have been running the task.
         case workerCrashed(String)
+        /// The worker's answer was larger than the gateway reads (`--max-worker-answer-bytes`); the task ran.
+        case answerTooLarge(limit: Int)
     }
 
     public let name: String
@@ -53,12 +55,16 @@ public final class WorkerPool: Sendable {
     private let connections: [WorkerConnections]
     private let logger: Logger
 
+    /// `maxConnections` bounds the connections to each worker (a request finding them all busy goes to the next
+    /// worker, as if that one were saturated); `maxAnswerBytes` bounds the answer read from a worker.
     public init(name: String, endpoints: [Endpoint], group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
-                logger: Logger) {
+                maxConnections: Int = 128, maxAnswerBytes: Int = 16 << 20, logger: Logger) {
         self.name = name
         self.endpoints = endpoints
         self.breakers = Mutex(Array(repeating: CircuitBreaker(), count: endpoints.count))
-        self.connections = endpoints.map { WorkerConnections(host: $0.host, port: $0.port, group: group) }
+        self.connections = endpoints.map {
+            WorkerConnections(host: $0.host, port: $0.port, group: group, maxConnections: maxConnections, maxAnswerBytes: maxAnswerBytes)
+        }
         self.logger = logger
     }
 
@@ -110,10 +116,21 @@ public final class WorkerPool: Sendable {
                 let bytes = reply.body.readBytes(length: reply.body.readableBytes) ?? []
                 return Answer(status: reply.status, headers: answerHeaders, body: bytes, endpoint: endpoint.url)
             } catch {
-                if case .timedOut = error { throw .timedOut }  // a slow task, not a broken worker
+                switch error {
+                case .timedOut: throw .timedOut  // a slow task, not a broken worker
+                case .saturated(let limit):
+                    // Every connection to it is busy: nothing was sent, the worker is fine; try the next one.
+                    HTTPRejections.count("worker_connections")
+                    lastError = "all \(limit) connections to worker \(endpoint.url) are busy (--worker-connections)"
+                    continue
+                case .answerTooLarge(let limit):
+                    breakers.withLock { $0[index].recordSuccess() }
+                    throw .answerTooLarge(limit: limit)
+                default: break
+                }
                 breakers.withLock { $0[index].recordFailure(now: .now()) }
                 switch error {
-                case .timedOut:
+                case .timedOut, .saturated, .answerTooLarge:
                     throw .timedOut
                 case .unreachable(let reason):
                     lastError = "worker \(endpoint.url): \(reason)"

@@ -62,7 +62,57 @@ struct GatewayCommand: AsyncParsableCommand {
     @Option(name: .customLong("retention-days"), help: "Delete terminal tasks older than this many days from the task log (0: keep everything).")
     var retentionDays: Double = 7
 
+    @Option(name: .customLong("header-timeout"), help: "Seconds a request's head may take to arrive (408 after).")
+    var headerTimeout: Double = 10
+
+    @Option(name: .customLong("body-timeout"), help: "Seconds a request's body may take to arrive after its head (408 after).")
+    var bodyTimeout: Double = 30
+
+    @Option(name: .customLong("idle-timeout"), help: "Seconds a kept-alive connection may stay without a request before it is closed.")
+    var idleTimeout: Double = 60
+
+    @Option(name: .customLong("max-connections"), help: "Open client connections; more are answered 503 and closed.")
+    var maxConnections: Int = 1024
+
+    @Option(name: .customLong("max-header-bytes"), help: "Largest request head, request line and headers (431 above).")
+    var maxHeaderBytes: Int = 32 * 1024
+
+    @Option(name: .customLong("max-long-poll-waiters"), help: "Requests waiting in GET /tasks/<id>?wait= at once (503 above).")
+    var maxLongPollWaiters: Int = 10_000
+
+    @Option(name: .customLong("max-sse-subscribers"), help: "Open GET /events streams (503 above).")
+    var maxSSESubscribers: Int = 256
+
+    @Option(name: .customLong("sse-backlog"), help: "Missed events a resuming GET /events client is sent at most.")
+    var sseBacklog: Int = 1000
+
+    @Option(name: .customLong("worker-connections"), help: "Connections to each sync worker; when all are busy a call goes to the next worker.")
+    var workerConnections: Int = 128
+
+    @Option(name: .customLong("max-worker-answer-bytes"), help: "Largest answer read from a sync worker (502 above).")
+    var maxWorkerAnswerBytes: Int = 16 << 20
+
+    @Option(name: .customLong("max-list-bytes"), help: "Largest GET /tasks body; a page is cut short before it (truncated, next_before).")
+    var maxListBytes: Int = 4 << 20
+
+    /// Seconds from the command line as a Duration: positive, finite, at most a day.
+    static func duration(_ seconds: Double) -> Duration {
+        .milliseconds(Int64((min(max(seconds, 0.001), 86_400) * 1000).rounded()))
+    }
+
     func validate() throws {
+        for (name, seconds) in [("--header-timeout", headerTimeout), ("--body-timeout", bodyTimeout), ("--idle-timeout", idleTimeout)] {
+            guard seconds.isFinite, seconds > 0, seconds <= 86_400 else { throw ValidationError("\(name) must be 0 < seconds <= 86400") }
+        }
+        for (name, value) in [("--max-connections", maxConnections), ("--max-header-bytes", maxHeaderBytes),
+                              ("--max-long-poll-waiters", maxLongPollWaiters), ("--max-sse-subscribers", maxSSESubscribers),
+                              ("--sse-backlog", sseBacklog), ("--worker-connections", workerConnections),
+                              ("--max-worker-answer-bytes", maxWorkerAnswerBytes), ("--max-list-bytes", maxListBytes)] {
+            guard value > 0, value <= 1 << 40 else { throw ValidationError("\(name) must be a positive number") }
+        }
+        guard maxHeaderBytes >= 1024 else { throw ValidationError("--max-header-bytes must be at least 1024") }
+        guard maxListBytes >= 4096 else { throw ValidationError("--max-list-bytes must be at least 4096") }
+        guard maxWorkerAnswerBytes >= 1024 else { throw ValidationError("--max-worker-answer-bytes must be at least 1024") }
         guard LogFormat(rawValue: logFormat) != nil else { throw ValidationError("--log-format must be text or json") }
         guard heartbeatTimeout > 0 else { throw ValidationError("--heartbeat-timeout must be positive") }
         for s in scale {
@@ -107,9 +157,9 @@ struct GatewayCommand: AsyncParsableCommand {
         var configuration = GatewayConfiguration(
             manifestPath: manifest, httpPools: pools,
             taskLogPath: taskLog.hasPrefix("sqlite:") ? String(taskLog.dropFirst(7)) : nil,
-            host: host, port: port, maxBodyBytes: maxBodyBytes, natsURL: nats, ackWait: .milliseconds(Int64(ackWait * 1000)))
+            host: host, port: port, maxBodyBytes: maxBodyBytes, natsURL: nats, ackWait: Self.duration(ackWait))
         configuration.dashboardDirectory = dashboardDir
-        configuration.heartbeatTimeout = .milliseconds(Int64(heartbeatTimeout * 1000))
+        configuration.heartbeatTimeout = Self.duration(heartbeatTimeout)
         for s in scale {
             guard let eq = s.firstIndex(of: "=") else { continue }
             configuration.scaling[String(s[..<eq])] = String(s[s.index(after: eq)...])
@@ -117,6 +167,18 @@ struct GatewayCommand: AsyncParsableCommand {
         configuration.eventsViaNATS = eventsViaNATS
         configuration.retention = retentionDays > 0 ? .milliseconds(Int64(retentionDays * 86_400_000)) : nil
         configuration.streamReplicas = streamReplicas
+
+        configuration.headerTimeout = Self.duration(headerTimeout)
+        configuration.bodyTimeout = Self.duration(bodyTimeout)
+        configuration.idleTimeout = Self.duration(idleTimeout)
+        configuration.maxConnections = maxConnections
+        configuration.maxHeaderBytes = maxHeaderBytes
+        configuration.maxLongPollWaiters = maxLongPollWaiters
+        configuration.maxSSESubscribers = maxSSESubscribers
+        configuration.sseBacklog = sseBacklog
+        configuration.workerConnections = workerConnections
+        configuration.maxWorkerAnswerBytes = maxWorkerAnswerBytes
+        configuration.maxListBytes = maxListBytes
         let hostName = ProcessInfo.processInfo.hostName.filter { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }
         configuration.gatewayID = gatewayID ?? (hostName.isEmpty ? "gateway" : hostName)
         do {

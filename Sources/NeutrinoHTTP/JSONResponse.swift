@@ -1,6 +1,7 @@
 import Glibc
 import HTTPTypes
 import Hummingbird
+import HummingbirdCore
 import Logging
 import NIOCore
 import NeutrinoCore
@@ -45,15 +46,23 @@ extension Response {
     }
 }
 
+/// Thrown into a request's body stream when the body does not arrive within the server's body timeout.
+public struct RequestBodyTimedOut: Error, Sendable {
+    public init() {}
+}
+
 /// Why a request body could not be read.
 public enum BodyReadError: Error, Sendable {
     case tooLarge(limit: Int)
+    case timedOut
     case unreadable(String)
 
     public var response: Response {
         switch self {
         case .tooLarge(let limit):
             .error(.payloadTooLarge, "request body is larger than \(limit) bytes")
+        case .timedOut:
+            .error(.requestTimeout, "the request body did not arrive in time (--body-timeout)", headers: [.connection: "close"])
         case .unreadable(let reason):
             .error(.badRequest, "cannot read the request body: \(reason)")
         }
@@ -63,29 +72,59 @@ public enum BodyReadError: Error, Sendable {
 extension Request {
     /// The whole body, refused past `limit` bytes (413) without reading the rest into memory.
     public func collectBody(limit: Int) async throws(BodyReadError) -> [UInt8] {
-        if let declared = headers[.contentLength].flatMap(Int.init), declared > limit { throw .tooLarge(limit: limit) }
+        if let declared = headers[.contentLength], let length = Int(declared), length > limit {
+            HTTPRejections.count("body_too_large")
+            throw .tooLarge(limit: limit)
+        }
         do {
             var buffer = try await body.collect(upTo: limit)
             return buffer.readBytes(length: buffer.readableBytes) ?? []
         } catch is NIOTooManyBytesError {
+            HTTPRejections.count("body_too_large")
             throw .tooLarge(limit: limit)
+        } catch is RequestBodyTimedOut {
+            throw .timedOut
         } catch {
             throw .unreadable("\(error)")
         }
     }
 }
 
+/// Limits of an HTTP server's connections (Hummingbird's HTTP/1.1 channel and accept loop).
+public struct ServerLimits: Sendable {
+    /// A kept-alive connection with no request for this long is closed.
+    public var idleTimeout: Duration? = .seconds(60)
+    /// The largest request head (request line and headers).
+    public var maxHeaderBytes = 32 * 1024
+    /// The most header fields of one request.
+    public var maxHeaderCount = 100
+    /// Connections accepted at once; beyond it the server stops accepting (they wait in the listen backlog).
+    public var maxAcceptedConnections: Int?
+    /// Channel handlers added to every connection after the HTTP codec (a connection guard).
+    public var channelHandlers: @Sendable () -> [any RemovableChannelHandler] = { [] }
+
+    public init() {}
+}
+
 /// A Hummingbird application on `host:port` that announces its bound address (see `announceListening`), counts
-/// every request in `neutrino_http_requests_total{route,code}`, and tells `onListening` the bound port.
+/// every request in `neutrino_http_requests_total{route,code}`, and tells `onListening` the bound port. `limits`
+/// bound its connections (idle time, header size, how many are accepted, a guard per connection).
 ///
 /// `services` run beside the server in its service group; on graceful shutdown the server stops first (it drains its
 /// requests), then the services in reverse order of the list.
 public func makeApplication(router: Router<BasicRequestContext>, host: String, port: Int, serverName: String,
-                            services: [any Service] = [],
+                            services: [any Service] = [], limits: ServerLimits = ServerLimits(),
                             logger: Logger, onListening: @escaping @Sendable (Int) -> Void = { _ in }) -> some ApplicationProtocol {
-    Application(
+    let decoder = HTTP1Channel.Configuration.DecoderConfiguration(
+        maxHeaderFieldSize: limits.maxHeaderBytes, maxHeaderListSize: limits.maxHeaderBytes, maxHeaderFieldCount: limits.maxHeaderCount)
+    let handlers = limits.channelHandlers
+    let http1 = HTTP1Channel.Configuration(additionalChannelHandlers: handlers(), idleTimeout: limits.idleTimeout.map(TimeAmount.init),
+                                           httpDecoderConfiguration: decoder)
+    return Application(
         router: router,
-        configuration: .init(address: .hostname(host, port: port), serverName: serverName),
+        server: .http1(configuration: http1),
+        configuration: .init(address: .hostname(host, port: port), serverName: serverName,
+                             availableConnectionsDelegate: limits.maxAcceptedConnections.map { MaximumAvailableConnections($0, logger: logger) }),
         services: services,
         onServerRunning: { channel in
             announceListening(channel, host: host)

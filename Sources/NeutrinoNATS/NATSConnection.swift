@@ -157,6 +157,13 @@ public final class NATSConnection: Sendable {
     /// Whether the connection is closed for good (`close()` was called); a closed connection never reconnects.
     public var isClosed: Bool { closed.isSet || natsConnection_IsClosed(handle.pointer) }
 
+    /// The largest message, payload and headers together, the server accepts (its `max_payload`, learnt when the
+    /// connection was first established); nil before that.
+    public var maxPayload: Int? {
+        let value = natsConnection_GetMaxPayload(handle.pointer)
+        return value > 0 ? Int(value) : nil
+    }
+
     /// The URL of the server connected to, if connected.
     public var connectedURL: String? {
         var buffer = [CChar](repeating: 0, count: 512)

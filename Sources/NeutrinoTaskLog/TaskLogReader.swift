@@ -51,6 +51,22 @@ public final class TaskLogReader: Sendable {
         try await withStore { try $0.claim(key: key, taskID: taskID, now: .now(), windowMs: window.wholeMilliseconds) }
     }
 
+    // MINIMAL ADDITION (branch `harden`, issue 13): fingerprinted claims and their release; see TaskLogStore.claim.
+
+    /// Claims `key` for `taskID`, remembering `fingerprint` (what the request asked for), unless the key names a task
+    /// claimed within `window`: then that task and the fingerprint it was claimed with.
+    public func claimIdempotencyKey(_ key: String, taskID: String, fingerprint: String, window: Duration) async throws -> IdempotencyClaim {
+        try await withStore {
+            try $0.claim(key: key, taskID: taskID, fingerprint: fingerprint, now: .now(), windowMs: window.wholeMilliseconds)
+        }
+    }
+
+    /// Frees `key` if it still names `taskID` (its task was never queued); true if it did.
+    @discardableResult
+    public func releaseIdempotencyKey(_ key: String, taskID: String) async throws -> Bool {
+        try await withStore { try $0.release(key: key, taskID: taskID) }
+    }
+
     /// The ids among `ids` whose task is in a terminal status.
     public func terminal(among ids: [String]) async throws -> Set<String> {
         guard !ids.isEmpty else { return [] }

@@ -164,6 +164,59 @@ struct TaskLogStore {
         return "SELECT id FROM tasks WHERE id IN (\(marks)) AND +status IN (\(terminal))"
     }
 
+    // MARK: Idempotency keys with a fingerprint and a release — MINIMAL ADDITION (branch `harden`, issue 13).
+    // The gateway needs (1) the fingerprint of the request that claimed a key, to answer a reuse with other arguments
+    // 422, and (2) to release its claim when the publish failed. Without a schema change the fingerprint is kept in
+    // a companion row of `idempotency_keys` (`key` = "#fingerprint:" + key, `task_id` = the fingerprint; task names,
+    // which prefix every gateway key, never start with '#'). On a schema with a `fingerprint` column, keep the
+    // signatures and store it there.
+
+    static func fingerprintKey(_ key: String) -> String { "#fingerprint:" + key }
+
+    /// Claims `key` for `taskID` (with `fingerprint`) unless it names a task claimed within `windowMs`.
+    func claim(key: String, taskID: String, fingerprint: String, now: Timestamp, windowMs: Int64) throws -> IdempotencyClaim {
+        try db.writeTransaction {
+            let existing = try db.withStatement("SELECT task_id, created_at FROM idempotency_keys WHERE key = ?1") { s in
+                s.bind(1, key)
+                return try s.step() ? (s.string(0), s.string(1).flatMap(Timestamp.init(iso8601:))) : (nil, nil)
+            }
+            if let id = existing.0, let at = existing.1, now.millis - at.millis <= windowMs {
+                let stored = try db.withStatement("SELECT task_id FROM idempotency_keys WHERE key = ?1") { s in
+                    s.bind(1, TaskLogStore.fingerprintKey(key))
+                    return try s.step() ? s.string(0) : nil
+                }
+                return .existing(taskID: id, fingerprint: stored)
+            }
+            for (k, v) in [(key, taskID), (TaskLogStore.fingerprintKey(key), fingerprint)] {
+                try db.withStatement("INSERT OR REPLACE INTO idempotency_keys (key, task_id, created_at) VALUES (?1, ?2, ?3)") { s in
+                    s.bind(1, k)
+                    s.bind(2, v)
+                    s.bind(3, now.iso8601)
+                    try s.run()
+                }
+            }
+            return .claimed
+        }
+    }
+
+    /// Frees `key` if it still names `taskID`; true if it did.
+    func release(key: String, taskID: String) throws -> Bool {
+        try db.writeTransaction {
+            let owner = try db.withStatement("SELECT task_id FROM idempotency_keys WHERE key = ?1") { s in
+                s.bind(1, key)
+                return try s.step() ? s.string(0) : nil
+            }
+            guard owner == taskID else { return false }
+            for k in [key, TaskLogStore.fingerprintKey(key)] {
+                try db.withStatement("DELETE FROM idempotency_keys WHERE key = ?1") { s in
+                    s.bind(1, k)
+                    try s.run()
+                }
+            }
+            return true
+        }
+    }
+
     func terminal(among ids: [String]) throws -> Set<String> {
         var out: Set<String> = []
         // Bounded IN lists: SQLite allows 32766 parameters, keep statements small and cacheable.
@@ -214,6 +267,14 @@ struct TaskColumn: Sendable {
     }
 
     private static let updateSQLCache = Mutex<[Int: String]>([:])
+}
+
+/// What claiming an Idempotency-Key found (MINIMAL ADDITION, branch `harden`).
+public enum IdempotencyClaim: Sendable, Equatable {
+    /// The key was free, or its window had passed: it names the new task now.
+    case claimed
+    /// The key names `taskID`, claimed within the window by a request with `fingerprint` (nil: claimed without one).
+    case existing(taskID: String, fingerprint: String?)
 }
 
 /// One row of `task_events`.

@@ -23,7 +23,7 @@ struct EventFeedTests {
     }
 
     /// Reads SSE chunks until `count` task events were seen, the stream ends, or 20 s pass.
-    func collect(_ stream: AsyncStream<[UInt8]>, count: Int) async -> (ids: [Int64], ended: Bool) {
+    func collect(_ stream: EventFeed.Subscription, count: Int) async -> (ids: [Int64], ended: Bool) {
         await withTaskGroup(of: (ids: [Int64], ended: Bool)?.self) { group in
             group.addTask {
                 var ids: [Int64] = []
@@ -63,7 +63,7 @@ struct EventFeedTests {
         await writer.flush()
         #expect(await started(feed))
         while feed.cursor != 3 { try await Task.sleep(for: .milliseconds(25)) }  // bounded by the suite's time limit
-        let live = await feed.subscribe(lastEventID: nil)
+        let live = try await feed.subscribe(lastEventID: nil)
         writer.record(contentsOf: events(5))
         await writer.flush()
         let first = await collect(live, count: 5)
@@ -71,7 +71,7 @@ struct EventFeedTests {
         #expect(first.ids == first.ids.sorted())
         #expect(first.ids.first == 4)
         // A reconnect with Last-Event-ID gets what came after it.
-        let resumed = await feed.subscribe(lastEventID: 2)
+        let resumed = try await feed.subscribe(lastEventID: 2)
         let replay = await collect(resumed, count: 6)
         #expect(replay.ids == [3, 4, 5, 6, 7, 8])
         loop.cancel()
@@ -86,8 +86,8 @@ struct EventFeedTests {
         let feed = EventFeed(reader: reader, logger: logger)
         let loop = Task { await feed.pollLoop() }
         #expect(await started(feed))
-        let stuck = await feed.subscribe(lastEventID: nil)
-        let reading = await feed.subscribe(lastEventID: nil)
+        let stuck = try await feed.subscribe(lastEventID: nil)
+        let reading = try await feed.subscribe(lastEventID: nil)
         #expect(feed.subscriberCount == 2)
         let total = EventFeed.bufferLimit + 500
         async let readerSaw = collect(reading, count: total)
@@ -102,8 +102,36 @@ struct EventFeedTests {
         #expect(saw.ids.count == total)
         var bounded = 0
         for await _ in stuck { bounded += 1 }
-        #expect(bounded <= EventFeed.bufferLimit)
+        // The opening lines, then at most a buffer's worth of events.
+        #expect(bounded <= EventFeed.bufferLimit + 1)
         #expect(feed.subscriberCount <= 1)
+        loop.cancel()
+        await loop.value
+        await writer.close()
+        await reader.shutdown()
+    }
+
+    @Test func resumeDeliversAFullBacklogThenLiveEventsWithoutGapsOrDuplicates() async throws {
+        let (writer, reader, dir) = try taskLog()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let feed = EventFeed(reader: reader, logger: logger)
+        let loop = Task { await feed.pollLoop() }
+        #expect(await started(feed))
+        let live = try await feed.subscribe(lastEventID: nil)  // keeps the loop handing out events meanwhile
+        async let liveSaw = collect(live, count: 1200)
+        writer.record(contentsOf: events(EventFeed.bufferLimit))
+        await writer.flush()
+        // Resume from the start of the log: exactly the 1,000 missed events (the last one used to be lost to the
+        // buffer slot of the opening lines), then the live ones committed while it catches up.
+        let resumed = try await feed.subscribe(lastEventID: 0)
+        async let resumedSaw = collect(resumed, count: 1200)
+        for _ in 0..<4 {
+            writer.record(contentsOf: events(50))
+            await writer.flush()
+        }
+        let saw = await resumedSaw
+        #expect(saw.ids == Array(1...1200))
+        #expect(await liveSaw.ids == Array(1...1200))
         loop.cancel()
         await loop.value
         await writer.close()

@@ -180,4 +180,29 @@ struct GatewayRoutesTests {
             }
         }
     }
+
+    @Test func everyListedRouteIsServedAndOtherMethodsAre405() async throws {
+        try await Self.withGateway { client in
+            for route in gatewayRoutes.routes {
+                let path = "/" + route.segments.map { $0.hasPrefix(":") ? "0190a0b0-0000-7000-8000-000000000000" : String($0) }
+                    .joined(separator: "/")
+                if path != "/events" {  // a stream: it does not end
+                    let served = try await client.execute(uri: path, method: route.method, body: ByteBuffer(string: "{}"))
+                    if served.status == .notFound {
+                        #expect(try Self.errorType(served.body) != "NotFound", "\(route.method) \(path)")
+                    }
+                }
+                let other: HTTPRequest.Method = route.method == .put ? .patch : .put
+                let refused = try await client.execute(uri: path, method: other)
+                #expect(refused.status == .methodNotAllowed, "\(other) \(path)")
+                #expect(refused.headers[.allow]?.contains(route.method.rawValue) == true)
+            }
+            let unknown = try await client.execute(uri: "/no/such/route", method: .get)
+            #expect(unknown.status == .notFound)
+            #expect(try Self.errorType(unknown.body) == "NotFound")
+            let nul = try await client.execute(uri: "/tasks?function=echo%00boom", method: .get)
+            #expect(nul.status == .badRequest)
+            #expect(try Self.errorType(nul.body) == "BadRequest")
+        }
+    }
 }

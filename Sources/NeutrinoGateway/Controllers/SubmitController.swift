@@ -27,27 +27,40 @@ struct SubmitController: Sendable {
         guard case .object(let members) = document else {
             return .error(.malformedJSON, "the body must be a JSON object {\"args\": {...}}")
         }
-        let args = members["args"] ?? .object([:])
-        var issues = manifest.validate(args: args, for: task)
-        for key in members.keys.sorted() where key != "args" {
-            issues.append(.init(path: key, message: "unexpected field '\(key)' (the body is {\"args\": {...}})"))
+        // The manifest's request schema requires `args` (what /openapi.json tells clients): a body without it is 422.
+        var conformance = manifest.conform(args: members["args"] ?? .object([:]), for: task, limit: Self.maxIssues)
+        if members["args"] == nil {
+            conformance.issues.append(.init(path: "args", message: "missing required field 'args' (the body is {\"args\": {...}})"))
         }
-        guard issues.isEmpty else { return Self.invalidArguments(issues, task: name) }
-        return await submitter.submit(spec: task.spec, args: args, idempotencyKey: request.headers[TaskSubmitter.idempotencyKey])
+        for key in members.keys.sorted() where key != "args" {
+            let shown = ArgumentSchema.abbreviate(key)
+            conformance.issues.append(.init(path: shown, message: "unexpected field '\(shown)' (the body is {\"args\": {...}})"))
+        }
+        guard conformance.issues.isEmpty else { return Self.invalidArguments(conformance.issues, task: name) }
+        // The conformed value is what the worker receives and the task log stores: whole numbers given for
+        // `integer` parameters are written as integers.
+        return await submitter.submit(spec: task.spec, args: conformance.value,
+                                      idempotencyKey: request.headers[TaskSubmitter.idempotencyKey])
     }
 
-    /// 422 with every issue's path and message.
-    static func invalidArguments(_ issues: [ArgumentSchema.Issue], task name: String) -> Response {
-        .error(.invalidArguments, "arguments do not match the schema of '\(name)': \(issues[0])") { w in
+    /// At most this many issues are listed in a 422 (`issue_count` says how many there were).
+    static let maxIssues = 20
+
+    /// 422 with the first issues' path and message, and how many there were in all.
+    static func invalidArguments(_ issues: ArgumentSchema.Issues, task name: String) -> Response {
+        let first = issues.items.first.map { "\($0)" } ?? "invalid arguments"
+        let more = issues.count > 1 ? " (and \(issues.count - 1) more)" : ""
+        return .error(.invalidArguments, "arguments do not match the schema of '\(name)': \(first)\(more)") { w in
             w.key("details")
             w.beginArray()
-            for issue in issues {
+            for issue in issues.items {
                 w.beginObject()
                 w.key("path"); w.string(issue.path)
                 w.key("message"); w.string(issue.message)
                 w.endObject()
             }
             w.endArray()
+            w.key("issue_count"); w.int(issues.count)
         }
     }
 }

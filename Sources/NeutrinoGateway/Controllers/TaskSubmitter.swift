@@ -5,11 +5,15 @@ import NIOCore
 import NeutrinoCore
 import NeutrinoHTTP
 import NeutrinoObservability
+import NeutrinoTaskLog
+import Synchronization
 
 /// Runs a validated task: a sync task on its pool's fast workers (the answer carries the result), a queued one
 /// published to JetStream (the answer is 202). Used by `POST /api/<task>` and by `POST /tasks/<id>/retry`.
 struct TaskSubmitter: Sendable {
     let components: GatewayComponents
+    /// Idempotency keys this gateway claimed and is publishing the task of.
+    let publishing = PublishingKeys()
 
     static let idempotencyKey = HTTPField.Name("Idempotency-Key")!
     /// How long an Idempotency-Key keeps naming its task: JetStream's duplicate window.
@@ -28,27 +32,72 @@ struct TaskSubmitter: Sendable {
 
     /// Async and gpu tasks: recorded `queued` (committed alongside the publish), published with
     /// `Nats-Msg-Id = task_id`, and answered 202 only after both. A failed publish leaves the task `failed` (never
-    /// `queued` forever) and answers 503 with Retry-After. An `Idempotency-Key` seen within the window answers with
-    /// the task it created first.
+    /// `queued` forever) and answers 503 with Retry-After; a message larger than the NATS server's `max_payload`
+    /// answers 413 before anything is recorded (no retry could succeed).
+    ///
+    /// An `Idempotency-Key` works like Stripe's: the first request claims it with a fingerprint of what it asked
+    /// for (task and conformed arguments); a repeat within the window with the same fingerprint is answered with the
+    /// task the first created (`Idempotent-Replayed: true`), one with another fingerprint is refused 422
+    /// `IdempotencyKeyReused`; a claim whose publish failed is released, so the retry the 503 invites runs the task.
     private func enqueue(spec: TaskSpec, args: JSONValue, idempotencyKey: String?, retryOf: String?) async -> Response {
         guard let queue = components.queue else {
             return .error(.notSupported,
                           "'\(spec.name)' is an \(spec.mode.rawValue) task: start the gateway with --nats URL to run queued tasks")
         }
+        let body = Self.forwardBody(args)
+        if let refusal = queue.refusal(bodyBytes: body.count), case .tooLarge(_, let limit) = refusal {
+            HTTPRejections.count("queue_payload")
+            return .error(.payloadTooLarge, "\(refusal)") { w in w.key("limit"); w.int(limit) }
+        }
         let taskID = TaskID.make()
+        var claimedKey: String?
         if let key = idempotencyKey {
-            guard !key.isEmpty, key.utf8.count <= 255 else {
-                return .error(.badRequest, "Idempotency-Key must be 1 to 255 bytes")
+            guard !key.isEmpty, key.utf8.count <= 255, key.utf8.allSatisfy({ $0 >= 0x20 && $0 < 0x7F }) else {
+                return .error(.badRequest, "Idempotency-Key must be 1 to 255 printable ASCII characters")
             }
             guard let reader = components.reader else { return .noTaskLog }
-            do {
-                let owner = try await reader.claimIdempotencyKey("\(spec.name):\(key)", taskID: taskID, window: Self.idempotencyWindow)
-                if owner != taskID { return await replay(taskID: owner, spec: spec) }
-            } catch {
-                return .error(.taskLogUnavailable, "\(error)", headers: [.retryAfter: "1"])
+            let fullKey = "\(spec.name):\(key)"
+            let fingerprint = Self.fingerprint(spec: spec, args: args)
+            // A repeat that arrives while the first request is still publishing waits for its outcome (a released
+            // key is then claimed again), so it never answers with a task that ends up never queued.
+            var rounds = 0
+            while claimedKey == nil {
+                rounds += 1
+                let claim: IdempotencyClaim
+                do {
+                    claim = try await reader.claimIdempotencyKey(fullKey, taskID: taskID, fingerprint: fingerprint,
+                                                                 window: Self.idempotencyWindow)
+                } catch {
+                    return .error(.taskLogUnavailable, "\(error)", headers: [.retryAfter: "1"])
+                }
+                switch claim {
+                case .claimed:
+                    claimedKey = fullKey
+                    publishing.begin(fullKey)
+                case .existing(let owner, let stored):
+                    // A claim from before fingerprints were kept (nil) is taken on trust.
+                    if let stored, stored != fingerprint {
+                        return .error(.idempotencyKeyReused,
+                                      "Idempotency-Key '\(key)' was used within the last \(Self.idempotencyWindow.components.seconds) s with other arguments; use a new key for a new request") { w in
+                            w.key("task_id"); w.string(owner)
+                        }
+                    }
+                    if rounds < 3, await publishing.waitIfPublishing(fullKey) { continue }
+                    return await replay(taskID: owner, spec: spec)
+                }
             }
         }
-        return await publishQueued(spec: spec, args: args, taskID: taskID, queue: queue, retryOf: retryOf)
+        defer { if let claimedKey { publishing.end(claimedKey) } }
+        return await publishQueued(spec: spec, args: args, body: body, taskID: taskID, queue: queue, retryOf: retryOf,
+                                   claimedKey: claimedKey)
+    }
+
+    /// What an Idempotency-Key remembers of the request that claimed it: the task and its conformed arguments.
+    static func fingerprint(spec: TaskSpec, args: JSONValue) -> String {
+        var bytes = Array(spec.name.utf8)
+        bytes.append(0x0A)
+        bytes.append(contentsOf: args.jsonText.utf8)
+        return SHA256.hex(bytes)
     }
 
     /// The answer for a repeated Idempotency-Key: the task the first request created, as it stands now.
@@ -74,7 +123,8 @@ struct TaskSubmitter: Sendable {
         return .json(.accepted, w.bytes, headers: headers)
     }
 
-    private func publishQueued(spec: TaskSpec, args: JSONValue, taskID: String, queue: GatewayQueue, retryOf: String?) async -> Response {
+    private func publishQueued(spec: TaskSpec, args: JSONValue, body: [UInt8], taskID: String, queue: GatewayQueue,
+                               retryOf: String?, claimedKey: String?) async -> Response {
         let taskHeader: HTTPFields = [NeutrinoHeader.taskID: taskID]
         let taskLog = components.taskLog
         taskLog?.record(TaskEvent(taskID: taskID, kind: .queued, function: spec.name, pool: spec.pool, mode: spec.mode,
@@ -84,17 +134,28 @@ struct TaskSubmitter: Sendable {
         // any order.)
         async let committed: Void = { await taskLog?.flush() }()
         do {
-            try await queue.publish(spec: spec, taskID: taskID, body: Self.forwardBody(args))
+            try await queue.publish(spec: spec, taskID: taskID, body: body)
             await committed
         } catch {
             await committed
-            let message = "the task queue is unavailable: \(error)"
+            // The key named a task that was never queued: free it, so the retry the answer invites runs the task.
+            if let claimedKey { _ = try? await components.reader?.releaseIdempotencyKey(claimedKey, taskID: taskID) }
+            let apiError: APIError
+            let message: String
+            var headers = taskHeader
+            if case .tooLarge = error {
+                apiError = .payloadTooLarge
+                message = "\(error)"
+            } else {
+                apiError = .queueUnavailable
+                message = "the task queue is unavailable: \(error)"
+                headers[.retryAfter] = "2"
+            }
             taskLog?.record(TaskEvent(taskID: taskID, kind: .failed, function: spec.name, pool: spec.pool, mode: spec.mode,
-                                      error: JSONWriter.taskErrorText(.queueUnavailable, message: message)))
+                                      error: JSONWriter.taskErrorText(apiError, message: message)))
             components.logger.warning("publish failed", metadata: ["task_id": "\(taskID)", "error": "\(error)"])
             NeutrinoMetrics.finished(task: spec.name, mode: spec.mode.rawValue, pool: spec.pool, status: TaskStatus.failed.rawValue)
-            return .taskError(.queueUnavailable, taskID: taskID, status: .failed, message: message,
-                              headers: taskHeader + [.retryAfter: "2"])
+            return .taskError(apiError, taskID: taskID, status: .failed, message: message, headers: headers)
         }
         return queuedAnswer(taskID: taskID, spec: spec, status: .queued, retryOf: retryOf)
     }
@@ -149,6 +210,12 @@ struct TaskSubmitter: Sendable {
             case .noWorkerAvailable(let reason):
                 return fail(.noWorkerAvailable, .failed, "no worker of pool '\(spec.pool)' is reachable (\(reason))",
                             headers: [.retryAfter: "1"])
+            case .answerTooLarge(let limit):
+                // The task ran and its worker recorded the outcome; only the answer is too big to relay.
+                record(nil)
+                return .error(.workerAnswerTooLarge,
+                              "the worker's answer is larger than \(limit) bytes (--max-worker-answer-bytes); the outcome is at GET /tasks/\(taskID)",
+                              headers: [NeutrinoHeader.taskID: taskID]) { w in w.key("task_id"); w.string(taskID) }
             }
         }
         // Record the outcome the caller is about to see, so GET /tasks/<id> right after this answer shows it.
@@ -182,5 +249,32 @@ struct TaskSubmitter: Sendable {
         w.value(args)
         w.endObject()
         return w.bytes
+    }
+}
+
+/// The Idempotency-Keys whose first request is publishing its task right now, so a repeat can wait for the outcome
+/// (the publish ends within its own timeout).
+final class PublishingKeys: Sendable {
+    private let state = Mutex([String: [CheckedContinuation<Bool, Never>]]())
+
+    func begin(_ key: String) {
+        state.withLock { s in if s[key] == nil { s[key] = [] } }
+    }
+
+    func end(_ key: String) {
+        let waiting = state.withLock { $0.removeValue(forKey: key) } ?? []
+        for c in waiting { c.resume(returning: true) }
+    }
+
+    /// Waits until `key`'s publish has ended, if one is in progress here; true if it waited.
+    func waitIfPublishing(_ key: String) async -> Bool {
+        await withCheckedContinuation { (c: CheckedContinuation<Bool, Never>) in
+            let parked = state.withLock { s -> Bool in
+                guard s[key] != nil else { return false }
+                s[key]?.append(c)
+                return true
+            }
+            if !parked { c.resume(returning: false) }
+        }
     }
 }

@@ -54,7 +54,12 @@ struct TasksController: Sendable {
                 return .error(.taskNotFound, "no task with id \(rawID)")
             }
             if !record.status.isTerminal && waitSeconds > 0 {
-                await waiters.waitForTerminal(id: id, timeout: .milliseconds(Int64(waitSeconds * 1000)))
+                let outcome = await waiters.waitForTerminal(id: id, timeout: .nanoseconds(Int64(waitSeconds * 1e9)))
+                if case .full(let limit) = outcome {
+                    HTTPRejections.count("long_poll_waiters")
+                    return .error(.overloaded, "\(limit) long polls are waiting (--max-long-poll-waiters); poll without wait= or retry later",
+                                  headers: [.retryAfter: "1"])
+                }
                 if let fresh = try await reader.recordWithEvents(id: id) { (record, events) = fresh }
             }
             var w = JSONWriter(capacity: 1024)
@@ -107,23 +112,66 @@ struct TasksController: Sendable {
             guard TaskID.isValid(b) else { return .error(.badRequest, "before must be a task id") }
             filter.before = b.lowercased()
         }
+        var bodies: TaskBodies = []
+        if let f = query.get("fields"), !f.isEmpty {
+            for name in f.split(separator: ",") {
+                guard let body = TaskBodies.names.first(where: { $0.0 == name })?.1 else {
+                    return .error(.badRequest, "fields is a comma-separated list of args, result, error")
+                }
+                bodies.insert(body)
+            }
+        }
         await components.taskLog?.flush()
         do {
             let records = try await reader.list(filter)
-            var w = JSONWriter(capacity: 512 * max(1, records.count))
-            w.beginObject()
-            w.key("tasks")
-            w.beginArray()
-            for r in records { w.task(r) }
-            w.endArray()
-            w.key("next_before")
-            w.stringOrNull(records.count == filter.limit ? records.last?.id : nil)
-            w.endObject()
-            return .json(.ok, w.bytes)
+            return .json(.ok, Self.page(records, limit: filter.limit, bodies: bodies, maxBytes: components.configuration.maxListBytes))
         } catch {
             components.logger.error("task log read failed", metadata: ["error": "\(error)"])
             return .error(.taskLogUnavailable, "\(error)")
         }
+    }
+
+    /// `{"tasks":[…],"next_before":…}`. Without `fields=`, records leave out their args, result and error. The
+    /// body stops before `maxBytes`: a page cut short says `"truncated":true` and continues at `next_before` (a
+    /// record too big on its own comes without its bodies, `"bodies_omitted":true`).
+    static func page(_ records: [TaskRecord], limit: Int, bodies: TaskBodies, maxBytes: Int) -> [UInt8] {
+        var items: [[UInt8]] = []
+        var size = 64
+        var truncated = false
+        for r in records {
+            var one = JSONWriter(capacity: 512)
+            one.task(r, bodies: bodies)
+            if size + one.bytes.count + 1 > maxBytes {
+                if items.isEmpty {
+                    // Alone over the limit: without its bodies, so the walk goes on.
+                    var bare = JSONWriter(capacity: 512)
+                    bare.task(r, bodies: [])
+                    var marked = bare.bytes
+                    if !bodies.isEmpty {
+                        marked.removeLast()
+                        marked.append(contentsOf: Array(#","bodies_omitted":true}"#.utf8))
+                    }
+                    items.append(marked)
+                    size += marked.count + 1
+                }
+                truncated = true
+                break
+            }
+            items.append(one.bytes)
+            size += one.bytes.count + 1
+        }
+        let included = records.prefix(items.count)
+        var w = JSONWriter(capacity: size + 64)
+        w.beginObject()
+        w.key("tasks")
+        w.beginArray()
+        for item in items { w.raw(item) }
+        w.endArray()
+        w.key("next_before")
+        w.stringOrNull(truncated || records.count == limit ? included.last?.id : nil)
+        if truncated { w.key("truncated"); w.bool(true) }
+        w.endObject()
+        return w.bytes
     }
 
     /// `2026-12-01T10:00:00Z`, with or without milliseconds, or epoch milliseconds.
@@ -203,28 +251,46 @@ struct TasksController: Sendable {
         do { args = try JSONParser.parse(Array((record.args ?? "{}").utf8)) } catch {
             return .error(.notRetryable, "the stored arguments of \(id) are not valid JSON")
         }
-        let issues = manifest.validate(args: args, for: task)
-        guard issues.isEmpty else {
-            return .error(.notRetryable, "the stored arguments no longer match the schema of '\(record.function)': \(issues[0])")
+        let conformance = manifest.conform(args: args, for: task)
+        if let issue = conformance.issues.items.first {
+            return .error(.notRetryable, "the stored arguments no longer match the schema of '\(record.function)': \(issue)")
         }
-        var response = await submitter.submit(spec: task.spec, args: args, retryOf: id)
+        var response = await submitter.submit(spec: task.spec, args: conformance.value, retryOf: id)
         response.headers[Self.retryOf] = id
         return response
     }
 
     // MARK: Live feed
 
-    /// `GET /events`: Server-Sent Events, one per committed lifecycle event (see EventFeed).
+    /// `GET /events`: Server-Sent Events, one per committed lifecycle event (see EventFeed). 503 with Retry-After
+    /// when `--max-sse-subscribers` streams are open.
     func eventStream(_ request: Request) async -> Response {
         guard let feed = components.feed else { return .noTaskLog }
-        let lastID = request.headers[Self.lastEventID].flatMap { Int64($0) }
-            ?? request.uri.queryParameters.get("last_event_id").flatMap { Int64($0) }
-        let stream = await feed.subscribe(lastEventID: lastID)
+        let header = request.headers[Self.lastEventID]
+        let query = request.uri.queryParameters.get("last_event_id")
+        var lastID: Int64?
+        if let text = header ?? query, !text.isEmpty {
+            guard let id = Int64(text), id >= 0 else {
+                return .error(.badRequest, "Last-Event-ID must be a non-negative integer (an event id)")
+            }
+            lastID = id
+        }
+        let subscription: EventFeed.Subscription
+        do { subscription = try await feed.subscribe(lastEventID: lastID) } catch {
+            switch error {
+            case .full(let limit):
+                HTTPRejections.count("sse_subscribers")
+                return .error(.overloaded, "\(limit) live-feed streams are open (--max-sse-subscribers); retry later",
+                              headers: [.retryAfter: "5"])
+            case .unavailable(let reason):
+                return .error(.taskLogUnavailable, reason, headers: [.retryAfter: "1"])
+            }
+        }
         return Response(
             status: .ok,
             headers: [.contentType: "text/event-stream", .cacheControl: "no-cache", Self.accelBuffering: "no"],
             body: ResponseBody { writer in
-                for await chunk in stream.cancelOnGracefulShutdown() {
+                for await chunk in subscription.cancelOnGracefulShutdown() {
                     try await writer.write(ByteBuffer(bytes: chunk))
                 }
                 try await writer.finish(nil)
