@@ -27,6 +27,9 @@ public struct GatewayConfiguration: Sendable {
     public var eventsViaNATS = false
     /// Names this gateway's durable events consumer (`events_<id>`).
     public var gatewayID = "gateway"
+    /// Access control (`--api-keys`, `--insecure-no-auth`, `--allowed-host`, `--cors-origin`, `--metrics-token`,
+    /// `--default-rate`): see `AccessConfiguration`.
+    public var access = AccessConfiguration()
 
     public init(manifestPath: String, httpPools: [String: [String]], taskLogPath: String?, host: String = "127.0.0.1",
                 port: Int = 8080, maxBodyBytes: Int = 1 << 20, timeoutGraceMs: Int = 2000, natsURL: String? = nil,

@@ -80,9 +80,10 @@ extension Request {
 ///
 /// `services` run beside the server in its service group; on graceful shutdown the server stops first (it drains its
 /// requests), then the services in reverse order of the list.
-public func makeApplication(router: Router<BasicRequestContext>, host: String, port: Int, serverName: String,
+public func makeApplication<Context: RequestContext>(router: Router<Context>, host: String, port: Int, serverName: String,
                             services: [any Service] = [],
-                            logger: Logger, onListening: @escaping @Sendable (Int) -> Void = { _ in }) -> some ApplicationProtocol {
+                            logger: Logger, onListening: @escaping @Sendable (Int) -> Void = { _ in }) -> some ApplicationProtocol
+where Context.Source == ApplicationRequestContextSource {
     Application(
         router: router,
         configuration: .init(address: .hostname(host, port: port), serverName: serverName),
