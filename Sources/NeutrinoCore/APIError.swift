@@ -20,6 +20,11 @@ public enum APIError: String, Sendable, CaseIterable {
     case methodNotAllowed = "MethodNotAllowed"
     case unknownTask = "UnknownTask"
     case taskNotFound = "TaskNotFound"
+    // Who is asking (API keys, the Host and Origin checks, per-key limits).
+    case unauthorized = "Unauthorized"
+    case forbidden = "Forbidden"
+    case misdirectedRequest = "MisdirectedRequest"
+    case rateLimited = "RateLimited"
     // The task's state.
     case taskFinished = "TaskFinished"
     case notCancellable = "NotCancellable"
@@ -51,6 +56,10 @@ public enum APIError: String, Sendable, CaseIterable {
     public var statusCode: Int {
         switch self {
         case .badRequest, .malformedJSON: 400
+        case .unauthorized: 401
+        case .forbidden: 403
+        case .misdirectedRequest: 421
+        case .rateLimited: 429
         case .routeNotFound, .unknownTask, .taskNotFound: 404
         case .methodNotAllowed: 405
         case .requestTimeout: 408

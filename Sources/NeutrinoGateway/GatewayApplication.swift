@@ -19,6 +19,12 @@ import ServiceLifecycle
 /// task-log retention → sync pools' connections → task log (the last events committed) → NATS connection.
 public func buildGateway(_ configuration: GatewayConfiguration, logger: Logger) async throws -> some ApplicationProtocol {
     let manifest = try readManifest(configuration.manifestPath)
+    let access = configuration.access
+    let loopback = AccessConfiguration.isLoopback(configuration.host)
+    if !loopback && access.apiKeysPath == nil && !access.insecureNoAuth {
+        throw GatewayError(message: "refusing to listen on \(configuration.host) without API keys: give --api-keys PATH (see `neutrino keys create`), listen on 127.0.0.1, or pass --insecure-no-auth")
+    }
+    let keys = try access.apiKeysPath.map { try KeyStore(path: $0, logger: logger) }
     let queue: GatewayQueue? = if let url = configuration.natsURL {
         try await GatewayQueue.connect(url: url, streamReplicas: configuration.streamReplicas, logger: logger)
     } else { nil }
@@ -53,6 +59,9 @@ public func buildGateway(_ configuration: GatewayConfiguration, logger: Logger) 
         reader = try TaskLogReader(path: path)
     }
 
+    // With keys, the queued/pending events carry the submitting key's id.
+    if keys != nil { taskLog = taskLog.map { SubmitterTaggingSink($0) } }
+
     var policies: [String: ScalingPolicy] = [:]
     for (pool, text) in configuration.scaling {
         guard let mode = manifest.pools[pool] else {
@@ -73,11 +82,29 @@ public func buildGateway(_ configuration: GatewayConfiguration, logger: Logger) 
         waiters: reader.map { TaskWaiters(reader: $0, maxWaiters: configuration.maxLongPollWaiters) }, queue: queue,
         workers: workers, monitor: monitor, feed: feed, logger: logger)
 
-    let router = Router()
+    let router = Router(context: GatewayRequestContext.self)
     // Hummingbird applies a middleware to the routes added after it. First the one error shape for what no handler
     // answers (404, 405, an unreadable request target), then the request counter.
     router.add(middleware: ErrorBodyMiddleware(routes: gatewayRoutes))
     router.add(middleware: RequestMetricsMiddleware())
+    // Access control, in this order: Host (DNS rebinding) → Origin and CSRF → CORS preflight → API key → scopes
+    // and per-key limits. See AccessConfiguration and the README's "Authentication".
+    if loopback || !access.allowedHosts.isEmpty {
+        router.add(middleware: HostGuardMiddleware(host: configuration.host, extra: access.allowedHosts))
+    }
+    router.add(middleware: OriginGuardMiddleware(corsOrigins: access.corsOrigins))
+    if !access.corsOrigins.isEmpty {
+        router.add(middleware: CORSMiddleware(
+            allowOrigin: .originBased,
+            allowHeaders: [.accept, .authorization, .contentType, .origin, TasksController.lastEventID, TaskSubmitter.idempotencyKey],
+            allowMethods: [.get, .head, .post, .delete, .options],
+            exposedHeaders: ["Retry-After", "Location", "WWW-Authenticate", NeutrinoHeader.taskID.canonicalName],
+            maxAge: .seconds(600)))
+    }
+    if let keys { router.add(middleware: APIKeyAuthenticator(store: keys, metricsToken: access.metricsToken)) }
+    let limits = KeyLimits(defaultRate: access.defaultRate)
+    router.add(middleware: AccessPolicyMiddleware(keysEnabled: keys != nil, metricsToken: access.metricsToken, limits: limits,
+                                                  manifest: manifest))
     let submitter = TaskSubmitter(components: components)
     let operations = OperationsController(components: components)
     operations.addRoutes(to: router)
@@ -108,6 +135,11 @@ public func buildGateway(_ configuration: GatewayConfiguration, logger: Logger) 
     services.append(monitor)
     if let feed { services.append(feed) }
     if let queue { services.append(HeartbeatListener(connection: queue.connection, registry: workers, logger: logger)) }
+    if let keys { services.append(KeyFileWatcher(store: keys, interval: access.keyFilePollInterval)) }
+    if keys != nil, let reader { services.append(InFlightReaper(limits: limits, reader: reader, interval: access.inFlightPollInterval)) }
+    if !loopback && keys == nil {
+        services.append(InsecureWarning(host: configuration.host, interval: access.insecureWarningInterval, logger: logger))
+    }
 
     logger.info("gateway starting", metadata: [
         "tasks": "\(manifest.tasks.keys.sorted().joined(separator: ","))",

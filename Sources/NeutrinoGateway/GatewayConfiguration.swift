@@ -59,6 +59,10 @@ public struct GatewayConfiguration: Sendable {
     /// The largest `GET /tasks` body; a page is cut short (`truncated`, `next_before`) before it.
     public var maxListBytes = 4 << 20
 
+    /// Access control (`--api-keys`, `--insecure-no-auth`, `--allowed-host`, `--cors-origin`, `--metrics-token`,
+    /// `--default-rate`): see `AccessConfiguration`.
+    public var access = AccessConfiguration()
+
     public init(manifestPath: String, httpPools: [String: [String]], taskLogPath: String?, host: String = "127.0.0.1",
                 port: Int = 8080, maxBodyBytes: Int = 1 << 20, timeoutGraceMs: Int = 2000, natsURL: String? = nil,
                 ackWait: Duration = .seconds(30)) {

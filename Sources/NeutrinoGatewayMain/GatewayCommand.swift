@@ -100,6 +100,25 @@ struct GatewayCommand: AsyncParsableCommand {
         .milliseconds(Int64((min(max(seconds, 0.001), 86_400) * 1000).rounded()))
     }
 
+    // Access control (issue 12): API keys, Host/Origin checks, per-key limits.
+    @Option(name: .customLong("api-keys"), help: "The API keys file (JSON, mode 0600, written by `neutrino keys`); reloaded when it changes and on SIGHUP. Without it every route is open, which only a loopback --host allows.")
+    var apiKeys: String?
+
+    @Flag(name: .customLong("insecure-no-auth"), help: "Listen on a non-loopback --host without --api-keys (warns every minute).")
+    var insecureNoAuth = false
+
+    @Option(name: .customLong("allowed-host"), help: "A Host name the gateway answers to besides localhost, 127.0.0.1, [::1] and --host (repeatable; DNS-rebinding protection).")
+    var allowedHosts: [String] = []
+
+    @Option(name: .customLong("cors-origin"), help: "A browser origin (scheme://host[:port], or *) allowed to call the API cross-origin (repeatable).")
+    var corsOrigins: [String] = []
+
+    @Option(name: .customLong("metrics-token"), help: "A bearer token that opens GET /metrics (else, with --api-keys, /metrics needs an admin key).")
+    var metricsToken: String?
+
+    @Option(name: .customLong("default-rate"), help: "Requests per second of a key whose entry sets no rate_per_second (default: unlimited).")
+    var defaultRate: Double?
+
     func validate() throws {
         for (name, seconds) in [("--header-timeout", headerTimeout), ("--body-timeout", bodyTimeout), ("--idle-timeout", idleTimeout)] {
             guard seconds.isFinite, seconds > 0, seconds <= 86_400 else { throw ValidationError("\(name) must be 0 < seconds <= 86400") }
@@ -145,6 +164,8 @@ struct GatewayCommand: AsyncParsableCommand {
         }
         guard maxBodyBytes > 0 else { throw ValidationError("--max-body-bytes must be positive") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
+        if let r = defaultRate, !(r > 0 && r.isFinite) { throw ValidationError("--default-rate must be a positive number") }
+        if metricsToken?.isEmpty == true { throw ValidationError("--metrics-token must not be empty") }
     }
 
     func run() async throws {
@@ -179,6 +200,13 @@ struct GatewayCommand: AsyncParsableCommand {
         configuration.workerConnections = workerConnections
         configuration.maxWorkerAnswerBytes = maxWorkerAnswerBytes
         configuration.maxListBytes = maxListBytes
+
+        configuration.access.apiKeysPath = apiKeys
+        configuration.access.insecureNoAuth = insecureNoAuth
+        configuration.access.allowedHosts = allowedHosts
+        configuration.access.corsOrigins = corsOrigins
+        configuration.access.metricsToken = metricsToken
+        configuration.access.defaultRate = defaultRate
         let hostName = ProcessInfo.processInfo.hostName.filter { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }
         configuration.gatewayID = gatewayID ?? (hostName.isEmpty ? "gateway" : hostName)
         do {

@@ -112,9 +112,10 @@ public struct ServerLimits: Sendable {
 ///
 /// `services` run beside the server in its service group; on graceful shutdown the server stops first (it drains its
 /// requests), then the services in reverse order of the list.
-public func makeApplication(router: Router<BasicRequestContext>, host: String, port: Int, serverName: String,
+public func makeApplication<Context: RequestContext>(router: Router<Context>, host: String, port: Int, serverName: String,
                             services: [any Service] = [], limits: ServerLimits = ServerLimits(),
-                            logger: Logger, onListening: @escaping @Sendable (Int) -> Void = { _ in }) -> some ApplicationProtocol {
+                            logger: Logger, onListening: @escaping @Sendable (Int) -> Void = { _ in }) -> some ApplicationProtocol
+where Context.Source == ApplicationRequestContextSource {
     let decoder = HTTP1Channel.Configuration.DecoderConfiguration(
         maxHeaderFieldSize: limits.maxHeaderBytes, maxHeaderListSize: limits.maxHeaderBytes, maxHeaderFieldCount: limits.maxHeaderCount)
     let handlers = limits.channelHandlers

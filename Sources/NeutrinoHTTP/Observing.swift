@@ -28,7 +28,7 @@ public struct RequestMetricsMiddleware<Context: RequestContext>: RouterMiddlewar
     }
 }
 
-extension Router where Context == BasicRequestContext {
+extension Router {
     /// `GET /metrics`: the process's registry in the Prometheus text format. `refresh` runs first (gauges that are
     /// read on demand, e.g. a worker's busy threads).
     public func addMetricsRoute(refresh: @escaping @Sendable () -> Void = {}) {

@@ -9,7 +9,7 @@ import NeutrinoTaskLog
 struct OperationsController: Sendable {
     let components: GatewayComponents
 
-    func addRoutes(to router: Router<BasicRequestContext>) {
+    func addRoutes(to router: Router<GatewayRequestContext>) {
         router.get("/healthz") { _, _ in Response.json(.ok, Array(#"{"status":"ok"}"#.utf8)) }
         router.get("/readyz") { _, _ in await readiness() }
         router.get("/openapi.json") { _, _ in Response.json(.ok, components.manifest.document) }
@@ -18,7 +18,7 @@ struct OperationsController: Sendable {
     }
 
     /// The dashboard's files at `/` (added last: routes take precedence over files).
-    func addDashboard(to router: Router<BasicRequestContext>) {
+    func addDashboard(to router: Router<GatewayRequestContext>) {
         if let directory = components.configuration.dashboardDirectory {
             router.add(middleware: FileMiddleware(directory, searchForIndexHtml: true, logger: components.logger))
         }

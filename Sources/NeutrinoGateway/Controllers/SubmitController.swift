@@ -7,7 +7,7 @@ struct SubmitController: Sendable {
     let components: GatewayComponents
     let submitter: TaskSubmitter
 
-    func addRoutes(to router: Router<BasicRequestContext>) {
+    func addRoutes(to router: Router<GatewayRequestContext>) {
         router.post("/api/:task") { request, context in
             await submit(request, task: context.parameters.get("task") ?? "")
         }

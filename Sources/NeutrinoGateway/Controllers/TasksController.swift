@@ -19,7 +19,7 @@ struct TasksController: Sendable {
     static let lastEventID = HTTPField.Name("Last-Event-ID")!
     static let accelBuffering = HTTPField.Name("X-Accel-Buffering")!
 
-    func addRoutes(to router: Router<BasicRequestContext>) {
+    func addRoutes(to router: Router<GatewayRequestContext>) {
         router.get("/tasks/:id") { request, context in
             await getTask(context.parameters.get("id") ?? "", wait: request.uri.queryParameters.get("wait"))
         }

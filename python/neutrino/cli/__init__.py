@@ -11,6 +11,9 @@
     Render Kubernetes manifests for the app's pools and apply them (:mod:`.deploy`, on top of
     :mod:`neutrino.k8s`).
 
+``neutrino keys create|list|revoke --file PATH``
+    Manage the gateway's API keys file (:mod:`.keys`, on top of :mod:`neutrino.apikeys`).
+
 ``APP`` is ``path/to/app.py``, ``module`` or ``module:attr``. Each command module has ``register(commands)``,
 which adds its subparser with a ``handler``; :func:`main` builds the parser from :data:`COMMANDS` and runs the
 chosen handler. Commands only import the library (:mod:`neutrino.loading`, :mod:`neutrino.local`,
@@ -23,12 +26,12 @@ import argparse
 from typing import Optional, Sequence
 
 from .._version import __version__
-from . import deploy, openapi, up
+from . import deploy, keys, openapi, up
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 #: The subcommands, in the order ``neutrino --help`` lists them.
-COMMANDS = (openapi, up, deploy)
+COMMANDS = (openapi, up, deploy, keys)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,203 @@
+import HTTPTypes
+import Hummingbird
+import HummingbirdAuth
+import Metrics
+import NeutrinoCore
+import NeutrinoHTTP
+
+/// The gateway's request context: Hummingbird's core storage plus the API key the request authenticated with
+/// (hummingbird-auth's `AuthRequestContext`).
+public struct GatewayRequestContext: AuthRequestContext, RequestContext {
+    public var coreContext: CoreRequestContextStorage
+    public var identity: APIKey?
+
+    public init(source: ApplicationRequestContextSource) {
+        coreContext = .init(source: source)
+        identity = nil
+    }
+}
+
+/// The key id of the request being served, for the task log's `submitted_by` (see `SubmitterTaggingSink`).
+public enum RequestIdentity {
+    @TaskLocal public static var keyID: String?
+}
+
+/// What a route needs, by method and matched pattern.
+enum AccessRequirement: Equatable {
+    case open
+    case scope(APIScope)
+    /// `GET /metrics`: the `--metrics-token` or an admin key (open when neither keys nor a token are configured).
+    case metrics
+
+    static func of(method: HTTPRequest.Method, endpoint: String?) -> AccessRequirement {
+        guard let endpoint else { return .open }  // no route matched: static dashboard files, 404s
+        switch (method, endpoint) {
+        case (_, "/healthz"), (_, "/readyz"): return .open
+        case (_, "/metrics"): return .metrics
+        case (.post, let p) where p.hasPrefix("/api/"): return .scope(.submit)
+        case (.delete, "/tasks/{id}"), (.post, "/tasks/{id}/retry"): return .scope(.admin)
+        case (.get, _), (.head, _): return .scope(.read)
+        // A state-changing route this table does not name yet needs the strongest scope.
+        default: return .scope(.admin)
+        }
+    }
+
+    /// Routes that create a task (they count against `max_in_flight`).
+    static func createsTask(method: HTTPRequest.Method, endpoint: String?) -> Bool {
+        guard method == .post, let endpoint else { return false }
+        return endpoint.hasPrefix("/api/") || endpoint == "/tasks/{id}/retry"
+    }
+}
+
+/// A refusal before the route runs: the usual JSON error body, counted in `neutrino_auth_rejections_total{reason}`.
+struct AccessRejection: HTTPResponseError {
+    var error: APIError
+    var reason: String
+    var message: String
+    var headers: HTTPFields = [:]
+    var limit: [(String, Double)] = []
+
+    var status: HTTPResponse.Status { .init(code: error.statusCode) }
+
+    static func unauthorized(_ reason: String, _ message: String) -> AccessRejection {
+        AccessRejection(error: .unauthorized, reason: reason, message: message,
+                        headers: [.wwwAuthenticate: #"Bearer realm="neutrino""#])
+    }
+
+    static func forbidden(_ reason: String, _ message: String, scope: APIScope? = nil) -> AccessRejection {
+        var challenge = #"Bearer realm="neutrino""#
+        if let scope { challenge += #", error="insufficient_scope", scope="\#(scope.rawValue)""# }
+        return AccessRejection(error: .forbidden, reason: reason, message: message, headers: [.wwwAuthenticate: challenge])
+    }
+
+    func response(from request: Request, context: some RequestContext) throws -> Response { errorResponse }
+
+    var errorResponse: Response {
+        Counter(label: AccessMetrics.rejections, dimensions: [("reason", reason)]).increment()
+        return .error(error, message, headers: headers) { [limit] w in
+            guard !limit.isEmpty else { return }
+            w.key("limit")
+            w.beginObject()
+            for (k, v) in limit {
+                w.key(k)
+                if v == v.rounded() { w.int(Int(v)) } else { w.double(v) }
+            }
+            w.endObject()
+        }
+    }
+}
+
+enum AccessMetrics {
+    static let rejections = "neutrino_auth_rejections_total"
+    static let requestsByKey = "neutrino_http_requests_by_key_total"
+    static let limited = "neutrino_rate_limited_total"
+}
+
+/// `Authorization: Bearer nk_…` → the key's entry in `context.identity` (hummingbird-auth's authenticator
+/// middleware). No header: no identity (the policy decides). An unknown or revoked key: 401, except on open routes.
+struct APIKeyAuthenticator: AuthenticatorMiddleware {
+    typealias Context = GatewayRequestContext
+    let store: KeyStore
+    let metricsToken: String?
+
+    func authenticate(request: Request, context: Context) async throws -> APIKey? {
+        guard let bearer = request.headers.bearer else { return nil }
+        let requirement = AccessRequirement.of(method: request.method, endpoint: context.endpointPath)
+        if requirement == .open { return nil }
+        if requirement == .metrics, let metricsToken,
+           KeyStore.constantTimeEqual(KeyStore.digest(bearer.token), KeyStore.digest(metricsToken)) { return nil }
+        switch store.verify(bearer.token) {
+        case .valid(let key): return key
+        case .unknown: throw AccessRejection.unauthorized("unknown_key", "the API key is not valid")
+        case .revoked(let id): throw AccessRejection.unauthorized("revoked_key", "API key \(id) is revoked")
+        }
+    }
+}
+
+/// Scopes, task/pool restrictions, the per-key rate and in-flight quota; then the route, with the key id in
+/// `RequestIdentity.keyID`, counted per key. With no keys configured every route is open (`/metrics` then takes
+/// the `--metrics-token` if one is set).
+struct AccessPolicyMiddleware: RouterMiddleware {
+    typealias Context = GatewayRequestContext
+    let keysEnabled: Bool
+    let metricsToken: String?
+    let limits: KeyLimits
+    let manifest: Manifest
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        let endpoint = context.endpointPath
+        switch AccessRequirement.of(method: request.method, endpoint: endpoint) {
+        case .open:
+            return try await next(request, context)
+        case .metrics:
+            if let metricsToken, let bearer = request.headers.bearer,
+               KeyStore.constantTimeEqual(KeyStore.digest(bearer.token), KeyStore.digest(metricsToken)) {
+                return try await next(request, context)
+            }
+            if !keysEnabled && metricsToken == nil { return try await next(request, context) }
+            guard let key = context.identity else {
+                throw AccessRejection.unauthorized("missing_key", "GET /metrics needs the metrics token or an admin API key")
+            }
+            guard key.allows(.admin) else {
+                throw AccessRejection.forbidden("scope", "API key \(key.id) lacks the admin scope GET /metrics needs", scope: .admin)
+            }
+            return try await serve(request, context, key: key, createsTask: false, next: next)
+        case .scope(let scope):
+            guard keysEnabled else { return try await next(request, context) }
+            guard let key = context.identity else {
+                throw AccessRejection.unauthorized("missing_key", "this route needs an API key (Authorization: Bearer <key>) with the \(scope.rawValue) scope")
+            }
+            guard key.allows(scope) else {
+                throw AccessRejection.forbidden("scope", "API key \(key.id) lacks the \(scope.rawValue) scope", scope: scope)
+            }
+            if request.method == .post, endpoint?.hasPrefix("/api/") == true, let task = context.parameters.get("task") {
+                if let tasks = key.tasks, !tasks.contains(task) {
+                    throw AccessRejection.forbidden("task_not_allowed", "API key \(key.id) may not submit '\(task)'")
+                }
+                if let pools = key.pools, let pool = manifest.tasks[task]?.spec.pool, !pools.contains(pool) {
+                    throw AccessRejection.forbidden("pool_not_allowed", "API key \(key.id) may not submit to pool '\(pool)'")
+                }
+            }
+            return try await serve(request, context, key: key,
+                                   createsTask: AccessRequirement.createsTask(method: request.method, endpoint: endpoint), next: next)
+        }
+    }
+
+    private func serve(_ request: Request, _ context: Context, key: APIKey, createsTask: Bool,
+                       next: (Request, Context) async throws -> Response) async throws -> Response {
+        if case .overRate(let retryAfter, let rate, let burst) = limits.take(key) {
+            throw limited(key, "rate", "API key \(key.id) is over its rate of \(rate) requests per second (burst \(Int(burst)))",
+                          retryAfter: retryAfter, limit: [("rate_per_second", rate), ("burst", burst)])
+        }
+        if createsTask, case .overInFlight(let limit, let inFlight) = limits.reserve(key) {
+            throw limited(key, "in_flight", "API key \(key.id) has \(inFlight) tasks queued or running, its limit is \(limit)",
+                          retryAfter: 1, limit: [("max_in_flight", Double(limit))])
+        }
+        let response: Response
+        do {
+            response = try await RequestIdentity.$keyID.withValue(key.id) { try await next(request, context) }
+        } catch {
+            if createsTask { limits.settle(keyID: key.id, acceptedTaskID: nil) }
+            count(key, code: (error as? any HTTPResponseError)?.status.code ?? 500)
+            throw error
+        }
+        if createsTask {
+            let accepted = response.status == .accepted ? response.headers[NeutrinoHeader.taskID] : nil
+            limits.settle(keyID: key.id, acceptedTaskID: accepted)
+        }
+        count(key, code: response.status.code)
+        return response
+    }
+
+    private func count(_ key: APIKey, code: Int) {
+        Counter(label: AccessMetrics.requestsByKey, dimensions: [("key_id", key.id), ("code", String(code))]).increment()
+    }
+
+    private func limited(_ key: APIKey, _ kind: String, _ message: String, retryAfter: Int,
+                         limit: [(String, Double)]) -> AccessRejection {
+        Counter(label: AccessMetrics.limited, dimensions: [("key_id", key.id), ("limit", kind)]).increment()
+        count(key, code: 429)
+        return AccessRejection(error: .rateLimited, reason: kind == "rate" ? "rate_limited" : "in_flight_limited", message: message,
+                               headers: [.retryAfter: String(retryAfter)], limit: limit)
+    }
+}

@@ -1,0 +1,104 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Metrics
+import NeutrinoCore
+
+/// DNS-rebinding protection: the `Host` (HTTP/1) or `:authority` (HTTP/2) must name this gateway — localhost,
+/// 127.0.0.1, [::1], its `--host`, or an `--allowed-host` — else 421. A request without one (no browser sends
+/// such a request) passes.
+struct HostGuardMiddleware<Context: RequestContext>: RouterMiddleware {
+    let allowed: Set<String>
+
+    init(host: String, extra: [String]) {
+        var names: Set<String> = ["localhost", "127.0.0.1", "[::1]"]
+        let h = host.lowercased()
+        if h != "0.0.0.0" && h != "::" && !h.isEmpty { names.insert(h.contains(":") && !h.hasPrefix("[") ? "[\(h)]" : h) }
+        for e in extra { names.insert(Self.hostName(e.lowercased())) }
+        allowed = names
+    }
+
+    /// The name part of `host[:port]` / `[v6][:port]`.
+    static func hostName(_ authority: String) -> String {
+        if authority.hasPrefix("[") {
+            return authority.firstIndex(of: "]").map { String(authority[...$0]) } ?? authority
+        }
+        let colons = authority.filter { $0 == ":" }.count
+        if colons == 1, let i = authority.firstIndex(of: ":") { return String(authority[..<i]) }
+        return colons > 1 ? "[\(authority)]" : authority
+    }
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        if let authority = request.headers[hostField] ?? request.head.authority {
+            let name = Self.hostName(authority.lowercased())
+            guard allowed.contains(name) || allowed.contains(name.hasSuffix(".") ? String(name.dropLast()) : name) else {
+                throw AccessRejection(error: .misdirectedRequest, reason: "host",
+                                      message: "this gateway does not answer to the host '\(authority)' (add it with --allowed-host)")
+            }
+        }
+        return try await next(request, context)
+    }
+}
+
+/// Cross-origin and CSRF protection. A request whose `Origin` is not the gateway's own (scheme + the request's
+/// host) is refused with 403 unless `--cors-origin` lists it (`*` = any). A state-changing request (POST, PUT,
+/// PATCH, DELETE) without `Authorization: Bearer` must be `application/json` or carry no `Content-Type`: the types
+/// an HTML form or a no-preflight fetch can send (form encodings, text/plain) are refused; a browser request without
+/// a type (a no-cors fetch of an untyped blob) always carries `Origin`, which the check above refuses.
+struct OriginGuardMiddleware<Context: RequestContext>: RouterMiddleware {
+    let corsOrigins: Set<String>
+
+    init(corsOrigins: [String]) {
+        self.corsOrigins = Set(corsOrigins.map { $0.lowercased().trimmingSuffix("/") })
+    }
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        if let origin = request.headers[.origin]?.lowercased() {
+            let authority = (request.headers[hostField] ?? request.head.authority)?.lowercased()
+            let own = authority.map { a in ["http://\(a)", "https://\(a)"].contains(origin) } ?? false
+            guard own || corsOrigins.contains("*") || corsOrigins.contains(origin) else {
+                throw AccessRejection.forbidden("origin", "cross-origin requests from \(origin) are not allowed (see --cors-origin)")
+            }
+        }
+        switch request.method {
+        case .post, .put, .patch, .delete:
+            if request.headers[.authorization]?.hasPrefix("Bearer ") == true { break }
+            if let type = request.headers[.contentType] {
+                let media = type.split(separator: ";").first.map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
+                guard media == "application/json" else {
+                    throw AccessRejection.forbidden("csrf", "a \(request.method.rawValue) without an API key must be application/json")
+                }
+            }
+        default: break
+        }
+        return try await next(request, context)
+    }
+}
+
+/// `Host` as a header field: HTTP/1 requests carry it as the request's authority, a request built in process may
+/// carry it as a field.
+let hostField = HTTPField.Name("Host")!
+
+extension String {
+    fileprivate func trimmingSuffix(_ suffix: String) -> String { hasSuffix(suffix) ? String(dropLast(suffix.count)) : self }
+}
+
+/// Adds `submitted_by=<key id>` to the `detail` of the `queued` / `pending` events recorded while an
+/// authenticated request is served (the task log has no column for it yet).
+final class SubmitterTaggingSink: TaskEventSink {
+    private let inner: any TaskEventSink
+
+    init(_ inner: any TaskEventSink) { self.inner = inner }
+
+    private func tagged(_ event: TaskEvent) -> TaskEvent {
+        guard let keyID = RequestIdentity.keyID, event.kind == .queued || event.kind == .pending else { return event }
+        var e = event
+        e.detail = [e.detail, "submitted_by=\(keyID)"].compactMap { $0 }.joined(separator: "; ")
+        return e
+    }
+
+    func record(_ event: TaskEvent) { inner.record(tagged(event)) }
+    func record(contentsOf events: [TaskEvent]) { inner.record(contentsOf: events.map(tagged)) }
+    func flush() async { await inner.flush() }
+    func close() async { await inner.close() }
+}
