@@ -109,7 +109,9 @@ struct APIKeyAuthenticator: AuthenticatorMiddleware {
         switch store.verify(bearer.token) {
         case .valid(let key): return key
         case .unknown: throw AccessRejection.unauthorized("unknown_key", "the API key is not valid")
-        case .revoked(let id): throw AccessRejection.unauthorized("revoked_key", "API key \(id) is revoked")
+        case .revoked(let id):
+            context.logger.notice("refused a revoked API key", metadata: ["key_id": "\(id)", "path": "\(request.uri.path)"])
+            throw AccessRejection.unauthorized("revoked_key", "API key \(id) is revoked")
         }
     }
 }
@@ -148,6 +150,8 @@ struct AccessPolicyMiddleware: RouterMiddleware {
                 throw AccessRejection.unauthorized("missing_key", "this route needs an API key (Authorization: Bearer <key>) with the \(scope.rawValue) scope")
             }
             guard key.allows(scope) else {
+                context.logger.info("API key lacks a scope", metadata: ["key_id": "\(key.id)", "scope": "\(scope.rawValue)",
+                                                                     "path": "\(request.uri.path)"])
                 throw AccessRejection.forbidden("scope", "API key \(key.id) lacks the \(scope.rawValue) scope", scope: scope)
             }
             if request.method == .post, endpoint?.hasPrefix("/api/") == true, let task = context.parameters.get("task") {
@@ -165,6 +169,8 @@ struct AccessPolicyMiddleware: RouterMiddleware {
 
     private func serve(_ request: Request, _ context: Context, key: APIKey, createsTask: Bool,
                        next: (Request, Context) async throws -> Response) async throws -> Response {
+        var context = context
+        context.logger[metadataKey: "key_id"] = "\(key.id)"  // the id, never the key, in what the route logs
         if case .overRate(let retryAfter, let rate, let burst) = limits.take(key) {
             throw limited(key, "rate", "API key \(key.id) is over its rate of \(rate) requests per second (burst \(Int(burst)))",
                           retryAfter: retryAfter, limit: [("rate_per_second", rate), ("burst", burst)])
