@@ -64,6 +64,8 @@ public struct ErrorBodyMiddleware<Context: RequestContext>: RouterMiddleware {
         do {
             return try await next(request, context)
         } catch let error as any HTTPResponseError {
+            // An error that renders its own JSON body (the access checks' 401/403/429) is answered as it is.
+            guard error is HTTPError else { throw error }
             let path = request.uri.path
             switch error.status {
             case .notFound:
