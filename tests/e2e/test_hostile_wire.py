@@ -143,19 +143,19 @@ def test_connection_that_never_speaks_gets_408(hostile: Hostile):
 
 
 def test_slowloris_head_gets_408(hostile: Hostile):
-    raw = exchange(hostile, b"GET /healthz HTTP/1.1\r\nHost: x\r\n", trickle=[b"X-Slow: 1\r\n"] * 40)
+    raw = exchange(hostile, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n", trickle=[b"X-Slow: 1\r\n"] * 40)
     expect("slowloris head", raw, 408, "RequestTimeout")
 
 
 def test_slowloris_second_request_on_a_kept_alive_connection(hostile: Hostile):
-    raw = exchange(hostile, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", trickle=[b"G", b"ET /he", b"al"] + [b"x"] * 40)
+    raw = exchange(hostile, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", trickle=[b"G", b"ET /he", b"al"] + [b"x"] * 40)
     first, _, rest = raw.partition(b'{"status":"ok"}')
     assert parse(first + b'{"status":"ok"}')[0] == 200
     expect("slowloris second request", rest, 408, "RequestTimeout")
 
 
 def test_slow_body_gets_408(hostile: Hostile):
-    raw = exchange(hostile, b'POST /api/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"args":',
+    raw = exchange(hostile, b'POST /api/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{"args":',
                    trickle=[b" "] * 30)
     headers = expect("slow body", raw, 408, "RequestTimeout")
     assert headers.get("connection") == "close"
@@ -164,27 +164,27 @@ def test_slow_body_gets_408(hostile: Hostile):
 # --------------------------------------------------------------------------------------- malformed framing
 
 @pytest.mark.parametrize("case,data,status,error_type", [
-    ("CL+TE", b"POST /api/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    ("CL+TE", b"POST /api/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
      400, "BadRequest"),
-    ("bad chunk size", b"POST /api/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+    ("bad chunk size", b"POST /api/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
      400, "BadRequest"),
-    ("chunk longer than declared", b"POST /api/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    ("chunk longer than declared", b"POST /api/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
                                    b"2\r\nabcdef\r\n0\r\n\r\n", 400, "BadRequest"),
-    ("two Content-Lengths", b"POST /api/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+    ("two Content-Lengths", b"POST /api/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
      400, "BadRequest"),
     ("garbage request line", b"BLAH\r\n\r\n", 400, "BadRequest"),
-    ("huge header", b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", 431, "HeadersTooLarge"),
-    ("too many headers", b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(300)) + b"\r\n",
+    ("huge header", b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", 431, "HeadersTooLarge"),
+    ("too many headers", b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(300)) + b"\r\n",
      431, "HeadersTooLarge"),
-    ("huge URL", b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 431, "HeadersTooLarge"),
-    ("NUL in a header value", b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-N: a\x00b\r\n\r\n", 400, "BadRequest"),
-    ("NUL in the path", b"GET /healthz\x00 HTTP/1.1\r\nHost: x\r\n\r\n", 400, "BadRequest"),
-    ("raw non-UTF-8 path", b"GET /tasks/\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n", 400, "BadRequest"),
-    ("escaped NUL in the query", b"GET /tasks?function=echo%00boom HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    ("huge URL", b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 431, "HeadersTooLarge"),
+    ("NUL in a header value", b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-N: a\x00b\r\n\r\n", 400, "BadRequest"),
+    ("NUL in the path", b"GET /healthz\x00 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 400, "BadRequest"),
+    ("raw non-UTF-8 path", b"GET /tasks/\xff\xfe HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 400, "BadRequest"),
+    ("escaped NUL in the query", b"GET /tasks?function=echo%00boom HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
      400, "BadRequest"),
-    ("escaped non-UTF-8 in the query", b"GET /tasks?pool=%ff HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    ("escaped non-UTF-8 in the query", b"GET /tasks?pool=%ff HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
      400, "BadRequest"),
-    ("body over the limit", b"POST /api/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 70000\r\nConnection: close\r\n\r\n",
+    ("body over the limit", b"POST /api/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 70000\r\nConnection: close\r\n\r\n",
      413, "PayloadTooLarge"),
 ])
 def test_malformed_requests(hostile: Hostile, case: str, data: bytes, status: int, error_type: str):
@@ -192,7 +192,7 @@ def test_malformed_requests(hostile: Hostile, case: str, data: bytes, status: in
 
 
 def _post(hostile: Hostile, body: bytes) -> bytes:
-    head = (f"POST /api/echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    head = (f"POST /api/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
             "Connection: close\r\n\r\n").encode()
     return exchange(hostile, head + body)
 
@@ -258,10 +258,10 @@ def test_sse_subscribers_are_bounded(hostile: Hostile):
     try:
         for _ in range(2):
             s = hostile.connect()
-            s.sendall(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.sendall(b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             assert s.recv(1000).startswith(b"HTTP/1.1 200"), "a stream within the limit opens"
             streams.append(s)
-        raw = exchange(hostile, b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+        raw = exchange(hostile, b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         headers = expect("SSE subscribers", raw, 503, "Overloaded")
         assert headers.get("retry-after"), headers
     finally:
@@ -271,7 +271,7 @@ def test_sse_subscribers_are_bounded(hostile: Hostile):
     def opens():
         s = hostile.connect()
         try:
-            s.sendall(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.sendall(b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             return s.recv(1000).startswith(b"HTTP/1.1 200")
         finally:
             s.close()
@@ -353,13 +353,13 @@ def test_connections_are_bounded(launcher: Launcher, example_manifest):
     try:
         for _ in range(4):
             s = h.connect()
-            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             assert s.recv(1000).startswith(b"HTTP/1.1 200")
             kept.append(s)
-        headers = expect("connections", exchange(h, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"), 503, "Overloaded")
+        headers = expect("connections", exchange(h, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"), 503, "Overloaded")
         assert headers.get("retry-after"), headers
         kept.pop().close()
-        wait_for(lambda: parse(exchange(h, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))[0] == 200,
+        wait_for(lambda: parse(exchange(h, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"))[0] == 200,
                  timeout=60, interval=0.1, message="a connection to be served once one left")
         text = scrape(h.url).text
         assert 'neutrino_http_rejected_total{reason="connections"}' in text, text

@@ -14,13 +14,18 @@ from conftest import EXAMPLE_APP, NATS_TASK_LOG, QUEUE_APP, Scrape, scrape, wait
 pytest.importorskip("prometheus_client", reason="prometheus_client (test extra) parses the exposition")
 
 COUNTERS = {"neutrino_http_requests_total", "neutrino_tasks_submitted_total", "neutrino_tasks_total",
-            "neutrino_events_applied_total"}
+            "neutrino_events_applied_total", "neutrino_worker_restarts_total", "neutrino_http_rejected_total",
+            "neutrino_auth_rejections_total", "neutrino_http_requests_by_key_total", "neutrino_rate_limited_total",
+            "neutrino_tasklog_events_dropped_total", "neutrino_tasklog_events_lost_total",
+            "neutrino_tasklog_events_rejected_total", "neutrino_tasklog_pruned_tasks_total"}
 HISTOGRAMS = {"neutrino_task_duration_seconds", "neutrino_task_execution_seconds", "neutrino_tasklog_batch_size",
-              "neutrino_tasklog_write_seconds"}
+              "neutrino_tasklog_write_seconds", "neutrino_tasklog_checkpoint_seconds",
+              "neutrino_tasklog_checkpoint_yield_seconds", "neutrino_tasklog_prune_transaction_seconds"}
 GAUGES = {"neutrino_worker_tasks_in_flight", "neutrino_worker_slots", "neutrino_queue_pending",
           "neutrino_queue_in_flight", "neutrino_queue_redelivered", "neutrino_queue_depth",
           "neutrino_queue_oldest_age_seconds", "neutrino_dlq_depth", "neutrino_workers_alive",
-          "neutrino_pool_desired_replicas"}
+          "neutrino_pool_desired_replicas", "neutrino_tasklog_db_bytes", "neutrino_tasklog_queued_events",
+          "neutrino_tasklog_wal_bytes"}
 TYPES = {**{n: "counter" for n in COUNTERS}, **{n: "histogram" for n in HISTOGRAMS}, **{n: "gauge" for n in GAUGES}}
 # The task-log histograms of a worker: only one with a SQLite writer has them (not a `--task-log nats` worker).
 WORKER_TASKLOG = set() if NATS_TASK_LOG else {"neutrino_tasklog_batch_size", "neutrino_tasklog_write_seconds"}

@@ -68,12 +68,6 @@ def ping(n: int) -> dict:
     return {"n": n}
 
 
-@app.task(execution_mode="async", timeout_secs=60, retries=1)
-def crash_worker(path: str) -> dict:
-    """Ends its worker process on every attempt (a segfaulting extension, an OOM kill): no outcome is ever recorded."""
-    _note(path, "start")
-    os._exit(9)
-
 
 @app.task(execution_mode="async", timeout_secs=60, retries=2)
 def crash_worker_max(path: str) -> dict:
