@@ -101,6 +101,7 @@ fuzz-test:
 		$(PY) -m pytest -q tests/e2e/test_fuzz_schemathesis.py
 
 test: deps browser-deps k8s-deps
+	$(MAKE) lint
 	$(MAKE) swift-test
 	$(MAKE) python-test
 	$(MAKE) e2e-test

@@ -4,7 +4,7 @@ import PackageDescription
 // One set of settings for every Swift target: Swift 6 language mode (strict concurrency)
 // plus the upcoming features Hummingbird itself builds with.
 let swiftSettings: [SwiftSetting] = [
-    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("ExistentialAny")
 ]
 
 let package = Package(
@@ -28,102 +28,129 @@ let package = Package(
     ],
     targets: [
         // C libraries, each behind a system-library target with its own shim header.
-        .systemLibrary(name: "CPython", path: "Sources/CPython", pkgConfig: "python3-embed",
-                       providers: [.apt(["libpython3-dev"])]),
-        .systemLibrary(name: "CNats", path: "Sources/CNats", pkgConfig: "libnats",
-                       providers: [.apt(["libnats-dev"])]),
-        .systemLibrary(name: "CSQLite", path: "Sources/CSQLite", pkgConfig: "sqlite3",
-                       providers: [.apt(["libsqlite3-dev"])]),
+        .systemLibrary(
+            name: "CPython", path: "Sources/CPython", pkgConfig: "python3-embed",
+            providers: [.apt(["libpython3-dev"])]),
+        .systemLibrary(
+            name: "CNats", path: "Sources/CNats", pkgConfig: "libnats",
+            providers: [.apt(["libnats-dev"])]),
+        .systemLibrary(
+            name: "CSQLite", path: "Sources/CSQLite", pkgConfig: "sqlite3",
+            providers: [.apt(["libsqlite3-dev"])]),
 
         // Pure model: ids, statuses and their state machine, task specs, the manifest, JSON values, schema checks.
         .target(name: "NeutrinoCore", swiftSettings: swiftSettings),
         // The SQLite task log: schema, batched writer, idempotent event application, queries.
-        .target(name: "NeutrinoTaskLog", dependencies: [
-            "NeutrinoCore", "CSQLite",
-            .product(name: "NIOPosix", package: "swift-nio"),
-            .product(name: "Metrics", package: "swift-metrics"),
-            .product(name: "Logging", package: "swift-log"),
-            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-        ], swiftSettings: swiftSettings),
+        .target(
+            name: "NeutrinoTaskLog",
+            dependencies: [
+                "NeutrinoCore", "CSQLite",
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ], swiftSettings: swiftSettings),
         // `make bench-tasklog`: generates a task log of TASKLOG_BENCH_TASKS tasks and times every query, ingest and
         // pruning on it. A tool, not a product: nothing ships it.
-        .executableTarget(name: "NeutrinoTaskLogBench", dependencies: [
-            "NeutrinoCore", "NeutrinoTaskLog", "CSQLite",
-            .product(name: "Metrics", package: "swift-metrics"),
-            .product(name: "Logging", package: "swift-log"),
-        ], path: "bench/tasklog", swiftSettings: swiftSettings),
+        .executableTarget(
+            name: "NeutrinoTaskLogBench",
+            dependencies: [
+                "NeutrinoCore", "NeutrinoTaskLog", "CSQLite",
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Logging", package: "swift-log"),
+            ], path: "bench/tasklog", swiftSettings: swiftSettings),
         // The embedded CPython interpreter and the dedicated threads that run Python.
         // pthread locks and threads for the modules that stay off Foundation.
         .target(name: "NeutrinoThreads", swiftSettings: swiftSettings),
         .target(name: "NeutrinoPython", dependencies: ["NeutrinoCore", "NeutrinoThreads", "CPython"], swiftSettings: swiftSettings),
         // Logging (text or JSON lines) and the Prometheus registry behind swift-metrics, set up once per process.
-        .target(name: "NeutrinoObservability", dependencies: [
-            "NeutrinoCore",
-            .product(name: "Logging", package: "swift-log"),
-            .product(name: "Metrics", package: "swift-metrics"),
-            .product(name: "Prometheus", package: "swift-prometheus"),
-        ], swiftSettings: swiftSettings),
+        .target(
+            name: "NeutrinoObservability",
+            dependencies: [
+                "NeutrinoCore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ], swiftSettings: swiftSettings),
         // HTTP pieces both servers share: JSON error bodies, the listening-address announcement, LifecycleService.
-        .target(name: "NeutrinoHTTP", dependencies: [
-            "NeutrinoCore", "NeutrinoObservability",
-            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-            .product(name: "Metrics", package: "swift-metrics"),
-            .product(name: "Hummingbird", package: "hummingbird"),
-            .product(name: "HTTPTypes", package: "swift-http-types"),
-            .product(name: "NIOCore", package: "swift-nio"),
-            .product(name: "Logging", package: "swift-log"),
-        ], swiftSettings: swiftSettings),
-        .target(name: "NeutrinoGateway", dependencies: [
-            "NeutrinoCore", "NeutrinoTaskLog", "NeutrinoHTTP", "NeutrinoNATS", "NeutrinoObservability", "NeutrinoEvents",
-            .product(name: "Hummingbird", package: "hummingbird"),
-            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-            .product(name: "Metrics", package: "swift-metrics"),
-            .product(name: "HTTPTypes", package: "swift-http-types"),
-            .product(name: "NIOHTTP1", package: "swift-nio"),
-            .product(name: "NIOPosix", package: "swift-nio"),
-            .product(name: "Logging", package: "swift-log"),
-            .product(name: "HummingbirdAuth", package: "hummingbird-auth"),
-            .product(name: "UnixSignals", package: "swift-service-lifecycle"),
-            .product(name: "Crypto", package: "swift-crypto"),
-        ], swiftSettings: swiftSettings),
-        .target(name: "NeutrinoWorker", dependencies: [
-            "NeutrinoCore", "NeutrinoTaskLog", "NeutrinoPython", "NeutrinoHTTP", "NeutrinoNATS", "NeutrinoObservability", "NeutrinoEvents",
-            .product(name: "Hummingbird", package: "hummingbird"),
-            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-            .product(name: "Metrics", package: "swift-metrics"),
-            .product(name: "Logging", package: "swift-log"),
-        ], swiftSettings: swiftSettings),
-        .executableTarget(name: "NeutrinoGatewayMain", dependencies: [
-            "NeutrinoGateway", "NeutrinoObservability",
-            .product(name: "ArgumentParser", package: "swift-argument-parser"),
-        ], path: "Sources/NeutrinoGatewayMain", swiftSettings: swiftSettings),
-        .executableTarget(name: "NeutrinoWorkerMain", dependencies: [
-            "NeutrinoWorker", "NeutrinoObservability",
-            .product(name: "ArgumentParser", package: "swift-argument-parser"),
-        ], path: "Sources/NeutrinoWorkerMain", swiftSettings: swiftSettings),
+        .target(
+            name: "NeutrinoHTTP",
+            dependencies: [
+                "NeutrinoCore", "NeutrinoObservability",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ], swiftSettings: swiftSettings),
+        .target(
+            name: "NeutrinoGateway",
+            dependencies: [
+                "NeutrinoCore", "NeutrinoTaskLog", "NeutrinoHTTP", "NeutrinoNATS", "NeutrinoObservability", "NeutrinoEvents",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "HummingbirdAuth", package: "hummingbird-auth"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ], swiftSettings: swiftSettings),
+        .target(
+            name: "NeutrinoWorker",
+            dependencies: [
+                "NeutrinoCore", "NeutrinoTaskLog", "NeutrinoPython", "NeutrinoHTTP", "NeutrinoNATS", "NeutrinoObservability", "NeutrinoEvents",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Logging", package: "swift-log"),
+            ], swiftSettings: swiftSettings),
+        .executableTarget(
+            name: "NeutrinoGatewayMain",
+            dependencies: [
+                "NeutrinoGateway", "NeutrinoObservability",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ], path: "Sources/NeutrinoGatewayMain", swiftSettings: swiftSettings),
+        .executableTarget(
+            name: "NeutrinoWorkerMain",
+            dependencies: [
+                "NeutrinoWorker", "NeutrinoObservability",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ], path: "Sources/NeutrinoWorkerMain", swiftSettings: swiftSettings),
 
         .testTarget(name: "NeutrinoCoreTests", dependencies: ["NeutrinoCore"], swiftSettings: swiftSettings),
         .testTarget(name: "NeutrinoTaskLogTests", dependencies: ["NeutrinoTaskLog"], swiftSettings: swiftSettings),
-        .testTarget(name: "NeutrinoGatewayTests", dependencies: [
-            "NeutrinoGateway", "NeutrinoTaskLog", "NeutrinoNATS", "NeutrinoTestSupport",
-            .product(name: "HummingbirdTesting", package: "hummingbird"),
-            .product(name: "HTTPTypes", package: "swift-http-types"),
-        ], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "NeutrinoGatewayTests",
+            dependencies: [
+                "NeutrinoGateway", "NeutrinoTaskLog", "NeutrinoNATS", "NeutrinoTestSupport",
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+            ], swiftSettings: swiftSettings),
         .testTarget(name: "NeutrinoPythonTests", dependencies: ["NeutrinoPython"], swiftSettings: swiftSettings),
-        .target(name: "NeutrinoNATS", dependencies: ["NeutrinoCore", "NeutrinoThreads", "CNats", .product(name: "Logging", package: "swift-log")], swiftSettings: swiftSettings),
+        .target(
+            name: "NeutrinoNATS", dependencies: ["NeutrinoCore", "NeutrinoThreads", "CNats", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: swiftSettings),
         // A real nats-server per test, for the test targets that need NATS (not a product).
-        .target(name: "NeutrinoTestSupport", dependencies: ["NeutrinoNATS", .product(name: "Logging", package: "swift-log")],
-                path: "Tests/NeutrinoTestSupport", swiftSettings: swiftSettings),
+        .target(
+            name: "NeutrinoTestSupport", dependencies: ["NeutrinoNATS", .product(name: "Logging", package: "swift-log")],
+            path: "Tests/NeutrinoTestSupport", swiftSettings: swiftSettings),
         .testTarget(name: "NeutrinoNATSTests", dependencies: ["NeutrinoNATS", "NeutrinoTestSupport"], swiftSettings: swiftSettings),
         // Task lifecycle events over NATS (`--task-log nats`): the codec, the stream, the worker's publisher,
         // the gateway's consumer into the task log.
-        .target(name: "NeutrinoEvents", dependencies: [
-            "NeutrinoCore", "NeutrinoTaskLog", "NeutrinoNATS", "NeutrinoThreads", "NeutrinoObservability",
-            .product(name: "Logging", package: "swift-log"),
-            .product(name: "Metrics", package: "swift-metrics"),
-        ], swiftSettings: swiftSettings),
-        .testTarget(name: "NeutrinoEventsTests", dependencies: ["NeutrinoEvents", "NeutrinoTaskLog", "NeutrinoNATS", "NeutrinoTestSupport"],
-                    swiftSettings: swiftSettings),
+        .target(
+            name: "NeutrinoEvents",
+            dependencies: [
+                "NeutrinoCore", "NeutrinoTaskLog", "NeutrinoNATS", "NeutrinoThreads", "NeutrinoObservability",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "NeutrinoEventsTests", dependencies: ["NeutrinoEvents", "NeutrinoTaskLog", "NeutrinoNATS", "NeutrinoTestSupport"],
+            swiftSettings: swiftSettings),
     ],
     swiftLanguageModes: [.v6]
 )

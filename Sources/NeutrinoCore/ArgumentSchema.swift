@@ -140,8 +140,10 @@ public indirect enum ArgumentSchema: Sendable, Hashable {
     /// Besides the schema, every number anywhere in the document must reach Python as written: an integer literal
     /// (no fraction or exponent, which Python reads as `int`) must fit 64 bits, and any other number (read as a
     /// `float`) must be finite.
-    public func conform(_ value: JSONValue, at path: String = "args", definitions: [String: ArgumentSchema] = [:],
-                        limit: Int = 20) -> Conformance {
+    public func conform(
+        _ value: JSONValue, at path: String = "args", definitions: [String: ArgumentSchema] = [:],
+        limit: Int = 20
+    ) -> Conformance {
         var issues = Issues(limit: limit)
         ArgumentSchema.checkNumbers(value, at: .root(path), &issues)
         let conformed = walk(value, at: .root(path), definitions, &issues, depth: 0)
@@ -149,8 +151,10 @@ public indirect enum ArgumentSchema: Sendable, Hashable {
     }
 
     /// Every issue (up to `limit`) that makes `value` not match; empty when it matches.
-    public func validate(_ value: JSONValue, at path: String = "args",
-                         definitions: [String: ArgumentSchema] = [:], limit: Int = 20) -> [Issue] {
+    public func validate(
+        _ value: JSONValue, at path: String = "args",
+        definitions: [String: ArgumentSchema] = [:], limit: Int = 20
+    ) -> [Issue] {
         conform(value, at: path, definitions: definitions, limit: limit).issues.items
     }
 
@@ -178,8 +182,10 @@ public indirect enum ArgumentSchema: Sendable, Hashable {
         }
     }
 
-    private func walk(_ input: JSONValue, at location: Location, _ definitions: [String: ArgumentSchema],
-                      _ issues: inout Issues, depth: Int) -> JSONValue {
+    private func walk(
+        _ input: JSONValue, at location: Location, _ definitions: [String: ArgumentSchema],
+        _ issues: inout Issues, depth: Int
+    ) -> JSONValue {
         if issues.saturated { return input }
         guard depth < 64 else { issues.add(location, "schema nesting too deep"); return input }
         guard case .node(let n) = self else {
@@ -207,7 +213,8 @@ public indirect enum ArgumentSchema: Sendable, Hashable {
                 case .integerOutOfRange where !types.contains("number"):
                     // Literals that cannot reach Python at all were reported by checkNumbers.
                     if !JSONNumber.isIntegerLiteral(text) && JSONNumber.isFiniteDouble(text) {
-                        issues.add(location, "integer \(ArgumentSchema.abbreviate(text)) is outside the 64-bit range (\(ArgumentSchema.integerRange))")
+                        issues.add(
+                            location, "integer \(ArgumentSchema.abbreviate(text)) is outside the 64-bit range (\(ArgumentSchema.integerRange))")
                     }
                     return value
                 default:

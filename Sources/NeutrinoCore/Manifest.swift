@@ -61,8 +61,9 @@ public struct Manifest: Sendable {
             let argsSchema = op["requestBody"]?["content"]?["application/json"]?["schema"]?["properties"]?["args"] ?? .object([:])
             let arguments: ArgumentSchema
             do { arguments = try ArgumentSchema(argsSchema) } catch { throw LoadError(message: "\(location): args schema: \(error)") }
-            tasks[name] = Task(spec: TaskSpec(name: name, mode: mode, pool: pool, timeoutMs: timeout, retries: retries),
-                               arguments: arguments)
+            tasks[name] = Task(
+                spec: TaskSpec(name: name, mode: mode, pool: pool, timeoutMs: timeout, retries: retries),
+                arguments: arguments)
         }
         guard !tasks.isEmpty else { throw LoadError(message: "manifest declares no task (no POST /api/<task> paths)") }
         self.appName = root["x-neutrino-app"]?.stringValue ?? root["info"]?["title"]?.stringValue

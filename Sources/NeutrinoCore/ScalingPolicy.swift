@@ -87,7 +87,10 @@ public struct ScalingPolicy: Sendable, Hashable {
             let backlog = inputs.pending + inputs.inFlight
             let raw = Int((Double(backlog) / target).rounded(.up))
             let wanted = clamp(raw)
-            return (wanted, "backlog \(backlog) (pending \(inputs.pending) + in flight \(inputs.inFlight)) / target \(JSONWriter.format(target)) → \(raw)\(bounds(raw, wanted))")
+            return (
+                wanted,
+                "backlog \(backlog) (pending \(inputs.pending) + in flight \(inputs.inFlight)) / target \(JSONWriter.format(target)) → \(raw)\(bounds(raw, wanted))"
+            )
         case .utilisation:
             guard inputs.totalSlots > 0, inputs.replicas > 0 else {
                 return (clamp(Swift.max(inputs.replicas, min)), "no worker reports its load; keeping \(clamp(Swift.max(inputs.replicas, min)))")
@@ -95,7 +98,10 @@ public struct ScalingPolicy: Sendable, Hashable {
             let utilisation = Double(inputs.busySlots) / Double(inputs.totalSlots)
             let raw = Int((Double(inputs.replicas) * utilisation / target).rounded(.up))
             let wanted = clamp(raw)
-            return (wanted, "busy \(inputs.busySlots)/\(inputs.totalSlots) threads = \(Int((utilisation * 100).rounded())) % on \(inputs.replicas) replicas, target \(Int((target * 100).rounded())) % → \(raw)\(bounds(raw, wanted))")
+            return (
+                wanted,
+                "busy \(inputs.busySlots)/\(inputs.totalSlots) threads = \(Int((utilisation * 100).rounded())) % on \(inputs.replicas) replicas, target \(Int((target * 100).rounded())) % → \(raw)\(bounds(raw, wanted))"
+            )
         }
     }
 

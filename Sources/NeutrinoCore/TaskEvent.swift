@@ -19,10 +19,12 @@ public struct TaskEvent: Sendable, Hashable {
     /// What the attempt printed (stdout and stderr, the last `--task-output-bytes`), on its outcome event.
     public var output: String?
 
-    public init(taskID: String, kind: TaskEventKind, at: Timestamp = .now(), function: String, pool: String,
-                mode: ExecutionMode, workerID: String? = nil, attempt: Int = 0, args: String? = nil,
-                result: String? = nil, error: String? = nil, durationMs: Double? = nil,
-                progress: Double? = nil, detail: String? = nil, output: String? = nil) {
+    public init(
+        taskID: String, kind: TaskEventKind, at: Timestamp = .now(), function: String, pool: String,
+        mode: ExecutionMode, workerID: String? = nil, attempt: Int = 0, args: String? = nil,
+        result: String? = nil, error: String? = nil, durationMs: Double? = nil,
+        progress: Double? = nil, detail: String? = nil, output: String? = nil
+    ) {
         self.output = output
         self.taskID = taskID
         self.kind = kind

@@ -19,10 +19,12 @@ public struct TaskRecord: Sendable, Hashable {
     /// What the task printed in its last attempt (see `TaskEvent.output`).
     public var output: String?
 
-    public init(id: String, function: String, status: TaskStatus, createdAt: Timestamp, startedAt: Timestamp? = nil,
-                completedAt: Timestamp? = nil, workerID: String? = nil, pool: String, mode: ExecutionMode,
-                args: String? = nil, result: String? = nil, error: String? = nil, durationMs: Double? = nil,
-                attempts: Int = 0, progress: Double? = nil, progressMessage: String? = nil, output: String? = nil) {
+    public init(
+        id: String, function: String, status: TaskStatus, createdAt: Timestamp, startedAt: Timestamp? = nil,
+        completedAt: Timestamp? = nil, workerID: String? = nil, pool: String, mode: ExecutionMode,
+        args: String? = nil, result: String? = nil, error: String? = nil, durationMs: Double? = nil,
+        attempts: Int = 0, progress: Double? = nil, progressMessage: String? = nil, output: String? = nil
+    ) {
         self.output = output
         self.id = id
         self.function = function
@@ -44,16 +46,18 @@ public struct TaskRecord: Sendable, Hashable {
 
     /// The row an event creates when the task has none yet.
     public init(creatingFrom event: TaskEvent) {
-        self.init(id: event.taskID, function: event.function, status: event.kind.status, createdAt: event.at,
-                  pool: event.pool, mode: event.mode)
+        self.init(
+            id: event.taskID, function: event.function, status: event.kind.status, createdAt: event.at,
+            pool: event.pool, mode: event.mode)
         apply(event, decision: .transition(event.kind.status))
     }
 
     /// `existing` with `event` applied under the state machine; `nil` row means the event creates it.
     public static func applying(_ event: TaskEvent, to existing: TaskRecord?) -> TaskRecord {
         guard var row = existing else { return TaskRecord(creatingFrom: event) }
-        let decision = TaskStateMachine.decide(current: row.status, currentAttempt: row.attempts,
-                                               event: event.kind, eventAttempt: event.attempt)
+        let decision = TaskStateMachine.decide(
+            current: row.status, currentAttempt: row.attempts,
+            event: event.kind, eventAttempt: event.attempt)
         row.apply(event, decision: decision)
         return row
     }

@@ -62,8 +62,10 @@ public enum TaskStateMachine {
 
     /// What applying `event` (for attempt `eventAttempt`) to a task in `current` status (at `currentAttempt`)
     /// does. `current == nil` means the task has no row yet.
-    public static func decide(current: TaskStatus?, currentAttempt: Int,
-                              event: TaskEventKind, eventAttempt: Int) -> Decision {
+    public static func decide(
+        current: TaskStatus?, currentAttempt: Int,
+        event: TaskEventKind, eventAttempt: Int
+    ) -> Decision {
         guard let current else { return .transition(event.status) }
         if current.isTerminal { return .fillMissing }
         switch event {

@@ -24,8 +24,10 @@ public struct WorkerHeartbeat: Sendable, Hashable {
     public static let maxConcurrency = 100_000
     public static let maxRestarts = 1_000_000
 
-    public init(workerID: String, pool: String, mode: String, concurrency: Int, busy: Int, gpu: Bool, version: String,
-                startedAt: Timestamp, host: String, pid: Int, url: String?, stopping: Bool = false) {
+    public init(
+        workerID: String, pool: String, mode: String, concurrency: Int, busy: Int, gpu: Bool, version: String,
+        startedAt: Timestamp, host: String, pid: Int, url: String?, stopping: Bool = false
+    ) {
         self.workerID = workerID
         self.pool = pool
         self.mode = mode
@@ -70,8 +72,9 @@ public struct WorkerHeartbeat: Sendable, Hashable {
     /// Parses a heartbeat; nil for anything that is not one (a foreign publisher must not break the gateway).
     public init?(json bytes: [UInt8]) {
         guard let value = try? JSONParser.parse(bytes), case .object(let o) = value,
-              let id = o["worker_id"]?.stringValue, !id.isEmpty,
-              let pool = o["pool"]?.stringValue, TaskSpec.isValidName(pool) else { return nil }
+            let id = o["worker_id"]?.stringValue, !id.isEmpty,
+            let pool = o["pool"]?.stringValue, TaskSpec.isValidName(pool)
+        else { return nil }
         self.workerID = id
         self.pool = pool
         self.mode = o["mode"]?.stringValue ?? "unknown"

@@ -18,8 +18,9 @@ public struct EventDecodingError: Error, Sendable, CustomStringConvertible {
 /// - Numbers are written in Swift's shortest round-trip form, so `duration_ms` and `progress` come back equal.
 public enum EventCodec {
     public static func encode(_ event: TaskEvent) -> [UInt8] {
-        var w = JSONWriter(capacity: 256 + (event.args?.utf8.count ?? 0) + (event.result?.utf8.count ?? 0)
-                                + (event.error?.utf8.count ?? 0))
+        var w = JSONWriter(
+            capacity: 256 + (event.args?.utf8.count ?? 0) + (event.result?.utf8.count ?? 0)
+                + (event.error?.utf8.count ?? 0))
         w.beginObject()
         w.key("task_id"); w.string(event.taskID)
         w.key("event"); w.string(event.kind.rawValue)
@@ -58,15 +59,16 @@ public enum EventCodec {
         let modeText = try fieldsReader.string("mode")
         guard let mode = ExecutionMode(rawValue: modeText) else { throw EventDecodingError("unknown mode '\(modeText)'") }
         let attempt = try fieldsReader.optionalInt("attempt") ?? 0
-        return TaskEvent(taskID: taskID, kind: kind, at: at, function: try fieldsReader.string("function"),
-                         pool: try fieldsReader.string("pool"), mode: mode,
-                         workerID: try fieldsReader.optionalString("worker_id"), attempt: attempt,
-                         args: try fieldsReader.optionalString("args"), result: try fieldsReader.optionalString("result"),
-                         error: try fieldsReader.optionalString("error"),
-                         durationMs: try fieldsReader.optionalDouble("duration_ms"),
-                         progress: try fieldsReader.optionalDouble("progress"),
-                         detail: try fieldsReader.optionalString("detail"),
-                         output: try fieldsReader.optionalString("output"))
+        return TaskEvent(
+            taskID: taskID, kind: kind, at: at, function: try fieldsReader.string("function"),
+            pool: try fieldsReader.string("pool"), mode: mode,
+            workerID: try fieldsReader.optionalString("worker_id"), attempt: attempt,
+            args: try fieldsReader.optionalString("args"), result: try fieldsReader.optionalString("result"),
+            error: try fieldsReader.optionalString("error"),
+            durationMs: try fieldsReader.optionalDouble("duration_ms"),
+            progress: try fieldsReader.optionalDouble("progress"),
+            detail: try fieldsReader.optionalString("detail"),
+            output: try fieldsReader.optionalString("output"))
     }
 
     /// A finite number in its shortest round-trip text (`null` when absent or not finite).

@@ -107,9 +107,10 @@ public final class EventStreamConsumer: Sendable {
         while !stopping.load(ordering: .relaxed) {
             guard let sub = subscription else {
                 do {
-                    try await EventStreamProvisioning.ensure(js, consumerID: consumerID, ackWait: options.ackWait,
-                                                             maxAckPending: options.maxAckPending,
-                                                             inactiveThreshold: options.inactiveThreshold, logger: logger)
+                    try await EventStreamProvisioning.ensure(
+                        js, consumerID: consumerID, ackWait: options.ackWait,
+                        maxAckPending: options.maxAckPending,
+                        inactiveThreshold: options.inactiveThreshold, logger: logger)
                     let sub = try await js.pullSubscribe(stream: EventStreamLayout.stream, consumer: durableName)
                     state.withLock { $0.subscription = sub }
                     // `stop` may have run between the check above and publishing the subscription.
@@ -160,9 +161,11 @@ public final class EventStreamConsumer: Sendable {
                 events.append(try EventCodec.decode(message.data))
                 decoded.append(message)
             } catch {
-                logger.error("undecodable task event terminated", metadata: [
-                    "subject": "\(message.subject)", "stream_seq": "\(message.streamSequence)", "error": "\(error)",
-                ])
+                logger.error(
+                    "undecodable task event terminated",
+                    metadata: [
+                        "subject": "\(message.subject)", "stream_seq": "\(message.streamSequence)", "error": "\(error)",
+                    ])
                 try? message.term()
                 terminated.add(1, ordering: .relaxed)
             }
@@ -181,8 +184,9 @@ public final class EventStreamConsumer: Sendable {
         }
         if let ackFailure {
             // The server redelivers after AckWait; the task log ignores what it already has.
-            logger.warning("acknowledging task events failed; they will be redelivered",
-                           metadata: ["error": "\(ackFailure)", "events": "\(decoded.count)"])
+            logger.warning(
+                "acknowledging task events failed; they will be redelivered",
+                metadata: ["error": "\(ackFailure)", "events": "\(decoded.count)"])
         }
         return true
     }

@@ -100,8 +100,9 @@ public final class NATSEventPublisher: TaskEventSink {
         pump.cancel()
         await pump.value
         if !flushed || lost > 0 {
-            logger.error("event publisher closed with events not published; they are lost",
-                         metadata: ["events": "\(lost)"])
+            logger.error(
+                "event publisher closed with events not published; they are lost",
+                metadata: ["events": "\(lost)"])
         }
     }
 
@@ -123,10 +124,12 @@ public final class NATSEventPublisher: TaskEventSink {
         // Log the first drop of a run and then every 10,000th, not once per event.
         if total <= UInt64(dropped) || total / 10_000 != (total - UInt64(dropped)) / 10_000 {
             let why = reason == .closed ? "the event publisher is closed" : "the event queue is full (NATS unreachable?)"
-            logger.error("task events dropped: \(why)", metadata: [
-                "dropped": "\(dropped)", "dropped_total": "\(total)", "capacity": "\(options.capacity)",
-                "task_id": "\(events.first?.taskID ?? "")",
-            ])
+            logger.error(
+                "task events dropped: \(why)",
+                metadata: [
+                    "dropped": "\(dropped)", "dropped_total": "\(total)", "capacity": "\(options.capacity)",
+                    "task_id": "\(events.first?.taskID ?? "")",
+                ])
         }
     }
 
@@ -140,12 +143,14 @@ public final class NATSEventPublisher: TaskEventSink {
         guard Self.valueBytes(event) > limit else { return event }
         var e = event
         let size = Self.valueBytes(event)
-        logger.error("task event too large for NATS; replaced", metadata: ["task_id": "\(e.taskID)", "event": "\(e.kind.rawValue)", "bytes": "\(size)"])
+        logger.error(
+            "task event too large for NATS; replaced", metadata: ["task_id": "\(e.taskID)", "event": "\(e.kind.rawValue)", "bytes": "\(size)"])
         if e.result != nil {
             e.kind = .failed
             e.result = nil
-            e.error = JSONWriter.taskErrorText(.resultTooLarge,
-                                               message: "the result is \(size) bytes; with --task-log nats an event carries at most \(limit)")
+            e.error = JSONWriter.taskErrorText(
+                .resultTooLarge,
+                message: "the result is \(size) bytes; with --task-log nats an event carries at most \(limit)")
         } else if (e.error?.utf8.count ?? 0) > limit / 2 {
             e.error = JSONWriter.taskErrorText(.errorTooLarge, message: "the error report was \(e.error?.utf8.count ?? 0) bytes")
         }

@@ -49,10 +49,12 @@ struct PublisherPump: Sendable {
                     refused.rejections += 1
                     if refused.rejections >= options.maxRejections {
                         dropped += 1
-                        logger.error("task event refused by NATS; dropped", metadata: [
-                            "task_id": "\(refused.event.taskID)", "event": "\(refused.event.kind.rawValue)",
-                            "attempt": "\(refused.event.attempt)", "error": "\(failure)",
-                        ])
+                        logger.error(
+                            "task event refused by NATS; dropped",
+                            metadata: [
+                                "task_id": "\(refused.event.taskID)", "event": "\(refused.event.kind.rawValue)",
+                                "attempt": "\(refused.event.attempt)", "error": "\(failure)",
+                            ])
                     } else {
                         transientError = transientError ?? failure
                         retry.append(refused)
@@ -66,17 +68,21 @@ struct PublisherPump: Sendable {
             if let transientError {
                 if failingSince == nil {
                     failingSince = .now
-                    logger.warning("publishing task events failed; keeping them and retrying", metadata: [
-                        "pending": "\(queue.pending)", "error": "\(transientError)",
-                    ])
+                    logger.warning(
+                        "publishing task events failed; keeping them and retrying",
+                        metadata: [
+                            "pending": "\(queue.pending)", "error": "\(transientError)",
+                        ])
                 }
                 try? await Task.sleep(for: backoff)
                 backoff = min(backoff * 2, options.maxBackoff)
             } else {
                 if let since = failingSince {
-                    logger.notice("publishing task events again", metadata: [
-                        "after": "\(ContinuousClock.now - since)", "pending": "\(queue.pending)",
-                    ])
+                    logger.notice(
+                        "publishing task events again",
+                        metadata: [
+                            "after": "\(ContinuousClock.now - since)", "pending": "\(queue.pending)",
+                        ])
                     failingSince = nil
                 }
                 backoff = options.minBackoff
@@ -100,10 +106,11 @@ struct PublisherPump: Sendable {
                     var result = LaneResult(entries: entries)
                     for entry in entries {
                         do {
-                            let ack = try await js.publish(subject: EventStreamLayout.subject(pool: entry.event.pool),
-                                                           data: EventCodec.encode(entry.event),
-                                                           msgID: EventStreamLayout.messageID(for: entry.event),
-                                                           timeout: timeout)
+                            let ack = try await js.publish(
+                                subject: EventStreamLayout.subject(pool: entry.event.pool),
+                                data: EventCodec.encode(entry.event),
+                                msgID: EventStreamLayout.messageID(for: entry.event),
+                                timeout: timeout)
                             result.published += 1
                             if ack.duplicate { result.duplicates += 1 }
                         } catch {

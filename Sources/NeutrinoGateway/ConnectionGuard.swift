@@ -142,15 +142,17 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
             headerTimer = nil
             if overCapacity {
                 HTTPRejections.count("connections")
-                refuse(context, status: .serviceUnavailable, error: .overloaded,
-                       message: "the server has \(settings.counter.limit) open connections (--max-connections); retry later",
-                       retryAfter: "1")
+                refuse(
+                    context, status: .serviceUnavailable, error: .overloaded,
+                    message: "the server has \(settings.counter.limit) open connections (--max-connections); retry later",
+                    retryAfter: "1")
                 return
             }
             responsesOwed += 1
             readingBody = true
             if head.version.major == 1 && head.version.minor == 0,
-               head.headers[canonicalForm: "connection"].contains(where: { $0.lowercased() == "keep-alive" }) == false {
+                head.headers[canonicalForm: "connection"].contains(where: { $0.lowercased() == "keep-alive" }) == false
+            {
                 closeAfterResponse = true
             }
             armBodyTimer(head: head)
@@ -191,8 +193,9 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
             headerTimer = nil
             if case .headerOverflow = parserError {
                 HTTPRejections.count("headers_too_large")
-                refuse(context, status: .requestHeaderFieldsTooLarge, error: .headersTooLarge,
-                       message: "the request's header section is larger than the server accepts (--max-header-bytes)")
+                refuse(
+                    context, status: .requestHeaderFieldsTooLarge, error: .headersTooLarge,
+                    message: "the request's header section is larger than the server accepts (--max-header-bytes)")
             } else {
                 HTTPRejections.count("bad_request")
                 refuse(context, status: .badRequest, error: .badRequest, message: "malformed HTTP request: \(parserError)")
@@ -211,8 +214,9 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
             guard let context = self.context, !closing else { return }
             HTTPRejections.count("header_timeout")
             if responsesOwed == 0 {
-                refuse(context, status: .requestTimeout, error: .requestTimeout,
-                       message: "the request head did not arrive within \(Self.seconds(settings.headerTimeout)) (--header-timeout)")
+                refuse(
+                    context, status: .requestTimeout, error: .requestTimeout,
+                    message: "the request head did not arrive within \(Self.seconds(settings.headerTimeout)) (--header-timeout)")
             } else {
                 closing = true
                 context.close(promise: nil)
@@ -241,8 +245,10 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     /// client read the answer: our side is shut once it is written, what the client still sends is drained, and the
     /// socket is closed after a short grace (closing at once with unread input would reset the connection, and the
     /// reset can destroy the answer before the client reads it).
-    private func refuse(_ context: ChannelHandlerContext, status: HTTPResponseStatus, error: APIError, message: String,
-                        retryAfter: String? = nil) {
+    private func refuse(
+        _ context: ChannelHandlerContext, status: HTTPResponseStatus, error: APIError, message: String,
+        retryAfter: String? = nil
+    ) {
         closing = true
         let body = JSONWriter.errorBody(type: error.type, message: message)
         var headers = HTTPHeaders()

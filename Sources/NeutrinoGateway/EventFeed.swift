@@ -143,8 +143,9 @@ final class EventFeed: Sendable {
         let live: AsyncStream<Chunk>?
 
         func makeAsyncIterator() -> Iterator {
-            var iterator = Iterator(feed: feed, slot: slot, after: after, catchUpTo: catchUpTo,
-                                    pending: [EventFeed.opening] + (notice.map { [$0] } ?? []))
+            var iterator = Iterator(
+                feed: feed, slot: slot, after: after, catchUpTo: catchUpTo,
+                pending: [EventFeed.opening] + (notice.map { [$0] } ?? []))
             iterator.live = live?.makeAsyncIterator()
             return iterator
         }

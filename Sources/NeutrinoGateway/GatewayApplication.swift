@@ -22,12 +22,16 @@ public func buildGateway(_ configuration: GatewayConfiguration, logger: Logger) 
     let access = configuration.access
     let loopback = AccessConfiguration.isLoopback(configuration.host)
     if !loopback && access.apiKeysPath == nil && !access.insecureNoAuth {
-        throw GatewayError(message: "refusing to listen on \(configuration.host) without API keys: give --api-keys PATH (see `neutrino keys create`), listen on 127.0.0.1, or pass --insecure-no-auth")
+        throw GatewayError(
+            message:
+                "refusing to listen on \(configuration.host) without API keys: give --api-keys PATH (see `neutrino keys create`), listen on 127.0.0.1, or pass --insecure-no-auth"
+        )
     }
     let keys = try access.apiKeysPath.map { try KeyStore(path: $0, logger: logger) }
-    let queue: GatewayQueue? = if let url = configuration.natsURL {
-        try await GatewayQueue.connect(url: url, streamReplicas: configuration.streamReplicas, logger: logger)
-    } else { nil }
+    let queue: GatewayQueue? =
+        if let url = configuration.natsURL {
+            try await GatewayQueue.connect(url: url, streamReplicas: configuration.streamReplicas, logger: logger)
+        } else { nil }
 
     var pools: [String: WorkerPool] = [:]
     for (name, urls) in configuration.httpPools {
@@ -35,8 +39,9 @@ public func buildGateway(_ configuration: GatewayConfiguration, logger: Logger) 
             guard let e = WorkerPool.Endpoint(url: url) else { throw GatewayError(message: "--http-pool \(name): '\(url)' is not http://HOST:PORT") }
             return e
         }
-        pools[name] = WorkerPool(name: name, endpoints: endpoints, maxConnections: configuration.workerConnections,
-                                 maxAnswerBytes: configuration.maxWorkerAnswerBytes, logger: logger)
+        pools[name] = WorkerPool(
+            name: name, endpoints: endpoints, maxConnections: configuration.workerConnections,
+            maxAnswerBytes: configuration.maxWorkerAnswerBytes, logger: logger)
     }
     for (pool, mode) in manifest.pools where mode == .sync && pools[pool] == nil {
         logger.warning("no --http-pool given for a sync pool of the manifest; its tasks will answer 503", metadata: ["pool": "\(pool)"])
@@ -72,8 +77,9 @@ public func buildGateway(_ configuration: GatewayConfiguration, logger: Logger) 
         }
     }
     let workers = WorkerRegistry(timeout: configuration.heartbeatTimeout, logger: logger)
-    let monitor = PoolMonitor(pools: manifest.pools, policies: policies, registry: workers, queue: queue, reader: reader,
-                              staticPools: pools, logger: logger)
+    let monitor = PoolMonitor(
+        pools: manifest.pools, policies: policies, registry: workers, queue: queue, reader: reader,
+        staticPools: pools, logger: logger)
     let feed = reader.map {
         EventFeed(reader: $0, logger: logger, maxSubscribers: configuration.maxSSESubscribers, backlogLimit: configuration.sseBacklog)
     }
@@ -94,17 +100,20 @@ public func buildGateway(_ configuration: GatewayConfiguration, logger: Logger) 
     }
     router.add(middleware: OriginGuardMiddleware(corsOrigins: access.corsOrigins))
     if !access.corsOrigins.isEmpty {
-        router.add(middleware: CORSMiddleware(
-            allowOrigin: .originBased,
-            allowHeaders: [.accept, .authorization, .contentType, .origin, TasksController.lastEventID, TaskSubmitter.idempotencyKey],
-            allowMethods: [.get, .head, .post, .delete, .options],
-            exposedHeaders: ["Retry-After", "Location", "WWW-Authenticate", NeutrinoHeader.taskID.canonicalName],
-            maxAge: .seconds(600)))
+        router.add(
+            middleware: CORSMiddleware(
+                allowOrigin: .originBased,
+                allowHeaders: [.accept, .authorization, .contentType, .origin, TasksController.lastEventID, TaskSubmitter.idempotencyKey],
+                allowMethods: [.get, .head, .post, .delete, .options],
+                exposedHeaders: ["Retry-After", "Location", "WWW-Authenticate", NeutrinoHeader.taskID.canonicalName],
+                maxAge: .seconds(600)))
     }
     if let keys { router.add(middleware: APIKeyAuthenticator(store: keys, metricsToken: access.metricsToken)) }
     let limits = KeyLimits(defaultRate: access.defaultRate)
-    router.add(middleware: AccessPolicyMiddleware(keysEnabled: keys != nil, metricsToken: access.metricsToken, limits: limits,
-                                                  manifest: manifest))
+    router.add(
+        middleware: AccessPolicyMiddleware(
+            keysEnabled: keys != nil, metricsToken: access.metricsToken, limits: limits,
+            manifest: manifest))
     let submitter = TaskSubmitter(components: components)
     let operations = OperationsController(components: components)
     operations.addRoutes(to: router)
@@ -115,15 +124,22 @@ public func buildGateway(_ configuration: GatewayConfiguration, logger: Logger) 
     // Stopped in reverse order of this list, after the server.
     var services: [any Service] = []
     if let queue { services.append(LifecycleService("NATS connection", stop: { await queue.close() })) }
-    services.append(LifecycleService("task log", stop: { [taskLog, reader] in
-        await taskLog?.close()
-        await reader?.shutdown()
-    }))
+    services.append(
+        LifecycleService(
+            "task log",
+            stop: { [taskLog, reader] in
+                await taskLog?.close()
+                await reader?.shutdown()
+            }))
     services.append(LifecycleService("sync pools", stop: { [pools] in for pool in pools.values { pool.close() } }))
     if let path = configuration.taskLogPath, let retention = configuration.retention {
-        services.append(try TaskLogRetention(path: path, configuration: .init(retention: retention,
-                                                                              idempotencyWindow: TaskSubmitter.idempotencyWindow),
-                                             logger: logger))
+        services.append(
+            try TaskLogRetention(
+                path: path,
+                configuration: .init(
+                    retention: retention,
+                    idempotencyWindow: TaskSubmitter.idempotencyWindow),
+                logger: logger))
     }
     if let queue {
         services.append(QueueProvisioner(queue: queue, manifest: manifest, ackWait: configuration.ackWait, logger: logger))
@@ -141,12 +157,15 @@ public func buildGateway(_ configuration: GatewayConfiguration, logger: Logger) 
         services.append(InsecureWarning(host: configuration.host, interval: access.insecureWarningInterval, logger: logger))
     }
 
-    logger.info("gateway starting", metadata: [
-        "tasks": "\(manifest.tasks.keys.sorted().joined(separator: ","))",
-        "pools": "\(configuration.httpPools.map { "\($0.key)=\($0.value.count)" }.sorted().joined(separator: ","))",
-    ])
-    return makeApplication(router: router, host: configuration.host, port: configuration.port,
-                           serverName: "neutrino-gateway", services: services, limits: serverLimits(configuration), logger: logger)
+    logger.info(
+        "gateway starting",
+        metadata: [
+            "tasks": "\(manifest.tasks.keys.sorted().joined(separator: ","))",
+            "pools": "\(configuration.httpPools.map { "\($0.key)=\($0.value.count)" }.sorted().joined(separator: ","))",
+        ])
+    return makeApplication(
+        router: router, host: configuration.host, port: configuration.port,
+        serverName: "neutrino-gateway", services: services, limits: serverLimits(configuration), logger: logger)
 }
 
 /// The connection limits of the gateway's server: Hummingbird's idle timeout and header size, the connection guard
@@ -156,9 +175,10 @@ func serverLimits(_ configuration: GatewayConfiguration) -> ServerLimits {
     var limits = ServerLimits()
     limits.idleTimeout = configuration.idleTimeout
     limits.maxHeaderBytes = configuration.maxHeaderBytes
-    let settings = ConnectionGuardSettings(headerTimeout: TimeAmount(configuration.headerTimeout),
-                                           bodyTimeout: TimeAmount(configuration.bodyTimeout),
-                                           counter: ConnectionCounter(limit: configuration.maxConnections))
+    let settings = ConnectionGuardSettings(
+        headerTimeout: TimeAmount(configuration.headerTimeout),
+        bodyTimeout: TimeAmount(configuration.bodyTimeout),
+        counter: ConnectionCounter(limit: configuration.maxConnections))
     limits.channelHandlers = { settings.handlers() }
     let (quarter, _) = configuration.maxConnections.dividedReportingOverflow(by: 4)
     limits.maxAcceptedConnections = configuration.maxConnections.addingReportingOverflow(quarter + 16).partialValue

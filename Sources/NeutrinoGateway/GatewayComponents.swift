@@ -1,7 +1,7 @@
 import Hummingbird
 import Logging
-import NeutrinoHTTP
 import NeutrinoCore
+import NeutrinoHTTP
 import NeutrinoTaskLog
 
 /// What the gateway's controllers share, built once by `buildGateway` (the composition root): the manifest, the
@@ -49,8 +49,10 @@ extension Response {
     static var noTaskLog: Response { .error(.taskLogUnavailable, "this gateway runs without a task log (--task-log)") }
 
     /// An error about one task: the error body plus its `task_id` and `status`.
-    static func taskError(_ error: APIError, taskID: String, status: TaskStatus, message: String,
-                          headers: HTTPFields = [:]) -> Response {
+    static func taskError(
+        _ error: APIError, taskID: String, status: TaskStatus, message: String,
+        headers: HTTPFields = [:]
+    ) -> Response {
         .error(error, message, headers: headers) { w in
             w.key("task_id"); w.string(taskID)
             w.key("status"); w.string(status.rawValue)

@@ -63,9 +63,11 @@ public struct GatewayConfiguration: Sendable {
     /// `--default-rate`): see `AccessConfiguration`.
     public var access = AccessConfiguration()
 
-    public init(manifestPath: String, httpPools: [String: [String]], taskLogPath: String?, host: String = "127.0.0.1",
-                port: Int = 8080, maxBodyBytes: Int = 1 << 20, timeoutGraceMs: Int = 2000, natsURL: String? = nil,
-                ackWait: Duration = .seconds(30)) {
+    public init(
+        manifestPath: String, httpPools: [String: [String]], taskLogPath: String?, host: String = "127.0.0.1",
+        port: Int = 8080, maxBodyBytes: Int = 1 << 20, timeoutGraceMs: Int = 2000, natsURL: String? = nil,
+        ackWait: Duration = .seconds(30)
+    ) {
         self.manifestPath = manifestPath
         self.httpPools = httpPools
         self.taskLogPath = taskLogPath
@@ -83,8 +85,8 @@ public struct GatewayConfiguration: Sendable {
         let name = String(argument[..<eq])
         let urls = argument[argument.index(after: eq)...].split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
         guard TaskSpec.isValidName(name), !urls.isEmpty,
-              urls.allSatisfy({ $0.hasPrefix("http://") || $0.hasPrefix("https://") }) else { return nil }
+            urls.allSatisfy({ $0.hasPrefix("http://") || $0.hasPrefix("https://") })
+        else { return nil }
         return (name, urls)
     }
 }
-

@@ -16,7 +16,8 @@ public final class GatewayQueue: Sendable {
         public var description: String {
             switch self {
             case .unavailable(let m): m
-            case .tooLarge(let size, let limit): "the task's message is \(size) bytes with its headers; the NATS server accepts at most \(limit) (max_payload)"
+            case .tooLarge(let size, let limit):
+                "the task's message is \(size) bytes with its headers; the NATS server accepts at most \(limit) (max_payload)"
             }
         }
     }
@@ -64,8 +65,10 @@ public final class GatewayQueue: Sendable {
     /// passed: whichever copy the new leader stores first is the task, the others are answered as duplicates.
     /// When the budget runs out the task is refused (503), and, since a copy may still be stored by a leader
     /// elected later, it is marked settled (`failed`) in the background so that no worker runs it.
-    public func publish(spec: TaskSpec, taskID: String, body: [UInt8], budget: Duration = .seconds(5),
-                        attemptTimeout: Duration = .milliseconds(1500)) async throws(Failure) {
+    public func publish(
+        spec: TaskSpec, taskID: String, body: [UInt8], budget: Duration = .seconds(5),
+        attemptTimeout: Duration = .milliseconds(1500)
+    ) async throws(Failure) {
         guard connection.isConnected else { throw .unavailable("not connected to NATS") }
         if let refusal = refusal(bodyBytes: body.count) { throw refusal }
         let clock = ContinuousClock()
@@ -77,8 +80,9 @@ public final class GatewayQueue: Sendable {
             if remaining <= .zero { break }
             attempts += 1
             do {
-                _ = try await js.publish(subject: QueueLayout.taskSubject(pool: spec.pool, task: spec.name), data: body,
-                                         msgID: taskID, timeout: min(attemptTimeout, remaining))
+                _ = try await js.publish(
+                    subject: QueueLayout.taskSubject(pool: spec.pool, task: spec.name), data: body,
+                    msgID: taskID, timeout: min(attemptTimeout, remaining))
                 return
             } catch let error as NATSError where error.isUnavailable {
                 lastError = error
@@ -113,8 +117,9 @@ public final class GatewayQueue: Sendable {
                     try? await Task.sleep(for: .seconds(1))
                 }
             }
-            logger.warning("could not mark a refused task settled; a copy stored after all may still run",
-                           metadata: ["task_id": "\(taskID)"])
+            logger.warning(
+                "could not mark a refused task settled; a copy stored after all may still run",
+                metadata: ["task_id": "\(taskID)"])
         }
     }
 

@@ -38,8 +38,10 @@ final class PoolMonitor: Sendable {
     /// The span of `last_minute` in `/pools`.
     static let window = Duration.seconds(60)
 
-    init(pools: [String: ExecutionMode], policies: [String: ScalingPolicy], registry: WorkerRegistry, queue: GatewayQueue?,
-         reader: TaskLogReader?, staticPools: [String: WorkerPool], logger: Logger) {
+    init(
+        pools: [String: ExecutionMode], policies: [String: ScalingPolicy], registry: WorkerRegistry, queue: GatewayQueue?,
+        reader: TaskLogReader?, staticPools: [String: WorkerPool], logger: Logger
+    ) {
         self.pools = pools
         self.registry = registry
         self.queue = queue
@@ -70,13 +72,16 @@ final class PoolMonitor: Sendable {
         if let queue, queue.isConnected {
             for (pool, mode) in pools where mode.isQueued {
                 if let info = try? await queue.js.consumerInfo(stream: QueueLayout.tasksStream, consumer: QueueLayout.consumer(pool: pool)) {
-                    queues[pool] = QueueState(pending: Int(info.numPending), inFlight: max(0, info.numAckPending),
-                                              redelivered: max(0, info.numRedelivered))
+                    queues[pool] = QueueState(
+                        pending: Int(info.numPending), inFlight: max(0, info.numAckPending),
+                        redelivered: max(0, info.numRedelivered))
                 }
             }
             dlq = (try? await queue.js.streamInfo(stream: QueueLayout.deadLetterStream)).map { Int($0.messages) }
         }
-        let tick = state.withLock { s -> Int in s.tick += 1; return s.tick }
+        let tick = state.withLock { s -> Int in
+            s.tick += 1; return s.tick
+        }
         var stats: [String: PoolTaskStats]?
         if let reader, tick % 2 == 1 {
             do {
@@ -111,8 +116,9 @@ final class PoolMonitor: Sendable {
             let replicas = live.isEmpty ? (staticPools[pool]?.healthyCount ?? 0) : live.count
             let busy = live.reduce(0) { $0 + $1.heartbeat.busy }
             let slots = live.reduce(0) { $0 + $1.heartbeat.concurrency }
-            let inputs = ScalingPolicy.Inputs(pending: queue?.pending ?? 0, inFlight: queue?.inFlight ?? 0, replicas: replicas,
-                                              busySlots: busy, totalSlots: slots)
+            let inputs = ScalingPolicy.Inputs(
+                pending: queue?.pending ?? 0, inFlight: queue?.inFlight ?? 0, replicas: replicas,
+                busySlots: busy, totalSlots: slots)
             let (recommended, reason) = recommender.policy.recommend(inputs)
             let lastBefore = recommender.decisions.last
             let desired = recommender.observe(recommended, reason: reason, now: now)

@@ -92,7 +92,9 @@ final class WorkerConnections: Sendable {
 
     /// Closes the idle connections.
     func close() {
-        let pooled = idle.withLockedValue { c in defer { c.removeAll() }; return c }
+        let pooled = idle.withLockedValue { c in
+            defer { c.removeAll() }; return c
+        }
         for p in pooled { p.channel.close(promise: nil) }
     }
 

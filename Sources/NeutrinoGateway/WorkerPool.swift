@@ -21,7 +21,8 @@ public final class WorkerPool: Sendable {
             guard trimmed.hasPrefix("http://") else { return nil }
             let authority = trimmed.dropFirst("http://".count)
             guard let colon = authority.lastIndex(of: ":"), let port = Int(authority[authority.index(after: colon)...]),
-                  (1...65535).contains(port), !authority[..<colon].isEmpty, !authority.contains("/") else { return nil }
+                (1...65535).contains(port), !authority[..<colon].isEmpty, !authority.contains("/")
+            else { return nil }
             self.url = trimmed
             self.host = String(authority[..<colon])
             self.port = port
@@ -57,8 +58,10 @@ public final class WorkerPool: Sendable {
 
     /// `maxConnections` bounds the connections to each worker (a request finding them all busy goes to the next
     /// worker, as if that one were saturated); `maxAnswerBytes` bounds the answer read from a worker.
-    public init(name: String, endpoints: [Endpoint], group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
-                maxConnections: Int = 128, maxAnswerBytes: Int = 16 << 20, logger: Logger) {
+    public init(
+        name: String, endpoints: [Endpoint], group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        maxConnections: Int = 128, maxAnswerBytes: Int = 16 << 20, logger: Logger
+    ) {
         self.name = name
         self.endpoints = endpoints
         self.breakers = Mutex(Array(repeating: CircuitBreaker(), count: endpoints.count))
@@ -137,8 +140,12 @@ public final class WorkerPool: Sendable {
                     logger.warning("worker unreachable", metadata: ["pool": "\(name)", "worker": "\(endpoint.url)", "error": "\(reason)"])
                 case .lost(let reason):
                     let crash = "worker \(endpoint.url) dropped the connection during attempt \(attempt) (it crashed or was killed): \(reason)"
-                    logger.error("worker lost mid-call", metadata: ["pool": "\(name)", "worker": "\(endpoint.url)", "task_id": "\(taskID)",
-                                                                    "attempt": "\(attempt)"])
+                    logger.error(
+                        "worker lost mid-call",
+                        metadata: [
+                            "pool": "\(name)", "worker": "\(endpoint.url)", "task_id": "\(taskID)",
+                            "attempt": "\(attempt)",
+                        ])
                     guard attempt <= reruns else { throw .workerCrashed(crash) }
                     lastError = crash
                     attempt += 1

@@ -1,6 +1,6 @@
 import Logging
-import NeutrinoCore
 import Metrics
+import NeutrinoCore
 import NeutrinoObservability
 import Synchronization
 
@@ -40,8 +40,12 @@ final class WorkerRegistry: Sendable {
         }
         if newRestarts > 0 {
             Counter(label: NeutrinoMetrics.workerRestarts, dimensions: [("pool", heartbeat.pool)]).increment(by: newRestarts)
-            logger.notice("worker restarted by its supervisor", metadata: ["worker_id": "\(heartbeat.workerID)", "pool": "\(heartbeat.pool)",
-                                                                          "restarts": "\(heartbeat.restarts)"])
+            logger.notice(
+                "worker restarted by its supervisor",
+                metadata: [
+                    "worker_id": "\(heartbeat.workerID)", "pool": "\(heartbeat.pool)",
+                    "restarts": "\(heartbeat.restarts)",
+                ])
         }
         let change: String? = entries.withLock { all in
             if heartbeat.stopping {
@@ -52,8 +56,12 @@ final class WorkerRegistry: Sendable {
             return isNew ? "joined" : nil
         }
         if let change {
-            logger.info("worker \(change)", metadata: ["worker_id": "\(heartbeat.workerID)", "pool": "\(heartbeat.pool)",
-                                                       "mode": "\(heartbeat.mode)", "concurrency": "\(heartbeat.concurrency)"])
+            logger.info(
+                "worker \(change)",
+                metadata: [
+                    "worker_id": "\(heartbeat.workerID)", "pool": "\(heartbeat.pool)",
+                    "mode": "\(heartbeat.mode)", "concurrency": "\(heartbeat.concurrency)",
+                ])
         }
     }
 
@@ -72,8 +80,12 @@ final class WorkerRegistry: Sendable {
             return (live, expired)
         }
         for entry in expired {
-            logger.warning("worker lost: no heartbeat", metadata: ["worker_id": "\(entry.heartbeat.workerID)",
-                                                                  "pool": "\(entry.heartbeat.pool)", "timeout": "\(timeout)"])
+            logger.warning(
+                "worker lost: no heartbeat",
+                metadata: [
+                    "worker_id": "\(entry.heartbeat.workerID)",
+                    "pool": "\(entry.heartbeat.pool)", "timeout": "\(timeout)",
+                ])
         }
         return live
     }

@@ -1,7 +1,7 @@
 import ArgumentParser
+import Foundation
 import Logging
 import NeutrinoCore
-import Foundation
 import NeutrinoGateway
 import NeutrinoObservability
 
@@ -29,10 +29,17 @@ struct GatewayCommand: AsyncParsableCommand {
     @Option(name: .customLong("max-body-bytes"), help: "Largest request body accepted (413 above).")
     var maxBodyBytes: Int = 1 << 20
 
-    @Option(help: "NATS server URL for async and gpu tasks, e.g. nats://127.0.0.1:4222, or a cluster's members comma-separated: nats://a:4222,nats://b:4222,nats://c:4222 (without it they answer 501).")
+    @Option(
+        help:
+            "NATS server URL for async and gpu tasks, e.g. nats://127.0.0.1:4222, or a cluster's members comma-separated: nats://a:4222,nats://b:4222,nats://c:4222 (without it they answer 501)."
+    )
     var nats: String?
 
-    @Option(name: .customLong("stream-replicas"), help: "JetStream servers keeping each stream (1...5); an existing stream with another count is changed to it. Default: 1 for one --nats server, 3 for several (then applied to new streams only).")
+    @Option(
+        name: .customLong("stream-replicas"),
+        help:
+            "JetStream servers keeping each stream (1...5); an existing stream with another count is changed to it. Default: 1 for one --nats server, 3 for several (then applied to new streams only)."
+    )
     var streamReplicas: Int?
 
     @Option(name: .customLong("ack-wait"), help: "Seconds of AckWait for the pool consumers the gateway provisions.")
@@ -53,7 +60,9 @@ struct GatewayCommand: AsyncParsableCommand {
     @Option(name: .customLong("scale"), help: "Scaling policy of a pool: POOL=MIN:MAX[:TARGET[:DOWN_WINDOW_SECONDS]] (repeatable).")
     var scale: [String] = []
 
-    @Flag(name: .customLong("events-via-nats"), help: "Cluster task log: apply the events workers publish on NEUTRINO_EVENTS to this gateway's file, and publish the gateway's own there.")
+    @Flag(
+        name: .customLong("events-via-nats"),
+        help: "Cluster task log: apply the events workers publish on NEUTRINO_EVENTS to this gateway's file, and publish the gateway's own there.")
     var eventsViaNATS = false
 
     @Option(name: .customLong("gateway-id"), help: "This replica's id; names its events consumer (default: the host name).")
@@ -101,16 +110,23 @@ struct GatewayCommand: AsyncParsableCommand {
     }
 
     // Access control (issue 12): API keys, Host/Origin checks, per-key limits.
-    @Option(name: .customLong("api-keys"), help: "The API keys file (JSON, mode 0600, written by `neutrino keys`); reloaded when it changes and on SIGHUP. Without it every route is open, which only a loopback --host allows.")
+    @Option(
+        name: .customLong("api-keys"),
+        help:
+            "The API keys file (JSON, mode 0600, written by `neutrino keys`); reloaded when it changes and on SIGHUP. Without it every route is open, which only a loopback --host allows."
+    )
     var apiKeys: String?
 
     @Flag(name: .customLong("insecure-no-auth"), help: "Listen on a non-loopback --host without --api-keys (warns every minute).")
     var insecureNoAuth = false
 
-    @Option(name: .customLong("allowed-host"), help: "A Host name the gateway answers to besides localhost, 127.0.0.1, [::1] and --host (repeatable; DNS-rebinding protection).")
+    @Option(
+        name: .customLong("allowed-host"),
+        help: "A Host name the gateway answers to besides localhost, 127.0.0.1, [::1] and --host (repeatable; DNS-rebinding protection).")
     var allowedHosts: [String] = []
 
-    @Option(name: .customLong("cors-origin"), help: "A browser origin (scheme://host[:port], or *) allowed to call the API cross-origin (repeatable).")
+    @Option(
+        name: .customLong("cors-origin"), help: "A browser origin (scheme://host[:port], or *) allowed to call the API cross-origin (repeatable).")
     var corsOrigins: [String] = []
 
     @Option(name: .customLong("metrics-token"), help: "A bearer token that opens GET /metrics (else, with --api-keys, /metrics needs an admin key).")
@@ -123,10 +139,12 @@ struct GatewayCommand: AsyncParsableCommand {
         for (name, seconds) in [("--header-timeout", headerTimeout), ("--body-timeout", bodyTimeout), ("--idle-timeout", idleTimeout)] {
             guard seconds.isFinite, seconds > 0, seconds <= 86_400 else { throw ValidationError("\(name) must be 0 < seconds <= 86400") }
         }
-        for (name, value) in [("--max-connections", maxConnections), ("--max-header-bytes", maxHeaderBytes),
-                              ("--max-long-poll-waiters", maxLongPollWaiters), ("--max-sse-subscribers", maxSSESubscribers),
-                              ("--sse-backlog", sseBacklog), ("--worker-connections", workerConnections),
-                              ("--max-worker-answer-bytes", maxWorkerAnswerBytes), ("--max-list-bytes", maxListBytes)] {
+        for (name, value) in [
+            ("--max-connections", maxConnections), ("--max-header-bytes", maxHeaderBytes),
+            ("--max-long-poll-waiters", maxLongPollWaiters), ("--max-sse-subscribers", maxSSESubscribers),
+            ("--sse-backlog", sseBacklog), ("--worker-connections", workerConnections),
+            ("--max-worker-answer-bytes", maxWorkerAnswerBytes), ("--max-list-bytes", maxListBytes),
+        ] {
             guard value > 0, value <= 1 << 40 else { throw ValidationError("\(name) must be a positive number") }
         }
         guard maxHeaderBytes >= 1024 else { throw ValidationError("--max-header-bytes must be at least 1024") }
@@ -169,8 +187,9 @@ struct GatewayCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let logger = Observability.start(label: "neutrino.gateway", logFormat: LogFormat(rawValue: logFormat) ?? .text,
-                                         level: Logger.Level(rawValue: logLevel) ?? .info)
+        let logger = Observability.start(
+            label: "neutrino.gateway", logFormat: LogFormat(rawValue: logFormat) ?? .text,
+            level: Logger.Level(rawValue: logLevel) ?? .info)
         var pools: [String: [String]] = [:]
         for p in httpPools {
             if let (name, urls) = GatewayConfiguration.parsePool(p) { pools[name, default: []] += urls }

@@ -72,8 +72,10 @@ public struct ErrorBodyMiddleware<Context: RequestContext>: RouterMiddleware {
                 let allowed = routes.methods(at: path)
                 if !allowed.isEmpty && !allowed.contains(request.method) {
                     let list = allowed.map(\.rawValue).joined(separator: ", ")
-                    return .error(.methodNotAllowed, "\(request.method.rawValue) is not allowed on \(ArgumentSchema.abbreviate(path, limit: 200)); allowed: \(list)",
-                                  headers: [.allow: list])
+                    return .error(
+                        .methodNotAllowed,
+                        "\(request.method.rawValue) is not allowed on \(ArgumentSchema.abbreviate(path, limit: 200)); allowed: \(list)",
+                        headers: [.allow: list])
                 }
                 return .error(.routeNotFound, "no route for \(request.method.rawValue) \(ArgumentSchema.abbreviate(path, limit: 200))")
             case .contentTooLarge:

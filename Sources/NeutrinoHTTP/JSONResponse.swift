@@ -33,15 +33,20 @@ extension Response {
     }
 
     /// `{"error":{"type","message",…}}` with the error's own status.
-    public static func error(_ error: APIError, _ message: String, headers: HTTPFields = [:],
-                             extra: (inout JSONWriter) -> Void = { _ in }) -> Response {
-        .json(HTTPResponse.Status(code: error.statusCode), JSONWriter.errorBody(type: error.type, message: message, extra: extra),
-              headers: headers)
+    public static func error(
+        _ error: APIError, _ message: String, headers: HTTPFields = [:],
+        extra: (inout JSONWriter) -> Void = { _ in }
+    ) -> Response {
+        .json(
+            HTTPResponse.Status(code: error.statusCode), JSONWriter.errorBody(type: error.type, message: message, extra: extra),
+            headers: headers)
     }
 
     /// `{"error":{"type","message",…}}` with `status` (for a status other than the error's own).
-    public static func error(_ status: HTTPResponse.Status, type: String, message: String, headers: HTTPFields = [:],
-                             extra: (inout JSONWriter) -> Void = { _ in }) -> Response {
+    public static func error(
+        _ status: HTTPResponse.Status, type: String, message: String, headers: HTTPFields = [:],
+        extra: (inout JSONWriter) -> Void = { _ in }
+    ) -> Response {
         .json(status, JSONWriter.errorBody(type: type, message: message, extra: extra), headers: headers)
     }
 }
@@ -112,20 +117,24 @@ public struct ServerLimits: Sendable {
 ///
 /// `services` run beside the server in its service group; on graceful shutdown the server stops first (it drains its
 /// requests), then the services in reverse order of the list.
-public func makeApplication<Context: RequestContext>(router: Router<Context>, host: String, port: Int, serverName: String,
-                            services: [any Service] = [], limits: ServerLimits = ServerLimits(),
-                            logger: Logger, onListening: @escaping @Sendable (Int) -> Void = { _ in }) -> some ApplicationProtocol
+public func makeApplication<Context: RequestContext>(
+    router: Router<Context>, host: String, port: Int, serverName: String,
+    services: [any Service] = [], limits: ServerLimits = ServerLimits(),
+    logger: Logger, onListening: @escaping @Sendable (Int) -> Void = { _ in }
+) -> some ApplicationProtocol
 where Context.Source == ApplicationRequestContextSource {
     let decoder = HTTP1Channel.Configuration.DecoderConfiguration(
         maxHeaderFieldSize: limits.maxHeaderBytes, maxHeaderListSize: limits.maxHeaderBytes, maxHeaderFieldCount: limits.maxHeaderCount)
     let handlers = limits.channelHandlers
-    let http1 = HTTP1Channel.Configuration(additionalChannelHandlers: handlers(), idleTimeout: limits.idleTimeout.map(TimeAmount.init),
-                                           httpDecoderConfiguration: decoder)
+    let http1 = HTTP1Channel.Configuration(
+        additionalChannelHandlers: handlers(), idleTimeout: limits.idleTimeout.map(TimeAmount.init),
+        httpDecoderConfiguration: decoder)
     return Application(
         router: router,
         server: .http1(configuration: http1),
-        configuration: .init(address: .hostname(host, port: port), serverName: serverName,
-                             availableConnectionsDelegate: limits.maxAcceptedConnections.map { MaximumAvailableConnections($0, logger: logger) }),
+        configuration: .init(
+            address: .hostname(host, port: port), serverName: serverName,
+            availableConnectionsDelegate: limits.maxAcceptedConnections.map { MaximumAvailableConnections($0, logger: logger) }),
         services: services,
         onServerRunning: { channel in
             announceListening(channel, host: host)

@@ -8,8 +8,10 @@ public struct LifecycleService: Service, CustomStringConvertible {
     private let start: @Sendable () async throws -> Void
     private let stop: @Sendable () async -> Void
 
-    public init(_ name: String, start: @escaping @Sendable () async throws -> Void = {},
-                stop: @escaping @Sendable () async -> Void) {
+    public init(
+        _ name: String, start: @escaping @Sendable () async throws -> Void = {},
+        stop: @escaping @Sendable () async -> Void
+    ) {
         self.description = name
         self.start = start
         self.stop = stop

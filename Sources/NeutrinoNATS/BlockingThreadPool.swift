@@ -110,4 +110,3 @@ func runOnNewThread<T: Sendable>(_ operation: String, _ body: @escaping @Sendabl
         }
     }
 }
-

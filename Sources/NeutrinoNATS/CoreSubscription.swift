@@ -65,13 +65,15 @@ extension NATSConnection {
                 let arena = CArena()
                 let cSubject = try arena.string(subject, op, what: "the subject")
                 var sub: OpaquePointer?
-                let s = natsConnection_Subscribe(&sub, connection.pointer, cSubject, onCoreMessage,
-                                                 CallbackTable<CoreSink>.closure(sinkID))
+                let s = natsConnection_Subscribe(
+                    &sub, connection.pointer, cSubject, onCoreMessage,
+                    CallbackTable<CoreSink>.closure(sinkID))
                 guard s == NATS_OK, let sub else { throw NATSError.library(op, s, connection: connection.pointer) }
                 return SendablePointer(sub)
             }
-            return CoreSubscription(handle: CoreSubscriptionHandle(pointer: pointer.pointer, connection: connection),
-                                    messages: stream, sinkID: sinkID)
+            return CoreSubscription(
+                handle: CoreSubscriptionHandle(pointer: pointer.pointer, connection: connection),
+                messages: stream, sinkID: sinkID)
         } catch {
             coreSinks.remove(sinkID)
             continuation.finish()

@@ -159,8 +159,10 @@ public final class JetStream: Sendable {
     /// The replica count `ensureStream` creates streams with (and reconciles existing ones to, if so told).
     public let replication: StreamReplication
 
-    init(handle: JetStreamHandle, connection: NATSConnection, waiters: PublishWaiters, requestTimeout: Duration,
-         publishTimeout: Duration, replication: StreamReplication) {
+    init(
+        handle: JetStreamHandle, connection: NATSConnection, waiters: PublishWaiters, requestTimeout: Duration,
+        publishTimeout: Duration, replication: StreamReplication
+    ) {
         self.handle = handle
         self.connection = connection
         self.waiters = waiters
@@ -182,14 +184,17 @@ public final class JetStream: Sendable {
     /// a server that refuses (a single server asked for R3, a cluster with fewer JetStream servers than replicas)
     /// throws an error that says so.
     @discardableResult
-    public func ensureStream(name: String, subjects: [String], retention: StreamRetention,
-                             storage: StreamStorage = .file, duplicateWindow: Duration = .seconds(120),
-                             maxAge: Duration? = nil, replication: StreamReplication? = nil) async throws -> StreamInfo {
+    public func ensureStream(
+        name: String, subjects: [String], retention: StreamRetention,
+        storage: StreamStorage = .file, duplicateWindow: Duration = .seconds(120),
+        maxAge: Duration? = nil, replication: StreamReplication? = nil
+    ) async throws -> StreamInfo {
         let handle = self.handle
         let replication = replication ?? self.replication
         let logger = connection.events.logger
         guard (1...StreamReplication.maxReplicas).contains(replication.replicas) else {
-            throw NATSError.invalidArgument("js_AddStream", "stream replicas must be 1...\(StreamReplication.maxReplicas), not \(replication.replicas)")
+            throw NATSError.invalidArgument(
+                "js_AddStream", "stream replicas must be 1...\(StreamReplication.maxReplicas), not \(replication.replicas)")
         }
         return try await pool.run("js_AddStream") {
             let op = "js_AddStream"
@@ -242,9 +247,11 @@ public final class JetStream: Sendable {
                 throw JetStream.replicasRefused(refusal, stream: name, from: current, to: Int(cfg.Replicas)) ?? refusal
             }
             if changing {
-                logger.notice("changing the stream's replica count", metadata: [
-                    "stream": "\(name)", "replicas.from": "\(current)", "replicas.to": "\(cfg.Replicas)",
-                ])
+                logger.notice(
+                    "changing the stream's replica count",
+                    metadata: [
+                        "stream": "\(name)", "replicas.from": "\(current)", "replicas.to": "\(cfg.Replicas)",
+                    ])
             }
             jerr = jsErrCode(0)
             s = js_UpdateStream(&info, handle.pointer, &cfg, nil, &jerr)
@@ -266,15 +273,18 @@ public final class JetStream: Sendable {
         // ("insufficient resources", "no suitable peers for placement").
         let text = error.detail.lowercased()
         guard to > 1 || from != nil else { return nil }
-        guard [10074, 10023].contains(error.jsErrorCode) || text.contains("replica") || text.contains("peers")
-                || text.contains("insufficient resources") else { return nil }
+        guard
+            [10074, 10023].contains(error.jsErrorCode) || text.contains("replica") || text.contains("peers")
+                || text.contains("insufficient resources")
+        else { return nil }
         let what = from.map { "change \(stream) from \(max(1, $0)) to \(to) replicas" } ?? "create \(stream) with \(to) replicas"
-        return NATSError(operation: error.operation, origin: error.origin, status: error.status,
-                         statusText: error.statusText, jsErrorCode: error.jsErrorCode,
-                         detail: "the JetStream server refused to \(what): \(error.detail.isEmpty ? error.statusText : error.detail). "
-                             + "The replica count (--stream-replicas) must not exceed the cluster's JetStream servers that "
-                             + "are up (1 for a single server, which cannot replicate)",
-                         connectionWasDown: error.connectionWasDown)
+        return NATSError(
+            operation: error.operation, origin: error.origin, status: error.status,
+            statusText: error.statusText, jsErrorCode: error.jsErrorCode,
+            detail: "the JetStream server refused to \(what): \(error.detail.isEmpty ? error.statusText : error.detail). "
+                + "The replica count (--stream-replicas) must not exceed the cluster's JetStream servers that "
+                + "are up (1 for a single server, which cannot replicate)",
+            connectionWasDown: error.connectionWasDown)
     }
 
     /// Creates the durable pull consumer, or updates it to this configuration (idempotent). Explicit acks,
@@ -282,9 +292,11 @@ public final class JetStream: Sendable {
     /// `maxDeliver > backOff.count`, and the server then takes `backOff[0]` as the AckWait. `maxDeliver` -1 means
     /// unlimited. `inactiveThreshold`: the server deletes the durable after that long without pull requests.
     @discardableResult
-    public func ensureConsumer(stream: String, durable: String, filterSubject: String?, ackWait: Duration,
-                               maxDeliver: Int, maxAckPending: Int = 1000,
-                               backOff: [Duration] = [], inactiveThreshold: Duration? = nil) async throws -> ConsumerInfo {
+    public func ensureConsumer(
+        stream: String, durable: String, filterSubject: String?, ackWait: Duration,
+        maxDeliver: Int, maxAckPending: Int = 1000,
+        backOff: [Duration] = [], inactiveThreshold: Duration? = nil
+    ) async throws -> ConsumerInfo {
         let handle = self.handle
         return try await pool.run("js_AddConsumer") {
             let op = "js_AddConsumer"
@@ -371,8 +383,9 @@ public final class JetStream: Sendable {
             let s = js_GetMsg(&msg, handle.pointer, cStream, sequence, nil, &jerr)
             guard s == NATS_OK, let msg else { throw NATSError.library(op, s, jsErrCode: jerr, connection: handle.connection.pointer) }
             defer { natsMsg_Destroy(msg) }
-            return StoredMessage(subject: swiftString(natsMsg_GetSubject(msg)), sequence: natsMsg_GetSequence(msg),
-                                 data: messageData(msg), headers: allHeaders(msg), timestampNanos: natsMsg_GetTime(msg))
+            return StoredMessage(
+                subject: swiftString(natsMsg_GetSubject(msg)), sequence: natsMsg_GetSequence(msg),
+                data: messageData(msg), headers: allHeaders(msg), timestampNanos: natsMsg_GetTime(msg))
         }
     }
 
@@ -394,8 +407,9 @@ public final class JetStream: Sendable {
                 throw error
             }
             defer { natsMsg_Destroy(msg) }
-            return StoredMessage(subject: swiftString(natsMsg_GetSubject(msg)), sequence: natsMsg_GetSequence(msg),
-                                 data: messageData(msg), headers: allHeaders(msg), timestampNanos: natsMsg_GetTime(msg))
+            return StoredMessage(
+                subject: swiftString(natsMsg_GetSubject(msg)), sequence: natsMsg_GetSequence(msg),
+                data: messageData(msg), headers: allHeaders(msg), timestampNanos: natsMsg_GetTime(msg))
         }
     }
 
@@ -421,8 +435,10 @@ public final class JetStream: Sendable {
     /// for the ack; while the connection is down the publish is buffered by cnats and times out with an error
     /// whose `isConnectionProblem` is true. Such a buffered message may still be stored once the connection is back,
     /// so retry with the same `msgID` (at-least-once, made exactly-once by the duplicate window).
-    public func publish(subject: String, data: [UInt8], msgID: String? = nil, headers: [String: String] = [:],
-                        timeout: Duration? = nil) async throws -> PubAck {
+    public func publish(
+        subject: String, data: [UInt8], msgID: String? = nil, headers: [String: String] = [:],
+        timeout: Duration? = nil
+    ) async throws -> PubAck {
         let op = "js_PublishMsgAsync"
         guard data.count <= Int(Int32.max) else { throw NATSError.invalidArgument(op, "the payload is too large") }
         let arena = CArena()
@@ -534,19 +550,26 @@ final class PublishWaiters: @unchecked Sendable {
 
 /// cnats's async-publish ack handler: runs on the context's reply-subscription thread for every published message,
 /// with either `ack` or `failure`. The message is ours to destroy.
-func onPublishAck(_ js: OpaquePointer?, _ msg: OpaquePointer?, _ ack: UnsafeMutablePointer<jsPubAck>?,
-                          _ failure: UnsafeMutablePointer<jsPubAckErr>?, _ closure: UnsafeMutableRawPointer?) {
+func onPublishAck(
+    _ js: OpaquePointer?, _ msg: OpaquePointer?, _ ack: UnsafeMutablePointer<jsPubAck>?,
+    _ failure: UnsafeMutablePointer<jsPubAckErr>?, _ closure: UnsafeMutableRawPointer?
+) {
     defer { natsMsg_Destroy(msg) }
     guard let msg, let waiters = publishWaitersTable.get(closure: closure),
-          let continuation = waiters.take(UInt(bitPattern: Int(bitPattern: msg))) else { return }
+        let continuation = waiters.take(UInt(bitPattern: Int(bitPattern: msg)))
+    else { return }
     if let ack {
-        continuation.resume(returning: PubAck(stream: swiftString(ack.pointee.Stream), sequence: ack.pointee.Sequence,
-                                              duplicate: ack.pointee.Duplicate))
+        continuation.resume(
+            returning: PubAck(
+                stream: swiftString(ack.pointee.Stream), sequence: ack.pointee.Sequence,
+                duplicate: ack.pointee.Duplicate))
     } else if let failure {
-        continuation.resume(throwing: NATSError.reported("js_PublishMsgAsync", failure.pointee.Err,
-                                                         jsErrCode: Int(failure.pointee.ErrCode.rawValue),
-                                                         detail: swiftString(failure.pointee.ErrText),
-                                                         connection: waiters.connection))
+        continuation.resume(
+            throwing: NATSError.reported(
+                "js_PublishMsgAsync", failure.pointee.Err,
+                jsErrCode: Int(failure.pointee.ErrCode.rawValue),
+                detail: swiftString(failure.pointee.ErrText),
+                connection: waiters.connection))
     } else {
         continuation.resume(throwing: NATSError.local("js_PublishMsgAsync", "the ack handler got neither an ack nor an error"))
     }
@@ -568,10 +591,11 @@ extension StreamInfo {
             duplicates = cfg.Duplicates
             replicas = Int(max(1, cfg.Replicas))
         }
-        self.init(name: name, subjects: subjects, replicas: replicas, cluster: info.Cluster.map { ClusterInfo($0.pointee) },
-                  messages: info.State.Msgs, bytes: info.State.Bytes,
-                  firstSequence: info.State.FirstSeq, lastSequence: info.State.LastSeq,
-                  consumers: Int(info.State.Consumers), duplicateWindow: .nanoseconds(duplicates))
+        self.init(
+            name: name, subjects: subjects, replicas: replicas, cluster: info.Cluster.map { ClusterInfo($0.pointee) },
+            messages: info.State.Msgs, bytes: info.State.Bytes,
+            firstSequence: info.State.FirstSeq, lastSequence: info.State.LastSeq,
+            consumers: Int(info.State.Consumers), duplicateWindow: .nanoseconds(duplicates))
     }
 }
 
@@ -591,13 +615,14 @@ extension ClusterInfo {
 extension ConsumerInfo {
     init(_ info: jsConsumerInfo) {
         let cfg = info.Config?.pointee
-        self.init(stream: swiftString(info.Stream), name: swiftString(info.Name), numPending: info.NumPending,
-                  numAckPending: Int(info.NumAckPending), numRedelivered: Int(info.NumRedelivered),
-                  numWaiting: Int(info.NumWaiting), deliveredStreamSequence: info.Delivered.Stream,
-                  ackFloorStreamSequence: info.AckFloor.Stream, filterSubject: swiftString(cfg?.FilterSubject),
-                  ackWait: .nanoseconds(cfg?.AckWait ?? 0), maxDeliver: Int(cfg?.MaxDeliver ?? 0),
-                  maxAckPending: Int(cfg?.MaxAckPending ?? 0), replicas: Int(cfg?.Replicas ?? 0),
-                  cluster: info.Cluster.map { ClusterInfo($0.pointee) })
+        self.init(
+            stream: swiftString(info.Stream), name: swiftString(info.Name), numPending: info.NumPending,
+            numAckPending: Int(info.NumAckPending), numRedelivered: Int(info.NumRedelivered),
+            numWaiting: Int(info.NumWaiting), deliveredStreamSequence: info.Delivered.Stream,
+            ackFloorStreamSequence: info.AckFloor.Stream, filterSubject: swiftString(cfg?.FilterSubject),
+            ackWait: .nanoseconds(cfg?.AckWait ?? 0), maxDeliver: Int(cfg?.MaxDeliver ?? 0),
+            maxAckPending: Int(cfg?.MaxAckPending ?? 0), replicas: Int(cfg?.Replicas ?? 0),
+            cluster: info.Cluster.map { ClusterInfo($0.pointee) })
     }
 }
 

@@ -1,7 +1,7 @@
 import CNats
 import Glibc
-import NeutrinoThreads
 import NeutrinoCore
+import NeutrinoThreads
 
 /// A message fetched from a pull consumer. Owns its `natsMsg` (destroyed exactly once, in deinit) and keeps its
 /// subscription alive (cnats acks through it).

@@ -1,7 +1,7 @@
 import CNats
 import Glibc
-import NeutrinoThreads
 import Logging
+import NeutrinoThreads
 
 /// A connection to a NATS server or cluster (cnats `natsConnection`), reconnecting forever.
 ///
@@ -58,8 +58,10 @@ public final class NATSConnection: Sendable {
     public let replication: StreamReplication
     private let closed = ClosedFlag()
 
-    private init(handle: ConnectionHandle, events: ConnectionEvents, pool: BlockingThreadPool, name: String,
-                 servers: [String], replication: StreamReplication) {
+    private init(
+        handle: ConnectionHandle, events: ConnectionEvents, pool: BlockingThreadPool, name: String,
+        servers: [String], replication: StreamReplication
+    ) {
         self.handle = handle
         self.events = events
         self.pool = pool
@@ -108,7 +110,9 @@ public final class NATSConnection: Sendable {
                 if s == NATS_OK { s = natsOptions_SetName(opts, cName) }
                 if s == NATS_OK { s = natsOptions_SetMaxReconnect(opts, -1) }
                 if s == NATS_OK { s = natsOptions_SetReconnectWait(opts, max(1, options.reconnectWait.natsMilliseconds)) }
-                if s == NATS_OK { s = natsOptions_SetReconnectJitter(opts, options.reconnectJitter.natsMilliseconds, options.reconnectJitter.natsMilliseconds) }
+                if s == NATS_OK {
+                    s = natsOptions_SetReconnectJitter(opts, options.reconnectJitter.natsMilliseconds, options.reconnectJitter.natsMilliseconds)
+                }
                 if s == NATS_OK { s = natsOptions_SetTimeout(opts, max(1, options.connectTimeout.natsMilliseconds)) }
                 if s == NATS_OK && options.reconnectBufferBytes > 0 {
                     s = natsOptions_SetReconnectBufSize(opts, Int32(clamping: options.reconnectBufferBytes))
@@ -133,17 +137,20 @@ public final class NATSConnection: Sendable {
             pool.shutdown()
             throw error
         }
-        let connection = NATSConnection(handle: ConnectionHandle(pointer: result.pointer.pointer, eventsID: eventsID),
-                                        events: events, pool: pool, name: name, servers: servers,
-                                        replication: options.replication)
+        let connection = NATSConnection(
+            handle: ConnectionHandle(pointer: result.pointer.pointer, eventsID: eventsID),
+            events: events, pool: pool, name: name, servers: servers,
+            replication: options.replication)
         if result.connected {
             logger.info("connected to NATS", metadata: ["nats.name": "\(name)", "nats.url": "\(connection.connectedURL ?? url)"])
         } else {
-            logger.notice("NATS server not reachable yet; retrying in the background",
-                          metadata: ["nats.name": "\(name)", "nats.url": "\(url)"])
+            logger.notice(
+                "NATS server not reachable yet; retrying in the background",
+                metadata: ["nats.name": "\(name)", "nats.url": "\(url)"])
             if await !connection.waitUntilConnected(timeout: options.firstConnectionWait) {
-                logger.warning("still not connected to NATS; continuing, calls fail until the server is reachable",
-                               metadata: ["nats.name": "\(name)", "nats.url": "\(url)"])
+                logger.warning(
+                    "still not connected to NATS; continuing, calls fail until the server is reachable",
+                    metadata: ["nats.name": "\(name)", "nats.url": "\(url)"])
             }
         }
         return connection
@@ -202,9 +209,10 @@ public final class NATSConnection: Sendable {
             publishWaitersTable.remove(waitersID)
             throw NATSError.library("natsConnection_JetStream", s, connection: handle.pointer)
         }
-        return JetStream(handle: JetStreamHandle(pointer: js, connection: handle, waitersID: waitersID),
-                         connection: self, waiters: waiters, requestTimeout: requestTimeout, publishTimeout: publishTimeout,
-                         replication: replication)
+        return JetStream(
+            handle: JetStreamHandle(pointer: js, connection: handle, waitersID: waitersID),
+            connection: self, waiters: waiters, requestTimeout: requestTimeout, publishTimeout: publishTimeout,
+            replication: replication)
     }
 
     /// Closes the connection: fetches and requests in progress return, publishes awaiting an ack fail with a
@@ -308,8 +316,10 @@ private func onClosed(_ nc: OpaquePointer?, _ closure: UnsafeMutableRawPointer?)
     events.logger.info("NATS connection closed", metadata: events.metadata)
 }
 
-private func onAsyncError(_ nc: OpaquePointer?, _ subscription: OpaquePointer?, _ status: natsStatus,
-                          _ closure: UnsafeMutableRawPointer?) {
+private func onAsyncError(
+    _ nc: OpaquePointer?, _ subscription: OpaquePointer?, _ status: natsStatus,
+    _ closure: UnsafeMutableRawPointer?
+) {
     guard let events = connectionEventsTable.get(closure: closure) else { return }
     var metadata = events.metadata
     metadata["nats.status"] = "\(swiftString(natsStatus_GetText(status)))"

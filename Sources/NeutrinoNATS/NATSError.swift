@@ -34,8 +34,10 @@ public struct NATSError: Error, Sendable, CustomStringConvertible {
     /// error was observed. A timeout while the connection is down is a connection problem.
     public let connectionWasDown: Bool
 
-    init(operation: String, origin: Origin, status: UInt32?, statusText: String, jsErrorCode: Int, detail: String,
-         connectionWasDown: Bool) {
+    init(
+        operation: String, origin: Origin, status: UInt32?, statusText: String, jsErrorCode: Int, detail: String,
+        connectionWasDown: Bool
+    ) {
         self.operation = operation
         self.origin = origin
         self.status = status
@@ -54,8 +56,9 @@ public struct NATSError: Error, Sendable, CustomStringConvertible {
         guard let status else { return false }
         if Self.connectionStatuses.contains(status) { return true }
         // A request that timed out (or was refused by a full reconnect buffer) while the connection was down.
-        return connectionWasDown && (status == NATS_TIMEOUT.rawValue || status == NATS_INSUFFICIENT_BUFFER.rawValue
-                                     || status == NATS_NO_RESPONDERS.rawValue)
+        return connectionWasDown
+            && (status == NATS_TIMEOUT.rawValue || status == NATS_INSUFFICIENT_BUFFER.rawValue
+                || status == NATS_NO_RESPONDERS.rawValue)
     }
 
     /// Nobody answered the JetStream API request (JetStream disabled, or no stream for the subject).
@@ -88,36 +91,45 @@ public struct NATSError: Error, Sendable, CustomStringConvertible {
 
     /// The error for `status` returned by a cnats call on the current thread (reads the thread's last-error text,
     /// so call it on the thread that made the call, right after it).
-    static func library(_ operation: String, _ status: natsStatus, jsErrCode: jsErrCode = jsErrCode(0),
-                        connection: OpaquePointer?) -> NATSError {
+    static func library(
+        _ operation: String, _ status: natsStatus, jsErrCode: jsErrCode = jsErrCode(0),
+        connection: OpaquePointer?
+    ) -> NATSError {
         var lastStatus = NATS_OK
         var detail = ""
         if let text = nats_GetLastError(&lastStatus), lastStatus == status { detail = String(cString: text) }
-        return NATSError(operation: operation, origin: .library, status: status.rawValue,
-                         statusText: statusText(status), jsErrorCode: Int(jsErrCode.rawValue), detail: detail,
-                         connectionWasDown: isDown(connection))
+        return NATSError(
+            operation: operation, origin: .library, status: status.rawValue,
+            statusText: statusText(status), jsErrorCode: Int(jsErrCode.rawValue), detail: detail,
+            connectionWasDown: isDown(connection))
     }
 
     /// The error for a status reported by a callback (no thread-local text; the callback's own text instead).
-    static func reported(_ operation: String, _ status: natsStatus, jsErrCode: Int, detail: String,
-                         connection: OpaquePointer?) -> NATSError {
-        NATSError(operation: operation, origin: .library, status: status.rawValue, statusText: statusText(status),
-                  jsErrorCode: jsErrCode, detail: detail, connectionWasDown: isDown(connection))
+    static func reported(
+        _ operation: String, _ status: natsStatus, jsErrCode: Int, detail: String,
+        connection: OpaquePointer?
+    ) -> NATSError {
+        NATSError(
+            operation: operation, origin: .library, status: status.rawValue, statusText: statusText(status),
+            jsErrorCode: jsErrCode, detail: detail, connectionWasDown: isDown(connection))
     }
 
     static func closed(_ operation: String, _ what: String) -> NATSError {
-        NATSError(operation: operation, origin: .closed, status: nil, statusText: "closed", jsErrorCode: 0,
-                  detail: what, connectionWasDown: true)
+        NATSError(
+            operation: operation, origin: .closed, status: nil, statusText: "closed", jsErrorCode: 0,
+            detail: what, connectionWasDown: true)
     }
 
     static func invalidArgument(_ operation: String, _ what: String) -> NATSError {
-        NATSError(operation: operation, origin: .invalidArgument, status: nil, statusText: "invalid argument",
-                  jsErrorCode: 0, detail: what, connectionWasDown: false)
+        NATSError(
+            operation: operation, origin: .invalidArgument, status: nil, statusText: "invalid argument",
+            jsErrorCode: 0, detail: what, connectionWasDown: false)
     }
 
     static func local(_ operation: String, _ what: String) -> NATSError {
-        NATSError(operation: operation, origin: .local, status: nil, statusText: "error", jsErrorCode: 0,
-                  detail: what, connectionWasDown: false)
+        NATSError(
+            operation: operation, origin: .local, status: nil, statusText: "error", jsErrorCode: 0,
+            detail: what, connectionWasDown: false)
     }
 
     private static func statusText(_ status: natsStatus) -> String {

@@ -5,8 +5,9 @@ import NeutrinoCore
 extension JetStream {
     /// Stores that `taskID` must not run (again), with its status as the body. One mark per task (`Nats-Msg-Id`).
     public func markSettled(taskID: String, status: TaskStatus, timeout: Duration? = nil) async throws {
-        _ = try await publish(subject: QueueLayout.settledSubject(taskID: taskID), data: Array(status.rawValue.utf8),
-                              msgID: "settled-\(taskID)", timeout: timeout)
+        _ = try await publish(
+            subject: QueueLayout.settledSubject(taskID: taskID), data: Array(status.rawValue.utf8),
+            msgID: "settled-\(taskID)", timeout: timeout)
     }
 
     /// The status `taskID` was marked settled with, or nil when it has no mark.

@@ -20,20 +20,28 @@ public enum TaskQueueProvisioning {
                 existing = []
             }
             if wanted.isSubset(of: existing) && !existing.isEmpty { break }
-            try await js.ensureStream(name: QueueLayout.tasksStream, subjects: Array(existing.union(wanted)).sorted(),
-                                      retention: .workQueue, duplicateWindow: .seconds(120))
+            try await js.ensureStream(
+                name: QueueLayout.tasksStream, subjects: Array(existing.union(wanted)).sorted(),
+                retention: .workQueue, duplicateWindow: .seconds(120))
             if round == 4 { logger.warning("the tasks stream's subjects keep changing under concurrent provisioning") }
         }
-        try await js.ensureStream(name: QueueLayout.deadLetterStream, subjects: [QueueLayout.deadLetterSubjects],
-                                  retention: .limits, duplicateWindow: .seconds(120))
-        try await js.ensureStream(name: QueueLayout.settledStream, subjects: [QueueLayout.settledSubjects],
-                                  retention: .limits, duplicateWindow: .seconds(120), maxAge: .seconds(24 * 3600))
+        try await js.ensureStream(
+            name: QueueLayout.deadLetterStream, subjects: [QueueLayout.deadLetterSubjects],
+            retention: .limits, duplicateWindow: .seconds(120))
+        try await js.ensureStream(
+            name: QueueLayout.settledStream, subjects: [QueueLayout.settledSubjects],
+            retention: .limits, duplicateWindow: .seconds(120), maxAge: .seconds(24 * 3600))
         for (pool, maxDeliver) in pools.sorted(by: { $0.key < $1.key }) {
-            try await js.ensureConsumer(stream: QueueLayout.tasksStream, durable: QueueLayout.consumer(pool: pool),
-                                        filterSubject: QueueLayout.filterSubject(pool: pool), ackWait: ackWait,
-                                        maxDeliver: max(1, maxDeliver) + 1)
+            try await js.ensureConsumer(
+                stream: QueueLayout.tasksStream, durable: QueueLayout.consumer(pool: pool),
+                filterSubject: QueueLayout.filterSubject(pool: pool), ackWait: ackWait,
+                maxDeliver: max(1, maxDeliver) + 1)
         }
-        logger.info("JetStream provisioned", metadata: ["pools": "\(pools.keys.sorted().joined(separator: ","))",
-                                                         "replicas": "\(js.replication)"])
+        logger.info(
+            "JetStream provisioned",
+            metadata: [
+                "pools": "\(pools.keys.sorted().joined(separator: ","))",
+                "replicas": "\(js.replication)",
+            ])
     }
 }

@@ -1,8 +1,8 @@
 import Foundation
 import Logging
-import Synchronization
 import Metrics
 import Prometheus
+import Synchronization
 
 /// How log lines are written: `text` for people, `json` (one object per line) for log collectors.
 public enum LogFormat: String, Sendable, CaseIterable {

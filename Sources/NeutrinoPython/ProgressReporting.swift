@@ -29,8 +29,10 @@ public enum ProgressReporting {
     /// `PyMethodDef` for the sink; allocated once and never freed, as CPython requires.
     nonisolated(unsafe) static let methodDef: UnsafeMutablePointer<PyMethodDef> = {
         let def = UnsafeMutablePointer<PyMethodDef>.allocate(capacity: 2)
-        def.initialize(to: PyMethodDef(ml_name: UnsafePointer(strdup("neutrino_progress_sink")),
-                                       ml_meth: progressSink, ml_flags: METH_VARARGS, ml_doc: nil))
+        def.initialize(
+            to: PyMethodDef(
+                ml_name: UnsafePointer(strdup("neutrino_progress_sink")),
+                ml_meth: progressSink, ml_flags: METH_VARARGS, ml_doc: nil))
         (def + 1).initialize(to: PyMethodDef(ml_name: nil, ml_meth: nil, ml_flags: 0, ml_doc: nil))
         return def
     }()
@@ -48,14 +50,17 @@ private let progressSink: PyCFunction = { _, args in
         return String(cString: utf8)
     }
     if let args, PyTuple_Size(args) == 6, let taskID = string(0), let task = string(1), let pool = string(2),
-       let attemptObject = PyTuple_GetItem(args, 3), let fractionObject = PyTuple_GetItem(args, 4) {
+        let attemptObject = PyTuple_GetItem(args, 3), let fractionObject = PyTuple_GetItem(args, 4)
+    {
         let attempt = PyLong_AsLong(attemptObject)
         let fraction = PyFloat_AsDouble(fractionObject)
         if PyErr_Occurred() != nil {
             PyErr_Clear()
         } else {
-            ProgressReporting.deliver(ProgressReport(taskID: taskID, task: task, pool: pool, attempt: Int(attempt),
-                                                     fraction: fraction, message: string(5)))
+            ProgressReporting.deliver(
+                ProgressReport(
+                    taskID: taskID, task: task, pool: pool, attempt: Int(attempt),
+                    fraction: fraction, message: string(5)))
         }
     }
     let none = neutrino_py_none()

@@ -78,8 +78,10 @@ public final class PythonExecutor: Sendable {
         /// Given up on: its thread left the pool (a replacement took its place).
         var abandoned = false
 
-        init(task: String, tag: String?, payload: [UInt8], timeoutMs: Int, onStart: @escaping @Sendable () -> Void,
-             onOutput: @escaping @Sendable ([UInt8]) -> Void) {
+        init(
+            task: String, tag: String?, payload: [UInt8], timeoutMs: Int, onStart: @escaping @Sendable () -> Void,
+            onOutput: @escaping @Sendable ([UInt8]) -> Void
+        ) {
             self.onOutput = onOutput
             self.task = task
             self.tag = tag
@@ -119,8 +121,10 @@ public final class PythonExecutor: Sendable {
     private let hardLimit: HardTimeoutPolicy
     private let alarm: @Sendable (ExecutorAlarm) -> Void
 
-    public init(runtime: PythonRuntime, threads: Int, maxQueued: Int = 1024, hardLimit: HardTimeoutPolicy = HardTimeoutPolicy(),
-                alarm: @escaping @Sendable (ExecutorAlarm) -> Void = { _ in }) {
+    public init(
+        runtime: PythonRuntime, threads: Int, maxQueued: Int = 1024, hardLimit: HardTimeoutPolicy = HardTimeoutPolicy(),
+        alarm: @escaping @Sendable (ExecutorAlarm) -> Void = { _ in }
+    ) {
         self.runtime = runtime
         self.threadCount = max(1, threads)
         self.maxQueued = maxQueued
@@ -157,14 +161,17 @@ public final class PythonExecutor: Sendable {
     /// Runs `task` with `payload` (JSON `{"args":…,"task_id":…}`) and returns how it ended. `onStart` runs on the
     /// Python thread just before the call (to record `running` at the moment it starts).
     /// `tag` (the task id) lets `cancel(tag:)` find the call.
-    public func run(task: String, tag: String? = nil, payload: [UInt8], timeoutMs: Int,
-                    onStart: @escaping @Sendable () -> Void = {},
-                    onOutput: @escaping @Sendable ([UInt8]) -> Void = { _ in }) async -> PythonOutcome {
+    public func run(
+        task: String, tag: String? = nil, payload: [UInt8], timeoutMs: Int,
+        onStart: @escaping @Sendable () -> Void = {},
+        onOutput: @escaping @Sendable ([UInt8]) -> Void = { _ in }
+    ) async -> PythonOutcome {
         let job = Job(task: task, tag: tag, payload: payload, timeoutMs: timeoutMs, onStart: onStart, onOutput: onOutput)
         return await withCheckedContinuation { continuation in
             lock.lock()
             if state.stopping || state.wedged != nil || state.queue.count - state.queueHead >= maxQueued {
-                let reason = state.wedged.map { "the interpreter is wedged: \($0)" }
+                let reason =
+                    state.wedged.map { "the interpreter is wedged: \($0)" }
                     ?? (state.stopping ? "the worker is shutting down" : "the worker's queue is full (\(maxQueued) waiting)")
                 lock.unlock()
                 continuation.resume(returning: .rejected(reason: reason))
@@ -304,7 +311,8 @@ public final class PythonExecutor: Sendable {
             // An interrupt the interrupter could not deliver within the grace: it cannot get the GIL.
             if let since = state.interruptsPendingSince, since + graceNanos <= now {
                 let names = state.running.values.filter { if case .interrupted = $0.phase { true } else { false } }.map(\.task)
-                let reason = "a thread has held the GIL for over \(hardLimit.grace) past its task's timeout (\(names.sorted().joined(separator: ", ")))"
+                let reason =
+                    "a thread has held the GIL for over \(hardLimit.grace) past its task's timeout (\(names.sorted().joined(separator: ", ")))"
                 state.wedged = reason
                 let running = Array(state.running.values)
                 let queued = Array(state.queue[state.queueHead...])
@@ -409,15 +417,17 @@ public final class PythonExecutor: Sendable {
     private func call(_ job: Job) -> PythonOutcome {
         func elapsed() -> Double { Double(monotonicNanos() - job.startNanos) / 1e6 }
         guard let name = runtime.taskNames[job.task] else {
-            return .failed(error: JSONWriter.taskError(type: APIError.unknownTask.type, message: "no task named '\(job.task)' in this app", traceback: nil),
-                           durationMs: elapsed())
+            return .failed(
+                error: JSONWriter.taskError(type: APIError.unknownTask.type, message: "no task named '\(job.task)' in this app", traceback: nil),
+                durationMs: elapsed())
         }
         let payload = job.payload.withUnsafeBytes { raw in
             PyBytes_FromStringAndSize(raw.baseAddress?.assumingMemoryBound(to: CChar.self), Py_ssize_t(raw.count))
         }
         guard let payload, let args = PyTuple_New(2) else {
             PyErr_Clear()
-            return .failed(error: JSONWriter.taskError(type: APIError.memoryError.type, message: "cannot build the call", traceback: nil), durationMs: elapsed())
+            return .failed(
+                error: JSONWriter.taskError(type: APIError.memoryError.type, message: "cannot build the call", traceback: nil), durationMs: elapsed())
         }
         Py_IncRef(name.pointer)
         PyTuple_SetItem(args, 0, name.pointer)
@@ -427,21 +437,24 @@ public final class PythonExecutor: Sendable {
         if let result {
             defer { Py_DecRef(result) }
             if let bytes = PythonRuntime.bytes(of: result) { return .completed(result: bytes, durationMs: elapsed()) }
-            return .failed(error: JSONWriter.taskError(type: APIError.resultNotSerializable.type, message: "the runtime returned no bytes", traceback: nil),
-                           durationMs: elapsed())
+            return .failed(
+                error: JSONWriter.taskError(type: APIError.resultNotSerializable.type, message: "the runtime returned no bytes", traceback: nil),
+                durationMs: elapsed())
         }
         let (type, value, traceback) = PythonRuntime.fetchError()
         defer { [type, value, traceback].forEach { Py_DecRef($0) } }
         if let value, PyObject_IsInstance(value, runtime.taskErrorClass.pointer) == 1,
-           let payloadObject = PyObject_GetAttrString(value, "payload") {
+            let payloadObject = PyObject_GetAttrString(value, "payload")
+        {
             defer { Py_DecRef(payloadObject) }
             if let bytes = PythonRuntime.bytes(of: payloadObject) { return .failed(error: bytes, durationMs: elapsed()) }
         }
         PyErr_Clear()
         // Raised outside the runtime's own handler (e.g. an injected TimeoutError landing between two lines of it).
         let text = PythonRuntime.formatException(type: type, value: value, traceback: traceback)
-        return .failed(error: JSONWriter.taskError(type: PythonRuntime.typeName(type), message: PythonRuntime.string(of: value), traceback: text),
-                       durationMs: elapsed())
+        return .failed(
+            error: JSONWriter.taskError(type: PythonRuntime.typeName(type), message: PythonRuntime.string(of: value), traceback: text),
+            durationMs: elapsed())
     }
 
 }

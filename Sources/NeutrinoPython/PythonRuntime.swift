@@ -46,19 +46,19 @@ public final class PythonRuntime: Sendable {
         for p in paths + ["."] { literal.string(p) }
         literal.endArray()
         let bootstrap = """
-        import os, site, sys
-        sys.argv = ["neutrino-worker"]
-        _venv = os.environ.get("VIRTUAL_ENV")
-        if _venv:
-            _before = list(sys.path)
-            site.addsitedir(os.path.join(_venv, "lib", "python%d.%d" % sys.version_info[:2], "site-packages"))
-            sys.path[:] = [p for p in sys.path if p not in _before] + _before
-        for _p in reversed([os.path.abspath(p) for p in \(literal.text)]):
-            if _p in sys.path:
-                sys.path.remove(_p)
-            sys.path.insert(0, _p)
-        del _p
-        """
+            import os, site, sys
+            sys.argv = ["neutrino-worker"]
+            _venv = os.environ.get("VIRTUAL_ENV")
+            if _venv:
+                _before = list(sys.path)
+                site.addsitedir(os.path.join(_venv, "lib", "python%d.%d" % sys.version_info[:2], "site-packages"))
+                sys.path[:] = [p for p in sys.path if p not in _before] + _before
+            for _p in reversed([os.path.abspath(p) for p in \(literal.text)]):
+                if _p in sys.path:
+                    sys.path.remove(_p)
+                sys.path.insert(0, _p)
+            del _p
+            """
         guard PyRun_SimpleStringFlags(bootstrap, nil) == 0 else {
             throw PythonStartupError(message: "setting up sys.path failed (see the Python error above)")
         }
@@ -67,9 +67,10 @@ public final class PythonRuntime: Sendable {
         }
         defer { Py_DecRef(module) }
         guard let load = PyObject_GetAttrString(module, "load"),
-              let invoke = PyObject_GetAttrString(module, "invoke"),
-              let taskError = PyObject_GetAttrString(module, "TaskError"),
-              let cancelled = PyObject_GetAttrString(module, "CancelledByRequest") else {
+            let invoke = PyObject_GetAttrString(module, "invoke"),
+            let taskError = PyObject_GetAttrString(module, "TaskError"),
+            let cancelled = PyObject_GetAttrString(module, "CancelledByRequest")
+        else {
             throw PythonStartupError(message: "neutrino._runtime lacks load/invoke/TaskError/CancelledByRequest: \(PythonRuntime.takeErrorText())")
         }
         defer { Py_DecRef(load) }
@@ -77,7 +78,8 @@ public final class PythonRuntime: Sendable {
         if lastOutput == nil { PyErr_Clear() }  // an SDK without output capture: nothing is captured
         // Hand neutrino.report_progress its way out to Swift.
         if let setSink = PyObject_GetAttrString(module, "set_progress_sink"), let sink = ProgressReporting.makeSinkFunction(),
-           let sinkArgs = PyTuple_New(1) {
+            let sinkArgs = PyTuple_New(1)
+        {
             PyTuple_SetItem(sinkArgs, 0, sink)  // steals sink
             if let r = PyObject_CallObject(setSink, sinkArgs) { Py_DecRef(r) } else { PyErr_Clear() }
             Py_DecRef(sinkArgs)
@@ -105,12 +107,15 @@ public final class PythonRuntime: Sendable {
             guard let name = PyUnicode_FromString(spec.name) else { throw PythonStartupError(message: "out of memory") }
             names[spec.name] = PyRef(pointer: name)
         }
-        return PythonRuntime(tasks: specs, invoke: PyRef(pointer: invoke), taskErrorClass: PyRef(pointer: taskError),
-                             taskNames: names, cancelClass: PyRef(pointer: cancelled), lastOutput: lastOutput.map { PyRef(pointer: $0) })
+        return PythonRuntime(
+            tasks: specs, invoke: PyRef(pointer: invoke), taskErrorClass: PyRef(pointer: taskError),
+            taskNames: names, cancelClass: PyRef(pointer: cancelled), lastOutput: lastOutput.map { PyRef(pointer: $0) })
     }
 
-    private init(tasks: [TaskSpec], invoke: PyRef, taskErrorClass: PyRef, taskNames: [String: PyRef], cancelClass: PyRef,
-                 lastOutput: PyRef?) {
+    private init(
+        tasks: [TaskSpec], invoke: PyRef, taskErrorClass: PyRef, taskNames: [String: PyRef], cancelClass: PyRef,
+        lastOutput: PyRef?
+    ) {
         self.lastOutput = lastOutput
         self.tasks = tasks
         self.invoke = invoke
@@ -135,9 +140,10 @@ public final class PythonRuntime: Sendable {
         var specs: [TaskSpec] = []
         for item in items {
             guard let name = item["name"]?.stringValue,
-                  let mode = item["execution_mode"]?.stringValue.flatMap(ExecutionMode.init(rawValue:)),
-                  let pool = item["pool"]?.stringValue,
-                  let timeout = item["timeout_ms"]?.intValue else { return nil }
+                let mode = item["execution_mode"]?.stringValue.flatMap(ExecutionMode.init(rawValue:)),
+                let pool = item["pool"]?.stringValue,
+                let timeout = item["timeout_ms"]?.intValue
+            else { return nil }
             specs.append(TaskSpec(name: name, mode: mode, pool: pool, timeoutMs: timeout, retries: item["retries"]?.intValue ?? 0))
         }
         return specs
@@ -180,8 +186,10 @@ public final class PythonRuntime: Sendable {
     }
 
     /// `traceback.format_exception(type, value, tb)` joined, or `Type: message` if formatting fails (GIL held).
-    static func formatException(type: UnsafeMutablePointer<PyObject>?, value: UnsafeMutablePointer<PyObject>?,
-                                traceback: UnsafeMutablePointer<PyObject>?) -> String {
+    static func formatException(
+        type: UnsafeMutablePointer<PyObject>?, value: UnsafeMutablePointer<PyObject>?,
+        traceback: UnsafeMutablePointer<PyObject>?
+    ) -> String {
         let fallback = "\(typeName(type)): \(string(of: value))"
         guard let type, let value, let module = PyImport_ImportModule("traceback") else { PyErr_Clear(); return fallback }
         defer { Py_DecRef(module) }

@@ -45,11 +45,13 @@ final class SQLiteConnection {
         // SQLite's own busy timeout sleeps 1, 2, 5, 10 … ms between tries; with the gateway and every worker
         // committing small batches to one file, locks are held for well under a millisecond, so poll finely first
         // (0.1 ms for the first 20 ms), then every millisecond, giving up after about 10 s.
-        sqlite3_busy_handler(db, { _, count in
-            if count < 200 { usleep(100); return 1 }
-            if count < 200 + 10_000 { usleep(1000); return 1 }
-            return 0
-        }, nil)
+        sqlite3_busy_handler(
+            db,
+            { _, count in
+                if count < 200 { usleep(100); return 1 }
+                if count < 200 + 10_000 { usleep(1000); return 1 }
+                return 0
+            }, nil)
     }
 
     deinit {

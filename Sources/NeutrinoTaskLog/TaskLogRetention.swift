@@ -35,9 +35,11 @@ public final class TaskLogRetention: Service, Sendable {
         /// Whether each pass ends with `vacuum()`.
         public var vacuum: Bool
 
-        public init(retention: Duration, idempotencyWindow: Duration = .seconds(3600), interval: Duration = .seconds(60),
-                    maxBatch: Int = 500, maxTransaction: Duration = .milliseconds(1), pause: Duration = .milliseconds(10),
-                    maxVacuumPages: Int = 2048, vacuum: Bool = true) {
+        public init(
+            retention: Duration, idempotencyWindow: Duration = .seconds(3600), interval: Duration = .seconds(60),
+            maxBatch: Int = 500, maxTransaction: Duration = .milliseconds(1), pause: Duration = .milliseconds(10),
+            maxVacuumPages: Int = 2048, vacuum: Bool = true
+        ) {
             self.vacuum = vacuum
             self.retention = retention
             self.idempotencyWindow = idempotencyWindow
@@ -85,10 +87,12 @@ public final class TaskLogRetention: Service, Sendable {
                 do {
                     let report = try await prune()
                     if report.tasks + report.idempotencyKeys + report.pagesFreed > 0 {
-                        logger.info("task log pruned", metadata: [
-                            "tasks": "\(report.tasks)", "events": "\(report.events)", "idempotency_keys": "\(report.idempotencyKeys)",
-                            "pages_freed": "\(report.pagesFreed)", "transactions": "\(report.transactions)",
-                        ])
+                        logger.info(
+                            "task log pruned",
+                            metadata: [
+                                "tasks": "\(report.tasks)", "events": "\(report.events)", "idempotency_keys": "\(report.idempotencyKeys)",
+                                "pages_freed": "\(report.pagesFreed)", "transactions": "\(report.transactions)",
+                            ])
                     }
                 } catch is CancellationError {
                     return
@@ -108,7 +112,8 @@ public final class TaskLogRetention: Service, Sendable {
         let cutoffTime = Timestamp(millis: cutoff).iso8601
         let terminal = TaskStatus.allCases.filter(\.isTerminal).map { "'\($0.rawValue)'" }.joined(separator: ",")
         let groups = try await onConnection { db in
-            try TaskLogStore(db: db).groups("SELECT status, function_name, pool, execution_mode FROM task_groups WHERE status IN (\(terminal)) AND n > 0", binds: [])
+            try TaskLogStore(db: db).groups(
+                "SELECT status, function_name, pool, execution_mode FROM task_groups WHERE status IN (\(terminal)) AND n > 0", binds: [])
         }
         var batch = min(50, configuration.maxBatch)
         for group in groups {
@@ -136,7 +141,9 @@ public final class TaskLogRetention: Service, Sendable {
             let limit = configuration.maxBatch
             let deleted = try await onConnection { db in
                 try db.writeTransaction { () -> Int in
-                    try db.withStatement("DELETE FROM idempotency_keys WHERE rowid IN (SELECT rowid FROM idempotency_keys WHERE created_at < ?1 LIMIT ?2)") { s in
+                    try db.withStatement(
+                        "DELETE FROM idempotency_keys WHERE rowid IN (SELECT rowid FROM idempotency_keys WHERE created_at < ?1 LIMIT ?2)"
+                    ) { s in
                         s.bind(1, keysBefore)
                         s.bind(2, limit)
                         try s.run()
@@ -190,7 +197,11 @@ public final class TaskLogRetention: Service, Sendable {
 
     /// Twice as much after a transaction that took under half the budget, half as much after one over it.
     private func adapt(_ n: Int, nanoseconds: UInt64, ceiling: Int) -> Int {
-        let budget = UInt64(max(1, configuration.maxTransaction.wholeMilliseconds * 1_000_000 + Int64(configuration.maxTransaction.components.attoseconds / 1_000_000_000 % 1_000_000)))
+        let budget = UInt64(
+            max(
+                1,
+                configuration.maxTransaction.wholeMilliseconds * 1_000_000
+                    + Int64(configuration.maxTransaction.components.attoseconds / 1_000_000_000 % 1_000_000)))
         if nanoseconds > budget { return max(1, n / 2) }
         if nanoseconds < budget / 2 { return min(ceiling, n * 2) }
         return n
@@ -207,17 +218,21 @@ public final class TaskLogRetention: Service, Sendable {
     /// One transaction: the oldest `limit` tasks of one terminal group above `after` and below `below`, those
     /// created before `createdBefore` deleted with their events — two statements for the whole batch (each
     /// statement that fires the `task_groups` trigger keeps a statement journal; one per batch, not one per task).
-    static func deleteBatch(_ db: SQLiteConnection, group: TaskGroup, after: String, below: String, createdBefore: String,
-                            limit: Int) throws -> BatchResult {
+    static func deleteBatch(
+        _ db: SQLiteConnection, group: TaskGroup, after: String, below: String, createdBefore: String,
+        limit: Int
+    ) throws -> BatchResult {
         try db.writeTransaction {
             let started = DispatchTime.now().uptimeNanoseconds
             var result = BatchResult()
             var seen = 0
             var doomed: [String] = []
-            try db.withStatement("""
+            try db.withStatement(
+                """
                 SELECT id, created_at FROM tasks INDEXED BY idx_tasks_group WHERE status = ?1 AND function_name = ?2
                 AND pool = ?3 AND execution_mode = ?4 AND id > ?5 AND id < ?6 ORDER BY id LIMIT ?7
-                """) { s in
+                """
+            ) { s in
                 s.bind(1, group.status)
                 s.bind(2, group.function)
                 s.bind(3, group.pool)

@@ -37,9 +37,13 @@ extension TaskLogStore {
         try db.readTransaction {
             var stats: [String: PoolTaskStats] = [:]
             var queuedGroups: [TaskGroup] = []
-            try db.withStatement("SELECT status, function_name, pool, execution_mode, n FROM task_groups WHERE status IN ('running', 'queued') AND n > 0") { stmt in
+            try db.withStatement(
+                "SELECT status, function_name, pool, execution_mode, n FROM task_groups WHERE status IN ('running', 'queued') AND n > 0"
+            ) { stmt in
                 while try stmt.step() {
-                    guard let status = stmt.string(0), let function = stmt.string(1), let pool = stmt.string(2), let mode = stmt.string(3) else { continue }
+                    guard let status = stmt.string(0), let function = stmt.string(1), let pool = stmt.string(2), let mode = stmt.string(3) else {
+                        continue
+                    }
                     let count = stmt.int(4) ?? 0
                     if status == "running" {
                         stats[pool, default: PoolTaskStats()].running += count
@@ -50,10 +54,12 @@ extension TaskLogStore {
                 }
             }
             for group in queuedGroups {
-                let oldest = try db.withStatement("""
+                let oldest = try db.withStatement(
+                    """
                     SELECT created_at FROM tasks INDEXED BY idx_tasks_group
                     WHERE status = ?1 AND function_name = ?2 AND pool = ?3 AND execution_mode = ?4 ORDER BY id LIMIT 1
-                    """) { stmt in
+                    """
+                ) { stmt in
                     stmt.bind(1, group.status)
                     stmt.bind(2, group.function)
                     stmt.bind(3, group.pool)
@@ -69,7 +75,11 @@ extension TaskLogStore {
                 stmt.bind(1, since.iso8601)
                 while try stmt.step() {
                     guard let pool = stmt.string(0) else { continue }
-                    if stmt.string(1) == "completed" { stats[pool, default: PoolTaskStats()].completed += 1 } else { stats[pool, default: PoolTaskStats()].failed += 1 }
+                    if stmt.string(1) == "completed" {
+                        stats[pool, default: PoolTaskStats()].completed += 1
+                    } else {
+                        stats[pool, default: PoolTaskStats()].failed += 1
+                    }
                     if let d = stmt.double(2) { durations[pool, default: []].append(d) }
                 }
             }
@@ -105,9 +115,11 @@ extension TaskLogStore {
             var out: [TaskEventFeedItem] = []
             while try stmt.step() {
                 guard let id = stmt.int(0), let task = stmt.string(1), let event = stmt.string(2), let at = stmt.string(3) else { continue }
-                out.append(TaskEventFeedItem(id: Int64(id), taskID: task, event: event, at: at, workerID: stmt.string(4),
-                                             attempt: stmt.int(5) ?? 0, function: stmt.string(6), pool: stmt.string(7),
-                                             mode: stmt.string(8), status: stmt.string(9), durationMs: stmt.double(10)))
+                out.append(
+                    TaskEventFeedItem(
+                        id: Int64(id), taskID: task, event: event, at: at, workerID: stmt.string(4),
+                        attempt: stmt.int(5) ?? 0, function: stmt.string(6), pool: stmt.string(7),
+                        mode: stmt.string(8), status: stmt.string(9), durationMs: stmt.double(10)))
             }
             return out
         }

@@ -70,7 +70,9 @@ struct TaskListQuery {
             clauses.append("function_name LIKE ?\(binds.count) ESCAPE '\\'")
         }
         groupBinds = binds
-        groupsSQL = binds.isEmpty ? nil
+        groupsSQL =
+            binds.isEmpty
+            ? nil
             : "SELECT status, function_name, pool, execution_mode FROM task_groups WHERE " + clauses.joined(separator: " AND ")
     }
 
@@ -188,8 +190,10 @@ extension TaskLogStore {
         let byID = "SELECT \(TaskLogStore.columns) FROM tasks WHERE id = ?1"
         return [
             (groupsSQL, try db.queryPlan(groupsSQL), "task_groups"),
-            (query.seekSQL, try db.queryPlan(query.seekSQL),
-             "idx_tasks_group (status=? AND function_name=? AND pool=? AND execution_mode=? AND id>? AND id<?)"),
+            (
+                query.seekSQL, try db.queryPlan(query.seekSQL),
+                "idx_tasks_group (status=? AND function_name=? AND pool=? AND execution_mode=? AND id>? AND id<?)"
+            ),
             (byID, try db.queryPlan(byID), "sqlite_autoindex_tasks_1 (id=?)"),
         ]
     }

@@ -5,7 +5,8 @@ import Synchronization
 struct TaskLogStore {
     let db: SQLiteConnection
 
-    static let columns = "id, function_name, status, created_at, started_at, completed_at, worker_id, pool, execution_mode, args, result, error, duration_ms, attempts, progress, progress_message, output"
+    static let columns =
+        "id, function_name, status, created_at, started_at, completed_at, worker_id, pool, execution_mode, args, result, error, duration_ms, attempts, progress, progress_message, output"
 
     func record(id: String) throws -> TaskRecord? {
         try db.withStatement("SELECT \(TaskLogStore.columns) FROM tasks WHERE id = ?1") { stmt in
@@ -54,10 +55,11 @@ struct TaskLogStore {
                     var marked = false
                     if try record(id: event.taskID)?.status.isTerminal != true {
                         let message = "the task log could not store the task's '\(event.kind.rawValue)' event: \(error.message)"
-                        let marker = TaskEvent(taskID: event.taskID, kind: .failed, at: event.at, function: event.function,
-                                               pool: event.pool, mode: event.mode, workerID: event.workerID, attempt: event.attempt,
-                                               error: JSONWriter.taskErrorText(type: "TaskLogWriteError", message: message),
-                                               detail: message)
+                        let marker = TaskEvent(
+                            taskID: event.taskID, kind: .failed, at: event.at, function: event.function,
+                            pool: event.pool, mode: event.mode, workerID: event.workerID, attempt: event.attempt,
+                            error: JSONWriter.taskErrorText(type: "TaskLogWriteError", message: message),
+                            detail: message)
                         do {
                             try db.savepoint { try applyOne(marker) }
                             marked = true
@@ -95,7 +97,9 @@ struct TaskLogStore {
     /// of every page it touches) to undo itself alone; on any failure the whole batch or savepoint is undone anyway.
     private func write(_ row: TaskRecord, over original: TaskRecord?) throws {
         guard let original else {
-            return try db.withStatement("INSERT OR FAIL INTO tasks (\(TaskLogStore.columns)) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)") { stmt in
+            return try db.withStatement(
+                "INSERT OR FAIL INTO tasks (\(TaskLogStore.columns)) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+            ) { stmt in
                 stmt.bind(1, row.id)
                 for column in TaskColumn.all { column.bind(stmt, row) }
                 try stmt.run()
@@ -113,7 +117,8 @@ struct TaskLogStore {
 
     static func decode(_ s: Statement) -> TaskRecord? {
         guard let id = s.string(0), let function = s.string(1), let status = s.string(2).flatMap(TaskStatus.init(rawValue:)),
-              let created = s.string(3).flatMap(Timestamp.init(iso8601:)) else { return nil }
+            let created = s.string(3).flatMap(Timestamp.init(iso8601:))
+        else { return nil }
         return TaskRecord(
             id: id, function: function, status: status, createdAt: created,
             startedAt: s.string(4).flatMap(Timestamp.init(iso8601:)),
@@ -127,7 +132,9 @@ struct TaskLogStore {
     /// The timeline in lifecycle order. Timestamps have millisecond resolution and events come from several
     /// processes, so within one millisecond the attempt and the lifecycle stage order them, not the insertion order.
     func events(taskID: String) throws -> [TaskEventRecord] {
-        try db.withStatement("SELECT event, at, worker_id, attempt, detail FROM task_events WHERE task_id = ?1 ORDER BY at, attempt, CASE event WHEN 'pending' THEN 0 WHEN 'queued' THEN 0 WHEN 'running' THEN 1 WHEN 'retrying' THEN 2 ELSE 3 END, id") { stmt in
+        try db.withStatement(
+            "SELECT event, at, worker_id, attempt, detail FROM task_events WHERE task_id = ?1 ORDER BY at, attempt, CASE event WHEN 'pending' THEN 0 WHEN 'queued' THEN 0 WHEN 'running' THEN 1 WHEN 'retrying' THEN 2 ELSE 3 END, id"
+        ) { stmt in
             stmt.bind(1, taskID)
             var out: [TaskEventRecord] = []
             while try stmt.step() {
@@ -253,7 +260,8 @@ struct TaskColumn: Sendable {
         TaskColumn(name: "duration_ms", position: 13, same: { $0.durationMs == $1.durationMs }, bind: { $0.bind(13, $1.durationMs) }),
         TaskColumn(name: "attempts", position: 14, same: { $0.attempts == $1.attempts }, bind: { $0.bind(14, $1.attempts) }),
         TaskColumn(name: "progress", position: 15, same: { $0.progress == $1.progress }, bind: { $0.bind(15, $1.progress) }),
-        TaskColumn(name: "progress_message", position: 16, same: { $0.progressMessage == $1.progressMessage }, bind: { $0.bind(16, $1.progressMessage) }),
+        TaskColumn(
+            name: "progress_message", position: 16, same: { $0.progressMessage == $1.progressMessage }, bind: { $0.bind(16, $1.progressMessage) }),
         TaskColumn(name: "output", position: 17, same: { $0.output == $1.output }, bind: { $0.bind(17, $1.output) }),
     ]
 
@@ -300,9 +308,11 @@ public struct TaskListFilter: Sendable, Hashable {
     public var before: String?
     public var limit: Int
 
-    public init(status: TaskStatus? = nil, function: String? = nil, pool: String? = nil, mode: ExecutionMode? = nil,
-                since: Timestamp? = nil, until: Timestamp? = nil, nameContains: String? = nil, before: String? = nil,
-                limit: Int = 50) {
+    public init(
+        status: TaskStatus? = nil, function: String? = nil, pool: String? = nil, mode: ExecutionMode? = nil,
+        since: Timestamp? = nil, until: Timestamp? = nil, nameContains: String? = nil, before: String? = nil,
+        limit: Int = 50
+    ) {
         self.status = status
         self.function = function
         self.pool = pool

@@ -37,9 +37,11 @@ public final class TaskLogWriter: Sendable {
         /// 4 × `checkpointPages` (only under sustained full load; see `Checkpointer`).
         public var maxCheckpointYield: Duration
 
-        public init(maxQueuedEvents: Int = 100_000, maxBlock: Duration = .milliseconds(50), checkpointPages: Int = 4_000,
-                    journalSizeLimitBytes: Int = 64 << 20, maxRowBytes: Int? = nil, cacheKiB: Int = 65_536,
-                    maxCheckpointYield: Duration = .milliseconds(50)) {
+        public init(
+            maxQueuedEvents: Int = 100_000, maxBlock: Duration = .milliseconds(50), checkpointPages: Int = 4_000,
+            journalSizeLimitBytes: Int = 64 << 20, maxRowBytes: Int? = nil, cacheKiB: Int = 65_536,
+            maxCheckpointYield: Duration = .milliseconds(50)
+        ) {
             self.cacheKiB = cacheKiB
             self.maxCheckpointYield = maxCheckpointYield
             self.maxQueuedEvents = maxQueuedEvents
@@ -118,25 +120,32 @@ public final class TaskLogWriter: Sendable {
         _ = try checkpointDB.integer("SELECT COUNT(*) FROM sqlite_master")
         checkpointer = Checkpointer(path: path, threshold: configuration.checkpointPages)
         // The hook replaces SQLite's automatic checkpoint (which would run inside the writer's commit).
-        sqlite3_wal_hook(db.handle, { context, _, _, pages in
-            if let context { Unmanaged<Checkpointer>.fromOpaque(context).takeUnretainedValue().walGrew(pages: Int(pages)) }
-            return SQLITE_OK
-        }, Unmanaged.passUnretained(checkpointer).toOpaque())
+        sqlite3_wal_hook(
+            db.handle,
+            { context, _, _, pages in
+                if let context { Unmanaged<Checkpointer>.fromOpaque(context).takeUnretainedValue().walGrew(pages: Int(pages)) }
+                return SQLITE_OK
+            }, Unmanaged.passUnretained(checkpointer).toOpaque())
 
         let box = UncheckedBox(db)
         let thread = Thread { [state, logger, checkpointer] in
             nameThisThread("tasklog-writer")
             // The checkpointer is also the WAL hook's context: it lives as long as the writer's connection.
-            TaskLogWriter.run(store: TaskLogStore(db: box.value), state: state, checkpointer: checkpointer,
-                              maxCheckpointYield: configuration.maxCheckpointYield, logger: logger)
+            TaskLogWriter.run(
+                store: TaskLogStore(db: box.value), state: state, checkpointer: checkpointer,
+                maxCheckpointYield: configuration.maxCheckpointYield, logger: logger)
         }
         thread.start()
 
         let checkpointBox = UncheckedBox(checkpointDB)
         let checkpointThread = Thread { [state, checkpointer, logger] in
             nameThisThread("tasklog-ckpt")
-            checkpointer.run(db: checkpointBox.value, queued: { state.condition.lock(); defer { state.condition.unlock() }; return state.queue.count },
-                             logger: logger)
+            checkpointer.run(
+                db: checkpointBox.value,
+                queued: {
+                    state.condition.lock(); defer { state.condition.unlock() }; return state.queue.count
+                },
+                logger: logger)
         }
         checkpointThread.start()
     }
@@ -175,8 +184,9 @@ public final class TaskLogWriter: Sendable {
                     let now = DispatchTime.now().uptimeNanoseconds
                     if now - s.lastDropLog > 1_000_000_000 {
                         s.lastDropLog = now
-                        logger.error("task log queue full; non-terminal events dropped (outcomes are kept)",
-                                     metadata: ["dropped_total": "\(s.dropped)", "queued": "\(s.queue.count)"])
+                        logger.error(
+                            "task log queue full; non-terminal events dropped (outcomes are kept)",
+                            metadata: ["dropped_total": "\(s.dropped)", "queued": "\(s.queue.count)"])
                     }
                 }
             }
@@ -230,7 +240,8 @@ public final class TaskLogWriter: Sendable {
             if !s.stopping && s.lastBatchSize > 1 {
                 let deadline = Date(timeIntervalSinceNow: TaskLogWriter.linger)
                 while !s.stopping && s.queue.count < maxBatch / 4 && s.waiters.isEmpty && s.blockedProducers == 0
-                        && s.condition.wait(until: deadline) {}
+                    && s.condition.wait(until: deadline)
+                {}
             }
             if s.queue.isEmpty {
                 s.stopped = true
@@ -277,10 +288,12 @@ public final class TaskLogWriter: Sendable {
                 if isolate {
                     for r in try store.applyIsolating(batch) {
                         rejectedEvents.increment()
-                        logger.error("task log refused an event; its task is marked failed", metadata: [
-                            "task_id": "\(r.event.taskID)", "event": "\(r.event.kind.rawValue)", "error": "\(r.error)",
-                            "marked_failed": "\(r.markedFailed)",
-                        ])
+                        logger.error(
+                            "task log refused an event; its task is marked failed",
+                            metadata: [
+                                "task_id": "\(r.event.taskID)", "event": "\(r.event.kind.rawValue)", "error": "\(r.error)",
+                                "marked_failed": "\(r.markedFailed)",
+                            ])
                     }
                 } else {
                     try store.apply(batch)

@@ -74,12 +74,14 @@ public func startThread(name: String, stackBytes: Int? = nil, _ body: @escaping 
     pthread_attr_setdetachstate(&attr, Int32(PTHREAD_CREATE_DETACHED))
     let context = Unmanaged.passRetained(Box(body)).toOpaque()
     var thread = pthread_t()
-    let rc = pthread_create(&thread, &attr, { raw in
-        guard let raw else { return nil }
-        let box = Unmanaged<Box>.fromOpaque(raw).takeRetainedValue()
-        box.body()
-        return nil
-    }, context)
+    let rc = pthread_create(
+        &thread, &attr,
+        { raw in
+            guard let raw else { return nil }
+            let box = Unmanaged<Box>.fromOpaque(raw).takeRetainedValue()
+            box.body()
+            return nil
+        }, context)
     pthread_attr_destroy(&attr)
     if rc != 0 { Unmanaged<Box>.fromOpaque(context).release() }
     return rc

@@ -20,18 +20,23 @@ struct HTTPWorker: Sendable {
     let recycler: Recycler
     let logger: Logger
 
-    init(configuration: WorkerConfiguration, runtime: PythonRuntime, taskLog: any TaskEventSink, connection: NATSConnection?,
-         recycler: Recycler, logger: Logger) {
+    init(
+        configuration: WorkerConfiguration, runtime: PythonRuntime, taskLog: any TaskEventSink, connection: NATSConnection?,
+        recycler: Recycler, logger: Logger
+    ) {
         self.recycler = recycler
         self.configuration = configuration
         // Only this pool's sync tasks are served here; a task of another pool is a routing mistake (404).
-        self.specs = Dictionary(uniqueKeysWithValues: runtime.tasks
-            .filter { $0.pool == configuration.pool && $0.mode == .sync }
-            .map { ($0.name, $0) })
-        self.executor = PythonExecutor(runtime: runtime, threads: configuration.concurrency, maxQueued: configuration.maxQueued,
-                                       hardLimit: HardTimeoutPolicy(grace: configuration.hardTimeoutGrace,
-                                                                    maxLeakedThreads: configuration.maxLeakedThreads),
-                                       alarm: { [recycler] in recycler.executorAlarm($0) })
+        self.specs = Dictionary(
+            uniqueKeysWithValues: runtime.tasks
+                .filter { $0.pool == configuration.pool && $0.mode == .sync }
+                .map { ($0.name, $0) })
+        self.executor = PythonExecutor(
+            runtime: runtime, threads: configuration.concurrency, maxQueued: configuration.maxQueued,
+            hardLimit: HardTimeoutPolicy(
+                grace: configuration.hardTimeoutGrace,
+                maxLeakedThreads: configuration.maxLeakedThreads),
+            alarm: { [recycler] in recycler.executorAlarm($0) })
         self.taskLog = taskLog
         self.logger = logger
         let executor = self.executor
@@ -53,16 +58,19 @@ struct HTTPWorker: Sendable {
         }
         let heartbeats = self.heartbeats
         let host = configuration.host
-        let app = makeApplication(router: router, host: configuration.host, port: configuration.port,
-                                  serverName: "neutrino-worker", logger: logger,
-                                  onListening: { port in heartbeats?.listening(host: host, port: port) })
+        let app = makeApplication(
+            router: router, host: configuration.host, port: configuration.port,
+            serverName: "neutrino-worker", logger: logger,
+            onListening: { port in heartbeats?.listening(host: host, port: port) })
         if specs.isEmpty {
             logger.warning("the app has no sync task in this pool", metadata: ["pool": "\(configuration.pool)"])
         }
-        logger.info("worker starting", metadata: [
-            "worker_id": "\(configuration.workerID)", "pool": "\(configuration.pool)", "mode": "http",
-            "concurrency": "\(configuration.concurrency)", "tasks": "\(specs.keys.sorted().joined(separator: ","))",
-        ])
+        logger.info(
+            "worker starting",
+            metadata: [
+                "worker_id": "\(configuration.workerID)", "pool": "\(configuration.pool)", "mode": "http",
+                "concurrency": "\(configuration.concurrency)", "tasks": "\(specs.keys.sorted().joined(separator: ","))",
+            ])
         let executor = self.executor
         let taskLog = self.taskLog
         var services: [any Service] = [
@@ -115,12 +123,16 @@ struct HTTPWorker: Sendable {
         let taskLog = self.taskLog
         let started = StartTime()
         let printed = CapturedOutput()
-        let outcome = await executor.run(task: name, payload: payload, timeoutMs: spec.timeoutMs, onStart: {
-            let now = Timestamp.now()
-            started.set(now)
-            taskLog.record(TaskEvent(taskID: taskID, kind: .running, at: now, function: spec.name, pool: spec.pool,
-                                      mode: spec.mode, workerID: workerID, attempt: attempt))
-        }, onOutput: printed.set)
+        let outcome = await executor.run(
+            task: name, payload: payload, timeoutMs: spec.timeoutMs,
+            onStart: {
+                let now = Timestamp.now()
+                started.set(now)
+                taskLog.record(
+                    TaskEvent(
+                        taskID: taskID, kind: .running, at: now, function: spec.name, pool: spec.pool,
+                        mode: spec.mode, workerID: workerID, attempt: attempt))
+            }, onOutput: printed.set)
         let reply = TaskReply(taskID: taskID, spec: spec, workerID: workerID, attempt: attempt, outcome: outcome)
         if case .rejected(let reason) = outcome {
             // Nothing ran: the caller may send it elsewhere; nothing is logged here.
@@ -132,30 +144,37 @@ struct HTTPWorker: Sendable {
         if reply.status == .timedOut {
             logger.warning("task timed out", metadata: ["task_id": "\(taskID)", "task": "\(name)", "timeout_ms": "\(spec.timeoutMs)"])
         }
-        let status: HTTPResponse.Status = if case .abandoned = outcome { .badGateway } else { switch reply.status {
-        case .completed: .ok
-        case .timedOut: .gatewayTimeout
-        default: .internalServerError
-        } }
-        return .json(status, reply.body, headers: [
-            NeutrinoHeader.status: reply.status.rawValue,
-            NeutrinoHeader.worker: workerID,
-            NeutrinoHeader.durationMs: JSONWriter.format(reply.durationMs),
-            NeutrinoHeader.startedAt: String(started.value?.millis ?? Timestamp.now().millis),
-            NeutrinoHeader.outcomeOffset: String(reply.outcomeOffset),
-        ])
+        let status: HTTPResponse.Status =
+            if case .abandoned = outcome { .badGateway } else {
+                switch reply.status {
+                case .completed: .ok
+                case .timedOut: .gatewayTimeout
+                default: .internalServerError
+                }
+            }
+        return .json(
+            status, reply.body,
+            headers: [
+                NeutrinoHeader.status: reply.status.rawValue,
+                NeutrinoHeader.worker: workerID,
+                NeutrinoHeader.durationMs: JSONWriter.format(reply.durationMs),
+                NeutrinoHeader.startedAt: String(started.value?.millis ?? Timestamp.now().millis),
+                NeutrinoHeader.outcomeOffset: String(reply.outcomeOffset),
+            ])
     }
 
     static func outcomeEvent(taskID: String, spec: TaskSpec, workerID: String, attempt: Int, reply: TaskReply) -> TaskEvent {
-        let kind: TaskEventKind = switch reply.status {
-        case .completed: .completed
-        case .timedOut: .timedOut
-        case .cancelled: .cancelled
-        default: .failed
-        }
-        return TaskEvent(taskID: taskID, kind: kind, function: spec.name, pool: spec.pool, mode: spec.mode, workerID: workerID,
-                         attempt: attempt, result: reply.status == .completed ? reply.outcome : nil,
-                         error: reply.status == .completed ? nil : reply.outcome, durationMs: reply.durationMs)
+        let kind: TaskEventKind =
+            switch reply.status {
+            case .completed: .completed
+            case .timedOut: .timedOut
+            case .cancelled: .cancelled
+            default: .failed
+            }
+        return TaskEvent(
+            taskID: taskID, kind: kind, function: spec.name, pool: spec.pool, mode: spec.mode, workerID: workerID,
+            attempt: attempt, result: reply.status == .completed ? reply.outcome : nil,
+            error: reply.status == .completed ? nil : reply.outcome, durationMs: reply.durationMs)
     }
 }
 

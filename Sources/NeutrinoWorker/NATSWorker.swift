@@ -35,17 +35,22 @@ final class NATSWorker: Sendable {
     private let draining = Atomic<Bool>(false)
     private let recycler: Recycler
 
-    init(configuration: WorkerConfiguration, runtime: PythonRuntime, taskLog: any TaskEventSink, connection: NATSConnection,
-         recycler: Recycler, logger: Logger) throws {
+    init(
+        configuration: WorkerConfiguration, runtime: PythonRuntime, taskLog: any TaskEventSink, connection: NATSConnection,
+        recycler: Recycler, logger: Logger
+    ) throws {
         self.recycler = recycler
         self.configuration = configuration
-        self.specs = Dictionary(uniqueKeysWithValues: runtime.tasks
-            .filter { $0.pool == configuration.pool && $0.mode.isQueued }
-            .map { ($0.name, $0) })
-        self.executor = PythonExecutor(runtime: runtime, threads: configuration.concurrency, maxQueued: configuration.concurrency,
-                                       hardLimit: HardTimeoutPolicy(grace: configuration.hardTimeoutGrace,
-                                                                    maxLeakedThreads: configuration.maxLeakedThreads),
-                                       alarm: { [recycler] in recycler.executorAlarm($0) })
+        self.specs = Dictionary(
+            uniqueKeysWithValues: runtime.tasks
+                .filter { $0.pool == configuration.pool && $0.mode.isQueued }
+                .map { ($0.name, $0) })
+        self.executor = PythonExecutor(
+            runtime: runtime, threads: configuration.concurrency, maxQueued: configuration.concurrency,
+            hardLimit: HardTimeoutPolicy(
+                grace: configuration.hardTimeoutGrace,
+                maxLeakedThreads: configuration.maxLeakedThreads),
+            alarm: { [recycler] in recycler.executorAlarm($0) })
         self.taskLog = taskLog
         if case .sqlite(let path) = configuration.taskLog { reader = try TaskLogReader(path: path, threads: 1) } else { reader = nil }
         self.connection = connection
@@ -59,22 +64,27 @@ final class NATSWorker: Sendable {
         guard let url = configuration.natsURL else { throw WorkerError(message: "--mode nats needs --nats URL") }
         let pool = configuration.pool
         let gpu = GPUProbe.probe()
-        logger.info("worker starting", metadata: [
-            "worker_id": "\(configuration.workerID)", "pool": "\(pool)", "mode": "nats", "nats": "\(url)",
-            "concurrency": "\(configuration.concurrency)", "tasks": "\(specs.keys.sorted().joined(separator: ","))",
-            "gpu": "\(gpu.description)",
-        ])
+        logger.info(
+            "worker starting",
+            metadata: [
+                "worker_id": "\(configuration.workerID)", "pool": "\(pool)", "mode": "nats", "nats": "\(url)",
+                "concurrency": "\(configuration.concurrency)", "tasks": "\(specs.keys.sorted().joined(separator: ","))",
+                "gpu": "\(gpu.description)",
+            ])
         if specs.isEmpty { logger.warning("the app has no async or gpu task in this pool", metadata: ["pool": "\(pool)"]) }
         let executor = self.executor
-        let heartbeats = HeartbeatPublisher(connection: connection, configuration: configuration, gpu: gpu.visible,
-                                            busy: { executor.load.busy }, logger: logger)
+        let heartbeats = HeartbeatPublisher(
+            connection: connection, configuration: configuration, gpu: gpu.visible,
+            busy: { executor.load.busy }, logger: logger)
         let taskLog = self.taskLog
         let reader = self.reader
         return [
-            LifecycleService("task log", stop: {
-                await taskLog.close()
-                await reader?.shutdown()
-            }),
+            LifecycleService(
+                "task log",
+                stop: {
+                    await taskLog.close()
+                    await reader?.shutdown()
+                }),
             LifecycleService("python threads", stop: { executor.shutdown() }),
             healthServer(heartbeats: heartbeats),
             CancelListener(connection: connection, logger: logger) { [self] id in self.noteCancel(id) },
@@ -124,8 +134,9 @@ final class NATSWorker: Sendable {
             return Response.json(.ok, Array(#"{"status":"ready"}"#.utf8))
         }
         let host = configuration.host
-        return makeApplication(router: router, host: host, port: configuration.port, serverName: "neutrino-worker",
-                               logger: logger, onListening: { port in heartbeats.listening(host: host, port: port) })
+        return makeApplication(
+            router: router, host: host, port: configuration.port, serverName: "neutrino-worker",
+            logger: logger, onListening: { port in heartbeats.listening(host: host, port: port) })
     }
 
     private func noteCancel(_ id: String) {
@@ -180,32 +191,26 @@ final class NATSWorker: Sendable {
     func handle(_ message: JetStreamMessage, js: JetStream) async {
         let pool = configuration.pool
         guard let name = QueueLayout.task(fromSubject: message.subject, pool: pool), let spec = specs[name],
-              let taskID = message.header("Nats-Msg-Id").map({ $0.lowercased() }), TaskID.isValid(taskID) else {
+            let taskID = message.header("Nats-Msg-Id").map({ $0.lowercased() }), TaskID.isValid(taskID)
+        else {
             logger.error("unroutable message terminated", metadata: ["subject": "\(message.subject)"])
             try? message.term()
             return
         }
         let attempt = Int(message.numDelivered)
         let workerID = configuration.workerID
-        @Sendable func event(_ kind: TaskEventKind, result: String? = nil, error: String? = nil, durationMs: Double? = nil,
-                             output: String? = nil) -> TaskEvent {
-            TaskEvent(taskID: taskID, kind: kind, function: spec.name, pool: spec.pool, mode: spec.mode,
-                      workerID: workerID, attempt: attempt, result: result, error: error, durationMs: durationMs, output: output)
+        @Sendable func event(
+            _ kind: TaskEventKind, result: String? = nil, error: String? = nil, durationMs: Double? = nil,
+            output: String? = nil
+        ) -> TaskEvent {
+            TaskEvent(
+                taskID: taskID, kind: kind, function: spec.name, pool: spec.pool, mode: spec.mode,
+                workerID: workerID, attempt: attempt, result: result, error: error, durationMs: durationMs, output: output)
         }
         await waitForLocalAttempt(taskID, redelivery: message, spec: spec)
         if let reason = await reasonToSkip(taskID, js: js) {
             try? message.ack()
             logger.info("skipped a task that must not run", metadata: ["task_id": "\(taskID)", "status": "\(reason)"])
-            return
-        }
-        if attempt > spec.retries + 1 {
-            // Every attempt the task is allowed has been delivered, yet it is not terminal: each ended with its worker
-            // (a failed last attempt is terminated, never redelivered). Crashes count as attempts: this one ends it.
-            let text = "task '\(name)' used its \(spec.retries + 1) attempt(s) and its worker ended each without an outcome "
-                + "(it crashed, was killed or wedged)"
-            logger.warning("attempts exhausted by worker crashes", metadata: ["task_id": "\(taskID)", "attempt": "\(attempt)"])
-            await deadLetter(message, spec: spec, taskID: taskID, attempt: attempt - 1, error: text, js: js)
-            await finish(message, js: js, event(.failed, error: JSONWriter.taskErrorText(.workerCrashed, message: text)), settle: .term)
             return
         }
         // In flight while Python runs it: what a drain that runs out of time hands back.
@@ -217,15 +222,19 @@ final class NATSWorker: Sendable {
         do {
             payload = try TaskPayload.make(body: message.data, taskID: taskID, attempt: attempt, pool: pool)
         } catch {
-            await finish(message, js: js, event(.failed, error: JSONWriter.taskErrorText(.invalidArguments, message: "the queued message is not a JSON object")), settle: .term)
+            await finish(
+                message, js: js,
+                event(.failed, error: JSONWriter.taskErrorText(.invalidArguments, message: "the queued message is not a JSON object")), settle: .term)
             return
         }
         let heartbeat = keepAlive(message)
         let taskLog = self.taskLog
         let printed = CapturedOutput()
-        let outcome = await executor.run(task: name, tag: taskID, payload: payload, timeoutMs: spec.timeoutMs, onStart: {
-            taskLog.record(event(.running))
-        }, onOutput: printed.set)
+        let outcome = await executor.run(
+            task: name, tag: taskID, payload: payload, timeoutMs: spec.timeoutMs,
+            onStart: {
+                taskLog.record(event(.running))
+            }, onOutput: printed.set)
         heartbeat.cancel()
         finishing.withLock { _ = $0.insert(taskID) }
         defer { finishing.withLock { _ = $0.remove(taskID) } }
@@ -233,12 +242,16 @@ final class NATSWorker: Sendable {
         stillInFlight = false
         switch outcome {
         case .completed(let result, let ms):
-            await finish(message, js: js, event(.completed, result: String(decoding: result, as: UTF8.self), durationMs: ms, output: printed.text), settle: .ack)
+            await finish(
+                message, js: js, event(.completed, result: String(decoding: result, as: UTF8.self), durationMs: ms, output: printed.text),
+                settle: .ack)
         case .timedOut(let ms):
             let error = JSONWriter.taskErrorText(.timeout, message: "task '\(name)' exceeded its timeout of \(spec.timeoutMs) ms")
             await finish(message, js: js, event(.timedOut, error: error, durationMs: ms, output: printed.text), settle: .ack)
         case .cancelled(let ms):
-            await finish(message, js: js, event(.cancelled, error: JSONWriter.taskErrorText(.cancelled, message: "task '\(name)' was cancelled"), durationMs: ms), settle: .ack)
+            await finish(
+                message, js: js,
+                event(.cancelled, error: JSONWriter.taskErrorText(.cancelled, message: "task '\(name)' was cancelled"), durationMs: ms), settle: .ack)
         case .rejected, .abandoned:
             try? message.nak()
         case .failed(let errorBytes, let ms):
@@ -290,17 +303,21 @@ final class NATSWorker: Sendable {
         do {
             try await js.markSettled(taskID: event.taskID, status: event.kind.status)
         } catch {
-            logger.warning("could not mark the task settled; a redelivery may run it again", metadata: ["task_id": "\(event.taskID)", "error": "\(error)"])
+            logger.warning(
+                "could not mark the task settled; a redelivery may run it again", metadata: ["task_id": "\(event.taskID)", "error": "\(error)"])
         }
     }
 
     /// Copies the last failed attempt to `neutrino.dlq.<pool>.<task>` (before `term` deletes it from the work queue).
     private func deadLetter(_ message: JetStreamMessage, spec: TaskSpec, taskID: String, attempt: Int, error: String, js: JetStream) async {
         do {
-            _ = try await js.publish(subject: QueueLayout.deadLetterSubject(pool: spec.pool, task: spec.name), data: message.data,
-                                     msgID: "dlq-\(taskID)",
-                                     headers: ["Neutrino-Task-Id": taskID, "Neutrino-Attempts": String(attempt),
-                                               "Neutrino-Error": String(error.prefix(1024))])
+            _ = try await js.publish(
+                subject: QueueLayout.deadLetterSubject(pool: spec.pool, task: spec.name), data: message.data,
+                msgID: "dlq-\(taskID)",
+                headers: [
+                    "Neutrino-Task-Id": taskID, "Neutrino-Attempts": String(attempt),
+                    "Neutrino-Error": String(error.prefix(1024)),
+                ])
         } catch {
             logger.error("copying a failed task to the dead-letter stream failed", metadata: ["task_id": "\(taskID)", "error": "\(error)"])
         }

@@ -30,7 +30,9 @@ final class ObservedSink: TaskEventSink {
 
     /// An attempt that ran here ended (a terminal outcome or a failed attempt handed back for a retry).
     private func countOutcome(_ event: TaskEvent) {
-        guard let recycler, event.workerID != nil, event.kind == .retrying || (event.kind.status.isTerminal && event.durationMs != nil) else { return }
+        guard let recycler, event.workerID != nil, event.kind == .retrying || (event.kind.status.isTerminal && event.durationMs != nil) else {
+            return
+        }
         recycler.taskFinished()
     }
 
@@ -49,8 +51,9 @@ final class ObservedSink: TaskEventSink {
             NeutrinoMetrics.finished(task: event.function, mode: event.mode.rawValue, pool: event.pool, status: status.rawValue)
         }
         if let ms = event.durationMs, event.kind != .progress {
-            NeutrinoMetrics.recordDuration(NeutrinoMetrics.taskExecution, task: event.function, mode: event.mode.rawValue,
-                                           pool: event.pool, milliseconds: ms)
+            NeutrinoMetrics.recordDuration(
+                NeutrinoMetrics.taskExecution, task: event.function, mode: event.mode.rawValue,
+                pool: event.pool, milliseconds: ms)
         }
         let level: Logger.Level = event.kind == .progress ? .debug : event.kind == .failed || event.kind == .timedOut ? .warning : .info
         logger.log(level: level, "task \(event.kind.rawValue)", metadata: metadata)

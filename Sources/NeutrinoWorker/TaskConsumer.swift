@@ -48,8 +48,9 @@ struct TaskConsumer: Service {
         var attempt = 0
         while !worker.isDraining && !Task.isCancelled {
             do {
-                try await TaskQueueProvisioning.ensure(js, pools: [pool: maxDeliver], ackWait: worker.configuration.ackWait,
-                                                       logger: worker.logger)
+                try await TaskQueueProvisioning.ensure(
+                    js, pools: [pool: maxDeliver], ackWait: worker.configuration.ackWait,
+                    logger: worker.logger)
                 return try await js.pullSubscribe(stream: QueueLayout.tasksStream, consumer: QueueLayout.consumer(pool: pool))
             } catch {
                 if attempt % 20 == 0 { worker.logger.warning("cannot provision or subscribe yet; retrying", metadata: ["error": "\(error)"]) }

@@ -9,7 +9,8 @@ enum TaskPayload {
     static func make(body: [UInt8], taskID: String, attempt: Int, pool: String) throws(Failure) -> [UInt8] {
         func isSpace(_ c: UInt8) -> Bool { c == 0x20 || c == 0x0A || c == 0x0D || c == 0x09 }
         guard let first = body.firstIndex(where: { !isSpace($0) }), body[first] == UInt8(ascii: "{"),
-              let last = body.lastIndex(where: { !isSpace($0) }), last > first, body[last] == UInt8(ascii: "}") else {
+            let last = body.lastIndex(where: { !isSpace($0) }), last > first, body[last] == UInt8(ascii: "}")
+        else {
             throw .notAnObject
         }
         let isEmpty = body[(first + 1)..<last].allSatisfy(isSpace)

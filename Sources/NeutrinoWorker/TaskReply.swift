@@ -29,7 +29,9 @@ struct TaskReply {
             let message = "task '\(spec.name)' exceeded its timeout of \(spec.timeoutMs) ms"
             (status, raw, key, durationMs) = (.timedOut, JSONWriter.taskError(type: APIError.timeout.type, message: message), "error", ms)
         case .cancelled(let ms):
-            (status, raw, key, durationMs) = (.cancelled, JSONWriter.taskError(type: APIError.cancelled.type, message: "task '\(spec.name)' was cancelled"), "error", ms)
+            (status, raw, key, durationMs) = (
+                .cancelled, JSONWriter.taskError(type: APIError.cancelled.type, message: "task '\(spec.name)' was cancelled"), "error", ms
+            )
         case .abandoned(let reason):
             let message = "the worker's interpreter wedged while this task ran; the worker restarts: \(reason)"
             (status, raw, key, durationMs) = (.failed, JSONWriter.taskError(type: APIError.workerCrashed.type, message: message), "error", 0)

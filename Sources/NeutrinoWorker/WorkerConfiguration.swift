@@ -58,10 +58,12 @@ public struct WorkerConfiguration: Sendable {
     /// How often the supervisor has restarted this worker slot (`NEUTRINO_WORKER_RESTARTS`), for the heartbeats.
     public var restarts = 0
 
-    public init(mode: WorkerMode, pool: String, app: String, host: String = "127.0.0.1", port: Int = 0,
-                concurrency: Int = 2, taskLog: TaskLogTarget = .none, pythonPaths: [String] = [],
-                workerID: String, maxBodyBytes: Int = 16 << 20, maxQueued: Int = 1024, natsURL: String? = nil,
-                ackWait: Duration = .seconds(30), drainGrace: Duration = .seconds(30)) {
+    public init(
+        mode: WorkerMode, pool: String, app: String, host: String = "127.0.0.1", port: Int = 0,
+        concurrency: Int = 2, taskLog: TaskLogTarget = .none, pythonPaths: [String] = [],
+        workerID: String, maxBodyBytes: Int = 16 << 20, maxQueued: Int = 1024, natsURL: String? = nil,
+        ackWait: Duration = .seconds(30), drainGrace: Duration = .seconds(30)
+    ) {
         self.mode = mode
         self.pool = pool
         self.app = app

@@ -37,8 +37,9 @@ public enum Worker {
         if let url = configuration.natsURL {
             var options = NATSConnection.Options()
             options.replication = .forServers(NATSConnection.serverList(url).count, explicit: configuration.streamReplicas)
-            connection = try await NATSConnection.connect(url: url, name: configuration.workerID, logger: logger,
-                                                          options: options)
+            connection = try await NATSConnection.connect(
+                url: url, name: configuration.workerID, logger: logger,
+                options: options)
         }
         let taskLog: (any TaskEventSink)?
         switch configuration.taskLog {
@@ -55,19 +56,25 @@ public enum Worker {
         let workerID = configuration.workerID
         ProgressReporting.install { report in
             guard let spec = specs[report.task] else { return }
-            sink.record(TaskEvent(taskID: report.taskID, kind: .progress, function: spec.name, pool: spec.pool,
-                                  mode: spec.mode, workerID: workerID, attempt: report.attempt,
-                                  progress: report.fraction, detail: report.message))
+            sink.record(
+                TaskEvent(
+                    taskID: report.taskID, kind: .progress, function: spec.name, pool: spec.pool,
+                    mode: spec.mode, workerID: workerID, attempt: report.attempt,
+                    progress: report.fraction, detail: report.message))
         }
         let services: [any Service]
         switch configuration.mode {
         case .http:
-            services = HTTPWorker(configuration: configuration, runtime: runtime, taskLog: sink, connection: connection,
-                                  recycler: recycler, logger: logger).services()
+            services = HTTPWorker(
+                configuration: configuration, runtime: runtime, taskLog: sink, connection: connection,
+                recycler: recycler, logger: logger
+            ).services()
         case .nats:
             guard let connection else { throw WorkerError(message: "--mode nats needs --nats URL") }
-            services = try NATSWorker(configuration: configuration, runtime: runtime, taskLog: sink, connection: connection,
-                                      recycler: recycler, logger: logger).services()
+            services = try NATSWorker(
+                configuration: configuration, runtime: runtime, taskLog: sink, connection: connection,
+                recycler: recycler, logger: logger
+            ).services()
         }
         // One service group per worker process: SIGTERM/SIGINT shut its services down in reverse order of the list.
         let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))

@@ -29,7 +29,9 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(help: "Python threads: how many tasks run at once.")
     var concurrency: Int = 2
 
-    @Option(name: .customLong("task-log"), help: "Where lifecycle events go: sqlite:PATH, nats (published on NEUTRINO_EVENTS for the gateway to record) or none.")
+    @Option(
+        name: .customLong("task-log"),
+        help: "Where lifecycle events go: sqlite:PATH, nats (published on NEUTRINO_EVENTS for the gateway to record) or none.")
     var taskLog: String = "none"
 
     @Option(name: .customLong("python-path"), help: "A folder to put first on sys.path (repeatable), e.g. the SDK's.")
@@ -41,13 +43,22 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(name: .customLong("max-body-bytes"), help: "Largest request body accepted.")
     var maxBodyBytes: Int = 16 << 20
 
-    @Option(help: "NATS server URL, e.g. nats://127.0.0.1:4222, or a cluster's members comma-separated (nats://a:4222,nats://b:4222,nats://c:4222): the queue (--mode nats), heartbeats, --task-log nats.")
+    @Option(
+        help:
+            "NATS server URL, e.g. nats://127.0.0.1:4222, or a cluster's members comma-separated (nats://a:4222,nats://b:4222,nats://c:4222): the queue (--mode nats), heartbeats, --task-log nats."
+    )
     var nats: String?
 
-    @Option(name: .customLong("stream-replicas"), help: "JetStream servers keeping each stream this worker provisions (1...5); an existing stream with another count is changed to it. Default: 1 for one --nats server, 3 for several (then applied to new streams only).")
+    @Option(
+        name: .customLong("stream-replicas"),
+        help:
+            "JetStream servers keeping each stream this worker provisions (1...5); an existing stream with another count is changed to it. Default: 1 for one --nats server, 3 for several (then applied to new streams only)."
+    )
     var streamReplicas: Int?
 
-    @Option(name: .customLong("ack-wait"), help: "Seconds JetStream waits for an ack before redelivering (--mode nats); heartbeats keep running tasks alive.")
+    @Option(
+        name: .customLong("ack-wait"),
+        help: "Seconds JetStream waits for an ack before redelivering (--mode nats); heartbeats keep running tasks alive.")
     var ackWait: Double = 30
 
     @Option(name: .customLong("drain-grace"), help: "Seconds SIGTERM lets running tasks finish before handing them back (--mode nats).")
@@ -62,13 +73,21 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(name: .customLong("log-format"), help: "text or json (one JSON object per line).")
     var logFormat: String = "text"
 
-    @Option(name: .customLong("hard-timeout-grace"), help: "Seconds a task may run past its timeout (after the TimeoutError) before its thread is replaced, or, if it holds the GIL, the worker exits with status 70.")
+    @Option(
+        name: .customLong("hard-timeout-grace"),
+        help:
+            "Seconds a task may run past its timeout (after the TimeoutError) before its thread is replaced, or, if it holds the GIL, the worker exits with status 70."
+    )
     var hardTimeoutGrace: Double = 5
 
-    @Option(name: .customLong("max-leaked-threads"), help: "Python threads replaced while still blocked past their hard timeout before the worker recycles itself (exit 75).")
+    @Option(
+        name: .customLong("max-leaked-threads"),
+        help: "Python threads replaced while still blocked past their hard timeout before the worker recycles itself (exit 75).")
     var maxLeakedThreads: Int = 8
 
-    @Option(name: .customLong("task-output-bytes"), help: "How much of what a task prints (stdout, stderr) is stored with it: the last N characters (0: none).")
+    @Option(
+        name: .customLong("task-output-bytes"),
+        help: "How much of what a task prints (stdout, stderr) is stored with it: the last N characters (0: none).")
     var taskOutputBytes: Int = 65536
 
     @Option(name: .customLong("max-tasks-per-worker"), help: "Drain and exit with status 75 after this many tasks, for a fresh worker (0: never).")
@@ -103,8 +122,9 @@ struct WorkerCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        var logger = Observability.start(label: "neutrino.worker", logFormat: LogFormat(rawValue: logFormat) ?? .text,
-                                         level: Logger.Level(rawValue: logLevel) ?? .info)
+        var logger = Observability.start(
+            label: "neutrino.worker", logFormat: LogFormat(rawValue: logFormat) ?? .text,
+            level: Logger.Level(rawValue: logLevel) ?? .info)
         let id = workerID ?? "\(pool)-\(ProcessInfo.processInfo.hostName)-\(getpid())"
         var configuration = WorkerConfiguration(
             mode: WorkerMode(rawValue: mode) ?? .http, pool: pool, app: app, host: host, port: port,
@@ -132,4 +152,3 @@ struct WorkerCommand: AsyncParsableCommand {
         if exit.status != 0 { throw ExitCode(exit.status) }
     }
 }
-

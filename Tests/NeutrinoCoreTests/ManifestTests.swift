@@ -1,23 +1,24 @@
 import Testing
+
 @testable import NeutrinoCore
 
 struct ManifestTests {
     static let document = #"""
-    {"openapi":"3.1.0","info":{"title":"demo","version":"1"},"x-neutrino-app":"demo",
-     "paths":{
-      "/api/echo":{"post":{"x-neutrino-mode":"sync","x-neutrino-pool":"fast","x-neutrino-timeout":5000,"x-neutrino-retries":0,
-        "requestBody":{"content":{"application/json":{"schema":{"type":"object","properties":{"args":
-          {"type":"object","properties":{"x":{"type":"integer"},"label":{"type":"string","default":""},
-            "tags":{"type":"array","items":{"type":"string"}},
-            "opt":{"anyOf":[{"type":"number"},{"type":"null"}]},
-            "mode":{"enum":["a","b"]},
-            "p":{"$ref":"#/components/schemas/Point"},
-            "m":{"type":"object","additionalProperties":{"type":"integer"}}},
-           "required":["x"],"additionalProperties":false}}}}}}}},
-      "/api/report":{"post":{"x-neutrino-mode":"async","x-neutrino-pool":"async","x-neutrino-timeout":300000,"x-neutrino-retries":3}}
-     },
-     "components":{"schemas":{"Point":{"type":"object","properties":{"x":{"type":"number"},"y":{"type":"number"}},"required":["x","y"],"additionalProperties":false}}}}
-    """#
+        {"openapi":"3.1.0","info":{"title":"demo","version":"1"},"x-neutrino-app":"demo",
+         "paths":{
+          "/api/echo":{"post":{"x-neutrino-mode":"sync","x-neutrino-pool":"fast","x-neutrino-timeout":5000,"x-neutrino-retries":0,
+            "requestBody":{"content":{"application/json":{"schema":{"type":"object","properties":{"args":
+              {"type":"object","properties":{"x":{"type":"integer"},"label":{"type":"string","default":""},
+                "tags":{"type":"array","items":{"type":"string"}},
+                "opt":{"anyOf":[{"type":"number"},{"type":"null"}]},
+                "mode":{"enum":["a","b"]},
+                "p":{"$ref":"#/components/schemas/Point"},
+                "m":{"type":"object","additionalProperties":{"type":"integer"}}},
+               "required":["x"],"additionalProperties":false}}}}}}}},
+          "/api/report":{"post":{"x-neutrino-mode":"async","x-neutrino-pool":"async","x-neutrino-timeout":300000,"x-neutrino-retries":3}}
+         },
+         "components":{"schemas":{"Point":{"type":"object","properties":{"x":{"type":"number"},"y":{"type":"number"}},"required":["x","y"],"additionalProperties":false}}}}
+        """#
 
     @Test func readsRoutingFacts() throws {
         let m = try Manifest(json: Array(Self.document.utf8))

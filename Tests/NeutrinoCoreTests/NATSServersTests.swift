@@ -1,17 +1,20 @@
-import Testing
 import NeutrinoCore
+import Testing
 
 struct NATSServersTests {
     @Test func oneServerOrAClustersMembersCommaSeparated() {
         #expect(NATSServers.parse("nats://127.0.0.1:4222") == ["nats://127.0.0.1:4222"])
-        #expect(NATSServers.parse("nats://a:4222, nats://b:4222 ,nats://c:4222")
+        #expect(
+            NATSServers.parse("nats://a:4222, nats://b:4222 ,nats://c:4222")
                 == ["nats://a:4222", "nats://b:4222", "nats://c:4222"])
         #expect(NATSServers.parse("tls://user:pw@nats-0.nats-headless:4222") == ["tls://user:pw@nats-0.nats-headless:4222"])
         #expect(NATSServers.parse("nats-0:4222") == ["nats-0:4222"])
     }
 
-    @Test(arguments: ["", ",", "nats://a:4222,", "nats://a:4222,,nats://b:4222", "http://a:8222", "nats://", "nats:///x",
-                      "nats://a b:4222", ":4222"])
+    @Test(arguments: [
+        "", ",", "nats://a:4222,", "nats://a:4222,,nats://b:4222", "http://a:8222", "nats://", "nats:///x",
+        "nats://a b:4222", ":4222",
+    ])
     func rejectsWhatIsNotAServerList(_ text: String) {
         #expect(NATSServers.parse(text) == nil)
     }

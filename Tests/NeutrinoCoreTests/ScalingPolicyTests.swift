@@ -1,4 +1,5 @@
 import Testing
+
 @testable import NeutrinoCore
 
 struct ScalingPolicyTests {
@@ -62,9 +63,10 @@ struct ScalingPolicyTests {
 
 struct WorkerHeartbeatTests {
     @Test func roundTrips() throws {
-        let beat = WorkerHeartbeat(workerID: "async-1", pool: "async", mode: "nats", concurrency: 4, busy: 2, gpu: true,
-                                   version: "0.1.0", startedAt: Timestamp(millis: 1_764_000_000_000), host: "h", pid: 42,
-                                   url: "http://127.0.0.1:9000", stopping: false)
+        let beat = WorkerHeartbeat(
+            workerID: "async-1", pool: "async", mode: "nats", concurrency: 4, busy: 2, gpu: true,
+            version: "0.1.0", startedAt: Timestamp(millis: 1_764_000_000_000), host: "h", pid: 42,
+            url: "http://127.0.0.1:9000", stopping: false)
         #expect(WorkerHeartbeat(json: beat.json) == beat)
         var stopping = beat
         stopping.stopping = true

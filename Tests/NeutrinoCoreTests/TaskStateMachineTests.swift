@@ -1,11 +1,15 @@
 import Testing
+
 @testable import NeutrinoCore
 
 struct TaskStateMachineTests {
-    func event(_ kind: TaskEventKind, attempt: Int = 1, at millis: Int64 = 1000, result: String? = nil, error: String? = nil,
-               args: String? = nil, worker: String? = "w1") -> TaskEvent {
-        TaskEvent(taskID: "t", kind: kind, at: Timestamp(millis: millis), function: "echo", pool: "fast", mode: .sync,
-                  workerID: worker, attempt: attempt, args: args, result: result, error: error)
+    func event(
+        _ kind: TaskEventKind, attempt: Int = 1, at millis: Int64 = 1000, result: String? = nil, error: String? = nil,
+        args: String? = nil, worker: String? = "w1"
+    ) -> TaskEvent {
+        TaskEvent(
+            taskID: "t", kind: kind, at: Timestamp(millis: millis), function: "echo", pool: "fast", mode: .sync,
+            workerID: worker, attempt: attempt, args: args, result: result, error: error)
     }
 
     @Test func terminalStatusesNeverChange() {

@@ -1,20 +1,24 @@
-import Testing
 import NeutrinoCore
+import Testing
+
 @testable import NeutrinoEvents
 
 struct EventCodecTests {
     @Test func roundTripKeepsEveryFieldExactly() throws {
         let odd = "quote \" backslash \\ slash / newline \n tab \t nul \u{0} bell \u{7} é 漢字 🧪 \u{2028} end"
         let events = [
-            TaskEvent(taskID: TaskID.make(), kind: .completed, at: Timestamp(millis: 1_732_444_846_123), function: "embed",
-                      pool: "gpu", mode: .gpu, workerID: odd, attempt: 3, args: #"{ "b" : 1,"a":[1 , 2.50e3] }"#,
-                      result: "not json at all {", error: #"{"type":"X","message":"\"quoted\"\n"}"#, durationMs: 12.345678901,
-                      progress: 1.0 / 3.0, detail: odd),
+            TaskEvent(
+                taskID: TaskID.make(), kind: .completed, at: Timestamp(millis: 1_732_444_846_123), function: "embed",
+                pool: "gpu", mode: .gpu, workerID: odd, attempt: 3, args: #"{ "b" : 1,"a":[1 , 2.50e3] }"#,
+                result: "not json at all {", error: #"{"type":"X","message":"\"quoted\"\n"}"#, durationMs: 12.345678901,
+                progress: 1.0 / 3.0, detail: odd),
             TaskEvent(taskID: "t", kind: .timedOut, at: Timestamp(millis: 0), function: "f", pool: "p", mode: .sync),
-            TaskEvent(taskID: "t2", kind: .progress, at: Timestamp(millis: -1), function: "f", pool: "p", mode: .async,
-                      attempt: 1, durationMs: 1e-7, progress: 0, detail: ""),
-            TaskEvent(taskID: "t3", kind: .retrying, function: "f", pool: "p", mode: .async, attempt: Int(Int32.max),
-                      args: "", durationMs: 1e300),
+            TaskEvent(
+                taskID: "t2", kind: .progress, at: Timestamp(millis: -1), function: "f", pool: "p", mode: .async,
+                attempt: 1, durationMs: 1e-7, progress: 0, detail: ""),
+            TaskEvent(
+                taskID: "t3", kind: .retrying, function: "f", pool: "p", mode: .async, attempt: Int(Int32.max),
+                args: "", durationMs: 1e300),
         ]
         for event in events {
             let bytes = EventCodec.encode(event)
@@ -22,8 +26,11 @@ struct EventCodecTests {
             #expect(decoded == event)
             // The body is one JSON object with every contract field.
             let object = try JSONParser.parse(bytes).objectValue ?? [:]
-            #expect(Set(object.keys) == ["task_id", "event", "at", "function", "pool", "mode", "worker_id", "attempt",
-                                         "args", "result", "error", "duration_ms", "progress", "detail"])
+            #expect(
+                Set(object.keys) == [
+                    "task_id", "event", "at", "function", "pool", "mode", "worker_id", "attempt",
+                    "args", "result", "error", "duration_ms", "progress", "detail",
+                ])
             #expect(object["at"]?.stringValue == event.at.iso8601)
             #expect(object["event"]?.stringValue == event.kind.rawValue)
         }

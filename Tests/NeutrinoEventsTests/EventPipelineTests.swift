@@ -1,7 +1,8 @@
-import Testing
 import NeutrinoCore
 import NeutrinoNATS
 import NeutrinoTaskLog
+import Testing
+
 @testable import NeutrinoEvents
 
 /// Publisher → NEUTRINO_EVENTS → consumer → a real task log, against a real nats-server (one per test).
@@ -43,8 +44,9 @@ struct EventPipelineTests {
             #expect(publisher.dropped == 0)
             #expect(try await js.streamInfo(stream: EventStreamLayout.stream).messages == UInt64(ids.count * 4))
 
-            let consumer = EventStreamConsumer(jetStream: js, id: "gw", sink: writer, logger: testLogger,
-                                               options: consumerOptions())
+            let consumer = EventStreamConsumer(
+                jetStream: js, id: "gw", sink: writer, logger: testLogger,
+                options: consumerOptions())
             consumer.start()
             #expect(await eventually { consumer.eventsApplied >= UInt64(ids.count * 4) })
             #expect(await eventually { (try? await consumer.lag()) == 0 })
@@ -99,20 +101,23 @@ struct EventPipelineTests {
             #expect(await publisher.flush(timeout: .seconds(30)))
 
             // The first gateway commits two batches of 5 and dies before acknowledging the second.
-            let first = EventStreamConsumer(jetStream: js, id: "gw", sink: writer, logger: testLogger,
-                                            options: consumerOptions(batch: 5, ackWait: .seconds(2), crashAfter: 2))
+            let first = EventStreamConsumer(
+                jetStream: js, id: "gw", sink: writer, logger: testLogger,
+                options: consumerOptions(batch: 5, ackWait: .seconds(2), crashAfter: 2))
             first.start()
             #expect(await eventually { first.batches == 2 && !first.isSubscribed })
             await first.stop()
             #expect(first.eventsApplied == 10)
-            #expect(await eventually {
-                (try? await js.consumerInfo(stream: EventStreamLayout.stream, consumer: first.durableName).numAckPending) == 5
-            })
+            #expect(
+                await eventually {
+                    (try? await js.consumerInfo(stream: EventStreamLayout.stream, consumer: first.durableName).numAckPending) == 5
+                })
 
             // A new consumer object on the same durable: the 30 never delivered at once, the 5 unacknowledged after
             // AckWait. The task log already has those 5 and adds nothing.
-            let second = EventStreamConsumer(jetStream: js, id: "gw", sink: writer, logger: testLogger,
-                                             options: consumerOptions(ackWait: .seconds(2)))
+            let second = EventStreamConsumer(
+                jetStream: js, id: "gw", sink: writer, logger: testLogger,
+                options: consumerOptions(ackWait: .seconds(2)))
             second.start()
             #expect(await eventually(attempts: 300) { second.eventsApplied >= 35 })
             #expect(await eventually { (try? await second.lag()) == 0 })
@@ -153,8 +158,9 @@ struct EventPipelineTests {
             let stored = try await js.streamInfo(stream: EventStreamLayout.stream).messages
             #expect(stored >= 40 && stored <= 45)
 
-            let consumer = EventStreamConsumer(jetStream: js, id: "gw", sink: writer, logger: testLogger,
-                                               options: consumerOptions())
+            let consumer = EventStreamConsumer(
+                jetStream: js, id: "gw", sink: writer, logger: testLogger,
+                options: consumerOptions())
             consumer.start()
             #expect(await eventually { consumer.eventsApplied >= stored })
             #expect(await eventually { (try? await consumer.lag()) == 0 })
@@ -176,13 +182,15 @@ struct EventPipelineTests {
             _ = try await js.publish(subject: "neutrino.events.gpu", data: Array("not an event".utf8))
             let id = TaskID.make()
             for event in lifecycle(id) {
-                _ = try await js.publish(subject: EventStreamLayout.subject(pool: event.pool), data: EventCodec.encode(event),
-                                         msgID: EventStreamLayout.messageID(for: event))
+                _ = try await js.publish(
+                    subject: EventStreamLayout.subject(pool: event.pool), data: EventCodec.encode(event),
+                    msgID: EventStreamLayout.messageID(for: event))
             }
             _ = try await js.publish(subject: "neutrino.events.gpu", data: Array(#"{"task_id":"x"}"#.utf8))
 
-            let consumer = EventStreamConsumer(jetStream: js, id: "gw", sink: writer, logger: testLogger,
-                                               options: consumerOptions())
+            let consumer = EventStreamConsumer(
+                jetStream: js, id: "gw", sink: writer, logger: testLogger,
+                options: consumerOptions())
             consumer.start()
             #expect(await eventually { consumer.eventsApplied >= 4 && consumer.undecodable >= 2 })
             #expect(await eventually { (try? await consumer.lag()) == 0 })
@@ -208,8 +216,9 @@ struct EventPipelineTests {
         defer { server.destroy() }
         var connectOptions = NATSConnection.Options()
         connectOptions.firstConnectionWait = .milliseconds(100)
-        let connection = try await NATSConnection.connect(url: server.url, name: "neutrino-events-test", logger: testLogger,
-                                                          options: connectOptions)
+        let connection = try await NATSConnection.connect(
+            url: server.url, name: "neutrino-events-test", logger: testLogger,
+            options: connectOptions)
         let js = try connection.jetStream(requestTimeout: .milliseconds(300), publishTimeout: .milliseconds(300))
         var options = publisherOptions()
         options.capacity = 10

@@ -15,14 +15,18 @@ func tempTaskLogPath() -> String {
 /// completed.
 func lifecycle(_ id: String, pool: String = "gpu", worker: String = "w1", base: Int64 = 1_700_000_000_000) -> [TaskEvent] {
     [
-        TaskEvent(taskID: id, kind: .pending, at: Timestamp(millis: base), function: "embed", pool: pool, mode: .gpu,
-                  attempt: 0, args: #"{ "text" : "é\"q\"" , "n":[1, 2.50] }"#),
-        TaskEvent(taskID: id, kind: .running, at: Timestamp(millis: base + 1), function: "embed", pool: pool, mode: .gpu,
-                  workerID: worker, attempt: 1),
-        TaskEvent(taskID: id, kind: .progress, at: Timestamp(millis: base + 2), function: "embed", pool: pool, mode: .gpu,
-                  workerID: worker, attempt: 1, progress: 0.5, detail: "half"),
-        TaskEvent(taskID: id, kind: .completed, at: Timestamp(millis: base + 3), function: "embed", pool: pool, mode: .gpu,
-                  workerID: worker, attempt: 1, result: #"{"v": [0.1,0.2]}"#, durationMs: 12.345),
+        TaskEvent(
+            taskID: id, kind: .pending, at: Timestamp(millis: base), function: "embed", pool: pool, mode: .gpu,
+            attempt: 0, args: #"{ "text" : "é\"q\"" , "n":[1, 2.50] }"#),
+        TaskEvent(
+            taskID: id, kind: .running, at: Timestamp(millis: base + 1), function: "embed", pool: pool, mode: .gpu,
+            workerID: worker, attempt: 1),
+        TaskEvent(
+            taskID: id, kind: .progress, at: Timestamp(millis: base + 2), function: "embed", pool: pool, mode: .gpu,
+            workerID: worker, attempt: 1, progress: 0.5, detail: "half"),
+        TaskEvent(
+            taskID: id, kind: .completed, at: Timestamp(millis: base + 3), function: "embed", pool: pool, mode: .gpu,
+            workerID: worker, attempt: 1, result: #"{"v": [0.1,0.2]}"#, durationMs: 12.345),
     ]
 }
 

@@ -4,10 +4,11 @@ import Hummingbird
 import HummingbirdTesting
 import Logging
 import NIOCore
-import Testing
-@testable import NeutrinoGateway
 import NeutrinoHTTP
 import NeutrinoObservability
+import Testing
+
+@testable import NeutrinoGateway
 
 /// API keys, scopes, the Host/Origin/CSRF checks and per-key limits, in process against a real temporary task log
 /// (same manifest as GatewayRoutesTests: `echo` is sync on a closed port, `report` async without NATS).
@@ -25,7 +26,8 @@ struct AccessControlTests {
         let token = "nk_\(id)_" + String((0..<43).map { _ in alphabet.randomElement()! })
         let hash = KeyStore.digest(token).map { String(format: "%02x", $0) }.joined()
         let scopeList = scopes.map { "\"\($0)\"" }.joined(separator: ",")
-        let entry = #"{"id":"\#(id)","name":"\#(name)","hash":"sha256:\#(hash)","scopes":[\#(scopeList)],"created":"2025-01-01T00:00:00Z","revoked":\#(revoked ? "\"2025-01-02T00:00:00Z\"" : "null")\#(extra)}"#
+        let entry =
+            #"{"id":"\#(id)","name":"\#(name)","hash":"sha256:\#(hash)","scopes":[\#(scopeList)],"created":"2025-01-01T00:00:00Z","revoked":\#(revoked ? "\"2025-01-02T00:00:00Z\"" : "null")\#(extra)}"#
         return Key(id: id, token: token, entry: entry)
     }
 
@@ -37,8 +39,10 @@ struct AccessControlTests {
     }
 
     /// A gateway whose keys file holds `keys` (none: no `--api-keys`); `configure` adjusts the access settings.
-    static func withGateway(keys: [Key]?, configure: (inout AccessConfiguration) -> Void = { _ in },
-                            _ test: @Sendable (any TestClientProtocol, String) async throws -> Void) async throws {
+    static func withGateway(
+        keys: [Key]?, configure: (inout AccessConfiguration) -> Void = { _ in },
+        _ test: @Sendable (any TestClientProtocol, String) async throws -> Void
+    ) async throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("gateway-access-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
@@ -77,13 +81,16 @@ struct AccessControlTests {
         Observability.bootstrap(logFormat: .text, level: .critical)  // once per process: metrics land in the registry
         try await Self.withGateway(keys: [read, submit, admin, revoked]) { client, _ in
             // A task to address: the sync call fails (no worker) but leaves a row.
-            let made = try await client.execute(uri: "/api/echo", method: .post, headers: Self.bearer(admin),
-                                                body: ByteBuffer(string: #"{"args":{"x":1}}"#))
+            let made = try await client.execute(
+                uri: "/api/echo", method: .post, headers: Self.bearer(admin),
+                body: ByteBuffer(string: #"{"args":{"x":1}}"#))
             #expect(made.status == .serviceUnavailable)
             let id = try #require(made.headers[NeutrinoHeader.taskID])
 
-            let credentials: [(String, Key?)] = [("none", nil), ("unknown", unknown), ("revoked", revoked),
-                                                  ("read", read), ("submit", submit), ("admin", admin)]
+            let credentials: [(String, Key?)] = [
+                ("none", nil), ("unknown", unknown), ("revoked", revoked),
+                ("read", read), ("submit", submit), ("admin", admin),
+            ]
             // Expected: "open" (anything but 401/403), "ok" (2xx), or an exact code. Allowed calls that cannot
             // succeed without workers or NATS are listed with their code (503 no worker, 409 task finished).
             let routes: [(HTTPRequest.Method, String, String?, [String])] = [
@@ -101,15 +108,17 @@ struct AccessControlTests {
                 (.post, "/tasks/\(id)/retry", nil, ["401", "401", "401", "403", "403", "503"]),
                 (.get, "/no-such-file", nil, ["404", "404", "404", "404", "404", "404"]),
             ]
-            var matrix = "route".padding(toLength: 34, withPad: " ", startingAt: 0)
+            var matrix =
+                "route".padding(toLength: 34, withPad: " ", startingAt: 0)
                 + credentials.map { $0.0.padding(toLength: 8, withPad: " ", startingAt: 0) }.joined() + "\n"
             for (method, path, body, expected) in routes {
                 var row = "\(method.rawValue) \(path.replacingOccurrences(of: id, with: "{id}"))"
                     .padding(toLength: 34, withPad: " ", startingAt: 0)
                 for ((name, key), want) in zip(credentials, expected) {
                     guard want != "skip" else { row += "-       "; continue }
-                    let r = try await client.execute(uri: path, method: method, headers: Self.bearer(key),
-                                                      body: body.map { ByteBuffer(string: $0) })
+                    let r = try await client.execute(
+                        uri: path, method: method, headers: Self.bearer(key),
+                        body: body.map { ByteBuffer(string: $0) })
                     let code = r.status.code
                     row += "\(code)".padding(toLength: 8, withPad: " ", startingAt: 0)
                     switch want {
@@ -144,11 +153,13 @@ struct AccessControlTests {
         let onlyAsyncPool = Self.makeKey("asyncpool", scopes: ["submit"], extra: #","pools":["async"]"#)
         try await Self.withGateway(keys: [onlyReport, onlyAsyncPool]) { client, _ in
             for key in [onlyReport, onlyAsyncPool] {
-                let echo = try await client.execute(uri: "/api/echo", method: .post, headers: Self.bearer(key),
-                                                    body: ByteBuffer(string: #"{"args":{"x":1}}"#))
+                let echo = try await client.execute(
+                    uri: "/api/echo", method: .post, headers: Self.bearer(key),
+                    body: ByteBuffer(string: #"{"args":{"x":1}}"#))
                 #expect(echo.status == .forbidden)
-                let report = try await client.execute(uri: "/api/report", method: .post, headers: Self.bearer(key),
-                                                      body: ByteBuffer(string: #"{"args":{}}"#))
+                let report = try await client.execute(
+                    uri: "/api/report", method: .post, headers: Self.bearer(key),
+                    body: ByteBuffer(string: #"{"args":{}}"#))
                 #expect(report.status == .notImplemented)  // allowed; no NATS here
             }
         }
@@ -208,8 +219,10 @@ struct AccessControlTests {
             #expect(try await client.execute(uri: "/healthz", method: .get).status == .ok)
 
             func post(_ headers: HTTPFields, body: String? = #"{"args":{"x":1}}"#) async throws -> Int {
-                try await client.execute(uri: "/api/report", method: .post, headers: headers,
-                                         body: body.map { ByteBuffer(string: $0) }).status.code
+                try await client.execute(
+                    uri: "/api/report", method: .post, headers: headers,
+                    body: body.map { ByteBuffer(string: $0) }
+                ).status.code
             }
             #expect(try await post([.contentType: "application/json"]) == 501)
             #expect(try await post([.contentType: "application/json; charset=utf-8"]) == 501)
@@ -229,18 +242,25 @@ struct AccessControlTests {
     @Test func corsOriginsGetPreflightAndHeaders() async throws {
         let read = Self.makeKey("reader", scopes: ["read"])
         try await Self.withGateway(keys: [read], configure: { $0.corsOrigins = ["https://app.example"] }) { client, _ in
-            let preflight = try await client.execute(uri: "/tasks", method: .options, headers: [
-                .origin: "https://app.example", .accessControlRequestMethod: "GET",
-                .accessControlRequestHeaders: "authorization"])
+            let preflight = try await client.execute(
+                uri: "/tasks", method: .options,
+                headers: [
+                    .origin: "https://app.example", .accessControlRequestMethod: "GET",
+                    .accessControlRequestHeaders: "authorization",
+                ])
             #expect(preflight.status == .noContent)
             #expect(preflight.headers[.accessControlAllowOrigin] == "https://app.example")
             #expect(preflight.headers[.accessControlAllowHeaders]?.lowercased().contains("authorization") == true)
-            let ok = try await client.execute(uri: "/tasks", method: .get,
-                                              headers: Self.bearer(read) + [.origin: "https://app.example"])
+            let ok = try await client.execute(
+                uri: "/tasks", method: .get,
+                headers: Self.bearer(read) + [.origin: "https://app.example"])
             #expect(ok.status == .ok)
             #expect(ok.headers[.accessControlAllowOrigin] == "https://app.example")
-            let other = try await client.execute(uri: "/tasks", method: .options, headers: [
-                .origin: "https://other.example", .accessControlRequestMethod: "GET"])
+            let other = try await client.execute(
+                uri: "/tasks", method: .options,
+                headers: [
+                    .origin: "https://other.example", .accessControlRequestMethod: "GET",
+                ])
             #expect(other.status == .forbidden)
             #expect(other.headers[.accessControlAllowOrigin] == nil)
         }
@@ -252,14 +272,16 @@ struct AccessControlTests {
         defer { try? FileManager.default.removeItem(at: dir) }
         let manifestPath = dir.appendingPathComponent("openapi.json").path
         try Data(GatewayRoutesTests.manifest.utf8).write(to: URL(fileURLWithPath: manifestPath))
-        var configuration = GatewayConfiguration(manifestPath: manifestPath, httpPools: [:], taskLogPath: nil,
-                                                 host: "0.0.0.0", port: 0)
+        var configuration = GatewayConfiguration(
+            manifestPath: manifestPath, httpPools: [:], taskLogPath: nil,
+            host: "0.0.0.0", port: 0)
         var logger = Logger(label: "test")
         logger.logLevel = .critical
         await #expect(throws: GatewayError.self) { _ = try await buildGateway(configuration, logger: logger) }
         configuration.access.insecureNoAuth = true
         _ = try await buildGateway(configuration, logger: logger)
-        #expect(AccessConfiguration.isLoopback("127.0.0.1") && AccessConfiguration.isLoopback("::1")
+        #expect(
+            AccessConfiguration.isLoopback("127.0.0.1") && AccessConfiguration.isLoopback("::1")
                 && AccessConfiguration.isLoopback("localhost") && !AccessConfiguration.isLoopback("0.0.0.0")
                 && !AccessConfiguration.isLoopback("10.0.0.1"))
     }
@@ -298,8 +320,9 @@ struct AccessControlTests {
 
     @Test func tokenBucketAndInFlightArithmetic() {
         let limits = KeyLimits(defaultRate: nil)
-        var key = APIKey(id: "k1", name: "k", digest: [], scopes: [.submit], tasks: nil, pools: nil,
-                         ratePerSecond: 10, burst: 5, maxInFlight: 2, revoked: false)
+        var key = APIKey(
+            id: "k1", name: "k", digest: [], scopes: [.submit], tasks: nil, pools: nil,
+            ratePerSecond: 10, burst: 5, maxInFlight: 2, revoked: false)
         let t0 = ContinuousClock.now
         for _ in 0..<5 { #expect(limits.take(key, now: t0) == .allowed) }
         #expect(limits.take(key, now: t0) == .overRate(retryAfter: 1, rate: 10, burst: 5))
@@ -310,12 +333,12 @@ struct AccessControlTests {
         #expect(limits.reserve(key) == .allowed)
         #expect(limits.reserve(key) == .allowed)
         #expect(limits.reserve(key) == .overInFlight(limit: 2, inFlight: 2))
-        limits.settle(keyID: "k1", acceptedTaskID: nil)          // a sync answer: done
+        limits.settle(keyID: "k1", acceptedTaskID: nil)  // a sync answer: done
         #expect(limits.inFlight(keyID: "k1") == 1)
-        limits.settle(keyID: "k1", acceptedTaskID: "t1")         // queued: stays counted
+        limits.settle(keyID: "k1", acceptedTaskID: "t1")  // queued: stays counted
         #expect(limits.inFlight(keyID: "k1") == 1)
         #expect(limits.reserve(key) == .allowed)
-        limits.settle(keyID: "k1", acceptedTaskID: "t1")         // an idempotent replay of t1: not twice
+        limits.settle(keyID: "k1", acceptedTaskID: "t1")  // an idempotent replay of t1: not twice
         #expect(limits.inFlight(keyID: "k1") == 1)
         limits.finished(taskID: "t1")
         limits.finished(taskID: "t1")

@@ -5,15 +5,16 @@ import NeutrinoNATS
 import NeutrinoTaskLog
 import NeutrinoTestSupport
 import Testing
+
 @testable import NeutrinoGateway
 
 /// The janitor against a real nats-server and a real SQLite task log: a message whose deliveries ran out (no worker
 /// ever acknowledged it) gets a terminal row, a dead-letter copy, and leaves the work queue.
 struct DeliveryJanitorTests {
     static let manifest = #"""
-    {"openapi":"3.1.0","info":{"title":"demo","version":"1"},"x-neutrino-app":"demo",
-     "paths":{"/api/report":{"post":{"x-neutrino-mode":"async","x-neutrino-pool":"async","x-neutrino-timeout":300000,"x-neutrino-retries":0}}}}
-    """#
+        {"openapi":"3.1.0","info":{"title":"demo","version":"1"},"x-neutrino-app":"demo",
+         "paths":{"/api/report":{"post":{"x-neutrino-mode":"async","x-neutrino-pool":"async","x-neutrino-timeout":300000,"x-neutrino-retries":0}}}}
+        """#
 
     @Test func exhaustedDeliveriesEndTheTaskFailedWorkerCrashed() async throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("janitor-\(UUID().uuidString)")

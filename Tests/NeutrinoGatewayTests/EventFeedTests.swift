@@ -3,6 +3,7 @@ import Logging
 import NeutrinoCore
 import NeutrinoTaskLog
 import Testing
+
 @testable import NeutrinoGateway
 
 /// The live feed over a real task log: events arrive in commit order, a reconnect resumes after its last id, and a

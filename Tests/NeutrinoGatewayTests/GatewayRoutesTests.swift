@@ -5,6 +5,7 @@ import HummingbirdTesting
 import Logging
 import NIOCore
 import Testing
+
 @testable import NeutrinoGateway
 
 /// Every gateway route in process (HummingbirdTesting's router framework) against a real temporary SQLite task log:
@@ -12,18 +13,20 @@ import Testing
 /// sync calls end `failed` with `NoWorkerAvailable` and leave real rows for the polling API.
 struct GatewayRoutesTests {
     static let manifest = #"""
-    {"openapi":"3.1.0","info":{"title":"demo","version":"1"},"x-neutrino-app":"demo",
-     "paths":{
-      "/api/echo":{"post":{"x-neutrino-mode":"sync","x-neutrino-pool":"fast","x-neutrino-timeout":5000,"x-neutrino-retries":0,
-        "requestBody":{"content":{"application/json":{"schema":{"type":"object","properties":{"args":
-          {"type":"object","properties":{"x":{"type":"integer"}},"required":["x"],"additionalProperties":false}}}}}}}},
-      "/api/report":{"post":{"x-neutrino-mode":"async","x-neutrino-pool":"async","x-neutrino-timeout":300000,"x-neutrino-retries":3}}
-     }}
-    """#
+        {"openapi":"3.1.0","info":{"title":"demo","version":"1"},"x-neutrino-app":"demo",
+         "paths":{
+          "/api/echo":{"post":{"x-neutrino-mode":"sync","x-neutrino-pool":"fast","x-neutrino-timeout":5000,"x-neutrino-retries":0,
+            "requestBody":{"content":{"application/json":{"schema":{"type":"object","properties":{"args":
+              {"type":"object","properties":{"x":{"type":"integer"}},"required":["x"],"additionalProperties":false}}}}}}}},
+          "/api/report":{"post":{"x-neutrino-mode":"async","x-neutrino-pool":"async","x-neutrino-timeout":300000,"x-neutrino-retries":3}}
+         }}
+        """#
 
     /// A gateway on a fresh task log in a temporary folder, its sync pool on a closed port.
-    static func withGateway(maxBodyBytes: Int = 1 << 20,
-                            _ test: @Sendable (any TestClientProtocol) async throws -> Void) async throws {
+    static func withGateway(
+        maxBodyBytes: Int = 1 << 20,
+        _ test: @Sendable (any TestClientProtocol) async throws -> Void
+    ) async throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("gateway-routes-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
@@ -52,7 +55,7 @@ struct GatewayRoutesTests {
                 let r = try await client.execute(uri: "/healthz", method: .get)
                 #expect(r.status == .ok)
                 let found = try Self.json(r.body)["status"] as? String
-                    #expect(found == "ok")
+                #expect(found == "ok")
             }
             do {
                 // Ready until a call finds the pool's only worker unreachable (its circuit then opens).
@@ -63,7 +66,7 @@ struct GatewayRoutesTests {
                 let r = try await client.execute(uri: "/openapi.json", method: .get)
                 #expect(r.status == .ok)
                 let found = try Self.json(r.body)["x-neutrino-app"] as? String
-                    #expect(found == "demo")
+                #expect(found == "demo")
             }
             do {
                 let r = try await client.execute(uri: "/pools", method: .get)
@@ -92,7 +95,7 @@ struct GatewayRoutesTests {
             ]
             for (uri, body, status, type) in cases {
                 do {
-                let r = try await client.execute(uri: uri, method: .post, body: ByteBuffer(string: body))
+                    let r = try await client.execute(uri: uri, method: .post, body: ByteBuffer(string: body))
                     #expect(r.status == status, "\(uri) \(body)")
                     #expect(try Self.errorType(r.body) == type, "\(uri) \(body)")
                 }
@@ -135,7 +138,7 @@ struct GatewayRoutesTests {
                 let r = try await client.execute(uri: "/tasks/\(id)", method: .delete)
                 #expect(r.status == .conflict)
                 let found = try Self.errorType(r.body)
-                    #expect(found == "TaskFinished")
+                #expect(found == "TaskFinished")
             }
             do {
                 let r = try await client.execute(uri: "/tasks/\(id)/retry", method: .post)
@@ -166,7 +169,7 @@ struct GatewayRoutesTests {
             ]
             for (uri, method, status, type) in cases {
                 do {
-                let r = try await client.execute(uri: uri, method: method)
+                    let r = try await client.execute(uri: uri, method: method)
                     #expect(r.status == status, "\(method) \(uri)")
                     #expect(try Self.errorType(r.body) == type, "\(method) \(uri)")
                 }
@@ -184,7 +187,9 @@ struct GatewayRoutesTests {
     @Test func everyListedRouteIsServedAndOtherMethodsAre405() async throws {
         try await Self.withGateway { client in
             for route in gatewayRoutes.routes {
-                let path = "/" + route.segments.map { $0.hasPrefix(":") ? "0190a0b0-0000-7000-8000-000000000000" : String($0) }
+                let path =
+                    "/"
+                    + route.segments.map { $0.hasPrefix(":") ? "0190a0b0-0000-7000-8000-000000000000" : String($0) }
                     .joined(separator: "/")
                 if path != "/events" {  // a stream: it does not end
                     let served = try await client.execute(uri: path, method: route.method, body: ByteBuffer(string: "{}"))

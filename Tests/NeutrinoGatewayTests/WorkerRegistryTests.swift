@@ -1,12 +1,14 @@
 import Logging
 import NeutrinoCore
 import Testing
+
 @testable import NeutrinoGateway
 
 struct WorkerRegistryTests {
     func beat(_ id: String, pool: String = "async", busy: Int = 0, stopping: Bool = false) -> WorkerHeartbeat {
-        WorkerHeartbeat(workerID: id, pool: pool, mode: "nats", concurrency: 2, busy: busy, gpu: false, version: "0.1.0",
-                        startedAt: .now(), host: "h", pid: 1, url: nil, stopping: stopping)
+        WorkerHeartbeat(
+            workerID: id, pool: pool, mode: "nats", concurrency: 2, busy: busy, gpu: false, version: "0.1.0",
+            startedAt: .now(), host: "h", pid: 1, url: nil, stopping: stopping)
     }
 
     @Test func keepsTheLatestHeartbeatPerWorkerByPool() {

@@ -1,14 +1,19 @@
-import NeutrinoTestSupport
 import Foundation
+import NeutrinoTestSupport
 import Synchronization
 import Testing
+
 @testable import NeutrinoNATS
 
 struct BlockingThreadPoolTests {
     final class Counter: Sendable {
         private struct Counts { var value = 0, peak = 0, active = 0 }
         private let counts = Mutex(Counts())
-        func enter() { counts.withLock { $0.active += 1; $0.peak = max($0.peak, $0.active); $0.value += 1 } }
+        func enter() {
+            counts.withLock {
+                $0.active += 1; $0.peak = max($0.peak, $0.active); $0.value += 1
+            }
+        }
         func leave() { counts.withLock { $0.active -= 1 } }
         var total: Int { counts.withLock { $0.value } }
         var maxConcurrent: Int { counts.withLock { $0.peak } }

@@ -1,7 +1,7 @@
-import NeutrinoTestSupport
 import Foundation
 import NeutrinoCore
 import NeutrinoNATS
+import NeutrinoTestSupport
 import Testing
 
 /// Replicated streams on a real 3-node JetStream cluster on loopback (nats-server 2.9): the replica count as
@@ -32,13 +32,15 @@ struct ClusterTests {
             // The default for three servers (R3 for new streams) does not touch an existing stream.
             let guessed = StreamReplication.forServers(3)
             #expect(guessed == StreamReplication(replicas: 3, reconcile: false))
-            try await js.ensureStream(name: QueueLayout.tasksStream, subjects: [QueueLayout.streamSubject(pool: "async")],
-                                      retention: .workQueue, replication: guessed)
+            try await js.ensureStream(
+                name: QueueLayout.tasksStream, subjects: [QueueLayout.streamSubject(pool: "async")],
+                retention: .workQueue, replication: guessed)
             #expect(try await js.streamInfo(stream: QueueLayout.tasksStream).replicas == 1)
 
             // --stream-replicas 3 scales it up (a stream update), keeping what it holds; the consumer follows.
-            let scaled = try await js.ensureStream(name: QueueLayout.tasksStream, subjects: [QueueLayout.streamSubject(pool: "async")],
-                                                   retention: .workQueue, replication: .init(replicas: 3, reconcile: true))
+            let scaled = try await js.ensureStream(
+                name: QueueLayout.tasksStream, subjects: [QueueLayout.streamSubject(pool: "async")],
+                retention: .workQueue, replication: .init(replicas: 3, reconcile: true))
             #expect(scaled.replicas == 3)
             #expect(scaled.messages == 1)
             // (While the consumer's new Raft group elects its leader, info requests may time out: not yet.)
@@ -48,8 +50,9 @@ struct ClusterTests {
             }
             #expect(followed, "the pool consumer is replicated with its stream")
             // And back down to 1 when asked.
-            let down = try await js.ensureStream(name: QueueLayout.tasksStream, subjects: [QueueLayout.streamSubject(pool: "async")],
-                                                 retention: .workQueue, replication: .init(replicas: 1, reconcile: true))
+            let down = try await js.ensureStream(
+                name: QueueLayout.tasksStream, subjects: [QueueLayout.streamSubject(pool: "async")],
+                retention: .workQueue, replication: .init(replicas: 1, reconcile: true))
             #expect(down.replicas == 1)
             #expect(down.messages == 1)
         }
@@ -58,23 +61,26 @@ struct ClusterTests {
     @Test func moreReplicasThanServersIsRefusedWithAClearError() async throws {
         try await withJetStream { _, _, js in
             let error = await #expect(throws: NATSError.self) {
-                try await js.ensureStream(name: "R3_ON_ONE", subjects: ["r3.one"], retention: .limits,
-                                          replication: .init(replicas: 3, reconcile: true))
+                try await js.ensureStream(
+                    name: "R3_ON_ONE", subjects: ["r3.one"], retention: .limits,
+                    replication: .init(replicas: 3, reconcile: true))
             }
             #expect(error?.description.contains("--stream-replicas") == true, "\(String(describing: error))")
             #expect(error?.isUnavailable == false)
             // An existing R1 stream cannot be scaled up on a single server either: the update is refused, explained.
             try await js.ensureStream(name: "R1_ON_ONE", subjects: ["r1.one"], retention: .limits)
             let update = await #expect(throws: NATSError.self) {
-                try await js.ensureStream(name: "R1_ON_ONE", subjects: ["r1.one"], retention: .limits,
-                                          replication: .init(replicas: 3, reconcile: true))
+                try await js.ensureStream(
+                    name: "R1_ON_ONE", subjects: ["r1.one"], retention: .limits,
+                    replication: .init(replicas: 3, reconcile: true))
             }
             #expect(update?.description.contains("from 1 to 3 replicas") == true, "\(String(describing: update))")
         }
         try await withJetStreamCluster { _, _, js in
             let error = await #expect(throws: NATSError.self) {
-                try await js.ensureStream(name: "R5_ON_THREE", subjects: ["r5.three"], retention: .limits,
-                                          replication: .init(replicas: 5, reconcile: true))
+                try await js.ensureStream(
+                    name: "R5_ON_THREE", subjects: ["r5.three"], retention: .limits,
+                    replication: .init(replicas: 5, reconcile: true))
             }
             #expect(error?.description.contains("--stream-replicas") == true, "\(String(describing: error))")
         }

@@ -1,8 +1,8 @@
-import NeutrinoTestSupport
 import Foundation
 import Logging
 import NeutrinoCore
 import NeutrinoNATS
+import NeutrinoTestSupport
 import Testing
 
 /// Core NATS publish/subscribe (cancellation broadcasts) and the task-queue provisioning, against a real server.
@@ -36,8 +36,9 @@ struct CoreAndProvisioningTests {
             #expect(try await js.streamInfo(stream: QueueLayout.deadLetterStream).subjects == [QueueLayout.deadLetterSubjects])
 
             // A task published for one pool reaches that pool's consumer only.
-            _ = try await js.publish(subject: QueueLayout.taskSubject(pool: "gpu", task: "render"), data: Array("{}".utf8),
-                                     msgID: "task-gpu")
+            _ = try await js.publish(
+                subject: QueueLayout.taskSubject(pool: "gpu", task: "render"), data: Array("{}".utf8),
+                msgID: "task-gpu")
             #expect(try await js.consumerInfo(stream: QueueLayout.tasksStream, consumer: QueueLayout.consumer(pool: "fast")).backlog == 0)
             #expect(try await js.consumerInfo(stream: QueueLayout.tasksStream, consumer: QueueLayout.consumer(pool: "gpu")).backlog == 1)
         }

@@ -1,7 +1,7 @@
-import NeutrinoTestSupport
 import Foundation
-import Testing
 import NeutrinoNATS
+import NeutrinoTestSupport
+import Testing
 
 /// Throughput and latency on this machine, printed, never asserted. Opt-in: `NEUTRINO_NATS_BENCH=1`.
 @Suite(.serialized, .enabled(if: ProcessInfo.processInfo.environment["NEUTRINO_NATS_BENCH"] != nil))
@@ -16,8 +16,9 @@ struct JetStreamBenchmark {
         options.sendAsap = sendAsap
         try await withJetStream(options: options) { _, _, js in
             try await js.ensureStream(name: "BENCH", subjects: ["bench.*"], retention: .workQueue)
-            try await js.ensureConsumer(stream: "BENCH", durable: "w", filterSubject: "bench.*", ackWait: .seconds(30),
-                                        maxDeliver: 3, maxAckPending: 20_000)
+            try await js.ensureConsumer(
+                stream: "BENCH", durable: "w", filterSubject: "bench.*", ackWait: .seconds(30),
+                maxDeliver: 3, maxAckPending: 20_000)
             let payload = [UInt8](repeating: 65, count: 128)
             for i in 0..<200 { _ = try await js.publish(subject: "bench.x", data: payload, msgID: "warm-\(i)") }
 

@@ -1,7 +1,7 @@
-import NeutrinoTestSupport
 import Foundation
-import Testing
 import NeutrinoNATS
+import NeutrinoTestSupport
+import Testing
 
 /// Against a real nats-server (one per test, loopback, fresh store). Serialized: the redelivery tests depend on a
 /// 1 s AckWait, and two cores shared by parallel servers would only make them slower.
@@ -12,10 +12,12 @@ struct JetStreamTests {
     static let filter = "neutrino.fast.*"
 
     func provision(_ js: JetStream, ackWait: Duration = .seconds(30), maxDeliver: Int = 4) async throws {
-        try await js.ensureStream(name: Self.stream, subjects: ["neutrino.*.*"], retention: .workQueue,
-                                  duplicateWindow: .seconds(120))
-        try await js.ensureConsumer(stream: Self.stream, durable: Self.durable, filterSubject: Self.filter,
-                                    ackWait: ackWait, maxDeliver: maxDeliver, maxAckPending: 100)
+        try await js.ensureStream(
+            name: Self.stream, subjects: ["neutrino.*.*"], retention: .workQueue,
+            duplicateWindow: .seconds(120))
+        try await js.ensureConsumer(
+            stream: Self.stream, durable: Self.durable, filterSubject: Self.filter,
+            ackWait: ackWait, maxDeliver: maxDeliver, maxAckPending: 100)
     }
 
     func publishOne(_ js: JetStream, id: String = UUID().uuidString, body: String = "{}") async throws -> PubAck {
@@ -35,8 +37,9 @@ struct JetStreamTests {
             #expect(try await js.consumerInfo(stream: Self.stream, consumer: Self.durable).maxDeliver == 7)
 
             // A changed duplicate window updates the stream (10058 then UpdateStream).
-            let updated = try await js.ensureStream(name: Self.stream, subjects: ["neutrino.*.*"], retention: .workQueue,
-                                                    duplicateWindow: .seconds(300))
+            let updated = try await js.ensureStream(
+                name: Self.stream, subjects: ["neutrino.*.*"], retention: .workQueue,
+                duplicateWindow: .seconds(300))
             #expect(updated.duplicateWindow == .seconds(300))
             let streamInfo = try await js.streamInfo(stream: Self.stream)
             #expect(streamInfo.subjects == ["neutrino.*.*"])
@@ -67,8 +70,9 @@ struct JetStreamTests {
     @Test func publishFetchAckLeavesNothingPending() async throws {
         try await withJetStream { _, _, js in
             try await provision(js)
-            let ack = try await js.publish(subject: "neutrino.fast.echo", data: Array(#"{"x":3}"#.utf8), msgID: "task-2",
-                                           headers: ["Neutrino-Attempt": "1"])
+            let ack = try await js.publish(
+                subject: "neutrino.fast.echo", data: Array(#"{"x":3}"#.utf8), msgID: "task-2",
+                headers: ["Neutrino-Attempt": "1"])
             let sub = try await js.pullSubscribe(stream: Self.stream, consumer: Self.durable)
             let messages = try await sub.fetch(batch: 10, timeout: .seconds(5))
             try #require(messages.count == 1)
@@ -268,8 +272,9 @@ struct JetStreamTests {
     @Test func getAndDeleteAMessageBySequence() async throws {
         try await withJetStream { _, _, js in
             try await js.ensureStream(name: "NEUTRINO_DLQ", subjects: ["neutrino.dlq.>"], retention: .limits)
-            let ack = try await js.publish(subject: "neutrino.dlq.fast.echo", data: [1, 2, 3], msgID: "task-dlq",
-                                           headers: ["Neutrino-Error": "boom"])
+            let ack = try await js.publish(
+                subject: "neutrino.dlq.fast.echo", data: [1, 2, 3], msgID: "task-dlq",
+                headers: ["Neutrino-Error": "boom"])
             let stored = try await js.getMessage(stream: "NEUTRINO_DLQ", sequence: ack.sequence)
             #expect(stored.subject == "neutrino.dlq.fast.echo")
             #expect(stored.data == [1, 2, 3])
@@ -364,8 +369,9 @@ struct JetStreamTests {
         defer { server.destroy() }
         var options = NATSConnection.Options()
         options.firstConnectionWait = .milliseconds(300)
-        let connection = try await NATSConnection.connect(url: server.url, name: "neutrino-test", logger: testLogger,
-                                                          options: options)
+        let connection = try await NATSConnection.connect(
+            url: server.url, name: "neutrino-test", logger: testLogger,
+            options: options)
         #expect(!connection.isConnected)
         let js = try connection.jetStream(requestTimeout: .seconds(1), publishTimeout: .seconds(1))
         let error = await #expect(throws: NATSError.self) { try await js.streamInfo(stream: Self.stream) }

@@ -1,5 +1,6 @@
-import Testing
 import NeutrinoCore
+import Testing
+
 @testable import NeutrinoPython
 
 /// The interpreter can start once per process, so every test shares one runtime and one executor.

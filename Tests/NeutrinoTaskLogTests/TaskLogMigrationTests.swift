@@ -1,13 +1,15 @@
 import Foundation
-import Testing
 import NeutrinoCore
+import Testing
+
 @testable import NeutrinoTaskLog
 
 /// Files written by version 3 of the schema are migrated to the current version (4: the composite indexes, 5: the
 /// `output` column) when the new code opens them.
 struct TaskLogMigrationTests {
     /// The columns of version 3's `tasks` (later versions add columns).
-    static let version3Columns = "id, function_name, status, created_at, started_at, completed_at, worker_id, pool, execution_mode, args, result, error, duration_ms, attempts, progress, progress_message"
+    static let version3Columns =
+        "id, function_name, status, created_at, started_at, completed_at, worker_id, pool, execution_mode, args, result, error, duration_ms, attempts, progress, progress_message"
 
     /// A version-3 file made with version 3's own statements, filled the way version 3's writer wrote rows.
     static func makeVersion3File(_ path: String, tasks: Int = 300, partialMigration: Bool = false) throws {
@@ -25,7 +27,9 @@ struct TaskLogMigrationTests {
                 let status = statuses[i % statuses.count]
                 let f = functions[i % functions.count]
                 let terminal = ["completed", "failed", "cancelled", "timed_out"].contains(status)
-                try db.withStatement("INSERT INTO tasks (\(Self.version3Columns)) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)") { s in
+                try db.withStatement(
+                    "INSERT INTO tasks (\(Self.version3Columns)) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+                ) { s in
                     s.bind(1, id)
                     s.bind(2, f.0)
                     s.bind(3, status)
@@ -45,7 +49,9 @@ struct TaskLogMigrationTests {
                     try s.run()
                 }
                 for (n, event) in ["pending", "running", status].enumerated() where n < 2 || terminal {
-                    try db.withStatement("INSERT OR IGNORE INTO task_events (task_id, event, at, worker_id, attempt, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)") { s in
+                    try db.withStatement(
+                        "INSERT OR IGNORE INTO task_events (task_id, event, at, worker_id, attempt, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+                    ) { s in
                         s.bind(1, id)
                         s.bind(2, event)
                         s.bind(3, Timestamp(millis: t + Int64(n)).iso8601)
@@ -107,17 +113,21 @@ struct TaskLogMigrationTests {
 
         // Lists on the migrated file agree with a brute-force filter.
         let reader = try TaskLogReader(path: path)
-        for filter in [TaskListFilter(limit: 500), TaskListFilter(status: .failed, limit: 500),
-                       TaskListFilter(function: "report", pool: "async", limit: 500), TaskListFilter(mode: .gpu, nameContains: "RAI", limit: 500),
-                       TaskListFilter(since: before[40].createdAt, until: before[90].createdAt, limit: 500)] {
+        for filter in [
+            TaskListFilter(limit: 500), TaskListFilter(status: .failed, limit: 500),
+            TaskListFilter(function: "report", pool: "async", limit: 500), TaskListFilter(mode: .gpu, nameContains: "RAI", limit: 500),
+            TaskListFilter(since: before[40].createdAt, until: before[90].createdAt, limit: 500),
+        ] {
             let expected = before.filter { TaskLogQueryTests.matches($0, filter) }.map(\.id).sorted(by: >)
             #expect(try await reader.list(filter).map(\.id) == expected, "\(filter)")
         }
 
         // New writes keep the counts exact: a queued task completes, a new task arrives.
         let queued = try #require(before.first { $0.status == .queued })
-        writer.record(TaskEvent(taskID: queued.id, kind: .completed, function: queued.function, pool: queued.pool, mode: queued.mode,
-                                workerID: "w2", attempt: 1, result: "1", durationMs: 2))
+        writer.record(
+            TaskEvent(
+                taskID: queued.id, kind: .completed, function: queued.function, pool: queued.pool, mode: queued.mode,
+                workerID: "w2", attempt: 1, result: "1", durationMs: 2))
         writer.record(TaskEvent(taskID: TaskID.make(), kind: .queued, function: "report", pool: "async", mode: .async))
         await writer.flush()
         counts = try groupCounts(path: path)
@@ -151,8 +161,9 @@ extension TaskLogMigrationTests {
         let id = TaskID.make()
         writer.record(contentsOf: [
             TaskEvent(taskID: id, kind: .pending, function: "echo", pool: "fast", mode: .sync, args: "{}"),
-            TaskEvent(taskID: id, kind: .completed, function: "echo", pool: "fast", mode: .sync, workerID: "w", attempt: 1,
-                      result: "1", durationMs: 1, output: "hello\n"),
+            TaskEvent(
+                taskID: id, kind: .completed, function: "echo", pool: "fast", mode: .sync, workerID: "w", attempt: 1,
+                result: "1", durationMs: 1, output: "hello\n"),
         ])
         await writer.flush()
         #expect(try await reader.record(id: id)?.output == "hello\n")

@@ -1,6 +1,7 @@
 import Foundation
-import Testing
 import NeutrinoCore
+import Testing
+
 @testable import NeutrinoTaskLog
 
 /// The list queries: every filter combination the API offers is answered from an index in id order (checked with
@@ -27,9 +28,10 @@ struct TaskLogQueryTests {
             let f = functions[Int(rng.next() % UInt64(functions.count))]
             let first: TaskEventKind = f.mode == .sync ? .pending : .queued
             func event(_ kind: TaskEventKind, _ dt: Int64, attempt: Int = 1) -> TaskEvent {
-                TaskEvent(taskID: id, kind: kind, at: Timestamp(millis: t + dt), function: f.name, pool: f.pool, mode: f.mode,
-                          workerID: "w", attempt: kind == first ? 0 : attempt, args: kind == first ? #"{"i":\#(i)}"# : nil,
-                          durationMs: kind.status.isTerminal ? Double(i % 17) : nil)
+                TaskEvent(
+                    taskID: id, kind: kind, at: Timestamp(millis: t + dt), function: f.name, pool: f.pool, mode: f.mode,
+                    workerID: "w", attempt: kind == first ? 0 : attempt, args: kind == first ? #"{"i":\#(i)}"# : nil,
+                    durationMs: kind.status.isTerminal ? Double(i % 17) : nil)
             }
             var events = [event(first, 0)]
             let outcome = rng.next() % 10
@@ -89,8 +91,9 @@ struct TaskLogQueryTests {
                         let (since, until) = windows[Int(rng.next() % UInt64(windows.count))]
                         let q = names[Int(rng.next() % UInt64(names.count))]
                         let before: String? = rng.next() % 3 == 0 ? ids[Int(rng.next() % UInt64(ids.count))] : nil
-                        var filter = TaskListFilter(status: status, function: function, pool: pool, mode: mode, since: since,
-                                                    until: until, nameContains: q, before: before, limit: 7)
+                        var filter = TaskListFilter(
+                            status: status, function: function, pool: pool, mode: mode, since: since,
+                            until: until, nameContains: q, before: before, limit: 7)
                         let expected = all.filter { Self.matches($0, filter) }.map(\.id).sorted(by: >)
                         var got: [String] = []
                         for _ in 0..<(Self.count / 7 + 2) {
@@ -141,8 +144,10 @@ struct TaskLogQueryTests {
                 ("SELECT COALESCE(MAX(id), 0) FROM task_events", "SEARCH task_events"),
                 (TaskLogStore.terminalSQL(count: 64), "sqlite_autoindex_tasks_1 (id=?)"),
                 (TaskLogStore.terminalSQL(count: 3), "sqlite_autoindex_tasks_1 (id=?)"),
-                ("SELECT created_at FROM tasks INDEXED BY idx_tasks_group WHERE status = ?1 AND function_name = ?2 AND pool = ?3 AND execution_mode = ?4 ORDER BY id LIMIT 1",
-                 "idx_tasks_group (status=? AND function_name=? AND pool=? AND execution_mode=?)"),
+                (
+                    "SELECT created_at FROM tasks INDEXED BY idx_tasks_group WHERE status = ?1 AND function_name = ?2 AND pool = ?3 AND execution_mode = ?4 ORDER BY id LIMIT 1",
+                    "idx_tasks_group (status=? AND function_name=? AND pool=? AND execution_mode=?)"
+                ),
             ]
             for (sql, index) in others {
                 Self.expectIndexed(try db.queryPlan(sql), sql: sql, index: index, filter: "analyzed=\(analyzed)")
@@ -153,7 +158,8 @@ struct TaskLogQueryTests {
     /// No full scan, no sort, and the named index is the one used.
     static func expectIndexed(_ plan: [String], sql: String, index: String, filter: String) {
         for line in plan {
-            #expect(line != "SCAN tasks" && !line.hasPrefix("SCAN tasks ") && !line.hasPrefix("SCAN t ")
+            #expect(
+                line != "SCAN tasks" && !line.hasPrefix("SCAN tasks ") && !line.hasPrefix("SCAN t ")
                     && !line.hasPrefix("SCAN e") && !line.hasPrefix("SCAN task_events"), "\(line) in \(sql) for \(filter)")
             #expect(!line.contains("TEMP B-TREE"), "\(line) in \(sql) for \(filter)")
         }

@@ -1,6 +1,7 @@
 import Foundation
-import Testing
 import NeutrinoCore
+import Testing
+
 @testable import NeutrinoTaskLog
 
 /// Retention deletes old terminal tasks with their events and old idempotency keys, in small transactions, and
@@ -25,12 +26,15 @@ struct TaskLogRetentionTests {
                 TaskEvent(taskID: id, kind: .running, at: Timestamp(millis: t + 1), function: function, pool: "async", mode: .async, attempt: 1),
             ]
             if kind != 1 || i % 2 == 0 {
-                events.append(TaskEvent(taskID: id, kind: [.completed, .failed, .cancelled, .timedOut][i % 4], at: Timestamp(millis: t + 2),
-                                        function: function, pool: "async", mode: .async, attempt: 1, durationMs: 1))
+                events.append(
+                    TaskEvent(
+                        taskID: id, kind: [.completed, .failed, .cancelled, .timedOut][i % 4], at: Timestamp(millis: t + 2),
+                        function: function, pool: "async", mode: .async, attempt: 1, durationMs: 1))
             }
             if kind == 1 && i % 2 == 0 {
                 // still running after a retry: not terminal
-                events[2] = TaskEvent(taskID: id, kind: .retrying, at: Timestamp(millis: t + 2), function: function, pool: "async", mode: .async, attempt: 1)
+                events[2] = TaskEvent(
+                    taskID: id, kind: .retrying, at: Timestamp(millis: t + 2), function: function, pool: "async", mode: .async, attempt: 1)
             }
             writer.record(contentsOf: events)
             switch kind {
@@ -54,8 +58,10 @@ struct TaskLogRetentionTests {
         try db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         let sizeBefore = TaskLogFiles.sizes(path: path).databaseBytes
 
-        let retention = try TaskLogRetention(path: path, configuration: .init(
-            retention: .seconds(86_400), idempotencyWindow: .seconds(3600), maxBatch: 7, pause: .zero, maxVacuumPages: 16))
+        let retention = try TaskLogRetention(
+            path: path,
+            configuration: .init(
+                retention: .seconds(86_400), idempotencyWindow: .seconds(3600), maxBatch: 7, pause: .zero, maxVacuumPages: 16))
         let report = try await retention.prune(now: now)
         #expect(report.tasks == old.count)
         #expect(report.events == old.count * 3)

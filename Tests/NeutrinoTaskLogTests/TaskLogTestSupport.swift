@@ -1,5 +1,6 @@
 import Foundation
 import NeutrinoCore
+
 @testable import NeutrinoTaskLog
 
 /// A task log file in a fresh temporary folder.
@@ -36,8 +37,10 @@ func groupCounts(path: String) throws -> (table: [String: Int], actual: [String:
             return out
         }
     }
-    return (try read("SELECT status, function_name, pool, execution_mode, n FROM task_groups"),
-            try read("SELECT status, function_name, IFNULL(pool, ''), IFNULL(execution_mode, ''), COUNT(*) FROM tasks GROUP BY 1, 2, 3, 4"))
+    return (
+        try read("SELECT status, function_name, pool, execution_mode, n FROM task_groups"),
+        try read("SELECT status, function_name, IFNULL(pool, ''), IFNULL(execution_mode, ''), COUNT(*) FROM tasks GROUP BY 1, 2, 3, 4")
+    )
 }
 
 /// Waits (bounded, polling) until `condition` holds; returns whether it did.

@@ -1,6 +1,7 @@
 import Foundation
-import Testing
 import NeutrinoCore
+import Testing
+
 @testable import NeutrinoTaskLog
 
 struct TaskLogTests {
@@ -12,12 +13,15 @@ struct TaskLogTests {
 
     func events(for id: String, worker: String) -> [TaskEvent] {
         [
-            TaskEvent(taskID: id, kind: .pending, at: Timestamp(millis: 1_000), function: "echo", pool: "fast", mode: .sync,
-                      attempt: 0, args: #"{"x":1}"#),
-            TaskEvent(taskID: id, kind: .running, at: Timestamp(millis: 1_001), function: "echo", pool: "fast", mode: .sync,
-                      workerID: worker, attempt: 1),
-            TaskEvent(taskID: id, kind: .completed, at: Timestamp(millis: 1_002), function: "echo", pool: "fast", mode: .sync,
-                      workerID: worker, attempt: 1, result: #"{"ok":true}"#, durationMs: 1),
+            TaskEvent(
+                taskID: id, kind: .pending, at: Timestamp(millis: 1_000), function: "echo", pool: "fast", mode: .sync,
+                attempt: 0, args: #"{"x":1}"#),
+            TaskEvent(
+                taskID: id, kind: .running, at: Timestamp(millis: 1_001), function: "echo", pool: "fast", mode: .sync,
+                workerID: worker, attempt: 1),
+            TaskEvent(
+                taskID: id, kind: .completed, at: Timestamp(millis: 1_002), function: "echo", pool: "fast", mode: .sync,
+                workerID: worker, attempt: 1, result: #"{"ok":true}"#, durationMs: 1),
         ]
     }
 
@@ -88,8 +92,10 @@ struct TaskLogTests {
         for i in 0..<7 {
             let id = TaskID.make()
             ids.append(id)
-            writer.record(TaskEvent(taskID: id, kind: i % 2 == 0 ? .completed : .failed, function: i < 4 ? "a" : "b",
-                                    pool: i < 2 ? "fast" : "other", mode: .sync, attempt: 1))
+            writer.record(
+                TaskEvent(
+                    taskID: id, kind: i % 2 == 0 ? .completed : .failed, function: i < 4 ? "a" : "b",
+                    pool: i < 2 ? "fast" : "other", mode: .sync, attempt: 1))
         }
         await writer.flush()
         let reader = try TaskLogReader(path: path)
@@ -137,8 +143,10 @@ struct TaskLogStatsTests {
             if i < 6 {
                 events.append(TaskEvent(taskID: id, kind: .running, function: "slow", pool: "async", mode: .async, workerID: "w", attempt: 1))
                 if i < 5 {
-                    events.append(TaskEvent(taskID: id, kind: i == 4 ? .failed : .completed, function: "slow", pool: "async", mode: .async,
-                                            workerID: "w", attempt: 1, durationMs: Double((i + 1) * 10)))
+                    events.append(
+                        TaskEvent(
+                            taskID: id, kind: i == 4 ? .failed : .completed, function: "slow", pool: "async", mode: .async,
+                            workerID: "w", attempt: 1, durationMs: Double((i + 1) * 10)))
                 }
             }
         }

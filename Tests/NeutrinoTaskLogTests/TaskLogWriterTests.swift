@@ -1,6 +1,7 @@
 import Foundation
-import Testing
 import NeutrinoCore
+import Testing
+
 @testable import NeutrinoTaskLog
 
 /// The writer under trouble: a row the database refuses, a full queue, a growing WAL.
@@ -9,8 +10,9 @@ struct TaskLogWriterTests {
         [
             TaskEvent(taskID: id, kind: .queued, function: "job", pool: "async", mode: .async, args: #"{"x":1}"#),
             TaskEvent(taskID: id, kind: .running, function: "job", pool: "async", mode: .async, workerID: "w", attempt: 1, detail: detail),
-            TaskEvent(taskID: id, kind: .completed, function: "job", pool: "async", mode: .async, workerID: "w", attempt: 1,
-                      result: result, durationMs: 3),
+            TaskEvent(
+                taskID: id, kind: .completed, function: "job", pool: "async", mode: .async, workerID: "w", attempt: 1,
+                result: result, durationMs: 3),
         ]
     }
 
@@ -20,7 +22,8 @@ struct TaskLogWriterTests {
         let path = temporaryTaskLogPath()
         let writer = try TaskLogWriter(path: path)
         await writer.flush()
-        try SQLiteConnection(path: path).execute("""
+        try SQLiteConnection(path: path).execute(
+            """
             CREATE TRIGGER poison BEFORE INSERT ON task_events WHEN NEW.detail = 'poison'
             BEGIN SELECT RAISE(ABORT, 'poisoned event'); END
             """)

@@ -122,8 +122,8 @@ public final class NATSClusterProcess: @unchecked Sendable {
         var seen: Set<String> = []
         for (i, node) in nodes.enumerated() where isRunning(i) {
             guard let body = httpGet(port: node.monitorPort, path: "/jsz"),
-                  let json = try? JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any],
-                  let meta = json["meta_cluster"] as? [String: Any], let leader = meta["leader"] as? String, !leader.isEmpty
+                let json = try? JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any],
+                let meta = json["meta_cluster"] as? [String: Any], let leader = meta["leader"] as? String, !leader.isEmpty
             else { return nil }
             seen.insert(leader)
         }
@@ -157,15 +157,18 @@ public final class NATSClusterProcess: @unchecked Sendable {
 
 /// Runs `body` with a fresh cluster of `size` nodes and a connection to all of them whose JetStream contexts
 /// provision with `replication`; tears all down afterwards.
-public func withJetStreamCluster(size: Int = 3, replication: StreamReplication = .init(replicas: 3, reconcile: true),
-                                 publishTimeout: Duration = .seconds(5), requestTimeout: Duration = .seconds(5),
-                                 _ body: (NATSClusterProcess, NATSConnection, JetStream) async throws -> Void) async throws {
+public func withJetStreamCluster(
+    size: Int = 3, replication: StreamReplication = .init(replicas: 3, reconcile: true),
+    publishTimeout: Duration = .seconds(5), requestTimeout: Duration = .seconds(5),
+    _ body: (NATSClusterProcess, NATSConnection, JetStream) async throws -> Void
+) async throws {
     let cluster = try await NATSClusterProcess.start(size: size)
     defer { cluster.destroy() }
     var options = NATSConnection.Options()
     options.replication = replication
-    let connection = try await NATSConnection.connect(servers: cluster.urls, name: "neutrino-cluster-test", logger: testLogger,
-                                                      options: options)
+    let connection = try await NATSConnection.connect(
+        servers: cluster.urls, name: "neutrino-cluster-test", logger: testLogger,
+        options: options)
     do {
         let js = try connection.jetStream(requestTimeout: requestTimeout, publishTimeout: publishTimeout)
         try await body(cluster, connection, js)

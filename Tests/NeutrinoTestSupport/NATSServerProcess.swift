@@ -120,12 +120,15 @@ public let testLogger: Logger = {
 }()
 
 /// Runs `body` with a fresh server, a connection and a JetStream context; tears all down afterwards.
-public func withJetStream(publishTimeout: Duration = .seconds(5), requestTimeout: Duration = .seconds(5), options: NATSConnection.Options = NATSConnection.Options(),
-                   _ body: (NATSServerProcess, NATSConnection, JetStream) async throws -> Void) async throws {
+public func withJetStream(
+    publishTimeout: Duration = .seconds(5), requestTimeout: Duration = .seconds(5), options: NATSConnection.Options = NATSConnection.Options(),
+    _ body: (NATSServerProcess, NATSConnection, JetStream) async throws -> Void
+) async throws {
     let server = try await NATSServerProcess.start()
     defer { server.destroy() }
-    let connection = try await NATSConnection.connect(url: server.url, name: "neutrino-test", logger: testLogger,
-                                                      options: options)
+    let connection = try await NATSConnection.connect(
+        url: server.url, name: "neutrino-test", logger: testLogger,
+        options: options)
     do {
         let js = try connection.jetStream(requestTimeout: requestTimeout, publishTimeout: publishTimeout)
         try await body(server, connection, js)

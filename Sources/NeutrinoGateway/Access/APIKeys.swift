@@ -65,10 +65,11 @@ public enum KeyFile {
                 return n.doubleValue
             }
             let revoked = e["revoked"].map { !($0 is NSNull) && ($0 as? Bool) != false } ?? false
-            keys[id] = APIKey(id: id, name: e["name"] as? String ?? "", digest: digest, scopes: scopes,
-                              tasks: try names("tasks"), pools: try names("pools"),
-                              ratePerSecond: try number("rate_per_second"), burst: try number("burst"),
-                              maxInFlight: try number("max_in_flight").map { Int($0) }, revoked: revoked)
+            keys[id] = APIKey(
+                id: id, name: e["name"] as? String ?? "", digest: digest, scopes: scopes,
+                tasks: try names("tasks"), pools: try names("pools"),
+                ratePerSecond: try number("rate_per_second"), burst: try number("burst"),
+                maxInFlight: try number("max_in_flight").map { Int($0) }, revoked: revoked)
         }
         return keys
     }
@@ -172,8 +173,12 @@ public final class KeyStore: Sendable {
         do {
             let keys = try KeyFile.parse(data)
             state.withLock { $0 = State(keys: keys, stamp: stamp) }
-            logger.notice("API keys reloaded", metadata: ["reason": "\(reason)", "keys": "\(keys.values.filter { !$0.revoked }.count)",
-                                                          "revoked": "\(keys.values.filter(\.revoked).count)"])
+            logger.notice(
+                "API keys reloaded",
+                metadata: [
+                    "reason": "\(reason)", "keys": "\(keys.values.filter { !$0.revoked }.count)",
+                    "revoked": "\(keys.values.filter(\.revoked).count)",
+                ])
             return true
         } catch {
             state.withLock { $0.stamp = stamp }
@@ -184,7 +189,8 @@ public final class KeyStore: Sendable {
 
     private static func stamp(_ path: String) -> Stamp? {
         guard let a = try? FileManager.default.attributesOfItem(atPath: path) else { return nil }
-        return Stamp(modified: a[.modificationDate] as? Date, size: (a[.size] as? NSNumber)?.intValue ?? -1,
-                     inode: (a[.systemFileNumber] as? NSNumber)?.intValue ?? -1)
+        return Stamp(
+            modified: a[.modificationDate] as? Date, size: (a[.size] as? NSNumber)?.intValue ?? -1,
+            inode: (a[.systemFileNumber] as? NSNumber)?.intValue ?? -1)
     }
 }

@@ -60,8 +60,9 @@ struct AccessRejection: HTTPResponseError {
     var status: HTTPResponse.Status { .init(code: error.statusCode) }
 
     static func unauthorized(_ reason: String, _ message: String) -> AccessRejection {
-        AccessRejection(error: .unauthorized, reason: reason, message: message,
-                        headers: [.wwwAuthenticate: #"Bearer realm="neutrino""#])
+        AccessRejection(
+            error: .unauthorized, reason: reason, message: message,
+            headers: [.wwwAuthenticate: #"Bearer realm="neutrino""#])
     }
 
     static func forbidden(_ reason: String, _ message: String, scope: APIScope? = nil) -> AccessRejection {
@@ -105,7 +106,10 @@ struct APIKeyAuthenticator: AuthenticatorMiddleware {
         let requirement = AccessRequirement.of(method: request.method, endpoint: context.endpointPath)
         if requirement == .open { return nil }
         if requirement == .metrics, let metricsToken,
-           KeyStore.constantTimeEqual(KeyStore.digest(bearer.token), KeyStore.digest(metricsToken)) { return nil }
+            KeyStore.constantTimeEqual(KeyStore.digest(bearer.token), KeyStore.digest(metricsToken))
+        {
+            return nil
+        }
         switch store.verify(bearer.token) {
         case .valid(let key): return key
         case .unknown: throw AccessRejection.unauthorized("unknown_key", "the API key is not valid")
@@ -133,7 +137,8 @@ struct AccessPolicyMiddleware: RouterMiddleware {
             return try await next(request, context)
         case .metrics:
             if let metricsToken, let bearer = request.headers.bearer,
-               KeyStore.constantTimeEqual(KeyStore.digest(bearer.token), KeyStore.digest(metricsToken)) {
+                KeyStore.constantTimeEqual(KeyStore.digest(bearer.token), KeyStore.digest(metricsToken))
+            {
                 return try await next(request, context)
             }
             if !keysEnabled && metricsToken == nil { return try await next(request, context) }
@@ -147,11 +152,16 @@ struct AccessPolicyMiddleware: RouterMiddleware {
         case .scope(let scope):
             guard keysEnabled else { return try await next(request, context) }
             guard let key = context.identity else {
-                throw AccessRejection.unauthorized("missing_key", "this route needs an API key (Authorization: Bearer <key>) with the \(scope.rawValue) scope")
+                throw AccessRejection.unauthorized(
+                    "missing_key", "this route needs an API key (Authorization: Bearer <key>) with the \(scope.rawValue) scope")
             }
             guard key.allows(scope) else {
-                context.logger.info("API key lacks a scope", metadata: ["key_id": "\(key.id)", "scope": "\(scope.rawValue)",
-                                                                     "path": "\(request.uri.path)"])
+                context.logger.info(
+                    "API key lacks a scope",
+                    metadata: [
+                        "key_id": "\(key.id)", "scope": "\(scope.rawValue)",
+                        "path": "\(request.uri.path)",
+                    ])
                 throw AccessRejection.forbidden("scope", "API key \(key.id) lacks the \(scope.rawValue) scope", scope: scope)
             }
             if request.method == .post, endpoint?.hasPrefix("/api/") == true, let task = context.parameters.get("task") {
@@ -162,22 +172,27 @@ struct AccessPolicyMiddleware: RouterMiddleware {
                     throw AccessRejection.forbidden("pool_not_allowed", "API key \(key.id) may not submit to pool '\(pool)'")
                 }
             }
-            return try await serve(request, context, key: key,
-                                   createsTask: AccessRequirement.createsTask(method: request.method, endpoint: endpoint), next: next)
+            return try await serve(
+                request, context, key: key,
+                createsTask: AccessRequirement.createsTask(method: request.method, endpoint: endpoint), next: next)
         }
     }
 
-    private func serve(_ request: Request, _ context: Context, key: APIKey, createsTask: Bool,
-                       next: (Request, Context) async throws -> Response) async throws -> Response {
+    private func serve(
+        _ request: Request, _ context: Context, key: APIKey, createsTask: Bool,
+        next: (Request, Context) async throws -> Response
+    ) async throws -> Response {
         var context = context
         context.logger[metadataKey: "key_id"] = "\(key.id)"  // the id, never the key, in what the route logs
         if case .overRate(let retryAfter, let rate, let burst) = limits.take(key) {
-            throw limited(key, "rate", "API key \(key.id) is over its rate of \(rate) requests per second (burst \(Int(burst)))",
-                          retryAfter: retryAfter, limit: [("rate_per_second", rate), ("burst", burst)])
+            throw limited(
+                key, "rate", "API key \(key.id) is over its rate of \(rate) requests per second (burst \(Int(burst)))",
+                retryAfter: retryAfter, limit: [("rate_per_second", rate), ("burst", burst)])
         }
         if createsTask, case .overInFlight(let limit, let inFlight) = limits.reserve(key) {
-            throw limited(key, "in_flight", "API key \(key.id) has \(inFlight) tasks queued or running, its limit is \(limit)",
-                          retryAfter: 1, limit: [("max_in_flight", Double(limit))])
+            throw limited(
+                key, "in_flight", "API key \(key.id) has \(inFlight) tasks queued or running, its limit is \(limit)",
+                retryAfter: 1, limit: [("max_in_flight", Double(limit))])
         }
         let response: Response
         do {
@@ -199,11 +214,14 @@ struct AccessPolicyMiddleware: RouterMiddleware {
         Counter(label: AccessMetrics.requestsByKey, dimensions: [("key_id", key.id), ("code", String(code))]).increment()
     }
 
-    private func limited(_ key: APIKey, _ kind: String, _ message: String, retryAfter: Int,
-                         limit: [(String, Double)]) -> AccessRejection {
+    private func limited(
+        _ key: APIKey, _ kind: String, _ message: String, retryAfter: Int,
+        limit: [(String, Double)]
+    ) -> AccessRejection {
         Counter(label: AccessMetrics.limited, dimensions: [("key_id", key.id), ("limit", kind)]).increment()
         count(key, code: 429)
-        return AccessRejection(error: .rateLimited, reason: kind == "rate" ? "rate_limited" : "in_flight_limited", message: message,
-                               headers: [.retryAfter: String(retryAfter)], limit: limit)
+        return AccessRejection(
+            error: .rateLimited, reason: kind == "rate" ? "rate_limited" : "in_flight_limited", message: message,
+            headers: [.retryAfter: String(retryAfter)], limit: limit)
     }
 }

@@ -38,7 +38,8 @@ struct InsecureWarning: Service, CustomStringConvertible {
     func run() async throws {
         await cancelWhenGracefulShutdown {
             while !Task.isCancelled {
-                logger.warning("the gateway listens on \(host) without API keys (--insecure-no-auth): anyone who reaches it can submit and cancel tasks")
+                logger.warning(
+                    "the gateway listens on \(host) without API keys (--insecure-no-auth): anyone who reaches it can submit and cancel tasks")
                 try? await Task.sleep(for: interval)
             }
         }

@@ -32,8 +32,9 @@ struct HostGuardMiddleware<Context: RequestContext>: RouterMiddleware {
         if let authority = request.headers[hostField] ?? request.head.authority {
             let name = Self.hostName(authority.lowercased())
             guard allowed.contains(name) || allowed.contains(name.hasSuffix(".") ? String(name.dropLast()) : name) else {
-                throw AccessRejection(error: .misdirectedRequest, reason: "host",
-                                      message: "this gateway does not answer to the host '\(authority)' (add it with --allowed-host)")
+                throw AccessRejection(
+                    error: .misdirectedRequest, reason: "host",
+                    message: "this gateway does not answer to the host '\(authority)' (add it with --allowed-host)")
             }
         }
         return try await next(request, context)

@@ -39,8 +39,9 @@ struct SubmitController: Sendable {
         guard conformance.issues.isEmpty else { return Self.invalidArguments(conformance.issues, task: name) }
         // The conformed value is what the worker receives and the task log stores: whole numbers given for
         // `integer` parameters are written as integers.
-        return await submitter.submit(spec: task.spec, args: conformance.value,
-                                      idempotencyKey: request.headers[TaskSubmitter.idempotencyKey])
+        return await submitter.submit(
+            spec: task.spec, args: conformance.value,
+            idempotencyKey: request.headers[TaskSubmitter.idempotencyKey])
     }
 
     /// At most this many issues are listed in a 422 (`issue_count` says how many there were).

@@ -41,13 +41,16 @@ struct TaskSubmitter: Sendable {
     /// `IdempotencyKeyReused`; a claim whose publish failed is released, so the retry the 503 invites runs the task.
     private func enqueue(spec: TaskSpec, args: JSONValue, idempotencyKey: String?, retryOf: String?) async -> Response {
         guard let queue = components.queue else {
-            return .error(.notSupported,
-                          "'\(spec.name)' is an \(spec.mode.rawValue) task: start the gateway with --nats URL to run queued tasks")
+            return .error(
+                .notSupported,
+                "'\(spec.name)' is an \(spec.mode.rawValue) task: start the gateway with --nats URL to run queued tasks")
         }
         let body = Self.forwardBody(args)
         if let refusal = queue.refusal(bodyBytes: body.count), case .tooLarge(_, let limit) = refusal {
             HTTPRejections.count("queue_payload")
-            return .error(.payloadTooLarge, "\(refusal)") { w in w.key("limit"); w.int(limit) }
+            return .error(.payloadTooLarge, "\(refusal)") { w in
+                w.key("limit"); w.int(limit)
+            }
         }
         let taskID = TaskID.make()
         var claimedKey: String?
@@ -65,8 +68,9 @@ struct TaskSubmitter: Sendable {
                 rounds += 1
                 let claim: IdempotencyClaim
                 do {
-                    claim = try await reader.claimIdempotencyKey(fullKey, taskID: taskID, fingerprint: fingerprint,
-                                                                 window: Self.idempotencyWindow)
+                    claim = try await reader.claimIdempotencyKey(
+                        fullKey, taskID: taskID, fingerprint: fingerprint,
+                        window: Self.idempotencyWindow)
                 } catch {
                     return .error(.taskLogUnavailable, "\(error)", headers: [.retryAfter: "1"])
                 }
@@ -77,8 +81,10 @@ struct TaskSubmitter: Sendable {
                 case .existing(let owner, let stored):
                     // A claim from before fingerprints were kept (nil) is taken on trust.
                     if let stored, stored != fingerprint {
-                        return .error(.idempotencyKeyReused,
-                                      "Idempotency-Key '\(key)' was used within the last \(Self.idempotencyWindow.components.seconds) s with other arguments; use a new key for a new request") { w in
+                        return .error(
+                            .idempotencyKeyReused,
+                            "Idempotency-Key '\(key)' was used within the last \(Self.idempotencyWindow.components.seconds) s with other arguments; use a new key for a new request"
+                        ) { w in
                             w.key("task_id"); w.string(owner)
                         }
                     }
@@ -88,8 +94,9 @@ struct TaskSubmitter: Sendable {
             }
         }
         defer { if let claimedKey { publishing.end(claimedKey) } }
-        return await publishQueued(spec: spec, args: args, body: body, taskID: taskID, queue: queue, retryOf: retryOf,
-                                   claimedKey: claimedKey)
+        return await publishQueued(
+            spec: spec, args: args, body: body, taskID: taskID, queue: queue, retryOf: retryOf,
+            claimedKey: claimedKey)
     }
 
     /// What an Idempotency-Key remembers of the request that claimed it: the task and its conformed arguments.
@@ -107,8 +114,10 @@ struct TaskSubmitter: Sendable {
         return queuedAnswer(taskID: taskID, spec: spec, status: status, extra: ["Idempotent-Replayed": "true"])
     }
 
-    private func queuedAnswer(taskID: String, spec: TaskSpec, status: TaskStatus, extra: [String: String] = [:],
-                              retryOf: String? = nil) -> Response {
+    private func queuedAnswer(
+        taskID: String, spec: TaskSpec, status: TaskStatus, extra: [String: String] = [:],
+        retryOf: String? = nil
+    ) -> Response {
         var w = JSONWriter()
         w.beginObject()
         w.key("task_id"); w.string(taskID)
@@ -123,12 +132,16 @@ struct TaskSubmitter: Sendable {
         return .json(.accepted, w.bytes, headers: headers)
     }
 
-    private func publishQueued(spec: TaskSpec, args: JSONValue, body: [UInt8], taskID: String, queue: GatewayQueue,
-                               retryOf: String?, claimedKey: String?) async -> Response {
+    private func publishQueued(
+        spec: TaskSpec, args: JSONValue, body: [UInt8], taskID: String, queue: GatewayQueue,
+        retryOf: String?, claimedKey: String?
+    ) async -> Response {
         let taskHeader: HTTPFields = [NeutrinoHeader.taskID: taskID]
         let taskLog = components.taskLog
-        taskLog?.record(TaskEvent(taskID: taskID, kind: .queued, function: spec.name, pool: spec.pool, mode: spec.mode,
-                                  attempt: 0, args: args.jsonText, detail: retryOf.map { "retry of \($0)" }))
+        taskLog?.record(
+            TaskEvent(
+                taskID: taskID, kind: .queued, function: spec.name, pool: spec.pool, mode: spec.mode,
+                attempt: 0, args: args.jsonText, detail: retryOf.map { "retry of \($0)" }))
         // The commit of the queued row and the publish run side by side; the 202 waits for both, so an id that was
         // answered always exists. (A worker may record `running` before the `queued` row commits: events apply in
         // any order.)
@@ -151,8 +164,10 @@ struct TaskSubmitter: Sendable {
                 message = "the task queue is unavailable: \(error)"
                 headers[.retryAfter] = "2"
             }
-            taskLog?.record(TaskEvent(taskID: taskID, kind: .failed, function: spec.name, pool: spec.pool, mode: spec.mode,
-                                      error: JSONWriter.taskErrorText(apiError, message: message)))
+            taskLog?.record(
+                TaskEvent(
+                    taskID: taskID, kind: .failed, function: spec.name, pool: spec.pool, mode: spec.mode,
+                    error: JSONWriter.taskErrorText(apiError, message: message)))
             components.logger.warning("publish failed", metadata: ["task_id": "\(taskID)", "error": "\(error)"])
             NeutrinoMetrics.finished(task: spec.name, mode: spec.mode.rawValue, pool: spec.pool, status: TaskStatus.failed.rawValue)
             return .taskError(apiError, taskID: taskID, status: .failed, message: message, headers: headers)
@@ -165,11 +180,14 @@ struct TaskSubmitter: Sendable {
     private func callSync(spec: TaskSpec, args: JSONValue, retryOf: String?) async -> Response {
         let taskID = TaskID.make()
         let taskLog = components.taskLog
-        func event(_ kind: TaskEventKind, workerID: String? = nil, result: String? = nil, error: String? = nil,
-                   durationMs: Double? = nil) -> TaskEvent {
-            TaskEvent(taskID: taskID, kind: kind, function: spec.name, pool: spec.pool, mode: spec.mode, workerID: workerID,
-                      attempt: kind == .pending ? 0 : 1, args: kind == .pending ? args.jsonText : nil, result: result,
-                      error: error, durationMs: durationMs, detail: kind == .pending ? retryOf.map { "retry of \($0)" } : nil)
+        func event(
+            _ kind: TaskEventKind, workerID: String? = nil, result: String? = nil, error: String? = nil,
+            durationMs: Double? = nil
+        ) -> TaskEvent {
+            TaskEvent(
+                taskID: taskID, kind: kind, function: spec.name, pool: spec.pool, mode: spec.mode, workerID: workerID,
+                attempt: kind == .pending ? 0 : 1, args: kind == .pending ? args.jsonText : nil, result: result,
+                error: error, durationMs: durationMs, detail: kind == .pending ? retryOf.map { "retry of \($0)" } : nil)
         }
         // `pending` is recorded together with the outcome, in one batch: the worker's `running` makes the task
         // visible while it runs, and a sync call costs the task log one transaction instead of two.
@@ -181,14 +199,16 @@ struct TaskSubmitter: Sendable {
             if let final = outcome.flatMap({ TaskStatus(rawValue: $0.kind.rawValue) }) {
                 NeutrinoMetrics.finished(task: spec.name, mode: spec.mode.rawValue, pool: spec.pool, status: final.rawValue)
             }
-            NeutrinoMetrics.recordDuration(NeutrinoMetrics.taskDuration, task: spec.name, mode: spec.mode.rawValue, pool: spec.pool,
-                                           milliseconds: elapsed.milliseconds)
+            NeutrinoMetrics.recordDuration(
+                NeutrinoMetrics.taskDuration, task: spec.name, mode: spec.mode.rawValue, pool: spec.pool,
+                milliseconds: elapsed.milliseconds)
         }
         func fail(_ error: APIError, _ kind: TaskEventKind, _ message: String, headers: HTTPFields = [:]) -> Response {
             record(event(kind, error: JSONWriter.taskErrorText(error, message: message)))
             let status: TaskStatus = kind == .timedOut ? .timedOut : .failed
-            return .taskError(error, taskID: taskID, status: status, message: message,
-                              headers: [NeutrinoHeader.taskID: taskID] + headers)
+            return .taskError(
+                error, taskID: taskID, status: status, message: message,
+                headers: [NeutrinoHeader.taskID: taskID] + headers)
         }
         guard let pool = components.pools[spec.pool] else {
             return fail(.noWorkerAvailable, .failed, "no worker is configured for pool '\(spec.pool)'", headers: [.retryAfter: "1"])
@@ -197,37 +217,46 @@ struct TaskSubmitter: Sendable {
         let deadline = NIODeadline.now() + .milliseconds(Int64(spec.timeoutMs + components.configuration.timeoutGraceMs))
         let answer: WorkerPool.Answer
         do {
-            answer = try await pool.call(task: spec.name, taskID: taskID, body: Self.forwardBody(args), deadline: deadline,
-                                         reruns: spec.retries)
+            answer = try await pool.call(
+                task: spec.name, taskID: taskID, body: Self.forwardBody(args), deadline: deadline,
+                reruns: spec.retries)
         } catch {
             switch error {
             case .timedOut:
-                return fail(.timeout, .timedOut,
-                            "no answer from the worker within \(spec.timeoutMs) ms + \(components.configuration.timeoutGraceMs) ms grace")
+                return fail(
+                    .timeout, .timedOut,
+                    "no answer from the worker within \(spec.timeoutMs) ms + \(components.configuration.timeoutGraceMs) ms grace")
             case .workerCrashed(let reason):
                 // Not re-run elsewhere unless the task opted in (`retries` on a sync task): it may have had effects.
                 return fail(.workerCrashed, .failed, reason)
             case .noWorkerAvailable(let reason):
-                return fail(.noWorkerAvailable, .failed, "no worker of pool '\(spec.pool)' is reachable (\(reason))",
-                            headers: [.retryAfter: "1"])
+                return fail(
+                    .noWorkerAvailable, .failed, "no worker of pool '\(spec.pool)' is reachable (\(reason))",
+                    headers: [.retryAfter: "1"])
             case .answerTooLarge(let limit):
                 // The task ran and its worker recorded the outcome; only the answer is too big to relay.
                 record(nil)
-                return .error(.workerAnswerTooLarge,
-                              "the worker's answer is larger than \(limit) bytes (--max-worker-answer-bytes); the outcome is at GET /tasks/\(taskID)",
-                              headers: [NeutrinoHeader.taskID: taskID]) { w in w.key("task_id"); w.string(taskID) }
+                return .error(
+                    .workerAnswerTooLarge,
+                    "the worker's answer is larger than \(limit) bytes (--max-worker-answer-bytes); the outcome is at GET /tasks/\(taskID)",
+                    headers: [NeutrinoHeader.taskID: taskID]
+                ) { w in
+                    w.key("task_id"); w.string(taskID)
+                }
             }
         }
         // Record the outcome the caller is about to see, so GET /tasks/<id> right after this answer shows it.
         var outcome: TaskEvent?
         if let statusText = answer.headers["x-neutrino-status"], let status = TaskStatus(rawValue: statusText), status.isTerminal,
-           let offsetText = answer.headers["x-neutrino-outcome-offset"], let offset = Int(offsetText),
-           offset >= 0, offset < answer.body.count {
+            let offsetText = answer.headers["x-neutrino-outcome-offset"], let offset = Int(offsetText),
+            offset >= 0, offset < answer.body.count
+        {
             let raw = String(decoding: answer.body[offset..<(answer.body.count - 1)], as: UTF8.self)
             let kind: TaskEventKind = status == .completed ? .completed : status == .timedOut ? .timedOut : .failed
-            outcome = event(kind, workerID: answer.headers["x-neutrino-worker"],
-                            result: kind == .completed ? raw : nil, error: kind == .completed ? nil : raw,
-                            durationMs: answer.headers["x-neutrino-duration-ms"].flatMap(Double.init))
+            outcome = event(
+                kind, workerID: answer.headers["x-neutrino-worker"],
+                result: kind == .completed ? raw : nil, error: kind == .completed ? nil : raw,
+                durationMs: answer.headers["x-neutrino-duration-ms"].flatMap(Double.init))
         }
         // The worker's own `running` may still sit in its writer's queue: record the start it reported too (the unique
         // (task, event, attempt) index keeps one), so the record read right after this answer is complete.

@@ -57,8 +57,9 @@ struct TasksController: Sendable {
                 let outcome = await waiters.waitForTerminal(id: id, timeout: .nanoseconds(Int64(waitSeconds * 1e9)))
                 if case .full(let limit) = outcome {
                     HTTPRejections.count("long_poll_waiters")
-                    return .error(.overloaded, "\(limit) long polls are waiting (--max-long-poll-waiters); poll without wait= or retry later",
-                                  headers: [.retryAfter: "1"])
+                    return .error(
+                        .overloaded, "\(limit) long polls are waiting (--max-long-poll-waiters); poll without wait= or retry later",
+                        headers: [.retryAfter: "1"])
                 }
                 if let fresh = try await reader.recordWithEvents(id: id) { (record, events) = fresh }
             }
@@ -211,9 +212,11 @@ struct TasksController: Sendable {
         let queue = components.queue
         switch record.status {
         case .pending, .queued:
-            components.taskLog?.record(TaskEvent(taskID: id, kind: .cancelled, function: record.function, pool: record.pool,
-                                                 mode: record.mode, attempt: record.attempts,
-                                                 error: JSONWriter.taskErrorText(.cancelled, message: "cancelled while queued")))
+            components.taskLog?.record(
+                TaskEvent(
+                    taskID: id, kind: .cancelled, function: record.function, pool: record.pool,
+                    mode: record.mode, attempt: record.attempts,
+                    error: JSONWriter.taskErrorText(.cancelled, message: "cancelled while queued")))
             await components.taskLog?.flush()
             // Best effort: a worker about to run it also checks the task log, or (--task-log nats) NEUTRINO_SETTLED.
             try? await queue?.recordCancel(taskID: id)
@@ -240,8 +243,9 @@ struct TasksController: Sendable {
         }
         let id = record.id
         guard [.failed, .timedOut, .cancelled].contains(record.status) else {
-            return .taskError(.notRetryable, taskID: id, status: record.status,
-                              message: "task \(id) is \(record.status.rawValue); only failed, timed_out or cancelled tasks can be retried")
+            return .taskError(
+                .notRetryable, taskID: id, status: record.status,
+                message: "task \(id) is \(record.status.rawValue); only failed, timed_out or cancelled tasks can be retried")
         }
         let manifest = components.manifest
         guard let task = manifest.tasks[record.function] else {
@@ -280,8 +284,9 @@ struct TasksController: Sendable {
             switch error {
             case .full(let limit):
                 HTTPRejections.count("sse_subscribers")
-                return .error(.overloaded, "\(limit) live-feed streams are open (--max-sse-subscribers); retry later",
-                              headers: [.retryAfter: "5"])
+                return .error(
+                    .overloaded, "\(limit) live-feed streams are open (--max-sse-subscribers); retry later",
+                    headers: [.retryAfter: "5"])
             case .unavailable(let reason):
                 return .error(.taskLogUnavailable, reason, headers: [.retryAfter: "1"])
             }

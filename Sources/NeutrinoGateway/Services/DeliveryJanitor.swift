@@ -41,37 +41,46 @@ struct DeliveryJanitor: Service {
     /// One `io.nats.jetstream.advisory.v1.max_deliver` advisory (validated: anything else is ignored).
     func handle(_ data: [UInt8]) async {
         guard let value = try? JSONParser.parse(data), case .object(let advisory) = value,
-              advisory["stream"]?.stringValue == QueueLayout.tasksStream,
-              let consumer = advisory["consumer"]?.stringValue, consumer.hasPrefix("pool_"),
-              let sequence = advisory["stream_seq"]?.intValue, sequence > 0 else { return }
+            advisory["stream"]?.stringValue == QueueLayout.tasksStream,
+            let consumer = advisory["consumer"]?.stringValue, consumer.hasPrefix("pool_"),
+            let sequence = advisory["stream_seq"]?.intValue, sequence > 0
+        else { return }
         let deliveries = min(max(0, advisory["deliveries"]?.intValue ?? 0), 1_000_000)
         let pool = String(consumer.dropFirst("pool_".count))
         let js = queue.js
         guard let message = try? await js.getMessage(stream: QueueLayout.tasksStream, sequence: UInt64(sequence)) else { return }
         guard let name = QueueLayout.task(fromSubject: message.subject, pool: pool), let spec = manifest.tasks[name]?.spec,
-              let taskID = message.header("Nats-Msg-Id")?.lowercased(), TaskID.isValid(taskID) else {
+            let taskID = message.header("Nats-Msg-Id")?.lowercased(), TaskID.isValid(taskID)
+        else {
             logger.error("an exhausted message is not a task of this manifest; deleting it", metadata: ["subject": "\(message.subject)"])
             try? await js.deleteMessage(stream: QueueLayout.tasksStream, sequence: UInt64(sequence))
             return
         }
         let terminal = (try? await reader?.record(id: taskID))??.status.isTerminal ?? false
         if !terminal {
-            let text = "task '\(name)' was delivered \(deliveries) time(s) and its worker ended every attempt without an outcome "
+            let text =
+                "task '\(name)' was delivered \(deliveries) time(s) and its worker ended every attempt without an outcome "
                 + "(it crashed, was killed or wedged)"
-            taskLog?.record(TaskEvent(taskID: taskID, kind: .failed, function: spec.name, pool: spec.pool, mode: spec.mode,
-                                      attempt: max(1, deliveries), error: JSONWriter.taskErrorText(.workerCrashed, message: text)))
+            taskLog?.record(
+                TaskEvent(
+                    taskID: taskID, kind: .failed, function: spec.name, pool: spec.pool, mode: spec.mode,
+                    attempt: max(1, deliveries), error: JSONWriter.taskErrorText(.workerCrashed, message: text)))
             do {
-                _ = try await js.publish(subject: QueueLayout.deadLetterSubject(pool: spec.pool, task: spec.name), data: message.data,
-                                         msgID: "dlq-\(taskID)",
-                                         headers: ["Neutrino-Task-Id": taskID, "Neutrino-Attempts": String(deliveries),
-                                                   "Neutrino-Error": String(text.prefix(1024))])
+                _ = try await js.publish(
+                    subject: QueueLayout.deadLetterSubject(pool: spec.pool, task: spec.name), data: message.data,
+                    msgID: "dlq-\(taskID)",
+                    headers: [
+                        "Neutrino-Task-Id": taskID, "Neutrino-Attempts": String(deliveries),
+                        "Neutrino-Error": String(text.prefix(1024)),
+                    ])
             } catch {
                 logger.error("copying an exhausted task to the dead-letter stream failed", metadata: ["task_id": "\(taskID)", "error": "\(error)"])
             }
             try? await js.markSettled(taskID: taskID, status: .failed)
             await taskLog?.flush()
-            logger.warning("task ended by the janitor: deliveries exhausted without an outcome",
-                           metadata: ["task_id": "\(taskID)", "task": "\(name)", "deliveries": "\(deliveries)"])
+            logger.warning(
+                "task ended by the janitor: deliveries exhausted without an outcome",
+                metadata: ["task_id": "\(taskID)", "task": "\(name)", "deliveries": "\(deliveries)"])
         }
         try? await js.deleteMessage(stream: QueueLayout.tasksStream, sequence: UInt64(sequence))
     }
