@@ -14,7 +14,7 @@ from conftest import EXAMPLE_APP, NATS_TASK_LOG, QUEUE_APP, Scrape, scrape, wait
 pytest.importorskip("prometheus_client", reason="prometheus_client (test extra) parses the exposition")
 
 COUNTERS = {"neutrino_http_requests_total", "neutrino_tasks_submitted_total", "neutrino_tasks_total",
-            "neutrino_events_applied_total"}
+            "neutrino_events_applied_total", "neutrino_http_rejected_total"}
 HISTOGRAMS = {"neutrino_task_duration_seconds", "neutrino_task_execution_seconds", "neutrino_tasklog_batch_size",
               "neutrino_tasklog_write_seconds"}
 GAUGES = {"neutrino_worker_tasks_in_flight", "neutrino_worker_slots", "neutrino_queue_pending",
