@@ -109,12 +109,12 @@ test: deps browser-deps k8s-deps
 	$(MAKE) k8s-test
 
 # Not part of `make test`: SOAK_MINUTES of mixed load while workers are SIGKILLed and nats-server and the gateway
-# restarted, then an exact account (tests/soak/soak.py).
+# restarted, then an exact account (tests/e2e/soak.py).
 SOAK_MINUTES ?= 10
 
 soak: build venv
 	SOAK_MINUTES=$(SOAK_MINUTES) NEUTRINO_BIN_DIR=$(CURDIR)/.build/debug PYTHONPATH=$(CURDIR)/python \
-		$(PY) tests/soak/soak.py
+		$(PY) tests/e2e/soak.py
 
 bench: build-release
 	PYTHON=$(CURDIR)/$(PY) BENCH_SKIP_BUILD=1 bash bench/run.sh

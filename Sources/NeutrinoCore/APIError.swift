@@ -39,6 +39,8 @@ public enum APIError: String, Sendable, CaseIterable {
     case queueUnavailable = "QueueUnavailable"
     case taskLogUnavailable = "TaskLogUnavailable"
     case notReady = "NotReady"
+    /// The server failed in a way no other type describes (a bug): the request may be retried.
+    case internalError = "InternalError"
     /// A bounded resource of the server is full (long-poll waiters, live-feed streams, connections); retry later.
     case overloaded = "Overloaded"
     // How a task ended other than by its own exception.
@@ -71,7 +73,7 @@ public enum APIError: String, Sendable, CaseIterable {
         case .workerCrashed, .workerAnswerTooLarge: 502
         case .noWorkerAvailable, .workerUnavailable, .queueUnavailable, .taskLogUnavailable, .notReady, .overloaded: 503
         case .timeout: 504
-        case .cancelled, .resultNotSerializable, .resultTooLarge, .errorTooLarge, .memoryError: 500
+        case .cancelled, .resultNotSerializable, .resultTooLarge, .errorTooLarge, .memoryError, .internalError: 500
         }
     }
 }

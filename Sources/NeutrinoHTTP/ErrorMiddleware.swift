@@ -81,10 +81,13 @@ public struct ErrorBodyMiddleware<Context: RequestContext>: RouterMiddleware {
             case .contentTooLarge:
                 return .error(.payloadTooLarge, "the request body is too large")
             default:
-                let type: APIError = error.status.code < 500 ? .badRequest : .notReady
+                let type: APIError = error.status.code < 500 ? .badRequest : .internalError
                 let message = (error as? HTTPError)?.body ?? error.status.reasonPhrase
                 return .error(HTTPResponse.Status(code: error.status.code), type: type.type, message: message)
             }
+        } catch {
+            // A handler that threw something else: still the one error shape, never an empty 500.
+            return .error(.internalError, "the request failed: \(error)")
         }
     }
 }
