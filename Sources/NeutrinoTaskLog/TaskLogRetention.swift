@@ -110,7 +110,7 @@ public final class TaskLogRetention: Service, Sendable {
         let groups = try await onConnection { db in
             try TaskLogStore(db: db).groups("SELECT status, function_name, pool, execution_mode FROM task_groups WHERE status IN (\(terminal)) AND n > 0", binds: [])
         }
-        var batch = min(50, configuration.maxBatch)
+        var batch = min(16, configuration.maxBatch)  // small first: the pages of a pass's first batch are cold
         for group in groups {
             var after = ""
             while true {

@@ -4,7 +4,9 @@
 // Knobs (environment): TASKLOG_BENCH_TASKS (1000000), TASKLOG_BENCH_QUERIES (200 timed runs per query),
 // TASKLOG_BENCH_SECONDS (10 per ingest phase), TASKLOG_BENCH_PACE (3000 events/s for the pruning comparison),
 // TASKLOG_BENCH_DIR (/tmp/neutrino-tasklog-bench), TASKLOG_BENCH_REUSE=1 (keep a file generated before; it is
-// changed by the ingest and pruning phases, so figures after the first run differ), TASKLOG_BENCH_COMMIT (printed).
+// changed by the ingest and pruning phases, so figures after the first run differ), TASKLOG_BENCH_COMMIT (printed),
+// TASKLOG_BENCH_PHASES (queries,ingest,latency,prune; also ingest-alone, and migrate: the 3 -> 4 migration of a copy,
+// which needs the file's size again in free disk).
 import CSQLite
 import Foundation
 import Logging
@@ -151,6 +153,7 @@ final class Bench: Sendable {
         }
         producer.start()
         var commits: [Bool: [Double]] = [:]
+        var lockWaits: [Bool: [Double]] = [:]
         var flushes: [Bool: [Double]] = [:]
         var pruned = 0
         var prunedSeconds = 0.0
@@ -170,6 +173,7 @@ final class Bench: Sendable {
             task?.cancel()
             await task?.value
             commits[pruning, default: []] += capture.drain("neutrino_tasklog_write_seconds")
+            lockWaits[pruning, default: []] += capture.drain("neutrino_tasklog_lock_wait_seconds")
             if pruning {
                 pruneTransactions += capture.drain("neutrino_tasklog_prune_transaction_seconds")
                 pruned += capture.counter("neutrino_tasklog_pruned_tasks_total")
@@ -180,12 +184,14 @@ final class Bench: Sendable {
         stop.value = true
         await writer.flush()
         await writer.close()
-        print("| pruning | batch commits | commit p50 | p99 | max | record→committed p50 | p99 | max | pruned tasks/s |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        print("| pruning | batch commits | commit p50 | p99 | max | of which waiting for the lock: p99 | max | record→committed p50 | p99 | max | pruned tasks/s |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for on in [false, true] {
             let c = Percentiles(commits[on] ?? [])
             let f = Percentiles(flushes[on] ?? [])
+            let l = Percentiles(lockWaits[on] ?? [])
             print("| \(on ? "on (defaults: ≤ 500 tasks and ~1 ms a transaction, 10 ms pauses)" : "off") | \(c.count) | \(ms(c.p50)) | \(ms(c.p99)) | \(ms(c.max)) | "
+                  + "\(ms(l.p99)) | \(ms(l.max)) | "
                   + "\(ms(f.p50)) | \(ms(f.p99)) | \(ms(f.max)) | \(on ? Int(Double(pruned) / prunedSeconds).formatted() : "") |")
         }
         let t = Percentiles(pruneTransactions)
