@@ -75,6 +75,8 @@ public final class TaskLogRetention: Service, Sendable {
         self.logger = logger
         let db = try SQLiteConnection(path: path)
         try TaskLogSchema.prepare(db)
+        try db.execute("PRAGMA cache_size=-32768")
+        try db.execute("PRAGMA temp_store=MEMORY")
         connection = UncheckedBox(db)
     }
 
@@ -204,16 +206,17 @@ public final class TaskLogRetention: Service, Sendable {
         var nanoseconds: UInt64 = 0
     }
 
-    /// One transaction: the oldest `limit` tasks of one terminal group above `after` and below `below`, those
-    /// created before `createdBefore` deleted with their events — two statements for the whole batch (each
-    /// statement that fires the `task_groups` trigger keeps a statement journal; one per batch, not one per task).
+    /// One batch: the oldest `limit` tasks of one terminal group above `after` and below `below`, those created
+    /// before `createdBefore` deleted with their events. What is old is cold: the batch is chosen and its pages read
+    /// (from disk if need be) in a read transaction first, so the write transaction that follows — two statements
+    /// for the whole batch — holds the lock only for the deletes. Terminal tasks never change, so the choice stays
+    /// right; `created_at` is checked again by the delete.
     static func deleteBatch(_ db: SQLiteConnection, group: TaskGroup, after: String, below: String, createdBefore: String,
                             limit: Int) throws -> BatchResult {
-        try db.writeTransaction {
-            let started = DispatchTime.now().uptimeNanoseconds
-            var result = BatchResult()
-            var seen = 0
-            var doomed: [String] = []
+        var result = BatchResult()
+        var seen = 0
+        var doomed: [String] = []
+        try db.readTransaction {
             try db.withStatement("""
                 SELECT id, created_at FROM tasks INDEXED BY idx_tasks_group WHERE status = ?1 AND function_name = ?2
                 AND pool = ?3 AND execution_mode = ?4 AND id > ?5 AND id < ?6 ORDER BY id LIMIT ?7
@@ -232,27 +235,42 @@ public final class TaskLogRetention: Service, Sendable {
                     if let created = s.string(1), created < createdBefore { doomed.append(id) }
                 }
             }
-            if !doomed.isEmpty {
-                var list = JSONWriter(capacity: doomed.count * 40)
-                list.beginArray()
-                for id in doomed { list.string(id) }
-                list.endArray()
-                let ids = list.text
-                try db.withStatement("DELETE FROM task_events WHERE task_id IN (SELECT value FROM json_each(?1))") { s in
-                    s.bind(1, ids)
-                    try s.run()
-                }
-                result.events = db.changes
-                try db.withStatement("DELETE FROM tasks WHERE id IN (SELECT value FROM json_each(?1))") { s in
-                    s.bind(1, ids)
-                    try s.run()
-                }
-                result.tasks = db.changes
-            }
-            if seen < limit { result.last = nil }
-            result.nanoseconds = DispatchTime.now().uptimeNanoseconds - started
-            return result
         }
+        if seen < limit { result.last = nil }
+        guard !doomed.isEmpty else { return result }
+        var list = JSONWriter(capacity: doomed.count * 40)
+        list.beginArray()
+        for id in doomed { list.string(id) }
+        list.endArray()
+        let ids = list.text
+        try db.readTransaction {
+            // Touch what the deletes will: the events' index entries and rows, the tasks' key entries and rows.
+            for sql in [
+                "SELECT COUNT(*), MAX(at) FROM task_events WHERE task_id IN (SELECT value FROM json_each(?1))",
+                "SELECT COUNT(*), MAX(completed_at) FROM tasks WHERE id IN (SELECT value FROM json_each(?1))",
+            ] {
+                try db.withStatement(sql) { s in
+                    s.bind(1, ids)
+                    try s.run()
+                }
+            }
+        }
+        try db.writeTransaction {
+            let started = DispatchTime.now().uptimeNanoseconds
+            try db.withStatement("DELETE FROM task_events WHERE task_id IN (SELECT value FROM json_each(?1))") { s in
+                s.bind(1, ids)
+                try s.run()
+            }
+            result.events = db.changes
+            try db.withStatement("DELETE FROM tasks WHERE id IN (SELECT value FROM json_each(?1)) AND created_at < ?2") { s in
+                s.bind(1, ids)
+                s.bind(2, createdBefore)
+                try s.run()
+            }
+            result.tasks = db.changes
+            result.nanoseconds = DispatchTime.now().uptimeNanoseconds - started
+        }
+        return result
     }
 
     /// Runs `body` on the retention's own thread with its connection.

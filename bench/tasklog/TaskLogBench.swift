@@ -6,7 +6,8 @@
 // TASKLOG_BENCH_DIR (/tmp/neutrino-tasklog-bench), TASKLOG_BENCH_REUSE=1 (keep a file generated before; it is
 // changed by the ingest and pruning phases, so figures after the first run differ), TASKLOG_BENCH_COMMIT (printed),
 // TASKLOG_BENCH_PHASES (queries,ingest,latency,prune; also ingest-alone, and migrate: the 3 -> 4 migration of a copy,
-// which needs the file's size again in free disk).
+// which needs the file's size again in free disk), TASKLOG_BENCH_RETENTION_HOURS (the latency phase's retention;
+// half the span by default).
 import CSQLite
 import Foundation
 import Logging
@@ -119,7 +120,11 @@ final class Bench: Sendable {
         print("## Write latency at \(config.pace.formatted()) events/s, pruning off and on in alternate seconds")
         print("")
         let writer = try TaskLogWriter(path: config.path)
-        let retention = try TaskLogRetention(path: config.path, configuration: .init(retention: .milliseconds(config.spanMs / 2), vacuum: false))
+        let retentionMs = Int64(ProcessInfo.processInfo.environment["TASKLOG_BENCH_RETENTION_HOURS"].flatMap(Double.init).map { $0 * 3_600_000 }
+                                ?? Double(config.spanMs / 2))
+        print("Retention \(retentionMs / 3_600_000) h (the tasks are spread over \(config.spanMs / 3_600_000) h).")
+        print("")
+        let retention = try TaskLogRetention(path: config.path, configuration: .init(retention: .milliseconds(retentionMs), vacuum: false))
         capture.reset()
         let stop = Shared(false)
         let pace = config.pace
@@ -313,20 +318,24 @@ final class Bench: Sendable {
         var checkpointCPU = 0.0
     }
 
-    /// CPU seconds (user + system) of this process's threads, by name (the task log names its two threads;
-    /// a writer closed earlier has exited, so its time is not counted twice).
-    static func threadCPU() -> [String: Double] {
+    /// CPU seconds (user + system) of this process's threads that carry `name`, by thread id.
+    static func threadCPU(_ name: String) -> [String: Double] {
         var out: [String: Double] = [:]
         let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
         for tid in (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? [] {
             guard let stat = try? String(contentsOfFile: "/proc/self/task/\(tid)/stat", encoding: .utf8),
-                  let open = stat.firstIndex(of: "("), let close = stat.lastIndex(of: ")") else { continue }
-            let name = stat[stat.index(after: open)..<close]
+                  let open = stat.firstIndex(of: "("), let close = stat.lastIndex(of: ")"),
+                  stat[stat.index(after: open)..<close] == name else { continue }
             let fields = stat[stat.index(close, offsetBy: 2)...].split(separator: " ")
             guard fields.count > 13, let user = Double(fields[11]), let system = Double(fields[12]) else { continue }
-            out[String(name), default: 0] += (user + system) / ticks
+            out[tid] = (user + system) / ticks
         }
         return out
+    }
+
+    /// CPU seconds the threads named `name` spent since `before` (threads that ended meanwhile are not counted).
+    static func cpuSince(_ before: [String: Double], _ name: String) -> Double {
+        threadCPU(name).reduce(0) { $0 + $1.value - (before[$1.key] ?? 0) }
     }
 
     /// `wchar` of /proc/self/io: bytes passed to write calls.
@@ -356,7 +365,8 @@ final class Bench: Sendable {
         let writer = try TaskLogWriter(path: config.path)
         capture.reset()
         let writtenBefore = Self.bytesWritten()
-        let cpuBefore = Self.threadCPU()
+        let writerBefore = Self.threadCPU("tasklog-writer")
+        let checkpointBefore = Self.threadCPU("tasklog-ckpt")
         let stop = Shared(false)
         let produced = Shared(-1)
         let seconds = config.seconds
@@ -466,9 +476,8 @@ final class Bench: Sendable {
         result.maxWAL = maxWAL.value
         result.dropped = writer.droppedEventCount
         // Read before close: the threads end with it, and their time leaves /proc with them.
-        let cpu = Self.threadCPU()
-        result.writerCPU = (cpu["tasklog-writer"] ?? 0) - (cpuBefore["tasklog-writer"] ?? 0)
-        result.checkpointCPU = (cpu["tasklog-ckpt"] ?? 0) - (cpuBefore["tasklog-ckpt"] ?? 0)
+        result.writerCPU = Self.cpuSince(writerBefore, "tasklog-writer")
+        result.checkpointCPU = Self.cpuSince(checkpointBefore, "tasklog-ckpt")
         await writer.close()
         result.bytesWritten = Self.bytesWritten() - writtenBefore
         return result
