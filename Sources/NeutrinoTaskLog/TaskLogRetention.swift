@@ -36,7 +36,7 @@ public final class TaskLogRetention: Service, Sendable {
         public var vacuum: Bool
 
         public init(retention: Duration, idempotencyWindow: Duration = .seconds(3600), interval: Duration = .seconds(60),
-                    maxBatch: Int = 500, maxTransaction: Duration = .milliseconds(1), pause: Duration = .milliseconds(10),
+                    maxBatch: Int = 500, maxTransaction: Duration = .microseconds(500), pause: Duration = .milliseconds(5),
                     maxVacuumPages: Int = 2048, vacuum: Bool = true) {
             self.vacuum = vacuum
             self.retention = retention
@@ -126,7 +126,7 @@ public final class TaskLogRetention: Service, Sendable {
                 report.transactions += 1
                 prunedTasks.increment(by: step.tasks)
                 pruneTimes.recordNanoseconds(Int64(step.nanoseconds))
-                batch = adapt(batch, nanoseconds: step.nanoseconds, ceiling: configuration.maxBatch)
+                batch = adapt(batch, done: step.tasks, nanoseconds: step.nanoseconds, ceiling: configuration.maxBatch)
                 guard let last = step.last else { break }
                 after = last
                 try await Task.sleep(for: configuration.pause)
@@ -185,17 +185,20 @@ public final class TaskLogRetention: Service, Sendable {
             guard step.0 > 0 else { return (freed, transactions) }
             freed += step.0
             transactions += 1
-            pages = adapt(pages, nanoseconds: step.1, ceiling: configuration.maxVacuumPages)
+            pages = adapt(pages, done: step.0, nanoseconds: step.1, ceiling: configuration.maxVacuumPages)
             try await Task.sleep(for: configuration.pause)
         }
     }
 
-    /// Twice as much after a transaction that took under half the budget, half as much after one over it.
-    private func adapt(_ n: Int, nanoseconds: UInt64, ceiling: Int) -> Int {
-        let budget = UInt64(max(1, configuration.maxTransaction.wholeMilliseconds * 1_000_000 + Int64(configuration.maxTransaction.components.attoseconds / 1_000_000_000 % 1_000_000)))
-        if nanoseconds > budget { return max(1, n / 2) }
-        if nanoseconds < budget / 2 { return min(ceiling, n * 2) }
-        return n
+    /// The next batch size: what fits `maxTransaction` at the cost per item the last transaction showed, at most twice
+    /// the last size. A transaction that did nothing (the end of a group) says nothing about the cost.
+    private func adapt(_ n: Int, done: Int, nanoseconds: UInt64, ceiling: Int) -> Int {
+        guard done > 0 else { return n }
+        let budget = Double(configuration.maxTransaction.components.seconds) * 1e9
+            + Double(configuration.maxTransaction.components.attoseconds) / 1e9
+        let perItem = max(1, Double(nanoseconds) / Double(done))
+        let fits = Int(budget / perItem)
+        return max(1, min(ceiling, min(2 * n, fits)))
     }
 
     struct BatchResult: Sendable {

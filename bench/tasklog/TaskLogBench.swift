@@ -195,7 +195,7 @@ final class Bench: Sendable {
             let c = Percentiles(commits[on] ?? [])
             let f = Percentiles(flushes[on] ?? [])
             let l = Percentiles(lockWaits[on] ?? [])
-            print("| \(on ? "on (defaults: ≤ 500 tasks and ~1 ms a transaction, 10 ms pauses)" : "off") | \(c.count) | \(ms(c.p50)) | \(ms(c.p99)) | \(ms(c.max)) | "
+            print("| \(on ? "on (defaults: ≤ 500 tasks and ~0.5 ms a transaction, 5 ms pauses)" : "off") | \(c.count) | \(ms(c.p50)) | \(ms(c.p99)) | \(ms(c.max)) | "
                   + "\(ms(l.p99)) | \(ms(l.max)) | "
                   + "\(ms(f.p50)) | \(ms(f.p99)) | \(ms(f.max)) | \(on ? Int(Double(pruned) / prunedSeconds).formatted() : "") |")
         }
