@@ -10,9 +10,9 @@ import ServiceLifecycle
 /// freed pages back to the file system (`PRAGMA incremental_vacuum`, on files created with
 /// `auto_vacuum=INCREMENTAL`, which every file version 4 creates is).
 ///
-/// It works in short write transactions (at most `maxBatch` tasks, shrunk so each stays under `maxTransaction`)
-/// with a pause between them, on a thread of its own, so writers in every process wait at most one short
-/// transaction for the lock. Queued and running tasks are never deleted, however old.
+/// It works in short write transactions (at most `maxBatch` tasks, as many as fit `maxTransaction`) with a pause
+/// between them, on a dispatch queue of its own, so writers in every process wait at most one short transaction for
+/// the lock. Queued and running tasks are never deleted, however old.
 ///
 /// A `Service`: `run()` prunes once every `interval` until cancelled or a graceful shutdown.
 public final class TaskLogRetention: Service, Sendable {
@@ -38,7 +38,6 @@ public final class TaskLogRetention: Service, Sendable {
         public init(retention: Duration, idempotencyWindow: Duration = .seconds(3600), interval: Duration = .seconds(60),
                     maxBatch: Int = 500, maxTransaction: Duration = .microseconds(500), pause: Duration = .milliseconds(5),
                     maxVacuumPages: Int = 2048, vacuum: Bool = true) {
-            self.vacuum = vacuum
             self.retention = retention
             self.idempotencyWindow = idempotencyWindow
             self.interval = interval
@@ -46,6 +45,7 @@ public final class TaskLogRetention: Service, Sendable {
             self.maxTransaction = maxTransaction
             self.pause = pause
             self.maxVacuumPages = max(1, maxVacuumPages)
+            self.vacuum = vacuum
         }
     }
 
@@ -121,34 +121,39 @@ public final class TaskLogRetention: Service, Sendable {
                 let step = try await onConnection { db in
                     try Self.deleteBatch(db, group: group, after: from, below: cutoffID, createdBefore: cutoffTime, limit: limit)
                 }
-                report.tasks += step.tasks
-                report.events += step.events
-                report.transactions += 1
-                prunedTasks.increment(by: step.tasks)
-                pruneTimes.recordNanoseconds(Int64(step.nanoseconds))
-                batch = adapt(batch, done: step.tasks, nanoseconds: step.nanoseconds, ceiling: configuration.maxBatch)
+                if step.wrote {
+                    report.tasks += step.tasks
+                    report.events += step.events
+                    report.transactions += 1
+                    prunedTasks.increment(by: step.tasks)
+                    pruneTimes.recordNanoseconds(Int64(step.nanoseconds))
+                    batch = adapt(batch, done: step.tasks, nanoseconds: step.nanoseconds, ceiling: configuration.maxBatch)
+                }
                 guard let last = step.last else { break }
                 after = last
                 try await Task.sleep(for: configuration.pause)
             }
         }
         let keysBefore = Timestamp(millis: now.millis - configuration.idempotencyWindow.wholeMilliseconds).iso8601
+        var keys = min(16, configuration.maxBatch)
         while true {
             try Task.checkCancellation()
-            let limit = configuration.maxBatch
-            let deleted = try await onConnection { db in
-                try db.writeTransaction { () -> Int in
+            let limit = keys
+            let (deleted, nanoseconds) = try await onConnection { db in
+                try db.writeTransaction { () -> (Int, UInt64) in
+                    let started = DispatchTime.now().uptimeNanoseconds
                     try db.withStatement("DELETE FROM idempotency_keys WHERE rowid IN (SELECT rowid FROM idempotency_keys WHERE created_at < ?1 LIMIT ?2)") { s in
                         s.bind(1, keysBefore)
                         s.bind(2, limit)
                         try s.run()
                     }
-                    return db.changes
+                    return (db.changes, DispatchTime.now().uptimeNanoseconds - started)
                 }
             }
             report.idempotencyKeys += deleted
             report.transactions += 1
             if deleted < limit { break }
+            keys = adapt(keys, done: deleted, nanoseconds: nanoseconds, ceiling: configuration.maxBatch)
             try await Task.sleep(for: configuration.pause)
         }
         if configuration.vacuum {
@@ -169,7 +174,7 @@ public final class TaskLogRetention: Service, Sendable {
     private func incrementalVacuum() async throws -> (pages: Int, transactions: Int) {
         var transactions = 0
         guard try await onConnection({ try $0.integer("PRAGMA auto_vacuum") }) == 2 else { return (0, 0) }
-        var pages = min(256, configuration.maxVacuumPages)
+        var pages = min(16, configuration.maxVacuumPages)
         var freed = 0
         while true {
             try Task.checkCancellation()
@@ -177,10 +182,13 @@ public final class TaskLogRetention: Service, Sendable {
             let step = try await onConnection { db -> (Int, UInt64) in
                 let before = try db.integer("PRAGMA freelist_count")
                 guard before > 0 else { return (0, 0) }
-                let started = DispatchTime.now().uptimeNanoseconds
-                try db.writeTransaction { try db.execute("PRAGMA incremental_vacuum(\(n))") }
+                let nanoseconds = try db.writeTransaction { () -> UInt64 in
+                    let started = DispatchTime.now().uptimeNanoseconds
+                    try db.execute("PRAGMA incremental_vacuum(\(n))")
+                    return DispatchTime.now().uptimeNanoseconds - started
+                }
                 let after = try db.integer("PRAGMA freelist_count")
-                return (Int(max(0, before - after)), DispatchTime.now().uptimeNanoseconds - started)
+                return (Int(max(0, before - after)), nanoseconds)
             }
             guard step.0 > 0 else { return (freed, transactions) }
             freed += step.0
@@ -204,6 +212,8 @@ public final class TaskLogRetention: Service, Sendable {
     struct BatchResult: Sendable {
         var tasks = 0
         var events = 0
+        /// Whether a write transaction ran (there was something to delete).
+        var wrote = false
         /// The last id looked at, or nil when the group has nothing more below the cutoff.
         var last: String?
         var nanoseconds: UInt64 = 0
@@ -271,6 +281,7 @@ public final class TaskLogRetention: Service, Sendable {
                 try s.run()
             }
             result.tasks = db.changes
+            result.wrote = true
             result.nanoseconds = DispatchTime.now().uptimeNanoseconds - started
         }
         return result

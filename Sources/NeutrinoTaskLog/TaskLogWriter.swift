@@ -40,13 +40,13 @@ public final class TaskLogWriter: Sendable {
         public init(maxQueuedEvents: Int = 100_000, maxBlock: Duration = .milliseconds(50), checkpointPages: Int = 4_000,
                     journalSizeLimitBytes: Int = 64 << 20, maxRowBytes: Int? = nil, cacheKiB: Int = 65_536,
                     maxCheckpointYield: Duration = .milliseconds(50)) {
-            self.cacheKiB = cacheKiB
-            self.maxCheckpointYield = maxCheckpointYield
             self.maxQueuedEvents = maxQueuedEvents
             self.maxBlock = maxBlock
             self.checkpointPages = checkpointPages
             self.journalSizeLimitBytes = journalSizeLimitBytes
             self.maxRowBytes = maxRowBytes
+            self.cacheKiB = cacheKiB
+            self.maxCheckpointYield = maxCheckpointYield
         }
     }
 
