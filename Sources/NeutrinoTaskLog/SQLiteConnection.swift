@@ -1,4 +1,5 @@
 import CSQLite
+import Dispatch
 import Glibc
 
 /// An SQLite error with the library's message and the statement that caused it.
@@ -30,6 +31,8 @@ final class SQLiteConnection {
     private var savepointDepth = 0
     /// A value `sqlite3_bind_*` refused (too big), thrown by the next `step` instead of running with a NULL.
     var bindError: SQLiteError?
+    /// How long the last `writeTransaction` waited for the write lock (other connections, other processes).
+    private(set) var lastLockWaitNanoseconds: UInt64 = 0
 
     init(path: String, readOnly: Bool = false) throws(SQLiteError) {
         var db: OpaquePointer?
@@ -128,7 +131,9 @@ final class SQLiteConnection {
     /// Runs `body` in a write transaction taken at once (`BEGIN IMMEDIATE`), so two processes never
     /// deadlock upgrading read locks; rolls back when `body` throws.
     func writeTransaction<T>(_ body: () throws -> T) throws -> T {
+        let asked = DispatchTime.now().uptimeNanoseconds
         try execute("BEGIN IMMEDIATE")
+        lastLockWaitNanoseconds = DispatchTime.now().uptimeNanoseconds - asked
         do {
             let value = try body()
             try execute("COMMIT")

@@ -10,9 +10,9 @@ import ServiceLifecycle
 /// freed pages back to the file system (`PRAGMA incremental_vacuum`, on files created with
 /// `auto_vacuum=INCREMENTAL`, which every file version 4 creates is).
 ///
-/// It works in short write transactions (at most `maxBatch` tasks, shrunk so each stays under `maxTransaction`)
-/// with a pause between them, on a thread of its own, so writers in every process wait at most one short
-/// transaction for the lock. Queued and running tasks are never deleted, however old.
+/// It works in short write transactions (at most `maxBatch` tasks, as many as fit `maxTransaction`) with a pause
+/// between them, on a dispatch queue of its own, so writers in every process wait at most one short transaction for
+/// the lock. Queued and running tasks are never deleted, however old.
 ///
 /// A `Service`: `run()` prunes once every `interval` until cancelled or a graceful shutdown.
 public final class TaskLogRetention: Service, Sendable {
@@ -37,10 +37,9 @@ public final class TaskLogRetention: Service, Sendable {
 
         public init(
             retention: Duration, idempotencyWindow: Duration = .seconds(3600), interval: Duration = .seconds(60),
-            maxBatch: Int = 500, maxTransaction: Duration = .milliseconds(1), pause: Duration = .milliseconds(10),
+            maxBatch: Int = 500, maxTransaction: Duration = .microseconds(500), pause: Duration = .milliseconds(5),
             maxVacuumPages: Int = 2048, vacuum: Bool = true
         ) {
-            self.vacuum = vacuum
             self.retention = retention
             self.idempotencyWindow = idempotencyWindow
             self.interval = interval
@@ -48,6 +47,7 @@ public final class TaskLogRetention: Service, Sendable {
             self.maxTransaction = maxTransaction
             self.pause = pause
             self.maxVacuumPages = max(1, maxVacuumPages)
+            self.vacuum = vacuum
         }
     }
 
@@ -77,6 +77,8 @@ public final class TaskLogRetention: Service, Sendable {
         self.logger = logger
         let db = try SQLiteConnection(path: path)
         try TaskLogSchema.prepare(db)
+        try db.execute("PRAGMA cache_size=-32768")
+        try db.execute("PRAGMA temp_store=MEMORY")
         connection = UncheckedBox(db)
     }
 
@@ -115,7 +117,7 @@ public final class TaskLogRetention: Service, Sendable {
             try TaskLogStore(db: db).groups(
                 "SELECT status, function_name, pool, execution_mode FROM task_groups WHERE status IN (\(terminal)) AND n > 0", binds: [])
         }
-        var batch = min(50, configuration.maxBatch)
+        var batch = min(16, configuration.maxBatch)  // small first: the pages of a pass's first batch are cold
         for group in groups {
             var after = ""
             while true {
@@ -124,23 +126,27 @@ public final class TaskLogRetention: Service, Sendable {
                 let step = try await onConnection { db in
                     try Self.deleteBatch(db, group: group, after: from, below: cutoffID, createdBefore: cutoffTime, limit: limit)
                 }
-                report.tasks += step.tasks
-                report.events += step.events
-                report.transactions += 1
-                prunedTasks.increment(by: step.tasks)
-                pruneTimes.recordNanoseconds(Int64(step.nanoseconds))
-                batch = adapt(batch, nanoseconds: step.nanoseconds, ceiling: configuration.maxBatch)
+                if step.wrote {
+                    report.tasks += step.tasks
+                    report.events += step.events
+                    report.transactions += 1
+                    prunedTasks.increment(by: step.tasks)
+                    pruneTimes.recordNanoseconds(Int64(step.nanoseconds))
+                    batch = adapt(batch, done: step.tasks, nanoseconds: step.nanoseconds, ceiling: configuration.maxBatch)
+                }
                 guard let last = step.last else { break }
                 after = last
                 try await Task.sleep(for: configuration.pause)
             }
         }
         let keysBefore = Timestamp(millis: now.millis - configuration.idempotencyWindow.wholeMilliseconds).iso8601
+        var keys = min(16, configuration.maxBatch)
         while true {
             try Task.checkCancellation()
-            let limit = configuration.maxBatch
-            let deleted = try await onConnection { db in
-                try db.writeTransaction { () -> Int in
+            let limit = keys
+            let (deleted, nanoseconds) = try await onConnection { db in
+                try db.writeTransaction { () -> (Int, UInt64) in
+                    let started = DispatchTime.now().uptimeNanoseconds
                     try db.withStatement(
                         "DELETE FROM idempotency_keys WHERE rowid IN (SELECT rowid FROM idempotency_keys WHERE created_at < ?1 LIMIT ?2)"
                     ) { s in
@@ -148,12 +154,13 @@ public final class TaskLogRetention: Service, Sendable {
                         s.bind(2, limit)
                         try s.run()
                     }
-                    return db.changes
+                    return (db.changes, DispatchTime.now().uptimeNanoseconds - started)
                 }
             }
             report.idempotencyKeys += deleted
             report.transactions += 1
             if deleted < limit { break }
+            keys = adapt(keys, done: deleted, nanoseconds: nanoseconds, ceiling: configuration.maxBatch)
             try await Task.sleep(for: configuration.pause)
         }
         if configuration.vacuum {
@@ -174,7 +181,7 @@ public final class TaskLogRetention: Service, Sendable {
     private func incrementalVacuum() async throws -> (pages: Int, transactions: Int) {
         var transactions = 0
         guard try await onConnection({ try $0.integer("PRAGMA auto_vacuum") }) == 2 else { return (0, 0) }
-        var pages = min(256, configuration.maxVacuumPages)
+        var pages = min(16, configuration.maxVacuumPages)
         var freed = 0
         while true {
             try Task.checkCancellation()
@@ -182,51 +189,57 @@ public final class TaskLogRetention: Service, Sendable {
             let step = try await onConnection { db -> (Int, UInt64) in
                 let before = try db.integer("PRAGMA freelist_count")
                 guard before > 0 else { return (0, 0) }
-                let started = DispatchTime.now().uptimeNanoseconds
-                try db.writeTransaction { try db.execute("PRAGMA incremental_vacuum(\(n))") }
+                let nanoseconds = try db.writeTransaction { () -> UInt64 in
+                    let started = DispatchTime.now().uptimeNanoseconds
+                    try db.execute("PRAGMA incremental_vacuum(\(n))")
+                    return DispatchTime.now().uptimeNanoseconds - started
+                }
                 let after = try db.integer("PRAGMA freelist_count")
-                return (Int(max(0, before - after)), DispatchTime.now().uptimeNanoseconds - started)
+                return (Int(max(0, before - after)), nanoseconds)
             }
             guard step.0 > 0 else { return (freed, transactions) }
             freed += step.0
             transactions += 1
-            pages = adapt(pages, nanoseconds: step.1, ceiling: configuration.maxVacuumPages)
+            pages = adapt(pages, done: step.0, nanoseconds: step.1, ceiling: configuration.maxVacuumPages)
             try await Task.sleep(for: configuration.pause)
         }
     }
 
-    /// Twice as much after a transaction that took under half the budget, half as much after one over it.
-    private func adapt(_ n: Int, nanoseconds: UInt64, ceiling: Int) -> Int {
-        let budget = UInt64(
-            max(
-                1,
-                configuration.maxTransaction.wholeMilliseconds * 1_000_000
-                    + Int64(configuration.maxTransaction.components.attoseconds / 1_000_000_000 % 1_000_000)))
-        if nanoseconds > budget { return max(1, n / 2) }
-        if nanoseconds < budget / 2 { return min(ceiling, n * 2) }
-        return n
+    /// The next batch size: what fits `maxTransaction` at the cost per item the last transaction showed, at most twice
+    /// the last size. A transaction that did nothing (the end of a group) says nothing about the cost.
+    private func adapt(_ n: Int, done: Int, nanoseconds: UInt64, ceiling: Int) -> Int {
+        guard done > 0 else { return n }
+        let budget =
+            Double(configuration.maxTransaction.components.seconds) * 1e9
+            + Double(configuration.maxTransaction.components.attoseconds) / 1e9
+        let perItem = max(1, Double(nanoseconds) / Double(done))
+        let fits = Int(budget / perItem)
+        return max(1, min(ceiling, min(2 * n, fits)))
     }
 
     struct BatchResult: Sendable {
         var tasks = 0
         var events = 0
+        /// Whether a write transaction ran (there was something to delete).
+        var wrote = false
         /// The last id looked at, or nil when the group has nothing more below the cutoff.
         var last: String?
         var nanoseconds: UInt64 = 0
     }
 
-    /// One transaction: the oldest `limit` tasks of one terminal group above `after` and below `below`, those
-    /// created before `createdBefore` deleted with their events — two statements for the whole batch (each
-    /// statement that fires the `task_groups` trigger keeps a statement journal; one per batch, not one per task).
+    /// One batch: the oldest `limit` tasks of one terminal group above `after` and below `below`, those created
+    /// before `createdBefore` deleted with their events. What is old is cold: the batch is chosen and its pages read
+    /// (from disk if need be) in a read transaction first, so the write transaction that follows — two statements
+    /// for the whole batch — holds the lock only for the deletes. Terminal tasks never change, so the choice stays
+    /// right; `created_at` is checked again by the delete.
     static func deleteBatch(
         _ db: SQLiteConnection, group: TaskGroup, after: String, below: String, createdBefore: String,
         limit: Int
     ) throws -> BatchResult {
-        try db.writeTransaction {
-            let started = DispatchTime.now().uptimeNanoseconds
-            var result = BatchResult()
-            var seen = 0
-            var doomed: [String] = []
+        var result = BatchResult()
+        var seen = 0
+        var doomed: [String] = []
+        try db.readTransaction {
             try db.withStatement(
                 """
                 SELECT id, created_at FROM tasks INDEXED BY idx_tasks_group WHERE status = ?1 AND function_name = ?2
@@ -247,27 +260,43 @@ public final class TaskLogRetention: Service, Sendable {
                     if let created = s.string(1), created < createdBefore { doomed.append(id) }
                 }
             }
-            if !doomed.isEmpty {
-                var list = JSONWriter(capacity: doomed.count * 40)
-                list.beginArray()
-                for id in doomed { list.string(id) }
-                list.endArray()
-                let ids = list.text
-                try db.withStatement("DELETE FROM task_events WHERE task_id IN (SELECT value FROM json_each(?1))") { s in
-                    s.bind(1, ids)
-                    try s.run()
-                }
-                result.events = db.changes
-                try db.withStatement("DELETE FROM tasks WHERE id IN (SELECT value FROM json_each(?1))") { s in
-                    s.bind(1, ids)
-                    try s.run()
-                }
-                result.tasks = db.changes
-            }
-            if seen < limit { result.last = nil }
-            result.nanoseconds = DispatchTime.now().uptimeNanoseconds - started
-            return result
         }
+        if seen < limit { result.last = nil }
+        guard !doomed.isEmpty else { return result }
+        var list = JSONWriter(capacity: doomed.count * 40)
+        list.beginArray()
+        for id in doomed { list.string(id) }
+        list.endArray()
+        let ids = list.text
+        try db.readTransaction {
+            // Touch what the deletes will: the events' index entries and rows, the tasks' key entries and rows.
+            for sql in [
+                "SELECT COUNT(*), MAX(at) FROM task_events WHERE task_id IN (SELECT value FROM json_each(?1))",
+                "SELECT COUNT(*), MAX(completed_at) FROM tasks WHERE id IN (SELECT value FROM json_each(?1))",
+            ] {
+                try db.withStatement(sql) { s in
+                    s.bind(1, ids)
+                    try s.run()
+                }
+            }
+        }
+        try db.writeTransaction {
+            let started = DispatchTime.now().uptimeNanoseconds
+            try db.withStatement("DELETE FROM task_events WHERE task_id IN (SELECT value FROM json_each(?1))") { s in
+                s.bind(1, ids)
+                try s.run()
+            }
+            result.events = db.changes
+            try db.withStatement("DELETE FROM tasks WHERE id IN (SELECT value FROM json_each(?1)) AND created_at < ?2") { s in
+                s.bind(1, ids)
+                s.bind(2, createdBefore)
+                try s.run()
+            }
+            result.tasks = db.changes
+            result.wrote = true
+            result.nanoseconds = DispatchTime.now().uptimeNanoseconds - started
+        }
+        return result
     }
 
     /// Runs `body` on the retention's own thread with its connection.

@@ -42,13 +42,13 @@ public final class TaskLogWriter: Sendable {
             journalSizeLimitBytes: Int = 64 << 20, maxRowBytes: Int? = nil, cacheKiB: Int = 65_536,
             maxCheckpointYield: Duration = .milliseconds(50)
         ) {
-            self.cacheKiB = cacheKiB
-            self.maxCheckpointYield = maxCheckpointYield
             self.maxQueuedEvents = maxQueuedEvents
             self.maxBlock = maxBlock
             self.checkpointPages = checkpointPages
             self.journalSizeLimitBytes = journalSizeLimitBytes
             self.maxRowBytes = maxRowBytes
+            self.cacheKiB = cacheKiB
+            self.maxCheckpointYield = maxCheckpointYield
         }
     }
 
@@ -300,6 +300,7 @@ public final class TaskLogWriter: Sendable {
                 }
                 batchSizes.record(batch.count)
                 writeTimes.recordNanoseconds(Int64(DispatchTime.now().uptimeNanoseconds - started))
+                lockWaits.recordNanoseconds(Int64(store.db.lastLockWaitNanoseconds))
                 return
             } catch let error as SQLiteError where error.isDataError && !isolate {
                 isolate = true  // one row is at fault: write the batch event by event
@@ -439,6 +440,8 @@ public enum TaskLogFiles {
 /// Batch sizes and commit latency (`neutrino_tasklog_batch_size`, `neutrino_tasklog_write_seconds`).
 private let batchSizes = Recorder(label: "neutrino_tasklog_batch_size")
 private let writeTimes = Metrics.Timer(label: "neutrino_tasklog_write_seconds")
+/// The part of a batch's commit spent waiting for the write lock (held by another connection: retention, another process).
+private let lockWaits = Metrics.Timer(label: "neutrino_tasklog_lock_wait_seconds")
 private let checkpointTimes = Metrics.Timer(label: "neutrino_tasklog_checkpoint_seconds")
 private let checkpointYields = Metrics.Timer(label: "neutrino_tasklog_checkpoint_yield_seconds")
 private let droppedEvents = Counter(label: "neutrino_tasklog_events_dropped_total")

@@ -49,14 +49,16 @@ struct Generator {
         }
         try db.exec("PRAGMA synchronous=OFF")
         try db.exec("PRAGMA cache_size=-1000000")
-        let insertTask = try db.prepare("""
+        let insertTask = try db.prepare(
+            """
             INSERT INTO tasks (id, function_name, status, created_at, started_at, completed_at, worker_id, pool, execution_mode,
                 args, result, error, duration_ms, attempts, progress, progress_message)
             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, NULL)
             """)
         let insertEvent = try db.prepare("INSERT INTO task_events (task_id, event, at, worker_id, attempt, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
         let big = String(repeating: "0123456789abcdefghij", count: 2_600)
-        let traceback = "Traceback (most recent call last):\\n  File \\\"app.py\\\", line 42, in boom\\n    raise ValueError(\\\"boom\\\")\\nValueError: boom"
+        let traceback =
+            "Traceback (most recent call last):\\n  File \\\"app.py\\\", line 42, in boom\\n    raise ValueError(\\\"boom\\\")\\nValueError: boom"
         var rng = SplitMix(seed: 2026)
         let n = config.tasks
         let start = end - config.spanMs
@@ -94,39 +96,44 @@ struct Generator {
             let id = makeTaskID(millis: created, &rng)
             var r = rng.next() % 10_000
             if fn.name == "send_email" && r >= 9_500 && r < 9_700 && rng.next() % 40 != 0 { r = 0 }  // e-mails rarely time out
-            let status: TaskStatus = switch r {
-            case ..<8_500: .completed
-            case ..<9_200: .failed
-            case ..<9_500: .cancelled
-            case ..<9_700: .timedOut
-            case ..<9_850: fn.mode == .sync ? .pending : .queued
-            default: .running
-            }
+            let status: TaskStatus =
+                switch r {
+                case ..<8_500: .completed
+                case ..<9_200: .failed
+                case ..<9_500: .cancelled
+                case ..<9_700: .timedOut
+                case ..<9_850: fn.mode == .sync ? .pending : .queued
+                default: .running
+                }
             statuses[status.rawValue, default: 0] += 1
-            let wait: Int64 = switch fn.mode {
-            case .sync: Int64(rng.next() % 3)
-            case .async: 5 + Int64(rng.next() % 2_000)
-            case .gpu: 50 + Int64(rng.next() % 30_000)
-            }
-            let duration: Int64 = switch fn.mode {
-            case .sync: 1 + Int64(rng.next() % 80)
-            case .async: 50 + Int64(rng.next() % 20_000)
-            case .gpu: 1_000 + Int64(rng.next() % 120_000)
-            }
+            let wait: Int64 =
+                switch fn.mode {
+                case .sync: Int64(rng.next() % 3)
+                case .async: 5 + Int64(rng.next() % 2_000)
+                case .gpu: 50 + Int64(rng.next() % 30_000)
+                }
+            let duration: Int64 =
+                switch fn.mode {
+                case .sync: 1 + Int64(rng.next() % 80)
+                case .async: 50 + Int64(rng.next() % 20_000)
+                case .gpu: 1_000 + Int64(rng.next() % 120_000)
+                }
             let retried = fn.mode != .sync && rng.next() % 100 < 5 && status != .queued && status != .pending
             let attempts = status == .queued || status == .pending ? 0 : (retried ? 2 : 1)
             let started = created + wait
             let completed = started + duration * (retried ? 2 : 1) + (retried ? 1_000 : 0)
             let worker = "\(fn.pool)-\(rng.next() % 16)"
             let large = rng.next() % 100
-            let args = large == 0
+            let args =
+                large == 0
                 ? #"{"data":""# + String(big.prefix(10_000 + Int(rng.next() % 40_000))) + #""}"#
                 : #"{"x":\#(i),"label":"bench","n":\#(rng.next() % 1000)}"#
             var result: String?
             var error: String?
             switch status {
             case .completed:
-                result = large == 1 ? #"{"blob":""# + String(big.prefix(10_000 + Int(rng.next() % 40_000))) + #""}"# : #"{"ok":true,"value":\#(i % 977)}"#
+                result =
+                    large == 1 ? #"{"blob":""# + String(big.prefix(10_000 + Int(rng.next() % 40_000))) + #""}"# : #"{"ok":true,"value":\#(i % 977)}"#
             case .failed:
                 error = #"{"type":"ValueError","message":"boom","traceback":"\#(traceback)"}"#
             case .timedOut:
@@ -168,9 +175,11 @@ struct Generator {
         sqlite3_finalize(insertEvent)
         try db.exec("PRAGMA journal_mode=WAL")
         let s = (ContinuousClock.now - began).seconds
-        print("- generated \(n.formatted()) tasks and \(events.formatted()) events in \(String(format: "%.0f", s)) s "
-              + "(\(Int(Double(n) / s).formatted()) tasks/s); statuses: "
-              + statuses.sorted { $0.value > $1.value }.map { "\($0.key) \(String(format: "%.1f", Double($0.value) * 100 / Double(n))) %" }.joined(separator: ", "))
+        print(
+            "- generated \(n.formatted()) tasks and \(events.formatted()) events in \(String(format: "%.0f", s)) s "
+                + "(\(Int(Double(n) / s).formatted()) tasks/s); statuses: "
+                + statuses.sorted { $0.value > $1.value }.map { "\($0.key) \(String(format: "%.1f", Double($0.value) * 100 / Double(n))) %" }.joined(
+                    separator: ", "))
     }
 }
 

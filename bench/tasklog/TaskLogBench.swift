@@ -4,7 +4,10 @@
 // Knobs (environment): TASKLOG_BENCH_TASKS (1000000), TASKLOG_BENCH_QUERIES (200 timed runs per query),
 // TASKLOG_BENCH_SECONDS (10 per ingest phase), TASKLOG_BENCH_PACE (3000 events/s for the pruning comparison),
 // TASKLOG_BENCH_DIR (/tmp/neutrino-tasklog-bench), TASKLOG_BENCH_REUSE=1 (keep a file generated before; it is
-// changed by the ingest and pruning phases, so figures after the first run differ), TASKLOG_BENCH_COMMIT (printed).
+// changed by the ingest and pruning phases, so figures after the first run differ), TASKLOG_BENCH_COMMIT (printed),
+// TASKLOG_BENCH_PHASES (queries,ingest,latency,prune; also ingest-alone, and migrate: the 3 -> 4 migration of a copy,
+// which needs the file's size again in free disk), TASKLOG_BENCH_RETENTION_HOURS (the latency phase's retention;
+// half the span by default).
 import CSQLite
 import Foundation
 import Logging
@@ -67,8 +70,10 @@ final class Bench: Sendable {
         try FileManager.default.createDirectory(atPath: config.dir, withIntermediateDirectories: true)
         print("# Task log benchmark: \(config.tasks.formatted()) tasks")
         print("")
-        print("date \(Timestamp.now().iso8601), commit \(config.commit), SQLite \(String(cString: sqlite3_libversion())), "
-              + "\(ProcessInfo.processInfo.activeProcessorCount) CPUs, \(ProcessInfo.processInfo.physicalMemory >> 30) GiB RAM, file \(config.path)")
+        print(
+            "date \(Timestamp.now().iso8601), commit \(config.commit), SQLite \(String(cString: sqlite3_libversion())), "
+                + "\(ProcessInfo.processInfo.activeProcessorCount) CPUs, \(ProcessInfo.processInfo.physicalMemory >> 30) GiB RAM, file \(config.path)"
+        )
         print("")
         if !(config.reuse && FileManager.default.fileExists(atPath: config.path)) {
             try await Generator(config: config, end: end).generate()
@@ -117,7 +122,12 @@ final class Bench: Sendable {
         print("## Write latency at \(config.pace.formatted()) events/s, pruning off and on in alternate seconds")
         print("")
         let writer = try TaskLogWriter(path: config.path)
-        let retention = try TaskLogRetention(path: config.path, configuration: .init(retention: .milliseconds(config.spanMs / 2), vacuum: false))
+        let retentionMs = Int64(
+            ProcessInfo.processInfo.environment["TASKLOG_BENCH_RETENTION_HOURS"].flatMap(Double.init).map { $0 * 3_600_000 }
+                ?? Double(config.spanMs / 2))
+        print("Retention \(retentionMs / 3_600_000) h (the tasks are spread over \(config.spanMs / 3_600_000) h).")
+        print("")
+        let retention = try TaskLogRetention(path: config.path, configuration: .init(retention: .milliseconds(retentionMs), vacuum: false))
         capture.reset()
         let stop = Shared(false)
         let pace = config.pace
@@ -130,18 +140,23 @@ final class Bench: Sendable {
                 let fn = Fn.all[Fn.pick(&rng)]
                 let id = TaskID.make()
                 ring.append((id, fn))
-                writer.record(TaskEvent(taskID: id, kind: fn.mode == .sync ? .pending : .queued, function: fn.name, pool: fn.pool, mode: fn.mode,
-                                        args: #"{"x":1,"label":"bench"}"#))
+                writer.record(
+                    TaskEvent(
+                        taskID: id, kind: fn.mode == .sync ? .pending : .queued, function: fn.name, pool: fn.pool, mode: fn.mode,
+                        args: #"{"x":1,"label":"bench"}"#))
                 recorded += 1
                 if ring.count > 200 {
                     let (rid, rfn) = ring[ring.count - 201]
-                    writer.record(TaskEvent(taskID: rid, kind: .running, function: rfn.name, pool: rfn.pool, mode: rfn.mode, workerID: "b", attempt: 1))
+                    writer.record(
+                        TaskEvent(taskID: rid, kind: .running, function: rfn.name, pool: rfn.pool, mode: rfn.mode, workerID: "b", attempt: 1))
                     recorded += 1
                 }
                 if ring.count > 400 {
                     let (rid, rfn) = ring.removeFirst()
-                    writer.record(TaskEvent(taskID: rid, kind: .completed, function: rfn.name, pool: rfn.pool, mode: rfn.mode, workerID: "b",
-                                            attempt: 1, result: #"{"ok":true}"#, durationMs: 12))
+                    writer.record(
+                        TaskEvent(
+                            taskID: rid, kind: .completed, function: rfn.name, pool: rfn.pool, mode: rfn.mode, workerID: "b",
+                            attempt: 1, result: #"{"ok":true}"#, durationMs: 12))
                     recorded += 1
                 }
                 let due = Double(recorded) / Double(pace)
@@ -151,6 +166,7 @@ final class Bench: Sendable {
         }
         producer.start()
         var commits: [Bool: [Double]] = [:]
+        var lockWaits: [Bool: [Double]] = [:]
         var flushes: [Bool: [Double]] = [:]
         var pruned = 0
         var prunedSeconds = 0.0
@@ -170,6 +186,7 @@ final class Bench: Sendable {
             task?.cancel()
             await task?.value
             commits[pruning, default: []] += capture.drain("neutrino_tasklog_write_seconds")
+            lockWaits[pruning, default: []] += capture.drain("neutrino_tasklog_lock_wait_seconds")
             if pruning {
                 pruneTransactions += capture.drain("neutrino_tasklog_prune_transaction_seconds")
                 pruned += capture.counter("neutrino_tasklog_pruned_tasks_total")
@@ -180,13 +197,18 @@ final class Bench: Sendable {
         stop.value = true
         await writer.flush()
         await writer.close()
-        print("| pruning | batch commits | commit p50 | p99 | max | record→committed p50 | p99 | max | pruned tasks/s |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        print(
+            "| pruning | batch commits | commit p50 | p99 | max | of which waiting for the lock: p99 | max | record→committed p50 | p99 | max | pruned tasks/s |"
+        )
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for on in [false, true] {
             let c = Percentiles(commits[on] ?? [])
             let f = Percentiles(flushes[on] ?? [])
-            print("| \(on ? "on (defaults: ≤ 500 tasks and ~1 ms a transaction, 10 ms pauses)" : "off") | \(c.count) | \(ms(c.p50)) | \(ms(c.p99)) | \(ms(c.max)) | "
-                  + "\(ms(f.p50)) | \(ms(f.p99)) | \(ms(f.max)) | \(on ? Int(Double(pruned) / prunedSeconds).formatted() : "") |")
+            let l = Percentiles(lockWaits[on] ?? [])
+            print(
+                "| \(on ? "on (defaults: ≤ 500 tasks and ~0.5 ms a transaction, 5 ms pauses)" : "off") | \(c.count) | \(ms(c.p50)) | \(ms(c.p99)) | \(ms(c.max)) | "
+                    + "\(ms(l.p99)) | \(ms(l.max)) | "
+                    + "\(ms(f.p50)) | \(ms(f.p99)) | \(ms(f.max)) | \(on ? Int(Double(pruned) / prunedSeconds).formatted() : "") |")
         }
         let t = Percentiles(pruneTransactions)
         print("")
@@ -220,8 +242,9 @@ final class Bench: Sendable {
         print("")
         print("## Migration from schema version 3")
         print("")
-        print("Opening a version-3 copy of this file (made in \(String(format: "%.0f", downgrade)) s) with the new code migrated it to version 4 in "
-              + "\(String(format: "%.1f", seconds)) s (two CREATE INDEX, the group table filled from one of them, five indexes dropped).")
+        print(
+            "Opening a version-3 copy of this file (made in \(String(format: "%.0f", downgrade)) s) with the new code migrated it to version 4 in "
+                + "\(String(format: "%.1f", seconds)) s (two CREATE INDEX, the group table filled from one of them, five indexes dropped).")
         for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: copy + suffix) }
     }
 
@@ -231,9 +254,11 @@ final class Bench: Sendable {
         print("## Pruning half (retention \(config.spanMs / 2 / 3_600_000) h, nothing else running)")
         print("")
         printSizes("before pruning")
-        let retention = try TaskLogRetention(path: config.path, configuration: .init(
-            retention: .milliseconds(config.spanMs / 2), maxBatch: 500, maxTransaction: .milliseconds(20), pause: .zero,
-            maxVacuumPages: 8192, vacuum: false))
+        let retention = try TaskLogRetention(
+            path: config.path,
+            configuration: .init(
+                retention: .milliseconds(config.spanMs / 2), maxBatch: 500, maxTransaction: .milliseconds(20), pause: .zero,
+                maxVacuumPages: 8192, vacuum: false))
         var clock = ContinuousClock.now
         let report = try await retention.prune(now: Timestamp(millis: end))
         let pruneSeconds = (ContinuousClock.now - clock).seconds
@@ -243,8 +268,9 @@ final class Bench: Sendable {
         print("")
         print("| step | time | what |")
         print("|---|---:|---|")
-        print("| delete | \(String(format: "%.1f", pruneSeconds)) s | \(report.tasks.formatted()) tasks (\(Int(Double(report.tasks) / pruneSeconds).formatted())/s), "
-              + "\(report.events.formatted()) events, \(report.transactions.formatted()) transactions |")
+        print(
+            "| delete | \(String(format: "%.1f", pruneSeconds)) s | \(report.tasks.formatted()) tasks (\(Int(Double(report.tasks) / pruneSeconds).formatted())/s), "
+                + "\(report.events.formatted()) events, \(report.transactions.formatted()) transactions |")
         print("| incremental_vacuum | \(String(format: "%.1f", vacuumSeconds)) s | \(pages.formatted()) pages (\(mib(Int64(pages) * 4096))) |")
         try checkpoint()
         print("")
@@ -279,7 +305,9 @@ final class Bench: Sendable {
         print("| \(title) | p50 | p99 | max | rows |")
         print("|---|---:|---:|---:|---:|")
         for r in results {
-            print("| \(r.name) | \(ms(r.latency.p50)) | \(ms(r.latency.p99)) | \(ms(r.latency.max)) | \(r.rows < 10 ? String(format: "%.1f", r.rows) : String(Int(r.rows))) |")
+            print(
+                "| \(r.name) | \(ms(r.latency.p50)) | \(ms(r.latency.p99)) | \(ms(r.latency.max)) | \(r.rows < 10 ? String(format: "%.1f", r.rows) : String(Int(r.rows))) |"
+            )
         }
     }
 
@@ -307,20 +335,25 @@ final class Bench: Sendable {
         var checkpointCPU = 0.0
     }
 
-    /// CPU seconds (user + system) of this process's threads, by name (the task log names its two threads;
-    /// a writer closed earlier has exited, so its time is not counted twice).
-    static func threadCPU() -> [String: Double] {
+    /// CPU seconds (user + system) of this process's threads that carry `name`, by thread id.
+    static func threadCPU(_ name: String) -> [String: Double] {
         var out: [String: Double] = [:]
         let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
         for tid in (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? [] {
             guard let stat = try? String(contentsOfFile: "/proc/self/task/\(tid)/stat", encoding: .utf8),
-                  let open = stat.firstIndex(of: "("), let close = stat.lastIndex(of: ")") else { continue }
-            let name = stat[stat.index(after: open)..<close]
+                let open = stat.firstIndex(of: "("), let close = stat.lastIndex(of: ")"),
+                stat[stat.index(after: open)..<close] == name
+            else { continue }
             let fields = stat[stat.index(close, offsetBy: 2)...].split(separator: " ")
             guard fields.count > 13, let user = Double(fields[11]), let system = Double(fields[12]) else { continue }
-            out[String(name), default: 0] += (user + system) / ticks
+            out[tid] = (user + system) / ticks
         }
         return out
+    }
+
+    /// CPU seconds the threads named `name` spent since `before` (threads that ended meanwhile are not counted).
+    static func cpuSince(_ before: [String: Double], _ name: String) -> Double {
+        threadCPU(name).reduce(0) { $0 + $1.value - (before[$1.key] ?? 0) }
     }
 
     /// `wchar` of /proc/self/io: bytes passed to write calls.
@@ -333,13 +366,17 @@ final class Bench: Sendable {
     }
 
     func printIngest(_ r: IngestResult) {
-        print("| events | time | events/s | writer CPU per event | ⇒ events/s per core | checkpoint CPU per event | batch commit p50 | p99 | mean batch | checkpoints | checkpoint p50 / p99 | writer waited for them | WAL max | written per event | dropped |")
+        print(
+            "| events | time | events/s | writer CPU per event | ⇒ events/s per core | checkpoint CPU per event | batch commit p50 | p99 | mean batch | checkpoints | checkpoint p50 / p99 | writer waited for them | WAL max | written per event | dropped |"
+        )
         print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         let perEvent = r.writerCPU / Double(max(1, r.events))
-        print("| \(r.events.formatted()) | \(String(format: "%.1f", r.seconds)) s | \(Int(r.eventsPerSecond).formatted()) | "
-              + "\(String(format: "%.1f µs", perEvent * 1e6)) | \(Int(1 / max(perEvent, 1e-9)).formatted()) | "
-              + "\(String(format: "%.1f µs", r.checkpointCPU / Double(max(1, r.events)) * 1e6)) | \(ms(r.commit.p50)) | "
-              + "\(ms(r.commit.p99)) | \(Int(r.batchMean)) | \(r.checkpoints.count) | \(ms(r.checkpoints.p50)) / \(ms(r.checkpoints.p99)) | \(r.yields.count)× \(ms(r.yields.reduce(0, +))) | \(mib(r.maxWAL)) | \(r.bytesWritten / Int64(max(1, r.events))) B | \(r.dropped) |")
+        print(
+            "| \(r.events.formatted()) | \(String(format: "%.1f", r.seconds)) s | \(Int(r.eventsPerSecond).formatted()) | "
+                + "\(String(format: "%.1f µs", perEvent * 1e6)) | \(Int(1 / max(perEvent, 1e-9)).formatted()) | "
+                + "\(String(format: "%.1f µs", r.checkpointCPU / Double(max(1, r.events)) * 1e6)) | \(ms(r.commit.p50)) | "
+                + "\(ms(r.commit.p99)) | \(Int(r.batchMean)) | \(r.checkpoints.count) | \(ms(r.checkpoints.p50)) / \(ms(r.checkpoints.p99)) | \(r.yields.count)× \(ms(r.yields.reduce(0, +))) | \(mib(r.maxWAL)) | \(r.bytesWritten / Int64(max(1, r.events))) B | \(r.dropped) |"
+        )
         print("")
     }
 
@@ -350,7 +387,8 @@ final class Bench: Sendable {
         let writer = try TaskLogWriter(path: config.path)
         capture.reset()
         let writtenBefore = Self.bytesWritten()
-        let cpuBefore = Self.threadCPU()
+        let writerBefore = Self.threadCPU("tasklog-writer")
+        let checkpointBefore = Self.threadCPU("tasklog-ckpt")
         let stop = Shared(false)
         let produced = Shared(-1)
         let seconds = config.seconds
@@ -365,17 +403,23 @@ final class Bench: Sendable {
                 let fn = Fn.all[Fn.pick(&rng)]
                 let id = TaskID.make()
                 ring.append((id, fn))
-                writer.record(TaskEvent(taskID: id, kind: fn.mode == .sync ? .pending : .queued, function: fn.name, pool: fn.pool,
-                                        mode: fn.mode, args: #"{"x":\#(count),"label":"bench"}"#))
+                writer.record(
+                    TaskEvent(
+                        taskID: id, kind: fn.mode == .sync ? .pending : .queued, function: fn.name, pool: fn.pool,
+                        mode: fn.mode, args: #"{"x":\#(count),"label":"bench"}"#))
                 if ring.count > 1000 {
                     let (rid, rfn) = ring[ring.count - 1001]
-                    writer.record(TaskEvent(taskID: rid, kind: .running, function: rfn.name, pool: rfn.pool, mode: rfn.mode,
-                                            workerID: "bench-1", attempt: 1))
+                    writer.record(
+                        TaskEvent(
+                            taskID: rid, kind: .running, function: rfn.name, pool: rfn.pool, mode: rfn.mode,
+                            workerID: "bench-1", attempt: 1))
                 }
                 if ring.count > 2000 {
                     let (rid, rfn) = ring.removeFirst()
-                    writer.record(TaskEvent(taskID: rid, kind: .completed, function: rfn.name, pool: rfn.pool, mode: rfn.mode,
-                                            workerID: "bench-1", attempt: 1, result: #"{"ok":true}"#, durationMs: 12))
+                    writer.record(
+                        TaskEvent(
+                            taskID: rid, kind: .completed, function: rfn.name, pool: rfn.pool, mode: rfn.mode,
+                            workerID: "bench-1", attempt: 1, result: #"{"ok":true}"#, durationMs: 12))
                 }
                 count += 1
                 let events = count * 3
@@ -427,7 +471,8 @@ final class Bench: Sendable {
             }
             return list.map { q in
                 let ts = times[q.name] ?? []
-                return QueryResult(name: q.name + " (\(ts.count) runs)", latency: Percentiles(ts), rows: Double(rows[q.name] ?? 0) / Double(max(1, ts.count)))
+                return QueryResult(
+                    name: q.name + " (\(ts.count) runs)", latency: Percentiles(ts), rows: Double(rows[q.name] ?? 0) / Double(max(1, ts.count)))
             }
         }()
         async let pruned: Int = { [config, end] in
@@ -460,9 +505,8 @@ final class Bench: Sendable {
         result.maxWAL = maxWAL.value
         result.dropped = writer.droppedEventCount
         // Read before close: the threads end with it, and their time leaves /proc with them.
-        let cpu = Self.threadCPU()
-        result.writerCPU = (cpu["tasklog-writer"] ?? 0) - (cpuBefore["tasklog-writer"] ?? 0)
-        result.checkpointCPU = (cpu["tasklog-ckpt"] ?? 0) - (cpuBefore["tasklog-ckpt"] ?? 0)
+        result.writerCPU = Self.cpuSince(writerBefore, "tasklog-writer")
+        result.checkpointCPU = Self.cpuSince(checkpointBefore, "tasklog-ckpt")
         await writer.close()
         result.bytesWritten = Self.bytesWritten() - writtenBefore
         return result
@@ -492,13 +536,16 @@ final class Bench: Sendable {
     func printSizes(_ when: String) {
         let sizes = TaskLogFiles.sizes(path: config.path)
         let counts = (try? RawDB(path: config.path)).flatMap { db in
-            try? (db.int("SELECT SUM(n) FROM task_groups"), db.int("SELECT MAX(id) - MIN(id) + 1 FROM task_events"),
-                  db.int("PRAGMA freelist_count"), db.int("PRAGMA page_size"))
+            try? (
+                db.int("SELECT SUM(n) FROM task_groups"), db.int("SELECT MAX(id) - MIN(id) + 1 FROM task_events"),
+                db.int("PRAGMA freelist_count"), db.int("PRAGMA page_size")
+            )
         }
         let tasks = counts?.0 ?? 0
         let perMillion = tasks > 0 ? mib(Int64(Double(sizes.databaseBytes) / Double(tasks) * 1_000_000)) : "-"
-        print("- \(when): \(tasks.formatted()) tasks; file \(mib(sizes.databaseBytes)) (\(perMillion) per million tasks), "
-              + "WAL \(mib(sizes.walBytes)), free pages \((counts?.2 ?? 0).formatted())")
+        print(
+            "- \(when): \(tasks.formatted()) tasks; file \(mib(sizes.databaseBytes)) (\(perMillion) per million tasks), "
+                + "WAL \(mib(sizes.walBytes)), free pages \((counts?.2 ?? 0).formatted())")
     }
 }
 
@@ -568,8 +615,9 @@ struct QuerySet {
             list("`?q=zzz` (no name)") { _ in TaskListFilter(nameContains: "zzz") },
             list("every filter at once") { rng in
                 let (a, b) = hourWindow(&rng)
-                return TaskListFilter(status: .completed, function: "train_model", pool: "gpu", mode: .gpu, since: a, until: b,
-                                      nameContains: "train", before: id(&rng))
+                return TaskListFilter(
+                    status: .completed, function: "train_model", pool: "gpu", mode: .gpu, since: a, until: b,
+                    nameContains: "train", before: id(&rng))
             },
             Query(name: "`GET /pools` (poolStats, last minute)") { reader, _ in
                 try await reader.poolStats(since: Timestamp(millis: Timestamp.now().millis - 60_000)).count
@@ -587,9 +635,11 @@ struct QuerySet {
                 try await reader.terminal(among: (0..<100).map { _ in id(&rng) }).count
             },
         ]
-        let wanted = ["`GET /tasks/<id>` (record + events, random ids)", "`GET /tasks?limit=50` (newest)", "`?status=failed` (7 %)",
-                      "`?function=boom` (12.5 %)", "`?status=cancelled&function=crunch`", "`?since&until` (random 1-hour window)",
-                      "`?q=re` (2 of 8 names)", "`GET /pools` (poolStats, last minute)", "SSE backlog: `events(afterID: last − 1000)`"]
+        let wanted = [
+            "`GET /tasks/<id>` (record + events, random ids)", "`GET /tasks?limit=50` (newest)", "`?status=failed` (7 %)",
+            "`?function=boom` (12.5 %)", "`?status=cancelled&function=crunch`", "`?since&until` (random 1-hour window)",
+            "`?q=re` (2 of 8 names)", "`GET /pools` (poolStats, last minute)", "SSE backlog: `events(afterID: last − 1000)`",
+        ]
         underIngest = all.filter { wanted.contains($0.name) }
     }
 }
