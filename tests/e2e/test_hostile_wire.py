@@ -234,13 +234,14 @@ def test_long_poll_waiters_are_bounded(hostile: Hostile):
     try:
         for t in threads:
             t.start()
+            time.sleep(0.5)  # one at a time, so a probe below cannot take a slot before both are parked
         # Once both are parked, another waiter is refused. The probe waits briefly itself: until both are parked it
         # is let in, and comes back with the record after its own short wait.
         def refused():
             r = http_request("GET", f"{hostile.url}/tasks/{task_id}?wait=0.2", timeout=SOCKET_BOUND_S)
             assert r.status in (200, 503), r
             return r if r.status == 503 else None
-        r = wait_for(refused, timeout=60, interval=0.05, message="a third long poll to be refused")
+        r = wait_for(refused, timeout=60, interval=0.05, message=lambda: f"a third long poll to be refused (parked: {results})")
         assert_error_body(r, 503, "Overloaded")
         assert r.headers.get("retry-after"), r.headers
         CASES.append("long-poll waiters")
