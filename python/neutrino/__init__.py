@@ -11,7 +11,7 @@
         return {"x": x, "label": label}
 
 Serve it with ``neutrino up app.py``; call it with :class:`Client`, :class:`AsyncClient` (asyncio) or plain
-HTTP (``curl -s localhost:8080/api/echo -d '{"args":{"x":3}}'``).
+HTTP (``curl -s -H 'Content-Type: application/json' localhost:8080/api/echo -d '{"args":{"x":3}}'``).
 """
 
 from typing import TYPE_CHECKING, Any

@@ -278,8 +278,8 @@ def test_up_starts_nats_workers_then_gateway_and_stops_on_sigint(
     assert "curl -s localhost:" in text and '/api/echo -d \'{"args":{"x":3}}\'' in text
     assert "/tasks?status=failed&function=echo" in text
     # The async path: submit (202), long-poll, cancel; where NATS and its monitoring are.
-    address = re.search(r"curl -s (localhost:\d+)/api/echo", text).group(1)  # the fake gateway's port
-    assert f'curl -s {address}/api/report -d \'{{"args":{{"dataset":"hello"}}}}\'' in text and "202" in text
+    address = re.search(r"curl -s -H 'Content-Type: application/json' (localhost:\d+)/api/echo", text).group(1)  # the fake gateway's port
+    assert f'curl -s -H \'Content-Type: application/json\' {address}/api/report -d \'{{"args":{{"dataset":"hello"}}}}\'' in text and "202" in text
     assert f"curl -s '{address}/tasks/<task_id>?wait=30'" in text
     assert f"curl -s -X DELETE {address}/tasks/<task_id>" in text
     assert "pool async  1 NATS worker (async), consumer pool_async" in text

@@ -80,14 +80,14 @@ def banner(
     if sync_specs:
         example = sync_specs[0]
         lines += [
-            f"  curl -s {address}/api/{example.name} -d '{_example_body(example)}'",
+            f"  curl -s -H 'Content-Type: application/json' {address}/api/{example.name} -d '{_example_body(example)}'",
             f"  curl -s {address}/tasks/<task_id>",
             f"  curl -s '{address}/tasks?status=failed&function={example.name}'",
         ]
     if queued_specs:
         example = queued_specs[0]
         commands = [
-            (f"curl -s {address}/api/{example.name} -d '{_example_body(example)}'", "202: queued, with its task_id"),
+            (f"curl -s -H 'Content-Type: application/json' {address}/api/{example.name} -d '{_example_body(example)}'", "202: queued, with its task_id"),
             (f"curl -s '{address}/tasks/<task_id>?wait=30'", "waits up to 30 s for the result"),
             (f"curl -s -X DELETE {address}/tasks/<task_id>", "cancels it while queued or running"),
         ]
