@@ -311,13 +311,7 @@ final class NATSWorker: Sendable {
     /// Copies the last failed attempt to `neutrino.dlq.<pool>.<task>` (before `term` deletes it from the work queue).
     private func deadLetter(_ message: JetStreamMessage, spec: TaskSpec, taskID: String, attempt: Int, error: String, js: JetStream) async {
         do {
-            _ = try await js.publish(
-                subject: QueueLayout.deadLetterSubject(pool: spec.pool, task: spec.name), data: message.data,
-                msgID: "dlq-\(taskID)",
-                headers: [
-                    "Neutrino-Task-Id": taskID, "Neutrino-Attempts": String(attempt),
-                    "Neutrino-Error": String(error.prefix(1024)),
-                ])
+            try await js.copyToDeadLetter(data: message.data, pool: spec.pool, task: spec.name, taskID: taskID, attempts: attempt, error: error)
         } catch {
             logger.error("copying a failed task to the dead-letter stream failed", metadata: ["task_id": "\(taskID)", "error": "\(error)"])
         }

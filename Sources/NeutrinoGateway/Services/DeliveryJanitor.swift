@@ -66,13 +66,8 @@ struct DeliveryJanitor: Service {
                     taskID: taskID, kind: .failed, function: spec.name, pool: spec.pool, mode: spec.mode,
                     attempt: max(1, deliveries), error: JSONWriter.taskErrorText(.workerCrashed, message: text)))
             do {
-                _ = try await js.publish(
-                    subject: QueueLayout.deadLetterSubject(pool: spec.pool, task: spec.name), data: message.data,
-                    msgID: "dlq-\(taskID)",
-                    headers: [
-                        "Neutrino-Task-Id": taskID, "Neutrino-Attempts": String(deliveries),
-                        "Neutrino-Error": String(text.prefix(1024)),
-                    ])
+                try await js.copyToDeadLetter(
+                    data: message.data, pool: spec.pool, task: spec.name, taskID: taskID, attempts: deliveries, error: text)
             } catch {
                 logger.error("copying an exhausted task to the dead-letter stream failed", metadata: ["task_id": "\(taskID)", "error": "\(error)"])
             }
