@@ -69,6 +69,11 @@ public final class TaskLogRetention: Service, Sendable {
     private let queue = DispatchQueue(label: "neutrino.tasklog.retention")
     /// Used only on `queue`.
     private let connection: UncheckedBox<SQLiteConnection>
+    /// The WAL's size after retention's last commit (set by the connection's WAL hook, on `queue`).
+    private let walSize = WALSize()
+
+    /// The WAL pages past which retention checkpoints (the writer's default threshold).
+    static let checkpointPages = 4_000
 
     /// Opens (and if needed creates or migrates) the task log at `path`.
     public init(path: String, configuration: Configuration, logger: Logger = Logger(label: "neutrino.tasklog.retention")) throws {
@@ -79,6 +84,15 @@ public final class TaskLogRetention: Service, Sendable {
         try TaskLogSchema.prepare(db)
         try db.execute("PRAGMA cache_size=-32768")
         try db.execute("PRAGMA temp_store=MEMORY")
+        // Deleting writes a lot of WAL. Without checkpoints of its own the WAL would wait for the writers' checkpoint
+        // thread, which a steady trickle of writes keeps from ever finishing a pass; so retention copies back what it
+        // wrote, between batches, on its own queue (a PASSIVE checkpoint: it takes no lock writers wait for).
+        sqlite3_wal_hook(
+            db.handle,
+            { context, _, _, pages in
+                if let context { Unmanaged<WALSize>.fromOpaque(context).takeUnretainedValue().pages = Int(pages) }
+                return SQLITE_OK
+            }, Unmanaged.passUnretained(walSize).toOpaque())
         connection = UncheckedBox(db)
     }
 
@@ -134,6 +148,7 @@ public final class TaskLogRetention: Service, Sendable {
                     pruneTimes.recordNanoseconds(Int64(step.nanoseconds))
                     batch = adapt(batch, done: step.tasks, nanoseconds: step.nanoseconds, ceiling: configuration.maxBatch)
                 }
+                try await checkpointIfNeeded()
                 guard let last = step.last else { break }
                 after = last
                 try await Task.sleep(for: configuration.pause)
@@ -159,6 +174,7 @@ public final class TaskLogRetention: Service, Sendable {
             }
             report.idempotencyKeys += deleted
             report.transactions += 1
+            try await checkpointIfNeeded()
             if deleted < limit { break }
             keys = adapt(keys, done: deleted, nanoseconds: nanoseconds, ceiling: configuration.maxBatch)
             try await Task.sleep(for: configuration.pause)
@@ -197,7 +213,11 @@ public final class TaskLogRetention: Service, Sendable {
                 let after = try db.integer("PRAGMA freelist_count")
                 return (Int(max(0, before - after)), nanoseconds)
             }
-            guard step.0 > 0 else { return (freed, transactions) }
+            guard step.0 > 0 else {
+                try await checkpointIfNeeded(force: true)  // the truncation reaches the file at a checkpoint
+                return (freed, transactions)
+            }
+            try await checkpointIfNeeded()
             freed += step.0
             transactions += 1
             pages = adapt(pages, done: step.0, nanoseconds: step.1, ceiling: configuration.maxVacuumPages)
@@ -299,6 +319,16 @@ public final class TaskLogRetention: Service, Sendable {
         return result
     }
 
+    /// A PASSIVE checkpoint on retention's connection once its commits have grown the WAL past `checkpointPages`.
+    private func checkpointIfNeeded(force: Bool = false) async throws {
+        let walSize = self.walSize
+        try await onConnection { db in
+            guard force || walSize.pages >= Self.checkpointPages else { return }
+            walSize.pages = 0
+            sqlite3_wal_checkpoint_v2(db.handle, nil, SQLITE_CHECKPOINT_PASSIVE, nil, nil)
+        }
+    }
+
     /// Runs `body` on the retention's own thread with its connection.
     private func onConnection<T: Sendable>(_ body: @escaping @Sendable (SQLiteConnection) throws -> T) async throws -> T {
         try await withCheckedThrowingContinuation { continuation in
@@ -307,6 +337,11 @@ public final class TaskLogRetention: Service, Sendable {
             }
         }
     }
+}
+
+/// Written by the WAL hook and read between batches, both on retention's queue.
+private final class WALSize: @unchecked Sendable {
+    var pages = 0
 }
 
 private let prunedTasks = Counter(label: "neutrino_tasklog_pruned_tasks_total")

@@ -7,7 +7,7 @@
 // changed by the ingest and pruning phases, so figures after the first run differ), TASKLOG_BENCH_COMMIT (printed),
 // TASKLOG_BENCH_PHASES (queries,ingest,latency,prune; also ingest-alone, and migrate: the 3 -> 4 migration of a copy,
 // which needs the file's size again in free disk), TASKLOG_BENCH_RETENTION_HOURS (the latency phase's retention;
-// half the span by default).
+// half the span by default), TASKLOG_BENCH_PRUNE_PAUSE_MS (its pause between pruning transactions; 5 by default).
 import CSQLite
 import Foundation
 import Logging
@@ -127,7 +127,13 @@ final class Bench: Sendable {
                 ?? Double(config.spanMs / 2))
         print("Retention \(retentionMs / 3_600_000) h (the tasks are spread over \(config.spanMs / 3_600_000) h).")
         print("")
-        let retention = try TaskLogRetention(path: config.path, configuration: .init(retention: .milliseconds(retentionMs), vacuum: false))
+        var retentionConfig = TaskLogRetention.Configuration(retention: .milliseconds(retentionMs), vacuum: false)
+        if let pause = ProcessInfo.processInfo.environment["TASKLOG_BENCH_PRUNE_PAUSE_MS"].flatMap(Int.init) {
+            retentionConfig.pause = .milliseconds(pause)
+            print("Pruning pause \(pause) ms.")
+            print("")
+        }
+        let retention = try TaskLogRetention(path: config.path, configuration: retentionConfig)
         capture.reset()
         let stop = Shared(false)
         let pace = config.pace
@@ -206,7 +212,7 @@ final class Bench: Sendable {
             let f = Percentiles(flushes[on] ?? [])
             let l = Percentiles(lockWaits[on] ?? [])
             print(
-                "| \(on ? "on (defaults: ≤ 500 tasks and ~0.5 ms a transaction, 5 ms pauses)" : "off") | \(c.count) | \(ms(c.p50)) | \(ms(c.p99)) | \(ms(c.max)) | "
+                "| \(on ? "on (≤ 500 tasks and ~0.5 ms a transaction, \(retentionConfig.pause.wholeMilliseconds) ms pauses)" : "off") | \(c.count) | \(ms(c.p50)) | \(ms(c.p99)) | \(ms(c.max)) | "
                     + "\(ms(l.p99)) | \(ms(l.max)) | "
                     + "\(ms(f.p50)) | \(ms(f.p99)) | \(ms(f.max)) | \(on ? Int(Double(pruned) / prunedSeconds).formatted() : "") |")
         }
