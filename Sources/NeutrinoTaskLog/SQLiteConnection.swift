@@ -134,19 +134,17 @@ final class SQLiteConnection {
         let asked = DispatchTime.now().uptimeNanoseconds
         try execute("BEGIN IMMEDIATE")
         lastLockWaitNanoseconds = DispatchTime.now().uptimeNanoseconds - asked
-        do {
-            let value = try body()
-            try execute("COMMIT")
-            return value
-        } catch {
-            try? execute("ROLLBACK")
-            throw error
-        }
+        return try committing(body)
     }
 
     /// Runs `body` in one read transaction, so the several statements of one answer see one snapshot.
     func readTransaction<T>(_ body: () throws -> T) throws -> T {
         try execute("BEGIN")
+        return try committing(body)
+    }
+
+    /// Runs `body` in the transaction just begun: commits after it, rolls back when it throws.
+    private func committing<T>(_ body: () throws -> T) throws -> T {
         do {
             let value = try body()
             try execute("COMMIT")
