@@ -15,6 +15,7 @@ Environment:
                            neutrino, neutrino-direct, uvicorn-1, uvicorn-2, ray
   BENCH_START_TIMEOUT=60   seconds to wait for a server to come up (Ray: max(this, 180))
   BENCH_WORKER_PATH=/api/echo   path of the echo task on a worker called directly
+  BENCH_SLEEP=1            also run sleep_ms(10) (an I/O-bound call) at c=32 on the rows that have it (0: skip)
   BENCH_RAY_REPLICAS=2     Ray Serve replicas
   BENCH_KEEP=1             keep the state/log directory (it is kept anyway when a server failed)
   BENCH_SKIP_NEUTRINO=reason    skip the Neutrino rows (run.sh sets it when swift build fails)
@@ -52,6 +53,9 @@ WORKER_BIN = BIN_DIR / "neutrino-worker"
 GATEWAY_BIN = BIN_DIR / "neutrino-gateway"
 
 BODY = os.environ.get("BENCH_BODY", '{"args":{"x":42,"label":"bench"}}')
+SLEEP_BODY = '{"args":{"ms":10}}'
+SLEEP = os.environ.get("BENCH_SLEEP", "1") != "0"
+BENCH_APP = "bench/bench_app.py"
 SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
 WARMUP = int(os.environ.get("BENCH_WARMUP", "2"))
 CONCURRENCY = [int(c) for c in os.environ.get("BENCH_CONCURRENCY", "1,32").split(",") if c.strip()]
@@ -268,17 +272,51 @@ def parse_wrk(out: str) -> WrkResult:
     return WrkResult(rps, p50, p99, n, non2xx, sock)
 
 
-def wrk(url: str, conns: int, seconds: int, log_path: Path) -> WrkResult:
+def wrk(url: str, conns: int, seconds: int, log_path: Path, body: str = BODY) -> WrkResult:
     threads = 1 if conns == 1 else 2
     argv = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--latency",
             "--timeout", "5s", "-s", str(LUA), url]
-    env = dict(os.environ, BENCH_BODY=BODY)
+    env = dict(os.environ, BENCH_BODY=body)
     r = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=seconds + 60)
     with open(log_path, "a") as f:
         f.write(f"$ {' '.join(argv)}\n{r.stdout}{r.stderr}\n")
     if r.returncode != 0:
         raise RuntimeError(f"wrk exited {r.returncode}: {r.stderr.strip()[-300:]}")
     return parse_wrk(r.stdout)
+
+
+# --------------------------------------------------------------------------- CPU and memory
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _group_stats(procs: list[Proc]) -> list[tuple[Proc, list[list[str]]]]:
+    """/proc/<pid>/stat fields of every process in each server's process group (uvicorn's workers too)."""
+    groups = {p.p.pid: (p, []) for p in procs}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                text = f.read()
+        except OSError:
+            continue
+        fields = text[text.rfind(")") + 2:].split()  # from field 3 (state) on
+        pgrp = int(fields[2])
+        if pgrp in groups:
+            groups[pgrp][1].append(fields)
+    return list(groups.values())
+
+
+def cpu_seconds(procs: list[Proc]) -> float:
+    """User + system CPU of the servers' processes so far."""
+    return sum((int(f[11]) + int(f[12])) / _TICK for _, stats in _group_stats(procs) for f in stats)
+
+
+def rss_mb(procs: list[Proc]) -> list[tuple[Proc, float]]:
+    """Resident memory of each server (its process group), in MB."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    return [(p, sum(int(f[21]) * page for f in stats) / 1e6) for p, stats in _group_stats(procs)]
 
 
 # --------------------------------------------------------------------------- targets
@@ -289,6 +327,9 @@ class Row:
     conns: Optional[int] = None
     result: Optional[WrkResult] = None
     error: str = ""
+    workload: str = "echo"
+    cpu_ms: Optional[float] = None  # CPU per call across the target's processes (user + system)
+    rss_mb: Optional[str] = None  # resident memory after the run, per process
 
 
 @dataclass
@@ -297,6 +338,7 @@ class Target:
     label: str
     start: Callable[["Ctx"], tuple[str, list[Proc], str]]  # -> (url, procs, note)
     start_timeout: float = START_TIMEOUT
+    sleep: bool = True  # has POST /api/sleep_ms
 
 
 @dataclass
@@ -332,7 +374,7 @@ def neutrino_check(ctx: Ctx) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "python"),
                                                           env.get("PYTHONPATH")]))
-        r = subprocess.run([sys.executable, "-m", "neutrino.cli", "openapi", "examples/app.py",
+        r = subprocess.run([sys.executable, "-m", "neutrino.cli", "openapi", BENCH_APP,
                             "-o", str(manifest)], cwd=REPO, env=env, capture_output=True,
                            text=True, timeout=120)
         if r.returncode != 0 or not manifest.exists():
@@ -345,13 +387,11 @@ def neutrino_check(ctx: Ctx) -> None:
 
 
 def start_worker(ctx: Ctx, name: str, db: Path) -> Proc:
+    # As `neutrino up` starts a fast worker: its default threads (--concurrency 4) and log level.
     argv = [str(WORKER_BIN), "--mode", "http", "--pool", "fast",
-                       "--app", "examples/app.py", "--port", "0", "--concurrency", "2",
+                       "--app", BENCH_APP, "--port", "0", "--concurrency", "4",
                        "--task-log", f"sqlite:{db}",
-                       "--python-path", str(REPO / "python"),
-                       # One log line per lifecycle event is the default; the comparison runs uvicorn with
-                       # --log-level warning and no access log, so the workers log warnings only here too.
-                       "--log-level", "warning"]
+                       "--python-path", str(REPO / "python")]
     return Proc(name, argv, ctx.state / f"{name}.log")
 
 
@@ -414,7 +454,7 @@ TARGETS = [
     Target("neutrino-direct", "neutrino: 1 worker direct", start_neutrino_direct),
     Target("uvicorn-1", "uvicorn+starlette, 1 process", start_uvicorn(1)),
     Target("uvicorn-2", "uvicorn+starlette, 2 processes", start_uvicorn(2)),
-    Target("ray", f"ray serve, {RAY_REPLICAS} replicas", start_ray, max(START_TIMEOUT, 180)),
+    Target("ray", f"ray serve, {RAY_REPLICAS} replicas", start_ray, max(START_TIMEOUT, 180), sleep=False),
 ]
 
 
@@ -442,19 +482,28 @@ def run_target(t: Target, ctx: Ctx, rows: list[Row]) -> None:
         if note:
             ctx.notes.append(f"{t.label}: {note}")
             log(note)
-        for c in CONCURRENCY:
+        runs = [("echo", url, BODY, c) for c in CONCURRENCY]
+        if SLEEP and t.sleep:
+            runs.append(("sleep_ms(10)", url.rsplit("/", 1)[0] + "/sleep_ms", SLEEP_BODY, 32))
+        for workload, run_url, body, c in runs:
             wlog = ctx.state / f"wrk-{t.key}.log"
             try:
                 if WARMUP > 0:
-                    wrk(url, c, WARMUP, wlog)
-                res = wrk(url, c, SECONDS, wlog)
-                log(f"  c={c}: {res.rps:.0f} req/s, p50 {res.p50_ms:.3f} ms, "
-                    f"p99 {res.p99_ms:.3f} ms, non-2xx {res.non2xx}, socket errors {res.sock_total}")
-                rows.append(Row(t.label, c, res))
+                    wrk(run_url, c, WARMUP, wlog, body)
+                before = cpu_seconds(procs)
+                res = wrk(run_url, c, SECONDS, wlog, body)
+                used = cpu_seconds(procs) - before
+                calls = res.requests
+                cpu_ms = used / calls * 1000 if calls and used > 0 else None
+                rss = ", ".join(f"{p.name.replace('neutrino-', '')} {m:.0f}" for p, m in rss_mb(procs))
+                log(f"  {workload} c={c}: {res.rps:.0f} req/s, p50 {res.p50_ms:.3f} ms, "
+                    f"p99 {res.p99_ms:.3f} ms, non-2xx {res.non2xx}, socket errors {res.sock_total}, "
+                    f"cpu/call {cpu_ms if cpu_ms is None else round(cpu_ms, 3)} ms, RSS MB {rss}")
+                rows.append(Row(t.label, c, res, workload=workload, cpu_ms=cpu_ms, rss_mb=rss))
             except (RuntimeError, ValueError, AttributeError, subprocess.TimeoutExpired) as e:
                 ctx.failed = True
-                log(f"  c={c}: wrk failed: {e}")
-                rows.append(Row(t.label, c, error=f"wrk failed: {e}"))
+                log(f"  {workload} c={c}: wrk failed: {e}")
+                rows.append(Row(t.label, c, error=f"wrk failed: {e}", workload=workload))
             for p in procs:
                 if p.p.poll() is not None:
                     ctx.failed = True
@@ -541,12 +590,12 @@ def header() -> list[str]:
 
 
 def table(rows: list[Row]) -> list[str]:
-    out = ["| target | conns | req/s | p50 | p99 | non-2xx | socket errors |",
-           "|---|---:|---:|---:|---:|---:|---:|"]
+    out = ["| target | call | conns | req/s | p50 | p99 | CPU per call | RSS (MB) after | non-2xx | socket errors |",
+           "|---|---|---:|---:|---:|---:|---:|---|---:|---:|"]
     for r in rows:
         if r.result is None:
             c = str(r.conns) if r.conns else "–"
-            out.append(f"| {r.target} | {c} | {r.error} | | | | |")
+            out.append(f"| {r.target} | {r.workload} | {c} | {r.error} | | | | | | |")
             continue
         x = r.result
         sock = str(x.sock_total)
@@ -555,15 +604,34 @@ def table(rows: list[Row]) -> list[str]:
         non2xx = f"**{x.non2xx}**" if x.non2xx else "0"
         if x.sock_total:
             sock = f"**{sock}**"
-        out.append(f"| {r.target} | {r.conns} | {x.rps:,.0f} | {fmt_ms(x.p50_ms)} | "
-                   f"{fmt_ms(x.p99_ms)} | {non2xx} | {sock} |")
+        cpu = fmt_ms(r.cpu_ms) if r.cpu_ms is not None else "n/a"
+        out.append(f"| {r.target} | {r.workload} | {r.conns} | {x.rps:,.0f} | {fmt_ms(x.p50_ms)} | "
+                   f"{fmt_ms(x.p99_ms)} | {cpu} | {r.rss_mb or ''} | {non2xx} | {sock} |")
+    return out
+
+
+def ratios(rows: list[Row]) -> list[str]:
+    """Neutrino (gateway + 2 workers) against uvicorn + Starlette with 2 processes, per workload at c=32."""
+    def find(label: str, workload: str) -> Optional[Row]:
+        return next((r for r in rows if r.target == label and r.workload == workload and r.conns == 32
+                     and r.result is not None), None)
+    out = []
+    for workload in ("echo", "sleep_ms(10)"):
+        n, u = find(TARGETS[0].label, workload), find(TARGETS[3].label, workload)
+        if n is None or u is None or not u.result.rps:
+            continue
+        line = (f"- {workload} c=32, Neutrino ÷ uvicorn-2: req/s {n.result.rps / u.result.rps:.2f}×, "
+                f"p99 {fmt_ms(n.result.p99_ms)} vs {fmt_ms(u.result.p99_ms)}")
+        if n.cpu_ms is not None and u.cpu_ms is not None:
+            line += f", CPU per call {fmt_ms(n.cpu_ms)} vs {fmt_ms(u.cpu_ms)}"
+        out.append(line)
     return out
 
 
 def gateway_hop(rows: list[Row]) -> str:
     def p50(label_prefix: str) -> Optional[float]:
         for r in rows:
-            if r.target.startswith(label_prefix) and r.conns == 1 and r.result:
+            if r.target.startswith(label_prefix) and r.conns == 1 and r.result and r.workload == "echo":
                 return r.result.p50_ms
         return None
     a, b = p50(TARGETS[0].label), p50(TARGETS[1].label)
@@ -609,7 +677,8 @@ def main() -> int:
         Proc.stop_all()
 
     print()
-    print("## Neutrino benchmark: echo(x, label) over HTTP" + (" (INTERRUPTED, partial)" if interrupted else ""))
+    print("## Neutrino benchmark: sync calls over HTTP, echo(x, label) and sleep_ms(10)"
+          + (" (INTERRUPTED, partial)" if interrupted else ""))
     print()
     print("\n".join(head))
     print()
@@ -618,6 +687,8 @@ def main() -> int:
     if not only or {"neutrino", "neutrino-direct"} <= only:
         print(gateway_hop(rows))
         print()
+    for line in ratios(rows):
+        print(line)
     for n in ctx.notes:
         print(f"- note: {n}")
     if ctx.failed or ctx.keep or os.environ.get("BENCH_KEEP"):

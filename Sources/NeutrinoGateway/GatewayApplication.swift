@@ -41,7 +41,7 @@ public func buildGateway(_ configuration: GatewayConfiguration, logger: Logger) 
         }
         pools[name] = WorkerPool(
             name: name, endpoints: endpoints, maxConnections: configuration.workerConnections,
-            maxAnswerBytes: configuration.maxWorkerAnswerBytes, logger: logger)
+            maxAnswerBytes: configuration.maxWorkerAnswerBytes, recordsCalls: configuration.taskLogPath != nil, logger: logger)
     }
     for (pool, mode) in manifest.pools where mode == .sync && pools[pool] == nil {
         logger.warning("no --http-pool given for a sync pool of the manifest; its tasks will answer 503", metadata: ["pool": "\(pool)"])

@@ -55,14 +55,18 @@ public final class WorkerPool: Sendable {
     private let next = Atomic<Int>(0)
     private let connections: [WorkerConnections]
     private let logger: Logger
+    /// Sent to workers when this gateway records the lifecycle of the calls it forwards (it has a task log): the
+    /// answer size it relays, so a worker writes only what the gateway cannot (`X-Neutrino-Caller-Records`).
+    private let callerRecords: String?
 
     /// `maxConnections` bounds the connections to each worker (a request finding them all busy goes to the next
     /// worker, as if that one were saturated); `maxAnswerBytes` bounds the answer read from a worker.
     public init(
         name: String, endpoints: [Endpoint], group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
-        maxConnections: Int = 128, maxAnswerBytes: Int = 16 << 20, logger: Logger
+        maxConnections: Int = 128, maxAnswerBytes: Int = 16 << 20, recordsCalls: Bool = false, logger: Logger
     ) {
         self.name = name
+        self.callerRecords = recordsCalls ? String(max(1024, maxAnswerBytes)) : nil
         self.endpoints = endpoints
         self.breakers = Mutex(Array(repeating: CircuitBreaker(), count: endpoints.count))
         self.connections = endpoints.map {
@@ -106,6 +110,7 @@ public final class WorkerPool: Sendable {
             headers.add(name: "Content-Type", value: "application/json")
             headers.add(name: "X-Neutrino-Task-Id", value: taskID)
             headers.add(name: "X-Neutrino-Attempt", value: String(attempt))
+            if let callerRecords { headers.add(name: "X-Neutrino-Caller-Records", value: callerRecords) }
             do {
                 var reply = try await connections[index].send(path: "/api/\(task)", headers: headers, body: payload, deadline: deadline)
                 if reply.status == 503 {

@@ -13,6 +13,10 @@ public enum NeutrinoHeader {
     public static let taskID = HTTPField.Name("X-Neutrino-Task-Id")!
     /// The attempt number (1 for sync calls).
     public static let attempt = HTTPField.Name("X-Neutrino-Attempt")!
+    /// On a call to a worker: the caller (the gateway) records the call's lifecycle itself, and relays answers up to
+    /// this many bytes; the worker then writes to the task log only what the caller cannot (see
+    /// `CallerRecordedCalls`).
+    public static let callerRecords = HTTPField.Name("X-Neutrino-Caller-Records")!
     /// On a worker's answer: the task's status, worker id and execution time.
     public static let status = HTTPField.Name("X-Neutrino-Status")!
     public static let worker = HTTPField.Name("X-Neutrino-Worker")!

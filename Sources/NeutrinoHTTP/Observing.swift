@@ -24,7 +24,7 @@ public struct RequestMetricsMiddleware<Context: RequestContext>: RouterMiddlewar
     }
 
     private func count(route: String?, code: Int) {
-        Counter(label: NeutrinoMetrics.httpRequests, dimensions: [("route", route ?? "unmatched"), ("code", String(code))]).increment()
+        MetricHandles.counter(NeutrinoMetrics.httpRequests, [("route", route ?? "unmatched"), ("code", String(code))]).increment()
     }
 }
 

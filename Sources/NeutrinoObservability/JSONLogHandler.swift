@@ -61,10 +61,10 @@ public struct JSONLogHandler: LogHandler {
     }
 
     /// One write(2) per line, so lines from several threads never interleave.
-    private static let output = LineOutput()
+    static let output = LineOutput()
 }
 
-private final class LineOutput: Sendable {
+final class LineOutput: Sendable {
     func write(_ bytes: [UInt8]) {
         bytes.withUnsafeBytes { raw in
             var offset = 0

@@ -38,16 +38,16 @@ public enum NeutrinoMetrics {
 
     /// A task reached a terminal status.
     public static func finished(task: String, mode: String, pool: String, status: String) {
-        Counter(label: tasksFinished, dimensions: taskLabels(task: task, mode: mode, pool: pool) + [("status", status)]).increment()
+        MetricHandles.counter(tasksFinished, [("task", task), ("mode", mode), ("pool", pool), ("status", status)]).increment()
     }
 
     public static func submitted(task: String, mode: String, pool: String) {
-        Counter(label: tasksSubmitted, dimensions: taskLabels(task: task, mode: mode, pool: pool)).increment()
+        MetricHandles.counter(tasksSubmitted, taskLabels(task: task, mode: mode, pool: pool)).increment()
     }
 
     public static func recordDuration(_ name: String, task: String, mode: String, pool: String, milliseconds: Double) {
         guard milliseconds.isFinite, milliseconds >= 0 else { return }
-        Metrics.Timer(label: name, dimensions: taskLabels(task: task, mode: mode, pool: pool))
+        MetricHandles.timer(name, taskLabels(task: task, mode: mode, pool: pool))
             .recordNanoseconds(Int64(milliseconds * 1_000_000))
     }
 

@@ -14,6 +14,10 @@ public enum LogFormat: String, Sendable, CaseIterable {
 /// swift-metrics reports into one Prometheus registry that `GET /metrics` renders.
 public enum Observability {
     private static let state = BootstrapState()
+    private static let bootstrapped = Atomic(false)
+
+    /// Whether `bootstrap` has run (metric handles made before it report nowhere, so none is cached before).
+    public static var isBootstrapped: Bool { bootstrapped.load(ordering: .acquiring) }
 
     /// Bootstraps logging and metrics once per process and returns the registry `/metrics` renders.
     @discardableResult
@@ -22,9 +26,7 @@ public enum Observability {
             LoggingSystem.bootstrap { label in
                 switch logFormat {
                 case .text:
-                    var handler = StreamLogHandler.standardError(label: label)
-                    handler.logLevel = level
-                    return handler
+                    return TextLogHandler(label: label, level: level)
                 case .json:
                     return JSONLogHandler(label: label, level: level)
                 }
@@ -33,6 +35,7 @@ public enum Observability {
             factory.defaultDurationHistogramBuckets = NeutrinoMetrics.durationBuckets
             factory.valueHistogramBuckets = [NeutrinoMetrics.tasklogBatchSize: NeutrinoMetrics.batchSizeBuckets]
             MetricsSystem.bootstrap(factory)
+            bootstrapped.store(true, ordering: .releasing)
         }
         return state.registry
     }

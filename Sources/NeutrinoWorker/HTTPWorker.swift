@@ -15,15 +15,18 @@ struct HTTPWorker: Sendable {
     let configuration: WorkerConfiguration
     let specs: [String: TaskSpec]
     let executor: PythonExecutor
-    let taskLog: any TaskEventSink
+    let taskLog: ObservedSink
+    /// Calls forwarded by a gateway that records their lifecycle itself.
+    let callerRecorded: CallerRecordedCalls
     let heartbeats: HeartbeatPublisher?
     let recycler: Recycler
     let logger: Logger
 
     init(
-        configuration: WorkerConfiguration, runtime: PythonRuntime, taskLog: any TaskEventSink, connection: NATSConnection?,
-        recycler: Recycler, logger: Logger
+        configuration: WorkerConfiguration, runtime: PythonRuntime, taskLog: ObservedSink, connection: NATSConnection?,
+        recycler: Recycler, callerRecorded: CallerRecordedCalls, logger: Logger
     ) {
+        self.callerRecorded = callerRecorded
         self.recycler = recycler
         self.configuration = configuration
         // Only this pool's sync tasks are served here; a task of another pool is a routing mistake (404).
@@ -76,6 +79,7 @@ struct HTTPWorker: Sendable {
         var services: [any Service] = [
             LifecycleService("task log", stop: { await taskLog.close() }),
             LifecycleService("python threads", stop: { executor.shutdown() }),
+            RunningRecorder(calls: callerRecorded, taskLog: taskLog),
             app,
         ]
         if let heartbeats { services.append(heartbeats) }
@@ -121,6 +125,10 @@ struct HTTPWorker: Sendable {
         }
         let workerID = configuration.workerID
         let taskLog = self.taskLog
+        // The gateway says it records this call's lifecycle, for answers up to this many bytes (it cannot relay a
+        // larger one, so the worker records that outcome itself).
+        let callerRelays = request.headers[NeutrinoHeader.callerRecords].flatMap(Int.init).map { max(0, $0) }
+        let callerRecorded = self.callerRecorded
         let started = StartTime()
         let printed = CapturedOutput()
         let outcome = await executor.run(
@@ -128,11 +136,12 @@ struct HTTPWorker: Sendable {
             onStart: {
                 let now = Timestamp.now()
                 started.set(now)
-                taskLog.record(
-                    TaskEvent(
-                        taskID: taskID, kind: .running, at: now, function: spec.name, pool: spec.pool,
-                        mode: spec.mode, workerID: workerID, attempt: attempt))
+                let running = TaskEvent(
+                    taskID: taskID, kind: .running, at: now, function: spec.name, pool: spec.pool,
+                    mode: spec.mode, workerID: workerID, attempt: attempt)
+                if callerRelays != nil { callerRecorded.begin(running) } else { taskLog.record(running) }
             }, onOutput: printed.set)
+        let madeVisible = callerRelays != nil && callerRecorded.end(taskID)
         let reply = TaskReply(taskID: taskID, spec: spec, workerID: workerID, attempt: attempt, outcome: outcome)
         if case .rejected(let reason) = outcome {
             // Nothing ran: the caller may send it elsewhere; nothing is logged here.
@@ -140,7 +149,14 @@ struct HTTPWorker: Sendable {
         }
         var outcomeEvent = Self.outcomeEvent(taskID: taskID, spec: spec, workerID: workerID, attempt: attempt, reply: reply)
         outcomeEvent.output = printed.text
-        taskLog.record(outcomeEvent)
+        // One writer per call: the gateway records the outcome it relays. The worker records it too when the task
+        // log already shows the call (running past `runningVisibleAfter`, progress), when only the worker has what
+        // the task printed, or when the answer is too large for the gateway to relay.
+        if let relayLimit = callerRelays, !madeVisible, outcomeEvent.output == nil, reply.body.count <= relayLimit {
+            taskLog.observeOnly(outcomeEvent)
+        } else {
+            taskLog.record(outcomeEvent)
+        }
         if reply.status == .timedOut {
             logger.warning("task timed out", metadata: ["task_id": "\(taskID)", "task": "\(name)", "timeout_ms": "\(spec.timeoutMs)"])
         }

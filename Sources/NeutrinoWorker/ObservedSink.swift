@@ -28,6 +28,12 @@ final class ObservedSink: TaskEventSink {
         for event in events { countOutcome(event) }
     }
 
+    /// Logs and counts `event` without recording it: its caller records it (see `CallerRecordedCalls`).
+    func observeOnly(_ event: TaskEvent) {
+        observe(event)
+        countOutcome(event)
+    }
+
     /// An attempt that ran here ended (a terminal outcome or a failed attempt handed back for a retry).
     private func countOutcome(_ event: TaskEvent) {
         guard let recycler, event.workerID != nil, event.kind == .retrying || (event.kind.status.isTerminal && event.durationMs != nil) else {
@@ -40,12 +46,6 @@ final class ObservedSink: TaskEventSink {
     func close() async { await inner?.close() }
 
     private func observe(_ event: TaskEvent) {
-        var metadata: Logger.Metadata = [
-            "task_id": "\(event.taskID)", "task": "\(event.function)", "pool": "\(event.pool)",
-            "worker_id": "\(event.workerID ?? "")", "attempt": "\(event.attempt)", "event": "\(event.kind.rawValue)",
-        ]
-        if let ms = event.durationMs { metadata["duration_ms"] = "\(JSONWriter.format(ms))" }
-        if let p = event.progress { metadata["progress"] = "\(JSONWriter.format(p))" }
         let status = event.kind.status
         if status.isTerminal {
             NeutrinoMetrics.finished(task: event.function, mode: event.mode.rawValue, pool: event.pool, status: status.rawValue)
@@ -55,7 +55,21 @@ final class ObservedSink: TaskEventSink {
                 NeutrinoMetrics.taskExecution, task: event.function, mode: event.mode.rawValue,
                 pool: event.pool, milliseconds: ms)
         }
-        let level: Logger.Level = event.kind == .progress ? .debug : event.kind == .failed || event.kind == .timedOut ? .warning : .info
+        // Failures are warnings. A sync call's start and success are debug lines, as an access log is off by
+        // default: at thousands of calls a second they would cost more than the calls (and `neutrino up` re-prints
+        // every line); a queued task's lifecycle stays at info.
+        let level: Logger.Level =
+            event.kind == .failed || event.kind == .timedOut
+            ? .warning
+            : event.kind == .progress || event.mode == .sync ? .debug : .info
+        // The line costs nothing when the level filters it: its metadata is built only for a line that is written.
+        guard logger.logLevel <= level else { return }
+        var metadata: Logger.Metadata = [
+            "task_id": "\(event.taskID)", "task": "\(event.function)", "pool": "\(event.pool)",
+            "worker_id": "\(event.workerID ?? "")", "attempt": "\(event.attempt)", "event": "\(event.kind.rawValue)",
+        ]
+        if let ms = event.durationMs { metadata["duration_ms"] = "\(JSONWriter.format(ms))" }
+        if let p = event.progress { metadata["progress"] = "\(JSONWriter.format(p))" }
         logger.log(level: level, "task \(event.kind.rawValue)", metadata: metadata)
     }
 }

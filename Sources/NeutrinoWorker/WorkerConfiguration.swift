@@ -57,6 +57,9 @@ public struct WorkerConfiguration: Sendable {
     public var maxRSSMB = 0
     /// How often the supervisor has restarted this worker slot (`NEUTRINO_WORKER_RESTARTS`), for the heartbeats.
     public var restarts = 0
+    /// A sync call whose caller records its lifecycle (the gateway) is recorded `running` by the worker only once it
+    /// has run this long (`--running-visible-after-ms`); shorter calls cost the worker no task-log write.
+    public var runningVisibleAfter: Duration = .milliseconds(250)
 
     public init(
         mode: WorkerMode, pool: String, app: String, host: String = "127.0.0.1", port: Int = 0,

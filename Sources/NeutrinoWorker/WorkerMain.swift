@@ -54,8 +54,11 @@ public enum Worker {
         let sink = ObservedSink(taskLog, logger: logger, recycler: recycler)
         let specs = Dictionary(runtime.tasks.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
         let workerID = configuration.workerID
+        let callerRecorded = CallerRecordedCalls(visibleAfter: configuration.runningVisibleAfter)
         ProgressReporting.install { report in
             guard let spec = specs[report.task] else { return }
+            // A call whose progress shows in the task log has its outcome recorded by the worker too.
+            callerRecorded.markVisible(report.taskID)
             sink.record(
                 TaskEvent(
                     taskID: report.taskID, kind: .progress, function: spec.name, pool: spec.pool,
@@ -67,7 +70,7 @@ public enum Worker {
         case .http:
             services = HTTPWorker(
                 configuration: configuration, runtime: runtime, taskLog: sink, connection: connection,
-                recycler: recycler, logger: logger
+                recycler: recycler, callerRecorded: callerRecorded, logger: logger
             ).services()
         case .nats:
             guard let connection else { throw WorkerError(message: "--mode nats needs --nats URL") }

@@ -26,8 +26,14 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(help: "Port to listen on; 0 picks a free one (printed as 'listening on http://HOST:PORT').")
     var port: Int = 0
 
-    @Option(help: "Python threads: how many tasks run at once.")
-    var concurrency: Int = 2
+    @Option(
+        help:
+            "Python threads: how many tasks run at once (default: 16 for --mode http, where sync calls are mostly I/O-bound and Python releases the GIL while it waits; 2 for --mode nats)."
+    )
+    var concurrency: Int?
+
+    /// The threads a worker of `mode` runs when `--concurrency` is not given.
+    static func defaultConcurrency(mode: String) -> Int { mode == WorkerMode.http.rawValue ? 16 : 2 }
 
     @Option(
         name: .customLong("task-log"),
@@ -90,6 +96,12 @@ struct WorkerCommand: AsyncParsableCommand {
         help: "How much of what a task prints (stdout, stderr) is stored with it: the last N characters (0: none).")
     var taskOutputBytes: Int = 65536
 
+    @Option(
+        name: .customLong("running-visible-after-ms"),
+        help:
+            "A sync call forwarded by the gateway (which records its lifecycle) is recorded running by the worker once it has run this long.")
+    var runningVisibleAfterMs: Int = 250
+
     @Option(name: .customLong("max-tasks-per-worker"), help: "Drain and exit with status 75 after this many tasks, for a fresh worker (0: never).")
     var maxTasksPerWorker: Int = 0
 
@@ -102,7 +114,7 @@ struct WorkerCommand: AsyncParsableCommand {
         if taskLog == "nats" && nats == nil { throw ValidationError("--task-log nats needs --nats URL") }
         guard WorkerMode(rawValue: mode) != nil else { throw ValidationError("--mode must be http or nats") }
         guard TaskSpec.isValidName(pool) else { throw ValidationError("--pool must match [a-z0-9_]+") }
-        guard (1...256).contains(concurrency) else { throw ValidationError("--concurrency must be 1...256") }
+        if let concurrency, !(1...256).contains(concurrency) { throw ValidationError("--concurrency must be 1...256") }
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535") }
         if let nats, NATSServers.parse(nats) == nil {
             throw ValidationError("--nats '\(nats)' must be one URL or several comma-separated (nats://HOST:PORT,...)")
@@ -128,7 +140,8 @@ struct WorkerCommand: AsyncParsableCommand {
         let id = workerID ?? "\(pool)-\(ProcessInfo.processInfo.hostName)-\(getpid())"
         var configuration = WorkerConfiguration(
             mode: WorkerMode(rawValue: mode) ?? .http, pool: pool, app: app, host: host, port: port,
-            concurrency: concurrency, taskLog: TaskLogTarget(argument: taskLog) ?? .none, pythonPaths: pythonPaths,
+            concurrency: concurrency ?? Self.defaultConcurrency(mode: mode), taskLog: TaskLogTarget(argument: taskLog) ?? .none,
+            pythonPaths: pythonPaths,
             workerID: id, maxBodyBytes: maxBodyBytes, natsURL: nats,
             ackWait: .milliseconds(Int64(ackWait * 1000)), drainGrace: .milliseconds(Int64(drainGrace * 1000)))
         configuration.heartbeatInterval = .milliseconds(Int64(heartbeatInterval * 1000))
@@ -137,6 +150,7 @@ struct WorkerCommand: AsyncParsableCommand {
         configuration.hardTimeoutGrace = .milliseconds(Int64(hardTimeoutGrace * 1000))
         configuration.maxLeakedThreads = maxLeakedThreads
         configuration.maxTasksPerWorker = maxTasksPerWorker
+        configuration.runningVisibleAfter = .milliseconds(Int64(min(max(0, runningVisibleAfterMs), 86_400_000)))
         configuration.maxRSSMB = maxRSSMB
         configuration.streamReplicas = streamReplicas
         let restarts = ProcessInfo.processInfo.environment["NEUTRINO_WORKER_RESTARTS"].flatMap(Int.init) ?? 0

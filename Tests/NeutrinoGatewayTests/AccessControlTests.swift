@@ -239,6 +239,18 @@ struct AccessControlTests {
         }
     }
 
+    @Test func jsonMediaTypesAsTheCSRFCheckReadsThem() {
+        for accepted in ["application/json", "Application/JSON", " application/json ; charset=utf-8", "application/json;"] {
+            #expect(isJSONMediaType(accepted), "\(accepted)")
+        }
+        for refused in [
+            "text/plain", "application/jsonx", "application/x-www-form-urlencoded", "", "application\u{0F}json",
+            "multipart/form-data; boundary=application/json",
+        ] {
+            #expect(!isJSONMediaType(refused), "\(refused)")
+        }
+    }
+
     @Test func corsOriginsGetPreflightAndHeaders() async throws {
         let read = Self.makeKey("reader", scopes: ["read"])
         try await Self.withGateway(keys: [read], configure: { $0.corsOrigins = ["https://app.example"] }) { client, _ in

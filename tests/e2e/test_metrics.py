@@ -101,8 +101,10 @@ def test_gateway_and_http_worker_metrics_move_as_sync_tasks_run(cluster):
 
     scrapes = wait_for(workers_moved, timeout=30, message="the workers' neutrino_tasks_total to count 3 echo")
     for w, s, before in zip(cluster.workers, scrapes, workers_before):
+        # No task-log metrics required here: the gateway records the short calls it forwards (one writer per call,
+        # test_sync_calls.py), so these workers may not have written at all.
         check_exposition(s, {"neutrino_http_requests_total", "neutrino_worker_slots",
-                             "neutrino_worker_tasks_in_flight", *WORKER_TASKLOG})
+                             "neutrino_worker_tasks_in_flight"})
         assert s.value("neutrino_worker_slots", pool="fast") == 4, s.samples("neutrino_worker_slots")  # --concurrency
         assert s.value("neutrino_worker_tasks_in_flight", pool="fast") == 0
     total = lambda name, **labels: sum(s.value(name, **labels) - b.value(name, **labels)  # noqa: E731

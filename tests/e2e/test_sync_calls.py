@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import SETTLE_TIMEOUT_S, Cluster, assert_error_body, loads_json_column, parse_time, wait_for
+from conftest import SETTLE_TIMEOUT_S, TASK_LOG_MODE, Cluster, assert_error_body, loads_json_column, parse_time, wait_for
 
 from neutrino.errors import TaskFailed
 
@@ -215,3 +215,58 @@ def test_whoami_through_client(cluster: Cluster):
     rec = cluster.get(f"/tasks/{first['task_id']}").json()
     assert rec["function"] == "whoami" and rec["status"] == "completed"
     assert rec["result"]["task_id"] == first["task_id"]
+
+
+def test_long_sync_call_is_visible_while_it_runs(cluster: Cluster):
+    """The gateway records a sync call's lifecycle when the answer comes back; a call that runs past the worker's
+    --running-visible-after-ms (250 ms) shows up as `running` meanwhile, and ends with each event once."""
+    import threading
+
+    answer: dict = {}
+
+    def call() -> None:
+        answer["resp"] = cluster.post("sleepy", {"seconds": 1.5})
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    try:
+        seen = wait_for(
+            lambda: [t for t in cluster.get("/tasks?function=sleepy&status=running").json()["tasks"]],
+            timeout=10, interval=0.05, message="a running sleepy call listed while it runs")
+    finally:
+        caller.join(timeout=30)
+    resp = answer["resp"]
+    assert resp.status == 200, resp
+    task_id = resp.headers["x-neutrino-task-id"]
+    assert task_id in {t["task_id"] for t in seen}, (task_id, seen)
+    rec = cluster.get(f"/tasks/{task_id}").json()
+    assert rec["status"] == "completed", rec
+    assert [e["event"] for e in rec["events"]] == ["pending", "running", "completed"], rec["events"]
+    cluster.log.wait_terminal(task_id, events=["pending", "running", "completed"])
+
+
+def _worker_tasklog_writes(url: str) -> float:
+    """Transactions the worker's own SQLite writer committed so far (0 before its first)."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"{url}/metrics", timeout=10).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("neutrino_tasklog_write_seconds_count"))
+
+
+@pytest.mark.skipif(TASK_LOG_MODE != "sqlite", reason="the worker's SQLite writer exists in the sqlite mode only")
+def test_short_sync_calls_cost_the_worker_no_task_log_write(cluster: Cluster):
+    """One writer per call: the gateway records what it relays, so a short call is not written twice."""
+    urls = [w.url for w in cluster.workers]
+    before = [_worker_tasklog_writes(u) for u in urls]
+    ids = []
+    for i in range(20):
+        resp = cluster.post("echo", {"x": i})
+        assert resp.status == 200, resp
+        ids.append(resp.headers["x-neutrino-task-id"])
+    for task_id in ids:
+        rec = cluster.get(f"/tasks/{task_id}").json()
+        assert rec["status"] == "completed" and rec["result"]["x"] == ids.index(task_id), rec
+        assert [e["event"] for e in rec["events"]] == ["pending", "running", "completed"], rec["events"]
+    after = [_worker_tasklog_writes(u) for u in urls]
+    assert after == before, f"the workers wrote to the task log for calls the gateway records: {before} -> {after}"

@@ -4,6 +4,7 @@ import HummingbirdAuth
 import Metrics
 import NeutrinoCore
 import NeutrinoHTTP
+import NeutrinoObservability
 
 /// The gateway's request context: Hummingbird's core storage plus the API key the request authenticated with
 /// (hummingbird-auth's `AuthRequestContext`).
@@ -211,7 +212,7 @@ struct AccessPolicyMiddleware: RouterMiddleware {
     }
 
     private func count(_ key: APIKey, code: Int) {
-        Counter(label: AccessMetrics.requestsByKey, dimensions: [("key_id", key.id), ("code", String(code))]).increment()
+        MetricHandles.counter(AccessMetrics.requestsByKey, [("key_id", key.id), ("code", String(code))]).increment()
     }
 
     private func limited(

@@ -65,8 +65,7 @@ struct OriginGuardMiddleware<Context: RequestContext>: RouterMiddleware {
         case .post, .put, .patch, .delete:
             if request.headers[.authorization]?.hasPrefix("Bearer ") == true { break }
             if let type = request.headers[.contentType] {
-                let media = type.split(separator: ";").first.map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
-                guard media == "application/json" else {
+                guard isJSONMediaType(type) else {
                     throw AccessRejection.forbidden("csrf", "a \(request.method.rawValue) without an API key must be application/json")
                 }
             }
@@ -102,4 +101,19 @@ final class SubmitterTaggingSink: TaskEventSink {
     func record(contentsOf events: [TaskEvent]) { inner.record(contentsOf: events.map(tagged)) }
     func flush() async { await inner.flush() }
     func close() async { await inner.close() }
+}
+
+/// Whether a Content-Type names `application/json` (any case, parameters and surrounding blanks ignored), without
+/// Foundation's string bridging: this runs on every POST.
+func isJSONMediaType(_ contentType: String) -> Bool {
+    var bytes = contentType.utf8[...]
+    if let semicolon = bytes.firstIndex(of: UInt8(ascii: ";")) { bytes = bytes[..<semicolon] }
+    while let first = bytes.first, first == 0x20 || first == 0x09 { bytes = bytes.dropFirst() }
+    while let last = bytes.last, last == 0x20 || last == 0x09 { bytes = bytes.dropLast() }
+    let expected = "application/json".utf8
+    guard bytes.count == expected.count else { return false }
+    return zip(bytes, expected).allSatisfy { byte, want in
+        let lower = (0x41...0x5A).contains(byte) ? byte | 0x20 : byte
+        return lower == want
+    }
 }
