@@ -30,6 +30,11 @@ struct WorkerCommand: AsyncParsableCommand {
     var concurrency: Int = 2
 
     @Option(
+        name: .customLong("max-coroutines"),
+        help: "async def tasks in flight at once on the worker's event loop (each without a thread of its own).")
+    var maxCoroutines: Int = 512
+
+    @Option(
         name: .customLong("task-log"),
         help: "Where lifecycle events go: sqlite:PATH, nats (published on NEUTRINO_EVENTS for the gateway to record) or none.")
     var taskLog: String = "none"
@@ -103,6 +108,7 @@ struct WorkerCommand: AsyncParsableCommand {
         guard WorkerMode(rawValue: mode) != nil else { throw ValidationError("--mode must be http or nats") }
         guard TaskSpec.isValidName(pool) else { throw ValidationError("--pool must match [a-z0-9_]+") }
         guard (1...256).contains(concurrency) else { throw ValidationError("--concurrency must be 1...256") }
+        guard (1...100_000).contains(maxCoroutines) else { throw ValidationError("--max-coroutines must be 1...100000") }
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535") }
         if let nats, NATSServers.parse(nats) == nil {
             throw ValidationError("--nats '\(nats)' must be one URL or several comma-separated (nats://HOST:PORT,...)")
@@ -136,6 +142,7 @@ struct WorkerCommand: AsyncParsableCommand {
         setenv("NEUTRINO_TASK_OUTPUT_BYTES", String(max(0, taskOutputBytes)), 1)
         configuration.hardTimeoutGrace = .milliseconds(Int64(hardTimeoutGrace * 1000))
         configuration.maxLeakedThreads = maxLeakedThreads
+        configuration.maxCoroutines = maxCoroutines
         configuration.maxTasksPerWorker = maxTasksPerWorker
         configuration.maxRSSMB = maxRSSMB
         configuration.streamReplicas = streamReplicas
