@@ -153,3 +153,39 @@ def test_a_loop_blocking_coroutine_is_logged_and_does_not_hold_back_timeouts(lau
                  message=lambda: worker.output[-3000:])
     finally:
         worker.stop()
+
+
+def test_a_coroutine_spinning_past_its_hard_deadline_is_stopped_and_the_loop_goes_on(launcher: Launcher):
+    """spin_loop busy-loops for 60 s (timeout 1 s, --hard-timeout-grace 1 s): the caller gets 504 at the timeout,
+    the watcher raises TimeoutError in it past timeout + grace, and the same loop then runs other coroutines."""
+    d = launcher.new_dir("coro-spin")
+    worker = launcher.worker(CORO_APP, d / "tasks.sqlite", log_dir=d, worker_id="coro-spin", concurrency=1,
+                             extra_args=["--hard-timeout-grace", "1"])
+    try:
+        resp = post_task(worker.url, "spin_loop", {"seconds": 60})
+        assert resp.status == 504, resp
+        wait_for(lambda: "raising TimeoutError in it" in worker.output and "running again" in worker.output,
+                 timeout=60, message=lambda: f"the hard stop:\n{worker.output[-3000:]}")
+        after = post_task(worker.url, "nap", {"seconds": 0.1})
+        assert after.status == 200 and after.json()["result"] == 0.1, after
+        assert worker.alive(), worker.output[-3000:]
+    finally:
+        worker.stop()
+
+
+def test_a_loop_blocked_in_a_call_that_never_returns_recycles_the_worker(launcher: Launcher):
+    """block_loop sleeps 120 s in time.sleep (timeout 5 s, grace 1 s): the caller gets 504 at the timeout; the
+    TimeoutError raised past the hard deadline cannot stop a C call, so the loop is reported lost and the worker
+    exits 75 (recycle) for a fresh one."""
+    d = launcher.new_dir("coro-lost")
+    worker = launcher.worker(CORO_APP, d / "tasks.sqlite", log_dir=d, worker_id="coro-lost", concurrency=1,
+                             extra_args=["--hard-timeout-grace", "1"])
+    try:
+        resp = post_task(worker.url, "block_loop", {"seconds": 120})
+        assert resp.status == 504, resp
+        code = worker.wait_exit(timeout=90)
+        assert code == 75, f"exit {code}:\n{worker.output[-3000:]}"
+        assert "the event loop of the async def tasks is lost" in worker.output, worker.output[-3000:]
+        assert "block_loop" in worker.output
+    finally:
+        worker.stop()

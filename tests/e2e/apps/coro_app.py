@@ -51,6 +51,15 @@ async def block_loop(seconds: float) -> str:
     return "unblocked"
 
 
+@app.task(timeout_ms=1000)
+async def spin_loop(seconds: float) -> str:
+    """Wrong on purpose: a pure-Python busy loop in an async def holds the event loop."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+    return "spun"
+
+
 @app.task()
 def plain(x: int) -> int:
     """A thread task beside the coroutines."""
