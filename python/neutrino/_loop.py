@@ -41,9 +41,17 @@ TAKE, DONE, LOST, INTERRUPT = 0, 1, 2, 3
 # Items from TAKE.
 START, CANCEL = 0, 1
 
-#: How often the loop stamps its heartbeat, and after how long without one the watcher calls it blocked.
-TICK_S = 0.02
-BLOCK_WARN_S = 0.1
+def _warn_from_env() -> float:
+    try:
+        return max(0.01, float(os.environ.get("NEUTRINO_LOOP_BLOCK_WARN_MS", "100")) / 1000)
+    except ValueError:
+        return 0.1
+
+
+#: After how long without a heartbeat the watcher calls the loop blocked (the worker's --loop-block-warn-ms, via
+#: the environment; asyncio debug mode's slow-callback threshold is 0.1 s too), and how often the loop stamps it.
+BLOCK_WARN_S = _warn_from_env()
+TICK_S = min(0.02, BLOCK_WARN_S / 4)
 
 
 class _Job:
