@@ -410,7 +410,7 @@ public final class PythonExecutor: Sendable {
                     state.leakedCoroutines += 1
                     coroutinesGivenUp += 1
                     state.interrupts.append((job, .probe))
-                    state.interruptsPendingSince = now
+                    if state.interruptsPendingSince == nil { state.interruptsPendingSince = now }
                     interruptWake.signal()
                 } else {
                     state.leaked += 1

@@ -99,7 +99,11 @@ def run(bridge: Callable[..., Any], wake_fd: int, grace_s: float) -> None:
         for item in bridge(TAKE):
             op, job = item[0], item[1]
             if op == START:
-                _start(job, item[2], item[3], item[4])
+                try:
+                    _start(job, item[2], item[3], item[4])
+                except BaseException as exc:  # never leave a job without an answer
+                    payload = _runtime._error_payload(type(exc).__name__, f"the event loop could not start the task: {exc}")
+                    bridge(DONE, job, False, payload, None)
             elif op == CANCEL:
                 entry = jobs.get(job)
                 if entry is not None and entry.task is not None:
