@@ -189,3 +189,33 @@ def test_a_loop_blocked_in_a_call_that_never_returns_recycles_the_worker(launche
         assert "block_loop" in worker.output
     finally:
         worker.stop()
+
+
+def test_max_coroutines_bounds_the_coroutines_in_flight(launcher: Launcher):
+    """--max-coroutines 2: of 6 concurrent 1 s naps at most 2 run at once (the rest wait in the worker's queue),
+    so they take three rounds; /healthz shows the bound and the busy count never exceeds it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from conftest import http_request
+
+    d = launcher.new_dir("coro-bound")
+    worker = launcher.worker(CORO_APP, d / "tasks.sqlite", log_dir=d, worker_id="coro-bound", concurrency=1,
+                             extra_args=["--max-coroutines", "2"])
+    try:
+        started = time.monotonic()
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            futures = [pool.submit(post_task, worker.url, "nap", {"seconds": 1.0}) for _ in range(6)]
+            seen = []
+            while not all(f.done() for f in futures):
+                health = http_request("GET", f"{worker.url}/healthz").json()
+                seen.append((health["busy"], health["queued"]))
+                time.sleep(0.1)
+            answers = [f.result() for f in futures]
+        took = time.monotonic() - started
+        assert all(a.status == 200 for a in answers), answers
+        assert health["max_coroutines"] == 2, health
+        assert max(busy for busy, _ in seen) <= 2, seen
+        assert any(queued > 0 for _, queued in seen), seen
+        assert took >= 2.9, f"6 one-second naps with 2 slots finished in {took:.1f} s"
+    finally:
+        worker.stop()
