@@ -10,6 +10,8 @@
 #   BENCH_ASYNC=0               skip the async table (bench/async_bench.py)
 #   BENCH_FAULTS=0              skip the fault-containment table (bench/faults.py)
 #   BENCH_CLUSTER=0             skip the R1 vs R3 table (bench/cluster_bench.py)
+#   BENCH_CORO=0                skip the async def table (bench/coro_bench.py: asyncio.sleep(0.01) at c=256
+#                               against uvicorn+FastAPI with 2 workers)
 #   BENCH_RETRY_RAY=1           retry a Ray install that failed before (the failure is cached)
 #   BENCH_RAY_INSTALL_TIMEOUT   seconds for `pip install "ray[serve]"` (default 900)
 #   BENCH_NO_RAY=1              don't try to install Ray at all
@@ -43,12 +45,12 @@ if ! command -v wrk >/dev/null 2>&1; then
   fi
 fi
 
-# --- bench/.venv: starlette + uvicorn[standard] (uvloop, httptools)
-if ! "$BENCH_DIR/.venv/bin/python" -c "import starlette, uvicorn, uvloop, httptools" 2>/dev/null; then
-  say "creating bench/.venv (starlette, uvicorn[standard])"
-  "$PY" -m venv "$BENCH_DIR/.venv"
+# --- bench/.venv: starlette + uvicorn[standard] (uvloop, httptools), fastapi (the async def table's peer)
+if ! "$BENCH_DIR/.venv/bin/python" -c "import starlette, uvicorn, uvloop, httptools, fastapi" 2>/dev/null; then
+  say "creating bench/.venv (starlette, uvicorn[standard], fastapi)"
+  [ -x "$BENCH_DIR/.venv/bin/python" ] || "$PY" -m venv "$BENCH_DIR/.venv"
   "$BENCH_DIR/.venv/bin/python" -m pip install -q --disable-pip-version-check \
-    starlette 'uvicorn[standard]'
+    starlette 'uvicorn[standard]' fastapi
 fi
 
 # --- the async table: nats-server (Neutrino) and redis-server + celery[redis] (the comparison)
@@ -122,6 +124,10 @@ rc=0
 if [ "${BENCH_SYNC:-1}" != 0 ]; then
   "$PY" "$BENCH_DIR/run.py" "$@" || rc=$?
   # Interrupted (Ctrl-C, SIGTERM): don't start the async half.
+  if [ "$rc" -ge 128 ]; then exit "$rc"; fi
+fi
+if [ "${BENCH_CORO:-1}" != 0 ]; then
+  "$PY" "$BENCH_DIR/coro_bench.py" || { r=$?; [ "$rc" != 0 ] || rc=$r; }
   if [ "$rc" -ge 128 ]; then exit "$rc"; fi
 fi
 if [ "${BENCH_ASYNC:-1}" != 0 ]; then

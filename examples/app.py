@@ -4,6 +4,7 @@ Sync tasks (pool "fast") answer in the HTTP response; async and gpu tasks go thr
 """
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -71,6 +72,16 @@ def whoami() -> dict:
     """The task's own context: id, attempt, pool."""
     ctx = current_task()
     return {"task_id": ctx.id, "attempt": ctx.attempt, "pool": ctx.pool} if ctx else {}
+
+
+@app.task(timeout_ms=2000)
+async def lookup(key: str, delay_s: float = 0.05) -> dict:
+    """An async def task: it awaits (here asyncio.sleep, standing in for an HTTP call or a database query) on the
+    worker's event loop, so one worker holds hundreds of these in flight without a thread each."""
+    report_progress(0.5, "waiting for the backend")
+    await asyncio.sleep(delay_s)
+    ctx = current_task()
+    return {"key": key, "value": key.upper(), "task_id": ctx.id if ctx else None}
 
 
 @app.task(execution_mode="async", timeout_secs=300, retries=3)

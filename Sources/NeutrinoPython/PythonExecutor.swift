@@ -42,6 +42,9 @@ public enum ExecutorAlarm: Sendable {
     /// A thread has held the GIL past its hard limit: no Python runs in this process any more. Exit so the
     /// supervisor starts a fresh worker.
     case wedged(String)
+    /// The event loop of the `async def` tasks is lost (blocked past a hard limit in a call that does not return,
+    /// or too many coroutines ignore their cancellation): recycle the worker.
+    case eventLoop(String)
 }
 
 /// Runs Python on `threads` dedicated OS threads, never on NIO event loops or Swift's cooperative pool.
@@ -62,7 +65,7 @@ public enum ExecutorAlarm: Sendable {
 public final class PythonExecutor: Sendable {
     // Every mutable field of Job and State is read and written under `lock` only; the continuation is resumed
     // once, taken out under the lock.
-    private final class Job: @unchecked Sendable {
+    final class Job: @unchecked Sendable {
         enum Phase { case queued, running(UInt), done, interrupted(UInt) }
         let task: String
         let tag: String?
@@ -75,13 +78,18 @@ public final class PythonExecutor: Sendable {
         var startNanos: UInt64 = 0
         /// When the soft timeout or the cancel was raised in it.
         var interruptedNanos: UInt64 = 0
-        /// Given up on: its thread left the pool (a replacement took its place).
+        /// Given up on: its thread left the pool (a replacement took its place), or its coroutine stopped counting.
         var abandoned = false
+        /// An `async def` task: runs on the event loop, not on a thread of its own.
+        let coroutine: Bool
+        /// The coroutine's number on the loop (`neutrino._loop`), set when it is handed over.
+        var loopID: UInt64 = 0
 
         init(
-            task: String, tag: String?, payload: [UInt8], timeoutMs: Int, onStart: @escaping @Sendable () -> Void,
-            onOutput: @escaping @Sendable ([UInt8]) -> Void
+            task: String, tag: String?, payload: [UInt8], timeoutMs: Int, coroutine: Bool = false,
+            onStart: @escaping @Sendable () -> Void, onOutput: @escaping @Sendable ([UInt8]) -> Void
         ) {
+            self.coroutine = coroutine
             self.onOutput = onOutput
             self.task = task
             self.tag = tag
@@ -93,7 +101,7 @@ public final class PythonExecutor: Sendable {
         var deadline: UInt64 { startNanos + timeoutNanos }
     }
 
-    private final class State: @unchecked Sendable {
+    final class State: @unchecked Sendable {
         var queue: [Job] = []
         var queueHead = 0
         var running: [ObjectIdentifier: Job] = [:]
@@ -106,23 +114,54 @@ public final class PythonExecutor: Sendable {
         var leaked = 0
         var wedged: String?
         var threadSerial = 0
+        // The event loop's side (see PythonExecutor+Coroutines.swift).
+        /// Coroutine slots taken (running, or being handed over), at most `maxCoroutines`.
+        var coroutinesRunning = 0
+        /// Coroutine calls waiting for a slot, oldest first.
+        var coroutineWaiting: [Job] = []
+        /// What the loop takes at its next wake-up (`bridge(TAKE)`), and whether a wake-up byte is in the pipe.
+        var loopOutbox: [LoopItem] = []
+        var loopWakePending = false
+        /// Coroutines on the loop by number, abandoned ones included, until the loop says they are done.
+        var coroutineJobs: [UInt64: Job] = [:]
+        var nextLoopID: UInt64 = 0
+        /// Coroutines given up on past their hard limit (still on the loop, ignoring their cancellation).
+        var leakedCoroutines = 0
+        /// Why the event loop cannot run coroutines any more (blocked past a hard limit, or failed to start).
+        var loopLost: String?
+        var loopIdent: UInt = 0
     }
 
-    private enum Interrupt { case timeout, cancel }
+    enum LoopItem {
+        case start(Job)
+        case cancel(UInt64)
+    }
 
-    private let runtime: PythonRuntime
-    private let lock = ConditionLock()
+    /// `probe`: nothing is raised; the interrupter only shows it can take the GIL (a coroutine past its hard limit
+    /// may be a loop thread that holds it).
+    enum Interrupt { case timeout, cancel, probe }
+
+    let runtime: PythonRuntime
+    let lock = ConditionLock()
     private let workAvailable = ConditionLock.Condition()
-    private let watchdogWake = ConditionLock.Condition()
-    private let interruptWake = ConditionLock.Condition()
-    private let state = State()
+    let watchdogWake = ConditionLock.Condition()
+    let interruptWake = ConditionLock.Condition()
+    let state = State()
     public let threadCount: Int
     public let maxQueued: Int
-    private let hardLimit: HardTimeoutPolicy
-    private let alarm: @Sendable (ExecutorAlarm) -> Void
+    /// How many `async def` tasks may be in flight on the event loop at once (0: the loop is not started).
+    public let maxCoroutines: Int
+    let hardLimit: HardTimeoutPolicy
+    let alarm: @Sendable (ExecutorAlarm) -> Void
+    /// The event loop's wake-up pipe (read end for the loop, write end for Swift); -1 without a loop.
+    let wakeRead: Int32
+    let wakeWrite: Int32
 
+    /// `maxCoroutines`: the bound on `async def` tasks in flight on the event loop; the loop thread starts only when
+    /// the app has such tasks and the bound is positive.
     public init(
-        runtime: PythonRuntime, threads: Int, maxQueued: Int = 1024, hardLimit: HardTimeoutPolicy = HardTimeoutPolicy(),
+        runtime: PythonRuntime, threads: Int, maxQueued: Int = 1024, maxCoroutines: Int = 0,
+        hardLimit: HardTimeoutPolicy = HardTimeoutPolicy(),
         alarm: @escaping @Sendable (ExecutorAlarm) -> Void = { _ in }
     ) {
         self.runtime = runtime
@@ -130,7 +169,21 @@ public final class PythonExecutor: Sendable {
         self.maxQueued = maxQueued
         self.hardLimit = hardLimit
         self.alarm = alarm
+        let useLoop = runtime.loopRun != nil && maxCoroutines > 0
+        self.maxCoroutines = useLoop ? maxCoroutines : 0
+        var fds: [Int32] = [-1, -1]
+        if useLoop {
+            let rc = pipe(&fds)
+            precondition(rc == 0, "cannot create the event loop's wake-up pipe: errno \(errno)")
+            for fd in fds {
+                _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+                _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+            }
+        }
+        wakeRead = fds[0]
+        wakeWrite = fds[1]
         for _ in 0..<threadCount { startPythonThread() }
+        if useLoop { startLoopThread() }
         var rc = startThread(name: "neutrino-py-wd") { [self] in self.watchdogLoop() }
         precondition(rc == 0, "cannot start the timeout watchdog: pthread_create returned \(rc)")
         rc = startThread(name: "neutrino-py-int") { [self] in self.interrupterLoop() }
@@ -149,8 +202,11 @@ public final class PythonExecutor: Sendable {
     /// Tasks running now, tasks queued behind them, tasks past their timeout that have not returned yet, and threads
     /// given up on that are still blocked.
     public var load: (busy: Int, queued: Int, stuck: Int) {
-        lock.withLock { (state.busy, state.queue.count - state.queueHead, state.stuck) }
+        lock.withLock { (state.busy, state.queue.count - state.queueHead + state.coroutineWaiting.count, state.stuck) }
     }
+
+    /// What this executor runs at once: its threads, plus its coroutine slots when the loop runs.
+    public var slots: Int { threadCount + maxCoroutines }
 
     /// Threads given up on (past their hard limit) that have not returned.
     public var leakedThreads: Int { lock.withLock { state.leaked } }
@@ -166,6 +222,10 @@ public final class PythonExecutor: Sendable {
         onStart: @escaping @Sendable () -> Void = {},
         onOutput: @escaping @Sendable ([UInt8]) -> Void = { _ in }
     ) async -> PythonOutcome {
+        if runtime.coroutineTasks.contains(task) {
+            let job = Job(task: task, tag: tag, payload: payload, timeoutMs: timeoutMs, coroutine: true, onStart: onStart, onOutput: onOutput)
+            return await runCoroutine(job)
+        }
         let job = Job(task: task, tag: tag, payload: payload, timeoutMs: timeoutMs, onStart: onStart, onOutput: onOutput)
         return await withCheckedContinuation { continuation in
             lock.lock()
@@ -188,8 +248,9 @@ public final class PythonExecutor: Sendable {
     public func shutdown() {
         lock.lock()
         state.stopping = true
-        let queued = state.queue[state.queueHead...]
+        let queued = Array(state.queue[state.queueHead...]) + state.coroutineWaiting
         state.queue.removeAll()
+        state.coroutineWaiting.removeAll()
         state.queueHead = 0
         workAvailable.broadcast()
         watchdogWake.signal()
@@ -205,7 +266,7 @@ public final class PythonExecutor: Sendable {
         for job in running { finish(job, .rejected(reason: reason)) }
     }
 
-    private func finish(_ job: Job, _ outcome: PythonOutcome) {
+    func finish(_ job: Job, _ outcome: PythonOutcome) {
         let continuation = lock.withLock { () -> CheckedContinuation<PythonOutcome, Never>? in
             defer { job.continuation = nil }
             return job.continuation
@@ -285,6 +346,7 @@ public final class PythonExecutor: Sendable {
             let now = monotonicNanos()
             var timedOut: [Job] = []
             var giveUp: [Job] = []
+            var wakeLoop = false
             var next = now + 1_000_000_000
             for job in state.running.values {
                 switch job.phase {
@@ -293,7 +355,13 @@ public final class PythonExecutor: Sendable {
                         job.phase = .interrupted(ident)
                         job.interruptedNanos = now
                         state.stuck += 1
-                        state.interrupts.append((job, .timeout))
+                        if job.coroutine {
+                            // The caller is answered now, whether or not the loop is free; CancelledError follows
+                            // inside the coroutine when the loop takes the cancel.
+                            wakeLoop = queueForLoop(.cancel(job.loopID)) || wakeLoop
+                        } else {
+                            state.interrupts.append((job, .timeout))
+                        }
                         timedOut.append(job)
                     } else {
                         next = min(next, job.deadline)
@@ -315,8 +383,9 @@ public final class PythonExecutor: Sendable {
                     "a thread has held the GIL for over \(hardLimit.grace) past its task's timeout (\(names.sorted().joined(separator: ", ")))"
                 state.wedged = reason
                 let running = Array(state.running.values)
-                let queued = Array(state.queue[state.queueHead...])
+                let queued = Array(state.queue[state.queueHead...]) + state.coroutineWaiting
                 state.queue.removeAll()
+                state.coroutineWaiting.removeAll()
                 state.queueHead = 0
                 lock.unlock()
                 for job in running { finish(job, .abandoned(reason: reason)) }
@@ -328,24 +397,44 @@ public final class PythonExecutor: Sendable {
             // Past the hard limit with the GIL available (the interrupter keeps up): the thread is blocked outside
             // Python. Give it up and start another in its place.
             var leakedNow = 0
+            var coroutinesGivenUp = 0
             for job in giveUp where state.interruptsPendingSince == nil {
                 job.abandoned = true
                 state.running[ObjectIdentifier(job)] = nil
                 state.busy -= 1
                 state.stuck -= 1
-                state.leaked += 1
-                leakedNow += 1
+                if job.coroutine {
+                    // Its slot comes back; the coroutine stays on the loop until it ends. If the loop thread holds
+                    // the GIL and never lets go, this probe is how the wedge is seen.
+                    state.coroutinesRunning -= 1
+                    state.leakedCoroutines += 1
+                    coroutinesGivenUp += 1
+                    state.interrupts.append((job, .probe))
+                    if state.interruptsPendingSince == nil { state.interruptsPendingSince = now }
+                    interruptWake.signal()
+                } else {
+                    state.leaked += 1
+                    leakedNow += 1
+                }
             }
             let leaked = state.leaked
-            if timedOut.isEmpty && leakedNow == 0 {
+            let leakedCoroutines = state.leakedCoroutines
+            if timedOut.isEmpty && leakedNow == 0 && coroutinesGivenUp == 0 && !wakeLoop {
                 lock.wait(watchdogWake, untilNanos: next)
                 lock.unlock()
                 continue
             }
             lock.unlock()
+            if wakeLoop { wakeTheLoop() }
             for job in timedOut { finish(job, .timedOut(durationMs: Double(monotonicNanos() - job.startNanos) / 1e6)) }
             for _ in 0..<leakedNow { startPythonThread() }
             if leakedNow > 0 && leaked > hardLimit.maxLeakedThreads { alarm(.tooManyLeakedThreads(leaked)) }
+            if coroutinesGivenUp > 0 {
+                startWaitingCoroutines()
+                if leakedCoroutines > hardLimit.maxLeakedThreads * 8 {
+                    alarm(.eventLoop("\(leakedCoroutines) async def tasks ignore their cancellation past their hard timeout"))
+                }
+            }
         }
     }
 
@@ -370,7 +459,7 @@ public final class PythonExecutor: Sendable {
             for (job, kind) in batch {
                 lock.withLock {
                     // Only while it still runs the call (a finished thread cleared its phase under the GIL we hold).
-                    guard case .interrupted(let ident) = job.phase, !job.abandoned else { return }
+                    guard case .interrupted(let ident) = job.phase, !job.abandoned, kind != .probe, !job.coroutine else { return }
                     PyThreadState_SetAsyncExc(ident, kind == .timeout ? neutrino_py_timeout_error() : runtime.cancelClass.pointer)
                 }
             }
@@ -387,6 +476,11 @@ public final class PythonExecutor: Sendable {
     @discardableResult
     public func cancel(tag: String) -> Bool {
         let queued = lock.withLock { () -> Job? in
+            if let i = state.coroutineWaiting.firstIndex(where: { $0.tag == tag }) {
+                let job = state.coroutineWaiting.remove(at: i)
+                job.phase = .done
+                return job
+            }
             guard let i = state.queue[state.queueHead...].firstIndex(where: { $0.tag == tag }) else { return nil }
             let job = state.queue.remove(at: i)
             job.phase = .done
@@ -397,11 +491,17 @@ public final class PythonExecutor: Sendable {
             return true
         }
         // The interrupt needs the GIL: leave it to the interrupter thread, never block the caller's thread on it.
+        var wakeLoop = false
         let running = lock.withLock { () -> Job? in
             guard let job = state.running.values.first(where: { $0.tag == tag }), case .running(let ident) = job.phase else { return nil }
             job.phase = .interrupted(ident)
             job.interruptedNanos = monotonicNanos()
             state.stuck += 1
+            if job.coroutine {
+                wakeLoop = queueForLoop(.cancel(job.loopID))
+                watchdogWake.signal()
+                return job
+            }
             state.interrupts.append((job, .cancel))
             if state.interruptsPendingSince == nil { state.interruptsPendingSince = job.interruptedNanos }
             interruptWake.signal()
@@ -409,6 +509,7 @@ public final class PythonExecutor: Sendable {
             return job
         }
         guard let running else { return false }
+        if wakeLoop { wakeTheLoop() }
         finish(running, .cancelled(durationMs: Double(monotonicNanos() - running.startNanos) / 1e6))
         return true
     }

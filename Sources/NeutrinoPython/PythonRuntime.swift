@@ -28,6 +28,10 @@ public final class PythonRuntime: Sendable {
     let cancelClass: PyRef
     /// `neutrino._runtime.last_output`: what the last task on the calling thread printed (bytes or None).
     let lastOutput: PyRef?
+    /// The `async def` tasks: they run on the worker's event loop (`neutrino._loop`), not on a thread each.
+    public let coroutineTasks: Set<String>
+    /// `neutrino._loop.run`, the event-loop thread's body; nil when the app has no `async def` task.
+    let loopRun: PyRef?
 
     /// Starts the interpreter and imports `app` (a `.py` path, `module` or `module:attr`).
     /// `paths` go first on `sys.path` (the SDK, extra folders); an active virtualenv (`VIRTUAL_ENV`) is added as a
@@ -49,7 +53,24 @@ public final class PythonRuntime: Sendable {
             import os, site, sys
             sys.argv = ["neutrino-worker"]
             _venv = os.environ.get("VIRTUAL_ENV")
+            _venv_version = None
             if _venv:
+                try:
+                    with open(os.path.join(_venv, "pyvenv.cfg")) as _cfg:
+                        for _line in _cfg:
+                            _k, _, _v = _line.partition("=")
+                            if _k.strip() in ("version", "version_info") and _v.strip():
+                                _venv_version = tuple(int(x) for x in _v.strip().split(".")[:2])
+                except (OSError, ValueError):
+                    pass
+            if _venv and _venv_version is not None and _venv_version != sys.version_info[:2]:
+                sys._neutrino_startup_error = (
+                    "the virtualenv %s (VIRTUAL_ENV) is Python %d.%d, but this worker embeds Python %d.%d "
+                    "(libpython%d.%d), which cannot load its packages. Make the venv with Python %d.%d, e.g. "
+                    "`python%d.%d -m venv DIR` (Debian 12: /usr/bin/python3 -m venv DIR, from the python3-venv package) or "
+                    "`uv venv --python %d.%d DIR`, and install your app's requirements into it."
+                    % ((_venv,) + _venv_version + tuple(sys.version_info[:2]) * 5))
+            elif _venv:
                 _before = list(sys.path)
                 site.addsitedir(os.path.join(_venv, "lib", "python%d.%d" % sys.version_info[:2], "site-packages"))
                 sys.path[:] = [p for p in sys.path if p not in _before] + _before
@@ -61,6 +82,14 @@ public final class PythonRuntime: Sendable {
             """
         guard PyRun_SimpleStringFlags(bootstrap, nil) == 0 else {
             throw PythonStartupError(message: "setting up sys.path failed (see the Python error above)")
+        }
+        if let sys = PyImport_ImportModule("sys") {
+            defer { Py_DecRef(sys) }
+            if let refusal = PyObject_GetAttrString(sys, "_neutrino_startup_error") {
+                defer { Py_DecRef(refusal) }
+                throw PythonStartupError(message: PythonRuntime.string(of: refusal))
+            }
+            PyErr_Clear()
         }
         guard let module = PyImport_ImportModule("neutrino._runtime") else {
             throw PythonStartupError(message: "cannot import neutrino._runtime (is the SDK on --python-path?): \(PythonRuntime.takeErrorText())")
@@ -102,6 +131,15 @@ public final class PythonRuntime: Sendable {
         guard let specs = PythonRuntime.decodeSpecs(bytes) else {
             throw PythonStartupError(message: "neutrino._runtime.load returned unreadable task specs: \(String(decoding: bytes, as: UTF8.self))")
         }
+        let coroutines = PythonRuntime.decodeCoroutineNames(bytes)
+        var loopRun: PyRef?
+        if !coroutines.isEmpty {
+            guard let loopModule = PyImport_ImportModule("neutrino._loop"), let run = PyObject_GetAttrString(loopModule, "run") else {
+                throw PythonStartupError(message: "cannot import neutrino._loop for the app's async def tasks: \(PythonRuntime.takeErrorText())")
+            }
+            Py_DecRef(loopModule)
+            loopRun = PyRef(pointer: run)
+        }
         var names: [String: PyRef] = [:]
         for spec in specs {
             guard let name = PyUnicode_FromString(spec.name) else { throw PythonStartupError(message: "out of memory") }
@@ -109,13 +147,16 @@ public final class PythonRuntime: Sendable {
         }
         return PythonRuntime(
             tasks: specs, invoke: PyRef(pointer: invoke), taskErrorClass: PyRef(pointer: taskError),
-            taskNames: names, cancelClass: PyRef(pointer: cancelled), lastOutput: lastOutput.map { PyRef(pointer: $0) })
+            taskNames: names, cancelClass: PyRef(pointer: cancelled), lastOutput: lastOutput.map { PyRef(pointer: $0) },
+            coroutineTasks: coroutines, loopRun: loopRun)
     }
 
     private init(
         tasks: [TaskSpec], invoke: PyRef, taskErrorClass: PyRef, taskNames: [String: PyRef], cancelClass: PyRef,
-        lastOutput: PyRef?
+        lastOutput: PyRef?, coroutineTasks: Set<String>, loopRun: PyRef?
     ) {
+        self.coroutineTasks = coroutineTasks
+        self.loopRun = loopRun
         self.lastOutput = lastOutput
         self.tasks = tasks
         self.invoke = invoke
@@ -147,6 +188,12 @@ public final class PythonRuntime: Sendable {
             specs.append(TaskSpec(name: name, mode: mode, pool: pool, timeoutMs: timeout, retries: item["retries"]?.intValue ?? 0))
         }
         return specs
+    }
+
+    /// The names of the specs marked `"coroutine": true` (`async def` tasks).
+    static func decodeCoroutineNames(_ bytes: [UInt8]) -> Set<String> {
+        guard let items = (try? JSONParser.parse(bytes))?.arrayValue else { return [] }
+        return Set(items.compactMap { $0["coroutine"] == .bool(true) ? $0["name"]?.stringValue : nil })
     }
 
     /// The content of a `bytes` object (GIL held).

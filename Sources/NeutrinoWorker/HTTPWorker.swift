@@ -34,8 +34,10 @@ struct HTTPWorker: Sendable {
             uniqueKeysWithValues: runtime.tasks
                 .filter { $0.pool == configuration.pool && $0.mode == .sync }
                 .map { ($0.name, $0) })
+        let coroutines = runtime.tasks.contains { $0.pool == configuration.pool && runtime.coroutineTasks.contains($0.name) }
         self.executor = PythonExecutor(
             runtime: runtime, threads: configuration.concurrency, maxQueued: configuration.maxQueued,
+            maxCoroutines: coroutines ? configuration.maxCoroutines : 0,
             hardLimit: HardTimeoutPolicy(
                 grace: configuration.hardTimeoutGrace,
                 maxLeakedThreads: configuration.maxLeakedThreads),
@@ -44,7 +46,9 @@ struct HTTPWorker: Sendable {
         self.logger = logger
         let executor = self.executor
         heartbeats = connection.map {
-            HeartbeatPublisher(connection: $0, configuration: configuration, gpu: false, busy: { executor.load.busy }, logger: logger)
+            HeartbeatPublisher(
+                connection: $0, configuration: configuration, gpu: false, slots: executor.slots, busy: { executor.load.busy },
+                logger: logger)
         }
     }
 
@@ -72,7 +76,8 @@ struct HTTPWorker: Sendable {
             "worker starting",
             metadata: [
                 "worker_id": "\(configuration.workerID)", "pool": "\(configuration.pool)", "mode": "http",
-                "concurrency": "\(configuration.concurrency)", "tasks": "\(specs.keys.sorted().joined(separator: ","))",
+                "concurrency": "\(configuration.concurrency)", "max_coroutines": "\(executor.maxCoroutines)",
+                "tasks": "\(specs.keys.sorted().joined(separator: ","))",
             ])
         let executor = self.executor
         let taskLog = self.taskLog
@@ -97,6 +102,7 @@ struct HTTPWorker: Sendable {
         w.key("pool"); w.string(configuration.pool)
         w.key("mode"); w.string("http")
         w.key("concurrency"); w.int(executor.threadCount)
+        w.key("max_coroutines"); w.int(executor.maxCoroutines)
         w.key("busy"); w.int(load.busy)
         w.key("queued"); w.int(load.queued)
         w.key("stuck"); w.int(load.stuck)
@@ -202,7 +208,7 @@ extension Router where Context == BasicRequestContext {
         let labels = [("pool", configuration.pool), ("worker", configuration.workerID)]
         addMetricsRoute {
             NeutrinoMetrics.gauge(NeutrinoMetrics.workerInFlight, labels, Double(executor.load.busy))
-            NeutrinoMetrics.gauge(NeutrinoMetrics.workerSlots, labels, Double(executor.threadCount))
+            NeutrinoMetrics.gauge(NeutrinoMetrics.workerSlots, labels, Double(executor.slots))
         }
     }
 }

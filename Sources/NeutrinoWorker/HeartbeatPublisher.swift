@@ -21,14 +21,18 @@ final class HeartbeatPublisher: Service {
     private let stopped = Atomic<Bool>(false)
     private let logger: Logger
 
-    init(connection: NATSConnection, configuration: WorkerConfiguration, gpu: Bool, busy: @escaping @Sendable () -> Int, logger: Logger) {
+    /// `slots`: what the worker runs at once, its threads plus its coroutine slots (the `concurrency` it announces).
+    init(
+        connection: NATSConnection, configuration: WorkerConfiguration, gpu: Bool, slots: Int, busy: @escaping @Sendable () -> Int,
+        logger: Logger
+    ) {
         self.connection = connection
         self.interval = configuration.heartbeatInterval
         self.busy = busy
         self.logger = logger
         var template = WorkerHeartbeat(
             workerID: configuration.workerID, pool: configuration.pool, mode: configuration.mode.rawValue,
-            concurrency: configuration.concurrency, busy: 0, gpu: gpu, version: NeutrinoVersion.current, startedAt: .now(),
+            concurrency: slots, busy: 0, gpu: gpu, version: NeutrinoVersion.current, startedAt: .now(),
             host: ProcessInfo.processInfo.hostName, pid: Int(getpid()), url: nil)
         template.restarts = configuration.restarts
         self.template = template

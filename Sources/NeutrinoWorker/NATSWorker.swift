@@ -45,8 +45,14 @@ final class NATSWorker: Sendable {
             uniqueKeysWithValues: runtime.tasks
                 .filter { $0.pool == configuration.pool && $0.mode.isQueued }
                 .map { ($0.name, $0) })
+        // A pool with async def tasks takes up to --max-coroutines of them more at once; a thread task fetched while
+        // the threads are busy waits in the executor's queue (bounded by the same figure).
+        let coroutines =
+            runtime.tasks.contains { $0.pool == configuration.pool && $0.mode.isQueued && runtime.coroutineTasks.contains($0.name) }
+            ? configuration.maxCoroutines : 0
         self.executor = PythonExecutor(
-            runtime: runtime, threads: configuration.concurrency, maxQueued: configuration.concurrency,
+            runtime: runtime, threads: configuration.concurrency, maxQueued: configuration.concurrency + coroutines,
+            maxCoroutines: coroutines,
             hardLimit: HardTimeoutPolicy(
                 grace: configuration.hardTimeoutGrace,
                 maxLeakedThreads: configuration.maxLeakedThreads),
@@ -68,13 +74,14 @@ final class NATSWorker: Sendable {
             "worker starting",
             metadata: [
                 "worker_id": "\(configuration.workerID)", "pool": "\(pool)", "mode": "nats", "nats": "\(url)",
-                "concurrency": "\(configuration.concurrency)", "tasks": "\(specs.keys.sorted().joined(separator: ","))",
+                "concurrency": "\(configuration.concurrency)", "max_coroutines": "\(executor.maxCoroutines)",
+                "tasks": "\(specs.keys.sorted().joined(separator: ","))",
                 "gpu": "\(gpu.description)",
             ])
         if specs.isEmpty { logger.warning("the app has no async or gpu task in this pool", metadata: ["pool": "\(pool)"]) }
         let executor = self.executor
         let heartbeats = HeartbeatPublisher(
-            connection: connection, configuration: configuration, gpu: gpu.visible,
+            connection: connection, configuration: configuration, gpu: gpu.visible, slots: executor.slots,
             busy: { executor.load.busy }, logger: logger)
         let taskLog = self.taskLog
         let reader = self.reader

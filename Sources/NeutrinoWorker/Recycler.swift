@@ -55,6 +55,9 @@ final class Recycler: Sendable {
         switch alarm {
         case .tooManyLeakedThreads(let n):
             recycle("\(n) Python threads are blocked past their hard timeout")
+        case .eventLoop(let why):
+            logger.error("the event loop of the async def tasks is lost; recycling", metadata: ["reason": "\(why)"])
+            recycle(why)
         case .wedged(let why):
             logger.critical("the interpreter is wedged; the worker exits for a fresh one", metadata: ["reason": "\(why)"])
             recycle(why, wedged: true)

@@ -63,7 +63,8 @@ struct TaskConsumer: Service {
     }
 
     private func consume(_ subscription: PullSubscription, drainSignal: AsyncStream<Void>) async {
-        let concurrency = worker.configuration.concurrency
+        // Threads plus coroutine slots: a pool with async def tasks holds more messages than it has threads.
+        let concurrency = worker.executor.slots
         /// Messages being handled; a child lowers it just before it returns, so `concurrency - running` is free.
         let running = RunningCount()
         await withTaskGroup(of: ChildResult.self) { group in

@@ -49,6 +49,8 @@ public struct WorkerConfiguration: Sendable {
     public var heartbeatInterval: Duration = .seconds(2)
     /// How long a task may run past its timeout (after the injected exception) before its thread is given up on.
     public var hardTimeoutGrace: Duration = .seconds(5)
+    /// `async def` tasks in flight at once on the worker's event loop (`--max-coroutines`).
+    public var maxCoroutines = 512
     /// Threads given up on and still blocked before the worker recycles itself.
     public var maxLeakedThreads = 8
     /// Recycle after this many tasks (0: never).

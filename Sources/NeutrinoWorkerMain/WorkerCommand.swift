@@ -36,6 +36,16 @@ struct WorkerCommand: AsyncParsableCommand {
     static func defaultConcurrency(mode: String) -> Int { mode == WorkerMode.http.rawValue ? 16 : 2 }
 
     @Option(
+        name: .customLong("max-coroutines"),
+        help: "async def tasks in flight at once on the worker's event loop (each without a thread of its own).")
+    var maxCoroutines: Int = 512
+
+    @Option(
+        name: .customLong("loop-block-warn-ms"),
+        help: "Log an async def task that keeps the event loop from running for this many milliseconds (time.sleep in a coroutine).")
+    var loopBlockWarnMs: Int = 100
+
+    @Option(
         name: .customLong("task-log"),
         help: "Where lifecycle events go: sqlite:PATH, nats (published on NEUTRINO_EVENTS for the gateway to record) or none.")
     var taskLog: String = "none"
@@ -115,6 +125,8 @@ struct WorkerCommand: AsyncParsableCommand {
         guard WorkerMode(rawValue: mode) != nil else { throw ValidationError("--mode must be http or nats") }
         guard TaskSpec.isValidName(pool) else { throw ValidationError("--pool must match [a-z0-9_]+") }
         if let concurrency, !(1...256).contains(concurrency) { throw ValidationError("--concurrency must be 1...256") }
+        guard loopBlockWarnMs >= 10 else { throw ValidationError("--loop-block-warn-ms must be at least 10") }
+        guard (1...100_000).contains(maxCoroutines) else { throw ValidationError("--max-coroutines must be 1...100000") }
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535") }
         if let nats, NATSServers.parse(nats) == nil {
             throw ValidationError("--nats '\(nats)' must be one URL or several comma-separated (nats://HOST:PORT,...)")
@@ -147,8 +159,11 @@ struct WorkerCommand: AsyncParsableCommand {
         configuration.heartbeatInterval = .milliseconds(Int64(heartbeatInterval * 1000))
         // Read by neutrino._output when the interpreter imports it.
         setenv("NEUTRINO_TASK_OUTPUT_BYTES", String(max(0, taskOutputBytes)), 1)
+        // Read by neutrino._loop (the watcher of the async def tasks' event loop).
+        setenv("NEUTRINO_LOOP_BLOCK_WARN_MS", String(loopBlockWarnMs), 1)
         configuration.hardTimeoutGrace = .milliseconds(Int64(hardTimeoutGrace * 1000))
         configuration.maxLeakedThreads = maxLeakedThreads
+        configuration.maxCoroutines = maxCoroutines
         configuration.maxTasksPerWorker = maxTasksPerWorker
         configuration.runningVisibleAfter = .milliseconds(Int64(min(max(0, runningVisibleAfterMs), 86_400_000)))
         configuration.maxRSSMB = maxRSSMB

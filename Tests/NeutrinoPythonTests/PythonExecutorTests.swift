@@ -11,7 +11,7 @@ enum Embedded {
         return parts.joined(separator: "/")
     }()
     static let runtime = Result { try PythonRuntime.start(app: repo + "/examples/app.py", paths: [repo + "/python"]) }
-    static let executor = runtime.map { PythonExecutor(runtime: $0, threads: 3, maxQueued: 64) }
+    static let executor = runtime.map { PythonExecutor(runtime: $0, threads: 3, maxQueued: 64, maxCoroutines: 256) }
 }
 
 @Suite(.serialized)
@@ -112,5 +112,75 @@ struct PythonCancelTests {
         for _ in 0..<100 where executor.load.stuck > 0 { try await Task.sleep(for: .milliseconds(20)) }
         #expect(executor.load.stuck == 0)
         #expect(!executor.cancel(tag: "c-1"), "nothing left to cancel")
+    }
+}
+
+/// `async def` tasks (examples/app.py's `lookup`) on the executor's event loop.
+@Suite(.serialized)
+struct PythonCoroutineTests {
+    func payload(_ args: String, id: String) -> [UInt8] {
+        Array(#"{"args":\#(args),"task_id":"\#(id)","attempt":1,"pool":"fast"}"#.utf8)
+    }
+
+    @Test func aCoroutineTaskRunsOnTheLoopWithItsContext() async throws {
+        let executor = try Embedded.executor.get()
+        #expect(try Embedded.runtime.get().coroutineTasks.contains("lookup"))
+        #expect(executor.slots == 3 + 256)
+        let outcome = await executor.run(
+            task: "lookup", tag: "co-1", payload: payload(#"{"key":"ab","delay_s":0.01}"#, id: "co-1"), timeoutMs: 5000)
+        guard case .completed(let bytes, _) = outcome else { Issue.record("lookup: \(outcome)"); return }
+        let result = try JSONParser.parse(bytes)
+        #expect(result["value"]?.stringValue == "AB")
+        #expect(result["task_id"]?.stringValue == "co-1")
+    }
+
+    @Test func twoHundredCoroutinesRunAtOnceOnThreeThreads() async throws {
+        let executor = try Embedded.executor.get()
+        let started = ContinuousClock.now
+        let outcomes = await withTaskGroup(of: PythonOutcome.self) { group in
+            for i in 0..<200 {
+                group.addTask {
+                    await executor.run(
+                        task: "lookup", payload: self.payload(#"{"key":"k","delay_s":0.5}"#, id: "many-\(i)"), timeoutMs: 30_000)
+                }
+            }
+            return await group.reduce(into: [PythonOutcome]()) { $0.append($1) }
+        }
+        let elapsed = ContinuousClock.now - started
+        #expect(outcomes.allSatisfy { if case .completed = $0 { true } else { false } })
+        // 200 × 0.5 s on 3 threads would take over 30 s; on the loop they overlap (generous bound: a loaded machine).
+        #expect(elapsed < .seconds(15), "200 coroutines took \(elapsed)")
+    }
+
+    @Test func aTimeoutAnswersAtTheDeadlineAndTheSlotComesBack() async throws {
+        let executor = try Embedded.executor.get()
+        let outcome = await executor.run(
+            task: "lookup", tag: "co-t", payload: payload(#"{"key":"k","delay_s":60}"#, id: "co-t"), timeoutMs: 200)
+        guard case .timedOut = outcome else { Issue.record("expected a timeout, got \(outcome)"); return }
+        // (The other suites share the executor: wait until nothing at all runs.)
+        for _ in 0..<500 where executor.load.busy > 0 || executor.load.stuck > 0 { try await Task.sleep(for: .milliseconds(20)) }
+        #expect(executor.load.busy == 0 && executor.load.stuck == 0, "the cancelled coroutine did not end: \(executor.load)")
+    }
+
+    @Test func cancelStopsARunningCoroutine() async throws {
+        let executor = try Embedded.executor.get()
+        async let outcome = executor.run(
+            task: "lookup", tag: "co-c", payload: payload(#"{"key":"k","delay_s":60}"#, id: "co-c"), timeoutMs: 60_000)
+        var cancelled = false
+        for _ in 0..<200 where !cancelled {
+            cancelled = executor.cancel(tag: "co-c")
+            if !cancelled { try await Task.sleep(for: .milliseconds(10)) }
+        }
+        #expect(cancelled)
+        guard case .cancelled = await outcome else { Issue.record("lookup was not cancelled"); return }
+        for _ in 0..<500 where executor.load.busy > 0 { try await Task.sleep(for: .milliseconds(20)) }
+        #expect(executor.load.busy == 0)
+    }
+
+    @Test func badArgumentsOfACoroutineAreReported() async throws {
+        let executor = try Embedded.executor.get()
+        let outcome = await executor.run(task: "lookup", payload: payload(#"{"nope":1}"#, id: "co-b"), timeoutMs: 5000)
+        guard case .failed(let bytes, _) = outcome else { Issue.record("expected a failure, got \(outcome)"); return }
+        #expect(try JSONParser.parse(bytes)["type"]?.stringValue == "InvalidArguments")
     }
 }

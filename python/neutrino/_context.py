@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
-import threading
 from typing import Optional
 
 __all__ = ["TaskContext", "current_task", "report_progress"]
 
 # The worker runtime stores a plain tuple here (cheap on the hot path); ``current_task`` builds the
-# dataclass only when a task asks for it.
-_local = threading.local()
+# dataclass only when a task asks for it. A context variable, not a thread-local: a task on a worker thread sets
+# it in that thread's context, an ``async def`` task in its own asyncio Task's context (so hundreds of coroutines
+# on one event-loop thread each see their own), and ``asyncio.to_thread`` / ``contextvars.copy_context().run``
+# carry it along.
+_task: contextvars.ContextVar[Optional[tuple]] = contextvars.ContextVar("neutrino_task", default=None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,12 +31,12 @@ class TaskContext:
 
 
 def current_task() -> Optional[TaskContext]:
-    """The :class:`TaskContext` of the task running on this thread, or ``None`` outside a task.
+    """The :class:`TaskContext` of the running task (this thread's, or this coroutine's), or ``None`` outside one.
 
     Only invocations through the worker runtime set it; calling a task function directly (``echo(3)``)
     runs it as a plain function, with no current task.
     """
-    raw = getattr(_local, "task", None)
+    raw = _task.get()
     return None if raw is None else TaskContext(*raw)
 
 
@@ -57,7 +60,7 @@ def report_progress(fraction: float, message: Optional[str] = None) -> None:
         raise ValueError(f"fraction must be a number from 0 to 1, not {fraction!r}") from None
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"fraction must be from 0 to 1, not {value}")
-    raw = getattr(_local, "task", None)
+    raw = _task.get()
     sink = _progress_sink
     if raw is None or sink is None or raw[0] is None:
         return

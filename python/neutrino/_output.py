@@ -1,21 +1,22 @@
 """Per-task capture of what a task prints (``print()``, ``sys.stdout``/``sys.stderr`` writes).
 
 The worker installs :class:`TaskStreams` as ``sys.stdout`` and ``sys.stderr`` once. A write from a thread that runs
-a task (``begin`` was called on it) goes to that task's buffer — the last ``limit`` bytes are kept and stored with the
+a task (``begin`` was called in its context: the thread's, or an ``async def`` task's asyncio Task) goes to that task's buffer — the last ``limit`` bytes are kept and stored with the
 task — and, line by line, to the worker's own stream prefixed with the task id, so the worker log says which task
 printed what. Writes from anywhere else (the app's import, background threads it started) pass through unchanged.
 """
 
 from __future__ import annotations
 
+import contextvars
 import io
 import os
-import threading
 from typing import Optional, TextIO
 
 __all__ = ["TaskStreams", "begin", "end", "install", "set_limit"]
 
-_local = threading.local()
+# A context variable, not a thread-local: coroutine tasks share the event-loop thread, each in its own context.
+_capture: contextvars.ContextVar[Optional["_Capture"]] = contextvars.ContextVar("neutrino_capture", default=None)
 
 
 def _limit_from_env() -> int:
@@ -82,7 +83,7 @@ class TaskStreams(io.TextIOBase):
         return self._original.fileno()
 
     def write(self, text: str) -> int:
-        capture: Optional[_Capture] = getattr(_local, "capture", None)
+        capture = _capture.get()
         if capture is None:
             return self._original.write(text)
         capture.add(text)
@@ -114,13 +115,13 @@ def set_limit(limit: int) -> None:
 
 
 def begin(task_id: Optional[str]) -> None:
-    _local.capture = _Capture(task_id)
+    _capture.set(_Capture(task_id))
 
 
 def end() -> Optional[str]:
-    """Stops capturing on this thread; returns what the task printed (None when nothing)."""
-    capture: Optional[_Capture] = getattr(_local, "capture", None)
-    _local.capture = None
+    """Stops capturing in this context; returns what the task printed (None when nothing)."""
+    capture = _capture.get()
+    _capture.set(None)
     if capture is None:
         return None
     import sys

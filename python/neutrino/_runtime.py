@@ -1,7 +1,9 @@
 """The worker's side of the embedded interpreter. Swift calls these two functions through the C API.
 
 * :func:`load` once per process, to import the app;
-* :func:`invoke` once per task, on one of the worker's Python threads: bytes in, bytes out.
+* :func:`invoke` once per task, on one of the worker's Python threads: bytes in, bytes out;
+* an ``async def`` task instead runs on the worker's event loop (:mod:`neutrino._loop`), which uses
+  :func:`prepare` and :func:`await_task`.
 
 Errors leave :func:`invoke` as :class:`TaskError`, whose ``payload`` is the JSON the worker puts into the
 task record's ``error`` field: ``{"type", "message", "traceback"}``. The types the runtime itself reports:
@@ -23,18 +25,25 @@ This module is on the hot path: keep :func:`invoke` free of allocations it does 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
+import threading
 import traceback
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from . import _context, _output
-from ._context import _local
+from ._context import _task as _task_var
 from ._convert import build_args_converter
 from ._loader import load_app
 
-__all__ = ["TaskError", "CancelledByRequest", "load", "invoke", "last_output", "set_progress_sink"]
+__all__ = [
+    "TaskError", "CancelledByRequest", "load", "invoke", "prepare", "await_task", "last_output", "set_progress_sink"
+]
 
 _ArgsConverter = Optional[Callable[[Dict[str, Any]], Dict[str, Any]]]
+
+# What the last task on each worker thread printed, handed to the worker by last_output().
+_local = threading.local()
 
 # name -> (the undecorated function, its args converter or None); filled by load().
 _tasks: Dict[str, Tuple[Callable[..., Any], _ArgsConverter]] = {}
@@ -64,7 +73,7 @@ def set_progress_sink(sink: Callable[[str, str, str, int, float, Optional[str]],
 def load(app_spec: str) -> bytes:
     """Import the app (``path/to/app.py``, ``module`` or ``module:attr``) and make its tasks invokable.
 
-    Returns JSON bytes: ``[{"name", "execution_mode", "pool", "timeout_ms", "retries"}, ...]`` in
+    Returns JSON bytes: ``[{"name", "execution_mode", "pool", "timeout_ms", "retries", "coroutine"}, ...]`` in
     definition order. Import errors and definition errors propagate as raised.
     """
     app = load_app(app_spec)
@@ -73,7 +82,10 @@ def load(app_spec: str) -> bytes:
     _tasks.clear()
     _tasks.update(tasks)
     _output.install()
-    return json.dumps([spec.to_json() for spec in specs]).encode()
+    # "coroutine": an async def task, run on the worker's event loop (neutrino._loop) instead of a thread.
+    return json.dumps(
+        [dict(spec.to_json(), coroutine=inspect.iscoroutinefunction(spec.func)) for spec in specs]
+    ).encode()
 
 
 def _encode_default(value: Any) -> Any:
@@ -86,14 +98,11 @@ _decode = json.loads
 _encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=_encode_default).encode
 
 
-def invoke(name: str, payload: bytes) -> bytes:
-    """Run task ``name`` with the arguments in ``payload`` and return its result as JSON bytes.
-
-    ``payload`` is JSON ``{"args": {...}, "task_id": str, "attempt": int, "pool": str}``; only ``args`` is
-    needed. While the task runs, :func:`neutrino.current_task` returns its context on this thread.
+def prepare(name: str, payload: bytes) -> Tuple[Callable[..., Any], Dict[str, Any], tuple]:
+    """The function, its converted arguments and the task context tuple for one call of task ``name``.
 
     Raises:
-        TaskError: the task raised, or the call could not be made or answered (see the module docs).
+        TaskError: no such task, or the payload or arguments are not acceptable (see the module docs).
     """
     entry = _tasks.get(name)
     if entry is None:
@@ -115,17 +124,28 @@ def invoke(name: str, payload: bytes) -> bytes:
             args = convert(args)
         except Exception as exc:
             raise TaskError(_error_payload("InvalidArguments", _message(exc))) from None
+    return func, args, (request.get("task_id"), name, request.get("attempt", 1), request.get("pool"))
 
+
+def invoke(name: str, payload: bytes) -> bytes:
+    """Run task ``name`` with the arguments in ``payload`` and return its result as JSON bytes.
+
+    ``payload`` is JSON ``{"args": {...}, "task_id": str, "attempt": int, "pool": str}``; only ``args`` is
+    needed. While the task runs, :func:`neutrino.current_task` returns its context on this thread.
+
+    Raises:
+        TaskError: the task raised, or the call could not be made or answered (see the module docs).
+    """
+    func, args, context = prepare(name, payload)
     error: Optional[bytes] = None
-    task_id = request.get("task_id")
-    _local.task = (task_id, name, request.get("attempt", 1), request.get("pool"))
-    _output.begin(task_id)
+    token = _task_var.set(context)
+    _output.begin(context[0])
     try:
         result = func(**args)
     except BaseException as exc:  # the worker's injected TimeoutError included
         error = _describe(exc)
     finally:
-        _local.task = None
+        _task_var.reset(token)
         _local.output = _output.end()
     if error is not None:
         raise TaskError(error)
@@ -137,6 +157,30 @@ def invoke(name: str, payload: bytes) -> bytes:
         raise TaskError(_error_payload("ResultNotSerializable", message)) from None
 
 
+async def await_task(func: Callable[..., Any], args: Dict[str, Any], context: tuple) -> Tuple[bool, bytes, Optional[bytes]]:
+    """Await an ``async def`` task on the worker's event loop (:mod:`neutrino._loop`), in the asyncio Task's own
+    context: ``(True, result JSON, output)`` or ``(False, error payload, output)``; never raises.
+
+    ``CancelledError`` (the worker's timeout or cancel) ends up as an error payload like any other exception: the
+    worker has answered the caller already and only needs to know the coroutine is done."""
+    _task_var.set(context)
+    _output.begin(context[0])
+    try:
+        result = await func(**args)
+    except BaseException as exc:  # CancelledError, and a TimeoutError raised in a coroutine blocking the loop
+        return False, _describe(exc), _encoded(_output.end())
+    output = _encoded(_output.end())
+    try:
+        return True, _encode(result).encode(), output
+    except (TypeError, ValueError, RecursionError) as exc:
+        message = f"task {context[1]!r} returned a value that is not JSON-serialisable: {exc}"
+        return False, _error_payload("ResultNotSerializable", message), output
+
+
+def _encoded(text: Optional[str]) -> Optional[bytes]:
+    return None if text is None else text.encode("utf-8", "replace")
+
+
 def last_output() -> Optional[bytes]:
     """What the last task on this thread printed (UTF-8), or None; the worker reads it right after :func:`invoke`."""
     text = getattr(_local, "output", None)
@@ -146,7 +190,8 @@ def last_output() -> Optional[bytes]:
 
 def _describe(exc: BaseException) -> bytes:
     """The error payload for an exception caught around ``func(**args)`` in :func:`invoke`."""
-    # exc.__traceback__ is invoke's own frame; tb_next is the task function's frame, if the call got there.
+    # exc.__traceback__ is invoke's (or await_task's) own frame; tb_next is the task function's frame, if the call
+    # got there.
     tb = exc.__traceback__
     inner = tb.tb_next if tb is not None else None
     if inner is None and type(exc) is TypeError:

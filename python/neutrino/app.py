@@ -14,6 +14,10 @@
     def generate_report(dataset: str) -> dict:
         ...
 
+    @app.task()                                        # async def: runs on the worker's event loop
+    async def lookup(key: str) -> dict:
+        ...
+
 Every check runs when the decorator runs, so a task that the gateway could not route, validate or time
 out fails at import time with a :class:`~neutrino.errors.DefinitionError` that says what to do instead.
 """
@@ -308,10 +312,10 @@ class App:
 
     @staticmethod
     def _check_function(where: str, func: Callable[..., Any]) -> None:
-        if inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func):
+        if inspect.isasyncgenfunction(func):
             raise DefinitionError(
-                f"{where}: async def functions are not supported (each task runs on its own worker thread); "
-                "write a plain def"
+                f"{where}: async generator functions cannot return JSON (results are not streamed); "
+                "return a list instead"
             )
         if inspect.isgeneratorfunction(func):
             raise DefinitionError(f"{where}: generator functions cannot return JSON; return a list instead")

@@ -199,16 +199,17 @@ def test_pool_serves_one_mode(app: App) -> None:
         def other() -> None: ...
 
 
-def test_async_def_rejected(app: App) -> None:
-    with pytest.raises(DefinitionError, match="write a plain def"):
+def test_async_def_accepted(app: App) -> None:
+    @app.task()
+    async def fetch(url: str) -> str:
+        return url
 
-        @app.task()
-        async def fetch(url: str) -> str:
-            return url
+    assert app.tasks["fetch"].execution_mode == "sync"
+    assert inspect.iscoroutinefunction(app.tasks["fetch"].func)
 
 
 def test_async_generator_rejected(app: App) -> None:
-    with pytest.raises(DefinitionError, match="write a plain def"):
+    with pytest.raises(DefinitionError, match="return a list instead"):
 
         @app.task()
         async def stream():

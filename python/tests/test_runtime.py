@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import sys
 import threading
 from pathlib import Path
 
@@ -112,6 +113,20 @@ def slow(seconds: float) -> str:
 @app.task()
 def exits() -> None:
     raise SystemExit(3)
+
+
+@app.task()
+async def co_echo(x: int) -> dict:
+    import asyncio
+
+    await asyncio.sleep(0)
+    print("co", x)
+    return {"x": x, "id": current_task().id}
+
+
+@app.task()
+async def co_fail() -> None:
+    raise KeyError("nope")
 '''
 
 
@@ -120,8 +135,14 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("runtime") / "runtime_app.py"
     path.write_text(APP_SOURCE)
     specs = json.loads(runtime.load(str(path)))
-    assert specs[0] == {"name": "echo", "execution_mode": "sync", "pool": "fast", "timeout_ms": 5000, "retries": 0}
-    assert {"name": "slow", "execution_mode": "async", "pool": "slow", "timeout_ms": 60000, "retries": 2} in specs
+    assert specs[0] == {
+        "name": "echo", "execution_mode": "sync", "pool": "fast", "timeout_ms": 5000, "retries": 0, "coroutine": False
+    }
+    assert {
+        "name": "slow", "execution_mode": "async", "pool": "slow", "timeout_ms": 60000, "retries": 2, "coroutine": False
+    } in specs
+    assert {"name": "co_echo", "execution_mode": "sync", "pool": "fast", "timeout_ms": 5000, "retries": 0,
+            "coroutine": True} in specs
     return path
 
 
@@ -305,3 +326,42 @@ def test_async_timeout_error_injection_is_reported(loaded: Path) -> None:
     assert outcome["error"]["type"] == "TimeoutError"
     assert "in spin" in outcome["error"]["traceback"]
     assert outcome["context_after"] is None
+
+
+def test_await_task_runs_a_coroutine_in_its_own_context(loaded: Path) -> None:
+    """What the worker's event loop runs: the result, what it printed, current_task() inside it only."""
+    import asyncio
+    import io
+
+    from neutrino import _output
+
+    async def both():
+        payload = lambda i: json.dumps({"args": {"x": i}, "task_id": f"t{i}"}).encode()  # noqa: E731
+        return await asyncio.gather(*(runtime.await_task(*runtime.prepare("co_echo", payload(i))) for i in range(3)))
+
+    streams = _output.TaskStreams("stdout", io.StringIO())
+    saved, sys.stdout = sys.stdout, streams
+    try:
+        results = asyncio.run(both())
+    finally:
+        sys.stdout = saved
+    for i, (ok, data, output) in enumerate(results):
+        assert ok is True
+        assert json.loads(data) == {"x": i, "id": f"t{i}"}
+        assert output == f"co {i}\n".encode()
+    assert current_task() is None
+
+
+def test_await_task_reports_an_exception_with_its_traceback(loaded: Path) -> None:
+    import asyncio
+
+    ok, data, output = asyncio.run(runtime.await_task(*runtime.prepare("co_fail", b'{"args": {}}')))
+    assert ok is False and output is None
+    error = json.loads(data)
+    assert error["type"] == "KeyError" and "in co_fail" in error["traceback"], error
+
+
+def test_prepare_refuses_bad_arguments_like_invoke(loaded: Path) -> None:
+    with pytest.raises(TaskError) as info:
+        runtime.prepare("co_echo", b'{"args": []}')
+    assert json.loads(info.value.payload)["type"] == "InvalidArguments"

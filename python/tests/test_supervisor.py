@@ -537,3 +537,35 @@ def test_up_stops_when_nats_server_dies(tmp_path: Path) -> None:
     assert not any(alive(record["pid"]) for record in everyone)
     assert not RESTART_LINE.search(up.text)
 
+
+
+def test_env_reaches_every_child(tmp_path: Path) -> None:
+    """Supervisor(env=...) sets its variables in each child's environment (the workers' VIRTUAL_ENV), a restartable
+    worker's (with NEUTRINO_WORKER_RESTARTS beside them) and a plain child's."""
+    out = io.StringIO()
+    supervisor = Supervisor(out=out, env={"VIRTUAL_ENV": "/some/venv"})
+    log = tmp_path / "env.jsonl"
+    code = (
+        "import json, os, sys\n"
+        "open(sys.argv[1], 'a').write(json.dumps([os.environ.get('VIRTUAL_ENV'), "
+        "os.environ.get('NEUTRINO_WORKER_RESTARTS')]) + '\\n')\n"
+    )
+    argv = [sys.executable, "-S", "-c", code, str(log)]
+    supervisor.spawn("once", argv)
+    supervisor.spawn("again", argv, restart=lambda child: argv)
+    try:
+        wait_for(lambda: log.exists() and len(log.read_text().splitlines()) >= 2, 10, "two children to write")
+    finally:
+        supervisor.stop_all(grace=5)
+    seen = {tuple(json.loads(line)) for line in log.read_text().splitlines()}
+    assert seen == {("/some/venv", "0"), ("/some/venv", None)}, seen
+
+
+def test_worker_virtualenv_is_the_venv_this_python_runs_from(monkeypatch) -> None:
+    from neutrino.local import stack
+
+    monkeypatch.setattr(sys, "prefix", "/opt/venv")
+    monkeypatch.setattr(sys, "base_prefix", "/usr")
+    assert stack.worker_virtualenv() == "/opt/venv"
+    monkeypatch.setattr(sys, "base_prefix", "/opt/venv")
+    assert stack.worker_virtualenv() is None

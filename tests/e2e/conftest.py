@@ -48,6 +48,7 @@ EXAMPLE_APP = REPO_ROOT / "examples" / "app.py"
 APPS_DIR = E2E_DIR / "apps"
 EXTRA_APP = APPS_DIR / "extra_app.py"
 VENV_APP = APPS_DIR / "venv_app.py"
+CORO_APP = APPS_DIR / "coro_app.py"
 
 
 def _bin_dir() -> Path:
@@ -1153,8 +1154,11 @@ def queue_stack(launcher: Launcher, request) -> Iterable[Callable[..., QueueStac
 
     def make(*, app: Path = EXAMPLE_APP, ack_wait: float = 30.0, name: str = "queue",
              gateway: bool = True, task_log: Optional[str] = None) -> QueueStack:
-        manifest = request.getfixturevalue("queue_manifest" if Path(app) == QUEUE_APP else "example_manifest")
         d = launcher.new_dir(name)
+        if Path(app) in (QUEUE_APP, EXAMPLE_APP):
+            manifest = request.getfixturevalue("queue_manifest" if Path(app) == QUEUE_APP else "example_manifest")
+        else:
+            manifest = build_manifest(Path(app), d / "openapi.json")
         stack = QueueStack(launcher=launcher, dir=d, name=name, app=Path(app), manifest=manifest, ack_wait=ack_wait,
                            nats=NatsServer(launcher, d), db_path=d / "tasks.sqlite",
                            task_log=task_log or TASK_LOG_MODE)

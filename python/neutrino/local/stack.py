@@ -108,7 +108,10 @@ def up(loaded: LoadedApp, options: UpOptions, error: Callable[[str], None] = _pr
     names += [n for ns in worker_names.values() for n in ns]
     names += [f"{pool}-{most[pool] + 1}" for pool in queued_pools]
 
-    supervisor = Supervisor(prefix_width=max(len(name) for name in names))
+    venv = worker_virtualenv()
+    supervisor = Supervisor(prefix_width=max(len(name) for name in names), env={"VIRTUAL_ENV": venv} if venv else None)
+    if venv:
+        supervisor.say(f"neutrino: the workers use the virtualenv {venv} (the one this neutrino runs from)")
     previous_handlers = supervisor.install_signal_handlers()
     scaler: Optional[autoscale.Autoscaler] = None
     failure: Optional[StartupError] = None
@@ -204,6 +207,16 @@ def up(loaded: LoadedApp, options: UpOptions, error: Callable[[str], None] = _pr
             signal.signal(signum, handler)
         if failure is not None:  # last, below the other children's goodbyes: why it did not start
             error(failure.report())
+
+
+def worker_virtualenv() -> Optional[str]:
+    """The virtualenv the workers get: the one this ``neutrino`` runs from, activated or not (``sys.prefix`` of a
+    venv), so ``venv/bin/neutrino up`` serves the app with that venv's packages. None outside a venv (an activated
+    ``VIRTUAL_ENV`` is then passed on as it is). The worker embeds its own CPython and loads the venv's
+    ``site-packages`` into it; a venv of another Python minor version is refused by the worker at start-up."""
+    if sys.prefix != getattr(sys, "base_prefix", sys.prefix):
+        return os.path.abspath(sys.prefix)
+    return None
 
 
 def _http_worker_argv(binary: str, pool: str, name: str, port: int, common: Sequence[str]) -> List[str]:

@@ -138,8 +138,16 @@ class Supervisor:
     :meth:`supervise` runs; a retired child's exit is expected: it is reported, never restarted.
     """
 
-    def __init__(self, out: TextIO = sys.stdout, prefix_width: int = 8, backoff: Optional[Backoff] = None) -> None:
+    def __init__(
+        self,
+        out: TextIO = sys.stdout,
+        prefix_width: int = 8,
+        backoff: Optional[Backoff] = None,
+        env: Optional[Dict[str, str]] = None,
+    ) -> None:
         self.children: List[Child] = []
+        #: Set in every child's environment on top of this process's (the workers' VIRTUAL_ENV).
+        self.env = dict(env or {})
         self.backoff = backoff or Backoff()
         self._children_lock = threading.RLock()
         self._closed = False  # stop_all began: no new children, no restarts
@@ -221,8 +229,10 @@ class Supervisor:
 
     def _popen(self, argv: Sequence[str], restarts: Optional[int]) -> subprocess.Popen:
         env = None
-        if restarts is not None:
+        if restarts is not None or self.env:
             env = dict(os.environ)
+            env.update(self.env)
+        if restarts is not None:
             env[RESTARTS_ENV] = str(restarts)
         return subprocess.Popen(
             list(argv),
