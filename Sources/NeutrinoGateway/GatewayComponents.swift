@@ -20,16 +20,20 @@ struct GatewayComponents: Sendable {
     let workers: WorkerRegistry
     let monitor: PoolMonitor
     let feed: EventFeed?
+    /// How long a lookup of a young id that is not in this replica's file yet may wait for it (cluster mode).
+    var catchUp = ReplicaCatchUp.none
     let logger: Logger
 
-    /// The task `rawID` names, read after this gateway's own events are committed; or the answer saying why there
-    /// is none (404 unknown, 503 no task log).
+    /// The task `rawID` names, read after this gateway's own events are committed (and, in cluster mode, after
+    /// waiting for another replica's young task to arrive, see `ReplicaCatchUp`); or the answer saying why there is
+    /// none (404 unknown, 503 no task log).
     func existingTask(_ rawID: String) async -> TaskLookup {
         guard let reader else { return .answer(.noTaskLog) }
         guard TaskID.isValid(rawID) else { return .answer(.error(.taskNotFound, "'\(rawID)' is not a task id")) }
         await taskLog?.flush()
         do {
-            guard let record = try await reader.record(id: rawID.lowercased()) else {
+            let id = rawID.lowercased()
+            guard let record = try await catchUp.find(id, { try await reader.record(id: id) }) else {
                 return .answer(.error(.taskNotFound, "no task with id \(rawID)"))
             }
             return .found(record)

@@ -17,8 +17,12 @@ struct HTTPWorker: Sendable {
     let executor: PythonExecutor
     let taskLog: any TaskEventSink
     let heartbeats: HeartbeatPublisher?
+    let connection: NATSConnection?
     let recycler: Recycler
     let logger: Logger
+    /// Sync tasks a cancel was heard for (`DELETE /tasks/<id>` on any gateway replica), so a call that arrives after
+    /// its cancel does not run.
+    private let cancelled = CancelledTasks()
 
     init(
         configuration: WorkerConfiguration, runtime: PythonRuntime, taskLog: any TaskEventSink, connection: NATSConnection?,
@@ -38,6 +42,7 @@ struct HTTPWorker: Sendable {
                 maxLeakedThreads: configuration.maxLeakedThreads),
             alarm: { [recycler] in recycler.executorAlarm($0) })
         self.taskLog = taskLog
+        self.connection = connection
         self.logger = logger
         let executor = self.executor
         heartbeats = connection.map {
@@ -46,8 +51,9 @@ struct HTTPWorker: Sendable {
     }
 
     /// The worker's services, in start order (stopped in reverse): the task log, the Python threads, the HTTP
-    /// server, the heartbeats. On SIGTERM the last heartbeat says `stopping` (the gateway stops routing here at once),
-    /// then the server drains the calls in flight, then the threads and the task log close.
+    /// server, the cancel listener and the stop delay (with NATS), the heartbeats. On SIGTERM the last heartbeat says
+    /// `stopping` (the gateways stop routing here at once), `--stop-delay` passes while calls are still taken, then
+    /// the server drains the calls in flight, then the threads and the task log close.
     func services() -> [any Service] {
         let router = Router()
         router.addWorkerMetrics(executor: executor, configuration: configuration)
@@ -57,7 +63,7 @@ struct HTTPWorker: Sendable {
             await self.call(request, task: context.parameters.get("task") ?? "")
         }
         let heartbeats = self.heartbeats
-        let host = configuration.host
+        let host = configuration.advertiseHost ?? configuration.host
         let app = makeApplication(
             router: router, host: configuration.host, port: configuration.port,
             serverName: "neutrino-worker", logger: logger,
@@ -78,8 +84,25 @@ struct HTTPWorker: Sendable {
             LifecycleService("python threads", stop: { executor.shutdown() }),
             app,
         ]
-        if let heartbeats { services.append(heartbeats) }
+        if let connection {
+            // Sync cancel: the same broadcast as for queued tasks; the call's caller is answered 409 `cancelled`.
+            services.append(CancelListener(connection: connection, logger: logger) { [self] id in self.noteCancel(id) })
+        }
+        if let heartbeats {
+            // Stopped right after the heartbeats (which send `stopping`): the gateways stop routing here before the
+            // server stops taking requests; a call that still arrives meanwhile runs.
+            let delay = configuration.stopDelay
+            services.append(LifecycleService("stop delay", stop: { try? await Task.sleep(for: delay) }))
+            services.append(heartbeats)
+        }
         return services
+    }
+
+    private func noteCancel(_ id: String) {
+        cancelled.insert(id)
+        if executor.cancel(tag: id) {
+            logger.info("cancelling running sync task", metadata: ["task_id": "\(id)"])
+        }
     }
 
     private func health() -> Response {
@@ -123,16 +146,12 @@ struct HTTPWorker: Sendable {
         let taskLog = self.taskLog
         let started = StartTime()
         let printed = CapturedOutput()
-        let outcome = await executor.run(
-            task: name, payload: payload, timeoutMs: spec.timeoutMs,
-            onStart: {
-                let now = Timestamp.now()
-                started.set(now)
-                taskLog.record(
-                    TaskEvent(
-                        taskID: taskID, kind: .running, at: now, function: spec.name, pool: spec.pool,
-                        mode: spec.mode, workerID: workerID, attempt: attempt))
-            }, onOutput: printed.set)
+        let outcome: PythonOutcome
+        if cancelled.contains(taskID) {
+            outcome = .cancelled(durationMs: 0)
+        } else {
+            outcome = await run(spec: spec, taskID: taskID, attempt: attempt, payload: payload, started: started, printed: printed)
+        }
         let reply = TaskReply(taskID: taskID, spec: spec, workerID: workerID, attempt: attempt, outcome: outcome)
         if case .rejected(let reason) = outcome {
             // Nothing ran: the caller may send it elsewhere; nothing is logged here.
@@ -149,6 +168,8 @@ struct HTTPWorker: Sendable {
                 switch reply.status {
                 case .completed: .ok
                 case .timedOut: .gatewayTimeout
+                // Interrupted by `DELETE /tasks/<id>`: the request conflicted with a cancel (docs/architecture.md).
+                case .cancelled: .conflict
                 default: .internalServerError
                 }
             }
@@ -161,6 +182,25 @@ struct HTTPWorker: Sendable {
                 NeutrinoHeader.startedAt: String(started.value?.millis ?? Timestamp.now().millis),
                 NeutrinoHeader.outcomeOffset: String(reply.outcomeOffset),
             ])
+    }
+
+    /// Runs the call on the Python threads, tagged with its task id so a cancel finds it; `running` is recorded the
+    /// moment it starts.
+    private func run(
+        spec: TaskSpec, taskID: String, attempt: Int, payload: [UInt8], started: StartTime, printed: CapturedOutput
+    ) async -> PythonOutcome {
+        let workerID = configuration.workerID
+        let taskLog = self.taskLog
+        return await executor.run(
+            task: spec.name, tag: taskID, payload: payload, timeoutMs: spec.timeoutMs,
+            onStart: {
+                let now = Timestamp.now()
+                started.set(now)
+                taskLog.record(
+                    TaskEvent(
+                        taskID: taskID, kind: .running, at: now, function: spec.name, pool: spec.pool,
+                        mode: spec.mode, workerID: workerID, attempt: attempt))
+            }, onOutput: printed.set)
     }
 
     static func outcomeEvent(taskID: String, spec: TaskSpec, workerID: String, attempt: Int, reply: TaskReply) -> TaskEvent {

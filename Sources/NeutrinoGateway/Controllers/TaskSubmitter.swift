@@ -252,7 +252,13 @@ struct TaskSubmitter: Sendable {
             offset >= 0, offset < answer.body.count
         {
             let raw = String(decoding: answer.body[offset..<(answer.body.count - 1)], as: UTF8.self)
-            let kind: TaskEventKind = status == .completed ? .completed : status == .timedOut ? .timedOut : .failed
+            let kind: TaskEventKind =
+                switch status {
+                case .completed: .completed
+                case .timedOut: .timedOut
+                case .cancelled: .cancelled  // DELETE /tasks/<id> interrupted it (the worker answers 409)
+                default: .failed
+                }
             outcome = event(
                 kind, workerID: answer.headers["x-neutrino-worker"],
                 result: kind == .completed ? raw : nil, error: kind == .completed ? nil : raw,
