@@ -50,8 +50,8 @@ struct HTTPWorker: Sendable {
         }
     }
 
-    /// The worker's services, in start order (stopped in reverse): the task log, the Python threads, the HTTP
-    /// server, the cancel listener and the stop delay (with NATS), the heartbeats. On SIGTERM the last heartbeat says
+    /// The worker's services, in start order (stopped in reverse): the task log, the Python threads, the cancel
+    /// listener (with NATS), the HTTP server, the stop delay and the heartbeats (with NATS). On SIGTERM the last heartbeat says
     /// `stopping` (the gateways stop routing here at once), `--stop-delay` passes while calls are still taken, then
     /// the server drains the calls in flight, then the threads and the task log close.
     func services() -> [any Service] {
@@ -82,12 +82,13 @@ struct HTTPWorker: Sendable {
         var services: [any Service] = [
             LifecycleService("task log", stop: { await taskLog.close() }),
             LifecycleService("python threads", stop: { executor.shutdown() }),
-            app,
         ]
         if let connection {
             // Sync cancel: the same broadcast as for queued tasks; the call's caller is answered 409 `cancelled`.
+            // Before the server in the list, so it still hears cancels while the server drains.
             services.append(CancelListener(connection: connection, logger: logger) { [self] id in self.noteCancel(id) })
         }
+        services.append(app)
         if let heartbeats {
             // Stopped right after the heartbeats (which send `stopping`): the gateways stop routing here before the
             // server stops taking requests; a call that still arrives meanwhile runs.

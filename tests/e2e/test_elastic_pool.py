@@ -8,10 +8,11 @@ after the 4 s window the two extra workers are drained. Every call, during both 
 from __future__ import annotations
 
 import re
+import signal
 import threading
 import time
 
-from conftest import pools_by_name, post_task, read_journal, wait_for
+from conftest import QUEUE_APP, pools_by_name, post_task, read_journal, wait_for
 from test_autoscaler import up  # noqa: F401  (the fixture: `neutrino up` as a subprocess)
 
 
@@ -95,3 +96,45 @@ def test_fast_pool_grows_to_three_and_back_without_a_failed_call(up, tmp_path):
     for at, _, _, line in u.decisions("fast"):
         print(f"  t={at - t0:6.1f} s  {line}")
     assert u.stop() == 0, u.text[-5000:]
+
+
+def test_discovered_worker_drains_its_calls_and_gets_no_new_ones(queue_stack, tmp_path):
+    """No --http-pool: the gateway routes to the HTTP workers it heard from. SIGTERM on one while it runs a call:
+    its last heartbeat says `stopping`, the gateway sends every new call to the other one at once, and the running
+    call still answers 200."""
+    stack = queue_stack(app=QUEUE_APP, name="elastic-drain", gateway=False)
+    one = stack.http_worker("fast", concurrency=2)
+    two = stack.http_worker("fast", concurrency=2)
+    stack.start_gateway()  # no static list
+    wait_for(lambda: {w["url"] for w in _http_workers(stack.url)} == {one.url, two.url}, timeout=60,
+             message=lambda: f"both workers discovered: {pools_by_name(stack.url)['fast']}")
+
+    journal = tmp_path / "journal.jsonl"
+    # Long calls until one of them runs on `one` (round robin: the second at the latest).
+    running: list = []
+    answers: dict = {}
+
+    def call(key: int) -> None:
+        answers[key] = post_task(stack.url, "hold_sync", {"path": str(journal), "seconds": 3.0}, timeout=90)
+
+    for key in range(2):
+        t = threading.Thread(target=call, args=(key,), daemon=True)
+        t.start()
+        running.append(t)
+    wait_for(lambda: {e["pid"] for e in read_journal(journal) if e["event"] == "start"} == {one.pid, two.pid},
+             timeout=60, message=lambda: f"a call running on each worker: {read_journal(journal)}")
+
+    one.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: {w["url"] for w in _http_workers(stack.url)} == {two.url}, timeout=30,
+             message=lambda: f"{one.url} gone from /pools: {pools_by_name(stack.url)['fast']}")
+    # New calls while `one` still drains its call: all on `two`.
+    quick = tmp_path / "quick.jsonl"
+    for n in range(6):
+        resp = post_task(stack.url, "hold_sync", {"path": str(quick), "seconds": 0.05}, timeout=60)
+        assert resp.status == 200, resp
+    assert {e["pid"] for e in read_journal(quick)} == {two.pid}, read_journal(quick)
+    for t in running:
+        t.join(60)
+    assert [answers[k].status for k in range(2)] == [200, 200], answers
+    assert one.wait_exit(60) == 0, one.output[-3000:]
+    assert [e["event"] for e in read_journal(journal) if e["pid"] == one.pid] == ["start", "end"]

@@ -223,12 +223,15 @@ def describe(snapshot: Mapping[str, Any], scaling_down: bool = False) -> str:
         in_flight = _int(queue.get("in_flight"))
         parts.append(f"backlog {pending + in_flight} = pending {pending} + in flight {in_flight}")
     target = scaling.get("target")
+    workers = snapshot.get("workers") or []
     if isinstance(target, (int, float)) and not isinstance(target, bool):
-        parts.append(f"target {_number(float(target))}/replica")
+        if not queue and snapshot.get("mode") == "sync":
+            parts.append(f"target utilisation {_number(float(target))}")
+        else:
+            parts.append(f"target {_number(float(target))}/replica")
     window = scaling.get("down_window_seconds")
     if scaling_down and isinstance(window, (int, float)) and not isinstance(window, bool):
         parts.append(f"after the {_number(float(window))} s scale-down window")
-    workers = snapshot.get("workers") or []
     if not queue and workers:
         busy = sum(_int(w.get("busy")) for w in workers)
         slots = sum(_int(w.get("concurrency")) for w in workers)
