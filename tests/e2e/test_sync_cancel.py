@@ -112,3 +112,25 @@ def test_cancel_through_another_replica(queue_stack, launcher, tmp_path: Path):
     finally:
         b.stop()
 
+
+
+def test_without_nats_a_running_sync_task_is_not_cancellable(launcher, queue_manifest, tmp_path: Path):
+    """A gateway and worker without NATS (sqlite task log, static --http-pool): no worker could hear a cancel, so
+    DELETE of the running sync task answers 409 NotCancellable and the call runs to its end."""
+    d = launcher.new_dir("sync-cancel-no-nats")
+    db = d / "tasks.sqlite"
+    worker = launcher.worker(QUEUE_APP, db, log_dir=d, concurrency=1, task_log="sqlite")
+    gateway = launcher.gateway(queue_manifest, {"fast": [worker.url]}, db, log_dir=d)
+    journal = tmp_path / "journal.jsonl"
+    answer: dict = {}
+    caller = threading.Thread(
+        target=lambda: answer.update(resp=post_task(gateway.url, "hold_sync", {"path": str(journal), "seconds": 1.0},
+                                                    timeout=60)),
+        daemon=True)
+    caller.start()
+    task_id = _started(journal)[0]["task_id"]
+    resp = http_request("DELETE", f"{gateway.url}/tasks/{task_id}")
+    assert resp.status == 409 and resp.json()["error"]["type"] == "NotCancellable", resp
+    assert "--nats" in resp.json()["error"]["message"], resp
+    caller.join(60)
+    assert answer["resp"].status == 200 and answer["resp"].json()["status"] == "completed", answer
