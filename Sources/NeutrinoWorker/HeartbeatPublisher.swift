@@ -34,9 +34,12 @@ final class HeartbeatPublisher: Service {
         self.template = template
     }
 
-    /// Records where the worker's HTTP server listens (`http://HOST:PORT`), for the next heartbeats.
+    /// Records where the worker's HTTP server listens (`http://HOST:PORT`), and announces it at once (one heartbeat,
+    /// not waiting for the next interval): gateways route sync calls to an HTTP worker from its first heartbeat
+    /// with a URL.
     func listening(host: String, port: Int) {
         url.withLock { $0 = "http://\(host):\(port)" }
+        Task { await self.publish(stopping: false) }
     }
 
     /// Publishes until the surrounding task is cancelled.

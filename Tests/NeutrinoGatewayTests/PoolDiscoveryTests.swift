@@ -66,3 +66,17 @@ struct PoolDiscoveryTests {
         #expect(!pool.hasStaticMembers)
     }
 }
+
+extension PoolDiscoveryTests {
+    @Test func aBeatWithoutURLRemovesNothingAndANewURLReplacesTheOld() {
+        let (pool, registry, discovery) = setUp()
+        hear(discovery, registry, beat("a", url: "http://127.0.0.1:9001"))
+        hear(discovery, registry, beat("a", url: nil))  // a late beat from before it listened
+        discovery.reconcile()
+        #expect(pool.endpoints.map(\.url) == ["http://127.0.0.1:9001"])
+        // Restarted on another port under the same id: one member, the new URL.
+        hear(discovery, registry, beat("a", url: "http://127.0.0.1:9005"))
+        discovery.reconcile()
+        #expect(pool.endpoints.map(\.url) == ["http://127.0.0.1:9005"])
+    }
+}
