@@ -37,6 +37,8 @@ struct GatewayComponents: Sendable {
                 return .answer(.error(.taskNotFound, "no task with id \(rawID)"))
             }
             return .found(record)
+        } catch is ReplicaCatchUp.Full {
+            return .answer(.replicaCatchUpFull)
         } catch {
             return .answer(.error(.taskLogUnavailable, "\(error)"))
         }
@@ -51,6 +53,13 @@ enum TaskLookup {
 extension Response {
     /// The answer of every task-log route on a gateway started without `--task-log`.
     static var noTaskLog: Response { .error(.taskLogUnavailable, "this gateway runs without a task log (--task-log)") }
+
+    /// Too many lookups wait for other replicas' events (`ReplicaCatchUp.maxWaiting`): retry shortly.
+    static var replicaCatchUpFull: Response {
+        .error(
+            .overloaded, "too many lookups are waiting for other gateway replicas' events; retry shortly",
+            headers: [.retryAfter: "1"])
+    }
 
     /// An error about one task: the error body plus its `task_id` and `status`.
     static func taskError(

@@ -66,3 +66,24 @@ struct ReplicaCatchUpTests {
         #expect(ContinuousClock.now - start >= .milliseconds(200))
     }
 }
+
+extension ReplicaCatchUpTests {
+    @Test func waitersAreBounded() async throws {
+        let catchUp = ReplicaCatchUp(lagBound: .seconds(2), maxWaiting: 1)
+        let first = young()
+        async let waiting: String? = catchUp.find(first) { () -> String? in nil }
+        try await Task.sleep(for: .milliseconds(300))
+        await #expect(throws: ReplicaCatchUp.Full.self) {
+            _ = try await catchUp.find(young()) { () -> String? in nil }
+        }
+        #expect(try await waiting == nil)
+        // The slot is free again: a lookup that misses once waits, and finds.
+        let calls = Mutex(0)
+        let found = try await catchUp.find(young()) { () -> String? in
+            calls.withLock {
+                $0 += 1; return $0 >= 2 ? "record" : nil
+            }
+        }
+        #expect(found == "record")
+    }
+}

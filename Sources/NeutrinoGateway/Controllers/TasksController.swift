@@ -67,6 +67,8 @@ struct TasksController: Sendable {
             var w = JSONWriter(capacity: 1024)
             w.task(record, events: events)
             return .json(.ok, w.bytes)
+        } catch is ReplicaCatchUp.Full {
+            return .replicaCatchUpFull
         } catch {
             components.logger.error("task log read failed", metadata: ["error": "\(error)"])
             return .error(.taskLogUnavailable, "\(error)")
