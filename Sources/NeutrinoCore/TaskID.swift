@@ -52,6 +52,20 @@ public enum TaskID {
         return true
     }
 
+    /// The Unix time in milliseconds a UUIDv7 task id was made at; nil for anything else (not an id, or a UUID of
+    /// another version, whose first bits are no time).
+    public static func millis(_ text: String) -> UInt64? {
+        guard isValid(text) else { return nil }
+        let utf8 = Array(text.utf8)
+        guard utf8[14] == UInt8(ascii: "7") else { return nil }
+        var millis: UInt64 = 0
+        for c in utf8[0..<13] where c != UInt8(ascii: "-") {
+            let digit: UInt8 = c <= 57 ? c - 48 : (c | 0x20) - 87
+            millis = millis << 4 | UInt64(digit)
+        }
+        return millis
+    }
+
     private static let hex = Array("0123456789abcdef".utf8)
 
     private static func format(_ bytes: [UInt8]) -> String {

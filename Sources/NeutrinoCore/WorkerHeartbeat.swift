@@ -18,6 +18,11 @@ public struct WorkerHeartbeat: Sendable, Hashable {
     public var stopping: Bool
     /// How often its supervisor has restarted this worker slot (crashes and recycles; `NEUTRINO_WORKER_RESTARTS`).
     public var restarts: Int = 0
+    /// Coroutine slots (`--max-coroutines`, when the worker's pool has `async def` tasks) and how many are taken.
+    /// `concurrency` and `busy` count Python threads only: a pool's thread utilisation and its coroutine utilisation
+    /// are separate figures (512 idle coroutine slots say nothing about how busy its threads are).
+    public var coroutines: Int = 0
+    public var busyCoroutines: Int = 0
 
     /// Bounds on what a heartbeat may claim: anything read from NATS is validated, and a forged heartbeat with
     /// absurd numbers must not make the gateway's pool arithmetic overflow.
@@ -60,6 +65,8 @@ public struct WorkerHeartbeat: Sendable, Hashable {
         w.key("url"); w.stringOrNull(url)
         w.key("stopping"); w.bool(stopping)
         w.key("restarts"); w.int(restarts)
+        w.key("coroutines"); w.int(coroutines)
+        w.key("busy_coroutines"); w.int(busyCoroutines)
         w.endObject()
     }
 
@@ -81,6 +88,8 @@ public struct WorkerHeartbeat: Sendable, Hashable {
         self.concurrency = min(max(0, o["concurrency"]?.intValue ?? 0), Self.maxConcurrency)
         self.busy = min(max(0, o["busy"]?.intValue ?? 0), self.concurrency)
         self.restarts = min(max(0, o["restarts"]?.intValue ?? 0), Self.maxRestarts)
+        self.coroutines = min(max(0, o["coroutines"]?.intValue ?? 0), Self.maxConcurrency)
+        self.busyCoroutines = min(max(0, o["busy_coroutines"]?.intValue ?? 0), self.coroutines)
         if case .bool(let g) = o["gpu"] { self.gpu = g } else { self.gpu = false }
         self.version = o["version"]?.stringValue ?? ""
         self.startedAt = o["started_at"]?.stringValue.flatMap { Timestamp(iso8601: $0) } ?? Timestamp(millis: 0)

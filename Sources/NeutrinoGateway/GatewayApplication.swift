@@ -15,7 +15,7 @@ import ServiceLifecycle
 ///
 /// Start-up order: manifest → NATS connection → task log → pools → routes → services. On SIGTERM/SIGINT the server
 /// stops first (it drains the requests in flight; open `GET /events` streams end), then the services in reverse
-/// order of the list below: heartbeat listener → live feed → pool monitor → events consumer → delivery janitor → queue provisioner →
+/// order of the list below: heartbeat listener → pool discovery → live feed → pool monitor → events consumer → delivery janitor → queue provisioner →
 /// task-log retention → sync pools' connections → task log (the last events committed) → NATS connection.
 public func buildGateway(_ configuration: GatewayConfiguration, logger: Logger) async throws -> some ApplicationProtocol {
     let manifest = try readManifest(configuration.manifestPath)
@@ -43,8 +43,18 @@ public func buildGateway(_ configuration: GatewayConfiguration, logger: Logger) 
             name: name, endpoints: endpoints, maxConnections: configuration.workerConnections,
             maxAnswerBytes: configuration.maxWorkerAnswerBytes, recordsCalls: configuration.taskLogPath != nil, logger: logger)
     }
+    // With NATS every sync pool of the manifest is elastic: its workers join from their heartbeats (PoolDiscovery),
+    // beside the static ones given.
     for (pool, mode) in manifest.pools where mode == .sync && pools[pool] == nil {
-        logger.warning("no --http-pool given for a sync pool of the manifest; its tasks will answer 503", metadata: ["pool": "\(pool)"])
+        if queue != nil {
+            pools[pool] = WorkerPool(
+                name: pool, endpoints: [], maxConnections: configuration.workerConnections,
+                maxAnswerBytes: configuration.maxWorkerAnswerBytes, logger: logger)
+        } else {
+            logger.warning(
+                "no --http-pool given for a sync pool of the manifest and no --nats to discover its workers; its tasks will answer 503",
+                metadata: ["pool": "\(pool)"])
+        }
     }
 
     var taskLog: (any TaskEventSink)?
@@ -86,7 +96,9 @@ public func buildGateway(_ configuration: GatewayConfiguration, logger: Logger) 
     let components = GatewayComponents(
         configuration: configuration, manifest: manifest, pools: pools, taskLog: taskLog, reader: reader,
         waiters: reader.map { TaskWaiters(reader: $0, maxWaiters: configuration.maxLongPollWaiters) }, queue: queue,
-        workers: workers, monitor: monitor, feed: feed, logger: logger)
+        workers: workers, monitor: monitor, feed: feed,
+        catchUp: configuration.eventsViaNATS ? ReplicaCatchUp(lagBound: configuration.replicationLagBound) : .none,
+        logger: logger)
 
     let router = Router(context: GatewayRequestContext.self)
     // Hummingbird applies a middleware to the routes added after it. First the one error shape for what no handler
@@ -150,7 +162,11 @@ public func buildGateway(_ configuration: GatewayConfiguration, logger: Logger) 
     }
     services.append(monitor)
     if let feed { services.append(feed) }
-    if let queue { services.append(HeartbeatListener(connection: queue.connection, registry: workers, logger: logger)) }
+    if let queue {
+        let discovery = PoolDiscovery(pools: pools, registry: workers, logger: logger)
+        services.append(discovery)
+        services.append(HeartbeatListener(connection: queue.connection, registry: workers, discovery: discovery, logger: logger))
+    }
     if let keys { services.append(KeyFileWatcher(store: keys, interval: access.keyFilePollInterval)) }
     if keys != nil, let reader { services.append(InFlightReaper(limits: limits, reader: reader, interval: access.inFlightPollInterval)) }
     if !loopback && keys == nil {

@@ -20,19 +20,28 @@ struct GatewayComponents: Sendable {
     let workers: WorkerRegistry
     let monitor: PoolMonitor
     let feed: EventFeed?
+    /// How long a lookup of a young id that is not in this replica's file yet may wait for it (cluster mode).
+    var catchUp = ReplicaCatchUp.none
+    /// Sync calls being forwarded now (their rows are written when they end).
+    let syncCalls = SyncCallsInFlight()
     let logger: Logger
 
-    /// The task `rawID` names, read after this gateway's own events are committed; or the answer saying why there
-    /// is none (404 unknown, 503 no task log).
+    /// The task `rawID` names, read after this gateway's own events are committed (and, in cluster mode, after
+    /// waiting for another replica's young task to arrive, see `ReplicaCatchUp`); or the answer saying why there is
+    /// none (404 unknown, 503 no task log).
     func existingTask(_ rawID: String) async -> TaskLookup {
         guard let reader else { return .answer(.noTaskLog) }
         guard TaskID.isValid(rawID) else { return .answer(.error(.taskNotFound, "'\(rawID)' is not a task id")) }
+        let id = rawID.lowercased()
+        if let pending = syncCalls.reveal(id) { taskLog?.record(pending) }
         await taskLog?.flush()
         do {
-            guard let record = try await reader.record(id: rawID.lowercased()) else {
+            guard let record = try await catchUp.find(id, { try await reader.record(id: id) }) else {
                 return .answer(.error(.taskNotFound, "no task with id \(rawID)"))
             }
             return .found(record)
+        } catch is ReplicaCatchUp.Full {
+            return .answer(.replicaCatchUpFull)
         } catch {
             return .answer(.error(.taskLogUnavailable, "\(error)"))
         }
@@ -47,6 +56,13 @@ enum TaskLookup {
 extension Response {
     /// The answer of every task-log route on a gateway started without `--task-log`.
     static var noTaskLog: Response { .error(.taskLogUnavailable, "this gateway runs without a task log (--task-log)") }
+
+    /// Too many lookups wait for other replicas' events (`ReplicaCatchUp.maxWaiting`): retry shortly.
+    static var replicaCatchUpFull: Response {
+        .error(
+            .overloaded, "too many lookups are waiting for other gateway replicas' events; retry shortly",
+            headers: [.retryAfter: "1"])
+    }
 
     /// An error about one task: the error body plus its `task_id` and `status`.
     static func taskError(

@@ -29,6 +29,9 @@ public struct GatewayConfiguration: Sendable {
     public var scaling: [String: String] = [:]
     /// Cluster mode of the task log: consume NEUTRINO_EVENTS into this gateway's file and publish its own events there.
     public var eventsViaNATS = false
+    /// Cluster mode: how long another replica's events may take to reach this one. A lookup of an unknown task id
+    /// younger than this waits for it (read-your-writes across replicas, see `ReplicaCatchUp`); zero answers 404 at once.
+    public var replicationLagBound: Duration = .seconds(5)
     /// Names this gateway's durable events consumer (`events_<id>`).
     public var gatewayID = "gateway"
     /// Terminal tasks older than this are deleted from the task log (with their events), in small batches off the

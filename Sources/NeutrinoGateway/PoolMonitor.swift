@@ -114,8 +114,15 @@ final class PoolMonitor: Sendable {
             let queue = s.queues[pool]
             // Workers that send no heartbeat (an HTTP worker started without --nats) still count when reachable.
             let replicas = live.isEmpty ? (staticPools[pool]?.healthyCount ?? 0) : live.count
-            let busy = live.reduce(0) { $0 + $1.heartbeat.busy }
-            let slots = live.reduce(0) { $0 + $1.heartbeat.concurrency }
+            // Threads and coroutine slots are separate capacities: the pool scales on whichever is busier.
+            let threadsBusy = live.reduce(0) { $0 + $1.heartbeat.busy }
+            let threads = live.reduce(0) { $0 + $1.heartbeat.concurrency }
+            let coroutinesBusy = live.reduce(0) { $0 + $1.heartbeat.busyCoroutines }
+            let coroutines = live.reduce(0) { $0 + $1.heartbeat.coroutines }
+            let coroutinesBusier =
+                coroutines > 0 && Double(coroutinesBusy) * Double(max(1, threads)) > Double(threadsBusy) * Double(coroutines)
+            let busy = coroutinesBusier ? coroutinesBusy : threadsBusy
+            let slots = coroutinesBusier ? coroutines : threads
             let inputs = ScalingPolicy.Inputs(
                 pending: queue?.pending ?? 0, inFlight: queue?.inFlight ?? 0, replicas: replicas,
                 busySlots: busy, totalSlots: slots)
@@ -169,6 +176,8 @@ final class PoolMonitor: Sendable {
                 w.key("mode"); w.string(hb.mode)
                 w.key("concurrency"); w.int(hb.concurrency)
                 w.key("busy"); w.int(hb.busy)
+                w.key("coroutines"); w.int(hb.coroutines)
+                w.key("busy_coroutines"); w.int(hb.busyCoroutines)
                 w.key("gpu"); w.bool(hb.gpu)
                 w.key("version"); w.string(hb.version)
                 w.key("started_at"); w.string(hb.startedAt.iso8601)

@@ -42,6 +42,8 @@ final class WorkerConnections: Sendable {
     private let group: any EventLoopGroup
     private let idle = NIOLockedValueBox<[Pooled]>([])
     private let open = NIOLockedValueBox<Int>(0)
+    /// Set when the worker left its pool: connections are closed as their calls end instead of pooled.
+    private let retired = NIOLockedValueBox<Bool>(false)
     /// An idle connection older than this is closed rather than reused: the worker closes idle connections itself
     /// (its server's idle timeout, 60 s by default), and a request written into a closing one would fail.
     static let maxIdleAge = TimeAmount.seconds(30)
@@ -90,6 +92,12 @@ final class WorkerConnections: Sendable {
         }
     }
 
+    /// The worker left its pool: close the idle connections now and each busy one when its call ends.
+    func retire() {
+        retired.withLockedValue { $0 = true }
+        close()
+    }
+
     /// Closes the idle connections.
     func close() {
         let pooled = idle.withLockedValue { c in
@@ -131,7 +139,7 @@ final class WorkerConnections: Sendable {
     }
 
     private func checkin(_ channel: any Channel, keepAlive: Bool) {
-        guard keepAlive, channel.isActive else {
+        guard keepAlive, channel.isActive, !retired.withLockedValue({ $0 }) else {
             channel.close(promise: nil)
             return
         }

@@ -9,6 +9,11 @@ import Synchronization
 /// The fast workers of one sync pool: round robin over the workers whose circuit is closed, over pooled
 /// keep-alive connections (`WorkerConnections`). A worker that cannot be reached is skipped and the call
 /// goes to the next one, so one dead worker costs no failed request while another is healthy.
+///
+/// Members are static (`--http-pool`, for the pool's lifetime) or discovered (`PoolDiscovery`: added when a worker's
+/// heartbeat announces its URL, removed when it says it is stopping or falls silent). A call works on the members it
+/// saw when it started, so a worker removed meanwhile still answers the calls it is running; its connections close as
+/// those end.
 public final class WorkerPool: Sendable {
     public struct Endpoint: Sendable, Hashable {
         public var url: String
@@ -49,11 +54,32 @@ public final class WorkerPool: Sendable {
         case answerTooLarge(limit: Int)
     }
 
+    /// One worker of the pool.
+    final class Member: Sendable {
+        let endpoint: Endpoint
+        let connections: WorkerConnections
+        /// From `--http-pool`: never removed by discovery.
+        let isStatic: Bool
+
+        init(endpoint: Endpoint, connections: WorkerConnections, isStatic: Bool) {
+            self.endpoint = endpoint
+            self.connections = connections
+            self.isStatic = isStatic
+        }
+    }
+
+    private struct State {
+        var members: [Member] = []
+        /// By URL; a worker that leaves and comes back starts with a closed circuit.
+        var breakers: [String: CircuitBreaker] = [:]
+    }
+
     public let name: String
-    public let endpoints: [Endpoint]
-    private let breakers: Mutex<[CircuitBreaker]>
+    private let state: Mutex<State>
     private let next = Atomic<Int>(0)
-    private let connections: [WorkerConnections]
+    private let group: any EventLoopGroup
+    private let maxConnections: Int
+    private let maxAnswerBytes: Int
     private let logger: Logger
     /// Sent to workers when this gateway records the lifecycle of the calls it forwards (it has a task log): the
     /// answer size it relays, so a worker writes only what the gateway cannot (`X-Neutrino-Caller-Records`).
@@ -67,32 +93,78 @@ public final class WorkerPool: Sendable {
     ) {
         self.name = name
         self.callerRecords = recordsCalls ? String(max(1024, maxAnswerBytes)) : nil
-        self.endpoints = endpoints
-        self.breakers = Mutex(Array(repeating: CircuitBreaker(), count: endpoints.count))
-        self.connections = endpoints.map {
-            WorkerConnections(host: $0.host, port: $0.port, group: group, maxConnections: maxConnections, maxAnswerBytes: maxAnswerBytes)
-        }
+        self.group = group
+        self.maxConnections = maxConnections
+        self.maxAnswerBytes = maxAnswerBytes
         self.logger = logger
+        self.state = Mutex(State())
+        for e in endpoints { _ = insert(e, isStatic: true) }
     }
 
+    /// The workers calls go to now.
+    public var endpoints: [Endpoint] { state.withLock { $0.members.map(\.endpoint) } }
+
     /// How many workers have a closed circuit (are believed reachable).
-    public var healthyCount: Int { breakers.withLock { $0.filter { !$0.isOpen }.count } }
+    public var healthyCount: Int {
+        state.withLock { s in s.members.filter { !(s.breakers[$0.endpoint.url]?.isOpen ?? false) }.count }
+    }
+
+    /// Adds a discovered worker; false if it is already a member.
+    @discardableResult
+    public func add(_ endpoint: Endpoint) -> Bool { insert(endpoint, isStatic: false) }
+
+    /// Stops routing new calls to a discovered worker (its calls in flight finish); false if it is not a discovered
+    /// member.
+    @discardableResult
+    public func remove(url: String) -> Bool {
+        let removed = state.withLock { s -> Member? in
+            guard let i = s.members.firstIndex(where: { $0.endpoint.url == url && !$0.isStatic }) else { return nil }
+            s.breakers[url] = nil
+            return s.members.remove(at: i)
+        }
+        removed?.connections.retire()
+        return removed != nil
+    }
+
+    /// Whether `--http-pool` named workers of this pool.
+    public var hasStaticMembers: Bool { state.withLock { $0.members.contains(where: \.isStatic) } }
+
+    /// The discovered members' URLs.
+    var discovered: Set<String> { state.withLock { Set($0.members.filter { !$0.isStatic }.map(\.endpoint.url)) } }
+
+    private func insert(_ endpoint: Endpoint, isStatic: Bool) -> Bool {
+        state.withLock { s in
+            guard !s.members.contains(where: { $0.endpoint.url == endpoint.url }) else { return false }
+            let connections = WorkerConnections(
+                host: endpoint.host, port: endpoint.port, group: group, maxConnections: maxConnections,
+                maxAnswerBytes: maxAnswerBytes)
+            s.members.append(Member(endpoint: endpoint, connections: connections, isStatic: isStatic))
+            s.breakers[endpoint.url] = CircuitBreaker()
+            return true
+        }
+    }
 
     /// Workers to try, in order: the round-robin choice and the other available ones, then the ones whose circuit
     /// is open (a last resort: better a refused connection than a 503 while a worker may be back).
-    func order(now: Timestamp) -> [Int] {
-        let count = endpoints.count
-        guard count > 0 else { return [] }
+    func order(now: Timestamp) -> [Member] {
         let start = next.wrappingAdd(1, ordering: .relaxed).oldValue
-        return breakers.withLock { b in
-            var available: [Int] = []
-            var open: [Int] = []
+        return state.withLock { s in
+            let count = s.members.count
+            guard count > 0 else { return [] }
+            var available: [Member] = []
+            var open: [Member] = []
             for k in 0..<count {
                 let i = (start &+ k) % count
-                let idx = i < 0 ? i + count : i
-                if b[idx].allowRequest(now: now) { available.append(idx) } else { open.append(idx) }
+                let member = s.members[i < 0 ? i + count : i]
+                if s.breakers[member.endpoint.url]?.allowRequest(now: now) ?? true { available.append(member) } else { open.append(member) }
             }
             return available + open
+        }
+    }
+
+    private func record(_ url: String, success: Bool) {
+        state.withLock { s in
+            if success { s.breakers[url]?.recordSuccess() } else { s.breakers[url]?.recordFailure(now: .now()) }
         }
     }
 
@@ -104,21 +176,21 @@ public final class WorkerPool: Sendable {
         var attempt = 1
         var lastError = "no worker is configured for pool '\(name)'"
         let payload = ByteBuffer(bytes: body)
-        for index in order(now: .now()) {
-            let endpoint = endpoints[index]
+        for member in order(now: .now()) {
+            let endpoint = member.endpoint
             var headers = HTTPHeaders()
             headers.add(name: "Content-Type", value: "application/json")
             headers.add(name: "X-Neutrino-Task-Id", value: taskID)
             headers.add(name: "X-Neutrino-Attempt", value: String(attempt))
             if let callerRecords { headers.add(name: "X-Neutrino-Caller-Records", value: callerRecords) }
             do {
-                var reply = try await connections[index].send(path: "/api/\(task)", headers: headers, body: payload, deadline: deadline)
+                var reply = try await member.connections.send(path: "/api/\(task)", headers: headers, body: payload, deadline: deadline)
                 if reply.status == 503 {
                     // Saturated: it ran nothing; another worker may have room.
                     lastError = "worker \(endpoint.url) is saturated"
                     continue
                 }
-                breakers.withLock { $0[index].recordSuccess() }
+                record(endpoint.url, success: true)
                 var answerHeaders: [String: String] = [:]
                 for h in reply.headers where h.name.lowercased().hasPrefix("x-neutrino-") { answerHeaders[h.name.lowercased()] = h.value }
                 let bytes = reply.body.readBytes(length: reply.body.readableBytes) ?? []
@@ -132,11 +204,11 @@ public final class WorkerPool: Sendable {
                     lastError = "all \(limit) connections to worker \(endpoint.url) are busy (--worker-connections)"
                     continue
                 case .answerTooLarge(let limit):
-                    breakers.withLock { $0[index].recordSuccess() }
+                    record(endpoint.url, success: true)
                     throw .answerTooLarge(limit: limit)
                 default: break
                 }
-                breakers.withLock { $0[index].recordFailure(now: .now()) }
+                record(endpoint.url, success: false)
                 switch error {
                 case .timedOut, .saturated, .answerTooLarge:
                     throw .timedOut
@@ -162,6 +234,6 @@ public final class WorkerPool: Sendable {
 
     /// Closes idle connections.
     public func close() {
-        for c in connections { c.close() }
+        for m in state.withLock({ $0.members }) { m.connections.close() }
     }
 }

@@ -68,6 +68,13 @@ struct GatewayCommand: AsyncParsableCommand {
     @Option(name: .customLong("gateway-id"), help: "This replica's id; names its events consumer (default: the host name).")
     var gatewayID: String?
 
+    @Option(
+        name: .customLong("replication-lag-bound"),
+        help:
+            "With --events-via-nats: seconds another replica's events may take to arrive here; a lookup of an unknown task id younger than this waits for it before answering 404 (0: never wait)."
+    )
+    var replicationLagBound: Double = 5
+
     @Option(name: .customLong("retention-days"), help: "Delete terminal tasks older than this many days from the task log (0: keep everything).")
     var retentionDays: Double = 7
 
@@ -162,6 +169,9 @@ struct GatewayCommand: AsyncParsableCommand {
                 throw ValidationError("--events-via-nats needs --nats URL and --task-log sqlite:PATH")
             }
         }
+        guard replicationLagBound >= 0, replicationLagBound <= 60 else {
+            throw ValidationError("--replication-lag-bound must be 0...60 seconds")
+        }
         if let id = gatewayID, id.isEmpty || !id.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }) {
             throw ValidationError("--gateway-id must be letters, digits, - and _")
         }
@@ -205,6 +215,7 @@ struct GatewayCommand: AsyncParsableCommand {
             configuration.scaling[String(s[..<eq])] = String(s[s.index(after: eq)...])
         }
         configuration.eventsViaNATS = eventsViaNATS
+        configuration.replicationLagBound = replicationLagBound == 0 ? .zero : Self.duration(replicationLagBound)
         configuration.retention = retentionDays > 0 ? .milliseconds(Int64(retentionDays * 86_400_000)) : nil
         configuration.streamReplicas = streamReplicas
 

@@ -205,6 +205,11 @@ public final class PythonExecutor: Sendable {
         lock.withLock { (state.busy, state.queue.count - state.queueHead + state.coroutineWaiting.count, state.stuck) }
     }
 
+    /// Busy Python threads and taken coroutine slots, apart (heartbeats report each kind's utilisation).
+    public var busyByKind: (threads: Int, coroutines: Int) {
+        lock.withLock { (max(0, state.busy - state.coroutinesRunning), state.coroutinesRunning) }
+    }
+
     /// What this executor runs at once: its threads, plus its coroutine slots when the loop runs.
     public var slots: Int { threadCount + maxCoroutines }
 

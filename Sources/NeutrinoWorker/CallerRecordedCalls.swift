@@ -35,13 +35,13 @@ final class CallerRecordedCalls: Sendable {
         calls.withLock { $0.removeValue(forKey: taskID)?.visible } ?? false
     }
 
-    /// A progress report of a call: it is visible from now on. False if no such call runs here.
-    @discardableResult
-    func markVisible(_ taskID: String) -> Bool {
-        calls.withLock { calls -> Bool in
-            guard calls[taskID] != nil else { return false }
+    /// A progress report of a call: it is visible from now on. Returns its `running` event if that was not recorded
+    /// yet (to record before the progress, which needs the task's row); nil otherwise or if no such call runs here.
+    func makeVisible(_ taskID: String) -> TaskEvent? {
+        calls.withLock { calls -> TaskEvent? in
+            guard let entry = calls[taskID], !entry.visible else { return nil }
             calls[taskID]?.visible = true
-            return true
+            return entry.running
         }
     }
 

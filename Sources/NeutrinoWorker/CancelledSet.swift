@@ -1,3 +1,5 @@
+import Synchronization
+
 /// Task ids cancelled recently (bounded: the oldest are forgotten first).
 struct CancelledSet: Sendable {
     private var order: [String] = []
@@ -13,4 +15,12 @@ struct CancelledSet: Sendable {
     }
 
     func contains(_ id: String) -> Bool { members.contains(id) }
+}
+
+/// A `CancelledSet` shared between the cancel listener and the calls it may stop (an HTTP worker is a value type).
+final class CancelledTasks: Sendable {
+    private let set = Mutex(CancelledSet())
+
+    func insert(_ id: String) { set.withLock { $0.insert(id) } }
+    func contains(_ id: String) -> Bool { set.withLock { $0.contains(id) } }
 }

@@ -19,8 +19,12 @@ struct HTTPWorker: Sendable {
     /// Calls forwarded by a gateway that records their lifecycle itself.
     let callerRecorded: CallerRecordedCalls
     let heartbeats: HeartbeatPublisher?
+    let connection: NATSConnection?
     let recycler: Recycler
     let logger: Logger
+    /// Sync tasks a cancel was heard for (`DELETE /tasks/<id>` on any gateway replica), so a call that arrives after
+    /// its cancel does not run.
+    private let cancelled = CancelledTasks()
 
     init(
         configuration: WorkerConfiguration, runtime: PythonRuntime, taskLog: ObservedSink, connection: NATSConnection?,
@@ -43,18 +47,20 @@ struct HTTPWorker: Sendable {
                 maxLeakedThreads: configuration.maxLeakedThreads),
             alarm: { [recycler] in recycler.executorAlarm($0) })
         self.taskLog = taskLog
+        self.connection = connection
         self.logger = logger
         let executor = self.executor
         heartbeats = connection.map {
             HeartbeatPublisher(
-                connection: $0, configuration: configuration, gpu: false, slots: executor.slots, busy: { executor.load.busy },
-                logger: logger)
+                connection: $0, configuration: configuration, gpu: false, threads: executor.threadCount,
+                coroutines: executor.maxCoroutines, busy: { executor.busyByKind }, logger: logger)
         }
     }
 
-    /// The worker's services, in start order (stopped in reverse): the task log, the Python threads, the HTTP
-    /// server, the heartbeats. On SIGTERM the last heartbeat says `stopping` (the gateway stops routing here at once),
-    /// then the server drains the calls in flight, then the threads and the task log close.
+    /// The worker's services, in start order (stopped in reverse): the task log, the Python threads, the cancel
+    /// listener (with NATS), the HTTP server, the stop delay and the heartbeats (with NATS). On SIGTERM the last heartbeat says
+    /// `stopping` (the gateways stop routing here at once), `--stop-delay` passes while calls are still taken, then
+    /// the server drains the calls in flight, then the threads and the task log close.
     func services() -> [any Service] {
         let router = Router()
         router.addWorkerMetrics(executor: executor, configuration: configuration)
@@ -64,7 +70,7 @@ struct HTTPWorker: Sendable {
             await self.call(request, task: context.parameters.get("task") ?? "")
         }
         let heartbeats = self.heartbeats
-        let host = configuration.host
+        let host = configuration.advertiseHost ?? configuration.host
         let app = makeApplication(
             router: router, host: configuration.host, port: configuration.port,
             serverName: "neutrino-worker", logger: logger,
@@ -85,10 +91,28 @@ struct HTTPWorker: Sendable {
             LifecycleService("task log", stop: { await taskLog.close() }),
             LifecycleService("python threads", stop: { executor.shutdown() }),
             RunningRecorder(calls: callerRecorded, taskLog: taskLog),
-            app,
         ]
-        if let heartbeats { services.append(heartbeats) }
+        if let connection {
+            // Sync cancel: the same broadcast as for queued tasks; the call's caller is answered 409 `cancelled`.
+            // Before the server in the list, so it still hears cancels while the server drains.
+            services.append(CancelListener(connection: connection, logger: logger) { [self] id in self.noteCancel(id) })
+        }
+        services.append(app)
+        if let heartbeats {
+            // Stopped right after the heartbeats (which send `stopping`): the gateways stop routing here before the
+            // server stops taking requests; a call that still arrives meanwhile runs.
+            let delay = configuration.stopDelay
+            services.append(LifecycleService("stop delay", stop: { try? await Task.sleep(for: delay) }))
+            services.append(heartbeats)
+        }
         return services
+    }
+
+    private func noteCancel(_ id: String) {
+        cancelled.insert(id)
+        if executor.cancel(tag: id) {
+            logger.info("cancelling running sync task", metadata: ["task_id": "\(id)"])
+        }
     }
 
     private func health() -> Response {
@@ -137,16 +161,14 @@ struct HTTPWorker: Sendable {
         let callerRecorded = self.callerRecorded
         let started = StartTime()
         let printed = CapturedOutput()
-        let outcome = await executor.run(
-            task: name, payload: payload, timeoutMs: spec.timeoutMs,
-            onStart: {
-                let now = Timestamp.now()
-                started.set(now)
-                let running = TaskEvent(
-                    taskID: taskID, kind: .running, at: now, function: spec.name, pool: spec.pool,
-                    mode: spec.mode, workerID: workerID, attempt: attempt)
-                if callerRelays != nil { callerRecorded.begin(running) } else { taskLog.record(running) }
-            }, onOutput: printed.set)
+        let outcome: PythonOutcome
+        if cancelled.contains(taskID) {
+            outcome = .cancelled(durationMs: 0)
+        } else {
+            outcome = await run(
+                spec: spec, taskID: taskID, attempt: attempt, payload: payload, callerRelays: callerRelays, started: started,
+                printed: printed)
+        }
         let madeVisible = callerRelays != nil && callerRecorded.end(taskID)
         let reply = TaskReply(taskID: taskID, spec: spec, workerID: workerID, attempt: attempt, outcome: outcome)
         if case .rejected(let reason) = outcome {
@@ -171,6 +193,8 @@ struct HTTPWorker: Sendable {
                 switch reply.status {
                 case .completed: .ok
                 case .timedOut: .gatewayTimeout
+                // Interrupted by `DELETE /tasks/<id>`: the request conflicted with a cancel (docs/architecture.md).
+                case .cancelled: .conflict
                 default: .internalServerError
                 }
             }
@@ -183,6 +207,28 @@ struct HTTPWorker: Sendable {
                 NeutrinoHeader.startedAt: String(started.value?.millis ?? Timestamp.now().millis),
                 NeutrinoHeader.outcomeOffset: String(reply.outcomeOffset),
             ])
+    }
+
+    /// Runs the call on the Python threads, tagged with its task id so a cancel finds it; `running` is recorded the
+    /// moment it starts.
+    private func run(
+        spec: TaskSpec, taskID: String, attempt: Int, payload: [UInt8], callerRelays: Int?, started: StartTime,
+        printed: CapturedOutput
+    ) async -> PythonOutcome {
+        let workerID = configuration.workerID
+        let taskLog = self.taskLog
+        let callerRecorded = self.callerRecorded
+        return await executor.run(
+            task: spec.name, tag: taskID, payload: payload, timeoutMs: spec.timeoutMs,
+            onStart: {
+                let now = Timestamp.now()
+                started.set(now)
+                let running = TaskEvent(
+                    taskID: taskID, kind: .running, at: now, function: spec.name, pool: spec.pool,
+                    mode: spec.mode, workerID: workerID, attempt: attempt)
+                // Noted, not written, when the gateway records the call (see `CallerRecordedCalls`).
+                if callerRelays != nil { callerRecorded.begin(running) } else { taskLog.record(running) }
+            }, onOutput: printed.set)
     }
 
     static func outcomeEvent(taskID: String, spec: TaskSpec, workerID: String, attempt: Int, reply: TaskReply) -> TaskEvent {

@@ -15,16 +15,16 @@ final class HeartbeatPublisher: Service {
     private let connection: NATSConnection
     private let template: WorkerHeartbeat
     private let interval: Duration
-    private let busy: @Sendable () -> Int
+    private let busy: @Sendable () -> (threads: Int, coroutines: Int)
     private let url = Mutex<String?>(nil)
     /// Set by `stopping()`: no regular heartbeat may follow the last one (it would put a draining worker back).
     private let stopped = Atomic<Bool>(false)
     private let logger: Logger
 
-    /// `slots`: what the worker runs at once, its threads plus its coroutine slots (the `concurrency` it announces).
+    /// `threads` and `coroutines`: what the worker runs at once of each kind; `busy` how many of each are taken.
     init(
-        connection: NATSConnection, configuration: WorkerConfiguration, gpu: Bool, slots: Int, busy: @escaping @Sendable () -> Int,
-        logger: Logger
+        connection: NATSConnection, configuration: WorkerConfiguration, gpu: Bool, threads: Int, coroutines: Int,
+        busy: @escaping @Sendable () -> (threads: Int, coroutines: Int), logger: Logger
     ) {
         self.connection = connection
         self.interval = configuration.heartbeatInterval
@@ -32,15 +32,19 @@ final class HeartbeatPublisher: Service {
         self.logger = logger
         var template = WorkerHeartbeat(
             workerID: configuration.workerID, pool: configuration.pool, mode: configuration.mode.rawValue,
-            concurrency: slots, busy: 0, gpu: gpu, version: NeutrinoVersion.current, startedAt: .now(),
+            concurrency: threads, busy: 0, gpu: gpu, version: NeutrinoVersion.current, startedAt: .now(),
             host: ProcessInfo.processInfo.hostName, pid: Int(getpid()), url: nil)
         template.restarts = configuration.restarts
+        template.coroutines = coroutines
         self.template = template
     }
 
-    /// Records where the worker's HTTP server listens (`http://HOST:PORT`), for the next heartbeats.
+    /// Records where the worker's HTTP server listens (`http://HOST:PORT`), and announces it at once (one heartbeat,
+    /// not waiting for the next interval): gateways route sync calls to an HTTP worker from its first heartbeat
+    /// with a URL.
     func listening(host: String, port: Int) {
         url.withLock { $0 = "http://\(host):\(port)" }
+        Task { await self.publish(stopping: false) }
     }
 
     /// Publishes until the surrounding task is cancelled.
@@ -60,7 +64,9 @@ final class HeartbeatPublisher: Service {
     private func publish(stopping: Bool) async {
         if !stopping && stopped.load(ordering: .relaxed) { return }
         var beat = template
-        beat.busy = busy()
+        let taken = busy()
+        beat.busy = taken.threads
+        beat.busyCoroutines = taken.coroutines
         beat.url = url.withLock { $0 }
         beat.stopping = stopping
         do {

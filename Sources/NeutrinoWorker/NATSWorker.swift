@@ -81,8 +81,8 @@ final class NATSWorker: Sendable {
         if specs.isEmpty { logger.warning("the app has no async or gpu task in this pool", metadata: ["pool": "\(pool)"]) }
         let executor = self.executor
         let heartbeats = HeartbeatPublisher(
-            connection: connection, configuration: configuration, gpu: gpu.visible, slots: executor.slots,
-            busy: { executor.load.busy }, logger: logger)
+            connection: connection, configuration: configuration, gpu: gpu.visible, threads: executor.threadCount,
+            coroutines: executor.maxCoroutines, busy: { executor.busyByKind }, logger: logger)
         let taskLog = self.taskLog
         let reader = self.reader
         return [

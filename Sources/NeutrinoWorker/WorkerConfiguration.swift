@@ -47,6 +47,12 @@ public struct WorkerConfiguration: Sendable {
     public var drainGrace: Duration
     /// How often the worker announces itself on `neutrino.heartbeat.<pool>` (with `--nats`).
     public var heartbeatInterval: Duration = .seconds(2)
+    /// The host the heartbeats announce in the worker's URL (gateways route sync calls there); nil: `host`. Needed
+    /// when `host` is a wildcard (`0.0.0.0` in a pod: announce the pod IP).
+    public var advertiseHost: String?
+    /// `--mode http`: how long SIGTERM keeps serving after the `stopping` heartbeat, so every gateway has stopped
+    /// routing here before the server stops taking requests (then the calls in flight finish).
+    public var stopDelay: Duration = .milliseconds(500)
     /// How long a task may run past its timeout (after the injected exception) before its thread is given up on.
     public var hardTimeoutGrace: Duration = .seconds(5)
     /// `async def` tasks in flight at once on the worker's event loop (`--max-coroutines`).

@@ -57,8 +57,8 @@ public enum Worker {
         let callerRecorded = CallerRecordedCalls(visibleAfter: configuration.runningVisibleAfter)
         ProgressReporting.install { report in
             guard let spec = specs[report.task] else { return }
-            // A call whose progress shows in the task log has its outcome recorded by the worker too.
-            callerRecorded.markVisible(report.taskID)
+            // A call whose progress shows in the task log is recorded running first, and its outcome by the worker too.
+            if let running = callerRecorded.makeVisible(report.taskID) { sink.record(running) }
             sink.record(
                 TaskEvent(
                     taskID: report.taskID, kind: .progress, function: spec.name, pool: spec.pool,

@@ -86,6 +86,16 @@ struct WorkerCommand: AsyncParsableCommand {
     @Option(name: .customLong("heartbeat-interval"), help: "Seconds between heartbeats on neutrino.heartbeat.<pool> (with --nats).")
     var heartbeatInterval: Double = 2
 
+    @Option(
+        name: .customLong("advertise-host"),
+        help: "Host announced in the heartbeats' URL, where gateways send sync calls (default: --host; give the pod IP when --host is 0.0.0.0).")
+    var advertiseHost: String?
+
+    @Option(
+        name: .customLong("stop-delay"),
+        help: "Seconds SIGTERM keeps serving after the 'stopping' heartbeat, before the server drains (--mode http with --nats).")
+    var stopDelay: Double = 0.5
+
     @Option(name: .customLong("log-format"), help: "text or json (one JSON object per line).")
     var logFormat: String = "text"
 
@@ -121,6 +131,12 @@ struct WorkerCommand: AsyncParsableCommand {
     func validate() throws {
         guard LogFormat(rawValue: logFormat) != nil else { throw ValidationError("--log-format must be text or json") }
         guard heartbeatInterval >= 0.05 else { throw ValidationError("--heartbeat-interval must be at least 0.05 s") }
+        guard stopDelay >= 0, stopDelay <= 60 else { throw ValidationError("--stop-delay must be 0...60 seconds") }
+        if let h = advertiseHost {
+            guard !h.isEmpty, h.utf8.count <= 253, h.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "." || $0 == "-" || $0 == "_" }) else {
+                throw ValidationError("--advertise-host must be a host name or an IPv4 address")
+            }
+        }
         if taskLog == "nats" && nats == nil { throw ValidationError("--task-log nats needs --nats URL") }
         guard WorkerMode(rawValue: mode) != nil else { throw ValidationError("--mode must be http or nats") }
         guard TaskSpec.isValidName(pool) else { throw ValidationError("--pool must match [a-z0-9_]+") }
@@ -157,6 +173,8 @@ struct WorkerCommand: AsyncParsableCommand {
             workerID: id, maxBodyBytes: maxBodyBytes, natsURL: nats,
             ackWait: .milliseconds(Int64(ackWait * 1000)), drainGrace: .milliseconds(Int64(drainGrace * 1000)))
         configuration.heartbeatInterval = .milliseconds(Int64(heartbeatInterval * 1000))
+        configuration.advertiseHost = advertiseHost
+        configuration.stopDelay = .milliseconds(Int64(stopDelay * 1000))
         // Read by neutrino._output when the interpreter imports it.
         setenv("NEUTRINO_TASK_OUTPUT_BYTES", String(max(0, taskOutputBytes)), 1)
         // Read by neutrino._loop (the watcher of the async def tasks' event loop).

@@ -21,6 +21,19 @@ struct TaskIDTests {
         #expect(early < late)
     }
 
+    @Test func millisReadsTheTimeOfAVersion7Id() {
+        // 0x0191_2345_6789 ms, version 7.
+        #expect(TaskID.millis("01912345-6789-7abc-8def-0123456789ab") == 0x0191_2345_6789)
+        #expect(TaskID.millis("01912345-6789-7ABC-8DEF-0123456789AB") == 0x0191_2345_6789)
+        // What make(now:) wrote (other tests move this process's id clock, so compare with its own output).
+        let id = TaskID.make()
+        let prefix = String(id.replacingOccurrences(of: "-", with: "").prefix(12))
+        #expect(TaskID.millis(id) == UInt64(prefix, radix: 16))
+        // Not version 7 (a v4 UUID's first bits are random), or not an id at all.
+        #expect(TaskID.millis("01912345-6789-4abc-8def-0123456789ab") == nil)
+        #expect(TaskID.millis("not-an-id") == nil)
+    }
+
     @Test func rejectsNonIds() {
         for bad in ["", "abc", "01a20d33-f5e1-703c-8a48-eb343ac6658", "01a20d33-f5e1-703c-8a48-eb343ac6658z", "../../etc/passwd"] {
             #expect(!TaskID.isValid(bad))

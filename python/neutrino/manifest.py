@@ -38,6 +38,7 @@ _ERROR_OBJECT: JSONSchema = {
 _ERROR_RESPONSES: Dict[str, str] = {
     "400": 'Malformed JSON, or a body not shaped like {"args": {...}}.',
     "404": "Unknown task.",
+    "409": "Cancelled by DELETE /tasks/<id> while it ran: status cancelled, error type Cancelled.",
     "413": "Request body over the gateway's limit.",
     "422": "The arguments do not match the task's schema.",
     "500": "The task raised; the body carries error {type, message, traceback}.",
@@ -106,6 +107,9 @@ def _operation(spec: TaskSpec, builder: SchemaBuilder) -> Dict[str, Any]:
                 responses[status] = _json_response(description, _failed())
             else:
                 responses[status] = {"description": "Internal error."}
+        elif status == "409":
+            if spec.execution_mode == "sync":
+                responses[status] = _json_response(description, _failed("cancelled"))
         elif status == "504" and spec.execution_mode != "sync":
             responses[status] = {"description": "The queue did not acknowledge the task in time."}
         else:
@@ -151,12 +155,12 @@ def _queued() -> JSONSchema:
     }
 
 
-def _failed() -> JSONSchema:
+def _failed(status: str = "failed") -> JSONSchema:
     return {
         "type": "object",
         "properties": {
             "task_id": dict(_TASK_ID),
-            "status": {"const": "failed"},
+            "status": {"const": status},
             "error": copy.deepcopy(_ERROR_OBJECT),
         },
         "required": ["task_id", "status", "error"],

@@ -127,7 +127,10 @@ def test_gpu_pool_named_a100(write_app):
 
     gateway = _get(objects, "StatefulSet", "gateway")
     gateway_args = gateway["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert _flag(gateway_args, "--http-pool") == ["fast=http://fast:8000"]
+    # No static list: the gateway finds the fast pods from their heartbeats, each announcing its pod IP.
+    assert _flag(gateway_args, "--http-pool") == []
+    assert _flag(_args(_get(objects, "Deployment", "worker-fast")), "--advertise-host") == ["$(POD_IP)"]
+    assert _flag(_args(_get(objects, "Deployment", "worker-async")), "--advertise-host") == []
     assert _flag(gateway_args, "--scale") == ["fast=2:20:0.7:300", "async=1:50:10:300", "a100=0:5:1:300"]
     assert "--events-via-nats" in gateway_args and _flag(gateway_args, "--gateway-id") == ["$(POD_NAME)"]
     assert len(_kinds(objects, "PodDisruptionBudget")) == 5  # nats, gateway, three pools
@@ -140,7 +143,8 @@ def test_sync_only_app_and_underscore_pool(write_app):
     assert _flag(_args(_get(objects, "Deployment", "worker-my-pool")), "--pool") == ["my_pool"]
     assert _get(objects, "Service", "my-pool")
     gateway_args = _get(objects, "StatefulSet", "gateway")["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert _flag(gateway_args, "--http-pool") == ["my_pool=http://my-pool:8000"]
+    assert _flag(gateway_args, "--http-pool") == []
+    assert _flag(_args(_get(objects, "Deployment", "worker-my-pool")), "--advertise-host") == ["$(POD_IP)"]
     # The gateway keeps its task log through NATS events, so nats-server is deployed even without queued pools.
     assert _get(objects, "StatefulSet", "nats")
 

@@ -12,6 +12,8 @@ from neutrino import App, DefinitionError
 from neutrino.manifest import build_openapi
 
 ERROR_STATUSES = ["400", "404", "413", "422", "500", "503", "504"]
+# A sync task also documents 409: cancelled by DELETE /tasks/<id> while it ran.
+SYNC_ERROR_STATUSES = ["400", "404", "409", "413", "422", "500", "503", "504"]
 
 
 @dataclasses.dataclass
@@ -86,13 +88,15 @@ def test_sync_operation(doc: dict) -> None:
         "required": ["args"],
         "additionalProperties": False,
     }
-    assert list(op["responses"]) == ["200", *ERROR_STATUSES]
+    assert list(op["responses"]) == ["200", *SYNC_ERROR_STATUSES]
     ok = op["responses"]["200"]["content"]["application/json"]["schema"]
     assert ok["properties"]["result"] == {"type": "object"}
     assert ok["properties"]["status"] == {"const": "completed"}
     failed = op["responses"]["500"]["content"]["application/json"]["schema"]
     assert set(failed["properties"]["error"]["properties"]) == {"type", "message", "traceback"}
-    assert all(op["responses"][status]["description"] for status in ERROR_STATUSES)
+    cancelled = op["responses"]["409"]["content"]["application/json"]["schema"]
+    assert cancelled["properties"]["status"] == {"const": "cancelled"}
+    assert all(op["responses"][status]["description"] for status in SYNC_ERROR_STATUSES)
 
 
 def test_async_and_gpu_operations(doc: dict) -> None:

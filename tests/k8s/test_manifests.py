@@ -221,7 +221,11 @@ def test_base_topology():
     assert _arg(c, "--nats") == cluster_urls and _arg(c, "--stream-replicas") == "3"
     assert _arg(c, "--manifest") == "/etc/neutrino/openapi.json"
     assert _arg(c, "--dashboard-dir") == "/opt/neutrino/dashboard"
-    assert _arg(c, "--http-pool") == "fast=http://fast:8000"
+    # The fast pods are found from their heartbeats (no static list): each announces its pod IP.
+    assert _arg(c, "--http-pool") is None
+    fast = _container(one(objs, "Deployment", "worker-fast"))
+    assert _arg(fast, "--advertise-host") == "$(POD_IP)"
+    assert any(e["name"] == "POD_IP" and e["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP" for e in fast["env"])
     assert (_arg(c, "--host"), _arg(c, "--port"), _arg(c, "--log-format")) == ("0.0.0.0", "8080", "json")
     manifest_volume = next(v for v in _pod(gateway)["volumes"] if v["name"] == "manifest")
     assert manifest_volume["configMap"]["name"].startswith("neutrino-manifest")
@@ -506,6 +510,8 @@ class _Pod:
         for item in self.container.get("env", []):
             if "value" in item:
                 self.env[item["name"]] = item["value"]
+            elif item["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP":
+                self.env[item["name"]] = "127.0.0.1"  # every local pod is on loopback
             else:
                 assert item["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name", item
         self.env["HOME"] = str(work_dir)
@@ -641,10 +647,8 @@ def test_rendered_pods_run_on_the_real_binaries(launcher, tmp_path):
         worker_urls[_arg(pod.container, "--pool")] = url
         pod.proc = proc
 
-    # Gateway pods: both replicas of the StatefulSet, each with its own data dir (its PVC), reaching the fast
-    # pool's Service address rewritten to the local fast worker.
-    fast_service = one(objs, "Service", "fast")
-    rewrites[f"http://fast:{fast_service['spec']['ports'][0]['port']}"] = worker_urls["fast"]
+    # Gateway pods: both replicas of the StatefulSet, each with its own data dir (its PVC), finding the fast worker
+    # from its heartbeats.
     gateway_set = one(objs, "StatefulSet", "gateway")
     gateways = []
     for ordinal in range(gateway_set["spec"]["replicas"]):
@@ -707,6 +711,9 @@ def test_rendered_pods_run_on_the_real_binaries(launcher, tmp_path):
 
     # Traffic through the rendered topology: sync via gateway-0, async via gateway-1, the result on both.
     g0, g1 = (g.proc.url for g in gateways)
+    for g in (g0, g1):
+        e2e.wait_for(lambda g=g: any(w.get("url") == worker_urls["fast"] for w in e2e.pools_by_name(g)["fast"]["workers"]),
+                     timeout=60, message=lambda: f"the fast worker {worker_urls['fast']} discovered by {g}")
     echo = e2e.post_task(g0, "echo", {"x": 3})
     assert echo.status == 200 and echo.json()["result"] == {"x": 3, "label": ""}, echo
     queued = e2e.post_task(g1, "generate_report", {"dataset": "q3"})

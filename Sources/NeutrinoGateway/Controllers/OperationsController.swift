@@ -24,13 +24,16 @@ struct OperationsController: Sendable {
         }
     }
 
-    /// Ready when the task log answers, every sync pool has a reachable worker and NATS is connected.
+    /// Ready when the task log answers, every static sync pool (`--http-pool`) has a reachable worker and NATS is
+    /// connected. An elastic pool (workers from heartbeats) may be empty for a while: at start-up, or scaled to zero.
     func readiness() async -> Response {
         var problems: [String] = []
         if let reader = components.reader {
             do { _ = try await reader.list(TaskListFilter(limit: 1)) } catch { problems.append("task log: \(error)") }
         }
-        for (name, pool) in components.pools where pool.healthyCount == 0 { problems.append("pool \(name): no reachable worker") }
+        for (name, pool) in components.pools where pool.hasStaticMembers && pool.healthyCount == 0 {
+            problems.append("pool \(name): no reachable worker")
+        }
         if let queue = components.queue, !queue.isConnected { problems.append("NATS: not connected") }
         if problems.isEmpty { return .json(.ok, Array(#"{"status":"ready"}"#.utf8)) }
         return .error(.notReady, problems.joined(separator: "; "))

@@ -189,9 +189,12 @@ struct TaskSubmitter: Sendable {
                 attempt: kind == .pending ? 0 : 1, args: kind == .pending ? args.jsonText : nil, result: result,
                 error: error, durationMs: durationMs, detail: kind == .pending ? retryOf.map { "retry of \($0)" } : nil)
         }
-        // `pending` is recorded together with the outcome, in one batch: the worker's `running` makes the task
-        // visible while it runs, and a sync call costs the task log one transaction instead of two.
+        // `pending` is recorded together with the outcome, in one batch (one writer per call, one queued write): a
+        // call that runs long is visible meanwhile from its worker's `running`, and one that is looked up here
+        // while it runs from `SyncCallsInFlight`.
         let pending = event(.pending)
+        components.syncCalls.begin(pending)
+        defer { components.syncCalls.end(taskID) }
         let started = ContinuousClock.now
         func record(_ outcome: TaskEvent?, running: TaskEvent? = nil) {
             taskLog?.record(contentsOf: [pending] + (running.map { [$0] } ?? []) + (outcome.map { [$0] } ?? []))
@@ -252,7 +255,13 @@ struct TaskSubmitter: Sendable {
             offset >= 0, offset < answer.body.count
         {
             let raw = String(decoding: answer.body[offset..<(answer.body.count - 1)], as: UTF8.self)
-            let kind: TaskEventKind = status == .completed ? .completed : status == .timedOut ? .timedOut : .failed
+            let kind: TaskEventKind =
+                switch status {
+                case .completed: .completed
+                case .timedOut: .timedOut
+                case .cancelled: .cancelled  // DELETE /tasks/<id> interrupted it (the worker answers 409)
+                default: .failed
+                }
             outcome = event(
                 kind, workerID: answer.headers["x-neutrino-worker"],
                 result: kind == .completed ? raw : nil, error: kind == .completed ? nil : raw,

@@ -50,7 +50,8 @@ struct TasksController: Sendable {
         }
         await components.taskLog?.flush()
         do {
-            guard var (record, events) = try await reader.recordWithEvents(id: id) else {
+            let found = try await components.catchUp.find(id) { try await reader.recordWithEvents(id: id) }
+            guard var (record, events) = found else {
                 return .error(.taskNotFound, "no task with id \(rawID)")
             }
             if !record.status.isTerminal && waitSeconds > 0 {
@@ -66,6 +67,8 @@ struct TasksController: Sendable {
             var w = JSONWriter(capacity: 1024)
             w.task(record, events: events)
             return .json(.ok, w.bytes)
+        } catch is ReplicaCatchUp.Full {
+            return .replicaCatchUpFull
         } catch {
             components.logger.error("task log read failed", metadata: ["error": "\(error)"])
             return .error(.taskLogUnavailable, "\(error)")
@@ -186,8 +189,10 @@ struct TasksController: Sendable {
 
     // MARK: Cancel and retry
 
-    /// `DELETE /tasks/<id>`: a queued task becomes `cancelled` and never runs; a running async task is interrupted
-    /// by its worker (202, `cancelling`); a finished task answers 409.
+    /// `DELETE /tasks/<id>`: a queued task becomes `cancelled` and never runs; a running task is interrupted by its
+    /// worker (202, `cancelling`) — an async or gpu one through the cancel broadcast its NATS worker hears, a sync one
+    /// through the same broadcast, heard by the HTTP worker running it, whose caller then gets 409 `cancelled`; a
+    /// finished task answers 409.
     func cancelTask(_ rawID: String) async -> Response {
         let record: TaskRecord
         switch await components.existingTask(rawID) {
@@ -206,10 +211,22 @@ struct TasksController: Sendable {
         if record.status.isTerminal {
             return .taskError(.taskFinished, taskID: id, status: record.status, message: "task \(id) is already \(record.status.rawValue)")
         }
-        if record.mode == .sync {
-            return .error(.notCancellable, "a sync task cannot be cancelled; it ends within its timeout")
-        }
         let queue = components.queue
+        if record.mode == .sync {
+            // The call is on an HTTP worker that one of the replicas forwarded it to; every worker hears the broadcast
+            // and the one running it interrupts it (a call that has not started yet does not run).
+            guard let queue else {
+                return .taskError(
+                    .notCancellable, taskID: id, status: record.status,
+                    message: "cancelling a running sync task needs NATS (--nats): its worker hears the cancel there")
+            }
+            do {
+                try await queue.broadcastCancel(taskID: id)
+            } catch {
+                return .error(.queueUnavailable, "cannot reach the workers: \(error)", headers: [.retryAfter: "2"])
+            }
+            return answer(.accepted, "cancelling")
+        }
         switch record.status {
         case .pending, .queued:
             components.taskLog?.record(

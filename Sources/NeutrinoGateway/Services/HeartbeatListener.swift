@@ -8,6 +8,8 @@ import ServiceLifecycle
 struct HeartbeatListener: Service {
     let connection: NATSConnection
     let registry: WorkerRegistry
+    /// Sync pools that learn their workers from heartbeats.
+    var discovery: PoolDiscovery?
     let logger: Logger
 
     func run() async throws {
@@ -17,7 +19,10 @@ struct HeartbeatListener: Service {
                     let subscription = try await connection.subscribe(subject: WorkerHeartbeat.wildcardSubject)
                     await withTaskCancellationHandler {
                         for await data in subscription.messages {
-                            if let heartbeat = WorkerHeartbeat(json: data) { registry.apply(heartbeat) }
+                            if let heartbeat = WorkerHeartbeat(json: data) {
+                                registry.apply(heartbeat)
+                                discovery?.heard(heartbeat)
+                            }
                         }
                     } onCancel: {
                         subscription.close()

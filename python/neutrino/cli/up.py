@@ -33,7 +33,8 @@ def register(commands: Any) -> argparse.ArgumentParser:
         type=_positive_int,
         default=2,
         metavar="N",
-        help="HTTP workers per sync pool (default: %(default)s)",
+        help="HTTP workers each sync pool starts with (default: %(default)s; within the pool's MIN..MAX when "
+        "autoscaled, which the sync pools are whenever NATS runs)",
     )
     parser.add_argument(
         "--queue-workers",
@@ -112,9 +113,10 @@ def run(args: argparse.Namespace) -> int:
     """Run the whole app locally: a nats-server with JetStream and NATS workers for each async/gpu pool (when
     the app has such tasks), HTTP workers for each sync pool, and the gateway in front of them.
 
-    The async/gpu pools are autoscaled: once a second the gateway's ``/pools`` says how many workers each
-    pool should have (the policy of ``--scale``), and workers are started, or drained with SIGTERM, to match.
-    Pools with MIN 0 (gpu by default) start with none. Sync pools keep ``--fast-workers``.
+    Every pool is autoscaled: once a second the gateway's ``/pools`` says how many workers each pool should have
+    (the policy of ``--scale``), and workers are started, or drained with SIGTERM, to match. Pools with MIN 0
+    (gpu by default) start with none; sync pools start with ``--fast-workers`` and are found by the gateway from
+    their heartbeats (a static ``--http-pool`` list only when no NATS runs: a sync-only app with --no-autoscale).
 
     A worker that exits without being asked to is restarted in its slot (an HTTP worker on the same port): at
     once after exit status 0 or 75, else after 1 s, 2 s, 4 s ... at most 30 s. A worker that fails at start-up

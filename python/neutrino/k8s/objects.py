@@ -117,6 +117,9 @@ def _pod_env() -> List[Dict[str, Any]]:
     ]
 
 
+_POD_IP: Dict[str, Any] = {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
+
+
 def _scrape(port: int) -> Dict[str, str]:
     return {"prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}
 
@@ -320,9 +323,8 @@ def _gateway_args(plans: Sequence[PoolPlan]) -> List[str]:
         "--manifest", f"{MANIFEST_DIR}/{MANIFEST_FILE}",
         "--dashboard-dir", DASHBOARD_DIR,
     ]  # fmt: skip
-    for plan in plans:
-        if plan.mode == "sync":
-            args += ["--http-pool", f"{plan.name}=http://{plan.service_name}:{WORKER_PORT}"]
+    # No --http-pool: the gateway finds each fast pod from its heartbeats (the URL it announces with its pod IP), adds
+    # it when it is ready and stops routing to it the moment it says it is stopping (docs/architecture.md).
     for plan in plans:
         low, high, target, window = SCALING[plan.mode]
         target_text = f"{target / 100:g}" if plan.mode == "sync" else str(target)
@@ -404,6 +406,8 @@ def _worker_args(plan: PoolPlan, options: DeployOptions) -> List[str]:
     args = ["--mode", "http" if plan.mode == "sync" else "nats", "--pool", plan.name, "--app", options.app_in_image]
     args += ["--task-log", "nats", "--nats", nats_url(), "--stream-replicas", str(STREAM_REPLICAS)]
     args += ["--host", "0.0.0.0", "--port", str(WORKER_PORT)]
+    if plan.mode == "sync":
+        args += ["--advertise-host", "$(POD_IP)"]  # the URL in its heartbeats, where gateways send sync calls
     args += ["--concurrency", str(CONCURRENCY[plan.mode]), "--worker-id", "$(POD_NAME)"]
     args += ["--drain-grace", str(plan.drain_secs), "--log-format", "json"]
     return args
@@ -422,7 +426,7 @@ def render_pool(plan: PoolPlan, options: DeployOptions) -> List[Dict[str, Any]]:
         "image": IMAGE_NAME,
         "command": ["neutrino-worker"],
         "args": _worker_args(plan, options),
-        "env": _pod_env(),
+        "env": _pod_env() + ([_POD_IP] if plan.mode == "sync" else []),
         "ports": [{"name": "http", "containerPort": WORKER_PORT}],
         **_probes("http"),
         "lifecycle": _prestop(),

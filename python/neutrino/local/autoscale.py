@@ -9,7 +9,9 @@ inputs. This module only *applies* it to the NATS worker child processes that ``
   them, or, when ``desired`` is below what runs, sends SIGTERM to the least busy ones. A NATS worker drains on
   SIGTERM: it stops fetching and finishes the tasks it runs (``neutrino up`` gives autoscaled workers a
   ``--drain-grace`` of at least the pool's largest task timeout), so scaling in never hands a task back;
-- sync pools stay as started: the gateway's ``--http-pool`` worker list is static.
+- for each sync pool (when ``neutrino up`` runs NATS) the same with HTTP workers, by busy-thread utilisation: the
+  gateway finds them from their heartbeats, and a drained one (SIGTERM) says ``stopping`` in its last heartbeat,
+  so the gateway stops routing to it while its calls in flight finish.
 
 Every decision is printed with its inputs, e.g.
 ``autoscaler: async 1 → 3 (backlog 25 = pending 24 + in flight 1, target 10/replica)``.
@@ -221,11 +223,19 @@ def describe(snapshot: Mapping[str, Any], scaling_down: bool = False) -> str:
         in_flight = _int(queue.get("in_flight"))
         parts.append(f"backlog {pending + in_flight} = pending {pending} + in flight {in_flight}")
     target = scaling.get("target")
+    workers = snapshot.get("workers") or []
     if isinstance(target, (int, float)) and not isinstance(target, bool):
-        parts.append(f"target {_number(float(target))}/replica")
+        if not queue and snapshot.get("mode") == "sync":
+            parts.append(f"target utilisation {_number(float(target))}")
+        else:
+            parts.append(f"target {_number(float(target))}/replica")
     window = scaling.get("down_window_seconds")
     if scaling_down and isinstance(window, (int, float)) and not isinstance(window, bool):
         parts.append(f"after the {_number(float(window))} s scale-down window")
+    if not queue and workers:
+        busy = sum(_int(w.get("busy")) for w in workers)
+        slots = sum(_int(w.get("concurrency")) for w in workers)
+        parts.append(f"busy {busy}/{slots} threads")
     if not parts and scaling.get("reason"):
         parts.append(str(scaling["reason"]))
     return ", ".join(parts)

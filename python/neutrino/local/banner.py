@@ -39,7 +39,14 @@ def banner(
         f"  metrics     {gateway_url}/metrics   (Prometheus)",
     ]
     for pool, urls in pool_urls.items():
-        lines.append(f"  pool {pool:<6} {len(urls)} HTTP worker{'s' if len(urls) != 1 else ''}: {', '.join(urls)}")
+        line = f"  pool {pool:<6} {len(urls)} HTTP worker{'s' if len(urls) != 1 else ''}: {', '.join(urls)}"
+        policy = (policies or {}).get(pool)
+        if policy is not None:
+            line += (
+                f"; autoscaled {policy.min}..{policy.max} (target {policy.target:g} busy-thread utilisation, "
+                f"scale-down window {policy.window:g} s)"
+            )
+        lines.append(line)
     for pool, mode in queued_pools.items():
         count = queue_counts.get(pool, 0)
         line = f"  pool {pool:<6} {count} NATS worker{'s' if count != 1 else ''} ({mode}), consumer pool_{pool}"
@@ -50,11 +57,11 @@ def banner(
                 f"scale-down window {policy.window:g} s)"
             )
         lines.append(line)
-    if queued_pools:
+    if queued_pools or policies:
         lines.append(
             "  autoscaler  "
             + (
-                "follows /pools' desired replicas of the queued pools, once a second"
+                "follows /pools' desired replicas of every pool, once a second"
                 if policies is not None
                 else "off (--no-autoscale)"
             )

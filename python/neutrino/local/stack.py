@@ -1,10 +1,10 @@
 """``neutrino up`` as a library: :func:`up` runs an app's whole stack locally until Ctrl-C.
 
-A child ``nats-server -js`` (when the app has async or gpu tasks) with its store under the state directory, NATS
-workers for each queued pool, HTTP workers for each sync pool, then the gateway in front of them, all sharing one
-SQLite task log under the state directory; the queued pools are autoscaled (:mod:`neutrino.local.autoscale`) to
-what the gateway's ``/pools`` wants, and workers that exit on their own are restarted
-(:mod:`neutrino.local.restarts`).
+A child ``nats-server -js`` (when the app has async or gpu tasks, or sync pools to autoscale) with its store under
+the state directory, NATS workers for each queued pool, HTTP workers for each sync pool, then the gateway in front
+of them, all sharing one SQLite task log under the state directory; every pool is autoscaled
+(:mod:`neutrino.local.autoscale`) to what the gateway's ``/pools`` wants (the gateway finds HTTP workers from their
+heartbeats), and workers that exit on their own are restarted (:mod:`neutrino.local.restarts`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,10 @@ import functools
 import os
 import signal
 import sys
+import json
+import time
 import urllib.parse
+import urllib.request
 from typing import Callable, Dict, List, Optional, Sequence
 
 from ..loading import LoadedApp, absolute_app_spec, write_text_atomic
@@ -57,9 +60,13 @@ def up(loaded: LoadedApp, options: UpOptions, error: Callable[[str], None] = _pr
     """Run the whole app locally: a nats-server with JetStream and NATS workers for each async/gpu pool (when
     the app has such tasks), HTTP workers for each sync pool, and the gateway in front of them.
 
-    The async/gpu pools are autoscaled: once a second the gateway's ``/pools`` says how many workers each
-    pool should have (the policy of ``--scale``), and workers are started, or drained with SIGTERM, to match.
-    Pools with MIN 0 (gpu by default) start with none. Sync pools keep ``--fast-workers``.
+    Every pool is autoscaled: once a second the gateway's ``/pools`` says how many workers each pool should have
+    (the policy of ``--scale``: backlog for queued pools, busy-thread utilisation for sync pools), and workers are
+    started, or drained with SIGTERM, to match. Pools with MIN 0 (gpu by default) start with none; sync pools
+    start with ``--fast-workers`` (within their MIN..MAX). The gateway learns a sync pool's HTTP workers from their
+    heartbeats and stops routing to one the moment it drains. A sync-only app runs without NATS unless ``--scale``
+    names a sync pool; then, and with ``--no-autoscale``, sync pools keep ``--fast-workers`` in a static
+    ``--http-pool`` list.
 
     A worker that exits without being asked to is restarted in its slot (same name and worker id; an HTTP worker
     on the same port): at once after exit status 0 or 75, else with a backoff of 1 s doubling to 30 s. A worker
@@ -80,21 +87,27 @@ def up(loaded: LoadedApp, options: UpOptions, error: Callable[[str], None] = _pr
         return 1
     try:
         worker_binary, gateway_binary = find_binaries(options.bin_dir)
-        nats_binary = find_nats_server() if queued_pools else None
+        # A sync-only app runs without NATS (a static --http-pool list) unless --scale names one of its pools.
+        scaled_sync = options.autoscaling and any(pool in scale_specs for pool in sync_pools)
+        nats_binary = find_nats_server() if queued_pools or scaled_sync else None
     except StartupError as exc:
         error(str(exc))
         return 1
 
-    autoscaling = bool(queued_pools) and options.autoscaling
-    policies = {pool: autoscale.policy_for(pool, mode, scale_specs) for pool, mode in queued_pools.items()}
+    # With NATS the gateway discovers HTTP workers from their heartbeats: sync pools are elastic (and autoscaled).
+    elastic = nats_binary is not None
+    autoscaling = options.autoscaling and (bool(queued_pools) or elastic)
+    scaled = {pool: mode for pool, mode in pools.items() if mode != "sync" or (elastic and autoscaling)}
+    policies = {pool: autoscale.policy_for(pool, mode, scale_specs) for pool, mode in scaled.items()}
     initial: Dict[str, int] = {}
     for pool, policy in policies.items():
+        wanted = options.fast_workers if pools[pool] == "sync" else options.queue_workers
         if not autoscaling:
-            initial[pool] = options.queue_workers or 1
-        elif options.queue_workers is None:
+            initial[pool] = wanted or 1
+        elif wanted is None:
             initial[pool] = policy.min
         else:
-            initial[pool] = max(policy.min, min(options.queue_workers, policy.max))
+            initial[pool] = max(policy.min, min(wanted, policy.max))
 
     state_dir = os.path.abspath(options.state_dir)
     manifest_path = os.path.join(state_dir, "openapi.json")
@@ -102,11 +115,12 @@ def up(loaded: LoadedApp, options: UpOptions, error: Callable[[str], None] = _pr
     write_text_atomic(manifest_path, manifest)
 
     app_spec = absolute_app_spec(loaded.spec)
-    worker_names = {pool: [f"{pool}-{i}" for i in range(1, options.fast_workers + 1)] for pool in sync_pools}
-    most = {pool: (policies[pool].max if autoscaling else initial[pool]) for pool in queued_pools}
+    static_sync = [pool for pool in sync_pools if pool not in scaled]
+    worker_names = {pool: [f"{pool}-{i}" for i in range(1, options.fast_workers + 1)] for pool in static_sync}
+    most = {pool: (policies[pool].max if autoscaling else initial[pool]) for pool in scaled}
     names = ["gateway", "nats"] + [f"nats-{i}" for i in range(1, options.nats_cluster + 1)]
     names += [n for ns in worker_names.values() for n in ns]
-    names += [f"{pool}-{most[pool] + 1}" for pool in queued_pools]
+    names += [f"{pool}-{most[pool] + 1}" for pool in scaled]
 
     venv = worker_virtualenv()
     supervisor = Supervisor(prefix_width=max(len(name) for name in names), env={"VIRTUAL_ENV": venv} if venv else None)
@@ -127,7 +141,7 @@ def up(loaded: LoadedApp, options: UpOptions, error: Callable[[str], None] = _pr
         if options.heartbeat_interval is not None:
             common += ["--heartbeat-interval", f"{options.heartbeat_interval:g}"]
         workers: Dict[str, List[Child]] = {}
-        for pool in sync_pools:
+        for pool in static_sync:
             workers[pool] = [
                 supervisor.spawn(
                     name,
@@ -137,7 +151,10 @@ def up(loaded: LoadedApp, options: UpOptions, error: Callable[[str], None] = _pr
                 for name in worker_names[pool]
             ]
 
-        queue_workers = QueueWorkers(supervisor, worker_binary, common, drain_graces(app, autoscaling))
+        elastic_sync = [pool for pool in sync_pools if pool in scaled]
+        queue_workers = QueueWorkers(
+            supervisor, worker_binary, common, drain_graces(app, autoscaling), sync_pools=elastic_sync
+        )
         for pool, count in initial.items():
             for _ in range(count):
                 queue_workers.start(pool)
@@ -145,6 +162,8 @@ def up(loaded: LoadedApp, options: UpOptions, error: Callable[[str], None] = _pr
         pool_urls = {
             pool: [supervisor.wait_listening(child) for child in children] for pool, children in workers.items()
         }
+        for pool in elastic_sync:
+            pool_urls[pool] = [supervisor.wait_listening(child) for child in queue_workers.children(pool)]
         for pool in queued_pools:
             for child in queue_workers.children(pool):
                 supervisor.wait_ready(
@@ -152,8 +171,8 @@ def up(loaded: LoadedApp, options: UpOptions, error: Callable[[str], None] = _pr
                 )
 
         gateway_argv = [gateway_binary, "--manifest", manifest_path]
-        for pool, urls in pool_urls.items():
-            gateway_argv += ["--http-pool", f"{pool}={','.join(urls)}"]
+        for pool in static_sync:
+            gateway_argv += ["--http-pool", f"{pool}={','.join(pool_urls[pool])}"]
         gateway_argv += nats_args
         gateway_argv += ["--task-log", task_log, "--host", options.host, "--port", str(options.port)]
         for spec in options.scale:
@@ -164,6 +183,8 @@ def up(loaded: LoadedApp, options: UpOptions, error: Callable[[str], None] = _pr
         if dashboard is not None:
             gateway_argv += ["--dashboard-dir", dashboard]
         gateway_url = supervisor.wait_listening(supervisor.spawn("gateway", gateway_argv))
+        # The sync workers announce themselves within a heartbeat interval: wait for the gateway to route to them.
+        _wait_discovered(supervisor, gateway_url, {pool: len(pool_urls[pool]) for pool in elastic_sync})
 
         queue_counts = {pool: len(queue_workers.children(pool)) for pool in queued_pools}
         supervisor.say(
@@ -182,7 +203,7 @@ def up(loaded: LoadedApp, options: UpOptions, error: Callable[[str], None] = _pr
         if autoscaling:
             scaler = autoscale.Autoscaler(
                 gateway_url,
-                queued_pools,
+                scaled,
                 running=queue_workers.running,
                 start=lambda pool: queue_workers.state(queue_workers.start(pool)),
                 retire=queue_workers.retire,
@@ -217,6 +238,35 @@ def worker_virtualenv() -> Optional[str]:
     if sys.prefix != getattr(sys, "base_prefix", sys.prefix):
         return os.path.abspath(sys.prefix)
     return None
+
+
+def _wait_discovered(supervisor: Supervisor, gateway_url: str, counts: Dict[str, int], timeout: float = 30.0) -> None:
+    """Until the gateway's ``/pools`` lists ``counts[pool]`` HTTP workers of each elastic sync pool (bounded: after
+    ``timeout`` it says so and goes on; the workers join when their heartbeats arrive)."""
+    if not counts:
+        return
+    deadline = time.monotonic() + timeout
+    seen: Dict[str, int] = {}
+    failures = 0
+    while time.monotonic() < deadline and not supervisor.stop_requested:
+        try:
+            with urllib.request.urlopen(f"{gateway_url}/pools", timeout=5) as response:
+                document = json.loads(response.read())
+            failures = 0
+        except (OSError, ValueError) as exc:
+            failures += 1
+            if failures >= 10:  # a second of errors from a gateway that said it listens: do not hold start-up
+                supervisor.say(f"neutrino: cannot read {gateway_url}/pools ({exc}); not waiting for the sync workers")
+                return
+            document = {}
+        seen = {
+            entry.get("name"): len([w for w in entry.get("workers") or [] if w.get("mode") == "http" and w.get("url")])
+            for entry in document.get("pools") or []
+        }
+        if all(seen.get(pool, 0) >= n for pool, n in counts.items()):
+            return
+        time.sleep(0.1)
+    supervisor.say(f"neutrino: the gateway has not heard from every sync worker yet ({seen}); they join when it does")
 
 
 def _http_worker_argv(binary: str, pool: str, name: str, port: int, common: Sequence[str]) -> List[str]:

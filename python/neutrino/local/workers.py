@@ -1,4 +1,6 @@
-"""The NATS worker children of the queued pools, which the autoscaler starts and drains."""
+"""The worker children of the autoscaled pools, which the autoscaler starts and drains: NATS workers of the
+queued pools, and HTTP workers of the sync pools (which the gateway finds from their heartbeats, so any port
+will do)."""
 
 from __future__ import annotations
 
@@ -7,22 +9,31 @@ from typing import Dict, List, Sequence
 
 from ..app import App
 from . import autoscale
-from .supervisor import CONSUMING, SHUTDOWN_GRACE_SECS, Child, Supervisor
+from .supervisor import CONSUMING, LISTENING, SHUTDOWN_GRACE_SECS, Child, Supervisor
 
 __all__ = ["QueueWorkers", "drain_graces"]
 
 
 class QueueWorkers:
-    """The NATS worker children of the queued pools, started and retired by the autoscaler's thread.
+    """The worker children of the autoscaled pools, started and retired by the autoscaler's thread: ``--mode
+    nats`` for a queued pool, ``--mode http`` for a pool named in ``sync_pools``.
 
     A worker that crashes keeps its slot (the supervisor restarts it): it still counts as running, so the
     autoscaler does not start another one in its place."""
 
-    def __init__(self, supervisor: Supervisor, binary: str, common: Sequence[str], drain_grace: Dict[str, float]):
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        binary: str,
+        common: Sequence[str],
+        drain_grace: Dict[str, float],
+        sync_pools: Sequence[str] = (),
+    ):
         self._supervisor = supervisor
         self._binary = binary
         self._common = list(common)
         self._drain_grace = drain_grace
+        self._sync_pools = set(sync_pools)
         self._lock = threading.Lock()
         self._children: Dict[str, List[Child]] = {}
         self._numbers: Dict[str, int] = {}
@@ -34,9 +45,15 @@ class QueueWorkers:
             number = self._numbers.get(pool, 0) + 1
             self._numbers[pool] = number
         name = f"{pool}-{number}"
-        argv = [self._binary, "--mode", "nats", "--pool", pool, *self._common, "--port", "0"]
-        argv += ["--drain-grace", f"{self._drain_grace.get(pool, 1.0):g}", "--worker-id", name]
-        child = self._supervisor.spawn(name, argv, ready=CONSUMING, restart=lambda _child: argv)
+        if pool in self._sync_pools:
+            # SIGTERM: its last heartbeat says `stopping`, the gateway stops routing to it, its calls finish.
+            argv = [self._binary, "--mode", "http", "--pool", pool, *self._common, "--port", "0", "--worker-id", name]
+            ready = LISTENING
+        else:
+            argv = [self._binary, "--mode", "nats", "--pool", pool, *self._common, "--port", "0"]
+            argv += ["--drain-grace", f"{self._drain_grace.get(pool, 1.0):g}", "--worker-id", name]
+            ready = CONSUMING
+        child = self._supervisor.spawn(name, argv, ready=ready, restart=lambda _child: argv)
         with self._lock:
             self._children.setdefault(pool, []).append(child)
             self._order[name] = number

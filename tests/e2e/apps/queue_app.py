@@ -62,6 +62,15 @@ def overrun(path: str, seconds: float = 30.0) -> dict:
     return {"slept": seconds}
 
 
+@app.task(timeout_ms=5000)
+def hold_sync(path: str, seconds: float = 4.8) -> dict:
+    """A sync (fast pool) `journal`: notes `start`, sleeps `seconds`, notes `end` (for sync cancel)."""
+    start = _note(path, "start")
+    _sleep(seconds)
+    _note(path, "end")
+    return {"task_id": start["task_id"]}
+
+
 @app.task(execution_mode="async", timeout_secs=60)
 def ping(n: int) -> dict:
     """The cheapest queued task."""
