@@ -227,12 +227,14 @@ def test_base_topology():
     assert manifest_volume["configMap"]["name"].startswith("neutrino-manifest")
     assert find(objs, "ConfigMap", manifest_volume["configMap"]["name"]), "the gateway mounts a ConfigMap that exists"
     public = one(objs, "Service", "neutrino")
-    assert public["spec"]["type"] == "LoadBalancer"
     assert public["spec"]["selector"] == gateway["spec"]["selector"]["matchLabels"]
-    # Only the gateway is exposed: every other Service is ClusterIP (or headless).
+    # Nothing is public by default: every Service is ClusterIP (or headless); the way in is the Ingress, with TLS.
     for service in find(objs, "Service"):
-        if service["metadata"]["name"] != "neutrino":
-            assert service["spec"].get("type", "ClusterIP") == "ClusterIP", service["metadata"]["name"]
+        assert service["spec"].get("type", "ClusterIP") == "ClusterIP", service["metadata"]["name"]
+    ingress = one(objs, "Ingress", "neutrino")
+    assert ingress["spec"]["tls"] == [{"secretName": "neutrino-tls"}]
+    [path] = ingress["spec"]["rules"][0]["http"]["paths"]
+    assert path["backend"]["service"] == {"name": "neutrino", "port": {"name": "http"}}
 
     fast = one(objs, "Deployment", "worker-fast")
     assert fast["spec"]["replicas"] == 3
@@ -378,6 +380,68 @@ def test_network_policy():
     assert allowed(nats, 8222, namespace="keda"), "KEDA's nats-jetstream scaler reads /jsz"
     assert allowed(nats, 6222, nats), "the nats nodes route to each other"
     assert not allowed(nats, 6222, gateway) and not allowed(nats, 6222, namespace="anywhere")
+
+
+def test_loadbalancer_only_in_its_overlay():
+    """The public LoadBalancer is an explicit overlay; the base and the other overlays have none."""
+    for variant in VARIANTS:
+        services = find(rendered(variant), "Service")
+        public = [s["metadata"]["name"] for s in services if s["spec"].get("type") == "LoadBalancer"]
+        assert public == (["neutrino"] if variant == "loadbalancer" else []), variant
+
+
+def test_nats_credentials_come_from_secrets():
+    """NATS admits users only (a user per pool, the gateway's), their passwords in the Secret neutrino-nats-auth:
+    the server reads them from its environment, each client from a file mounted from its own key. No password is
+    in a rendered manifest; the gateway requires API keys from the Secret neutrino-api-keys."""
+    objs = rendered("base")
+    config = one(objs, "ConfigMap", next(c["metadata"]["name"] for c in find(objs, "ConfigMap")
+                                         if c["metadata"]["name"].startswith("nats-config")))
+    assert "include ./auth.conf" in config["data"]["nats.conf"]
+    auth = config["data"]["auth.conf"]
+    users = re.findall(r'"user": "([a-z0-9_]+)",\s*"password": \$(NATS_PW_[A-Z0-9_]+)', auth)
+    assert dict(users) == {"gateway": "NATS_PW_GATEWAY", "worker_fast": "NATS_PW_WORKER_FAST",
+                           "worker_async": "NATS_PW_WORKER_ASYNC", "worker_gpu": "NATS_PW_WORKER_GPU"}
+    assert '"$JS.API.CONSUMER.MSG.NEXT.NEUTRINO_TASKS.pool_async"' in auth
+    nats = _container(one(objs, "StatefulSet", "nats"))
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in nats["env"] if "secretKeyRef" in e.get("valueFrom", {})}
+    assert refs == {var: {"name": "neutrino-nats-auth", "key": user.replace("_", "-")} for user, var in users}
+    for kind, name, user in [("StatefulSet", "gateway", "gateway"), ("Deployment", "worker-fast", "worker_fast"),
+                             ("Deployment", "worker-async", "worker_async"), ("Deployment", "worker-gpu", "worker_gpu")]:
+        workload = one(objs, kind, name)
+        c = _container(workload)
+        assert _arg(c, "--nats-user") == user
+        password_file = _arg(c, "--nats-password-file")
+        mount = next(m for m in c["volumeMounts"] if password_file.startswith(m["mountPath"] + "/"))
+        volume = next(v for v in _pod(workload)["volumes"] if v["name"] == mount["name"])
+        assert volume["secret"]["secretName"] == "neutrino-nats-auth"
+        assert volume["secret"]["items"] == [{"key": user.replace("_", "-"), "path": "password"}]
+    gateway = one(objs, "StatefulSet", "gateway")
+    keys = _arg(_container(gateway), "--api-keys")
+    assert keys == "/var/run/neutrino/keys/api-keys.json"
+    assert any(v.get("secret", {}).get("secretName") == "neutrino-api-keys" for v in _pod(gateway)["volumes"])
+    assert not find(objs, "Secret"), "the rendered manifests hold no secret"
+
+
+def test_deploy_writes_the_nats_secret_apart(tmp_path):
+    """`neutrino deploy --output DIR` writes DIR/secrets/: random passwords, mode 0600, kept on a second run."""
+    out = tmp_path / "deploy"
+    for _ in range(2):
+        subprocess.run([sys.executable, "-m", "neutrino.cli", "deploy", "examples/app.py", "--dry-run", "--output",
+                        str(out)], cwd=REPO_ROOT, check=True, capture_output=True,
+                       env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "python")})
+        secret_file = out / "secrets" / "nats-auth.yaml"
+        assert secret_file.stat().st_mode & 0o777 == 0o600
+        text = secret_file.read_text()
+        if _ == 0:
+            first = text
+    assert text == first, "a second run keeps the passwords"
+    [secret] = parse_stream(text)
+    assert secret["kind"] == "Secret" and secret["metadata"]["name"] == "neutrino-nats-auth"
+    data = secret["stringData"]
+    assert set(data) == {"gateway", "route", "worker-fast", "worker-async", "worker-gpu"}
+    assert len(set(data.values())) == 5 and all(len(v) >= 24 for v in data.values())
+    assert not any(v in (out / "core" / "nats.yaml").read_text() for v in data.values())
 
 
 def test_dev_overlay():
