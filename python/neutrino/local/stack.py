@@ -18,6 +18,7 @@ import urllib.parse
 from typing import Callable, Dict, List, Optional, Sequence
 
 from ..loading import LoadedApp, absolute_app_spec, write_text_atomic
+from ..natsauth import NatsCredentials, load_or_create
 from . import autoscale
 from .banner import banner
 from .binaries import find_binaries, find_dashboard_dir, find_nats_server, sdk_path
@@ -114,8 +115,18 @@ def up(loaded: LoadedApp, options: UpOptions, error: Callable[[str], None] = _pr
     failure: Optional[StartupError] = None
     try:
         nats: Optional[NatsServer] = None
+        creds: Optional[NatsCredentials] = None
         if nats_binary is not None:
-            nats = start_nats(supervisor, nats_binary, options.nats_port, state_dir, cluster=options.nats_cluster)
+            # NATS authenticates every client: a user per pool and one for the gateway, random passwords kept in
+            # the state directory (mode 0600), handed to the children in their environment, never on argv.
+            creds = load_or_create(os.path.join(state_dir, "nats-auth.json"), pools)
+            nats = start_nats(
+                supervisor, nats_binary, options.nats_port, state_dir, cluster=options.nats_cluster, credentials=creds
+            )
+
+        def worker_env(pool: str) -> Optional[Dict[str, str]]:
+            return creds.worker_env(pool) if creds is not None else None
+
         nats_args = nats.client_args() if nats is not None else []
 
         common = ["--app", app_spec, "--concurrency", str(options.concurrency), "--task-log", task_log]
@@ -130,11 +141,12 @@ def up(loaded: LoadedApp, options: UpOptions, error: Callable[[str], None] = _pr
                     name,
                     _http_worker_argv(worker_binary, pool, name, 0, common),
                     restart=functools.partial(_restart_http_worker, worker_binary, pool, common),
+                    env=worker_env(pool),
                 )
                 for name in worker_names[pool]
             ]
 
-        queue_workers = QueueWorkers(supervisor, worker_binary, common, drain_graces(app, autoscaling))
+        queue_workers = QueueWorkers(supervisor, worker_binary, common, drain_graces(app, autoscaling), env=worker_env)
         for pool, count in initial.items():
             for _ in range(count):
                 queue_workers.start(pool)
@@ -160,7 +172,8 @@ def up(loaded: LoadedApp, options: UpOptions, error: Callable[[str], None] = _pr
         dashboard = find_dashboard_dir(os.path.dirname(worker_binary))
         if dashboard is not None:
             gateway_argv += ["--dashboard-dir", dashboard]
-        gateway_url = supervisor.wait_listening(supervisor.spawn("gateway", gateway_argv))
+        gateway_env = creds.gateway_env() if creds is not None else None
+        gateway_url = supervisor.wait_listening(supervisor.spawn("gateway", gateway_argv, env=gateway_env))
 
         queue_counts = {pool: len(queue_workers.children(pool)) for pool in queued_pools}
         supervisor.say(

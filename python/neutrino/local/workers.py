@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from ..app import App
 from . import autoscale
@@ -18,8 +18,16 @@ class QueueWorkers:
     A worker that crashes keeps its slot (the supervisor restarts it): it still counts as running, so the
     autoscaler does not start another one in its place."""
 
-    def __init__(self, supervisor: Supervisor, binary: str, common: Sequence[str], drain_grace: Dict[str, float]):
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        binary: str,
+        common: Sequence[str],
+        drain_grace: Dict[str, float],
+        env: Optional[Callable[[str], Optional[Dict[str, str]]]] = None,
+    ):
         self._supervisor = supervisor
+        self._env = env
         self._binary = binary
         self._common = list(common)
         self._drain_grace = drain_grace
@@ -36,7 +44,8 @@ class QueueWorkers:
         name = f"{pool}-{number}"
         argv = [self._binary, "--mode", "nats", "--pool", pool, *self._common, "--port", "0"]
         argv += ["--drain-grace", f"{self._drain_grace.get(pool, 1.0):g}", "--worker-id", name]
-        child = self._supervisor.spawn(name, argv, ready=CONSUMING, restart=lambda _child: argv)
+        env = self._env(pool) if self._env is not None else None
+        child = self._supervisor.spawn(name, argv, ready=CONSUMING, restart=lambda _child: argv, env=env)
         with self._lock:
             self._children.setdefault(pool, []).append(child)
             self._order[name] = number
