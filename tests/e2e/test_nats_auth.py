@@ -9,7 +9,6 @@ for a worker. The raw wire client (`NatsWire`) is used so that each refusal is t
 from __future__ import annotations
 
 import pytest
-
 from conftest import NATS_AUTH, QUEUE_APP, wait_for_output
 
 pytestmark = pytest.mark.skipif(not NATS_AUTH, reason="NEUTRINO_E2E_NATS_AUTH=0: the suite runs NATS without auth")
@@ -57,7 +56,8 @@ def test_a_worker_may_pull_only_its_own_pool(queue_stack):
         assert info.get("name") == "pool_async", info
         # Refused: another pool's consumer, info or fetch.
         for what in ("CONSUMER.INFO.NEUTRINO_TASKS.pool_gpu", "CONSUMER.MSG.NEXT.NEUTRINO_TASKS.pool_gpu"):
-            assert "Permissions Violation for Publish" in _refusal(lambda: nc.js_api(what, {"batch": 1})), what
+            refusal = _refusal(lambda what=what: nc.js_api(what, {"batch": 1}))
+            assert "Permissions Violation for Publish" in refusal, what
     with stack.nats.wire(user="worker_async") as nc:
         # Refused: publishing a task (another pool's or its own), a cancellation, another pool's heartbeat or
         # events, provisioning anything but the events stream, deleting a queued task.

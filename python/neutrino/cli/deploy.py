@@ -52,7 +52,9 @@ def register(commands: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--tls-secret", default="neutrino-tls", metavar="NAME", help="the Ingress's TLS Secret (default: %(default)s)"
     )
-    parser.add_argument("--ingress-class", metavar="NAME", help="the Ingress's ingressClassName (default: the cluster's)")
+    parser.add_argument(
+        "--ingress-class", metavar="NAME", help="the Ingress's ingressClassName (default: the cluster's)"
+    )
     parser.add_argument("--kubectl", default="kubectl", help="the kubectl to run (default: %(default)s)")
     parser.set_defaults(handler=run)
     return parser

@@ -113,7 +113,7 @@ def write_secrets(folder: str, app: App, namespace: str) -> str:
     """Write ``folder/secrets/``: the Secret with the NATS passwords (random, mode 0600; kept when the file exists,
     a user added for each new pool) and its kustomization. Apart from the rendered manifests so that they hold no
     secret: apply it once (``kubectl apply -k DIR/secrets``), keep it out of version control. Returns the folder."""
-    from ..natsauth import GATEWAY_USER, write_private, worker_user
+    from ..natsauth import GATEWAY_USER, worker_user, write_private
 
     secrets_dir = os.path.join(folder, "secrets")
     os.makedirs(secrets_dir, exist_ok=True)
@@ -136,8 +136,13 @@ def write_secrets(folder: str, app: App, namespace: str) -> str:
         "type": "Opaque",
         "stringData": data,
     }
-    write_private(path, "# NATS passwords of the gateway and each pool's workers. Keep out of version control.\n" + to_yaml(secret))
-    kustomization = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": ["nats-auth.yaml"]}
+    note = "# NATS passwords of the gateway and each pool's workers. Keep out of version control.\n"
+    write_private(path, note + to_yaml(secret))
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": ["nats-auth.yaml"],
+    }
     with open(os.path.join(secrets_dir, "kustomization.yaml"), "w", encoding="utf-8") as file:
         file.write(to_yaml(kustomization))
     with open(os.path.join(secrets_dir, ".gitignore"), "w", encoding="utf-8") as file:

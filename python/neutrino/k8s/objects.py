@@ -6,7 +6,10 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence
 
+from ..natsauth import GATEWAY_USER, authorization_from_env, env_name, worker_user
 from .plan import (
+    API_KEYS_DIR,
+    API_KEYS_SECRET,
     APP_DIR,
     CONCURRENCY,
     DASHBOARD_DIR,
@@ -25,7 +28,9 @@ from .plan import (
     NATS_HEADLESS_SERVICE,
     NATS_IMAGE,
     NATS_MONITOR_PORT,
+    NATS_PASSWORD_DIR,
     NATS_REPLICAS,
+    NATS_SECRET,
     NATS_SERVICE,
     PART_OF,
     PRESTOP_SLEEP_SECS,
@@ -36,15 +41,10 @@ from .plan import (
     TASK_STREAM,
     TERMINATION_SLACK_SECS,
     WORKER_PORT,
-    API_KEYS_DIR,
-    API_KEYS_SECRET,
-    NATS_PASSWORD_DIR,
-    NATS_SECRET,
     DeployOptions,
     PoolPlan,
     nats_secret_key,
 )
-from ..natsauth import GATEWAY_USER, authorization_from_env, env_name, worker_user
 
 __all__ = [
     "NATS_CONF",
@@ -250,7 +250,10 @@ def render_nats(options: DeployOptions, plans: Sequence[PoolPlan] = ()) -> List[
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _metadata("nats-config", NATS_LABELS),
-        "data": {"nats.conf": nats_conf(NATS_REPLICAS), "auth.conf": authorization_from_env(plan.name for plan in plans)},
+        "data": {
+            "nats.conf": nats_conf(NATS_REPLICAS),
+            "auth.conf": authorization_from_env(plan.name for plan in plans),
+        },
     }
     ports = [
         {"name": "client", "port": NATS_CLIENT_PORT, "targetPort": "client"},

@@ -72,7 +72,9 @@ class NatsServer:
         return args
 
 
-def single_config(host: str, port: int, monitor_port: int, store_dir: str, credentials: Optional[NatsCredentials]) -> str:
+def single_config(
+    host: str, port: int, monitor_port: int, store_dir: str, credentials: Optional[NatsCredentials]
+) -> str:
     """The configuration file of ``neutrino up``'s single nats-server (mode 0600: it holds the passwords)."""
     text = (
         "# neutrino up's nats-server (written by neutrino up; rewritten at every start)\n"
@@ -134,7 +136,9 @@ def cluster_config(
     user ``route`` too."""
     auth = f"route:{route_password}@" if route_password else ""
     routes = "\n".join(f"    nats-route://{auth}{host}:{p}" for p in route_ports)
-    route_auth = f'  authorization {{\n    user: route\n    password: "{route_password}"\n  }}\n' if route_password else ""
+    route_auth = ""
+    if route_password:
+        route_auth = f'  authorization {{\n    user: route\n    password: "{route_password}"\n  }}\n'
     return (
         f"# node {index} of neutrino up's local JetStream cluster (written by neutrino up; rewritten at every start)\n"
         f"server_name: neutrino-{index}\n"

@@ -223,7 +223,9 @@ class Supervisor:
         else:
             send_signal(child.process, signal.SIGTERM)
 
-    def _popen(self, argv: Sequence[str], restarts: Optional[int], extra: Optional[Dict[str, str]] = None) -> subprocess.Popen:
+    def _popen(
+        self, argv: Sequence[str], restarts: Optional[int], extra: Optional[Dict[str, str]] = None
+    ) -> subprocess.Popen:
         env = None
         if restarts is not None or extra:
             env = dict(os.environ)
