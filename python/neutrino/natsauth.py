@@ -6,7 +6,8 @@ permissions follow the subjects the code uses (``QueueLayout``, ``EventStreamLay
 
 - the gateway provisions the streams and consumers, publishes tasks, cancellations, settled marks and its own
   events, reads heartbeats, the max-deliveries advisories and (``--events-via-nats``) the events stream;
-- a worker of pool P fetches from ``pool_P`` only (``$JS.API.CONSUMER.MSG.NEXT.NEUTRINO_TASKS.pool_P``) and acks
+- a worker of pool P provisions nothing (the gateway creates the streams and every pool's consumer; a worker with
+  a NATS user waits for its consumer), fetches from ``pool_P`` only (``$JS.API.CONSUMER.MSG.NEXT.NEUTRINO_TASKS.pool_P``) and acks
   its deliveries, publishes its pool's events, heartbeats and dead-letter copies and settled marks, reads settled
   marks, may create (or update) the events stream it publishes to, and hears cancellations. It cannot fetch
   another pool's tasks, publish a task or a cancellation, or touch any other stream or consumer.

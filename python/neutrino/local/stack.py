@@ -154,11 +154,6 @@ def up(loaded: LoadedApp, options: UpOptions, error: Callable[[str], None] = _pr
         pool_urls = {
             pool: [supervisor.wait_listening(child) for child in children] for pool, children in workers.items()
         }
-        for pool in queued_pools:
-            for child in queue_workers.children(pool):
-                supervisor.wait_ready(
-                    child, f"'consuming pool_{pool} from {nats.url if nats else 'URL'}'", "it was consuming its queue"
-                )
 
         gateway_argv = [gateway_binary, "--manifest", manifest_path]
         for pool, urls in pool_urls.items():
@@ -174,6 +169,13 @@ def up(loaded: LoadedApp, options: UpOptions, error: Callable[[str], None] = _pr
             gateway_argv += ["--dashboard-dir", dashboard]
         gateway_env = creds.gateway_env() if creds is not None else None
         gateway_url = supervisor.wait_listening(supervisor.spawn("gateway", gateway_argv, env=gateway_env))
+        # The gateway provisions the pools' consumers (a worker logged in to NATS may not), so the queue workers
+        # are ready only after it started.
+        for pool in queued_pools:
+            for child in queue_workers.children(pool):
+                supervisor.wait_ready(
+                    child, f"'consuming pool_{pool} from {nats.url if nats else 'URL'}'", "it was consuming its queue"
+                )
 
         queue_counts = {pool: len(queue_workers.children(pool)) for pool in queued_pools}
         supervisor.say(
