@@ -147,7 +147,8 @@ public final class NATSConnection: Sendable {
             events: events, pool: pool, name: name, servers: servers,
             replication: options.replication)
         if result.connected {
-            logger.info("connected to NATS", metadata: ["nats.name": "\(name)", "nats.url": "\(NATSServers.redacted(connection.connectedURL ?? url))"])
+            logger.info(
+                "connected to NATS", metadata: ["nats.name": "\(name)", "nats.url": "\(NATSServers.redacted(connection.connectedURL ?? url))"])
         } else {
             logger.notice(
                 "NATS server not reachable yet; retrying in the background",

@@ -57,10 +57,13 @@ struct WorkerCommand: AsyncParsableCommand {
     var streamReplicas: Int?
 
     // NATS authentication (issue 12). The password is never a flag: `ps` would show it.
-    @Option(name: .customLong("nats-user"), help: "NATS user (or NEUTRINO_NATS_USER); its password comes from NEUTRINO_NATS_PASSWORD or --nats-password-file.")
+    @Option(
+        name: .customLong("nats-user"),
+        help: "NATS user (or NEUTRINO_NATS_USER); its password comes from NEUTRINO_NATS_PASSWORD or --nats-password-file.")
     var natsUser: String?
 
-    @Option(name: .customLong("nats-password-file"), help: "A file holding the NATS password (or NEUTRINO_NATS_PASSWORD_FILE), e.g. a mounted Secret.")
+    @Option(
+        name: .customLong("nats-password-file"), help: "A file holding the NATS password (or NEUTRINO_NATS_PASSWORD_FILE), e.g. a mounted Secret.")
     var natsPasswordFile: String?
 
     @Option(name: .customLong("nats-tls-ca"), help: "PEM CA certificate that signed the NATS server's; turns TLS to NATS on.")

@@ -1,9 +1,9 @@
 import Foundation
 import HTTPTypes
-import NIOCore
-import NeutrinoHTTP
 import Hummingbird
+import NIOCore
 import NeutrinoCore
+import NeutrinoHTTP
 import Synchronization
 
 /// The dashboard's logins (issue 12): an API key exchanged at `POST /auth/session` for a random session token in an
@@ -121,7 +121,8 @@ struct SessionAuthenticator: RouterMiddleware {
         case .get, .head, .options: break
         default:
             guard SessionStore.isSameOrigin(request) else {
-                throw AccessRejection.forbidden("csrf", "a \(request.method.rawValue) authenticated by a session cookie must come from the dashboard's own origin")
+                throw AccessRejection.forbidden(
+                    "csrf", "a \(request.method.rawValue) authenticated by a session cookie must come from the dashboard's own origin")
             }
         }
         var context = context
