@@ -424,7 +424,9 @@ def test_up_fails_clearly_when_a_queue_worker_cannot_start(tmp_path: Path, app_f
     assert process.returncode == 1
     assert "async-1 exited with status 3 before it was consuming its queue" in output
     started = children(tmp_path)
-    assert started["neutrino-gateway"] == []
+    # The gateway starts before the queue workers are ready (it provisions the consumers they wait for, their NATS
+    # users may not), and is stopped with everything else.
+    assert len(started["neutrino-gateway"]) <= 1
     assert not any(alive(child["pid"]) for group in started.values() for child in group)
 
 
