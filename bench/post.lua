@@ -10,6 +10,9 @@
 wrk.method = "POST"
 wrk.body = os.getenv("BENCH_BODY") or '{"args":{"x":42,"label":"bench"}}'
 wrk.headers["Content-Type"] = "application/json"
+-- BENCH_AUTH: an API key, sent as a bearer token (the neutrino-auth row).
+local auth = os.getenv("BENCH_AUTH")
+if auth and auth ~= "" then wrk.headers["Authorization"] = "Bearer " .. auth end
 
 done = function(summary, latency, requests)
   local e = summary.errors

@@ -12,7 +12,8 @@ Environment:
   BENCH_WARMUP=2           warm-up seconds before each measured run (0: none)
   BENCH_CONCURRENCY=1,32   connection counts (wrk threads: 1 for c=1, else 2)
   BENCH_ONLY=...           comma list of targets to run, from:
-                           neutrino, neutrino-direct, uvicorn-1, uvicorn-2, ray
+                           neutrino, neutrino-auth, neutrino-direct, uvicorn-1, uvicorn-2, ray
+                           (neutrino-auth: the gateway with --api-keys, every request with a bearer key)
   BENCH_START_TIMEOUT=60   seconds to wait for a server to come up (Ray: max(this, 180))
   BENCH_WORKER_PATH=/api/echo   path of the echo task on a worker called directly
   BENCH_SLEEP=1            also run sleep_ms(10) (an I/O-bound call) at c=32 on the rows that have it (0: skip)
@@ -179,9 +180,15 @@ class Skip(Exception):
     pass
 
 
+#: The API key the current target's requests carry (`Authorization: Bearer`; post.lua reads BENCH_AUTH), or "".
+AUTH = {"key": ""}
+
+
 def post(url: str, body: str = BODY, timeout: float = 5.0) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, data=body.encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if AUTH["key"]:
+        headers["Authorization"] = f"Bearer {AUTH['key']}"
+    req = urllib.request.Request(url, data=body.encode(), method="POST", headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, r.read()
@@ -276,7 +283,7 @@ def wrk(url: str, conns: int, seconds: int, log_path: Path, body: str = BODY) ->
     threads = 1 if conns == 1 else 2
     argv = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--latency",
             "--timeout", "5s", "-s", str(LUA), url]
-    env = dict(os.environ, BENCH_BODY=body)
+    env = dict(os.environ, BENCH_BODY=body, BENCH_AUTH=AUTH["key"])
     r = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=seconds + 60)
     with open(log_path, "a") as f:
         f.write(f"$ {' '.join(argv)}\n{r.stdout}{r.stderr}\n")
@@ -395,15 +402,31 @@ def start_worker(ctx: Ctx, name: str, db: Path) -> Proc:
     return Proc(name, argv, ctx.state / f"{name}.log")
 
 
-def start_neutrino(ctx: Ctx):
+def start_neutrino_auth(ctx: Ctx):
+    """The same as start_neutrino, with --api-keys: every request is authenticated (a SHA-256 of the key, a
+    constant-time compare, the scope check, the per-key counters) and its task tagged with the key id."""
     neutrino_check(ctx)
-    db = ctx.state / "tasks-gateway.db"  # one task log for the gateway and its workers
+    keys = ctx.state / "api-keys.json"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "python"), env.get("PYTHONPATH")]))
+    r = subprocess.run([sys.executable, "-m", "neutrino.cli", "keys", "create", "--name", "bench", "--scopes",
+                        "submit", "--file", str(keys)], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=60)
+    if r.returncode != 0:
+        raise Skip(f"`neutrino keys create` failed: {(r.stderr or r.stdout).strip()[-200:]}")
+    AUTH["key"] = r.stdout.strip()
+    return start_neutrino(ctx, extra=["--api-keys", str(keys)], db_name="tasks-auth.db")
+
+
+def start_neutrino(ctx: Ctx, extra: Optional[list[str]] = None, db_name: str = "tasks-gateway.db"):
+    neutrino_check(ctx)
+    db = ctx.state / db_name  # one task log for the gateway and its workers
     workers = [start_worker(ctx, f"neutrino-worker-{i}", db) for i in (1, 2)]
     ports = [w.wait_listening(START_TIMEOUT) for w in workers]
     pool = ",".join(f"http://127.0.0.1:{p}" for p in ports)
     argv = [str(GATEWAY_BIN), "--manifest", str(ctx.manifest),
                        "--http-pool", f"fast={pool}",
-                       "--task-log", f"sqlite:{db}", "--port", "0"]
+                       "--task-log", f"sqlite:{db}", "--port", "0", *(extra or [])]
     gw = Proc("neutrino-gateway", argv, ctx.state / "neutrino-gateway.log")
     port = gw.wait_listening(START_TIMEOUT)
     return f"http://127.0.0.1:{port}/api/echo", workers + [gw]
@@ -451,6 +474,7 @@ def start_ray(ctx: Ctx):
 
 TARGETS = [
     Target("neutrino", "neutrino: gateway + 2 workers", start_neutrino),
+    Target("neutrino-auth", "neutrino: gateway + 2 workers, API key", start_neutrino_auth, sleep=False),
     Target("neutrino-direct", "neutrino: 1 worker direct", start_neutrino_direct),
     Target("uvicorn-1", "uvicorn+starlette, 1 process", start_uvicorn(1)),
     Target("uvicorn-2", "uvicorn+starlette, 2 processes", start_uvicorn(2)),
@@ -461,6 +485,7 @@ TARGETS = [
 def run_target(t: Target, ctx: Ctx, rows: list[Row]) -> None:
     """Appends its rows as they are measured, so an interrupt keeps what was done."""
     log(f"=== {t.label}")
+    AUTH["key"] = ""
     procs: list[Proc] = []
     try:
         try:
@@ -617,7 +642,8 @@ def ratios(rows: list[Row]) -> list[str]:
                      and r.result is not None), None)
     out = []
     for workload in ("echo", "sleep_ms(10)"):
-        n, u = find(TARGETS[0].label, workload), find(TARGETS[3].label, workload)
+        labels = {t.key: t.label for t in TARGETS}
+        n, u = find(labels["neutrino"], workload), find(labels["uvicorn-2"], workload)
         if n is None or u is None or not u.result.rps:
             continue
         line = (f"- {workload} c=32, Neutrino ÷ uvicorn-2: req/s {n.result.rps / u.result.rps:.2f}×, "
@@ -634,13 +660,23 @@ def gateway_hop(rows: list[Row]) -> str:
             if r.target.startswith(label_prefix) and r.conns == 1 and r.result and r.workload == "echo":
                 return r.result.p50_ms
         return None
-    a, b = p50(TARGETS[0].label), p50(TARGETS[1].label)
+    a, b = p50(TARGETS[0].label), p50(TARGETS[2].label)
     if 1 not in CONCURRENCY:
         return "gateway hop p50: n/a (no c=1 run)"
     if a is None or b is None:
         return "gateway hop p50: n/a (needs both Neutrino rows at c=1)"
     return (f"gateway hop p50 (c=1): {fmt_ms(a - b) if a >= b else '-' + fmt_ms(b - a)} "
-            f"(gateway+2 workers {fmt_ms(a)} − worker direct {fmt_ms(b)})")
+            f"(gateway+2 workers {fmt_ms(a)} − worker direct {fmt_ms(b)})" + auth_cost(rows))
+
+
+def auth_cost(rows: list[Row]) -> str:
+    """What authenticating each request adds at c=1 (p50 with an API key − p50 without), if both rows ran."""
+    def p50(label: str) -> Optional[float]:
+        return next((r.result.p50_ms for r in rows if r.target == label and r.conns == 1 and r.result), None)
+    a, b = p50(TARGETS[1].label), p50(TARGETS[0].label)
+    if a is None or b is None:
+        return ""
+    return f"; API key on: p50 {fmt_ms(a)} ({'+' if a >= b else '-'}{fmt_ms(abs(a - b))})"
 
 
 # --------------------------------------------------------------------------- main

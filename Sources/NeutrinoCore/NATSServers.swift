@@ -18,5 +18,15 @@ public enum NATSServers {
         return urls.isEmpty ? nil : urls
     }
 
+    /// `text` (one URL or several, comma-separated) with any credentials in a URL (`nats://user:password@host`)
+    /// replaced by `***`, for logs.
+    public static func redacted(_ text: String) -> String {
+        text.split(separator: ",", omittingEmptySubsequences: false).map { entry -> String in
+            guard let at = entry.lastIndex(of: "@") else { return String(entry) }
+            let scheme = entry.range(of: "://").map { String(entry[..<$0.upperBound]) } ?? ""
+            return scheme + "***" + entry[at...]
+        }.joined(separator: ",")
+    }
+
     private static func isBlank(_ c: Character) -> Bool { c == " " || c == "\t" }
 }

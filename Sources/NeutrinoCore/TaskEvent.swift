@@ -18,6 +18,8 @@ public struct TaskEvent: Sendable, Hashable {
     public var detail: String?
     /// What the attempt printed (stdout and stderr, the last `--task-output-bytes`), on its outcome event.
     public var output: String?
+    /// The id of the API key the task was submitted with (never the key), on its `pending`/`queued` event.
+    public var submittedBy: String?
 
     public init(
         taskID: String, kind: TaskEventKind, at: Timestamp = .now(), function: String, pool: String,

@@ -18,14 +18,18 @@ public struct TaskRecord: Sendable, Hashable {
     public var progressMessage: String?
     /// What the task printed in its last attempt (see `TaskEvent.output`).
     public var output: String?
+    /// The id of the API key that submitted the task (`TaskEvent.submittedBy`); nil without keys.
+    public var submittedBy: String?
 
     public init(
         id: String, function: String, status: TaskStatus, createdAt: Timestamp, startedAt: Timestamp? = nil,
         completedAt: Timestamp? = nil, workerID: String? = nil, pool: String, mode: ExecutionMode,
         args: String? = nil, result: String? = nil, error: String? = nil, durationMs: Double? = nil,
-        attempts: Int = 0, progress: Double? = nil, progressMessage: String? = nil, output: String? = nil
+        attempts: Int = 0, progress: Double? = nil, progressMessage: String? = nil, output: String? = nil,
+        submittedBy: String? = nil
     ) {
         self.output = output
+        self.submittedBy = submittedBy
         self.id = id
         self.function = function
         self.status = status
@@ -66,6 +70,7 @@ public struct TaskRecord: Sendable, Hashable {
         // Whatever the decision: the earliest accept time is the creation time, and facts the row lacks are filled.
         if event.kind == .pending || event.kind == .queued, event.at < createdAt { createdAt = event.at }
         if args == nil { args = event.args }
+        if submittedBy == nil { submittedBy = event.submittedBy }
         switch decision {
         case .transition(let next):
             status = next

@@ -37,6 +37,7 @@ public enum EventCodec {
         w.key("progress"); number(event.progress, &w)
         w.key("detail"); w.stringOrNull(event.detail)
         if let output = event.output { w.key("output"); w.string(output) }
+        if let submittedBy = event.submittedBy { w.key("submitted_by"); w.string(submittedBy) }
         w.endObject()
         return w.bytes
     }
@@ -59,7 +60,7 @@ public enum EventCodec {
         let modeText = try fieldsReader.string("mode")
         guard let mode = ExecutionMode(rawValue: modeText) else { throw EventDecodingError("unknown mode '\(modeText)'") }
         let attempt = try fieldsReader.optionalInt("attempt") ?? 0
-        return TaskEvent(
+        var event = TaskEvent(
             taskID: taskID, kind: kind, at: at, function: try fieldsReader.string("function"),
             pool: try fieldsReader.string("pool"), mode: mode,
             workerID: try fieldsReader.optionalString("worker_id"), attempt: attempt,
@@ -69,6 +70,8 @@ public enum EventCodec {
             progress: try fieldsReader.optionalDouble("progress"),
             detail: try fieldsReader.optionalString("detail"),
             output: try fieldsReader.optionalString("output"))
+        event.submittedBy = try fieldsReader.optionalString("submitted_by")
+        return event
     }
 
     /// A finite number in its shortest round-trip text (`null` when absent or not finite).

@@ -30,7 +30,7 @@ public func buildGateway(_ configuration: GatewayConfiguration, logger: Logger) 
     let keys = try access.apiKeysPath.map { try KeyStore(path: $0, logger: logger) }
     let queue: GatewayQueue? =
         if let url = configuration.natsURL {
-            try await GatewayQueue.connect(url: url, streamReplicas: configuration.streamReplicas, logger: logger)
+            try await GatewayQueue.connect(url: url, streamReplicas: configuration.streamReplicas, auth: configuration.natsAuth, logger: logger)
         } else { nil }
 
     var pools: [String: WorkerPool] = [:]
@@ -121,6 +121,9 @@ public func buildGateway(_ configuration: GatewayConfiguration, logger: Logger) 
                 maxAge: .seconds(600)))
     }
     if let keys { router.add(middleware: APIKeyAuthenticator(store: keys, metricsToken: access.metricsToken)) }
+    // The dashboard's login: a session cookie stands for its key (after the bearer key, which wins).
+    let sessions = keys.map { _ in SessionStore(lifetime: access.sessionLifetime) }
+    if let keys, let sessions { router.add(middleware: SessionAuthenticator(sessions: sessions, keys: keys)) }
     let limits = KeyLimits(defaultRate: access.defaultRate)
     router.add(
         middleware: AccessPolicyMiddleware(
@@ -129,6 +132,7 @@ public func buildGateway(_ configuration: GatewayConfiguration, logger: Logger) 
     let submitter = TaskSubmitter(components: components)
     let operations = OperationsController(components: components)
     operations.addRoutes(to: router)
+    SessionController(sessions: sessions, keys: keys).addRoutes(to: router)
     SubmitController(components: components, submitter: submitter).addRoutes(to: router)
     TasksController(components: components, submitter: submitter).addRoutes(to: router)
     operations.addDashboard(to: router)
@@ -207,6 +211,7 @@ let gatewayRoutes = RouteTable([
     (.get, "/healthz"), (.get, "/readyz"), (.get, "/openapi.json"), (.get, "/pools"), (.get, "/metrics"),
     (.post, "/api/:task"),
     (.get, "/tasks"), (.get, "/tasks/:id"), (.delete, "/tasks/:id"), (.post, "/tasks/:id/retry"), (.get, "/events"),
+    (.post, "/auth/session"), (.get, "/auth/session"), (.delete, "/auth/session"),
 ])
 
 /// The manifest `neutrino openapi APP` wrote.

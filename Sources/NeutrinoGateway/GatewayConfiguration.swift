@@ -19,6 +19,8 @@ public struct GatewayConfiguration: Sendable {
     /// `--stream-replicas`: the replica count of the streams the gateway provisions (pool consumers inherit it),
     /// reconciled on existing streams; nil: 1 for one server, 3 when several are given, applied to new streams only.
     public var streamReplicas: Int?
+    /// NATS user, password and TLS files (`--nats-user`, `NEUTRINO_NATS_PASSWORD`, `--nats-tls-ca`, ...).
+    public var natsAuth = NATSAuth()
     /// AckWait of the pool consumers the gateway provisions.
     public var ackWait: Duration
     /// The folder `GET /` serves the dashboard from, if any.

@@ -42,8 +42,9 @@ public final class GatewayQueue: Sendable {
     /// and pool consumers is the `QueueProvisioner` service's job, with `streamReplicas` (nil: 1 for one server, 3
     /// for several; see `StreamReplication.forServers`): a server that is down at start-up does not stop the
     /// gateway, submits answer 503 until it is up.
-    public static func connect(url: String, streamReplicas: Int? = nil, logger: Logger) async throws -> GatewayQueue {
+    public static func connect(url: String, streamReplicas: Int? = nil, auth: NATSAuth = NATSAuth(), logger: Logger) async throws -> GatewayQueue {
         var options = NATSConnection.Options()
+        options.auth = auth
         options.replication = .forServers(NATSConnection.serverList(url).count, explicit: streamReplicas)
         let connection = try await NATSConnection.connect(url: url, name: "neutrino-gateway", logger: logger, options: options)
         return GatewayQueue(connection: connection, js: try connection.jetStream(), logger: logger)

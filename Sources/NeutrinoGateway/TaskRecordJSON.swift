@@ -33,6 +33,7 @@ extension JSONWriter {
         if bodies.contains(.error) { key("error"); rawOrNull(r.error) }
         if let events {
             key("output"); stringOrNull(r.output)
+            key("submitted_by"); stringOrNull(r.submittedBy)
             key("events")
             beginArray()
             for e in events {

@@ -42,6 +42,37 @@ struct GatewayCommand: AsyncParsableCommand {
     )
     var streamReplicas: Int?
 
+    // NATS authentication (issue 12). The password is never a flag: `ps` would show it.
+    @Option(
+        name: .customLong("nats-user"),
+        help: "NATS user (or NEUTRINO_NATS_USER); its password comes from NEUTRINO_NATS_PASSWORD or --nats-password-file.")
+    var natsUser: String?
+
+    @Option(
+        name: .customLong("nats-password-file"), help: "A file holding the NATS password (or NEUTRINO_NATS_PASSWORD_FILE), e.g. a mounted Secret.")
+    var natsPasswordFile: String?
+
+    @Option(name: .customLong("nats-tls-ca"), help: "PEM CA certificate that signed the NATS server's; turns TLS to NATS on.")
+    var natsTLSCA: String?
+
+    @Option(name: .customLong("nats-tls-cert"), help: "PEM client certificate for TLS to NATS (with --nats-tls-key).")
+    var natsTLSCert: String?
+
+    @Option(name: .customLong("nats-tls-key"), help: "PEM private key of --nats-tls-cert.")
+    var natsTLSKey: String?
+
+    /// The NATS credentials from the flags and the environment (see `NATSAuth.resolve`).
+    func natsAuth() throws -> NATSAuth {
+        do {
+            return try NATSAuth.resolve(
+                user: natsUser, passwordFile: natsPasswordFile, tlsCA: natsTLSCA, tlsCert: natsTLSCert, tlsKey: natsTLSKey,
+                environment: ProcessInfo.processInfo.environment,
+                readFile: { try? String(contentsOfFile: $0, encoding: .utf8) })
+        } catch {
+            throw ValidationError(error.description)
+        }
+    }
+
     @Option(name: .customLong("ack-wait"), help: "Seconds of AckWait for the pool consumers the gateway provisions.")
     var ackWait: Double = 30
 
@@ -139,6 +170,9 @@ struct GatewayCommand: AsyncParsableCommand {
     @Option(name: .customLong("metrics-token"), help: "A bearer token that opens GET /metrics (else, with --api-keys, /metrics needs an admin key).")
     var metricsToken: String?
 
+    @Option(name: .customLong("session-hours"), help: "How long a dashboard login lasts (its HttpOnly session cookie).")
+    var sessionHours: Double = 12
+
     @Option(name: .customLong("default-rate"), help: "Requests per second of a key whose entry sets no rate_per_second (default: unlimited).")
     var defaultRate: Double?
 
@@ -186,6 +220,7 @@ struct GatewayCommand: AsyncParsableCommand {
         if let nats, NATSServers.parse(nats) == nil {
             throw ValidationError("--nats '\(nats)' must be one URL or several comma-separated (nats://HOST:PORT,...)")
         }
+        if nats != nil { _ = try natsAuth() }
         if let streamReplicas {
             guard nats != nil else { throw ValidationError("--stream-replicas needs --nats") }
             guard (1...5).contains(streamReplicas) else { throw ValidationError("--stream-replicas must be 1...5") }
@@ -193,6 +228,7 @@ struct GatewayCommand: AsyncParsableCommand {
         guard maxBodyBytes > 0 else { throw ValidationError("--max-body-bytes must be positive") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level \(logLevel)") }
         if let r = defaultRate, !(r > 0 && r.isFinite) { throw ValidationError("--default-rate must be a positive number") }
+        guard sessionHours > 0, sessionHours <= 24 * 30 else { throw ValidationError("--session-hours must be 0 < hours <= 720") }
         if metricsToken?.isEmpty == true { throw ValidationError("--metrics-token must not be empty") }
     }
 
@@ -218,6 +254,7 @@ struct GatewayCommand: AsyncParsableCommand {
         configuration.replicationLagBound = replicationLagBound == 0 ? .zero : Self.duration(replicationLagBound)
         configuration.retention = retentionDays > 0 ? .milliseconds(Int64(retentionDays * 86_400_000)) : nil
         configuration.streamReplicas = streamReplicas
+        configuration.natsAuth = try natsAuth()
 
         configuration.headerTimeout = Self.duration(headerTimeout)
         configuration.bodyTimeout = Self.duration(bodyTimeout)
@@ -237,6 +274,7 @@ struct GatewayCommand: AsyncParsableCommand {
         configuration.access.corsOrigins = corsOrigins
         configuration.access.metricsToken = metricsToken
         configuration.access.defaultRate = defaultRate
+        configuration.access.sessionLifetime = .seconds(Int64((sessionHours * 3600).rounded()))
         let hostName = ProcessInfo.processInfo.hostName.filter { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }
         configuration.gatewayID = gatewayID ?? (hostName.isEmpty ? "gateway" : hostName)
         do {

@@ -1,6 +1,7 @@
 import CNats
 import Glibc
 import Logging
+import NeutrinoCore
 import NeutrinoThreads
 
 /// A connection to a NATS server or cluster (cnats `natsConnection`), reconnecting forever.
@@ -41,6 +42,8 @@ public final class NATSConnection: Sendable {
         /// How many servers keep each stream this connection's JetStream contexts create (`ensureStream`), and
         /// whether an existing stream with another count is changed (see `StreamReplication`).
         public var replication: StreamReplication = .single
+        /// User, password and TLS files (see `NATSAuth`); with a user, reply inboxes are `_INBOX_<user>.…`.
+        public var auth = NATSAuth()
 
         public init() {}
     }
@@ -118,6 +121,8 @@ public final class NATSConnection: Sendable {
                     s = natsOptions_SetReconnectBufSize(opts, Int32(clamping: options.reconnectBufferBytes))
                 }
                 if s == NATS_OK { s = natsOptions_SetSendAsap(opts, options.sendAsap) }
+                guard s == NATS_OK else { throw NATSError.library("natsOptions_Set*", s, connection: nil) }
+                try Self.apply(options.auth, to: opts, arena: arena)
                 if s == NATS_OK { s = natsOptions_SetErrorHandler(opts, onAsyncError, closure) }
                 if s == NATS_OK { s = natsOptions_SetDisconnectedCB(opts, onDisconnected, closure) }
                 if s == NATS_OK { s = natsOptions_SetReconnectedCB(opts, onReconnected, closure) }
@@ -142,18 +147,65 @@ public final class NATSConnection: Sendable {
             events: events, pool: pool, name: name, servers: servers,
             replication: options.replication)
         if result.connected {
-            logger.info("connected to NATS", metadata: ["nats.name": "\(name)", "nats.url": "\(connection.connectedURL ?? url)"])
+            logger.info(
+                "connected to NATS", metadata: ["nats.name": "\(name)", "nats.url": "\(NATSServers.redacted(connection.connectedURL ?? url))"])
         } else {
             logger.notice(
                 "NATS server not reachable yet; retrying in the background",
-                metadata: ["nats.name": "\(name)", "nats.url": "\(url)"])
+                metadata: ["nats.name": "\(name)", "nats.url": "\(NATSServers.redacted(url))"])
             if await !connection.waitUntilConnected(timeout: options.firstConnectionWait) {
+                // Closed rather than still trying: the server refused us for good (credentials, TLS).
+                if connection.isClosed {
+                    let why = connection.lastError ?? "closed"
+                    logger.critical("NATS refused the connection", metadata: ["nats.name": "\(name)", "nats.error": "\(why)"])
+                    await connection.close()
+                    throw NATSError.closed(
+                        "natsConnection_Connect",
+                        "the NATS server refused the connection (\(why)): are the credentials right (--nats-user, "
+                            + "NEUTRINO_NATS_PASSWORD or --nats-password-file) and the TLS settings (--nats-tls-ca)?")
+                }
                 logger.warning(
                     "still not connected to NATS; continuing, calls fail until the server is reachable",
-                    metadata: ["nats.name": "\(name)", "nats.url": "\(url)"])
+                    metadata: ["nats.name": "\(name)", "nats.url": "\(NATSServers.redacted(url))"])
             }
         }
         return connection
+    }
+
+    /// Sets the user, password, inbox prefix and TLS files of `auth` on `opts`. The password is copied into
+    /// cnats's options only; it is never logged.
+    private static func apply(_ auth: NATSAuth, to opts: OpaquePointer, arena: CArena) throws {
+        let op = "natsOptions_SetUserInfo"
+        var s = NATS_OK
+        if let user = auth.user {
+            s = natsOptions_SetUserInfo(
+                opts, try arena.string(user, op, what: "the NATS user"), try arena.string(auth.password ?? "", op, what: "the NATS password"))
+            guard s == NATS_OK else { throw NATSError.library(op, s, connection: nil) }
+        }
+        if let prefix = auth.inboxPrefix {
+            s = natsOptions_SetCustomInboxPrefix(opts, try arena.string(prefix, op, what: "the inbox prefix"))
+            guard s == NATS_OK else { throw NATSError.library("natsOptions_SetCustomInboxPrefix", s, connection: nil) }
+        }
+        guard auth.usesTLS else { return }
+        s = natsOptions_SetSecure(opts, true)
+        guard s == NATS_OK else { throw NATSError.library("natsOptions_SetSecure", s, connection: nil) }
+        if let ca = auth.tlsCA {
+            s = natsOptions_LoadCATrustedCertificates(opts, try arena.string(ca, op, what: "the CA file"))
+            guard s == NATS_OK else { throw NATSError.library("natsOptions_LoadCATrustedCertificates(\(ca))", s, connection: nil) }
+        }
+        if let cert = auth.tlsCert, let key = auth.tlsKey {
+            s = natsOptions_LoadCertificatesChain(
+                opts, try arena.string(cert, op, what: "the certificate file"), try arena.string(key, op, what: "the key file"))
+            guard s == NATS_OK else { throw NATSError.library("natsOptions_LoadCertificatesChain(\(cert))", s, connection: nil) }
+        }
+    }
+
+    /// The connection's last error as cnats reports it (e.g. the server's `Authorization Violation`), if any.
+    public var lastError: String? {
+        var text: UnsafePointer<CChar>?
+        guard natsConnection_GetLastError(handle.pointer, &text) != NATS_OK else { return nil }
+        let message = swiftString(text)
+        return message.isEmpty ? nil : message
     }
 
     /// Connected right now (not disconnected, reconnecting, or closed).
@@ -289,7 +341,7 @@ private func url(of nc: OpaquePointer?) -> String {
 private func onConnected(_ nc: OpaquePointer?, _ closure: UnsafeMutableRawPointer?) {
     guard let events = connectionEventsTable.get(closure: closure) else { return }
     var metadata = events.metadata
-    metadata["nats.url"] = "\(url(of: nc))"
+    metadata["nats.url"] = "\(NATSServers.redacted(url(of: nc)))"
     events.logger.info("connected to NATS", metadata: metadata)
 }
 
@@ -306,14 +358,17 @@ private func onDisconnected(_ nc: OpaquePointer?, _ closure: UnsafeMutableRawPoi
 private func onReconnected(_ nc: OpaquePointer?, _ closure: UnsafeMutableRawPointer?) {
     guard let events = connectionEventsTable.get(closure: closure) else { return }
     var metadata = events.metadata
-    metadata["nats.url"] = "\(url(of: nc))"
+    metadata["nats.url"] = "\(NATSServers.redacted(url(of: nc)))"
     events.logger.info("reconnected to NATS", metadata: metadata)
 }
 
 private func onClosed(_ nc: OpaquePointer?, _ closure: UnsafeMutableRawPointer?) {
     guard let events = connectionEventsTable.get(closure: closure) else { return }
     events.failPublishes(NATSError.closed("js_PublishMsgAsync", "the connection was closed"))
-    events.logger.info("NATS connection closed", metadata: events.metadata)
+    var metadata = events.metadata
+    var text: UnsafePointer<CChar>?
+    if let nc, natsConnection_GetLastError(nc, &text) != NATS_OK { metadata["nats.error"] = "\(swiftString(text))" }
+    events.logger.info("NATS connection closed", metadata: metadata)
 }
 
 private func onAsyncError(

@@ -514,8 +514,10 @@ public final class PythonExecutor: Sendable {
             return job
         }
         guard let running else { return false }
-        if wakeLoop { wakeTheLoop() }
+        // Answered before the loop is woken: the loop may deliver the cancel and end the coroutine (CancelledError,
+        // a failure) before this thread runs again, and the first answer is the one the caller gets.
         finish(running, .cancelled(durationMs: Double(monotonicNanos() - running.startNanos) / 1e6))
+        if wakeLoop { wakeTheLoop() }
         return true
     }
 

@@ -6,10 +6,12 @@ import Glibc
 /// mode) combination and is what filtered lists start from. Timestamps are ISO-8601 UTC text with milliseconds,
 /// which sorts in time order. docs/architecture.md ("The task log: layout") says why the indexes are what they are.
 enum TaskLogSchema {
-    static let version = 5
+    static let version = 6
 
     /// Version 5: what a task printed (`TaskEvent.output`), kept with its row.
     static let version5 = ["ALTER TABLE tasks ADD COLUMN output TEXT"]
+    /// Version 6: the id of the API key that submitted the task (`TaskEvent.submittedBy`; issue 12).
+    static let version6 = ["ALTER TABLE tasks ADD COLUMN submitted_by TEXT"]
 
     /// The tables as version 3 made them (and the statements a file older than 3 is brought to 3 with).
     static let version3 = [
@@ -164,7 +166,7 @@ enum TaskLogSchema {
                 try db.execute(sql)
             }
             if !hasTasks {
-                for sql in version4Indexes + version4 + version5 { try db.execute(sql) }
+                for sql in version4Indexes + version4 + version5 + version6 { try db.execute(sql) }
                 try db.execute("PRAGMA user_version=\(version)")
                 return true
             }
@@ -174,6 +176,17 @@ enum TaskLogSchema {
         if fresh { return }
         try migrate3to4(db)
         try migrate4to5(db)
+        try migrate5to6(db)
+    }
+
+    /// Version 5 → 6: one nullable column, added in place.
+    static func migrate5to6(_ db: SQLiteConnection) throws {
+        try db.writeTransaction {
+            guard try db.integer("PRAGMA user_version") < 6 else { return }
+            let has = try db.integer("SELECT COUNT(*) FROM pragma_table_info('tasks') WHERE name = 'submitted_by'") > 0
+            if !has { for sql in version6 { try db.execute(sql) } }
+            try db.execute("PRAGMA user_version=6")
+        }
     }
 
     /// Version 4 → 5: one nullable column, added in place (SQLite does not rewrite the table for it).

@@ -73,7 +73,7 @@ final class NATSWorker: Sendable {
         logger.info(
             "worker starting",
             metadata: [
-                "worker_id": "\(configuration.workerID)", "pool": "\(pool)", "mode": "nats", "nats": "\(url)",
+                "worker_id": "\(configuration.workerID)", "pool": "\(pool)", "mode": "nats", "nats": "\(NATSServers.redacted(url))",
                 "concurrency": "\(configuration.concurrency)", "max_coroutines": "\(executor.maxCoroutines)",
                 "tasks": "\(specs.keys.sorted().joined(separator: ","))",
                 "gpu": "\(gpu.description)",

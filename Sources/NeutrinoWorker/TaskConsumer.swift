@@ -27,7 +27,7 @@ struct TaskConsumer: Service {
         await withGracefulShutdownHandler {
             guard let subscription = await subscribe() else { return }
             defer { subscription.close() }
-            print("consuming \(QueueLayout.consumer(pool: worker.configuration.pool)) from \(natsURL)")
+            print("consuming \(QueueLayout.consumer(pool: worker.configuration.pool)) from \(NATSServers.redacted(natsURL))")
             fflush(nil)
             await consume(subscription, drainSignal: drainSignal)
         } onGracefulShutdown: {
@@ -41,16 +41,20 @@ struct TaskConsumer: Service {
     }
 
     /// Provisions this pool's consumer and subscribes, retrying every 0.5 s while NATS is unreachable (a pod may
-    /// start before the NATS StatefulSet). Nil when the worker is told to stop first.
+    /// start before the NATS StatefulSet). A worker logged in as a NATS user provisions nothing (its user may not
+    /// change streams, see `neutrino.natsauth`): it binds to the consumer the gateway provisioned, waiting for it.
+    /// Nil when the worker is told to stop first.
     private func subscribe() async -> PullSubscription? {
         let pool = worker.configuration.pool
         let maxDeliver = QueueLayout.maxDeliver(retries: worker.specs.values.map(\.retries))
         var attempt = 0
         while !worker.isDraining && !Task.isCancelled {
             do {
-                try await TaskQueueProvisioning.ensure(
-                    js, pools: [pool: maxDeliver], ackWait: worker.configuration.ackWait,
-                    logger: worker.logger)
+                if worker.configuration.natsAuth.user == nil {
+                    try await TaskQueueProvisioning.ensure(
+                        js, pools: [pool: maxDeliver], ackWait: worker.configuration.ackWait,
+                        logger: worker.logger)
+                }
                 return try await js.pullSubscribe(stream: QueueLayout.tasksStream, consumer: QueueLayout.consumer(pool: pool))
             } catch {
                 if attempt % 20 == 0 { worker.logger.warning("cannot provision or subscribe yet; retrying", metadata: ["error": "\(error)"]) }

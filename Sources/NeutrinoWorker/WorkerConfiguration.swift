@@ -41,6 +41,8 @@ public struct WorkerConfiguration: Sendable {
     /// it), reconciled on existing streams; nil: 1 for one server, 3 when several are given, applied to new
     /// streams only.
     public var streamReplicas: Int?
+    /// NATS user, password and TLS files (`--nats-user`, `NEUTRINO_NATS_PASSWORD`, `--nats-tls-ca`, ...).
+    public var natsAuth = NATSAuth()
     /// The pool consumer's AckWait; `InProgress` heartbeats go out every third of it while a task runs.
     public var ackWait: Duration
     /// How long SIGTERM waits for running tasks before handing them back to the queue.

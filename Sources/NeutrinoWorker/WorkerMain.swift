@@ -37,6 +37,7 @@ public enum Worker {
         if let url = configuration.natsURL {
             var options = NATSConnection.Options()
             options.replication = .forServers(NATSConnection.serverList(url).count, explicit: configuration.streamReplicas)
+            options.auth = configuration.natsAuth
             connection = try await NATSConnection.connect(
                 url: url, name: configuration.workerID, logger: logger,
                 options: options)

@@ -72,6 +72,37 @@ struct WorkerCommand: AsyncParsableCommand {
     )
     var streamReplicas: Int?
 
+    // NATS authentication (issue 12). The password is never a flag: `ps` would show it.
+    @Option(
+        name: .customLong("nats-user"),
+        help: "NATS user (or NEUTRINO_NATS_USER); its password comes from NEUTRINO_NATS_PASSWORD or --nats-password-file.")
+    var natsUser: String?
+
+    @Option(
+        name: .customLong("nats-password-file"), help: "A file holding the NATS password (or NEUTRINO_NATS_PASSWORD_FILE), e.g. a mounted Secret.")
+    var natsPasswordFile: String?
+
+    @Option(name: .customLong("nats-tls-ca"), help: "PEM CA certificate that signed the NATS server's; turns TLS to NATS on.")
+    var natsTLSCA: String?
+
+    @Option(name: .customLong("nats-tls-cert"), help: "PEM client certificate for TLS to NATS (with --nats-tls-key).")
+    var natsTLSCert: String?
+
+    @Option(name: .customLong("nats-tls-key"), help: "PEM private key of --nats-tls-cert.")
+    var natsTLSKey: String?
+
+    /// The NATS credentials from the flags and the environment (see `NATSAuth.resolve`).
+    func natsAuth() throws -> NATSAuth {
+        do {
+            return try NATSAuth.resolve(
+                user: natsUser, passwordFile: natsPasswordFile, tlsCA: natsTLSCA, tlsCert: natsTLSCert, tlsKey: natsTLSKey,
+                environment: ProcessInfo.processInfo.environment,
+                readFile: { try? String(contentsOfFile: $0, encoding: .utf8) })
+        } catch {
+            throw ValidationError(error.description)
+        }
+    }
+
     @Option(
         name: .customLong("ack-wait"),
         help: "Seconds JetStream waits for an ack before redelivering (--mode nats); heartbeats keep running tasks alive.")
@@ -147,6 +178,7 @@ struct WorkerCommand: AsyncParsableCommand {
         if let nats, NATSServers.parse(nats) == nil {
             throw ValidationError("--nats '\(nats)' must be one URL or several comma-separated (nats://HOST:PORT,...)")
         }
+        if nats != nil { _ = try natsAuth() }
         if let streamReplicas {
             guard nats != nil else { throw ValidationError("--stream-replicas needs --nats") }
             guard (1...5).contains(streamReplicas) else { throw ValidationError("--stream-replicas must be 1...5") }
@@ -186,6 +218,7 @@ struct WorkerCommand: AsyncParsableCommand {
         configuration.runningVisibleAfter = .milliseconds(Int64(min(max(0, runningVisibleAfterMs), 86_400_000)))
         configuration.maxRSSMB = maxRSSMB
         configuration.streamReplicas = streamReplicas
+        configuration.natsAuth = try natsAuth()
         let restarts = ProcessInfo.processInfo.environment["NEUTRINO_WORKER_RESTARTS"].flatMap(Int.init) ?? 0
         configuration.restarts = min(max(0, restarts), WorkerHeartbeat.maxRestarts)
         logger[metadataKey: "worker_id"] = "\(id)"

@@ -89,3 +89,14 @@ struct EventCodecTests {
         #expect(EventStreamLayout.messageID(for: progress) == nil)
     }
 }
+
+extension EventCodecTests {
+    /// The submitting key's id travels with a queued event (the gateway's own events, --events-via-nats).
+    @Test func submittedByRoundTrips() throws {
+        var event = TaskEvent(taskID: TaskID.make(), kind: .queued, function: "f", pool: "async", mode: .async)
+        event.submittedBy = "3f9c0e1a2b4d5e6f"
+        let bytes = EventCodec.encode(event)
+        #expect(try EventCodec.decode(bytes) == event)
+        #expect(try JSONParser.parse(bytes).objectValue?["submitted_by"]?.stringValue == "3f9c0e1a2b4d5e6f")
+    }
+}

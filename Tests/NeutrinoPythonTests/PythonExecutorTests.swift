@@ -4,6 +4,9 @@ import Testing
 @testable import NeutrinoPython
 
 /// The interpreter can start once per process, so every test shares one runtime and one executor.
+/// One serialized suite around the three below: they share the executor, and a coroutine test must not race a
+/// neighbouring suite's timeout or cancel on the same event loop.
+@Suite(.serialized)
 enum Embedded {
     static let repo: String = {
         var parts = #filePath.split(separator: "/", omittingEmptySubsequences: false)
@@ -14,173 +17,176 @@ enum Embedded {
     static let executor = runtime.map { PythonExecutor(runtime: $0, threads: 3, maxQueued: 64, maxCoroutines: 256) }
 }
 
-@Suite(.serialized)
-struct PythonExecutorTests {
-    func run(_ task: String, _ args: String, timeoutMs: Int = 5000) async throws -> PythonOutcome {
-        let executor = try Embedded.executor.get()
-        let payload = Array(#"{"args":\#(args),"task_id":"t-1","attempt":1,"pool":"fast"}"#.utf8)
-        return await executor.run(task: task, payload: payload, timeoutMs: timeoutMs)
-    }
-
-    func errorObject(_ outcome: PythonOutcome) throws -> JSONValue {
-        guard case .failed(let bytes, _) = outcome else { Issue.record("expected failure, got \(outcome)"); return .null }
-        return try JSONParser.parse(bytes)
-    }
-
-    @Test func loadsTheAppsTasks() throws {
-        let runtime = try Embedded.runtime.get()
-        let echo = try #require(runtime.tasks.first { $0.name == "echo" })
-        #expect(echo == TaskSpec(name: "echo", mode: .sync, pool: "fast", timeoutMs: 5000, retries: 0))
-        #expect(runtime.tasks.contains { $0.name == "generate_report" && $0.mode == .async && $0.retries == 3 })
-    }
-
-    @Test func returnsTheResultAsJSON() async throws {
-        guard case .completed(let bytes, let ms) = try await run("echo", #"{"x":3,"label":"é"}"#) else {
-            Issue.record("echo did not complete"); return
+extension Embedded {
+    @Suite(.serialized)
+    struct PythonExecutorTests {
+        func run(_ task: String, _ args: String, timeoutMs: Int = 5000) async throws -> PythonOutcome {
+            let executor = try Embedded.executor.get()
+            let payload = Array(#"{"args":\#(args),"task_id":"t-1","attempt":1,"pool":"fast"}"#.utf8)
+            return await executor.run(task: task, payload: payload, timeoutMs: timeoutMs)
         }
-        #expect(try JSONParser.parse(bytes) == .object(["x": .number("3"), "label": .string("é")]))
-        #expect(ms >= 0)
-    }
 
-    @Test func taskSeesItsContext() async throws {
-        guard case .completed(let bytes, _) = try await run("whoami", "{}") else { Issue.record("whoami failed"); return }
-        #expect(try JSONParser.parse(bytes)["task_id"]?.stringValue == "t-1")
-    }
+        func errorObject(_ outcome: PythonOutcome) throws -> JSONValue {
+            guard case .failed(let bytes, _) = outcome else { Issue.record("expected failure, got \(outcome)"); return .null }
+            return try JSONParser.parse(bytes)
+        }
 
-    @Test func exceptionsCarryTypeMessageAndTraceback() async throws {
-        let error = try errorObject(try await run("boom", #"{"message":"kaput"}"#))
-        #expect(error["type"]?.stringValue == "RuntimeError")
-        #expect(error["message"]?.stringValue == "kaput")
-        #expect(error["traceback"]?.stringValue?.contains("raise RuntimeError(message)") == true)
-    }
+        @Test func loadsTheAppsTasks() throws {
+            let runtime = try Embedded.runtime.get()
+            let echo = try #require(runtime.tasks.first { $0.name == "echo" })
+            #expect(echo == TaskSpec(name: "echo", mode: .sync, pool: "fast", timeoutMs: 5000, retries: 0))
+            #expect(runtime.tasks.contains { $0.name == "generate_report" && $0.mode == .async && $0.retries == 3 })
+        }
 
-    @Test func badArgumentsAreReported() async throws {
-        let error = try errorObject(try await run("echo", #"{"nope":1}"#))
-        #expect(error["type"]?.stringValue == "InvalidArguments")
-    }
-
-    @Test func timeoutInterruptsAPurePythonLoopAndTheThreadServesAgain() async throws {
-        // spin's own timeout is 500 ms; more calls than threads show every thread came back.
-        for _ in 0..<4 {
-            guard case .timedOut(let ms) = try await run("spin", "{}", timeoutMs: 200) else {
-                Issue.record("spin did not time out"); return
+        @Test func returnsTheResultAsJSON() async throws {
+            guard case .completed(let bytes, let ms) = try await run("echo", #"{"x":3,"label":"é"}"#) else {
+                Issue.record("echo did not complete"); return
             }
-            #expect(ms >= 200)
+            #expect(try JSONParser.parse(bytes) == .object(["x": .number("3"), "label": .string("é")]))
+            #expect(ms >= 0)
         }
-        let executor = try Embedded.executor.get()
-        for _ in 0..<50 where executor.load.stuck > 0 { try await Task.sleep(for: .milliseconds(20)) }
-        #expect(executor.load.stuck == 0, "every interrupted thread is free again")
-        guard case .completed = try await run("echo", #"{"x":1}"#) else { Issue.record("echo after timeouts failed"); return }
-    }
 
-    @Test func callsRunConcurrentlyOnTheThreads() async throws {
-        // Three threads, three 300 ms sleeps: together well under three times 300 ms would be a timing assertion,
-        // so check instead that all three were running at once.
-        let executor = try Embedded.executor.get()
-        async let a = run("sleepy", #"{"seconds":0.3}"#)
-        async let b = run("sleepy", #"{"seconds":0.3}"#)
-        async let c = run("sleepy", #"{"seconds":0.3}"#)
-        var sawThreeBusy = false
-        for _ in 0..<100 {
-            if executor.load.busy == 3 { sawThreeBusy = true; break }
-            try await Task.sleep(for: .milliseconds(5))
+        @Test func taskSeesItsContext() async throws {
+            guard case .completed(let bytes, _) = try await run("whoami", "{}") else { Issue.record("whoami failed"); return }
+            #expect(try JSONParser.parse(bytes)["task_id"]?.stringValue == "t-1")
         }
-        let outcomes = [try await a, try await b, try await c]
-        #expect(sawThreeBusy)
-        for o in outcomes { guard case .completed = o else { Issue.record("sleepy failed: \(o)"); continue } }
-    }
 
-    @Test func unknownTaskFailsCleanly() async throws {
-        let error = try errorObject(try await run("does_not_exist", "{}"))
-        #expect(error["type"]?.stringValue == "UnknownTask")
-    }
-}
-
-@Suite(.serialized)
-struct PythonCancelTests {
-    @Test func cancelStopsARunningTaskAndTheThreadServesAgain() async throws {
-        let executor = try Embedded.executor.get()
-        let payload = Array(#"{"args":{"iterations":1000000000000},"task_id":"c-1"}"#.utf8)
-        async let outcome = executor.run(task: "spin", tag: "c-1", payload: payload, timeoutMs: 60_000)
-        var cancelled = false
-        for _ in 0..<200 where !cancelled {
-            cancelled = executor.cancel(tag: "c-1")
-            if !cancelled { try await Task.sleep(for: .milliseconds(10)) }
+        @Test func exceptionsCarryTypeMessageAndTraceback() async throws {
+            let error = try errorObject(try await run("boom", #"{"message":"kaput"}"#))
+            #expect(error["type"]?.stringValue == "RuntimeError")
+            #expect(error["message"]?.stringValue == "kaput")
+            #expect(error["traceback"]?.stringValue?.contains("raise RuntimeError(message)") == true)
         }
-        #expect(cancelled)
-        guard case .cancelled = await outcome else { Issue.record("spin was not cancelled"); return }
-        for _ in 0..<100 where executor.load.stuck > 0 { try await Task.sleep(for: .milliseconds(20)) }
-        #expect(executor.load.stuck == 0)
-        #expect(!executor.cancel(tag: "c-1"), "nothing left to cancel")
-    }
-}
 
-/// `async def` tasks (examples/app.py's `lookup`) on the executor's event loop.
-@Suite(.serialized)
-struct PythonCoroutineTests {
-    func payload(_ args: String, id: String) -> [UInt8] {
-        Array(#"{"args":\#(args),"task_id":"\#(id)","attempt":1,"pool":"fast"}"#.utf8)
-    }
+        @Test func badArgumentsAreReported() async throws {
+            let error = try errorObject(try await run("echo", #"{"nope":1}"#))
+            #expect(error["type"]?.stringValue == "InvalidArguments")
+        }
 
-    @Test func aCoroutineTaskRunsOnTheLoopWithItsContext() async throws {
-        let executor = try Embedded.executor.get()
-        #expect(try Embedded.runtime.get().coroutineTasks.contains("lookup"))
-        #expect(executor.slots == 3 + 256)
-        let outcome = await executor.run(
-            task: "lookup", tag: "co-1", payload: payload(#"{"key":"ab","delay_s":0.01}"#, id: "co-1"), timeoutMs: 5000)
-        guard case .completed(let bytes, _) = outcome else { Issue.record("lookup: \(outcome)"); return }
-        let result = try JSONParser.parse(bytes)
-        #expect(result["value"]?.stringValue == "AB")
-        #expect(result["task_id"]?.stringValue == "co-1")
-    }
-
-    @Test func twoHundredCoroutinesRunAtOnceOnThreeThreads() async throws {
-        let executor = try Embedded.executor.get()
-        let started = ContinuousClock.now
-        let outcomes = await withTaskGroup(of: PythonOutcome.self) { group in
-            for i in 0..<200 {
-                group.addTask {
-                    await executor.run(
-                        task: "lookup", payload: self.payload(#"{"key":"k","delay_s":0.5}"#, id: "many-\(i)"), timeoutMs: 30_000)
+        @Test func timeoutInterruptsAPurePythonLoopAndTheThreadServesAgain() async throws {
+            // spin's own timeout is 500 ms; more calls than threads show every thread came back.
+            for _ in 0..<4 {
+                guard case .timedOut(let ms) = try await run("spin", "{}", timeoutMs: 200) else {
+                    Issue.record("spin did not time out"); return
                 }
+                #expect(ms >= 200)
             }
-            return await group.reduce(into: [PythonOutcome]()) { $0.append($1) }
+            let executor = try Embedded.executor.get()
+            for _ in 0..<50 where executor.load.stuck > 0 { try await Task.sleep(for: .milliseconds(20)) }
+            #expect(executor.load.stuck == 0, "every interrupted thread is free again")
+            guard case .completed = try await run("echo", #"{"x":1}"#) else { Issue.record("echo after timeouts failed"); return }
         }
-        let elapsed = ContinuousClock.now - started
-        #expect(outcomes.allSatisfy { if case .completed = $0 { true } else { false } })
-        // 200 × 0.5 s on 3 threads would take over 30 s; on the loop they overlap (generous bound: a loaded machine).
-        #expect(elapsed < .seconds(15), "200 coroutines took \(elapsed)")
-    }
 
-    @Test func aTimeoutAnswersAtTheDeadlineAndTheSlotComesBack() async throws {
-        let executor = try Embedded.executor.get()
-        let outcome = await executor.run(
-            task: "lookup", tag: "co-t", payload: payload(#"{"key":"k","delay_s":60}"#, id: "co-t"), timeoutMs: 200)
-        guard case .timedOut = outcome else { Issue.record("expected a timeout, got \(outcome)"); return }
-        // (The other suites share the executor: wait until nothing at all runs.)
-        for _ in 0..<500 where executor.load.busy > 0 || executor.load.stuck > 0 { try await Task.sleep(for: .milliseconds(20)) }
-        #expect(executor.load.busy == 0 && executor.load.stuck == 0, "the cancelled coroutine did not end: \(executor.load)")
-    }
-
-    @Test func cancelStopsARunningCoroutine() async throws {
-        let executor = try Embedded.executor.get()
-        async let outcome = executor.run(
-            task: "lookup", tag: "co-c", payload: payload(#"{"key":"k","delay_s":60}"#, id: "co-c"), timeoutMs: 60_000)
-        var cancelled = false
-        for _ in 0..<200 where !cancelled {
-            cancelled = executor.cancel(tag: "co-c")
-            if !cancelled { try await Task.sleep(for: .milliseconds(10)) }
+        @Test func callsRunConcurrentlyOnTheThreads() async throws {
+            // Three threads, three 300 ms sleeps: together well under three times 300 ms would be a timing assertion,
+            // so check instead that all three were running at once.
+            let executor = try Embedded.executor.get()
+            async let a = run("sleepy", #"{"seconds":0.3}"#)
+            async let b = run("sleepy", #"{"seconds":0.3}"#)
+            async let c = run("sleepy", #"{"seconds":0.3}"#)
+            var sawThreeBusy = false
+            for _ in 0..<100 {
+                if executor.load.busy == 3 { sawThreeBusy = true; break }
+                try await Task.sleep(for: .milliseconds(5))
+            }
+            let outcomes = [try await a, try await b, try await c]
+            #expect(sawThreeBusy)
+            for o in outcomes { guard case .completed = o else { Issue.record("sleepy failed: \(o)"); continue } }
         }
-        #expect(cancelled)
-        guard case .cancelled = await outcome else { Issue.record("lookup was not cancelled"); return }
-        for _ in 0..<500 where executor.load.busy > 0 { try await Task.sleep(for: .milliseconds(20)) }
-        #expect(executor.load.busy == 0)
+
+        @Test func unknownTaskFailsCleanly() async throws {
+            let error = try errorObject(try await run("does_not_exist", "{}"))
+            #expect(error["type"]?.stringValue == "UnknownTask")
+        }
     }
 
-    @Test func badArgumentsOfACoroutineAreReported() async throws {
-        let executor = try Embedded.executor.get()
-        let outcome = await executor.run(task: "lookup", payload: payload(#"{"nope":1}"#, id: "co-b"), timeoutMs: 5000)
-        guard case .failed(let bytes, _) = outcome else { Issue.record("expected a failure, got \(outcome)"); return }
-        #expect(try JSONParser.parse(bytes)["type"]?.stringValue == "InvalidArguments")
+    @Suite(.serialized)
+    struct PythonCancelTests {
+        @Test func cancelStopsARunningTaskAndTheThreadServesAgain() async throws {
+            let executor = try Embedded.executor.get()
+            let payload = Array(#"{"args":{"iterations":1000000000000},"task_id":"c-1"}"#.utf8)
+            async let outcome = executor.run(task: "spin", tag: "c-1", payload: payload, timeoutMs: 60_000)
+            var cancelled = false
+            for _ in 0..<200 where !cancelled {
+                cancelled = executor.cancel(tag: "c-1")
+                if !cancelled { try await Task.sleep(for: .milliseconds(10)) }
+            }
+            #expect(cancelled)
+            guard case .cancelled = await outcome else { Issue.record("spin was not cancelled"); return }
+            for _ in 0..<100 where executor.load.stuck > 0 { try await Task.sleep(for: .milliseconds(20)) }
+            #expect(executor.load.stuck == 0)
+            #expect(!executor.cancel(tag: "c-1"), "nothing left to cancel")
+        }
+    }
+
+    /// `async def` tasks (examples/app.py's `lookup`) on the executor's event loop.
+    @Suite(.serialized)
+    struct PythonCoroutineTests {
+        func payload(_ args: String, id: String) -> [UInt8] {
+            Array(#"{"args":\#(args),"task_id":"\#(id)","attempt":1,"pool":"fast"}"#.utf8)
+        }
+
+        @Test func aCoroutineTaskRunsOnTheLoopWithItsContext() async throws {
+            let executor = try Embedded.executor.get()
+            #expect(try Embedded.runtime.get().coroutineTasks.contains("lookup"))
+            #expect(executor.slots == 3 + 256)
+            let outcome = await executor.run(
+                task: "lookup", tag: "co-1", payload: payload(#"{"key":"ab","delay_s":0.01}"#, id: "co-1"), timeoutMs: 5000)
+            guard case .completed(let bytes, _) = outcome else { Issue.record("lookup: \(outcome)"); return }
+            let result = try JSONParser.parse(bytes)
+            #expect(result["value"]?.stringValue == "AB")
+            #expect(result["task_id"]?.stringValue == "co-1")
+        }
+
+        @Test func twoHundredCoroutinesRunAtOnceOnThreeThreads() async throws {
+            let executor = try Embedded.executor.get()
+            let started = ContinuousClock.now
+            let outcomes = await withTaskGroup(of: PythonOutcome.self) { group in
+                for i in 0..<200 {
+                    group.addTask {
+                        await executor.run(
+                            task: "lookup", payload: self.payload(#"{"key":"k","delay_s":0.5}"#, id: "many-\(i)"), timeoutMs: 30_000)
+                    }
+                }
+                return await group.reduce(into: [PythonOutcome]()) { $0.append($1) }
+            }
+            let elapsed = ContinuousClock.now - started
+            #expect(outcomes.allSatisfy { if case .completed = $0 { true } else { false } })
+            // 200 × 0.5 s on 3 threads would take over 30 s; on the loop they overlap (generous bound: a loaded machine).
+            #expect(elapsed < .seconds(15), "200 coroutines took \(elapsed)")
+        }
+
+        @Test func aTimeoutAnswersAtTheDeadlineAndTheSlotComesBack() async throws {
+            let executor = try Embedded.executor.get()
+            let outcome = await executor.run(
+                task: "lookup", tag: "co-t", payload: payload(#"{"key":"k","delay_s":60}"#, id: "co-t"), timeoutMs: 200)
+            guard case .timedOut = outcome else { Issue.record("expected a timeout, got \(outcome)"); return }
+            // (The other suites share the executor: wait until nothing at all runs.)
+            for _ in 0..<500 where executor.load.busy > 0 || executor.load.stuck > 0 { try await Task.sleep(for: .milliseconds(20)) }
+            #expect(executor.load.busy == 0 && executor.load.stuck == 0, "the cancelled coroutine did not end: \(executor.load)")
+        }
+
+        @Test func cancelStopsARunningCoroutine() async throws {
+            let executor = try Embedded.executor.get()
+            async let outcome = executor.run(
+                task: "lookup", tag: "co-c", payload: payload(#"{"key":"k","delay_s":60}"#, id: "co-c"), timeoutMs: 60_000)
+            var cancelled = false
+            for _ in 0..<200 where !cancelled {
+                cancelled = executor.cancel(tag: "co-c")
+                if !cancelled { try await Task.sleep(for: .milliseconds(10)) }
+            }
+            #expect(cancelled)
+            let ended = await outcome
+            guard case .cancelled = ended else { Issue.record("lookup was not cancelled: \(ended)"); return }
+            for _ in 0..<500 where executor.load.busy > 0 { try await Task.sleep(for: .milliseconds(20)) }
+            #expect(executor.load.busy == 0)
+        }
+
+        @Test func badArgumentsOfACoroutineAreReported() async throws {
+            let executor = try Embedded.executor.get()
+            let outcome = await executor.run(task: "lookup", payload: payload(#"{"nope":1}"#, id: "co-b"), timeoutMs: 5000)
+            guard case .failed(let bytes, _) = outcome else { Issue.record("expected a failure, got \(outcome)"); return }
+            #expect(try JSONParser.parse(bytes)["type"]?.stringValue == "InvalidArguments")
+        }
     }
 }

@@ -94,7 +94,7 @@ struct TaskLogMigrationTests {
 
         let writer = try TaskLogWriter(path: path)
         let db = try SQLiteConnection(path: path)
-        #expect(try db.integer("PRAGMA user_version") == 5)
+        #expect(try db.integer("PRAGMA user_version") == 6)
         let indexes = try Self.names(path, type: "index")
         for name in ["idx_tasks_group", "idx_tasks_completed", "idx_idempotency_created", "idx_task_events_unique"] {
             #expect(indexes.contains(name))
@@ -167,6 +167,41 @@ extension TaskLogMigrationTests {
         ])
         await writer.flush()
         #expect(try await reader.record(id: id)?.output == "hello\n")
+        await writer.close()
+        await reader.shutdown()
+    }
+}
+
+extension TaskLogMigrationTests {
+    /// A version-5 file (no `submitted_by` column) is brought to version 6 with its rows, and then records the key
+    /// id of a submitted task; a later event without one keeps it.
+    @Test func version5FileGetsSubmittedBy() async throws {
+        let path = temporaryTaskLogPath()
+        let old = TaskID.make()
+        do {
+            let writer = try TaskLogWriter(path: path)
+            writer.record(TaskEvent(taskID: old, kind: .queued, function: "report", pool: "async", mode: .async))
+            await writer.flush()
+            await writer.close()
+            let db = try SQLiteConnection(path: path)
+            try db.execute("ALTER TABLE tasks DROP COLUMN submitted_by")
+            try db.execute("PRAGMA user_version=5")
+        }
+        let writer = try TaskLogWriter(path: path)
+        let db = try SQLiteConnection(path: path)
+        #expect(try db.integer("PRAGMA user_version") == 6)
+        #expect(try db.integer("SELECT COUNT(*) FROM pragma_table_info('tasks') WHERE name = 'submitted_by'") == 1)
+        let reader = try TaskLogReader(path: path)
+        #expect(try await reader.record(id: old)?.submittedBy == nil)
+        #expect(try await reader.record(id: old)?.status == .queued)
+        let id = TaskID.make()
+        var queued = TaskEvent(taskID: id, kind: .queued, function: "report", pool: "async", mode: .async)
+        queued.submittedBy = "3f9c0e1a2b4d5e6f"
+        writer.record(queued)
+        writer.record(TaskEvent(taskID: id, kind: .running, function: "report", pool: "async", mode: .async, workerID: "w", attempt: 1))
+        await writer.flush()
+        #expect(try await reader.record(id: id)?.submittedBy == "3f9c0e1a2b4d5e6f")
+        #expect(try await reader.record(id: id)?.status == .running)
         await writer.close()
         await reader.shutdown()
     }

@@ -43,6 +43,29 @@ export const getTask = (id, opts) => getJSON("/tasks/" + encodeURIComponent(id),
 export const getPools = (opts) => getJSON("/pools", opts);
 export const getManifest = (opts) => getJSON("/openapi.json", opts);
 export const cancelTask = (id) => request("DELETE", "/tasks/" + encodeURIComponent(id));
+
+// ------------------------------------------------------------------------------------------ login
+// With --api-keys the dashboard logs in with a key: POST /auth/session answers with an HttpOnly, SameSite=Strict
+// session cookie (the page never sees it) and the key's scopes; GET /auth/session says who we are (401: log in);
+// DELETE /auth/session logs out. Without keys, GET /auth/session answers {"auth":"off"} with every scope.
+
+let identity = null;
+
+/** Who the dashboard is: {auth, key_id?, name?, scopes, expires_at?}, or null when not logged in. */
+export async function whoami() {
+  const r = await request("GET", "/auth/session");
+  identity = r.ok ? r.data : null;
+  return identity;
+}
+
+/** Whether the logged-in key (or an open gateway) has `scope`; admin implies every scope. */
+export function can(scope) {
+  const scopes = (identity && identity.scopes) || [];
+  return scopes.includes("admin") || scopes.includes(scope);
+}
+
+export const login = (key) => request("POST", "/auth/session", { body: { key } });
+export const logout = () => request("DELETE", "/auth/session");
 export const retryTask = (id) => request("POST", "/tasks/" + encodeURIComponent(id) + "/retry");
 
 /** The tasks the manifest routes: [{name, mode, pool}]; cached. */

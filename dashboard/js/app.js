@@ -1,6 +1,6 @@
 // Entry point: hash routing (#/tasks?filters, #/task/<id>, #/pools) and the live-connection indicator.
-import { startLive, onLiveState } from "./api.js";
-import { currentRoute } from "./util.js";
+import { startLive, onLiveState, whoami, login, logout } from "./api.js";
+import { currentRoute, el, fill } from "./util.js";
 import { renderTasks } from "./tasks.js";
 import { renderDetail } from "./detail.js";
 import { renderPools, startPoolsSampler } from "./pools.js";
@@ -40,7 +40,45 @@ onLiveState((s) => {
   live.textContent = s === "open" ? "live" : s === "error" ? "offline" : "connecting…";
 });
 
-window.addEventListener("hashchange", route);
-startLive();
-route();
-startPoolsSampler();
+// The login form, when the gateway wants an API key (GET /auth/session answered 401).
+function showLogin(message) {
+  document.body.dataset.auth = "login";
+  const input = el("input", { id: "login-key", type: "password", name: "key", autocomplete: "off", required: true,
+    placeholder: "nk_…", "aria-label": "API key" });
+  const error = el("p.notice.error", { id: "login-error", role: "alert", hidden: !message }, message || "");
+  const form = el("form.login", { id: "login-form" },
+    el("h1", {}, "Log in"),
+    el("p.muted", {}, "This gateway needs an API key (neutrino keys create). It is exchanged for a session cookie."),
+    el("label", { for: "login-key" }, "API key"), input, error,
+    el("button.primary", { id: "login-submit", type: "submit" }, "Log in"));
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const r = await login(input.value).catch(() => ({ ok: false, data: null }));
+    if (r.ok) { location.reload(); return; }
+    error.hidden = false;
+    error.textContent = r.data?.error?.message || "Login failed";
+  });
+  fill(main, form);
+  input.focus();
+}
+
+function showIdentity(who) {
+  const slot = document.getElementById("who");
+  if (!who || who.auth !== "key") { fill(slot); return; }
+  fill(slot,
+    el("span.muted", { id: "who-key", title: "scopes: " + who.scopes.join(", ") }, `${who.name || who.key_id} (${who.scopes.join(", ")})`),
+    el("button", { id: "logout", type: "button", onclick: async () => { await logout(); location.reload(); } }, "Log out"));
+}
+
+async function start() {
+  const who = await whoami().catch(() => null);
+  if (!who) { showLogin(); return; }
+  document.body.dataset.auth = who.auth;
+  showIdentity(who);
+  window.addEventListener("hashchange", route);
+  startLive();
+  route();
+  startPoolsSampler();
+}
+
+start();

@@ -1,5 +1,5 @@
 // The task detail view: the record, args/result/error, progress, the event timeline, cancel and retry.
-import { getTask, cancelTask, retryTask, onTaskEvent } from "./api.js";
+import { getTask, cancelTask, retryTask, onTaskEvent, can } from "./api.js";
 import { el, fill, badge, fmtFull, fmtTime, fmtDuration, renderJSON, decodeMaybe, TERMINAL, RETRYABLE } from "./util.js";
 
 /** A modal yes/no question on the page's <dialog>; resolves true on "yes". */
@@ -95,16 +95,18 @@ export function renderDetail(main, id, params) {
     fill(head, 
       el("h1", { id: "detail-title" }, rec.function, " ", el("span.mono.muted", {}, rec.task_id)),
       el("span", { id: "detail-status" }, badge(rec.status)),
-      el("div.actions", {},
+      // Cancel and Retry need the admin scope: a read-only key does not see them.
+      can("admin") ? el("div.actions", {},
         el("button", { id: "cancel-task", type: "button", disabled: terminal, onclick: doCancel,
           title: terminal ? "finished tasks cannot be cancelled" : "cancel this task" }, "Cancel"),
         RETRYABLE.has(rec.status)
-          ? el("button.primary", { id: "retry-task", type: "button", onclick: doRetry }, "Retry") : null));
+          ? el("button.primary", { id: "retry-task", type: "button", onclick: doRetry }, "Retry") : null) : null);
 
     const fact = (label, value, attrs = {}) => el("div", attrs, el("dt", {}, label), el("dd", {}, value ?? "—"));
     const facts = el("dl.facts", { id: "facts" },
       fact("Task", rec.function), fact("Status", rec.status), fact("Mode", rec.execution_mode), fact("Pool", rec.pool),
       fact("Worker", rec.worker_id), fact("Attempts", String(rec.attempts ?? "—")),
+      fact("Submitted by", rec.submitted_by, { id: "submitted-by" }),
       fact("Queued", fmtFull(rec.created_at)), fact("Started", fmtFull(rec.started_at)),
       fact("Finished", fmtFull(rec.completed_at)), fact("Duration", fmtDuration(rec.duration_ms)));
 

@@ -381,7 +381,8 @@ signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 args = sys.argv[1:]
 server = socket.socket()
 server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-server.bind((args[args.index("-a") + 1], int(args[args.index("-p") + 1])))
+conf = dict(line.split(": ", 1) for line in open(args[args.index("-c") + 1]) if line[:5] in ("host:", "port:"))
+server.bind((conf["host"].strip(), int(conf["port"])))
 server.listen(64)
 while True:
     time.sleep(0.02)

@@ -65,7 +65,8 @@ import json, os, signal, sys, time
 name = os.path.basename(sys.argv[0])
 log_dir = os.environ["FAKE_LOG_DIR"]
 with open(os.path.join(log_dir, f"{{name}}-{{os.getpid()}}.json"), "w") as f:
-    json.dump({{"argv": sys.argv[1:], "pid": os.getpid()}}, f)
+    json.dump({{"argv": sys.argv[1:], "pid": os.getpid(), "nats_user": os.environ.get("NEUTRINO_NATS_USER"),
+               "nats_password": os.environ.get("NEUTRINO_NATS_PASSWORD")}}, f)
 def flag(option):
     return sys.argv[sys.argv.index(option) + 1] if option in sys.argv else None
 nats_mode = flag("--mode") == "nats"
@@ -91,7 +92,7 @@ while deadline is None or time.monotonic() < deadline:
 sys.exit(7)
 """
 
-# A stand-in for nats-server: records its argv, listens on -a/-p (it accepts nothing: the supervisor only needs
+# A stand-in for nats-server: records its argv, listens on the host and port of its -c file (it accepts nothing: the supervisor only needs
 # the TCP handshake), runs until SIGTERM and records when SIGTERM came.
 FAKE_NATS = """\
 #!{python}
@@ -108,7 +109,10 @@ args = sys.argv[1:]
 time.sleep(0.2)  # not ready at once, like a real server
 server = socket.socket()
 server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-server.bind((args[args.index("-a") + 1], int(args[args.index("-p") + 1])))
+conf = open(args[args.index("-c") + 1]).read()
+host = [line.split(": ")[1] for line in conf.splitlines() if line.startswith("host: ")][0]
+port = [line.split(": ")[1] for line in conf.splitlines() if line.startswith("port: ")][0]
+server.bind((host, int(port)))
 server.listen(64)
 print("[INF] Server is ready", flush=True)
 while True:
@@ -291,12 +295,21 @@ def test_up_starts_nats_workers_then_gateway_and_stops_on_sigint(
     started = children(tmp_path)
     [nats], [gateway] = started["nats-server"], started["neutrino-gateway"]
 
-    # nats-server: JetStream on 127.0.0.1, the store under the state directory, monitoring on its own port.
+    # nats-server: JetStream on 127.0.0.1, the store under the state directory, monitoring on its own port, every
+    # client a user with a random password; its configuration file (it holds the passwords) is mode 0600.
     argv = nats["argv"]
-    assert argv[:3] == ["-js", "-a", "127.0.0.1"]
-    [port], [monitor] = flag(argv, "-p"), flag(argv, "-m")
-    assert flag(argv, "-sd") == [str(state / "nats")] and (state / "nats").is_dir()
+    assert argv == ["-c", str(state / "nats.conf")]
+    conf = (state / "nats.conf").read_text()
+    assert "host: 127.0.0.1" in conf and (state / "nats").is_dir()
+    assert f"store_dir: {json.dumps(str(state / 'nats'))}" in conf
+    [port] = re.findall(r"^port: (\d+)$", conf, re.M)
+    [monitor] = re.findall(r'^http: "127.0.0.1:(\d+)"$', conf, re.M)
     assert port != monitor
+    assert (state / "nats.conf").stat().st_mode & 0o777 == 0o600
+    assert (state / "nats-auth.json").stat().st_mode & 0o777 == 0o600
+    passwords = json.loads((state / "nats-auth.json").read_text())["users"]
+    assert set(passwords) == {"gateway", "worker_fast", "worker_async"}
+    assert all(f'"password": "{p}"' in conf for p in passwords.values())
     nats_url = f"nats://127.0.0.1:{port}"
     assert f"nats        {nats_url}" in text and f"http://127.0.0.1:{monitor}/jsz" in text
 
@@ -307,7 +320,8 @@ def test_up_starts_nats_workers_then_gateway_and_stops_on_sigint(
         argv = worker["argv"]
         assert argv[:4] == ["--mode", "http", "--pool", "fast"]
         assert flag(argv, "--app") == [str(app_file)]
-        assert flag(argv, "--port") == ["0"] and flag(argv, "--concurrency") == ["3"]
+        # --concurrency is the queue workers' threads; fast workers get --fast-concurrency (16), given last.
+        assert flag(argv, "--port") == ["0"] and flag(argv, "--concurrency") == ["3", "16"]
         assert flag(argv, "--task-log") == [f"sqlite:{state / 'tasks.db'}"]
         assert flag(argv, "--nats") == [nats_url]  # heartbeats
         assert flag(argv, "--heartbeat-interval") == []
@@ -334,6 +348,14 @@ def test_up_starts_nats_workers_then_gateway_and_stops_on_sigint(
     assert flag(argv, "--nats") == [nats_url]
     assert flag(argv, "--task-log") == [f"sqlite:{state / 'tasks.db'}"]
     assert flag(argv, "--host") == ["127.0.0.1"] and flag(argv, "--port") == ["18080"]
+
+    # NATS credentials travel in the environment, never on a command line; each process gets its own user.
+    for child in started["neutrino-worker"]:
+        pool = flag(child["argv"], "--pool")[0]
+        assert child["nats_user"] == f"worker_{pool}" and child["nats_password"] == passwords[f"worker_{pool}"]
+    assert gateway["nats_user"] == "gateway" and gateway["nats_password"] == passwords["gateway"]
+    for child in [nats, *started["neutrino-worker"], gateway]:
+        assert not any(p in " ".join(child["argv"]) for p in passwords.values())
 
     # Start order: nats-server, then the workers, the gateway last. Stop order: nats-server after all others.
     everyone = [nats, *started["neutrino-worker"], gateway]
@@ -379,7 +401,8 @@ def test_up_picks_a_free_nats_port_when_the_port_is_busy(tmp_path: Path, app_fil
         process = start_up(tmp_path, app_file, fake_bin, "--fast-workers", "1", "--nats-port", str(taken))
         text, _ = run_until_banner_then_sigint(process)
     started = children(tmp_path)
-    [port] = flag(started["nats-server"][0]["argv"], "-p")
+    [conf] = flag(started["nats-server"][0]["argv"], "-c")
+    [port] = re.findall(r"^port: (\d+)$", Path(conf).read_text(), re.M)
     assert int(port) != taken
     assert f"port {taken} is busy; nats-server listens on {port} instead" in text
     assert flag(started["neutrino-gateway"][0]["argv"], "--nats") == [f"nats://127.0.0.1:{port}"]
@@ -402,7 +425,9 @@ def test_up_fails_clearly_when_a_queue_worker_cannot_start(tmp_path: Path, app_f
     assert process.returncode == 1
     assert "async-1 exited with status 3 before it was consuming its queue" in output
     started = children(tmp_path)
-    assert started["neutrino-gateway"] == []
+    # The gateway starts before the queue workers are ready (it provisions the consumers they wait for, their NATS
+    # users may not), and is stopped with everything else.
+    assert len(started["neutrino-gateway"]) <= 1
     assert not any(alive(child["pid"]) for group in started.values() for child in group)
 
 

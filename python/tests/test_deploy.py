@@ -213,7 +213,14 @@ def test_cli_dry_run_output_writes_a_kustomize_root(write_app, tmp_path, capsys)
     app_path = write_app(A100_APP)
     out = tmp_path / "out"
     assert main(["deploy", str(app_path), "--dry-run", "--output", str(out), "-n", "ml"]) == 0
-    assert sorted(os.listdir(out)) == ["autoscaling.yaml", "core", "kustomization.yaml"]
+    assert sorted(os.listdir(out)) == ["autoscaling.yaml", "core", "kustomization.yaml", "secrets"]
+    # The NATS passwords: a Secret of their own, mode 0600, apart from the manifests.
+    assert sorted(os.listdir(out / "secrets")) == [".gitignore", "kustomization.yaml", "nats-auth.yaml"]
+    assert (out / "secrets" / "nats-auth.yaml").stat().st_mode & 0o777 == 0o600
+    secret = yaml.safe_load((out / "secrets" / "nats-auth.yaml").read_text())
+    assert secret["metadata"] == {"name": "neutrino-nats-auth", "namespace": "ml",
+                                  "labels": {"app.kubernetes.io/part-of": "neutrino"}}
+    assert set(secret["stringData"]) == {"gateway", "route", "worker-fast", "worker-async", "worker-a100"}
     core = sorted(os.listdir(out / "core"))
     assert core == sorted(
         ["kustomization.yaml", "openapi.json", "namespace.yaml", "nats.yaml", "gateway.yaml", "network-policy.yaml",
@@ -247,19 +254,23 @@ def test_cli_app_from_configmap(write_app, tmp_path):
 
 
 def test_cli_applies_with_kubectl(write_app, tmp_path):
-    """Without --dry-run the command runs `KUBECTL apply -k DIR` (here a stand-in that records its argv)."""
+    """Without --dry-run the command runs `KUBECTL apply -k DIR/secrets`, then `KUBECTL apply -k DIR` (here a
+    stand-in that records its argv)."""
     record = tmp_path / "argv.json"
     stand_in = tmp_path / "kubectl"
     stand_in.write_text(
         f"#!{sys.executable}\nimport json, os, sys\n"
-        f"json.dump({{'argv': sys.argv[1:], 'files': sorted(os.listdir(sys.argv[3]))}}, open({str(record)!r}, 'w'))\n"
+        f"calls = json.load(open({str(record)!r})) if os.path.exists({str(record)!r}) else []\n"
+        f"calls.append({{'argv': sys.argv[1:], 'files': sorted(os.listdir(sys.argv[3]))}})\n"
+        f"json.dump(calls, open({str(record)!r}, 'w'))\n"
     )
     stand_in.chmod(stand_in.stat().st_mode | stat.S_IEXEC)
     out = tmp_path / "out"
     assert main(["deploy", str(write_app(A100_APP)), "--output", str(out), "--kubectl", str(stand_in)]) == 0
-    seen = json.loads(record.read_text())
-    assert seen["argv"] == ["apply", "-k", str(out)]
-    assert sorted(seen["files"]) == ["autoscaling.yaml", "core", "kustomization.yaml"]
+    secrets, manifests = json.loads(record.read_text())
+    assert secrets["argv"] == ["apply", "-k", str(out / "secrets")]  # the NATS passwords first
+    assert manifests["argv"] == ["apply", "-k", str(out)]
+    assert sorted(manifests["files"]) == ["autoscaling.yaml", "core", "kustomization.yaml", "secrets"]
 
 
 def test_cli_reports_a_missing_kubectl(write_app, tmp_path, capsys):

@@ -362,7 +362,8 @@ with open(os.path.join(os.environ["FAKE_LOG_DIR"], f"nats-server-{{os.getpid()}}
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 server = socket.socket()
 server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-server.bind((args[args.index("-a") + 1], int(args[args.index("-p") + 1])))
+conf = dict(line.split(": ", 1) for line in open(args[args.index("-c") + 1]) if line[:5] in ("host:", "port:"))
+server.bind((conf["host"].strip(), int(conf["port"])))
 server.listen(16)
 while True:
     time.sleep(0.05)

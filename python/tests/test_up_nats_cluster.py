@@ -31,6 +31,18 @@ def _jsz(monitor_url: str) -> dict:
         return json.loads(response.read())
 
 
+def _nats_hello(host: str, port: int, user, password) -> str:
+    """CONNECT (as `user`, or with no credentials) + PING; the server's answer line (PONG or -ERR ...)."""
+    with socket.create_connection((host, port), timeout=10) as connection:
+        reader = connection.makefile("rb")
+        assert reader.readline().startswith(b"INFO ")
+        connect = {"verbose": False, "pedantic": False, "protocol": 1}
+        if user is not None:
+            connect.update(user=user, **{"pass": password})
+        connection.sendall(b"CONNECT " + json.dumps(connect).encode() + b"\r\nPING\r\n")
+        return reader.readline().decode(errors="replace").strip()
+
+
 def test_node_config_names_the_node_and_routes_to_every_node() -> None:
     text = cluster_config(2, "127.0.0.1", 4223, 8223, 6223, [6222, 6223, 6224], "/state/nats-cluster/node-2/store")
     assert re.search(r"^server_name: neutrino-2$", text, re.M)
@@ -80,6 +92,16 @@ def test_up_runs_a_three_node_jetstream_cluster(tmp_path: Path, app_file: Path, 
             host, port = server[len("nats://"):].split(":")
             with socket.create_connection((host, int(port)), timeout=5) as connection:
                 assert connection.recv(4096).startswith(b"INFO ")
+        # Every node admits the generated users only (the routes authenticate too, or there would be no leader).
+        passwords = json.loads((tmp_path / "state" / "nats-auth.json").read_text())["users"]
+        for server in servers:
+            host, port = server[len("nats://"):].split(":")
+            assert "Authorization Violation" in _nats_hello(host, int(port), None, None)
+            assert "Authorization Violation" in _nats_hello(host, int(port), "gateway", "wrong")
+            assert _nats_hello(host, int(port), "gateway", passwords["gateway"]).startswith("PONG")
+            assert _nats_hello(host, int(port), "worker_async", passwords["worker_async"]).startswith("PONG")
+        assert all(c["nats_user"] for c in everyone) and not any(
+            p in " ".join(c["argv"]) for c in everyone for p in passwords.values())
         state = tmp_path / "state" / "nats-cluster"
         configs = [(state / f"node-{i}" / "nats.conf").read_text() for i in (1, 2, 3)]
         names = [re.search(r"^server_name: (\S+)$", c, re.M).group(1) for c in configs]

@@ -14,6 +14,12 @@ Task-log mode ($NEUTRINO_E2E_TASK_LOG, docs/architecture.md "The task log over N
   events on NEUTRINO_EVENTS, which the gateway commits into its own file. That file is still the complete task
   log (TaskLog reads it), but worker events reach it asynchronously. Tests inherently about the direct file are
   marked `@pytest.mark.sqlite_task_log_only("why")` and skipped in this mode.
+
+NATS authentication (issue 12; $NEUTRINO_E2E_NATS_AUTH, default 1): every `NatsServer` runs with the users and
+permissions `neutrino up` generates (`neutrino.natsauth`: `gateway`, `worker_<pool>` per pool, plus `e2e`, which
+may do anything, for `NatsWire`). `Launcher.spawn` hands each gateway or worker whose `--nats` is such a server
+its own credentials in the environment (the gateway's, or those of the worker's `--pool`), unless the test set
+NEUTRINO_NATS_USER itself; so every test runs with authorisation on, at no extra cost. 0 turns it off.
 """
 from __future__ import annotations
 
@@ -38,6 +44,8 @@ from typing import Any, Callable, Iterable, Optional
 from urllib.parse import urlsplit
 
 import pytest
+
+from neutrino.natsauth import NatsCredentials, authorization_block, inbox_prefix
 
 # --------------------------------------------------------------------------------------------------- paths
 
@@ -526,6 +534,7 @@ class Launcher:
         return d
 
     def spawn(self, name: str, argv: list[str], *, env: dict[str, str], log_dir: Path) -> ServerProcess:
+        env = with_nats_credentials(argv, env)
         p = ServerProcess(name, argv, env=env, log_path=log_dir / f"{name}.log")
         self._procs.append(p)
         return p
@@ -712,6 +721,32 @@ NATS_SERVER_BIN = shutil.which("nats-server") or "/usr/sbin/nats-server"
 NATS_READY_RE = re.compile(r"Server is ready")
 NATS_CLIENT_PORT_RE = re.compile(r"Listening for client connections on 127\.0\.0\.1:(\d+)")
 NATS_MONITOR_PORT_RE = re.compile(r"Starting http monitor on 127\.0\.0\.1:(\d+)")
+NATS_AUTH = os.environ.get("NEUTRINO_E2E_NATS_AUTH", "1") != "0"
+#: The pools the e2e apps use; a NatsServer has a worker user for each (more with `NatsServer(pools=...)`).
+E2E_POOLS = ("fast", "async", "gpu")
+E2E_NATS_ADMIN = "e2e"
+#: "127.0.0.1:PORT" of each running authenticated NatsServer -> its users.
+_NATS_CREDENTIALS: dict[str, NatsCredentials] = {}
+
+
+def with_nats_credentials(argv: list[str], env: dict[str, str]) -> dict[str, str]:
+    """`env` plus the NATS user and password of the process `argv` starts, when its `--nats` names an
+    authenticated NatsServer of this session and `env` has no NEUTRINO_NATS_USER: the gateway's for
+    neutrino-gateway, `worker_<pool>`'s for a neutrino-worker of `--pool` (default fast)."""
+    if "--nats" not in argv or "NEUTRINO_NATS_USER" in env:
+        return env
+    urls = argv[argv.index("--nats") + 1].split(",")
+    creds = next((_NATS_CREDENTIALS[u.split("://")[-1]] for u in urls if u.split("://")[-1] in _NATS_CREDENTIALS), None)
+    if creds is None:
+        return env
+    binary = Path(argv[0]).name
+    if binary == "neutrino-gateway":
+        return {**env, **creds.gateway_env()}
+    pool = argv[argv.index("--pool") + 1] if "--pool" in argv else "fast"
+    assert f"worker_{pool}" in creds.passwords, f"no NATS user for pool {pool}: give NatsServer(pools=...) it"
+    return {**env, **creds.worker_env(pool)}
+
+
 CONSUMING_RE = re.compile(r"consuming (pool_[a-z0-9_]+) from (nats://\S+)")
 TASK_WAIT_TIMEOUT_S = 120.0  # a queued task reaching a terminal status (generous; not a speed assertion)
 
@@ -761,9 +796,13 @@ class NatsServer:
     """`nats-server -js` on loopback with its store under `store_dir`. `start()` again after `stop()` restarts it on
     the same client and monitoring ports and the same store."""
 
-    def __init__(self, launcher: Launcher, log_dir: Path):
+    def __init__(self, launcher: Launcher, log_dir: Path, *, auth: Optional[bool] = None,
+                 pools: Iterable[str] = E2E_POOLS):
         self.launcher = launcher
         self.log_dir = log_dir
+        self.auth = NATS_AUTH if auth is None else auth
+        self.credentials: Optional[NatsCredentials] = (
+            NatsCredentials.generate(pools, admin=E2E_NATS_ADMIN) if self.auth else None)
         self.store_dir = log_dir / "js"
         self.port: Optional[int] = None
         self.monitor_port: Optional[int] = None
@@ -785,9 +824,17 @@ class NatsServer:
         self._starts += 1
         argv = [NATS_SERVER_BIN, "-js", "-a", "127.0.0.1", "-p", str(self.port or -1),
                 "-m", str(self.monitor_port or -1), "-sd", str(self.store_dir)]
+        if self.credentials is not None:
+            # The users and their permissions from a file (mode 0600), the rest from the flags.
+            conf = self.log_dir / "nats-auth.conf"
+            conf.touch(mode=0o600)
+            conf.write_text(authorization_block(self.credentials))
+            argv[1:1] = ["-c", str(conf)]
         self.proc = self.launcher.spawn(f"nats-{self._starts}", argv, env=_server_env(), log_dir=self.log_dir)
         wait_for_output(self.proc, NATS_READY_RE, timeout=60)
         self.port = int(wait_for_output(self.proc, NATS_CLIENT_PORT_RE, timeout=5).group(1))
+        if self.credentials is not None:
+            _NATS_CREDENTIALS[f"127.0.0.1:{self.port}"] = self.credentials
         self.monitor_port = int(wait_for_output(self.proc, NATS_MONITOR_PORT_RE, timeout=5).group(1))
         return self
 
@@ -837,24 +884,38 @@ class NatsServer:
 
     # -- the wire protocol, for what HTTP cannot do (direct publishes, JetStream API requests) ---------
 
-    def wire(self) -> "NatsWire":
+    def wire(self, user: Optional[str] = E2E_NATS_ADMIN, password: Optional[str] = None) -> "NatsWire":
+        """A raw client; on an authenticated server as `user` (default the all-powerful `e2e`; None: no
+        credentials), with `password` (default: the user's own)."""
         assert self.port
-        return NatsWire("127.0.0.1", self.port)
+        if self.credentials is None:
+            return NatsWire("127.0.0.1", self.port)
+        if user is not None and password is None:
+            password = self.credentials.password(user)
+        return NatsWire("127.0.0.1", self.port, user=user, password=password)
+
+    def client_env(self, user: str) -> dict[str, str]:
+        """NEUTRINO_NATS_USER/PASSWORD of `user` (empty without authentication)."""
+        return self.credentials.env(user) if self.credentials is not None else {}
 
 
 class NatsWire:
     """A minimal NATS client over a plain socket (the text protocol: CONNECT, SUB, PUB/HPUB, MSG/HMSG, PING/PONG),
     enough to publish to JetStream with headers and to make JetStream API requests. Standard library only."""
 
-    def __init__(self, host: str, port: int, timeout: float = 30.0):
+    def __init__(self, host: str, port: int, timeout: float = 30.0, *, user: Optional[str] = None,
+                 password: Optional[str] = None):
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.file = self.sock.makefile("rb")
-        self.inbox = f"_INBOX.e2e{uuid.uuid4().hex}"
+        # A user may subscribe to its own inboxes only (neutrino.natsauth).
+        self.inbox = f"{inbox_prefix(user) if user else '_INBOX'}.e2e{uuid.uuid4().hex}"
         self._counter = itertools.count(1)
         line = self.file.readline()
         assert line.startswith(b"INFO "), f"not a NATS server greeting: {line[:200]!r}"
         connect = {"verbose": False, "pedantic": False, "headers": True, "no_responders": True,
                    "lang": "python-e2e", "version": "0", "protocol": 1}
+        if user is not None:
+            connect.update(user=user, **{"pass": password or ""})
         self._send(b"CONNECT " + json.dumps(connect).encode() + b"\r\n" + b"SUB " + self.inbox.encode()
                    + b".* 1\r\nPING\r\n")
         while True:
@@ -1176,15 +1237,15 @@ def queue_stack(launcher: Launcher, request) -> Iterable[Callable[..., QueueStac
 # ============================================================================== observability helpers
 # /pools and /metrics (docs/observability-contract.md).
 
-def pools_document(base_url: str) -> dict:
-    resp = http_request("GET", f"{base_url}/pools", timeout=30)
+def pools_document(base_url: str, headers: Optional[dict[str, str]] = None) -> dict:
+    resp = http_request("GET", f"{base_url}/pools", headers=headers, timeout=30)
     assert resp.status == 200, f"GET /pools: {resp!r}"
     return resp.json()
 
 
-def pools_by_name(base_url: str) -> dict[str, dict]:
+def pools_by_name(base_url: str, headers: Optional[dict[str, str]] = None) -> dict[str, dict]:
     """GET /pools as {pool name: entry}."""
-    document = pools_document(base_url)
+    document = pools_document(base_url, headers)
     assert isinstance(document.get("pools"), list), f"no pools list in {document!r}"
     return {entry["name"]: entry for entry in document["pools"]}
 

@@ -27,6 +27,7 @@ VARIANTS = {
     "base": K8S_DIR / "base",
     "dev": K8S_DIR / "overlays" / "dev",
     "hpa-only": K8S_DIR / "overlays" / "hpa-only",
+    "loadbalancer": K8S_DIR / "overlays" / "loadbalancer",
 }
 
 

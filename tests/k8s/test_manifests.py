@@ -231,12 +231,14 @@ def test_base_topology():
     assert manifest_volume["configMap"]["name"].startswith("neutrino-manifest")
     assert find(objs, "ConfigMap", manifest_volume["configMap"]["name"]), "the gateway mounts a ConfigMap that exists"
     public = one(objs, "Service", "neutrino")
-    assert public["spec"]["type"] == "LoadBalancer"
     assert public["spec"]["selector"] == gateway["spec"]["selector"]["matchLabels"]
-    # Only the gateway is exposed: every other Service is ClusterIP (or headless).
+    # Nothing is public by default: every Service is ClusterIP (or headless); the way in is the Ingress, with TLS.
     for service in find(objs, "Service"):
-        if service["metadata"]["name"] != "neutrino":
-            assert service["spec"].get("type", "ClusterIP") == "ClusterIP", service["metadata"]["name"]
+        assert service["spec"].get("type", "ClusterIP") == "ClusterIP", service["metadata"]["name"]
+    ingress = one(objs, "Ingress", "neutrino")
+    assert ingress["spec"]["tls"] == [{"secretName": "neutrino-tls"}]
+    [path] = ingress["spec"]["rules"][0]["http"]["paths"]
+    assert path["backend"]["service"] == {"name": "neutrino", "port": {"name": "http"}}
 
     fast = one(objs, "Deployment", "worker-fast")
     assert fast["spec"]["replicas"] == 3
@@ -382,6 +384,68 @@ def test_network_policy():
     assert allowed(nats, 8222, namespace="keda"), "KEDA's nats-jetstream scaler reads /jsz"
     assert allowed(nats, 6222, nats), "the nats nodes route to each other"
     assert not allowed(nats, 6222, gateway) and not allowed(nats, 6222, namespace="anywhere")
+
+
+def test_loadbalancer_only_in_its_overlay():
+    """The public LoadBalancer is an explicit overlay; the base and the other overlays have none."""
+    for variant in VARIANTS:
+        services = find(rendered(variant), "Service")
+        public = [s["metadata"]["name"] for s in services if s["spec"].get("type") == "LoadBalancer"]
+        assert public == (["neutrino"] if variant == "loadbalancer" else []), variant
+
+
+def test_nats_credentials_come_from_secrets():
+    """NATS admits users only (a user per pool, the gateway's), their passwords in the Secret neutrino-nats-auth:
+    the server reads them from its environment, each client from a file mounted from its own key. No password is
+    in a rendered manifest; the gateway requires API keys from the Secret neutrino-api-keys."""
+    objs = rendered("base")
+    config = one(objs, "ConfigMap", next(c["metadata"]["name"] for c in find(objs, "ConfigMap")
+                                         if c["metadata"]["name"].startswith("nats-config")))
+    assert "include ./auth.conf" in config["data"]["nats.conf"]
+    auth = config["data"]["auth.conf"]
+    users = re.findall(r'"user": "([a-z0-9_]+)",\s*"password": \$(NATS_PW_[A-Z0-9_]+)', auth)
+    assert dict(users) == {"gateway": "NATS_PW_GATEWAY", "worker_fast": "NATS_PW_WORKER_FAST",
+                           "worker_async": "NATS_PW_WORKER_ASYNC", "worker_gpu": "NATS_PW_WORKER_GPU"}
+    assert '"$JS.API.CONSUMER.MSG.NEXT.NEUTRINO_TASKS.pool_async"' in auth
+    nats = _container(one(objs, "StatefulSet", "nats"))
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in nats["env"] if "secretKeyRef" in e.get("valueFrom", {})}
+    assert refs == {var: {"name": "neutrino-nats-auth", "key": user.replace("_", "-")} for user, var in users}
+    for kind, name, user in [("StatefulSet", "gateway", "gateway"), ("Deployment", "worker-fast", "worker_fast"),
+                             ("Deployment", "worker-async", "worker_async"), ("Deployment", "worker-gpu", "worker_gpu")]:
+        workload = one(objs, kind, name)
+        c = _container(workload)
+        assert _arg(c, "--nats-user") == user
+        password_file = _arg(c, "--nats-password-file")
+        mount = next(m for m in c["volumeMounts"] if password_file.startswith(m["mountPath"] + "/"))
+        volume = next(v for v in _pod(workload)["volumes"] if v["name"] == mount["name"])
+        assert volume["secret"]["secretName"] == "neutrino-nats-auth"
+        assert volume["secret"]["items"] == [{"key": user.replace("_", "-"), "path": "password"}]
+    gateway = one(objs, "StatefulSet", "gateway")
+    keys = _arg(_container(gateway), "--api-keys")
+    assert keys == "/var/run/neutrino/keys/api-keys.json"
+    assert any(v.get("secret", {}).get("secretName") == "neutrino-api-keys" for v in _pod(gateway)["volumes"])
+    assert not find(objs, "Secret"), "the rendered manifests hold no secret"
+
+
+def test_deploy_writes_the_nats_secret_apart(tmp_path):
+    """`neutrino deploy --output DIR` writes DIR/secrets/: random passwords, mode 0600, kept on a second run."""
+    out = tmp_path / "deploy"
+    for _ in range(2):
+        subprocess.run([sys.executable, "-m", "neutrino.cli", "deploy", "examples/app.py", "--dry-run", "--output",
+                        str(out)], cwd=REPO_ROOT, check=True, capture_output=True,
+                       env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "python")})
+        secret_file = out / "secrets" / "nats-auth.yaml"
+        assert secret_file.stat().st_mode & 0o777 == 0o600
+        text = secret_file.read_text()
+        if _ == 0:
+            first = text
+    assert text == first, "a second run keeps the passwords"
+    [secret] = parse_stream(text)
+    assert secret["kind"] == "Secret" and secret["metadata"]["name"] == "neutrino-nats-auth"
+    data = secret["stringData"]
+    assert set(data) == {"gateway", "route", "worker-fast", "worker-async", "worker-gpu"}
+    assert len(set(data.values())) == 5 and all(len(v) >= 24 for v in data.values())
+    assert not any(v in (out / "core" / "nats.yaml").read_text() for v in data.values())
 
 
 def test_dev_overlay():
@@ -533,7 +597,8 @@ class _Pod:
             else:
                 for old, new in self.rewrites.items():
                     arg = arg.replace(old, new)
-            assert not re.search(r"(^|[:=])/(data|etc/neutrino|opt/neutrino)\b", arg), f"unmapped container path {arg}"
+            assert not re.search(r"(^|[:=])/(data|etc/neutrino|opt/neutrino|var/run/neutrino)\b", arg), (
+                f"unmapped container path {arg}")
             args.append(arg)
             previous = arg
         return [*command, *args, *extra]
@@ -572,6 +637,21 @@ def test_rendered_pods_run_on_the_real_binaries(launcher, tmp_path):
     nats_container = _container(nats_set)
     assert nats_container["command"][:2] == ["nats-server", "--config"]
     conf = one(objs, "ConfigMap", "nats-config")["data"]["nats.conf"]
+    auth_conf = one(objs, "ConfigMap", "nats-config")["data"]["auth.conf"]
+    # The Secrets the operator creates: `neutrino deploy`'s NATS passwords, an API key file from `neutrino keys`.
+    secret_out = work / "deploy"
+    subprocess.run([sys.executable, "-m", "neutrino.cli", "deploy", "examples/app.py", "--dry-run", "--output",
+                    str(secret_out)], cwd=REPO_ROOT, check=True, capture_output=True,
+                   env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "python")})
+    nats_secret = parse_stream((secret_out / "secrets" / "nats-auth.yaml").read_text())[0]["stringData"]
+    (work / "keys").mkdir()
+    admin_key = subprocess.run([sys.executable, "-m", "neutrino.cli", "keys", "create", "--name", "ops", "--scopes",
+                                "admin", "--file", str(work / "keys" / "api-keys.json")], check=True,
+                               capture_output=True, text=True,
+                               env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "python")}).stdout.strip()
+    auth = {"Authorization": f"Bearer {admin_key}"}
+    nats_env = {e["name"]: nats_secret[e["valueFrom"]["secretKeyRef"]["key"]] for e in nats_container["env"]
+                if "secretKeyRef" in e.get("valueFrom", {})}
     replicas = nats_set["spec"]["replicas"]
     headless = nats_set["spec"]["serviceName"]
     route_ports = [_free_port() for _ in range(replicas)]
@@ -586,9 +666,10 @@ def test_rendered_pods_run_on_the_real_binaries(launcher, tmp_path):
                       text)
         conf_path = pod_dir / "nats.conf"
         conf_path.write_text(text)
+        (pod_dir / "auth.conf").write_text(auth_conf)
         argv = [e2e.NATS_SERVER_BIN, "--config", str(conf_path), "-a", "127.0.0.1", "-p", "-1", "-m", "-1"]
-        nats_nodes.append((launcher.spawn(f"nats-{ordinal}", argv, env=e2e._server_env({"POD_NAME": f"nats-{ordinal}"}),
-                                          log_dir=work), local_dirs))
+        env = e2e._server_env({"POD_NAME": f"nats-{ordinal}", **nats_env})
+        nats_nodes.append((launcher.spawn(f"nats-{ordinal}", argv, env=env, log_dir=work), local_dirs))
     nats_ports, monitor_ports = [], []
     for node, _ in nats_nodes:
         e2e.wait_for_output(node, e2e.NATS_READY_RE, timeout=60)
@@ -623,7 +704,17 @@ def test_rendered_pods_run_on_the_real_binaries(launcher, tmp_path):
         "/etc/neutrino/": f"{work}/etc/",
         "/opt/neutrino/dashboard": str(REPO_ROOT / "dashboard"),
         "/opt/neutrino/app/app.py": str(EXAMPLE_APP),  # what the Dockerfile puts there
+        "/var/run/neutrino/keys/": f"{work}/keys/",
     }
+
+    def with_secrets(workload: dict, name: str, extra: dict) -> dict:
+        """The rewrites of a pod whose NATS password Secret key is mounted at /var/run/neutrino/nats/."""
+        volume = next(v for v in _pod(workload)["volumes"] if v["name"] == "nats-password")
+        mounted = work / f"{name}-nats-password"
+        mounted.mkdir(exist_ok=True)
+        for item in volume["secret"]["items"]:
+            (mounted / item["path"]).write_text(nats_secret[item["key"]] + "\n")
+        return {**rewrites, **extra, "/var/run/neutrino/nats/": f"{mounted}/"}
     # The image installs the SDK into Debian's Python; here the embedded interpreter gets it from the checkout.
     sdk = ["--python-path", str(REPO_ROOT / "python")]
 
@@ -638,12 +729,9 @@ def test_rendered_pods_run_on_the_real_binaries(launcher, tmp_path):
     # Worker pods: one of each pool (HTTP and NATS workers alike print `listening on` for their --port).
     worker_urls: dict[str, str] = {}
     for deployment in find(objs, "Deployment"):
-        pod = _Pod(deployment, 1, rewrites, work)
+        pod = _Pod(deployment, 1, with_secrets(deployment, deployment["metadata"]["name"], {}), work)
         proc = start(pod, sdk)
         url = proc.wait_listening()
-        if _arg(pod.container, "--mode") == "nats":
-            m = e2e.wait_for_output(proc, e2e.CONSUMING_RE)
-            assert m.group(1) == f"pool_{_arg(pod.container, '--pool')}"
         worker_urls[_arg(pod.container, "--pool")] = url
         pod.proc = proc
 
@@ -654,11 +742,16 @@ def test_rendered_pods_run_on_the_real_binaries(launcher, tmp_path):
     for ordinal in range(gateway_set["spec"]["replicas"]):
         data = work / f"gateway-{ordinal}-data"
         data.mkdir()
-        pod = _Pod(gateway_set, ordinal, {**rewrites, "/data/": f"{data}/"}, work)
+        pod = _Pod(gateway_set, ordinal, with_secrets(gateway_set, f"gateway-{ordinal}", {"/data/": f"{data}/"}), work)
         proc = start(pod)
         proc.wait_listening()
         pod.proc = proc
         gateways.append(pod)
+    # NATS workers log in as their pool's user, which may not provision: they consume once a gateway provisioned.
+    for pod, proc in started:
+        if pod.kind == "Deployment" and _arg(pod.container, "--mode") == "nats":
+            m = e2e.wait_for_output(proc, e2e.CONSUMING_RE)
+            assert m.group(1) == f"pool_{_arg(pod.container, '--pool')}"
 
     # Every probe of every pod answers 200 on the port its container declares.
     for pod, proc in started:
@@ -669,7 +762,7 @@ def test_rendered_pods_run_on_the_real_binaries(launcher, tmp_path):
             e2e.wait_for(lambda: _probe_ok(url), timeout=90, message=f"{pod.name} {kind} GET {probe['path']} → 200")
         annotations = pod.workload["spec"]["template"]["metadata"]["annotations"]
         assert pod.port_of(int(annotations["prometheus.io/port"]))
-        metrics = e2e.http_request("GET", proc.url + annotations["prometheus.io/path"], timeout=30)
+        metrics = e2e.http_request("GET", proc.url + annotations["prometheus.io/path"], headers=auth, timeout=30)
         assert metrics.status == 200 and b"neutrino_" in metrics.body, f"{pod.name} /metrics: {metrics!r}"
 
     # KEDA reads /jsz?acc=$G&consumers=true: the stream and consumer it is given exist there.
@@ -701,9 +794,12 @@ def test_rendered_pods_run_on_the_real_binaries(launcher, tmp_path):
     for name in ("NEUTRINO_TASKS", "NEUTRINO_DLQ", "NEUTRINO_SETTLED", "NEUTRINO_EVENTS"):
         assert details[name]["config"]["num_replicas"] == replicas, (name, details[name]["config"])
     for so in find(objs, "ScaledObject"):
-        consumer = next(c for c in details["NEUTRINO_TASKS"].get("consumer_detail") or []
-                        if c["name"] == so["spec"]["triggers"][0]["metadata"]["consumer"])
-        assert consumer["cluster"]["leader"] in {f"nats-{i}" for i in range(replicas)}, consumer["cluster"]
+        def leader(name=so["spec"]["triggers"][0]["metadata"]["consumer"]):
+            consumers = stream_details()["NEUTRINO_TASKS"].get("consumer_detail") or []
+            return next((c for c in consumers if c["name"] == name), {}).get("cluster", {}).get("leader")
+        # The gateway provisioned the consumers moments ago: their leaders may still be being elected.
+        elected = e2e.wait_for(leader, timeout=60, message="a leader for each pool consumer")
+        assert elected in {f"nats-{i}" for i in range(replicas)}, elected
 
     # The events stream of the cluster task log, with one durable consumer per gateway replica.
     e2e.wait_for(lambda: {f"events_{g.name}" for g in gateways} <= jsz_consumers().get("$G/NEUTRINO_EVENTS", set()),
@@ -712,21 +808,23 @@ def test_rendered_pods_run_on_the_real_binaries(launcher, tmp_path):
     # Traffic through the rendered topology: sync via gateway-0, async via gateway-1, the result on both.
     g0, g1 = (g.proc.url for g in gateways)
     for g in (g0, g1):
-        e2e.wait_for(lambda g=g: any(w.get("url") == worker_urls["fast"] for w in e2e.pools_by_name(g)["fast"]["workers"]),
-                     timeout=60, message=lambda: f"the fast worker {worker_urls['fast']} discovered by {g}")
-    echo = e2e.post_task(g0, "echo", {"x": 3})
+        e2e.wait_for(
+            lambda g=g: any(w.get("url") == worker_urls["fast"] for w in e2e.pools_by_name(g, auth)["fast"]["workers"]),
+            timeout=60, message=lambda: f"the fast worker {worker_urls['fast']} discovered by {g}")
+    assert e2e.post_task(g0, "echo", {"x": 3}).status == 401, "the gateway requires an API key"
+    echo = e2e.post_task(g0, "echo", {"x": 3}, headers=auth)
     assert echo.status == 200 and echo.json()["result"] == {"x": 3, "label": ""}, echo
-    queued = e2e.post_task(g1, "generate_report", {"dataset": "q3"})
+    queued = e2e.post_task(g1, "generate_report", {"dataset": "q3"}, headers=auth)
     assert queued.status == 202, queued
     task_id = queued.json()["task_id"]
     for url in (g1, g0):
         def done(url=url):
-            resp = e2e.http_request("GET", f"{url}/tasks/{task_id}?wait=10", timeout=60)
+            resp = e2e.http_request("GET", f"{url}/tasks/{task_id}?wait=10", headers=auth, timeout=60)
             return resp.status == 200 and resp.json().get("status") == "completed"
         e2e.wait_for(done, timeout=120, message=f"task {task_id} completed as seen by {url}")
     depth = e2e.wait_for(
         lambda: re.search(rb'^neutrino_queue_depth\{[^}]*pool="async"[^}]*\} ', e2e.http_request(
-            "GET", g0 + "/metrics").body, re.M), timeout=30, message="neutrino_queue_depth{pool=async} on /metrics")
+            "GET", g0 + "/metrics", headers=auth).body, re.M), timeout=30, message="neutrino_queue_depth{pool=async} on /metrics")
     assert depth
 
     # SIGTERM drain: an idle NATS worker exits 0 well within its pod's grace period.

@@ -21,6 +21,8 @@ public struct AccessConfiguration: Sendable {
     /// How often the in-flight quota looks up the tasks it counts in the task log.
     public var inFlightPollInterval: Duration = .seconds(1)
     public var insecureWarningInterval: Duration = .seconds(60)
+    /// How long a dashboard login (`POST /auth/session`) lasts.
+    public var sessionLifetime: Duration = .seconds(12 * 3600)
 
     public init() {}
 

@@ -34,6 +34,8 @@ enum AccessRequirement: Equatable {
         guard let endpoint else { return .open }  // no route matched: static dashboard files, 404s
         switch (method, endpoint) {
         case (_, "/healthz"), (_, "/readyz"): return .open
+        // The login exchange authenticates by itself (a key in the body, or the session it ends).
+        case (_, "/auth/session"): return .open
         case (_, "/metrics"): return .metrics
         case (.post, let p) where p.hasPrefix("/api/"): return .scope(.submit)
         case (.delete, "/tasks/{id}"), (.post, "/tasks/{id}/retry"): return .scope(.admin)

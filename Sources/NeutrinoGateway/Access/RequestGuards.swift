@@ -83,8 +83,8 @@ extension String {
     fileprivate func trimmingSuffix(_ suffix: String) -> String { hasSuffix(suffix) ? String(dropLast(suffix.count)) : self }
 }
 
-/// Adds `submitted_by=<key id>` to the `detail` of the `queued` / `pending` events recorded while an
-/// authenticated request is served (the task log has no column for it yet).
+/// Marks the `queued` / `pending` events recorded while an authenticated request is served with the key's id:
+/// `TaskEvent.submittedBy` (the task's `submitted_by` column) and `submitted_by=<key id>` in the event's `detail`.
 final class SubmitterTaggingSink: TaskEventSink {
     private let inner: any TaskEventSink
 
@@ -94,6 +94,7 @@ final class SubmitterTaggingSink: TaskEventSink {
         guard let keyID = RequestIdentity.keyID, event.kind == .queued || event.kind == .pending else { return event }
         var e = event
         e.detail = [e.detail, "submitted_by=\(keyID)"].compactMap { $0 }.joined(separator: "; ")
+        e.submittedBy = keyID
         return e
     }
 

@@ -48,6 +48,13 @@ def register(commands: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="do not apply: print the rendered YAML (or only write it, with --output)",
     )
+    parser.add_argument("--ingress-host", metavar="HOST", help="the Ingress's host name (default: any)")
+    parser.add_argument(
+        "--tls-secret", default="neutrino-tls", metavar="NAME", help="the Ingress's TLS Secret (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--ingress-class", metavar="NAME", help="the Ingress's ingressClassName (default: the cluster's)"
+    )
     parser.add_argument("--kubectl", default="kubectl", help="the kubectl to run (default: %(default)s)")
     parser.set_defaults(handler=run)
     return parser
@@ -73,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
         app_in_image=k8s.app_path_in_image(args.app, args.app_path),
         app_file=target if args.app_configmap else None,
         storage_class=args.storage_class,
+        ingress_host=args.ingress_host,
+        tls_secret=args.tls_secret,
+        ingress_class=args.ingress_class,
     )
     try:
         rendered = k8s.render(app, loaded.manifest, options)
@@ -89,15 +99,27 @@ def run(args: argparse.Namespace) -> int:
         temporary = folder = tempfile.mkdtemp(prefix="neutrino-deploy-")
     try:
         k8s.write_output(rendered, folder, what)
+        secrets_dir = k8s.write_secrets(folder, app, options.namespace)
         pools = ", ".join(f"{p.name} ({p.mode})" for p in k8s.plan_pools(app))
         print(f"wrote {folder} (namespace {options.namespace}, pools: {pools})", file=sys.stderr)
+        print(
+            f"wrote {secrets_dir} (the NATS passwords, mode 0600: apply it once, keep it out of version control); "
+            f"the gateway also needs the Secret neutrino-api-keys (`neutrino keys create --file api-keys.json`, then "
+            f"`kubectl -n {options.namespace} create secret generic neutrino-api-keys --from-file=api-keys.json`) "
+            f"and the Ingress the TLS Secret {options.tls_secret}",
+            file=sys.stderr,
+        )
         if args.dry_run:
             return 0
         kubectl = shutil.which(args.kubectl) or args.kubectl
-        command = [kubectl, "apply", "-k", folder]
-        print("$ " + " ".join(command), file=sys.stderr)
         try:
-            return subprocess.call(command)
+            for target in (secrets_dir, folder):
+                command = [kubectl, "apply", "-k", target]
+                print("$ " + " ".join(command), file=sys.stderr)
+                status = subprocess.call(command)
+                if status != 0:
+                    return status
+            return 0
         except OSError as exc:
             error(f"cannot run {args.kubectl}: {exc} (install kubectl, or use --dry-run --output DIR)")
             return 1

@@ -49,7 +49,15 @@ def register(commands: Any) -> argparse.ArgumentParser:
         type=_positive_int,
         default=4,
         metavar="N",
-        help="Python threads per worker (default: %(default)s)",
+        help="Python threads per queue (async, gpu) worker (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--fast-concurrency",
+        type=_positive_int,
+        default=16,
+        metavar="N",
+        help="Python threads per fast (sync) worker: sync calls are mostly I/O-bound and Python releases the GIL "
+        "while one waits, so more threads than cores pay (default: %(default)s)",
     )
     parser.add_argument(
         "--nats-port",
@@ -134,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
         fast_workers=args.fast_workers,
         queue_workers=args.queue_workers,
         concurrency=args.concurrency,
+        fast_concurrency=args.fast_concurrency,
         nats_port=args.nats_port,
         state_dir=args.state_dir,
         bin_dir=args.bin_dir,

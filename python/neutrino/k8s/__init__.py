@@ -25,7 +25,7 @@ PyYAML; imported on first use only).
 ``k8s/base`` in the repository is this package's output for ``examples/app.py``; a test keeps them equal.
 """
 
-from .kustomize import Rendered, render, render_stream, write_output
+from .kustomize import Rendered, render, render_stream, write_output, write_secrets
 from .objects import nats_monitoring_endpoint, nats_url
 from .plan import (
     APP_DIR,
@@ -62,4 +62,5 @@ __all__ = [
     "to_yaml",
     "to_yaml_stream",
     "write_output",
+    "write_secrets",
 ]

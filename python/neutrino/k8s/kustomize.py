@@ -6,14 +6,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import secrets
 from typing import Any, Dict, List, Optional
 
 from ..app import App
 from .objects import render_gateway, render_nats, render_network_policies, render_pool
-from .plan import AUTOSCALER_KINDS, IMAGE_NAME, MANIFEST_FILE, PART_OF, DeployOptions, plan_pools, split_image
+from .plan import (
+    AUTOSCALER_KINDS,
+    IMAGE_NAME,
+    MANIFEST_FILE,
+    NATS_SECRET,
+    PART_OF,
+    DeployOptions,
+    nats_secret_key,
+    plan_pools,
+    split_image,
+)
 from .yamltext import to_yaml, to_yaml_stream
 
-__all__ = ["Rendered", "render", "write_output", "render_stream"]
+__all__ = ["Rendered", "render", "write_output", "write_secrets", "render_stream"]
 
 _HEADER = "# Rendered by `neutrino deploy` (python/neutrino/k8s) for {what}.\n"
 
@@ -41,7 +52,7 @@ def render(app: App, manifest_text: str, options: Optional[DeployOptions] = None
         "namespace.yaml": [
             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": options.namespace, "labels": dict(PART_OF)}}
         ],
-        "nats.yaml": render_nats(options),
+        "nats.yaml": render_nats(options, plans),
         "gateway.yaml": render_gateway(plans, options),
         "network-policy.yaml": render_network_policies(plans),
     }
@@ -96,6 +107,47 @@ def write_output(rendered: Rendered, folder: str, what: str = "the app") -> List
             file.write(text)
         written.append(path)
     return written
+
+
+def write_secrets(folder: str, app: App, namespace: str) -> str:
+    """Write ``folder/secrets/``: the Secret with the NATS passwords (random, mode 0600; kept when the file exists,
+    a user added for each new pool) and its kustomization. Apart from the rendered manifests so that they hold no
+    secret: apply it once (``kubectl apply -k DIR/secrets``), keep it out of version control. Returns the folder."""
+    from ..natsauth import GATEWAY_USER, worker_user, write_private
+
+    secrets_dir = os.path.join(folder, "secrets")
+    os.makedirs(secrets_dir, exist_ok=True)
+    path = os.path.join(secrets_dir, "nats-auth.yaml")
+    users = [GATEWAY_USER, "route", *(worker_user(plan.name) for plan in plan_pools(app))]
+    data: Dict[str, str] = {}
+    try:
+        import yaml  # PyYAML, like the rest of neutrino.k8s's reading
+
+        with open(path, encoding="utf-8") as file:
+            data = dict((yaml.safe_load(file) or {}).get("stringData") or {})
+    except (OSError, ValueError, ImportError):
+        data = {}
+    for user in users:
+        data.setdefault(nats_secret_key(user), secrets.token_urlsafe(24))
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": NATS_SECRET, "namespace": namespace, "labels": dict(PART_OF)},
+        "type": "Opaque",
+        "stringData": data,
+    }
+    note = "# NATS passwords of the gateway and each pool's workers. Keep out of version control.\n"
+    write_private(path, note + to_yaml(secret))
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": ["nats-auth.yaml"],
+    }
+    with open(os.path.join(secrets_dir, "kustomization.yaml"), "w", encoding="utf-8") as file:
+        file.write(to_yaml(kustomization))
+    with open(os.path.join(secrets_dir, ".gitignore"), "w", encoding="utf-8") as file:
+        file.write("nats-auth.yaml\n")
+    return secrets_dir
 
 
 def render_stream(rendered: Rendered, what: str = "the app") -> str:

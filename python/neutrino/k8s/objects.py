@@ -6,7 +6,10 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence
 
+from ..natsauth import GATEWAY_USER, authorization_from_env, env_name, worker_user
 from .plan import (
+    API_KEYS_DIR,
+    API_KEYS_SECRET,
     APP_DIR,
     CONCURRENCY,
     DASHBOARD_DIR,
@@ -25,7 +28,9 @@ from .plan import (
     NATS_HEADLESS_SERVICE,
     NATS_IMAGE,
     NATS_MONITOR_PORT,
+    NATS_PASSWORD_DIR,
     NATS_REPLICAS,
+    NATS_SECRET,
     NATS_SERVICE,
     PART_OF,
     PRESTOP_SLEEP_SECS,
@@ -38,6 +43,7 @@ from .plan import (
     WORKER_PORT,
     DeployOptions,
     PoolPlan,
+    nats_secret_key,
 )
 
 __all__ = [
@@ -172,6 +178,8 @@ jetstream {{
   max_memory_store: 256MB
   max_file_store: 8GB
 }}
+# Users and permissions (one per pool, the gateway's); passwords from the Secret {NATS_SECRET}.
+include ./auth.conf
 """
     if replicas > 1:
         routes = "\n".join(f"    nats://{nats_pod_host(i)}:{NATS_CLUSTER_PORT}" for i in range(replicas))
@@ -212,12 +220,43 @@ def _pvc_template(name: str, size: str, storage_class: Optional[str]) -> Dict[st
     return {"metadata": {"name": name}, "spec": spec}
 
 
-def render_nats(options: DeployOptions) -> List[Dict[str, Any]]:
+def _nats_users(plans: Sequence[PoolPlan]) -> List[str]:
+    return [GATEWAY_USER, *(worker_user(plan.name) for plan in plans)]
+
+
+def _password_env(user: str) -> Dict[str, Any]:
+    return {
+        "name": env_name(user),
+        "valueFrom": {"secretKeyRef": {"name": NATS_SECRET, "key": nats_secret_key(user)}},
+    }
+
+
+def _nats_client(user: str) -> Dict[str, Any]:
+    """What a gateway or worker pod needs to log in to NATS as ``user``: its flags, and the Secret's key mounted
+    as a file (a file, not a variable: it can be rotated without a restart of the pod spec)."""
+    return {
+        "args": ["--nats-user", user, "--nats-password-file", f"{NATS_PASSWORD_DIR}/password"],
+        "mount": {"name": "nats-password", "mountPath": NATS_PASSWORD_DIR, "readOnly": True},
+        "volume": {
+            "name": "nats-password",
+            "secret": {
+                "secretName": NATS_SECRET,
+                "items": [{"key": nats_secret_key(user), "path": "password"}],
+                "defaultMode": 0o400,
+            },
+        },
+    }
+
+
+def render_nats(options: DeployOptions, plans: Sequence[PoolPlan] = ()) -> List[Dict[str, Any]]:
     config = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _metadata("nats-config", NATS_LABELS),
-        "data": {"nats.conf": nats_conf(NATS_REPLICAS)},
+        "data": {
+            "nats.conf": nats_conf(NATS_REPLICAS),
+            "auth.conf": authorization_from_env(plan.name for plan in plans),
+        },
     }
     ports = [
         {"name": "client", "port": NATS_CLIENT_PORT, "targetPort": "client"},
@@ -246,7 +285,10 @@ def render_nats(options: DeployOptions) -> List[Dict[str, Any]]:
         "name": "nats",
         "image": NATS_IMAGE,
         "command": ["nats-server", "--config", "/etc/nats/nats.conf"],
-        "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+        "env": [
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            *(_password_env(user) for user in _nats_users(plans)),
+        ],
         "ports": [
             {"name": "client", "containerPort": NATS_CLIENT_PORT},
             {"name": "cluster", "containerPort": NATS_CLUSTER_PORT},
@@ -330,6 +372,8 @@ def _gateway_args(plans: Sequence[PoolPlan]) -> List[str]:
         target_text = f"{target / 100:g}" if plan.mode == "sync" else str(target)
         args += ["--scale", f"{plan.name}={low}:{high}:{target_text}:{window}"]
     args += ["--host", "0.0.0.0", "--port", str(GATEWAY_PORT), "--log-format", "json"]
+    # Last, so that overlays patching arguments by position keep working.
+    args += [*_nats_client(GATEWAY_USER)["args"], "--api-keys", f"{API_KEYS_DIR}/api-keys.json"]
     return args
 
 
@@ -349,6 +393,8 @@ def render_gateway(plans: Sequence[PoolPlan], options: DeployOptions) -> List[Di
             {"name": "data", "mountPath": DATA_DIR},
             {"name": "manifest", "mountPath": MANIFEST_DIR, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},
+            _nats_client(GATEWAY_USER)["mount"],
+            {"name": "api-keys", "mountPath": API_KEYS_DIR, "readOnly": True},
         ],
     }
     statefulset = {
@@ -371,22 +417,50 @@ def render_gateway(plans: Sequence[PoolPlan], options: DeployOptions) -> List[Di
                     "volumes": [
                         {"name": "manifest", "configMap": {"name": "neutrino-manifest"}},
                         _tmp_volume(),
+                        _nats_client(GATEWAY_USER)["volume"],
+                        # `neutrino keys create --file api-keys.json`, then
+                        # `kubectl create secret generic neutrino-api-keys --from-file=api-keys.json`.
+                        {"name": "api-keys", "secret": {"secretName": API_KEYS_SECRET, "defaultMode": 0o400}},
                     ],
                 },
             },
             "volumeClaimTemplates": [_pvc_template("data", "5Gi", options.storage_class)],
         },
     }
-    public = {
+    # Cluster-internal; the way in from outside is the Ingress (TLS). k8s/overlays/loadbalancer makes it public.
+    service = {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": _metadata("neutrino", GATEWAY_LABELS),
         "spec": {
-            "type": "LoadBalancer",
-            "externalTrafficPolicy": "Local",
+            "type": "ClusterIP",
             "selector": dict(GATEWAY_LABELS),
             "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
         },
+    }
+    rule: Dict[str, Any] = {
+        "http": {
+            "paths": [
+                {
+                    "path": "/",
+                    "pathType": "Prefix",
+                    "backend": {"service": {"name": "neutrino", "port": {"name": "http"}}},
+                }
+            ]
+        }
+    }
+    tls: Dict[str, Any] = {"secretName": options.tls_secret}
+    if options.ingress_host:
+        rule["host"] = options.ingress_host
+        tls["hosts"] = [options.ingress_host]
+    ingress_spec: Dict[str, Any] = {"tls": [tls], "rules": [rule]}
+    if options.ingress_class:
+        ingress_spec["ingressClassName"] = options.ingress_class
+    ingress = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": _metadata("neutrino", GATEWAY_LABELS),
+        "spec": ingress_spec,
     }
     headless = {
         "apiVersion": "v1",
@@ -399,12 +473,13 @@ def render_gateway(plans: Sequence[PoolPlan], options: DeployOptions) -> List[Di
         },
     }
     pdb = _pdb("gateway", GATEWAY_LABELS, GATEWAY_LABELS, minAvailable=1)
-    return [statefulset, public, headless, pdb]
+    return [statefulset, service, ingress, headless, pdb]
 
 
 def _worker_args(plan: PoolPlan, options: DeployOptions) -> List[str]:
     args = ["--mode", "http" if plan.mode == "sync" else "nats", "--pool", plan.name, "--app", options.app_in_image]
     args += ["--task-log", "nats", "--nats", nats_url(), "--stream-replicas", str(STREAM_REPLICAS)]
+    args += _nats_client(worker_user(plan.name))["args"]
     args += ["--host", "0.0.0.0", "--port", str(WORKER_PORT)]
     if plan.mode == "sync":
         args += ["--advertise-host", "$(POD_IP)"]  # the URL in its heartbeats, where gateways send sync calls
@@ -416,8 +491,9 @@ def _worker_args(plan: PoolPlan, options: DeployOptions) -> List[str]:
 def render_pool(plan: PoolPlan, options: DeployOptions) -> List[Dict[str, Any]]:
     labels = _pool_labels(plan)
     selector = _pool_selector(plan)
-    mounts = [{"name": "tmp", "mountPath": "/tmp"}]
-    volumes: List[Dict[str, Any]] = [_tmp_volume()]
+    client = _nats_client(worker_user(plan.name))
+    mounts = [{"name": "tmp", "mountPath": "/tmp"}, client["mount"]]
+    volumes: List[Dict[str, Any]] = [_tmp_volume(), client["volume"]]
     if options.app_file:
         mounts.append({"name": "app", "mountPath": APP_DIR, "readOnly": True})
         volumes.append({"name": "app", "configMap": {"name": "neutrino-app"}})
@@ -548,7 +624,8 @@ def render_network_policies(plans: Sequence[PoolPlan]) -> List[Dict[str, Any]]:
     worker_pods = pods(WORKER_LABELS)
     return [
         policy("default-deny-ingress", {}, []),
-        # The only entry from outside the namespace: the gateway's HTTP port (the LoadBalancer Service).
+        # The only entry from outside the namespace: the gateway's HTTP port (the Ingress controller, or the
+        # LoadBalancer of k8s/overlays/loadbalancer).
         policy(
             "gateway-ingress",
             {"matchLabels": {"app.kubernetes.io/component": "gateway"}},
@@ -563,7 +640,8 @@ def render_network_policies(plans: Sequence[PoolPlan]) -> List[Dict[str, Any]]:
                 {"from": [namespace("monitoring")], "ports": [{"protocol": "TCP", "port": WORKER_PORT}]},
             ],
         ),
-        # NATS: clients are the gateway and the workers; the nodes route to each other; the monitoring port also
+        # NATS: clients are the gateway and the workers (each logging in as its own user, see neutrino.natsauth);
+        # the nodes route to each other; the monitoring port also
         # serves KEDA's scaler (namespace "keda") and Prometheus exporters (namespace "monitoring").
         policy(
             "nats-ingress",

@@ -132,6 +132,25 @@ class DeployOptions:
     #: Mount the app file from a ConfigMap at APP_DIR instead of using the one in the image.
     app_file: Optional[str] = None
     storage_class: Optional[str] = None
+    #: The Ingress in front of the gateway (the only way in by default; a LoadBalancer is an explicit overlay):
+    #: its host (None: any), the Secret holding its TLS certificate, its ingressClassName (None: the default).
+    ingress_host: Optional[str] = None
+    tls_secret: str = "neutrino-tls"
+    ingress_class: Optional[str] = None
+
+
+#: The Secret with the NATS passwords (keys: ``gateway``, ``route``, ``worker-<pool>``), made by
+#: ``neutrino deploy`` in ``secrets/`` (never in the rendered manifests) or by hand.
+NATS_SECRET = "neutrino-nats-auth"
+#: The Secret with the API keys file (key ``api-keys.json``, written by ``neutrino keys create``).
+API_KEYS_SECRET = "neutrino-api-keys"
+API_KEYS_DIR = "/var/run/neutrino/keys"
+NATS_PASSWORD_DIR = "/var/run/neutrino/nats"
+
+
+def nats_secret_key(user: str) -> str:
+    """The key of ``user``'s password in NATS_SECRET (``worker_fast`` → ``worker-fast``)."""
+    return user.replace("_", "-")
 
 
 def split_image(image: str) -> Dict[str, str]:

@@ -6,11 +6,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import secrets
 import time
 import urllib.error
 import urllib.request
 from typing import List, Optional
 
+from ..natsauth import NatsCredentials, authorization_block, write_private
 from .ports import free_port
 from .supervisor import Interrupted, StartupError, Supervisor
 
@@ -48,6 +50,8 @@ class NatsServer:
     monitor_urls: List[str] = dataclasses.field(default_factory=list)
     #: The replica count streams get (``--stream-replicas`` of the gateway and workers).
     stream_replicas: int = 1
+    #: The users the server knows (None: no authentication).
+    credentials: Optional[NatsCredentials] = None
 
     def __post_init__(self) -> None:
         if not self.urls:
@@ -68,12 +72,36 @@ class NatsServer:
         return args
 
 
-def start_nats(supervisor: Supervisor, binary: str, wanted_port: int, state_dir: str, cluster: int = 1) -> NatsServer:
+def single_config(
+    host: str, port: int, monitor_port: int, store_dir: str, credentials: Optional[NatsCredentials]
+) -> str:
+    """The configuration file of ``neutrino up``'s single nats-server (mode 0600: it holds the passwords)."""
+    text = (
+        "# neutrino up's nats-server (written by neutrino up; rewritten at every start)\n"
+        f"host: {host}\n"
+        f"port: {port}\n"
+        f'http: "{host}:{monitor_port}"\n'
+        f"jetstream {{\n"
+        f"  store_dir: {json.dumps(store_dir)}\n"
+        f"}}\n"
+    )
+    return text + (authorization_block(credentials) if credentials is not None else "")
+
+
+def start_nats(
+    supervisor: Supervisor,
+    binary: str,
+    wanted_port: int,
+    state_dir: str,
+    cluster: int = 1,
+    credentials: Optional[NatsCredentials] = None,
+) -> NatsServer:
     """Start ``nats-server -js`` on 127.0.0.1 (``wanted_port``, or a free one when that is busy) with its store
     under ``state_dir/nats``, and wait until it accepts connections. ``cluster`` > 1 starts that many nodes forming
-    one JetStream cluster instead (:func:`start_nats_cluster`)."""
+    one JetStream cluster instead (:func:`start_nats_cluster`). With ``credentials`` the server admits only those
+    users, each with its permissions (:mod:`neutrino.natsauth`); its configuration file is mode 0600."""
     if cluster > 1:
-        return start_nats_cluster(supervisor, binary, cluster, wanted_port, state_dir)
+        return start_nats_cluster(supervisor, binary, cluster, wanted_port, state_dir, credentials=credentials)
     host = "127.0.0.1"
     port = free_port(host, wanted_port)
     if port != wanted_port:
@@ -81,10 +109,11 @@ def start_nats(supervisor: Supervisor, binary: str, wanted_port: int, state_dir:
     monitor_port = free_port(host, NATS_MONITOR_PORT, avoid=[port])
     store_dir = os.path.join(state_dir, "nats")
     os.makedirs(store_dir, exist_ok=True)
-    argv = [binary, "-js", "-a", host, "-p", str(port), "-sd", store_dir, "-m", str(monitor_port)]
-    child = supervisor.spawn("nats", argv, ready=None, stop_last=True)
+    conf = os.path.join(state_dir, "nats.conf")
+    write_private(conf, single_config(host, port, monitor_port, store_dir, credentials))
+    child = supervisor.spawn("nats", [binary, "-c", conf], ready=None, stop_last=True)
     supervisor.wait_accepting(child, host, port)
-    return NatsServer(f"nats://{host}:{port}", f"http://{host}:{monitor_port}", store_dir)
+    return NatsServer(f"nats://{host}:{port}", f"http://{host}:{monitor_port}", store_dir, credentials=credentials)
 
 
 def cluster_config(
@@ -96,12 +125,20 @@ def cluster_config(
     route_ports: List[int],
     store_dir: str,
     cluster_name: str = "neutrino-local",
+    credentials: Optional[NatsCredentials] = None,
+    route_password: Optional[str] = None,
 ) -> str:
     """The configuration file of node ``index`` (1-based) of a loopback JetStream cluster.
 
     ``server_name`` must be unique in the cluster and stable across restarts (JetStream identifies a node's
-    store by it); every node lists every node's route (its own included: nats-server ignores a route to itself)."""
-    routes = "\n".join(f"    nats-route://{host}:{p}" for p in route_ports)
+    store by it); every node lists every node's route (its own included: nats-server ignores a route to itself).
+    With ``credentials`` clients must be one of those users; with ``route_password`` the routes authenticate as
+    user ``route`` too."""
+    auth = f"route:{route_password}@" if route_password else ""
+    routes = "\n".join(f"    nats-route://{auth}{host}:{p}" for p in route_ports)
+    route_auth = ""
+    if route_password:
+        route_auth = f'  authorization {{\n    user: route\n    password: "{route_password}"\n  }}\n'
     return (
         f"# node {index} of neutrino up's local JetStream cluster (written by neutrino up; rewritten at every start)\n"
         f"server_name: neutrino-{index}\n"
@@ -115,8 +152,9 @@ def cluster_config(
         f"  name: {cluster_name}\n"
         f'  listen: "{host}:{cluster_port}"\n'
         f"  routes: [\n{routes}\n  ]\n"
+        f"{route_auth}"
         f"}}\n"
-    )
+    ) + (authorization_block(credentials) if credentials is not None else "")
 
 
 def start_nats_cluster(
@@ -126,6 +164,7 @@ def start_nats_cluster(
     wanted_port: int,
     state_dir: str,
     meta_leader_timeout: float = META_LEADER_TIMEOUT_SECS,
+    credentials: Optional[NatsCredentials] = None,
 ) -> NatsServer:
     """Start ``size`` nats-server children on 127.0.0.1 that form one JetStream cluster: client ports from
     ``wanted_port`` on (free ones when busy), routes between all of them, each node's configuration file and store
@@ -147,15 +186,18 @@ def start_nats_cluster(
     cluster_ports = [pick(NATS_CLUSTER_PORT + i) for i in range(size)]
     monitor_ports = [pick(NATS_MONITOR_PORT + i) for i in range(size)]
     base = os.path.join(state_dir, "nats-cluster")
+    route_password = secrets.token_urlsafe(24) if credentials is not None else None
     children = []
     for i in range(size):
         node_dir = os.path.join(base, f"node-{i + 1}")
         store_dir = os.path.join(node_dir, "store")
         os.makedirs(store_dir, exist_ok=True)
         conf = os.path.join(node_dir, "nats.conf")
-        text = cluster_config(i + 1, host, ports[i], monitor_ports[i], cluster_ports[i], cluster_ports, store_dir)
-        with open(conf, "w", encoding="utf-8") as file:
-            file.write(text)
+        text = cluster_config(
+            i + 1, host, ports[i], monitor_ports[i], cluster_ports[i], cluster_ports, store_dir,
+            credentials=credentials, route_password=route_password,
+        )
+        write_private(conf, text)
         children.append(supervisor.spawn(f"nats-{i + 1}", [binary, "-c", conf], ready=None, stop_last=True))
     for child, port in zip(children, ports):
         supervisor.wait_accepting(child, host, port)
@@ -170,6 +212,7 @@ def start_nats_cluster(
         urls=urls,
         monitor_urls=monitor_urls,
         stream_replicas=min(size, 3),
+        credentials=credentials,
     )
 
 

@@ -21,6 +21,7 @@ import urllib.request
 from typing import Callable, Dict, List, Optional, Sequence
 
 from ..loading import LoadedApp, absolute_app_spec, write_text_atomic
+from ..natsauth import NatsCredentials, load_or_create
 from . import autoscale
 from .banner import banner
 from .binaries import find_binaries, find_dashboard_dir, find_nats_server, sdk_path
@@ -42,6 +43,8 @@ class UpOptions:
     #: NATS workers each queued pool starts with (None: the pool's scaling minimum; 1 without autoscaling).
     queue_workers: Optional[int] = None
     concurrency: int = 4
+    #: Python threads of a fast (sync) worker
+    fast_concurrency: int = 16
     nats_port: int = 4222
     state_dir: str = ".neutrino"
     bin_dir: Optional[str] = None
@@ -131,8 +134,18 @@ def up(loaded: LoadedApp, options: UpOptions, error: Callable[[str], None] = _pr
     failure: Optional[StartupError] = None
     try:
         nats: Optional[NatsServer] = None
+        creds: Optional[NatsCredentials] = None
         if nats_binary is not None:
-            nats = start_nats(supervisor, nats_binary, options.nats_port, state_dir, cluster=options.nats_cluster)
+            # NATS authenticates every client: a user per pool and one for the gateway, random passwords kept in
+            # the state directory (mode 0600), handed to the children in their environment, never on argv.
+            creds = load_or_create(os.path.join(state_dir, "nats-auth.json"), pools)
+            nats = start_nats(
+                supervisor, nats_binary, options.nats_port, state_dir, cluster=options.nats_cluster, credentials=creds
+            )
+
+        def worker_env(pool: str) -> Optional[Dict[str, str]]:
+            return creds.worker_env(pool) if creds is not None else None
+
         nats_args = nats.client_args() if nats is not None else []
 
         common = ["--app", app_spec, "--concurrency", str(options.concurrency), "--task-log", task_log]
@@ -140,20 +153,23 @@ def up(loaded: LoadedApp, options: UpOptions, error: Callable[[str], None] = _pr
         common += nats_args  # heartbeats (and, for NATS workers, the queue)
         if options.heartbeat_interval is not None:
             common += ["--heartbeat-interval", f"{options.heartbeat_interval:g}"]
+        fast_common = common + ["--concurrency", str(options.fast_concurrency)]  # the later --concurrency wins
         workers: Dict[str, List[Child]] = {}
         for pool in static_sync:
             workers[pool] = [
                 supervisor.spawn(
                     name,
-                    _http_worker_argv(worker_binary, pool, name, 0, common),
-                    restart=functools.partial(_restart_http_worker, worker_binary, pool, common),
+                    _http_worker_argv(worker_binary, pool, name, 0, fast_common),
+                    restart=functools.partial(_restart_http_worker, worker_binary, pool, fast_common),
+                    env=worker_env(pool),
                 )
                 for name in worker_names[pool]
             ]
 
         elastic_sync = [pool for pool in sync_pools if pool in scaled]
         queue_workers = QueueWorkers(
-            supervisor, worker_binary, common, drain_graces(app, autoscaling), sync_pools=elastic_sync
+            supervisor, worker_binary, common, drain_graces(app, autoscaling), sync_pools=elastic_sync, env=worker_env,
+            sync_extra=["--concurrency", str(options.fast_concurrency)],
         )
         for pool, count in initial.items():
             for _ in range(count):
@@ -164,11 +180,6 @@ def up(loaded: LoadedApp, options: UpOptions, error: Callable[[str], None] = _pr
         }
         for pool in elastic_sync:
             pool_urls[pool] = [supervisor.wait_listening(child) for child in queue_workers.children(pool)]
-        for pool in queued_pools:
-            for child in queue_workers.children(pool):
-                supervisor.wait_ready(
-                    child, f"'consuming pool_{pool} from {nats.url if nats else 'URL'}'", "it was consuming its queue"
-                )
 
         gateway_argv = [gateway_binary, "--manifest", manifest_path]
         for pool in static_sync:
@@ -182,9 +193,17 @@ def up(loaded: LoadedApp, options: UpOptions, error: Callable[[str], None] = _pr
         dashboard = find_dashboard_dir(os.path.dirname(worker_binary))
         if dashboard is not None:
             gateway_argv += ["--dashboard-dir", dashboard]
-        gateway_url = supervisor.wait_listening(supervisor.spawn("gateway", gateway_argv))
+        gateway_env = creds.gateway_env() if creds is not None else None
+        gateway_url = supervisor.wait_listening(supervisor.spawn("gateway", gateway_argv, env=gateway_env))
         # The sync workers announce themselves within a heartbeat interval: wait for the gateway to route to them.
         _wait_discovered(supervisor, gateway_url, {pool: len(pool_urls[pool]) for pool in elastic_sync})
+        # The gateway provisions the pools' consumers (a worker logged in to NATS may not), so the queue workers
+        # are ready only after it started.
+        for pool in queued_pools:
+            for child in queue_workers.children(pool):
+                supervisor.wait_ready(
+                    child, f"'consuming pool_{pool} from {nats.url if nats else 'URL'}'", "it was consuming its queue"
+                )
 
         queue_counts = {pool: len(queue_workers.children(pool)) for pool in queued_pools}
         supervisor.say(

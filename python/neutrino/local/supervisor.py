@@ -96,6 +96,8 @@ class Child:
     stop_last: bool = False
     #: How to start it again when it exits on its own (workers); None: its exit stops everything.
     restart_argv: Optional[RestartArgv] = None
+    #: Variables added to the child's environment (secrets such as NATS passwords: never on its command line).
+    env: Optional[Dict[str, str]] = None
     relay: Optional[threading.Thread] = None
     #: Group 1 of the first ready line (a server's URL); kept across restarts.
     url: Optional[str] = None
@@ -195,18 +197,20 @@ class Supervisor:
         ready: Optional[Pattern[str]] = LISTENING,
         stop_last: bool = False,
         restart: Optional[RestartArgv] = None,
+        env: Optional[Dict[str, str]] = None,
     ) -> Child:
         """Start ``argv``; ``ready`` is the pattern of the line that says it is ready (None: no such line).
 
-        With ``restart`` the child is a worker: restarted with ``restart(child)`` when it exits on its own."""
+        With ``restart`` the child is a worker: restarted with ``restart(child)`` when it exits on its own. ``env``
+        is added to its environment (at every restart too): how secrets reach it without showing in ``ps``."""
         with self._children_lock:
             if self._closed:
                 raise StartupError(f"not starting {name}: stopping")
             try:
-                process = self._popen(argv, 0 if restart is not None else None)
+                process = self._popen(argv, 0 if restart is not None else None, env)
             except OSError as exc:
                 raise StartupError(f"cannot start {name} ({argv[0]}): {exc}") from None
-            child = Child(name, process, ready_pattern=ready, stop_last=stop_last, restart_argv=restart)
+            child = Child(name, process, ready_pattern=ready, stop_last=stop_last, restart_argv=restart, env=env)
             self._relay_output(child)
             self.children.append(child)
         return child
@@ -227,11 +231,14 @@ class Supervisor:
         else:
             send_signal(child.process, signal.SIGTERM)
 
-    def _popen(self, argv: Sequence[str], restarts: Optional[int]) -> subprocess.Popen:
+    def _popen(
+        self, argv: Sequence[str], restarts: Optional[int], extra: Optional[Dict[str, str]] = None
+    ) -> subprocess.Popen:
         env = None
-        if restarts is not None or self.env:
+        if restarts is not None or self.env or extra:
             env = dict(os.environ)
             env.update(self.env)
+            env.update(extra or {})
         if restarts is not None:
             env[RESTARTS_ENV] = str(restarts)
         return subprocess.Popen(
@@ -408,7 +415,7 @@ class Supervisor:
             assert child.restart_argv is not None
             argv = list(child.restart_argv(child))
             try:
-                child.process = self._popen(argv, child.restarts)
+                child.process = self._popen(argv, child.restarts, child.env)
             except OSError as exc:
                 # The binary may be gone for a moment (a rebuild): a crash like any other, retried after the backoff.
                 child.crashes += 1

@@ -5,7 +5,7 @@ will do)."""
 from __future__ import annotations
 
 import threading
-from typing import Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from ..app import App
 from . import autoscale
@@ -28,8 +28,12 @@ class QueueWorkers:
         common: Sequence[str],
         drain_grace: Dict[str, float],
         sync_pools: Sequence[str] = (),
+        env: Optional[Callable[[str], Optional[Dict[str, str]]]] = None,
+        sync_extra: Sequence[str] = (),
     ):
+        self._sync_extra = list(sync_extra)
         self._supervisor = supervisor
+        self._env = env
         self._binary = binary
         self._common = list(common)
         self._drain_grace = drain_grace
@@ -47,13 +51,15 @@ class QueueWorkers:
         name = f"{pool}-{number}"
         if pool in self._sync_pools:
             # SIGTERM: its last heartbeat says `stopping`, the gateway stops routing to it, its calls finish.
-            argv = [self._binary, "--mode", "http", "--pool", pool, *self._common, "--port", "0", "--worker-id", name]
+            argv = [self._binary, "--mode", "http", "--pool", pool, *self._common, *self._sync_extra, "--port", "0"]
+            argv += ["--worker-id", name]
             ready = LISTENING
         else:
             argv = [self._binary, "--mode", "nats", "--pool", pool, *self._common, "--port", "0"]
             argv += ["--drain-grace", f"{self._drain_grace.get(pool, 1.0):g}", "--worker-id", name]
             ready = CONSUMING
-        child = self._supervisor.spawn(name, argv, ready=ready, restart=lambda _child: argv)
+        env = self._env(pool) if self._env is not None else None
+        child = self._supervisor.spawn(name, argv, ready=ready, restart=lambda _child: argv, env=env)
         with self._lock:
             self._children.setdefault(pool, []).append(child)
             self._order[name] = number
