@@ -2,7 +2,7 @@
 workers from their heartbeats and the autoscaler scales the sync pool by busy-thread utilisation, with the same
 ScalingPolicy and stabilisation window as the HPA.
 
-`--scale fast=1:3:0.5:4 --fast-workers 1 --concurrency 2`: four callers that keep every thread busy make the policy
+`--scale fast=1:3:0.5:4 --fast-workers 1 --fast-concurrency 2`: four callers that keep every thread busy make the policy
 want ceil(replicas × 1.0 / 0.5), clamped to 3, so the pool grows 1 → 3; when only one caller is left, it wants 1, and
 after the 4 s window the two extra workers are drained. Every call, during both changes, answers 200."""
 from __future__ import annotations
@@ -52,7 +52,7 @@ def _http_workers(gateway: str) -> list[dict]:
 
 
 def test_fast_pool_grows_to_three_and_back_without_a_failed_call(up, tmp_path):
-    u = up("--scale", "fast=1:3:0.5:4", "--fast-workers", "1", "--concurrency", "2", "--heartbeat-interval", "0.5")
+    u = up("--scale", "fast=1:3:0.5:4", "--fast-workers", "1", "--fast-concurrency", "2", "--heartbeat-interval", "0.5")
     u.wait_line(r"Press Ctrl-C to stop\.", timeout=240)
     gateway = re.search(r"gateway\s+(http://127\.0\.0\.1:\d+)", u.text).group(1)
     assert "pool fast   1 HTTP worker: http://127.0.0.1:" in u.text and "autoscaled 1..3" in u.text, u.text
