@@ -436,6 +436,9 @@ def render_gateway(plans: Sequence[PoolPlan], options: DeployOptions) -> List[Di
             "type": "ClusterIP",
             "selector": dict(GATEWAY_LABELS),
             "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
+            # Dashboard sessions live in the memory of the replica that logged the browser in: keep a client on one
+            # replica (the API itself needs no affinity: every replica answers for every task).
+            "sessionAffinity": "ClientIP",
         },
     }
     rule: Dict[str, Any] = {
@@ -456,10 +459,17 @@ def render_gateway(plans: Sequence[PoolPlan], options: DeployOptions) -> List[Di
     ingress_spec: Dict[str, Any] = {"tls": [tls], "rules": [rule]}
     if options.ingress_class:
         ingress_spec["ingressClassName"] = options.ingress_class
+    # ingress-nginx sends to the pods directly (past the Service's affinity): a cookie keeps a browser on the
+    # replica holding its dashboard session.
+    sticky = {
+        "nginx.ingress.kubernetes.io/affinity": "cookie",
+        "nginx.ingress.kubernetes.io/session-cookie-name": "neutrino_replica",
+        "nginx.ingress.kubernetes.io/session-cookie-samesite": "Strict",
+    }
     ingress = {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "Ingress",
-        "metadata": _metadata("neutrino", GATEWAY_LABELS),
+        "metadata": _metadata("neutrino", GATEWAY_LABELS, sticky),
         "spec": ingress_spec,
     }
     headless = {
