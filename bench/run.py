@@ -394,9 +394,9 @@ def neutrino_check(ctx: Ctx) -> None:
 
 
 def start_worker(ctx: Ctx, name: str, db: Path) -> Proc:
-    # As `neutrino up` starts a fast worker: its default threads (--concurrency 4) and log level.
+    # As `neutrino up` starts a fast worker: its default threads (--fast-concurrency 16) and log level.
     argv = [str(WORKER_BIN), "--mode", "http", "--pool", "fast",
-                       "--app", BENCH_APP, "--port", "0", "--concurrency", "4",
+                       "--app", BENCH_APP, "--port", "0", "--concurrency", "16",
                        "--task-log", f"sqlite:{db}",
                        "--python-path", str(REPO / "python")]
     return Proc(name, argv, ctx.state / f"{name}.log")

@@ -688,7 +688,9 @@ def test_rendered_pods_run_on_the_real_binaries(launcher, tmp_path):
                              - {None, ""}) == 1 and all(jsz(p).get("meta_cluster", {}).get("leader")
                                                          for p in monitor_ports),
                  timeout=90, message=lambda: f"one meta leader ({[jsz(p).get('meta_cluster') for p in monitor_ports]})")
-    assert jsz(monitor_port)["meta_cluster"]["cluster_size"] == replicas
+    # A leader can be elected by two nodes before the third has joined: wait for all of them (bounded).
+    e2e.wait_for(lambda: jsz(monitor_port).get("meta_cluster", {}).get("cluster_size") == replicas, timeout=60,
+                 message=lambda: f"{replicas} nodes in the meta cluster ({jsz(monitor_port).get('meta_cluster')})")
     for port in monitor_ports:
         for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
             probe = nats_container[kind]["httpGet"]
