@@ -82,10 +82,12 @@ def start_fastapi(ctx: Ctx):
     return f"http://127.0.0.1:{port}/api/nap", [Proc("fastapi-2", argv, ctx.state / "fastapi-2.log")]
 
 
+CALL = "await asyncio.sleep(0.01)"
+
 TARGETS = [
-    Target("neutrino", "neutrino: gateway + 2 workers", start_neutrino),
-    Target("neutrino-direct", "neutrino: 1 worker direct", start_neutrino_direct),
-    Target("fastapi-2", "uvicorn+FastAPI, 2 processes", start_fastapi),
+    Target("neutrino", "neutrino: gateway + 2 workers", start_neutrino, sleep=False, call=CALL),
+    Target("neutrino-direct", "neutrino: 1 worker direct", start_neutrino_direct, sleep=False, call=CALL),
+    Target("fastapi-2", "uvicorn+FastAPI, 2 processes", start_fastapi, sleep=False, call=CALL),
 ]
 
 

@@ -346,6 +346,7 @@ class Target:
     start: Callable[["Ctx"], tuple[str, list[Proc], str]]  # -> (url, procs, note)
     start_timeout: float = START_TIMEOUT
     sleep: bool = True  # has POST /api/sleep_ms
+    call: str = "echo"  # what its URL runs, for the table
 
 
 @dataclass
@@ -507,7 +508,7 @@ def run_target(t: Target, ctx: Ctx, rows: list[Row]) -> None:
         if note:
             ctx.notes.append(f"{t.label}: {note}")
             log(note)
-        runs = [("echo", url, BODY, c) for c in CONCURRENCY]
+        runs = [(t.call, url, BODY, c) for c in CONCURRENCY]
         if SLEEP and t.sleep:
             runs.append(("sleep_ms(10)", url.rsplit("/", 1)[0] + "/sleep_ms", SLEEP_BODY, 32))
         for workload, run_url, body, c in runs:
