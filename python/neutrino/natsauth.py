@@ -81,8 +81,9 @@ def worker_permissions(pool: str) -> Dict[str, Dict[str, List[str]]]:
                 f"$JS.API.CONSUMER.MSG.NEXT.{TASKS_STREAM}.{consumer}",  # fetching its pool's tasks
                 f"$JS.ACK.{TASKS_STREAM}.{consumer}.>",  # ack, nak, in-progress, term
                 f"$JS.API.STREAM.MSG.GET.{SETTLED_STREAM}",  # is this delivery settled already?
-                f"$JS.API.STREAM.CREATE.{EVENTS_STREAM}",  # --task-log nats provisions the stream it publishes to
-                f"$JS.API.STREAM.UPDATE.{EVENTS_STREAM}",
+                # --task-log nats creates the stream it publishes to when it is missing (a worker started before any
+                # gateway); changing an existing stream's limits or retention is the gateway's alone.
+                f"$JS.API.STREAM.CREATE.{EVENTS_STREAM}",
                 f"$JS.API.STREAM.INFO.{EVENTS_STREAM}",
                 f"neutrino.events.{pool}",
                 f"neutrino.heartbeat.{pool}",

@@ -77,10 +77,14 @@ def test_a_worker_may_pull_only_its_own_pool(queue_stack):
             assert "Permissions Violation for Publish" in refusal, what
     with stack.nats.wire(user="worker_async") as nc:
         # Refused: publishing a task (another pool's or its own), a cancellation, another pool's heartbeat or
-        # events, provisioning anything but the events stream, deleting a queued task.
+        # events, provisioning anything but a missing events stream, changing or emptying that stream, deleting a queued
+        # task.
         for subject in ("neutrino.gpu.train", "neutrino.async.journal", "neutrino.control.cancel",
                         "neutrino.heartbeat.gpu", "neutrino.events.gpu", "$JS.API.STREAM.DELETE.NEUTRINO_TASKS",
-                        "$JS.API.STREAM.MSG.DELETE.NEUTRINO_TASKS", "$JS.API.CONSUMER.CREATE.NEUTRINO_TASKS"):
+                        "$JS.API.STREAM.MSG.DELETE.NEUTRINO_TASKS", "$JS.API.CONSUMER.CREATE.NEUTRINO_TASKS",
+                        # the events stream it publishes to: changing its limits, purging or deleting it
+                        "$JS.API.STREAM.UPDATE.NEUTRINO_EVENTS", "$JS.API.STREAM.PURGE.NEUTRINO_EVENTS",
+                        "$JS.API.STREAM.DELETE.NEUTRINO_EVENTS", "$JS.API.STREAM.MSG.DELETE.NEUTRINO_EVENTS"):
             assert "Permissions Violation for Publish" in _publish_refused(nc, subject), subject
     with stack.nats.wire(user="worker_async") as nc:
         # Refused: listening to another user's replies (where the tasks pool gpu fetches arrive) or to tasks.
