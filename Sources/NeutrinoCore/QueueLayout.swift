@@ -11,13 +11,14 @@ public enum QueueLayout {
     public static let deadLetterSubjects = "neutrino.dlq.>"
     /// Pool names that would collide with the layout's own subjects.
     public static let reservedPools: Set<String> = ["dlq", "control", "events", "heartbeat", "settled"]
-    /// `NEUTRINO_SETTLED`: one small message per task that must not run (again), `neutrino.settled.<task_id>` with
+    /// `NEUTRINO_SETTLED`: one small message per task that must not run (again), `neutrino.settled.<pool>.<task_id>` with
     /// its status as the body: cancelled while queued (the gateway), or finished (a `--task-log nats` worker, before
     /// it acknowledges). Such a worker has no task log to ask, so it looks here before running a delivery; kept a
-    /// day, far longer than any redelivery.
+    /// day, far longer than any redelivery. The pool is in the subject so that NATS permissions can let a worker mark
+    /// only its own pool's tasks.
     public static let settledStream = "NEUTRINO_SETTLED"
-    public static let settledSubjects = "neutrino.settled.*"
-    public static func settledSubject(taskID: String) -> String { "neutrino.settled.\(taskID)" }
+    public static let settledSubjects = "neutrino.settled.>"
+    public static func settledSubject(pool: String, taskID: String) -> String { "neutrino.settled.\(pool).\(taskID)" }
 
     /// `neutrino.<pool>.<task>`: where the gateway publishes a task.
     public static func taskSubject(pool: String, task: String) -> String { "neutrino.\(pool).\(task)" }

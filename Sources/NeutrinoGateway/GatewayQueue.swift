@@ -97,14 +97,14 @@ public final class GatewayQueue: Sendable {
                 throw .unavailable("\(error)")
             }
         }
-        settleRefusedInBackground(taskID: taskID)
+        settleRefusedInBackground(pool: spec.pool, taskID: taskID)
         throw .unavailable("no acknowledgement after \(attempts) attempt\(attempts == 1 ? "" : "s") in \(budget): \(lastError)")
     }
 
     /// Marks a task the gateway refused as settled (`failed`) on `NEUTRINO_SETTLED`, retrying for up to two minutes:
     /// a copy of it stored after all (by a leader elected after the gateway gave up, or a publish cnats sent after a
     /// reconnect) is then skipped by the worker that receives it, as is the case with the task log's `failed` row.
-    private func settleRefusedInBackground(taskID: String) {
+    private func settleRefusedInBackground(pool: String, taskID: String) {
         let js = self.js
         let logger = self.logger
         Task.detached {
@@ -112,7 +112,7 @@ public final class GatewayQueue: Sendable {
             let deadline = clock.now + .seconds(120)
             while clock.now < deadline && !js.connection.isClosed {
                 do {
-                    try await js.markSettled(taskID: taskID, status: .failed, timeout: .seconds(2))
+                    try await js.markSettled(pool: pool, taskID: taskID, status: .failed, timeout: .seconds(2))
                     return
                 } catch {
                     try? await Task.sleep(for: .seconds(1))
@@ -135,9 +135,9 @@ public final class GatewayQueue: Sendable {
 
     /// Stores the cancellation of a queued task on `NEUTRINO_SETTLED`, where workers without the task log look
     /// before running a task.
-    public func recordCancel(taskID: String) async throws(Failure) {
+    public func recordCancel(pool: String, taskID: String) async throws(Failure) {
         do {
-            try await js.markSettled(taskID: taskID, status: .cancelled, timeout: .seconds(5))
+            try await js.markSettled(pool: pool, taskID: taskID, status: .cancelled, timeout: .seconds(5))
         } catch {
             throw .unavailable("\(error)")
         }

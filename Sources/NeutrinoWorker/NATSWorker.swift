@@ -159,7 +159,7 @@ final class NATSWorker: Sendable {
         if cancelled.withLock({ $0.contains(id) }) { return "cancelled" }
         guard let reader else {
             // No task log here (--task-log nats): cancellations of queued tasks and finished tasks leave a mark.
-            return (try? await js.settledStatus(taskID: id)) ?? nil
+            return (try? await js.settledStatus(pool: configuration.pool, taskID: id)) ?? nil
         }
         guard let record = try? await reader.record(id: id), record.status.isTerminal else { return nil }
         return record.status.rawValue
@@ -308,7 +308,7 @@ final class NATSWorker: Sendable {
 
     private func markSettled(_ event: TaskEvent, js: JetStream) async {
         do {
-            try await js.markSettled(taskID: event.taskID, status: event.kind.status)
+            try await js.markSettled(pool: event.pool, taskID: event.taskID, status: event.kind.status)
         } catch {
             logger.warning(
                 "could not mark the task settled; a redelivery may run it again", metadata: ["task_id": "\(event.taskID)", "error": "\(error)"])

@@ -88,7 +88,7 @@ def worker_permissions(pool: str) -> Dict[str, Dict[str, List[str]]]:
                 f"neutrino.events.{pool}",
                 f"neutrino.heartbeat.{pool}",
                 f"neutrino.dlq.{pool}.*",
-                "neutrino.settled.*",
+                f"neutrino.settled.{pool}.*",  # marks of its own pool's tasks only
             ]
         },
         "subscribe": {"allow": ["neutrino.control.cancel", f"{inbox_prefix(worker_user(pool))}.>"]},

@@ -197,8 +197,8 @@ def test_cancelled_while_queued_never_runs_on_a_worker_without_task_log(queue_st
     assert record["status"] == "cancelled" and record["error"]["type"] == "Cancelled", record
     assert event_names(record) == ["queued", "cancelled"], record
     with stack.nats.wire() as nc:
-        marker = nc.stream_message("NEUTRINO_SETTLED", f"neutrino.settled.{task_id}")
-        unmarked = nc.stream_message("NEUTRINO_SETTLED", f"neutrino.settled.{keep}")
+        marker = nc.stream_message("NEUTRINO_SETTLED", f"neutrino.settled.gpu.{task_id}")
+        unmarked = nc.stream_message("NEUTRINO_SETTLED", f"neutrino.settled.gpu.{keep}")
     assert marker is not None, f"no cancel marker for {task_id}: {stack.nats.stream('NEUTRINO_SETTLED')}"
     assert unmarked is None, unmarked
     assert stack.nats.queue_depth("gpu") == (2, 0), stack.nats.consumer("pool_gpu")

@@ -236,7 +236,7 @@ struct TasksController: Sendable {
                     error: JSONWriter.taskErrorText(.cancelled, message: "cancelled while queued")))
             await components.taskLog?.flush()
             // Best effort: a worker about to run it also checks the task log, or (--task-log nats) NEUTRINO_SETTLED.
-            try? await queue?.recordCancel(taskID: id)
+            try? await queue?.recordCancel(pool: record.pool, taskID: id)
             try? await queue?.broadcastCancel(taskID: id)
             return answer(.ok, TaskStatus.cancelled.rawValue)
         default:

@@ -71,7 +71,7 @@ struct DeliveryJanitor: Service {
             } catch {
                 logger.error("copying an exhausted task to the dead-letter stream failed", metadata: ["task_id": "\(taskID)", "error": "\(error)"])
             }
-            try? await js.markSettled(taskID: taskID, status: .failed)
+            try? await js.markSettled(pool: spec.pool, taskID: taskID, status: .failed)
             await taskLog?.flush()
             logger.warning(
                 "task ended by the janitor: deliveries exhausted without an outcome",
