@@ -430,8 +430,10 @@ public final class PythonExecutor: Sendable {
                 continue
             }
             lock.unlock()
-            if wakeLoop { wakeTheLoop() }
+            // Answered before the loop is woken: the loop would end a timed-out coroutine with CancelledError (a
+            // failure) as soon as it gets the cancel, and the first answer is the one the caller gets.
             for job in timedOut { finish(job, .timedOut(durationMs: Double(monotonicNanos() - job.startNanos) / 1e6)) }
+            if wakeLoop { wakeTheLoop() }
             for _ in 0..<leakedNow { startPythonThread() }
             if leakedNow > 0 && leaked > hardLimit.maxLeakedThreads { alarm(.tooManyLeakedThreads(leaked)) }
             if coroutinesGivenUp > 0 {
