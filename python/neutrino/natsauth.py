@@ -42,6 +42,18 @@ SETTLED_STREAM = "NEUTRINO_SETTLED"
 _TOKEN = re.compile(r"[^A-Za-z0-9_-]")
 
 
+
+def new_password() -> str:
+    """A random NATS password (192 bits): a letter, then hex digits. nats-server parses a variable it substitutes
+    (``$NATS_PW_GATEWAY`` in the Kubernetes config) as a config value, so a password starting with a digit or ``-``
+    would be read as a malformed number and the server would not start."""
+    return "p" + secrets.token_hex(24)
+
+
+def is_safe_password(value: object) -> bool:
+    """Whether ``value`` is a password nats-server substitutes as a plain string (see :func:`new_password`)."""
+    return isinstance(value, str) and re.fullmatch(r"[A-Za-z][A-Za-z0-9]{15,}", value) is not None
+
 def worker_user(pool: str) -> str:
     """The NATS user of pool ``pool``'s workers."""
     return f"worker_{pool}"
@@ -112,7 +124,7 @@ class NatsCredentials:
         for pool in pools:
             user = worker_user(pool)
             if user not in self.passwords:
-                self.passwords[user] = secrets.token_urlsafe(24)
+                self.passwords[user] = new_password()
                 added = True
         return added
 
@@ -135,9 +147,9 @@ class NatsCredentials:
 
     @classmethod
     def generate(cls, pools: Iterable[str], admin: Optional[str] = None) -> "NatsCredentials":
-        creds = cls({GATEWAY_USER: secrets.token_urlsafe(24)}, admin=admin)
+        creds = cls({GATEWAY_USER: new_password()}, admin=admin)
         if admin:
-            creds.passwords[admin] = secrets.token_urlsafe(24)
+            creds.passwords[admin] = new_password()
         creds.ensure_pools(pools)
         return creds
 
@@ -210,7 +222,7 @@ def load_or_create(path: str, pools: Iterable[str], admin: Optional[str] = None)
     else:
         changed = creds.ensure_pools(pools)
         if admin and admin not in creds.passwords:
-            creds.passwords[admin] = secrets.token_urlsafe(24)
+            creds.passwords[admin] = new_password()
             creds.admin = admin
             changed = True
     if changed or (os.stat(path).st_mode & 0o077):

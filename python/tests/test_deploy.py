@@ -282,3 +282,14 @@ def test_cli_reports_a_missing_kubectl(write_app, tmp_path, capsys):
 
 def test_cli_bad_app(tmp_path, capsys):
     assert main(["deploy", str(tmp_path / "missing.py"), "--dry-run"]) == 1
+
+
+def test_nats_passwords_are_plain_strings_to_nats_server_config_substitution():
+    """nats-server parses a substituted variable ($NATS_PW_GATEWAY in the rendered config) as a config value: a
+    password starting with a digit or '-' is read as a malformed number and the server does not start."""
+    from neutrino.natsauth import is_safe_password, new_password
+
+    passwords = {new_password() for _ in range(2000)}
+    assert len(passwords) == 2000
+    assert all(is_safe_password(p) and p[0].isalpha() and p.isalnum() and len(p) >= 48 for p in passwords)
+    assert not is_safe_password("6KqfJ0oFhZ_x-1ab2cd3ef4") and not is_safe_password("-abc123def456ghi789")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import secrets
 from typing import Any, Dict, List, Optional
 
 from ..app import App
@@ -113,7 +112,7 @@ def write_secrets(folder: str, app: App, namespace: str) -> str:
     """Write ``folder/secrets/``: the Secret with the NATS passwords (random, mode 0600; kept when the file exists,
     a user added for each new pool) and its kustomization. Apart from the rendered manifests so that they hold no
     secret: apply it once (``kubectl apply -k DIR/secrets``), keep it out of version control. Returns the folder."""
-    from ..natsauth import GATEWAY_USER, worker_user, write_private
+    from ..natsauth import GATEWAY_USER, is_safe_password, new_password, worker_user, write_private
 
     secrets_dir = os.path.join(folder, "secrets")
     os.makedirs(secrets_dir, exist_ok=True)
@@ -128,7 +127,9 @@ def write_secrets(folder: str, app: App, namespace: str) -> str:
     except (OSError, ValueError, ImportError):
         data = {}
     for user in users:
-        data.setdefault(nats_secret_key(user), secrets.token_urlsafe(24))
+        # Kept across runs, unless an earlier version wrote one nats-server cannot substitute (see new_password).
+        if not is_safe_password(data.get(nats_secret_key(user))):
+            data[nats_secret_key(user)] = new_password()
     secret = {
         "apiVersion": "v1",
         "kind": "Secret",
