@@ -23,9 +23,7 @@ public struct JSONLogHandler: LogHandler {
     }
 
     public func log(event: LogEvent) {
-        var merged = metadata
-        if let provided = metadataProvider?.get() { merged.merge(provided) { _, new in new } }
-        if let extra = event.metadata { merged.merge(extra) { _, new in new } }
+        let merged = mergedMetadata(metadata, metadataProvider, event.metadata)
         var w = JSONWriter(capacity: 256)
         w.beginObject()
         w.key("ts"); w.string(Timestamp.now().iso8601)
@@ -62,6 +60,16 @@ public struct JSONLogHandler: LogHandler {
 
     /// One write(2) per line, so lines from several threads never interleave.
     static let output = LineOutput()
+}
+
+/// A handler's own metadata, then its provider's, then the event's (later keys win), as both handlers log them.
+func mergedMetadata(
+    _ own: Logger.Metadata, _ provider: Logger.MetadataProvider?, _ event: Logger.Metadata?
+) -> Logger.Metadata {
+    var merged = own
+    if let provided = provider?.get() { merged.merge(provided) { _, new in new } }
+    if let event { merged.merge(event) { _, new in new } }
+    return merged
 }
 
 final class LineOutput: Sendable {
