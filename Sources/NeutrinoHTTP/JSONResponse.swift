@@ -26,6 +26,28 @@ public enum NeutrinoHeader {
     /// On a worker's answer: byte offset in the body where the raw `result` (or `error`) JSON starts; it runs to
     /// the body's last byte but one. Lets the gateway log the outcome without parsing the body again.
     public static let outcomeOffset = HTTPField.Name("X-Neutrino-Outcome-Offset")!
+    /// On a request the gateway forwards to the mounted ASGI app: the client's address (`host:port`) and the
+    /// gateway's own (`host:port`), for the ASGI scope's `client` and `server`.
+    public static let asgiClient = HTTPField.Name("X-Neutrino-Client")!
+    public static let asgiServer = HTTPField.Name("X-Neutrino-Server")!
+    /// On an ASGI answer: the pattern of the app's route that matched (`/items/{item_id}`), for the gateway's
+    /// metrics; the gateway removes it before relaying.
+    public static let asgiRoute = HTTPField.Name("X-Neutrino-Route")!
+    /// On an answer the worker made itself instead of the app (no slot free, shutting down): the gateway may try
+    /// another worker, since nothing ran.
+    public static let rejected = HTTPField.Name("X-Neutrino-Rejected")!
+}
+
+/// Where the gateway forwards requests for the mounted ASGI app on a worker: this prefix, then the request target as
+/// the client sent it (`GET /_neutrino_asgi/items/3?q=x` is the app's `GET /items/3?q=x`).
+public enum ASGIForwarding {
+    public static let prefix = "/_neutrino_asgi"
+
+    /// Hop-by-hop headers (RFC 9110 7.6.1), never forwarded in either direction.
+    public static let hopByHop: Set<String> = [
+        "connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade",
+        "proxy-authenticate", "proxy-authorization",
+    ]
 }
 
 extension Response {

@@ -3,7 +3,10 @@ import Synchronization
 
 /// The built-in function `neutrino._loop.run` calls to talk to the executor (GIL held, on the loop thread or its
 /// watcher): `bridge(0)` takes the queued work, `bridge(1, id, ok, data, output)` reports a coroutine's end,
-/// `bridge(2, reason)` reports the loop lost, `bridge(3)` raises `TimeoutError` in the loop thread.
+/// `bridge(2, reason)` reports the loop lost, `bridge(3)` raises `TimeoutError` in the loop thread; for the mounted
+/// ASGI app (`neutrino._asgi`): `bridge(4, id, status, headers, route)` a response head, `bridge(5, id, data, more)`
+/// a body chunk (returns True: wait for RESUME), `bridge(6, id, error)` the request's end, `bridge(7, phase, ok,
+/// message)` the lifespan startup (0) or shutdown (1).
 enum LoopBridge {
     private static let target = Mutex<PythonExecutor?>(nil)
 
@@ -60,6 +63,30 @@ private let loopBridge: PyCFunction = { _, args in
         executor.loopLost(reason)
     case 3:
         executor.interruptLoopThread()
+    case 4:
+        guard PyTuple_Size(args) == 5, let id = PyTuple_GetItem(args, 1), let status = PyTuple_GetItem(args, 2),
+            let headers = PyTuple_GetItem(args, 3), let route = PyTuple_GetItem(args, 4)
+        else { break }
+        executor.asgiHead(
+            id: UInt64(PyLong_AsUnsignedLongLong(id)), status: PyLong_AsLong(status), headers: PythonRuntime.bytes(of: headers) ?? [],
+            route: PythonRuntime.string(of: route))
+    case 5:
+        guard PyTuple_Size(args) == 4, let id = PyTuple_GetItem(args, 1), let data = PyTuple_GetItem(args, 2),
+            let more = PyTuple_GetItem(args, 3)
+        else { break }
+        let paused = executor.asgiBody(
+            id: UInt64(PyLong_AsUnsignedLongLong(id)), data: PythonRuntime.bytes(of: data) ?? [], more: PyObject_IsTrue(more) == 1)
+        if PyErr_Occurred() != nil { PyErr_Clear() }
+        return PyBool_FromLong(paused ? 1 : 0)
+    case 6:
+        guard PyTuple_Size(args) == 3, let id = PyTuple_GetItem(args, 1), let error = PyTuple_GetItem(args, 2) else { break }
+        executor.asgiEnd(
+            id: UInt64(PyLong_AsUnsignedLongLong(id)), error: error == neutrino_py_none() ? nil : PythonRuntime.string(of: error))
+    case 7:
+        guard PyTuple_Size(args) == 4, let phase = PyTuple_GetItem(args, 1), let ok = PyTuple_GetItem(args, 2),
+            let message = PyTuple_GetItem(args, 3)
+        else { break }
+        executor.lifespanReported(phase: PyLong_AsLong(phase), ok: PyObject_IsTrue(ok) == 1, message: PythonRuntime.string(of: message))
     default:
         break
     }

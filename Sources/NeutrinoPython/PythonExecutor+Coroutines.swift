@@ -91,10 +91,11 @@ extension PythonExecutor {
         _ = PyGILState_Ensure()
         lock.withLock { state.loopIdent = PyThread_get_thread_ident() }
         var failure: String?
-        if let run = runtime.loopRun, let bridge = LoopBridge.makeFunction(), let args = PyTuple_New(3) {
+        if let run = runtime.loopRun, let bridge = LoopBridge.makeFunction(), let args = PyTuple_New(4) {
             PyTuple_SetItem(args, 0, bridge)  // steals
             PyTuple_SetItem(args, 1, PyLong_FromLong(Int(wakeRead)))
             PyTuple_SetItem(args, 2, PyFloat_FromDouble(Double(max(0, hardLimit.grace.wholeMilliseconds)) / 1000))
+            PyTuple_SetItem(args, 3, PyBool_FromLong(servesASGI ? 1 : 0))
             if let result = PyObject_CallObject(run.pointer, args) {
                 Py_DecRef(result)
             } else {
@@ -132,19 +133,43 @@ extension PythonExecutor {
                 PyTuple_SetItem(tuple, 3, payload)
                 PyTuple_SetItem(tuple, 4, PyFloat_FromDouble(Double(job.timeoutNanos) / 1e9 + graceSeconds))
             case .cancel(let id):
-                PyTuple_SetItem(tuple, 0, PyLong_FromLong(1))
-                PyTuple_SetItem(tuple, 1, PyLong_FromUnsignedLongLong(id))
-                for i in 2..<4 {
-                    let none = neutrino_py_none()
-                    Py_IncRef(none)
-                    PyTuple_SetItem(tuple, i, none)
-                }
+                Self.fillControl(tuple, op: 1, id: id)
+            case .asgiRequest(let exchange):
+                PyTuple_SetItem(tuple, 0, PyLong_FromLong(2))
+                PyTuple_SetItem(tuple, 1, PyLong_FromUnsignedLongLong(exchange.id))
+                PyTuple_SetItem(tuple, 2, Self.pyBytes(exchange.head))
+                PyTuple_SetItem(tuple, 3, Self.pyBytes(exchange.body))
                 PyTuple_SetItem(tuple, 4, PyFloat_FromDouble(0))
+            case .asgiDisconnect(let id):
+                Self.fillControl(tuple, op: 3, id: id)
+            case .asgiResume(let id):
+                Self.fillControl(tuple, op: 4, id: id)
+            case .lifespanShutdown:
+                Self.fillControl(tuple, op: 5, id: 0)
             }
             PyList_Append(list, tuple)
             Py_DecRef(tuple)
         }
         return list
+    }
+
+    /// `(op, id, None, None, 0.0)` (GIL held).
+    static func fillControl(_ tuple: UnsafeMutablePointer<PyObject>, op: Int, id: UInt64) {
+        PyTuple_SetItem(tuple, 0, PyLong_FromLong(op))
+        PyTuple_SetItem(tuple, 1, PyLong_FromUnsignedLongLong(id))
+        for i in 2..<4 {
+            let none = neutrino_py_none()
+            Py_IncRef(none)
+            PyTuple_SetItem(tuple, i, none)
+        }
+        PyTuple_SetItem(tuple, 4, PyFloat_FromDouble(0))
+    }
+
+    /// A new `bytes` object (GIL held).
+    static func pyBytes(_ bytes: [UInt8]) -> UnsafeMutablePointer<PyObject>? {
+        bytes.withUnsafeBytes { raw in
+            PyBytes_FromStringAndSize(raw.baseAddress?.assumingMemoryBound(to: CChar.self), Py_ssize_t(raw.count))
+        }
     }
 
     /// A coroutine ended (on the loop thread, GIL held): `ok` with its result JSON, or its error payload.
@@ -167,6 +192,7 @@ extension PythonExecutor {
         let ms = Double(monotonicNanos() - job.startNanos) / 1e6
         finish(job, ok ? .completed(result: data, durationMs: ms) : .failed(error: data, durationMs: ms))
         startWaitingCoroutines()
+        startWaitingRequests()
     }
 
     /// Raises `TimeoutError` in the loop thread (GIL held): the watcher's hard stop for a coroutine that blocks it.
@@ -183,6 +209,7 @@ extension PythonExecutor {
             return state.coroutineWaiting
         }
         for job in waiting { finish(job, .rejected(reason: "the event loop is lost: \(reason)")) }
+        asgiLoopLost(reason)
         alarm(.eventLoop(reason))
     }
 }

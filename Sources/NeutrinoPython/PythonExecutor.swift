@@ -130,11 +130,23 @@ public final class PythonExecutor: Sendable {
         /// Why the event loop cannot run coroutines any more (blocked past a hard limit, or failed to start).
         var loopLost: String?
         var loopIdent: UInt = 0
+        // The mounted ASGI app's side (see PythonExecutor+ASGI.swift).
+        /// Requests waiting for a coroutine slot, oldest first.
+        var asgiWaiting: [ASGIExchange] = []
+        /// Requests on the loop by number, until the loop says their coroutine ended.
+        var asgiRunning: [UInt64: ASGIExchange] = [:]
+        /// The lifespan startup's and shutdown's outcomes once the loop reported them, and who waits for them.
+        var lifespan: [Int: (ok: Bool, message: String)] = [:]
+        var lifespanWaiters: [Int: [CheckedContinuation<(ok: Bool, message: String), Never>]] = [:]
     }
 
     enum LoopItem {
         case start(Job)
         case cancel(UInt64)
+        case asgiRequest(ASGIExchange)
+        case asgiDisconnect(UInt64)
+        case asgiResume(UInt64)
+        case lifespanShutdown
     }
 
     /// `probe`: nothing is raised; the interrupter only shows it can take the GIL (a coroutine past its hard limit
@@ -156,12 +168,14 @@ public final class PythonExecutor: Sendable {
     /// The event loop's wake-up pipe (read end for the loop, write end for Swift); -1 without a loop.
     let wakeRead: Int32
     let wakeWrite: Int32
+    /// The loop serves the app's mounted ASGI app (an HTTP worker of its pool): lifespan startup first.
+    public let servesASGI: Bool
 
     /// `maxCoroutines`: the bound on `async def` tasks in flight on the event loop; the loop thread starts only when
     /// the app has such tasks and the bound is positive.
     public init(
         runtime: PythonRuntime, threads: Int, maxQueued: Int = 1024, maxCoroutines: Int = 0,
-        hardLimit: HardTimeoutPolicy = HardTimeoutPolicy(),
+        serveASGI: Bool = false, hardLimit: HardTimeoutPolicy = HardTimeoutPolicy(),
         alarm: @escaping @Sendable (ExecutorAlarm) -> Void = { _ in }
     ) {
         self.runtime = runtime
@@ -171,6 +185,7 @@ public final class PythonExecutor: Sendable {
         self.alarm = alarm
         let useLoop = runtime.loopRun != nil && maxCoroutines > 0
         self.maxCoroutines = useLoop ? maxCoroutines : 0
+        self.servesASGI = useLoop && serveASGI && runtime.asgiPool != nil
         var fds: [Int32] = [-1, -1]
         if useLoop {
             let rc = pipe(&fds)
@@ -257,6 +272,9 @@ public final class PythonExecutor: Sendable {
         state.queue.removeAll()
         state.coroutineWaiting.removeAll()
         state.queueHead = 0
+        let requests = state.asgiWaiting
+        state.asgiWaiting.removeAll()
+        for exchange in requests { exchange.deliver(.rejected("the worker is shutting down"), final: true) }
         workAvailable.broadcast()
         watchdogWake.signal()
         interruptWake.signal()

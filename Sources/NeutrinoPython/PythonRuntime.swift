@@ -30,8 +30,11 @@ public final class PythonRuntime: Sendable {
     let lastOutput: PyRef?
     /// The `async def` tasks: they run on the worker's event loop (`neutrino._loop`), not on a thread each.
     public let coroutineTasks: Set<String>
-    /// `neutrino._loop.run`, the event-loop thread's body; nil when the app has no `async def` task.
+    /// `neutrino._loop.run`, the event-loop thread's body; nil when the app has no `async def` task and mounts no
+    /// ASGI app.
     let loopRun: PyRef?
+    /// The sync pool whose HTTP workers serve the app's mounted ASGI app (`App.mount`), or nil.
+    public let asgiPool: String?
 
     /// Starts the interpreter and imports `app` (a `.py` path, `module` or `module:attr`).
     /// `paths` go first on `sys.path` (the SDK, extra folders); an active virtualenv (`VIRTUAL_ENV`) is added as a
@@ -132,8 +135,17 @@ public final class PythonRuntime: Sendable {
             throw PythonStartupError(message: "neutrino._runtime.load returned unreadable task specs: \(String(decoding: bytes, as: UTF8.self))")
         }
         let coroutines = PythonRuntime.decodeCoroutineNames(bytes)
+        var asgiPool: String?
+        if let poolFunction = PyObject_GetAttrString(module, "asgi_pool") {
+            if let pool = PyObject_CallObject(poolFunction, nil) {
+                if pool != neutrino_py_none() { asgiPool = PythonRuntime.string(of: pool) }
+                Py_DecRef(pool)
+            }
+            Py_DecRef(poolFunction)
+        }
+        PyErr_Clear()  // an SDK without asgi_pool: no mounted app
         var loopRun: PyRef?
-        if !coroutines.isEmpty {
+        if !coroutines.isEmpty || asgiPool != nil {
             guard let loopModule = PyImport_ImportModule("neutrino._loop"), let run = PyObject_GetAttrString(loopModule, "run") else {
                 throw PythonStartupError(message: "cannot import neutrino._loop for the app's async def tasks: \(PythonRuntime.takeErrorText())")
             }
@@ -148,13 +160,14 @@ public final class PythonRuntime: Sendable {
         return PythonRuntime(
             tasks: specs, invoke: PyRef(pointer: invoke), taskErrorClass: PyRef(pointer: taskError),
             taskNames: names, cancelClass: PyRef(pointer: cancelled), lastOutput: lastOutput.map { PyRef(pointer: $0) },
-            coroutineTasks: coroutines, loopRun: loopRun)
+            coroutineTasks: coroutines, loopRun: loopRun, asgiPool: asgiPool)
     }
 
     private init(
         tasks: [TaskSpec], invoke: PyRef, taskErrorClass: PyRef, taskNames: [String: PyRef], cancelClass: PyRef,
-        lastOutput: PyRef?, coroutineTasks: Set<String>, loopRun: PyRef?
+        lastOutput: PyRef?, coroutineTasks: Set<String>, loopRun: PyRef?, asgiPool: String?
     ) {
+        self.asgiPool = asgiPool
         self.coroutineTasks = coroutineTasks
         self.loopRun = loopRun
         self.lastOutput = lastOutput

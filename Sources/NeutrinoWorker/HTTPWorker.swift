@@ -39,9 +39,11 @@ struct HTTPWorker: Sendable {
                 .filter { $0.pool == configuration.pool && $0.mode == .sync }
                 .map { ($0.name, $0) })
         let coroutines = runtime.tasks.contains { $0.pool == configuration.pool && runtime.coroutineTasks.contains($0.name) }
+        // The mounted ASGI app runs on the same event loop as the async def tasks, in the same coroutine slots.
+        let servesASGI = runtime.asgiPool == configuration.pool
         self.executor = PythonExecutor(
             runtime: runtime, threads: configuration.concurrency, maxQueued: configuration.maxQueued,
-            maxCoroutines: coroutines ? configuration.maxCoroutines : 0,
+            maxCoroutines: coroutines || servesASGI ? configuration.maxCoroutines : 0, serveASGI: servesASGI,
             hardLimit: HardTimeoutPolicy(
                 grace: configuration.hardTimeoutGrace,
                 maxLeakedThreads: configuration.maxLeakedThreads),
@@ -63,6 +65,9 @@ struct HTTPWorker: Sendable {
     /// the server drains the calls in flight, then the threads and the task log close.
     func services() -> [any Service] {
         let router = Router()
+        if executor.servesASGI {
+            router.add(middleware: ASGIMiddleware(executor: executor, maxBodyBytes: configuration.maxBodyBytes, logger: logger))
+        }
         router.addWorkerMetrics(executor: executor, configuration: configuration)
         router.get("/healthz") { _, _ in self.health() }
         router.get("/readyz") { _, _ in self.health() }
@@ -75,7 +80,7 @@ struct HTTPWorker: Sendable {
             router: router, host: configuration.host, port: configuration.port,
             serverName: "neutrino-worker", logger: logger,
             onListening: { port in heartbeats?.listening(host: host, port: port) })
-        if specs.isEmpty {
+        if specs.isEmpty && !executor.servesASGI {
             logger.warning("the app has no sync task in this pool", metadata: ["pool": "\(configuration.pool)"])
         }
         logger.info(
@@ -83,7 +88,7 @@ struct HTTPWorker: Sendable {
             metadata: [
                 "worker_id": "\(configuration.workerID)", "pool": "\(configuration.pool)", "mode": "http",
                 "concurrency": "\(configuration.concurrency)", "max_coroutines": "\(executor.maxCoroutines)",
-                "tasks": "\(specs.keys.sorted().joined(separator: ","))",
+                "tasks": "\(specs.keys.sorted().joined(separator: ","))", "asgi": "\(executor.servesASGI)",
             ])
         let executor = self.executor
         let taskLog = self.taskLog
@@ -92,6 +97,20 @@ struct HTTPWorker: Sendable {
             LifecycleService("python threads", stop: { executor.shutdown() }),
             RunningRecorder(calls: callerRecorded, taskLog: taskLog),
         ]
+        if executor.servesASGI {
+            // Stopped after the server has drained its requests, before the Python threads: the app's shutdown hooks.
+            let logger = self.logger
+            services.append(
+                LifecycleService(
+                    "asgi lifespan",
+                    stop: {
+                        switch await executor.asgiShutdown(timeout: .seconds(30)) {
+                        case .some((true, _)): logger.info("the ASGI app's lifespan shutdown is complete")
+                        case .some((false, let message)): logger.error("the ASGI app's lifespan shutdown failed:\n\(message)")
+                        case .none: logger.error("the ASGI app's lifespan shutdown did not end within 30 s")
+                        }
+                    }))
+        }
         if let connection {
             // Sync cancel: the same broadcast as for queued tasks; the call's caller is answered 409 `cancelled`.
             // Before the server in the list, so it still hears cancels while the server drains.
@@ -106,6 +125,17 @@ struct HTTPWorker: Sendable {
             services.append(heartbeats)
         }
         return services
+    }
+
+    /// Runs the mounted ASGI app's lifespan startup on the event loop (before the server listens, so a worker that
+    /// announces itself is ready); throws with the app's traceback when it fails.
+    func startASGI() async throws {
+        guard executor.servesASGI else { return }
+        let (ok, message) = await executor.asgiStartup()
+        guard ok else {
+            throw WorkerError(message: "the mounted ASGI app's lifespan startup failed:\n\(message)")
+        }
+        logger.info("the ASGI app's lifespan startup is complete", metadata: ["pool": "\(configuration.pool)"])
     }
 
     private func noteCancel(_ id: String) {

@@ -69,10 +69,14 @@ public enum Worker {
         let services: [any Service]
         switch configuration.mode {
         case .http:
-            services = HTTPWorker(
+            let worker = HTTPWorker(
                 configuration: configuration, runtime: runtime, taskLog: sink, connection: connection,
-                recycler: recycler, callerRecorded: callerRecorded, logger: logger
-            ).services()
+                recycler: recycler, callerRecorded: callerRecorded, logger: logger)
+            do { try await worker.startASGI() } catch {
+                await connection?.close()
+                throw error
+            }
+            services = worker.services()
         case .nats:
             guard let connection else { throw WorkerError(message: "--mode nats needs --nats URL") }
             services = try NATSWorker(

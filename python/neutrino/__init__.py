@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._context import TaskContext, current_task, report_progress
 from ._version import __version__
-from .app import App, Task, TaskSpec
+from .app import App, AsgiMount, Task, TaskSpec
 from .client import Client, TaskHandle
 from .errors import (
     AppLoadError,
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from .aio import AsyncClient, AsyncTaskHandle
 
 __all__ = [
+    "AsgiMount",
     "__version__",
     # defining tasks
     "App",

@@ -30,6 +30,7 @@ import os
 import sys
 import threading
 import time
+import traceback
 from typing import Any, Callable, Dict, Optional
 
 from . import _runtime
@@ -40,6 +41,9 @@ __all__ = ["run"]
 TAKE, DONE, LOST, INTERRUPT = 0, 1, 2, 3
 # Items from TAKE.
 START, CANCEL = 0, 1
+# Items from TAKE for the mounted ASGI app (neutrino._asgi): a request (job, head fields, body), the client went
+# away, the worker has room for more of a response again, and the lifespan shutdown.
+ASGI_REQUEST, ASGI_DISCONNECT, ASGI_RESUME, LIFESPAN_SHUTDOWN = 2, 3, 4, 5
 
 def _warn_from_env() -> float:
     try:
@@ -78,10 +82,25 @@ def _log(message: str) -> None:
         pass
 
 
-def run(bridge: Callable[..., Any], wake_fd: int, grace_s: float) -> None:
-    """The loop thread's body: serve coroutine tasks until the process ends."""
+def run(bridge: Callable[..., Any], wake_fd: int, grace_s: float, serve_asgi: bool = False) -> None:
+    """The loop thread's body: serve coroutine tasks (and, with ``serve_asgi``, the app's mounted ASGI app, its
+    lifespan startup first, reported by ``bridge(LIFESPAN, 0, ok, message)``) until the process ends."""
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
+    asgi = None
+    if serve_asgi:
+        from . import _asgi
+
+        mounted = _runtime.mounted_asgi()
+        if mounted is None:
+            bridge(_asgi.LIFESPAN, 0, False, "the app mounts no ASGI app")
+        else:
+            asgi = _asgi.AsgiServer(mounted, loop, bridge)
+            try:
+                ok, message = loop.run_until_complete(asgi.startup())
+            except BaseException as exc:
+                ok, message = False, "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            bridge(_asgi.LIFESPAN, 0, ok, message)
     jobs: Dict[int, _Job] = {}
     by_task: Dict[asyncio.Task, _Job] = {}
     stamp = [time.monotonic()]
@@ -108,6 +127,14 @@ def run(bridge: Callable[..., Any], wake_fd: int, grace_s: float) -> None:
                 entry = jobs.get(job)
                 if entry is not None and entry.task is not None:
                     entry.task.cancel()
+            elif asgi is not None and op == ASGI_REQUEST:
+                asgi.start(job, item[2], item[3])
+            elif asgi is not None and op == ASGI_DISCONNECT:
+                asgi.disconnect(job)
+            elif asgi is not None and op == ASGI_RESUME:
+                asgi.resume(job)
+            elif asgi is not None and op == LIFESPAN_SHUTDOWN:
+                loop.create_task(_shutdown_asgi(asgi))
 
     def _start(job: int, name: str, payload: bytes, hard_deadline_s: float) -> None:
         try:
@@ -130,6 +157,15 @@ def run(bridge: Callable[..., Any], wake_fd: int, grace_s: float) -> None:
             if entry.task is not None:
                 by_task.pop(entry.task, None)
         bridge(DONE, entry.job, ok, data, output)
+
+    async def _shutdown_asgi(server: Any) -> None:
+        from . import _asgi
+
+        try:
+            ok, message = await server.shutdown()
+        except BaseException as exc:
+            ok, message = False, "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        bridge(_asgi.LIFESPAN, 1, ok, message)
 
     _read = lambda fd: os.read(fd, 4096)  # noqa: E731
     os.set_blocking(wake_fd, False)

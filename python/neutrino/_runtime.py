@@ -37,7 +37,8 @@ from ._convert import build_args_converter
 from ._loader import load_app
 
 __all__ = [
-    "TaskError", "CancelledByRequest", "load", "invoke", "prepare", "await_task", "last_output", "set_progress_sink"
+    "TaskError", "CancelledByRequest", "load", "invoke", "asgi_pool", "mounted_asgi", "prepare", "await_task",
+    "last_output", "set_progress_sink",
 ]
 
 _ArgsConverter = Optional[Callable[[Dict[str, Any]], Dict[str, Any]]]
@@ -47,6 +48,8 @@ _local = threading.local()
 
 # name -> (the undecorated function, its args converter or None); filled by load().
 _tasks: Dict[str, Tuple[Callable[..., Any], _ArgsConverter]] = {}
+# The mounted ASGI app and its pool (App.mount), or None; set by load().
+_asgi: Optional[Tuple[Any, str]] = None
 
 
 class TaskError(Exception):
@@ -76,7 +79,10 @@ def load(app_spec: str) -> bytes:
     Returns JSON bytes: ``[{"name", "execution_mode", "pool", "timeout_ms", "retries", "coroutine"}, ...]`` in
     definition order. Import errors and definition errors propagate as raised.
     """
+    global _asgi
     app = load_app(app_spec)
+    mount = getattr(app, "asgi", None)
+    _asgi = None if mount is None else (mount.app, mount.pool)
     specs = list(app.tasks.values())
     tasks = {spec.name: (spec.func, build_args_converter(spec.func)) for spec in specs}
     _tasks.clear()
@@ -86,6 +92,16 @@ def load(app_spec: str) -> bytes:
     return json.dumps(
         [dict(spec.to_json(), coroutine=inspect.iscoroutinefunction(spec.func)) for spec in specs]
     ).encode()
+
+
+def asgi_pool() -> Optional[str]:
+    """The pool that serves the app's mounted ASGI app (:meth:`neutrino.App.mount`), or None."""
+    return None if _asgi is None else _asgi[1]
+
+
+def mounted_asgi() -> Any:
+    """The mounted ASGI application, or None."""
+    return None if _asgi is None else _asgi[0]
 
 
 def _encode_default(value: Any) -> Any:

@@ -43,7 +43,7 @@ else:  # Python 3.9: annotations are never evaluated at runtime, a TypeVar keeps
     P = TypeVar("P")
 R = TypeVar("R")
 
-__all__ = ["App", "Task", "TaskSpec", "EXECUTION_MODES", "SYNC_TIMEOUT_LIMIT_MS"]
+__all__ = ["App", "AsgiMount", "Task", "TaskSpec", "EXECUTION_MODES", "SYNC_TIMEOUT_LIMIT_MS"]
 
 #: The execution modes and, for each, its default pool and timeout (milliseconds).
 EXECUTION_MODES: Dict[str, tuple] = {
@@ -87,6 +87,38 @@ class TaskSpec:
         }
 
 
+@dataclasses.dataclass(frozen=True)
+class AsgiMount:
+    """An ASGI app mounted with :meth:`App.mount`: served for every request that is not a Neutrino route."""
+
+    #: The ASGI application (``async def app(scope, receive, send)``).
+    app: Any
+    #: The sync pool whose HTTP workers serve it.
+    pool: str
+
+    def routes(self) -> list:
+        """The app's routes as the manifest records them: ``[{"path", "methods", "kind"}]`` from Starlette/FastAPI's
+        ``app.routes`` (``kind``: ``"route"``, ``"websocket"`` or ``"mount"``); empty when the app has none to show."""
+        out = []
+        for route in getattr(self.app, "routes", None) or []:
+            path = getattr(route, "path", None)
+            if not isinstance(path, str):
+                continue
+            methods = getattr(route, "methods", None)
+            name = type(route).__name__
+            kind = "websocket" if "WebSocket" in name else ("mount" if "Mount" in name or "Host" in name else "route")
+            entry: Dict[str, Any] = {"path": path or "/", "kind": kind}
+            if methods:
+                entry["methods"] = sorted(str(m) for m in methods)
+            out.append(entry)
+        return out
+
+
+def _describe_asgi(app: Any) -> str:
+    cls = type(app)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 class Task(Generic[P, R]):
     """A decorated task function. Calling it runs the function locally, unchanged.
 
@@ -117,17 +149,59 @@ class App:
     Args:
         name: the app's name, shown in the manifest (``x-neutrino-app``) and the dashboard.
         version: the manifest's ``info.version``.
+        asgi: an ASGI application (FastAPI, Starlette, ...) to serve every request that is not a Neutrino route;
+            the same as calling :meth:`mount` with it (on pool ``"fast"``).
     """
 
-    def __init__(self, name: str, *, version: str = "0.1.0") -> None:
+    def __init__(self, name: str, *, version: str = "0.1.0", asgi: Any = None) -> None:
         if not isinstance(name, str) or not name:
             raise DefinitionError("App(name): name must be a non-empty string, e.g. App('demo')")
         self.name = name
         self.version = version
         self._tasks: Dict[str, TaskSpec] = {}
+        self._asgi: Optional[AsgiMount] = None
+        if asgi is not None:
+            self.mount(asgi)
 
     def __repr__(self) -> str:
         return f"App({self.name!r}, tasks={list(self._tasks)})"
+
+    def mount(self, asgi_app: Any, *, pool: str = "fast") -> Any:
+        """Serve ``asgi_app`` (a FastAPI or Starlette app, any ASGI 3 application) as the gateway's fallback.
+
+        Every request that matches no Neutrino route (``/api/<task>``, ``/tasks``, ``/pools``, ``/metrics``, ...) is
+        forwarded to an HTTP worker of ``pool``, a sync pool, which runs the app on its asyncio event loop (the loop
+        of the ``async def`` tasks) with lifespan startup and shutdown once per worker. Neutrino's routes win over
+        the app's; the gateway reports the app's routes they shadow when it starts (README, "Mounting an ASGI app").
+        Returns ``asgi_app``, so ``api = app.mount(FastAPI())`` reads naturally.
+
+        Raises:
+            DefinitionError: not an ASGI callable, a second mount, or a pool that is not a sync pool.
+        """
+        if self._asgi is not None:
+            raise DefinitionError(
+                f"app {self.name!r} already mounts an ASGI app ({_describe_asgi(self._asgi.app)}); mount one app and "
+                "route inside it (Starlette Mount, FastAPI include_router)"
+            )
+        if not callable(asgi_app) or isinstance(asgi_app, type):
+            raise DefinitionError(
+                f"mount() takes an ASGI application instance (e.g. FastAPI()), not {asgi_app!r}"
+            )
+        if not isinstance(pool, str) or not _NAME_RE.fullmatch(pool):
+            raise DefinitionError(f"mount(): the pool name {pool!r} must match [a-z0-9_]+, e.g. pool='web'")
+        pool_mode = self.pools().get(pool)
+        if pool_mode is not None and pool_mode != "sync":
+            raise DefinitionError(
+                f"mount(): pool {pool!r} runs {pool_mode} tasks; an ASGI app is served by HTTP workers of a sync pool "
+                "(the default 'fast', or a pool of its own such as pool='web')"
+            )
+        self._asgi = AsgiMount(app=asgi_app, pool=pool)
+        return asgi_app
+
+    @property
+    def asgi(self) -> Optional["AsgiMount"]:
+        """The mounted ASGI app and its pool, or ``None``."""
+        return self._asgi
 
     @property
     def tasks(self) -> Dict[str, TaskSpec]:
@@ -139,6 +213,8 @@ class App:
         pools: Dict[str, str] = {}
         for spec in self._tasks.values():
             pools.setdefault(spec.pool, spec.execution_mode)
+        if self._asgi is not None:
+            pools.setdefault(self._asgi.pool, "sync")
         return pools
 
     @overload
@@ -253,6 +329,11 @@ class App:
         if not isinstance(pool, str) or not _NAME_RE.fullmatch(pool):
             raise DefinitionError(f"{where}: the pool name {pool!r} must match [a-z0-9_]+, e.g. pool='a100'")
         pool_mode = self.pools().get(pool)
+        if pool_mode is not None and pool_mode != execution_mode and self._asgi is not None and pool == self._asgi.pool:
+            raise DefinitionError(
+                f"{where}: pool {pool!r} serves the mounted ASGI app, a sync pool; give this {execution_mode} task "
+                "another pool=..."
+            )
         if pool_mode is not None and pool_mode != execution_mode:
             raise DefinitionError(
                 f"{where}: pool {pool!r} already runs {pool_mode} tasks and a pool serves one execution mode; "

@@ -8,7 +8,10 @@ routing facts as extensions on the operation:
 ``x-neutrino-timeout``  the timeout in milliseconds (int)
 ``x-neutrino-retries``  retries after a failed attempt (int)
 
-plus ``x-neutrino-app`` (the app's name) at the top level. The output is deterministic: tasks in definition
+plus ``x-neutrino-app`` (the app's name) at the top level, and, when the app mounts an ASGI app
+(:meth:`neutrino.App.mount`), ``x-neutrino-asgi``: ``{"pool", "app", "routes": [{"path", "methods", "kind"}]}``
+(the routes from Starlette/FastAPI's ``app.routes``), which the gateway forwards unmatched requests by and
+checks against its own routes at start-up. The output is deterministic: tasks in definition
 order, components sorted by name.
 """
 
@@ -69,6 +72,13 @@ def build_openapi(app: App) -> Dict[str, Any]:
         "x-neutrino-app": app.name,
         "paths": paths,
     }
+    if app.asgi is not None:
+        cls = type(app.asgi.app)
+        document["x-neutrino-asgi"] = {
+            "pool": app.asgi.pool,
+            "app": f"{cls.__module__}.{cls.__qualname__}",
+            "routes": app.asgi.routes(),
+        }
     if builder.components:
         document["components"] = {"schemas": dict(sorted(builder.components.items()))}
     return document
