@@ -12,6 +12,26 @@ public struct Manifest: Sendable {
     public var definitions: [String: ArgumentSchema]
     /// The document as it was read, served back at `/openapi.json`.
     public var document: [UInt8]
+    /// The ASGI app the Python app mounts (`App.mount`, `x-neutrino-asgi`), or nil.
+    public var asgi: ASGIMount?
+
+    /// An ASGI app mounted as the gateway's fallback: the sync pool whose HTTP workers serve it, and its routes as the
+    /// SDK read them (Starlette/FastAPI `app.routes`), for the start-up check against Neutrino's own routes.
+    public struct ASGIMount: Sendable {
+        public struct Route: Sendable {
+            /// Starlette's pattern: `/items/{item_id}`, `/files/{path:path}`; a mount's prefix for `kind` "mount".
+            public var path: String
+            /// Empty: any method (a mount, a WebSocket route, an app without `methods`).
+            public var methods: [String]
+            /// `route`, `websocket` or `mount`.
+            public var kind: String
+        }
+
+        public var pool: String
+        /// The app's class (`fastapi.applications.FastAPI`), for messages.
+        public var app: String
+        public var routes: [Route]
+    }
 
     public struct LoadError: Error, Sendable, CustomStringConvertible {
         public var message: String
@@ -22,6 +42,7 @@ public struct Manifest: Sendable {
     public var pools: [String: ExecutionMode] {
         var out: [String: ExecutionMode] = [:]
         for t in tasks.values { out[t.spec.pool] = t.spec.mode }
+        if let asgi, out[asgi.pool] == nil { out[asgi.pool] = .sync }
         return out
     }
 
@@ -65,7 +86,28 @@ public struct Manifest: Sendable {
                 spec: TaskSpec(name: name, mode: mode, pool: pool, timeoutMs: timeout, retries: retries),
                 arguments: arguments)
         }
-        guard !tasks.isEmpty else { throw LoadError(message: "manifest declares no task (no POST /api/<task> paths)") }
+        var asgi: ASGIMount?
+        if let mount = root["x-neutrino-asgi"], mount != .null {
+            guard let pool = mount["pool"]?.stringValue, TaskSpec.isValidName(pool) else {
+                throw LoadError(message: "x-neutrino-asgi: 'pool' must be a [a-z0-9_]+ name")
+            }
+            if let other = tasks.values.first(where: { $0.spec.pool == pool && $0.spec.mode != .sync }) {
+                throw LoadError(message: "x-neutrino-asgi: pool '\(pool)' runs \(other.spec.mode.rawValue) tasks; an ASGI app needs a sync pool")
+            }
+            var routes: [ASGIMount.Route] = []
+            for item in mount["routes"]?.arrayValue ?? [] {
+                guard let path = item["path"]?.stringValue else { continue }
+                routes.append(
+                    ASGIMount.Route(
+                        path: path, methods: item["methods"]?.arrayValue?.compactMap(\.stringValue) ?? [],
+                        kind: item["kind"]?.stringValue ?? "route"))
+            }
+            asgi = ASGIMount(pool: pool, app: mount["app"]?.stringValue ?? "the ASGI app", routes: routes)
+        }
+        guard !tasks.isEmpty || asgi != nil else {
+            throw LoadError(message: "manifest declares no task (no POST /api/<task> paths) and mounts no ASGI app")
+        }
+        self.asgi = asgi
         self.appName = root["x-neutrino-app"]?.stringValue ?? root["info"]?["title"]?.stringValue
         self.tasks = tasks
         self.definitions = definitions

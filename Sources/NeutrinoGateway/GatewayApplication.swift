@@ -120,7 +120,8 @@ public func buildGateway(_ configuration: GatewayConfiguration, logger: Logger) 
                 exposedHeaders: ["Retry-After", "Location", "WWW-Authenticate", NeutrinoHeader.taskID.canonicalName],
                 maxAge: .seconds(600)))
     }
-    if let keys { router.add(middleware: APIKeyAuthenticator(store: keys, metricsToken: access.metricsToken)) }
+    let forwarding = ASGIForwardingRule(mounted: manifest.asgi != nil)
+    if let keys { router.add(middleware: APIKeyAuthenticator(store: keys, metricsToken: access.metricsToken, forwarding: forwarding)) }
     // The dashboard's login: a session cookie stands for its key (after the bearer key, which wins).
     let sessions = keys.map { _ in SessionStore(lifetime: access.sessionLifetime) }
     if let keys, let sessions { router.add(middleware: SessionAuthenticator(sessions: sessions, keys: keys)) }
@@ -128,14 +129,26 @@ public func buildGateway(_ configuration: GatewayConfiguration, logger: Logger) 
     router.add(
         middleware: AccessPolicyMiddleware(
             keysEnabled: keys != nil, metricsToken: access.metricsToken, limits: limits,
-            manifest: manifest))
+            manifest: manifest, forwarding: forwarding))
     let submitter = TaskSubmitter(components: components)
     let operations = OperationsController(components: components)
     operations.addRoutes(to: router)
     SessionController(sessions: sessions, keys: keys).addRoutes(to: router)
     SubmitController(components: components, submitter: submitter).addRoutes(to: router)
     TasksController(components: components, submitter: submitter).addRoutes(to: router)
-    operations.addDashboard(to: router)
+    operations.addDashboard(to: router, under: manifest.asgi == nil ? nil : ASGIConflicts.dashboardPrefix)
+    if let mount = manifest.asgi {
+        // Innermost, after every route and the dashboard's files: only requests none of them answers get here.
+        for conflict in ASGIConflicts.find(mount, routes: gatewayRoutes) {
+            logger.warning(
+                "route of the mounted ASGI app is shadowed: Neutrino's routes win, requests to it never reach the app; move it",
+                metadata: ["conflict": "\(conflict)", "app": "\(mount.app)"])
+        }
+        router.add(
+            middleware: ASGIFallback(
+                mount: mount, pool: pools[mount.pool], maxBodyBytes: configuration.maxBodyBytes, headTimeout: configuration.asgiHeadTimeout,
+                server: "\(configuration.host):\(configuration.port)", logger: logger))
+    }
 
     // Stopped in reverse order of this list, after the server.
     var services: [any Service] = []

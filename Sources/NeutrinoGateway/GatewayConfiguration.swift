@@ -61,6 +61,8 @@ public struct GatewayConfiguration: Sendable {
     public var workerConnections = 128
     /// The largest answer read from a sync worker: 502 above.
     public var maxWorkerAnswerBytes = 16 << 20
+    /// A request forwarded to the mounted ASGI app must get its answer's head within this (its body may stream longer).
+    public var asgiHeadTimeout: Duration = .seconds(60)
     /// The largest `GET /tasks` body; a page is cut short (`truncated`, `next_before`) before it.
     public var maxListBytes = 4 << 20
 

@@ -92,6 +92,53 @@ final class WorkerConnections: Sendable {
         }
     }
 
+    /// A streamed answer: its status and headers, and its body as it arrives (`body.take()`).
+    struct StreamedReply: Sendable {
+        var status: Int
+        var headers: HTTPHeaders
+        var body: StreamedBody
+    }
+
+    /// Sends one request (any method and target) and returns the worker's answer as soon as its head arrives; the
+    /// body follows through `StreamedReply.body`. `headDeadline` bounds the wait for the head only (a streamed body
+    /// may last long). The connection goes back to the pool when the body has ended.
+    func stream(method: HTTPMethod, target: String, headers: HTTPHeaders, body: ByteBuffer, headDeadline: NIODeadline) async throws(Failure)
+        -> StreamedReply
+    {
+        let channel = try await checkout()
+        let promise = channel.eventLoop.makePromise(of: Reply.self)
+        var head = HTTPRequestHead(version: .http1_1, method: method, uri: target, headers: headers)
+        head.headers.replaceOrAdd(name: "Content-Length", value: String(body.readableBytes))
+        let streamed = StreamedBody(channel: channel) { [weak self] reusable in
+            guard let self else {
+                channel.close(promise: nil)
+                return
+            }
+            self.checkin(channel, keepAlive: reusable)
+        }
+        let exchange = Exchange(head: head, body: body, promise: promise, maxAnswerBytes: maxAnswerBytes, stream: streamed)
+        let timeout = channel.eventLoop.scheduleTask(deadline: headDeadline) {
+            promise.fail(Failure.timedOut)
+            channel.close(promise: nil)
+        }
+        let written = channel.eventLoop.makePromise(of: Void.self)
+        channel.writeAndFlush(exchange, promise: written)
+        do {
+            let reply = try await promise.futureResult.get()
+            timeout.cancel()
+            return StreamedReply(status: reply.status, headers: reply.headers, body: streamed)
+        } catch let failure as Failure {
+            timeout.cancel()
+            channel.close(promise: nil)
+            throw failure
+        } catch {
+            timeout.cancel()
+            channel.close(promise: nil)
+            if (try? await written.futureResult.get()) == nil { throw .unreachable("the connection closed before the request was sent: \(error)") }
+            throw .lost("\(error)")
+        }
+    }
+
     /// The worker left its pool: close the idle connections now and each busy one when its call ends.
     func retire() {
         retired.withLockedValue { $0 = true }
@@ -147,12 +194,71 @@ final class WorkerConnections: Sendable {
     }
 }
 
-/// One request and the promise its answer completes.
+/// One request and the promise its answer completes (for a streamed answer: its head, the body then goes to `stream`).
 struct Exchange {
     var head: HTTPRequestHead
     var body: ByteBuffer
     var promise: EventLoopPromise<WorkerConnections.Reply>
     var maxAnswerBytes: Int
+    var stream: StreamedBody? = nil
+}
+
+/// The body of a streamed answer as it arrives: chunks pass through a bounded buffer (`NIOThrowingAsyncSequenceProducer`
+/// with a high/low watermark); while it is full the connection stops reading, so a slow client slows the worker's
+/// writes instead of filling the gateway's memory. `done` runs on the event loop when the answer has ended (true: the
+/// connection can be reused) or was cut short.
+final class StreamedBody: Sendable {
+    typealias Producer = NIOThrowingAsyncSequenceProducer<
+        ByteBuffer, any Error, NIOAsyncSequenceProducerBackPressureStrategies.HighLowWatermark, StreamedBodyDelegate
+    >
+    let source: Producer.Source
+    let sequence: NIOLockedValueBox<Producer?>
+    let delegate: StreamedBodyDelegate
+    let done: @Sendable (_ reusable: Bool) -> Void
+
+    init(channel: any Channel, done: @escaping @Sendable (Bool) -> Void) {
+        let delegate = StreamedBodyDelegate(channel: channel)
+        let made = Producer.makeSequence(
+            elementType: ByteBuffer.self, failureType: (any Error).self,
+            backPressureStrategy: .init(lowWatermark: 2, highWatermark: 16), finishOnDeinit: false, delegate: delegate)
+        self.source = made.source
+        self.sequence = NIOLockedValueBox(made.sequence)
+        self.delegate = delegate
+        self.done = done
+    }
+
+    /// The body's chunks (taken once, by the one consumer).
+    func take() -> Producer? {
+        sequence.withLockedValue { s in
+            defer { s = nil }; return s
+        }
+    }
+}
+
+/// Tells the connection to read again once the consumer has drained the buffer, and closes it when the consumer
+/// stops before the end (the client went away): the worker then sees its connection drop, and the ASGI app a
+/// disconnect.
+final class StreamedBodyDelegate: NIOAsyncSequenceProducerDelegate {
+    let channel: any Channel
+    /// Set by the handler when it withheld a read because the buffer was full.
+    let paused = NIOLockedValueBox(false)
+    /// Set when the answer ended (the connection is then back in the pool; a late termination must not close it).
+    let ended = NIOLockedValueBox(false)
+
+    init(channel: any Channel) { self.channel = channel }
+
+    func produceMore() {
+        guard
+            paused.withLockedValue({ p in
+                defer { p = false }; return p
+            })
+        else { return }
+        channel.read()
+    }
+
+    func didTerminate() {
+        if !ended.withLockedValue({ $0 }) { channel.close(promise: nil) }
+    }
 }
 
 /// Writes an `Exchange` as request parts and assembles the response into its promise.
@@ -165,11 +271,27 @@ private final class ExchangeHandler: ChannelDuplexHandler {
     private var head: HTTPResponseHead?
     private var body: ByteBuffer?
     private var maxAnswerBytes = Int.max
+    /// A streamed answer's body, once its head has been delivered.
+    private var stream: StreamedBody?
+    private var streaming: StreamedBody?
+    /// A read withheld while the streamed body's buffer is full.
+    private var readWithheld = false
+
+    func read(context: ChannelHandlerContext) {
+        if let streaming, streaming.delegate.paused.withLockedValue({ $0 }) {
+            readWithheld = true
+            return
+        }
+        readWithheld = false
+        context.read()
+    }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         let exchange = unwrapOutboundIn(data)
         pending = exchange.promise
         maxAnswerBytes = exchange.maxAnswerBytes
+        stream = exchange.stream
+        streaming = nil
         head = nil
         body = nil
         context.write(wrapOutboundOut(.head(exchange.head)), promise: nil)
@@ -181,10 +303,24 @@ private final class ExchangeHandler: ChannelDuplexHandler {
         switch unwrapInboundIn(data) {
         case .head(let h):
             head = h
+            if let stream, let promise = pending {
+                // A streamed answer: the head now, the body through the stream.
+                pending = nil
+                self.stream = nil
+                streaming = stream
+                promise.succeed(.init(status: Int(h.status.code), headers: h.headers, body: ByteBuffer()))
+                return
+            }
             if let declared = h.headers.first(name: "Content-Length").flatMap(Int.init), declared > maxAnswerBytes {
                 tooLarge(context)
             }
         case .body(var chunk):
+            if let streaming {
+                if streaming.source.yield(chunk) == .stopProducing {
+                    streaming.delegate.paused.withLockedValue { $0 = true }
+                }
+                return
+            }
             guard pending != nil else { return }
             if (body?.readableBytes ?? 0) > maxAnswerBytes - chunk.readableBytes {
                 tooLarge(context)
@@ -198,6 +334,18 @@ private final class ExchangeHandler: ChannelDuplexHandler {
                 body = chunk
             }
         case .end:
+            if let streaming {
+                self.streaming = nil
+                streaming.delegate.ended.withLockedValue { $0 = true }
+                streaming.delegate.paused.withLockedValue { $0 = false }
+                streaming.source.finish()
+                streaming.done(head?.headers.first(name: "Connection")?.lowercased() != "close")
+                if readWithheld {
+                    readWithheld = false
+                    context.read()
+                }
+                return
+            }
             guard let promise = pending, let head else { return }
             pending = nil
             promise.succeed(.init(status: Int(head.status.code), headers: head.headers, body: body ?? ByteBuffer()))
@@ -225,6 +373,11 @@ private final class ExchangeHandler: ChannelDuplexHandler {
         if let promise = pending {
             pending = nil
             promise.fail(error)
+        }
+        if let streaming {
+            self.streaming = nil
+            streaming.source.finish(error)
+            streaming.done(false)
         }
     }
 }

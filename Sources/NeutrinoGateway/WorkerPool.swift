@@ -232,6 +232,54 @@ public final class WorkerPool: Sendable {
         throw .noWorkerAvailable(lastError)
     }
 
+    /// Forwards a request for the mounted ASGI app to a worker of this pool (`ASGIForwarding.prefix` + the client's
+    /// target) and returns the answer once its head arrives; the body streams behind it. Unreachable and saturated
+    /// workers, and a worker that refused the request without running it (`X-Neutrino-Rejected`), move on to the next
+    /// worker. A connection lost after the request was sent is `workerCrashed`: the app may have acted on it, so it
+    /// is not sent again.
+    func forward(method: HTTPMethod, target: String, headers: HTTPHeaders, body: [UInt8], headDeadline: NIODeadline) async throws(Failure)
+        -> (WorkerConnections.StreamedReply, String)
+    {
+        var lastError = "no worker is configured for pool '\(name)'"
+        let payload = ByteBuffer(bytes: body)
+        for member in order(now: .now()) {
+            let endpoint = member.endpoint
+            do {
+                var h = headers
+                h.replaceOrAdd(name: "Host", value: headers.first(name: "Host") ?? "\(endpoint.host):\(endpoint.port)")
+                let reply = try await member.connections.stream(
+                    method: method, target: ASGIForwarding.prefix + target, headers: h, body: payload, headDeadline: headDeadline)
+                if reply.status == 503, reply.headers.first(name: NeutrinoHeader.rejected.canonicalName) != nil {
+                    lastError = "worker \(endpoint.url) refused the request: it is saturated or stopping"
+                    // Read to the end so the connection can be reused.
+                    if let body = reply.body.take() { for try await _ in body {} }
+                    continue
+                }
+                record(endpoint.url, success: true)
+                return (reply, endpoint.url)
+            } catch let error as WorkerConnections.Failure {
+                switch error {
+                case .timedOut: throw .timedOut
+                case .saturated(let limit):
+                    HTTPRejections.count("worker_connections")
+                    lastError = "all \(limit) connections to worker \(endpoint.url) are busy (--worker-connections)"
+                    continue
+                case .answerTooLarge(let limit): throw .answerTooLarge(limit: limit)
+                case .unreachable(let reason):
+                    record(endpoint.url, success: false)
+                    lastError = "worker \(endpoint.url): \(reason)"
+                    logger.warning("worker unreachable", metadata: ["pool": "\(name)", "worker": "\(endpoint.url)", "error": "\(reason)"])
+                case .lost(let reason):
+                    record(endpoint.url, success: false)
+                    throw .workerCrashed("worker \(endpoint.url) dropped the connection while serving the request: \(reason)")
+                }
+            } catch {
+                lastError = "worker \(endpoint.url): \(error)"
+            }
+        }
+        throw .noWorkerAvailable(lastError)
+    }
+
     /// Closes idle connections.
     public func close() {
         for m in state.withLock({ $0.members }) { m.connections.close() }

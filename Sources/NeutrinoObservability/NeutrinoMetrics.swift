@@ -23,6 +23,10 @@ public enum NeutrinoMetrics {
     public static let tasklogBatchSize = "neutrino_tasklog_batch_size"
     public static let tasklogWrite = "neutrino_tasklog_write_seconds"
     public static let eventsApplied = "neutrino_events_applied_total"
+    /// Requests forwarded to the mounted ASGI app, by the app's route pattern, method and status code, and their
+    /// latency (head forwarded to the last byte relayed).
+    public static let asgiRequests = "neutrino_asgi_requests_total"
+    public static let asgiDuration = "neutrino_asgi_request_duration_seconds"
 
     /// Task durations from half a millisecond to ten minutes.
     static let durationBuckets: [Duration] = [

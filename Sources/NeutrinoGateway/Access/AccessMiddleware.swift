@@ -2,6 +2,7 @@ import HTTPTypes
 import Hummingbird
 import HummingbirdAuth
 import Metrics
+import NIOCore
 import NeutrinoCore
 import NeutrinoHTTP
 import NeutrinoObservability
@@ -11,10 +12,13 @@ import NeutrinoObservability
 public struct GatewayRequestContext: AuthRequestContext, RequestContext {
     public var coreContext: CoreRequestContextStorage
     public var identity: APIKey?
+    /// The client's address (the ASGI scope's `client` for a request forwarded to a mounted app).
+    public var remoteAddress: SocketAddress?
 
     public init(source: ApplicationRequestContextSource) {
         coreContext = .init(source: source)
         identity = nil
+        remoteAddress = source.channel.remoteAddress
     }
 }
 
@@ -30,8 +34,13 @@ enum AccessRequirement: Equatable {
     /// `GET /metrics`: the `--metrics-token` or an admin key (open when neither keys nor a token are configured).
     case metrics
 
-    static func of(method: HTTPRequest.Method, endpoint: String?) -> AccessRequirement {
-        guard let endpoint else { return .open }  // no route matched: static dashboard files, 404s
+    static func of(method: HTTPRequest.Method, endpoint: String?, forwarded: Bool = false) -> AccessRequirement {
+        guard let endpoint else {
+            // No route matched: static dashboard files and 404s are open; a request forwarded to the mounted ASGI
+            // app needs what the same method needs on Neutrino's routes (reading, or submitting work).
+            guard forwarded else { return .open }
+            return [.get, .head, .options].contains(method) ? .scope(.read) : .scope(.submit)
+        }
         switch (method, endpoint) {
         case (_, "/healthz"), (_, "/readyz"): return .open
         // The login exchange authenticates by itself (a key in the body, or the session it ends).
@@ -49,6 +58,19 @@ enum AccessRequirement: Equatable {
     static func createsTask(method: HTTPRequest.Method, endpoint: String?) -> Bool {
         guard method == .post, let endpoint else { return false }
         return endpoint.hasPrefix("/api/") || endpoint == "/tasks/{id}/retry"
+    }
+}
+
+/// Which unmatched requests go to a mounted ASGI app (and so need a key like Neutrino's routes): all but the
+/// dashboard's files (under `/_neutrino/`) and Neutrino's own paths with another method (answered 405).
+struct ASGIForwardingRule: Sendable {
+    var mounted: Bool
+    static let none = ASGIForwardingRule(mounted: false)
+
+    func forwards(_ path: String, endpoint: String?) -> Bool {
+        guard mounted, endpoint == nil else { return false }
+        if path == ASGIConflicts.dashboardPrefix || path.hasPrefix(ASGIConflicts.dashboardPrefix + "/") { return false }
+        return gatewayRoutes.methods(at: path).isEmpty
     }
 }
 
@@ -103,10 +125,14 @@ struct APIKeyAuthenticator: AuthenticatorMiddleware {
     typealias Context = GatewayRequestContext
     let store: KeyStore
     let metricsToken: String?
+    /// Requests no route matches go to a mounted ASGI app (not the dashboard's files).
+    var forwarding: ASGIForwardingRule = .none
 
     func authenticate(request: Request, context: Context) async throws -> APIKey? {
         guard let bearer = request.headers.bearer else { return nil }
-        let requirement = AccessRequirement.of(method: request.method, endpoint: context.endpointPath)
+        let requirement = AccessRequirement.of(
+            method: request.method, endpoint: context.endpointPath,
+            forwarded: forwarding.forwards(request.uri.path, endpoint: context.endpointPath))
         if requirement == .open { return nil }
         if requirement == .metrics, let metricsToken,
             KeyStore.constantTimeEqual(KeyStore.digest(bearer.token), KeyStore.digest(metricsToken))
@@ -132,10 +158,12 @@ struct AccessPolicyMiddleware: RouterMiddleware {
     let metricsToken: String?
     let limits: KeyLimits
     let manifest: Manifest
+    var forwarding: ASGIForwardingRule = .none
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         let endpoint = context.endpointPath
-        switch AccessRequirement.of(method: request.method, endpoint: endpoint) {
+        let forwarded = forwarding.forwards(request.uri.path, endpoint: endpoint)
+        switch AccessRequirement.of(method: request.method, endpoint: endpoint, forwarded: forwarded) {
         case .open:
             return try await next(request, context)
         case .metrics:

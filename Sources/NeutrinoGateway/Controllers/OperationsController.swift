@@ -17,11 +17,11 @@ struct OperationsController: Sendable {
         router.addMetricsRoute()
     }
 
-    /// The dashboard's files at `/` (added last: routes take precedence over files).
-    func addDashboard(to router: Router<GatewayRequestContext>) {
-        if let directory = components.configuration.dashboardDirectory {
-            router.add(middleware: FileMiddleware(directory, searchForIndexHtml: true, logger: components.logger))
-        }
+    /// The dashboard's files at `/`, or under `prefix` (`/_neutrino/`) when an ASGI app is mounted and `/` is the app's
+    /// (added last: routes take precedence over files).
+    func addDashboard(to router: Router<GatewayRequestContext>, under prefix: String? = nil) {
+        guard let directory = components.configuration.dashboardDirectory else { return }
+        router.add(middleware: FileMiddleware(directory, urlBasePath: prefix, searchForIndexHtml: true, logger: components.logger))
     }
 
     /// Ready when the task log answers, every static sync pool (`--http-pool`) has a reachable worker and NATS is
