@@ -33,11 +33,17 @@ def banner(
         "",
         f"Neutrino app {app.name!r} is up",
         f"  gateway     {gateway_url}   (manifest at /openapi.json, tasks at /tasks)",
-        f"  dashboard   {gateway_url}/"
+        f"  dashboard   {gateway_url}/{'_neutrino/' if app.asgi is not None else ''}"
         + ("" if dashboard else "   (no dashboard/ folder found; set NEUTRINO_DASHBOARD_DIR)"),
         f"  pools       {gateway_url}/pools   (queue depth, workers, scaling)",
         f"  metrics     {gateway_url}/metrics   (Prometheus)",
     ]
+    if app.asgi is not None:
+        cls = type(app.asgi.app)
+        lines.append(
+            f"  asgi app    {cls.__module__}.{cls.__qualname__} on pool {app.asgi.pool}: every request no Neutrino "
+            f"route answers ({gateway_url}/...)"
+        )
     for pool, urls in pool_urls.items():
         line = f"  pool {pool:<6} {len(urls)} HTTP worker{'s' if len(urls) != 1 else ''}: {', '.join(urls)}"
         policy = (policies or {}).get(pool)
