@@ -1,0 +1,221 @@
+"""The ASGI fallback (issue 15 part 2): a real FastAPI app from PyPI mounted with `App.mount`, served by an HTTP worker
+of the fast pool on its event loop, reached through the gateway for every path that is not a Neutrino route.
+
+Runs in both task-log modes (the gateway and worker use the session's NEUTRINO_E2E_TASK_LOG)."""
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import sys
+from urllib.parse import urlsplit
+
+import pytest
+
+from conftest import APPS_DIR, assert_error_body, http_request, post_task, wait_for
+
+pytest.importorskip("fastapi", reason="fastapi is not installed (make venv installs the test extras)")
+
+ASGI_APP = APPS_DIR / "asgi_app.py"
+
+
+def _venv() -> str:
+    """The venv the tests run in: the worker imports fastapi from it (VIRTUAL_ENV)."""
+    if sys.prefix == sys.base_prefix:
+        pytest.skip("the e2e tests must run from a virtualenv with fastapi (make venv)")
+    return sys.prefix
+
+
+@pytest.fixture
+def asgi_stack(launcher, queue_stack, tmp_path):
+    """nats-server, one HTTP worker of pool fast serving the app, and a gateway with it as a static member."""
+    marks = tmp_path / "marks.txt"
+    stack = queue_stack(app=ASGI_APP, name="asgi", gateway=False)
+    worker = launcher.worker(
+        ASGI_APP, stack.db_path, log_dir=stack.dir, worker_id="asgi-w1", concurrency=2, nats_url=stack.nats.url,
+        task_log=stack.task_log, env_extra={"VIRTUAL_ENV": _venv(), "NEUTRINO_E2E_ASGI_MARKS": str(marks)})
+    stack.workers.append(worker)
+    stack.start_gateway(http_pools={"fast": [worker.url]})
+    stack.marks = marks
+    stack.asgi_worker = worker
+    return stack
+
+
+def _get(stack, path: str, **kw):
+    return http_request("GET", f"{stack.url}{path}", **kw)
+
+
+def test_requests_reach_the_app(asgi_stack):
+    s = asgi_stack
+    # Path and query parameters.
+    r = _get(s, "/items/42?q=blue%20ink")
+    assert r.status == 200, r
+    assert r.json() == {"item_id": 42, "q": "blue ink"}
+    # FastAPI's own validation error (422) comes back as the app made it.
+    r = _get(s, "/items/not-a-number")
+    assert r.status == 422 and r.json()["detail"][0]["loc"] == ["path", "item_id"], r
+    # A JSON body and an async endpoint with a dependency (a header it requires).
+    r = http_request("POST", f"{s.url}/orders", json_body={"item": "pen", "quantity": 3}, headers={"X-User": "ada"})
+    assert r.status == 201, r
+    assert r.json() == {"item": "pen", "quantity": 3, "user": "ada"}
+    r = http_request("POST", f"{s.url}/orders", json_body={"item": "pen"})
+    assert r.status == 401 and r.json() == {"detail": "X-User header required"}, r
+    # A 404 the app itself answered (its body, not Neutrino's error shape), and a path no route of the app has.
+    r = _get(s, "/missing")
+    assert r.status == 404 and r.json() == {"detail": "nothing here"}, r
+    r = _get(s, "/no/such/path")
+    assert r.status == 404 and r.json() == {"detail": "Not Found"}, r
+    # The task beside it is Neutrino's.
+    r = post_task(s.url, "double", {"x": 21})
+    assert r.status == 200 and r.json()["result"] == 42, r
+
+
+def test_scope_and_lifespan_state(asgi_stack):
+    s = asgi_stack
+    r = _get(s, "/scope?a=1&b=%2F", headers={"X-Custom": "yes"})
+    assert r.status == 200, r
+    scope = r.json()
+    assert scope["method"] == "GET" and scope["path"] == "/scope" and scope["raw_path"] == "/scope", scope
+    assert scope["query"] == "a=1&b=%2F" and scope["root_path"] == "" and scope["scheme"] == "http", scope
+    assert scope["http_version"] == "1.1" and scope["spec_version"] == "2.4", scope
+    assert scope["client"][0] == "127.0.0.1" and scope["client"][1] > 0, scope
+    gateway_port = urlsplit(s.url).port
+    assert scope["headers"]["host"] == f"127.0.0.1:{gateway_port}", scope
+    assert scope["headers"]["x-custom"] == "yes", scope
+    assert not any(k.startswith("x-neutrino-") for k in scope["headers"]), scope
+    assert "connection" not in scope["headers"], scope  # hop-by-hop headers are not forwarded
+    assert scope["greeting"] == "hello from lifespan", scope  # lifespan state reaches requests
+
+
+def test_streaming_response_is_relayed_as_it_comes(asgi_stack):
+    s = asgi_stack
+    parts = urlsplit(s.url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:
+        conn.request("GET", "/stream")
+        resp = conn.getresponse()
+        assert resp.status == 200
+        assert resp.getheader("Transfer-Encoding") == "chunked"
+        # The first chunk arrives while the app is still waiting for /release: nothing buffers the stream whole.
+        assert resp.readline() == b"first\n"
+        r = _get(s, "/release")
+        assert r.status == 200, r
+        assert resp.read() == b"last\n"
+    finally:
+        conn.close()
+
+
+def test_client_disconnect_reaches_the_app(asgi_stack):
+    s = asgi_stack
+    parts = urlsplit(s.url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    conn.request("GET", "/forever")
+    resp = conn.getresponse()
+    assert resp.readline() == b"tick 0\n"
+    conn.sock.close()  # the client goes away mid-stream
+    conn.close()
+    wait_for(lambda: "stream-ended" in (s.marks.read_text() if s.marks.exists() else ""), timeout=30,
+             message="the app's generator to see the client's disconnect")
+    # The worker serves on.
+    assert _get(s, "/items/1").status == 200
+
+
+def test_app_exception_and_websocket(asgi_stack):
+    s = asgi_stack
+    r = _get(s, "/boom")
+    assert r.status == 500, r
+    wait_for(lambda: "the app failed on purpose" in s.asgi_worker.output, timeout=30,
+             message="the app's traceback in the worker's log")
+    r = _get(s, "/ws", headers={"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+                                 "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+    body = assert_error_body(r, 501, "NotSupported")
+    assert "WebSocket" in body["error"]["message"], body
+
+
+def test_neutrino_routes_win_and_conflicts_are_reported(asgi_stack):
+    s = asgi_stack
+    # The app's /healthz and FastAPI's /openapi.json are shadowed: Neutrino answers, and said so at start-up.
+    assert _get(s, "/healthz").json() == {"status": "ok"}
+    manifest = _get(s, "/openapi.json").json()
+    assert "x-neutrino-asgi" in manifest and "/api/double" in manifest["paths"]
+    out = s.gateway.output
+    assert re.search(r"GET /healthz is shadowed by Neutrino's GET /healthz", out), out[-3000:]
+    assert re.search(r"GET /openapi.json is shadowed by Neutrino's GET /openapi.json", out), out[-3000:]
+    # A Neutrino path with another method stays Neutrino's (405), never the app's.
+    r = http_request("PUT", f"{s.url}/tasks", json_body={})
+    assert_error_body(r, 405, "MethodNotAllowed")
+
+
+def test_metrics_per_route(asgi_stack):
+    s = asgi_stack
+    assert _get(s, "/items/7").status == 200
+    assert _get(s, "/missing").status == 404
+    assert _get(s, "/nowhere").status == 404
+    text = _get(s, "/metrics").body.decode()
+    assert 'neutrino_asgi_requests_total{route="/items/{item_id}",method="GET",code="200"}' in text, text[-2000:]
+    assert 'neutrino_asgi_requests_total{route="/missing",method="GET",code="404"}' in text
+    assert 'neutrino_asgi_requests_total{route="unmatched",method="GET",code="404"}' in text
+    assert 'neutrino_asgi_request_duration_seconds_count{route="/items/{item_id}",method="GET"}' in text
+
+
+def test_lifespan_once_per_worker(asgi_stack):
+    s = asgi_stack
+    worker = s.asgi_worker
+    assert _get(s, "/items/1").status == 200
+    pid = worker.pid
+    assert s.marks.read_text().splitlines() == [f"startup {pid}"]
+    worker.stop()
+    assert worker.proc.returncode == 0, worker.output[-2000:]
+    lines = s.marks.read_text().splitlines()
+    assert lines == [f"startup {pid}", f"shutdown {pid}"], lines
+
+
+def test_failing_startup_stops_the_worker(launcher, tmp_path):
+    """A lifespan startup that raises stops the worker before it listens, with the app's traceback."""
+    app = tmp_path / "bad_startup.py"
+    app.write_text(
+        "from contextlib import asynccontextmanager\n"
+        "from fastapi import FastAPI\n"
+        "from neutrino import App\n"
+        "@asynccontextmanager\n"
+        "async def lifespan(api):\n"
+        "    raise ConnectionError('database unreachable at start-up')\n"
+        "    yield\n"
+        "app = App('bad')\n"
+        "app.mount(FastAPI(lifespan=lifespan))\n")
+    d = launcher.new_dir("asgi-bad")
+    worker = launcher.worker(app, d / "tasks.sqlite", log_dir=d, worker_id="asgi-bad", wait=False,
+                             env_extra={"VIRTUAL_ENV": _venv()})
+    code = worker.wait_exit()
+    assert code != 0
+    assert "lifespan startup failed" in worker.output, worker.output[-3000:]
+    assert "database unreachable at start-up" in worker.output and "Traceback" in worker.output
+    assert "listening on" not in worker.output
+
+
+def test_dashboard_moves_under_prefix(asgi_stack):
+    s = asgi_stack
+    r = _get(s, "/_neutrino")
+    assert r.status == 301 and r.headers["location"] == "/_neutrino/", r
+    # `/` is the app's (FastAPI has no route there: its 404).
+    r = _get(s, "/")
+    assert r.status == 404 and r.json() == {"detail": "Not Found"}, r
+
+
+def test_body_over_the_limit(asgi_stack):
+    s = asgi_stack
+    big = json.dumps({"item": "x" * (2 << 20)}).encode()
+    r = http_request("POST", f"{s.url}/orders", body=big, headers={"X-User": "ada"})
+    assert_error_body(r, 413, "PayloadTooLarge")
+
+
+def test_worker_direct_has_no_asgi_without_mount(launcher, tmp_path):
+    """A worker of another pool than the app's does not serve it (its prefix is an unknown route there)."""
+    d = launcher.new_dir("asgi-other-pool")
+    worker = launcher.worker(ASGI_APP, d / "tasks.sqlite", log_dir=d, worker_id="asgi-other", pool="other",
+                             env_extra={"VIRTUAL_ENV": _venv()})
+    try:
+        r = http_request("GET", f"{worker.url}/_neutrino_asgi/items/1")
+        assert r.status == 404, r
+    finally:
+        worker.stop()
