@@ -185,7 +185,7 @@ def test_failing_startup_stops_the_worker(launcher, tmp_path):
         "app.mount(FastAPI(lifespan=lifespan))\n")
     d = launcher.new_dir("asgi-bad")
     worker = launcher.worker(app, d / "tasks.sqlite", log_dir=d, worker_id="asgi-bad", wait=False,
-                             env_extra={"VIRTUAL_ENV": _venv()})
+                             task_log="sqlite", env_extra={"VIRTUAL_ENV": _venv()})
     code = worker.wait_exit()
     assert code != 0
     assert "lifespan startup failed" in worker.output, worker.output[-3000:]
@@ -213,7 +213,7 @@ def test_worker_direct_has_no_asgi_without_mount(launcher, tmp_path):
     """A worker of another pool than the app's does not serve it (its prefix is an unknown route there)."""
     d = launcher.new_dir("asgi-other-pool")
     worker = launcher.worker(ASGI_APP, d / "tasks.sqlite", log_dir=d, worker_id="asgi-other", pool="other",
-                             env_extra={"VIRTUAL_ENV": _venv()})
+                             task_log="sqlite", env_extra={"VIRTUAL_ENV": _venv()})
     try:
         r = http_request("GET", f"{worker.url}/_neutrino_asgi/items/1")
         assert r.status == 404, r
