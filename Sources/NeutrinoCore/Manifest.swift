@@ -25,12 +25,24 @@ public struct Manifest: Sendable {
             public var methods: [String]
             /// `route`, `websocket` or `mount`.
             public var kind: String
+
+            public init(path: String, methods: [String], kind: String) {
+                self.path = path
+                self.methods = methods
+                self.kind = kind
+            }
         }
 
         public var pool: String
         /// The app's class (`fastapi.applications.FastAPI`), for messages.
         public var app: String
         public var routes: [Route]
+
+        public init(pool: String, app: String, routes: [Route]) {
+            self.pool = pool
+            self.app = app
+            self.routes = routes
+        }
     }
 
     public struct LoadError: Error, Sendable, CustomStringConvertible {

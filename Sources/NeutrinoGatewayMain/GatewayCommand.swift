@@ -118,6 +118,11 @@ struct GatewayCommand: AsyncParsableCommand {
     @Option(name: .customLong("idle-timeout"), help: "Seconds a kept-alive connection may stay without a request before it is closed.")
     var idleTimeout: Double = 60
 
+    @Option(
+        name: .customLong("asgi-head-timeout"),
+        help: "Seconds a request forwarded to the mounted ASGI app may wait for its answer's head (504 after; the body may stream longer).")
+    var asgiHeadTimeout: Double = 60
+
     @Option(name: .customLong("max-connections"), help: "Open client connections; more are answered 503 and closed.")
     var maxConnections: Int = 1024
 
@@ -177,7 +182,10 @@ struct GatewayCommand: AsyncParsableCommand {
     var defaultRate: Double?
 
     func validate() throws {
-        for (name, seconds) in [("--header-timeout", headerTimeout), ("--body-timeout", bodyTimeout), ("--idle-timeout", idleTimeout)] {
+        for (name, seconds) in [
+            ("--header-timeout", headerTimeout), ("--body-timeout", bodyTimeout), ("--idle-timeout", idleTimeout),
+            ("--asgi-head-timeout", asgiHeadTimeout),
+        ] {
             guard seconds.isFinite, seconds > 0, seconds <= 86_400 else { throw ValidationError("\(name) must be 0 < seconds <= 86400") }
         }
         for (name, value) in [
@@ -259,6 +267,7 @@ struct GatewayCommand: AsyncParsableCommand {
         configuration.headerTimeout = Self.duration(headerTimeout)
         configuration.bodyTimeout = Self.duration(bodyTimeout)
         configuration.idleTimeout = Self.duration(idleTimeout)
+        configuration.asgiHeadTimeout = Self.duration(asgiHeadTimeout)
         configuration.maxConnections = maxConnections
         configuration.maxHeaderBytes = maxHeaderBytes
         configuration.maxLongPollWaiters = maxLongPollWaiters
