@@ -217,7 +217,9 @@ public final class PythonExecutor: Sendable {
     /// Tasks running now, tasks queued behind them, tasks past their timeout that have not returned yet, and threads
     /// given up on that are still blocked.
     public var load: (busy: Int, queued: Int, stuck: Int) {
-        lock.withLock { (state.busy, state.queue.count - state.queueHead + state.coroutineWaiting.count, state.stuck) }
+        lock.withLock {
+            (state.busy, state.queue.count - state.queueHead + state.coroutineWaiting.count + state.asgiWaiting.count, state.stuck)
+        }
     }
 
     /// Busy Python threads and taken coroutine slots, apart (heartbeats report each kind's utilisation).

@@ -7,12 +7,14 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import subprocess
 import sys
 from urllib.parse import urlsplit
 
 import pytest
 
-from conftest import APPS_DIR, assert_error_body, http_request, post_task, wait_for
+from conftest import (APPS_DIR, GATEWAY_BIN, NATS_TASK_LOG, PYTHON_SDK, _server_env, assert_error_body, build_manifest,
+                      http_request, post_task, wait_for)
 
 pytest.importorskip("fastapi", reason="fastapi is not installed (make venv installs the test extras)")
 
@@ -219,3 +221,39 @@ def test_worker_direct_has_no_asgi_without_mount(launcher, tmp_path):
         assert r.status == 404, r
     finally:
         worker.stop()
+
+
+@pytest.mark.skipif(NATS_TASK_LOG, reason="one task-log mode is enough for access control")
+def test_api_keys_apply_to_forwarded_requests(launcher, tmp_path):
+    """With --api-keys a forwarded request needs a key like Neutrino's routes: `read` for GET, `submit` for POST; the
+    dashboard's files stay open."""
+    d = launcher.new_dir("asgi-keys")
+    keys = d / "keys.json"
+
+    def create(name: str, scopes: str) -> str:
+        out = subprocess.run([sys.executable, "-m", "neutrino.cli", "keys", "create", "--name", name, "--scopes", scopes,
+                              "--file", str(keys)], check=True, capture_output=True, text=True,
+                             env={**_server_env(), "PYTHONPATH": str(PYTHON_SDK)})
+        return out.stdout.strip()
+
+    reader, submitter = create("dash", "read"), create("ci", "submit,read")
+    manifest = build_manifest(ASGI_APP, d / "openapi.json")
+    db = d / "tasks.sqlite"
+    worker = launcher.worker(ASGI_APP, db, log_dir=d, worker_id="asgi-keys-w", task_log="sqlite",
+                             env_extra={"VIRTUAL_ENV": _venv()})
+    argv = [str(GATEWAY_BIN), "--manifest", str(manifest), "--http-pool", f"fast={worker.url}",
+            "--task-log", f"sqlite:{db}", "--host", "127.0.0.1", "--port", "0", "--api-keys", str(keys)]
+    url = launcher.spawn("gateway-asgi-keys", argv, env=_server_env(), log_dir=d).wait_listening()
+
+    def auth(key: str) -> dict:
+        return {"Authorization": f"Bearer {key}"}
+
+    assert_error_body(http_request("GET", f"{url}/items/1"), 401, "Unauthorized")
+    assert http_request("GET", f"{url}/items/1", headers=auth(reader)).status == 200
+    order = {"item": "pen"}
+    assert_error_body(http_request("POST", f"{url}/orders", json_body=order, headers={**auth(reader), "X-User": "a"}),
+                      403, "Forbidden")
+    r = http_request("POST", f"{url}/orders", json_body=order, headers={**auth(submitter), "X-User": "a"})
+    assert r.status == 201, r
+    # The dashboard's redirect is not the app's and needs no key.
+    assert http_request("GET", f"{url}/_neutrino").status == 301
