@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
+import signal
+import socket
 import subprocess
 import sys
 from urllib.parse import urlsplit
 
 import pytest
 
-from conftest import (APPS_DIR, GATEWAY_BIN, NATS_TASK_LOG, PYTHON_SDK, _server_env, assert_error_body, build_manifest,
-                      http_request, post_task, wait_for)
+from conftest import (APPS_DIR, BIN_DIR, GATEWAY_BIN, NATS_SERVER_BIN, NATS_TASK_LOG, PYTHON_SDK, REPO_ROOT, _server_env,
+                      assert_error_body, build_manifest, http_request, post_task, wait_for)
 
 pytest.importorskip("fastapi", reason="fastapi is not installed (make venv installs the test extras)")
 
@@ -257,3 +260,51 @@ def test_api_keys_apply_to_forwarded_requests(launcher, tmp_path):
     assert r.status == 201, r
     # The dashboard's redirect is not the app's and needs no key.
     assert http_request("GET", f"{url}/_neutrino").status == 301
+
+
+@pytest.mark.skipif(NATS_TASK_LOG, reason="neutrino up picks its own task log; one session mode is enough")
+def test_neutrino_up_runs_the_fastapi_example(tmp_path):
+    """`neutrino up examples/fastapi_app.py` from the test venv: the FastAPI app, its sync task and its queued
+    task through one gateway, the dashboard under /_neutrino/, and a clean stop (lifespan shutdown) on Ctrl-C."""
+    if not (os.path.isfile(NATS_SERVER_BIN) and os.access(NATS_SERVER_BIN, os.X_OK)):
+        pytest.skip("nats-server is not installed (Debian package nats-server)")
+    _venv()
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    log = open(tmp_path / "up.log", "w+", encoding="utf-8")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "neutrino", "up", str(REPO_ROOT / "examples" / "fastapi_app.py"), "--bin-dir",
+         str(BIN_DIR), "--state-dir", str(tmp_path / "state"), "--host", "127.0.0.1", "--port", str(ports[0]),
+         "--nats-port", str(ports[1]), "--fast-workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=str(tmp_path),
+        env=_server_env({"PYTHONPATH": str(PYTHON_SDK), "PYTHONUNBUFFERED": "1"}))
+    url = f"http://127.0.0.1:{ports[0]}"
+
+    def output() -> str:
+        return (tmp_path / "up.log").read_text(errors="replace")
+
+    try:
+        wait_for(lambda: "is up" in output() or proc.poll() is not None, timeout=120,
+                 message=lambda: f"neutrino up's banner:\n{output()[-4000:]}")
+        assert proc.poll() is None, output()[-4000:]
+        assert "/_neutrino/" in output() and "fastapi.applications.FastAPI on pool fast" in output()
+        r = http_request("GET", f"{url}/items/3?q=blue")
+        assert r.status == 200 and r.json() == {"item_id": 3, "name": "paper", "q": "blue"}, r
+        r = post_task(url, "price", {"amount": 10})
+        assert r.status == 200 and r.json()["result"]["amount"] == 12.0, r
+        r = post_task(url, "report", {"items": 2})
+        assert r.status == 202, r
+        done = http_request("GET", f"{url}/tasks/{r.json()['task_id']}?wait=30", timeout=60).json()
+        assert done["status"] == "completed" and done["result"] == {"items": 2, "total": 2.4}, done
+        page = http_request("GET", f"{url}/_neutrino/")
+        assert page.status == 200 and b"<html" in page.body.lower(), page
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        code = proc.wait(90)
+        log.close()
+    assert code == 0, output()[-4000:]
+    assert "lifespan shutdown is complete" in output(), output()[-4000:]
