@@ -42,6 +42,7 @@ public final class ASGIExchange: @unchecked Sendable {
     /// No event comes after the queued ones.
     private var finished = false
     private var disconnected = false
+    private var abandonedFlag = false
 
     init(executor: PythonExecutor, head: [UInt8], body: [UInt8]) {
         self.executor = executor
@@ -104,6 +105,22 @@ public final class ASGIExchange: @unchecked Sendable {
     /// The client is gone (or the response will not be read further): the app sees `http.disconnect`.
     public func disconnect() {
         executor.asgiDisconnect(self)
+    }
+
+    /// Gives up on the request (no answer in time): `next()` returns at once, the app's coroutine is cancelled.
+    public func abandon(_ reason: String) {
+        executor.asgiAbandon(self, reason: reason)
+    }
+
+    /// Whether `abandon` ended it.
+    public var abandoned: Bool { executor.lock.withLock { abandonedFlag } }
+
+    func markAbandoned() -> Bool {
+        if abandonedFlag || finished { return false }
+        abandonedFlag = true
+        disconnected = true
+        producerPaused = false
+        return true
     }
 
     func markDisconnected() -> Bool {
@@ -213,6 +230,20 @@ extension PythonExecutor {
             }
             guard exchange.id != 0, state.asgiRunning[exchange.id] != nil else { return false }
             return queueForLoop(.asgiDisconnect(exchange.id))
+        }
+        if wake { wakeTheLoop() }
+    }
+
+    func asgiAbandon(_ exchange: ASGIExchange, reason: String) {
+        let wake = lock.withLock { () -> Bool in
+            guard exchange.markAbandoned() else { return false }
+            exchange.end(.end(error: reason))
+            if let i = state.asgiWaiting.firstIndex(where: { $0 === exchange }) {
+                state.asgiWaiting.remove(at: i)
+                return false
+            }
+            guard exchange.id != 0, state.asgiRunning[exchange.id] != nil else { return false }
+            return queueForLoop(.asgiCancel(exchange.id))
         }
         if wake { wakeTheLoop() }
     }

@@ -146,6 +146,8 @@ extension PythonExecutor {
                 Self.fillControl(tuple, op: 4, id: id)
             case .lifespanShutdown:
                 Self.fillControl(tuple, op: 5, id: 0)
+            case .asgiCancel(let id):
+                Self.fillControl(tuple, op: 6, id: id)
             }
             PyList_Append(list, tuple)
             Py_DecRef(tuple)

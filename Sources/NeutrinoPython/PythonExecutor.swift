@@ -146,6 +146,7 @@ public final class PythonExecutor: Sendable {
         case asgiRequest(ASGIExchange)
         case asgiDisconnect(UInt64)
         case asgiResume(UInt64)
+        case asgiCancel(UInt64)
         case lifespanShutdown
     }
 

@@ -15,6 +15,7 @@ struct ASGIMiddleware: RouterMiddleware {
     typealias Context = BasicRequestContext
     let executor: PythonExecutor
     let maxBodyBytes: Int
+    let headTimeout: Duration
     let logger: Logger
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
@@ -51,7 +52,20 @@ struct ASGIMiddleware: RouterMiddleware {
                 Array("http".utf8),
             ], headers: headers)
         let exchange = executor.serveASGI(head: head, body: body)
-        switch await exchange.next() {
+        // An app that does not start its answer in time is cancelled (CancelledError in it): its slot comes back.
+        let timer = Task { [headTimeout] in
+            try await Task.sleep(for: headTimeout)
+            exchange.abandon("no answer within \(headTimeout)")
+        }
+        let first = await exchange.next()
+        timer.cancel()
+        if exchange.abandoned {
+            logger.warning(
+                "a request to the ASGI app was cancelled: it did not start its answer in time",
+                metadata: ["path": "\(path)", "asgi_head_timeout": "\(headTimeout)"])
+            return .error(.timeout, "the ASGI app did not start its answer within \(headTimeout); the request was cancelled")
+        }
+        switch first {
         case .head(let status, let appHeaders, let route):
             var fields = HTTPFields()
             for h in appHeaders {

@@ -66,7 +66,10 @@ struct HTTPWorker: Sendable {
     func services() -> [any Service] {
         let router = Router()
         if executor.servesASGI {
-            router.add(middleware: ASGIMiddleware(executor: executor, maxBodyBytes: configuration.maxBodyBytes, logger: logger))
+            router.add(
+                middleware: ASGIMiddleware(
+                    executor: executor, maxBodyBytes: configuration.maxBodyBytes, headTimeout: configuration.asgiHeadTimeout,
+                    logger: logger))
         }
         router.addWorkerMetrics(executor: executor, configuration: configuration)
         router.get("/healthz") { _, _ in self.health() }

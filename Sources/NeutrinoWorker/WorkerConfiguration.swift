@@ -59,6 +59,9 @@ public struct WorkerConfiguration: Sendable {
     public var hardTimeoutGrace: Duration = .seconds(5)
     /// `async def` tasks in flight at once on the worker's event loop (`--max-coroutines`).
     public var maxCoroutines = 512
+    /// A request to the mounted ASGI app that has not started its answer after this is cancelled and answered 504, so
+    /// an app that never answers cannot hold its coroutine slot (`--asgi-head-timeout`).
+    public var asgiHeadTimeout: Duration = .seconds(60)
     /// Threads given up on and still blocked before the worker recycles itself.
     public var maxLeakedThreads = 8
     /// Recycle after this many tasks (0: never).

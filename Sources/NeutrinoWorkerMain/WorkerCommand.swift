@@ -41,6 +41,12 @@ struct WorkerCommand: AsyncParsableCommand {
     var maxCoroutines: Int = 512
 
     @Option(
+        name: .customLong("asgi-head-timeout"),
+        help:
+            "Seconds a request to the mounted ASGI app may run before it starts its answer; then it is cancelled and answered 504.")
+    var asgiHeadTimeout: Double = 60
+
+    @Option(
         name: .customLong("loop-block-warn-ms"),
         help: "Log an async def task that keeps the event loop from running for this many milliseconds (time.sleep in a coroutine).")
     var loopBlockWarnMs: Int = 100
@@ -174,6 +180,9 @@ struct WorkerCommand: AsyncParsableCommand {
         if let concurrency, !(1...256).contains(concurrency) { throw ValidationError("--concurrency must be 1...256") }
         guard loopBlockWarnMs >= 10 else { throw ValidationError("--loop-block-warn-ms must be at least 10") }
         guard (1...100_000).contains(maxCoroutines) else { throw ValidationError("--max-coroutines must be 1...100000") }
+        guard asgiHeadTimeout.isFinite, asgiHeadTimeout > 0, asgiHeadTimeout <= 86_400 else {
+            throw ValidationError("--asgi-head-timeout must be 0 < seconds <= 86400")
+        }
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535") }
         if let nats, NATSServers.parse(nats) == nil {
             throw ValidationError("--nats '\(nats)' must be one URL or several comma-separated (nats://HOST:PORT,...)")
@@ -214,6 +223,7 @@ struct WorkerCommand: AsyncParsableCommand {
         configuration.hardTimeoutGrace = .milliseconds(Int64(hardTimeoutGrace * 1000))
         configuration.maxLeakedThreads = maxLeakedThreads
         configuration.maxCoroutines = maxCoroutines
+        configuration.asgiHeadTimeout = .milliseconds(Int64(asgiHeadTimeout * 1000))
         configuration.maxTasksPerWorker = maxTasksPerWorker
         configuration.runningVisibleAfter = .milliseconds(Int64(min(max(0, runningVisibleAfterMs), 86_400_000)))
         configuration.maxRSSMB = maxRSSMB

@@ -178,6 +178,15 @@ class AsgiServer:
             exchange.disconnected.set()
             self._wake(exchange)
 
+    def cancel(self, job: int) -> None:
+        """The worker gave up on the request (no answer in time): ``CancelledError`` in the app's coroutine."""
+        exchange = self.exchanges.get(job)
+        if exchange is not None:
+            exchange.disconnected.set()
+            self._wake(exchange)
+            if exchange.task is not None:
+                exchange.task.cancel()
+
     def resume(self, job: int) -> None:
         exchange = self.exchanges.get(job)
         if exchange is not None:
@@ -261,12 +270,21 @@ class AsgiServer:
         except BaseException as exc:  # the app's own failure, or its cancellation at shutdown
             if isinstance(exc, ClientDisconnected) or (exchange.disconnected.is_set() and isinstance(exc, OSError)):
                 error = None
+            elif isinstance(exc, asyncio.CancelledError):
+                error = "cancelled: the request did not start its answer within the worker's --asgi-head-timeout"
+                _log(f"{scope_path(head)}: {error}")
             else:
                 error = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
                 _log(f"exception in the ASGI application:\n{error.rstrip()}")
         finally:
             self.exchanges.pop(job, None)
         self.bridge(END, job, error)
+
+
+def scope_path(head: bytes) -> str:
+    """`METHOD path` of a request's head fields, for log lines."""
+    fields = split_fields(head)
+    return " ".join(f.decode("latin-1") for f in fields[:2]) if len(fields) >= 2 else "a request"
 
 
 def _settle(future: Optional[asyncio.Future], value: Any) -> None:

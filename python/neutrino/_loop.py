@@ -42,8 +42,9 @@ TAKE, DONE, LOST, INTERRUPT = 0, 1, 2, 3
 # Items from TAKE.
 START, CANCEL = 0, 1
 # Items from TAKE for the mounted ASGI app (neutrino._asgi): a request (job, head fields, body), the client went
-# away, the worker has room for more of a response again, and the lifespan shutdown.
-ASGI_REQUEST, ASGI_DISCONNECT, ASGI_RESUME, LIFESPAN_SHUTDOWN = 2, 3, 4, 5
+# away, the worker has room for more of a response again, the lifespan shutdown, and a request given up on (no
+# answer within the worker's --asgi-head-timeout: its coroutine is cancelled).
+ASGI_REQUEST, ASGI_DISCONNECT, ASGI_RESUME, LIFESPAN_SHUTDOWN, ASGI_CANCEL = 2, 3, 4, 5, 6
 
 def _warn_from_env() -> float:
     try:
@@ -133,6 +134,8 @@ def run(bridge: Callable[..., Any], wake_fd: int, grace_s: float, serve_asgi: bo
                 asgi.disconnect(job)
             elif asgi is not None and op == ASGI_RESUME:
                 asgi.resume(job)
+            elif asgi is not None and op == ASGI_CANCEL:
+                asgi.cancel(job)
             elif asgi is not None and op == LIFESPAN_SHUTDOWN:
                 loop.create_task(_shutdown_asgi(asgi))
 

@@ -198,6 +198,25 @@ def test_failing_startup_stops_the_worker(launcher, tmp_path):
     assert "listening on" not in worker.output
 
 
+def test_an_app_that_never_answers_is_cancelled(launcher, tmp_path):
+    """The worker's --asgi-head-timeout: a request without an answer is cancelled (CancelledError in the app), answered
+    504, and its coroutine slot comes back."""
+    marks = tmp_path / "marks.txt"
+    d = launcher.new_dir("asgi-hang")
+    worker = launcher.worker(ASGI_APP, d / "tasks.sqlite", log_dir=d, worker_id="asgi-hang", task_log="sqlite",
+                             extra_args=["--asgi-head-timeout", "1", "--max-coroutines", "1"],
+                             env_extra={"VIRTUAL_ENV": _venv(), "NEUTRINO_E2E_ASGI_MARKS": str(marks)})
+    try:
+        r = http_request("GET", f"{worker.url}/_neutrino_asgi/hang", timeout=60)
+        assert_error_body(r, 504, "TimeoutError")
+        wait_for(lambda: "hang-cancelled" in (marks.read_text() if marks.exists() else ""), timeout=30,
+                 message="CancelledError in the app's coroutine")
+        # The only slot is free again.
+        assert http_request("GET", f"{worker.url}/_neutrino_asgi/items/5", timeout=60).json()["item_id"] == 5
+    finally:
+        worker.stop()
+
+
 def test_dashboard_moves_under_prefix(asgi_stack):
     s = asgi_stack
     r = _get(s, "/_neutrino")

@@ -112,6 +112,17 @@ async def forever() -> StreamingResponse:
     return StreamingResponse(produce(), media_type="text/plain")
 
 
+@api.get("/hang")
+async def hang() -> dict:
+    """Never answers by itself (the worker's --asgi-head-timeout cancels it); marks 'hang-cancelled' when it is."""
+    try:
+        await asyncio.sleep(3600)
+    except asyncio.CancelledError:
+        mark("hang-cancelled")
+        raise
+    return {}
+
+
 @api.get("/boom")
 async def boom() -> dict:
     raise RuntimeError("the app failed on purpose")
