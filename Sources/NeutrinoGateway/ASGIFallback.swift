@@ -50,7 +50,8 @@ struct ASGIFallback: RouterMiddleware {
         var headers = HTTPHeaders()
         for field in request.headers where !ASGIForwarding.hopByHop.contains(field.name.canonicalName.lowercased()) {
             let lower = field.name.canonicalName.lowercased()
-            if lower.hasPrefix("x-neutrino-") || lower == "content-length" { continue }
+            // The body is read already: the worker must not answer `100 Continue` to an `Expect` the client sent.
+            if lower.hasPrefix("x-neutrino-") || lower == "content-length" || lower == "expect" { continue }
             headers.add(name: field.name.canonicalName, value: field.value)
         }
         if let authority = request.head.authority { headers.replaceOrAdd(name: "Host", value: authority) }
