@@ -248,6 +248,22 @@ extension PythonExecutor {
         if wake { wakeTheLoop() }
     }
 
+    /// Requests to the app in flight now.
+    public var asgiInFlight: Int { lock.withLock { state.asgiRunning.count + state.asgiWaiting.count } }
+
+    /// For a stopping worker: waits up to `grace` for the app's requests in flight to end, then cuts the rest short
+    /// (a streaming response that never ends, an SSE endpoint): their coroutines are cancelled and their responses end
+    /// unfinished, so the server's drain can finish. Returns how many were cut short.
+    public func asgiDrain(grace: Duration) async -> Int {
+        let deadline = ContinuousClock.now + grace
+        while asgiInFlight > 0 && ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        let left = lock.withLock { Array(state.asgiRunning.values) + state.asgiWaiting }
+        for exchange in left { exchange.abandon("the worker is stopping") }
+        return left.count
+    }
+
     /// `bridge(4, id, status, headers, route)` (loop thread, GIL held).
     func asgiHead(id: UInt64, status: Int, headers blob: [UInt8], route: String) {
         var headers: [ASGIHeader] = []

@@ -120,6 +120,21 @@ struct HTTPWorker: Sendable {
             services.append(CancelListener(connection: connection, logger: logger) { [self] id in self.noteCancel(id) })
         }
         services.append(app)
+        if executor.servesASGI {
+            // Stopped before the server: the app's requests in flight get --drain-grace to end, then the rest (endless
+            // streams) are cut short, so the server's drain ends and the lifespan shutdown can run.
+            let grace = configuration.drainGrace
+            let logger = self.logger
+            services.append(
+                LifecycleService(
+                    "asgi drain",
+                    stop: {
+                        let cut = await executor.asgiDrain(grace: grace)
+                        if cut > 0 {
+                            logger.warning("requests to the ASGI app cut short at shutdown", metadata: ["requests": "\(cut)", "grace": "\(grace)"])
+                        }
+                    }))
+        }
         if let heartbeats {
             // Stopped right after the heartbeats (which send `stopping`): the gateways stop routing here before the
             // server stops taking requests; a call that still arrives meanwhile runs.

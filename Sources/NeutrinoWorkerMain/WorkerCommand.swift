@@ -114,7 +114,11 @@ struct WorkerCommand: AsyncParsableCommand {
         help: "Seconds JetStream waits for an ack before redelivering (--mode nats); heartbeats keep running tasks alive.")
     var ackWait: Double = 30
 
-    @Option(name: .customLong("drain-grace"), help: "Seconds SIGTERM lets running tasks finish before handing them back (--mode nats).")
+    @Option(
+        name: .customLong("drain-grace"),
+        help:
+            "Seconds SIGTERM lets running tasks finish before handing them back (--mode nats), or requests to the mounted ASGI app finish before they are cut short (--mode http)."
+    )
     var drainGrace: Double = 30
 
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical.")

@@ -217,6 +217,31 @@ def test_an_app_that_never_answers_is_cancelled(launcher, tmp_path):
         worker.stop()
 
 
+def test_sigterm_cuts_an_endless_stream_short_after_the_grace(launcher, tmp_path):
+    """A stopping worker gives the app's requests --drain-grace, then cuts an endless stream short (CancelledError in
+    the app), so it exits promptly and still runs the lifespan shutdown."""
+    marks = tmp_path / "marks.txt"
+    d = launcher.new_dir("asgi-drain")
+    worker = launcher.worker(ASGI_APP, d / "tasks.sqlite", log_dir=d, worker_id="asgi-drain", task_log="sqlite",
+                             extra_args=["--drain-grace", "1", "--stop-delay", "0.1"],
+                             env_extra={"VIRTUAL_ENV": _venv(), "NEUTRINO_E2E_ASGI_MARKS": str(marks)})
+    parts = urlsplit(worker.url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    try:
+        conn.request("GET", "/_neutrino_asgi/forever")
+        resp = conn.getresponse()
+        assert resp.readline() == b"tick 0\n"
+        worker.proc.send_signal(signal.SIGTERM)
+        assert worker.wait_exit(timeout=30) == 0, worker.output[-3000:]
+        with pytest.raises(http.client.IncompleteRead):
+            resp.read()  # cut short: no last chunk
+    finally:
+        conn.close()
+    lines = marks.read_text().split("\n")
+    assert any(line.startswith("stream-ended") for line in lines) and any(line.startswith("shutdown") for line in lines)
+    assert "cut short at shutdown" in worker.output
+
+
 def test_dashboard_moves_under_prefix(asgi_stack):
     s = asgi_stack
     r = _get(s, "/_neutrino")
