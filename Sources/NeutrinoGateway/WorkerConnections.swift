@@ -118,6 +118,8 @@ final class WorkerConnections: Sendable {
         }
         let exchange = Exchange(head: head, body: body, promise: promise, maxAnswerBytes: maxAnswerBytes, stream: streamed)
         let timeout = channel.eventLoop.scheduleTask(deadline: headDeadline) {
+            // On the channel's event loop, like the handler: a head that arrived first is never cut off here.
+            guard !streamed.delegate.headArrived.withLockedValue({ $0 }) else { return }
             promise.fail(Failure.timedOut)
             channel.close(promise: nil)
         }
@@ -244,6 +246,8 @@ final class StreamedBodyDelegate: NIOAsyncSequenceProducerDelegate {
     let paused = NIOLockedValueBox(false)
     /// Set when the answer ended (the connection is then back in the pool; a late termination must not close it).
     let ended = NIOLockedValueBox(false)
+    /// Set when the answer's head arrived (the head timeout no longer applies).
+    let headArrived = NIOLockedValueBox(false)
 
     init(channel: any Channel) { self.channel = channel }
 
@@ -308,6 +312,7 @@ private final class ExchangeHandler: ChannelDuplexHandler {
                 pending = nil
                 self.stream = nil
                 streaming = stream
+                stream.delegate.headArrived.withLockedValue { $0 = true }
                 promise.succeed(.init(status: Int(h.status.code), headers: h.headers, body: ByteBuffer()))
                 return
             }
