@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from urllib.parse import urlsplit
 
 import pytest
@@ -108,6 +109,52 @@ def test_streaming_response_is_relayed_as_it_comes(asgi_stack):
         assert resp.read() == b"last\n"
     finally:
         conn.close()
+
+
+def test_a_large_stream_read_slowly_arrives_whole(asgi_stack):
+    """16 MiB streamed through both hops to a client that reads in small steps with pauses: back-pressure (the worker's
+    1 MiB bound, the gateway's paused reads) holds it, and every byte arrives in order."""
+    s = asgi_stack
+    parts = urlsplit(s.url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    try:
+        conn.request("GET", "/big?mb=16")
+        resp = conn.getresponse()
+        assert resp.status == 200
+        received = bytearray()
+        while True:
+            chunk = resp.read(256 * 1024)
+            if not chunk:
+                break
+            received += chunk
+            if len(received) < 4 << 20:
+                time.sleep(0.02)  # a slow client for the first 4 MiB
+    finally:
+        conn.close()
+    assert len(received) == 16 << 20
+    for i in range(256):
+        assert received[i * 65536] == i % 256 and received[i * 65536 + 65535] == i % 256, i
+
+
+def test_many_requests_wait_for_few_slots(launcher, queue_stack, tmp_path):
+    """200 requests at once on a worker with 4 coroutine slots: they wait their turn, and all are answered."""
+    stack = queue_stack(app=ASGI_APP, name="asgi-slots", gateway=False)
+    worker = launcher.worker(
+        ASGI_APP, stack.db_path, log_dir=stack.dir, worker_id="asgi-slots-w", nats_url=stack.nats.url,
+        task_log=stack.task_log, extra_args=["--max-coroutines", "4"], env_extra={"VIRTUAL_ENV": _venv()})
+    stack.workers.append(worker)
+    stack.start_gateway(http_pools={"fast": [worker.url]})
+    from concurrent.futures import ThreadPoolExecutor
+
+    def order(i: int) -> tuple:
+        r = http_request("POST", f"{stack.url}/orders", json_body={"item": f"i{i}", "quantity": i},
+                         headers={"X-User": "u"}, timeout=120)
+        return r.status, r.json()
+
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        results = list(pool.map(order, range(200)))
+    assert all(status == 201 for status, _ in results), [r for r in results if r[0] != 201][:3]
+    assert [body["quantity"] for _, body in results] == list(range(200))
 
 
 def test_client_disconnect_reaches_the_app(asgi_stack):

@@ -123,6 +123,17 @@ async def hang() -> dict:
     return {}
 
 
+@api.get("/big")
+async def big(mb: int = 8) -> StreamingResponse:
+    """`mb` MiB in 64 KiB chunks, each chunk filled with its index (mod 256): a stream larger than every buffer on the
+    way, so the worker's and the gateway's back-pressure must hold it."""
+    async def produce():
+        for i in range(mb * 16):
+            yield bytes([i % 256]) * 65536
+
+    return StreamingResponse(produce(), media_type="application/octet-stream")
+
+
 @api.get("/boom")
 async def boom() -> dict:
     raise RuntimeError("the app failed on purpose")
