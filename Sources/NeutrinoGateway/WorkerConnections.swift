@@ -321,8 +321,13 @@ private final class ExchangeHandler: ChannelDuplexHandler {
             }
         case .body(var chunk):
             if let streaming {
-                if streaming.source.yield(chunk) == .stopProducing {
-                    streaming.delegate.paused.withLockedValue { $0 = true }
+                // The latest yield decides: a later `.produceMore` means the demand came back through it, and the
+                // delegate's produceMore() will not be called for the earlier `.stopProducing`.
+                let stop = streaming.source.yield(chunk) == .stopProducing
+                streaming.delegate.paused.withLockedValue { $0 = stop }
+                if !stop && readWithheld {
+                    readWithheld = false
+                    context.read()
                 }
                 return
             }

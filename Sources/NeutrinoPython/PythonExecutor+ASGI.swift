@@ -72,29 +72,25 @@ public final class ASGIExchange: @unchecked Sendable {
 
     /// The next event; nil after the last one.
     public func next() async -> ASGIEvent? {
-        var wake = false
-        let ready = executor.lock.withLock { () -> ASGIEvent?? in
+        await withCheckedContinuation { continuation in
+            var wake = false
+            executor.lock.lock()
             if !events.isEmpty {
                 let event = events.removeFirst()
                 if case .body(let bytes, _) = event { buffered -= bytes.count }
+                // The app waits for RESUME once past the high-water mark: tell it when the client has taken enough.
                 if producerPaused && buffered <= Self.lowWater {
                     producerPaused = false
                     wake = executor.queueForLoop(.asgiResume(id))
                 }
-                return .some(event)
-            }
-            if finished { return .some(nil) }
-            return nil
-        }
-        if wake { executor.wakeTheLoop() }
-        if let ready { return ready }
-        return await withCheckedContinuation { continuation in
-            executor.lock.lock()
-            if !events.isEmpty || finished {
-                let event = events.isEmpty ? nil : events.removeFirst()
-                if case .body(let bytes, _) = event { buffered -= bytes.count }
                 executor.lock.unlock()
+                if wake { executor.wakeTheLoop() }
                 continuation.resume(returning: event)
+                return
+            }
+            if finished {
+                executor.lock.unlock()
+                continuation.resume(returning: nil)
                 return
             }
             waiter = continuation

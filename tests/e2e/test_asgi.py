@@ -111,28 +111,38 @@ def test_streaming_response_is_relayed_as_it_comes(asgi_stack):
         conn.close()
 
 
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return int(f.read().split("VmRSS:")[1].split()[0]) / 1024
+
+
 def test_a_large_stream_read_slowly_arrives_whole(asgi_stack):
-    """16 MiB streamed through both hops to a client that reads in small steps with pauses: back-pressure (the worker's
-    1 MiB bound, the gateway's paused reads) holds it, and every byte arrives in order."""
+    """64 MiB streamed through both hops to a client that stops for 2 s after the first chunk, then reads in small
+    steps: back-pressure holds it (neither the gateway nor the worker buffers the stream: their memory stays far
+    below its size while the client waits), reading resumes, and every byte arrives in order."""
     s = asgi_stack
     parts = urlsplit(s.url)
+    gateway_before, worker_before = _rss_mb(s.gateway.pid), _rss_mb(s.asgi_worker.pid)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
     try:
-        conn.request("GET", "/big?mb=16")
+        conn.request("GET", "/big?mb=64")
         resp = conn.getresponse()
         assert resp.status == 200
-        received = bytearray()
+        received = bytearray(resp.read(65536))
+        time.sleep(2)  # the client stops reading: the app must stop producing
+        grown = (_rss_mb(s.gateway.pid) - gateway_before, _rss_mb(s.asgi_worker.pid) - worker_before)
+        assert grown[0] < 32 and grown[1] < 32, f"RSS grew by {grown} MiB while the client paused"
         while True:
-            chunk = resp.read(256 * 1024)
+            chunk = resp.read(1 << 20)
             if not chunk:
                 break
             received += chunk
-            if len(received) < 4 << 20:
-                time.sleep(0.02)  # a slow client for the first 4 MiB
+            if len(received) < 8 << 20:
+                time.sleep(0.01)  # a slow client for the first 8 MiB
     finally:
         conn.close()
-    assert len(received) == 16 << 20
-    for i in range(256):
+    assert len(received) == 64 << 20
+    for i in range(64 * 16):
         assert received[i * 65536] == i % 256 and received[i * 65536 + 65535] == i % 256, i
 
 
