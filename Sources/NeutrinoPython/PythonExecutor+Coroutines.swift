@@ -60,7 +60,7 @@ extension PythonExecutor {
                 state.running[ObjectIdentifier(job)] = job
                 state.busy += 1
                 state.coroutineJobs[job.loopID] = job
-                watchdogWake.signal()
+                wakeWatchdog(before: job.deadline)
                 return queueForLoop(.start(job))
             }
             if wake { wakeTheLoop() }

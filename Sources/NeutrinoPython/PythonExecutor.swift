@@ -114,6 +114,9 @@ public final class PythonExecutor: Sendable {
         var leaked = 0
         var wedged: String?
         var threadSerial = 0
+        /// When the sleeping watchdog wakes up on its own (monotonic ns); 0 while it is awake (it rescans every
+        /// running job before it sleeps again).
+        var watchdogWakesAt: UInt64 = 0
         // The event loop's side (see PythonExecutor+Coroutines.swift).
         /// Coroutine slots taken (running, or being handed over), at most `maxCoroutines`.
         var coroutinesRunning = 0
@@ -301,7 +304,7 @@ public final class PythonExecutor: Sendable {
             job.startNanos = monotonicNanos()
             state.running[ObjectIdentifier(job)] = job
             state.busy += 1
-            watchdogWake.signal()
+            wakeWatchdog(before: job.deadline)
             lock.unlock()
 
             job.onStart()
@@ -425,7 +428,9 @@ public final class PythonExecutor: Sendable {
             let leaked = state.leaked
             let leakedCoroutines = state.leakedCoroutines
             if timedOut.isEmpty && leakedNow == 0 && coroutinesGivenUp == 0 && !wakeLoop {
+                state.watchdogWakesAt = next
                 lock.wait(watchdogWake, untilNanos: next)
+                state.watchdogWakesAt = 0
                 lock.unlock()
                 continue
             }
@@ -476,6 +481,13 @@ public final class PythonExecutor: Sendable {
                 watchdogWake.signal()
             }
         }
+    }
+
+    /// Wakes the watchdog (lock held) only if it sleeps past `deadline`: a job that starts while the watchdog is
+    /// awake, or whose deadline comes after its next wake-up (it wakes at least once a second), is seen at its next
+    /// scan. Under load that saves a thread wake-up per call.
+    func wakeWatchdog(before deadline: UInt64) {
+        if state.watchdogWakesAt != 0 && deadline < state.watchdogWakesAt { watchdogWake.signal() }
     }
 
     /// Cancels the call tagged `tag`: a queued one is dropped, a running one gets `CancelledByRequest` raised in its
