@@ -187,9 +187,9 @@ public final class PythonExecutor: Sendable {
         wakeWrite = fds[1]
         for _ in 0..<threadCount { startPythonThread() }
         if useLoop { startLoopThread() }
-        var rc = startThread(name: "neutrino-py-wd") { [self] in self.watchdogLoop() }
+        var rc = startThread(name: "py-watchdog") { [self] in self.watchdogLoop() }
         precondition(rc == 0, "cannot start the timeout watchdog: pthread_create returned \(rc)")
-        rc = startThread(name: "neutrino-py-int") { [self] in self.interrupterLoop() }
+        rc = startThread(name: "py-interrupt") { [self] in self.interrupterLoop() }
         precondition(rc == 0, "cannot start the interrupter: pthread_create returned \(rc)")
     }
 
@@ -198,7 +198,7 @@ public final class PythonExecutor: Sendable {
             state.threadSerial += 1
             return state.threadSerial
         }
-        let rc = startThread(name: "neutrino-py-\(serial)", stackBytes: 16 << 20) { [self] in self.workerLoop() }
+        let rc = startThread(name: "py-\(serial)", stackBytes: 16 << 20) { [self] in self.workerLoop() }
         precondition(rc == 0, "cannot start a Python thread: pthread_create returned \(rc)")
     }
 
