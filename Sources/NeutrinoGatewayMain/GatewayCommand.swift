@@ -88,6 +88,13 @@ struct GatewayCommand: AsyncParsableCommand {
     @Option(name: .customLong("heartbeat-timeout"), help: "Seconds without a heartbeat after which a worker counts as gone.")
     var heartbeatTimeout: Double = 6
 
+    @Option(
+        name: .customLong("worker-join-wait"),
+        help:
+            "Seconds a sync call to a discovered pool that has no worker yet (gateway start-up, scaled to zero) waits for one to announce itself before answering 503 (0: never wait)."
+    )
+    var workerJoinWait: Double = 5
+
     @Option(name: .customLong("scale"), help: "Scaling policy of a pool: POOL=MIN:MAX[:TARGET[:DOWN_WINDOW_SECONDS]] (repeatable).")
     var scale: [String] = []
 
@@ -200,6 +207,7 @@ struct GatewayCommand: AsyncParsableCommand {
         guard maxListBytes >= 4096 else { throw ValidationError("--max-list-bytes must be at least 4096") }
         guard maxWorkerAnswerBytes >= 1024 else { throw ValidationError("--max-worker-answer-bytes must be at least 1024") }
         guard LogFormat(rawValue: logFormat) != nil else { throw ValidationError("--log-format must be text or json") }
+        guard workerJoinWait >= 0, workerJoinWait <= 600 else { throw ValidationError("--worker-join-wait must be between 0 and 600 seconds") }
         guard heartbeatTimeout > 0 else { throw ValidationError("--heartbeat-timeout must be positive") }
         for s in scale {
             guard let eq = s.firstIndex(of: "="), TaskSpec.isValidName(String(s[..<eq])) else {
@@ -254,6 +262,7 @@ struct GatewayCommand: AsyncParsableCommand {
             host: host, port: port, maxBodyBytes: maxBodyBytes, natsURL: nats, ackWait: Self.duration(ackWait))
         configuration.dashboardDirectory = dashboardDir
         configuration.heartbeatTimeout = Self.duration(heartbeatTimeout)
+        configuration.workerJoinWait = workerJoinWait == 0 ? .zero : Self.duration(workerJoinWait)
         for s in scale {
             guard let eq = s.firstIndex(of: "=") else { continue }
             configuration.scaling[String(s[..<eq])] = String(s[s.index(after: eq)...])

@@ -217,11 +217,11 @@ struct TaskSubmitter: Sendable {
             return fail(.noWorkerAvailable, .failed, "no worker is configured for pool '\(spec.pool)'", headers: [.retryAfter: "1"])
         }
         // The worker enforces the timeout and answers 504 itself; the grace covers queueing and transport.
-        let deadline = NIODeadline.now() + .milliseconds(Int64(spec.timeoutMs + components.configuration.timeoutGraceMs))
+        let timeout = TimeAmount.milliseconds(Int64(spec.timeoutMs + components.configuration.timeoutGraceMs))
         let answer: WorkerPool.Answer
         do {
             answer = try await pool.call(
-                task: spec.name, taskID: taskID, body: Self.forwardBody(args), deadline: deadline,
+                task: spec.name, taskID: taskID, body: Self.forwardBody(args), timeout: timeout,
                 reruns: spec.retries)
         } catch {
             switch error {
