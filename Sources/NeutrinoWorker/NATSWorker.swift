@@ -311,16 +311,17 @@ final class NATSWorker: Sendable {
     private func finish(_ message: JetStreamMessage, js: JetStream, _ event: TaskEvent, settle: Settle, trace: TaskTrace?) async {
         let span = trace?.startSpan(
             NeutrinoTracing.Name.taskLogWrite, taskID: event.taskID, task: event.function, pool: event.pool, attempt: event.attempt)
-        defer { span?.end() }
         taskLog.record(event)
         if settle.isFinal && reader == nil {
             // Without a task log a later redelivery (a lost ack) could not tell that this task is done: leave a marker
             // first, side by side with the event's own publish.
             async let marked: Void = markSettled(event, js: js)
             await taskLog.flush()
+            span?.end()
             await marked
         } else {
             await taskLog.flush()
+            span?.end()
         }
         do {
             switch settle {
