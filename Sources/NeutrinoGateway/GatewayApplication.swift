@@ -54,7 +54,8 @@ public func buildGateway(
         if queue != nil {
             pools[pool] = WorkerPool(
                 name: pool, endpoints: [], maxConnections: configuration.workerConnections,
-                maxAnswerBytes: configuration.maxWorkerAnswerBytes, logger: logger)
+                maxAnswerBytes: configuration.maxWorkerAnswerBytes, recordsCalls: configuration.taskLogPath != nil,
+                joinWait: configuration.workerJoinWait, logger: logger)
         } else {
             logger.warning(
                 "no --http-pool given for a sync pool of the manifest and no --nats to discover its workers; its tasks will answer 503",

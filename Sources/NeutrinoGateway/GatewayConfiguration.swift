@@ -27,6 +27,9 @@ public struct GatewayConfiguration: Sendable {
     public var dashboardDirectory: String?
     /// A worker not heard from for this long leaves the live set.
     public var heartbeatTimeout: Duration = .seconds(6)
+    /// How long a sync call to a pool with no worker at all waits for one to join from its heartbeat (a gateway that
+    /// just started, a pool scaled to zero) before it answers 503; zero answers at once. Bounded by the call's deadline.
+    public var workerJoinWait: Duration = .seconds(5)
     /// `--scale POOL=MIN:MAX[:TARGET[:WINDOW]]` texts by pool, checked against the manifest's modes at start-up.
     public var scaling: [String: String] = [:]
     /// Cluster mode of the task log: consume NEUTRINO_EVENTS into this gateway's file and publish its own events there.

@@ -84,14 +84,18 @@ public final class WorkerPool: Sendable {
     /// Sent to workers when this gateway records the lifecycle of the calls it forwards (it has a task log): the
     /// answer size it relays, so a worker writes only what the gateway cannot (`X-Neutrino-Caller-Records`).
     private let callerRecords: String?
+    /// How long a call waits for a first worker when the pool has none (see `GatewayConfiguration.workerJoinWait`).
+    private let joinWait: Duration
 
     /// `maxConnections` bounds the connections to each worker (a request finding them all busy goes to the next
     /// worker, as if that one were saturated); `maxAnswerBytes` bounds the answer read from a worker.
     public init(
         name: String, endpoints: [Endpoint], group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
-        maxConnections: Int = 128, maxAnswerBytes: Int = 16 << 20, recordsCalls: Bool = false, logger: Logger
+        maxConnections: Int = 128, maxAnswerBytes: Int = 16 << 20, recordsCalls: Bool = false, joinWait: Duration = .zero,
+        logger: Logger
     ) {
         self.name = name
+        self.joinWait = joinWait
         self.callerRecords = recordsCalls ? String(max(1024, maxAnswerBytes)) : nil
         self.group = group
         self.maxConnections = maxConnections
@@ -173,13 +177,22 @@ public final class WorkerPool: Sendable {
     /// the task may have been running: that ends the call (`workerCrashed`), unless the task opted in to `reruns`
     /// extra attempts on other workers (at-least-once), each with the next attempt number. `traceParent` (W3C) makes
     /// the worker's execution span a child of the caller's.
+    ///
+    /// `timeout` bounds the answer from the moment a worker is chosen: the wait for a first worker of an empty pool
+    /// (`joinWait`) comes before it.
     public func call(
-        task: String, taskID: String, body: [UInt8], deadline: NIODeadline, reruns: Int = 0, traceParent: String? = nil
+        task: String, taskID: String, body: [UInt8], timeout: TimeAmount, reruns: Int = 0, traceParent: String? = nil
     ) async throws(Failure) -> Answer {
         var attempt = 1
         var lastError = "no worker is configured for pool '\(name)'"
         let payload = ByteBuffer(bytes: body)
-        for member in order(now: .now()) {
+        var members = order(now: .now())
+        if members.isEmpty, joinWait > .zero {
+            members = await firstMembers()
+            if members.isEmpty { lastError = "no worker of pool '\(name)' announced itself within \(joinWait) (--worker-join-wait)" }
+        }
+        let deadline = NIODeadline.now() + timeout
+        for member in members {
             let endpoint = member.endpoint
             var headers = HTTPHeaders()
             headers.add(name: "Content-Type", value: "application/json")
@@ -234,6 +247,19 @@ public final class WorkerPool: Sendable {
             }
         }
         throw .noWorkerAvailable(lastError)
+    }
+
+    /// Waits up to `joinWait` for a worker to join an empty pool (from its heartbeat): a gateway that just started
+    /// hears its workers within a heartbeat interval, and a call then should not fail. Checks every 20 ms; only calls
+    /// to an empty pool wait here.
+    private func firstMembers() async -> [Member] {
+        let until = NIODeadline.now() + TimeAmount(joinWait)
+        while NIODeadline.now() < until, !Task.isCancelled {
+            try? await Task.sleep(for: .milliseconds(20))
+            let members = order(now: .now())
+            if !members.isEmpty { return members }
+        }
+        return []
     }
 
     /// Closes idle connections.

@@ -96,6 +96,13 @@ struct GatewayCommand: AsyncParsableCommand {
     @Option(name: .customLong("heartbeat-timeout"), help: "Seconds without a heartbeat after which a worker counts as gone.")
     var heartbeatTimeout: Double = 6
 
+    @Option(
+        name: .customLong("worker-join-wait"),
+        help:
+            "Seconds a sync call to a discovered pool that has no worker yet (gateway start-up, scaled to zero) waits for one to announce itself before answering 503 (0: never wait)."
+    )
+    var workerJoinWait: Double = 5
+
     @Option(name: .customLong("scale"), help: "Scaling policy of a pool: POOL=MIN:MAX[:TARGET[:DOWN_WINDOW_SECONDS]] (repeatable).")
     var scale: [String] = []
 
@@ -203,6 +210,7 @@ struct GatewayCommand: AsyncParsableCommand {
         if let otlpEndpoint, let problem = NeutrinoTracing.endpointProblem(otlpEndpoint) {
             throw ValidationError("--otlp-endpoint '\(otlpEndpoint)' \(problem)")
         }
+        guard workerJoinWait >= 0, workerJoinWait <= 600 else { throw ValidationError("--worker-join-wait must be between 0 and 600 seconds") }
         guard heartbeatTimeout > 0 else { throw ValidationError("--heartbeat-timeout must be positive") }
         for s in scale {
             guard let eq = s.firstIndex(of: "="), TaskSpec.isValidName(String(s[..<eq])) else {
@@ -257,6 +265,7 @@ struct GatewayCommand: AsyncParsableCommand {
             host: host, port: port, maxBodyBytes: maxBodyBytes, natsURL: nats, ackWait: Self.duration(ackWait))
         configuration.dashboardDirectory = dashboardDir
         configuration.heartbeatTimeout = Self.duration(heartbeatTimeout)
+        configuration.workerJoinWait = workerJoinWait == 0 ? .zero : Self.duration(workerJoinWait)
         for s in scale {
             guard let eq = s.firstIndex(of: "=") else { continue }
             configuration.scaling[String(s[..<eq])] = String(s[s.index(after: eq)...])

@@ -3,7 +3,7 @@ import Glibc
 import NeutrinoCore
 import NeutrinoThreads
 
-/// `async def` tasks: one asyncio event loop per worker, on its own thread (`neutrino-py-loop`, running
+/// `async def` tasks: one asyncio event loop per worker, on its own thread (`py-loop`, running
 /// `neutrino._loop.run`), holding up to `maxCoroutines` coroutines in flight without a thread each.
 ///
 /// Handing work over never takes the GIL on the caller's side: a call is queued here (`loopOutbox`) and a byte is
@@ -60,7 +60,7 @@ extension PythonExecutor {
                 state.running[ObjectIdentifier(job)] = job
                 state.busy += 1
                 state.coroutineJobs[job.loopID] = job
-                watchdogWake.signal()
+                wakeWatchdog(before: job.deadline)
                 return queueForLoop(.start(job))
             }
             if wake { wakeTheLoop() }
@@ -83,7 +83,7 @@ extension PythonExecutor {
 
     func startLoopThread() {
         LoopBridge.install(self)
-        let rc = startThread(name: "neutrino-py-loop", stackBytes: 16 << 20) { [self] in self.loopThread() }
+        let rc = startThread(name: "py-loop", stackBytes: 16 << 20) { [self] in self.loopThread() }
         precondition(rc == 0, "cannot start the event loop thread: pthread_create returned \(rc)")
     }
 

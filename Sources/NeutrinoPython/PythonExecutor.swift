@@ -126,6 +126,9 @@ public final class PythonExecutor: Sendable {
         var leaked = 0
         var wedged: String?
         var threadSerial = 0
+        /// When the sleeping watchdog wakes up on its own (monotonic ns); 0 while it is awake (it rescans every
+        /// running job before it sleeps again).
+        var watchdogWakesAt: UInt64 = 0
         // The event loop's side (see PythonExecutor+Coroutines.swift).
         /// Coroutine slots taken (running, or being handed over), at most `maxCoroutines`.
         var coroutinesRunning = 0
@@ -196,9 +199,9 @@ public final class PythonExecutor: Sendable {
         wakeWrite = fds[1]
         for _ in 0..<threadCount { startPythonThread() }
         if useLoop { startLoopThread() }
-        var rc = startThread(name: "neutrino-py-wd") { [self] in self.watchdogLoop() }
+        var rc = startThread(name: "py-watchdog") { [self] in self.watchdogLoop() }
         precondition(rc == 0, "cannot start the timeout watchdog: pthread_create returned \(rc)")
-        rc = startThread(name: "neutrino-py-int") { [self] in self.interrupterLoop() }
+        rc = startThread(name: "py-interrupt") { [self] in self.interrupterLoop() }
         precondition(rc == 0, "cannot start the interrupter: pthread_create returned \(rc)")
     }
 
@@ -207,7 +210,7 @@ public final class PythonExecutor: Sendable {
             state.threadSerial += 1
             return state.threadSerial
         }
-        let rc = startThread(name: "neutrino-py-\(serial)", stackBytes: 16 << 20) { [self] in self.workerLoop() }
+        let rc = startThread(name: "py-\(serial)", stackBytes: 16 << 20) { [self] in self.workerLoop() }
         precondition(rc == 0, "cannot start a Python thread: pthread_create returned \(rc)")
     }
 
@@ -313,7 +316,7 @@ public final class PythonExecutor: Sendable {
             job.startNanos = monotonicNanos()
             state.running[ObjectIdentifier(job)] = job
             state.busy += 1
-            watchdogWake.signal()
+            wakeWatchdog(before: job.deadline)
             lock.unlock()
 
             job.onStart()
@@ -437,7 +440,9 @@ public final class PythonExecutor: Sendable {
             let leaked = state.leaked
             let leakedCoroutines = state.leakedCoroutines
             if timedOut.isEmpty && leakedNow == 0 && coroutinesGivenUp == 0 && !wakeLoop {
+                state.watchdogWakesAt = next
                 lock.wait(watchdogWake, untilNanos: next)
+                state.watchdogWakesAt = 0
                 lock.unlock()
                 continue
             }
@@ -488,6 +493,13 @@ public final class PythonExecutor: Sendable {
                 watchdogWake.signal()
             }
         }
+    }
+
+    /// Wakes the watchdog (lock held) only if it sleeps past `deadline`: a job that starts while the watchdog is
+    /// awake, or whose deadline comes after its next wake-up (it wakes at least once a second), is seen at its next
+    /// scan. Under load that saves a thread wake-up per call.
+    func wakeWatchdog(before deadline: UInt64) {
+        if state.watchdogWakesAt != 0 && deadline < state.watchdogWakesAt { watchdogWake.signal() }
     }
 
     /// Cancels the call tagged `tag`: a queued one is dropped, a running one gets `CancelledByRequest` raised in its

@@ -66,23 +66,38 @@ public func monotonicNanos() -> UInt64 {
 public func startThread(name: String, stackBytes: Int? = nil, _ body: @escaping @Sendable () -> Void) -> Int32 {
     final class Box: Sendable {
         let body: @Sendable () -> Void
-        init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+        let name: String
+        init(_ body: @escaping @Sendable () -> Void, name: String) {
+            self.body = body
+            self.name = name
+        }
     }
     var attr = pthread_attr_t()
     pthread_attr_init(&attr)
     if let stackBytes { pthread_attr_setstacksize(&attr, stackBytes) }
     pthread_attr_setdetachstate(&attr, Int32(PTHREAD_CREATE_DETACHED))
-    let context = Unmanaged.passRetained(Box(body)).toOpaque()
+    let context = Unmanaged.passRetained(Box(body, name: name)).toOpaque()
     var thread = pthread_t()
     let rc = pthread_create(
         &thread, &attr,
         { raw in
             guard let raw else { return nil }
             let box = Unmanaged<Box>.fromOpaque(raw).takeRetainedValue()
+            nameThisThread(box.name)
             box.body()
             return nil
         }, context)
     pthread_attr_destroy(&attr)
     if rc != 0 { Unmanaged<Box>.fromOpaque(context).release() }
     return rc
+}
+
+/// Names the calling thread as `top -H`, `perf` and `/proc/PID/task/*/comm` show it (at most 15 bytes, cut beyond):
+/// written to /proc/thread-self/comm, since glibc's pthread_setname_np is not visible to Swift. Best effort.
+func nameThisThread(_ name: String) {
+    let fd = open("/proc/thread-self/comm", O_WRONLY)
+    guard fd >= 0 else { return }
+    defer { close(fd) }
+    let bytes = Array(name.utf8.prefix(15))
+    _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
 }

@@ -1,6 +1,6 @@
 """The worker's event loop for ``async def`` tasks.
 
-One asyncio loop per worker process, on a thread the worker starts (``neutrino-py-loop``) when its app has any
+One asyncio loop per worker process, on a thread the worker starts (``py-loop``) when its app has any
 ``async def`` task. :func:`run` is that thread's whole life. The worker (Swift) never takes the GIL to hand work
 over: it queues the job on its side and writes a byte to a pipe; the loop wakes on the pipe (``add_reader``) and
 asks the worker for what is queued through ``bridge(TAKE)``:

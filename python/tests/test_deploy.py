@@ -220,7 +220,9 @@ def test_cli_dry_run_output_writes_a_kustomize_root(write_app, tmp_path, capsys)
     secret = yaml.safe_load((out / "secrets" / "nats-auth.yaml").read_text())
     assert secret["metadata"] == {"name": "neutrino-nats-auth", "namespace": "ml",
                                   "labels": {"app.kubernetes.io/part-of": "neutrino"}}
-    assert set(secret["stringData"]) == {"gateway", "route", "worker-fast", "worker-async", "worker-a100"}
+    assert set(secret["stringData"]) == {"gateway", "route", "routes.conf", "worker-fast", "worker-async", "worker-a100"}
+    # The cluster's route URLs carry the route password: nats-server cannot substitute a variable inside a URL.
+    assert f"nats://route:{secret['stringData']['route']}@nats-0.nats-headless:6222" in secret["stringData"]["routes.conf"]
     core = sorted(os.listdir(out / "core"))
     assert core == sorted(
         ["kustomization.yaml", "openapi.json", "namespace.yaml", "nats.yaml", "gateway.yaml", "network-policy.yaml",

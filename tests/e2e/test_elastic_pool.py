@@ -12,7 +12,7 @@ import signal
 import threading
 import time
 
-from conftest import QUEUE_APP, pools_by_name, post_task, read_journal, wait_for
+from conftest import QUEUE_APP, assert_error_body, pools_by_name, post_task, read_journal, wait_for
 from test_autoscaler import up  # noqa: F401  (the fixture: `neutrino up` as a subprocess)
 
 
@@ -138,3 +138,35 @@ def test_discovered_worker_drains_its_calls_and_gets_no_new_ones(queue_stack, tm
     assert [answers[k].status for k in range(2)] == [200, 200], answers
     assert one.wait_exit(60) == 0, one.output[-3000:]
     assert [e["event"] for e in read_journal(journal) if e["pid"] == one.pid] == ["start", "end"]
+
+
+def test_a_call_before_the_first_worker_waits_for_it_to_join(queue_stack, tmp_path):
+    """A gateway that just started (or a pool scaled to zero) has heard from no worker yet: a sync call waits up to
+    --worker-join-wait for one to announce itself instead of failing, then runs there; and once the wait is over
+    with still no worker it answers 503 NoWorkerAvailable saying why."""
+    stack = queue_stack(app=QUEUE_APP, name="elastic-join", gateway=False)
+    stack.start_gateway(extra_args=["--worker-join-wait", "60"])
+    assert _http_workers(stack.url) == []
+    answers: dict = {}
+    caller = threading.Thread(target=lambda: answers.setdefault("r", post_task(stack.url, "hold_sync", {"path": str(tmp_path / "j.jsonl"), "seconds": 0}, timeout=90)))
+    caller.start()
+    time.sleep(0.5)  # the call is waiting in the gateway, the pool still empty
+    assert "r" not in answers, answers
+    worker = stack.http_worker("fast", concurrency=2)
+    caller.join(90)
+    assert not caller.is_alive(), "the waiting call never ended"
+    resp = answers["r"]
+    assert resp.status == 200, resp
+    assert resp.json()["worker_id"] == worker.worker_id, resp
+
+
+def test_an_empty_pool_answers_503_once_the_join_wait_is_over(queue_stack, tmp_path):
+    stack = queue_stack(app=QUEUE_APP, name="elastic-empty", gateway=False)
+    stack.start_gateway(extra_args=["--worker-join-wait", "0.5"])
+    t0 = time.monotonic()
+    resp = post_task(stack.url, "hold_sync", {"path": str(tmp_path / "j.jsonl"), "seconds": 0}, timeout=60)
+    waited = time.monotonic() - t0
+    body = assert_error_body(resp, 503, "NoWorkerAvailable")
+    assert "announced itself within" in body["error"]["message"] and "--worker-join-wait" in body["error"]["message"], body
+    assert resp.headers.get("retry-after") == "1", resp.headers
+    assert waited >= 0.4, waited  # it did wait (a lower bound only: the machine may be slow)

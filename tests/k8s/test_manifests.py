@@ -205,7 +205,16 @@ def test_base_topology():
     cluster = re.search(r"^cluster \{(.*?)^\}", conf, re.M | re.S)
     assert cluster, conf
     assert re.search(r"^\s*port: 6222$", cluster.group(1), re.M)
-    assert re.findall(r"nats://(\S+):6222", cluster.group(1)) == pods
+    # Routes log in: the cluster block requires the route user, whose password comes from the Secret; the route
+    # URLs (with that password) are in routes.conf, a key of the Secret projected next to nats.conf.
+    assert re.search(r"authorization \{\s*user: route\s*password: \$NATS_PW_ROUTE\s", cluster.group(1)), cluster.group(1)
+    assert "include ./routes.conf" in cluster.group(1) and "nats://" not in conf
+    config_volume = next(v for v in _pod(nats)["volumes"] if v["name"] == "config")
+    assert config_volume["projected"]["sources"] == [
+        {"configMap": {"name": "nats-config"}},
+        {"secret": {"name": "neutrino-nats-auth", "items": [{"key": "routes.conf", "path": "routes.conf"}]}}]
+    from neutrino.k8s.objects import routes_conf
+    assert re.findall(r"nats://route:pSecret0123456789@(\S+):6222", routes_conf("pSecret0123456789")) == pods
     assert re.search(r"^\s*no_advertise: true$", cluster.group(1), re.M)
     cluster_urls = ",".join(f"nats://{pod}:4222" for pod in pods)
 
@@ -414,7 +423,8 @@ def test_nats_credentials_come_from_secrets():
     assert '"$JS.API.CONSUMER.MSG.NEXT.NEUTRINO_TASKS.pool_async"' in auth
     nats = _container(one(objs, "StatefulSet", "nats"))
     refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in nats["env"] if "secretKeyRef" in e.get("valueFrom", {})}
-    assert refs == {var: {"name": "neutrino-nats-auth", "key": user.replace("_", "-")} for user, var in users}
+    assert refs == {**{var: {"name": "neutrino-nats-auth", "key": user.replace("_", "-")} for user, var in users},
+                    "NATS_PW_ROUTE": {"name": "neutrino-nats-auth", "key": "route"}}
     for kind, name, user in [("StatefulSet", "gateway", "gateway"), ("Deployment", "worker-fast", "worker_fast"),
                              ("Deployment", "worker-async", "worker_async"), ("Deployment", "worker-gpu", "worker_gpu")]:
         workload = one(objs, kind, name)
@@ -448,9 +458,12 @@ def test_deploy_writes_the_nats_secret_apart(tmp_path):
     [secret] = parse_stream(text)
     assert secret["kind"] == "Secret" and secret["metadata"]["name"] == "neutrino-nats-auth"
     data = secret["stringData"]
+    routes = data.pop("routes.conf")
     assert set(data) == {"gateway", "route", "worker-fast", "worker-async", "worker-gpu"}
     assert len(set(data.values())) == 5 and all(len(v) >= 24 for v in data.values())
     assert not any(v in (out / "core" / "nats.yaml").read_text() for v in data.values())
+    # The route URLs carry the route password (and no other).
+    assert re.findall(r"nats://route:(\w+)@", routes) == [data["route"]] * 3
 
 
 def test_dev_overlay():
@@ -672,6 +685,9 @@ def test_rendered_pods_run_on_the_real_binaries(launcher, tmp_path):
         conf_path = pod_dir / "nats.conf"
         conf_path.write_text(text)
         (pod_dir / "auth.conf").write_text(auth_conf)
+        (pod_dir / "routes.conf").write_text(re.sub(
+            rf"nats-(\d+)\.{re.escape(headless)}:6222", lambda m: f"127.0.0.1:{route_ports[int(m.group(1))]}",
+            nats_secret["routes.conf"]))
         argv = [e2e.NATS_SERVER_BIN, "--config", str(conf_path), "-a", "127.0.0.1", "-p", "-1", "-m", "-1"]
         env = e2e._server_env({"POD_NAME": f"nats-{ordinal}", **nats_env})
         nats_nodes.append((launcher.spawn(f"nats-{ordinal}", argv, env=env, log_dir=work), local_dirs))
@@ -696,6 +712,20 @@ def test_rendered_pods_run_on_the_real_binaries(launcher, tmp_path):
     # A leader can be elected by two nodes before the third has joined: wait for all of them (bounded).
     e2e.wait_for(lambda: jsz(monitor_port).get("meta_cluster", {}).get("cluster_size") == replicas, timeout=60,
                  message=lambda: f"{replicas} nodes in the meta cluster ({jsz(monitor_port).get('meta_cluster')})")
+    # A server that knows the route port but not the route password cannot join the cluster (it would see every
+    # subject): refused, and the nodes keep their routes to each other only.
+    stranger_dir = work / "stranger"
+    stranger_dir.mkdir()
+    (stranger_dir / "nats.conf").write_text(
+        f"server_name: stranger\ncluster {{\n  name: neutrino\n  listen: 127.0.0.1:{_free_port()}\n"
+        f"  routes: [nats://127.0.0.1:{route_ports[0]}]\n}}\n")
+    stranger = launcher.spawn("nats-stranger", [e2e.NATS_SERVER_BIN, "--config", str(stranger_dir / "nats.conf"),
+                                                "-a", "127.0.0.1", "-p", "-1"], env=e2e._server_env(), log_dir=work)
+    e2e.wait_for(lambda: "Authorization Violation" in stranger.output, timeout=30,
+                 message=lambda: f"the stranger's route refused:\n{stranger.output[-2000:]}")
+    stranger.stop()
+    routez = e2e.http_request("GET", f"http://127.0.0.1:{monitor_port}/routez", timeout=30).json()
+    assert len({r["remote_id"] for r in routez["routes"]}) == replicas - 1, routez["routes"]
     for port in monitor_ports:
         for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
             probe = nats_container[kind]["httpGet"]

@@ -251,13 +251,13 @@ struct TaskSubmitter: Sendable {
             return fail(.noWorkerAvailable, .failed, "no worker is configured for pool '\(spec.pool)'", headers: [.retryAfter: "1"])
         }
         // The worker enforces the timeout and answers 504 itself; the grace covers queueing and transport.
-        let deadline = NIODeadline.now() + .milliseconds(Int64(spec.timeoutMs + components.configuration.timeoutGraceMs))
+        let timeout = TimeAmount.milliseconds(Int64(spec.timeoutMs + components.configuration.timeoutGraceMs))
         let answer: WorkerPool.Answer
         // The worker's execution span is a child of this one (`traceparent` on the forwarded request).
         let callSpan = trace?.startSpan(NeutrinoTracing.Name.call, kind: .client, taskID: taskID, task: spec.name, pool: spec.pool)
         do {
             answer = try await pool.call(
-                task: spec.name, taskID: taskID, body: Self.forwardBody(args), deadline: deadline,
+                task: spec.name, taskID: taskID, body: Self.forwardBody(args), timeout: timeout,
                 reruns: spec.retries, traceParent: callSpan?.traceParent?.value)
             if let callSpan {
                 callSpan.updateAttributes { a in

@@ -9,13 +9,15 @@ import os
 from typing import Any, Dict, List, Optional
 
 from ..app import App
-from .objects import render_gateway, render_nats, render_network_policies, render_pool
+from .objects import render_gateway, render_nats, render_network_policies, render_pool, routes_conf
 from .plan import (
     AUTOSCALER_KINDS,
     IMAGE_NAME,
     MANIFEST_FILE,
     NATS_SECRET,
     PART_OF,
+    ROUTES_CONF_KEY,
+    ROUTE_USER,
     DeployOptions,
     nats_secret_key,
     plan_pools,
@@ -117,7 +119,7 @@ def write_secrets(folder: str, app: App, namespace: str) -> str:
     secrets_dir = os.path.join(folder, "secrets")
     os.makedirs(secrets_dir, exist_ok=True)
     path = os.path.join(secrets_dir, "nats-auth.yaml")
-    users = [GATEWAY_USER, "route", *(worker_user(plan.name) for plan in plan_pools(app))]
+    users = [GATEWAY_USER, ROUTE_USER, *(worker_user(plan.name) for plan in plan_pools(app))]
     data: Dict[str, str] = {}
     try:
         import yaml  # PyYAML, like the rest of neutrino.k8s's reading
@@ -130,6 +132,8 @@ def write_secrets(folder: str, app: App, namespace: str) -> str:
         # Kept across runs, unless an earlier version wrote one nats-server cannot substitute (see new_password).
         if not is_safe_password(data.get(nats_secret_key(user))):
             data[nats_secret_key(user)] = new_password()
+    # Derived from the route password on every run (the replica count or the names may change).
+    data[ROUTES_CONF_KEY] = routes_conf(data[nats_secret_key(ROUTE_USER)])
     secret = {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -137,7 +141,7 @@ def write_secrets(folder: str, app: App, namespace: str) -> str:
         "type": "Opaque",
         "stringData": data,
     }
-    note = "# NATS passwords of the gateway and each pool's workers. Keep out of version control.\n"
+    note = "# NATS passwords of the gateway, each pool's workers and the cluster's routes. Keep out of version control.\n"
     write_private(path, note + to_yaml(secret))
     kustomization = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence
 
-from ..natsauth import GATEWAY_USER, authorization_from_env, env_name, worker_user
+from ..natsauth import GATEWAY_USER, authorization_from_env, env_name, is_safe_password, worker_user
 from .plan import (
     API_KEYS_DIR,
     API_KEYS_SECRET,
@@ -35,6 +35,8 @@ from .plan import (
     PART_OF,
     PRESTOP_SLEEP_SECS,
     RESOURCES,
+    ROUTES_CONF_KEY,
+    ROUTE_USER,
     RUN_AS,
     SCALING,
     STREAM_REPLICAS,
@@ -187,20 +189,35 @@ jetstream {{
 include ./auth.conf
 """
     if replicas > 1:
-        routes = "\n".join(f"    nats://{nats_pod_host(i)}:{NATS_CLUSTER_PORT}" for i in range(replicas))
-        text += f"""# One node of a {replicas}-node cluster: routes to every pod by its stable DNS name (its own route is ignored).
-# no_advertise: clients use the --nats list they are given, not pod IPs gossiped by the servers.
+        text += f"""# One node of a {replicas}-node cluster: routes to every pod by its stable DNS name (its own route is ignored),
+# listed in routes.conf (mounted from the Secret {NATS_SECRET}: each URL carries the route password). A route
+# connection must log in as `{ROUTE_USER}`: nothing else in the cluster network can join as a node and read every
+# subject. no_advertise: clients use the --nats list they are given, not pod IPs gossiped by the servers.
 cluster {{
   name: {NATS_CLUSTER_NAME}
   port: {NATS_CLUSTER_PORT}
-  routes: [
-{routes}
-  ]
+  authorization {{
+    user: {ROUTE_USER}
+    password: ${env_name(ROUTE_USER)}
+    timeout: 2
+  }}
+  include ./routes.conf
   connect_retries: 120
   no_advertise: true
 }}
 """
     return text
+
+
+def routes_conf(password: str, replicas: int = NATS_REPLICAS) -> str:
+    """routes.conf of the NATS Secret: the cluster's routes, each URL with the route user's password (nats-server
+    substitutes variables only in whole values, not inside a URL, hence a file of the Secret)."""
+    if not is_safe_password(password):
+        raise ValueError("the route password must be letters and digits")
+    routes = "\n".join(
+        f"  nats://{ROUTE_USER}:{password}@{nats_pod_host(i)}:{NATS_CLUSTER_PORT}" for i in range(replicas)
+    )
+    return f"# The NATS cluster's routes (see nats.conf's cluster block). Secret: keep out of version control.\nroutes: [\n{routes}\n]\n"
 
 
 NATS_CONF = nats_conf()
@@ -293,6 +310,7 @@ def render_nats(options: DeployOptions, plans: Sequence[PoolPlan] = ()) -> List[
         "env": [
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             *(_password_env(user) for user in _nats_users(plans)),
+            _password_env(ROUTE_USER),
         ],
         "ports": [
             {"name": "client", "containerPort": NATS_CLIENT_PORT},
@@ -348,7 +366,17 @@ def render_nats(options: DeployOptions, plans: Sequence[PoolPlan] = ()) -> List[
                     "terminationGracePeriodSeconds": 60,
                     "containers": [container],
                     "volumes": [
-                        {"name": "config", "configMap": {"name": "nats-config"}},
+                        {
+                            # nats.conf and auth.conf from the ConfigMap, routes.conf (URLs with the route
+                            # password) from the Secret.
+                            "name": "config",
+                            "projected": {
+                                "sources": [
+                                    {"configMap": {"name": "nats-config"}},
+                                    {"secret": {"name": NATS_SECRET, "items": [{"key": ROUTES_CONF_KEY, "path": "routes.conf"}]}},
+                                ]
+                            },
+                        },
                         _tmp_volume(),
                     ],
                 },

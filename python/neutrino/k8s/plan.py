@@ -148,6 +148,12 @@ API_KEYS_DIR = "/var/run/neutrino/keys"
 NATS_PASSWORD_DIR = "/var/run/neutrino/nats"
 
 
+#: The user the NATS nodes' route connections log in as (its password is the Secret's key ``route``).
+ROUTE_USER = "route"
+#: The Secret's key holding routes.conf, the cluster's route URLs with that password.
+ROUTES_CONF_KEY = "routes.conf"
+
+
 def nats_secret_key(user: str) -> str:
     """The key of ``user``'s password in NATS_SECRET (``worker_fast`` → ``worker-fast``)."""
     return user.replace("_", "-")
