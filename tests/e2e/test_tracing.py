@@ -234,3 +234,18 @@ def test_tracing_off_stores_no_trace(cluster):
     assert resp.status == 200, resp
     record = cluster.get(f"/tasks/{resp.json()['task_id']}").json()
     assert record["trace_id"] is None, record
+
+
+def test_reads_are_not_traced(traced: Traced):
+    """Polls and probes make no spans (each would be a trace of its own): only requests acting on tasks do."""
+    resp = post_task(traced.url, "whoami", {"x": 6})
+    assert resp.status == 200, resp
+    for path in (f"/tasks/{resp.json()['task_id']}", "/tasks?limit=5", "/healthz", "/pools"):
+        assert traced.stack.get(path).status == 200, path
+    # A later traced call's spans arrive after anything the reads would have exported.
+    later = post_task(traced.url, "whoami", {"x": 7}).json()["result"]["trace_id"]
+    traced.collector.wait_trace(later, lambda ss: len(ss) >= 4)
+    with traced.collector._lock:
+        methods = {s.attributes.get("http.request.method") for s in traced.collector.spans if s.kind == "SERVER"
+                   and s.service == "neutrino-gateway"}
+    assert methods == {"POST"}, methods
