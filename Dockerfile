@@ -3,7 +3,8 @@
 # the Python SDK, the dashboard and the example app. One image for every pod except nats-server.
 #
 #   docker build -t neutrino:0.1.0 .
-#   docker build --build-arg SWIFT_IMAGE=swift:6.1-bookworm -t neutrino:0.1.0 .   # another Swift 6 toolchain
+#   docker build --build-arg SWIFT_IMAGE=swift:6.3-bookworm -t neutrino:0.1.0 .   # another toolchain, 6.2 or later
+#   (swift-otel's manifest needs swift-tools-version 6.2)
 #
 # Add your app with a derived image (see k8s/README.md):
 #   FROM neutrino:0.1.0

@@ -1,4 +1,4 @@
-// swift-tools-version:6.0
+// swift-tools-version:6.1
 import PackageDescription
 
 // One set of settings for every Swift target: Swift 6 language mode (strict concurrency)
@@ -25,6 +25,10 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird-auth.git", from: "2.5.0"),
         .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
+        // Tracing: swift-distributed-tracing's API everywhere, swift-otel's OTLP/HTTP exporter behind it (OTLPHTTP
+        // only: the default traits would also build gRPC).
+        .package(url: "https://github.com/apple/swift-distributed-tracing.git", from: "1.7.3"),
+        .package(url: "https://github.com/swift-otel/swift-otel.git", from: "1.6.0", traits: ["OTLPHTTP"]),
     ],
     targets: [
         // C libraries, each behind a system-library target with its own shim header.
@@ -72,6 +76,17 @@ let package = Package(
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ], swiftSettings: swiftSettings),
+        // Distributed tracing: OpenTelemetry spans exported over OTLP/HTTP when an endpoint is configured, W3C
+        // `traceparent` in and out; with none configured, nothing is bootstrapped and every call is a flag check.
+        .target(
+            name: "NeutrinoTracing",
+            dependencies: [
+                "NeutrinoCore",
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+                .product(name: "OTel", package: "swift-otel"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+            ], swiftSettings: swiftSettings),
         // HTTP pieces both servers share: JSON error bodies, the listening-address announcement, LifecycleService.
         .target(
             name: "NeutrinoHTTP",
@@ -88,6 +103,8 @@ let package = Package(
             name: "NeutrinoGateway",
             dependencies: [
                 "NeutrinoCore", "NeutrinoTaskLog", "NeutrinoHTTP", "NeutrinoNATS", "NeutrinoObservability", "NeutrinoEvents",
+                "NeutrinoTracing",
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -103,6 +120,8 @@ let package = Package(
             name: "NeutrinoWorker",
             dependencies: [
                 "NeutrinoCore", "NeutrinoTaskLog", "NeutrinoPython", "NeutrinoHTTP", "NeutrinoNATS", "NeutrinoObservability", "NeutrinoEvents",
+                "NeutrinoTracing",
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -111,17 +130,21 @@ let package = Package(
         .executableTarget(
             name: "NeutrinoGatewayMain",
             dependencies: [
-                "NeutrinoGateway", "NeutrinoObservability",
+                "NeutrinoGateway", "NeutrinoObservability", "NeutrinoTracing",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ], path: "Sources/NeutrinoGatewayMain", swiftSettings: swiftSettings),
         .executableTarget(
             name: "NeutrinoWorkerMain",
             dependencies: [
-                "NeutrinoWorker", "NeutrinoObservability",
+                "NeutrinoWorker", "NeutrinoObservability", "NeutrinoTracing",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ], path: "Sources/NeutrinoWorkerMain", swiftSettings: swiftSettings),
 
         .testTarget(name: "NeutrinoCoreTests", dependencies: ["NeutrinoCore"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "NeutrinoTracingTests",
+            dependencies: ["NeutrinoTracing", "NeutrinoCore", .product(name: "Tracing", package: "swift-distributed-tracing")],
+            swiftSettings: swiftSettings),
         .testTarget(name: "NeutrinoTaskLogTests", dependencies: ["NeutrinoTaskLog"], swiftSettings: swiftSettings),
         .testTarget(
             name: "NeutrinoGatewayTests",

@@ -20,6 +20,9 @@ public struct TaskEvent: Sendable, Hashable {
     public var output: String?
     /// The id of the API key the task was submitted with (never the key), on its `pending`/`queued` event.
     public var submittedBy: String?
+    /// The OpenTelemetry trace the task belongs to (32 hex digits), when tracing is on or the caller sent a
+    /// `traceparent`: on the gateway's `pending`/`queued` event and the worker's events.
+    public var traceID: String?
 
     public init(
         taskID: String, kind: TaskEventKind, at: Timestamp = .now(), function: String, pool: String,

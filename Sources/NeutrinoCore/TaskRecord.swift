@@ -20,14 +20,17 @@ public struct TaskRecord: Sendable, Hashable {
     public var output: String?
     /// The id of the API key that submitted the task (`TaskEvent.submittedBy`); nil without keys.
     public var submittedBy: String?
+    /// The trace id of the task's OpenTelemetry trace (`TaskEvent.traceID`); nil when it was not traced.
+    public var traceID: String?
 
     public init(
         id: String, function: String, status: TaskStatus, createdAt: Timestamp, startedAt: Timestamp? = nil,
         completedAt: Timestamp? = nil, workerID: String? = nil, pool: String, mode: ExecutionMode,
         args: String? = nil, result: String? = nil, error: String? = nil, durationMs: Double? = nil,
         attempts: Int = 0, progress: Double? = nil, progressMessage: String? = nil, output: String? = nil,
-        submittedBy: String? = nil
+        submittedBy: String? = nil, traceID: String? = nil
     ) {
+        self.traceID = traceID
         self.output = output
         self.submittedBy = submittedBy
         self.id = id
@@ -71,6 +74,7 @@ public struct TaskRecord: Sendable, Hashable {
         if event.kind == .pending || event.kind == .queued, event.at < createdAt { createdAt = event.at }
         if args == nil { args = event.args }
         if submittedBy == nil { submittedBy = event.submittedBy }
+        if traceID == nil { traceID = event.traceID }
         switch decision {
         case .transition(let next):
             status = next

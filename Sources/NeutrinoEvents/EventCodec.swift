@@ -9,7 +9,7 @@ public struct EventDecodingError: Error, Sendable, CustomStringConvertible {
 
 /// `TaskEvent` ⇄ one JSON object, the body of a message on `neutrino.events.<pool>`:
 /// `{"task_id","event","at","function","pool","mode","worker_id","attempt","args","result","error","duration_ms",
-/// "progress","detail"}`.
+/// "progress","detail"}`, plus `output`, `submitted_by` and `trace_id` when the event has them.
 ///
 /// - `at` is the timestamp's ISO-8601 text (millisecond resolution, as the task log stores it).
 /// - `args`, `result`, `error` are the raw JSON texts the event carries, sent as JSON strings so they come back
@@ -38,6 +38,7 @@ public enum EventCodec {
         w.key("detail"); w.stringOrNull(event.detail)
         if let output = event.output { w.key("output"); w.string(output) }
         if let submittedBy = event.submittedBy { w.key("submitted_by"); w.string(submittedBy) }
+        if let traceID = event.traceID { w.key("trace_id"); w.string(traceID) }
         w.endObject()
         return w.bytes
     }
@@ -71,6 +72,11 @@ public enum EventCodec {
             detail: try fieldsReader.optionalString("detail"),
             output: try fieldsReader.optionalString("output"))
         event.submittedBy = try fieldsReader.optionalString("submitted_by")
+        // Stored and shown as it came: only a trace id's shape is accepted.
+        if let traceID = try fieldsReader.optionalString("trace_id") {
+            guard TraceParent.isTraceID(traceID) else { throw EventDecodingError("trace_id is not 32 lower-case hex digits") }
+            event.traceID = traceID
+        }
         return event
     }
 

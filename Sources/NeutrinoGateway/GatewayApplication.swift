@@ -7,6 +7,7 @@ import NeutrinoEvents
 import NeutrinoHTTP
 import NeutrinoNATS
 import NeutrinoTaskLog
+import NeutrinoTracing
 import ServiceLifecycle
 
 /// `neutrino-gateway`'s composition root: reads the manifest, connects what the configuration names (NATS, the task
@@ -16,8 +17,12 @@ import ServiceLifecycle
 /// Start-up order: manifest → NATS connection → task log → pools → routes → services. On SIGTERM/SIGINT the server
 /// stops first (it drains the requests in flight; open `GET /events` streams end), then the services in reverse
 /// order of the list below: heartbeat listener → pool discovery → live feed → pool monitor → events consumer → delivery janitor → queue provisioner →
-/// task-log retention → sync pools' connections → task log (the last events committed) → NATS connection.
-public func buildGateway(_ configuration: GatewayConfiguration, logger: Logger) async throws -> some ApplicationProtocol {
+/// task-log retention → sync pools' connections → task log (the last events committed) → NATS connection → `tracing`
+/// (the OTLP exporter `NeutrinoTracing.bootstrap` returned, if tracing is on: last, so the spans of the shutdown are
+/// exported).
+public func buildGateway(
+    _ configuration: GatewayConfiguration, logger: Logger, tracing: (any Service)? = nil
+) async throws -> some ApplicationProtocol {
     let manifest = try readManifest(configuration.manifestPath)
     let access = configuration.access
     let loopback = AccessConfiguration.isLoopback(configuration.host)
@@ -102,8 +107,10 @@ public func buildGateway(_ configuration: GatewayConfiguration, logger: Logger) 
         logger: logger)
 
     let router = Router(context: GatewayRequestContext.self)
-    // Hummingbird applies a middleware to the routes added after it. First the one error shape for what no handler
-    // answers (404, 405, an unreadable request target), then the request counter.
+    // Hummingbird applies a middleware to the routes added after it. With tracing on, first the request span (so it
+    // covers the access checks too); then the one error shape for what no handler answers (404, 405, an unreadable
+    // request target), then the request counter.
+    if NeutrinoTracing.isEnabled { router.add(middleware: TracedRoutesMiddleware()) }
     router.add(middleware: ErrorBodyMiddleware(routes: gatewayRoutes))
     router.add(middleware: RequestMetricsMiddleware())
     // Access control, in this order: Host (DNS rebinding) → Origin and CSRF → CORS preflight → API key → scopes
@@ -153,6 +160,7 @@ public func buildGateway(_ configuration: GatewayConfiguration, logger: Logger) 
 
     // Stopped in reverse order of this list, after the server.
     var services: [any Service] = []
+    if let tracing { services.append(tracing) }
     if let queue { services.append(LifecycleService("NATS connection", stop: { await queue.close() })) }
     services.append(
         LifecycleService(

@@ -22,8 +22,9 @@ public final class GatewayQueue: Sendable {
         }
     }
 
-    /// Bytes allowed for the headers of a task message (`NATS/1.0`, `Nats-Msg-Id: <task id>`): more than they take.
-    public static let headerAllowance = 128
+    /// Bytes allowed for the headers of a task message (`NATS/1.0`, `Nats-Msg-Id: <task id>`, with tracing on
+    /// `traceparent: <55 characters>`): more than they take.
+    public static let headerAllowance = 256
 
     /// The server's `max_payload` (payload and headers together), once known.
     public var maxPayload: Int? { connection.maxPayload }
@@ -67,7 +68,7 @@ public final class GatewayQueue: Sendable {
     /// When the budget runs out the task is refused (503), and, since a copy may still be stored by a leader
     /// elected later, it is marked settled (`failed`) in the background so that no worker runs it.
     public func publish(
-        spec: TaskSpec, taskID: String, body: [UInt8], budget: Duration = .seconds(5),
+        spec: TaskSpec, taskID: String, body: [UInt8], headers: [String: String] = [:], budget: Duration = .seconds(5),
         attemptTimeout: Duration = .milliseconds(1500)
     ) async throws(Failure) {
         guard connection.isConnected else { throw .unavailable("not connected to NATS") }
@@ -83,7 +84,7 @@ public final class GatewayQueue: Sendable {
             do {
                 _ = try await js.publish(
                     subject: QueueLayout.taskSubject(pool: spec.pool, task: spec.name), data: body,
-                    msgID: taskID, timeout: min(attemptTimeout, remaining))
+                    msgID: taskID, headers: headers, timeout: min(attemptTimeout, remaining))
                 return
             } catch let error as NATSError where error.isUnavailable {
                 lastError = error

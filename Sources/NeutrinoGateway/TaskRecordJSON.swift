@@ -34,6 +34,7 @@ extension JSONWriter {
         if let events {
             key("output"); stringOrNull(r.output)
             key("submitted_by"); stringOrNull(r.submittedBy)
+            key("trace_id"); stringOrNull(r.traceID)
             key("events")
             beginArray()
             for e in events {

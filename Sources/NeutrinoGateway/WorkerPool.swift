@@ -175,11 +175,14 @@ public final class WorkerPool: Sendable {
     /// Sends `POST /api/<task>` to a worker of this pool. Unreachable and saturated workers move on to the next
     /// worker (nothing ran there). A connection that drops after the request was sent means the worker died while
     /// the task may have been running: that ends the call (`workerCrashed`), unless the task opted in to `reruns`
-    /// extra attempts on other workers (at-least-once), each with the next attempt number.
+    /// extra attempts on other workers (at-least-once), each with the next attempt number. `traceParent` (W3C) makes
+    /// the worker's execution span a child of the caller's.
     ///
     /// `timeout` bounds the answer from the moment a worker is chosen: the wait for a first worker of an empty pool
     /// (`joinWait`) comes before it.
-    public func call(task: String, taskID: String, body: [UInt8], timeout: TimeAmount, reruns: Int = 0) async throws(Failure) -> Answer {
+    public func call(
+        task: String, taskID: String, body: [UInt8], timeout: TimeAmount, reruns: Int = 0, traceParent: String? = nil
+    ) async throws(Failure) -> Answer {
         var attempt = 1
         var lastError = "no worker is configured for pool '\(name)'"
         let payload = ByteBuffer(bytes: body)
@@ -196,6 +199,7 @@ public final class WorkerPool: Sendable {
             headers.add(name: "X-Neutrino-Task-Id", value: taskID)
             headers.add(name: "X-Neutrino-Attempt", value: String(attempt))
             if let callerRecords { headers.add(name: "X-Neutrino-Caller-Records", value: callerRecords) }
+            if let traceParent { headers.add(name: "traceparent", value: traceParent) }
             do {
                 var reply = try await member.connections.send(path: "/api/\(task)", headers: headers, body: payload, deadline: deadline)
                 if reply.status == 503 {

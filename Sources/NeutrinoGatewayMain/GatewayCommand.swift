@@ -4,6 +4,7 @@ import Logging
 import NeutrinoCore
 import NeutrinoGateway
 import NeutrinoObservability
+import NeutrinoTracing
 
 @main
 struct GatewayCommand: AsyncParsableCommand {
@@ -81,6 +82,13 @@ struct GatewayCommand: AsyncParsableCommand {
 
     @Option(name: .customLong("log-format"), help: "text or json (one JSON object per line).")
     var logFormat: String = "text"
+
+    @Option(
+        name: .customLong("otlp-endpoint"),
+        help:
+            "Export OpenTelemetry traces over OTLP/HTTP to this base URL (spans go to URL/v1/traces), e.g. http://127.0.0.1:4318. Default: OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT; neither set: tracing is off."
+    )
+    var otlpEndpoint: String?
 
     @Option(name: .customLong("dashboard-dir"), help: "Serve the web dashboard from this folder at /.")
     var dashboardDir: String?
@@ -207,6 +215,9 @@ struct GatewayCommand: AsyncParsableCommand {
         guard maxListBytes >= 4096 else { throw ValidationError("--max-list-bytes must be at least 4096") }
         guard maxWorkerAnswerBytes >= 1024 else { throw ValidationError("--max-worker-answer-bytes must be at least 1024") }
         guard LogFormat(rawValue: logFormat) != nil else { throw ValidationError("--log-format must be text or json") }
+        if let otlpEndpoint, let problem = NeutrinoTracing.endpointProblem(otlpEndpoint) {
+            throw ValidationError("--otlp-endpoint '\(otlpEndpoint)' \(problem)")
+        }
         guard workerJoinWait >= 0, workerJoinWait <= 600 else { throw ValidationError("--worker-join-wait must be between 0 and 600 seconds") }
         guard heartbeatTimeout > 0 else { throw ValidationError("--heartbeat-timeout must be positive") }
         for s in scale {
@@ -296,7 +307,10 @@ struct GatewayCommand: AsyncParsableCommand {
         let hostName = ProcessInfo.processInfo.hostName.filter { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" }
         configuration.gatewayID = gatewayID ?? (hostName.isEmpty ? "gateway" : hostName)
         do {
-            try await buildGateway(configuration, logger: logger).runService()
+            let tracing = try NeutrinoTracing.bootstrap(
+                endpoint: otlpEndpoint, serviceName: "neutrino-gateway", environment: ProcessInfo.processInfo.environment,
+                logger: logger)
+            try await buildGateway(configuration, logger: logger, tracing: tracing).runService()
         } catch {
             logger.critical("gateway failed: \(error)")
             throw ExitCode(1)

@@ -10,6 +10,8 @@ import ServiceLifecycle
 /// Headers the gateway and the workers exchange (internal to Neutrino).
 public enum NeutrinoHeader {
     /// The task id the gateway assigned; a worker called directly makes its own.
+    /// W3C Trace Context: the caller's span, which the worker's execution span continues.
+    public static let traceParent = HTTPField.Name("traceparent")!
     public static let taskID = HTTPField.Name("X-Neutrino-Task-Id")!
     /// The attempt number (1 for sync calls).
     public static let attempt = HTTPField.Name("X-Neutrino-Attempt")!

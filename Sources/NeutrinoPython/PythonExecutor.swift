@@ -18,6 +18,18 @@ public enum PythonOutcome: Sendable {
     /// It was running when the interpreter wedged (a thread holding the GIL past its hard limit): the worker stops,
     /// and this call may have had effects. A sync caller gets a terminal failure; a queued task is handed back.
     case abandoned(reason: String)
+
+    /// How the call ended, in one word (`completed`, `failed`, `timed_out`, `cancelled`, `rejected`, `abandoned`).
+    public var statusName: String {
+        switch self {
+        case .completed: "completed"
+        case .failed: "failed"
+        case .timedOut: "timed_out"
+        case .cancelled: "cancelled"
+        case .rejected: "rejected"
+        case .abandoned: "abandoned"
+        }
+    }
 }
 
 /// How the executor restores capacity that a task keeps past its timeout (soft, then hard).

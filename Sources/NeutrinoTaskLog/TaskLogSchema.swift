@@ -6,12 +6,14 @@ import Glibc
 /// mode) combination and is what filtered lists start from. Timestamps are ISO-8601 UTC text with milliseconds,
 /// which sorts in time order. docs/architecture.md ("The task log: layout") says why the indexes are what they are.
 enum TaskLogSchema {
-    static let version = 6
+    static let version = 7
 
     /// Version 5: what a task printed (`TaskEvent.output`), kept with its row.
     static let version5 = ["ALTER TABLE tasks ADD COLUMN output TEXT"]
     /// Version 6: the id of the API key that submitted the task (`TaskEvent.submittedBy`; issue 12).
     static let version6 = ["ALTER TABLE tasks ADD COLUMN submitted_by TEXT"]
+    /// Version 7: the task's OpenTelemetry trace id (`TaskEvent.traceID`; issue 16).
+    static let version7 = ["ALTER TABLE tasks ADD COLUMN trace_id TEXT"]
 
     /// The tables as version 3 made them (and the statements a file older than 3 is brought to 3 with).
     static let version3 = [
@@ -166,7 +168,7 @@ enum TaskLogSchema {
                 try db.execute(sql)
             }
             if !hasTasks {
-                for sql in version4Indexes + version4 + version5 + version6 { try db.execute(sql) }
+                for sql in version4Indexes + version4 + version5 + version6 + version7 { try db.execute(sql) }
                 try db.execute("PRAGMA user_version=\(version)")
                 return true
             }
@@ -177,6 +179,17 @@ enum TaskLogSchema {
         try migrate3to4(db)
         try migrate4to5(db)
         try migrate5to6(db)
+        try migrate6to7(db)
+    }
+
+    /// Version 6 → 7: one nullable column, added in place.
+    static func migrate6to7(_ db: SQLiteConnection) throws {
+        try db.writeTransaction {
+            guard try db.integer("PRAGMA user_version") < 7 else { return }
+            let has = try db.integer("SELECT COUNT(*) FROM pragma_table_info('tasks') WHERE name = 'trace_id'") > 0
+            if !has { for sql in version7 { try db.execute(sql) } }
+            try db.execute("PRAGMA user_version=7")
+        }
     }
 
     /// Version 5 → 6: one nullable column, added in place.

@@ -6,7 +6,7 @@ struct TaskLogStore {
     let db: SQLiteConnection
 
     static let columns =
-        "id, function_name, status, created_at, started_at, completed_at, worker_id, pool, execution_mode, args, result, error, duration_ms, attempts, progress, progress_message, output, submitted_by"
+        "id, function_name, status, created_at, started_at, completed_at, worker_id, pool, execution_mode, args, result, error, duration_ms, attempts, progress, progress_message, output, submitted_by, trace_id"
 
     func record(id: String) throws -> TaskRecord? {
         try db.withStatement("SELECT \(TaskLogStore.columns) FROM tasks WHERE id = ?1") { stmt in
@@ -98,7 +98,7 @@ struct TaskLogStore {
     private func write(_ row: TaskRecord, over original: TaskRecord?) throws {
         guard let original else {
             return try db.withStatement(
-                "INSERT OR FAIL INTO tasks (\(TaskLogStore.columns)) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
+                "INSERT OR FAIL INTO tasks (\(TaskLogStore.columns)) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"
             ) { stmt in
                 stmt.bind(1, row.id)
                 for column in TaskColumn.all { column.bind(stmt, row) }
@@ -127,7 +127,7 @@ struct TaskLogStore {
             mode: s.string(8).flatMap(ExecutionMode.init(rawValue:)) ?? .sync,
             args: s.string(9), result: s.string(10), error: s.string(11), durationMs: s.double(12),
             attempts: s.int(13) ?? 0, progress: s.double(14), progressMessage: s.string(15), output: s.string(16),
-            submittedBy: s.string(17))
+            submittedBy: s.string(17), traceID: s.string(18))
     }
 
     /// The timeline in lifecycle order. Timestamps have millisecond resolution and events come from several
@@ -239,7 +239,7 @@ struct TaskLogStore {
     }
 }
 
-/// The columns of `tasks` after `id`, each bound at its own position (?2 … ?17) in the INSERT and every UPDATE.
+/// The columns of `tasks` after `id`, each bound at its own position (?2 … ?19) in the INSERT and every UPDATE.
 struct TaskColumn: Sendable {
     let name: String
     let position: Int32
@@ -266,6 +266,7 @@ struct TaskColumn: Sendable {
         TaskColumn(name: "output", position: 17, same: { $0.output == $1.output }, bind: { $0.bind(17, $1.output) }),
         TaskColumn(
             name: "submitted_by", position: 18, same: { $0.submittedBy == $1.submittedBy }, bind: { $0.bind(18, $1.submittedBy) }),
+        TaskColumn(name: "trace_id", position: 19, same: { $0.traceID == $1.traceID }, bind: { $0.bind(19, $1.traceID) }),
     ]
 
     /// `UPDATE OR FAIL tasks SET <the columns in mask> WHERE id = ?1`, built once per mask.

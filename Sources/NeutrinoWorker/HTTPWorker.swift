@@ -6,8 +6,10 @@ import NeutrinoHTTP
 import NeutrinoNATS
 import NeutrinoObservability
 import NeutrinoPython
+import NeutrinoTracing
 import ServiceLifecycle
 import Synchronization
+import Tracing
 
 /// `neutrino-worker --mode http`: serves `POST /api/<task>` for the sync tasks of its pool on top of a
 /// `PythonExecutor`, and records `running` and the outcome of every call in the task log.
@@ -195,10 +197,19 @@ struct HTTPWorker: Sendable {
         do { body = try await request.collectBody(limit: configuration.maxBodyBytes) } catch { return error.response }
         let taskID = request.headers[NeutrinoHeader.taskID].flatMap { TaskID.isValid($0) ? $0 : nil } ?? TaskID.make()
         let attempt = request.headers[NeutrinoHeader.attempt].flatMap(Int.init).map { max(1, $0) } ?? 1
+        // The caller's trace context: with tracing on, the execution span continues it (a new trace without one);
+        // off, it is still handed to Python and stored, unchanged.
+        let incoming = request.headers[NeutrinoHeader.traceParent].flatMap(TraceParent.init)
+        let span = NeutrinoTracing.startTaskSpan(
+            NeutrinoTracing.Name.execute, continuing: incoming, kind: .server, taskID: taskID, task: name, pool: spec.pool,
+            attempt: attempt)
+        let traceParent = span?.traceParent ?? incoming
         let payload: [UInt8]
         do {
-            payload = try TaskPayload.make(body: body, taskID: taskID, attempt: attempt, pool: spec.pool)
+            payload = try TaskPayload.make(body: body, taskID: taskID, attempt: attempt, pool: spec.pool, traceParent: traceParent?.value)
         } catch {
+            span?.fail("the body is not a JSON object")
+            span?.end()
             return .error(.malformedJSON, "the body must be a JSON object {\"args\": {...}}")
         }
         let workerID = configuration.workerID
@@ -215,16 +226,24 @@ struct HTTPWorker: Sendable {
         } else {
             outcome = await run(
                 spec: spec, taskID: taskID, attempt: attempt, payload: payload, callerRelays: callerRelays, started: started,
-                printed: printed)
+                printed: printed, traceID: traceParent?.traceID)
         }
         let madeVisible = callerRelays != nil && callerRecorded.end(taskID)
         let reply = TaskReply(taskID: taskID, spec: spec, workerID: workerID, attempt: attempt, outcome: outcome)
         if case .rejected(let reason) = outcome {
             // Nothing ran: the caller may send it elsewhere; nothing is logged here.
+            span?.fail(reason)
+            span?.end()
             return .error(.workerUnavailable, reason, headers: [.retryAfter: "1"])
+        }
+        if let span {
+            span.updateAttributes { $0["neutrino.status"] = reply.status.rawValue }
+            if reply.status != .completed { span.fail("the task ended \(reply.status.rawValue)") }
+            span.end()
         }
         var outcomeEvent = Self.outcomeEvent(taskID: taskID, spec: spec, workerID: workerID, attempt: attempt, reply: reply)
         outcomeEvent.output = printed.text
+        outcomeEvent.traceID = traceParent?.traceID
         // One writer per call: the gateway records the outcome it relays. The worker records it too when the task
         // log already shows the call (running past `runningVisibleAfter`, progress), when only the worker has what
         // the task printed, or when the answer is too large for the gateway to relay.
@@ -261,7 +280,7 @@ struct HTTPWorker: Sendable {
     /// moment it starts.
     private func run(
         spec: TaskSpec, taskID: String, attempt: Int, payload: [UInt8], callerRelays: Int?, started: StartTime,
-        printed: CapturedOutput
+        printed: CapturedOutput, traceID: String?
     ) async -> PythonOutcome {
         let workerID = configuration.workerID
         let taskLog = self.taskLog
@@ -271,9 +290,10 @@ struct HTTPWorker: Sendable {
             onStart: {
                 let now = Timestamp.now()
                 started.set(now)
-                let running = TaskEvent(
+                var running = TaskEvent(
                     taskID: taskID, kind: .running, at: now, function: spec.name, pool: spec.pool,
                     mode: spec.mode, workerID: workerID, attempt: attempt)
+                running.traceID = traceID
                 // Noted, not written, when the gateway records the call (see `CallerRecordedCalls`).
                 if callerRelays != nil { callerRecorded.begin(running) } else { taskLog.record(running) }
             }, onOutput: printed.set)

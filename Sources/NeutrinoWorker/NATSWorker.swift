@@ -7,8 +7,10 @@ import NeutrinoNATS
 import NeutrinoObservability
 import NeutrinoPython
 import NeutrinoTaskLog
+import NeutrinoTracing
 import ServiceLifecycle
 import Synchronization
+import Tracing
 
 /// `neutrino-worker --mode nats`: pulls its pool's tasks from JetStream and runs them on the executor.
 ///
@@ -206,32 +208,49 @@ final class NATSWorker: Sendable {
         }
         let attempt = Int(message.numDelivered)
         let workerID = configuration.workerID
-        @Sendable func event(
-            _ kind: TaskEventKind, result: String? = nil, error: String? = nil, durationMs: Double? = nil,
-            output: String? = nil
-        ) -> TaskEvent {
-            TaskEvent(
-                taskID: taskID, kind: kind, function: spec.name, pool: spec.pool, mode: spec.mode,
-                workerID: workerID, attempt: attempt, result: result, error: error, durationMs: durationMs, output: output)
-        }
         await waitForLocalAttempt(taskID, redelivery: message, spec: spec)
         if let reason = await reasonToSkip(taskID, js: js) {
             try? message.ack()
             logger.info("skipped a task that must not run", metadata: ["task_id": "\(taskID)", "status": "\(reason)"])
             return
         }
+        // The gateway's enqueue span, from the message's `traceparent`. With tracing on, the time the message waited
+        // in JetStream (from its store time to now) is the first span here, and the execution and the task-log write
+        // follow in the same trace; off, the context still reaches Python and the task log unchanged.
+        let incoming = message.header("traceparent").flatMap(TraceParent.init)
+        let started = NATSWorker.traceStart(message, incoming: incoming, taskID: taskID, spec: spec, attempt: attempt)
+        started?.span.end()
+        let trace = started?.trace
+        let traceID = trace?.traceID ?? incoming?.traceID
+        @Sendable func event(
+            _ kind: TaskEventKind, result: String? = nil, error: String? = nil, durationMs: Double? = nil,
+            output: String? = nil
+        ) -> TaskEvent {
+            var e = TaskEvent(
+                taskID: taskID, kind: kind, function: spec.name, pool: spec.pool, mode: spec.mode,
+                workerID: workerID, attempt: attempt, result: result, error: error, durationMs: durationMs, output: output)
+            e.traceID = traceID
+            return e
+        }
         // In flight while Python runs it: what a drain that runs out of time hands back.
         inFlight.withLock { $0[taskID] = message }
         var stillInFlight = true
         defer { if stillInFlight { _ = inFlight.withLock { $0.removeValue(forKey: taskID) } } }
 
+        let executeSpan = trace?.startSpan(
+            NeutrinoTracing.Name.execute, kind: .consumer, taskID: taskID, task: name, pool: pool, attempt: attempt)
         let payload: [UInt8]
         do {
-            payload = try TaskPayload.make(body: message.data, taskID: taskID, attempt: attempt, pool: pool)
+            payload = try TaskPayload.make(
+                body: message.data, taskID: taskID, attempt: attempt, pool: pool,
+                traceParent: (executeSpan?.traceParent ?? incoming)?.value)
         } catch {
+            executeSpan?.fail("the queued message is not a JSON object")
+            executeSpan?.end()
             await finish(
                 message, js: js,
-                event(.failed, error: JSONWriter.taskErrorText(.invalidArguments, message: "the queued message is not a JSON object")), settle: .term)
+                event(.failed, error: JSONWriter.taskErrorText(.invalidArguments, message: "the queued message is not a JSON object")), settle: .term,
+                trace: trace)
             return
         }
         let heartbeat = keepAlive(message)
@@ -243,6 +262,11 @@ final class NATSWorker: Sendable {
                 taskLog.record(event(.running))
             }, onOutput: printed.set)
         heartbeat.cancel()
+        if let executeSpan {
+            executeSpan.updateAttributes { $0["neutrino.status"] = outcome.statusName }
+            if outcome.statusName != "completed" { executeSpan.fail("the attempt ended \(outcome.statusName)") }
+            executeSpan.end()
+        }
         finishing.withLock { _ = $0.insert(taskID) }
         defer { finishing.withLock { _ = $0.remove(taskID) } }
         _ = inFlight.withLock { $0.removeValue(forKey: taskID) }
@@ -251,14 +275,15 @@ final class NATSWorker: Sendable {
         case .completed(let result, let ms):
             await finish(
                 message, js: js, event(.completed, result: String(decoding: result, as: UTF8.self), durationMs: ms, output: printed.text),
-                settle: .ack)
+                settle: .ack, trace: trace)
         case .timedOut(let ms):
             let error = JSONWriter.taskErrorText(.timeout, message: "task '\(name)' exceeded its timeout of \(spec.timeoutMs) ms")
-            await finish(message, js: js, event(.timedOut, error: error, durationMs: ms, output: printed.text), settle: .ack)
+            await finish(message, js: js, event(.timedOut, error: error, durationMs: ms, output: printed.text), settle: .ack, trace: trace)
         case .cancelled(let ms):
             await finish(
                 message, js: js,
-                event(.cancelled, error: JSONWriter.taskErrorText(.cancelled, message: "task '\(name)' was cancelled"), durationMs: ms), settle: .ack)
+                event(.cancelled, error: JSONWriter.taskErrorText(.cancelled, message: "task '\(name)' was cancelled"), durationMs: ms), settle: .ack,
+                trace: trace)
         case .rejected, .abandoned:
             try? message.nak()
         case .failed(let errorBytes, let ms):
@@ -266,10 +291,10 @@ final class NATSWorker: Sendable {
             if attempt <= spec.retries {
                 let delay = QueueLayout.retryDelay(afterAttempt: attempt)
                 logger.info("attempt failed; retrying", metadata: ["task_id": "\(taskID)", "attempt": "\(attempt)", "delay": "\(delay)"])
-                await finish(message, js: js, event(.retrying, error: error, durationMs: ms, output: printed.text), settle: .nak(delay))
+                await finish(message, js: js, event(.retrying, error: error, durationMs: ms, output: printed.text), settle: .nak(delay), trace: trace)
             } else {
                 await deadLetter(message, spec: spec, taskID: taskID, attempt: attempt, error: error, js: js)
-                await finish(message, js: js, event(.failed, error: error, durationMs: ms, output: printed.text), settle: .term)
+                await finish(message, js: js, event(.failed, error: error, durationMs: ms, output: printed.text), settle: .term, trace: trace)
             }
         }
     }
@@ -283,16 +308,20 @@ final class NATSWorker: Sendable {
 
     /// Records `event`, waits until it is committed, then settles the message: a task is never acknowledged
     /// before its outcome is in the task log.
-    private func finish(_ message: JetStreamMessage, js: JetStream, _ event: TaskEvent, settle: Settle) async {
+    private func finish(_ message: JetStreamMessage, js: JetStream, _ event: TaskEvent, settle: Settle, trace: TaskTrace?) async {
+        let span = trace?.startSpan(
+            NeutrinoTracing.Name.taskLogWrite, taskID: event.taskID, task: event.function, pool: event.pool, attempt: event.attempt)
         taskLog.record(event)
         if settle.isFinal && reader == nil {
             // Without a task log a later redelivery (a lost ack) could not tell that this task is done: leave a marker
             // first, side by side with the event's own publish.
             async let marked: Void = markSettled(event, js: js)
             await taskLog.flush()
+            span?.end()
             await marked
         } else {
             await taskLog.flush()
+            span?.end()
         }
         do {
             switch settle {
@@ -304,6 +333,18 @@ final class NATSWorker: Sendable {
         } catch {
             logger.warning("settling a message failed; it will be redelivered", metadata: ["task_id": "\(event.taskID)", "error": "\(error)"])
         }
+    }
+
+    /// The first span of a queued task's trace here: its wait in JetStream, from the message's store time (on the NATS
+    /// server's clock) until now; nil when tracing is off.
+    private static func traceStart(
+        _ message: JetStreamMessage, incoming: TraceParent?, taskID: String, spec: TaskSpec, attempt: Int
+    ) -> (trace: TaskTrace, span: any Span)? {
+        guard NeutrinoTracing.isEnabled else { return nil }
+        let stored = message.timestampNanos > 0 ? EpochInstant(nanosecondsSinceEpoch: UInt64(message.timestampNanos)) : nil
+        return TaskTrace.start(
+            NeutrinoTracing.Name.queueWait, continuing: incoming, kind: .consumer, at: stored, taskID: taskID, task: spec.name,
+            pool: spec.pool, attempt: attempt)
     }
 
     private func markSettled(_ event: TaskEvent, js: JetStream) async {

@@ -69,6 +69,7 @@ final class ObservedSink: TaskEventSink {
             "worker_id": "\(event.workerID ?? "")", "attempt": "\(event.attempt)", "event": "\(event.kind.rawValue)",
         ]
         if let ms = event.durationMs { metadata["duration_ms"] = "\(JSONWriter.format(ms))" }
+        if let trace = event.traceID { metadata["trace_id"] = "\(trace)" }
         if let p = event.progress { metadata["progress"] = "\(JSONWriter.format(p))" }
         logger.log(level: level, "task \(event.kind.rawValue)", metadata: metadata)
     }

@@ -30,8 +30,10 @@ public enum Worker {
         }
     }
 
+    /// `tracing`: the OTLP exporter `NeutrinoTracing.bootstrap` returned, if tracing is on; it runs first in the group
+    /// so it stops last and exports the spans of the drain.
     @discardableResult
-    public static func run(_ configuration: WorkerConfiguration, logger: Logger) async throws -> Exit {
+    public static func run(_ configuration: WorkerConfiguration, logger: Logger, tracing: (any Service)? = nil) async throws -> Exit {
         let runtime = try PythonRuntime.start(app: configuration.app, paths: configuration.pythonPaths)
         var connection: NATSConnection?
         if let url = configuration.natsURL {
@@ -66,7 +68,7 @@ public enum Worker {
                     mode: spec.mode, workerID: workerID, attempt: report.attempt,
                     progress: report.fraction, detail: report.message))
         }
-        let services: [any Service]
+        var services: [any Service] = tracing.map { [$0] } ?? []
         switch configuration.mode {
         case .http:
             let worker = HTTPWorker(
@@ -76,10 +78,10 @@ public enum Worker {
                 await connection?.close()
                 throw error
             }
-            services = worker.services()
+            services += worker.services()
         case .nats:
             guard let connection else { throw WorkerError(message: "--mode nats needs --nats URL") }
-            services = try NATSWorker(
+            services += try NATSWorker(
                 configuration: configuration, runtime: runtime, taskLog: sink, connection: connection,
                 recycler: recycler, logger: logger
             ).services()

@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import NeutrinoCore
 import NeutrinoObservability
+import NeutrinoTracing
 import NeutrinoWorker
 
 @main
@@ -141,6 +142,13 @@ struct WorkerCommand: AsyncParsableCommand {
     var logFormat: String = "text"
 
     @Option(
+        name: .customLong("otlp-endpoint"),
+        help:
+            "Export OpenTelemetry traces over OTLP/HTTP to this base URL (spans go to URL/v1/traces), e.g. http://127.0.0.1:4318. Default: OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT; neither set: tracing is off."
+    )
+    var otlpEndpoint: String?
+
+    @Option(
         name: .customLong("hard-timeout-grace"),
         help:
             "Seconds a task may run past its timeout (after the TimeoutError) before its thread is replaced, or, if it holds the GIL, the worker exits with status 70."
@@ -171,6 +179,9 @@ struct WorkerCommand: AsyncParsableCommand {
 
     func validate() throws {
         guard LogFormat(rawValue: logFormat) != nil else { throw ValidationError("--log-format must be text or json") }
+        if let otlpEndpoint, let problem = NeutrinoTracing.endpointProblem(otlpEndpoint) {
+            throw ValidationError("--otlp-endpoint '\(otlpEndpoint)' \(problem)")
+        }
         guard heartbeatInterval >= 0.05 else { throw ValidationError("--heartbeat-interval must be at least 0.05 s") }
         guard stopDelay >= 0, stopDelay <= 60 else { throw ValidationError("--stop-delay must be 0...60 seconds") }
         if let h = advertiseHost {
@@ -238,7 +249,10 @@ struct WorkerCommand: AsyncParsableCommand {
         logger[metadataKey: "worker_id"] = "\(id)"
         let exit: Worker.Exit
         do {
-            exit = try await Worker.run(configuration, logger: logger)
+            let tracing = try NeutrinoTracing.bootstrap(
+                endpoint: otlpEndpoint, serviceName: "neutrino-worker", environment: ProcessInfo.processInfo.environment,
+                logger: logger)
+            exit = try await Worker.run(configuration, logger: logger, tracing: tracing)
         } catch {
             logger.critical("worker failed: \(error)")
             throw ExitCode(1)

@@ -99,4 +99,21 @@ extension EventCodecTests {
         #expect(try EventCodec.decode(bytes) == event)
         #expect(try JSONParser.parse(bytes).objectValue?["submitted_by"]?.stringValue == "3f9c0e1a2b4d5e6f")
     }
+
+    /// The trace id travels with every event that has one (a worker's events in --task-log nats mode); a value that
+    /// is not a trace id is refused, not stored.
+    @Test func traceIDRoundTrips() throws {
+        var event = TaskEvent(taskID: TaskID.make(), kind: .running, function: "f", pool: "async", mode: .async, workerID: "w", attempt: 1)
+        event.traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
+        let bytes = EventCodec.encode(event)
+        #expect(try EventCodec.decode(bytes) == event)
+        #expect(try JSONParser.parse(bytes).objectValue?["trace_id"]?.stringValue == "4bf92f3577b34da6a3ce929d0e0e4736")
+        let plain = TaskEvent(taskID: TaskID.make(), kind: .queued, function: "f", pool: "async", mode: .async)
+        #expect(try JSONParser.parse(EventCodec.encode(plain)).objectValue?["trace_id"] == nil)
+        for bad in ["4BF92F3577B34DA6A3CE929D0E0E4736", "00000000000000000000000000000000", "abc", "<script>"] {
+            var text = String(decoding: bytes, as: UTF8.self)
+            text = text.replacing("4bf92f3577b34da6a3ce929d0e0e4736", with: bad)
+            #expect(throws: EventDecodingError.self) { try EventCodec.decode(Array(text.utf8)) }
+        }
+    }
 }

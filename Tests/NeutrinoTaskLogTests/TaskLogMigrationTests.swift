@@ -94,7 +94,7 @@ struct TaskLogMigrationTests {
 
         let writer = try TaskLogWriter(path: path)
         let db = try SQLiteConnection(path: path)
-        #expect(try db.integer("PRAGMA user_version") == 6)
+        #expect(try db.integer("PRAGMA user_version") == 7)
         let indexes = try Self.names(path, type: "index")
         for name in ["idx_tasks_group", "idx_tasks_completed", "idx_idempotency_created", "idx_task_events_unique"] {
             #expect(indexes.contains(name))
@@ -173,7 +173,7 @@ extension TaskLogMigrationTests {
 }
 
 extension TaskLogMigrationTests {
-    /// A version-5 file (no `submitted_by` column) is brought to version 6 with its rows, and then records the key
+    /// A version-5 file (no `submitted_by` column) is brought to the current version with its rows, and then records the key
     /// id of a submitted task; a later event without one keeps it.
     @Test func version5FileGetsSubmittedBy() async throws {
         let path = temporaryTaskLogPath()
@@ -189,7 +189,7 @@ extension TaskLogMigrationTests {
         }
         let writer = try TaskLogWriter(path: path)
         let db = try SQLiteConnection(path: path)
-        #expect(try db.integer("PRAGMA user_version") == 6)
+        #expect(try db.integer("PRAGMA user_version") == 7)
         #expect(try db.integer("SELECT COUNT(*) FROM pragma_table_info('tasks') WHERE name = 'submitted_by'") == 1)
         let reader = try TaskLogReader(path: path)
         #expect(try await reader.record(id: old)?.submittedBy == nil)
@@ -202,6 +202,48 @@ extension TaskLogMigrationTests {
         await writer.flush()
         #expect(try await reader.record(id: id)?.submittedBy == "3f9c0e1a2b4d5e6f")
         #expect(try await reader.record(id: id)?.status == .running)
+        await writer.close()
+        await reader.shutdown()
+    }
+
+    /// A version-6 file (no `trace_id` column) is brought to version 7 with its rows; a task's first event with a
+    /// trace id sets it and a later event without one keeps it.
+    @Test func version6FileGetsTraceID() async throws {
+        let path = temporaryTaskLogPath()
+        let old = TaskID.make()
+        do {
+            let writer = try TaskLogWriter(path: path)
+            writer.record(TaskEvent(taskID: old, kind: .queued, function: "report", pool: "async", mode: .async))
+            await writer.flush()
+            await writer.close()
+            let db = try SQLiteConnection(path: path)
+            try db.execute("ALTER TABLE tasks DROP COLUMN trace_id")
+            try db.execute("PRAGMA user_version=6")
+        }
+        let writer = try TaskLogWriter(path: path)
+        let db = try SQLiteConnection(path: path)
+        #expect(try db.integer("PRAGMA user_version") == 7)
+        #expect(try db.integer("SELECT COUNT(*) FROM pragma_table_info('tasks') WHERE name = 'trace_id'") == 1)
+        let reader = try TaskLogReader(path: path)
+        #expect(try await reader.record(id: old)?.traceID == nil)
+        #expect(try await reader.record(id: old)?.status == .queued)
+        let id = TaskID.make()
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+        var queued = TaskEvent(taskID: id, kind: .queued, function: "report", pool: "async", mode: .async)
+        queued.traceID = trace
+        writer.record(queued)
+        writer.record(TaskEvent(taskID: id, kind: .running, function: "report", pool: "async", mode: .async, workerID: "w", attempt: 1))
+        await writer.flush()
+        #expect(try await reader.record(id: id)?.traceID == trace)
+        #expect(try await reader.record(id: id)?.status == .running)
+        // A worker's event may arrive first, with the same trace: the row keeps the first one it saw.
+        let other = TaskID.make()
+        var running = TaskEvent(taskID: other, kind: .running, function: "report", pool: "async", mode: .async, workerID: "w", attempt: 1)
+        running.traceID = trace
+        writer.record(running)
+        writer.record(TaskEvent(taskID: other, kind: .queued, function: "report", pool: "async", mode: .async))
+        await writer.flush()
+        #expect(try await reader.record(id: other)?.traceID == trace)
         await writer.close()
         await reader.shutdown()
     }

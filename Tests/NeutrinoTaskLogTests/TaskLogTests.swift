@@ -114,7 +114,7 @@ struct TaskLogTests {
         let db = try SQLiteConnection(path: path)
         let mode = try db.withStatement("PRAGMA journal_mode") { s in try s.step() ? s.string(0) : nil }
         #expect(mode == "wal")
-        #expect(try db.integer("PRAGMA user_version") == 6)
+        #expect(try db.integer("PRAGMA user_version") == 7)
         #expect(try db.integer("PRAGMA auto_vacuum") == 2, "new files are created with auto_vacuum=INCREMENTAL")
         let indexes = try db.withStatement("SELECT name FROM sqlite_master WHERE type = 'index'") { s in
             var names: [String] = []

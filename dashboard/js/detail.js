@@ -107,6 +107,8 @@ export function renderDetail(main, id, params) {
       fact("Task", rec.function), fact("Status", rec.status), fact("Mode", rec.execution_mode), fact("Pool", rec.pool),
       fact("Worker", rec.worker_id), fact("Attempts", String(rec.attempts ?? "—")),
       fact("Submitted by", rec.submitted_by, { id: "submitted-by" }),
+      // The OpenTelemetry trace id (tracing on, or a traceparent from the caller): search it in Jaeger/Tempo.
+      fact("Trace", rec.trace_id ? el("span.mono", { title: "OpenTelemetry trace id" }, rec.trace_id) : null, { id: "trace-id" }),
       fact("Queued", fmtFull(rec.created_at)), fact("Started", fmtFull(rec.started_at)),
       fact("Finished", fmtFull(rec.completed_at)), fact("Duration", fmtDuration(rec.duration_ms)));
 

@@ -28,6 +28,15 @@ class TaskContext:
     attempt: int
     #: The pool running it, or ``None`` when the caller did not say.
     pool: Optional[str]
+    #: The W3C ``traceparent`` of the worker's span running this task (``00-<trace id>-<span id>-<flags>``), or
+    #: ``None`` when the task is not traced. With the ``opentelemetry-api`` package importable in the worker, the task
+    #: also runs with this context attached, so spans the task starts nest under the worker's execution span.
+    traceparent: Optional[str] = None
+
+    @property
+    def trace_id(self) -> Optional[str]:
+        """The trace id (32 hex digits) of :attr:`traceparent`, or ``None``."""
+        return self.traceparent[3:35] if self.traceparent else None
 
 
 def current_task() -> Optional[TaskContext]:
@@ -64,5 +73,5 @@ def report_progress(fraction: float, message: Optional[str] = None) -> None:
     sink = _progress_sink
     if raw is None or sink is None or raw[0] is None:
         return
-    task_id, name, attempt, pool = raw
+    task_id, name, attempt, pool = raw[:4]
     sink(task_id, name, pool or "", int(attempt or 1), value, None if message is None else str(message))

@@ -140,14 +140,22 @@ def prepare(name: str, payload: bytes) -> Tuple[Callable[..., Any], Dict[str, An
             args = convert(args)
         except Exception as exc:
             raise TaskError(_error_payload("InvalidArguments", _message(exc))) from None
-    return func, args, (request.get("task_id"), name, request.get("attempt", 1), request.get("pool"))
+    traceparent = request.get("traceparent")
+    return func, args, (
+        request.get("task_id"),
+        name,
+        request.get("attempt", 1),
+        request.get("pool"),
+        traceparent if type(traceparent) is str else None,
+    )
 
 
 def invoke(name: str, payload: bytes) -> bytes:
     """Run task ``name`` with the arguments in ``payload`` and return its result as JSON bytes.
 
-    ``payload`` is JSON ``{"args": {...}, "task_id": str, "attempt": int, "pool": str}``; only ``args`` is
-    needed. While the task runs, :func:`neutrino.current_task` returns its context on this thread.
+    ``payload`` is JSON ``{"args": {...}, "task_id": str, "attempt": int, "pool": str, "traceparent": str}``; only
+    ``args`` is needed. While the task runs, :func:`neutrino.current_task` returns its context on this thread, and
+    with a ``traceparent`` and OpenTelemetry importable, that trace context is the current OpenTelemetry context.
 
     Raises:
         TaskError: the task raised, or the call could not be made or answered (see the module docs).
@@ -155,12 +163,15 @@ def invoke(name: str, payload: bytes) -> bytes:
     func, args, context = prepare(name, payload)
     error: Optional[bytes] = None
     token = _task_var.set(context)
+    otel = _attach_trace(context[4]) if context[4] else None
     _output.begin(context[0])
     try:
         result = func(**args)
     except BaseException as exc:  # the worker's injected TimeoutError included
         error = _describe(exc)
     finally:
+        if otel is not None:
+            _detach_trace(otel)
         _task_var.reset(token)
         _local.output = _output.end()
     if error is not None:
@@ -180,6 +191,9 @@ async def await_task(func: Callable[..., Any], args: Dict[str, Any], context: tu
     ``CancelledError`` (the worker's timeout or cancel) ends up as an error payload like any other exception: the
     worker has answered the caller already and only needs to know the coroutine is done."""
     _task_var.set(context)
+    if context[4]:
+        # The asyncio Task's own context: attached for the coroutine's life, gone with it.
+        _attach_trace(context[4])
     _output.begin(context[0])
     try:
         result = await func(**args)
@@ -191,6 +205,38 @@ async def await_task(func: Callable[..., Any], args: Dict[str, Any], context: tu
     except (TypeError, ValueError, RecursionError) as exc:
         message = f"task {context[1]!r} returned a value that is not JSON-serialisable: {exc}"
         return False, _error_payload("ResultNotSerializable", message), output
+
+
+# OpenTelemetry, when the app's environment has it: None = not looked for yet, False = not importable.
+_otel: Any = None
+
+
+def _attach_trace(traceparent: str) -> Any:
+    """Make ``traceparent`` the current OpenTelemetry context (a remote parent), if ``opentelemetry-api`` is importable;
+    returns the token to detach it with, or None. OpenTelemetry is optional: without it nothing happens."""
+    global _otel
+    if _otel is None:
+        try:
+            from opentelemetry import context as otel_context
+            from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+        except Exception:  # not installed, or broken: tasks run without it
+            _otel = False
+        else:
+            _otel = (otel_context, TraceContextTextMapPropagator())
+    if _otel is False:
+        return None
+    otel_context, propagator = _otel
+    try:
+        return otel_context.attach(propagator.extract({"traceparent": traceparent}))
+    except Exception:
+        return None
+
+
+def _detach_trace(token: Any) -> None:
+    try:
+        _otel[0].detach(token)
+    except Exception:
+        pass
 
 
 def _encoded(text: Optional[str]) -> Optional[bytes]:

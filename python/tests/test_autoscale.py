@@ -75,14 +75,17 @@ def test_policy_for_fills_in_the_mode_defaults() -> None:
 
 def test_up_arguments() -> None:
     args = build_parser().parse_args(
-        ["up", "app.py", "--scale", "async=1:3:2:4", "--scale", "gpu=0:1", "--heartbeat-interval", "0.5"]
+        ["up", "app.py", "--scale", "async=1:3:2:4", "--scale", "gpu=0:1", "--heartbeat-interval", "0.5",
+         "--otlp-endpoint", "http://127.0.0.1:4318"]
     )
+    assert args.otlp_endpoint == "http://127.0.0.1:4318"
     assert args.scale == [ScaleSpec("async", 1, 3, 2.0, 4.0), ScaleSpec("gpu", 0, 1)]
     assert args.heartbeat_interval == 0.5
     assert args.no_autoscale is False and args.queue_workers is None
     args = build_parser().parse_args(["up", "app.py", "--no-autoscale", "--queue-workers", "2"])
     assert args.no_autoscale is True and args.queue_workers == 2 and args.scale == []
     assert args.heartbeat_interval is None
+    assert args.otlp_endpoint is None
 
 
 @pytest.mark.parametrize("argv", [["--scale", "async=3:1"], ["--heartbeat-interval", "0"], ["--scale", "x"]])
@@ -429,7 +432,8 @@ def test_up_applies_the_gateways_desired_to_its_workers(tmp_path: Path) -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "neutrino", "up", str(app), "--bin-dir", str(fake_bin), "--state-dir",
          str(tmp_path / "state"), "--port", "0", "--nats-port", "14222",
-         "--scale", "async=1:3:2:4", "--scale", "gpu=0:1:1:4", "--heartbeat-interval", "0.5"],
+         "--scale", "async=1:3:2:4", "--scale", "gpu=0:1:1:4", "--heartbeat-interval", "0.5",
+         "--otlp-endpoint", "http://127.0.0.1:4318"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment, cwd=tmp_path,
     )
     lines: List[str] = []
@@ -490,10 +494,12 @@ def test_up_applies_the_gateways_desired_to_its_workers(tmp_path: Path) -> None:
         argv = worker["argv"]
         assert argv[argv.index("--heartbeat-interval") + 1] == "0.5" and argv[argv.index("--port") + 1] == "0"
         assert argv[argv.index("--nats") + 1].startswith("nats://127.0.0.1:")
+        assert argv[argv.index("--otlp-endpoint") + 1] == "http://127.0.0.1:4318"  # tracing reaches every process
         grace = float(argv[argv.index("--drain-grace") + 1])
         assert grace >= (40 if worker["pool"] == "async" else 600)  # the pool's largest task timeout
     [gateway_record] = [json.loads(p.read_text()) for p in log.glob("gateway-*.json")]
     argv = gateway_record["argv"]
     assert [argv[i + 1] for i, a in enumerate(argv) if a == "--scale"] == ["async=1:3:2:4", "gpu=0:1:1:4"]
     assert argv[argv.index("--heartbeat-timeout") + 1] == "2"
+    assert argv[argv.index("--otlp-endpoint") + 1] == "http://127.0.0.1:4318"
     assert all(worker["stopped"] for worker in everyone.values())  # Ctrl-C reached the rest

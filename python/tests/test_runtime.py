@@ -88,6 +88,24 @@ def context() -> dict:
 
 
 @app.task()
+def traced() -> dict:
+    task = current_task()
+    out = {"traceparent": task.traceparent, "trace_id": task.trace_id}
+    try:
+        from opentelemetry import trace
+    except ImportError:
+        return out
+    ctx = trace.get_current_span().get_span_context()
+    out["otel"] = [format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")] if ctx.is_valid else None
+    return out
+
+
+@app.task()
+async def co_traced() -> dict:
+    return traced()
+
+
+@app.task()
 def unicode(text: str) -> str:
     return text + " ✓"
 
@@ -365,3 +383,32 @@ def test_prepare_refuses_bad_arguments_like_invoke(loaded: Path) -> None:
     with pytest.raises(TaskError) as info:
         runtime.prepare("co_echo", b'{"args": []}')
     assert json.loads(info.value.payload)["type"] == "InvalidArguments"
+
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def test_traceparent_reaches_the_task(loaded: Path) -> None:
+    """The worker's trace context is `current_task().traceparent` (and its trace id); without one both are None."""
+    payload = json.dumps({"args": {}, "task_id": "t1", "traceparent": TRACEPARENT}).encode()
+    result = json.loads(runtime.invoke("traced", payload))
+    assert result["traceparent"] == TRACEPARENT
+    assert result["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    plain = json.loads(runtime.invoke("traced", b'{"args": {}}'))
+    assert plain["traceparent"] is None and plain["trace_id"] is None
+
+
+def test_opentelemetry_context_is_attached_while_the_task_runs(loaded: Path) -> None:
+    """With opentelemetry-api importable the task runs in the remote parent's context (so the spans it starts are
+    children of the worker's span), for a thread task and an `async def` task; outside the task it is gone again."""
+    trace = pytest.importorskip("opentelemetry.trace")
+    payload = json.dumps({"args": {}, "traceparent": TRACEPARENT}).encode()
+    expected = ["4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"]
+    assert json.loads(runtime.invoke("traced", payload))["otel"] == expected
+    assert not trace.get_current_span().get_span_context().is_valid
+    import asyncio
+
+    ok, data, _ = asyncio.run(runtime.await_task(*runtime.prepare("co_traced", payload)))
+    assert ok, data
+    assert json.loads(data)["otel"] == expected
+    assert json.loads(runtime.invoke("traced", b'{"args": {}}'))["otel"] is None

@@ -1076,13 +1076,14 @@ class QueueStack(GatewayAccess):
             self.nats.wait_events_consumer(gateway_id or self.gateway_id)
 
     def start_gateway(self, *, http_pools: Optional[dict[str, list[str]]] = None,
-                      heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S, extra_args: Iterable[str] = ()) -> ServerProcess:
+                      heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S, extra_args: Iterable[str] = (),
+                      env_extra: Optional[dict[str, str]] = None) -> ServerProcess:
         """The gateway (`--nats`, `--heartbeat-timeout`, `--http-pool` for each of `http_pools`); waits until it
         provisioned every queued pool's consumer."""
         argv = self.gateway_argv(http_pools=http_pools, heartbeat_timeout=heartbeat_timeout, extra_args=extra_args)
         n = next(self._gateway_counter)
         self.gateway = self.launcher.spawn(f"{self.name}-gateway" + (f"-{n}" if n > 1 else ""), argv,
-                                           env=_server_env(), log_dir=self.dir)
+                                           env=_server_env(env_extra), log_dir=self.dir)
         self.gateway.wait_listening()
         # The gateway provisions the stream and every queued pool's consumer in the background.
         self.wait_provisioned()
@@ -1110,12 +1111,14 @@ class QueueStack(GatewayAccess):
         return p
 
     def http_worker(self, pool: str = "fast", *, worker_id: Optional[str] = None, concurrency: int = 2,
-                    wait: bool = True) -> ServerProcess:
+                    wait: bool = True, extra_args: Iterable[str] = (),
+                    env_extra: Optional[dict[str, str]] = None) -> ServerProcess:
         """A `--mode http` worker of `pool` that also heartbeats over this stack's NATS (start it before the
         gateway, which is given its URL: `start_gateway(http_pools={pool: [w.url]})`)."""
         worker_id = worker_id or f"{self.name}-{pool}-h{next(self._worker_counter)}"
         p = self.launcher.worker(self.app, self.db_path, log_dir=self.dir, worker_id=worker_id, pool=pool,
-                                 concurrency=concurrency, wait=wait, nats_url=self.nats.url, task_log=self.task_log)
+                                 concurrency=concurrency, wait=wait, nats_url=self.nats.url, task_log=self.task_log,
+                                 extra_args=extra_args, env_extra=env_extra)
         p.worker_id = worker_id  # type: ignore[attr-defined]
         self.workers.append(p)
         return p

@@ -235,6 +235,11 @@ def test_base_topology():
     fast = _container(one(objs, "Deployment", "worker-fast"))
     assert _arg(fast, "--advertise-host") == "$(POD_IP)"
     assert any(e["name"] == "POD_IP" and e["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP" for e in fast["env"])
+    # Tracing's hook: an optional ConfigMap (OTEL_EXPORTER_OTLP_ENDPOINT, ...) in every Neutrino container's environment.
+    for name, kind in (("gateway", "StatefulSet"), ("worker-fast", "Deployment"), ("worker-async", "Deployment"),
+                       ("worker-gpu", "Deployment")):
+        env_from = _container(one(objs, kind, name)).get("envFrom")
+        assert env_from == [{"configMapRef": {"name": "neutrino-tracing", "optional": True}}], (name, env_from)
     assert (_arg(c, "--host"), _arg(c, "--port"), _arg(c, "--log-format")) == ("0.0.0.0", "8080", "json")
     manifest_volume = next(v for v in _pod(gateway)["volumes"] if v["name"] == "manifest")
     assert manifest_volume["configMap"]["name"].startswith("neutrino-manifest")

@@ -6,7 +6,9 @@ import NeutrinoCore
 import NeutrinoHTTP
 import NeutrinoObservability
 import NeutrinoTaskLog
+import NeutrinoTracing
 import Synchronization
+import Tracing
 
 /// Runs a validated task: a sync task on its pool's fast workers (the answer carries the result), a queued one
 /// published to JetStream (the answer is 202). Used by `POST /api/<task>` and by `POST /tasks/<id>/retry`.
@@ -19,13 +21,15 @@ struct TaskSubmitter: Sendable {
     /// How long an Idempotency-Key keeps naming its task: JetStream's duplicate window.
     static let idempotencyWindow = Duration.seconds(120)
 
-    /// Counts the submit, then runs the task by its mode.
+    /// Counts the submit, then runs the task by its mode. With tracing on, the task joins the trace of the request
+    /// span (`TracingMiddleware`): its id is stored with the task, its spans are children of that span.
     func submit(spec: TaskSpec, args: JSONValue, idempotencyKey: String? = nil, retryOf: String? = nil) async -> Response {
         NeutrinoMetrics.submitted(task: spec.name, mode: spec.mode.rawValue, pool: spec.pool)
+        let trace = TaskTrace.current()
         guard spec.mode == .sync else {
-            return await enqueue(spec: spec, args: args, idempotencyKey: idempotencyKey, retryOf: retryOf)
+            return await enqueue(spec: spec, args: args, idempotencyKey: idempotencyKey, retryOf: retryOf, trace: trace)
         }
-        return await callSync(spec: spec, args: args, retryOf: retryOf)
+        return await callSync(spec: spec, args: args, retryOf: retryOf, trace: trace)
     }
 
     // MARK: Queued (async and gpu)
@@ -39,7 +43,9 @@ struct TaskSubmitter: Sendable {
     /// for (task and conformed arguments); a repeat within the window with the same fingerprint is answered with the
     /// task the first created (`Idempotent-Replayed: true`), one with another fingerprint is refused 422
     /// `IdempotencyKeyReused`; a claim whose publish failed is released, so the retry the 503 invites runs the task.
-    private func enqueue(spec: TaskSpec, args: JSONValue, idempotencyKey: String?, retryOf: String?) async -> Response {
+    private func enqueue(
+        spec: TaskSpec, args: JSONValue, idempotencyKey: String?, retryOf: String?, trace: TaskTrace?
+    ) async -> Response {
         guard let queue = components.queue else {
             return .error(
                 .notSupported,
@@ -96,7 +102,7 @@ struct TaskSubmitter: Sendable {
         defer { if let claimedKey { publishing.end(claimedKey) } }
         return await publishQueued(
             spec: spec, args: args, body: body, taskID: taskID, queue: queue, retryOf: retryOf,
-            claimedKey: claimedKey)
+            claimedKey: claimedKey, trace: trace)
     }
 
     /// What an Idempotency-Key remembers of the request that claimed it: the task and its conformed arguments.
@@ -134,22 +140,37 @@ struct TaskSubmitter: Sendable {
 
     private func publishQueued(
         spec: TaskSpec, args: JSONValue, body: [UInt8], taskID: String, queue: GatewayQueue,
-        retryOf: String?, claimedKey: String?
+        retryOf: String?, claimedKey: String?, trace: TaskTrace?
     ) async -> Response {
         let taskHeader: HTTPFields = [NeutrinoHeader.taskID: taskID]
         let taskLog = components.taskLog
-        taskLog?.record(
-            TaskEvent(
-                taskID: taskID, kind: .queued, function: spec.name, pool: spec.pool, mode: spec.mode,
-                attempt: 0, args: args.jsonText, detail: retryOf.map { "retry of \($0)" }))
+        var queued = TaskEvent(
+            taskID: taskID, kind: .queued, function: spec.name, pool: spec.pool, mode: spec.mode,
+            attempt: 0, args: args.jsonText, detail: retryOf.map { "retry of \($0)" })
+        queued.traceID = trace?.traceID
+        taskLog?.record(queued)
         // The commit of the queued row and the publish run side by side; the 202 waits for both, so an id that was
         // answered always exists. (A worker may record `running` before the `queued` row commits: events apply in
         // any order.)
-        async let committed: Void = { await taskLog?.flush() }()
+        let writeSpan = taskLog == nil ? nil : trace?.startSpan(NeutrinoTracing.Name.taskLogWrite, taskID: taskID, task: spec.name, pool: spec.pool)
+        async let committed: Void = {
+            await taskLog?.flush()
+            writeSpan?.end()
+        }()
+        // The message carries the enqueue span as its parent: the worker's spans join this trace.
+        let enqueueSpan = trace?.startSpan(NeutrinoTracing.Name.enqueue, kind: .producer, taskID: taskID, task: spec.name, pool: spec.pool)
+        enqueueSpan?.updateAttributes { a in
+            a["messaging.system"] = "nats"
+            a["messaging.destination.name"] = QueueLayout.taskSubject(pool: spec.pool, task: spec.name)
+        }
+        let headers = enqueueSpan?.traceParent.map { ["traceparent": $0.value] } ?? [:]
         do {
-            try await queue.publish(spec: spec, taskID: taskID, body: body)
+            try await queue.publish(spec: spec, taskID: taskID, body: body, headers: headers)
+            enqueueSpan?.end()
             await committed
         } catch {
+            enqueueSpan?.fail("\(error)")
+            enqueueSpan?.end()
             await committed
             // The key named a task that was never queued: free it, so the retry the answer invites runs the task.
             if let claimedKey { _ = try? await components.reader?.releaseIdempotencyKey(claimedKey, taskID: taskID) }
@@ -164,11 +185,14 @@ struct TaskSubmitter: Sendable {
                 message = "the task queue is unavailable: \(error)"
                 headers[.retryAfter] = "2"
             }
-            taskLog?.record(
-                TaskEvent(
-                    taskID: taskID, kind: .failed, function: spec.name, pool: spec.pool, mode: spec.mode,
-                    error: JSONWriter.taskErrorText(apiError, message: message)))
-            components.logger.warning("publish failed", metadata: ["task_id": "\(taskID)", "error": "\(error)"])
+            var failed = TaskEvent(
+                taskID: taskID, kind: .failed, function: spec.name, pool: spec.pool, mode: spec.mode,
+                error: JSONWriter.taskErrorText(apiError, message: message))
+            failed.traceID = trace?.traceID
+            taskLog?.record(failed)
+            var metadata: Logger.Metadata = ["task_id": "\(taskID)", "error": "\(error)"]
+            if let trace { metadata["trace_id"] = "\(trace.traceID)" }
+            components.logger.warning("publish failed", metadata: metadata)
             NeutrinoMetrics.finished(task: spec.name, mode: spec.mode.rawValue, pool: spec.pool, status: TaskStatus.failed.rawValue)
             return .taskError(apiError, taskID: taskID, status: .failed, message: message, headers: headers)
         }
@@ -177,17 +201,19 @@ struct TaskSubmitter: Sendable {
 
     // MARK: Sync
 
-    private func callSync(spec: TaskSpec, args: JSONValue, retryOf: String?) async -> Response {
+    private func callSync(spec: TaskSpec, args: JSONValue, retryOf: String?, trace: TaskTrace?) async -> Response {
         let taskID = TaskID.make()
         let taskLog = components.taskLog
         func event(
             _ kind: TaskEventKind, workerID: String? = nil, result: String? = nil, error: String? = nil,
             durationMs: Double? = nil
         ) -> TaskEvent {
-            TaskEvent(
+            var e = TaskEvent(
                 taskID: taskID, kind: kind, function: spec.name, pool: spec.pool, mode: spec.mode, workerID: workerID,
                 attempt: kind == .pending ? 0 : 1, args: kind == .pending ? args.jsonText : nil, result: result,
                 error: error, durationMs: durationMs, detail: kind == .pending ? retryOf.map { "retry of \($0)" } : nil)
+            e.traceID = trace?.traceID
+            return e
         }
         // `pending` is recorded together with the outcome, in one batch (one writer per call, one queued write): a
         // call that runs long is visible meanwhile from its worker's `running`, and one that is looked up here
@@ -198,6 +224,14 @@ struct TaskSubmitter: Sendable {
         let started = ContinuousClock.now
         func record(_ outcome: TaskEvent?, running: TaskEvent? = nil) {
             taskLog?.record(contentsOf: [pending] + (running.map { [$0] } ?? []) + (outcome.map { [$0] } ?? []))
+            if let taskLog, let span = trace?.startSpan(NeutrinoTracing.Name.taskLogWrite, taskID: taskID, task: spec.name, pool: spec.pool) {
+                // The answer does not wait for the commit (one writer per call, batched): the span does, off the
+                // request's path. Only with tracing on.
+                Task {
+                    await taskLog.flush()
+                    span.end()
+                }
+            }
             let elapsed = ContinuousClock.now - started
             if let final = outcome.flatMap({ TaskStatus(rawValue: $0.kind.rawValue) }) {
                 NeutrinoMetrics.finished(task: spec.name, mode: spec.mode.rawValue, pool: spec.pool, status: final.rawValue)
@@ -219,11 +253,23 @@ struct TaskSubmitter: Sendable {
         // The worker enforces the timeout and answers 504 itself; the grace covers queueing and transport.
         let timeout = TimeAmount.milliseconds(Int64(spec.timeoutMs + components.configuration.timeoutGraceMs))
         let answer: WorkerPool.Answer
+        // The worker's execution span is a child of this one (`traceparent` on the forwarded request).
+        let callSpan = trace?.startSpan(NeutrinoTracing.Name.call, kind: .client, taskID: taskID, task: spec.name, pool: spec.pool)
         do {
             answer = try await pool.call(
                 task: spec.name, taskID: taskID, body: Self.forwardBody(args), timeout: timeout,
-                reruns: spec.retries)
+                reruns: spec.retries, traceParent: callSpan?.traceParent?.value)
+            if let callSpan {
+                callSpan.updateAttributes { a in
+                    a["http.response.status_code"] = answer.status
+                    a["server.address"] = answer.endpoint
+                }
+                if answer.status >= 500 { callSpan.fail("the worker answered \(answer.status)") }
+                callSpan.end()
+            }
         } catch {
+            callSpan?.fail("\(error)")
+            callSpan?.end()
             switch error {
             case .timedOut:
                 return fail(

@@ -113,6 +113,14 @@ def register(commands: Any) -> argparse.ArgumentParser:
         help="how often workers announce themselves on NATS (default: the worker's, 2 s); "
         "the gateway forgets a worker after 4 missed intervals (at least 2 s)",
     )
+    parser.add_argument(
+        "--otlp-endpoint",
+        default=None,
+        metavar="URL",
+        help="export OpenTelemetry traces of the gateway and every worker over OTLP/HTTP to this base URL, e.g. "
+        "http://127.0.0.1:4318 (a collector, Jaeger, Tempo); default: off, unless OTEL_EXPORTER_OTLP_ENDPOINT is set "
+        "(the processes inherit it)",
+    )
     parser.set_defaults(handler=run)
     return parser
 
@@ -150,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
         autoscaling=not args.no_autoscale,
         heartbeat_interval=args.heartbeat_interval,
         nats_cluster=args.nats_cluster,
+        otlp_endpoint=args.otlp_endpoint,
     )
     return up(loaded, options, error=error)
 

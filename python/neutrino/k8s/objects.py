@@ -125,6 +125,11 @@ def _pod_env() -> List[Dict[str, Any]]:
     ]
 
 
+# Tracing's hook: an optional ConfigMap whose keys become every Neutrino container's environment. Create it with
+# OTEL_EXPORTER_OTLP_ENDPOINT (and any other OTEL_* variable) to turn tracing on; without it the pods start as before.
+TRACING_CONFIGMAP = "neutrino-tracing"
+_TRACING_ENV_FROM: List[Dict[str, Any]] = [{"configMapRef": {"name": TRACING_CONFIGMAP, "optional": True}}]
+
 _POD_IP: Dict[str, Any] = {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
 
 
@@ -412,6 +417,7 @@ def render_gateway(plans: Sequence[PoolPlan], options: DeployOptions) -> List[Di
         "command": ["neutrino-gateway"],
         "args": _gateway_args(plans),
         "env": _pod_env(),
+        "envFrom": _TRACING_ENV_FROM,
         "ports": [{"name": "http", "containerPort": GATEWAY_PORT}],
         **_probes("http"),
         "lifecycle": _prestop(),
@@ -541,6 +547,7 @@ def render_pool(plan: PoolPlan, options: DeployOptions) -> List[Dict[str, Any]]:
         "command": ["neutrino-worker"],
         "args": _worker_args(plan, options),
         "env": _pod_env() + ([_POD_IP] if plan.mode == "sync" else []),
+        "envFrom": _TRACING_ENV_FROM,
         "ports": [{"name": "http", "containerPort": WORKER_PORT}],
         **_probes("http"),
         "lifecycle": _prestop(),

@@ -53,6 +53,9 @@ class UpOptions:
     heartbeat_interval: Optional[float] = None
     #: nats-server nodes: 1 (a single server), or N forming a JetStream cluster on loopback with replicated streams.
     nats_cluster: int = 1
+    #: OTLP/HTTP base URL every process exports its traces to (``--otlp-endpoint``); None: off unless the environment
+    #: (``OTEL_EXPORTER_OTLP_ENDPOINT``, inherited by the children) says otherwise.
+    otlp_endpoint: Optional[str] = None
 
 
 def _print_error(message: str) -> None:
@@ -153,6 +156,8 @@ def up(loaded: LoadedApp, options: UpOptions, error: Callable[[str], None] = _pr
         common += nats_args  # heartbeats (and, for NATS workers, the queue)
         if options.heartbeat_interval is not None:
             common += ["--heartbeat-interval", f"{options.heartbeat_interval:g}"]
+        tracing = ["--otlp-endpoint", options.otlp_endpoint] if options.otlp_endpoint else []
+        common += tracing
         fast_common = common + ["--concurrency", str(options.fast_concurrency)]  # the later --concurrency wins
         workers: Dict[str, List[Child]] = {}
         for pool in static_sync:
@@ -190,6 +195,7 @@ def up(loaded: LoadedApp, options: UpOptions, error: Callable[[str], None] = _pr
             gateway_argv += ["--scale", spec.argument()]
         if options.heartbeat_interval is not None:
             gateway_argv += ["--heartbeat-timeout", f"{max(2.0, 4 * options.heartbeat_interval):g}"]
+        gateway_argv += tracing
         dashboard = find_dashboard_dir(os.path.dirname(worker_binary))
         if dashboard is not None:
             gateway_argv += ["--dashboard-dir", dashboard]

@@ -1,0 +1,68 @@
+import NeutrinoCore
+import Testing
+import Tracing
+
+@testable import NeutrinoTracing
+
+/// Tracing's configuration and its "off" behaviour. (Turned on, it is tested end to end against a real OTLP/HTTP
+/// receiver: tests/e2e/test_tracing.py. This process never bootstraps it: the instrumentation system is global.)
+struct NeutrinoTracingTests {
+    @Test func endpointComesFromTheFlagThenTheStandardVariables() {
+        let env = [
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://traces:4318/v1/traces",
+        ]
+        #expect(NeutrinoTracing.endpoint(flag: "http://flag:4318", environment: env) == "http://flag:4318")
+        #expect(NeutrinoTracing.endpoint(flag: nil, environment: env) == "http://traces:4318/v1/traces")
+        #expect(
+            NeutrinoTracing.endpoint(flag: nil, environment: ["OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"])
+                == "http://collector:4318")
+        #expect(NeutrinoTracing.endpoint(flag: nil, environment: [:]) == nil)
+        #expect(NeutrinoTracing.endpoint(flag: "", environment: ["OTEL_EXPORTER_OTLP_ENDPOINT": ""]) == nil)
+    }
+
+    @Test func standardVariablesCanSayNo() {
+        for off in [["OTEL_SDK_DISABLED": "true"], ["OTEL_TRACES_EXPORTER": "none"]] {
+            #expect(NeutrinoTracing.endpoint(flag: "http://flag:4318", environment: off) == nil)
+        }
+    }
+
+    @Test func endpointMustBeAnHTTPURLWithAHost() {
+        #expect(NeutrinoTracing.endpointProblem("http://127.0.0.1:4318") == nil)
+        #expect(NeutrinoTracing.endpointProblem("https://otel.example.com") == nil)
+        #expect(NeutrinoTracing.endpointProblem("127.0.0.1:4318") != nil)
+        #expect(NeutrinoTracing.endpointProblem("grpc://127.0.0.1:4317") != nil)
+        #expect(NeutrinoTracing.endpointProblem("http://") != nil)
+        #expect(NeutrinoTracing.endpointProblem("http://:4318") != nil)
+    }
+
+    @Test func grpcIsRefusedWithAReason() {
+        #expect(throws: TracingError.self) {
+            _ = try NeutrinoTracing.bootstrap(
+                endpoint: "http://127.0.0.1:4318", serviceName: "test",
+                environment: ["OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"], logger: .init(label: "test"))
+        }
+        #expect(!NeutrinoTracing.isEnabled)
+    }
+
+    /// Not configured: nothing is bootstrapped and every helper answers nil at once.
+    @Test func offMeansNothingIsRecorded() throws {
+        #expect(try NeutrinoTracing.bootstrap(endpoint: nil, serviceName: "test", environment: [:], logger: .init(label: "test")) == nil)
+        #expect(!NeutrinoTracing.isEnabled)
+        #expect(NeutrinoTracing.startSpan("x", parent: .topLevel) == nil)
+        let incoming = TraceParent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        #expect(
+            NeutrinoTracing.startTaskSpan("x", continuing: incoming, kind: .server, taskID: "t", task: "f", pool: "p") == nil)
+        #expect(TaskTrace.start("x", continuing: incoming, kind: .consumer, taskID: "t", task: "f", pool: "p") == nil)
+        #expect(TaskTrace.current() == nil)
+        #expect(NeutrinoTracing.traceParent(of: .topLevel) == nil)
+        #expect(NeutrinoTracing.traceID(of: .topLevel) == nil)
+    }
+
+    @Test func epochInstantOrdersByNanoseconds() {
+        let a = EpochInstant(nanosecondsSinceEpoch: 1_000)
+        let b = EpochInstant(nanosecondsSinceEpoch: 2_000)
+        #expect(a < b)
+        #expect(EpochInstant.now.nanosecondsSinceEpoch > 1_700_000_000_000_000_000)
+    }
+}
