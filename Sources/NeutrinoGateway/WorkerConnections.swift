@@ -248,10 +248,15 @@ final class StreamedBodyDelegate: NIOAsyncSequenceProducerDelegate {
     let ended = NIOLockedValueBox(false)
     /// Set when the answer's head arrived (the head timeout no longer applies).
     let headArrived = NIOLockedValueBox(false)
+    /// How many times the consumer asked for more: the handler compares it across a `yield` that said stop, since
+    /// the consumer's `produceMore()` may run between that `yield` and the handler setting `paused` (it then finds
+    /// `paused` still false and reads nothing: the stream stalled, seen under load).
+    let demands = NIOLockedValueBox<UInt64>(0)
 
     init(channel: any Channel) { self.channel = channel }
 
     func produceMore() {
+        demands.withLockedValue { $0 &+= 1 }
         guard
             paused.withLockedValue({ p in
                 defer { p = false }; return p
@@ -323,9 +328,18 @@ private final class ExchangeHandler: ChannelDuplexHandler {
             if let streaming {
                 // The latest yield decides: a later `.produceMore` means the demand came back through it, and the
                 // delegate's produceMore() will not be called for the earlier `.stopProducing`.
+                let delegate = streaming.delegate
+                let demandsBefore = delegate.demands.withLockedValue { $0 }
                 let stop = streaming.source.yield(chunk) == .stopProducing
-                streaming.delegate.paused.withLockedValue { $0 = stop }
-                if !stop && readWithheld {
+                delegate.paused.withLockedValue { $0 = stop }
+                // A `produceMore()` that ran after the yield but before `paused` was set read nothing: read now
+                // (exactly one of it and this takes `paused` back).
+                let resumed =
+                    stop && delegate.demands.withLockedValue { $0 } != demandsBefore
+                    && delegate.paused.withLockedValue { p in
+                        defer { p = false }; return p
+                    }
+                if (!stop || resumed) && readWithheld {
                     readWithheld = false
                     context.read()
                 }
