@@ -62,7 +62,7 @@ let package = Package(
                 "NeutrinoCore", "NeutrinoTaskLog", "CSQLite",
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Logging", package: "swift-log"),
-            ], path: "bench/tasklog", swiftSettings: swiftSettings),
+            ], path: "bench/tasklog", exclude: ["RESULTS-10M.md"], swiftSettings: swiftSettings),
         // The embedded CPython interpreter and the dedicated threads that run Python.
         // pthread locks and threads for the modules that stay off Foundation.
         .target(name: "NeutrinoThreads", swiftSettings: swiftSettings),
