@@ -78,18 +78,22 @@ final class WorkerConnections: Sendable {
             timeout.cancel()
             checkin(channel, keepAlive: reply.headers.first(name: "Connection")?.lowercased() != "close")
             return reply
-        } catch let failure as Failure {
-            timeout.cancel()
-            channel.close(promise: nil)
-            throw failure
         } catch {
             timeout.cancel()
-            channel.close(promise: nil)
-            // A request that never left this process cannot have run: the worker was gone before it (a pooled
-            // connection to a worker that died while idle), so another worker may take it.
-            if (try? await written.futureResult.get()) == nil { throw .unreachable("the connection closed before the request was sent: \(error)") }
-            throw .lost("\(error)")
+            throw await Self.failure(error, closing: channel, written: written)
         }
+    }
+
+    /// What a failed exchange means for the caller; its connection is closed. A request that never left this process
+    /// cannot have run: the worker was gone before it (a pooled connection to a worker that died while idle), so
+    /// another worker may take it (`unreachable`); one that was sent may have run (`lost`).
+    private static func failure(_ error: any Error, closing channel: any Channel, written: EventLoopPromise<Void>) async -> Failure {
+        channel.close(promise: nil)
+        if let failure = error as? Failure { return failure }
+        if (try? await written.futureResult.get()) == nil {
+            return .unreachable("the connection closed before the request was sent: \(error)")
+        }
+        return .lost("\(error)")
     }
 
     /// A streamed answer: its status and headers, and its body as it arrives (`body.take()`).
@@ -129,15 +133,9 @@ final class WorkerConnections: Sendable {
             let reply = try await promise.futureResult.get()
             timeout.cancel()
             return StreamedReply(status: reply.status, headers: reply.headers, body: streamed)
-        } catch let failure as Failure {
-            timeout.cancel()
-            channel.close(promise: nil)
-            throw failure
         } catch {
             timeout.cancel()
-            channel.close(promise: nil)
-            if (try? await written.futureResult.get()) == nil { throw .unreachable("the connection closed before the request was sent: \(error)") }
-            throw .lost("\(error)")
+            throw await Self.failure(error, closing: channel, written: written)
         }
     }
 

@@ -184,13 +184,9 @@ public final class WorkerPool: Sendable {
         task: String, taskID: String, body: [UInt8], timeout: TimeAmount, reruns: Int = 0, traceParent: String? = nil
     ) async throws(Failure) -> Answer {
         var attempt = 1
-        var lastError = "no worker is configured for pool '\(name)'"
+        let (members, noAnswer) = await candidates()
+        var lastError = noAnswer
         let payload = ByteBuffer(bytes: body)
-        var members = order(now: .now())
-        if members.isEmpty, joinWait > .zero {
-            members = await firstMembers()
-            if members.isEmpty { lastError = "no worker of pool '\(name)' announced itself within \(joinWait) (--worker-join-wait)" }
-        }
         let deadline = NIODeadline.now() + timeout
         for member in members {
             let endpoint = member.endpoint
@@ -257,13 +253,9 @@ public final class WorkerPool: Sendable {
     func forward(method: HTTPMethod, target: String, headers: HTTPHeaders, body: [UInt8], headDeadline: NIODeadline) async throws(Failure)
         -> (WorkerConnections.StreamedReply, String)
     {
-        var lastError = "no worker is configured for pool '\(name)'"
+        let (members, noAnswer) = await candidates()
+        var lastError = noAnswer
         let payload = ByteBuffer(bytes: body)
-        var members = order(now: .now())
-        if members.isEmpty, joinWait > .zero {
-            members = await firstMembers()
-            if members.isEmpty { lastError = "no worker of pool '\(name)' announced itself within \(joinWait) (--worker-join-wait)" }
-        }
         for member in members {
             let endpoint = member.endpoint
             do {
@@ -302,17 +294,19 @@ public final class WorkerPool: Sendable {
         throw .noWorkerAvailable(lastError)
     }
 
-    /// Waits up to `joinWait` for a worker to join an empty pool (from its heartbeat): a gateway that just started
-    /// hears its workers within a heartbeat interval, and a call then should not fail. Checks every 20 ms; only calls
-    /// to an empty pool wait here.
-    private func firstMembers() async -> [Member] {
+    /// The workers to try for a call, in order (`order(now:)`), and what to report if none answers. An empty pool
+    /// first waits up to `joinWait` for a worker to join from its heartbeat: a gateway that just started hears its
+    /// workers within a heartbeat interval, and a call then should not fail. Checks every 20 ms; only calls to an
+    /// empty pool wait here.
+    private func candidates() async -> (members: [Member], noAnswer: String) {
+        var members = order(now: .now())
+        guard members.isEmpty, joinWait > .zero else { return (members, "no worker is configured for pool '\(name)'") }
         let until = NIODeadline.now() + TimeAmount(joinWait)
-        while NIODeadline.now() < until, !Task.isCancelled {
+        while members.isEmpty, NIODeadline.now() < until, !Task.isCancelled {
             try? await Task.sleep(for: .milliseconds(20))
-            let members = order(now: .now())
-            if !members.isEmpty { return members }
+            members = order(now: .now())
         }
-        return []
+        return (members, "no worker of pool '\(name)' announced itself within \(joinWait) (--worker-join-wait)")
     }
 
     /// Closes idle connections.
