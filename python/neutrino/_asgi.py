@@ -24,9 +24,10 @@ once when it stops; an app that does not speak the lifespan protocol (it raises 
 from __future__ import annotations
 
 import asyncio
-import sys
 import traceback
 from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from ._output import worker_log
 
 __all__ = ["AsgiServer", "ClientDisconnected", "split_fields", "join_fields"]
 
@@ -59,13 +60,7 @@ def join_fields(fields: List[bytes]) -> bytes:
 
 
 def _log(message: str) -> None:
-    stream = sys.stderr
-    original = getattr(stream, "_original", stream)  # never into a task's captured output
-    try:
-        original.write(f"neutrino-asgi: {message}\n")
-        original.flush()
-    except Exception:
-        pass
+    worker_log("neutrino-asgi", message)
 
 
 def _route_pattern(scope: Dict[str, Any], root_path: str) -> str:

@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import threading
 import time
 import traceback
 from typing import Any, Callable, Dict, Optional
 
 from . import _runtime
+from ._output import worker_log
 
 __all__ = ["run"]
 
@@ -74,13 +74,7 @@ class _Job:
 
 
 def _log(message: str) -> None:
-    stream = sys.stderr
-    original = getattr(stream, "_original", stream)  # never into a task's captured output
-    try:
-        original.write(f"neutrino-loop: {message}\n")
-        original.flush()
-    except Exception:
-        pass
+    worker_log("neutrino-loop", message)
 
 
 def run(bridge: Callable[..., Any], wake_fd: int, grace_s: float, serve_asgi: bool = False) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextvars
 import io
 import os
+import sys
 from typing import Optional, TextIO
 
 __all__ = ["TaskStreams", "begin", "end", "install", "set_limit"]
@@ -135,3 +136,15 @@ def end() -> Optional[str]:
     if not capture.size and not capture.dropped:
         return None
     return capture.text()
+
+
+def worker_log(source: str, message: str) -> None:
+    """One line ``<source>: <message>`` on the worker's own stderr, never into a task's captured output (the
+    event loop's and the ASGI server's diagnostics)."""
+    stream = sys.stderr
+    original = getattr(stream, "_original", stream)
+    try:
+        original.write(f"{source}: {message}\n")
+        original.flush()
+    except Exception:
+        pass
