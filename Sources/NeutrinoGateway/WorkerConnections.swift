@@ -40,7 +40,9 @@ final class WorkerConnections: Sendable {
     /// The largest answer read from this worker.
     let maxAnswerBytes: Int
     private let group: any EventLoopGroup
-    private let idle = NIOLockedValueBox<[Pooled]>([])
+    /// Idle connections by the event loop they run on: a call takes one on its own loop first, so a request the
+    /// gateway serves on a loop (`EventLoopBoundChannel`) reaches the worker and gets its answer on that same thread.
+    private let idle = NIOLockedValueBox<[ObjectIdentifier: [Pooled]]>([:])
     private let open = NIOLockedValueBox<Int>(0)
     /// Set when the worker left its pool: connections are closed as their calls end instead of pooled.
     private let retired = NIOLockedValueBox<Bool>(false)
@@ -148,26 +150,28 @@ final class WorkerConnections: Sendable {
     /// Closes the idle connections.
     func close() {
         let pooled = idle.withLockedValue { c in
-            defer { c.removeAll() }; return c
+            defer { c.removeAll() }; return c.values.joined()
         }
         for p in pooled { p.channel.close(promise: nil) }
     }
 
+    /// An idle connection on the caller's event loop, else a new one there, else an idle one on another loop (when
+    /// `maxConnections` are open).
     private func checkout() async throws(Failure) -> any Channel {
-        let oldest = NIODeadline.now() - Self.maxIdleAge
-        while let pooled = idle.withLockedValue({ $0.popLast() }) {
-            if pooled.channel.isActive && pooled.since > oldest { return pooled.channel }
-            pooled.channel.close(promise: nil)
-        }
+        let here = MultiThreadedEventLoopGroup.currentEventLoop
+        if let here, let channel = takeIdle(on: ObjectIdentifier(here)) { return channel }
         // A place for a new connection, given back when it closes (however it closes).
         let admitted = open.withLockedValue { n -> Bool in
             guard n < maxConnections else { return false }
             n += 1
             return true
         }
-        guard admitted else { throw .saturated(limit: maxConnections) }
+        guard admitted else {
+            if let channel = takeIdle(on: nil) { return channel }
+            throw .saturated(limit: maxConnections)
+        }
         do {
-            let channel = try await ClientBootstrap(group: group)
+            let channel = try await ClientBootstrap(group: here ?? group.next())
                 .connectTimeout(.seconds(1))
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
@@ -185,12 +189,26 @@ final class WorkerConnections: Sendable {
         }
     }
 
+    /// A live idle connection on `loop` (any loop when nil); the stale ones met on the way are closed.
+    private func takeIdle(on loop: ObjectIdentifier?) -> (any Channel)? {
+        let oldest = NIODeadline.now() - Self.maxIdleAge
+        while let pooled = idle.withLockedValue({ pools -> Pooled? in
+            guard let key = loop ?? pools.first(where: { !$0.value.isEmpty })?.key else { return nil }
+            return pools[key]?.popLast()
+        }) {
+            if pooled.channel.isActive && pooled.since > oldest { return pooled.channel }
+            pooled.channel.close(promise: nil)
+        }
+        return nil
+    }
+
     private func checkin(_ channel: any Channel, keepAlive: Bool) {
         guard keepAlive, channel.isActive, !retired.withLockedValue({ $0 }) else {
             channel.close(promise: nil)
             return
         }
-        idle.withLockedValue { $0.append(Pooled(channel: channel, since: .now())) }
+        let pooled = Pooled(channel: channel, since: .now())
+        idle.withLockedValue { $0[ObjectIdentifier(channel.eventLoop), default: []].append(pooled) }
     }
 }
 

@@ -159,7 +159,7 @@ where Context.Source == ApplicationRequestContextSource {
         httpDecoderConfiguration: decoder)
     return Application(
         router: router,
-        server: .http1(configuration: http1),
+        server: .http1OnEventLoops(configuration: http1),
         configuration: .init(
             address: .hostname(host, port: port), serverName: serverName,
             availableConnectionsDelegate: limits.maxAcceptedConnections.map { MaximumAvailableConnections($0, logger: logger) }),
