@@ -129,6 +129,11 @@ public final class PythonExecutor: Sendable {
         /// When the sleeping watchdog wakes up on its own (monotonic ns); 0 while it is awake (it rescans every
         /// running job before it sleeps again).
         var watchdogWakesAt: UInt64 = 0
+        /// Python threads waiting for work, and how many of them were signalled and have not taken a job yet: a job
+        /// queued while a signalled thread is on its way wakes nobody else (that thread, or a thread finishing its
+        /// call, takes it), so a burst of calls does not wake a thread per call to fight over the GIL.
+        var idleThreads = 0
+        var wakesPending = 0
         // The event loop's side (see PythonExecutor+Coroutines.swift).
         /// Coroutine slots taken (running, or being handed over), at most `maxCoroutines`.
         var coroutinesRunning = 0
@@ -277,7 +282,7 @@ public final class PythonExecutor: Sendable {
             }
             job.continuation = continuation
             state.queue.append(job)
-            workAvailable.signal()
+            wakeThreadIfNeeded()
             lock.unlock()
         }
     }
@@ -315,16 +320,41 @@ public final class PythonExecutor: Sendable {
         continuation?.resume(returning: outcome)
     }
 
+    /// Signals a waiting Python thread for the queued jobs, unless one already signalled is on its way (lock held).
+    /// A thread that takes a job signals the next one while jobs remain, so threads join one after another as long
+    /// as work is queued: blocking tasks still get every thread, a burst of short ones does not wake them all.
+    private func wakeThreadIfNeeded() {
+        guard state.queueHead < state.queue.count, state.idleThreads > state.wakesPending, state.wakesPending == 0 else { return }
+        state.wakesPending += 1
+        workAvailable.signal()
+    }
+
+    /// Each Python thread takes the oldest queued job; after a call, it takes the next queued one while it still
+    /// holds the GIL (no release, wake-up and re-acquire between two calls), and releases the GIL only before it waits.
     private func workerLoop() {
         let gil = PyGILState_Ensure()
         _ = gil
         let ident = PyThread_get_thread_ident()
         guard let threadState = PyEval_SaveThread() else { return }
+        var holdsGIL = false
         while true {
             lock.lock()
-            while state.queueHead == state.queue.count && !state.stopping { lock.wait(workAvailable) }
+            if holdsGIL && (state.queueHead == state.queue.count || state.stopping) {
+                // Nothing to run next: let go of the GIL before waiting (lock order is GIL, then lock).
+                lock.unlock()
+                _ = PyEval_SaveThread()
+                holdsGIL = false
+                lock.lock()
+            }
+            while state.queueHead == state.queue.count && !state.stopping {
+                state.idleThreads += 1
+                lock.wait(workAvailable)
+                state.idleThreads -= 1
+                state.wakesPending = max(0, state.wakesPending - 1)
+            }
             if state.queueHead == state.queue.count {
                 lock.unlock()
+                if holdsGIL { _ = PyEval_SaveThread() }
                 return
             }
             let job = state.queue[state.queueHead]
@@ -338,10 +368,14 @@ public final class PythonExecutor: Sendable {
             state.running[ObjectIdentifier(job)] = job
             state.busy += 1
             wakeWatchdog(before: job.deadline)
+            wakeThreadIfNeeded()
             lock.unlock()
 
             job.onStart()
-            PyEval_RestoreThread(threadState)
+            if !holdsGIL {
+                PyEval_RestoreThread(threadState)
+                holdsGIL = true
+            }
             let outcome = call(job)
             let output = runtime.takeOutput()
             // Still holding the GIL: the interrupter cannot be between its check and its SetAsyncExc now.
@@ -368,7 +402,6 @@ public final class PythonExecutor: Sendable {
                 PyThreadState_DeleteCurrent()
                 return
             }
-            _ = PyEval_SaveThread()
             if let output { job.onOutput(output) }
             finish(job, outcome)
         }
