@@ -61,8 +61,9 @@ public enum ExecutorAlarm: Sendable {
 
 /// Runs Python on `threads` dedicated OS threads, never on NIO event loops or Swift's cooperative pool.
 ///
-/// Each thread keeps its own Python thread state and takes the GIL only for the call itself
-/// (`PyEval_RestoreThread` / `PyEval_SaveThread`). A watchdog thread enforces timeouts: at the deadline it answers
+/// Each thread keeps its own Python thread state and holds the GIL only while it runs calls
+/// (`PyEval_RestoreThread` / `PyEval_SaveThread`): from one queued call to the next without letting go, and never while
+/// it waits for work (see `workerLoop`). A watchdog thread enforces timeouts: at the deadline it answers
 /// the caller with `.timedOut` and raises `TimeoutError` in the task's thread with `PyThreadState_SetAsyncExc`, so a
 /// pure-Python loop stops at once and blocking C calls (`time.sleep`) stop when they return to the interpreter.
 /// Cancellation (`cancel(tag:)`) works the same way with `neutrino._runtime.CancelledByRequest`.

@@ -94,6 +94,24 @@ extension Embedded {
             for o in outcomes { guard case .completed = o else { Issue.record("sleepy failed: \(o)"); continue } }
         }
 
+        @Test func aBurstOfShortCallsAllCompleteAndBlockingCallsStillGetEveryThread() async throws {
+            // A thread that finishes a call takes the next queued one under the same GIL, and a burst wakes threads
+            // one after another: every call of the burst completes with its own result, and right after it three
+            // blocking calls still run on the three threads at once (no thread was left waiting unsignalled).
+            let results = try await withThrowingTaskGroup(of: (Int, PythonOutcome).self) { group in
+                for i in 0..<60 { group.addTask { (i, try await run("echo", #"{"x":\#(i)}"#)) } }
+                var all: [Int: PythonOutcome] = [:]
+                for try await (i, outcome) in group { all[i] = outcome }
+                return all
+            }
+            #expect(results.count == 60)
+            for (i, outcome) in results {
+                guard case .completed(let bytes, _) = outcome else { Issue.record("call \(i) did not complete: \(outcome)"); continue }
+                #expect(try JSONParser.parse(bytes)["x"] == .number("\(i)"))
+            }
+            try await callsRunConcurrentlyOnTheThreads()
+        }
+
         @Test func unknownTaskFailsCleanly() async throws {
             let error = try errorObject(try await run("does_not_exist", "{}"))
             #expect(error["type"]?.stringValue == "UnknownTask")
