@@ -31,8 +31,13 @@ public final class TaskLogWriter: Sendable {
         /// The largest row or value this writer stores (SQLite's `SQLITE_LIMIT_LENGTH`); nil keeps SQLite's 1 GB.
         /// An event whose row would be larger is refused and its task marked `failed` (`TaskLogWriteError`).
         public var maxRowBytes: Int?
-        /// The writer connection's page cache, in KiB (`PRAGMA cache_size`).
+        /// How much a batch may dirty before SQLite spills pages into the WAL mid-transaction, in KiB
+        /// (`PRAGMA cache_spill`): the writer connection's page cache grows to this during a large batch.
         public var cacheKiB: Int
+        /// The writer connection's page cache kept between batches, in KiB (`PRAGMA cache_size`): the hot pages
+        /// (the right edges of the tables and indexes) fit many times over; what a large batch added beyond it is freed
+        /// as the batch ends.
+        public var retainedCacheKiB: Int
         /// The longest the writer waits, between two batches, for a checkpoint to finish when the WAL has grown past
         /// 4 × `checkpointPages` (only when saturated: batches of at least half `maxBatch`; see `Checkpointer`).
         public var maxCheckpointYield: Duration
@@ -40,7 +45,7 @@ public final class TaskLogWriter: Sendable {
         public init(
             maxQueuedEvents: Int = 100_000, maxBlock: Duration = .milliseconds(50), checkpointPages: Int = 4_000,
             journalSizeLimitBytes: Int = 64 << 20, maxRowBytes: Int? = nil, cacheKiB: Int = 65_536,
-            maxCheckpointYield: Duration = .milliseconds(50)
+            retainedCacheKiB: Int = 8_192, maxCheckpointYield: Duration = .milliseconds(50)
         ) {
             self.maxQueuedEvents = maxQueuedEvents
             self.maxBlock = maxBlock
@@ -48,6 +53,7 @@ public final class TaskLogWriter: Sendable {
             self.journalSizeLimitBytes = journalSizeLimitBytes
             self.maxRowBytes = maxRowBytes
             self.cacheKiB = cacheKiB
+            self.retainedCacheKiB = min(retainedCacheKiB, cacheKiB)
             self.maxCheckpointYield = maxCheckpointYield
         }
     }
@@ -110,8 +116,11 @@ public final class TaskLogWriter: Sendable {
         try TaskLogSchema.prepare(db)
         try db.execute("PRAGMA journal_size_limit=\(configuration.journalSizeLimitBytes)")
         // Every page a batch dirties stays in the cache until the commit: with SQLite's default 2 MB a batch of
-        // thousands of events spilled pages into the WAL mid-transaction and wrote them again and again.
-        try db.execute("PRAGMA cache_size=-\(configuration.cacheKiB)")
+        // thousands of events spilled pages into the WAL mid-transaction and wrote them again and again. The spill
+        // threshold is what allows that; the cache kept between batches is smaller (a 64 MiB cache_size kept 64 MiB
+        // of clean pages resident: most of a busy gateway's memory).
+        try db.execute("PRAGMA cache_size=-\(configuration.retainedCacheKiB)")
+        try db.execute("PRAGMA cache_spill=-\(configuration.cacheKiB)")
         try db.execute("PRAGMA temp_store=MEMORY")
         if let max = configuration.maxRowBytes { sqlite3_limit(db.handle, SQLITE_LIMIT_LENGTH, Int32(clamping: max)) }
         let checkpointDB = try SQLiteConnection(path: path)
