@@ -47,11 +47,24 @@ final class HeartbeatPublisher: Service {
         Task { await self.publish(stopping: false) }
     }
 
-    /// Publishes until the surrounding task is cancelled.
+    /// How often the loop looks whether the busy counts changed: a change is announced then, not at the next interval.
+    static let changeCheck = Duration.milliseconds(100)
+
+    /// Publishes every `interval` until the surrounding task is cancelled, and within `changeCheck` of a change in
+    /// the busy counts. A count is a snapshot: with only the interval's, a worker that was busy when it last spoke
+    /// stayed busy in the gateway's sum for up to an interval, so one caller whose calls alternate between two workers
+    /// read as two busy threads and a pool never scaled in (at most one heartbeat per `changeCheck` this way).
     func beatLoop() async {
+        let clock = ContinuousClock()
+        var announced: (threads: Int, coroutines: Int)?
+        var lastSent = clock.now
         while !Task.isCancelled && !stopped.load(ordering: .relaxed) {
-            await publish(stopping: false)
-            try? await Task.sleep(for: interval)
+            let taken = busy()
+            if announced == nil || clock.now - lastSent >= interval || announced.map({ $0 != taken }) == true {
+                announced = await publish(stopping: false)
+                lastSent = clock.now
+            }
+            try? await Task.sleep(for: min(interval, Self.changeCheck))
         }
     }
 
@@ -61,8 +74,10 @@ final class HeartbeatPublisher: Service {
         await publish(stopping: true)
     }
 
-    private func publish(stopping: Bool) async {
-        if !stopping && stopped.load(ordering: .relaxed) { return }
+    /// Sends one heartbeat; returns the busy counts it carried.
+    @discardableResult
+    private func publish(stopping: Bool) async -> (threads: Int, coroutines: Int)? {
+        if !stopping && stopped.load(ordering: .relaxed) { return nil }
         var beat = template
         let taken = busy()
         beat.busy = taken.threads
@@ -74,6 +89,7 @@ final class HeartbeatPublisher: Service {
         } catch {
             logger.debug("heartbeat not sent", metadata: ["error": "\(error)"])
         }
+        return taken
     }
 }
 
