@@ -156,10 +156,10 @@ final class WorkerConnections: Sendable {
     }
 
     /// An idle connection on the caller's event loop, else a new one there, else an idle one on another loop (when
-    /// `maxConnections` are open).
+    /// `maxConnections` are open). A caller on no event loop takes any idle connection first.
     private func checkout() async throws(Failure) -> any Channel {
         let here = MultiThreadedEventLoopGroup.currentEventLoop
-        if let here, let channel = takeIdle(on: ObjectIdentifier(here)) { return channel }
+        if let channel = takeIdle(on: here.map { ObjectIdentifier($0) }) { return channel }
         // A place for a new connection, given back when it closes (however it closes).
         let admitted = open.withLockedValue { n -> Bool in
             guard n < maxConnections else { return false }

@@ -1,7 +1,6 @@
 import HummingbirdCore
 import Logging
 import NIOCore
-import NIOPosix
 
 /// A `TaskExecutor` that runs jobs on one NIO event loop.
 ///
@@ -9,21 +8,16 @@ import NIOPosix
 /// on that loop's thread instead of Swift's cooperative pool. A connection's requests then stay on the thread that
 /// reads its socket: the request parts reach the handler, the handler's writes reach the socket, and futures
 /// completed on that loop resume the handler, all without a wake-up of another thread.
-public final class EventLoopTaskExecutor: TaskExecutor, @unchecked Sendable {
+final class EventLoopTaskExecutor: TaskExecutor, @unchecked Sendable {
     // @unchecked: `loop` is immutable and event loops are thread-safe.
-    public let loop: any EventLoop
+    let loop: any EventLoop
 
-    public init(_ loop: any EventLoop) { self.loop = loop }
+    init(_ loop: any EventLoop) { self.loop = loop }
 
-    public func enqueue(_ job: consuming ExecutorJob) {
+    func enqueue(_ job: consuming ExecutorJob) {
         let job = UnownedJob(job)
         let executor = asUnownedTaskExecutor()
         loop.execute { job.runSynchronously(on: executor) }
-    }
-
-    /// The executor of the event loop this thread runs, if it runs one.
-    public static var current: EventLoopTaskExecutor? {
-        MultiThreadedEventLoopGroup.currentEventLoop.map(EventLoopTaskExecutor.init)
     }
 }
 

@@ -325,7 +325,7 @@ public final class PythonExecutor: Sendable {
     /// A thread that takes a job signals the next one while jobs remain, so threads join one after another as long
     /// as work is queued: blocking tasks still get every thread, a burst of short ones does not wake them all.
     private func wakeThreadIfNeeded() {
-        guard state.queueHead < state.queue.count, state.idleThreads > state.wakesPending, state.wakesPending == 0 else { return }
+        guard state.queueHead < state.queue.count, state.idleThreads > 0, state.wakesPending == 0 else { return }
         state.wakesPending += 1
         workAvailable.signal()
     }

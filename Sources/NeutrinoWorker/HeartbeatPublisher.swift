@@ -60,7 +60,7 @@ final class HeartbeatPublisher: Service {
         var lastSent = clock.now
         while !Task.isCancelled && !stopped.load(ordering: .relaxed) {
             let taken = busy()
-            if announced == nil || clock.now - lastSent >= interval || announced.map({ $0 != taken }) == true {
+            if clock.now - lastSent >= interval || announced.map({ $0 != taken }) ?? true {
                 announced = await publish(stopping: false)
                 lastSent = clock.now
             }
