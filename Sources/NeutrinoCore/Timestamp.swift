@@ -14,19 +14,47 @@ public struct Timestamp: Sendable, Hashable, Comparable, Codable {
 
     public static func < (lhs: Timestamp, rhs: Timestamp) -> Bool { lhs.millis < rhs.millis }
 
-    /// `2026-11-24T10:40:46.123Z`: sorts as text in time order, which the task log's indexes rely on.
+    /// `2026-11-24T10:40:46.123Z`: sorts as text in time order, which the task log's indexes rely on. Written
+    /// byte by byte (the task log formats several per task; interpolating padded parts cost 2 % of the gateway's CPU).
     public var iso8601: String {
         let seconds = millis >= 0 ? millis / 1000 : (millis - 999) / 1000
         let ms = Int(millis - seconds * 1000)
         let days = seconds >= 0 ? seconds / 86_400 : (seconds - 86_399) / 86_400
         let secOfDay = Int(seconds - days * 86_400)
         let (y, m, d) = Timestamp.civil(fromDays: days)
-        func pad(_ v: Int, _ width: Int) -> String {
-            let s = String(v)
-            return s.count >= width ? s : String(repeating: "0", count: width - s.count) + s
+        guard (0...9999).contains(y) else {
+            // Outside four-digit years (not a time this system produces): the same fields, the year unpadded.
+            func pad(_ v: Int, _ width: Int) -> String {
+                let s = String(v)
+                return s.count >= width ? s : String(repeating: "0", count: width - s.count) + s
+            }
+            return
+                "\(pad(y, 4))-\(pad(m, 2))-\(pad(d, 2))T\(pad(secOfDay / 3600, 2)):\(pad(secOfDay / 60 % 60, 2)):\(pad(secOfDay % 60, 2)).\(pad(ms, 3))Z"
         }
-        return
-            "\(pad(y, 4))-\(pad(m, 2))-\(pad(d, 2))T\(pad(secOfDay / 3600, 2)):\(pad(secOfDay / 60 % 60, 2)):\(pad(secOfDay % 60, 2)).\(pad(ms, 3))Z"
+        return String(unsafeUninitializedCapacity: 24) { b in
+            func put(_ v: Int, _ width: Int, at end: Int) {
+                var v = v
+                for i in stride(from: end - 1, through: end - width, by: -1) {
+                    b[i] = UInt8(truncatingIfNeeded: 48 + v % 10)
+                    v /= 10
+                }
+            }
+            put(y, 4, at: 4)
+            b[4] = UInt8(ascii: "-")
+            put(m, 2, at: 7)
+            b[7] = UInt8(ascii: "-")
+            put(d, 2, at: 10)
+            b[10] = UInt8(ascii: "T")
+            put(secOfDay / 3600, 2, at: 13)
+            b[13] = UInt8(ascii: ":")
+            put(secOfDay / 60 % 60, 2, at: 16)
+            b[16] = UInt8(ascii: ":")
+            put(secOfDay % 60, 2, at: 19)
+            b[19] = UInt8(ascii: ".")
+            put(ms, 3, at: 23)
+            b[23] = UInt8(ascii: "Z")
+            return 24
+        }
     }
 
     /// Parses the form `iso8601` writes (also without milliseconds).

@@ -96,8 +96,15 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     private var closing = false
     /// An HTTP/1.0 request without keep-alive: the connection ends with its response.
     private var closeAfterResponse = false
-    private var headerTimer: Scheduled<Void>?
-    private var bodyTimer: Scheduled<Void>?
+    /// When the head being awaited is late (nil: none awaited).
+    private var headerDeadline: NIODeadline?
+    /// When the body being read is late (nil: none being read).
+    private var bodyDeadline: NIODeadline?
+    /// One timer for both deadlines, armed for the earliest and re-armed when it fires. Requests on a keep-alive
+    /// connection only move the deadlines: a timer scheduled and cancelled twice per request cost about 1 % of the
+    /// gateway's CPU at c=32.
+    private var wakeup: Scheduled<Void>?
+    private var wakeupAt: NIODeadline?
 
     init(settings: ConnectionGuardSettings) { self.settings = settings }
 
@@ -119,10 +126,11 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func leave() {
-        headerTimer?.cancel()
-        bodyTimer?.cancel()
-        headerTimer = nil
-        bodyTimer = nil
+        wakeup?.cancel()
+        wakeup = nil
+        wakeupAt = nil
+        headerDeadline = nil
+        bodyDeadline = nil
         if counted {
             counted = false
             settings.counter.leave()
@@ -131,15 +139,14 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// Bytes arrived: if no request is being read, one is starting and its head is now timed.
     func bytesArrived() {
-        if !readingBody && headerTimer == nil && !closing { armHeaderTimer() }
+        if !readingBody && headerDeadline == nil && !closing { armHeaderTimer() }
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         if closing { return }
         switch unwrapInboundIn(data) {
         case .head(let head):
-            headerTimer?.cancel()
-            headerTimer = nil
+            headerDeadline = nil
             if overCapacity {
                 HTTPRejections.count("connections")
                 refuse(
@@ -155,13 +162,12 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
             {
                 closeAfterResponse = true
             }
-            armBodyTimer(head: head)
+            armBodyTimer()
         case .body:
             break
         case .end:
             readingBody = false
-            bodyTimer?.cancel()
-            bodyTimer = nil
+            bodyDeadline = nil
         }
         context.fireChannelRead(data)
     }
@@ -189,8 +195,7 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
         // A request the decoder refused before its head was delivered, with nothing else in progress, is answered
         // here with the JSON error body; otherwise the error goes on to Hummingbird (and the handler reading a body).
         if let parserError = error as? HTTPParserError, responsesOwed == 0, !readingBody {
-            headerTimer?.cancel()
-            headerTimer = nil
+            headerDeadline = nil
             if case .headerOverflow = parserError {
                 HTTPRejections.count("headers_too_large")
                 refuse(
@@ -206,39 +211,66 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func armHeaderTimer() {
+        let deadline = NIODeadline.now() + settings.headerTimeout
+        headerDeadline = deadline
+        wake(at: deadline)
+    }
+
+    private func armBodyTimer() {
+        let deadline = NIODeadline.now() + settings.bodyTimeout
+        bodyDeadline = deadline
+        wake(at: deadline)
+    }
+
+    /// Makes sure the timer fires by `deadline` (an earlier one already armed serves).
+    private func wake(at deadline: NIODeadline) {
         guard let context else { return }
-        headerTimer?.cancel()
-        let loop = context.eventLoop.assumeIsolated()
-        headerTimer = loop.scheduleTask(in: settings.headerTimeout) { [self] in
-            headerTimer = nil
-            guard let context = self.context, !closing else { return }
-            HTTPRejections.count("header_timeout")
-            if responsesOwed == 0 {
-                refuse(
-                    context, status: .requestTimeout, error: .requestTimeout,
-                    message: "the request head did not arrive within \(Self.seconds(settings.headerTimeout)) (--header-timeout)")
-            } else {
-                closing = true
-                context.close(promise: nil)
-            }
+        if let wakeupAt, wakeupAt <= deadline { return }
+        wakeup?.cancel()
+        wakeupAt = deadline
+        wakeup = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [self] in
+            wakeup = nil
+            wakeupAt = nil
+            deadlinesReached()
         }
     }
 
-    private func armBodyTimer(head: HTTPRequestHead) {
-        guard let context else { return }
-        bodyTimer?.cancel()
-        let loop = context.eventLoop.assumeIsolated()
-        bodyTimer = loop.scheduleTask(in: settings.bodyTimeout) { [self] in
-            bodyTimer = nil
-            guard let context = self.context, readingBody, !closing else { return }
-            HTTPRejections.count("body_timeout")
-            // The handler reading the body answers 408; the rest of the body is dropped and the connection closed
-            // once that answer had time to leave.
-            closing = true
-            readingBody = false
-            context.fireErrorCaught(RequestBodyTimedOut())
-            loop.scheduleTask(in: .seconds(2)) { self.context?.close(promise: nil) }
+    /// The timer fired: act on the deadlines that passed, re-arm for the ones still ahead.
+    private func deadlinesReached() {
+        let now = NIODeadline.now()
+        if let deadline = headerDeadline, deadline <= now {
+            headerDeadline = nil
+            headerTimedOut()
         }
+        if let deadline = bodyDeadline, deadline <= now {
+            bodyDeadline = nil
+            bodyTimedOut()
+        }
+        if let next = [headerDeadline, bodyDeadline].compactMap({ $0 }).min() { wake(at: next) }
+    }
+
+    private func headerTimedOut() {
+        guard let context, !closing else { return }
+        HTTPRejections.count("header_timeout")
+        if responsesOwed == 0 {
+            refuse(
+                context, status: .requestTimeout, error: .requestTimeout,
+                message: "the request head did not arrive within \(Self.seconds(settings.headerTimeout)) (--header-timeout)")
+        } else {
+            closing = true
+            context.close(promise: nil)
+        }
+    }
+
+    private func bodyTimedOut() {
+        guard let context, readingBody, !closing else { return }
+        HTTPRejections.count("body_timeout")
+        // The handler reading the body answers 408; the rest of the body is dropped and the connection closed
+        // once that answer had time to leave.
+        closing = true
+        readingBody = false
+        context.fireErrorCaught(RequestBodyTimedOut())
+        context.eventLoop.assumeIsolated().scheduleTask(in: .seconds(2)) { self.context?.close(promise: nil) }
     }
 
     /// Answers with the JSON error body and `Connection: close`, then ends the connection the way that lets the

@@ -48,5 +48,9 @@ struct TaskIDTests {
         #expect(Timestamp(millis: 951_782_400_000).iso8601 == "2000-02-29T00:00:00.000Z")
         #expect(Timestamp(iso8601: "2026-11-24T10:40:46Z")?.iso8601 == "2026-11-24T10:40:46.000Z")
         #expect(Timestamp(iso8601: "not a time") == nil)
+        #expect(Timestamp(millis: -1).iso8601 == "1969-12-31T23:59:59.999Z")
+        #expect(Timestamp(millis: 253_402_300_799_999).iso8601 == "9999-12-31T23:59:59.999Z")
+        #expect(Timestamp(millis: 253_402_300_800_000).iso8601 == "10000-01-01T00:00:00.000Z")
+        #expect(Timestamp(millis: 1_764_720_000_007).iso8601 == "2025-12-03T00:00:00.007Z")
     }
 }
