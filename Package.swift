@@ -151,6 +151,8 @@ let package = Package(
             dependencies: [
                 "NeutrinoGateway", "NeutrinoTaskLog", "NeutrinoNATS", "NeutrinoTestSupport",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
             ], swiftSettings: swiftSettings),
         .testTarget(name: "NeutrinoPythonTests", dependencies: ["NeutrinoPython"], swiftSettings: swiftSettings),
