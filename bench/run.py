@@ -18,6 +18,9 @@ Environment:
   BENCH_WORKER_PATH=/api/echo   path of the echo task on a worker called directly
   BENCH_SLEEP=1            also run sleep_ms(10) (an I/O-bound call) at c=32 on the rows that have it (0: skip)
   BENCH_RAY_REPLICAS=2     Ray Serve replicas
+  BENCH_PAIRS=3            alternating pairs for the paired ratios (Neutrino and uvicorn-2 both up, runs taking
+                           turns, so a host whose speed drifts weighs on both sides alike; 0: skip)
+  BENCH_PAIR_SECONDS=5     measured seconds per run of a pair (after 1 s of warm-up)
   BENCH_KEEP=1             keep the state/log directory (it is kept anyway when a server failed)
   BENCH_SKIP_NEUTRINO=reason    skip the Neutrino rows (run.sh sets it when swift build fails)
   BENCH_NEUTRINO_BIN_DIR=.build/release   where neutrino-gateway and neutrino-worker are
@@ -31,6 +34,7 @@ import platform
 import re
 import shutil
 import signal
+import statistics
 import socket
 import subprocess
 import sys
@@ -60,6 +64,8 @@ BENCH_APP = "bench/bench_app.py"
 SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
 WARMUP = int(os.environ.get("BENCH_WARMUP", "2"))
 CONCURRENCY = [int(c) for c in os.environ.get("BENCH_CONCURRENCY", "1,32").split(",") if c.strip()]
+PAIRS = int(os.environ.get("BENCH_PAIRS", "3"))
+PAIR_SECONDS = int(os.environ.get("BENCH_PAIR_SECONDS", "5"))
 START_TIMEOUT = float(os.environ.get("BENCH_START_TIMEOUT", "60"))
 WORKER_PATH = os.environ.get("BENCH_WORKER_PATH", "/api/echo")
 RAY_REPLICAS = int(os.environ.get("BENCH_RAY_REPLICAS", "2"))
@@ -655,6 +661,61 @@ def ratios(rows: list[Row]) -> list[str]:
     return out
 
 
+def paired_ratios(ctx: Ctx) -> list[str]:
+    """The headline ratios again, from runs that take turns: Neutrino (gateway + 2 workers) and uvicorn + Starlette with
+    2 processes are both up (idle between their turns), and each pair is a run of one right after a run of the other,
+    echo and sleep_ms(10) at c=32. The rows above run one target after another over minutes; on a shared host whose
+    speed drifts (this project's machines have drifted 1.8x within minutes) their ratio says as much about the host
+    as about the servers. Each pair's ratio is taken, and their median reported with the range."""
+    if PAIRS <= 0:
+        return []
+    procs: list[Proc] = []
+    out: list[str] = []
+    try:
+        urls = {}
+        for key, start in (("neutrino", start_neutrino), ("uvicorn-2", start_uvicorn(2))):
+            url, started = start(ctx)
+            procs += list(started)
+            wait_answering(url, START_TIMEOUT, procs)
+            urls[key] = url
+        workloads = [("echo", "", BODY)] + ([("sleep_ms(10)", "/sleep_ms", SLEEP_BODY)] if SLEEP else [])
+        for workload, path, body in workloads:
+            rps: dict[str, list[float]] = {"neutrino": [], "uvicorn-2": []}
+            cpu: dict[str, list[float]] = {"neutrino": [], "uvicorn-2": []}
+            for i in range(PAIRS):
+                # Alternate which side goes first, so neither always follows the other's load.
+                order = ["neutrino", "uvicorn-2"] if i % 2 == 0 else ["uvicorn-2", "neutrino"]
+                for key in order:
+                    url = urls[key] if not path else urls[key].rsplit("/", 1)[0] + path
+                    mine = [p for p in procs if (p.name.startswith("neutrino")) == (key == "neutrino")]
+                    wlog = ctx.state / f"wrk-pairs-{key}.log"
+                    wrk(url, 32, 1, wlog, body)
+                    before = cpu_seconds(mine)
+                    res = wrk(url, 32, PAIR_SECONDS, wlog, body)
+                    used = cpu_seconds(mine) - before
+                    rps[key].append(res.rps)
+                    if res.requests and used > 0:
+                        cpu[key].append(used / res.requests * 1000)
+                    log(f"  pair {i + 1} {key} {workload} c=32: {res.rps:.0f} req/s")
+            ratios = sorted(n / u for n, u in zip(rps["neutrino"], rps["uvicorn-2"]) if u)
+            if not ratios:
+                continue
+            median = ratios[len(ratios) // 2] if len(ratios) % 2 else (ratios[len(ratios) // 2 - 1] + ratios[len(ratios) // 2]) / 2
+            line = (f"- paired ({PAIRS} alternating pairs of {PAIR_SECONDS} s): {workload} c=32, Neutrino ÷ uvicorn-2: "
+                    f"req/s {median:.2f}× (pairs {ratios[0]:.2f}–{ratios[-1]:.2f}×; "
+                    f"{statistics.median(rps['neutrino']):,.0f} vs {statistics.median(rps['uvicorn-2']):,.0f} req/s)")
+            if cpu["neutrino"] and cpu["uvicorn-2"]:
+                line += (f", CPU per call {fmt_ms(statistics.median(cpu['neutrino']))} vs "
+                         f"{fmt_ms(statistics.median(cpu['uvicorn-2']))}")
+            out.append(line)
+    except (Skip, StartError, RuntimeError, ValueError, subprocess.TimeoutExpired) as e:
+        out.append(f"- paired ratios: not measured ({e})")
+    finally:
+        for p in reversed(list(Proc.live)):
+            p.stop()
+    return out
+
+
 def gateway_hop(rows: list[Row]) -> str:
     def p50(label_prefix: str) -> Optional[float]:
         for r in rows:
@@ -712,6 +773,16 @@ def main() -> int:
         log("interrupted; stopping servers")
     finally:
         Proc.stop_all()
+    paired: list[str] = []
+    if not interrupted and (not only or {"neutrino", "uvicorn-2"} <= only):
+        log("=== paired ratios: neutrino and uvicorn-2 taking turns")
+        try:
+            paired = paired_ratios(ctx)
+        except (KeyboardInterrupt, SystemExit):
+            interrupted = True
+            log("interrupted; stopping servers")
+        finally:
+            Proc.stop_all()
 
     print()
     print("## Neutrino benchmark: sync calls over HTTP, echo(x, label) and sleep_ms(10)"
@@ -724,7 +795,7 @@ def main() -> int:
     if not only or {"neutrino", "neutrino-direct"} <= only:
         print(gateway_hop(rows))
         print()
-    for line in ratios(rows):
+    for line in ratios(rows) + paired:
         print(line)
     for n in ctx.notes:
         print(f"- note: {n}")
