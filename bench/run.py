@@ -687,7 +687,7 @@ def paired_ratios(ctx: Ctx) -> list[str]:
                 order = ["neutrino", "uvicorn-2"] if i % 2 == 0 else ["uvicorn-2", "neutrino"]
                 for key in order:
                     url = urls[key] if not path else urls[key].rsplit("/", 1)[0] + path
-                    mine = [p for p in procs if (p.name.startswith("neutrino")) == (key == "neutrino")]
+                    mine = [p for p in procs if p.name.startswith("neutrino") == (key == "neutrino")]
                     wlog = ctx.state / f"wrk-pairs-{key}.log"
                     wrk(url, 32, 1, wlog, body)
                     before = cpu_seconds(mine)
@@ -700,9 +700,8 @@ def paired_ratios(ctx: Ctx) -> list[str]:
             ratios = sorted(n / u for n, u in zip(rps["neutrino"], rps["uvicorn-2"]) if u)
             if not ratios:
                 continue
-            median = ratios[len(ratios) // 2] if len(ratios) % 2 else (ratios[len(ratios) // 2 - 1] + ratios[len(ratios) // 2]) / 2
             line = (f"- paired ({PAIRS} alternating pairs of {PAIR_SECONDS} s): {workload} c=32, Neutrino ÷ uvicorn-2: "
-                    f"req/s {median:.2f}× (pairs {ratios[0]:.2f}–{ratios[-1]:.2f}×; "
+                    f"req/s {statistics.median(ratios):.2f}× (pairs {ratios[0]:.2f}–{ratios[-1]:.2f}×; "
                     f"{statistics.median(rps['neutrino']):,.0f} vs {statistics.median(rps['uvicorn-2']):,.0f} req/s)")
             if cpu["neutrino"] and cpu["uvicorn-2"]:
                 line += (f", CPU per call {fmt_ms(statistics.median(cpu['neutrino']))} vs "
@@ -710,10 +709,7 @@ def paired_ratios(ctx: Ctx) -> list[str]:
             out.append(line)
     except (Skip, StartError, RuntimeError, ValueError, subprocess.TimeoutExpired) as e:
         out.append(f"- paired ratios: not measured ({e})")
-    finally:
-        for p in reversed(list(Proc.live)):
-            p.stop()
-    return out
+    return out  # the caller stops the servers (Proc.stop_all), also when interrupted
 
 
 def gateway_hop(rows: list[Row]) -> str:
