@@ -57,6 +57,21 @@ public struct Timestamp: Sendable, Hashable, Comparable, Codable {
         }
     }
 
+    /// `Thu, 03 Dec 2026 08:57:19 GMT`: HTTP's `Date` header (RFC 9110 5.6.7, IMF-fixdate), to the second.
+    public var httpDate: String {
+        let seconds = millis >= 0 ? millis / 1000 : (millis - 999) / 1000
+        let days = seconds >= 0 ? seconds / 86_400 : (seconds - 86_399) / 86_400
+        let secOfDay = Int(seconds - days * 86_400)
+        let (y, m, d) = Timestamp.civil(fromDays: days)
+        // 1970-01-01 was a Thursday.
+        let weekday = Int(((days % 7) + 7 + 4) % 7)
+        let names = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"]
+        let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+        func two(_ v: Int) -> String { v < 10 ? "0\(v)" : String(v) }
+        let year = (0...9999).contains(y) ? String(repeating: "0", count: 4 - String(y).count) + String(y) : String(y)
+        return "\(names[weekday]), \(two(d)) \(months[m - 1]) \(year) \(two(secOfDay / 3600)):\(two(secOfDay / 60 % 60)):\(two(secOfDay % 60)) GMT"
+    }
+
     /// Parses the form `iso8601` writes (also without milliseconds).
     public init?(iso8601 text: String) {
         let b = Array(text.utf8)

@@ -31,9 +31,19 @@ final class EventLoopTaskExecutor: TaskExecutor, @unchecked Sendable {
 struct EventLoopBoundChannel<Inner: ServerChildChannel>: ServerChildChannel {
     typealias Value = Inner.Value
     let inner: Inner
+    /// Handlers put right behind Hummingbird's `HTTPConnectionStateHandler` (see `ServerLimits.requestHandlers`).
+    let requestHandlers: @Sendable () -> [any ChannelHandler]
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
-        inner.setup(channel: channel, logger: logger)
+        inner.setup(channel: channel, logger: logger).flatMapThrowing { value in
+            let handlers = requestHandlers()
+            if !handlers.isEmpty {
+                let pipeline = channel.pipeline.syncOperations
+                let state = try pipeline.handler(type: HTTPConnectionStateHandler.self)
+                try pipeline.addHandlers(handlers, position: .after(state))
+            }
+            return value
+        }
     }
 
     func handle(value: Value, logger: Logger) async {
@@ -45,9 +55,13 @@ struct EventLoopBoundChannel<Inner: ServerChildChannel>: ServerChildChannel {
 
 extension HTTPServerBuilder {
     /// HTTP/1.1 with each connection's requests handled on its event loop (`EventLoopBoundChannel`).
-    static func http1OnEventLoops(configuration: HTTP1Channel.Configuration) -> HTTPServerBuilder {
+    /// `requestHandlers` are put in front of the router, behind the connection state handler.
+    static func http1OnEventLoops(
+        configuration: HTTP1Channel.Configuration, requestHandlers: @escaping @Sendable () -> [any ChannelHandler] = { [] }
+    ) -> HTTPServerBuilder {
         .init { responder in
-            EventLoopBoundChannel(inner: HTTP1Channel(responder: responder, configuration: configuration))
+            EventLoopBoundChannel(
+                inner: HTTP1Channel(responder: responder, configuration: configuration), requestHandlers: requestHandlers)
         }
     }
 }

@@ -135,6 +135,9 @@ public struct ServerLimits: Sendable {
     public var maxAcceptedConnections: Int?
     /// Channel handlers added to every connection after the HTTP codec (a connection guard).
     public var channelHandlers: @Sendable () -> [any RemovableChannelHandler] = { [] }
+    /// Channel handlers added to every connection right in front of the router, behind Hummingbird's connection state
+    /// handler (which then sees every request and answer): handlers that answer some requests themselves.
+    public var requestHandlers: @Sendable () -> [any ChannelHandler] = { [] }
 
     public init() {}
 }
@@ -159,7 +162,7 @@ where Context.Source == ApplicationRequestContextSource {
         httpDecoderConfiguration: decoder)
     return Application(
         router: router,
-        server: .http1OnEventLoops(configuration: http1),
+        server: .http1OnEventLoops(configuration: http1, requestHandlers: limits.requestHandlers),
         configuration: .init(
             address: .hostname(host, port: port), serverName: serverName,
             availableConnectionsDelegate: limits.maxAcceptedConnections.map { MaximumAvailableConnections($0, logger: logger) }),

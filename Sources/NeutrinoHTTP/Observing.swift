@@ -12,18 +12,22 @@ public struct RequestMetricsMiddleware<Context: RequestContext>: RouterMiddlewar
     public func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         do {
             let response = try await next(request, context)
-            count(route: context.endpointPath, code: response.status.code)
+            HTTPRequestCounter.count(route: context.endpointPath, code: response.status.code)
             return response
         } catch let error as any HTTPResponseError {
-            count(route: context.endpointPath, code: error.status.code)
+            HTTPRequestCounter.count(route: context.endpointPath, code: error.status.code)
             throw error
         } catch {
-            count(route: context.endpointPath, code: 500)
+            HTTPRequestCounter.count(route: context.endpointPath, code: 500)
             throw error
         }
     }
+}
 
-    private func count(route: String?, code: Int) {
+/// `neutrino_http_requests_total{route,code}`: counted by `RequestMetricsMiddleware`, and by handlers that answer
+/// outside the router (the worker's sync-call handler).
+public enum HTTPRequestCounter {
+    public static func count(route: String?, code: Int) {
         MetricHandles.counter(NeutrinoMetrics.httpRequests, [("route", route ?? "unmatched"), ("code", String(code))]).increment()
     }
 }

@@ -8,37 +8,34 @@ import NeutrinoThreads
 ///
 /// Handing work over never takes the GIL on the caller's side: a call is queued here (`loopOutbox`) and a byte is
 /// written to a pipe the loop watches; the loop takes what is queued through `LoopBridge` and reports each
-/// coroutine's end the same way, which resumes the caller's continuation. Timeouts are the watchdog's, as for
+/// coroutine's end the same way, which calls the caller's completion. Timeouts are the watchdog's, as for
 /// threads, and do not need the loop: at the deadline the caller is answered `.timedOut` and a cancel is queued
 /// (`CancelledError` inside the coroutine once the loop takes it), so a coroutine blocking the loop cannot hold back
 /// other coroutines' timeouts. `grace` later a coroutine that has not ended is given up on (its slot comes back;
 /// too many raise `.eventLoop`), and the loop's watcher thread raises `TimeoutError` in a coroutine that still
 /// blocks the loop past its hard deadline, and reports the loop lost (`.eventLoop`) when even that fails.
 extension PythonExecutor {
-    func runCoroutine(_ job: Job) async -> PythonOutcome {
-        let outcome = await withCheckedContinuation { continuation in
-            lock.lock()
-            let reason: String? =
-                if let wedged = state.wedged { "the interpreter is wedged: \(wedged)" } else if let lost = state.loopLost {
-                    "the event loop is lost: \(lost)"
-                } else if state.stopping {
-                    "the worker is shutting down"
-                } else if maxCoroutines == 0 {
-                    "this worker runs no async def tasks"
-                } else if state.coroutineWaiting.count >= maxQueued {
-                    "the worker's queue is full (\(maxQueued) async def tasks waiting)"
-                } else { nil }
-            if let reason {
-                lock.unlock()
-                continuation.resume(returning: PythonOutcome.rejected(reason: reason))
-                return
-            }
-            job.continuation = continuation
-            state.coroutineWaiting.append(job)
+    func submitCoroutine(_ job: Job, completion: @escaping @Sendable (PythonOutcome) -> Void) {
+        lock.lock()
+        let reason: String? =
+            if let wedged = state.wedged { "the interpreter is wedged: \(wedged)" } else if let lost = state.loopLost {
+                "the event loop is lost: \(lost)"
+            } else if state.stopping {
+                "the worker is shutting down"
+            } else if maxCoroutines == 0 {
+                "this worker runs no async def tasks"
+            } else if state.coroutineWaiting.count >= maxQueued {
+                "the worker's queue is full (\(maxQueued) async def tasks waiting)"
+            } else { nil }
+        if let reason {
             lock.unlock()
-            startWaitingCoroutines()
+            completion(.rejected(reason: reason))
+            return
         }
-        return outcome
+        job.completion = completion
+        state.coroutineWaiting.append(job)
+        lock.unlock()
+        startWaitingCoroutines()
     }
 
     /// Hands waiting coroutine calls to the loop while slots are free. `onStart` runs before the loop can see the

@@ -76,7 +76,7 @@ public enum ExecutorAlarm: Sendable {
 /// `.wedged` tells the worker to exit. The watchdog never takes the GIL itself (it would block on a wedged one);
 /// an interrupter thread does, and a request it cannot complete within `grace` is how a wedge is seen.
 public final class PythonExecutor: Sendable {
-    // Every mutable field of Job and State is read and written under `lock` only; the continuation is resumed
+    // Every mutable field of Job and State is read and written under `lock` only; the completion is called
     // once, taken out under the lock.
     final class Job: @unchecked Sendable {
         enum Phase { case queued, running(UInt), done, interrupted(UInt) }
@@ -86,7 +86,9 @@ public final class PythonExecutor: Sendable {
         let timeoutNanos: UInt64
         let onStart: @Sendable () -> Void
         let onOutput: @Sendable ([UInt8]) -> Void
-        var continuation: CheckedContinuation<PythonOutcome, Never>?
+        /// Called once with how the call ended (on whichever thread ended it: a Python thread, the watchdog, a
+        /// shutdown), then cleared.
+        var completion: (@Sendable (PythonOutcome) -> Void)?
         var phase: Phase = .queued
         var startNanos: UInt64 = 0
         /// When the soft timeout or the cancel was raised in it.
@@ -266,26 +268,40 @@ public final class PythonExecutor: Sendable {
         onStart: @escaping @Sendable () -> Void = {},
         onOutput: @escaping @Sendable ([UInt8]) -> Void = { _ in }
     ) async -> PythonOutcome {
+        await withCheckedContinuation { continuation in
+            submit(
+                task: task, tag: tag, payload: payload, timeoutMs: timeoutMs, onStart: onStart, onOutput: onOutput,
+                completion: { continuation.resume(returning: $0) })
+        }
+    }
+
+    /// `run` without a Swift task: `completion` is called once with how the call ended, on the thread that ended it
+    /// (a Python thread, the watchdog, or this one when the call is refused at once). It must not block. For callers
+    /// that live on an event loop (the worker's sync-call handler), so a call costs no task and no executor hops.
+    public func submit(
+        task: String, tag: String? = nil, payload: [UInt8], timeoutMs: Int,
+        onStart: @escaping @Sendable () -> Void = {},
+        onOutput: @escaping @Sendable ([UInt8]) -> Void = { _ in },
+        completion: @escaping @Sendable (PythonOutcome) -> Void
+    ) {
         if runtime.coroutineTasks.contains(task) {
             let job = Job(task: task, tag: tag, payload: payload, timeoutMs: timeoutMs, coroutine: true, onStart: onStart, onOutput: onOutput)
-            return await runCoroutine(job)
+            return submitCoroutine(job, completion: completion)
         }
         let job = Job(task: task, tag: tag, payload: payload, timeoutMs: timeoutMs, onStart: onStart, onOutput: onOutput)
-        return await withCheckedContinuation { continuation in
-            lock.lock()
-            if state.stopping || state.wedged != nil || state.queue.count - state.queueHead >= maxQueued {
-                let reason =
-                    state.wedged.map { "the interpreter is wedged: \($0)" }
-                    ?? (state.stopping ? "the worker is shutting down" : "the worker's queue is full (\(maxQueued) waiting)")
-                lock.unlock()
-                continuation.resume(returning: .rejected(reason: reason))
-                return
-            }
-            job.continuation = continuation
-            state.queue.append(job)
-            wakeThreadIfNeeded()
+        lock.lock()
+        if state.stopping || state.wedged != nil || state.queue.count - state.queueHead >= maxQueued {
+            let reason =
+                state.wedged.map { "the interpreter is wedged: \($0)" }
+                ?? (state.stopping ? "the worker is shutting down" : "the worker's queue is full (\(maxQueued) waiting)")
             lock.unlock()
+            completion(.rejected(reason: reason))
+            return
         }
+        job.completion = completion
+        state.queue.append(job)
+        wakeThreadIfNeeded()
+        lock.unlock()
     }
 
     /// Stops taking work; queued jobs are rejected, running ones finish.
@@ -314,11 +330,11 @@ public final class PythonExecutor: Sendable {
     }
 
     func finish(_ job: Job, _ outcome: PythonOutcome) {
-        let continuation = lock.withLock { () -> CheckedContinuation<PythonOutcome, Never>? in
-            defer { job.continuation = nil }
-            return job.continuation
+        let completion = lock.withLock { () -> (@Sendable (PythonOutcome) -> Void)? in
+            defer { job.completion = nil }
+            return job.completion
         }
-        continuation?.resume(returning: outcome)
+        completion?(outcome)
     }
 
     /// Signals a waiting Python thread for the queued jobs, unless one already signalled is on its way (lock held).

@@ -81,9 +81,15 @@ struct HTTPWorker: Sendable {
         }
         let heartbeats = self.heartbeats
         let host = configuration.advertiseHost ?? configuration.host
+        var limits = ServerLimits()
+        let calls = SyncCallHandler.Calls(
+            claim: { [specs] head in Self.claimedTask(head, specs: specs) }, maxBodyBytes: configuration.maxBodyBytes,
+            serverName: Self.serverName,
+            start: { [self] task, headers, body, answer in startCall(task: task, headers: headers, body: body, answer: answer) })
+        limits.requestHandlers = { [SyncCallHandler(calls: calls)] }
         let app = makeApplication(
             router: router, host: configuration.host, port: configuration.port,
-            serverName: "neutrino-worker", logger: logger,
+            serverName: Self.serverName, limits: limits, logger: logger,
             onListening: { port in heartbeats?.listening(host: host, port: port) })
         if specs.isEmpty && !executor.servesASGI {
             logger.warning("the app has no sync task in this pool", metadata: ["pool": "\(configuration.pool)"])
@@ -185,21 +191,52 @@ struct HTTPWorker: Sendable {
         return .json(.ok, w.bytes)
     }
 
-    private func call(_ request: Request, task name: String) async -> Response {
-        guard let spec = specs[name] else {
+    static let serverName = "neutrino-worker"
+
+    /// The sync task `POST /api/<name>` calls, when `name` is one of `specs` (the router answers anything else).
+    static func claimedTask(_ head: HTTPRequest, specs: [String: TaskSpec]) -> String? {
+        guard head.method == .post, let target = head.path, target.hasPrefix("/api/") else { return nil }
+        let path = target.utf8.firstIndex(of: UInt8(ascii: "?")).map { target[..<$0] } ?? target[...]
+        let name = path.dropFirst(5)
+        guard specs[String(name)] != nil else { return nil }
+        return String(name)
+    }
+
+    /// Why `POST /api/<name>` is answered before its body is read (no such task here, the worker is recycling), or
+    /// nil to go on.
+    func refusal(task name: String) -> CallAnswer? {
+        guard specs[name] != nil else {
             return .error(.unknownTask, "no sync task '\(name)' in pool '\(configuration.pool)' of this worker")
         }
         if recycler.isRecycling {
             // Nothing runs here any more: the gateway sends the call to another worker.
             return .error(.workerUnavailable, "this worker is recycling", headers: [.retryAfter: "1"])
         }
+        return nil
+    }
+
+    /// `POST /api/<task>` through the router: for the calls `SyncCallHandler` leaves to it (a pipelined request, a
+    /// request that expects `100-continue`).
+    private func call(_ request: Request, task name: String) async -> Response {
+        if let refusal = refusal(task: name) { return refusal.response }
         let body: [UInt8]
         do { body = try await request.collectBody(limit: configuration.maxBodyBytes) } catch { return error.response }
-        let taskID = request.headers[NeutrinoHeader.taskID].flatMap { TaskID.isValid($0) ? $0 : nil } ?? TaskID.make()
-        let attempt = request.headers[NeutrinoHeader.attempt].flatMap(Int.init).map { max(1, $0) } ?? 1
+        let answer = await withCheckedContinuation { continuation in
+            startCall(task: name, headers: request.headers, body: body) { continuation.resume(returning: $0) }
+        }
+        return answer.response
+    }
+
+    /// Runs a sync call whose body has been read, without a Swift task: `answer` is called once, on the thread that
+    /// ended the call (a Python thread, the watchdog, or this one when it is refused at once).
+    func startCall(task name: String, headers: HTTPFields, body: [UInt8], answer: @escaping @Sendable (CallAnswer) -> Void) {
+        if let refusal = refusal(task: name) { return answer(refusal) }
+        guard let spec = specs[name] else { return }
+        let taskID = headers[NeutrinoHeader.taskID].flatMap { TaskID.isValid($0) ? $0 : nil } ?? TaskID.make()
+        let attempt = headers[NeutrinoHeader.attempt].flatMap(Int.init).map { max(1, $0) } ?? 1
         // The caller's trace context: with tracing on, the execution span continues it (a new trace without one);
         // off, it is still handed to Python and stored, unchanged.
-        let incoming = request.headers[NeutrinoHeader.traceParent].flatMap(TraceParent.init)
+        let incoming = headers[NeutrinoHeader.traceParent].flatMap(TraceParent.init)
         let span = NeutrinoTracing.startTaskSpan(
             NeutrinoTracing.Name.execute, continuing: incoming, kind: .server, taskID: taskID, task: name, pool: spec.pool,
             attempt: attempt)
@@ -210,50 +247,66 @@ struct HTTPWorker: Sendable {
         } catch {
             span?.fail("the body is not a JSON object")
             span?.end()
-            return .error(.malformedJSON, "the body must be a JSON object {\"args\": {...}}")
+            return answer(.error(.malformedJSON, "the body must be a JSON object {\"args\": {...}}"))
+        }
+        // The gateway says it records this call's lifecycle, for answers up to this many bytes (it cannot relay a
+        // larger one, so the worker records that outcome itself).
+        let call = SyncCall(
+            spec: spec, taskID: taskID, attempt: attempt, span: span, traceID: traceParent?.traceID,
+            callerRelays: headers[NeutrinoHeader.callerRecords].flatMap(Int.init).map { max(0, $0) })
+        if cancelled.contains(taskID) {
+            return answer(finish(call, outcome: .cancelled(durationMs: 0)))
         }
         let workerID = configuration.workerID
         let taskLog = self.taskLog
-        // The gateway says it records this call's lifecycle, for answers up to this many bytes (it cannot relay a
-        // larger one, so the worker records that outcome itself).
-        let callerRelays = request.headers[NeutrinoHeader.callerRecords].flatMap(Int.init).map { max(0, $0) }
         let callerRecorded = self.callerRecorded
-        let started = StartTime()
-        let printed = CapturedOutput()
-        let outcome: PythonOutcome
-        if cancelled.contains(taskID) {
-            outcome = .cancelled(durationMs: 0)
-        } else {
-            outcome = await run(
-                spec: spec, taskID: taskID, attempt: attempt, payload: payload, callerRelays: callerRelays, started: started,
-                printed: printed, traceID: traceParent?.traceID)
-        }
-        let madeVisible = callerRelays != nil && callerRecorded.end(taskID)
-        let reply = TaskReply(taskID: taskID, spec: spec, workerID: workerID, attempt: attempt, outcome: outcome)
+        executor.submit(
+            task: spec.name, tag: taskID, payload: payload, timeoutMs: spec.timeoutMs,
+            onStart: {
+                // `running` is recorded the moment the Python thread starts the call.
+                let now = Timestamp.now()
+                call.started.set(now)
+                var running = TaskEvent(
+                    taskID: taskID, kind: .running, at: now, function: spec.name, pool: spec.pool,
+                    mode: spec.mode, workerID: workerID, attempt: attempt)
+                running.traceID = call.traceID
+                // Noted, not written, when the gateway records the call (see `CallerRecordedCalls`).
+                if call.callerRelays != nil { callerRecorded.begin(running) } else { taskLog.record(running) }
+            }, onOutput: call.printed.set,
+            completion: { outcome in answer(self.finish(call, outcome: outcome)) })
+    }
+
+    /// Records how `call` ended (or leaves it to the gateway) and makes its answer.
+    private func finish(_ call: SyncCall, outcome: PythonOutcome) -> CallAnswer {
+        let spec = call.spec
+        let taskID = call.taskID
+        let workerID = configuration.workerID
+        let madeVisible = call.callerRelays != nil && callerRecorded.end(taskID)
+        let reply = TaskReply(taskID: taskID, spec: spec, workerID: workerID, attempt: call.attempt, outcome: outcome)
         if case .rejected(let reason) = outcome {
             // Nothing ran: the caller may send it elsewhere; nothing is logged here.
-            span?.fail(reason)
-            span?.end()
+            call.span?.fail(reason)
+            call.span?.end()
             return .error(.workerUnavailable, reason, headers: [.retryAfter: "1"])
         }
-        if let span {
+        if let span = call.span {
             span.updateAttributes { $0["neutrino.status"] = reply.status.rawValue }
             if reply.status != .completed { span.fail("the task ended \(reply.status.rawValue)") }
             span.end()
         }
-        var outcomeEvent = Self.outcomeEvent(taskID: taskID, spec: spec, workerID: workerID, attempt: attempt, reply: reply)
-        outcomeEvent.output = printed.text
-        outcomeEvent.traceID = traceParent?.traceID
+        var outcomeEvent = Self.outcomeEvent(taskID: taskID, spec: spec, workerID: workerID, attempt: call.attempt, reply: reply)
+        outcomeEvent.output = call.printed.text
+        outcomeEvent.traceID = call.traceID
         // One writer per call: the gateway records the outcome it relays. The worker records it too when the task
         // log already shows the call (running past `runningVisibleAfter`, progress), when only the worker has what
         // the task printed, or when the answer is too large for the gateway to relay.
-        if let relayLimit = callerRelays, !madeVisible, outcomeEvent.output == nil, reply.body.count <= relayLimit {
+        if let relayLimit = call.callerRelays, !madeVisible, outcomeEvent.output == nil, reply.body.count <= relayLimit {
             taskLog.observeOnly(outcomeEvent)
         } else {
             taskLog.record(outcomeEvent)
         }
         if reply.status == .timedOut {
-            logger.warning("task timed out", metadata: ["task_id": "\(taskID)", "task": "\(name)", "timeout_ms": "\(spec.timeoutMs)"])
+            logger.warning("task timed out", metadata: ["task_id": "\(taskID)", "task": "\(spec.name)", "timeout_ms": "\(spec.timeoutMs)"])
         }
         let status: HTTPResponse.Status =
             if case .abandoned = outcome { .badGateway } else {
@@ -265,38 +318,16 @@ struct HTTPWorker: Sendable {
                 default: .internalServerError
                 }
             }
-        return .json(
-            status, reply.body,
+        return CallAnswer(
+            status: status,
             headers: [
                 NeutrinoHeader.status: reply.status.rawValue,
                 NeutrinoHeader.worker: workerID,
                 NeutrinoHeader.durationMs: JSONWriter.format(reply.durationMs),
-                NeutrinoHeader.startedAt: String(started.value?.millis ?? Timestamp.now().millis),
+                NeutrinoHeader.startedAt: String(call.started.value?.millis ?? Timestamp.now().millis),
                 NeutrinoHeader.outcomeOffset: String(reply.outcomeOffset),
-            ])
-    }
-
-    /// Runs the call on the Python threads, tagged with its task id so a cancel finds it; `running` is recorded the
-    /// moment it starts.
-    private func run(
-        spec: TaskSpec, taskID: String, attempt: Int, payload: [UInt8], callerRelays: Int?, started: StartTime,
-        printed: CapturedOutput, traceID: String?
-    ) async -> PythonOutcome {
-        let workerID = configuration.workerID
-        let taskLog = self.taskLog
-        let callerRecorded = self.callerRecorded
-        return await executor.run(
-            task: spec.name, tag: taskID, payload: payload, timeoutMs: spec.timeoutMs,
-            onStart: {
-                let now = Timestamp.now()
-                started.set(now)
-                var running = TaskEvent(
-                    taskID: taskID, kind: .running, at: now, function: spec.name, pool: spec.pool,
-                    mode: spec.mode, workerID: workerID, attempt: attempt)
-                running.traceID = traceID
-                // Noted, not written, when the gateway records the call (see `CallerRecordedCalls`).
-                if callerRelays != nil { callerRecorded.begin(running) } else { taskLog.record(running) }
-            }, onOutput: printed.set)
+            ],
+            body: reply.body)
     }
 
     static func outcomeEvent(taskID: String, spec: TaskSpec, workerID: String, attempt: Int, reply: TaskReply) -> TaskEvent {
@@ -325,6 +356,34 @@ extension Router where Context == BasicRequestContext {
             NeutrinoMetrics.gauge(NeutrinoMetrics.workerSlots, labels, Double(executor.slots))
         }
     }
+}
+
+/// One sync call between `startCall` and `finish`: what the answer and the task log need of it.
+struct SyncCall: Sendable {
+    let spec: TaskSpec
+    let taskID: String
+    let attempt: Int
+    let span: (any Span)?
+    let traceID: String?
+    /// The answer size up to which the caller (the gateway) records the call itself; nil when it does not.
+    let callerRelays: Int?
+    let started = StartTime()
+    let printed = CapturedOutput()
+}
+
+/// A worker's answer to a sync call: status, headers (without Content-Type, which is always JSON) and body.
+struct CallAnswer: Sendable {
+    var status: HTTPResponse.Status
+    var headers: HTTPFields
+    var body: [UInt8]
+
+    static func error(_ error: APIError, _ message: String, headers: HTTPFields = [:]) -> CallAnswer {
+        CallAnswer(
+            status: HTTPResponse.Status(code: error.statusCode), headers: headers,
+            body: JSONWriter.errorBody(type: error.type, message: message))
+    }
+
+    var response: Response { .json(status, body, headers: headers) }
 }
 
 /// What a call printed (set on its Python thread, read after the call returns).

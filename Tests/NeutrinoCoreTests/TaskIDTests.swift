@@ -53,4 +53,12 @@ struct TaskIDTests {
         #expect(Timestamp(millis: 253_402_300_800_000).iso8601 == "10000-01-01T00:00:00.000Z")
         #expect(Timestamp(millis: 1_764_720_000_007).iso8601 == "2025-12-03T00:00:00.007Z")
     }
+
+    @Test func httpDates() {
+        #expect(Timestamp(millis: 0).httpDate == "Thu, 01 Jan 1970 00:00:00 GMT")
+        #expect(Timestamp(millis: 1_796_288_239_999).httpDate == "Thu, 03 Dec 2026 08:57:19 GMT")
+        #expect(Timestamp(millis: 951_782_400_000).httpDate == "Tue, 29 Feb 2000 00:00:00 GMT")
+        #expect(Timestamp(millis: -1).httpDate == "Wed, 31 Dec 1969 23:59:59 GMT")
+        #expect(Timestamp(millis: 253_402_300_799_999).httpDate == "Fri, 31 Dec 9999 23:59:59 GMT")
+    }
 }

@@ -1,9 +1,14 @@
-"""The worker on its own (no gateway): /healthz stays responsive while every Python thread is busy, and the
-gateway's task id given in X-Neutrino-Task-Id is the id the task sees and the id logged."""
+"""The worker on its own (no gateway): /healthz stays responsive while every Python thread is busy, the
+gateway's task id given in X-Neutrino-Task-Id is the id the task sees and the id logged, and the calls the worker
+serves outside its router keep HTTP/1.1's semantics (pipelining order, Connection: close, body limits, metrics)."""
 from __future__ import annotations
 
+import json
+import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -83,3 +88,159 @@ def test_worker_uses_the_given_task_id(launcher: Launcher):
     assert w.proc.returncode == 0, f"worker exited {w.proc.returncode} on SIGTERM:\n{w.output[-3000:]}"
     with pytest.raises(OSError):
         http_request("GET", f"{w.url}/healthz", timeout=10)
+
+
+# --- The worker's own handling of sync calls on the wire (SyncCallHandler): HTTP/1.1 semantics the router had ------
+
+WIRE_BODY_LIMIT = 4096
+
+
+@pytest.fixture(scope="module")
+def wire_worker(launcher: Launcher):
+    d = launcher.new_dir("wire")
+    w = launcher.worker(EXAMPLE_APP, d / "tasks.sqlite", log_dir=d, worker_id="wire-w1", concurrency=2,
+                        extra_args=["--max-body-bytes", str(WIRE_BODY_LIMIT)])
+    yield w, d
+    w.stop()
+
+
+def _connect(url: str) -> socket.socket:
+    parts = urlsplit(url)
+    return socket.create_connection((parts.hostname, parts.port), timeout=30)
+
+
+def _call(path: str, args: dict, extra: str = "") -> bytes:
+    body = json.dumps({"args": args}).encode()
+    return (f"POST {path} HTTP/1.1\r\nHost: w\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            f"{extra}\r\n").encode() + body
+
+
+def _read_responses(s: socket.socket, n: int) -> list[tuple[int, dict[str, str], bytes]]:
+    """Reads `n` responses with Content-Length bodies, in order, from `s`."""
+    buf = b""
+    out = []
+    while len(out) < n:
+        while b"\r\n\r\n" not in buf:
+            chunk = s.recv(65536)
+            assert chunk, f"connection closed after {len(out)} of {n} responses: {buf[:300]!r}"
+            buf += chunk
+        head, _, rest = buf.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:] if ":" in line)}
+        length = int(headers.get("content-length", "0"))
+        while len(rest) < length:
+            chunk = s.recv(65536)
+            assert chunk, "connection closed inside a body"
+            rest += chunk
+        out.append((int(lines[0].split()[1]), headers, rest[:length]))
+        buf = rest[length:]
+    return out
+
+
+def test_pipelined_calls_and_router_requests_answer_in_order(wire_worker):
+    """Calls and other requests sent back to back on one connection (HTTP/1.1 pipelining) are answered in the order
+    they were sent, each with its own answer, whichever of them the worker serves itself."""
+    w, _ = wire_worker
+    s = _connect(w.url)
+    try:
+        requests = [
+            _call("/api/echo", {"x": 1, "label": "first"}),
+            b"GET /healthz HTTP/1.1\r\nHost: w\r\n\r\n",
+            _call("/api/echo", {"x": 2, "label": "after-healthz"}),
+            _call("/api/add", {"a": 1, "b": 2}),
+            b"GET /readyz HTTP/1.1\r\nHost: w\r\n\r\n",
+            _call("/api/echo?trace=1", {"x": 3, "label": "query"}),
+            _call("/api/nope", {}),
+            _call("/api/echo", {"x": 4, "label": "last"}),
+        ]
+        s.sendall(b"".join(requests))
+        got = _read_responses(s, len(requests))
+    finally:
+        s.close()
+    statuses = [g[0] for g in got]
+    assert statuses == [200, 200, 200, 200, 200, 200, 404, 200], got
+    bodies = [json.loads(g[2]) for g in got]
+    assert bodies[0]["result"] == {"x": 1, "label": "first"}, bodies[0]
+    assert bodies[1]["status"] == "ok", bodies[1]
+    assert bodies[2]["result"] == {"x": 2, "label": "after-healthz"}, bodies[2]
+    assert bodies[3]["result"] == 3, bodies[3]
+    assert bodies[5]["result"] == {"x": 3, "label": "query"}, bodies[5]
+    assert bodies[6]["error"]["type"], bodies[6]
+    assert bodies[7]["result"] == {"x": 4, "label": "last"}, bodies[7]
+    for status, headers, _ in got:
+        assert headers["content-type"].startswith("application/json"), headers
+        assert headers.get("server") == "neutrino-worker" and headers.get("date", "").endswith(" GMT"), headers
+
+
+def test_call_with_connection_close_is_answered_then_closed(wire_worker):
+    w, _ = wire_worker
+    s = _connect(w.url)
+    try:
+        s.sendall(_call("/api/echo", {"x": 5}, extra="Connection: close\r\n"))
+        [(status, headers, body)] = _read_responses(s, 1)
+        assert status == 200 and json.loads(body)["result"]["x"] == 5, body
+        assert headers.get("connection", "").lower() == "close", headers
+        assert s.recv(1024) == b"", "the worker kept the connection open after Connection: close"
+    finally:
+        s.close()
+
+
+def test_call_bodies_over_the_limit_get_413_and_the_connection_goes_on(wire_worker):
+    """A declared Content-Length over --max-body-bytes is refused before the body is read; a chunked body that
+    grows past it is refused too; the body is read and dropped, so the next call on the connection works."""
+    w, _ = wire_worker
+    s = _connect(w.url)
+    try:
+        big = b'{"args":{"x":1,"label":"' + b"a" * (WIRE_BODY_LIMIT + 10) + b'"}}'
+        s.sendall(b"POST /api/echo HTTP/1.1\r\nHost: w\r\nContent-Type: application/json\r\n"
+                  + f"Content-Length: {len(big)}\r\n\r\n".encode())
+        [(status, _, body)] = _read_responses(s, 1)
+        assert status == 413, (status, body)
+        assert json.loads(body)["error"]["type"], body
+        s.sendall(big)
+        chunked = b"".join(b"%x\r\n%s\r\n" % (len(big[i:i + 1000]), big[i:i + 1000]) for i in range(0, len(big), 1000))
+        s.sendall(b"POST /api/echo HTTP/1.1\r\nHost: w\r\nContent-Type: application/json\r\n"
+                  b"Transfer-Encoding: chunked\r\n\r\n" + chunked + b"0\r\n\r\n" + _call("/api/echo", {"x": 6}))
+        (status, _, body), (status2, _, body2) = _read_responses(s, 2)
+        assert status == 413, (status, body)
+        assert status2 == 200 and json.loads(body2)["result"]["x"] == 6, body2
+    finally:
+        s.close()
+
+
+def test_call_that_expects_100_continue_still_runs(wire_worker):
+    w, _ = wire_worker
+    s = _connect(w.url)
+    try:
+        s.sendall(_call("/api/echo", {"x": 7}, extra="Expect: 100-continue\r\n"))
+        responses = _read_responses(s, 1)
+        if responses[0][0] == 100:
+            responses = _read_responses(s, 1)
+        [(status, _, body)] = responses
+        assert status == 200 and json.loads(body)["result"]["x"] == 7, body
+    finally:
+        s.close()
+
+
+@pytest.mark.sqlite_task_log_only("reads the SQLite file a worker without a gateway writes itself")
+def test_call_whose_client_left_still_ends_in_the_log_and_the_worker_goes_on(wire_worker):
+    """The client hangs up while its call runs: the call completes and is logged, and the worker serves on."""
+    w, d = wire_worker
+    task_id = uuid7()
+    s = _connect(w.url)
+    s.sendall(_call("/api/sleepy", {"seconds": 0.5}, extra=f"X-Neutrino-Task-Id: {task_id}\r\n"))
+    time.sleep(0.1)
+    s.close()
+    row = TaskLog(d / "tasks.sqlite").wait_terminal(task_id, final_event="completed")
+    assert row["status"] == "completed", row
+    resp = post_task(w.url, "echo", {"x": 8})
+    assert resp.status == 200 and resp.json()["result"]["x"] == 8, resp
+
+
+def test_calls_served_by_the_worker_are_counted_in_metrics(wire_worker):
+    w, _ = wire_worker
+    assert post_task(w.url, "echo", {"x": 9}).status == 200
+    text = http_request("GET", f"{w.url}/metrics").body.decode()
+    counted = [line for line in text.splitlines()
+               if line.startswith("neutrino_http_requests_total") and 'route="/api/{task}"' in line and 'code="200"' in line]
+    assert counted and float(counted[0].rsplit(" ", 1)[1]) >= 1, text[:2000]

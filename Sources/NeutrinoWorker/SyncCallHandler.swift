@@ -1,0 +1,198 @@
+import HTTPTypes
+import NIOCore
+import NIOHTTPTypes
+import NeutrinoCore
+import NeutrinoHTTP
+
+/// Answers `POST /api/<sync task>` on the connection's event loop without Hummingbird's router or a Swift task:
+/// the request parts are gathered here, the call goes to the Python threads (`HTTPWorker.startCall`), and the
+/// answer is written from the event loop when the thread hands it back. Every other request, and a call this handler
+/// leaves alone (one that expects `100-continue`, one pipelined behind a request the router still serves), goes on
+/// to the router unchanged.
+///
+/// It sits behind Hummingbird's `HTTPConnectionStateHandler`, which therefore sees every request and answer: the idle
+/// timeout and graceful shutdown (a connection closes once its answer is written) cover these calls too.
+///
+/// A call costs the router path's async bridges nothing: measured on one worker called directly (echo, c=32),
+/// docs/architecture.md has the figures.
+final class SyncCallHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPRequestPart
+    typealias InboundOut = HTTPRequestPart
+    typealias OutboundIn = HTTPResponsePart
+    typealias OutboundOut = HTTPResponsePart
+
+    /// What the handler needs of the worker: which requests it takes, and how a call runs.
+    struct Calls: Sendable {
+        /// The task a request head calls, when this handler should serve it.
+        let claim: @Sendable (HTTPRequest) -> String?
+        let maxBodyBytes: Int
+        /// The `Server` header, as the router's answers have it.
+        let serverName: String
+        /// Runs the call; the closure is called once with the answer, on any thread.
+        let start: @Sendable (_ task: String, _ headers: HTTPFields, _ body: [UInt8], _ answer: @escaping @Sendable (CallAnswer) -> Void) -> Void
+    }
+
+    /// The call this handler is serving: its body while it arrives, then the wait for Python.
+    private struct Current {
+        var task: String
+        var headers: HTTPFields
+        var body: ByteBuffer
+        var closeAfter: Bool
+        var bodyDone = false
+        /// Answered already (413 before the whole body arrived): the rest of the body is read and dropped.
+        var answered = false
+    }
+
+    private let calls: Calls
+    private var current: Current?
+    /// Requests handed on to the router that it has not answered yet (their answers end with `.end`).
+    private var routed = 0
+    /// Whether the parts arriving belong to a request handed on to the router.
+    private var routing = false
+    /// Parts of requests that arrived while a call was served here (pipelining), handled once it is answered.
+    private var waiting: [HTTPRequestPart] = []
+    /// A read the channel asked for while the call waited for Python; issued once it is answered.
+    private var readHeld = false
+    private var active = true
+    /// The `Date` header of this connection's answers, made again once a second (as Hummingbird's router does).
+    private var date = (second: Int64(-1), text: "")
+
+    init(calls: Calls) { self.calls = calls }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        handle(unwrapInboundIn(data), context: context)
+    }
+
+    private func handle(_ part: HTTPRequestPart, context: ChannelHandlerContext) {
+        if var call = current {
+            guard !call.bodyDone else { return waiting.append(part) }
+            switch part {
+            case .head:
+                // A head inside a body cannot come from the HTTP decoder; drop the connection rather than guess.
+                context.close(promise: nil)
+            case .body(var bytes):
+                guard !call.answered else { return }
+                if call.body.readableBytes + bytes.readableBytes > calls.maxBodyBytes {
+                    current?.answered = true
+                    respond(tooLarge, context: context)
+                } else {
+                    current = nil  // keep the buffer uniquely referenced while it grows
+                    call.body.writeBuffer(&bytes)
+                    current = call
+                }
+            case .end:
+                current?.bodyDone = true
+                if call.answered {
+                    finishCall(context: context)
+                } else {
+                    run(call, context: context)
+                }
+            }
+            return
+        }
+        if routing {
+            if case .end = part { routing = false }
+            return context.fireChannelRead(wrapInboundOut(part))
+        }
+        guard case .head(let head) = part else {
+            // Body or end without a head: the decoder never does this; leave it to the router's error handling.
+            return context.fireChannelRead(wrapInboundOut(part))
+        }
+        if routed == 0, head.headerFields[.expect] == nil, let task = calls.claim(head) {
+            current = Current(
+                task: task, headers: head.headerFields, body: context.channel.allocator.buffer(capacity: 0),
+                closeAfter: head.headerFields[.connection]?.lowercased() == "close")
+            if let declared = head.headerFields[.contentLength], let length = Int(declared), length > calls.maxBodyBytes {
+                current?.answered = true
+                respond(tooLarge, context: context)
+            }
+            return
+        }
+        routed += 1
+        routing = true
+        context.fireChannelRead(wrapInboundOut(part))
+    }
+
+    /// 413, the router's answer to a body past the limit; the rest of the body is read and dropped.
+    private var tooLarge: CallAnswer {
+        HTTPRejections.count("body_too_large")
+        return .error(.payloadTooLarge, "request body is larger than \(calls.maxBodyBytes) bytes")
+    }
+
+    private func run(_ call: Current, context: ChannelHandlerContext) {
+        var body = call.body
+        let bytes = body.readBytes(length: body.readableBytes) ?? []
+        let loop = context.eventLoop
+        let bound = NIOLoopBound((self, context), eventLoop: loop)
+        calls.start(call.task, call.headers, bytes) { answer in
+            loop.execute {
+                let (handler, context) = bound.value
+                handler.respond(answer, context: context)
+                handler.finishCall(context: context)
+            }
+        }
+    }
+
+    /// Writes the answer to the call being served (dropped when the connection is gone: the call's outcome is in
+    /// the task log either way).
+    private func respond(_ answer: CallAnswer, context: ChannelHandlerContext) {
+        HTTPRequestCounter.count(route: "/api/{task}", code: answer.status.code)
+        guard active else { return }
+        var fields = answer.headers
+        fields[.contentType] = "application/json"
+        fields[.contentLength] = String(answer.body.count)
+        if current?.closeAfter == true { fields[.connection] = "close" }
+        let now = Timestamp.now()
+        if now.millis / 1000 != date.second { date = (now.millis / 1000, now.httpDate) }
+        fields[.date] = date.text
+        fields[.server] = calls.serverName
+        context.write(wrapOutboundOut(.head(HTTPResponse(status: answer.status, headerFields: fields))), promise: nil)
+        context.write(wrapOutboundOut(.body(context.channel.allocator.buffer(bytes: answer.body))), promise: nil)
+        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+    }
+
+    /// Once the call is answered and its body read: closes the connection if the client asked, else goes on with
+    /// the requests that arrived meanwhile and lets the channel read again.
+    private func finishCall(context: ChannelHandlerContext) {
+        guard let call = current, call.bodyDone else { return }
+        current = nil
+        guard active else { return }
+        if call.closeAfter {
+            waiting.removeAll()
+            context.close(promise: nil)
+            return
+        }
+        if !waiting.isEmpty {
+            while current?.bodyDone != true, !waiting.isEmpty {
+                handle(waiting.removeFirst(), context: context)
+            }
+            // What went on to the router is delivered to it at the end of a read burst, as for parts read off the socket.
+            context.fireChannelReadComplete()
+        }
+        if readHeld, current?.bodyDone != true {
+            readHeld = false
+            context.read()
+        }
+    }
+
+    func read(context: ChannelHandlerContext) {
+        // While Python runs the call, reading on would only pile up pipelined requests here.
+        if current?.bodyDone == true {
+            readHeld = true
+        } else {
+            context.read()
+        }
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        // The router's answers pass here on their way out; each ends with `.end`.
+        if case .end = unwrapOutboundIn(data), routed > 0 { routed -= 1 }
+        context.write(data, promise: promise)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        active = false
+        waiting.removeAll()
+        context.fireChannelInactive()
+    }
+}
