@@ -27,6 +27,9 @@ struct HTTPWorker: Sendable {
     /// Sync tasks a cancel was heard for (`DELETE /tasks/<id>` on any gateway replica), so a call that arrives after
     /// its cancel does not run.
     private let cancelled = CancelledTasks()
+    /// Calls started and not yet answered: shutdown waits for them (`drainCalls`), whether or not their caller is
+    /// still connected, so each outcome reaches the task log before it closes.
+    private let running = RunningCalls()
 
     init(
         configuration: WorkerConfiguration, runtime: PythonRuntime, taskLog: ObservedSink, connection: NATSConnection?,
@@ -127,6 +130,18 @@ struct HTTPWorker: Sendable {
             // Before the server in the list, so it still hears cancels while the server drains.
             services.append(CancelListener(connection: connection, logger: logger) { [self] id in self.noteCancel(id) })
         }
+        // Stopped right after the server, before the cancel listener and the Python threads: a call whose client has
+        // gone (nothing holds the server's drain open for it) still finishes and is recorded.
+        let running = self.running
+        let longest = Duration.milliseconds(specs.values.map(\.timeoutMs).max() ?? 0) + configuration.hardTimeoutGrace
+        let drainLogger = logger
+        services.append(
+            LifecycleService(
+                "sync calls",
+                stop: {
+                    let left = await running.drain(within: longest + .seconds(1))
+                    if left > 0 { drainLogger.error("sync calls still running at shutdown", metadata: ["calls": "\(left)"]) }
+                }))
         services.append(app)
         if executor.servesASGI {
             // Stopped before the server: the app's requests in flight get --drain-grace to end, then the rest (endless
@@ -260,6 +275,8 @@ struct HTTPWorker: Sendable {
         let workerID = configuration.workerID
         let taskLog = self.taskLog
         let callerRecorded = self.callerRecorded
+        let running = self.running
+        running.begin()
         executor.submit(
             task: spec.name, tag: taskID, payload: payload, timeoutMs: spec.timeoutMs,
             onStart: {
@@ -273,7 +290,10 @@ struct HTTPWorker: Sendable {
                 // Noted, not written, when the gateway records the call (see `CallerRecordedCalls`).
                 if call.callerRelays != nil { callerRecorded.begin(running) } else { taskLog.record(running) }
             }, onOutput: call.printed.set,
-            completion: { outcome in answer(self.finish(call, outcome: outcome)) })
+            completion: { outcome in
+                answer(self.finish(call, outcome: outcome))
+                running.end()
+            })
     }
 
     /// Records how `call` ended (or leaves it to the gateway) and makes its answer.
@@ -354,6 +374,24 @@ extension Router where Context == BasicRequestContext {
         addMetricsRoute {
             NeutrinoMetrics.gauge(NeutrinoMetrics.workerInFlight, labels, Double(executor.load.busy))
             NeutrinoMetrics.gauge(NeutrinoMetrics.workerSlots, labels, Double(executor.slots))
+        }
+    }
+}
+
+/// How many sync calls are running, and a bounded wait for none.
+final class RunningCalls: Sendable {
+    private let count = Mutex(0)
+
+    func begin() { count.withLock { $0 += 1 } }
+    func end() { count.withLock { $0 -= 1 } }
+
+    /// Waits until no call runs, or `limit` has passed; returns how many still run.
+    func drain(within limit: Duration) async -> Int {
+        let deadline = ContinuousClock.now + limit
+        while true {
+            let left = count.withLock { $0 }
+            if left == 0 || ContinuousClock.now >= deadline || Task.isCancelled { return left }
+            try? await Task.sleep(for: .milliseconds(10))
         }
     }
 }

@@ -244,3 +244,22 @@ def test_calls_served_by_the_worker_are_counted_in_metrics(wire_worker):
     counted = [line for line in text.splitlines()
                if line.startswith("neutrino_http_requests_total") and 'route="/api/{task}"' in line and 'code="200"' in line]
     assert counted and float(counted[0].rsplit(" ", 1)[1]) >= 1, text[:2000]
+
+
+@pytest.mark.sqlite_task_log_only("reads the SQLite file a worker without a gateway writes itself")
+def test_shutdown_waits_for_a_call_whose_client_left(launcher: Launcher):
+    """SIGTERM while a call runs whose client has hung up: no connection holds the server's drain open for it, yet
+    the worker waits for it, records its outcome, and exits 0."""
+    d = launcher.new_dir("leftcall")
+    db = d / "tasks.sqlite"
+    w = launcher.worker(EXAMPLE_APP, db, log_dir=d, worker_id="left-w1", concurrency=1)
+    task_id = uuid7()
+    s = _connect(w.url)
+    s.sendall(_call("/api/sleepy", {"seconds": 1.0}, extra=f"X-Neutrino-Task-Id: {task_id}\r\n"))
+    wait_for(lambda: TaskLog(db).task(task_id) is not None, timeout=30, message="the call to be running")
+    s.close()
+    w.stop()
+    assert w.proc.returncode == 0, f"worker exited {w.proc.returncode}:\n{w.output[-3000:]}"
+    row = TaskLog(db).wait_terminal(task_id, final_event="completed")
+    assert row["status"] == "completed", row
+    assert "event dropped" not in w.output, w.output[-3000:]
