@@ -27,8 +27,8 @@ struct HTTPWorker: Sendable {
     /// Sync tasks a cancel was heard for (`DELETE /tasks/<id>` on any gateway replica), so a call that arrives after
     /// its cancel does not run.
     private let cancelled = CancelledTasks()
-    /// Calls started and not yet answered: shutdown waits for them (`drainCalls`), whether or not their caller is
-    /// still connected, so each outcome reaches the task log before it closes.
+    /// Calls started and not yet answered: shutdown waits for them (the "sync calls" step of `services()`), whether or
+    /// not their caller is still connected, so each outcome reaches the task log before it closes.
     private let running = RunningCalls()
 
     init(
@@ -217,23 +217,28 @@ struct HTTPWorker: Sendable {
         return String(name)
     }
 
-    /// Why `POST /api/<name>` is answered before its body is read (no such task here, the worker is recycling), or
-    /// nil to go on.
-    func refusal(task name: String) -> CallAnswer? {
-        guard specs[name] != nil else {
-            return .error(.unknownTask, "no sync task '\(name)' in pool '\(configuration.pool)' of this worker")
+    /// Whether `POST /api/<name>` runs here: its task, or the answer that refuses it before its body is read (no such
+    /// task here, the worker is recycling).
+    func admit(task name: String) -> Admission {
+        guard let spec = specs[name] else {
+            return .refuse(.error(.unknownTask, "no sync task '\(name)' in pool '\(configuration.pool)' of this worker"))
         }
         if recycler.isRecycling {
             // Nothing runs here any more: the gateway sends the call to another worker.
-            return .error(.workerUnavailable, "this worker is recycling", headers: [.retryAfter: "1"])
+            return .refuse(.error(.workerUnavailable, "this worker is recycling", headers: [.retryAfter: "1"]))
         }
-        return nil
+        return .run(spec)
+    }
+
+    enum Admission {
+        case run(TaskSpec)
+        case refuse(CallAnswer)
     }
 
     /// `POST /api/<task>` through the router: for the calls `SyncCallHandler` leaves to it (a pipelined request, a
     /// request that expects `100-continue`).
     private func call(_ request: Request, task name: String) async -> Response {
-        if let refusal = refusal(task: name) { return refusal.response }
+        if case .refuse(let refusal) = admit(task: name) { return refusal.response }
         let body: [UInt8]
         do { body = try await request.collectBody(limit: configuration.maxBodyBytes) } catch { return error.response }
         let answer = await withCheckedContinuation { continuation in
@@ -245,8 +250,11 @@ struct HTTPWorker: Sendable {
     /// Runs a sync call whose body has been read, without a Swift task: `answer` is called once, on the thread that
     /// ended the call (a Python thread, the watchdog, or this one when it is refused at once).
     func startCall(task name: String, headers: HTTPFields, body: [UInt8], answer: @escaping @Sendable (CallAnswer) -> Void) {
-        if let refusal = refusal(task: name) { return answer(refusal) }
-        guard let spec = specs[name] else { return }
+        let spec: TaskSpec
+        switch admit(task: name) {
+        case .refuse(let refusal): return answer(refusal)
+        case .run(let admitted): spec = admitted
+        }
         let taskID = headers[NeutrinoHeader.taskID].flatMap { TaskID.isValid($0) ? $0 : nil } ?? TaskID.make()
         let attempt = headers[NeutrinoHeader.attempt].flatMap(Int.init).map { max(1, $0) } ?? 1
         // The caller's trace context: with tracing on, the execution span continues it (a new trace without one);
