@@ -115,9 +115,8 @@ public func buildGateway(
     router.add(middleware: RequestMetricsMiddleware())
     // Access control, in this order: Host (DNS rebinding) → Origin and CSRF → CORS preflight → API key → scopes
     // and per-key limits. See AccessConfiguration and the README's "Authentication".
-    if loopback || !access.allowedHosts.isEmpty {
-        router.add(middleware: HostGuardMiddleware(host: configuration.host, extra: access.allowedHosts))
-    }
+    let hostGuard = loopback || !access.allowedHosts.isEmpty ? HostGuard(host: configuration.host, extra: access.allowedHosts) : nil
+    if let hostGuard { router.add(middleware: HostGuardMiddleware(hostGuard)) }
     router.add(middleware: OriginGuardMiddleware(corsOrigins: access.corsOrigins))
     if !access.corsOrigins.isEmpty {
         router.add(
@@ -142,7 +141,8 @@ public func buildGateway(
     let operations = OperationsController(components: components)
     operations.addRoutes(to: router)
     SessionController(sessions: sessions, keys: keys).addRoutes(to: router)
-    SubmitController(components: components, submitter: submitter).addRoutes(to: router)
+    let submit = SubmitController(components: components, submitter: submitter)
+    submit.addRoutes(to: router)
     TasksController(components: components, submitter: submitter).addRoutes(to: router)
     operations.addDashboard(to: router, under: manifest.asgi == nil ? nil : ASGIConflicts.dashboardPrefix)
     if let mount = manifest.asgi {
@@ -199,15 +199,38 @@ public func buildGateway(
         services.append(InsecureWarning(host: configuration.host, interval: access.insecureWarningInterval, logger: logger))
     }
 
+    // Stopped first after the server: a sync call whose client hung up (nothing holds the server's drain open for a
+    // call answered outside the router) is still recorded before the task log and the worker connections close.
+    let syncCalls = components.syncCalls
+    let longestCall = Duration.milliseconds(
+        (manifest.tasks.values.filter { $0.spec.mode == .sync }.map(\.spec.timeoutMs).max() ?? 0) + configuration.timeoutGraceMs)
+    services.append(
+        LifecycleService(
+            "sync calls",
+            stop: { [logger] in
+                if !(await waitUntil(within: longestCall + .seconds(1)) { syncCalls.count == 0 }) {
+                    logger.error("sync calls still running at shutdown", metadata: ["calls": "\(syncCalls.count)"])
+                }
+            }))
+
     logger.info(
         "gateway starting",
         metadata: [
             "tasks": "\(manifest.tasks.keys.sorted().joined(separator: ","))",
             "pools": "\(configuration.httpPools.map { "\($0.key)=\($0.value.count)" }.sorted().joined(separator: ","))",
         ])
+    var gatewayLimits = serverLimits(configuration)
+    // Sync calls that no middleware acts on (no tracing, no API keys, no Origin) are answered outside the router.
+    if !NeutrinoTracing.isEnabled && keys == nil {
+        let calls = CallHandler.Calls(
+            claim: { head in SubmitController.claimedSyncTask(head, manifest: manifest, hostGuard: hostGuard) },
+            maxBodyBytes: configuration.maxBodyBytes, serverName: "neutrino-gateway", route: "/api/{task}",
+            start: { task, head, body, loop, answer in submit.start(task: task, head: head, body: body, loop: loop, answer: answer) })
+        gatewayLimits.requestHandlers = { [CallHandler(calls: calls)] }
+    }
     return makeApplication(
         router: router, host: configuration.host, port: configuration.port,
-        serverName: "neutrino-gateway", services: services, limits: serverLimits(configuration), logger: logger)
+        serverName: "neutrino-gateway", services: services, limits: gatewayLimits, logger: logger)
 }
 
 /// The connection limits of the gateway's server: Hummingbird's idle timeout and header size, the connection guard

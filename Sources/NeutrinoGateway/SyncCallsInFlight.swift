@@ -23,6 +23,9 @@ final class SyncCallsInFlight: Sendable {
         _ = calls.withLock { $0.removeValue(forKey: taskID) }
     }
 
+    /// How many calls are being forwarded (each recorded before it leaves).
+    var count: Int { calls.withLock { $0.count } }
+
     /// The `pending` event of call `taskID` if it runs here and was not revealed yet (record it), else nil.
     func reveal(_ taskID: String) -> TaskEvent? {
         calls.withLock { calls -> TaskEvent? in

@@ -8,13 +8,13 @@ import NIOCore
 /// on that loop's thread instead of Swift's cooperative pool. A connection's requests then stay on the thread that
 /// reads its socket: the request parts reach the handler, the handler's writes reach the socket, and futures
 /// completed on that loop resume the handler, all without a wake-up of another thread.
-final class EventLoopTaskExecutor: TaskExecutor, @unchecked Sendable {
+public final class EventLoopTaskExecutor: TaskExecutor, @unchecked Sendable {
     // @unchecked: `loop` is immutable and event loops are thread-safe.
     let loop: any EventLoop
 
-    init(_ loop: any EventLoop) { self.loop = loop }
+    public init(_ loop: any EventLoop) { self.loop = loop }
 
-    func enqueue(_ job: consuming ExecutorJob) {
+    public func enqueue(_ job: consuming ExecutorJob) {
         let job = UnownedJob(job)
         let executor = asUnownedTaskExecutor()
         loop.execute { job.runSynchronously(on: executor) }

@@ -79,6 +79,29 @@ extension Response {
     }
 }
 
+/// An answer made outside the router (`CallHandler`): status, headers (Content-Type is always JSON, added where it
+/// is written) and body.
+public struct CallAnswer: Sendable {
+    public var status: HTTPResponse.Status
+    public var headers: HTTPFields
+    public var body: [UInt8]
+
+    public init(status: HTTPResponse.Status, headers: HTTPFields, body: [UInt8]) {
+        self.status = status
+        self.headers = headers
+        self.body = body
+    }
+
+    public static func error(_ error: APIError, _ message: String, headers: HTTPFields = [:]) -> CallAnswer {
+        CallAnswer(
+            status: HTTPResponse.Status(code: error.statusCode), headers: headers,
+            body: JSONWriter.errorBody(type: error.type, message: message))
+    }
+
+    /// The same answer through the router.
+    public var response: Response { .json(status, body, headers: headers) }
+}
+
 /// Thrown into a request's body stream when the body does not arrive within the server's body timeout.
 public struct RequestBodyTimedOut: Error, Sendable {
     public init() {}

@@ -24,3 +24,15 @@ public struct LifecycleService: Service, CustomStringConvertible {
         await stop()
     }
 }
+
+/// Waits until `done()` holds, checking every 10 ms, for at most `limit` (or until the task is cancelled); returns
+/// whether it holds. For shutdown steps that wait for work without a handle to await (calls answered outside the
+/// router, whose connections no longer hold the server's drain open).
+public func waitUntil(within limit: Duration, _ done: @Sendable () -> Bool) async -> Bool {
+    let deadline = ContinuousClock.now + limit
+    while !done() {
+        if ContinuousClock.now >= deadline || Task.isCancelled { return false }
+        try? await Task.sleep(for: .milliseconds(10))
+    }
+    return true
+}

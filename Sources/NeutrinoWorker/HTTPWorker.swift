@@ -85,11 +85,11 @@ struct HTTPWorker: Sendable {
         let heartbeats = self.heartbeats
         let host = configuration.advertiseHost ?? configuration.host
         var limits = ServerLimits()
-        let calls = SyncCallHandler.Calls(
+        let calls = CallHandler.Calls(
             claim: { [specs] head in Self.claimedTask(head, specs: specs) }, maxBodyBytes: configuration.maxBodyBytes,
-            serverName: Self.serverName,
-            start: { [self] task, headers, body, answer in startCall(task: task, headers: headers, body: body, answer: answer) })
-        limits.requestHandlers = { [SyncCallHandler(calls: calls)] }
+            serverName: Self.serverName, route: "/api/{task}",
+            start: { [self] task, head, body, _, answer in startCall(task: task, headers: head.headerFields, body: body, answer: answer) })
+        limits.requestHandlers = { [CallHandler(calls: calls)] }
         let app = makeApplication(
             router: router, host: configuration.host, port: configuration.port,
             serverName: Self.serverName, limits: limits, logger: logger,
@@ -235,7 +235,7 @@ struct HTTPWorker: Sendable {
         case refuse(CallAnswer)
     }
 
-    /// `POST /api/<task>` through the router: for the calls `SyncCallHandler` leaves to it (a pipelined request, a
+    /// `POST /api/<task>` through the router: for the calls `CallHandler` leaves to it (a pipelined request, a
     /// request that expects `100-continue`).
     private func call(_ request: Request, task name: String) async -> Response {
         if case .refuse(let refusal) = admit(task: name) { return refusal.response }
@@ -395,12 +395,8 @@ final class RunningCalls: Sendable {
 
     /// Waits until no call runs, or `limit` has passed; returns how many still run.
     func drain(within limit: Duration) async -> Int {
-        let deadline = ContinuousClock.now + limit
-        while true {
-            let left = count.withLock { $0 }
-            if left == 0 || ContinuousClock.now >= deadline || Task.isCancelled { return left }
-            try? await Task.sleep(for: .milliseconds(10))
-        }
+        _ = await waitUntil(within: limit) { self.count.withLock { $0 } == 0 }
+        return count.withLock { $0 }
     }
 }
 
@@ -415,21 +411,6 @@ struct SyncCall: Sendable {
     let callerRelays: Int?
     let started = StartTime()
     let printed = CapturedOutput()
-}
-
-/// A worker's answer to a sync call: status, headers (without Content-Type, which is always JSON) and body.
-struct CallAnswer: Sendable {
-    var status: HTTPResponse.Status
-    var headers: HTTPFields
-    var body: [UInt8]
-
-    static func error(_ error: APIError, _ message: String, headers: HTTPFields = [:]) -> CallAnswer {
-        CallAnswer(
-            status: HTTPResponse.Status(code: error.statusCode), headers: headers,
-            body: JSONWriter.errorBody(type: error.type, message: message))
-    }
-
-    var response: Response { .json(status, body, headers: headers) }
 }
 
 /// What a call printed (set on its Python thread, read after the call returns).

@@ -3,10 +3,16 @@ keeps of each (the HTTP record and the SQLite rows)."""
 from __future__ import annotations
 
 import json
+import socket
+import time
+from urllib.parse import urlsplit
 
 import pytest
 
-from conftest import SETTLE_TIMEOUT_S, TASK_LOG_MODE, Cluster, assert_error_body, loads_json_column, parse_time, wait_for
+from conftest import (
+    EXAMPLE_APP, SETTLE_TIMEOUT_S, TASK_LOG_MODE, Cluster, Launcher, TaskLog, assert_error_body, loads_json_column,
+    parse_time, wait_for,
+)
 
 from neutrino.errors import TaskFailed
 
@@ -270,3 +276,28 @@ def test_short_sync_calls_cost_the_worker_no_task_log_write(cluster: Cluster):
         assert [e["event"] for e in rec["events"]] == ["pending", "running", "completed"], rec["events"]
     after = [_worker_tasklog_writes(u) for u in urls]
     assert after == before, f"the workers wrote to the task log for calls the gateway records: {before} -> {after}"
+
+
+@pytest.mark.sqlite_task_log_only("reads the SQLite file the gateway writes")
+def test_gateway_shutdown_records_a_call_whose_client_left(launcher: Launcher, example_manifest):
+    """SIGTERM to the gateway while it forwards a short call whose client has hung up: the gateway waits for the
+    worker's answer and records it (completed, not cut short as a worker failure), then exits 0."""
+    d = launcher.new_dir("gwleft")
+    db = d / "tasks.sqlite"
+    w = launcher.worker(EXAMPLE_APP, db, log_dir=d, worker_id="gwleft-w1", concurrency=1)
+    gw = launcher.gateway(example_manifest, {"fast": [w.url]}, db, log_dir=d)
+    try:
+        parts = urlsplit(gw.url)
+        body = json.dumps({"args": {"seconds": 0.2}}).encode()
+        s = socket.create_connection((parts.hostname, parts.port), timeout=30)
+        s.sendall(b"POST /api/sleepy HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                  + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        time.sleep(0.05)
+        s.close()
+        gw.stop()
+        assert gw.proc.returncode == 0, f"gateway exited {gw.proc.returncode}:\n{gw.output[-3000:]}"
+        rows = TaskLog(db).query("SELECT id, status FROM tasks WHERE function_name = 'sleepy'")
+        assert len(rows) == 1, rows
+        assert rows[0]["status"] == "completed", rows
+    finally:
+        w.stop()

@@ -8,6 +8,23 @@ import NeutrinoCore
 /// 127.0.0.1, [::1], its `--host`, or an `--allowed-host` — else 421. A request without one (no browser sends
 /// such a request) passes.
 struct HostGuardMiddleware<Context: RequestContext>: RouterMiddleware {
+    let check: HostGuard
+
+    init(_ check: HostGuard) { self.check = check }
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        let authority = request.headers[hostField] ?? request.head.authority
+        guard check.admits(authority) else {
+            throw AccessRejection(
+                error: .misdirectedRequest, reason: "host",
+                message: "this gateway does not answer to the host '\(authority ?? "")' (add it with --allowed-host)")
+        }
+        return try await next(request, context)
+    }
+}
+
+/// The names a `Host` may give (see `HostGuardMiddleware`).
+struct HostGuard: Sendable {
     let allowed: Set<String>
 
     init(host: String, extra: [String]) {
@@ -28,16 +45,11 @@ struct HostGuardMiddleware<Context: RequestContext>: RouterMiddleware {
         return colons > 1 ? "[\(authority)]" : authority
     }
 
-    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        if let authority = request.headers[hostField] ?? request.head.authority {
-            let name = Self.hostName(authority.lowercased())
-            guard allowed.contains(name) || allowed.contains(name.hasSuffix(".") ? String(name.dropLast()) : name) else {
-                throw AccessRejection(
-                    error: .misdirectedRequest, reason: "host",
-                    message: "this gateway does not answer to the host '\(authority)' (add it with --allowed-host)")
-            }
-        }
-        return try await next(request, context)
+    /// Whether a request with this `Host` (or authority) is for this gateway; one without is.
+    func admits(_ authority: String?) -> Bool {
+        guard let authority else { return true }
+        let name = Self.hostName(authority.lowercased())
+        return allowed.contains(name) || allowed.contains(name.hasSuffix(".") ? String(name.dropLast()) : name)
     }
 }
 

@@ -1,4 +1,6 @@
+import HTTPTypes
 import Hummingbird
+import NIOCore
 import NeutrinoCore
 import NeutrinoHTTP
 
@@ -14,12 +16,20 @@ struct SubmitController: Sendable {
     }
 
     func submit(_ request: Request, task name: String) async -> Response {
-        let manifest = components.manifest
-        guard let task = manifest.tasks[name] else {
+        guard components.manifest.tasks[name] != nil else {
             return .error(.unknownTask, "no task named '\(name)' in the manifest")
         }
         let body: [UInt8]
         do { body = try await request.collectBody(limit: components.configuration.maxBodyBytes) } catch { return error.response }
+        return await submit(task: name, headers: request.headers, body: body)
+    }
+
+    /// `POST /api/<task>` once its body is read: through the router, or from `CallHandler` for a sync task.
+    func submit(task name: String, headers: HTTPFields, body: [UInt8]) async -> Response {
+        let manifest = components.manifest
+        guard let task = manifest.tasks[name] else {
+            return .error(.unknownTask, "no task named '\(name)' in the manifest")
+        }
         let document: JSONValue
         do { document = try JSONParser.parse(body) } catch {
             return .error(.malformedJSON, "the body is not valid JSON: \(error)")
@@ -41,7 +51,35 @@ struct SubmitController: Sendable {
         // `integer` parameters are written as integers.
         return await submitter.submit(
             spec: task.spec, args: conformance.value,
-            idempotencyKey: request.headers[TaskSubmitter.idempotencyKey])
+            idempotencyKey: headers[TaskSubmitter.idempotencyKey])
+    }
+
+    /// The sync task a request head calls, when `CallHandler` may serve it instead of the router: no check the
+    /// router's middleware makes (tracing, API keys and sessions, CORS, the Host guard, the Origin and CSRF guard)
+    /// could act on it. Otherwise, or for any other request, nil: the router serves it.
+    static func claimedSyncTask(_ head: HTTPRequest, manifest: Manifest, hostGuard: HostGuard?) -> String? {
+        guard head.method == .post, let target = head.path, target.hasPrefix("/api/") else { return nil }
+        let path = target.utf8.firstIndex(of: UInt8(ascii: "?")).map { target[..<$0] } ?? target[...]
+        let name = String(path.dropFirst(5))
+        guard let task = manifest.tasks[name], task.spec.mode == .sync else { return nil }
+        let fields = head.headerFields
+        // A request with an Origin is the Origin guard's and CORS's; one with an unusual Content-Type the CSRF check's.
+        guard fields[.origin] == nil, fields[.contentType].map(isJSONMediaType) ?? true else { return nil }
+        if let hostGuard, !hostGuard.admits(fields[hostField] ?? head.authority) { return nil }
+        return name
+    }
+
+    /// Runs a call `CallHandler` took, as a task on the connection's event loop, and hands back the answer.
+    func start(
+        task name: String, head: HTTPRequest, body: [UInt8], loop: any EventLoop,
+        answer: @escaping @Sendable (CallAnswer) -> Void
+    ) {
+        Task(executorPreference: EventLoopTaskExecutor(loop)) {
+            let response = await submit(task: name, headers: head.headerFields, body: body)
+            let collected = CollectedBody()
+            try? await response.body.write(collected)
+            answer(CallAnswer(status: response.status, headers: response.headers, body: collected.bytes))
+        }
     }
 
     /// At most this many issues are listed in a 422 (`issue_count` says how many there were).
@@ -64,4 +102,13 @@ struct SubmitController: Sendable {
             w.key("issue_count"); w.int(issues.count)
         }
     }
+}
+
+/// A response body gathered into bytes (the JSON answers of `POST /api/<task>`, written by `CallHandler`). A class:
+/// `ResponseBody.write` takes its writer by value. Used by one task at a time.
+final class CollectedBody: ResponseBodyWriter {
+    var bytes: [UInt8] = []
+
+    func write(_ buffer: ByteBuffer) async throws { bytes.append(contentsOf: buffer.readableBytesView) }
+    func finish(_ trailingHeaders: HTTPFields?) async throws {}
 }

@@ -1,41 +1,55 @@
 import HTTPTypes
+import Hummingbird
 import NIOCore
 import NIOHTTPTypes
 import NeutrinoCore
-import NeutrinoHTTP
 
-/// Answers `POST /api/<sync task>` on the connection's event loop without Hummingbird's router or a Swift task:
-/// the request parts are gathered here, the call goes to the Python threads (`HTTPWorker.startCall`), and the
-/// answer is written from the event loop when the thread hands it back. Every other request, and a call this handler
-/// leaves alone (one that expects `100-continue`, one pipelined behind a request the router still serves), goes on
-/// to the router unchanged.
+/// Answers the requests `Calls.claim` takes (`POST /api/<sync task>`, in the worker and in the gateway) on the
+/// connection's event loop, without Hummingbird's router: the request parts are gathered here, `Calls.start` runs the
+/// call and hands back its answer from any thread, and the answer is written from the event loop. Every other
+/// request, and a call this handler leaves alone (one that expects `100-continue`, one pipelined behind a request the
+/// router still serves), goes on to the router unchanged.
 ///
-/// It sits behind Hummingbird's `HTTPConnectionStateHandler`, which therefore sees every request and answer: the idle
-/// timeout and graceful shutdown (a connection closes once its answer is written) cover these calls too.
-///
-/// A call costs the router path's async bridges nothing: measured on one worker called directly (echo, c=32),
-/// docs/architecture.md has the figures.
-final class SyncCallHandler: ChannelDuplexHandler, RemovableChannelHandler {
-    typealias InboundIn = HTTPRequestPart
-    typealias InboundOut = HTTPRequestPart
-    typealias OutboundIn = HTTPResponsePart
-    typealias OutboundOut = HTTPResponsePart
+/// It sits behind Hummingbird's `HTTPConnectionStateHandler` (`ServerLimits.requestHandlers`), which therefore sees
+/// every request and answer: the idle timeout and graceful shutdown (a connection closes once its answer is written)
+/// cover these calls too. docs/architecture.md has what it saves.
+public final class CallHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    public typealias InboundIn = HTTPRequestPart
+    public typealias InboundOut = HTTPRequestPart
+    public typealias OutboundIn = HTTPResponsePart
+    public typealias OutboundOut = HTTPResponsePart
 
-    /// What the handler needs of the worker: which requests it takes, and how a call runs.
-    struct Calls: Sendable {
+    /// What the handler needs of its server: which requests it takes, and how a call runs.
+    public struct Calls: Sendable {
         /// The task a request head calls, when this handler should serve it.
         let claim: @Sendable (HTTPRequest) -> String?
         let maxBodyBytes: Int
         /// The `Server` header, as the router's answers have it.
         let serverName: String
-        /// Runs the call; the closure is called once with the answer, on any thread.
-        let start: @Sendable (_ task: String, _ headers: HTTPFields, _ body: [UInt8], _ answer: @escaping @Sendable (CallAnswer) -> Void) -> Void
+        /// The route its answers are counted under in `neutrino_http_requests_total`, as the router names it.
+        let route: String
+        /// Runs the call; `answer` is called once, on any thread. `loop` is the connection's event loop.
+        let start:
+            @Sendable (
+                _ task: String, _ request: HTTPRequest, _ body: [UInt8], _ loop: any EventLoop, _ answer: @escaping @Sendable (CallAnswer) -> Void
+            ) -> Void
+
+        public init(
+            claim: @escaping @Sendable (HTTPRequest) -> String?, maxBodyBytes: Int, serverName: String, route: String,
+            start: @escaping @Sendable (String, HTTPRequest, [UInt8], any EventLoop, @escaping @Sendable (CallAnswer) -> Void) -> Void
+        ) {
+            self.claim = claim
+            self.maxBodyBytes = maxBodyBytes
+            self.serverName = serverName
+            self.route = route
+            self.start = start
+        }
     }
 
     /// The call this handler is serving: its body while it arrives, then the wait for Python.
     private struct Current {
         var task: String
-        var headers: HTTPFields
+        var head: HTTPRequest
         var body: ByteBuffer
         var closeAfter: Bool
         var bodyDone = false
@@ -57,9 +71,9 @@ final class SyncCallHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// The `Date` header of this connection's answers, made again once a second (as Hummingbird's router does).
     private var date = (second: Int64(-1), text: "")
 
-    init(calls: Calls) { self.calls = calls }
+    public init(calls: Calls) { self.calls = calls }
 
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         handle(unwrapInboundIn(data), context: context)
     }
 
@@ -100,7 +114,7 @@ final class SyncCallHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         if routed == 0, head.headerFields[.expect] == nil, let task = calls.claim(head) {
             current = Current(
-                task: task, headers: head.headerFields, body: context.channel.allocator.buffer(capacity: 0),
+                task: task, head: head, body: context.channel.allocator.buffer(capacity: 0),
                 closeAfter: head.headerFields[.connection]?.lowercased() == "close")
             if let declared = head.headerFields[.contentLength], let length = Int(declared), length > calls.maxBodyBytes {
                 current?.answered = true
@@ -124,7 +138,7 @@ final class SyncCallHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let bytes = body.readBytes(length: body.readableBytes) ?? []
         let loop = context.eventLoop
         let bound = NIOLoopBound((self, context), eventLoop: loop)
-        calls.start(call.task, call.headers, bytes) { answer in
+        calls.start(call.task, call.head, bytes, loop) { answer in
             loop.execute {
                 let (handler, context) = bound.value
                 handler.respond(answer, context: context)
@@ -136,7 +150,7 @@ final class SyncCallHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// Writes the answer to the call being served (dropped when the connection is gone: the call's outcome is in
     /// the task log either way).
     private func respond(_ answer: CallAnswer, context: ChannelHandlerContext) {
-        HTTPRequestCounter.count(route: "/api/{task}", code: answer.status.code)
+        HTTPRequestCounter.count(route: calls.route, code: answer.status.code)
         guard active else { return }
         var fields = answer.headers
         fields[.contentType] = "application/json"
@@ -175,7 +189,7 @@ final class SyncCallHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
-    func read(context: ChannelHandlerContext) {
+    public func read(context: ChannelHandlerContext) {
         // While Python runs the call, reading on would only pile up pipelined requests here.
         if current?.bodyDone == true {
             readHeld = true
@@ -184,15 +198,29 @@ final class SyncCallHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
-    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+    public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         // The router's answers pass here on their way out; each ends with `.end`.
         if case .end = unwrapOutboundIn(data), routed > 0 { routed -= 1 }
         context.write(data, promise: promise)
     }
 
-    func channelInactive(context: ChannelHandlerContext) {
+    public func channelInactive(context: ChannelHandlerContext) {
         active = false
         waiting.removeAll()
         context.fireChannelInactive()
+    }
+
+    public func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // A body that stops arriving (the gateway's connection guard raises this) or cannot be decoded: answered as
+        // the router's body reading would, and the connection ends (its byte stream is no longer in step).
+        guard let call = current, !call.bodyDone, !call.answered else { return context.fireErrorCaught(error) }
+        current?.closeAfter = true
+        if error is RequestBodyTimedOut {
+            respond(.error(.requestTimeout, "the request body did not arrive in time (--body-timeout)"), context: context)
+        } else {
+            respond(.error(.badRequest, "cannot read the request body: \(error)"), context: context)
+        }
+        current = nil
+        context.close(promise: nil)
     }
 }
