@@ -77,8 +77,14 @@ struct SubmitController: Sendable {
         Task(executorPreference: EventLoopTaskExecutor(loop)) {
             let response = await submit(task: name, headers: head.headerFields, body: body)
             let collected = CollectedBody()
-            try? await response.body.write(collected)
-            answer(CallAnswer(status: response.status, headers: response.headers, body: collected.bytes))
+            do {
+                try await response.body.write(collected)
+                answer(CallAnswer(status: response.status, headers: response.headers, body: collected.bytes))
+            } catch {
+                // Not expected of the JSON bodies this route answers with; never a half-written body.
+                components.logger.error("a sync call's answer could not be written", metadata: ["error": "\(error)"])
+                answer(.error(.internalError, "the gateway could not write the answer: \(error)"))
+            }
         }
     }
 
