@@ -225,7 +225,9 @@ public func buildGateway(
         let calls = CallHandler.Calls(
             claim: { head in SubmitController.claimedSyncTask(head, manifest: manifest, hostGuard: hostGuard) },
             maxBodyBytes: configuration.maxBodyBytes, serverName: "neutrino-gateway", route: "/api/{task}",
-            start: { task, head, body, loop, answer in submit.start(task: task, head: head, body: body, loop: loop, answer: answer) })
+            start: { task, head, body, executor, answer in
+                submit.start(task: task, head: head, body: body, executor: executor, answer: answer)
+            })
         gatewayLimits.requestHandlers = { [CallHandler(calls: calls)] }
     }
     return makeApplication(

@@ -28,15 +28,17 @@ public final class CallHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let serverName: String
         /// The route its answers are counted under in `neutrino_http_requests_total`, as the router names it.
         let route: String
-        /// Runs the call; `answer` is called once, on any thread. `loop` is the connection's event loop.
+        /// Runs the call; `answer` is called once, on any thread. `executor` runs a task on the connection's event
+        /// loop (one per connection), for a call that needs one.
         let start:
             @Sendable (
-                _ task: String, _ request: HTTPRequest, _ body: [UInt8], _ loop: any EventLoop, _ answer: @escaping @Sendable (CallAnswer) -> Void
+                _ task: String, _ request: HTTPRequest, _ body: [UInt8], _ executor: EventLoopTaskExecutor,
+                _ answer: @escaping @Sendable (CallAnswer) -> Void
             ) -> Void
 
         public init(
             claim: @escaping @Sendable (HTTPRequest) -> String?, maxBodyBytes: Int, serverName: String, route: String,
-            start: @escaping @Sendable (String, HTTPRequest, [UInt8], any EventLoop, @escaping @Sendable (CallAnswer) -> Void) -> Void
+            start: @escaping @Sendable (String, HTTPRequest, [UInt8], EventLoopTaskExecutor, @escaping @Sendable (CallAnswer) -> Void) -> Void
         ) {
             self.claim = claim
             self.maxBodyBytes = maxBodyBytes
@@ -70,8 +72,21 @@ public final class CallHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var active = true
     /// The `Date` header of this connection's answers, made again once a second (as Hummingbird's router does).
     private var date = (second: Int64(-1), text: "")
+    /// This connection's event loop as a task executor (made with the handler).
+    private var executor: EventLoopTaskExecutor?
 
     public init(calls: Calls) { self.calls = calls }
+
+    /// `POST /api/<name>`: the name (without a query), for a server's `claim`; nil for any other request.
+    public static func apiTaskName(_ head: HTTPRequest) -> String? {
+        guard head.method == .post, let target = head.path, target.hasPrefix("/api/") else { return nil }
+        let path = target.utf8.firstIndex(of: UInt8(ascii: "?")).map { target[..<$0] } ?? target[...]
+        return String(path.dropFirst(5))
+    }
+
+    public func handlerAdded(context: ChannelHandlerContext) {
+        executor = EventLoopTaskExecutor(context.eventLoop)
+    }
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         handle(unwrapInboundIn(data), context: context)
@@ -130,7 +145,7 @@ public final class CallHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// 413, the router's answer to a body past the limit; the rest of the body is read and dropped.
     private var tooLarge: CallAnswer {
         HTTPRejections.count("body_too_large")
-        return .error(.payloadTooLarge, "request body is larger than \(calls.maxBodyBytes) bytes")
+        return BodyReadError.tooLarge(limit: calls.maxBodyBytes).answer
     }
 
     private func run(_ call: Current, context: ChannelHandlerContext) {
@@ -138,7 +153,8 @@ public final class CallHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let bytes = body.readBytes(length: body.readableBytes) ?? []
         let loop = context.eventLoop
         let bound = NIOLoopBound((self, context), eventLoop: loop)
-        calls.start(call.task, call.head, bytes, loop) { answer in
+        let executor = self.executor ?? EventLoopTaskExecutor(loop)
+        calls.start(call.task, call.head, bytes, executor) { answer in
             loop.execute {
                 let (handler, context) = bound.value
                 handler.respond(answer, context: context)
@@ -215,11 +231,7 @@ public final class CallHandler: ChannelDuplexHandler, RemovableChannelHandler {
         // the router's body reading would, and the connection ends (its byte stream is no longer in step).
         guard let call = current, !call.bodyDone, !call.answered else { return context.fireErrorCaught(error) }
         current?.closeAfter = true
-        if error is RequestBodyTimedOut {
-            respond(.error(.requestTimeout, "the request body did not arrive in time (--body-timeout)"), context: context)
-        } else {
-            respond(.error(.badRequest, "cannot read the request body: \(error)"), context: context)
-        }
+        respond((error is RequestBodyTimedOut ? BodyReadError.timedOut : .unreadable("\(error)")).answer, context: context)
         current = nil
         context.close(promise: nil)
     }

@@ -65,9 +65,7 @@ extension Response {
         _ error: APIError, _ message: String, headers: HTTPFields = [:],
         extra: (inout JSONWriter) -> Void = { _ in }
     ) -> Response {
-        .json(
-            HTTPResponse.Status(code: error.statusCode), JSONWriter.errorBody(type: error.type, message: message, extra: extra),
-            headers: headers)
+        CallAnswer.error(error, message, headers: headers, extra: extra).response
     }
 
     /// `{"error":{"type","message",…}}` with `status` (for a status other than the error's own).
@@ -92,10 +90,13 @@ public struct CallAnswer: Sendable {
         self.body = body
     }
 
-    public static func error(_ error: APIError, _ message: String, headers: HTTPFields = [:]) -> CallAnswer {
+    /// `{"error":{"type","message",…}}` with the error's own status.
+    public static func error(
+        _ error: APIError, _ message: String, headers: HTTPFields = [:], extra: (inout JSONWriter) -> Void = { _ in }
+    ) -> CallAnswer {
         CallAnswer(
             status: HTTPResponse.Status(code: error.statusCode), headers: headers,
-            body: JSONWriter.errorBody(type: error.type, message: message))
+            body: JSONWriter.errorBody(type: error.type, message: message, extra: extra))
     }
 
     /// The same answer through the router.
@@ -113,7 +114,8 @@ public enum BodyReadError: Error, Sendable {
     case timedOut
     case unreadable(String)
 
-    public var response: Response {
+    /// The answer, through the router (`response`) or from `CallHandler` (`answer`).
+    public var answer: CallAnswer {
         switch self {
         case .tooLarge(let limit):
             .error(.payloadTooLarge, "request body is larger than \(limit) bytes")
@@ -123,6 +125,8 @@ public enum BodyReadError: Error, Sendable {
             .error(.badRequest, "cannot read the request body: \(reason)")
         }
     }
+
+    public var response: Response { answer.response }
 }
 
 extension Request {

@@ -25,7 +25,7 @@ public struct RequestMetricsMiddleware<Context: RequestContext>: RouterMiddlewar
 }
 
 /// `neutrino_http_requests_total{route,code}`: counted by `RequestMetricsMiddleware`, and by handlers that answer
-/// outside the router (the worker's sync-call handler).
+/// outside the router (`CallHandler`).
 public enum HTTPRequestCounter {
     public static func count(route: String?, code: Int) {
         MetricHandles.counter(NeutrinoMetrics.httpRequests, [("route", route ?? "unmatched"), ("code", String(code))]).increment()

@@ -86,7 +86,8 @@ struct HTTPWorker: Sendable {
         let host = configuration.advertiseHost ?? configuration.host
         var limits = ServerLimits()
         let calls = CallHandler.Calls(
-            claim: { [specs] head in Self.claimedTask(head, specs: specs) }, maxBodyBytes: configuration.maxBodyBytes,
+            claim: { [specs] head in CallHandler.apiTaskName(head).flatMap { specs[$0] == nil ? nil : $0 } },
+            maxBodyBytes: configuration.maxBodyBytes,
             serverName: Self.serverName, route: "/api/{task}",
             start: { [self] task, head, body, _, answer in startCall(task: task, headers: head.headerFields, body: body, answer: answer) })
         limits.requestHandlers = { [CallHandler(calls: calls)] }
@@ -207,15 +208,6 @@ struct HTTPWorker: Sendable {
     }
 
     static let serverName = "neutrino-worker"
-
-    /// The sync task `POST /api/<name>` calls, when `name` is one of `specs` (the router answers anything else).
-    static func claimedTask(_ head: HTTPRequest, specs: [String: TaskSpec]) -> String? {
-        guard head.method == .post, let target = head.path, target.hasPrefix("/api/") else { return nil }
-        let path = target.utf8.firstIndex(of: UInt8(ascii: "?")).map { target[..<$0] } ?? target[...]
-        let name = path.dropFirst(5)
-        guard specs[String(name)] != nil else { return nil }
-        return String(name)
-    }
 
     /// Whether `POST /api/<name>` runs here: its task, or the answer that refuses it before its body is read (no such
     /// task here, the worker is recycling).

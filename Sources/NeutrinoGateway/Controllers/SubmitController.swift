@@ -58,10 +58,7 @@ struct SubmitController: Sendable {
     /// router's middleware makes (tracing, API keys and sessions, CORS, the Host guard, the Origin and CSRF guard)
     /// could act on it. Otherwise, or for any other request, nil: the router serves it.
     static func claimedSyncTask(_ head: HTTPRequest, manifest: Manifest, hostGuard: HostGuard?) -> String? {
-        guard head.method == .post, let target = head.path, target.hasPrefix("/api/") else { return nil }
-        let path = target.utf8.firstIndex(of: UInt8(ascii: "?")).map { target[..<$0] } ?? target[...]
-        let name = String(path.dropFirst(5))
-        guard let task = manifest.tasks[name], task.spec.mode == .sync else { return nil }
+        guard let name = CallHandler.apiTaskName(head), let task = manifest.tasks[name], task.spec.mode == .sync else { return nil }
         let fields = head.headerFields
         // A request with an Origin is the Origin guard's and CORS's; one with an unusual Content-Type the CSRF check's.
         guard fields[.origin] == nil, fields[.contentType].map(isJSONMediaType) ?? true else { return nil }
@@ -71,10 +68,10 @@ struct SubmitController: Sendable {
 
     /// Runs a call `CallHandler` took, as a task on the connection's event loop, and hands back the answer.
     func start(
-        task name: String, head: HTTPRequest, body: [UInt8], loop: any EventLoop,
+        task name: String, head: HTTPRequest, body: [UInt8], executor: EventLoopTaskExecutor,
         answer: @escaping @Sendable (CallAnswer) -> Void
     ) {
-        Task(executorPreference: EventLoopTaskExecutor(loop)) {
+        Task(executorPreference: executor) {
             let response = await submit(task: name, headers: head.headerFields, body: body)
             let collected = CollectedBody()
             do {
