@@ -133,10 +133,10 @@ public func buildGateway(
     let sessions = keys.map { _ in SessionStore(lifetime: access.sessionLifetime) }
     if let keys, let sessions { router.add(middleware: SessionAuthenticator(sessions: sessions, keys: keys)) }
     let limits = KeyLimits(defaultRate: access.defaultRate)
+    let policy = KeyPolicy(limits: limits, manifest: manifest)
     router.add(
         middleware: AccessPolicyMiddleware(
-            keysEnabled: keys != nil, metricsToken: access.metricsToken, limits: limits,
-            manifest: manifest, forwarding: forwarding))
+            keysEnabled: keys != nil, metricsToken: access.metricsToken, policy: policy, forwarding: forwarding))
     let submitter = TaskSubmitter(components: components)
     let operations = OperationsController(components: components)
     operations.addRoutes(to: router)
@@ -220,13 +220,15 @@ public func buildGateway(
             "pools": "\(configuration.httpPools.map { "\($0.key)=\($0.value.count)" }.sorted().joined(separator: ","))",
         ])
     var gatewayLimits = serverLimits(configuration)
-    // Sync calls that no middleware acts on (no tracing, no API keys, no Origin) are answered outside the router.
-    if !NeutrinoTracing.isEnabled && keys == nil {
+    // Sync calls are answered outside the router when no middleware would refuse or decorate them: no tracing, no
+    // Origin, and with API keys only those whose key may submit the task (the same checks, run by the handler).
+    if !NeutrinoTracing.isEnabled {
+        let callAccess = keys.map { CallAccess(keys: $0, policy: policy) }
         let calls = CallHandler.Calls(
-            claim: { head in SubmitController.claimedSyncTask(head, manifest: manifest, hostGuard: hostGuard) },
+            claim: { head in SubmitController.claimedSyncTask(head, manifest: manifest, hostGuard: hostGuard, access: callAccess) },
             maxBodyBytes: configuration.maxBodyBytes, serverName: "neutrino-gateway", route: "/api/{task}",
             start: { task, head, body, executor, answer in
-                submit.start(task: task, head: head, body: body, executor: executor, answer: answer)
+                submit.start(task: task, head: head, body: body, access: callAccess, executor: executor, answer: answer)
             })
         gatewayLimits.requestHandlers = { [CallHandler(calls: calls)] }
     }

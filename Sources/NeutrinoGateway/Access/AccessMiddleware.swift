@@ -139,13 +139,11 @@ struct APIKeyAuthenticator: AuthenticatorMiddleware {
         {
             return nil
         }
-        switch store.verify(bearer.token) {
-        case .valid(let key): return key
-        case .unknown: throw AccessRejection.unauthorized("unknown_key", "the API key is not valid")
-        case .revoked(let id):
+        let verdict = store.verify(bearer.token)
+        if case .revoked(let id) = verdict {
             context.logger.notice("refused a revoked API key", metadata: ["key_id": "\(id)", "path": "\(request.uri.path)"])
-            throw AccessRejection.unauthorized("revoked_key", "API key \(id) is revoked")
         }
+        return try KeyStore.admitted(verdict).get()
     }
 }
 
@@ -156,8 +154,7 @@ struct AccessPolicyMiddleware: RouterMiddleware {
     typealias Context = GatewayRequestContext
     let keysEnabled: Bool
     let metricsToken: String?
-    let limits: KeyLimits
-    let manifest: Manifest
+    let policy: KeyPolicy
     var forwarding: ASGIForwardingRule = .none
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
@@ -186,22 +183,14 @@ struct AccessPolicyMiddleware: RouterMiddleware {
                 throw AccessRejection.unauthorized(
                     "missing_key", "this route needs an API key (Authorization: Bearer <key>) with the \(scope.rawValue) scope")
             }
-            guard key.allows(scope) else {
-                context.logger.info(
-                    "API key lacks a scope",
-                    metadata: [
-                        "key_id": "\(key.id)", "scope": "\(scope.rawValue)",
-                        "path": "\(request.uri.path)",
-                    ])
-                throw AccessRejection.forbidden("scope", "API key \(key.id) lacks the \(scope.rawValue) scope", scope: scope)
-            }
-            if request.method == .post, endpoint?.hasPrefix("/api/") == true, let task = context.parameters.get("task") {
-                if let tasks = key.tasks, !tasks.contains(task) {
-                    throw AccessRejection.forbidden("task_not_allowed", "API key \(key.id) may not submit '\(task)'")
+            let task = request.method == .post && endpoint?.hasPrefix("/api/") == true ? context.parameters.get("task") : nil
+            if let refusal = policy.refusal(of: key, scope: scope, task: task) {
+                if refusal.reason == "scope" {
+                    context.logger.info(
+                        "API key lacks a scope",
+                        metadata: ["key_id": "\(key.id)", "scope": "\(scope.rawValue)", "path": "\(request.uri.path)"])
                 }
-                if let pools = key.pools, let pool = manifest.tasks[task]?.spec.pool, !pools.contains(pool) {
-                    throw AccessRejection.forbidden("pool_not_allowed", "API key \(key.id) may not submit to pool '\(pool)'")
-                }
+                throw refusal
             }
             return try await serve(
                 request, context, key: key,
@@ -215,44 +204,6 @@ struct AccessPolicyMiddleware: RouterMiddleware {
     ) async throws -> Response {
         var context = context
         context.logger[metadataKey: "key_id"] = "\(key.id)"  // the id, never the key, in what the route logs
-        if case .overRate(let retryAfter, let rate, let burst) = limits.take(key) {
-            throw limited(
-                key, "rate", "API key \(key.id) is over its rate of \(rate) requests per second (burst \(Int(burst)))",
-                retryAfter: retryAfter, limit: [("rate_per_second", rate), ("burst", burst)])
-        }
-        if createsTask, case .overInFlight(let limit, let inFlight) = limits.reserve(key) {
-            throw limited(
-                key, "in_flight", "API key \(key.id) has \(inFlight) tasks queued or running, its limit is \(limit)",
-                retryAfter: 1, limit: [("max_in_flight", Double(limit))])
-        }
-        let response: Response
-        do {
-            response = try await RequestIdentity.$keyID.withValue(key.id) { try await next(request, context) }
-        } catch {
-            if createsTask { limits.settle(keyID: key.id, acceptedTaskID: nil) }
-            count(key, code: (error as? any HTTPResponseError)?.status.code ?? 500)
-            throw error
-        }
-        if createsTask {
-            let accepted = response.status == .accepted ? response.headers[NeutrinoHeader.taskID] : nil
-            limits.settle(keyID: key.id, acceptedTaskID: accepted)
-        }
-        count(key, code: response.status.code)
-        return response
-    }
-
-    private func count(_ key: APIKey, code: Int) {
-        MetricHandles.counter(AccessMetrics.requestsByKey, [("key_id", key.id), ("code", String(code))]).increment()
-    }
-
-    private func limited(
-        _ key: APIKey, _ kind: String, _ message: String, retryAfter: Int,
-        limit: [(String, Double)]
-    ) -> AccessRejection {
-        Counter(label: AccessMetrics.limited, dimensions: [("key_id", key.id), ("limit", kind)]).increment()
-        count(key, code: 429)
-        return AccessRejection(
-            error: .rateLimited, reason: kind == "rate" ? "rate_limited" : "in_flight_limited", message: message,
-            headers: [.retryAfter: String(retryAfter)], limit: limit)
+        return try await policy.serve(key: key, createsTask: createsTask) { try await next(request, context) }
     }
 }

@@ -55,24 +55,33 @@ struct SubmitController: Sendable {
     }
 
     /// The sync task a request head calls, when `CallHandler` may serve it instead of the router: no check the
-    /// router's middleware makes (tracing, API keys and sessions, CORS, the Host guard, the Origin and CSRF guard)
-    /// could act on it. Otherwise, or for any other request, nil: the router serves it.
-    static func claimedSyncTask(_ head: HTTPRequest, manifest: Manifest, hostGuard: HostGuard?) -> String? {
+    /// router's middleware makes (tracing, CORS, the Host guard, the Origin and CSRF guard, sessions) could act on
+    /// it, and with API keys (`access`) its bearer key may submit the task (the rate and in-flight quota are taken
+    /// when the call starts). Otherwise, or for any other request, nil: the router serves it (and refuses it).
+    static func claimedSyncTask(_ head: HTTPRequest, manifest: Manifest, hostGuard: HostGuard?, access: CallAccess?) -> String? {
         guard let name = CallHandler.apiTaskName(head), let task = manifest.tasks[name], task.spec.mode == .sync else { return nil }
         let fields = head.headerFields
         // A request with an Origin is the Origin guard's and CORS's; one with an unusual Content-Type the CSRF check's.
         guard fields[.origin] == nil, fields[.contentType].map(isJSONMediaType) ?? true else { return nil }
         if let hostGuard, !hostGuard.admits(fields[hostField] ?? head.authority) { return nil }
+        if let access, case .failure = access.admittedKey(fields, task: name) { return nil }
         return name
     }
 
-    /// Runs a call `CallHandler` took, as a task on the connection's event loop, and hands back the answer.
+    /// Runs a call `CallHandler` took, as a task on the connection's event loop (as its key's request, with API
+    /// keys), and hands back the answer.
     func start(
-        task name: String, head: HTTPRequest, body: [UInt8], executor: EventLoopTaskExecutor,
+        task name: String, head: HTTPRequest, body: [UInt8], access: CallAccess?, executor: EventLoopTaskExecutor,
         answer: @escaping @Sendable (CallAnswer) -> Void
     ) {
         Task(executorPreference: executor) {
-            let response = await submit(task: name, headers: head.headerFields, body: body)
+            let fields = head.headerFields
+            let response =
+                if let access {
+                    await access.serve(fields, task: name) { await submit(task: name, headers: fields, body: body) }
+                } else {
+                    await submit(task: name, headers: fields, body: body)
+                }
             let collected = CollectedBody()
             do {
                 try await response.body.write(collected)
