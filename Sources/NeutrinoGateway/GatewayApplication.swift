@@ -199,17 +199,23 @@ public func buildGateway(
         services.append(InsecureWarning(host: configuration.host, interval: access.insecureWarningInterval, logger: logger))
     }
 
-    // Stopped first after the server: a sync call whose client hung up (nothing holds the server's drain open for a
-    // call answered outside the router) is still recorded before the task log and the worker connections close.
+    // Stopped first after the server: a sync call or a submit whose client hung up (nothing holds the server's drain
+    // open for a request answered outside the router) is still recorded before the task log, the worker connections
+    // and NATS close. A submit ends within its publish budget (5 s, GatewayQueue.publish).
     let syncCalls = components.syncCalls
-    let longestCall = Duration.milliseconds(
-        (manifest.tasks.values.filter { $0.spec.mode == .sync }.map(\.spec.timeoutMs).max() ?? 0) + configuration.timeoutGraceMs)
+    let claimedSubmits = components.claimedSubmits
+    let longestCall = max(
+        Duration.milliseconds(
+            (manifest.tasks.values.filter { $0.spec.mode == .sync }.map(\.spec.timeoutMs).max() ?? 0) + configuration.timeoutGraceMs),
+        queue == nil ? .zero : .seconds(6))
     services.append(
         LifecycleService(
             "sync calls",
             stop: { [logger] in
-                if !(await waitUntil(within: longestCall + .seconds(1)) { syncCalls.count == 0 }) {
-                    logger.error("sync calls still running at shutdown", metadata: ["calls": "\(syncCalls.count)"])
+                if !(await waitUntil(within: longestCall + .seconds(1)) { syncCalls.count == 0 && claimedSubmits.count == 0 }) {
+                    logger.error(
+                        "calls still running at shutdown",
+                        metadata: ["sync_calls": "\(syncCalls.count)", "submits": "\(claimedSubmits.count)"])
                 }
             }))
 
@@ -220,12 +226,12 @@ public func buildGateway(
             "pools": "\(configuration.httpPools.map { "\($0.key)=\($0.value.count)" }.sorted().joined(separator: ","))",
         ])
     var gatewayLimits = serverLimits(configuration)
-    // Sync calls are answered outside the router when no middleware would refuse or decorate them: no tracing, no
+    // Submits are answered outside the router when no middleware would refuse or decorate them: no tracing, no
     // Origin, and with API keys only those whose key may submit the task (the same checks, run by the handler).
     if !NeutrinoTracing.isEnabled {
         let callAccess = keys.map { CallAccess(keys: $0, policy: policy) }
         let calls = CallHandler.Calls(
-            claim: { head in SubmitController.claimedSyncTask(head, manifest: manifest, hostGuard: hostGuard, access: callAccess) },
+            claim: { head in SubmitController.claimedTask(head, manifest: manifest, hostGuard: hostGuard, access: callAccess) },
             maxBodyBytes: configuration.maxBodyBytes, serverName: "neutrino-gateway", route: "/api/{task}",
             start: { task, head, body, executor, answer in
                 submit.start(task: task, head: head, body: body, access: callAccess, executor: executor, answer: answer)

@@ -24,6 +24,8 @@ struct GatewayComponents: Sendable {
     var catchUp = ReplicaCatchUp.none
     /// Sync calls being forwarded now (their rows are written when they end).
     let syncCalls = SyncCallsInFlight()
+    /// Submits answered outside the router, running now (waited for at shutdown).
+    let claimedSubmits = ClaimedSubmits()
     let logger: Logger
 
     /// The task `rawID` names, read after this gateway's own events are committed (and, in cluster mode, after

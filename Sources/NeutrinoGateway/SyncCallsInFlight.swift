@@ -35,3 +35,14 @@ final class SyncCallsInFlight: Sendable {
         }
     }
 }
+
+/// The submits `CallHandler` took (`POST /api/<task>` outside the router) that have not answered yet: the server's
+/// drain does not wait for one whose client hung up, so the gateway's shutdown step does (a queued task published
+/// but not yet recorded, or a sync call's outcome, would otherwise meet a closed task log).
+final class ClaimedSubmits: Sendable {
+    private let running = Atomic<Int>(0)
+
+    func begin() { running.add(1, ordering: .relaxed) }
+    func end() { running.subtract(1, ordering: .relaxed) }
+    var count: Int { running.load(ordering: .relaxed) }
+}

@@ -3,10 +3,17 @@
 runs; every task ends completed, exactly once."""
 from __future__ import annotations
 
+import json
+import os
 import signal
+import socket
+import sqlite3
 import time
+from urllib.parse import urlsplit
 
-from conftest import QUEUE_APP, count_events, event_names, read_journal, wait_for
+import pytest
+
+from conftest import NATS_TASK_LOG, QUEUE_APP, count_events, event_names, read_journal, wait_for, wait_for_output
 
 
 def _completed_once(stack, task_id: str) -> dict:
@@ -90,3 +97,32 @@ def test_sigterm_drain_hands_back_what_outlives_the_grace(queue_stack, tmp_path)
     time.sleep(0.5)
     lines = read_journal(journal)
     assert [(e["event"], e["attempt"]) for e in lines] == [("start", 1), ("start", 2), ("end", 2)], lines
+
+
+@pytest.mark.skipif(NATS_TASK_LOG, reason="the task log over NATS cannot record anything while nats-server is paused")
+def test_gateway_shutdown_waits_for_a_submit_whose_client_left(queue_stack):
+    """SIGTERM to the gateway while a submit whose client has hung up waits for JetStream's ack (nats-server paused
+    with SIGSTOP): the gateway's shutdown waits for the publish to give up (its 5 s budget) and for the task to be
+    recorded `failed`, then exits 0. Without that wait the task log closed first and the task stayed `queued` with
+    nobody left to publish it."""
+    stack = queue_stack(app=QUEUE_APP, name="gwleft-submit")
+    gateway, nats = stack.gateway, stack.nats.proc
+    parts = urlsplit(stack.url)
+    body = json.dumps({"args": {"path": "/dev/null", "tag": "left"}}).encode()
+    os.kill(nats.pid, signal.SIGSTOP)
+    try:
+        s = socket.create_connection((parts.hostname, parts.port), timeout=30)
+        s.sendall(b"POST /api/journal HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                  + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        time.sleep(0.3)  # the submit is waiting for the ack now
+        s.close()
+        gateway.proc.send_signal(signal.SIGTERM)
+        wait_for_output(gateway, "publish failed", timeout=30)
+    finally:
+        # (The NATS connection's own close waits for a paused server: let it answer once the submit has given up.)
+        os.kill(nats.pid, signal.SIGCONT)
+    gateway.proc.wait(30)
+    assert gateway.proc.returncode == 0, f"gateway exited {gateway.proc.returncode}:\n{gateway.output[-3000:]}"
+    with sqlite3.connect(stack.db_path) as conn:
+        rows = conn.execute("SELECT status FROM tasks WHERE function_name = 'journal'").fetchall()
+    assert rows == [("failed",)], rows

@@ -24,7 +24,7 @@ struct SubmitController: Sendable {
         return await submit(task: name, headers: request.headers, body: body)
     }
 
-    /// `POST /api/<task>` once its body is read: through the router, or from `CallHandler` for a sync task.
+    /// `POST /api/<task>` once its body is read: through the router, or from `CallHandler`.
     func submit(task name: String, headers: HTTPFields, body: [UInt8]) async -> Response {
         let manifest = components.manifest
         guard let task = manifest.tasks[name] else {
@@ -54,12 +54,13 @@ struct SubmitController: Sendable {
             idempotencyKey: headers[TaskSubmitter.idempotencyKey])
     }
 
-    /// The sync task a request head calls, when `CallHandler` may serve it instead of the router: no check the
-    /// router's middleware makes (tracing, CORS, the Host guard, the Origin and CSRF guard, sessions) could act on
-    /// it, and with API keys (`access`) its bearer key may submit the task (the rate and in-flight quota are taken
-    /// when the call starts). Otherwise, or for any other request, nil: the router serves it (and refuses it).
-    static func claimedSyncTask(_ head: HTTPRequest, manifest: Manifest, hostGuard: HostGuard?, access: CallAccess?) -> String? {
-        guard let name = CallHandler.apiTaskName(head), let task = manifest.tasks[name], task.spec.mode == .sync else { return nil }
+    /// The task a request head submits (a sync call or a queued task), when `CallHandler` may serve it instead of
+    /// the router: no check the router's middleware makes (tracing, CORS, the Host guard, the Origin and CSRF guard,
+    /// sessions) could act on it, and with API keys (`access`) its bearer key may submit the task (the rate and
+    /// in-flight quota are taken when the call starts). Otherwise, or for any other request, nil: the router serves
+    /// it (and refuses it).
+    static func claimedTask(_ head: HTTPRequest, manifest: Manifest, hostGuard: HostGuard?, access: CallAccess?) -> String? {
+        guard let name = CallHandler.apiTaskName(head), manifest.tasks[name] != nil else { return nil }
         let fields = head.headerFields
         // A request with an Origin is the Origin guard's and CORS's; one with an unusual Content-Type the CSRF check's.
         guard fields[.origin] == nil, fields[.contentType].map(isJSONMediaType) ?? true else { return nil }
@@ -74,7 +75,10 @@ struct SubmitController: Sendable {
         task name: String, head: HTTPRequest, body: [UInt8], access: CallAccess?, executor: EventLoopTaskExecutor,
         answer: @escaping @Sendable (CallAnswer) -> Void
     ) {
+        let submits = components.claimedSubmits
+        submits.begin()
         Task(executorPreference: executor) {
+            defer { submits.end() }
             let fields = head.headerFields
             let response =
                 if let access {
@@ -88,7 +92,7 @@ struct SubmitController: Sendable {
                 answer(CallAnswer(status: response.status, headers: response.headers, body: collected.bytes))
             } catch {
                 // Not expected of the JSON bodies this route answers with; never a half-written body.
-                components.logger.error("a sync call's answer could not be written", metadata: ["error": "\(error)"])
+                components.logger.error("a submit's answer could not be written", metadata: ["error": "\(error)"])
                 answer(.error(.internalError, "the gateway could not write the answer: \(error)"))
             }
         }
