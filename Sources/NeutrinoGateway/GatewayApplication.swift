@@ -199,23 +199,20 @@ public func buildGateway(
         services.append(InsecureWarning(host: configuration.host, interval: access.insecureWarningInterval, logger: logger))
     }
 
-    // Stopped first after the server: a sync call or a submit whose client hung up (nothing holds the server's drain
-    // open for a request answered outside the router) is still recorded before the task log, the worker connections
-    // and NATS close. A submit ends within its publish budget (5 s, GatewayQueue.publish).
-    let syncCalls = components.syncCalls
+    // Stopped first after the server: a sync call or a submit `CallHandler` took whose client hung up (nothing holds
+    // the server's drain open for it) is still recorded before the task log, the worker connections and NATS close.
+    // The router's requests are the drain's. A submit ends within its publish budget.
     let claimedSubmits = components.claimedSubmits
     let longestCall = max(
         Duration.milliseconds(
             (manifest.tasks.values.filter { $0.spec.mode == .sync }.map(\.spec.timeoutMs).max() ?? 0) + configuration.timeoutGraceMs),
-        queue == nil ? .zero : .seconds(6))
+        queue == nil ? .zero : GatewayQueue.publishBudget + .seconds(1))
     services.append(
         LifecycleService(
             "sync calls",
             stop: { [logger] in
-                if !(await waitUntil(within: longestCall + .seconds(1)) { syncCalls.count == 0 && claimedSubmits.count == 0 }) {
-                    logger.error(
-                        "calls still running at shutdown",
-                        metadata: ["sync_calls": "\(syncCalls.count)", "submits": "\(claimedSubmits.count)"])
+                if !(await waitUntil(within: longestCall + .seconds(1)) { claimedSubmits.count == 0 }) {
+                    logger.error("calls still running at shutdown", metadata: ["calls": "\(claimedSubmits.count)"])
                 }
             }))
 

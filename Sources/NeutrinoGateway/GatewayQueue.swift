@@ -59,6 +59,9 @@ public final class GatewayQueue: Sendable {
 
     public var isConnected: Bool { connection.isConnected }
 
+    /// How long a publish keeps trying before the task is refused (503).
+    public static let publishBudget = Duration.seconds(5)
+
     /// Publishes a task; returns once JetStream has stored it (or already had it: the duplicate window).
     /// Refuses at once while disconnected, rather than leaving a buffered message that might be stored later.
     ///
@@ -68,7 +71,7 @@ public final class GatewayQueue: Sendable {
     /// When the budget runs out the task is refused (503), and, since a copy may still be stored by a leader
     /// elected later, it is marked settled (`failed`) in the background so that no worker runs it.
     public func publish(
-        spec: TaskSpec, taskID: String, body: [UInt8], headers: [String: String] = [:], budget: Duration = .seconds(5),
+        spec: TaskSpec, taskID: String, body: [UInt8], headers: [String: String] = [:], budget: Duration = GatewayQueue.publishBudget,
         attemptTimeout: Duration = .milliseconds(1500)
     ) async throws(Failure) {
         guard connection.isConnected else { throw .unavailable("not connected to NATS") }

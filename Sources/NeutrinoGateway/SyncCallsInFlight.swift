@@ -23,9 +23,6 @@ final class SyncCallsInFlight: Sendable {
         _ = calls.withLock { $0.removeValue(forKey: taskID) }
     }
 
-    /// How many calls are being forwarded (each recorded before it leaves).
-    var count: Int { calls.withLock { $0.count } }
-
     /// The `pending` event of call `taskID` if it runs here and was not revealed yet (record it), else nil.
     func reveal(_ taskID: String) -> TaskEvent? {
         calls.withLock { calls -> TaskEvent? in
@@ -36,9 +33,9 @@ final class SyncCallsInFlight: Sendable {
     }
 }
 
-/// The submits `CallHandler` took (`POST /api/<task>` outside the router) that have not answered yet: the server's
-/// drain does not wait for one whose client hung up, so the gateway's shutdown step does (a queued task published
-/// but not yet recorded, or a sync call's outcome, would otherwise meet a closed task log).
+/// The submits `CallHandler` took (`POST /api/<task>` outside the router: sync calls and queued tasks) that have not
+/// answered yet: the server's drain does not wait for one whose client hung up, so the gateway's shutdown step does
+/// (a queued task published but not yet recorded, or a sync call's outcome, would otherwise meet a closed task log).
 final class ClaimedSubmits: Sendable {
     private let running = Atomic<Int>(0)
 

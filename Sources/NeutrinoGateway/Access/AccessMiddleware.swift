@@ -90,6 +90,11 @@ struct AccessRejection: HTTPResponseError {
             headers: [.wwwAuthenticate: #"Bearer realm="neutrino""#])
     }
 
+    /// 401 for a request without a key on a route that needs `scope`.
+    static func missingKey(_ scope: APIScope) -> AccessRejection {
+        .unauthorized("missing_key", "this route needs an API key (Authorization: Bearer <key>) with the \(scope.rawValue) scope")
+    }
+
     static func forbidden(_ reason: String, _ message: String, scope: APIScope? = nil) -> AccessRejection {
         var challenge = #"Bearer realm="neutrino""#
         if let scope { challenge += #", error="insufficient_scope", scope="\#(scope.rawValue)""# }
@@ -180,8 +185,7 @@ struct AccessPolicyMiddleware: RouterMiddleware {
         case .scope(let scope):
             guard keysEnabled else { return try await next(request, context) }
             guard let key = context.identity else {
-                throw AccessRejection.unauthorized(
-                    "missing_key", "this route needs an API key (Authorization: Bearer <key>) with the \(scope.rawValue) scope")
+                throw AccessRejection.missingKey(scope)
             }
             let task = request.method == .post && endpoint?.hasPrefix("/api/") == true ? context.parameters.get("task") : nil
             if let refusal = policy.refusal(of: key, scope: scope, task: task) {

@@ -91,12 +91,10 @@ struct CallAccess: Sendable {
 
     /// The key that may submit `task`, or the refusal the router would answer. The call handler claims only requests
     /// this admits, so a missing, unknown, revoked or insufficient key is refused by the router's middleware (before
-    /// the body is read); it runs again when the call starts, the check that counts.
+    /// the body is read). It runs again once the body has arrived, when the call starts: a key revoked while the body
+    /// was on its way is refused then.
     func admittedKey(_ fields: HTTPFields, task: String) -> Result<APIKey, AccessRejection> {
-        guard let bearer = fields.bearer else {
-            return .failure(
-                .unauthorized("missing_key", "this route needs an API key (Authorization: Bearer <key>) with the submit scope"))
-        }
+        guard let bearer = fields.bearer else { return .failure(.missingKey(.submit)) }
         return keys.authenticate(bearer.token).flatMap { key in
             policy.refusal(of: key, scope: .submit, task: task).map { .failure($0) } ?? .success(key)
         }
