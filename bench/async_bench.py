@@ -279,7 +279,10 @@ class NeutrinoSide:
     def counts(self) -> dict:
         if self._reader is None:
             self._reader = sqlite3.connect(str(self.db), timeout=10, check_same_thread=False)
-        rows = self._reader.execute("SELECT status, count(*) FROM tasks GROUP BY status").fetchall()
+        # task_groups holds the count of every (status, function, pool, mode), kept exact by triggers: a read of a few
+        # rows. `SELECT status, count(*) FROM tasks GROUP BY status` walks an index of every task (0.8 ms at 7,000
+        # rows, 3 ms at 26,000), and every 5 ms that took 15-60 % of a core from the stack being measured.
+        rows = self._reader.execute("SELECT status, sum(n) FROM task_groups GROUP BY status").fetchall()
         return dict(rows)
 
     def unfinished(self) -> int:
