@@ -61,6 +61,35 @@ def test_sigterm_drain_finishes_running_tasks_and_loses_nothing(queue_stack, tmp
              message=lambda: f"pool_async empty (jsz: {stack.nats.consumer('pool_async')})")
 
 
+def test_drain_keeps_a_task_longer_than_ack_wait_alive(queue_stack, tmp_path):
+    """A task of 6 s with AckWait 2 s, on a worker told to stop 1 s in with --drain-grace 10: the worker keeps sending
+    InProgress through the drain (its in-progress ticker stops only after the consumer), so JetStream never hands the
+    message to the second worker while the first still runs it; the task runs once and the first worker exits 0."""
+    ack_wait = 2.0
+    stack = queue_stack(app=QUEUE_APP, ack_wait=ack_wait, name="drainlong")
+    first = stack.worker("async", concurrency=1, drain_grace=10.0)
+    journal = tmp_path / "journal.jsonl"
+    task_id = stack.submit("journal", {"path": str(journal), "seconds": 6.0})
+    wait_for(lambda: [e for e in read_journal(journal) if e["event"] == "start"], timeout=60,
+             message=lambda: f"the task started (journal: {read_journal(journal)})")
+    # A second worker that would take a redelivery.
+    stack.worker("async", concurrency=1)
+    time.sleep(1.0)
+    first.ended_by_test = True
+    first.proc.send_signal(signal.SIGTERM)
+    assert first.wait_exit(timeout=60) == 0, first.output[-3000:]
+
+    record = stack.wait_task(task_id)
+    assert record["status"] == "completed" and record["attempts"] == 1, record
+    assert record["worker_id"] == first.worker_id, record
+    time.sleep(ack_wait + 1)  # a late redelivery would show now
+    lines = read_journal(journal)
+    assert [(e["event"], e["attempt"]) for e in lines] == [("start", 1), ("end", 1)], lines
+    consumer = stack.nats.consumer("pool_async")
+    assert consumer["num_redelivered"] == 0, consumer
+    assert (consumer["num_pending"], consumer["num_ack_pending"]) == (0, 0), consumer
+
+
 def test_sigterm_drain_hands_back_what_outlives_the_grace(queue_stack, tmp_path):
     """--drain-grace 1 s with a task of 8 s: the worker naks it and exits 0; the next worker runs it (attempt 2).
 
