@@ -29,6 +29,11 @@ public final class TaskLogReader: Sendable {
         try await withStore { try $0.record(id: id) }
     }
 
+    /// The status of task `id` alone (nil: no such task).
+    public func status(id: String) async throws -> TaskStatus? {
+        try await withStore { try $0.status(id: id) }
+    }
+
     public func events(taskID: String) async throws -> [TaskEventRecord] {
         try await withStore { try $0.events(taskID: taskID) }
     }

@@ -15,6 +15,15 @@ struct TaskLogStore {
         }
     }
 
+    /// Only the status of task `id` (nil: no such task): what the checks before running or answering need, without
+    /// decoding the rest of the row (its timestamps, arguments and result).
+    func status(id: String) throws -> TaskStatus? {
+        try db.withStatement("SELECT status FROM tasks WHERE id = ?1") { stmt in
+            stmt.bind(1, id)
+            return try stmt.step() ? stmt.string(0).flatMap(TaskStatus.init(rawValue:)) : nil
+        }
+    }
+
     /// Applies one batch in one transaction: every event through the state machine, and into `task_events`.
     func apply(_ events: [TaskEvent]) throws {
         try db.writeTransaction {

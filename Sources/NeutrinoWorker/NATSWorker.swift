@@ -165,8 +165,8 @@ final class NATSWorker: Sendable {
             // No task log here (--task-log nats): cancellations of queued tasks and finished tasks leave a mark.
             return (try? await js.settledStatus(pool: configuration.pool, taskID: id)) ?? nil
         }
-        guard let record = try? await reader.record(id: id), record.status.isTerminal else { return nil }
-        return record.status.rawValue
+        guard let status = try? await reader.status(id: id), status.isTerminal else { return nil }
+        return status.rawValue
     }
 
     /// A redelivery of a task this worker is still running or finishing (its ack came after AckWait, or was lost in

@@ -81,6 +81,9 @@ struct TaskLogTests {
         #expect(record.status == .completed)
         #expect(record.args == #"{"x":1}"#)
         #expect(record.createdAt == Timestamp(millis: 1_000))
+        // The status alone (the checks before running a task) agrees with the row; an unknown id has none.
+        #expect(try await reader.status(id: id) == .completed)
+        #expect(try await reader.status(id: TaskID.make()) == nil)
         await writer.close()
         await reader.shutdown()
     }

@@ -58,7 +58,7 @@ struct InFlightReaper: Service, CustomStringConvertible {
             while !Task.isCancelled {
                 try? await Task.sleep(for: interval)
                 for id in limits.trackedTaskIDs {
-                    if let record = try? await reader.record(id: id), record.status.isTerminal { limits.finished(taskID: id) }
+                    if let status = try? await reader.status(id: id), status.isTerminal { limits.finished(taskID: id) }
                 }
             }
         }

@@ -116,7 +116,7 @@ struct TaskSubmitter: Sendable {
     /// The answer for a repeated Idempotency-Key: the task the first request created, as it stands now.
     private func replay(taskID: String, spec: TaskSpec) async -> Response {
         await components.taskLog?.flush()
-        let status = (try? await components.reader?.record(id: taskID))??.status ?? .queued
+        let status = (try? await components.reader?.status(id: taskID)) ?? nil ?? .queued
         return queuedAnswer(taskID: taskID, spec: spec, status: status, extra: ["Idempotent-Replayed": "true"])
     }
 

@@ -56,7 +56,7 @@ struct DeliveryJanitor: Service {
             try? await js.deleteMessage(stream: QueueLayout.tasksStream, sequence: UInt64(sequence))
             return
         }
-        let terminal = (try? await reader?.record(id: taskID))??.status.isTerminal ?? false
+        let terminal = (try? await reader?.status(id: taskID))??.isTerminal ?? false
         if !terminal {
             let text =
                 "task '\(name)' was delivered \(deliveries) time(s) and its worker ended every attempt without an outcome "
