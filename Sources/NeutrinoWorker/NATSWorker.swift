@@ -383,7 +383,7 @@ struct InProgressTicker: Service, CustomStringConvertible {
         await cancelWhenGracefulShutdown {
             while !Task.isCancelled {
                 do { try await Task.sleep(for: interval) } catch { return }
-                // A message settled since the snapshot gets one more InProgress, which JetStream ignores.
+                // A message settled since the snapshot sends nothing (`inProgress` is a no-op once settled).
                 for message in inFlight() { try? message.inProgress() }
             }
         }
