@@ -31,6 +31,8 @@ final class NATSWorker: Sendable {
     let connection: NATSConnection
     let logger: Logger
     private let inFlight = Mutex<[String: JetStreamMessage]>([:])
+    /// Redeliveries waiting for this worker's attempt of the same task to end (`waitForLocalAttempt`).
+    private let redeliveriesWaiting = Mutex<[ObjectIdentifier: JetStreamMessage]>([:])
     /// Tasks whose attempt here has ended in Python but whose outcome is not yet durable and acknowledged.
     private let finishing = Mutex<Set<String>>([])
     private let cancelled = Mutex(CancelledSet())
@@ -98,7 +100,7 @@ final class NATSWorker: Sendable {
             healthServer(heartbeats: heartbeats),
             CancelListener(connection: connection, logger: logger) { [self] id in self.noteCancel(id) },
             // Before the consumer: services stop in reverse order, so it keeps the messages alive through a drain.
-            InProgressTicker(interval: configuration.ackWait / 3) { [self] in self.inFlight.withLock { Array($0.values) } },
+            InProgressTicker(interval: configuration.ackWait / 3) { [self] in self.messagesToKeepAlive() },
             TaskConsumer(worker: self, natsURL: url, js: try connection.jetStream()),
             heartbeats,
         ]
@@ -178,25 +180,18 @@ final class NATSWorker: Sendable {
         }
         guard isLocal() else { return }
         logger.notice("a task running here was redelivered; waiting for this worker's attempt", metadata: ["task_id": "\(taskID)"])
-        let heartbeat = keepAlive(redelivery)
-        defer { heartbeat.cancel() }
+        redeliveriesWaiting.withLock { $0[ObjectIdentifier(redelivery)] = redelivery }
+        defer { _ = redeliveriesWaiting.withLock { $0.removeValue(forKey: ObjectIdentifier(redelivery)) } }
         let deadline = ContinuousClock.now + .milliseconds(Int64(spec.timeoutMs)) + .seconds(30)
         while isLocal() && ContinuousClock.now < deadline {
             try? await Task.sleep(for: .milliseconds(20))
         }
     }
 
-    /// Sends `InProgress` for `message` every third of AckWait until cancelled, so it is not redelivered meanwhile
-    /// (a redelivery waiting for this worker's attempt; the messages in flight have `InProgressTicker`).
-    private func keepAlive(_ message: JetStreamMessage) -> Task<Void, Never> {
-        let interval = configuration.ackWait / 3
-        return Task {
-            while !Task.isCancelled {
-                try? await Task.sleep(for: interval)
-                if Task.isCancelled { break }
-                try? message.inProgress()
-            }
-        }
+    /// What `InProgressTicker` keeps from being redelivered: the messages running here, and the redeliveries waiting
+    /// for their attempt here to end.
+    func messagesToKeepAlive() -> [JetStreamMessage] {
+        inFlight.withLock { Array($0.values) } + redeliveriesWaiting.withLock { Array($0.values) }
     }
 
     /// Runs one message to its settlement: skip, run, record the outcome durably, then ack, nak or term.
@@ -369,11 +364,11 @@ final class NATSWorker: Sendable {
 
 }
 
-/// Keeps the messages a worker is running from being redelivered: every third of AckWait it sends `InProgress` for
-/// each one in flight. One loop per worker rather than a task and a timer per message: those cost the cooperative
-/// pool and dispatch's timer thread about 30 µs per queued task (two NATS workers draining `echo`: 165 / 150 / 175 →
-/// 140 / 130 / 146 µs per task on the pool, 7-17 → 0 on the timer thread). A message that starts just after a tick
-/// gets its first `InProgress` within one interval, as before.
+/// Keeps the messages a worker holds from being redelivered: every third of AckWait it sends `InProgress` for each
+/// (`NATSWorker.messagesToKeepAlive`). One loop per worker rather than a task and a timer per message: those cost the
+/// cooperative pool and dispatch's timer thread about 30 µs per queued task (two NATS workers draining `echo`, three
+/// pairs: 175 / 172 / 161 → 152 / 147 / 153 µs per task on the pool, 10 → 0 on the timer thread). A message taken
+/// just after a tick gets its first `InProgress` within one interval, as before.
 struct InProgressTicker: Service, CustomStringConvertible {
     let interval: Duration
     let inFlight: @Sendable () -> [JetStreamMessage]

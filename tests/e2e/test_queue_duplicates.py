@@ -57,3 +57,32 @@ def test_duplicate_publish_of_one_task_id_runs_once(queue_stack, tmp_path):
     assert event_names(record) == ["queued", "running", "completed"], record
     assert len(stack.log.query("SELECT id FROM tasks")) == 1, stack.log.query("SELECT id, status FROM tasks")
     assert count_events(stack.log, task_id, "completed") == 1
+
+
+def test_copy_of_a_running_task_waits_for_it_without_being_redelivered(queue_stack, tmp_path):
+    """A copy of a task's message (past the duplicate window) reaches the worker that is running the task: the copy
+    waits for that attempt to end, kept alive meanwhile (its wait outlasts AckWait 2 s), and is then acknowledged
+    without running. The worker keeps a slot free, so its pull requests would take back a copy that lapsed: the copy
+    waits once."""
+    stack = queue_stack(app=QUEUE_APP, ack_wait=2.0, name="dupwait")
+    worker = stack.worker("async", concurrency=3)
+    journal = tmp_path / "journal.jsonl"
+    args = {"path": str(journal), "seconds": 6.0}
+    task_id = stack.submit("journal", args)
+    wait_for(lambda: [e for e in read_journal(journal) if e["event"] == "start"], timeout=60,
+             message=lambda: f"the task started (journal: {read_journal(journal)})")
+    with stack.nats.wire() as nc:
+        ack = nc.js_publish("neutrino.async.journal", json.dumps({"args": args}).encode(), msg_id=task_id.upper())
+    assert ack.get("duplicate") is not True, ack
+    wait_for(lambda: "a task running here was redelivered" in worker.output, timeout=30,
+             message=lambda: f"the copy waiting for the running attempt (worker output: {worker.output[-2000:]})")
+
+    record = stack.wait_task(task_id)
+    assert record["status"] == "completed" and record["attempts"] == 1, record
+    wait_for(lambda: stack.nats.queue_depth("async") == (0, 0), timeout=30,
+             message=lambda: f"the copy consumed (jsz: {stack.nats.consumer('pool_async')})")
+    lines = read_journal(journal)
+    assert [(e["event"], e["attempt"]) for e in lines] == [("start", 1), ("end", 1)], lines
+    # A copy that lapsed would have come back and waited a second time.
+    assert worker.output.count("a task running here was redelivered") == 1, worker.output[-3000:]
+    assert count_events(stack.log, task_id, "completed") == 1
