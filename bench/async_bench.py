@@ -204,6 +204,47 @@ class NeutrinoClient:
             self.conn.close()
 
 
+def async_manifest(state: Path) -> Path:
+    """bench/async_app.py's manifest (`neutrino.cli openapi`), written into `state`."""
+    manifest = state / "openapi-async.json"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "python"),
+                                                                       os.environ.get("PYTHONPATH")])))
+    r = subprocess.run([sys.executable, "-m", "neutrino.cli", "openapi", str(BENCH / "async_app.py"),
+                        "-o", str(manifest)], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    if r.returncode != 0 or not manifest.exists():
+        tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or [""]
+        raise StartError(f"`neutrino.cli openapi bench/async_app.py` failed: {tail[0][:200]}")
+    return manifest
+
+
+def start_nats(state: Path, procs: list) -> str:
+    """nats-server -js on a free loopback port, its store under `state` (appended to `procs`); its URL."""
+    nats_server = shutil.which("nats-server")
+    if not nats_server:
+        raise Skip("nats-server not installed (apt-get install nats-server)")
+    port = free_port()
+    nats = Proc("nats-server", [nats_server, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(state / "nats")],
+                state / "nats-server.log")
+    procs.append(nats)
+    wait_tcp(nats, port, START_TIMEOUT)
+    return f"nats://127.0.0.1:{port}"
+
+
+def start_nats_worker(state: Path, i: int, db: Path, url: str, concurrency: int) -> Proc:
+    """`neutrino-worker --mode nats --pool async` number `i` on bench/async_app.py, recording into `db`."""
+    argv = [str(common.WORKER_BIN), "--mode", "nats", "--pool", "async", "--app", str(BENCH / "async_app.py"),
+            "--concurrency", str(concurrency), "--task-log", f"sqlite:{db}", "--nats", url,
+            "--python-path", str(REPO / "python"), "--drain-grace", "5", "--log-level", "warning"]
+    return Proc(f"neutrino-nats-worker-{i}", argv, state / f"neutrino-nats-worker-{i}.log")
+
+
+def start_queue_gateway(state: Path, manifest: Path, db: Path, url: str) -> Proc:
+    """`neutrino-gateway --nats` with `manifest`, recording into `db` (call `wait_listening` for its port)."""
+    return Proc("neutrino-gateway-async", [str(common.GATEWAY_BIN), "--manifest", str(manifest), "--nats", url,
+                                           "--task-log", f"sqlite:{db}", "--port", "0"],
+                state / "neutrino-gateway-async.log")
+
+
 class NeutrinoSide:
     key = "neutrino"
     label = f"neutrino: gateway + nats + {WORKERS} workers ×{CONCURRENCY}"
@@ -217,7 +258,6 @@ class NeutrinoSide:
 
     def start(self) -> None:
         reason = os.environ.get("BENCH_SKIP_NEUTRINO", "")
-        nats_server = shutil.which("nats-server")
         if reason:
             raise Skip(reason)
         if not common.WORKER_BIN.exists() or not common.GATEWAY_BIN.exists():
@@ -227,36 +267,14 @@ class NeutrinoSide:
             if "--nats" not in h.stdout + h.stderr:
                 raise Skip(f"{binary.name} --help shows no --nats: the binaries in {common.BIN_DIR} predate "
                            "the JetStream path (rebuild: swift build -c release)")
-        if not nats_server:
-            raise Skip("nats-server not installed (apt-get install nats-server)")
 
-        manifest = self.state / "openapi-async.json"
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "python"),
-                                                                           os.environ.get("PYTHONPATH")])))
-        r = subprocess.run([sys.executable, "-m", "neutrino.cli", "openapi", str(BENCH / "async_app.py"),
-                            "-o", str(manifest)], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-        if r.returncode != 0 or not manifest.exists():
-            tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or [""]
-            raise StartError(f"`neutrino.cli openapi bench/async_app.py` failed: {tail[0][:200]}")
-
-        nats_port = free_port()
-        nats = Proc("nats-server", [nats_server, "-js", "-a", "127.0.0.1", "-p", str(nats_port),
-                                    "-sd", str(self.state / "nats")], self.state / "nats-server.log")
-        self.procs.append(nats)
-        wait_tcp(nats, nats_port, START_TIMEOUT)
-        url = f"nats://127.0.0.1:{nats_port}"
-        workers = []
-        for i in range(1, WORKERS + 1):
-            argv = [str(common.WORKER_BIN), "--mode", "nats", "--pool", "async", "--app", str(BENCH / "async_app.py"),
-                    "--concurrency", str(CONCURRENCY), "--task-log", f"sqlite:{self.db}", "--nats", url,
-                    "--python-path", str(REPO / "python"), "--drain-grace", "5", "--log-level", "warning"]
-            workers.append(Proc(f"neutrino-nats-worker-{i}", argv, self.state / f"neutrino-nats-worker-{i}.log"))
+        manifest = async_manifest(self.state)
+        url = start_nats(self.state, self.procs)
+        workers = [start_nats_worker(self.state, i, self.db, url, CONCURRENCY) for i in range(1, WORKERS + 1)]
         self.procs += workers
         for w in workers:
             wait_log(w, b"consuming pool_async from", START_TIMEOUT)
-        gateway = Proc("neutrino-gateway-async", [str(common.GATEWAY_BIN), "--manifest", str(manifest),
-                                                  "--nats", url, "--task-log", f"sqlite:{self.db}", "--port", "0"],
-                       self.state / "neutrino-gateway-async.log")
+        gateway = start_queue_gateway(self.state, manifest, self.db, url)
         self.procs.append(gateway)
         self.port = gateway.wait_listening(START_TIMEOUT)
         # Sanity: one task end to end (the consumers may still be being provisioned: retry briefly).

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import collections
 import http.client
-import json
 import os
 import shutil
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import threading
@@ -30,14 +28,13 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 import run as common  # noqa: E402
-from async_bench import wait_log, wait_tcp  # noqa: E402
-from run import REPO, START_TIMEOUT, Proc, free_port, log  # noqa: E402
+from async_bench import BODY, async_manifest, start_nats, start_nats_worker, start_queue_gateway, wait_log  # noqa: E402
+from run import START_TIMEOUT, cpu_seconds, log  # noqa: E402
 
 TASKS = int(os.environ.get("BENCH_DRAIN_TASKS", "4000"))
 WORKERS = int(os.environ.get("BENCH_DRAIN_WORKERS", "2"))
 CONCURRENCY = int(os.environ.get("BENCH_DRAIN_CONCURRENCY", "2"))
 RUNS = int(os.environ.get("BENCH_DRAIN_RUNS", "1"))
-BODY = b'{"args":{"x":42,"label":"bench"}}'
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -50,11 +47,6 @@ def label(thread: str) -> str:
     if thread.startswith("nats-async"):
         return "cnats I/O thread"
     return LABELS.get(thread, thread)
-
-
-def process_cpu(pid: int) -> int:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
 
 
 def threads_cpu(pids: list) -> collections.Counter:
@@ -91,32 +83,16 @@ def submit_all(port: int, n: int) -> None:
 
 
 def one_run(state: Path) -> tuple:
-    nats_server = shutil.which("nats-server")
-    if not nats_server:
-        raise SystemExit("nats-server not installed (apt-get install nats-server)")
-    manifest = state / "openapi.json"
-    env = dict(os.environ, PYTHONPATH=str(REPO / "python"))
-    subprocess.run([sys.executable, "-m", "neutrino.cli", "openapi", str(BENCH / "async_app.py"), "-o", str(manifest)],
-                   cwd=REPO, env=env, check=True, capture_output=True, timeout=120)
     db = state / "tasks.db"
-    nats_port = free_port()
-    nats = Proc("nats-server", [nats_server, "-js", "-a", "127.0.0.1", "-p", str(nats_port), "-sd", str(state / "js")],
-                state / "nats-server.log")
-    procs = [nats]
+    procs: list = []
     try:
-        wait_tcp(nats, nats_port, START_TIMEOUT)
-        url = f"nats://127.0.0.1:{nats_port}"
-        gateway = Proc("neutrino-gateway", [str(common.GATEWAY_BIN), "--manifest", str(manifest), "--nats", url,
-                                            "--task-log", f"sqlite:{db}", "--port", "0"], state / "gateway.log")
+        manifest = async_manifest(state)
+        url = start_nats(state, procs)
+        nats = procs[-1]
+        gateway = start_queue_gateway(state, manifest, db, url)
         procs.append(gateway)
-        port = gateway.wait_listening(START_TIMEOUT)
-        submit_all(port, TASKS)
-        workers = []
-        for i in range(1, WORKERS + 1):
-            argv = [str(common.WORKER_BIN), "--mode", "nats", "--pool", "async", "--app", str(BENCH / "async_app.py"),
-                    "--concurrency", str(CONCURRENCY), "--task-log", f"sqlite:{db}", "--nats", url,
-                    "--python-path", str(REPO / "python"), "--log-level", "warning"]
-            workers.append(Proc(f"worker-{i}", argv, state / f"worker-{i}.log"))
+        submit_all(gateway.wait_listening(START_TIMEOUT), TASKS)
+        workers = [start_nats_worker(state, i, db, url, CONCURRENCY) for i in range(1, WORKERS + 1)]
         procs += workers
         for w in workers:
             wait_log(w, b"consuming pool_async from", START_TIMEOUT)
@@ -129,14 +105,14 @@ def one_run(state: Path) -> tuple:
         while completed() == 0 and time.monotonic() < deadline:
             time.sleep(0.005)
         pids = [w.p.pid for w in workers]
-        done0, nats0, threads0, t0 = completed(), process_cpu(nats.p.pid), threads_cpu(pids), time.perf_counter()
+        done0, nats0, threads0, t0 = completed(), cpu_seconds([nats]), threads_cpu(pids), time.perf_counter()
         while completed() < TASKS and time.monotonic() < deadline:
             time.sleep(0.01)
-        done1, nats1, threads1, t1 = completed(), process_cpu(nats.p.pid), threads_cpu(pids), time.perf_counter()
+        done1, nats1, threads1, t1 = completed(), cpu_seconds([nats]), threads_cpu(pids), time.perf_counter()
         reader.close()
         n = max(1, done1 - done0)
         per_task = {name: (threads1[name] - threads0[name]) * 1e6 / TICKS / n for name in threads1}
-        return n, t1 - t0, per_task, (nats1 - nats0) * 1e6 / TICKS / n
+        return n, t1 - t0, per_task, (nats1 - nats0) * 1e6 / n
     finally:
         for p in reversed(procs):
             p.stop()
