@@ -67,7 +67,8 @@ public final class CallHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var routing = false
     /// Parts of requests that arrived while a call was served here (pipelining), handled once it is answered.
     private var waiting: [HTTPRequestPart] = []
-    /// A read the channel asked for while the call waited for Python; issued once it is answered.
+    /// A read the channel asked for while the call waited for Python with pipelined parts already waiting; issued
+    /// once it is answered.
     private var readHeld = false
     private var active = true
     /// The `Date` header of this connection's answers, made again once a second (as Hummingbird's router does).
@@ -206,8 +207,10 @@ public final class CallHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     public func read(context: ChannelHandlerContext) {
-        // While Python runs the call, reading on would only pile up pipelined requests here.
-        if current?.bodyDone == true {
+        // While the call runs, a client that waits for its answer sends nothing: reading on costs nothing, where
+        // holding the read would take two `epoll_ctl` calls a request (interest off, then on again). Reads are held
+        // once a pipelined request has arrived, so what piles up here is one read burst at most.
+        if current?.bodyDone == true, !waiting.isEmpty {
             readHeld = true
         } else {
             context.read()

@@ -172,6 +172,38 @@ def test_pipelined_calls_and_router_requests_answer_in_order(wire_worker):
         assert headers.get("server") == "neutrino-worker" and headers.get("date", "").endswith(" GMT"), headers
 
 
+def test_requests_pipelined_while_a_call_runs_are_answered_in_order(wire_worker):
+    """Requests that arrive while the worker runs a call (the worker reads on while it waits) are held until that
+    call is answered, then answered in order: a trickle of single requests, one split across two writes, and a
+    burst of 1,500 calls larger than one read (sent from a thread, since the worker stops reading once it holds
+    some)."""
+    w, _ = wire_worker
+    s = _connect(w.url)
+    burst = [_call("/api/echo", {"x": i}) for i in range(1_500)]
+    try:
+        s.sendall(_call("/api/sleepy", {"seconds": 0.4}))
+        time.sleep(0.1)
+        s.sendall(_call("/api/echo", {"x": "trickle-1"}))
+        time.sleep(0.05)
+        split = _call("/api/add", {"a": 2, "b": 3})
+        s.sendall(split[:20])
+        time.sleep(0.05)
+        s.sendall(split[20:] + b"GET /healthz HTTP/1.1\r\nHost: w\r\n\r\n")
+        with ThreadPoolExecutor(1) as pool:
+            sent = pool.submit(s.sendall, b"".join(burst))
+            got = _read_responses(s, 4 + len(burst))
+            sent.result(timeout=30)
+    finally:
+        s.close()
+    assert [g[0] for g in got] == [200] * len(got), [g for g in got if g[0] != 200][:3]
+    bodies = [json.loads(g[2]) for g in got]
+    assert bodies[0]["result"] == {"slept": 0.4}, bodies[0]
+    assert bodies[1]["result"]["x"] == "trickle-1", bodies[1]
+    assert bodies[2]["result"] == 5, bodies[2]
+    assert bodies[3]["status"] == "ok", bodies[3]
+    assert [b["result"]["x"] for b in bodies[4:]] == list(range(len(burst)))
+
+
 def test_call_with_connection_close_is_answered_then_closed(wire_worker):
     w, _ = wire_worker
     s = _connect(w.url)
