@@ -9,30 +9,30 @@ public enum TaskID {
     private struct State {
         var lastMillis: UInt64 = 0
         var counter: UInt16 = 0
+        var random = RandomWords()
     }
     private static let state = Mutex(State())
 
     /// A new id, greater than every id this process made before.
     public static func make(now: Date = Date()) -> String {
         let millisNow = UInt64(max(0, now.timeIntervalSince1970 * 1000))
-        let (millis, counter) = state.withLock { s -> (UInt64, UInt16) in
+        let (millis, counter, tail) = state.withLock { s -> (UInt64, UInt16, UInt64) in
             if millisNow > s.lastMillis {
                 s.lastMillis = millisNow
-                s.counter = UInt16.random(in: 0..<0x400)  // leave room to count up within the millisecond
+                // 10 random bits: leave room to count up within the millisecond.
+                s.counter = UInt16(truncatingIfNeeded: s.random.next() & 0x3FF)
             } else if s.counter < 0xFFF {
                 s.counter += 1
             } else {
                 s.lastMillis += 1  // counter exhausted: borrow the next millisecond
                 s.counter = 0
             }
-            return (s.lastMillis, s.counter)
+            return (s.lastMillis, s.counter, s.random.next())
         }
         var bytes = [UInt8](repeating: 0, count: 16)
         for i in 0..<6 { bytes[i] = UInt8(truncatingIfNeeded: millis >> (40 - 8 * UInt64(i))) }
         bytes[6] = 0x70 | UInt8(counter >> 8)
         bytes[7] = UInt8(truncatingIfNeeded: counter)
-        var random = SystemRandomNumberGenerator()
-        let tail = random.next() as UInt64
         for i in 0..<8 { bytes[8 + i] = UInt8(truncatingIfNeeded: tail >> (56 - 8 * UInt64(i))) }
         bytes[8] = 0x80 | (bytes[8] & 0x3F)
         return format(bytes)
@@ -77,5 +77,32 @@ public enum TaskID {
             out.append(hex[Int(b & 0x0F)])
         }
         return String(decoding: out, as: UTF8.self)
+    }
+}
+
+/// Random 64-bit words from the kernel's generator (`getentropy`, that is `getrandom`), fetched 32 at a time: an id needs one or two, and a
+/// `getrandom` call each (what `SystemRandomNumberGenerator` makes) was one or two system calls on every sync call.
+struct RandomWords {
+    private var words = [UInt64](repeating: 0, count: 32)
+    private var used = 32
+
+    mutating func next() -> UInt64 {
+        if used == words.count {
+            refill()
+            used = 0
+        }
+        defer { used += 1 }
+        return words[used]
+    }
+
+    private mutating func refill() {
+        let filled = words.withUnsafeMutableBytes { buffer -> Bool in
+            // getentropy: one getrandom call for up to 256 bytes, answered in full (it blocks until the pool is ready).
+            guard let base = buffer.baseAddress else { return false }
+            return getentropy(base, buffer.count) == 0
+        }
+        guard !filled else { return }
+        var generator = SystemRandomNumberGenerator()
+        for i in words.indices { words[i] = generator.next() }
     }
 }

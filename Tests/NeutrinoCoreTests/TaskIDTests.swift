@@ -15,6 +15,16 @@ struct TaskIDTests {
         }
     }
 
+    @Test func randomWordsGoOnPastEachBatch() {
+        // 1,000 words span 32 batches from the kernel; 64-bit words from a working generator never repeat here.
+        var random = RandomWords()
+        let words = (0..<1_000).map { _ in random.next() }
+        #expect(Set(words).count == words.count)
+        // The random tails (the last 62 bits) of ids differ, as the words they come from.
+        let tails = (0..<100).map { _ in TaskID.make().suffix(14) }
+        #expect(Set(tails).count == tails.count)
+    }
+
     @Test func idsSortByTime() {
         let early = TaskID.make(now: Date(timeIntervalSince1970: 1_000_000))
         let late = TaskID.make(now: Date(timeIntervalSince1970: 2_000_000_000))
