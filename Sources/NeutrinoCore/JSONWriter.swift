@@ -31,16 +31,20 @@ public struct JSONWriter: Sendable {
     public mutating func string(_ value: String) { separate(); writeString(value) }
     public mutating func bool(_ value: Bool) { separate(); bytes.append(contentsOf: value ? Array("true".utf8) : Array("false".utf8)) }
     public mutating func null() { separate(); bytes.append(contentsOf: [0x6E, 0x75, 0x6C, 0x6C]) }
-    public mutating func int<I: BinaryInteger>(_ value: I) { separate(); bytes.append(contentsOf: Array(String(value).utf8)) }
+    public mutating func int<I: BinaryInteger>(_ value: I) { separate(); bytes.append(contentsOf: String(value).utf8) }
+    /// `Int` and `[UInt8]` (below) have overloads of their own: a generic public method runs unspecialised when
+    /// called from another module, which made these two the worker's costliest lines of a reply.
+    public mutating func int(_ value: Int) { separate(); bytes.append(contentsOf: String(value).utf8) }
 
     public mutating func double(_ value: Double) {
         separate()
         if !value.isFinite { bytes.append(contentsOf: [0x6E, 0x75, 0x6C, 0x6C]); return }
-        bytes.append(contentsOf: Array(JSONWriter.format(value).utf8))
+        bytes.append(contentsOf: JSONWriter.format(value).utf8)
     }
 
     /// Splices JSON text that is already valid (from Python's `json.dumps` or the task log).
     public mutating func raw<C: Collection>(_ json: C) where C.Element == UInt8 { separate(); bytes.append(contentsOf: json) }
+    public mutating func raw(_ json: [UInt8]) { separate(); bytes.append(contentsOf: json) }
     public mutating func raw(_ json: String) { raw(json.utf8) }
 
     /// Raw JSON, or `null` when absent.
