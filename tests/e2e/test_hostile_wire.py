@@ -10,6 +10,7 @@ cases is reported at the end of the run.
 Nothing asserts on speed: every wait is bounded by a socket timeout or a bounded loop, and fails there."""
 from __future__ import annotations
 
+import json
 import socket
 import sqlite3
 import threading
@@ -159,6 +160,39 @@ def test_slow_body_gets_408(hostile: Hostile):
                    trickle=[b" "] * 30)
     headers = expect("slow body", raw, 408, "RequestTimeout")
     assert headers.get("connection") == "close"
+
+
+def test_request_pipelined_behind_a_running_call_sends_its_body_slowly(launcher: Launcher, example_manifest):
+    """A request pipelined behind a sync call that runs longer than --body-timeout, whose body arrives in two pieces
+    while the call runs, is read as it arrives: no 408 for a body that only a paused read kept waiting, and both
+    requests are answered, in order."""
+    h = Hostile(launcher, example_manifest, ["--body-timeout", "1"])
+    s = h.connect()
+    try:
+        first, second = b'{"args":{"seconds":1.6}}', b'{"args":{"a":2,"b":3}}'
+        head = "POST /api/{} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n"
+        s.sendall(head.format("sleepy", len(first)).encode() + first)
+        time.sleep(0.1)
+        s.sendall(head.format("add", len(second)).encode() + second[:6])
+        time.sleep(0.3)
+        s.sendall(second[6:])
+        answers, buf = [], b""
+        while len(answers) < 2:
+            chunk = s.recv(65536)
+            assert chunk, f"connection closed after {len(answers)} answers: {buf[:300]!r}"
+            buf += chunk
+            while b"\r\n\r\n" in buf:
+                status, headers, _ = parse(buf)
+                end = buf.index(b"\r\n\r\n") + 4 + int(headers["content-length"])
+                if len(buf) < end:
+                    break
+                answers.append((status, json.loads(buf[buf.index(b"\r\n\r\n") + 4:end])))
+                buf = buf[end:]
+    finally:
+        s.close()
+        h.stop()
+    assert answers[0][0] == 200 and answers[0][1]["result"] == {"slept": 1.6}, answers[0]
+    assert answers[1][0] == 200 and answers[1][1]["result"] == 5, answers[1]
 
 
 # --------------------------------------------------------------------------------------- malformed framing
