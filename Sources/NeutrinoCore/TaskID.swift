@@ -80,8 +80,9 @@ public enum TaskID {
     }
 }
 
-/// Random 64-bit words from the kernel's generator (`getentropy`, that is `getrandom`), fetched 32 at a time: an id needs one or two, and a
-/// `getrandom` call each (what `SystemRandomNumberGenerator` makes) was one or two system calls on every sync call.
+/// Random 64-bit words from the kernel's generator (`getentropy`, that is `getrandom`), fetched 32 at a time: an id
+/// needs one or two, and a `getrandom` call each (what `SystemRandomNumberGenerator` makes) was one or two system calls
+/// on every sync call.
 struct RandomWords {
     private var words = [UInt64](repeating: 0, count: 32)
     private var used = 32

@@ -67,10 +67,8 @@ public final class CallHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var routing = false
     /// Parts of requests that arrived while a call was served here (pipelining), handled once it is answered.
     private var waiting: [HTTPRequestPart] = []
-    /// What `waiting` holds: body bytes, and whole requests (an `.end` each).
-    private var waitingSize = (bodyBytes: 0, ends: 0)
-    /// A read the channel asked for while the call waited for Python with pipelined parts already waiting; issued
-    /// once it is answered.
+    /// A read the channel asked for while the call waited for Python with a whole pipelined request waiting
+    /// (`holdsRead`); issued once it is answered.
     private var readHeld = false
     private var active = true
     /// The `Date` header of this connection's answers, made again once a second (as Hummingbird's router does).
@@ -97,7 +95,7 @@ public final class CallHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private func handle(_ part: HTTPRequestPart, context: ChannelHandlerContext) {
         if var call = current {
-            guard !call.bodyDone else { return wait(part) }
+            guard !call.bodyDone else { return waiting.append(part) }
             switch part {
             case .head:
                 // A head inside a body cannot come from the HTTP decoder; drop the connection rather than guess.
@@ -192,7 +190,6 @@ public final class CallHandler: ChannelDuplexHandler, RemovableChannelHandler {
         guard active else { return }
         if call.closeAfter {
             waiting.removeAll()
-            waitingSize = (0, 0)
             context.close(promise: nil)
             return
         }
@@ -200,8 +197,6 @@ public final class CallHandler: ChannelDuplexHandler, RemovableChannelHandler {
             while current?.bodyDone != true, !waiting.isEmpty {
                 handle(waiting.removeFirst(), context: context)
             }
-            // What is left waits behind the call the loop started.
-            countWaiting()
             // What went on to the router is delivered to it at the end of a read burst, as for parts read off the socket.
             context.fireChannelReadComplete()
         }
@@ -211,32 +206,22 @@ public final class CallHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
-    /// Keeps a part that arrived while a call runs, for when it is answered.
-    private func wait(_ part: HTTPRequestPart) {
-        waiting.append(part)
-        Self.count(part, into: &waitingSize)
-    }
-
-    private func countWaiting() {
-        waitingSize = (0, 0)
-        for part in waiting { Self.count(part, into: &waitingSize) }
-    }
-
-    private static func count(_ part: HTTPRequestPart, into size: inout (bodyBytes: Int, ends: Int)) {
-        switch part {
-        case .head: break
-        case .body(let bytes): size.bodyBytes += bytes.readableBytes
-        case .end: size.ends += 1
-        }
-    }
-
     /// Whether reading should pause while the call runs: once a whole pipelined request waits (or a body past the
     /// limit, which will be refused anyway). Until then the connection reads on: a client that waits for its answer
     /// sends nothing, and pausing and resuming the read would take two `epoll_ctl` calls a request; and a pipelined
     /// request's body goes on arriving, so the gateway's body timeout does not fire on a request only this pause
     /// kept from being read. What piles up here is one request (its body up to the limit) and one read burst.
     private var holdsRead: Bool {
-        current?.bodyDone == true && (waitingSize.ends > 0 || waitingSize.bodyBytes > calls.maxBodyBytes)
+        guard current?.bodyDone == true else { return false }
+        var bodyBytes = 0
+        for part in waiting {  // empty for a client that waits for its answer; else one request's parts are looked at
+            switch part {
+            case .head: break
+            case .body(let bytes): bodyBytes += bytes.readableBytes
+            case .end: return true
+            }
+        }
+        return bodyBytes > calls.maxBodyBytes
     }
 
     public func read(context: ChannelHandlerContext) {
@@ -256,7 +241,6 @@ public final class CallHandler: ChannelDuplexHandler, RemovableChannelHandler {
     public func channelInactive(context: ChannelHandlerContext) {
         active = false
         waiting.removeAll()
-        waitingSize = (0, 0)
         context.fireChannelInactive()
     }
 

@@ -20,7 +20,7 @@ struct TaskIDTests {
         var random = RandomWords()
         let words = (0..<1_000).map { _ in random.next() }
         #expect(Set(words).count == words.count)
-        // The random tails (the last 62 bits) of ids differ, as the words they come from.
+        // The random tails of ids (their last 14 hex digits) differ, as the words they come from.
         let tails = (0..<100).map { _ in TaskID.make().suffix(14) }
         #expect(Set(tails).count == tails.count)
     }
