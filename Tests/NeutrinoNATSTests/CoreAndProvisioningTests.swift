@@ -3,6 +3,7 @@ import Logging
 import NeutrinoCore
 import NeutrinoNATS
 import NeutrinoTestSupport
+import Synchronization
 import Testing
 
 /// Core NATS publish/subscribe (cancellation broadcasts) and the task-queue provisioning, against a real server.
@@ -21,6 +22,27 @@ struct CoreAndProvisioningTests {
             second.close()
             var ended = first.messages.makeAsyncIterator()
             #expect(await ended.next() == nil)
+        }
+    }
+
+    @Test func aHandlerSubscriptionHearsEachNoticeOnItsOwnThreadUntilClosed() async throws {
+        try await withJetStream { _, connection, _ in
+            let heard = Mutex<[String]>([])
+            let subscription = try await connection.subscribe(subject: QueueLayout.finishedSubjects) { data in
+                heard.withLock { $0.append(String(decoding: data, as: UTF8.self)) }
+            }
+            var none = subscription.messages.makeAsyncIterator()
+            #expect(await none.next() == nil)  // a handler's stream is empty
+            try connection.publishNow(subject: QueueLayout.finishedSubject(pool: "async"), data: Array("task-1".utf8))
+            try connection.publishNow(subject: QueueLayout.finishedSubject(pool: "gpu"), data: Array("task-2".utf8))
+            try connection.publishNow(subject: "neutrino.control.cancel", data: Array("not-a-notice".utf8))
+            for _ in 0..<500 where heard.withLock({ $0.count }) < 2 { try await Task.sleep(for: .milliseconds(10)) }
+            #expect(heard.withLock { $0 } == ["task-1", "task-2"])
+            subscription.close()
+            // A round trip (publish + flush) after the close: nothing more reaches the closed subscription's handler.
+            try await connection.publish(subject: QueueLayout.finishedSubject(pool: "async"), data: Array("task-3".utf8))
+            try await Task.sleep(for: .milliseconds(50))
+            #expect(heard.withLock { $0 } == ["task-1", "task-2"])
         }
     }
 
