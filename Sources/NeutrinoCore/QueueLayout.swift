@@ -7,6 +7,12 @@ public enum QueueLayout {
     public static let deadLetterStream = "NEUTRINO_DLQ"
     /// Core NATS subject on which cancellations are broadcast to every worker.
     public static let cancelSubject = "neutrino.control.cancel"
+    /// Core NATS subject on which a worker that records into the task log itself announces, right after the commit,
+    /// each task of `pool` it finished (the task id as the body), so that long polls (`GET /tasks/<id>?wait=`)
+    /// answer at once; no stream keeps it. Under `neutrino.control.`, which no pool can use.
+    public static func finishedSubject(pool: String) -> String { "neutrino.control.finished.\(pool)" }
+    /// What a gateway subscribes to for every pool's finished notices.
+    public static let finishedSubjects = "neutrino.control.finished.*"
     /// Subjects of the dead-letter stream.
     public static let deadLetterSubjects = "neutrino.dlq.>"
     /// Pool names that would collide with the layout's own subjects.

@@ -99,9 +99,10 @@ public func buildGateway(
     let feed = reader.map {
         EventFeed(reader: $0, logger: logger, maxSubscribers: configuration.maxSSESubscribers, backlogLimit: configuration.sseBacklog)
     }
+    let waiters = reader.map { TaskWaiters(reader: $0, maxWaiters: configuration.maxLongPollWaiters) }
     let components = GatewayComponents(
         configuration: configuration, manifest: manifest, pools: pools, taskLog: taskLog, reader: reader,
-        waiters: reader.map { TaskWaiters(reader: $0, maxWaiters: configuration.maxLongPollWaiters) }, queue: queue,
+        waiters: waiters, queue: queue,
         workers: workers, monitor: monitor, feed: feed,
         catchUp: configuration.eventsViaNATS ? ReplicaCatchUp(lagBound: configuration.replicationLagBound) : .none,
         logger: logger)
@@ -192,6 +193,7 @@ public func buildGateway(
         let discovery = PoolDiscovery(pools: pools, registry: workers, logger: logger)
         services.append(discovery)
         services.append(HeartbeatListener(connection: queue.connection, registry: workers, discovery: discovery, logger: logger))
+        if let waiters { services.append(FinishedNoticeListener(connection: queue.connection, waiters: waiters, logger: logger)) }
     }
     if let keys { services.append(KeyFileWatcher(store: keys, interval: access.keyFilePollInterval)) }
     if keys != nil, let reader { services.append(InFlightReaper(limits: limits, reader: reader, interval: access.inFlightPollInterval)) }

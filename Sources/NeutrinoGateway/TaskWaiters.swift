@@ -6,6 +6,12 @@ import Synchronization
 /// `data_version` while anyone waits (every 1 ms after a change, backing off to `interval` while nothing changes), and only when another connection (a worker, the gateway's
 /// own writer) has committed does it look up which of the waited-for tasks are now terminal — one query for all.
 ///
+/// A worker that records into the task log itself announces each task it finished, right after the commit, on
+/// `neutrino.control.finished.<pool>` (`FinishedNoticeListener`): `taskFinished` resumes that task's waiters at once,
+/// without waiting for the watcher's next look. The notice is a hint: a waiter reads the record again and waits on
+/// while it is not terminal yet (a notice that raced ahead of this gateway's copy of the event), and a lost notice
+/// costs only the watcher's pace.
+///
 /// The deadline timer of a waiter starts only once the waiter is registered, and a wake-up that arrives before the
 /// registration (a deadline of microseconds, or the client going away) is remembered and honoured by it: a `?wait=`
 /// never outlives its deadline. At most `maxWaiters` requests wait at once; more are refused (`.full`).
@@ -80,6 +86,13 @@ final class TaskWaiters: Sendable {
     }
 
     var waitingCount: Int { state.withLock { $0.count } }
+
+    /// Task `id` reached a terminal status (a worker's notice): resumes its waiters now. Cheap when nobody waits for
+    /// it (one dictionary lookup); called on the NATS subscription's thread.
+    func taskFinished(_ id: String) {
+        let ready = state.withLock { s in s.waiters.removeValue(forKey: id).map { Array($0.values) } ?? [] }
+        for c in ready { c.resume() }
+    }
 
     /// Resumes waiter `token` of task `id`; if it is not registered yet, it resumes itself on registration.
     private func wake(id: String, token: Int) {

@@ -319,6 +319,8 @@ final class NATSWorker: Sendable {
         } else {
             await taskLog.flush()
             span?.end()
+            // Committed: a long poll waiting for this task (`GET /tasks/<id>?wait=`) can answer now.
+            if settle.isFinal { announceFinished(event) }
         }
         do {
             switch settle {
@@ -342,6 +344,17 @@ final class NATSWorker: Sendable {
         return TaskTrace.start(
             NeutrinoTracing.Name.queueWait, continuing: incoming, kind: .consumer, at: stored, taskID: taskID, task: spec.name,
             pool: spec.pool, attempt: attempt)
+    }
+
+    /// Tells the gateways that `event`'s task is terminal and committed (`QueueLayout.finishedSubject`): a write to
+    /// the socket, nothing awaited. Only a worker with a task log of its own sends it: without one, the event is
+    /// committed by a gateway later, and the gateway's own watcher sees it.
+    private func announceFinished(_ event: TaskEvent) {
+        do {
+            try connection.publishNow(subject: QueueLayout.finishedSubject(pool: event.pool), data: Array(event.taskID.utf8))
+        } catch {
+            logger.debug("could not announce a finished task", metadata: ["task_id": "\(event.taskID)", "error": "\(error)"])
+        }
     }
 
     private func markSettled(_ event: TaskEvent, js: JetStream) async {

@@ -77,6 +77,7 @@ def gateway_permissions(user: str = GATEWAY_USER) -> Dict[str, Dict[str, List[st
         "subscribe": {
             "allow": [
                 "neutrino.heartbeat.>",
+                "neutrino.control.finished.*",  # workers' notices that a task finished (long polls answer at once)
                 f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{TASKS_STREAM}.*",
                 f"{inbox_prefix(user)}.>",
             ]
@@ -101,6 +102,7 @@ def worker_permissions(pool: str) -> Dict[str, Dict[str, List[str]]]:
                 f"neutrino.heartbeat.{pool}",
                 f"neutrino.dlq.{pool}.*",
                 f"neutrino.settled.{pool}.*",  # marks of its own pool's tasks only
+                f"neutrino.control.finished.{pool}",  # "this task of mine is done" for the gateways' long polls
             ]
         },
         "subscribe": {"allow": ["neutrino.control.cancel", f"{inbox_prefix(worker_user(pool))}.>"]},

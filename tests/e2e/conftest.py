@@ -996,6 +996,31 @@ class NatsWire:
         assert "error" not in ack, f"JetStream refused the publish to {subject}: {ack}"
         return ack
 
+    def subscribe(self, subject: str) -> None:
+        """A core subscription (sid 2) and a round trip, so that it is in place when this returns."""
+        self._send(f"SUB {subject} 2\r\nPING\r\n".encode())
+        while self._read()[0] != "PONG":
+            pass
+
+    def publish(self, subject: str, payload: bytes) -> None:
+        """A core publish, and a round trip so that the server has routed it when this returns."""
+        self._send(f"PUB {subject} {len(payload)}\r\n".encode() + payload + b"\r\nPING\r\n")
+        while self._read()[0] != "PONG":
+            pass
+
+    def next_message(self, timeout: float) -> Optional[tuple[str, bytes]]:
+        """The next message of a subscription made with `subscribe` as (subject, payload), or None after `timeout`."""
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                kind, msg = self._read()
+                if kind == "MSG" and not msg[0].startswith(self.inbox):
+                    return msg[0], msg[2]
+        except (socket.timeout, TimeoutError):
+            return None
+        finally:
+            self.sock.settimeout(30.0)
+
     def js_api(self, what: str, body: Optional[dict] = None) -> dict:
         """A JetStream API request, e.g. js_api("STREAM.MSG.GET.NEUTRINO_DLQ", {"last_by_subj": ...})."""
         return json.loads(self.request(f"$JS.API.{what}", json.dumps(body or {}).encode()))

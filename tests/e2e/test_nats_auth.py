@@ -8,6 +8,8 @@ for a worker. The raw wire client (`NatsWire`) is used so that each refusal is t
 """
 from __future__ import annotations
 
+import time
+
 import pytest
 from conftest import NATS_AUTH, QUEUE_APP, wait_for_output
 
@@ -63,9 +65,12 @@ def test_a_client_without_credentials_is_refused(queue_stack):
 
 def test_a_worker_may_pull_only_its_own_pool(queue_stack):
     stack = queue_stack(app=QUEUE_APP, name="auth-pools")
-    stack.worker("async")  # pool `async`'s own credentials: it consumes and completes its tasks
+    worker = stack.worker("async")  # pool `async`'s own credentials: it consumes and completes its tasks
     record = stack.wait_task(stack.submit("ping", {"n": 7}))
     assert record["status"] == "completed", record
+    # Everything it published on the way (fetch, ack, events or finished notice) was allowed.
+    time.sleep(0.5)
+    assert "NATS asynchronous error" not in worker.output, worker.output[-2000:]
 
     with stack.nats.wire(user="worker_async") as nc:
         # Allowed: its own consumer.
@@ -86,14 +91,20 @@ def test_a_worker_may_pull_only_its_own_pool(queue_stack):
                         "$JS.API.STREAM.UPDATE.NEUTRINO_EVENTS", "$JS.API.STREAM.PURGE.NEUTRINO_EVENTS",
                         "$JS.API.STREAM.DELETE.NEUTRINO_EVENTS", "$JS.API.STREAM.MSG.DELETE.NEUTRINO_EVENTS",
                         # a settled mark for another pool's task (its worker would skip the task)
-                        "neutrino.settled.gpu.01a236d1-715a-7141-826d-70f910bee20a"):
+                        "neutrino.settled.gpu.01a236d1-715a-7141-826d-70f910bee20a",
+                        # a finished notice for another pool's task (it would wake that pool's long polls)
+                        "neutrino.control.finished.gpu"):
             assert "Permissions Violation for Publish" in _publish_refused(nc, subject), subject
     with stack.nats.wire(user="worker_async") as nc:
         # Refused: listening to another user's replies (where the tasks pool gpu fetches arrive) or to tasks.
         for sid, subject in enumerate(("_INBOX_worker_gpu.>", "_INBOX.>", "neutrino.gpu.*"), start=9):
             refused = _until_pong(nc, f"SUB {subject} {sid}\r\n".encode())
             assert "Permissions Violation for Subscription" in refused, subject
-        # Allowed: its own heartbeat subject.
+        # Allowed: its own heartbeat subject, and its own pool's finished notices.
         assert _publish_refused(nc, "neutrino.heartbeat.async", b"{}") == ""
+        assert _publish_refused(nc, "neutrino.control.finished.async", b"01a236d1-715a-7141-826d-70f910bee20a") == ""
+    with stack.nats.wire(user="gateway") as nc:
+        # The gateway hears every pool's finished notices.
+        assert _until_pong(nc, b"SUB neutrino.control.finished.* 9\r\n") == ""
     with stack.nats.wire(user="gateway") as nc:
         assert "Permissions Violation for Publish" in _publish_refused(nc, "neutrino.heartbeat.async")

@@ -54,15 +54,20 @@ struct TasksController: Sendable {
             guard var (record, events) = found else {
                 return .error(.taskNotFound, "no task with id \(rawID)")
             }
-            if !record.status.isTerminal && waitSeconds > 0 {
-                let outcome = await waiters.waitForTerminal(id: id, timeout: .nanoseconds(Int64(waitSeconds * 1e9)))
-                if case .full(let limit) = outcome {
+            // A wake-up is a hint (a worker's notice may run ahead of this gateway's copy of the event): wait on until
+            // the record is terminal, the deadline passes, or the client is gone.
+            let deadline = ContinuousClock.now + .nanoseconds(Int64(waitSeconds * 1e9))
+            while !record.status.isTerminal && !Task.isCancelled {
+                let left = deadline - ContinuousClock.now
+                guard left > .zero else { break }
+                if case .full(let limit) = await waiters.waitForTerminal(id: id, timeout: left) {
                     HTTPRejections.count("long_poll_waiters")
                     return .error(
                         .overloaded, "\(limit) long polls are waiting (--max-long-poll-waiters); poll without wait= or retry later",
                         headers: [.retryAfter: "1"])
                 }
-                if let fresh = try await reader.recordWithEvents(id: id) { (record, events) = fresh }
+                guard let fresh = try await reader.recordWithEvents(id: id) else { break }  // removed meanwhile (retention)
+                (record, events) = fresh
             }
             var w = JSONWriter(capacity: 1024)
             w.task(record, events: events)
