@@ -996,17 +996,19 @@ class NatsWire:
         assert "error" not in ack, f"JetStream refused the publish to {subject}: {ack}"
         return ack
 
-    def subscribe(self, subject: str) -> None:
-        """A core subscription (sid 2) and a round trip, so that it is in place when this returns."""
-        self._send(f"SUB {subject} 2\r\nPING\r\n".encode())
+    def _round_trip(self, data: bytes) -> None:
+        """Sends `data` + PING and reads up to the PONG: the server has processed `data` when this returns."""
+        self._send(data + b"PING\r\n")
         while self._read()[0] != "PONG":
             pass
 
+    def subscribe(self, subject: str) -> None:
+        """A core subscription (sid 2), in place when this returns."""
+        self._round_trip(f"SUB {subject} 2\r\n".encode())
+
     def publish(self, subject: str, payload: bytes) -> None:
-        """A core publish, and a round trip so that the server has routed it when this returns."""
-        self._send(f"PUB {subject} {len(payload)}\r\n".encode() + payload + b"\r\nPING\r\n")
-        while self._read()[0] != "PONG":
-            pass
+        """A core publish, routed by the server when this returns."""
+        self._round_trip(f"PUB {subject} {len(payload)}\r\n".encode() + payload + b"\r\n")
 
     def next_message(self, timeout: float) -> Optional[tuple[str, bytes]]:
         """The next message of a subscription made with `subscribe` as (subject, payload), or None after `timeout`."""

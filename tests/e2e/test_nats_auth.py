@@ -106,5 +106,4 @@ def test_a_worker_may_pull_only_its_own_pool(queue_stack):
     with stack.nats.wire(user="gateway") as nc:
         # The gateway hears every pool's finished notices.
         assert _until_pong(nc, b"SUB neutrino.control.finished.* 9\r\n") == ""
-    with stack.nats.wire(user="gateway") as nc:
         assert "Permissions Violation for Publish" in _publish_refused(nc, "neutrino.heartbeat.async")

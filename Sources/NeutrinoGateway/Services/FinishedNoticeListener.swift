@@ -20,8 +20,7 @@ struct FinishedNoticeListener: Service {
                         let id = String(decoding: data, as: UTF8.self)
                         if TaskID.isValid(id) { waiters.taskFinished(id.lowercased()) }
                     }
-                    // Held until the gateway shuts down (this task is then cancelled).
-                    while !Task.isCancelled { try? await Task.sleep(for: .seconds(3600)) }
+                    try? await gracefulShutdown()  // held until the gateway shuts down
                     subscription.close()
                     return
                 } catch {
