@@ -25,12 +25,12 @@ def busy_worker(launcher: Launcher):
     w.stop()
 
 
-@pytest.mark.parametrize("task", ["hold", "burn"], ids=["sleeping-threads", "gil-bound-threads"])
-def test_healthz_answers_while_all_python_threads_are_busy(busy_worker, task: str, tmp_path: Path):
-    """With all --concurrency threads inside a task (sleeping, or looping in pure Python), GET /healthz
-    still answers 200 before any of those tasks has finished; then the tasks are released and complete."""
-    worker, _ = busy_worker
-    markers = tmp_path / "markers"
+ROUNDS = 3
+
+
+def _busy_round(worker, task: str, markers: Path) -> tuple:
+    """One round: CONCURRENCY `task` calls running, then GET /healthz. Returns (health response, seconds /healthz
+    took, which calls were still running when it answered, the calls' responses)."""
     markers.mkdir()
     with ThreadPoolExecutor(max_workers=CONCURRENCY) as pool:
         futures = [pool.submit(post_task, worker.url, task, {"marker_dir": str(markers)})
@@ -38,18 +38,37 @@ def test_healthz_answers_while_all_python_threads_are_busy(busy_worker, task: st
         try:
             wait_for(lambda: len(list(markers.glob("started-*"))) >= CONCURRENCY, timeout=60,
                      message=f"{CONCURRENCY} {task} tasks to be running")
+            asked = time.monotonic()
             health = http_request("GET", f"{worker.url}/healthz", timeout=30)
+            took = time.monotonic() - asked
             still_busy = [not f.done() for f in futures]
         finally:
             (markers / "release").write_text("go")
         results = [f.result(timeout=120) for f in futures]
+    return health, took, still_busy, results
 
-    assert health.status == 200, health
-    assert health.json().get("status") == "ok", health
-    assert all(still_busy), "the busy tasks finished before /healthz answered; the check proved nothing"
-    for r in results:
-        assert r.status == 200, r
-        assert r.json()["result"] == {"released": True}, r
+
+@pytest.mark.parametrize("task", ["hold", "burn"], ids=["sleeping-threads", "gil-bound-threads"])
+def test_healthz_answers_while_all_python_threads_are_busy(busy_worker, task: str, tmp_path: Path):
+    """With all --concurrency threads inside a task (sleeping, or looping in pure Python), GET /healthz
+    still answers 200 before any of those tasks has finished; then the tasks are released and complete.
+
+    A sync task may run 5 s at most, so on a starved machine the first task can reach its own limit before the
+    last one has started; such a round proves nothing either way and is run again (ROUNDS at most)."""
+    worker, _ = busy_worker
+    rounds = []
+    for n in range(ROUNDS):
+        health, took, still_busy, results = _busy_round(worker, task, tmp_path / f"markers-{n}")
+        assert health.status == 200, health
+        assert health.json().get("status") == "ok", health
+        for r in results:
+            assert r.status == 200, r
+        rounds.append((took, still_busy, [r.json()["result"] for r in results]))
+        if all(still_busy):
+            assert all(r.json()["result"] == {"released": True} for r in results), rounds
+            return
+    pytest.fail("in every round a busy task ended before /healthz answered, so the check proved nothing; "
+                f"(seconds /healthz took, calls still running, results) per round: {rounds}")
 
 
 @pytest.mark.sqlite_task_log_only("reads the SQLite file a worker without a gateway writes itself")
