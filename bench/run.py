@@ -12,7 +12,8 @@ Environment:
   BENCH_WARMUP=2           warm-up seconds before each measured run (0: none)
   BENCH_CONCURRENCY=1,32   connection counts (wrk threads: 1 for c=1, else 2)
   BENCH_ONLY=...           comma list of targets to run, from:
-                           neutrino, neutrino-auth, neutrino-direct, uvicorn-1, uvicorn-2, ray
+                           neutrino, neutrino-auth, neutrino-direct, uvicorn-1, uvicorn-2, nginx-uvicorn-2, ray
+                           (nginx-uvicorn-2: uvicorn-2 behind nginx, the reference for a proxy hop's cost)
                            (neutrino-auth: the gateway with --api-keys, every request with a bearer key)
   BENCH_START_TIMEOUT=60   seconds to wait for a server to come up (Ray: max(this, 180))
   BENCH_WORKER_PATH=/api/echo   path of the echo task on a worker called directly
@@ -332,6 +333,48 @@ def rss_mb(procs: list[Proc]) -> list[tuple[Proc, float]]:
     return [(p, sum(int(f[21]) * page for f in stats) / 1e6) for p, stats in _group_stats(procs)]
 
 
+def rss_split_mb(pid: int) -> tuple[float, float, float]:
+    """(resident, anonymous, file-backed) memory of one process in MB, from /proc/<pid>/status. File-backed pages
+    are the executable's and the libraries' code and data mapped in, much of it shared with other processes."""
+    fields = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            name, _, value = line.partition(":")
+            if name in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
+                fields[name] = int(value.split()[0]) * 1024 / 1e6  # kB (KiB) -> MB, as rss_mb
+    return fields.get("VmRSS", 0.0), fields.get("RssAnon", 0.0), fields.get("RssFile", 0.0) + fields.get("RssShmem", 0.0)
+
+
+def group_rss_split_mb(pid: int) -> tuple[float, float, float]:
+    """rss_split_mb summed over a server and its children (uvicorn's worker processes)."""
+    totals = [0.0, 0.0, 0.0]
+    for one in [pid, *descendants(pid)]:
+        try:
+            for i, v in enumerate(rss_split_mb(one)):
+                totals[i] += v
+        except OSError:
+            pass
+    return totals[0], totals[1], totals[2]
+
+
+def interpreter_baseline_mb() -> Optional[float]:
+    """Resident memory of a bare CPython process (the interpreter a worker embeds) that has imported the bench app and
+    the SDK, as the worker's interpreter has: what "a worker < 40 MB plus its interpreter" subtracts."""
+    code = ("import sys, runpy; sys.path[:0] = [sys.argv[1], sys.argv[2]]; runpy.run_path(sys.argv[3]); "
+            "sys.stdout.write('ready\\n'); sys.stdout.flush(); sys.stdin.readline()")
+    p = subprocess.Popen([sys.executable, "-c", code, str(REPO / "python"), str(Path(BENCH_APP).parent), BENCH_APP],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=REPO)
+    try:
+        if p.stdout.readline().strip() != b"ready":
+            return None
+        return rss_split_mb(p.pid)[0]
+    except OSError:
+        return None
+    finally:
+        p.kill()
+        p.wait(10)
+
+
 # --------------------------------------------------------------------------- targets
 
 @dataclass
@@ -363,6 +406,10 @@ class Ctx:
     keep: bool = False  # keep the logs (a server logged problems)
     neutrino_ready: Optional[str] = None  # None: not checked yet; "": ok; else skip reason
     manifest: Optional[Path] = None
+    # target key -> [(process name, resident MB, anonymous MB, file-backed MB)] once started, before any load
+    idle_memory: dict = field(default_factory=dict)
+    # target key -> {process name: resident MB} after its last run
+    loaded_memory: dict = field(default_factory=dict)
 
 
 def neutrino_check(ctx: Ctx) -> None:
@@ -460,6 +507,36 @@ def start_uvicorn(workers: int):
     return start
 
 
+def start_nginx_uvicorn(ctx: Ctx):
+    """uvicorn+Starlette with 2 processes behind nginx (one worker process per core, keep-alive connections to the
+    upstream): the cheapest reverse-proxy hop there is on this machine, the reference for the gateway's own hop."""
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+    if nginx is None:
+        raise Skip("not installed: nginx (apt-get install nginx-light; bench/run.sh does)")
+    url, procs = start_uvicorn(2)(ctx)
+    upstream = url.split("//", 1)[1].split("/", 1)[0]
+    port = free_port()
+    conf = ctx.state / "nginx.conf"
+    conf.write_text(f"""worker_processes auto;
+daemon off;
+pid {ctx.state}/nginx.pid;
+error_log {ctx.state}/nginx-error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {ctx.state}/nginx-body;
+  proxy_temp_path {ctx.state}/nginx-proxy;
+  upstream app {{ server {upstream}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{ proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+  }}
+}}
+""")
+    proxy = Proc("nginx", [nginx, "-c", str(conf), "-e", str(ctx.state / "nginx-error.log")], ctx.state / "nginx.log")
+    return f"http://127.0.0.1:{port}/api/echo", [*procs, proxy]
+
+
 def start_ray(ctx: Ctx):
     py = RAY_VENV / "bin" / "python"
     if RAY_FAILED.exists():
@@ -479,12 +556,17 @@ def start_ray(ctx: Ctx):
     return f"http://127.0.0.1:{port}/api/echo", [p]
 
 
+# The targets whose memory is read once they are up and idle, before any load.
+MEMORY_TARGETS = ("neutrino", "uvicorn-2")
+IDLE_SETTLE_S = 2.0
+
 TARGETS = [
     Target("neutrino", "neutrino: gateway + 2 workers", start_neutrino),
     Target("neutrino-auth", "neutrino: gateway + 2 workers, API key", start_neutrino_auth, sleep=False),
     Target("neutrino-direct", "neutrino: 1 worker direct", start_neutrino_direct),
     Target("uvicorn-1", "uvicorn+starlette, 1 process", start_uvicorn(1)),
     Target("uvicorn-2", "uvicorn+starlette, 2 processes", start_uvicorn(2)),
+    Target("nginx-uvicorn-2", "nginx → uvicorn+starlette, 2 processes", start_nginx_uvicorn),
     Target("ray", f"ray serve, {RAY_REPLICAS} replicas", start_ray, max(START_TIMEOUT, 180), sleep=False),
 ]
 
@@ -514,6 +596,9 @@ def run_target(t: Target, ctx: Ctx, rows: list[Row]) -> None:
         if note:
             ctx.notes.append(f"{t.label}: {note}")
             log(note)
+        if t.key in MEMORY_TARGETS:
+            time.sleep(IDLE_SETTLE_S)  # the start-up's one-off work done, as an idle server sits
+            ctx.idle_memory[t.key] = [(p.name, *group_rss_split_mb(p.p.pid)) for p in procs if p.p.poll() is None]
         runs = [(t.call, url, BODY, c) for c in CONCURRENCY]
         if SLEEP and t.sleep:
             runs.append(("sleep_ms(10)", url.rsplit("/", 1)[0] + "/sleep_ms", SLEEP_BODY, 32))
@@ -532,6 +617,7 @@ def run_target(t: Target, ctx: Ctx, rows: list[Row]) -> None:
                     f"p99 {res.p99_ms:.3f} ms, non-2xx {res.non2xx}, socket errors {res.sock_total}, "
                     f"cpu/call {cpu_ms if cpu_ms is None else round(cpu_ms, 3)} ms, RSS MB {rss}")
                 rows.append(Row(t.label, c, res, workload=workload, cpu_ms=cpu_ms, rss_mb=rss))
+                ctx.loaded_memory[t.key] = {p.name: m for p, m in rss_mb(procs)}
             except (RuntimeError, ValueError, AttributeError, subprocess.TimeoutExpired) as e:
                 ctx.failed = True
                 log(f"  {workload} c={c}: wrk failed: {e}")
@@ -661,6 +747,38 @@ def ratios(rows: list[Row]) -> list[str]:
     return out
 
 
+def memory_lines(ctx: Ctx) -> list[str]:
+    """The issue's memory targets: the gateway idle (< 30 MB) and under the c=32 runs (< 100 MB), a worker's own share
+    (its RSS less a bare CPython that imported the same app: < 40 MB), beside uvicorn's processes."""
+    out = []
+    for key, procs in ctx.idle_memory.items():
+        label = next(t.label for t in TARGETS if t.key == key)
+        loaded = ctx.loaded_memory.get(key, {})
+        parts = []
+        for name, rss, anon, file in procs:
+            after = loaded.get(name)
+            parts.append(f"{name.replace('neutrino-', '')} {rss:.1f} MB idle (anonymous {anon:.1f}, file-backed "
+                         f"{file:.1f})" + (f", {after:.1f} MB after the runs" if after is not None else ""))
+        out.append(f"- memory, {label}: " + "; ".join(parts))
+    gateway = [(rss, loaded) for key, procs in ctx.idle_memory.items() for name, rss, _, _ in procs
+               if name == "neutrino-gateway" and key == "neutrino"
+               for loaded in [ctx.loaded_memory.get(key, {}).get(name)]]
+    if gateway:
+        idle, loaded = gateway[0]
+        out.append(f"- gateway RSS idle {idle:.1f} MB: {'met' if idle < 30 else 'not met'} (< 30 MB)"
+                   + (f"; after the c=32 runs {loaded:.1f} MB: {'met' if loaded < 100 else 'not met'} (< 100 MB)"
+                      if loaded is not None else ""))
+    workers = [rss for key, procs in ctx.idle_memory.items() if key == "neutrino"
+               for name, rss, _, _ in procs if name.startswith("neutrino-worker")]
+    if workers:
+        base = interpreter_baseline_mb()
+        if base is not None:
+            own = max(workers) - base
+            out.append(f"- worker RSS idle {max(workers):.1f} MB, of which a bare CPython with the same app imported "
+                       f"{base:.1f} MB: the worker's own {own:.1f} MB, {'met' if own < 40 else 'not met'} (< 40 MB)")
+    return out
+
+
 def paired_ratios(ctx: Ctx) -> list[str]:
     """The headline ratios again, from runs that take turns: Neutrino (gateway + 2 workers) and uvicorn + Starlette with
     2 processes are both up (idle between their turns), and each pair is a run of one right after a run of the other,
@@ -727,6 +845,30 @@ def gateway_hop(rows: list[Row]) -> str:
             f"(gateway+2 workers {fmt_ms(a)} − worker direct {fmt_ms(b)})" + auth_cost(rows))
 
 
+def proxy_hop(rows: list[Row]) -> str:
+    """What a proxy hop costs in CPU per call at c=32 (echo): Neutrino's gateway (gateway + 2 workers − one worker
+    direct) beside nginx's (nginx → uvicorn-2 − uvicorn-2), so the gateway's overhead is read against the cheapest
+    hop there is on the same machine, not only against a server with no hop at all."""
+    def cpu(key: str) -> Optional[float]:
+        label = next(t.label for t in TARGETS if t.key == key)
+        return next((r.cpu_ms for r in rows if r.target == label and r.conns == 32 and r.workload == "echo"
+                     and r.cpu_ms is not None), None)
+    def rps(key: str) -> Optional[float]:
+        label = next(t.label for t in TARGETS if t.key == key)
+        return next((r.result.rps for r in rows if r.target == label and r.conns == 32 and r.workload == "echo"
+                     and r.result is not None), None)
+    n, d, g, u = cpu("neutrino"), cpu("neutrino-direct"), cpu("nginx-uvicorn-2"), cpu("uvicorn-2")
+    if None in (n, d, g, u):
+        return ""
+    line = (f"- proxy hop, CPU per call at c=32 (echo): Neutrino's gateway {fmt_ms(n - d)} (gateway + 2 workers "
+            f"{fmt_ms(n)} − worker direct {fmt_ms(d)}); nginx {fmt_ms(g - u)} (nginx → uvicorn-2 {fmt_ms(g)} − "
+            f"uvicorn-2 {fmt_ms(u)})")
+    ng, uv = rps("nginx-uvicorn-2"), rps("uvicorn-2")
+    if ng and uv:
+        line += f"; nginx → uvicorn-2 ÷ uvicorn-2: req/s {ng / uv:.2f}×"
+    return line
+
+
 def auth_cost(rows: list[Row]) -> str:
     """What authenticating each request adds at c=1 (p50 with an API key − p50 without), if both rows ran."""
     def p50(label: str) -> Optional[float]:
@@ -791,8 +933,9 @@ def main() -> int:
     if not only or {"neutrino", "neutrino-direct"} <= only:
         print(gateway_hop(rows))
         print()
-    for line in ratios(rows) + paired:
-        print(line)
+    for line in ratios(rows) + [proxy_hop(rows)] + paired + memory_lines(ctx):
+        if line:
+            print(line)
     for n in ctx.notes:
         print(f"- note: {n}")
     if ctx.failed or ctx.keep or os.environ.get("BENCH_KEEP"):

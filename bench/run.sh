@@ -45,6 +45,13 @@ if ! command -v wrk >/dev/null 2>&1; then
   fi
 fi
 
+# --- nginx (Debian package): the reference proxy hop (nginx → uvicorn-2); its row is skipped without it
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+  say "installing nginx-light"
+  # Debian's package may start a system instance on :80; the benchmark starts its own on a free port.
+  apt_install nginx-light || say "nginx missing and could not be installed: the nginx → uvicorn-2 row is skipped"
+fi
+
 # --- bench/.venv: starlette + uvicorn[standard] (uvloop, httptools), fastapi (the async def table's peer)
 if ! "$BENCH_DIR/.venv/bin/python" -c "import starlette, uvicorn, uvloop, httptools, fastapi" 2>/dev/null; then
   say "creating bench/.venv (starlette, uvicorn[standard], fastapi)"
