@@ -145,7 +145,8 @@ let package = Package(
             name: "NeutrinoTracingTests",
             dependencies: ["NeutrinoTracing", "NeutrinoCore", .product(name: "Tracing", package: "swift-distributed-tracing")],
             swiftSettings: swiftSettings),
-        .testTarget(name: "NeutrinoTaskLogTests", dependencies: ["NeutrinoTaskLog"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "NeutrinoTaskLogTests", dependencies: ["NeutrinoTaskLog", "NeutrinoTestSupport"], swiftSettings: swiftSettings),
         .testTarget(
             name: "NeutrinoGatewayTests",
             dependencies: [

@@ -29,7 +29,7 @@ struct EventPipelineTests {
 
     @Test func everyEventArrivesOnceAsRowsAndRepublishesAreDeduplicated() async throws {
         try await withJetStream { _, _, js in
-            let path = tempTaskLogPath()
+            let path = temporaryTaskLogPath()
             let writer = try TaskLogWriter(path: path, logger: testLogger)
             let reader = try TaskLogReader(path: path, threads: 1)
             let publisher = NATSEventPublisher(jetStream: js, logger: testLogger, options: publisherOptions())
@@ -65,7 +65,7 @@ struct EventPipelineTests {
 
     @Test func aResultTooLargeForNATSBecomesAFailureNotALostEvent() async throws {
         try await withJetStream { _, _, js in
-            let path = tempTaskLogPath()
+            let path = temporaryTaskLogPath()
             let writer = try TaskLogWriter(path: path, logger: testLogger)
             let reader = try TaskLogReader(path: path, threads: 1)
             var options = publisherOptions()
@@ -92,7 +92,7 @@ struct EventPipelineTests {
 
     @Test func aConsumerRestartedBetweenCommitAndAckReplaysWithoutDuplicates() async throws {
         try await withJetStream { _, _, js in
-            let path = tempTaskLogPath()
+            let path = temporaryTaskLogPath()
             let writer = try TaskLogWriter(path: path, logger: testLogger)
             let reader = try TaskLogReader(path: path, threads: 1)
             let publisher = NATSEventPublisher(jetStream: js, logger: testLogger, options: publisherOptions())
@@ -133,7 +133,7 @@ struct EventPipelineTests {
 
     @Test func eventsRecordedWhileTheServerIsDownArriveAfterItRestarts() async throws {
         try await withJetStream(publishTimeout: .seconds(1)) { server, connection, js in
-            let path = tempTaskLogPath()
+            let path = temporaryTaskLogPath()
             let writer = try TaskLogWriter(path: path, logger: testLogger)
             let reader = try TaskLogReader(path: path, threads: 1)
             let publisher = NATSEventPublisher(jetStream: js, logger: testLogger, options: publisherOptions())
@@ -175,7 +175,7 @@ struct EventPipelineTests {
 
     @Test func undecodableMessagesAreTerminatedAndTheRestApplied() async throws {
         try await withJetStream { _, _, js in
-            let path = tempTaskLogPath()
+            let path = temporaryTaskLogPath()
             let writer = try TaskLogWriter(path: path, logger: testLogger)
             let reader = try TaskLogReader(path: path, threads: 1)
             try await EventStreamProvisioning.ensureStream(js)

@@ -5,12 +5,6 @@ import NeutrinoNATS
 import NeutrinoTaskLog
 @_exported import NeutrinoTestSupport
 
-func tempTaskLogPath() -> String {
-    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("neutrino-events-\(UUID().uuidString)")
-    try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-    return dir.appendingPathComponent("tasks.db").path
-}
-
 /// One task's life as a NATS worker (and the gateway's `pending`) would record it: pending, running, progress,
 /// completed.
 func lifecycle(_ id: String, pool: String = "gpu", worker: String = "w1", base: Int64 = 1_700_000_000_000) -> [TaskEvent] {

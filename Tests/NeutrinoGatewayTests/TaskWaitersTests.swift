@@ -1,6 +1,7 @@
 import Foundation
 import NeutrinoCore
 import NeutrinoTaskLog
+import NeutrinoTestSupport
 import Testing
 
 @testable import NeutrinoGateway
@@ -10,10 +11,8 @@ import Testing
 @Suite(.serialized, .timeLimit(.minutes(2)))
 struct TaskWaitersTests {
     @Test func aFinishedNoticeResumesItsTasksWaitersAndNoOthers() async throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("neutrino-waiters-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: dir) }
-        let path = dir.appendingPathComponent("tasks.db").path
+        let path = temporaryTaskLogPath()
+        defer { try? FileManager.default.removeItem(at: URL(fileURLWithPath: path).deletingLastPathComponent()) }
         let writer = try TaskLogWriter(path: path)
         let reader = try TaskLogReader(path: path, threads: 1)
         let waiters = TaskWaiters(reader: reader)

@@ -1,14 +1,8 @@
 import Foundation
 import NeutrinoCore
+@_exported import NeutrinoTestSupport
 
 @testable import NeutrinoTaskLog
-
-/// A task log file in a fresh temporary folder.
-func temporaryTaskLogPath(_ name: String = "tasks.db") -> String {
-    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("neutrino-tasklog-\(UUID().uuidString)")
-    try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-    return dir.appendingPathComponent(name).path
-}
 
 /// Every row of `tasks`, read directly (the brute-force answer the indexed queries are compared with).
 func allTasks(path: String) throws -> [TaskRecord] {

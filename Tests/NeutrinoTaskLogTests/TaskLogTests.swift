@@ -5,12 +5,6 @@ import Testing
 @testable import NeutrinoTaskLog
 
 struct TaskLogTests {
-    func tempPath() -> String {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("neutrino-tasklog-\(UUID().uuidString)")
-        try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        return dir.appendingPathComponent("tasks.db").path
-    }
-
     func events(for id: String, worker: String) -> [TaskEvent] {
         [
             TaskEvent(
@@ -29,7 +23,7 @@ struct TaskLogTests {
     /// of one task split between writers and delivered in every order, some twice: every task ends with one row,
     /// `completed`, and one event of each kind.
     @Test func concurrentWritersApplyEventsExactlyOnce() async throws {
-        let path = tempPath()
+        let path = temporaryTaskLogPath()
         let writers = try (0..<4).map { _ in try TaskLogWriter(path: path) }
         let ids = (0..<1000).map { _ in TaskID.make() }
         await withTaskGroup(of: Void.self) { group in
@@ -66,7 +60,7 @@ struct TaskLogTests {
     }
 
     @Test func terminalStatusSurvivesLateEvents() async throws {
-        let path = tempPath()
+        let path = temporaryTaskLogPath()
         let writer = try TaskLogWriter(path: path)
         let id = TaskID.make()
         let base = events(for: id, worker: "w")
@@ -89,7 +83,7 @@ struct TaskLogTests {
     }
 
     @Test func filtersAndPages() async throws {
-        let path = tempPath()
+        let path = temporaryTaskLogPath()
         let writer = try TaskLogWriter(path: path)
         var ids: [String] = []
         for i in 0..<7 {
@@ -111,7 +105,7 @@ struct TaskLogTests {
     }
 
     @Test func schemaIsWalWithTheCompositeIndexes() async throws {
-        let path = tempPath()
+        let path = temporaryTaskLogPath()
         let writer = try TaskLogWriter(path: path)
         await writer.close()
         let db = try SQLiteConnection(path: path)
