@@ -305,7 +305,8 @@ _TICK = os.sysconf("SC_CLK_TCK")
 
 
 def _group_stats(procs: list[Proc]) -> list[tuple[Proc, list[list[str]]]]:
-    """/proc/<pid>/stat fields of every process in each server's process group (uvicorn's workers too)."""
+    """/proc/<pid>/stat fields of every process in each server's process group (uvicorn's workers too), the pid
+    first."""
     groups = {p.p.pid: (p, []) for p in procs}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -318,19 +319,19 @@ def _group_stats(procs: list[Proc]) -> list[tuple[Proc, list[list[str]]]]:
         fields = text[text.rfind(")") + 2:].split()  # from field 3 (state) on
         pgrp = int(fields[2])
         if pgrp in groups:
-            groups[pgrp][1].append(fields)
+            groups[pgrp][1].append([entry, *fields])
     return list(groups.values())
 
 
 def cpu_seconds(procs: list[Proc]) -> float:
     """User + system CPU of the servers' processes so far."""
-    return sum((int(f[11]) + int(f[12])) / _TICK for _, stats in _group_stats(procs) for f in stats)
+    return sum((int(f[12]) + int(f[13])) / _TICK for _, stats in _group_stats(procs) for f in stats)
 
 
 def rss_mb(procs: list[Proc]) -> list[tuple[Proc, float]]:
     """Resident memory of each server (its process group), in MB."""
     page = os.sysconf("SC_PAGE_SIZE")
-    return [(p, sum(int(f[21]) * page for f in stats) / 1e6) for p, stats in _group_stats(procs)]
+    return [(p, sum(int(f[22]) * page for f in stats) / 1e6) for p, stats in _group_stats(procs)]
 
 
 def rss_split_mb(pid: int) -> tuple[float, float, float]:
@@ -345,16 +346,19 @@ def rss_split_mb(pid: int) -> tuple[float, float, float]:
     return fields.get("VmRSS", 0.0), fields.get("RssAnon", 0.0), fields.get("RssFile", 0.0) + fields.get("RssShmem", 0.0)
 
 
-def group_rss_split_mb(pid: int) -> tuple[float, float, float]:
-    """rss_split_mb summed over a server and its children (uvicorn's worker processes)."""
-    totals = [0.0, 0.0, 0.0]
-    for one in [pid, *descendants(pid)]:
-        try:
-            for i, v in enumerate(rss_split_mb(one)):
-                totals[i] += v
-        except OSError:
-            pass
-    return totals[0], totals[1], totals[2]
+def rss_split_by_server(procs: list[Proc]) -> list[tuple[Proc, float, float, float]]:
+    """rss_split_mb summed over each server's process group (uvicorn's worker processes too)."""
+    out = []
+    for p, stats in _group_stats(procs):
+        totals = [0.0, 0.0, 0.0]
+        for f in stats:
+            try:
+                for i, v in enumerate(rss_split_mb(int(f[0]))):
+                    totals[i] += v
+            except OSError:  # the process ended in between
+                pass
+        out.append((p, *totals))
+    return out
 
 
 def interpreter_baseline_mb() -> Optional[float]:
@@ -598,7 +602,7 @@ def run_target(t: Target, ctx: Ctx, rows: list[Row]) -> None:
             log(note)
         if t.key in MEMORY_TARGETS:
             time.sleep(IDLE_SETTLE_S)  # the start-up's one-off work done, as an idle server sits
-            ctx.idle_memory[t.key] = [(p.name, *group_rss_split_mb(p.p.pid)) for p in procs if p.p.poll() is None]
+            ctx.idle_memory[t.key] = [(p.name, rss, anon, file) for p, rss, anon, file in rss_split_by_server(procs)]
         runs = [(t.call, url, BODY, c) for c in CONCURRENCY]
         if SLEEP and t.sleep:
             runs.append(("sleep_ms(10)", url.rsplit("/", 1)[0] + "/sleep_ms", SLEEP_BODY, 32))
@@ -612,12 +616,13 @@ def run_target(t: Target, ctx: Ctx, rows: list[Row]) -> None:
                 used = cpu_seconds(procs) - before
                 calls = res.requests
                 cpu_ms = used / calls * 1000 if calls and used > 0 else None
-                rss = ", ".join(f"{p.name.replace('neutrino-', '')} {m:.0f}" for p, m in rss_mb(procs))
+                resident = rss_mb(procs)
+                rss = ", ".join(f"{p.name.replace('neutrino-', '')} {m:.0f}" for p, m in resident)
                 log(f"  {workload} c={c}: {res.rps:.0f} req/s, p50 {res.p50_ms:.3f} ms, "
                     f"p99 {res.p99_ms:.3f} ms, non-2xx {res.non2xx}, socket errors {res.sock_total}, "
                     f"cpu/call {cpu_ms if cpu_ms is None else round(cpu_ms, 3)} ms, RSS MB {rss}")
                 rows.append(Row(t.label, c, res, workload=workload, cpu_ms=cpu_ms, rss_mb=rss))
-                ctx.loaded_memory[t.key] = {p.name: m for p, m in rss_mb(procs)}
+                ctx.loaded_memory[t.key] = {p.name: m for p, m in resident}
             except (RuntimeError, ValueError, AttributeError, subprocess.TimeoutExpired) as e:
                 ctx.failed = True
                 log(f"  {workload} c={c}: wrk failed: {e}")
@@ -728,15 +733,18 @@ def table(rows: list[Row]) -> list[str]:
     return out
 
 
+def measured_row(rows: list[Row], key: str, workload: str = "echo", conns: int = 32) -> Optional[Row]:
+    """The measured row of target `key` (TARGETS) for that workload and connection count, if it ran."""
+    label = next(t.label for t in TARGETS if t.key == key)
+    return next((r for r in rows if r.target == label and r.workload == workload and r.conns == conns
+                 and r.result is not None), None)
+
+
 def ratios(rows: list[Row]) -> list[str]:
     """Neutrino (gateway + 2 workers) against uvicorn + Starlette with 2 processes, per workload at c=32."""
-    def find(label: str, workload: str) -> Optional[Row]:
-        return next((r for r in rows if r.target == label and r.workload == workload and r.conns == 32
-                     and r.result is not None), None)
     out = []
     for workload in ("echo", "sleep_ms(10)"):
-        labels = {t.key: t.label for t in TARGETS}
-        n, u = find(labels["neutrino"], workload), find(labels["uvicorn-2"], workload)
+        n, u = measured_row(rows, "neutrino", workload), measured_row(rows, "uvicorn-2", workload)
         if n is None or u is None or not u.result.rps:
             continue
         line = (f"- {workload} c=32, Neutrino ÷ uvicorn-2: req/s {n.result.rps / u.result.rps:.2f}×, "
@@ -760,16 +768,13 @@ def memory_lines(ctx: Ctx) -> list[str]:
             parts.append(f"{name.replace('neutrino-', '')} {rss:.1f} MB idle (anonymous {anon:.1f}, file-backed "
                          f"{file:.1f})" + (f", {after:.1f} MB after the runs" if after is not None else ""))
         out.append(f"- memory, {label}: " + "; ".join(parts))
-    gateway = [(rss, loaded) for key, procs in ctx.idle_memory.items() for name, rss, _, _ in procs
-               if name == "neutrino-gateway" and key == "neutrino"
-               for loaded in [ctx.loaded_memory.get(key, {}).get(name)]]
-    if gateway:
-        idle, loaded = gateway[0]
+    neutrino = {name: rss for name, rss, _, _ in ctx.idle_memory.get("neutrino", [])}
+    if "neutrino-gateway" in neutrino:
+        idle, loaded = neutrino["neutrino-gateway"], ctx.loaded_memory.get("neutrino", {}).get("neutrino-gateway")
         out.append(f"- gateway RSS idle {idle:.1f} MB: {'met' if idle < 30 else 'not met'} (< 30 MB)"
                    + (f"; after the c=32 runs {loaded:.1f} MB: {'met' if loaded < 100 else 'not met'} (< 100 MB)"
                       if loaded is not None else ""))
-    workers = [rss for key, procs in ctx.idle_memory.items() if key == "neutrino"
-               for name, rss, _, _ in procs if name.startswith("neutrino-worker")]
+    workers = [rss for name, rss in neutrino.items() if name.startswith("neutrino-worker")]
     if workers:
         base = interpreter_baseline_mb()
         if base is not None:
@@ -849,23 +854,15 @@ def proxy_hop(rows: list[Row]) -> str:
     """What a proxy hop costs in CPU per call at c=32 (echo): Neutrino's gateway (gateway + 2 workers − one worker
     direct) beside nginx's (nginx → uvicorn-2 − uvicorn-2), so the gateway's overhead is read against the cheapest
     hop there is on the same machine, not only against a server with no hop at all."""
-    def cpu(key: str) -> Optional[float]:
-        label = next(t.label for t in TARGETS if t.key == key)
-        return next((r.cpu_ms for r in rows if r.target == label and r.conns == 32 and r.workload == "echo"
-                     and r.cpu_ms is not None), None)
-    def rps(key: str) -> Optional[float]:
-        label = next(t.label for t in TARGETS if t.key == key)
-        return next((r.result.rps for r in rows if r.target == label and r.conns == 32 and r.workload == "echo"
-                     and r.result is not None), None)
-    n, d, g, u = cpu("neutrino"), cpu("neutrino-direct"), cpu("nginx-uvicorn-2"), cpu("uvicorn-2")
-    if None in (n, d, g, u):
+    found = [measured_row(rows, key) for key in ("neutrino", "neutrino-direct", "nginx-uvicorn-2", "uvicorn-2")]
+    if any(r is None or r.cpu_ms is None for r in found):
         return ""
+    n, d, g, u = (r.cpu_ms for r in found)
     line = (f"- proxy hop, CPU per call at c=32 (echo): Neutrino's gateway {fmt_ms(n - d)} (gateway + 2 workers "
             f"{fmt_ms(n)} − worker direct {fmt_ms(d)}); nginx {fmt_ms(g - u)} (nginx → uvicorn-2 {fmt_ms(g)} − "
             f"uvicorn-2 {fmt_ms(u)})")
-    ng, uv = rps("nginx-uvicorn-2"), rps("uvicorn-2")
-    if ng and uv:
-        line += f"; nginx → uvicorn-2 ÷ uvicorn-2: req/s {ng / uv:.2f}×"
+    if found[3].result.rps:
+        line += f"; nginx → uvicorn-2 ÷ uvicorn-2: req/s {found[2].result.rps / found[3].result.rps:.2f}×"
     return line
 
 
