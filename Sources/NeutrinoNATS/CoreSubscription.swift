@@ -108,6 +108,7 @@ extension NATSConnection {
     /// is a write to the socket, from any thread).
     public func publishNow(subject: String, data: [UInt8]) throws {
         let op = "natsConnection_Publish"
+        if subject.utf8.contains(0) { throw NATSError.invalidArgument(op, "the subject contains a NUL byte") }
         let s = subject.withCString { cSubject in
             data.withUnsafeBytes { raw in
                 natsConnection_Publish(handle.pointer, cSubject, raw.baseAddress, Int32(clamping: raw.count))
@@ -118,17 +119,10 @@ extension NATSConnection {
 
     /// Publishes `data` on `subject` (core NATS, fire and forget) and flushes, so it leaves at once.
     public func publish(subject: String, data: [UInt8]) async throws {
-        let connection = self.handle
-        try await pool.run("natsConnection_Publish") {
-            let op = "natsConnection_Publish"
-            let arena = CArena()
-            let cSubject = try arena.string(subject, op, what: "the subject")
-            let s = data.withUnsafeBytes { raw in
-                natsConnection_Publish(connection.pointer, cSubject, raw.baseAddress, Int32(clamping: raw.count))
-            }
-            guard s == NATS_OK else { throw NATSError.library(op, s, connection: connection.pointer) }
-            let f = natsConnection_FlushTimeout(connection.pointer, 2000)
-            guard f == NATS_OK else { throw NATSError.library("natsConnection_FlushTimeout", f, connection: connection.pointer) }
+        try await pool.run("natsConnection_Publish") { [self] in
+            try publishNow(subject: subject, data: data)
+            let f = natsConnection_FlushTimeout(handle.pointer, 2000)
+            guard f == NATS_OK else { throw NATSError.library("natsConnection_FlushTimeout", f, connection: handle.pointer) }
         }
     }
 }
