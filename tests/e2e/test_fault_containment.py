@@ -149,10 +149,11 @@ def test_what_a_task_prints_is_kept_with_it_and_logged_with_its_id(launcher: Lau
         r = post_task(c.url, "chatty", {"lines": 3})
         assert r.status == 200, r
         task_id = r.json()["task_id"]
-        # With the task log over NATS the worker's outcome event (which carries the output) may land a moment after
-        # the gateway recorded the answer.
+        # With the task log over NATS the worker's outcome event (which carries the output) may land after the gateway
+        # recorded the answer: on a loaded machine a first publish can wait out its PubAck timeout (5 s) and go again
+        # after a back-off, so the bound is well past one such round (a full `make test` run here once missed a 10 s bound).
         expected = "line 0\nline 1\nline 2\nto stderr\n"
-        wait_for(lambda: c.get(f"/tasks/{task_id}").json()["output"] == expected, timeout=10,
+        wait_for(lambda: c.get(f"/tasks/{task_id}").json()["output"] == expected, timeout=30,
                  message=lambda: f"the output stored with the task: {c.get(f'/tasks/{task_id}').json()}")
         wait_for(lambda: f"[task {task_id}] line 2" in c.workers[0].output, timeout=10,
                  message=lambda: "the worker log to carry the task's lines with its id")
