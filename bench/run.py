@@ -343,7 +343,8 @@ def rss_split_mb(pid: int) -> tuple[float, float, float]:
             name, _, value = line.partition(":")
             if name in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
                 fields[name] = int(value.split()[0]) * 1024 / 1e6  # kB (KiB) -> MB, as rss_mb
-    return fields.get("VmRSS", 0.0), fields.get("RssAnon", 0.0), fields.get("RssFile", 0.0) + fields.get("RssShmem", 0.0)
+    file_backed = fields.get("RssFile", 0.0) + fields.get("RssShmem", 0.0)
+    return fields.get("VmRSS", 0.0), fields.get("RssAnon", 0.0), file_backed
 
 
 def rss_split_by_server(procs: list[Proc]) -> list[tuple[Proc, float, float, float]]:
