@@ -5,8 +5,9 @@
 // TASKLOG_BENCH_SECONDS (10 per ingest phase), TASKLOG_BENCH_PACE (3000 events/s for the pruning comparison),
 // TASKLOG_BENCH_DIR (/tmp/neutrino-tasklog-bench), TASKLOG_BENCH_REUSE=1 (keep a file generated before; it is
 // changed by the ingest and pruning phases, so figures after the first run differ), TASKLOG_BENCH_COMMIT (printed),
-// TASKLOG_BENCH_PHASES (queries,ingest,latency,prune; also ingest-alone, and migrate: the 3 -> 4 migration of a copy,
-// which needs the file's size again in free disk), TASKLOG_BENCH_RETENTION_HOURS (the latency phase's retention;
+// TASKLOG_BENCH_PHASES (queries,ingest,processes,latency,prune; also ingest-alone, and migrate: the 3 -> 4 migration
+// of a copy, which needs the file's size again in free disk; processes: three processes writing the file at once,
+// SharedWriters.swift), TASKLOG_BENCH_RETENTION_HOURS (the latency phase's retention;
 // half the span by default), TASKLOG_BENCH_PRUNE_PAUSE_MS (its pause between pruning transactions; 5 by default).
 import CSQLite
 import Foundation
@@ -20,6 +21,15 @@ import Synchronization
 struct TaskLogBench {
     static func main() async throws {
         let env = ProcessInfo.processInfo.environment
+        if let role = env["TASKLOG_BENCH_ROLE"], let path = env["TASKLOG_BENCH_PATH"] {
+            // One of the `processes` phase's writers, started by the bench itself.
+            MetricsSystem.bootstrap(capture)
+            let result = try await SharedWriterRole.run(
+                role: role, path: path, seconds: Double(env["TASKLOG_BENCH_SECONDS"] ?? "") ?? 10,
+                nonce: UInt32(env["TASKLOG_BENCH_NONCE"] ?? "") ?? 1)
+            print(result.line)
+            return
+        }
         let config = BenchConfig(
             tasks: Int(env["TASKLOG_BENCH_TASKS"] ?? "") ?? 1_000_000,
             iterations: Int(env["TASKLOG_BENCH_QUERIES"] ?? "") ?? 200,
@@ -27,7 +37,7 @@ struct TaskLogBench {
             pace: Int(env["TASKLOG_BENCH_PACE"] ?? "") ?? 3_000,
             dir: env["TASKLOG_BENCH_DIR"] ?? "/tmp/neutrino-tasklog-bench",
             reuse: env["TASKLOG_BENCH_REUSE"] == "1",
-            phases: Set((env["TASKLOG_BENCH_PHASES"] ?? "queries,ingest,latency,prune").split(separator: ",").map(String.init)),
+            phases: Set((env["TASKLOG_BENCH_PHASES"] ?? "queries,ingest,processes,latency,prune").split(separator: ",").map(String.init)),
             commit: env["TASKLOG_BENCH_COMMIT"] ?? "?")
         MetricsSystem.bootstrap(capture)
         LoggingSystem.bootstrap { label in
@@ -46,7 +56,7 @@ struct BenchConfig: Sendable {
     var pace: Int
     var dir: String
     var reuse: Bool
-    /// Which parts run: queries, ingest, latency, prune (all by default; the rest for profiling one part).
+    /// Which parts run: queries, ingest, processes, latency, prune (all by default; the rest for profiling one part).
     var phases: Set<String>
     var commit: String
     /// The generated tasks' creation times span this window, ending a minute ago.
@@ -107,6 +117,7 @@ final class Bench: Sendable {
             printIngest(try await ingest(reader: reader, queries: queries, pace: nil, prune: false, queriesRun: false))
         }
 
+        if config.phases.contains("processes") { try await sharedWriters() }
         // The same paced load without and with retention pruning (half the tasks are past its cutoff).
         if config.phases.contains("latency") { try await latency(reader, queries) }
         if config.phases.contains("prune") { try await pruneHalf(reader) }
