@@ -178,9 +178,9 @@ def cpu_by_kind(procs: list) -> dict:
     """CPU seconds so far of each kind of server (process groups: Celery's prefork children too), and of this
     process, the client."""
     out: dict = {}
-    for p in procs:
+    for p, seconds in common.cpu_seconds_each(procs):
         kind = process_kind(p.name)
-        out[kind] = out.get(kind, 0.0) + common.cpu_seconds([p])
+        out[kind] = out.get(kind, 0.0) + seconds
     usage = resource.getrusage(resource.RUSAGE_SELF)
     out["client"] = usage.ru_utime + usage.ru_stime
     return out

@@ -323,9 +323,14 @@ def _group_stats(procs: list[Proc]) -> list[tuple[Proc, list[list[str]]]]:
     return list(groups.values())
 
 
+def cpu_seconds_each(procs: list[Proc]) -> list[tuple[Proc, float]]:
+    """User + system CPU so far of each server (its process group), from one walk of /proc."""
+    return [(p, sum((int(f[12]) + int(f[13])) / _TICK for f in stats)) for p, stats in _group_stats(procs)]
+
+
 def cpu_seconds(procs: list[Proc]) -> float:
     """User + system CPU of the servers' processes so far."""
-    return sum((int(f[12]) + int(f[13])) / _TICK for _, stats in _group_stats(procs) for f in stats)
+    return sum(seconds for _, seconds in cpu_seconds_each(procs))
 
 
 def rss_mb(procs: list[Proc]) -> list[tuple[Proc, float]]:

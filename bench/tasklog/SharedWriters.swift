@@ -48,10 +48,7 @@ enum SharedWriterRole {
     static let roles = ["gateway", "worker-1", "worker-2"]
 
     static func taskID(nonce: UInt32, number: Int) -> String {
-        let hex = String(number, radix: 16)
-        let tail = String(repeating: "0", count: max(0, 12 - hex.count)) + hex
-        let head = String(nonce, radix: 16)
-        return String(repeating: "0", count: max(0, 8 - head.count)) + head + "-0000-7000-8000-" + tail
+        String(format: "%08x-0000-7000-8000-%012lx", nonce, number)
     }
 
     /// Runs `role` against the file at `path` for `seconds` and returns what it committed.

@@ -21,9 +21,9 @@ import Synchronization
 struct TaskLogBench {
     static func main() async throws {
         let env = ProcessInfo.processInfo.environment
+        MetricsSystem.bootstrap(capture)
         if let role = env["TASKLOG_BENCH_ROLE"], let path = env["TASKLOG_BENCH_PATH"] {
             // One of the `processes` phase's writers, started by the bench itself.
-            MetricsSystem.bootstrap(capture)
             let result = try await SharedWriterRole.run(
                 role: role, path: path, seconds: Double(env["TASKLOG_BENCH_SECONDS"] ?? "") ?? 10,
                 nonce: UInt32(env["TASKLOG_BENCH_NONCE"] ?? "") ?? 1)
@@ -39,7 +39,6 @@ struct TaskLogBench {
             reuse: env["TASKLOG_BENCH_REUSE"] == "1",
             phases: Set((env["TASKLOG_BENCH_PHASES"] ?? "queries,ingest,processes,latency,prune").split(separator: ",").map(String.init)),
             commit: env["TASKLOG_BENCH_COMMIT"] ?? "?")
-        MetricsSystem.bootstrap(capture)
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = .warning
