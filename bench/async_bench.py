@@ -732,9 +732,10 @@ def ceiling_note(n: Result, c: Result) -> str:
     fixed = n.tp_cpu_us.get("client", 0.0) + n.tp_cpu_us.get("nats-server", 0.0)
     if not fixed or not c.throughput:
         return ""
-    most = (os.cpu_count() or 1) * 1e6 / fixed
+    cores = len(os.sched_getaffinity(0))  # the cores this process may use, as `nproc` counts them
+    most = cores * 1e6 / fixed
     return (f"the client and nats-server alone use {fixed:,.0f} µs per task: even with a free gateway and free "
-            f"workers, {os.cpu_count()} cores run at most {most:,.0f} tasks/s = {most / c.throughput:.1f}× celery")
+            f"workers, {cores} cores run at most {most:,.0f} tasks/s = {most / c.throughput:.1f}× celery")
 
 
 def table(n: Result, c: Result) -> list:

@@ -132,18 +132,24 @@ extension Bench {
             try process.run()
             children.append((process, pipe))
         }
+        // Every child is waited for before any failure is reported, so none outlives the phase.
         var results: [WriterProcessResult] = []
+        var failures: [String] = []
         for (process, pipe) in children {
             let output = pipe.fileHandleForReading.readDataToEndOfFile()
             process.waitUntilExit()
             let text = String(decoding: output, as: UTF8.self)
-            guard process.terminationStatus == 0,
+            if process.terminationStatus == 0,
                 let result = text.split(separator: "\n").lazy.compactMap({ WriterProcessResult(line: $0) }).first
-            else {
-                print("A writing process failed (status \(process.terminationStatus)): \(text)")
-                return
+            {
+                results.append(result)
+            } else {
+                failures.append("A writing process failed (status \(process.terminationStatus)): \(text)")
             }
-            results.append(result)
+        }
+        guard failures.isEmpty else {
+            failures.forEach { print($0) }
+            return
         }
         print(
             "| process | events committed | events/s | writer CPU per event | mean batch | commit mean | of it waiting for the write lock | dropped |"
