@@ -85,6 +85,7 @@ extension PythonExecutor {
     }
 
     private func loopThread() {
+        neutrino_precise_timers()
         _ = PyGILState_Ensure()
         lock.withLock { state.loopIdent = PyThread_get_thread_ident() }
         var failure: String?

@@ -349,6 +349,7 @@ public final class PythonExecutor: Sendable {
     /// Each Python thread takes the oldest queued job; after a call, it takes the next queued one while it still
     /// holds the GIL (no release, wake-up and re-acquire between two calls), and releases the GIL only before it waits.
     private func workerLoop() {
+        neutrino_precise_timers()
         let gil = PyGILState_Ensure()
         _ = gil
         let ident = PyThread_get_thread_ident()

@@ -1,3 +1,4 @@
+import Foundation
 import NeutrinoCore
 import Testing
 
@@ -92,6 +93,52 @@ extension Embedded {
             let outcomes = [try await a, try await b, try await c]
             #expect(sawThreeBusy)
             for o in outcomes { guard case .completed = o else { Issue.record("sleepy failed: \(o)"); continue } }
+        }
+
+        @Test func pythonThreadsWakeAtTheirTimersDeadlineWithoutTheKernelsSlack() async throws {
+            // Each Python thread (and the coroutine loop's) sets its timer slack to 1 ns, so a task's `time.sleep`
+            // returns at its deadline rather than up to 50 µs after it. Read from /proc, not timed.
+            _ = try Embedded.executor.get()
+            guard case .completed = try await run("echo", #"{"x":1}"#) else { Issue.record("echo failed"); return }
+            var slack: [String: String] = [:]
+            for _ in 0..<100 {
+                slack = Self.timerSlackOfPythonThreads()
+                if !slack.isEmpty, slack.values.allSatisfy({ $0 == "1" }) { break }
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            #expect(slack.keys.filter { $0 != "py-loop" }.count >= 3, "the executor's three Python threads: \(slack)")
+            #expect(slack.keys.contains("py-loop"), "the coroutine loop's thread: \(slack)")
+            #expect(slack.values.allSatisfy { $0 == "1" }, "timer slack in ns by thread: \(slack)")
+        }
+
+        /// `timerslack_ns` of this process's Python threads (`py-<n>`, `py-loop`), by name.
+        static func timerSlackOfPythonThreads() -> [String: String] {
+            var found: [String: String] = [:]
+            guard let dir = opendir("/proc/self/task") else { return found }
+            defer { closedir(dir) }
+            var tasks: [String] = []
+            while let entry = readdir(dir) {
+                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+                if Int(name) != nil { tasks.append(name) }
+            }
+            for tid in tasks {
+                // A thread's timer slack is only at /proc/<tid>/ (not listed in /proc, but there for every thread).
+                guard let name = readProcFile("/proc/self/task/\(tid)/comm"), let ns = readProcFile("/proc/\(tid)/timerslack_ns") else { continue }
+                let isPython = name == "py-loop" || (name.hasPrefix("py-") && Int(name.dropFirst(3)) != nil)
+                if isPython { found[found[name] == nil ? name : "\(name)#\(tid)"] = ns }
+            }
+            return found
+        }
+
+        /// A /proc file's text without its trailing newline (its size reads as 0, so it is read until EOF).
+        static func readProcFile(_ path: String) -> String? {
+            let fd = open(path, O_RDONLY)
+            guard fd >= 0 else { return nil }
+            defer { close(fd) }
+            var bytes = [UInt8](repeating: 0, count: 256)
+            let n = bytes.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            guard n > 0 else { return nil }
+            return String(decoding: bytes[..<n], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
         }
 
         @Test func aBurstOfShortCallsAllCompleteAndBlockingCallsStillGetEveryThread() async throws {
