@@ -15,7 +15,9 @@ let package = Package(
         .executable(name: "neutrino-worker", targets: ["NeutrinoWorkerMain"]),
     ],
     dependencies: [
-        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
+        // No default traits: swift-configuration support is unused, and `FullFoundation` (dates in URL-encoded
+        // forms) would make Hummingbird one more reason to load all of Foundation.
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1", traits: []),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
