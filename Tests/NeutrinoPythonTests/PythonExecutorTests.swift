@@ -111,34 +111,20 @@ extension Embedded {
             #expect(slack.values.allSatisfy { $0 == "1" }, "timer slack in ns by thread: \(slack)")
         }
 
-        /// `timerslack_ns` of this process's Python threads (`py-<n>`, `py-loop`), by name.
+        /// `timerslack_ns` of this process's Python threads (`py-<n>`, `py-loop`), by name (`name#tid` for a second
+        /// thread of one name: another suite's executor).
         static func timerSlackOfPythonThreads() -> [String: String] {
-            var found: [String: String] = [:]
-            guard let dir = opendir("/proc/self/task") else { return found }
-            defer { closedir(dir) }
-            var tasks: [String] = []
-            while let entry = readdir(dir) {
-                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-                if Int(name) != nil { tasks.append(name) }
+            func read(_ path: String) -> String? {
+                (try? String(contentsOfFile: path, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
             }
-            for tid in tasks {
+            var found: [String: String] = [:]
+            for tid in (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? [] {
                 // A thread's timer slack is only at /proc/<tid>/ (not listed in /proc, but there for every thread).
-                guard let name = readProcFile("/proc/self/task/\(tid)/comm"), let ns = readProcFile("/proc/\(tid)/timerslack_ns") else { continue }
+                guard let name = read("/proc/self/task/\(tid)/comm"), let ns = read("/proc/\(tid)/timerslack_ns") else { continue }
                 let isPython = name == "py-loop" || (name.hasPrefix("py-") && Int(name.dropFirst(3)) != nil)
                 if isPython { found[found[name] == nil ? name : "\(name)#\(tid)"] = ns }
             }
             return found
-        }
-
-        /// A /proc file's text without its trailing newline (its size reads as 0, so it is read until EOF).
-        static func readProcFile(_ path: String) -> String? {
-            let fd = open(path, O_RDONLY)
-            guard fd >= 0 else { return nil }
-            defer { close(fd) }
-            var bytes = [UInt8](repeating: 0, count: 256)
-            let n = bytes.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            guard n > 0 else { return nil }
-            return String(decoding: bytes[..<n], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
         }
 
         @Test func aBurstOfShortCallsAllCompleteAndBlockingCallsStillGetEveryThread() async throws {
