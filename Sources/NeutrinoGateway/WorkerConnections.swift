@@ -2,6 +2,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NeutrinoCore
 
 /// Keep-alive HTTP/1.1 connections to one worker, one request in flight per connection.
 ///
@@ -33,6 +34,12 @@ final class WorkerConnections: Sendable {
         let since: NIODeadline
     }
 
+    /// Idle connections are kept by event loop and by kind (HTTP, or the call lane).
+    struct PoolKey: Hashable {
+        let loop: ObjectIdentifier
+        let lane: Bool
+    }
+
     let host: String
     let port: Int
     /// Connections to this worker, busy and idle together.
@@ -42,7 +49,9 @@ final class WorkerConnections: Sendable {
     private let group: any EventLoopGroup
     /// Idle connections by the event loop they run on: a call takes one on its own loop first, so a request the
     /// gateway serves on a loop (`EventLoopBoundChannel`) reaches the worker and gets its answer on that same thread.
-    private let idle = NIOLockedValueBox<[ObjectIdentifier: [Pooled]]>([:])
+    private let idle = NIOLockedValueBox<[PoolKey: [Pooled]]>([:])
+    /// The worker's call lane, once announced.
+    private let lane = LaneAvailability()
     private let open = NIOLockedValueBox<Int>(0)
     /// Set when the worker left its pool: connections are closed as their calls end instead of pooled.
     private let retired = NIOLockedValueBox<Bool>(false)
@@ -61,9 +70,43 @@ final class WorkerConnections: Sendable {
     /// Connections open to this worker now.
     var openCount: Int { open.withLockedValue { $0 } }
 
-    /// Sends one request and returns the worker's whole answer.
+    /// Sends one request and returns the worker's whole answer: over the worker's call lane once it has announced
+    /// one (`X-Neutrino-Lane`), else, or while the lane cannot be reached, over HTTP.
     func send(path: String, headers: HTTPHeaders, body: ByteBuffer, deadline: NIODeadline) async throws(Failure) -> Reply {
-        let channel = try await checkout()
+        if let port = lane.usablePort(), path.hasPrefix("/api/") {
+            do {
+                return try await sendOverLane(port: port, task: String(path.dropFirst(5)), headers: headers, body: body, deadline: deadline)
+            } catch {
+                // Nothing was sent: the call goes over HTTP, and the lane rests (longer each time it fails again).
+                guard case .unreachable = error else { throw error }
+                lane.failed()
+            }
+        }
+        let reply = try await sendOverHTTP(path: path, headers: headers, body: body, deadline: deadline)
+        if let announced = reply.headers.first(name: "X-Neutrino-Lane") { lane.announced(announced) }
+        return reply
+    }
+
+    private func sendOverLane(port: Int, task: String, headers: HTTPHeaders, body: ByteBuffer, deadline: NIODeadline) async throws(Failure) -> Reply {
+        let channel = try await checkout(lanePort: port)
+        let promise = channel.eventLoop.makePromise(of: Reply.self)
+        var fields: [(name: String, value: String)] = []
+        fields.reserveCapacity(headers.count)
+        for header in headers { fields.append((header.name, header.value)) }
+        let request = CallFrame.Request(id: 0, task: task, fields: fields, body: Array(buffer: body))
+        let written = channel.eventLoop.makePromise(of: Void.self)
+        channel.writeAndFlush(LaneExchange(request: request, promise: promise, deadline: deadline), promise: written)
+        do {
+            let reply = try await promise.futureResult.get()
+            checkin(channel, lane: true, keepAlive: true)
+            return reply
+        } catch {
+            throw await Self.failure(error, closing: channel, written: written)
+        }
+    }
+
+    private func sendOverHTTP(path: String, headers: HTTPHeaders, body: ByteBuffer, deadline: NIODeadline) async throws(Failure) -> Reply {
+        let channel = try await checkout(lanePort: nil)
         let promise = channel.eventLoop.makePromise(of: Reply.self)
         var head = HTTPRequestHead(version: .http1_1, method: .POST, uri: path, headers: headers)
         head.headers.replaceOrAdd(name: "Host", value: "\(host):\(port)")
@@ -73,7 +116,7 @@ final class WorkerConnections: Sendable {
         channel.writeAndFlush(exchange, promise: written)
         do {
             let reply = try await promise.futureResult.get()
-            checkin(channel, keepAlive: reply.headers.first(name: "Connection")?.lowercased() != "close")
+            checkin(channel, lane: false, keepAlive: reply.headers.first(name: "Connection")?.lowercased() != "close")
             return reply
         } catch {
             throw await Self.failure(error, closing: channel, written: written)
@@ -105,7 +148,7 @@ final class WorkerConnections: Sendable {
     func stream(method: HTTPMethod, target: String, headers: HTTPHeaders, body: ByteBuffer, headDeadline: NIODeadline) async throws(Failure)
         -> StreamedReply
     {
-        let channel = try await checkout()
+        let channel = try await checkout(lanePort: nil)
         let promise = channel.eventLoop.makePromise(of: Reply.self)
         var head = HTTPRequestHead(version: .http1_1, method: method, uri: target, headers: headers)
         head.headers.replaceOrAdd(name: "Content-Length", value: String(body.readableBytes))
@@ -114,7 +157,7 @@ final class WorkerConnections: Sendable {
                 channel.close(promise: nil)
                 return
             }
-            self.checkin(channel, keepAlive: reusable)
+            self.checkin(channel, lane: false, keepAlive: reusable)
         }
         // The deadline covers the head only: the handler stops timing the exchange when the head arrives.
         let exchange = Exchange(
@@ -144,10 +187,12 @@ final class WorkerConnections: Sendable {
     }
 
     /// An idle connection on the caller's event loop, else a new one there, else an idle one on another loop (when
-    /// `maxConnections` are open). A caller on no event loop takes any idle connection first.
-    private func checkout() async throws(Failure) -> any Channel {
+    /// `maxConnections` are open). A caller on no event loop takes any idle connection first. `lanePort`: a
+    /// connection to the worker's call lane (ready once the worker has greeted it), else an HTTP one.
+    private func checkout(lanePort: Int?) async throws(Failure) -> any Channel {
         let here = MultiThreadedEventLoopGroup.currentEventLoop
-        if let channel = takeIdle(on: here.map { ObjectIdentifier($0) }) { return channel }
+        let lane = lanePort != nil
+        if let channel = takeIdle(on: here.map { ObjectIdentifier($0) }, lane: lane) { return channel }
         // A place for a new connection, given back when it closes (however it closes).
         let admitted = open.withLockedValue { n -> Bool in
             guard n < maxConnections else { return false }
@@ -155,36 +200,58 @@ final class WorkerConnections: Sendable {
             return true
         }
         guard admitted else {
-            if let channel = takeIdle(on: nil) { return channel }
+            if let channel = takeIdle(on: nil, lane: lane) { return channel }
             throw .saturated(limit: maxConnections)
         }
+        let loop = here ?? group.next()
+        let greeted = loop.makePromise(of: Void.self)
+        let maxAnswerBytes = self.maxAnswerBytes
         do {
-            let channel = try await ClientBootstrap(group: here ?? group.next())
+            let channel = try await ClientBootstrap(group: loop)
                 .connectTimeout(.seconds(1))
+                .channelOption(.socketOption(.tcp_nodelay), value: 1)
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
-                        // The requests' headers are this process's own (ids, numbers, a traceparent it made) or
-                        // ones its HTTP parser accepted from a client: the per-request validation (2 % of the
-                        // gateway's CPU at c=32) checks nothing that could fail.
-                        try channel.pipeline.syncOperations.addHTTPClientHandlers(enableOutboundHeaderValidation: false)
-                        try channel.pipeline.syncOperations.addHandler(ExchangeHandler())
+                        if lane {
+                            try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(LaneAnswerDecoder(maxAnswerBytes: maxAnswerBytes)))
+                            try channel.pipeline.syncOperations.addHandler(LaneExchangeHandler(greeted: greeted, maxAnswerBytes: maxAnswerBytes))
+                        } else {
+                            // The requests' headers are this process's own (ids, numbers, a traceparent it made) or
+                            // ones its HTTP parser accepted from a client: the per-request validation (2 % of the
+                            // gateway's CPU at c=32) checks nothing that could fail.
+                            try channel.pipeline.syncOperations.addHTTPClientHandlers(enableOutboundHeaderValidation: false)
+                            try channel.pipeline.syncOperations.addHandler(ExchangeHandler())
+                            greeted.succeed()
+                        }
                     }
                 }
-                .connect(host: host, port: port)
+                .connect(host: host, port: lanePort ?? port)
                 .get()
             channel.closeFuture.whenComplete { [open] _ in open.withLockedValue { $0 -= 1 } }
+            do {
+                // A worker that turns the connection away (too many, shutting down) closes it without a greeting.
+                try await greeted.futureResult.get()
+            } catch {
+                channel.close(promise: nil)
+                throw Failure.unreachable("the worker did not greet its call lane: \(error)")
+            }
             return channel
+        } catch let failure as Failure {
+            throw failure
         } catch {
+            greeted.fail(error)
             open.withLockedValue { $0 -= 1 }
             throw .unreachable("\(error)")
         }
     }
 
-    /// A live idle connection on `loop` (any loop when nil); the stale ones met on the way are closed.
-    private func takeIdle(on loop: ObjectIdentifier?) -> (any Channel)? {
+    /// A live idle connection of the kind asked for on `loop` (any loop when nil); the stale ones met on the way are
+    /// closed.
+    private func takeIdle(on loop: ObjectIdentifier?, lane: Bool) -> (any Channel)? {
         let oldest = NIODeadline.now() - Self.maxIdleAge
         while let pooled = idle.withLockedValue({ pools -> Pooled? in
-            guard let key = loop ?? pools.first(where: { !$0.value.isEmpty })?.key else { return nil }
+            guard let key = loop.map({ PoolKey(loop: $0, lane: lane) }) ?? pools.first(where: { $0.key.lane == lane && !$0.value.isEmpty })?.key
+            else { return nil }
             return pools[key]?.popLast()
         }) {
             if pooled.channel.isActive && pooled.since > oldest { return pooled.channel }
@@ -193,13 +260,50 @@ final class WorkerConnections: Sendable {
         return nil
     }
 
-    private func checkin(_ channel: any Channel, keepAlive: Bool) {
+    private func checkin(_ channel: any Channel, lane: Bool, keepAlive: Bool) {
         guard keepAlive, channel.isActive, !retired.withLockedValue({ $0 }) else {
             channel.close(promise: nil)
             return
         }
         let pooled = Pooled(channel: channel, since: .now())
-        idle.withLockedValue { $0[ObjectIdentifier(channel.eventLoop), default: []].append(pooled) }
+        idle.withLockedValue { $0[PoolKey(loop: ObjectIdentifier(channel.eventLoop), lane: lane), default: []].append(pooled) }
+    }
+}
+
+/// Whether calls to a worker take its call lane: its port once the worker has announced it, and a rest after the
+/// lane could not be reached (30 s, doubling up to 10 min while it keeps failing; a newly announced port ends it),
+/// during which calls go over HTTP.
+final class LaneAvailability: Sendable {
+    private struct State {
+        var port: Int?
+        var restUntil = NIODeadline.uptimeNanoseconds(0)
+        var rest = LaneAvailability.firstRest
+    }
+    private static let firstRest = TimeAmount.seconds(30)
+    private static let longestRest = TimeAmount.minutes(10)
+    private let state = NIOLockedValueBox(State())
+
+    func usablePort() -> Int? {
+        state.withLockedValue { s in
+            guard let port = s.port, s.restUntil <= .now() else { return nil }
+            return port
+        }
+    }
+
+    /// `X-Neutrino-Lane` on an answer over HTTP.
+    func announced(_ text: String) {
+        guard let port = Int(text), (1...65535).contains(port) else { return }
+        state.withLockedValue { s in
+            guard s.port != port else { return }
+            s = State(port: port)
+        }
+    }
+
+    func failed() {
+        state.withLockedValue { s in
+            s.restUntil = .now() + s.rest
+            s.rest = min(s.rest * 2, Self.longestRest)
+        }
     }
 }
 

@@ -28,6 +28,9 @@ public enum NeutrinoHeader {
     /// On a worker's answer: byte offset in the body where the raw `result` (or `error`) JSON starts; it runs to
     /// the body's last byte but one. Lets the gateway log the outcome without parsing the body again.
     public static let outcomeOffset = HTTPField.Name("X-Neutrino-Outcome-Offset")!
+    /// On a worker's answer to a sync call: the port of its call lane (`CallFrame`), which its gateways use for the
+    /// calls that follow.
+    public static let lane = HTTPField.Name("X-Neutrino-Lane")!
     /// On a request the gateway forwards to the mounted ASGI app: the client's address (`host:port`) and the
     /// gateway's own (`host:port`), for the ASGI scope's `client` and `server`.
     public static let asgiClient = HTTPField.Name("X-Neutrino-Client")!

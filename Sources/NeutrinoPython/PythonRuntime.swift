@@ -272,3 +272,13 @@ public final class PythonRuntime: Sendable {
         return string(of: name)
     }
 }
+
+extension PythonRuntime {
+    /// Runs `body` with the GIL let go when the calling thread holds it (a Python thread answering a call from inside
+    /// the executor), so a wait in `body` (a socket that is not writable yet) never stops the other Python threads.
+    public static func withoutGIL<T>(_ body: () -> T) -> T {
+        guard PyGILState_Check() == 1, let state = PyEval_SaveThread() else { return body() }
+        defer { PyEval_RestoreThread(state) }
+        return body()
+    }
+}

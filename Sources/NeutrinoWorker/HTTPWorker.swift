@@ -30,6 +30,8 @@ struct HTTPWorker: Sendable {
     /// Calls started and not yet answered: shutdown waits for them (the "sync calls" step of `services()`), whether or
     /// not their caller is still connected, so each outcome reaches the task log before it closes.
     private let running = RunningCalls()
+    /// The gateways' sync calls without HTTP (nil with `--call-lane-port -1`, or when it cannot listen).
+    let lane: CallLane?
 
     init(
         configuration: WorkerConfiguration, runtime: PythonRuntime, taskLog: ObservedSink, connection: NATSConnection?,
@@ -56,6 +58,16 @@ struct HTTPWorker: Sendable {
         self.taskLog = taskLog
         self.connection = connection
         self.logger = logger
+        if let lanePort = configuration.callLanePort {
+            do {
+                lane = try CallLane(host: configuration.host, port: lanePort, maxBodyBytes: configuration.maxBodyBytes, logger: logger)
+            } catch {
+                logger.warning("no call lane; the gateways call this worker over HTTP", metadata: ["error": "\(error)"])
+                lane = nil
+            }
+        } else {
+            lane = nil
+        }
         let executor = self.executor
         heartbeats = connection.map {
             HeartbeatPublisher(
@@ -144,6 +156,16 @@ struct HTTPWorker: Sendable {
                     if left > 0 { drainLogger.error("sync calls still running at shutdown", metadata: ["calls": "\(left)"]) }
                 }))
         services.append(app)
+        if let lane {
+            // Opened once the server listens, stopped just before it (its calls drain with the server's).
+            services.append(
+                LifecycleService(
+                    "call lane",
+                    start: { [self] in
+                        lane.open { task, headers, body, answer in self.startCall(task: task, headers: headers, body: body, answer: answer) }
+                    },
+                    stop: { lane.stop() }))
+        }
         if executor.servesASGI {
             // Stopped before the server: the app's requests in flight get --drain-grace to end, then the rest (endless
             // streams) are cut short, so the server's drain ends and the lifespan shutdown can run.
@@ -203,6 +225,15 @@ struct HTTPWorker: Sendable {
         w.key("queued"); w.int(load.queued)
         w.key("stuck"); w.int(load.stuck)
         w.key("tasks"); w.beginArray(); for name in specs.keys.sorted() { w.string(name) }; w.endArray()
+        w.key("call_lane")
+        if let lane {
+            w.beginObject()
+            w.key("port"); w.int(lane.port)
+            w.key("connections"); w.int(lane.openConnections)
+            w.endObject()
+        } else {
+            w.null()
+        }
         w.endObject()
         return .json(.ok, w.bytes)
     }
@@ -338,16 +369,15 @@ struct HTTPWorker: Sendable {
                 default: .internalServerError
                 }
             }
-        return CallAnswer(
-            status: status,
-            headers: [
-                NeutrinoHeader.status: reply.status.rawValue,
-                NeutrinoHeader.worker: workerID,
-                NeutrinoHeader.durationMs: JSONWriter.format(reply.durationMs),
-                NeutrinoHeader.startedAt: String(call.started.value?.millis ?? Timestamp.now().millis),
-                NeutrinoHeader.outcomeOffset: String(reply.outcomeOffset),
-            ],
-            body: reply.body)
+        var headers: HTTPFields = [
+            NeutrinoHeader.status: reply.status.rawValue,
+            NeutrinoHeader.worker: workerID,
+            NeutrinoHeader.durationMs: JSONWriter.format(reply.durationMs),
+            NeutrinoHeader.startedAt: String(call.started.value?.millis ?? Timestamp.now().millis),
+            NeutrinoHeader.outcomeOffset: String(reply.outcomeOffset),
+        ]
+        if let lane { headers[NeutrinoHeader.lane] = lane.portText }
+        return CallAnswer(status: status, headers: headers, body: reply.body)
     }
 
     static func outcomeEvent(taskID: String, spec: TaskSpec, workerID: String, attempt: Int, reply: TaskReply) -> TaskEvent {

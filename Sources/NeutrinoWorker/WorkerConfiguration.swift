@@ -73,6 +73,9 @@ public struct WorkerConfiguration: Sendable {
     /// A sync call whose caller records its lifecycle (the gateway) is recorded `running` by the worker only once it
     /// has run this long (`--running-visible-after-ms`); shorter calls cost the worker no task-log write.
     public var runningVisibleAfter: Duration = .milliseconds(250)
+    /// `--mode http`: the port of the call lane, the listener for the gateways' sync calls without HTTP (0: any
+    /// free port, announced on each call's answer); nil: no lane, the gateways call over HTTP.
+    public var callLanePort: Int? = 0
 
     public init(
         mode: WorkerMode, pool: String, app: String, host: String = "127.0.0.1", port: Int = 0,

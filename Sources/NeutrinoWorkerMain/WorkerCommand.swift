@@ -171,6 +171,13 @@ struct WorkerCommand: AsyncParsableCommand {
             "A sync call forwarded by the gateway (which records its lifecycle) is recorded running by the worker once it has run this long.")
     var runningVisibleAfterMs: Int = 250
 
+    @Option(
+        name: .customLong("call-lane-port"), parsing: .unconditional,
+        help:
+            "--mode http: the port for the gateways' sync calls without HTTP (0: any free port, announced to the gateways on each answer; -1: none, the gateways call over HTTP)."
+    )
+    var callLanePort: Int = 0
+
     @Option(name: .customLong("max-tasks-per-worker"), help: "Drain and exit with status 75 after this many tasks, for a fresh worker (0: never).")
     var maxTasksPerWorker: Int = 0
 
@@ -199,6 +206,7 @@ struct WorkerCommand: AsyncParsableCommand {
             throw ValidationError("--asgi-head-timeout must be 0 < seconds <= 86400")
         }
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0...65535") }
+        guard (-1...65535).contains(callLanePort) else { throw ValidationError("--call-lane-port must be -1...65535") }
         if let nats, NATSServers.parse(nats) == nil {
             throw ValidationError("--nats '\(nats)' must be one URL or several comma-separated (nats://HOST:PORT,...)")
         }
@@ -242,6 +250,7 @@ struct WorkerCommand: AsyncParsableCommand {
         configuration.maxTasksPerWorker = maxTasksPerWorker
         configuration.runningVisibleAfter = .milliseconds(Int64(min(max(0, runningVisibleAfterMs), 86_400_000)))
         configuration.maxRSSMB = maxRSSMB
+        configuration.callLanePort = callLanePort < 0 ? nil : callLanePort
         configuration.streamReplicas = streamReplicas
         configuration.natsAuth = try natsAuth()
         let restarts = ProcessInfo.processInfo.environment["NEUTRINO_WORKER_RESTARTS"].flatMap(Int.init) ?? 0

@@ -1,0 +1,58 @@
+import Testing
+
+@testable import NeutrinoCore
+
+/// The call lane's frames (docs/architecture.md, "the call lane"): what is encoded comes back decoded, and a frame
+/// whose lengths, counts or text do not hold is refused instead of read past its end.
+struct CallFrameTests {
+    private func content(_ frame: [UInt8]) -> [UInt8] {
+        #expect(CallFrame.declaredLength(frame) == frame.count - 4)
+        return Array(frame.dropFirst(4))
+    }
+
+    @Test func requestsAndAnswersRoundTrip() throws {
+        let request = CallFrame.Request(
+            id: 0xDEAD_BEEF, task: "échö",
+            fields: [("X-Neutrino-Task-Id", "01a2"), ("traceparent", "00-ab-cd-01"), ("Empty", "")],
+            body: Array(#"{"args":{"x":1}}"#.utf8))
+        let decoded = try content(CallFrame.encode(request)).withUnsafeBytes { try CallFrame.decodeRequest($0) }
+        #expect(decoded == request)
+
+        let answer = CallFrame.Answer(id: 1, status: 504, fields: [("X-Neutrino-Status", "timed_out")], body: [])
+        let back = try content(CallFrame.encode(answer)).withUnsafeBytes { try CallFrame.decodeAnswer($0) }
+        #expect(back == answer)
+
+        // A body of any bytes, and no fields at all.
+        let binary = CallFrame.Request(id: 2, task: "t", fields: [], body: (0...255).map { UInt8($0) })
+        #expect(try content(CallFrame.encode(binary)).withUnsafeBytes { try CallFrame.decodeRequest($0) } == binary)
+    }
+
+    @Test func fieldsPastTheLimitAreNotEncoded() throws {
+        let many = (0..<100).map { (name: "f\($0)", value: "v") }
+        let frame = CallFrame.encode(CallFrame.Request(id: 3, task: "t", fields: many, body: []))
+        let decoded = try content(frame).withUnsafeBytes { try CallFrame.decodeRequest($0) }
+        #expect(decoded.fields.count == CallFrame.maxFields)
+    }
+
+    @Test(
+        arguments: [
+            // id only: the name's length is missing
+            [0, 0, 0, 1],
+            // a name 60,000 bytes long in a frame of 10
+            [0, 0, 0, 1, 0xEA, 0x60, 0x65, 0x63, 0x68, 0x6F],
+            // a name that is not UTF-8
+            [0, 0, 0, 1, 0, 2, 0xFF, 0xFE, 0, 0],
+            // more fields than allowed
+            [0, 0, 0, 1, 0, 1, 0x74, 0xFF, 0xFF],
+            // a field whose value runs past the end
+            [0, 0, 0, 1, 0, 1, 0x74, 0, 1, 0, 1, 0x6E, 0, 9, 0x76],
+        ] as [[UInt8]])
+    func malformedRequestsAreRefused(_ bytes: [UInt8]) {
+        #expect(throws: CallFrame.DecodeError.self) { try bytes.withUnsafeBytes { try CallFrame.decodeRequest($0) } }
+    }
+
+    @Test func answersWithAStatusOutsideHTTPAreRefused() {
+        let frame = CallFrame.encode(CallFrame.Answer(id: 1, status: 70, fields: [], body: []))
+        #expect(throws: CallFrame.DecodeError.self) { try content(frame).withUnsafeBytes { try CallFrame.decodeAnswer($0) } }
+    }
+}

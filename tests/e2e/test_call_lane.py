@@ -1,0 +1,247 @@
+"""The worker's call lane: the gateway's sync calls to its own workers, framed without HTTP (docs/architecture.md,
+"the call lane"). The gateway learns the lane from a worker's answer and takes it for the calls that follow; what a
+client sees and what the task log holds are the same as over HTTP. The lane itself is spoken here by a second,
+independent implementation of the frame format, and fed what an attacker would send."""
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from conftest import EXAMPLE_APP, Launcher, TaskLog, http_request, post_task, uuid7, wait_for
+
+PREFACE = b"NTRNCL01"
+
+
+def _string(s: str) -> bytes:
+    b = s.encode()
+    return struct.pack(">H", len(b)) + b
+
+
+def request_frame(call_id: int, task: str, fields: list[tuple[str, str]], body: bytes) -> bytes:
+    rest = struct.pack(">I", call_id) + _string(task) + struct.pack(">H", len(fields))
+    for name, value in fields:
+        rest += _string(name) + _string(value)
+    rest += body
+    return struct.pack(">I", len(rest)) + rest
+
+
+def _read_exactly(s: socket.socket, n: int) -> bytes:
+    out = b""
+    while len(out) < n:
+        chunk = s.recv(n - len(out))
+        if not chunk:
+            raise EOFError(f"connection closed after {len(out)} of {n} bytes")
+        out += chunk
+    return out
+
+
+def read_answer(s: socket.socket) -> tuple[int, int, dict[str, str], bytes]:
+    (length,) = struct.unpack(">I", _read_exactly(s, 4))
+    frame = _read_exactly(s, length)
+    call_id, status, count = struct.unpack(">IHH", frame[:8])
+    at = 8
+    fields = {}
+    for _ in range(count):
+        (n,) = struct.unpack(">H", frame[at:at + 2])
+        name = frame[at + 2:at + 2 + n].decode()
+        at += 2 + n
+        (n,) = struct.unpack(">H", frame[at:at + 2])
+        fields[name.lower()] = frame[at + 2:at + 2 + n].decode()
+        at += 2 + n
+    return call_id, status, fields, frame[at:]
+
+
+def closed_by_peer(s: socket.socket, timeout: float = 10) -> bool:
+    """True once the worker has closed the connection (EOF or reset), reading and dropping what it sent first."""
+    s.settimeout(timeout)
+    try:
+        while s.recv(65536):
+            pass
+        return True
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except socket.timeout:
+        return False
+
+
+def lane_of(worker) -> dict:
+    health = http_request("GET", f"{worker.url}/healthz").json()
+    assert health["call_lane"], health
+    return health["call_lane"]
+
+
+def lane_socket(worker) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", lane_of(worker)["port"]), timeout=30)
+    s.sendall(PREFACE)
+    assert _read_exactly(s, len(PREFACE)) == PREFACE
+    return s
+
+
+@pytest.fixture(scope="module")
+def lane_stack(launcher: Launcher, example_manifest):
+    d = launcher.new_dir("lane")
+    db = d / "tasks.sqlite"
+    w = launcher.worker(EXAMPLE_APP, db, log_dir=d, worker_id="lane-w1", concurrency=4,
+                        extra_args=["--max-body-bytes", "65536"])
+    gw = launcher.gateway(example_manifest, {"fast": [w.url]}, db, log_dir=d)
+    yield w, gw, TaskLog(db)
+    gw.stop()
+    w.stop()
+
+
+def test_the_gateway_takes_the_lane_after_the_first_answer_and_clients_see_no_difference(lane_stack):
+    w, gw, log = lane_stack
+    assert lane_of(w)["port"] > 0
+    first = post_task(gw.url, "echo", {"x": 1, "label": "first"})
+    assert first.status == 200, first
+    # The first answer (over HTTP) announced the lane; the calls that follow open lane connections.
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda i: post_task(gw.url, "echo", {"x": i, "label": "é✓"}), range(40)))
+    for i, resp in enumerate(answers):
+        assert resp.status == 200, resp
+        body = resp.json()
+        assert body["result"] == {"x": i, "label": "é✓"}, body
+        assert body["worker_id"] == "lane-w1" and body["status"] == "completed", body
+        assert resp.headers.get("x-neutrino-task-id") == body["task_id"], resp.headers
+    assert wait_for(lambda: lane_of(w)["connections"] >= 1, timeout=10), lane_of(w)
+    # Every call is in the task log, complete, as over HTTP.
+    for resp in answers[:5]:
+        row = log.wait_terminal(resp.json()["task_id"], final_event="completed")
+        assert row["status"] == "completed" and row["worker_id"] == "lane-w1", row
+
+    # Failures, timeouts and refusals come back over the lane with their own statuses and error bodies.
+    boom = post_task(gw.url, "boom", {"message": "over the lane"})
+    assert boom.status == 500 and boom.json()["error"]["message"] == "over the lane", boom
+    slow = post_task(gw.url, "sleepy", {"seconds": 3})
+    assert slow.status == 504, slow
+    assert log.wait_terminal(slow.json()["task_id"])["status"] == "timed_out"
+
+
+def test_a_client_speaking_the_frame_format_runs_a_call(lane_stack):
+    """An independent implementation of the format: the worker answers with the call's status, fields and body."""
+    w, _, log = lane_stack
+    task_id = uuid7()
+    with lane_socket(w) as s:
+        body = json.dumps({"args": {"a": 2, "b": 40}}).encode()
+        s.sendall(request_frame(7, "add", [("X-Neutrino-Task-Id", task_id)], body))
+        call_id, status, fields, answer = read_answer(s)
+        assert (call_id, status) == (7, 200), (call_id, status, answer)
+        assert fields["x-neutrino-status"] == "completed" and fields["x-neutrino-worker"] == "lane-w1", fields
+        payload = json.loads(answer)
+        assert payload["result"] == 42 and payload["task_id"] == task_id, payload
+        # The same connection serves the next call; an unknown task is a 404, not a dropped connection.
+        s.sendall(request_frame(8, "no_such_task", [], body))
+        call_id, status, _, answer = read_answer(s)
+        assert (call_id, status) == (8, 404) and json.loads(answer)["error"]["type"], answer
+        s.sendall(request_frame(9, "add", [], b"not json"))
+        call_id, status, _, answer = read_answer(s)
+        assert (call_id, status) == (9, 400), answer
+    assert log.wait_terminal(task_id, final_event="completed")["status"] == "completed"
+
+
+@pytest.mark.parametrize("attack", [
+    "http-request",
+    "frame-longer-than-the-limit",
+    "length-running-past-the-frame",
+    "too-many-fields",
+    "name-not-utf8",
+    "second-request-before-the-answer",
+    "partial-frame-then-silence",
+])
+def test_a_lane_client_that_breaks_the_format_loses_its_connection_and_nothing_else(lane_stack, attack):
+    w, gw, log = lane_stack
+    port = lane_of(w)["port"]
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    try:
+        if attack == "http-request":
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: w\r\n\r\n")
+        else:
+            s.sendall(PREFACE)
+            assert _read_exactly(s, len(PREFACE)) == PREFACE
+            if attack == "frame-longer-than-the-limit":
+                s.sendall(struct.pack(">I", 0xFFFFFFFF) + b"\0" * 64)
+            elif attack == "length-running-past-the-frame":
+                rest = struct.pack(">I", 1) + struct.pack(">H", 60000) + b"echo"
+                s.sendall(struct.pack(">I", len(rest)) + rest)
+            elif attack == "too-many-fields":
+                rest = struct.pack(">I", 1) + _string("echo") + struct.pack(">H", 65535) + b"\0" * 32
+                s.sendall(struct.pack(">I", len(rest)) + rest)
+            elif attack == "name-not-utf8":
+                rest = struct.pack(">I", 1) + struct.pack(">H", 2) + b"\xff\xfe" + struct.pack(">H", 0) + b"{}"
+                s.sendall(struct.pack(">I", len(rest)) + rest)
+            elif attack == "second-request-before-the-answer":
+                tid = uuid7()
+                body = json.dumps({"args": {"seconds": 0.5}}).encode()
+                s.sendall(request_frame(1, "sleepy", [("X-Neutrino-Task-Id", tid)], body)
+                          + request_frame(2, "sleepy", [], body))
+            elif attack == "partial-frame-then-silence":
+                s.sendall(struct.pack(">I", 100) + b"\0" * 10)
+        if attack == "partial-frame-then-silence":
+            # A frame that stops arriving holds the connection until the read times out (60 s): the worker serves
+            # everyone else meanwhile.
+            pass
+        else:
+            assert closed_by_peer(s), attack
+        if attack == "second-request-before-the-answer":
+            # The call that was taken still runs to its end in the task log.
+            assert log.wait_terminal(tid, final_event="completed")["status"] == "completed"
+    finally:
+        s.close()
+    resp = post_task(gw.url, "add", {"a": 1, "b": 2})
+    assert resp.status == 200 and resp.json()["result"] == 3, resp
+    assert http_request("GET", f"{w.url}/healthz").status == 200
+
+
+def test_without_a_lane_the_gateway_calls_over_http(launcher: Launcher, example_manifest):
+    d = launcher.new_dir("nolane")
+    db = d / "tasks.sqlite"
+    w = launcher.worker(EXAMPLE_APP, db, log_dir=d, worker_id="nolane-w1", extra_args=["--call-lane-port", "-1"])
+    gw = launcher.gateway(example_manifest, {"fast": [w.url]}, db, log_dir=d)
+    try:
+        assert http_request("GET", f"{w.url}/healthz").json()["call_lane"] is None
+        for i in range(5):
+            resp = post_task(gw.url, "echo", {"x": i})
+            assert resp.status == 200 and resp.json()["result"]["x"] == i, resp
+    finally:
+        gw.stop()
+        w.stop()
+
+
+def test_a_worker_that_restarts_behind_its_gateway_is_reached_again(launcher: Launcher, example_manifest):
+    """The lane a gateway learnt goes away with its worker; the calls after the restart are answered (the new
+    worker listens on the same HTTP port, with a new lane port that its first answer announces)."""
+    d = launcher.new_dir("lanerestart")
+    db = d / "tasks.sqlite"
+    w = launcher.worker(EXAMPLE_APP, db, log_dir=d, worker_id="restart-w1")
+    port = w.url.rsplit(":", 1)[1]
+    gw = launcher.gateway(example_manifest, {"fast": [w.url]}, db, log_dir=d)
+    try:
+        for i in range(3):
+            assert post_task(gw.url, "echo", {"x": i}).status == 200
+        old_lane = lane_of(w)["port"]
+        w.stop()
+        w2 = None
+        for _ in range(50):  # the port was just released; take it again
+            try:
+                w2 = launcher.worker(EXAMPLE_APP, db, log_dir=d, worker_id="restart-w2",
+                                     extra_args=["--port", port])
+                break
+            except Exception:
+                time.sleep(0.2)
+        assert w2 is not None and w2.url == w.url
+        try:
+            # The first call finds the old lane closed before sending anything, and goes over HTTP.
+            for i in range(5):
+                resp = post_task(gw.url, "echo", {"x": i})
+                assert resp.status == 200 and resp.json()["worker_id"] == "restart-w2", resp
+            assert lane_of(w2)["port"] != old_lane
+            assert wait_for(lambda: lane_of(w2)["connections"] >= 1, timeout=10), lane_of(w2)
+        finally:
+            w2.stop()
+    finally:
+        gw.stop()
