@@ -42,6 +42,7 @@ from .plan import (
     STREAM_REPLICAS,
     TASK_STREAM,
     TERMINATION_SLACK_SECS,
+    WORKER_LANE_PORT,
     WORKER_PORT,
     DeployOptions,
     PoolPlan,
@@ -527,6 +528,8 @@ def _worker_args(plan: PoolPlan, options: DeployOptions) -> List[str]:
     args += ["--host", "0.0.0.0", "--port", str(WORKER_PORT)]
     if plan.mode == "sync":
         args += ["--advertise-host", "$(POD_IP)"]  # the URL in its heartbeats, where gateways send sync calls
+        # The call lane on a fixed port, so the network policy can let the gateways reach it.
+        args += ["--call-lane-port", str(WORKER_LANE_PORT)]
     args += ["--concurrency", str(CONCURRENCY[plan.mode]), "--worker-id", "$(POD_NAME)"]
     args += ["--drain-grace", str(plan.drain_secs), "--log-format", "json"]
     return args
@@ -548,7 +551,8 @@ def render_pool(plan: PoolPlan, options: DeployOptions) -> List[Dict[str, Any]]:
         "args": _worker_args(plan, options),
         "env": _pod_env() + ([_POD_IP] if plan.mode == "sync" else []),
         "envFrom": _TRACING_ENV_FROM,
-        "ports": [{"name": "http", "containerPort": WORKER_PORT}],
+        "ports": [{"name": "http", "containerPort": WORKER_PORT}]
+        + ([{"name": "call-lane", "containerPort": WORKER_LANE_PORT}] if plan.mode == "sync" else []),
         **_probes("http"),
         "lifecycle": _prestop(),
         "resources": RESOURCES[plan.mode],
@@ -681,7 +685,8 @@ def render_network_policies(plans: Sequence[PoolPlan]) -> List[Dict[str, Any]]:
             "worker-ingress",
             {"matchLabels": {"app.kubernetes.io/component": "worker"}},
             [
-                {"from": [gateway_pods], "ports": [{"protocol": "TCP", "port": WORKER_PORT}]},
+                {"from": [gateway_pods], "ports": [{"protocol": "TCP", "port": WORKER_PORT},
+                                                   {"protocol": "TCP", "port": WORKER_LANE_PORT}]},
                 {"from": [namespace("monitoring")], "ports": [{"protocol": "TCP", "port": WORKER_PORT}]},
             ],
         ),

@@ -25,6 +25,8 @@ DATA_DIR = "/data"
 
 GATEWAY_PORT = 8080
 WORKER_PORT = 8000
+#: A sync worker's call lane: its gateways' calls without HTTP (docs/architecture.md, "The call lane").
+WORKER_LANE_PORT = 8001
 NATS_CLIENT_PORT = 4222
 NATS_MONITOR_PORT = 8222
 NATS_CLUSTER_PORT = 6222
