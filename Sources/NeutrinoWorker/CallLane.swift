@@ -18,7 +18,8 @@ import Synchronization
 ///
 /// One call in flight per connection: a client that sends the next request before the answer loses the connection.
 /// The worker greets every connection it keeps with `CallFrame.preface`, so a client that is turned away (too many
-/// connections, shutting down) knows its request never left it.
+/// connections, shutting down) knows its request never left it; once the worker is shutting down, a request on a
+/// connection it already had is answered 503.
 final class CallLane: Sendable {
     typealias Start = @Sendable (_ task: String, _ headers: HTTPFields, _ body: [UInt8], _ answer: @escaping @Sendable (CallAnswer) -> Void) -> Void
 
@@ -58,17 +59,16 @@ final class CallLane: Sendable {
         if rc != 0 { logger.error("cannot start the call lane's accept thread", metadata: ["errno": "\(rc)"]) }
     }
 
-    /// Takes no more connections and no more calls: idle connections end now; a connection with a call in flight
-    /// ends once its answer is written.
+    /// Takes no more connections. A request that still arrives on an open one is answered 503 (nothing ran: its
+    /// gateway sends it to another worker) and its connection closed, instead of being cut off unread, which its
+    /// gateway could not tell from a crash; idle connections stay open until the process exits.
     func stop() {
-        let connections = state.withLock { s -> [LaneConnection] in
-            s.stopping = true
-            return Array(s.connections.values)
-        }
+        state.withLock { $0.stopping = true }
         // Wakes the blocked accept() (it returns EINVAL); the accept thread closes the socket.
         shutdown(listener, Int32(SHUT_RDWR))
-        for connection in connections { connection.stopReading() }
     }
+
+    private var stopping: Bool { state.withLock { $0.stopping } }
 
     var openConnections: Int { state.withLock { $0.connections.count } }
 
@@ -128,19 +128,25 @@ final class CallLane: Sendable {
                 return
             }
             guard connection.beginCall() else { return }  // a second request before the first one's answer
+            if stopping {
+                let refusal = CallAnswer.error(.workerUnavailable, "this worker is shutting down", headers: [.retryAfter: "1"])
+                connection.write(Self.frame(request.id, refusal), endsCall: true)
+                return
+            }
             var headers = HTTPFields()
             for field in request.fields {
                 if let name = HTTPField.Name(field.name) { headers.append(HTTPField(name: name, value: field.value)) }
             }
             let id = request.id
-            start(request.task, headers, request.body) { answer in
-                var fields: [(name: String, value: String)] = []
-                fields.reserveCapacity(answer.headers.count)
-                for field in answer.headers { fields.append((field.name.rawName, field.value)) }
-                connection.write(
-                    CallFrame.encode(CallFrame.Answer(id: id, status: answer.status.code, fields: fields, body: answer.body)), endsCall: true)
-            }
+            start(request.task, headers, request.body) { answer in connection.write(Self.frame(id, answer), endsCall: true) }
         }
+    }
+
+    private static func frame(_ id: UInt32, _ answer: CallAnswer) -> [UInt8] {
+        var fields: [(name: String, value: String)] = []
+        fields.reserveCapacity(answer.headers.count)
+        for field in answer.headers { fields.append((field.name.rawName, field.value)) }
+        return CallFrame.encode(CallFrame.Answer(id: id, status: answer.status.code, fields: fields, body: answer.body))
     }
 
     private static func listen(host: String, port: Int) throws -> (Int32, Int) {
@@ -239,11 +245,6 @@ final class LaneConnection: Sendable {
             if !ok { shutdown(fd, Int32(SHUT_RDWR)) }
             return ok
         }
-    }
-
-    /// Ends the reading side (the reader sees the end of the stream and finishes).
-    func stopReading() {
-        state.withLock { s in if s.open { shutdown(fd, Int32(SHUT_RD)) } }
     }
 
     func readerDone() {

@@ -245,3 +245,33 @@ def test_a_worker_that_restarts_behind_its_gateway_is_reached_again(launcher: La
             w2.stop()
     finally:
         gw.stop()
+
+
+def test_a_request_on_an_open_lane_during_shutdown_is_refused_with_503_not_dropped(launcher: Launcher):
+    """SIGTERM while a call runs: the call finishes and is answered; a request sent meanwhile on another lane
+    connection gets 503 (nothing ran, so a gateway may send it elsewhere) instead of a connection cut off unread."""
+    d = launcher.new_dir("lanestop")
+    db = d / "tasks.sqlite"
+    w = launcher.worker(EXAMPLE_APP, db, log_dir=d, worker_id="stop-w1")
+    running = lane_socket(w)
+    idle = lane_socket(w)
+    try:
+        tid = uuid7()
+        running.sendall(request_frame(1, "sleepy", [("X-Neutrino-Task-Id", tid)],
+                                      json.dumps({"args": {"seconds": 1.5}}).encode()))
+        assert wait_for(lambda: TaskLog(db).task(tid) is not None, timeout=10)
+        w.proc.send_signal(15)
+        time.sleep(0.5)
+        idle.sendall(request_frame(5, "echo", [], json.dumps({"args": {"x": 1}}).encode()))
+        call_id, status, fields, body = read_answer(idle)
+        assert (call_id, status) == (5, 503), (call_id, status, body)
+        assert json.loads(body)["error"]["type"] == "WorkerUnavailable" and fields.get("retry-after") == "1", body
+        assert closed_by_peer(idle)
+        call_id, status, _, body = read_answer(running)
+        assert (call_id, status) == (1, 200), body
+        assert w.wait_exit() == 0, w.output[-3000:]
+    finally:
+        running.close()
+        idle.close()
+        w.stop()
+    assert TaskLog(db).wait_terminal(tid)["status"] == "completed"
