@@ -27,6 +27,7 @@ final class CallLane: Sendable {
     let port: Int
     let portText: String
     private let listener: Int32
+    private let maxBodyBytes: Int
     private let maxFrameBytes: Int
     private let maxConnections: Int
     private let idleTimeout: Duration
@@ -46,6 +47,7 @@ final class CallLane: Sendable {
         self.listener = fd
         self.port = bound
         self.portText = String(bound)
+        self.maxBodyBytes = maxBodyBytes
         self.maxFrameBytes = maxBodyBytes + CallFrame.headroom
         self.maxConnections = maxConnections
         self.idleTimeout = idleTimeout
@@ -133,6 +135,12 @@ final class CallLane: Sendable {
                 connection.write(Self.frame(request.id, refusal), endsCall: true)
                 return
             }
+            if request.body.count > maxBodyBytes {
+                // As over HTTP: 413, and the connection goes on.
+                HTTPRejections.count("body_too_large")
+                connection.write(Self.frame(request.id, BodyReadError.tooLarge(limit: maxBodyBytes).answer), endsCall: true)
+                continue
+            }
             var headers = HTTPFields()
             for field in request.fields {
                 if let name = HTTPField.Name(field.name) { headers.append(HTTPField(name: name, value: field.value)) }
@@ -142,7 +150,10 @@ final class CallLane: Sendable {
         }
     }
 
+    /// An answer's frame; it is counted as the same call over HTTP is (`neutrino_http_requests_total`, route
+    /// `/api/{task}`), so a worker's request rate reads the same whichever way its calls come.
     private static func frame(_ id: UInt32, _ answer: CallAnswer) -> [UInt8] {
+        HTTPRequestCounter.count(route: "/api/{task}", code: answer.status.code)
         var fields: [(name: String, value: String)] = []
         fields.reserveCapacity(answer.headers.count)
         for field in answer.headers { fields.append((field.name.rawName, field.value)) }
@@ -288,7 +299,7 @@ struct SocketReader {
             let waitedFor = result.isEmpty
             low = 0
             high = 0
-            result.reserveCapacity(count)
+            // No capacity reserved for the declared length: memory grows with the bytes that actually arrive.
             var chunk = [UInt8](repeating: 0, count: min(count - result.count, 1 << 20))
             while result.count < count {
                 let want = min(chunk.count, count - result.count)

@@ -275,3 +275,22 @@ def test_a_request_on_an_open_lane_during_shutdown_is_refused_with_503_not_dropp
         idle.close()
         w.stop()
     assert TaskLog(db).wait_terminal(tid)["status"] == "completed"
+
+
+def test_bodies_over_the_limit_get_413_and_large_ones_under_it_run(lane_stack):
+    """The worker's --max-body-bytes (65,536 here) holds on the lane as over HTTP; a body bigger than the reader's
+    64 KiB buffer but under the limit arrives whole."""
+    w, _, _ = lane_stack
+    with lane_socket(w) as s:
+        big = json.dumps({"args": {"x": 1, "label": "y" * 65_000}}).encode()
+        assert len(big) <= 65_536
+        s.sendall(request_frame(1, "echo", [], big))
+        call_id, status, _, body = read_answer(s)
+        assert (call_id, status) == (1, 200) and json.loads(body)["result"]["label"] == "y" * 65_000, body[:200]
+        too_big = json.dumps({"args": {"x": 1, "label": "y" * 70_000}}).encode()
+        s.sendall(request_frame(2, "echo", [], too_big))
+        call_id, status, _, body = read_answer(s)
+        assert (call_id, status) == (2, 413) and json.loads(body)["error"]["type"] == "PayloadTooLarge", body
+        s.sendall(request_frame(3, "add", [], json.dumps({"args": {"a": 1, "b": 1}}).encode()))
+        call_id, status, _, body = read_answer(s)
+        assert (call_id, status) == (3, 200) and json.loads(body)["result"] == 2, body
