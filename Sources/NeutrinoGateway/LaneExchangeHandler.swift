@@ -61,6 +61,8 @@ struct LaneAnswerDecoder: ByteToMessageDecoder {
 enum LaneError: Error {
     /// What answered on the lane port is not a worker's call lane.
     case notALane
+    /// Nothing answered on the lane port within `WorkerConnections.greetingTimeout`.
+    case notGreeted
 }
 
 /// Sends the client's preface, reports the worker's greeting (`greeted`), then writes each `LaneExchange` as a request

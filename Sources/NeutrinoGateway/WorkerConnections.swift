@@ -58,6 +58,8 @@ final class WorkerConnections: Sendable {
     /// An idle connection older than this is closed rather than reused: the worker closes idle connections itself
     /// (its server's idle timeout, 60 s by default), and a request written into a closing one would fail.
     static let maxIdleAge = TimeAmount.seconds(30)
+    /// How long a new call-lane connection waits for the worker's greeting (as long as a connect may take).
+    static let greetingTimeout = TimeAmount.seconds(1)
 
     init(host: String, port: Int, group: any EventLoopGroup, maxConnections: Int = 128, maxAnswerBytes: Int = 16 << 20) {
         self.host = host
@@ -229,7 +231,10 @@ final class WorkerConnections: Sendable {
                 .get()
             channel.closeFuture.whenComplete { [open] _ in open.withLockedValue { $0 -= 1 } }
             do {
-                // A worker that turns the connection away (too many, shutting down) closes it without a greeting.
+                // A worker that turns the connection away (too many, shutting down) closes it without a greeting;
+                // something else on that port (the worker gone, the port reused) may say nothing at all.
+                let silence = loop.scheduleTask(in: Self.greetingTimeout) { greeted.fail(LaneError.notGreeted) }
+                defer { silence.cancel() }
                 try await greeted.futureResult.get()
             } catch {
                 channel.close(promise: nil)

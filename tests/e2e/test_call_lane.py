@@ -296,3 +296,91 @@ def test_bodies_over_the_limit_get_413_and_large_ones_under_it_run(lane_stack):
         s.sendall(request_frame(3, "add", [], json.dumps({"args": {"a": 1, "b": 1}}).encode()))
         call_id, status, _, body = read_answer(s)
         assert (call_id, status) == (3, 200) and json.loads(body)["result"] == 2, body
+
+
+class _FakeWorker:
+    """An HTTP server that answers sync calls as a worker would and announces `lane_port` as its call lane, which
+    is a plain listener behaving as `lane` says: "silent" (accepts, never writes) or "not-a-lane" (answers HTTP)."""
+
+    def __init__(self, lane: str):
+        import http.server
+        import threading
+
+        self.lane_listener = socket.create_server(("127.0.0.1", 0))
+        self.lane_port = self.lane_listener.getsockname()[1]
+        self.lane_connections = 0
+        self.prefaces: list[bytes] = []
+        self.calls = 0
+        fake = self
+
+        def serve_lane():
+            held = []
+            while True:
+                try:
+                    conn, _ = self.lane_listener.accept()
+                except OSError:
+                    return
+                fake.lane_connections += 1
+                conn.settimeout(5)
+                try:
+                    fake.prefaces.append(conn.recv(8))
+                except OSError:
+                    pass
+                if lane == "not-a-lane":
+                    conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                held.append(conn)  # "silent": kept open, never written to
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length", "0"))
+                args = json.loads(self.rfile.read(length))["args"]
+                fake.calls += 1
+                task_id = self.headers.get("X-Neutrino-Task-Id", "")
+                prefix = json.dumps({"task_id": task_id, "function": "echo", "pool": "fast", "status": "completed",
+                                     "worker_id": "fake", "attempt": 1, "duration_ms": 0.1})[:-1] + ',"result":'
+                body = (prefix + json.dumps(args) + "}").encode()
+                self.send_response(200)
+                for name, value in (("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                                    ("X-Neutrino-Status", "completed"), ("X-Neutrino-Worker", "fake"),
+                                    ("X-Neutrino-Duration-Ms", "0.1"),
+                                    ("X-Neutrino-Started-At", str(int(time.time() * 1000))),
+                                    ("X-Neutrino-Outcome-Offset", str(len(prefix.encode()))),
+                                    ("X-Neutrino-Lane", str(fake.lane_port))):
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.http = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.http.server_address[1]}"
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+        threading.Thread(target=serve_lane, daemon=True).start()
+
+    def close(self):
+        self.http.shutdown()
+        self.http.server_close()
+        self.lane_listener.close()
+
+
+@pytest.mark.parametrize("lane", ["silent", "not-a-lane"])
+def test_an_announced_lane_that_does_not_greet_costs_nothing_but_a_fallback_to_http(launcher: Launcher,
+                                                                                    example_manifest, lane):
+    """Whatever answers on an announced lane port without the worker's greeting (the port reused after the worker
+    went away, a proxy in between), the gateway's calls still go through, over HTTP, and it does not keep trying."""
+    d = launcher.new_dir("fakelane")
+    fake = _FakeWorker(lane)
+    gw = launcher.gateway(example_manifest, {"fast": [fake.url]}, d / "tasks.sqlite", log_dir=d)
+    try:
+        for i in range(6):
+            resp = post_task(gw.url, "echo", {"x": i, "label": lane})
+            assert resp.status == 200 and resp.json()["result"] == {"x": i, "label": lane}, resp
+        assert fake.calls == 6  # every call reached the worker over HTTP
+        # The gateway tried the lane (with the client's preface) once, then let it rest.
+        assert fake.lane_connections == 1 and fake.prefaces == [PREFACE], (fake.lane_connections, fake.prefaces)
+    finally:
+        gw.stop()
+        fake.close()
