@@ -201,9 +201,13 @@ final class WorkerConnections: Sendable {
             n += 1
             return true
         }
-        guard admitted else {
+        if !admitted {
             if let channel = takeIdle(on: nil, lane: lane) { return channel }
-            throw .saturated(limit: maxConnections)
+            // Idle connections of the other kind (HTTP ones from before the lane was announced) give up their place:
+            // the new one is counted now, the one closed when its close completes.
+            guard let other = takeIdle(on: nil, lane: !lane) else { throw .saturated(limit: maxConnections) }
+            other.close(promise: nil)
+            open.withLockedValue { $0 += 1 }
         }
         let loop = here ?? group.next()
         let greeted = loop.makePromise(of: Void.self)

@@ -384,3 +384,32 @@ def test_an_announced_lane_that_does_not_greet_costs_nothing_but_a_fallback_to_h
     finally:
         gw.stop()
         fake.close()
+
+
+def test_idle_http_connections_from_before_the_lane_give_way_to_lane_ones(launcher: Launcher, example_manifest):
+    """--worker-connections bounds a gateway's connections to a worker, HTTP and lane together: the HTTP ones it
+    opened before it knew the lane do not keep the lane from opening its own."""
+    from conftest import GATEWAY_BIN, _server_env
+
+    d = launcher.new_dir("lanecap")
+    db = d / "tasks.sqlite"
+    w = launcher.worker(EXAMPLE_APP, db, log_dir=d, worker_id="cap-w1", concurrency=4)
+    argv = [str(GATEWAY_BIN), "--manifest", str(example_manifest), "--http-pool", f"fast={w.url}",
+            "--task-log", f"sqlite:{db}", "--host", "127.0.0.1", "--port", "0", "--worker-connections", "2"]
+    gw = launcher.spawn("gateway-lanecap", argv, env=_server_env(), log_dir=d)
+    gw.wait_listening()
+    try:
+        def two_at_once():
+            with ThreadPoolExecutor(2) as pool:
+                return list(pool.map(lambda _: post_task(gw.url, "sleepy", {"seconds": 0.5}), range(2)))
+
+        # Both start before either answer announces the lane: two HTTP connections, idle afterwards.
+        assert all(r.status == 200 for r in two_at_once())
+        assert lane_of(w)["connections"] == 0
+        # Now two calls at once over the lane need two lane connections, with the limit already reached.
+        answers = two_at_once()
+        assert all(r.status == 200 for r in answers), answers
+        assert wait_for(lambda: lane_of(w)["connections"] == 2, timeout=10), lane_of(w)
+    finally:
+        gw.stop()
+        w.stop()
