@@ -112,9 +112,10 @@ public enum CallFrame {
 
     // MARK: Decoding
 
-    /// The length a frame's first four bytes declare (what follows them).
-    public static func declaredLength<C: Collection>(_ prefix: C) -> Int where C.Element == UInt8 {
-        prefix.prefix(4).reduce(0) { $0 << 8 | Int($1) }
+    /// The length a frame's first four bytes declare (what follows them); 0 when fewer than four are given.
+    public static func declaredLength(_ prefix: [UInt8]) -> Int {
+        guard prefix.count >= 4 else { return 0 }
+        return Int(prefix[0]) << 24 | Int(prefix[1]) << 16 | Int(prefix[2]) << 8 | Int(prefix[3])
     }
 
     /// A request frame's content (after its length prefix).

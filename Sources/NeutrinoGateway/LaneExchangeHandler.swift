@@ -37,8 +37,8 @@ struct LaneAnswerDecoder: ByteToMessageDecoder {
             context.fireChannelRead(wrapInboundOut(.greeting))
             return .continue
         }
-        guard let prefix = buffer.getBytes(at: buffer.readerIndex, length: 4) else { return .needMoreData }
-        let length = CallFrame.declaredLength(prefix)
+        guard let declared = buffer.getInteger(at: buffer.readerIndex, as: UInt32.self) else { return .needMoreData }
+        let length = Int(declared)
         guard length <= maxFrameBytes else {
             buffer.moveReaderIndex(to: buffer.writerIndex)
             context.fireChannelRead(wrapInboundOut(.tooLarge))
