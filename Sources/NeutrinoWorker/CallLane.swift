@@ -113,23 +113,28 @@ final class CallLane: Sendable {
         }
     }
 
-    /// Reads the connection's calls until it ends, it breaks the protocol, or the lane stops.
+    /// Reads the connection's calls until it ends, it breaks the protocol, or the lane stops. A broken protocol is
+    /// counted (`neutrino_http_rejected_total{reason="lane_protocol"}`) and logged at debug only: a client can open
+    /// connections faster than anyone reads logs.
     private func serve(_ connection: LaneConnection, start: @escaping Start) {
+        func refuse(_ why: String) {
+            HTTPRejections.count("lane_protocol")
+            logger.debug("call lane: connection closed", metadata: ["reason": "\(why)"])
+        }
         var reader = SocketReader(fd: connection.fd, idleTimeout: idleTimeout)
-        guard connection.write(CallFrame.preface, endsCall: false),
-            let preface = reader.take(CallFrame.preface.count), preface == CallFrame.preface
-        else { return }
+        guard connection.write(CallFrame.preface, endsCall: false), let preface = reader.take(CallFrame.preface.count) else { return }
+        guard preface == CallFrame.preface else { return refuse("no preface") }
         while true {
             // A connection with a call in flight waits for as long as the call runs; an idle one for `idleTimeout`.
             guard let prefix = reader.take(4, keepWaiting: { connection.callInFlight }) else { return }
             let length = CallFrame.declaredLength(prefix)
-            guard length >= 8, length <= maxFrameBytes, let frame = reader.take(length) else { return }
+            guard length >= 8, length <= maxFrameBytes else { return refuse("a frame of \(length) bytes") }
+            guard let frame = reader.take(length) else { return }
             let request: CallFrame.Request
             do { request = try frame.withUnsafeBytes { raw throws(CallFrame.DecodeError) in try CallFrame.decodeRequest(raw) } } catch {
-                logger.warning("call lane: malformed frame, connection closed", metadata: ["error": "\(error)"])
-                return
+                return refuse("\(error)")
             }
-            guard connection.beginCall() else { return }  // a second request before the first one's answer
+            guard connection.beginCall() else { return refuse("a second request before the first one's answer") }
             if stopping {
                 let refusal = CallAnswer.error(.workerUnavailable, "this worker is shutting down", headers: [.retryAfter: "1"])
                 connection.write(Self.frame(request.id, refusal), endsCall: true)

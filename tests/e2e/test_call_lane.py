@@ -75,6 +75,14 @@ def lane_of(worker) -> dict:
     return health["call_lane"]
 
 
+def protocol_rejections(worker) -> float:
+    """neutrino_http_rejected_total{reason="lane_protocol"} on the worker's /metrics (0 before the first)."""
+    for line in http_request("GET", f"{worker.url}/metrics").body.decode().splitlines():
+        if line.startswith('neutrino_http_rejected_total{reason="lane_protocol"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def lane_socket(worker) -> socket.socket:
     s = socket.create_connection(("127.0.0.1", lane_of(worker)["port"]), timeout=30)
     s.sendall(PREFACE)
@@ -157,6 +165,7 @@ def test_a_client_speaking_the_frame_format_runs_a_call(lane_stack):
 def test_a_lane_client_that_breaks_the_format_loses_its_connection_and_nothing_else(lane_stack, attack):
     w, gw, log = lane_stack
     port = lane_of(w)["port"]
+    rejected_before = protocol_rejections(w)
     s = socket.create_connection(("127.0.0.1", port), timeout=30)
     try:
         if attack == "http-request":
@@ -188,6 +197,8 @@ def test_a_lane_client_that_breaks_the_format_loses_its_connection_and_nothing_e
             pass
         else:
             assert closed_by_peer(s), attack
+            # Counted on the worker's /metrics (and logged at debug only).
+            assert wait_for(lambda: protocol_rejections(w) == rejected_before + 1, timeout=10), protocol_rejections(w)
         if attack == "second-request-before-the-answer" and not NATS_TASK_LOG:
             # The call that was taken still runs to its end in the task log (the worker's own SQLite writes).
             assert log.wait_terminal(tid, final_event="completed")["status"] == "completed"
