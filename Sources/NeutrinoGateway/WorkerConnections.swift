@@ -3,6 +3,7 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import NeutrinoCore
+import NeutrinoHTTP
 
 /// Keep-alive HTTP/1.1 connections to one worker, one request in flight per connection.
 ///
@@ -85,7 +86,7 @@ final class WorkerConnections: Sendable {
             }
         }
         let reply = try await sendOverHTTP(path: path, headers: headers, body: body, deadline: deadline)
-        if let announced = reply.headers.first(name: "X-Neutrino-Lane") { lane.announced(announced) }
+        if let announced = reply.headers.first(name: NeutrinoHeader.lane.canonicalName) { lane.announced(announced) }
         return reply
     }
 

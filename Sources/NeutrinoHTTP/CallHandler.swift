@@ -144,10 +144,7 @@ public final class CallHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     /// 413, the router's answer to a body past the limit; the rest of the body is read and dropped.
-    private var tooLarge: CallAnswer {
-        HTTPRejections.count("body_too_large")
-        return BodyReadError.tooLarge(limit: calls.maxBodyBytes).answer
-    }
+    private var tooLarge: CallAnswer { BodyReadError.refuseTooLarge(limit: calls.maxBodyBytes) }
 
     private func run(_ call: Current, context: ChannelHandlerContext) {
         var body = call.body

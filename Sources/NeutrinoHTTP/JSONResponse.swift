@@ -130,6 +130,13 @@ public enum BodyReadError: Error, Sendable {
     }
 
     public var response: Response { answer.response }
+
+    /// 413 for a call whose body is past `limit`, counted in `neutrino_http_rejected_total{reason="body_too_large"}`:
+    /// the one refusal of `CallHandler` and the worker's call lane.
+    public static func refuseTooLarge(limit: Int) -> CallAnswer {
+        HTTPRejections.count("body_too_large")
+        return BodyReadError.tooLarge(limit: limit).answer
+    }
 }
 
 extension Request {

@@ -79,12 +79,12 @@ final class CallLane: Sendable {
         while true {
             let fd = accept(listener, nil, nil)
             if fd < 0 {
-                if errno == EINTR || errno == ECONNABORTED || errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM {
-                    if state.withLock({ $0.stopping }) { return }
-                    if errno != EINTR && errno != ECONNABORTED { usleep(10_000) }
-                    continue
-                }
-                return  // shut down by stop()
+                let code = errno
+                // Anything else (EINVAL) is stop()'s shutdown of the socket.
+                guard !stopping, [EINTR, ECONNABORTED, EMFILE, ENFILE, ENOBUFS, ENOMEM].contains(code) else { return }
+                // Out of descriptors or memory: let some close before the next try.
+                if code != EINTR && code != ECONNABORTED { usleep(10_000) }
+                continue
             }
             let admitted = state.withLock { s -> (LaneConnection, Start, Int)? in
                 guard !s.stopping, s.connections.count < maxConnections, let start = s.start else { return nil }
@@ -142,8 +142,7 @@ final class CallLane: Sendable {
             }
             if request.body.count > maxBodyBytes {
                 // As over HTTP: 413, and the connection goes on.
-                HTTPRejections.count("body_too_large")
-                connection.write(Self.frame(request.id, BodyReadError.tooLarge(limit: maxBodyBytes).answer), endsCall: true)
+                connection.write(Self.frame(request.id, BodyReadError.refuseTooLarge(limit: maxBodyBytes)), endsCall: true)
                 continue
             }
             var headers = HTTPFields()
@@ -158,7 +157,7 @@ final class CallLane: Sendable {
     /// An answer's frame; it is counted as the same call over HTTP is (`neutrino_http_requests_total`, route
     /// `/api/{task}`), so a worker's request rate reads the same whichever way its calls come.
     private static func frame(_ id: UInt32, _ answer: CallAnswer) -> [UInt8] {
-        HTTPRequestCounter.count(route: "/api/{task}", code: answer.status.code)
+        HTTPRequestCounter.count(route: HTTPWorker.callRoute, code: answer.status.code)
         var fields: [(name: String, value: String)] = []
         fields.reserveCapacity(answer.headers.count)
         for field in answer.headers { fields.append((field.name.rawName, field.value)) }
@@ -280,11 +279,14 @@ final class LaneConnection: Sendable {
 /// Buffered blocking reads of one socket.
 struct SocketReader {
     let fd: Int32
-    private var buffer = [UInt8](repeating: 0, count: 64 << 10)
+    /// What `buffer` shrinks back to after a frame that made it grow.
+    private static let baseBytes = 64 << 10
+    private var buffer = [UInt8](repeating: 0, count: SocketReader.baseBytes)
     private var low = 0
     private var high = 0
 
-    /// Reads time out after `idleTimeout` (SO_RCVTIMEO); whether that ends the connection is the caller's `idle`.
+    /// Reads time out after `idleTimeout` (SO_RCVTIMEO); whether a timeout ends the connection is `take`'s
+    /// `keepWaiting`.
     init(fd: Int32, idleTimeout: Duration) {
         self.fd = fd
         var timeout = timeval(tv_sec: Int(idleTimeout.components.seconds), tv_usec: 0)
@@ -292,36 +294,10 @@ struct SocketReader {
     }
 
     /// The next `count` bytes; nil at the end of the stream, on an error, or on a timeout unless `keepWaiting()`
-    /// says to go on (only asked while no byte of what is wanted has arrived).
+    /// says to go on (only asked while no byte of what is wanted has arrived). For a frame bigger than the buffer,
+    /// the buffer grows by at most 1 MiB per read: memory follows the bytes that arrive, not the length declared.
     mutating func take(_ count: Int, keepWaiting: () -> Bool = { false }) -> [UInt8]? {
-        if high - low >= count {
-            defer { low += count }
-            return Array(buffer[low..<(low + count)])
-        }
-        if count > buffer.count {
-            // A frame bigger than the buffer: what is buffered, then the rest read straight into the result.
-            var result = Array(buffer[low..<high])
-            let waitedFor = result.isEmpty
-            low = 0
-            high = 0
-            // No capacity reserved for the declared length: memory grows with the bytes that actually arrive.
-            var chunk = [UInt8](repeating: 0, count: min(count - result.count, 1 << 20))
-            while result.count < count {
-                let want = min(chunk.count, count - result.count)
-                let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, want) }
-                if n > 0 {
-                    result.append(contentsOf: chunk[0..<n])
-                } else if n < 0 && errno == EINTR {
-                    continue
-                } else if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) && waitedFor && result.isEmpty && keepWaiting() {
-                    continue
-                } else {
-                    return nil
-                }
-            }
-            return result
-        }
-        if low > 0 {
+        if high - low < count && low > 0 {
             // Move what is left to the front, so the wanted bytes fit.
             buffer.withUnsafeMutableBytes { raw in
                 guard let base = raw.baseAddress else { return }
@@ -330,7 +306,8 @@ struct SocketReader {
             high -= low
             low = 0
         }
-        while high < count {
+        while high - low < count {
+            if high == buffer.count { buffer.append(contentsOf: repeatElement(0, count: min(count - high, 1 << 20))) }
             let n = buffer.withUnsafeMutableBytes { raw -> Int in
                 guard let base = raw.baseAddress else { return -1 }
                 return read(fd, base + high, raw.count - high)
@@ -339,13 +316,19 @@ struct SocketReader {
                 high += n
             } else if n < 0 && errno == EINTR {
                 continue
-            } else if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) && high == 0 && keepWaiting() {
+            } else if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) && high == low && keepWaiting() {
                 continue
             } else {
                 return nil
             }
         }
-        defer { low += count }
-        return Array(buffer[0..<count])
+        let taken = Array(buffer[low..<(low + count)])
+        low += count
+        if buffer.count > Self.baseBytes && low == high {
+            buffer = [UInt8](repeating: 0, count: Self.baseBytes)
+            low = 0
+            high = 0
+        }
+        return taken
     }
 }

@@ -100,7 +100,7 @@ struct HTTPWorker: Sendable {
         let calls = CallHandler.Calls(
             claim: { [specs] head in CallHandler.apiTaskName(head).flatMap { specs[$0] == nil ? nil : $0 } },
             maxBodyBytes: configuration.maxBodyBytes,
-            serverName: Self.serverName, route: "/api/{task}",
+            serverName: Self.serverName, route: Self.callRoute,
             start: { [self] task, head, body, _, answer in startCall(task: task, headers: head.headerFields, body: body, answer: answer) })
         limits.requestHandlers = { [CallHandler(calls: calls)] }
         let app = makeApplication(
@@ -239,6 +239,8 @@ struct HTTPWorker: Sendable {
     }
 
     static let serverName = "neutrino-worker"
+    /// The route its sync calls are counted under in `neutrino_http_requests_total`, over HTTP and the call lane.
+    static let callRoute = "/api/{task}"
 
     /// Whether `POST /api/<name>` runs here: its task, or the answer that refuses it before its body is read (no such
     /// task here, the worker is recycling).
