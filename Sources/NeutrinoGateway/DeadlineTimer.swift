@@ -30,3 +30,31 @@ struct DeadlineTimer {
         fired()
     }
 }
+
+/// A channel handler with one call at a time in flight to a worker (over HTTP or the call lane), whose deadline one
+/// `DeadlineTimer` enforces for all the calls of its connection.
+protocol CallDeadlineHandler: AnyObject {
+    /// The deadline of the latest call; it applies while `callInFlight`.
+    var callDeadline: NIODeadline { get set }
+    var deadlineTimer: DeadlineTimer { get set }
+    var callInFlight: Bool { get }
+    /// The call in flight passed its deadline.
+    func callTimedOut(context: ChannelHandlerContext)
+}
+
+extension CallDeadlineHandler {
+    /// Sets the deadline of the call just sent, and makes sure the timer fires by then.
+    func callStarted(deadline: NIODeadline, context: ChannelHandlerContext) {
+        callDeadline = deadline
+        wake(context, at: deadline)
+    }
+
+    private func wake(_ context: ChannelHandlerContext, at: NIODeadline) {
+        deadlineTimer.fire(by: at, on: context.eventLoop.assumeIsolated()) { [self] in
+            deadlineTimer.fired()
+            guard callInFlight else { return }
+            guard callDeadline <= .now() else { return wake(context, at: callDeadline) }
+            callTimedOut(context: context)
+        }
+    }
+}

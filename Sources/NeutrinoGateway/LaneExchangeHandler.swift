@@ -67,7 +67,7 @@ enum LaneError: Error {
 
 /// Sends the client's preface, reports the worker's greeting (`greeted`), then writes each `LaneExchange` as a request
 /// frame and completes its promise with the answer: the same `Reply` the HTTP path gives, so the caller cannot tell.
-final class LaneExchangeHandler: ChannelDuplexHandler {
+final class LaneExchangeHandler: ChannelDuplexHandler, CallDeadlineHandler {
     typealias InboundIn = LaneInbound
     typealias OutboundIn = LaneExchange
     typealias OutboundOut = ByteBuffer
@@ -75,8 +75,9 @@ final class LaneExchangeHandler: ChannelDuplexHandler {
     private let greeted: EventLoopPromise<Void>
     private let maxAnswerBytes: Int
     private var pending: (id: UInt32, promise: EventLoopPromise<WorkerConnections.Reply>)?
-    private var deadline = NIODeadline.distantFuture
-    private var timer = DeadlineTimer()
+    var callDeadline = NIODeadline.distantFuture
+    var deadlineTimer = DeadlineTimer()
+    var callInFlight: Bool { pending != nil }
     private var lastID: UInt32 = 0
 
     init(greeted: EventLoopPromise<Void>, maxAnswerBytes: Int) {
@@ -95,8 +96,7 @@ final class LaneExchangeHandler: ChannelDuplexHandler {
         lastID &+= 1
         request.id = lastID
         pending = (request.id, exchange.promise)
-        deadline = exchange.deadline
-        wake(context, at: exchange.deadline)
+        callStarted(deadline: exchange.deadline, context: context)
         context.write(wrapOutboundOut(context.channel.allocator.buffer(bytes: CallFrame.encode(request))), promise: promise)
     }
 
@@ -127,7 +127,7 @@ final class LaneExchangeHandler: ChannelDuplexHandler {
     func channelInactive(context: ChannelHandlerContext) {
         greeted.fail(WorkerConnections.Failure.unreachable("the worker closed its call lane before greeting"))
         fail(.lost("the worker closed the connection before answering"))
-        timer.cancel()
+        deadlineTimer.cancel()
         context.fireChannelInactive()
     }
 
@@ -137,15 +137,10 @@ final class LaneExchangeHandler: ChannelDuplexHandler {
         context.close(promise: nil)
     }
 
-    private func wake(_ context: ChannelHandlerContext, at: NIODeadline) {
-        timer.fire(by: at, on: context.eventLoop.assumeIsolated()) { [self] in
-            timer.fired()
-            guard pending != nil else { return }
-            guard deadline <= .now() else { return wake(context, at: deadline) }
-            // No answer in time: a slow task, not a broken worker. The connection is dropped with the answer.
-            fail(.timedOut)
-            context.close(promise: nil)
-        }
+    /// No answer in time: a slow task, not a broken worker. The connection is dropped with the answer.
+    func callTimedOut(context: ChannelHandlerContext) {
+        fail(.timedOut)
+        context.close(promise: nil)
     }
 
     private func fail(_ failure: WorkerConnections.Failure) {

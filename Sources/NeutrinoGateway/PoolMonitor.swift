@@ -23,6 +23,9 @@ final class PoolMonitor: Sendable {
         var queues: [String: QueueState] = [:]
         var queuesAvailable: Set<String> = []
         var stats: [String: PoolTaskStats] = [:]
+        /// The window's outcomes, and the task-event row they were read up to (nil until the first full read).
+        var outcomes = RecentOutcomes(window: PoolMonitor.window)
+        var outcomeCursor: Int64?
         var dlqMessages: Int?
         var snapshot: [UInt8] = Array(#"{"pools":[]}"#.utf8)
         var tick = 0
@@ -85,7 +88,7 @@ final class PoolMonitor: Sendable {
         var stats: [String: PoolTaskStats]?
         if let reader, tick % 2 == 1 {
             do {
-                stats = try await reader.poolStats(since: Timestamp(millis: Timestamp.now().millis - Self.window.wholeMilliseconds))
+                stats = try await readStats(reader)
             } catch {
                 logger.warning("pool statistics query failed", metadata: ["error": "\(error)"])
             }
@@ -100,6 +103,48 @@ final class PoolMonitor: Sendable {
             s.snapshot = render(&s, workers: workers, now: now)
         }
     }
+
+    /// Running and queued tasks, and the last minute's outcomes: the whole window read once, then only the outcomes
+    /// committed since the previous read (`RecentOutcomes`), so a refresh costs what arrived, not the window's size.
+    private func readStats(_ reader: TaskLogReader) async throws -> [String: PoolTaskStats] {
+        var (outcomes, cursor) = state.withLock { ($0.outcomes, $0.outcomeCursor) }
+        var stats = try await reader.poolQueueStats()
+        if let start = cursor {
+            var read = try await reader.outcomes(afterEventID: start)
+            if read.cursor < start {
+                // The log was replaced by an older or empty one: read the window again.
+                cursor = nil
+            } else {
+                // A bounded catch-up per refresh; what is left is read at the next one.
+                var pages = 1
+                while true {
+                    let now = Timestamp.now()
+                    for outcome in read.outcomes { outcomes.add(outcome, now: now) }
+                    cursor = read.cursor
+                    guard read.more, pages < Self.maxOutcomePages, let next = cursor else { break }
+                    read = try await reader.outcomes(afterEventID: next)
+                    pages += 1
+                }
+            }
+        }
+        let now = Timestamp.now()
+        if cursor == nil {
+            let read = try await reader.outcomes(since: Timestamp(millis: now.millis - Self.window.wholeMilliseconds))
+            outcomes = RecentOutcomes(window: Self.window)
+            for outcome in read.outcomes { outcomes.add(outcome, now: now) }
+            cursor = read.cursor
+        }
+        outcomes.expire(now: now)
+        outcomes.summarize(now: now, into: &stats)
+        state.withLock { s in
+            s.outcomes = outcomes
+            s.outcomeCursor = cursor
+        }
+        return stats
+    }
+
+    /// The most pages of new task events (`TaskLogReader.outcomes(afterEventID:)`, 50,000 rows each) one refresh reads.
+    static let maxOutcomePages = 8
 
     private func render(_ s: inout State, workers: [String: [WorkerRegistry.Entry]], now: Timestamp) -> [UInt8] {
         var w = JSONWriter(capacity: 2048)

@@ -32,81 +32,127 @@ public struct TaskEventFeedItem: Sendable, Hashable {
 
 extension TaskLogStore {
     /// `GET /pools`: running and queued counts from `task_groups` (kept exact by triggers), the oldest queued task
-    /// per pool from the lowest id of each queued group, and the recent outcomes from `idx_tasks_completed` alone.
+    /// per pool from the lowest id of each queued group, and the outcomes since `since` from `idx_tasks_completed`
+    /// alone. The gateway's pool monitor reads the outcomes this way once, then only the new ones
+    /// (`outcomes(afterEventID:)` into `RecentOutcomes`).
     func poolStats(since: Timestamp) throws -> [String: PoolTaskStats] {
         try db.readTransaction {
-            var stats: [String: PoolTaskStats] = [:]
-            var queuedGroups: [TaskGroup] = []
-            try db.withStatement(
-                "SELECT status, function_name, pool, execution_mode, n FROM task_groups WHERE status IN ('running', 'queued') AND n > 0"
-            ) { stmt in
-                while try stmt.step() {
-                    guard let status = stmt.string(0), let function = stmt.string(1), let pool = stmt.string(2), let mode = stmt.string(3) else {
-                        continue
-                    }
-                    let count = stmt.int(4) ?? 0
-                    if status == "running" {
-                        stats[pool, default: PoolTaskStats()].running += count
-                    } else {
-                        stats[pool, default: PoolTaskStats()].queued += count
-                        queuedGroups.append(TaskGroup(status: status, function: function, pool: pool, mode: mode))
-                    }
-                }
-            }
-            for group in queuedGroups {
-                let oldest = try db.withStatement(
-                    """
-                    SELECT created_at FROM tasks INDEXED BY idx_tasks_group
-                    WHERE status = ?1 AND function_name = ?2 AND pool = ?3 AND execution_mode = ?4 ORDER BY id LIMIT 1
-                    """
-                ) { stmt in
-                    stmt.bind(1, group.status)
-                    stmt.bind(2, group.function)
-                    stmt.bind(3, group.pool)
-                    stmt.bind(4, group.mode)
-                    return try stmt.step() ? stmt.string(0).flatMap(Timestamp.init(iso8601:)) : nil
-                }
-                if let oldest, stats[group.pool]?.oldestQueued.map({ oldest < $0 }) ?? true {
-                    stats[group.pool, default: PoolTaskStats()].oldestQueued = oldest
-                }
-            }
-            var durations: [String: [Double]] = [:]
-            try db.withStatement(Self.recentOutcomesSQL) { stmt in
-                stmt.bind(1, since.iso8601)
-                while try stmt.step() {
-                    guard let pool = stmt.string(0) else { continue }
-                    if stmt.string(1) == "completed" {
-                        stats[pool, default: PoolTaskStats()].completed += 1
-                    } else {
-                        stats[pool, default: PoolTaskStats()].failed += 1
-                    }
-                    if let d = stmt.double(2) { durations[pool, default: []].append(d) }
-                }
-            }
-            for (pool, values) in durations where !values.isEmpty {
-                let sorted = values.sorted()
-                stats[pool, default: PoolTaskStats()].p50Ms = Self.percentile(sorted, 0.50)
-                stats[pool, default: PoolTaskStats()].p95Ms = Self.percentile(sorted, 0.95)
-            }
+            var stats = try poolQueueStats()
+            let now = Timestamp.now()
+            var recent = RecentOutcomes(window: .milliseconds(max(0, now.millis - since.millis)))
+            for outcome in try readOutcomes(since: since) { recent.add(outcome, now: now) }
+            recent.summarize(now: now, into: &stats)
             return stats
         }
     }
 
+    /// Per pool: running and queued counts, and the oldest queued task (the outcome fields are left empty).
+    func poolQueueStats() throws -> [String: PoolTaskStats] {
+        var stats: [String: PoolTaskStats] = [:]
+        var queuedGroups: [TaskGroup] = []
+        try db.withStatement(
+            "SELECT status, function_name, pool, execution_mode, n FROM task_groups WHERE status IN ('running', 'queued') AND n > 0"
+        ) { stmt in
+            while try stmt.step() {
+                guard let status = stmt.string(0), let function = stmt.string(1), let pool = stmt.string(2), let mode = stmt.string(3) else {
+                    continue
+                }
+                let count = stmt.int(4) ?? 0
+                if status == "running" {
+                    stats[pool, default: PoolTaskStats()].running += count
+                } else {
+                    stats[pool, default: PoolTaskStats()].queued += count
+                    queuedGroups.append(TaskGroup(status: status, function: function, pool: pool, mode: mode))
+                }
+            }
+        }
+        for group in queuedGroups {
+            let oldest = try db.withStatement(
+                """
+                SELECT created_at FROM tasks INDEXED BY idx_tasks_group
+                WHERE status = ?1 AND function_name = ?2 AND pool = ?3 AND execution_mode = ?4 ORDER BY id LIMIT 1
+                """
+            ) { stmt in
+                stmt.bind(1, group.status)
+                stmt.bind(2, group.function)
+                stmt.bind(3, group.pool)
+                stmt.bind(4, group.mode)
+                return try stmt.step() ? stmt.string(0).flatMap(Timestamp.init(iso8601:)) : nil
+            }
+            if let oldest, stats[group.pool]?.oldestQueued.map({ oldest < $0 }) ?? true {
+                stats[group.pool, default: PoolTaskStats()].oldestQueued = oldest
+            }
+        }
+        return stats
+    }
+
+    /// Every task that ended (`completed`, `failed`, `timed_out`) since `since`, from `idx_tasks_completed` alone,
+    /// and the newest event row id, read together: the outcomes committed after that id are the ones this read did
+    /// not see.
+    func outcomes(since: Timestamp) throws -> TaskOutcomes {
+        try db.readTransaction {
+            let cursor = try lastEventID()
+            return TaskOutcomes(outcomes: try readOutcomes(since: since), cursor: cursor, more: false)
+        }
+    }
+
+    private func readOutcomes(since: Timestamp) throws -> [TaskOutcome] {
+        try db.withStatement(Self.recentOutcomesSQL) { stmt in
+            stmt.bind(1, since.iso8601)
+            return try Self.outcomeRows(stmt)
+        }
+    }
+
+    /// Rows of (pool, status, duration_ms, when it ended).
+    private static func outcomeRows(_ stmt: Statement) throws -> [TaskOutcome] {
+        var out: [TaskOutcome] = []
+        while try stmt.step() {
+            guard let pool = stmt.string(0), let at = stmt.string(3).flatMap(Timestamp.init(iso8601:)) else { continue }
+            out.append(TaskOutcome(pool: pool, failed: stmt.string(1) != "completed", durationMs: stmt.double(2), at: at))
+        }
+        return out
+    }
+
+    /// The outcomes committed after event row `afterID`, looking at no more than `maxEvents` event rows (of every
+    /// kind): a task counts once, by the event that gave it its status. Event row ids grow with each commit (one
+    /// writer at a time holds the file's write lock), so nothing committed later can fall behind the cursor. A
+    /// cursor past the newest row (the file was replaced) comes back as the newest row's id, lower than `afterID`.
+    func outcomes(afterEventID afterID: Int64, maxEvents: Int) throws -> TaskOutcomes {
+        try db.readTransaction {
+            let newest = try lastEventID()
+            // Fewer events than the cursor: the log was replaced (a cursor past the newest row says so).
+            guard newest >= afterID else { return TaskOutcomes(outcomes: [], cursor: newest, more: false) }
+            let upTo = min(newest, afterID.addingReportingOverflow(Int64(max(1, maxEvents))).partialValue)
+            var out: [TaskOutcome] = []
+            if upTo > afterID {
+                out = try db.withStatement(Self.outcomesAfterSQL) { stmt in
+                    stmt.bind(1, Int(afterID))
+                    stmt.bind(2, Int(upTo))
+                    return try Self.outcomeRows(stmt)
+                }
+            }
+            return TaskOutcomes(outcomes: out, cursor: max(afterID, upTo), more: upTo < newest)
+        }
+    }
+
     static let recentOutcomesSQL = """
-        SELECT pool, status, duration_ms FROM tasks INDEXED BY idx_tasks_completed
+        SELECT pool, status, duration_ms, completed_at FROM tasks INDEXED BY idx_tasks_completed
         WHERE completed_at >= ?1 AND status IN ('completed', 'failed', 'timed_out')
+        """
+
+    /// The event rows in (?1, ?2] by their row id (`NOT INDEXED`: the range on the integer primary key, never the
+    /// unique index), each terminal one joined to its task, counted only when it is the event that set the task's
+    /// status (a task with two outcomes recorded, as when a gateway gave up on a call its worker then finished,
+    /// keeps the first).
+    static let outcomesAfterSQL = """
+        SELECT t.pool, t.status, t.duration_ms, e.at FROM task_events e NOT INDEXED JOIN tasks t ON t.id = e.task_id
+        WHERE e.id > ?1 AND e.id <= ?2 AND e.event IN ('completed', 'failed', 'timed_out') AND t.status = e.event
         """
 
     static let eventsAfterSQL = """
         SELECT e.id, e.task_id, e.event, e.at, e.worker_id, e.attempt, t.function_name, t.pool, t.execution_mode, t.status, t.duration_ms
         FROM task_events e LEFT JOIN tasks t ON t.id = e.task_id WHERE e.id > ?1 ORDER BY e.id LIMIT ?2
         """
-
-    /// Nearest-rank percentile of an ascending, non-empty array.
-    static func percentile(_ sorted: [Double], _ p: Double) -> Double {
-        let rank = Int((p * Double(sorted.count)).rounded(.up)) - 1
-        return sorted[min(sorted.count - 1, max(0, rank))]
-    }
 
     func events(afterID: Int64, limit: Int) throws -> [TaskEventFeedItem] {
         try db.withStatement(Self.eventsAfterSQL) { stmt in
@@ -134,6 +180,21 @@ extension TaskLogReader {
     /// Per pool: running and queued counts, the oldest queued task, and outcomes and durations since `since`.
     public func poolStats(since: Timestamp) async throws -> [String: PoolTaskStats] {
         try await withStore { try $0.poolStats(since: since) }
+    }
+
+    /// Running and queued counts and the oldest queued task, per pool.
+    public func poolQueueStats() async throws -> [String: PoolTaskStats] {
+        try await withStore { try $0.poolQueueStats() }
+    }
+
+    /// Every outcome since `since`, and the event row id to read new ones after.
+    public func outcomes(since: Timestamp) async throws -> TaskOutcomes {
+        try await withStore { try $0.outcomes(since: since) }
+    }
+
+    /// The outcomes committed after event row `afterID`, looking at up to `maxEvents` event rows.
+    public func outcomes(afterEventID afterID: Int64, maxEvents: Int = 50_000) async throws -> TaskOutcomes {
+        try await withStore { try $0.outcomes(afterEventID: afterID, maxEvents: maxEvents) }
     }
 
     /// Up to `limit` events committed after row `afterID`, oldest first.
