@@ -17,41 +17,37 @@ public enum CallFrame {
     /// Room in a frame beyond its body: the id, the name or status, the fields.
     public static let headroom = 64 << 10
 
-    public struct Request: Sendable, Equatable {
-        public var id: UInt32
-        public var task: String
-        public var fields: [(name: String, value: String)]
-        public var body: [UInt8]
+    /// One header, as a frame carries it.
+    public struct Field: Sendable, Hashable {
+        public var name: String
+        public var value: String
 
-        public init(id: UInt32, task: String, fields: [(name: String, value: String)], body: [UInt8]) {
-            self.id = id
-            self.task = task
-            self.fields = fields
-            self.body = body
-        }
-
-        public static func == (a: Request, b: Request) -> Bool {
-            a.id == b.id && a.task == b.task && a.body == b.body && a.fields.elementsEqual(b.fields) { $0 == $1 }
+        public init(_ name: String, _ value: String) {
+            self.name = name
+            self.value = value
         }
     }
 
-    public struct Answer: Sendable, Equatable {
+    /// One frame: its call id, what its kind carries before the fields (a request's task name, an answer's HTTP
+    /// status), the fields, and the body.
+    public struct Frame<Head: Sendable & Hashable>: Sendable, Hashable {
         public var id: UInt32
-        public var status: Int
-        public var fields: [(name: String, value: String)]
+        public var head: Head
+        public var fields: [Field]
         public var body: [UInt8]
 
-        public init(id: UInt32, status: Int, fields: [(name: String, value: String)], body: [UInt8]) {
+        public init(id: UInt32, head: Head, fields: [Field], body: [UInt8]) {
             self.id = id
-            self.status = status
+            self.head = head
             self.fields = fields
             self.body = body
         }
-
-        public static func == (a: Answer, b: Answer) -> Bool {
-            a.id == b.id && a.status == b.status && a.body == b.body && a.fields.elementsEqual(b.fields) { $0 == $1 }
-        }
     }
+
+    /// A sync call: the task's name, and the request's headers and body.
+    public typealias Request = Frame<String>
+    /// A call's answer: its HTTP status, headers and body.
+    public typealias Answer = Frame<Int>
 
     public enum DecodeError: Error, Equatable {
         /// A length runs past the frame, a count or a status is out of range, or a name is not UTF-8.
@@ -63,16 +59,14 @@ public enum CallFrame {
     /// The whole request frame, its length prefix included. Fields or a name that do not fit a u16 are cut (the
     /// gateway's own values never come near).
     public static func encode(_ r: Request) -> [UInt8] {
-        encode(id: r.id, fields: r.fields, body: r.body) { w in w.string(r.task) }
+        encode(id: r.id, fields: r.fields, body: r.body) { w in w.string(r.head) }
     }
 
     public static func encode(_ a: Answer) -> [UInt8] {
-        encode(id: a.id, fields: a.fields, body: a.body) { w in w.u16(UInt16(clamping: a.status)) }
+        encode(id: a.id, fields: a.fields, body: a.body) { w in w.u16(UInt16(clamping: a.head)) }
     }
 
-    private static func encode(
-        id: UInt32, fields: [(name: String, value: String)], body: [UInt8], head: (inout Writer) -> Void
-    ) -> [UInt8] {
+    private static func encode(id: UInt32, fields: [Field], body: [UInt8], head: (inout Writer) -> Void) -> [UInt8] {
         var w = Writer()
         w.bytes.reserveCapacity(64 + body.count + fields.reduce(0) { $0 + $1.name.utf8.count + $1.value.utf8.count + 4 })
         w.u32(0)  // the length, filled in below
@@ -124,7 +118,7 @@ public enum CallFrame {
         let id = try r.u32()
         let task = try r.string()
         let fields = try r.fields()
-        return Request(id: id, task: task, fields: fields, body: r.rest())
+        return Request(id: id, head: task, fields: fields, body: r.rest())
     }
 
     /// An answer frame's content (after its length prefix).
@@ -134,7 +128,7 @@ public enum CallFrame {
         let status = Int(try r.u16())
         guard (100...599).contains(status) else { throw .malformed("status \(status) is not an HTTP status") }
         let fields = try r.fields()
-        return Answer(id: id, status: status, fields: fields, body: r.rest())
+        return Answer(id: id, head: status, fields: fields, body: r.rest())
     }
 
     private struct Reader {
@@ -160,17 +154,27 @@ public enum CallFrame {
             guard let s = String(validating: b, as: UTF8.self) else { throw .malformed("a name or value is not UTF-8") }
             return s
         }
-        mutating func fields() throws(DecodeError) -> [(name: String, value: String)] {
+        mutating func fields() throws(DecodeError) -> [Field] {
             let count = Int(try u16())
             guard count <= CallFrame.maxFields else { throw .malformed("\(count) fields (at most \(CallFrame.maxFields))") }
-            var fields: [(name: String, value: String)] = []
+            var fields: [Field] = []
             fields.reserveCapacity(count)
             for _ in 0..<count {
                 let name = try string()
-                fields.append((name, try string()))
+                fields.append(Field(name, try string()))
             }
             return fields
         }
         func rest() -> [UInt8] { Array(bytes[at...]) }
     }
+}
+
+extension CallFrame.Frame where Head == String {
+    /// A request's task name.
+    public var task: String { head }
+}
+
+extension CallFrame.Frame where Head == Int {
+    /// An answer's HTTP status.
+    public var status: Int { head }
 }

@@ -109,23 +109,20 @@ final class PoolMonitor: Sendable {
     private func readStats(_ reader: TaskLogReader) async throws -> [String: PoolTaskStats] {
         var (outcomes, cursor) = state.withLock { ($0.outcomes, $0.outcomeCursor) }
         var stats = try await reader.poolQueueStats()
-        if let start = cursor {
-            var read = try await reader.outcomes(afterEventID: start)
-            if read.cursor < start {
-                // The log was replaced by an older or empty one: read the window again.
+        // A bounded catch-up per refresh; what is left is read at the next one.
+        var pages = 0
+        while let start = cursor, pages < Self.maxOutcomePages {
+            let read = try await reader.outcomes(afterEventID: start)
+            pages += 1
+            // A cursor that went back: the log was replaced by an older or empty one, and the window is read whole.
+            guard read.cursor >= start else {
                 cursor = nil
-            } else {
-                // A bounded catch-up per refresh; what is left is read at the next one.
-                var pages = 1
-                while true {
-                    let now = Timestamp.now()
-                    for outcome in read.outcomes { outcomes.add(outcome, now: now) }
-                    cursor = read.cursor
-                    guard read.more, pages < Self.maxOutcomePages, let next = cursor else { break }
-                    read = try await reader.outcomes(afterEventID: next)
-                    pages += 1
-                }
+                break
             }
+            let now = Timestamp.now()
+            for outcome in read.outcomes { outcomes.add(outcome, now: now) }
+            cursor = read.cursor
+            if !read.more { break }
         }
         let now = Timestamp.now()
         if cursor == nil {

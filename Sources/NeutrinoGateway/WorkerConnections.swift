@@ -91,35 +91,35 @@ final class WorkerConnections: Sendable {
     }
 
     private func sendOverLane(port: Int, task: String, headers: HTTPHeaders, body: ByteBuffer, deadline: NIODeadline) async throws(Failure) -> Reply {
-        let channel = try await checkout(lanePort: port)
-        let promise = channel.eventLoop.makePromise(of: Reply.self)
-        var fields: [(name: String, value: String)] = []
-        fields.reserveCapacity(headers.count)
-        for header in headers { fields.append((header.name, header.value)) }
-        let request = CallFrame.Request(id: 0, task: task, fields: fields, body: Array(buffer: body))
-        let written = channel.eventLoop.makePromise(of: Void.self)
-        channel.writeAndFlush(LaneExchange(request: request, promise: promise, deadline: deadline), promise: written)
-        do {
-            let reply = try await promise.futureResult.get()
-            checkin(channel, lane: true, keepAlive: true)
-            return reply
-        } catch {
-            throw await Self.failure(error, closing: channel, written: written)
+        let fields = headers.map { CallFrame.Field($0.name, $0.value) }
+        let request = CallFrame.Request(id: 0, head: task, fields: fields, body: Array(buffer: body))
+        return try await roundTrip(lanePort: port, reusable: { _ in true }) { promise in
+            LaneExchange(request: request, promise: promise, deadline: deadline)
         }
     }
 
     private func sendOverHTTP(path: String, headers: HTTPHeaders, body: ByteBuffer, deadline: NIODeadline) async throws(Failure) -> Reply {
-        let channel = try await checkout(lanePort: nil)
-        let promise = channel.eventLoop.makePromise(of: Reply.self)
         var head = HTTPRequestHead(version: .http1_1, method: .POST, uri: path, headers: headers)
         head.headers.replaceOrAdd(name: "Host", value: "\(host):\(port)")
         head.headers.replaceOrAdd(name: "Content-Length", value: String(body.readableBytes))
-        let exchange = Exchange(head: head, body: body, promise: promise, maxAnswerBytes: maxAnswerBytes, deadline: deadline)
+        let maxAnswerBytes = self.maxAnswerBytes
+        return try await roundTrip(lanePort: nil, reusable: { $0.headers.first(name: "Connection")?.lowercased() != "close" }) { promise in
+            Exchange(head: head, body: body, promise: promise, maxAnswerBytes: maxAnswerBytes, deadline: deadline)
+        }
+    }
+
+    /// One request on a connection of the kind asked for (the call lane on `lanePort`, else HTTP) and its whole
+    /// answer; the connection goes back to the pool when the answer leaves it `reusable`.
+    private func roundTrip<Message: Sendable>(
+        lanePort: Int?, reusable: (Reply) -> Bool, _ message: (EventLoopPromise<Reply>) -> Message
+    ) async throws(Failure) -> Reply {
+        let channel = try await checkout(lanePort: lanePort)
+        let promise = channel.eventLoop.makePromise(of: Reply.self)
         let written = channel.eventLoop.makePromise(of: Void.self)
-        channel.writeAndFlush(exchange, promise: written)
+        channel.writeAndFlush(message(promise), promise: written)
         do {
             let reply = try await promise.futureResult.get()
-            checkin(channel, lane: false, keepAlive: reply.headers.first(name: "Connection")?.lowercased() != "close")
+            checkin(channel, lane: lanePort != nil, keepAlive: reusable(reply))
             return reply
         } catch {
             throw await Self.failure(error, closing: channel, written: written)

@@ -39,6 +39,11 @@ public struct RecentOutcomes: Sendable {
         var failed = 0
         /// Histogram bin → outcomes with a duration in it.
         var durations: [Int32: Int] = [:]
+
+        mutating func add(_ outcome: TaskOutcome) {
+            if outcome.failed { failed += 1 } else { completed += 1 }
+            if let d = outcome.durationMs { durations[RecentOutcomes.bin(d), default: 0] += 1 }
+        }
     }
 
     public let window: Duration
@@ -71,10 +76,8 @@ public struct RecentOutcomes: Sendable {
     public mutating func add(_ outcome: TaskOutcome, now: Timestamp) {
         let second = min(outcome.at.millis, now.millis) / 1000
         guard second >= firstSecond(now: now) else { return }
-        var bucket = buckets[outcome.pool]?[second] ?? Bucket()
-        if outcome.failed { bucket.failed += 1 } else { bucket.completed += 1 }
-        if let d = outcome.durationMs { bucket.durations[Self.bin(d), default: 0] += 1 }
-        buckets[outcome.pool, default: [:]][second] = bucket
+        // In place: a copy of the bucket taken out and put back would copy its histogram on every outcome.
+        buckets[outcome.pool, default: [:]][second, default: Bucket()].add(outcome)
     }
 
     /// Drops the seconds that left the window.

@@ -31,10 +31,11 @@ public struct TaskEventFeedItem: Sendable, Hashable {
 }
 
 extension TaskLogStore {
-    /// `GET /pools`: running and queued counts from `task_groups` (kept exact by triggers), the oldest queued task
-    /// per pool from the lowest id of each queued group, and the outcomes since `since` from `idx_tasks_completed`
-    /// alone. The gateway's pool monitor reads the outcomes this way once, then only the new ones
-    /// (`outcomes(afterEventID:)` into `RecentOutcomes`).
+    /// Everything `GET /pools` shows of the task log, read whole: running and queued counts from `task_groups` (kept
+    /// exact by triggers), the oldest queued task per pool from the lowest id of each queued group, and the outcomes
+    /// since `since` from `idx_tasks_completed` alone. What the gateway's pool monitor costs at its first refresh;
+    /// later ones read only the new outcomes (`outcomes(afterEventID:)` into `RecentOutcomes`). The task-log
+    /// benchmark times it.
     func poolStats(since: Timestamp) throws -> [String: PoolTaskStats] {
         try db.readTransaction {
             var stats = try poolQueueStats()

@@ -158,10 +158,8 @@ final class CallLane: Sendable {
     /// `/api/{task}`), so a worker's request rate reads the same whichever way its calls come.
     private static func frame(_ id: UInt32, _ answer: CallAnswer) -> [UInt8] {
         HTTPRequestCounter.count(route: HTTPWorker.callRoute, code: answer.status.code)
-        var fields: [(name: String, value: String)] = []
-        fields.reserveCapacity(answer.headers.count)
-        for field in answer.headers { fields.append((field.name.rawName, field.value)) }
-        return CallFrame.encode(CallFrame.Answer(id: id, status: answer.status.code, fields: fields, body: answer.body))
+        let fields = answer.headers.map { CallFrame.Field($0.name.rawName, $0.value) }
+        return CallFrame.encode(CallFrame.Answer(id: id, head: answer.status.code, fields: fields, body: answer.body))
     }
 
     private static func listen(host: String, port: Int) throws -> (Int32, Int) {

@@ -12,24 +12,25 @@ struct CallFrameTests {
 
     @Test func requestsAndAnswersRoundTrip() throws {
         let request = CallFrame.Request(
-            id: 0xDEAD_BEEF, task: "échö",
-            fields: [("X-Neutrino-Task-Id", "01a2"), ("traceparent", "00-ab-cd-01"), ("Empty", "")],
+            id: 0xDEAD_BEEF, head: "échö",
+            fields: [.init("X-Neutrino-Task-Id", "01a2"), .init("traceparent", "00-ab-cd-01"), .init("Empty", "")],
             body: Array(#"{"args":{"x":1}}"#.utf8))
         let decoded = try content(CallFrame.encode(request)).withUnsafeBytes { try CallFrame.decodeRequest($0) }
         #expect(decoded == request)
 
-        let answer = CallFrame.Answer(id: 1, status: 504, fields: [("X-Neutrino-Status", "timed_out")], body: [])
+        let answer = CallFrame.Answer(id: 1, head: 504, fields: [.init("X-Neutrino-Status", "timed_out")], body: [])
         let back = try content(CallFrame.encode(answer)).withUnsafeBytes { try CallFrame.decodeAnswer($0) }
         #expect(back == answer)
+        #expect(decoded.task == "échö" && back.status == 504)
 
         // A body of any bytes, and no fields at all.
-        let binary = CallFrame.Request(id: 2, task: "t", fields: [], body: (0...255).map { UInt8($0) })
+        let binary = CallFrame.Request(id: 2, head: "t", fields: [], body: (0...255).map { UInt8($0) })
         #expect(try content(CallFrame.encode(binary)).withUnsafeBytes { try CallFrame.decodeRequest($0) } == binary)
     }
 
     @Test func fieldsPastTheLimitAreNotEncoded() throws {
-        let many = (0..<100).map { (name: "f\($0)", value: "v") }
-        let frame = CallFrame.encode(CallFrame.Request(id: 3, task: "t", fields: many, body: []))
+        let many = (0..<100).map { CallFrame.Field("f\($0)", "v") }
+        let frame = CallFrame.encode(CallFrame.Request(id: 3, head: "t", fields: many, body: []))
         let decoded = try content(frame).withUnsafeBytes { try CallFrame.decodeRequest($0) }
         #expect(decoded.fields.count == CallFrame.maxFields)
     }
@@ -52,7 +53,7 @@ struct CallFrameTests {
     }
 
     @Test func answersWithAStatusOutsideHTTPAreRefused() {
-        let frame = CallFrame.encode(CallFrame.Answer(id: 1, status: 70, fields: [], body: []))
+        let frame = CallFrame.encode(CallFrame.Answer(id: 1, head: 70, fields: [], body: []))
         #expect(throws: CallFrame.DecodeError.self) { try content(frame).withUnsafeBytes { try CallFrame.decodeAnswer($0) } }
     }
 }
