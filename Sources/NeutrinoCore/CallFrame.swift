@@ -131,6 +131,13 @@ public enum CallFrame {
         return Answer(id: id, head: status, fields: fields, body: r.rest())
     }
 
+    /// `bytes` as a string if they are UTF-8. ASCII (every name and almost every value) is checked by one scan and
+    /// made without the generic validating initialiser, whose metadata lookups were 2 % of a worker's CPU per call.
+    static func text(_ bytes: UnsafeRawBufferPointer) -> String? {
+        if !bytes.contains(where: { $0 >= 0x80 }) { return String(decoding: bytes, as: UTF8.self) }
+        return String(validating: bytes, as: UTF8.self)
+    }
+
     private struct Reader {
         let bytes: UnsafeRawBufferPointer
         var at = 0
@@ -151,7 +158,7 @@ public enum CallFrame {
         }
         mutating func string() throws(DecodeError) -> String {
             let b = try take(Int(try u16()))
-            guard let s = String(validating: b, as: UTF8.self) else { throw .malformed("a name or value is not UTF-8") }
+            guard let s = CallFrame.text(b) else { throw .malformed("a name or value is not UTF-8") }
             return s
         }
         mutating func fields() throws(DecodeError) -> [Field] {

@@ -93,8 +93,8 @@ final class WorkerConnections: Sendable {
     private func sendOverLane(port: Int, task: String, headers: HTTPHeaders, body: ByteBuffer, deadline: NIODeadline) async throws(Failure) -> Reply {
         let fields = headers.map { CallFrame.Field($0.name, $0.value) }
         let request = CallFrame.Request(id: 0, head: task, fields: fields, body: Array(buffer: body))
-        return try await roundTrip(lanePort: port, reusable: { _ in true }) { promise in
-            LaneExchange(request: request, promise: promise, deadline: deadline)
+        return try await roundTrip(lanePort: port, reusable: { _ in true }) { channel, promise, written in
+            channel.writeAndFlush(LaneExchange(request: request, promise: promise, deadline: deadline), promise: written)
         }
     }
 
@@ -103,20 +103,25 @@ final class WorkerConnections: Sendable {
         head.headers.replaceOrAdd(name: "Host", value: "\(host):\(port)")
         head.headers.replaceOrAdd(name: "Content-Length", value: String(body.readableBytes))
         let maxAnswerBytes = self.maxAnswerBytes
-        return try await roundTrip(lanePort: nil, reusable: { $0.headers.first(name: "Connection")?.lowercased() != "close" }) { promise in
-            Exchange(head: head, body: body, promise: promise, maxAnswerBytes: maxAnswerBytes, deadline: deadline)
+        return try await roundTrip(lanePort: nil, reusable: { $0.headers.first(name: "Connection")?.lowercased() != "close" }) {
+            channel, promise, written in
+            let exchange = Exchange(head: head, body: body, promise: promise, maxAnswerBytes: maxAnswerBytes, deadline: deadline)
+            channel.writeAndFlush(exchange, promise: written)
         }
     }
 
     /// One request on a connection of the kind asked for (the call lane on `lanePort`, else HTTP) and its whole
-    /// answer; the connection goes back to the pool when the answer leaves it `reusable`.
-    private func roundTrip<Message: Sendable>(
-        lanePort: Int?, reusable: (Reply) -> Bool, _ message: (EventLoopPromise<Reply>) -> Message
+    /// answer; the connection goes back to the pool when the answer leaves it `reusable`. `send` writes the request
+    /// (its message type known where it is written: a generic message here cost a metadata lookup and NIOAny's
+    /// dynamic casts on every call).
+    private func roundTrip(
+        lanePort: Int?, reusable: (Reply) -> Bool,
+        _ send: (any Channel, EventLoopPromise<Reply>, EventLoopPromise<Void>) -> Void
     ) async throws(Failure) -> Reply {
         let channel = try await checkout(lanePort: lanePort)
         let promise = channel.eventLoop.makePromise(of: Reply.self)
         let written = channel.eventLoop.makePromise(of: Void.self)
-        channel.writeAndFlush(message(promise), promise: written)
+        send(channel, promise, written)
         do {
             let reply = try await promise.futureResult.get()
             checkin(channel, lane: lanePort != nil, keepAlive: reusable(reply))

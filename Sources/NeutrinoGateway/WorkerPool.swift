@@ -155,14 +155,17 @@ public final class WorkerPool: Sendable {
         return state.withLock { s in
             let count = s.members.count
             guard count > 0 else { return [] }
-            var available: [Member] = []
+            // One array: the members whose breaker lets a request through, then (rarely any) those whose is open.
+            var ordered: [Member] = []
+            ordered.reserveCapacity(count)
             var open: [Member] = []
             for k in 0..<count {
                 let i = (start &+ k) % count
                 let member = s.members[i < 0 ? i + count : i]
-                if s.breakers[member.endpoint.url]?.allowRequest(now: now) ?? true { available.append(member) } else { open.append(member) }
+                if s.breakers[member.endpoint.url]?.allowRequest(now: now) ?? true { ordered.append(member) } else { open.append(member) }
             }
-            return available + open
+            if !open.isEmpty { ordered.append(contentsOf: open) }
+            return ordered
         }
     }
 

@@ -27,8 +27,17 @@ public struct RequestMetricsMiddleware<Context: RequestContext>: RouterMiddlewar
 /// `neutrino_http_requests_total{route,code}`: counted by `RequestMetricsMiddleware`, and by handlers that answer
 /// outside the router (`CallHandler`).
 public enum HTTPRequestCounter {
+    private struct RouteCode: Hashable, Sendable {
+        var route: String
+        var code: Int
+    }
+
+    private static let counters = HandleCache<RouteCode, Counter> { key in
+        Counter(label: NeutrinoMetrics.httpRequests, dimensions: [("route", key.route), ("code", String(key.code))])
+    }
+
     public static func count(route: String?, code: Int) {
-        MetricHandles.counter(NeutrinoMetrics.httpRequests, [("route", route ?? "unmatched"), ("code", String(code))]).increment()
+        counters.handle(RouteCode(route: route ?? "unmatched", code: code)).increment()
     }
 }
 

@@ -40,19 +40,37 @@ public enum NeutrinoMetrics {
         [("task", task), ("mode", mode), ("pool", pool)]
     }
 
+    /// A task's labels (and a status, or the metric's name, where one goes with them).
+    struct TaskKey: Hashable, Sendable {
+        var task: String
+        var mode: String
+        var pool: String
+        var extra: String
+        var labels: [(String, String)] { NeutrinoMetrics.taskLabels(task: task, mode: mode, pool: pool) }
+    }
+
+    private static let finishedCounters = HandleCache<TaskKey, Counter> { key in
+        Counter(label: tasksFinished, dimensions: key.labels + [("status", key.extra)])
+    }
+    private static let submittedCounters = HandleCache<TaskKey, Counter> { key in
+        Counter(label: tasksSubmitted, dimensions: key.labels)
+    }
+    private static let durationTimers = HandleCache<TaskKey, Metrics.Timer> { key in
+        Metrics.Timer(label: key.extra, dimensions: key.labels)
+    }
+
     /// A task reached a terminal status.
     public static func finished(task: String, mode: String, pool: String, status: String) {
-        MetricHandles.counter(tasksFinished, [("task", task), ("mode", mode), ("pool", pool), ("status", status)]).increment()
+        finishedCounters.handle(TaskKey(task: task, mode: mode, pool: pool, extra: status)).increment()
     }
 
     public static func submitted(task: String, mode: String, pool: String) {
-        MetricHandles.counter(tasksSubmitted, taskLabels(task: task, mode: mode, pool: pool)).increment()
+        submittedCounters.handle(TaskKey(task: task, mode: mode, pool: pool, extra: "")).increment()
     }
 
     public static func recordDuration(_ name: String, task: String, mode: String, pool: String, milliseconds: Double) {
         guard milliseconds.isFinite, milliseconds >= 0 else { return }
-        MetricHandles.timer(name, taskLabels(task: task, mode: mode, pool: pool))
-            .recordNanoseconds(Int64(milliseconds * 1_000_000))
+        durationTimers.handle(TaskKey(task: task, mode: mode, pool: pool, extra: name)).recordNanoseconds(Int64(milliseconds * 1_000_000))
     }
 
     public static func gauge(_ name: String, _ labels: [(String, String)] = [], _ value: Double) {

@@ -25,7 +25,7 @@ public struct SQLiteError: Error, Sendable, CustomStringConvertible {
 /// thread and each reader own theirs.
 final class SQLiteConnection {
     let handle: OpaquePointer
-    private var statements: [String: OpaquePointer] = [:]
+    private var statements: [StatementKey: OpaquePointer] = [:]
     /// Extra copies of a statement, for queries that step several cursors of one SQL text at once (the list merge).
     private var slotted: [String: [OpaquePointer]] = [:]
     private var savepointDepth = 0
@@ -34,7 +34,11 @@ final class SQLiteConnection {
     /// How long the last `writeTransaction` waited for the write lock (other connections, other processes).
     private(set) var lastLockWaitNanoseconds: UInt64 = 0
 
+    /// Process-wide settings, applied once before the first connection opens (SQLite initialises then).
+    private static let configured: Int32 = neutrino_sqlite_disable_memstatus()
+
     init(path: String, readOnly: Bool = false) throws(SQLiteError) {
+        _ = Self.configured
         var db: OpaquePointer?
         let flags = (readOnly ? SQLITE_OPEN_READONLY : (SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE)) | SQLITE_OPEN_NOMUTEX
         let rc = sqlite3_open_v2(path, &db, flags, nil)
@@ -110,13 +114,13 @@ final class SQLiteConnection {
 
     private func statement(_ sql: String) throws(SQLiteError) -> Statement {
         bindError = nil
-        if let cached = statements[sql] {
+        if let cached = statements[StatementKey(sql)] {
             sqlite3_reset(cached)
             sqlite3_clear_bindings(cached)
             return Statement(handle: cached, connection: self)
         }
         let stmt = try prepare(sql)
-        statements[sql] = stmt
+        statements[StatementKey(sql)] = stmt
         return Statement(handle: stmt, connection: self)
     }
 
@@ -182,14 +186,41 @@ final class SQLiteConnection {
     }
 }
 
+/// A statement cache key: an SQL text, hashed by its length and its last bytes instead of all of it. The writer looks
+/// up five statements of up to 400 bytes per task; hashing and comparing their whole text cost about 1 % of the
+/// gateway's CPU. The texts are constants (or cached strings), so equal keys are usually the same storage and compare
+/// in one step; texts that collide are told apart by `==`, which compares them whole.
+struct StatementKey: Hashable {
+    let sql: String
+    init(_ sql: String) { self.sql = sql }
+
+    static func == (a: StatementKey, b: StatementKey) -> Bool { a.sql == b.sql }
+
+    func hash(into hasher: inout Hasher) {
+        // The length and the last 8 bytes: WHERE clauses and column lists differ at the end more often than at the
+        // start ("SELECT ... FROM tasks"). Two words into the hasher, not the whole text.
+        let utf8 = sql.utf8
+        var tail: UInt64 = 0
+        for byte in utf8.suffix(8) { tail = tail << 8 | UInt64(byte) }
+        hasher.combine(utf8.count)
+        hasher.combine(tail)
+    }
+}
+
 /// A prepared statement bound positionally (1-based) and stepped row by row.
 struct Statement {
     let handle: OpaquePointer
     unowned let connection: SQLiteConnection
 
     func bind(_ index: Int32, _ value: String?) {
-        if let value {
-            let rc = sqlite3_bind_text(handle, index, value, -1, neutrino_sqlite_transient())
+        if var value {
+            // With its length, from the string's own UTF-8 (small strings from a stack copy): no C string is made.
+            let rc = value.withUTF8 { utf8 -> Int32 in
+                guard let base = utf8.baseAddress, !utf8.isEmpty else { return sqlite3_bind_text(handle, index, "", 0, neutrino_sqlite_transient()) }
+                return base.withMemoryRebound(to: CChar.self, capacity: utf8.count) {
+                    sqlite3_bind_text64(handle, index, $0, sqlite3_uint64(utf8.count), neutrino_sqlite_transient(), UInt8(SQLITE_UTF8))
+                }
+            }
             if rc != SQLITE_OK && connection.bindError == nil { connection.bindError = connection.lastError }
         } else {
             sqlite3_bind_null(handle, index)

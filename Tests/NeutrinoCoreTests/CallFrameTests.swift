@@ -43,6 +43,10 @@ struct CallFrameTests {
             [0, 0, 0, 1, 0xEA, 0x60, 0x65, 0x63, 0x68, 0x6F],
             // a name that is not UTF-8
             [0, 0, 0, 1, 0, 2, 0xFF, 0xFE, 0, 0],
+            // a value that is not UTF-8 (a lone continuation byte after ASCII)
+            [0, 0, 0, 1, 0, 1, 0x74, 0, 1, 0, 1, 0x6E, 0, 2, 0x76, 0x80],
+            // an overlong encoding of '/' (0xC0 0xAF), which a check for bytes >= 0x80 alone would not catch
+            [0, 0, 0, 1, 0, 2, 0xC0, 0xAF, 0, 0],
             // more fields than allowed
             [0, 0, 0, 1, 0, 1, 0x74, 0xFF, 0xFF],
             // a field whose value runs past the end
@@ -50,6 +54,16 @@ struct CallFrameTests {
         ] as [[UInt8]])
     func malformedRequestsAreRefused(_ bytes: [UInt8]) {
         #expect(throws: CallFrame.DecodeError.self) { try bytes.withUnsafeBytes { try CallFrame.decodeRequest($0) } }
+    }
+
+    @Test func textIsReadAsUTF8WhetherASCIIOrNot() {
+        for text in ["", "x-neutrino-status", "échö", "任务", "🙂 done", String(repeating: "a", count: 300)] {
+            let bytes = Array(text.utf8)
+            #expect(bytes.withUnsafeBytes { CallFrame.text($0) } == text)
+        }
+        for bad: [UInt8] in [[0xFF], [0x61, 0xC3], [0xED, 0xA0, 0x80], [0xC0, 0xAF]] {
+            #expect(bad.withUnsafeBytes { CallFrame.text($0) } == nil)
+        }
     }
 
     @Test func answersWithAStatusOutsideHTTPAreRefused() {

@@ -176,3 +176,50 @@ struct TaskLogStatsTests {
         await reader.shutdown()
     }
 }
+
+/// The connection layer under the task log: text is bound by its UTF-8 bytes and length, and the statement cache
+/// (keyed by a text's length and last bytes) never hands back another text's statement.
+struct SQLiteConnectionTests {
+    @Test func textIsStoredAsBound() throws {
+        let db = try SQLiteConnection(path: temporaryTaskLogPath())
+        try db.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+        let values: [String?] = [
+            "", "a", "échö", "任务 🙂", "fifteen bytes!!", "sixteen bytes!!!", String(repeating: "x", count: 100_000), nil,
+        ]
+        for (k, v) in values.enumerated() {
+            try db.withStatement("INSERT INTO t (k, v) VALUES (?1, ?2)") { s in
+                s.bind(1, k)
+                s.bind(2, v)
+                try s.run()
+            }
+        }
+        for (k, v) in values.enumerated() {
+            let back = try db.withStatement("SELECT v, typeof(v), length(CAST(v AS BLOB)) FROM t WHERE k = ?1") { s -> (String?, String?, Int?) in
+                s.bind(1, k)
+                return try s.step() ? (s.string(0), s.string(1), s.int(2)) : (nil, nil, nil)
+            }
+            #expect(back.0 == v)
+            // An empty string is text, not NULL; every value is stored with its whole UTF-8 length.
+            #expect(back.1 == (v == nil ? "null" : "text"))
+            if let v { #expect(back.2 == v.utf8.count) }
+        }
+    }
+
+    @Test func statementsWhoseTextsEndAlikeStayApart() throws {
+        let db = try SQLiteConnection(path: temporaryTaskLogPath())
+        // Same length, same last bytes: the cache key's hash is the same, the statements are not.
+        let a = "SELECT 1 + ?1 AS value"
+        let b = "SELECT 2 + ?1 AS value"
+        #expect(StatementKey(a).hashValue == StatementKey(b).hashValue)
+        #expect(StatementKey(a) != StatementKey(b))
+        for _ in 0..<3 {
+            for (sql, expected) in [(a, 11), (b, 12)] {
+                let value = try db.withStatement(sql) { s -> Int? in
+                    s.bind(1, 10)
+                    return try s.step() ? s.int(0) : nil
+                }
+                #expect(value == expected)
+            }
+        }
+    }
+}
