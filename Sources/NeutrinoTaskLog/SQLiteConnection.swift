@@ -35,7 +35,9 @@ final class SQLiteConnection {
     private(set) var lastLockWaitNanoseconds: UInt64 = 0
 
     /// Process-wide settings, applied once before the first connection opens (SQLite initialises then).
-    private static let configured: Int32 = neutrino_sqlite_disable_memstatus()
+    /// `sqlite3_config` must not run while another thread uses SQLite: a process that runs other code using the same
+    /// library (a worker's Python app may `import sqlite3`) calls `TaskLogWriter.configureSQLite()` before starting it.
+    static let configured: Int32 = neutrino_sqlite_disable_memstatus()
 
     init(path: String, readOnly: Bool = false) throws(SQLiteError) {
         _ = Self.configured

@@ -108,6 +108,11 @@ public final class TaskLogWriter: Sendable {
     static let linger: TimeInterval = 0.002
 
     /// Opens (and if needed creates or migrates) the task log at `path` and starts the writer and checkpoint threads.
+    /// Applies the process-wide SQLite settings the task log uses (docs/architecture.md, "Writes"). Opening a
+    /// connection does it too; a process that runs other code first that may use SQLite on its own threads (the
+    /// worker, before it imports the app) calls this before that code starts.
+    public static func configureSQLite() { _ = SQLiteConnection.configured }
+
     public init(path: String, logger: Logger = Logger(label: "neutrino.tasklog"), configuration: Configuration = Configuration()) throws {
         self.path = path
         self.logger = logger

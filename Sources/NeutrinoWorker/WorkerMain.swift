@@ -34,6 +34,8 @@ public enum Worker {
     /// so it stops last and exports the spans of the drain.
     @discardableResult
     public static func run(_ configuration: WorkerConfiguration, logger: Logger, tracing: (any Service)? = nil) async throws -> Exit {
+        // Before the app is imported: its code may use SQLite (Python's `sqlite3`) on threads of its own.
+        TaskLogWriter.configureSQLite()
         let runtime = try PythonRuntime.start(app: configuration.app, paths: configuration.pythonPaths)
         var connection: NATSConnection?
         if let url = configuration.natsURL {
