@@ -36,17 +36,13 @@ public enum NeutrinoMetrics {
     ]
     static let batchSizeBuckets: [Double] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 4096]
 
-    public static func taskLabels(task: String, mode: String, pool: String) -> [(String, String)] {
-        [("task", task), ("mode", mode), ("pool", pool)]
-    }
-
     /// A task's labels (and a status, or the metric's name, where one goes with them).
     struct TaskKey: Hashable, Sendable {
         var task: String
         var mode: String
         var pool: String
         var extra: String
-        var labels: [(String, String)] { NeutrinoMetrics.taskLabels(task: task, mode: mode, pool: pool) }
+        var labels: [(String, String)] { [("task", task), ("mode", mode), ("pool", pool)] }
     }
 
     private static let finishedCounters = HandleCache<TaskKey, Counter> { key in

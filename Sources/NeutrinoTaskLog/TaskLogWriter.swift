@@ -107,12 +107,12 @@ public final class TaskLogWriter: Sendable {
     /// How long the writer waits for more events when the previous batch showed load.
     static let linger: TimeInterval = 0.002
 
-    /// Opens (and if needed creates or migrates) the task log at `path` and starts the writer and checkpoint threads.
     /// Applies the process-wide SQLite settings the task log uses (docs/architecture.md, "Writes"). Opening a
     /// connection does it too; a process that runs other code first that may use SQLite on its own threads (the
     /// worker, before it imports the app) calls this before that code starts.
     public static func configureSQLite() { _ = SQLiteConnection.configured }
 
+    /// Opens (and if needed creates or migrates) the task log at `path` and starts the writer and checkpoint threads.
     public init(path: String, logger: Logger = Logger(label: "neutrino.tasklog"), configuration: Configuration = Configuration()) throws {
         self.path = path
         self.logger = logger
