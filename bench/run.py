@@ -187,8 +187,9 @@ class Skip(Exception):
     pass
 
 
-#: The API key the current target's requests carry (`Authorization: Bearer`; post.lua reads BENCH_AUTH), or "".
-AUTH = {"key": ""}
+#: The API key the current target's requests carry (`Authorization: Bearer`; post.lua reads BENCH_AUTH), or "";
+#: and a read-only key for the benchmark's own `GET /tasks` on that target.
+AUTH = {"key": "", "reader": ""}
 
 
 def post(url: str, body: str = BODY, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -201,6 +202,26 @@ def post(url: str, body: str = BODY, timeout: float = 5.0) -> tuple[int, bytes]:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
+
+
+#: Targets whose gateway writes the task log on a thread of its own, after the answers.
+GATEWAY_TARGETS = ("neutrino", "neutrino-auth")
+
+
+def task_log_caught_up(url: str, timeout: float = 60.0) -> None:
+    """Returns once the gateway behind `url` has committed every task-log event recorded so far: `GET /tasks` waits
+    for its writer first. Called after a load and before its CPU is read, so the CPU per call includes the writes the
+    load caused even when the writer fell behind (a writer that defers its work must not look cheaper)."""
+    headers = {"Authorization": f"Bearer {AUTH['reader']}"} if AUTH["reader"] else {}
+    base = url.split("/api/", 1)[0]
+    req = urllib.request.Request(f"{base}/tasks?limit=1", headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            r.read()
+    except urllib.error.HTTPError as e:
+        raise RuntimeError(f"GET /tasks answered {e.code}: the task log's catch-up could not be waited for") from e
+    except OSError as e:  # URLError and timeouts
+        raise RuntimeError(f"GET /tasks failed ({e}): the task log's catch-up could not be waited for") from e
 
 
 def wait_answering(url: str, timeout: float, procs: list[Proc]) -> str:
@@ -473,12 +494,16 @@ def start_neutrino_auth(ctx: Ctx):
     keys = ctx.state / "api-keys.json"
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "python"), env.get("PYTHONPATH")]))
-    r = subprocess.run([sys.executable, "-m", "neutrino.cli", "keys", "create", "--name", "bench", "--scopes",
-                        "submit", "--file", str(keys)], cwd=REPO, env=env, capture_output=True, text=True,
-                       timeout=60)
-    if r.returncode != 0:
-        raise Skip(f"`neutrino keys create` failed: {(r.stderr or r.stdout).strip()[-200:]}")
-    AUTH["key"] = r.stdout.strip()
+    created = {}
+    # The load's key may only submit; the benchmark's own reads (the task log's catch-up) use a second, read-only key.
+    for name, scope in (("bench", "submit"), ("bench-reader", "read")):
+        r = subprocess.run([sys.executable, "-m", "neutrino.cli", "keys", "create", "--name", name, "--scopes",
+                            scope, "--file", str(keys)], cwd=REPO, env=env, capture_output=True, text=True,
+                           timeout=60)
+        if r.returncode != 0:
+            raise Skip(f"`neutrino keys create` failed: {(r.stderr or r.stdout).strip()[-200:]}")
+        created[name] = r.stdout.strip()
+    AUTH["key"], AUTH["reader"] = created["bench"], created["bench-reader"]
     return start_neutrino(ctx, extra=["--api-keys", str(keys)], db_name="tasks-auth.db")
 
 
@@ -584,7 +609,7 @@ TARGETS = [
 def run_target(t: Target, ctx: Ctx, rows: list[Row]) -> None:
     """Appends its rows as they are measured, so an interrupt keeps what was done."""
     log(f"=== {t.label}")
-    AUTH["key"] = ""
+    AUTH["key"] = AUTH["reader"] = ""
     procs: list[Proc] = []
     try:
         try:
@@ -619,6 +644,8 @@ def run_target(t: Target, ctx: Ctx, rows: list[Row]) -> None:
                     wrk(run_url, c, WARMUP, wlog, body)
                 before = cpu_seconds(procs)
                 res = wrk(run_url, c, SECONDS, wlog, body)
+                if t.key in GATEWAY_TARGETS:
+                    task_log_caught_up(run_url)
                 used = cpu_seconds(procs) - before
                 calls = res.requests
                 cpu_ms = used / calls * 1000 if calls and used > 0 else None
@@ -821,6 +848,8 @@ def paired_ratios(ctx: Ctx) -> list[str]:
                     wrk(url, 32, 1, wlog, body)
                     before = cpu_seconds(mine)
                     res = wrk(url, 32, PAIR_SECONDS, wlog, body)
+                    if key == "neutrino":
+                        task_log_caught_up(url)
                     used = cpu_seconds(mine) - before
                     rps[key].append(res.rps)
                     if res.requests and used > 0:
