@@ -848,7 +848,7 @@ def paired_ratios(ctx: Ctx) -> list[str]:
                     wrk(url, 32, 1, wlog, body)
                     before = cpu_seconds(mine)
                     res = wrk(url, 32, PAIR_SECONDS, wlog, body)
-                    if key == "neutrino":
+                    if key in GATEWAY_TARGETS:
                         task_log_caught_up(url)
                     used = cpu_seconds(mine) - before
                     rps[key].append(res.rps)
