@@ -58,7 +58,51 @@ build: deps
 	swift build $(SWIFT_BUILD_FLAGS)
 
 build-release: deps
-	swift build -c release $(SWIFT_BUILD_FLAGS)
+	@$(PGO_REBUILD_IF_CHANGED)
+	swift build -c release $(SWIFT_BUILD_FLAGS) $(PGO_USE_FLAGS)
+
+# Profile-guided optimisation of the release build (LLVM's IR-level kind; bench/README.md, twenty-first round): the
+# compiler lays out and inlines by the branch and call counts in pgo/neutrino.profdata, a profile of the benchmark's
+# Neutrino rows. Used when the toolchain's llvm-profdata can read it (a toolchain whose LLVM is older than the one that
+# wrote it builds without); PGO=0 builds without it. Functions changed since the profile was taken are compiled as
+# without a profile. Function names are recorded without their object's folder (-static-func-full-module-prefix=false)
+# so the profile holds for a checkout at any path.
+PGO ?= 1
+PGO_PROFILE := pgo/neutrino.profdata
+LLVM_PROFDATA = $(shell d=$$(dirname "$$(readlink -f "$$(command -v swift)")" 2>/dev/null); \
+	if [ -x "$$d/llvm-profdata" ]; then echo "$$d/llvm-profdata"; else command -v llvm-profdata; fi)
+PGO_NAMES := -Xswiftc -Xllvm -Xswiftc -static-func-full-module-prefix=false
+PGO_USE_FLAGS = $(if $(filter 1,$(PGO)),$(shell [ -f $(PGO_PROFILE) ] && [ -n "$(LLVM_PROFDATA)" ] && \
+	"$(LLVM_PROFDATA)" show $(PGO_PROFILE) >/dev/null 2>&1 && \
+	echo "-Xswiftc -Xfrontend -Xswiftc -ir-profile-use=$(CURDIR)/$(PGO_PROFILE) $(PGO_NAMES) \
+	-Xswiftc -Xllvm -Xswiftc -no-pgo-warn-mismatch"))
+# SwiftPM keeps a module's objects when only flags or the profile's contents change, so a release folder built with
+# other PGO flags or another profile is removed first (the next build is a whole one), remembered in a stamp.
+PGO_STAMP := .build/release-pgo.stamp
+PGO_REBUILD_IF_CHANGED = want="$(strip $(PGO_USE_FLAGS)) $$(cksum < $(PGO_PROFILE) 2>/dev/null)"; \
+	if [ -e .build/release ] && [ "$$(cat $(PGO_STAMP) 2>/dev/null)" != "$$want" ]; then \
+		echo "the release build's profile changed: rebuilding it whole"; \
+		rm -rf "$$(readlink -f .build/release)"; \
+	fi; mkdir -p .build && echo "$$want" > $(PGO_STAMP)
+PGO_SCRATCH := .build-pgo
+PGO_RUNTIME = $(subst builtins,profile,$(shell "$$(dirname "$(LLVM_PROFDATA)")/clang" -print-libgcc-file-name \
+	--rtlib=compiler-rt 2>/dev/null))
+
+# `make pgo-profile` takes a new profile: an instrumented release build in .build-pgo, the benchmark's Neutrino rows
+# (sync and API-key calls, async def calls, queued tasks) run on it, every process's counts merged.
+.PHONY: pgo-profile
+pgo-profile: deps
+	swift build -c release --scratch-path $(PGO_SCRATCH) $(SWIFT_BUILD_FLAGS) \
+		-Xswiftc -Xfrontend -Xswiftc -ir-profile-generate $(PGO_NAMES) \
+		-Xlinker "$(PGO_RUNTIME)" -Xlinker -u__llvm_profile_runtime
+	rm -rf $(PGO_SCRATCH)/profiles
+	LLVM_PROFILE_FILE=$(CURDIR)/$(PGO_SCRATCH)/profiles/%p-%m.profraw \
+		BENCH_NEUTRINO_BIN_DIR=$(CURDIR)/$(PGO_SCRATCH)/release BENCH_SKIP_BUILD=1 PYTHON=$(CURDIR)/$(PY) \
+		BENCH_ONLY=neutrino,neutrino-auth BENCH_PAIRS=0 BENCH_SECONDS=5 BENCH_CORO_ONLY=neutrino,neutrino-asgi \
+		BENCH_ASYNC_ONLY=neutrino BENCH_CLUSTER=0 BENCH_FAULTS=0 BENCH_NO_RAY=1 bash bench/run.sh
+	mkdir -p $(dir $(PGO_PROFILE))
+	"$(LLVM_PROFDATA)" merge -sparse -o $(PGO_PROFILE) $(PGO_SCRATCH)/profiles/*.profraw
+	"$(LLVM_PROFDATA)" show $(PGO_PROFILE)
 
 up: build-release
 	$(VENV)/bin/neutrino up $(APP) --port $(PORT) --bin-dir .build/release
@@ -92,6 +136,12 @@ e2e-test:
 	NEUTRINO_E2E_TASK_LOG=nats NEUTRINO_BIN_DIR=$(CURDIR)/.build/debug $(PY) -m pytest -q tests/e2e \
 		$(foreach f,$(E2E_NATS_IGNORE),--ignore=tests/e2e/$(f))
 
+# The release build's own checks: the profile it optimises with is readable and holds for any checkout path, and
+# `make build-release` passes it (or leaves it out with PGO=0 or without a readable profile).
+.PHONY: build-test
+build-test: venv
+	$(PY) -m pytest -q -p no:cacheprovider tests/build
+
 # Property-based fuzzing of a real gateway from its own /openapi.json (schemathesis, FUZZ_EXAMPLES per operation and
 # generation mode); the wire-level hostile suite (tests/e2e/test_hostile_wire.py) runs in e2e-test.
 FUZZ_EXAMPLES ?= 25
@@ -107,6 +157,7 @@ test: deps browser-deps k8s-deps
 	$(MAKE) e2e-test
 	$(MAKE) fuzz-test
 	$(MAKE) k8s-test
+	$(MAKE) build-test
 
 # Not part of `make test`: SOAK_MINUTES of mixed load while workers are SIGKILLed and nats-server and the gateway
 # restarted, then an exact account (tests/e2e/soak.py).
@@ -124,9 +175,10 @@ bench: build-release
 # and pruning on it.
 .PHONY: bench-tasklog
 bench-tasklog: debs
-	swift build -c release --product NeutrinoTaskLogBench $(SWIFT_BUILD_FLAGS)
+	@$(PGO_REBUILD_IF_CHANGED)
+	swift build -c release --product NeutrinoTaskLogBench $(SWIFT_BUILD_FLAGS) $(PGO_USE_FLAGS)
 	TASKLOG_BENCH_COMMIT=$$(git rev-parse --short HEAD 2>/dev/null || echo unknown) \
 		"$$(swift build -c release --show-bin-path $(SWIFT_BUILD_FLAGS))/NeutrinoTaskLogBench"
 
 clean:
-	rm -rf .build .neutrino $(VENV)
+	rm -rf .build .build-pgo .neutrino $(VENV)

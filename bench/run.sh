@@ -5,7 +5,7 @@
 # JetStream against Celery 5 + Redis), and bench/cluster_bench.py, a third (what replicated streams cost:
 # publish and submit latency at R1 on one nats-server against R3 on a 3-node cluster).
 #
-#   BENCH_SKIP_BUILD=1          don't run `swift build -c release` (use the binaries as they are)
+#   BENCH_SKIP_BUILD=1          don't run `make build-release` (use the binaries as they are)
 #   BENCH_SYNC=0                skip the sync table (bench/run.py)
 #   BENCH_ASYNC=0               skip the async table (bench/async_bench.py)
 #   BENCH_FAULTS=0              skip the fault-containment table (bench/faults.py)
@@ -120,10 +120,11 @@ if [ -f python/pyproject.toml ] || [ -f python/setup.py ]; then
   fi
 fi
 if [ -z "${BENCH_SKIP_BUILD:-}" ]; then
-  say "swift build -c release"
-  if ! swift build -c release >&2; then
-    say "swift build failed: the Neutrino rows are skipped"
-    export BENCH_SKIP_NEUTRINO="swift build -c release failed"
+  # The release build users get (`make build-release`: with the profile-guided optimisation, see the Makefile).
+  say "make build-release"
+  if ! make --no-print-directory build-release >&2; then
+    say "make build-release failed: the Neutrino rows are skipped"
+    export BENCH_SKIP_NEUTRINO="make build-release failed"
   fi
 fi
 
