@@ -69,13 +69,14 @@ build-release: deps
 # so the profile holds for a checkout at any path.
 PGO ?= 1
 PGO_PROFILE := pgo/neutrino.profdata
-LLVM_PROFDATA = $(shell d=$$(dirname "$$(readlink -f "$$(command -v swift)")" 2>/dev/null); \
-	if [ -x "$$d/llvm-profdata" ]; then echo "$$d/llvm-profdata"; else command -v llvm-profdata; fi)
+# Both are worked out on first use only (the targets that build release), and once: `$(eval X := …)$(X)`.
+LLVM_PROFDATA = $(eval LLVM_PROFDATA := $(shell d=$$(dirname "$$(readlink -f "$$(command -v swift)")" 2>/dev/null); \
+	if [ -x "$$d/llvm-profdata" ]; then echo "$$d/llvm-profdata"; else command -v llvm-profdata; fi))$(LLVM_PROFDATA)
 PGO_NAMES := -Xswiftc -Xllvm -Xswiftc -static-func-full-module-prefix=false
-PGO_USE_FLAGS = $(if $(filter 1,$(PGO)),$(shell [ -f $(PGO_PROFILE) ] && [ -n "$(LLVM_PROFDATA)" ] && \
-	"$(LLVM_PROFDATA)" show $(PGO_PROFILE) >/dev/null 2>&1 && \
-	echo "-Xswiftc -Xfrontend -Xswiftc -ir-profile-use=$(CURDIR)/$(PGO_PROFILE) $(PGO_NAMES) \
-	-Xswiftc -Xllvm -Xswiftc -no-pgo-warn-mismatch"))
+PGO_USE_FLAGS = $(eval PGO_USE_FLAGS := $(if $(filter 1,$(PGO)),$(shell [ -f $(PGO_PROFILE) ] && \
+	[ -n "$(LLVM_PROFDATA)" ] && "$(LLVM_PROFDATA)" show $(PGO_PROFILE) >/dev/null 2>&1 && \
+	echo "-Xswiftc -Xfrontend -Xswiftc -ir-profile-use=$(abspath $(PGO_PROFILE)) $(PGO_NAMES) \
+	-Xswiftc -Xllvm -Xswiftc -no-pgo-warn-mismatch")))$(PGO_USE_FLAGS)
 # SwiftPM keeps a module's objects when only flags or the profile's contents change, so a release folder built with
 # other PGO flags or another profile is removed first (the next build is a whole one), remembered in a stamp.
 PGO_STAMP := .build/release-pgo.stamp

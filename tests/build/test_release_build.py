@@ -47,8 +47,7 @@ def functions() -> list[str]:
         [tool, "show", "--all-functions", str(PROFILE)], capture_output=True, text=True, timeout=120, check=True
     ).stdout
     assert "Instrumentation level: IR" in out, out[:500]
-    names = [line.strip()[:-1] for line in out.splitlines() if line.startswith("  ") and line.strip().endswith(":")]
-    return names
+    return [line.strip()[:-1] for line in out.splitlines() if line.startswith("  ") and line.strip().endswith(":")]
 
 
 def test_profile_covers_the_sync_path(functions: list[str]) -> None:
@@ -69,7 +68,7 @@ def test_profile_names_hold_for_any_checkout_path(functions: list[str]) -> None:
 def test_release_build_uses_the_profile() -> None:
     if llvm_profdata() is None:
         pytest.skip("no llvm-profdata: the release build leaves the profile out")
-    line = dry_run()
+    line = dry_run("PGO=1")
     assert f"-ir-profile-use={PROFILE}" in line
     assert "-Xswiftc -Xllvm -Xswiftc -static-func-full-module-prefix=false" in line
     assert "-no-pgo-warn-mismatch" in line
