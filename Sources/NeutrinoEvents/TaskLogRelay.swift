@@ -9,8 +9,8 @@ import Synchronization
 /// One SQLite writer per task-log file on a host: the gateway's writer commits the workers' batches for them.
 ///
 /// Every process that commits into a shared SQLite file rereads the pages the others changed since its own last commit
-/// and waits for the file's write lock; with the gateway and two queued workers each committing, that was a third of a
-/// queued task's CPU (bench/README.md, eleventh and twenty-second rounds). The gateway listens on a Unix socket beside
+/// and waits for the file's write lock; with the gateway and two queued workers each committing, the workers' writers
+/// were about a third of their CPU per task (bench/README.md, eleventh and twenty-second rounds). The gateway listens on a Unix socket beside
 /// the file (`TaskLogRelayAddress`); a worker's writer offers each batch there first and commits it itself only when
 /// that fails. The socket is only a shortcut: a worker whose gateway is gone, elsewhere, or slow writes directly, as
 /// before, and a batch both sides end up committing is applied twice, which changes nothing.
@@ -61,13 +61,16 @@ public enum TaskLogRelayAddress {
         }
     }
 
-    /// Connects to the socket at `path`; -1 when nothing listens there (no file, or a file left by a process that died).
+    /// Connects to the socket at `path`; -1 when nothing listens there (no file, or a file left by a process that died:
+    /// `errno` ECONNREFUSED), or it may not be used (EACCES).
     static func connect(_ path: String) -> Int32 {
         let fd = socket()
         guard fd >= 0 else { return -1 }
         let rc = withAddress(path) { Glibc.connect(fd, $0, $1) }
         if rc != 0 {
+            let code = errno
             close(fd)
+            errno = code
             return -1
         }
         return fd
@@ -278,12 +281,15 @@ public final class TaskLogRelayServer: Sendable {
                 return false
             }
             let live = TaskLogRelayAddress.connect(socketPath)
+            let code = errno
             if live >= 0 {
                 close(live)
                 logger.info("another process relays for this task log", metadata: ["socket": "\(socketPath)"])
                 return false
             }
-            unlink(socketPath)  // left by a process that died
+            // Only a socket nobody listens on was left by a process that died; one this process may not use is not its.
+            guard code == ECONNREFUSED else { return false }
+            unlink(socketPath)
         }
         let fd = TaskLogRelayAddress.socket()
         guard fd >= 0 else { throw RelayError("socket() failed: errno \(errno)") }

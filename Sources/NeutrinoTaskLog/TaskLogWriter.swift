@@ -304,8 +304,12 @@ public final class TaskLogWriter: Sendable {
             if s.blockedProducers > 0 { s.condition.broadcast() }  // room for producers waiting in `record`
             s.condition.unlock()
 
+            let started = DispatchTime.now().uptimeNanoseconds
             if let relay, relay.deliver(batch) {
+                // This process's view of the batch: its size, and the time until another process had committed it.
                 relayedEvents.increment(by: batch.count)
+                batchSizes.record(batch.count)
+                writeTimes.recordNanoseconds(Int64(DispatchTime.now().uptimeNanoseconds - started))
             } else {
                 commit(batch, store: store, logger: logger)
             }
