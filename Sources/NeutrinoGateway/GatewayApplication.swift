@@ -66,12 +66,8 @@ public func buildGateway(
     var taskLog: (any TaskEventSink)?
     var reader: TaskLogReader?
     var eventsConsumer: EventStreamConsumer?
-    var relay: TaskLogRelayServer?
     if let path = configuration.taskLogPath {
         let writer = try TaskLogWriter(path: path, logger: logger)
-        if configuration.taskLogRelay, let socket = TaskLogRelayAddress.socketPath(forDatabase: path) {
-            relay = TaskLogRelayServer(socketPath: socket, databasePath: path, writer: writer, logger: logger)
-        }
         if configuration.eventsViaNATS {
             guard let queue else { throw GatewayError(message: "--events-via-nats needs --nats") }
             // Workers' events arrive on NEUTRINO_EVENTS and are committed here; this gateway's own events are
@@ -174,18 +170,6 @@ public func buildGateway(
                 await taskLog?.close()
                 await reader?.shutdown()
             }))
-    if let relay {
-        // Stops before the task log closes: a batch it can no longer commit goes back to its worker, which commits it.
-        services.append(
-            LifecycleService(
-                "task log relay",
-                start: { [logger] in
-                    do { _ = try relay.start() } catch {
-                        logger.warning("task log relay not started; workers write the task log themselves", metadata: ["error": "\(error)"])
-                    }
-                },
-                stop: { relay.stop() }))
-    }
     services.append(LifecycleService("sync pools", stop: { [pools] in for pool in pools.values { pool.close() } }))
     if let path = configuration.taskLogPath, let retention = configuration.retention {
         services.append(

@@ -8,9 +8,6 @@ public struct GatewayConfiguration: Sendable {
     public var httpPools: [String: [String]]
     /// Path of the SQLite task log, or nil to run without one (the polling API then answers 503).
     public var taskLogPath: String?
-    /// Commit the events of workers on this host that share the task-log file, handed over on a Unix socket beside it
-    /// (`--no-task-log-relay` turns it off; `TaskLogRelayServer`).
-    public var taskLogRelay = true
     public var host: String
     public var port: Int
     public var maxBodyBytes: Int

@@ -21,13 +21,6 @@ struct GatewayCommand: AsyncParsableCommand {
     @Option(name: .customLong("task-log"), help: "The task log: sqlite:PATH, or none.")
     var taskLog: String = "none"
 
-    @Flag(
-        name: .customLong("no-task-log-relay"),
-        help:
-            "Do not commit the events of workers that share the task-log file (by default they hand them over on a Unix socket beside it, PATH-relay, so one process writes the file)."
-    )
-    var noTaskLogRelay = false
-
     @Option(help: "Address to listen on.")
     var host: String = "127.0.0.1"
 
@@ -286,7 +279,6 @@ struct GatewayCommand: AsyncParsableCommand {
             configuration.scaling[String(s[..<eq])] = String(s[s.index(after: eq)...])
         }
         configuration.eventsViaNATS = eventsViaNATS
-        configuration.taskLogRelay = !noTaskLogRelay
         configuration.replicationLagBound = replicationLagBound == 0 ? .zero : Self.duration(replicationLagBound)
         configuration.retention = retentionDays > 0 ? .milliseconds(Int64(retentionDays * 86_400_000)) : nil
         configuration.streamReplicas = streamReplicas

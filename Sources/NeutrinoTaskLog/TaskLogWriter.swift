@@ -41,15 +41,11 @@ public final class TaskLogWriter: Sendable {
         /// The longest the writer waits, between two batches, for a checkpoint to finish when the WAL has grown past
         /// 4 × `checkpointPages` (only when saturated: batches of at least half `maxBatch`; see `Checkpointer`).
         public var maxCheckpointYield: Duration
-        /// Another process that commits batches into the same file for this writer (the gateway's writer, through
-        /// `TaskLogRelayClient`): each batch is offered to it first and committed here only when it declines or fails.
-        /// One writer per file instead of several spares each process rereading the pages the others changed.
-        public var relay: (any TaskLogRelaying)?
 
         public init(
             maxQueuedEvents: Int = 100_000, maxBlock: Duration = .milliseconds(50), checkpointPages: Int = 4_000,
             journalSizeLimitBytes: Int = 64 << 20, maxRowBytes: Int? = nil, cacheKiB: Int = 65_536,
-            retainedCacheKiB: Int = 8_192, maxCheckpointYield: Duration = .milliseconds(50), relay: (any TaskLogRelaying)? = nil
+            retainedCacheKiB: Int = 8_192, maxCheckpointYield: Duration = .milliseconds(50)
         ) {
             self.maxQueuedEvents = maxQueuedEvents
             self.maxBlock = maxBlock
@@ -59,7 +55,6 @@ public final class TaskLogWriter: Sendable {
             self.cacheKiB = cacheKiB
             self.retainedCacheKiB = min(retainedCacheKiB, cacheKiB)
             self.maxCheckpointYield = maxCheckpointYield
-            self.relay = relay
         }
     }
 
@@ -71,8 +66,6 @@ public final class TaskLogWriter: Sendable {
         var dropped: UInt64 = 0
         var waiters: [(target: UInt64, continuation: CheckedContinuation<Void, Never>)] = []
         var blockedProducers = 0
-        /// Threads blocked in `commit(_:timeout:)`.
-        var blockedFlushers = 0
         var stopping = false
         var stopped = false
         var lastBatchSize = 0
@@ -154,7 +147,7 @@ public final class TaskLogWriter: Sendable {
             // The checkpointer is also the WAL hook's context: it lives as long as the writer's connection.
             TaskLogWriter.run(
                 store: TaskLogStore(db: box.value), state: state, checkpointer: checkpointer,
-                maxCheckpointYield: configuration.maxCheckpointYield, relay: configuration.relay, logger: logger)
+                maxCheckpointYield: configuration.maxCheckpointYield, logger: logger)
         }
         thread.start()
 
@@ -245,27 +238,6 @@ public final class TaskLogWriter: Sendable {
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in s.wait(for: target, c) }
     }
 
-    /// Queues `events` as one batch and blocks the calling thread (a thread of its own: never an event loop or the
-    /// cooperative pool) until they are committed, for at most `timeout`. Returns false, queuing nothing, while the
-    /// writer is closing or its queue has no room for them, and false when the timeout passes first (they may still
-    /// commit). What a relay server answers its client with: on false the client commits the batch itself.
-    public func commit<C: Collection>(_ events: C, timeout: Duration) -> Bool where C.Element == TaskEvent {
-        let s = state
-        s.condition.lock()
-        defer { s.condition.unlock() }
-        guard !s.stopping, !s.stopped, s.queue.count + events.count <= configuration.maxQueuedEvents else { return false }
-        guard !events.isEmpty else { return true }
-        s.queue.append(contentsOf: events)
-        s.enqueued += UInt64(events.count)
-        let target = s.enqueued
-        let deadline = Date(timeIntervalSinceNow: Double(timeout.wholeMilliseconds) / 1000)
-        s.blockedFlushers += 1
-        s.condition.broadcast()  // wakes an idle writer, and stops a lingering one
-        while s.committed < target && !s.stopped && s.condition.wait(until: deadline) {}
-        s.blockedFlushers -= 1
-        return s.committed >= target
-    }
-
     /// Commits what is queued and stops the threads. Events recorded afterwards are dropped with an error.
     public func close() async {
         await flush()
@@ -273,10 +245,7 @@ public final class TaskLogWriter: Sendable {
         checkpointer.stop()
     }
 
-    private static func run(
-        store: TaskLogStore, state s: State, checkpointer: Checkpointer, maxCheckpointYield: Duration, relay: (any TaskLogRelaying)?,
-        logger: Logger
-    ) {
+    private static func run(store: TaskLogStore, state s: State, checkpointer: Checkpointer, maxCheckpointYield: Duration, logger: Logger) {
         while true {
             s.condition.lock()
             while s.queue.isEmpty && !s.stopping { s.condition.wait() }
@@ -285,7 +254,7 @@ public final class TaskLogWriter: Sendable {
             if !s.stopping && s.lastBatchSize > 1 {
                 let deadline = Date(timeIntervalSinceNow: TaskLogWriter.linger)
                 while !s.stopping && s.queue.count < maxBatch / 4 && s.waiters.isEmpty && s.blockedProducers == 0
-                    && s.blockedFlushers == 0 && s.condition.wait(until: deadline)
+                    && s.condition.wait(until: deadline)
                 {}
             }
             if s.queue.isEmpty {
@@ -304,15 +273,7 @@ public final class TaskLogWriter: Sendable {
             if s.blockedProducers > 0 { s.condition.broadcast() }  // room for producers waiting in `record`
             s.condition.unlock()
 
-            let started = DispatchTime.now().uptimeNanoseconds
-            if let relay, relay.deliver(batch) {
-                // This process's view of the batch: its size, and the time until another process had committed it.
-                relayedEvents.increment(by: batch.count)
-                batchSizes.record(batch.count)
-                writeTimes.recordNanoseconds(Int64(DispatchTime.now().uptimeNanoseconds - started))
-            } else {
-                commit(batch, store: store, logger: logger)
-            }
+            commit(batch, store: store, logger: logger)
             // Only a saturated writer (batches back to back) keeps the WAL from starting over; a writer with pauses
             // between batches lets the checkpoint catch up on its own and must not wait for it.
             if n >= maxBatch / 2 {
@@ -322,7 +283,6 @@ public final class TaskLogWriter: Sendable {
 
             s.condition.lock()
             s.committed += UInt64(n)
-            if s.blockedFlushers > 0 { s.condition.broadcast() }
             let committed = s.committed
             var ready: [CheckedContinuation<Void, Never>] = []
             s.waiters.removeAll { w in
@@ -505,8 +465,6 @@ private let checkpointYields = Metrics.Timer(label: "neutrino_tasklog_checkpoint
 private let droppedEvents = Counter(label: "neutrino_tasklog_events_dropped_total")
 private let rejectedEvents = Counter(label: "neutrino_tasklog_events_rejected_total")
 private let lostEvents = Counter(label: "neutrino_tasklog_events_lost_total")
-/// Events another process's writer committed for this one (`Configuration.relay`).
-private let relayedEvents = Counter(label: "neutrino_tasklog_events_relayed_total")
 private let walBytes = Gauge(label: "neutrino_tasklog_wal_bytes")
 private let databaseBytes = Gauge(label: "neutrino_tasklog_db_bytes")
 private let queuedEventsGauge = Gauge(label: "neutrino_tasklog_queued_events")

@@ -30,9 +30,6 @@ public struct WorkerConfiguration: Sendable {
     public var port: Int
     public var concurrency: Int
     public var taskLog: TaskLogTarget
-    /// With `--task-log sqlite:PATH`: hand each batch of events to the gateway that writes the same file, when one
-    /// listens beside it, instead of committing it here (`--no-task-log-relay` turns it off; `TaskLogRelayClient`).
-    public var taskLogRelay = true
     public var pythonPaths: [String]
     public var workerID: String
     public var maxBodyBytes: Int

@@ -48,12 +48,7 @@ public enum Worker {
         }
         let taskLog: (any TaskEventSink)?
         switch configuration.taskLog {
-        case .sqlite(let path):
-            var writing = TaskLogWriter.Configuration()
-            if configuration.taskLogRelay, let socket = TaskLogRelayAddress.socketPath(forDatabase: path) {
-                writing.relay = TaskLogRelayClient(socketPath: socket, logger: logger)
-            }
-            taskLog = try TaskLogWriter(path: path, logger: logger, configuration: writing)
+        case .sqlite(let path): taskLog = try TaskLogWriter(path: path, logger: logger)
         case .nats:
             guard let connection else { throw WorkerError(message: "--task-log nats needs --nats URL") }
             // The publisher provisions NEUTRINO_EVENTS itself and keeps events while NATS is not reachable yet.

@@ -57,13 +57,6 @@ struct WorkerCommand: AsyncParsableCommand {
         help: "Where lifecycle events go: sqlite:PATH, nats (published on NEUTRINO_EVENTS for the gateway to record) or none.")
     var taskLog: String = "none"
 
-    @Flag(
-        name: .customLong("no-task-log-relay"),
-        help:
-            "With --task-log sqlite:PATH: commit every event here, even when a gateway writing the same file takes them on its socket beside it (PATH-relay)."
-    )
-    var noTaskLogRelay = false
-
     @Option(name: .customLong("python-path"), help: "A folder to put first on sys.path (repeatable), e.g. the SDK's.")
     var pythonPaths: [String] = []
 
@@ -258,7 +251,6 @@ struct WorkerCommand: AsyncParsableCommand {
         configuration.runningVisibleAfter = .milliseconds(Int64(min(max(0, runningVisibleAfterMs), 86_400_000)))
         configuration.maxRSSMB = maxRSSMB
         configuration.callLanePort = callLanePort < 0 ? nil : callLanePort
-        configuration.taskLogRelay = !noTaskLogRelay
         configuration.streamReplicas = streamReplicas
         configuration.natsAuth = try natsAuth()
         let restarts = ProcessInfo.processInfo.environment["NEUTRINO_WORKER_RESTARTS"].flatMap(Int.init) ?? 0
