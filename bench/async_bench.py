@@ -303,11 +303,11 @@ class NeutrinoSide:
             h = subprocess.run([str(binary), "--help"], capture_output=True, text=True, timeout=30)
             if "--nats" not in h.stdout + h.stderr:
                 raise Skip(f"{binary.name} --help shows no --nats: the binaries in {common.BIN_DIR} predate "
-                           "the JetStream path (rebuild: swift build -c release)")
+                           "the JetStream path (rebuild: make build-release)")
 
         manifest = async_manifest(self.state)
         url = start_nats(self.state, self.procs)
-        workers = [start_nats_worker(self.state, i, self.db, url, CONCURRENCY) for i in range(1, WORKERS + 1)]
+        workers = [start_nats_worker(self.state, i, self.worker_db(i), url, CONCURRENCY) for i in range(1, WORKERS + 1)]
         self.procs += workers
         for w in workers:
             wait_log(w, b"consuming pool_async from", START_TIMEOUT)
@@ -319,7 +319,7 @@ class NeutrinoSide:
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             try:
-                record = client.wait(client.submit())
+                record = self.check(client)
                 log(f"  check: {json.dumps(record.get('result'))} by {record.get('worker_id')}")
                 break
             except (TaskError, OSError) as e:
@@ -328,6 +328,14 @@ class NeutrinoSide:
                 time.sleep(0.2)
             finally:
                 client.close()
+
+    def worker_db(self, i: int) -> Path:
+        """The task-log file worker `i` records into: the gateway's."""
+        return self.db
+
+    def check(self, client: NeutrinoClient) -> dict:
+        """One task end to end: its final record (raises TaskError/OSError while the stack is not ready)."""
+        return client.wait(client.submit())
 
     # -- the task log, read directly (the throughput phase's "all terminal" test)
 
