@@ -50,7 +50,7 @@ let package = Package(
         .target(
             name: "NeutrinoTaskLog",
             dependencies: [
-                "NeutrinoCore", "CSQLite",
+                "NeutrinoCore", "NeutrinoThreads", "CSQLite",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Logging", package: "swift-log"),
@@ -122,7 +122,7 @@ let package = Package(
             name: "NeutrinoWorker",
             dependencies: [
                 "NeutrinoCore", "NeutrinoTaskLog", "NeutrinoPython", "NeutrinoHTTP", "NeutrinoNATS", "NeutrinoObservability", "NeutrinoEvents",
-                "NeutrinoTracing",
+                "NeutrinoTracing", "NeutrinoThreads",
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -143,6 +143,7 @@ let package = Package(
             ], path: "Sources/NeutrinoWorkerMain", swiftSettings: swiftSettings),
 
         .testTarget(name: "NeutrinoCoreTests", dependencies: ["NeutrinoCore"], swiftSettings: swiftSettings),
+        .testTarget(name: "NeutrinoThreadsTests", dependencies: ["NeutrinoThreads"], swiftSettings: swiftSettings),
         .testTarget(
             name: "NeutrinoTracingTests",
             dependencies: ["NeutrinoTracing", "NeutrinoCore", .product(name: "Tracing", package: "swift-distributed-tracing")],

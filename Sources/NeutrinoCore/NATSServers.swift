@@ -8,7 +8,7 @@ public enum NATSServers {
             let url = String(entry.drop(while: isBlank).reversed().drop(while: isBlank).reversed())
             guard !url.isEmpty, !url.contains(where: isBlank) else { return nil }
             var rest = Substring(url)
-            if let range = url.range(of: "://") {
+            if let range = url.firstRange(of: "://") {
                 guard ["nats", "tls"].contains(url[..<range.lowerBound].lowercased()) else { return nil }
                 rest = url[range.upperBound...]
             }
@@ -23,7 +23,7 @@ public enum NATSServers {
     public static func redacted(_ text: String) -> String {
         text.split(separator: ",", omittingEmptySubsequences: false).map { entry -> String in
             guard let at = entry.lastIndex(of: "@") else { return String(entry) }
-            let scheme = entry.range(of: "://").map { String(entry[..<$0.upperBound]) } ?? ""
+            let scheme = entry.firstRange(of: "://").map { String(entry[..<$0.upperBound]) } ?? ""
             return scheme + "***" + entry[at...]
         }.joined(separator: ",")
     }

@@ -35,7 +35,7 @@ struct ASGIFallback: RouterMiddleware {
         guard ASGIForwardingRule(mounted: true).forwards(path, endpoint: nil) else { return try await next(request, context) }
         let start = ContinuousClock.now
         let method = Self.methodLabel(request.method)
-        if request.headers[.upgrade]?.lowercased().contains("websocket") == true {
+        if request.headers[.upgrade]?.lowercased().firstRange(of: "websocket") != nil {
             Self.count(route: "unmatched", method: method, code: 501, since: start)
             return .error(
                 .notSupported,
@@ -56,7 +56,7 @@ struct ASGIFallback: RouterMiddleware {
         }
         if let authority = request.head.authority { headers.replaceOrAdd(name: "Host", value: authority) }
         if let peer = context.remoteAddress, let ip = peer.ipAddress {
-            let host = ip.contains(":") ? "[\(ip)]" : ip
+            let host = ip.contains(":" as Character) ? "[\(ip)]" : ip
             headers.add(name: NeutrinoHeader.asgiClient.canonicalName, value: "\(host):\(peer.port ?? 0)")
         }
         headers.add(name: NeutrinoHeader.asgiServer.canonicalName, value: server)

@@ -93,7 +93,7 @@ public struct GatewayConfiguration: Sendable {
     public static func parsePool(_ argument: String) -> (String, [String])? {
         guard let eq = argument.firstIndex(of: "=") else { return nil }
         let name = String(argument[..<eq])
-        let urls = argument[argument.index(after: eq)...].split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+        let urls = argument[argument.index(after: eq)...].split(separator: ",").map { $0.trimmingWhitespace() }
         guard TaskSpec.isValidName(name), !urls.isEmpty,
             urls.allSatisfy({ $0.hasPrefix("http://") || $0.hasPrefix("https://") })
         else { return nil }

@@ -26,7 +26,7 @@ public final class WorkerPool: Sendable {
             guard trimmed.hasPrefix("http://") else { return nil }
             let authority = trimmed.dropFirst("http://".count)
             guard let colon = authority.lastIndex(of: ":"), let port = Int(authority[authority.index(after: colon)...]),
-                (1...65535).contains(port), !authority[..<colon].isEmpty, !authority.contains("/")
+                (1...65535).contains(port), !authority[..<colon].isEmpty, !authority.contains("/" as Character)
             else { return nil }
             self.url = trimmed
             self.host = String(authority[..<colon])

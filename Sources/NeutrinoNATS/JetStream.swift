@@ -274,8 +274,8 @@ public final class JetStream: Sendable {
         let text = error.detail.lowercased()
         guard to > 1 || from != nil else { return nil }
         guard
-            [10074, 10023].contains(error.jsErrorCode) || text.contains("replica") || text.contains("peers")
-                || text.contains("insufficient resources")
+            [10074, 10023].contains(error.jsErrorCode)
+                || ["replica", "peers", "insufficient resources"].contains(where: { text.firstRange(of: $0) != nil })
         else { return nil }
         let what = from.map { "change \(stream) from \(max(1, $0)) to \(to) replicas" } ?? "create \(stream) with \(to) replicas"
         return NATSError(

@@ -164,7 +164,7 @@ enum TaskLogSchema {
             let hasTasks = try db.integer("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'tasks'") > 0
             if hasTasks && current >= 3 { return false }
             // A new file skips the single-column indexes version 4 replaces.
-            for sql in version3 where hasTasks || !replacedIndexes.contains(where: { sql.contains("EXISTS \($0) ON") }) {
+            for sql in version3 where hasTasks || !replacedIndexes.contains(where: { sql.firstRange(of: "EXISTS \($0) ON") != nil }) {
                 try db.execute(sql)
             }
             if !hasTasks {

@@ -1,9 +1,9 @@
 import CSQLite
-import Foundation
 import Glibc
 import Logging
 import Metrics
 import NeutrinoCore
+import NeutrinoThreads
 
 /// Takes lifecycle events off the request path: `record` appends to a queue (microseconds) and one dedicated
 /// thread commits whatever has accumulated in one transaction per batch. While a batch commits, the next one
@@ -59,7 +59,7 @@ public final class TaskLogWriter: Sendable {
     }
 
     private final class State: @unchecked Sendable {
-        let condition = NSCondition()
+        let condition = Monitor()
         var queue: [TaskEvent] = []
         var enqueued: UInt64 = 0
         var committed: UInt64 = 0
@@ -105,7 +105,7 @@ public final class TaskLogWriter: Sendable {
     private let configuration: Configuration
     public static let maxBatch = 4096
     /// How long the writer waits for more events when the previous batch showed load.
-    static let linger: TimeInterval = 0.002
+    static let linger = Duration.milliseconds(2)
 
     /// Applies the process-wide SQLite settings the task log uses (docs/architecture.md, "Writes"). Opening a
     /// connection does it too; a process that runs other code first that may use SQLite on its own threads (the
@@ -142,18 +142,16 @@ public final class TaskLogWriter: Sendable {
             }, Unmanaged.passUnretained(checkpointer).toOpaque())
 
         let box = UncheckedBox(db)
-        let thread = Thread { [state, logger, checkpointer] in
-            nameThisThread("tasklog-writer")
+        let writerStarted = startThread(name: "tasklog-writer") { [state, logger, checkpointer] in
             // The checkpointer is also the WAL hook's context: it lives as long as the writer's connection.
             TaskLogWriter.run(
                 store: TaskLogStore(db: box.value), state: state, checkpointer: checkpointer,
                 maxCheckpointYield: configuration.maxCheckpointYield, logger: logger)
         }
-        thread.start()
+        guard writerStarted == 0 else { throw TaskLogThreadError(thread: "tasklog-writer", code: writerStarted) }
 
         let checkpointBox = UncheckedBox(checkpointDB)
-        let checkpointThread = Thread { [state, checkpointer, logger] in
-            nameThisThread("tasklog-ckpt")
+        let checkpointerStarted = startThread(name: "tasklog-ckpt") { [state, checkpointer, logger] in
             checkpointer.run(
                 db: checkpointBox.value,
                 queued: {
@@ -161,7 +159,10 @@ public final class TaskLogWriter: Sendable {
                 },
                 logger: logger)
         }
-        checkpointThread.start()
+        guard checkpointerStarted == 0 else {
+            state.requestStop()  // nothing is queued yet: the writer thread ends at once
+            throw TaskLogThreadError(thread: "tasklog-ckpt", code: checkpointerStarted)
+        }
     }
 
     /// Queues `event` for the next batch. See the type's documentation for what happens when the queue is full.
@@ -184,9 +185,9 @@ public final class TaskLogWriter: Sendable {
         let capacity = configuration.maxQueuedEvents
         var incoming = Array(events)
         if !s.queue.isEmpty && s.queue.count + incoming.count > capacity {
-            let deadline = Date(timeIntervalSinceNow: Double(configuration.maxBlock.wholeMilliseconds) / 1000)
+            let deadline = monotonicDeadline(after: configuration.maxBlock)
             s.blockedProducers += 1
-            while !s.stopping && !s.queue.isEmpty && s.queue.count + incoming.count > capacity && s.condition.wait(until: deadline) {}
+            while !s.stopping && !s.queue.isEmpty && s.queue.count + incoming.count > capacity && s.condition.wait(untilNanos: deadline) {}
             s.blockedProducers -= 1
             if !s.queue.isEmpty && s.queue.count + incoming.count > capacity {
                 let before = incoming.count
@@ -195,7 +196,7 @@ public final class TaskLogWriter: Sendable {
                 if dropped > 0 {
                     s.dropped += UInt64(dropped)
                     droppedEvents.increment(by: dropped)
-                    let now = DispatchTime.now().uptimeNanoseconds
+                    let now = monotonicNanos()
                     if now - s.lastDropLog > 1_000_000_000 {
                         s.lastDropLog = now
                         logger.error(
@@ -252,9 +253,9 @@ public final class TaskLogWriter: Sendable {
             // Under load, linger a moment so one transaction carries many events; an idle log commits at once
             // (the first event of a quiet period does not wait), and so does a log someone is flushing.
             if !s.stopping && s.lastBatchSize > 1 {
-                let deadline = Date(timeIntervalSinceNow: TaskLogWriter.linger)
+                let deadline = monotonicDeadline(after: TaskLogWriter.linger)
                 while !s.stopping && s.queue.count < maxBatch / 4 && s.waiters.isEmpty && s.blockedProducers == 0
-                    && s.condition.wait(until: deadline)
+                    && s.condition.wait(untilNanos: deadline)
                 {}
             }
             if s.queue.isEmpty {
@@ -300,7 +301,7 @@ public final class TaskLogWriter: Sendable {
     private static func commit(_ batch: [TaskEvent], store: TaskLogStore, logger: Logger) {
         var attempt = 0
         var isolate = false
-        let started = DispatchTime.now().uptimeNanoseconds
+        let started = monotonicNanos()
         while true {
             do {
                 if isolate {
@@ -317,7 +318,7 @@ public final class TaskLogWriter: Sendable {
                     try store.apply(batch)
                 }
                 batchSizes.record(batch.count)
-                writeTimes.recordNanoseconds(Int64(DispatchTime.now().uptimeNanoseconds - started))
+                writeTimes.recordNanoseconds(Int64(monotonicNanos() - started))
                 lockWaits.recordNanoseconds(Int64(store.db.lastLockWaitNanoseconds))
                 return
             } catch let error as SQLiteError where error.isDataError && !isolate {
@@ -339,7 +340,7 @@ public final class TaskLogWriter: Sendable {
 /// Runs PASSIVE checkpoints on a connection of its own when the writer's WAL hook reports a WAL past the
 /// threshold, and samples the file sizes for the gauges once a second.
 final class Checkpointer: @unchecked Sendable {
-    private let condition = NSCondition()
+    private let condition = Monitor()
     private var requested = false
     private var running = false
     private var walPages = 0
@@ -371,11 +372,11 @@ final class Checkpointer: @unchecked Sendable {
         condition.lock()
         defer { condition.unlock() }
         guard walPages >= 4 * threshold, requested || running else { return 0 }
-        let started = DispatchTime.now().uptimeNanoseconds
-        let deadline = Date(timeIntervalSinceNow: Double(limit.wholeMilliseconds) / 1000)
-        while (requested || running) && !stopping && condition.wait(until: deadline) {}
+        let started = monotonicNanos()
+        let deadline = monotonicDeadline(after: limit)
+        while (requested || running) && !stopping && condition.wait(untilNanos: deadline) {}
         walPages = 0
-        return DispatchTime.now().uptimeNanoseconds - started
+        return monotonicNanos() - started
     }
 
     var completedCount: Int {
@@ -394,15 +395,15 @@ final class Checkpointer: @unchecked Sendable {
     func run(db: SQLiteConnection, queued: () -> Int, logger: Logger) {
         while true {
             condition.lock()
-            let deadline = Date(timeIntervalSinceNow: 1)
-            while !requested && !stopping && condition.wait(until: deadline) {}
+            let deadline = monotonicDeadline(after: .seconds(1))
+            while !requested && !stopping && condition.wait(untilNanos: deadline) {}
             let checkpoint = requested
             let stop = stopping
             requested = false
             running = checkpoint
             condition.unlock()
             if checkpoint {
-                let started = DispatchTime.now().uptimeNanoseconds
+                let started = monotonicNanos()
                 var log: Int32 = 0
                 var done: Int32 = 0
                 let rc = sqlite3_wal_checkpoint_v2(db.handle, nil, SQLITE_CHECKPOINT_PASSIVE, &log, &done)
@@ -414,7 +415,7 @@ final class Checkpointer: @unchecked Sendable {
                     condition.lock()
                     completed += 1
                     condition.unlock()
-                    checkpointTimes.recordNanoseconds(Int64(DispatchTime.now().uptimeNanoseconds - started))
+                    checkpointTimes.recordNanoseconds(Int64(monotonicNanos() - started))
                 } else if rc != SQLITE_OK && rc & 0xFF != SQLITE_BUSY && rc & 0xFF != SQLITE_LOCKED {
                     logger.warning("task log checkpoint failed", metadata: ["error": "\(db.lastError)"])
                 }
@@ -428,13 +429,11 @@ final class Checkpointer: @unchecked Sendable {
     }
 }
 
-/// Names the calling thread for `top -H` and /proc (Foundation's `Thread.name` does not reach the OS on Linux, and
-/// `pthread_setname_np` is not imported without `_GNU_SOURCE`).
-func nameThisThread(_ name: String) {
-    let fd = open("/proc/thread-self/comm", O_WRONLY)
-    guard fd >= 0 else { return }
-    _ = name.withCString { write(fd, $0, strlen($0)) }
-    close(fd)
+/// A thread the task log needs could not be started (`pthread_create` failed: the process is out of threads or memory).
+public struct TaskLogThreadError: Error, Sendable, CustomStringConvertible {
+    public var thread: String
+    public var code: Int32
+    public var description: String { "cannot start the task log's \(thread) thread (pthread_create: \(String(cString: strerror(code))))" }
 }
 
 /// The task log's files on disk.

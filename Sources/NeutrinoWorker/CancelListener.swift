@@ -15,7 +15,7 @@ struct CancelListener: Service {
         let cancels = try await connection.subscribe(subject: QueueLayout.cancelSubject)
         await withGracefulShutdownHandler {
             for await data in cancels.messages {
-                let id = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines).lowercased()
+                let id = String(decoding: data, as: UTF8.self).trimmingWhitespace().lowercased()
                 if TaskID.isValid(id) { onCancel(id) }
             }
         } onGracefulShutdown: {

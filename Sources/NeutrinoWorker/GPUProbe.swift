@@ -1,4 +1,5 @@
-import Foundation
+import Glibc
+import NeutrinoThreads
 
 /// Whether a GPU is visible to this process: for the start-up log and the heartbeats.
 enum GPUProbe {
@@ -8,25 +9,12 @@ enum GPUProbe {
     }
 
     static func probe() -> Result {
-        let env = ProcessInfo.processInfo.environment
-        if let devices = env["CUDA_VISIBLE_DEVICES"], devices.isEmpty || devices == "-1" {
+        if let raw = getenv("CUDA_VISIBLE_DEVICES"), case let devices = String(cString: raw), devices.isEmpty || devices == "-1" {
             return Result(visible: false, description: "none (CUDA_VISIBLE_DEVICES hides all)")
         }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["nvidia-smi", "-L"]
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = FileHandle.nullDevice
-        do {
-            try process.run()
-            process.waitUntilExit()
-        } catch {
-            return Result(visible: false, description: "none (no nvidia-smi)")
-        }
-        let out = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        guard let (status, out) = ChildProcess.run(["nvidia-smi", "-L"]) else { return Result(visible: false, description: "none (no nvidia-smi)") }
         let gpus = out.split(separator: "\n").filter { $0.hasPrefix("GPU ") }
-        guard process.terminationStatus == 0, !gpus.isEmpty else { return Result(visible: false, description: "none (running on CPU)") }
+        guard status == 0, !gpus.isEmpty else { return Result(visible: false, description: "none (running on CPU)") }
         return Result(visible: true, description: gpus.joined(separator: "; "))
     }
 }

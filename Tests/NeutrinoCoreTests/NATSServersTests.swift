@@ -19,3 +19,13 @@ struct NATSServersTests {
         #expect(NATSServers.parse(text) == nil)
     }
 }
+
+struct WhitespaceTests {
+    @Test func trimmingWhitespaceDropsBlanksTabsAndLineBreaksAroundTheTextOnly() {
+        #expect("  nats://a:4222 \t".trimmingWhitespace() == "nats://a:4222")
+        #expect("\n id-1 2 \r\n".trimmingWhitespace() == "id-1 2")
+        #expect(" \t\n ".trimmingWhitespace() == "")
+        #expect("".trimmingWhitespace() == "")
+        #expect("x"[...].trimmingWhitespace() == "x")
+    }
+}

@@ -373,4 +373,32 @@ struct AccessControlTests {
             _ = try KeyFile.parse(Data(#"{"keys":[{"id":"x","hash":"sha256:\#(String(repeating: "0", count: 64))","scopes":["root"]}]}"#.utf8))
         }
     }
+
+    /// The keys file as `neutrino keys` writes it, and the values a hand-edited one may hold.
+    @Test func keyFileFields() throws {
+        let hash = "sha256:" + String(repeating: "ab", count: 32)
+        func parse(_ fields: String) throws -> APIKey? {
+            try KeyFile.parse(Data(#"{"version":1,"keys":[{"id":"k1","hash":"\#(hash)","scopes":["submit","read"]\#(fields)}]}"#.utf8))["k1"]
+        }
+        let plain = try #require(try parse(#","name":"ci","tasks":null,"pools":["fast"],"created":"2026-01-01T00:00:00Z","revoked":null"#))
+        #expect(plain.name == "ci" && plain.scopes == [.submit, .read] && plain.tasks == nil && plain.pools == ["fast"] && !plain.revoked)
+        #expect(plain.digest == [UInt8](repeating: 0xab, count: 32))
+        let limited = try #require(try parse(#","rate_per_second":2.5,"burst":10,"max_in_flight":1e300"#))
+        #expect(limited.ratePerSecond == 2.5 && limited.burst == 10 && limited.maxInFlight == Int.max)
+        // Revoked: any value but null, false or 0 (the CLI writes the time of the revocation).
+        let revocations = [
+            ("\"2026-02-01T00:00:00Z\"", true), ("true", true), ("1", true), ("\"\"", true), ("false", false), ("0", false),
+            ("null", false),
+        ]
+        for (value, revoked) in revocations {
+            #expect(try parse(",\"revoked\":\(value)")?.revoked == revoked, "revoked: \(value)")
+        }
+        for bad in [#","scopes":["read",1]"#, #","tasks":"echo""#, #","burst":0"#, #","rate_per_second":true"#, #","max_in_flight":"5""#] {
+            let file = #"{"keys":[{"id":"k1","hash":"\#(hash)","scopes":["read"]\#(bad)}]}"#
+            #expect(throws: KeyFile.Invalid.self, "\(bad)") { _ = try KeyFile.parse(Data(file.utf8)) }
+        }
+        #expect(throws: KeyFile.Invalid.self) { _ = try KeyFile.parse(Data("[]".utf8)) }
+        #expect(throws: KeyFile.Invalid.self) { _ = try KeyFile.parse(Data(#"{"keys":[1]}"#.utf8)) }
+        #expect(throws: KeyFile.Invalid.self) { _ = try KeyFile.parse(Data(#"{"keys":[{"id":"k1","hash":"\#(hash)","scopes":[]}], "#.utf8)) }
+    }
 }

@@ -1,6 +1,8 @@
 import Crypto
 import Foundation
+import Glibc
 import Logging
+import NeutrinoCore
 import Synchronization
 
 /// What a key may do. `admin` implies the other two.
@@ -34,42 +36,57 @@ public enum KeyFile {
     }
 
     public static func parse(_ data: Data) throws -> [String: APIKey] {
-        guard let root = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+        guard let root = try? JSONParser.parse([UInt8](data)), let top = root.objectValue else {
             throw Invalid(description: "the keys file is not a JSON object")
         }
-        guard let entries = root["keys"] as? [[String: Any]] else { throw Invalid(description: "\"keys\" must be a list of objects") }
+        guard let list = top["keys"]?.arrayValue else { throw Invalid(description: "\"keys\" must be a list of objects") }
+        let entries = list.compactMap { $0.objectValue }
+        guard entries.count == list.count else { throw Invalid(description: "\"keys\" must be a list of objects") }
         var keys: [String: APIKey] = [:]
         for (i, e) in entries.enumerated() {
             func fail(_ m: String) -> Invalid { Invalid(description: "keys[\(i)]: \(m)") }
-            guard let id = e["id"] as? String, !id.isEmpty, id.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber) }) else {
+            /// The strings of a list, or nil when it is not a list of strings.
+            func strings(_ v: JSONValue?) -> [String]? {
+                guard let items = v?.arrayValue else { return nil }
+                let all = items.compactMap { $0.stringValue }
+                return all.count == items.count ? all : nil
+            }
+            guard let id = e["id"]?.stringValue, !id.isEmpty, id.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber) }) else {
                 throw fail("\"id\" must be letters and digits")
             }
             guard keys[id] == nil else { throw fail("duplicate id \(id)") }
-            guard let hash = e["hash"] as? String, hash.hasPrefix("sha256:"), let digest = hexBytes(hash.dropFirst(7)), digest.count == 32 else {
+            guard let hash = e["hash"]?.stringValue, hash.hasPrefix("sha256:"), let digest = hexBytes(hash.dropFirst(7)), digest.count == 32 else {
                 throw fail("\"hash\" must be sha256:<64 hex digits>")
             }
-            guard let scopeNames = e["scopes"] as? [String] else { throw fail("\"scopes\" must be a list") }
+            guard let scopeNames = strings(e["scopes"]) else { throw fail("\"scopes\" must be a list") }
             var scopes: Set<APIScope> = []
             for s in scopeNames {
                 guard let scope = APIScope(rawValue: s) else { throw fail("unknown scope '\(s)' (submit, read, admin)") }
                 scopes.insert(scope)
             }
             func names(_ field: String) throws -> Set<String>? {
-                guard let v = e[field], !(v is NSNull) else { return nil }
-                guard let list = v as? [String] else { throw fail("\"\(field)\" must be a list of names") }
+                guard let v = e[field], v != JSONValue.null else { return nil }
+                guard let list = strings(v) else { throw fail("\"\(field)\" must be a list of names") }
                 return Set(list)
             }
             func number(_ field: String) throws -> Double? {
-                guard let v = e[field], !(v is NSNull) else { return nil }
-                guard let n = v as? NSNumber, n.doubleValue > 0, n.doubleValue.isFinite else { throw fail("\"\(field)\" must be a positive number") }
-                return n.doubleValue
+                guard let v = e[field], v != JSONValue.null else { return nil }
+                guard let n = v.doubleValue, n > 0, n.isFinite else { throw fail("\"\(field)\" must be a positive number") }
+                return n
             }
-            let revoked = e["revoked"].map { !($0 is NSNull) && ($0 as? Bool) != false } ?? false
+            // Revoked: any value but null, false or 0 (`neutrino keys revoke` writes the time it was revoked).
+            let revoked: Bool
+            switch e["revoked"] ?? JSONValue.null {
+            case .null: revoked = false
+            case .bool(let flag): revoked = flag
+            case .number(let text): revoked = Double(text) != 0
+            default: revoked = true
+            }
             keys[id] = APIKey(
-                id: id, name: e["name"] as? String ?? "", digest: digest, scopes: scopes,
+                id: id, name: e["name"]?.stringValue ?? "", digest: digest, scopes: scopes,
                 tasks: try names("tasks"), pools: try names("pools"),
                 ratePerSecond: try number("rate_per_second"), burst: try number("burst"),
-                maxInFlight: try number("max_in_flight").map { Int($0) }, revoked: revoked)
+                maxInFlight: try number("max_in_flight").map { $0 < 9.0e18 ? Int($0) : Int.max }, revoked: revoked)
         }
         return keys
     }
@@ -95,10 +112,12 @@ public final class KeyStore: Sendable {
         case revoked(String)
     }
 
+    /// What says the file changed: its modification time, size and inode (a file replaced by a rename).
     private struct Stamp: Equatable {
-        var modified: Date?
+        var modifiedSeconds: Int
+        var modifiedNanoseconds: Int
         var size: Int
-        var inode: Int
+        var inode: UInt64
     }
 
     private struct State {
@@ -188,9 +207,10 @@ public final class KeyStore: Sendable {
     }
 
     private static func stamp(_ path: String) -> Stamp? {
-        guard let a = try? FileManager.default.attributesOfItem(atPath: path) else { return nil }
+        var st = stat()
+        guard stat(path, &st) == 0 else { return nil }
         return Stamp(
-            modified: a[.modificationDate] as? Date, size: (a[.size] as? NSNumber)?.intValue ?? -1,
-            inode: (a[.systemFileNumber] as? NSNumber)?.intValue ?? -1)
+            modifiedSeconds: Int(st.st_mtim.tv_sec), modifiedNanoseconds: Int(st.st_mtim.tv_nsec), size: Int(st.st_size),
+            inode: UInt64(st.st_ino))
     }
 }

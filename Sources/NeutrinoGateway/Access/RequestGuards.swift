@@ -30,7 +30,7 @@ struct HostGuard: Sendable {
     init(host: String, extra: [String]) {
         var names: Set<String> = ["localhost", "127.0.0.1", "[::1]"]
         let h = host.lowercased()
-        if h != "0.0.0.0" && h != "::" && !h.isEmpty { names.insert(h.contains(":") && !h.hasPrefix("[") ? "[\(h)]" : h) }
+        if h != "0.0.0.0" && h != "::" && !h.isEmpty { names.insert(h.contains(":" as Character) && !h.hasPrefix("[") ? "[\(h)]" : h) }
         for e in extra { names.insert(Self.hostName(e.lowercased())) }
         allowed = names
     }

@@ -34,8 +34,8 @@ public final class SessionStore: Sendable {
     func create(keyID: String, now: Date = Date()) -> (token: String, expires: Date) {
         var generator = SystemRandomNumberGenerator()
         let bytes = (0..<32).map { _ in UInt8.random(in: .min ... .max, using: &generator) }
-        let token = Data(bytes).base64EncodedString().replacingOccurrences(of: "+", with: "-")
-            .replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
+        let token = Data(bytes).base64EncodedString().replacing("+", with: "-").replacing("/", with: "_")
+            .replacing("=", with: "")
         let expires = now.addingTimeInterval(Double(lifetime.components.seconds))
         sessions.withLock { all in
             if all.count >= Self.capacity {
@@ -204,7 +204,7 @@ struct SessionController {
         w.endArray()
         if let expires {
             w.key("expires_at")
-            w.string(ISO8601DateFormatter().string(from: expires))
+            w.string(Timestamp(millis: Int64((expires.timeIntervalSince1970 * 1000).rounded(.down))).iso8601)
         }
         w.endObject()
         var response = Response.json(.ok, w.bytes)
