@@ -28,11 +28,15 @@ COPY Package.swift Package.resolve[d] ./
 RUN swift package resolve
 COPY Sources ./Sources
 COPY Tests ./Tests
-RUN swift build -c release --static-swift-stdlib --product neutrino-gateway \
- && swift build -c release --static-swift-stdlib --product neutrino-worker \
- && mkdir -p /out \
- && cp "$(swift build -c release --show-bin-path)/neutrino-gateway" \
-       "$(swift build -c release --show-bin-path)/neutrino-worker" /out/
+# The Swift runtime is shared, not linked statically: libNeutrinoOTLP.so (swift-otel's exporter, loaded only by a
+# process that traces; docs/architecture.md, "Tracing") must use the executables' runtime, not carry a second one.
+RUN swift build -c release --product neutrino-gateway \
+ && swift build -c release --product neutrino-worker \
+ && swift build -c release --product NeutrinoOTLP \
+ && bin="$(swift build -c release --show-bin-path)" \
+ && mkdir -p /out/bin /out/swift \
+ && cp "$bin/neutrino-gateway" "$bin/neutrino-worker" "$bin/libNeutrinoOTLP.so" /out/bin/ \
+ && cp -a /usr/lib/swift/linux/*.so /out/swift/
 
 # ------------------------------------------------------------------------------------------ runtime (Debian)
 FROM ${RUNTIME_IMAGE}
@@ -56,7 +60,9 @@ RUN python3 -m venv "$VIRTUAL_ENV" \
  && "$VIRTUAL_ENV/bin/pip" install --no-cache-dir /tmp/neutrino-sdk \
  && rm -rf /tmp/neutrino-sdk
 
-COPY --from=build /out/neutrino-gateway /out/neutrino-worker /usr/local/bin/
+# The runtime at the path the executables' RUNPATH names (the toolchain's), the exporter library beside them.
+COPY --from=build /out/swift/ /usr/lib/swift/linux/
+COPY --from=build /out/bin/ /usr/local/bin/
 COPY dashboard /opt/neutrino/dashboard
 # The default app (the manifests' --app /opt/neutrino/app/app.py); replace it in a derived image.
 COPY examples/app.py /opt/neutrino/app/app.py

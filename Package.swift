@@ -13,6 +13,9 @@ let package = Package(
     products: [
         .executable(name: "neutrino-gateway", targets: ["NeutrinoGatewayMain"]),
         .executable(name: "neutrino-worker", targets: ["NeutrinoWorkerMain"]),
+        // swift-otel's OTLP exporter, loaded by both executables with dlopen only when tracing is on: linked into them
+        // it loaded Foundation, FoundationInternationalization and ICU into every process (about 8 MB resident).
+        .library(name: "NeutrinoOTLP", type: .dynamic, targets: ["NeutrinoOTLPExporter"]),
     ],
     dependencies: [
         // No default traits: swift-configuration support is unused, and `FullFoundation` (dates in URL-encoded
@@ -26,7 +29,6 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird-auth.git", from: "2.5.0"),
-        .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
         // Tracing: swift-distributed-tracing's API everywhere, swift-otel's OTLP/HTTP exporter behind it (OTLPHTTP
         // only: the default traits would also build gRPC).
         .package(url: "https://github.com/apple/swift-distributed-tracing.git", from: "1.7.3"),
@@ -85,6 +87,15 @@ let package = Package(
             dependencies: [
                 "NeutrinoCore",
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+            ], swiftSettings: swiftSettings),
+        // libNeutrinoOTLP.so (the `NeutrinoOTLP` product): swift-otel behind a C interface (`OTLPPlugin`).
+        .target(
+            name: "NeutrinoOTLPExporter",
+            dependencies: [
+                "NeutrinoCore",
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
                 .product(name: "OTel", package: "swift-otel"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -116,7 +127,6 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "HummingbirdAuth", package: "hummingbird-auth"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
-                .product(name: "Crypto", package: "swift-crypto"),
             ], swiftSettings: swiftSettings),
         .target(
             name: "NeutrinoWorker",

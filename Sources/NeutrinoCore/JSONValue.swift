@@ -17,6 +17,11 @@ public enum JSONValue: Sendable, Hashable {
         return nil
     }
 
+    public var boolValue: Bool? {
+        if case .bool(let b) = self { return b }
+        return nil
+    }
+
     /// The number as an `Int` when its value is exactly a whole number that fits (`3`, `3.0`, `3e2`); nil otherwise.
     public var intValue: Int? {
         if case .number(let text) = self, case .integer(let v) = JSONNumber.classify(text) { return Int(exactly: v) }

@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 import Synchronization
 
 /// Time-ordered task ids: UUIDv7 (RFC 9562), lowercase hex, `8-4-4-4-12`.

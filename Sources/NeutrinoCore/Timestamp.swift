@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// A point in time as Unix milliseconds: what events carry and what the task log stores (as ISO-8601 text).
 public struct Timestamp: Sendable, Hashable, Comparable, Codable {

@@ -1,4 +1,5 @@
-import Foundation
+import FoundationEssentials
+import Glibc
 import NeutrinoCore
 
 /// Everything `neutrino-gateway` is told on its command line.

@@ -1,12 +1,11 @@
 import Logging
 import NeutrinoCore
-import OTel
 import ServiceLifecycle
 import Synchronization
 import Tracing
 
 /// Tracing for both executables: OpenTelemetry spans through swift-distributed-tracing's API, exported by swift-otel
-/// over OTLP/HTTP. Off unless an endpoint is configured (`--otlp-endpoint`, or the standard
+/// over OTLP/HTTP from a library loaded only when tracing is on (`OTLPPlugin`, `PluginTracer`). Off unless an endpoint is configured (`--otlp-endpoint`, or the standard
 /// `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`); while off nothing is bootstrapped and every
 /// helper here returns after one relaxed atomic load, so the request paths cost what they did without tracing.
 public enum NeutrinoTracing {
@@ -75,24 +74,19 @@ public enum NeutrinoTracing {
         for key in ["OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"] where env[key]?.lowercased() == "grpc" {
             throw TracingError("\(key)=grpc: this build exports OTLP over HTTP only (http/protobuf or http/json)")
         }
-        var configuration = OTel.Configuration.default
-        configuration.serviceName = serviceName
-        configuration.diagnosticLogger = .custom(logger)
-        // swift-otel's own lines: problems only (it would note every OTEL_* variable it read, at info).
-        configuration.diagnosticLogLevel = .warning
-        configuration.logs.enabled = false
-        configuration.metrics.enabled = false
-        configuration.traces.enabled = true
-        let service: any Service
+        let tracer: PluginTracer
         do {
-            service = try OTel.bootstrap(configuration: configuration, environment: env)
+            let plugin = try OTLPPlugin.load(path: OTLPPlugin.path(environment: environment))
+            try plugin.bootstrap(service: serviceName, environment: env, logger: logger)
+            tracer = PluginTracer(plugin: plugin)
         } catch {
             throw TracingError("could not start OTLP trace export to \(url): \(error)")
         }
-        installed.withLock { $0 = InstrumentationSystem.tracer }
+        InstrumentationSystem.bootstrap(tracer)
+        installed.withLock { $0 = tracer }
         enabled.store(true, ordering: .releasing)
         logger.info("tracing on: spans exported over OTLP/HTTP", metadata: ["otlp_endpoint": "\(url)", "service": "\(serviceName)"])
-        return service
+        return OTLPExportService(plugin: tracer.plugin)
     }
 
     /// Starts a span under `parent` (its trace and parent span), at `start` or now; nil when tracing is off. The caller
@@ -128,7 +122,7 @@ public enum NeutrinoTracing {
     /// The trace id of `context`'s span (32 hex digits), or nil.
     public static func traceID(of context: InstrumentationContext) -> String? {
         guard isEnabled else { return nil }
-        return context.otelTraceID.flatMap { TraceParent.isTraceID($0) ? $0 : nil }
+        return context.spanIdentity?.traceParent.traceID
     }
 }
 

@@ -59,6 +59,45 @@ struct NeutrinoTracingTests {
         #expect(NeutrinoTracing.traceID(of: .topLevel) == nil)
     }
 
+    /// swift-otel is in libNeutrinoOTLP.so: found beside the executable unless NEUTRINO_OTLP_LIBRARY says where, and a
+    /// missing or foreign library is refused with a message that names it.
+    @Test func theExporterLibraryIsFoundBesideTheExecutableOrWhereTheVariableSays() throws {
+        #expect(OTLPPlugin.path(environment: ["NEUTRINO_OTLP_LIBRARY": "/opt/x/lib.so"]) == "/opt/x/lib.so")
+        let beside = OTLPPlugin.path(environment: [:])
+        #expect(beside.hasSuffix("/libNeutrinoOTLP.so") && beside.hasPrefix("/"))
+        do {
+            _ = try OTLPPlugin.load(path: "/nonexistent/libNeutrinoOTLP.so")
+            Issue.record("a missing library loaded")
+        } catch let error as TracingError {
+            #expect(error.description.contains("libNeutrinoOTLP.so"))
+        }
+        do {
+            _ = try OTLPPlugin.load(path: "libc.so.6")  // a library, but not the exporter
+            Issue.record("a foreign library loaded")
+        } catch let error as TracingError {
+            #expect(error.description.contains("neutrino_otlp_start"))
+        }
+    }
+
+    /// A span's `traceparent` is what `inject` writes and `extract` reads; a malformed one is ignored.
+    @Test func theTracersContextCarriesTheTraceparent() {
+        var context = InstrumentationContext.topLevel
+        let header = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        // No exporter behind it: inject and extract never reach the library.
+        let tracer = PluginTracer(
+            plugin: OTLPPlugin(
+                start: { _, _, _, _ in 1 }, run: { _, _ in }, shutdown: {}, spanStart: { _, _, _, _, _, _ in nil },
+                spanEnd: { _, _, _ in }))
+        tracer.extract(["traceparent": header], into: &context, using: DictionaryExtractor())
+        #expect(context.spanIdentity?.traceParent.value == header)
+        var carrier: [String: String] = [:]
+        tracer.inject(context, into: &carrier, using: DictionaryInjector())
+        #expect(carrier == ["traceparent": header])
+        var other = InstrumentationContext.topLevel
+        tracer.extract(["traceparent": "00-zz-00f067aa0ba902b7-01"], into: &other, using: DictionaryExtractor())
+        #expect(other.spanIdentity == nil)
+    }
+
     @Test func epochInstantOrdersByNanoseconds() {
         let a = EpochInstant(nanosecondsSinceEpoch: 1_000)
         let b = EpochInstant(nanosecondsSinceEpoch: 2_000)

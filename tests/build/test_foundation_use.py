@@ -1,12 +1,11 @@
-"""What the two executables take from the full Foundation library (libFoundation.so): only the two symbols swift-otel's
-own code references (bench/README.md, twenty-third round).
+"""The executables do not link the full Foundation library (libFoundation.so), only FoundationEssentials; swift-otel,
+which needs it, is in libNeutrinoOTLP.so, loaded only by a process that traces (docs/architecture.md, "Tracing";
+bench/README.md, twenty-third round).
 
 Linking libFoundation loads FoundationInternationalization and ICU with it, and Hummingbird's date header then reads
-ICU's time-zone data: a Hummingbird hello-world idles at 21 MB, 29 MB with libFoundation merely linked. swift-otel
-keeps it linked; calling into it costs more resident pages again (Foundation's `Thread` and `NSCondition`, the
-NSString-backed `contains` and `range(of:)` on start-up paths). Neutrino's own code uses the standard library,
-FoundationEssentials and NeutrinoThreads instead. This names any new reference, so that the one left to remove is
-swift-otel's.
+ICU's time-zone data: a Hummingbird hello-world idles at 21 MB, 29 MB with libFoundation merely linked. An
+`import Foundation` in any module of the link (ours or a dependency's) is enough to bring it back, as is any call into
+it; this names the binary and what it takes from the library.
 """
 from __future__ import annotations
 
@@ -18,12 +17,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-BINARIES = ("neutrino-gateway", "neutrino-worker")
-# swift-otel's OTel+Configuration+EnvironmentVariableRepresentable.swift (OTEL_EXPORTER_OTLP_HEADERS parsing).
-SWIFT_OTEL = {
-    "$s10Foundation12CharacterSetV22whitespacesAndNewlinesACvgZ",
-    "$sSy10FoundationE18trimmingCharacters2inSSAA12CharacterSetV_tF",
-}
+BUILD = REPO / ".build" / "debug"
 
 
 def tool(name: str) -> str | None:
@@ -35,40 +29,38 @@ def tool(name: str) -> str | None:
     return str(beside) if beside and beside.exists() else None
 
 
-def dynamic_symbols(nm: str, path: str, defined: bool) -> set[str]:
-    out = subprocess.run(
-        [nm, "-D", "--defined-only" if defined else "--undefined-only", path],
-        capture_output=True, text=True, timeout=120, check=True,
-    ).stdout
-    return {line.split()[-1].split("@")[0] for line in out.splitlines() if line.strip()}
+def needed(path: Path) -> list[str]:
+    readelf = tool("readelf")
+    if readelf is None:
+        pytest.skip("no readelf")
+    out = subprocess.run([readelf, "-d", str(path)], capture_output=True, text=True, timeout=60, check=True).stdout
+    return [line.rsplit("[", 1)[1].rstrip("]") for line in out.splitlines() if "(NEEDED)" in line]
 
 
-def libfoundation(binary: Path) -> str | None:
-    out = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, timeout=60, check=True).stdout
-    for line in out.splitlines():
-        name, _, rest = line.strip().partition(" => ")
-        if name == "libFoundation.so" and rest:
-            return rest.split(" (")[0]
-    return None
-
-
-@pytest.mark.parametrize("name", BINARIES)
-def test_only_swift_otel_needs_libfoundation(name: str) -> None:
-    binary = REPO / ".build" / "debug" / name
+@pytest.mark.parametrize("name", ["neutrino-gateway", "neutrino-worker"])
+def test_the_executables_link_foundation_essentials_only(name: str) -> None:
+    binary = BUILD / name
     if not binary.exists():
         pytest.skip(f"{binary} is not built (make build)")
-    nm = tool("nm")
-    if nm is None or shutil.which("ldd") is None:
-        pytest.skip("no nm or ldd")
-    library = libfoundation(binary)
-    if library is None:
-        return  # not linked at all: nothing left to keep out
-    used = dynamic_symbols(nm, str(binary), defined=False) & dynamic_symbols(nm, library, defined=True)
-    assert used & SWIFT_OTEL, "swift-otel no longer needs libFoundation: drop the exception (and see whether it is still linked)"
-    extra = sorted(used - SWIFT_OTEL)
-    demangled = subprocess.run(["swift", "demangle", "--simplified"], input="\n".join(extra), capture_output=True, text=True).stdout if extra else ""
-    assert not extra, (
-        f"{name} calls into libFoundation (each call site costs resident pages in every process): use the standard "
-        f"library, FoundationEssentials or NeutrinoThreads instead (firstRange(of:) for contains/range(of:), "
-        f"trimmingWhitespace(), Monitor, startThread, ChildProcess):\n{demangled or extra}"
+    libraries = needed(binary)
+    assert "libFoundationEssentials.so" in libraries, libraries
+    loaded = [lib for lib in libraries if lib in ("libFoundation.so", "libFoundationInternationalization.so", "lib_FoundationICU.so")]
+    assert not loaded, (
+        f"{name} links {loaded}: some module of its link imports Foundation (use FoundationEssentials, the standard "
+        f"library or NeutrinoThreads), or calls into it; `readelf -p .swift1_autolink_entries` on its objects names "
+        f"the module ({sorted(libraries)})"
     )
+
+
+def test_the_tracing_library_is_built_beside_them_and_holds_swift_otel() -> None:
+    library = BUILD / "libNeutrinoOTLP.so"
+    if not (BUILD / "neutrino-gateway").exists():
+        pytest.skip("not built (make build)")
+    assert library.exists(), "swift build builds the NeutrinoOTLP product beside the executables"
+    assert "libFoundation.so" in needed(library)
+    nm = tool("nm")
+    if nm is None:
+        pytest.skip("no nm")
+    exported = subprocess.run([nm, "-D", "--defined-only", str(library)], capture_output=True, text=True, timeout=120, check=True).stdout
+    for function in ("neutrino_otlp_start", "neutrino_otlp_run", "neutrino_otlp_shutdown", "neutrino_otlp_span_start", "neutrino_otlp_span_end"):
+        assert f" T {function}\n" in exported, function

@@ -11,6 +11,7 @@ import importlib.util
 import os
 import re
 import secrets
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ import pytest
 from conftest import (
     APPS_DIR,
     NATS_SERVER_BIN,
+    WORKER_BIN,
     REPO_ROOT,
     Launcher,
     NatsServer,
@@ -249,3 +251,16 @@ def test_reads_are_not_traced(traced: Traced):
         methods = {s.attributes.get("http.request.method") for s in traced.collector.spans if s.kind == "SERVER"
                    and s.service == "neutrino-gateway"}
     assert methods == {"POST"}, methods
+
+
+def test_tracing_without_the_exporter_library_refuses_to_start(tmp_path: Path):
+    """swift-otel is in libNeutrinoOTLP.so, loaded only when tracing is on: a process asked to trace that cannot load
+    it exits at start with a message naming the library, instead of running untraced."""
+    env = {**os.environ, "NEUTRINO_OTLP_LIBRARY": str(tmp_path / "missing" / "libNeutrinoOTLP.so")}
+    proc = subprocess.run(
+        [str(WORKER_BIN), "--mode", "http", "--pool", "fast", "--app", str(TRACING_APP), "--port", "0",
+         "--python-path", str(REPO_ROOT / "python"), "--otlp-endpoint", "http://127.0.0.1:9"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    assert "libNeutrinoOTLP.so" in proc.stderr + proc.stdout, (proc.stderr + proc.stdout)[-2000:]

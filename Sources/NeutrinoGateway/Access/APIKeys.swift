@@ -1,5 +1,4 @@
-import Crypto
-import Foundation
+import FoundationEssentials
 import Glibc
 import Logging
 import NeutrinoCore
@@ -149,7 +148,7 @@ public final class KeyStore: Sendable {
     public var keyCount: Int { state.withLock { $0.keys.count } }
 
     /// The SHA-256 of a whole key (`nk_<id>_<secret>`), as the keys file stores it.
-    public static func digest(_ token: some StringProtocol) -> [UInt8] { Array(SHA256.hash(data: Array(token.utf8))) }
+    public static func digest(_ token: some StringProtocol) -> [UInt8] { SHA256.digest(Array(token.utf8)) }
 
     /// Equal bytes, in a time that depends only on the length.
     public static func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {

@@ -1,0 +1,238 @@
+import Glibc
+import Logging
+import NeutrinoCore
+import OTel
+import ServiceLifecycle
+import Synchronization
+import Tracing
+
+// libNeutrinoOTLP.so: swift-otel's OTLP/HTTP span exporter, behind a small C interface that the executables load with
+// dlopen only when tracing is configured (`PluginTracer` in NeutrinoTracing is the other side). swift-otel references
+// the full Foundation library, whose loading (with FoundationInternationalization and ICU) cost every process about
+// 8 MB of resident memory whether or not it traced (bench/README.md, twenty-third round): here it is paid only by a
+// process that exports spans.
+//
+// The library has copies of its Swift dependencies of its own (swift-distributed-tracing included), so nothing Swift
+// crosses the boundary: names, W3C `traceparent` strings, nanoseconds and a span's details as JSON. Every function is
+// safe to call from any thread.
+
+/// A log line for the host's logger: level (swift-log's `Logger.Level` order, trace = 0), text, context.
+public typealias NeutrinoOTLPLog = @convention(c) (Int32, UnsafePointer<CChar>, UnsafeMutableRawPointer?) -> Void
+/// Called once the exporter's service has stopped (after a shutdown has flushed the spans), with the context given.
+public typealias NeutrinoOTLPDone = @convention(c) (UnsafeMutableRawPointer?) -> Void
+
+private struct Exporter: Sendable {
+    let group: ServiceGroup
+    let tracer: any Tracer
+    let instrument: any Instrument
+}
+
+private let exporter = Mutex<Exporter?>(nil)
+
+/// Bootstraps swift-otel from `configuration` (JSON: `{"service": NAME, "environment": {OTEL_*…}}`): traces only, over
+/// OTLP/HTTP, the `OTEL_*` variables applied as the OpenTelemetry specification says. Returns 0, or 1 with a message in
+/// `error` (to be released with `free`). Once per process.
+@_cdecl("neutrino_otlp_start")
+public func neutrinoOTLPStart(
+    _ configuration: UnsafePointer<CChar>, _ log: NeutrinoOTLPLog, _ logContext: UnsafeMutableRawPointer?,
+    _ error: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>
+) -> Int32 {
+    func fail(_ message: String) -> Int32 {
+        error.pointee = strdup(message)
+        return 1
+    }
+    let text = String(cString: configuration)
+    guard let parsed = try? JSONParser.parse(Array(text.utf8)), let service = parsed["service"]?.stringValue,
+        let variables = parsed["environment"]?.objectValue
+    else { return fail("the exporter's configuration is not {\"service\": …, \"environment\": {…}}") }
+    var environment: [String: String] = [:]
+    for (key, value) in variables { if let value = value.stringValue { environment[key] = value } }
+    let logger = Logger(label: "neutrino.otlp") { _ in ForwardingLogHandler(callback: log, context: UncheckedPointer(logContext)) }
+    return exporter.withLock { current -> Int32 in
+        guard current == nil else { return fail("the OTLP exporter is started already") }
+        var settings = OTel.Configuration.default
+        settings.serviceName = service
+        settings.diagnosticLogger = .custom(logger)
+        // swift-otel's own lines: problems only (it would note every OTEL_* variable it read, at info).
+        settings.diagnosticLogLevel = .warning
+        settings.logs.enabled = false
+        settings.metrics.enabled = false
+        settings.traces.enabled = true
+        do {
+            let service = try OTel.bootstrap(configuration: settings, environment: environment)
+            let group = ServiceGroup(configuration: .init(services: [service], logger: logger))
+            current = Exporter(group: group, tracer: InstrumentationSystem.tracer, instrument: InstrumentationSystem.instrument)
+            return 0
+        } catch {
+            return fail("\(error)")
+        }
+    }
+}
+
+/// Runs the exporter (batching and sending spans) until `neutrino_otlp_shutdown`, then calls `done(context)`.
+@_cdecl("neutrino_otlp_run")
+public func neutrinoOTLPRun(_ done: NeutrinoOTLPDone, _ context: UnsafeMutableRawPointer?) {
+    let box = UncheckedPointer(context)
+    let callback = DoneCallback(call: done)
+    guard let group = exporter.withLock({ $0?.group }) else {
+        done(box.pointer)
+        return
+    }
+    Task {
+        try? await group.run()
+        callback.call(box.pointer)
+    }
+}
+
+/// Stops the exporter gracefully: the spans ended so far are sent, then `neutrino_otlp_run`'s `done` is called.
+@_cdecl("neutrino_otlp_shutdown")
+public func neutrinoOTLPShutdown() {
+    guard let group = exporter.withLock({ $0?.group }) else { return }
+    Task { await group.triggerGracefulShutdown() }
+}
+
+/// Starts span `name` of `kind` (0 internal, 1 server, 2 client, 3 producer, 4 consumer) under `parent` (a
+/// `traceparent`, or null for a new trace) at `startNanos` (since the Unix epoch). Writes the span's own `traceparent`
+/// into `traceParent` (at least 56 bytes, NUL-terminated) and whether it is recorded (sampled) into `recording`.
+/// Returns the span, which `neutrino_otlp_span_end` must end; null when the exporter is not started.
+@_cdecl("neutrino_otlp_span_start")
+public func neutrinoOTLPSpanStart(
+    _ name: UnsafePointer<CChar>, _ kind: Int32, _ parent: UnsafePointer<CChar>?, _ startNanos: UInt64,
+    _ traceParent: UnsafeMutablePointer<CChar>, _ recording: UnsafeMutablePointer<Int32>
+) -> UnsafeMutableRawPointer? {
+    guard let current = exporter.withLock({ $0 }) else { return nil }
+    var context = InstrumentationContext.topLevel
+    if let parent {
+        current.instrument.extract(["traceparent": String(cString: parent)], into: &context, using: DictionaryExtractor())
+    }
+    let spanKind: SpanKind =
+        switch kind {
+        case 1: .server
+        case 2: .client
+        case 3: .producer
+        case 4: .consumer
+        default: .internal
+        }
+    let span = current.tracer.startAnySpan(
+        String(cString: name), context: context, ofKind: spanKind, at: Nanoseconds(nanosecondsSinceEpoch: startNanos),
+        function: #function, file: #fileID, line: #line)
+    var carrier: [String: String] = [:]
+    current.instrument.inject(span.context, into: &carrier, using: DictionaryInjector())
+    let header = Array((carrier["traceparent"] ?? "").utf8.prefix(55))
+    for (i, byte) in header.enumerated() { traceParent[i] = CChar(bitPattern: byte) }
+    traceParent[header.count] = 0
+    recording.pointee = span.isRecording ? 1 : 0
+    return Unmanaged.passRetained(SpanBox(span)).toOpaque()
+}
+
+/// Ends `span` at `endNanos` with `details` (JSON, see `SpanDetails`) and releases it.
+@_cdecl("neutrino_otlp_span_end")
+public func neutrinoOTLPSpanEnd(_ span: UnsafeMutableRawPointer, _ details: UnsafePointer<CChar>?, _ endNanos: UInt64) {
+    let span = Unmanaged<SpanBox>.fromOpaque(span).takeRetainedValue().span
+    if let details, let parsed = try? JSONParser.parse(Array(String(cString: details).utf8)) {
+        SpanDetails.apply(parsed, to: span)
+    }
+    span.end(at: Nanoseconds(nanosecondsSinceEpoch: endNanos))
+}
+
+/// What a span gathered on the host's side, applied to the OTel span before it ends:
+/// `{"name": S, "attributes": A, "status": [CODE, MESSAGE?], "events": [[NAME, NANOS, A]…], "links": [[TRACEPARENT, A]…]}`,
+/// where `A` is `{KEY: [TYPE, VALUE]}` and `TYPE` one of `i` (an integer as text), `d` (a double as text), `b`, `s`,
+/// and `I`, `D`, `B`, `S` for arrays of them. `CODE` is 0 for ok and 1 for error.
+enum SpanDetails {
+    static func apply(_ details: JSONValue, to span: any Span) {
+        if let name = details["name"]?.stringValue { span.operationName = name }
+        if let attributes = details["attributes"] { span.attributes = Self.attributes(attributes) }
+        if let status = details["status"]?.arrayValue, let code = status.first?.intValue {
+            span.setStatus(SpanStatus(code: code == 0 ? .ok : .error, message: status.dropFirst().first?.stringValue))
+        }
+        for event in details["events"]?.arrayValue ?? [] {
+            guard let fields = event.arrayValue, fields.count == 3, let name = fields[0].stringValue,
+                let at = fields[1].stringValue.flatMap({ UInt64($0) })
+            else { continue }
+            span.addEvent(SpanEvent(name: name, at: Nanoseconds(nanosecondsSinceEpoch: at), attributes: Self.attributes(fields[2])))
+        }
+        for link in details["links"]?.arrayValue ?? [] {
+            guard let fields = link.arrayValue, fields.count == 2, let parent = fields[0].stringValue,
+                let instrument = exporter.withLock({ $0?.instrument })
+            else { continue }
+            var context = InstrumentationContext.topLevel
+            instrument.extract(["traceparent": parent], into: &context, using: DictionaryExtractor())
+            span.addLink(SpanLink(context: context, attributes: Self.attributes(fields[1])))
+        }
+    }
+
+    static func attributes(_ value: JSONValue) -> SpanAttributes {
+        var attributes = SpanAttributes()
+        for (key, entry) in value.objectValue ?? [:] {
+            guard let pair = entry.arrayValue, pair.count == 2, let type = pair[0].stringValue else { continue }
+            let item = pair[1]
+            let list = item.arrayValue ?? []
+            let attribute: SpanAttribute? =
+                switch type {
+                case "i": item.stringValue.flatMap { Int64($0) }.map { .int64($0) }
+                case "d": item.stringValue.flatMap { Double($0) }.map { .double($0) }
+                case "b": item.boolValue.map { .bool($0) }
+                case "s": item.stringValue.map { .string($0) }
+                case "I": .int64Array(list.compactMap { $0.stringValue.flatMap { Int64($0) } })
+                case "D": .doubleArray(list.compactMap { $0.stringValue.flatMap { Double($0) } })
+                case "B": .boolArray(list.compactMap { $0.boolValue })
+                case "S": .stringArray(list.compactMap { $0.stringValue })
+                default: nil
+                }
+            if let attribute { attributes[key] = attribute }
+        }
+        return attributes
+    }
+}
+
+private final class SpanBox {
+    let span: any Span
+    init(_ span: any Span) { self.span = span }
+}
+
+/// A time given in nanoseconds since the Unix epoch.
+private struct Nanoseconds: TracerInstant {
+    let nanosecondsSinceEpoch: UInt64
+    static func < (lhs: Self, rhs: Self) -> Bool { lhs.nanosecondsSinceEpoch < rhs.nanosecondsSinceEpoch }
+}
+
+/// The host's completion callback (a C function: it captures nothing).
+private struct DoneCallback: @unchecked Sendable {
+    let call: NeutrinoOTLPDone
+}
+
+/// A pointer the host gave, passed back to it unchanged (never dereferenced here).
+private struct UncheckedPointer: @unchecked Sendable {
+    let pointer: UnsafeMutableRawPointer?
+    init(_ pointer: UnsafeMutableRawPointer?) { self.pointer = pointer }
+}
+
+/// swift-otel's diagnostics, handed to the host's logger.
+private struct ForwardingLogHandler: LogHandler {
+    let callback: NeutrinoOTLPLog
+    let context: UncheckedPointer
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .trace
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        var text = "\(event.message)"
+        let all = metadata.merging(event.metadata ?? [:]) { $1 }
+        for (key, value) in all.sorted(by: { $0.key < $1.key }) { text += " \(key)=\(value)" }
+        let level = Int32(Logger.Level.allCases.firstIndex(of: event.level) ?? 0)
+        text.withCString { callback(level, $0, context.pointer) }
+    }
+}
+
+private struct DictionaryInjector: Injector {
+    func inject(_ value: String, forKey key: String, into carrier: inout [String: String]) { carrier[key] = value }
+}
+
+private struct DictionaryExtractor: Extractor {
+    func extract(key: String, from carrier: [String: String]) -> String? { carrier[key] }
+}
