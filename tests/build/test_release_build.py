@@ -6,6 +6,8 @@
    are named `<file>.swift.o;<symbol>`, which `-static-func-full-module-prefix=false` makes the compiler look up).
 3. `make build-release` passes it with the same naming flag, and leaves it out with PGO=0 or an unreadable profile
    (a toolchain whose LLVM is older than the profile's then builds as before, rather than failing).
+4. With the profile, the link orders functions by it (lld's --symbol-ordering-file, made from the profile's counts
+   by the same recipe), and without it links as before.
 """
 from __future__ import annotations
 
@@ -72,6 +74,26 @@ def test_release_build_uses_the_profile() -> None:
     assert f"-ir-profile-use={PROFILE}" in line
     assert "-Xswiftc -Xllvm -Xswiftc -static-func-full-module-prefix=false" in line
     assert "-no-pgo-warn-mismatch" in line
+
+
+def test_release_link_orders_functions_by_the_profile(tmp_path: Path) -> None:
+    swift = shutil.which("swift")
+    if llvm_profdata() is None or swift is None or not (Path(os.path.realpath(swift)).parent / "ld.lld").exists():
+        pytest.skip("no llvm-profdata or no lld beside swift: the release build links without an order")
+    line = dry_run("PGO=1")
+    assert "-Xswiftc -use-ld=lld" in line and "--symbol-ordering-file=" in line, line
+    # The recipe that makes the order file, run here into a file of the test's own: the profile's functions, one name
+    # per line, hottest first, the file-private ones without their object's name.
+    out = subprocess.run(["make", "--no-print-directory", "-n", "build-release", "PGO=1"], cwd=REPO, capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    recipe = next(line for line in out.splitlines() if "--all-functions --counts" in line)
+    order = tmp_path / "order.txt"
+    subprocess.run(["bash", "-c", recipe.replace(".build/release-order.txt", str(order))], cwd=REPO, timeout=120, check=True)
+    names = order.read_text().split()
+    assert len(names) > 1000 and len(names) == len(set(names))
+    assert not [n for n in names if ";" in n or "/" in n]
+    assert any("NeutrinoGateway" in n for n in names[:2000])
+    assert "symbol-ordering" not in dry_run("PGO=0")
 
 
 def test_release_build_without_the_profile(tmp_path: Path) -> None:
