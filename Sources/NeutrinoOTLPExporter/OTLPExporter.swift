@@ -113,7 +113,7 @@ public func neutrinoOTLPSpanStart(
         case 4: .consumer
         default: .internal
         }
-    let span = current.tracer.startAnySpan(
+    let span: any Span = current.tracer.startSpan(
         String(cString: name), context: context, ofKind: spanKind, at: Nanoseconds(nanosecondsSinceEpoch: startNanos),
         function: #function, file: #fileID, line: #line)
     var carrier: [String: String] = [:]
