@@ -1,5 +1,4 @@
 import FoundationEssentials
-import Glibc
 import NeutrinoCore
 
 /// Everything `neutrino-gateway` is told on its command line.

@@ -1,5 +1,4 @@
 import FoundationEssentials
-import Glibc
 import NeutrinoCore
 import NeutrinoHTTP
 import Synchronization

@@ -1,5 +1,4 @@
 import FoundationEssentials
-import Glibc
 
 /// Who may call the gateway: API keys, the names it answers to, the origins it shares its API with, the token of
 /// `/metrics`, the default per-key rate (`--api-keys`, `--insecure-no-auth`, `--allowed-host`, `--cors-origin`,
