@@ -94,7 +94,7 @@ let package = Package(
         .target(
             name: "NeutrinoOTLPExporter",
             dependencies: [
-                "NeutrinoCore",
+                "NeutrinoCore", "NeutrinoTracing",
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
                 .product(name: "OTel", package: "swift-otel"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -1,6 +1,7 @@
 import Glibc
 import Logging
 import NeutrinoCore
+import NeutrinoTracing
 import OTel
 import ServiceLifecycle
 import Synchronization
@@ -16,11 +17,6 @@ import Tracing
 // crosses the boundary: names, W3C `traceparent` strings, nanoseconds and a span's details as JSON. Every function is
 // safe to call from any thread.
 
-/// A log line for the host's logger: level (swift-log's `Logger.Level` order, trace = 0), text, context.
-public typealias NeutrinoOTLPLog = @convention(c) (Int32, UnsafePointer<CChar>, UnsafeMutableRawPointer?) -> Void
-/// Called once the exporter's service has stopped (after a shutdown has flushed the spans), with the context given.
-public typealias NeutrinoOTLPDone = @convention(c) (UnsafeMutableRawPointer?) -> Void
-
 private struct Exporter: Sendable {
     let group: ServiceGroup
     let tracer: any Tracer
@@ -34,7 +30,7 @@ private let exporter = Mutex<Exporter?>(nil)
 /// `error` (to be released with `free`). Once per process.
 @_cdecl("neutrino_otlp_start")
 public func neutrinoOTLPStart(
-    _ configuration: UnsafePointer<CChar>, _ log: NeutrinoOTLPLog, _ logContext: UnsafeMutableRawPointer?,
+    _ configuration: UnsafePointer<CChar>, _ log: OTLPWire.Log, _ logContext: UnsafeMutableRawPointer?,
     _ error: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>
 ) -> Int32 {
     func fail(_ message: String) -> Int32 {
@@ -71,7 +67,7 @@ public func neutrinoOTLPStart(
 
 /// Runs the exporter (batching and sending spans) until `neutrino_otlp_shutdown`, then calls `done(context)`.
 @_cdecl("neutrino_otlp_run")
-public func neutrinoOTLPRun(_ done: NeutrinoOTLPDone, _ context: UnsafeMutableRawPointer?) {
+public func neutrinoOTLPRun(_ done: OTLPWire.Done, _ context: UnsafeMutableRawPointer?) {
     let box = UncheckedPointer(context)
     let callback = DoneCallback(call: done)
     guard let group = exporter.withLock({ $0?.group }) else {
@@ -105,16 +101,8 @@ public func neutrinoOTLPSpanStart(
     if let parent {
         current.instrument.extract(["traceparent": String(cString: parent)], into: &context, using: DictionaryExtractor())
     }
-    let spanKind: SpanKind =
-        switch kind {
-        case 1: .server
-        case 2: .client
-        case 3: .producer
-        case 4: .consumer
-        default: .internal
-        }
     let span: any Span = current.tracer.startSpan(
-        String(cString: name), context: context, ofKind: spanKind, at: Nanoseconds(nanosecondsSinceEpoch: startNanos),
+        String(cString: name), context: context, ofKind: OTLPWire.kind(code: kind), at: EpochInstant(nanosecondsSinceEpoch: startNanos),
         function: #function, file: #fileID, line: #line)
     var carrier: [String: String] = [:]
     current.instrument.inject(span.context, into: &carrier, using: DictionaryInjector())
@@ -132,17 +120,16 @@ public func neutrinoOTLPSpanEnd(_ span: UnsafeMutableRawPointer, _ details: Unsa
     if let details, let parsed = try? JSONParser.parse(Array(String(cString: details).utf8)) {
         SpanDetails.apply(parsed, to: span)
     }
-    span.end(at: Nanoseconds(nanosecondsSinceEpoch: endNanos))
+    span.end(at: EpochInstant(nanosecondsSinceEpoch: endNanos))
 }
 
 /// What a span gathered on the host's side, applied to the OTel span before it ends:
 /// `{"name": S, "attributes": A, "status": [CODE, MESSAGE?], "events": [[NAME, NANOS, A]…], "links": [[TRACEPARENT, A]…]}`,
-/// where `A` is `{KEY: [TYPE, VALUE]}` and `TYPE` one of `i` (an integer as text), `d` (a double as text), `b`, `s`,
-/// and `I`, `D`, `B`, `S` for arrays of them. `CODE` is 0 for ok and 1 for error.
+/// where `A` is a span's attributes as `OTLPWire` writes them. `CODE` is 0 for ok and 1 for error.
 enum SpanDetails {
     static func apply(_ details: JSONValue, to span: any Span) {
         if let name = details["name"]?.stringValue { span.operationName = name }
-        if let attributes = details["attributes"] { span.attributes = Self.attributes(attributes) }
+        if let attributes = details["attributes"] { span.attributes = OTLPWire.attributes(attributes) }
         if let status = details["status"]?.arrayValue, let code = status.first?.intValue {
             span.setStatus(SpanStatus(code: code == 0 ? .ok : .error, message: status.dropFirst().first?.stringValue))
         }
@@ -150,7 +137,7 @@ enum SpanDetails {
             guard let fields = event.arrayValue, fields.count == 3, let name = fields[0].stringValue,
                 let at = fields[1].stringValue.flatMap({ UInt64($0) })
             else { continue }
-            span.addEvent(SpanEvent(name: name, at: Nanoseconds(nanosecondsSinceEpoch: at), attributes: Self.attributes(fields[2])))
+            span.addEvent(SpanEvent(name: name, at: EpochInstant(nanosecondsSinceEpoch: at), attributes: OTLPWire.attributes(fields[2])))
         }
         for link in details["links"]?.arrayValue ?? [] {
             guard let fields = link.arrayValue, fields.count == 2, let parent = fields[0].stringValue,
@@ -158,31 +145,8 @@ enum SpanDetails {
             else { continue }
             var context = InstrumentationContext.topLevel
             instrument.extract(["traceparent": parent], into: &context, using: DictionaryExtractor())
-            span.addLink(SpanLink(context: context, attributes: Self.attributes(fields[1])))
+            span.addLink(SpanLink(context: context, attributes: OTLPWire.attributes(fields[1])))
         }
-    }
-
-    static func attributes(_ value: JSONValue) -> SpanAttributes {
-        var attributes = SpanAttributes()
-        for (key, entry) in value.objectValue ?? [:] {
-            guard let pair = entry.arrayValue, pair.count == 2, let type = pair[0].stringValue else { continue }
-            let item = pair[1]
-            let list = item.arrayValue ?? []
-            let attribute: SpanAttribute? =
-                switch type {
-                case "i": item.stringValue.flatMap { Int64($0) }.map { .int64($0) }
-                case "d": item.stringValue.flatMap { Double($0) }.map { .double($0) }
-                case "b": item.boolValue.map { .bool($0) }
-                case "s": item.stringValue.map { .string($0) }
-                case "I": .int64Array(list.compactMap { $0.stringValue.flatMap { Int64($0) } })
-                case "D": .doubleArray(list.compactMap { $0.stringValue.flatMap { Double($0) } })
-                case "B": .boolArray(list.compactMap { $0.boolValue })
-                case "S": .stringArray(list.compactMap { $0.stringValue })
-                default: nil
-                }
-            if let attribute { attributes[key] = attribute }
-        }
-        return attributes
     }
 }
 
@@ -191,15 +155,9 @@ private final class SpanBox {
     init(_ span: any Span) { self.span = span }
 }
 
-/// A time given in nanoseconds since the Unix epoch.
-private struct Nanoseconds: TracerInstant {
-    let nanosecondsSinceEpoch: UInt64
-    static func < (lhs: Self, rhs: Self) -> Bool { lhs.nanosecondsSinceEpoch < rhs.nanosecondsSinceEpoch }
-}
-
 /// The host's completion callback (a C function: it captures nothing).
 private struct DoneCallback: @unchecked Sendable {
-    let call: NeutrinoOTLPDone
+    let call: OTLPWire.Done
 }
 
 /// A pointer the host gave, passed back to it unchanged (never dereferenced here).
@@ -210,7 +168,7 @@ private struct UncheckedPointer: @unchecked Sendable {
 
 /// swift-otel's diagnostics, handed to the host's logger.
 private struct ForwardingLogHandler: LogHandler {
-    let callback: NeutrinoOTLPLog
+    let callback: OTLPWire.Log
     let context: UncheckedPointer
     var metadata: Logger.Metadata = [:]
     var logLevel: Logger.Level = .trace
@@ -227,12 +185,4 @@ private struct ForwardingLogHandler: LogHandler {
         let level = Int32(Logger.Level.allCases.firstIndex(of: event.level) ?? 0)
         text.withCString { callback(level, $0, context.pointer) }
     }
-}
-
-private struct DictionaryInjector: Injector {
-    func inject(_ value: String, forKey key: String, into carrier: inout [String: String]) { carrier[key] = value }
-}
-
-private struct DictionaryExtractor: Extractor {
-    func extract(key: String, from carrier: [String: String]) -> String? { carrier[key] }
 }

@@ -11,8 +11,8 @@ import ServiceLifecycle
 ///
 /// `@unchecked Sendable`: C function pointers, which capture nothing and may be called from any thread.
 struct OTLPPlugin: @unchecked Sendable {
-    typealias Log = @convention(c) (Int32, UnsafePointer<CChar>, UnsafeMutableRawPointer?) -> Void
-    typealias Done = @convention(c) (UnsafeMutableRawPointer?) -> Void
+    typealias Log = OTLPWire.Log
+    typealias Done = OTLPWire.Done
     typealias Start =
         @convention(c) (
             UnsafePointer<CChar>, Log, UnsafeMutableRawPointer?, UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>

@@ -21,14 +21,7 @@ final class PluginTracer: Tracer {
         let parent = context.spanIdentity?.traceParent.value
         var traceParent = [CChar](repeating: 0, count: 64)
         var recording: Int32 = 0
-        let kindCode: Int32 =
-            switch kind {
-            case .server: 1
-            case .client: 2
-            case .producer: 3
-            case .consumer: 4
-            default: 0
-            }
+        let kindCode = OTLPWire.code(kind)
         let handle = operationName.withCString { name in
             if let parent {
                 parent.withCString { plugin.spanStart(name, kindCode, $0, instant().nanosecondsSinceEpoch, &traceParent, &recording) }
@@ -156,7 +149,7 @@ final class PluginSpan: Span {
         w.key("name")
         w.string(s.name)
         w.key("attributes")
-        write(s.attributes, to: &w)
+        OTLPWire.write(s.attributes, to: &w)
         if let status = s.status {
             w.key("status")
             w.beginArray()
@@ -177,78 +170,13 @@ final class PluginSpan: Span {
         list("events", s.events) { event, w in
             w.string(event.name)
             w.string(String(event.nanosecondsSinceEpoch))
-            write(event.attributes, to: &w)
+            OTLPWire.write(event.attributes, to: &w)
         }
         list("links", s.links) { link, w in
             w.string(link.traceParent)
-            write(link.attributes, to: &w)
+            OTLPWire.write(link.attributes, to: &w)
         }
         w.endObject()
         return w.text
-    }
-
-    /// `{KEY: [TYPE, VALUE]}`: numbers as text (exact for every Int64, and for Double's infinities and NaN).
-    private static func write(_ attributes: SpanAttributes, to w: inout JSONWriter) {
-        func pair(_ type: String, _ value: (inout JSONWriter) -> Void) {
-            w.beginArray()
-            w.string(type)
-            value(&w)
-            w.endArray()
-        }
-        func strings(_ type: String, _ values: [String]) {
-            pair(type) { w in
-                w.beginArray()
-                for value in values { w.string(value) }
-                w.endArray()
-            }
-        }
-        w.beginObject()
-        attributes.forEach { key, attribute in
-            switch attribute {
-            case .int32(let v):
-                w.key(key)
-                pair("i") { $0.string(String(v)) }
-            case .int64(let v):
-                w.key(key)
-                pair("i") { $0.string(String(v)) }
-            case .double(let v):
-                w.key(key)
-                pair("d") { $0.string(String(v)) }
-            case .bool(let v):
-                w.key(key)
-                pair("b") { $0.bool(v) }
-            case .string(let v):
-                w.key(key)
-                pair("s") { $0.string(v) }
-            case .stringConvertible(let v):
-                w.key(key)
-                pair("s") { $0.string(v.description) }
-            case .int32Array(let v):
-                w.key(key)
-                strings("I", v.map { String($0) })
-            case .int64Array(let v):
-                w.key(key)
-                strings("I", v.map { String($0) })
-            case .doubleArray(let v):
-                w.key(key)
-                strings("D", v.map { String($0) })
-            case .boolArray(let v):
-                w.key(key)
-                pair("B") { w in
-                    w.beginArray()
-                    for value in v { w.bool(value) }
-                    w.endArray()
-                }
-            case .stringArray(let v):
-                w.key(key)
-                strings("S", v)
-            case .stringConvertibleArray(let v):
-                w.key(key)
-                strings("S", v.map(\.description))
-            default:
-                break
-            }
-        }
-        w.endObject()
     }
 }

@@ -98,6 +98,28 @@ struct NeutrinoTracingTests {
         #expect(other.spanIdentity == nil)
     }
 
+    /// What the executables write for the exporter library is what it reads back: every attribute type, exact numbers,
+    /// and each span kind's code.
+    @Test func spanAttributesAndKindsRoundTripTheWire() throws {
+        var attributes = SpanAttributes()
+        attributes["i"] = Int64.max
+        attributes["d"] = Double.infinity
+        attributes["b"] = true
+        attributes["s"] = "naïve \"quoted\""
+        attributes["I"] = SpanAttribute.int64Array([1, -2])
+        attributes["D"] = SpanAttribute.doubleArray([0.5])
+        attributes["B"] = SpanAttribute.boolArray([false, true])
+        attributes["S"] = SpanAttribute.stringArray(["a", "b"])
+        var w = JSONWriter()
+        OTLPWire.write(attributes, to: &w)
+        let back = OTLPWire.attributes(try JSONParser.parse(w.bytes))
+        #expect(back == attributes)
+        for kind in [SpanKind.internal, .server, .client, .producer, .consumer] {
+            #expect(OTLPWire.kind(code: OTLPWire.code(kind)) == kind)
+        }
+        #expect(OTLPWire.kind(code: 99) == .internal)
+    }
+
     @Test func epochInstantOrdersByNanoseconds() {
         let a = EpochInstant(nanosecondsSinceEpoch: 1_000)
         let b = EpochInstant(nanosecondsSinceEpoch: 2_000)
