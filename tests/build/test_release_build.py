@@ -8,10 +8,12 @@
    (a toolchain whose LLVM is older than the profile's then builds as before, rather than failing).
 4. With the profile, the link orders functions by it (lld's --symbol-ordering-file, made from the profile's counts
    by the same recipe), and without it links as before.
+5. That lld link packs the relative relocations (DT_RELR) when the C library can load them (glibc 2.36 or newer).
 """
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import subprocess
 from pathlib import Path
@@ -102,3 +104,20 @@ def test_release_build_without_the_profile(tmp_path: Path) -> None:
     unreadable = tmp_path / "unreadable.profdata"
     unreadable.write_bytes(b"not a profile")
     assert "profile" not in dry_run(f"PGO_PROFILE={unreadable}")
+
+
+def glibc_loads_relr() -> bool:
+    name, version = platform.libc_ver()
+    return name == "glibc" and tuple(int(p) for p in version.split(".")[:2]) >= (2, 36)
+
+
+def test_release_link_packs_relative_relocations() -> None:
+    swift = shutil.which("swift")
+    if llvm_profdata() is None or swift is None or not (Path(os.path.realpath(swift)).parent / "ld.lld").exists():
+        pytest.skip("no llvm-profdata or no lld beside swift: the release build links with the default linker")
+    line = dry_run("PGO=1")
+    if glibc_loads_relr():
+        assert "-Xlinker -z -Xlinker pack-relative-relocs" in line, line
+    else:
+        assert "pack-relative-relocs" not in line, line
+    assert "pack-relative-relocs" not in dry_run("PGO=0")
