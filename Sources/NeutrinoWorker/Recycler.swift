@@ -74,8 +74,20 @@ final class Recycler: Sendable {
         state.withLock { $0.action = action }
     }
 
+    /// Printed on stdout once, when the first task this process ran reaches its outcome. Its supervisor (`neutrino
+    /// up`) then knows the worker can serve: a later crash is a task's doing (say one that calls `os._exit`), and the
+    /// worker is restarted at once instead of backing off as a worker that cannot start or serve would be.
+    static let servedLine = "served its first task"
+    private let servedOne = Atomic<Bool>(false)
+
     /// Called after each task this worker ran reached its outcome.
     func taskFinished() {
+        if !servedOne.load(ordering: .relaxed),
+            servedOne.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged
+        {
+            print(Self.servedLine)
+            fflush(nil)  // flushes every output stream, stdout included
+        }
         guard isEnabled else { return }
         let count = finished.add(1, ordering: .relaxed).newValue
         if maxTasks > 0 && count >= maxTasks {

@@ -62,6 +62,17 @@ def test_backoff_resets_after_thirty_seconds_up() -> None:
     assert plan_restart(-9, uptime=0.1, crashes=0, backoff=backoff, ready=False) == (1, 1)  # never served: back off
 
 
+def test_a_worker_that_finished_a_task_restarts_at_once_however_often_it_crashes() -> None:
+    backoff = Backoff()
+    # It said it served (a task of its own finished), so the crash was a task's: no backoff, the count starts over.
+    assert plan_restart(-9, uptime=0.4, crashes=5, backoff=backoff, served=True) == (0, 1)
+    assert plan_restart(1, uptime=0.4, crashes=1, backoff=backoff, served=True) == (0, 1)
+    # One that never finished a task still backs off, as does one that never became ready.
+    assert plan_restart(1, uptime=0.4, crashes=1, backoff=backoff, served=False) == (1, 2)
+    assert plan_restart(1, uptime=0.4, crashes=1, backoff=backoff, ready=False, served=True) == (2, 2)
+    assert plan_restart(1, uptime=0.4, crashes=0, backoff=Backoff(immediate_first=False), served=True) == (1, 1)
+
+
 def test_exit_0_and_75_restart_at_once_unless_before_ready() -> None:
     backoff = Backoff()
     assert plan_restart(0, uptime=3, crashes=2, backoff=backoff) == (0, 2)
@@ -91,7 +102,7 @@ def test_startup_error_report() -> None:
 # -- the Supervisor with stand-in workers --------------------------------------------------------------
 
 # A stand-in worker: appends {"restarts", "pid", "at"} to LOG, then acts out PLAN[restarts] = [ready, up_for, status]
-# (up_for None: run until SIGTERM, then exit 0).
+# or [ready, up_for, status, served] (up_for None: run until SIGTERM, then exit 0; served: says it finished a task).
 WORKER = r"""
 import json, os, signal, sys, time
 log, plan = sys.argv[1], json.loads(sys.argv[2])
@@ -99,9 +110,13 @@ restarts = int(os.environ.get("NEUTRINO_WORKER_RESTARTS", "-1"))
 with open(log, "a") as f:
     f.write(json.dumps({"restarts": restarts, "pid": os.getpid(), "at": time.monotonic()}) + "\n")
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-ready, up_for, status = plan[min(max(restarts, 0), len(plan) - 1)]
+ready, up_for, status, *served = plan[min(max(restarts, 0), len(plan) - 1)]
 if ready:
     print("listening on http://127.0.0.1:1", flush=True)
+if served and served[0]:
+    print("some output of its own", flush=True)
+    print("served its first task", flush=True)
+    time.sleep(0.1)  # the relay reads the line before the exit is seen
 if up_for is None:
     while True:
         time.sleep(0.05)
@@ -182,6 +197,19 @@ def test_backoff_grows_then_resets_after_staying_up(tmp_path: Path) -> None:
     assert [r["restarts"] for r in records] == [0, 1, 2, 3, 4, 5]
     for before, after, delay in zip(records, records[1:], expected):
         assert after["at"] - before["at"] >= float(delay) * 0.9  # each restart waited its delay
+
+
+def test_crashes_after_serving_restart_at_once(tmp_path: Path) -> None:
+    log = tmp_path / "starts.jsonl"
+    # Four crashes in a row, each after the worker finished a task (a poison task calling os._exit, say), then one
+    # that crashes before finishing any: only that one waits out the backoff.
+    served_crash = [True, 0, 1, True]
+    plan = [served_crash, served_crash, served_crash, served_crash, [True, 0, 1], [True, None, 0]]
+    with Running(Backoff(first=0.5)) as run:
+        spawn_worker(run.supervisor, log, plan)
+        wait_for(lambda: len(starts(log)) == 6, what="the 5th restart")
+    delays = re.findall(r"w-1 exited with status 1 after [\d.]+ s; restart \d (now|in [\d.]+ s)", run.text)
+    assert delays == ["now", "now", "now", "now", "in 0.5 s"], run.text
 
 
 def test_exit_0_and_75_restart_at_once(tmp_path: Path) -> None:

@@ -75,8 +75,9 @@ def up(loaded: LoadedApp, options: UpOptions, error: Callable[[str], None] = _pr
     ``--http-pool`` list.
 
     A worker that exits without being asked to is restarted in its slot (same name and worker id; an HTTP worker
-    on the same port): at once after exit status 0 or 75, else with a backoff of 1 s doubling to 30 s. A worker
-    that fails before it is ready during start-up is not restarted: start-up stops and ``error`` shows its output.
+    on the same port): at once after exit status 0 or 75, and after a crash once it had finished a task (a poison
+    task's doing); else with a backoff of 1 s doubling to 30 s (:mod:`neutrino.local.restarts`). A worker that fails
+    before it is ready during start-up is not restarted: start-up stops and ``error`` shows its output.
 
     Stop with Ctrl-C (or SIGTERM): the workers and the gateway get SIGTERM (SIGKILL after 10 s), then
     nats-server; the stack also stops when the gateway or nats-server exits. Returns the exit status: 0 after a
