@@ -215,6 +215,13 @@ where Context.Source == ApplicationRequestContextSource {
 /// asked for port 0 learns the real one.
 public func announceListening(_ channel: any Channel, host: String) {
     let port = channel.localAddress?.port ?? 0
-    print("listening on http://\(host):\(port)")
+    printForSupervisor("listening on http://\(host):\(port)")
+}
+
+/// Prints `line` on stdout and flushes it at once: the lines a supervisor (`neutrino up`, a test) waits for in a
+/// process's output (`listening on …`, `consuming … from …`, `served its first task`), which must not sit in a buffer
+/// while the process runs on.
+public func printForSupervisor(_ line: String) {
+    print(line)
     fflush(nil)  // flushes every output stream, stdout included
 }

@@ -2,6 +2,7 @@ import FoundationEssentials
 import Glibc
 import Logging
 import NeutrinoCore
+import NeutrinoHTTP
 import NeutrinoPython
 import NeutrinoThreads
 import Synchronization
@@ -85,8 +86,7 @@ final class Recycler: Sendable {
         if !servedOne.load(ordering: .relaxed),
             servedOne.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged
         {
-            print(Self.servedLine)
-            fflush(nil)  // flushes every output stream, stdout included
+            printForSupervisor(Self.servedLine)
         }
         guard isEnabled else { return }
         let count = finished.add(1, ordering: .relaxed).newValue

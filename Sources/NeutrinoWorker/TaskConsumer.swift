@@ -1,7 +1,7 @@
 import FoundationEssentials
-import Glibc
 import Logging
 import NeutrinoCore
+import NeutrinoHTTP
 import NeutrinoNATS
 import ServiceLifecycle
 import Synchronization
@@ -28,8 +28,8 @@ struct TaskConsumer: Service {
         await withGracefulShutdownHandler {
             guard let subscription = await subscribe() else { return }
             defer { subscription.close() }
-            print("consuming \(QueueLayout.consumer(pool: worker.configuration.pool)) from \(NATSServers.redacted(natsURL))")
-            fflush(nil)
+            printForSupervisor(
+                "consuming \(QueueLayout.consumer(pool: worker.configuration.pool)) from \(NATSServers.redacted(natsURL))")
             await consume(subscription, drainSignal: drainSignal)
         } onGracefulShutdown: {
             worker.beginDrain()

@@ -102,8 +102,8 @@ def up(tmp_path):
         pytest.skip("nats-server is not installed (Debian package nats-server)")
     started: list[Up] = []
 
-    def start(*extra: str) -> Up:
-        argv = [str(QUEUE_APP), "--bin-dir", str(BIN_DIR), "--state-dir", str(tmp_path / "state"),
+    def start(*extra: str, app: Path = QUEUE_APP) -> Up:
+        argv = [str(app), "--bin-dir", str(BIN_DIR), "--state-dir", str(tmp_path / "state"),
                 "--host", "127.0.0.1", "--port", str(_free_port()), "--nats-port", str(_free_port()), *extra]
         u = Up(argv, tmp_path / "neutrino-up.log")
         started.append(u)

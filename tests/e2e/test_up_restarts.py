@@ -7,30 +7,22 @@ must not push the pool into a backoff of up to 30 s. A worker that crashes befor
 (it may not be able to serve at all)."""
 from __future__ import annotations
 
-import os
 import re
 
 import pytest
 
-from conftest import BIN_DIR, NATS_SERVER_BIN, REPO_ROOT, post_task, wait_for
-from test_autoscaler import Up, _free_port
+from conftest import REPO_ROOT, post_task, wait_for
+from test_autoscaler import Up, up  # noqa: F401  (the fixture: `neutrino up` as a subprocess)
 
 POISON_APP = REPO_ROOT / "tests" / "e2e" / "apps" / "poison_app.py"
 RESTART = r"fast-1 exited with status 9 after [\d.]+ s; restart {n} (now|in [\d.]+ s)"
 
 
 @pytest.fixture
-def up_poison(tmp_path):
-    if not (os.path.isfile(NATS_SERVER_BIN) and os.access(NATS_SERVER_BIN, os.X_OK)):
-        pytest.skip("nats-server is not installed (Debian package nats-server)")
-    u = Up([str(POISON_APP), "--bin-dir", str(BIN_DIR), "--state-dir", str(tmp_path / "state"), "--host", "127.0.0.1",
-            "--port", str(_free_port()), "--nats-port", str(_free_port()), "--fast-workers", "1",
-            "--concurrency", "2"], tmp_path / "neutrino-up.log")
-    try:
-        u.wait_line(r"Press Ctrl-C to stop\.", timeout=240)
-        yield u, re.search(r"gateway\s+(http://127\.0\.0\.1:\d+)", u.text).group(1)
-    finally:
-        u.stop()
+def up_poison(up):
+    u = up("--fast-workers", "1", "--concurrency", "2", app=POISON_APP)
+    u.wait_line(r"Press Ctrl-C to stop\.", timeout=240)
+    return u, re.search(r"gateway\s+(http://127\.0\.0\.1:\d+)", u.text).group(1)
 
 
 def _served(u: Up, gateway: str, times: int) -> None:
