@@ -156,7 +156,10 @@ let package = Package(
         .testTarget(name: "NeutrinoThreadsTests", dependencies: ["NeutrinoThreads"], swiftSettings: swiftSettings),
         .testTarget(
             name: "NeutrinoTracingTests",
-            dependencies: ["NeutrinoTracing", "NeutrinoCore", .product(name: "Tracing", package: "swift-distributed-tracing")],
+            dependencies: [
+                "NeutrinoTracing", "NeutrinoCore", .product(name: "Tracing", package: "swift-distributed-tracing"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: swiftSettings),
         .testTarget(
             name: "NeutrinoTaskLogTests", dependencies: ["NeutrinoTaskLog", "NeutrinoTestSupport"], swiftSettings: swiftSettings),

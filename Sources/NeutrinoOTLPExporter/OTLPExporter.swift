@@ -125,13 +125,13 @@ public func neutrinoOTLPSpanEnd(_ span: UnsafeMutableRawPointer, _ details: Unsa
 
 /// What a span gathered on the host's side, applied to the OTel span before it ends:
 /// `{"name": S, "attributes": A, "status": [CODE, MESSAGE?], "events": [[NAME, NANOS, A]…], "links": [[TRACEPARENT, A]…]}`,
-/// where `A` is a span's attributes as `OTLPWire` writes them. `CODE` is 0 for ok and 1 for error.
+/// where `A` is a span's attributes as `OTLPWire` writes them and `CODE` its status code (`OTLPWire.code(_:)`).
 enum SpanDetails {
     static func apply(_ details: JSONValue, to span: any Span) {
         if let name = details["name"]?.stringValue { span.operationName = name }
         if let attributes = details["attributes"] { span.attributes = OTLPWire.attributes(attributes) }
         if let status = details["status"]?.arrayValue, let code = status.first?.intValue {
-            span.setStatus(SpanStatus(code: code == 0 ? .ok : .error, message: status.dropFirst().first?.stringValue))
+            span.setStatus(SpanStatus(code: OTLPWire.status(code: code), message: status.dropFirst().first?.stringValue))
         }
         for event in details["events"]?.arrayValue ?? [] {
             guard let fields = event.arrayValue, fields.count == 3, let name = fields[0].stringValue,
@@ -182,7 +182,6 @@ private struct ForwardingLogHandler: LogHandler {
         var text = "\(event.message)"
         let all = metadata.merging(event.metadata ?? [:]) { $1 }
         for (key, value) in all.sorted(by: { $0.key < $1.key }) { text += " \(key)=\(value)" }
-        let level = Int32(Logger.Level.allCases.firstIndex(of: event.level) ?? 0)
-        text.withCString { callback(level, $0, context.pointer) }
+        text.withCString { callback(OTLPWire.code(event.level), $0, context.pointer) }
     }
 }

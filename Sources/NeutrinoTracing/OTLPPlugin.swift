@@ -125,9 +125,7 @@ private final class ContinuationBox {
 private let logLine: OTLPPlugin.Log = { level, text, context in
     guard let context else { return }
     let logger = Unmanaged<LoggerBox>.fromOpaque(context).takeUnretainedValue().logger
-    let levels = Logger.Level.allCases
-    let level = levels.indices.contains(Int(level)) ? levels[Int(level)] : .info
-    logger.log(level: level, "\(String(cString: text))")
+    logger.log(level: OTLPWire.level(code: level), "\(String(cString: text))")
 }
 
 private let resumeContinuation: OTLPPlugin.Done = { context in

@@ -1,9 +1,10 @@
+import Logging
 import NeutrinoCore
 import Tracing
 
 /// What crosses between the executables (`PluginTracer`, `OTLPPlugin`) and the exporter library
-/// (`NeutrinoOTLPExporter`), defined once for both sides: the C callback types, span kinds as numbers, and a span's
-/// attributes as JSON, `{KEY: [TYPE, VALUE]}` with `TYPE` one of `i` (an integer), `d` (a double), `b`, `s`, and `I`,
+/// (`NeutrinoOTLPExporter`), defined once for both sides: the C callback types, span kinds, log levels and span status
+/// codes as numbers, and a span's attributes as JSON, `{KEY: [TYPE, VALUE]}` with `TYPE` one of `i` (an integer), `d` (a double), `b`, `s`, and `I`,
 /// `D`, `B`, `S` for arrays of them; numbers travel as text (exact for every Int64, and for infinities and NaN).
 public enum OTLPWire {
     /// A log line for the executable's logger: level (swift-log's `Logger.Level` order, trace = 0), text, context.
@@ -16,6 +17,19 @@ public enum OTLPWire {
     public static func code(_ kind: SpanKind) -> Int32 { Int32(kinds.firstIndex(of: kind) ?? 0) }
 
     public static func kind(code: Int32) -> SpanKind { kinds.indices.contains(Int(code)) ? kinds[Int(code)] : .internal }
+
+    /// A log level as `Log` carries it: its place in swift-log's order (trace = 0).
+    public static func code(_ level: Logger.Level) -> Int32 { Int32(Logger.Level.allCases.firstIndex(of: level) ?? 0) }
+
+    public static func level(code: Int32) -> Logger.Level {
+        let levels = Logger.Level.allCases
+        return levels.indices.contains(Int(code)) ? levels[Int(code)] : .info
+    }
+
+    /// A span status code as the span's details carry it: 0 ok, 1 error.
+    public static func code(_ status: SpanStatus.Code) -> Int { status == .ok ? 0 : 1 }
+
+    public static func status(code: Int) -> SpanStatus.Code { code == 0 ? .ok : .error }
 
     public static func write(_ attributes: SpanAttributes, to w: inout JSONWriter) {
         w.beginObject()

@@ -153,7 +153,7 @@ final class PluginSpan: Span {
         if let status = s.status {
             w.key("status")
             w.beginArray()
-            w.int(status.code == .ok ? 0 : 1)
+            w.int(OTLPWire.code(status.code))
             w.stringOrNull(status.message)
             w.endArray()
         }

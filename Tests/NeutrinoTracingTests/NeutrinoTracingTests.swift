@@ -1,3 +1,4 @@
+import Logging
 import NeutrinoCore
 import Testing
 import Tracing
@@ -118,6 +119,9 @@ struct NeutrinoTracingTests {
             #expect(OTLPWire.kind(code: OTLPWire.code(kind)) == kind)
         }
         #expect(OTLPWire.kind(code: 99) == .internal)
+        for level in Logger.Level.allCases { #expect(OTLPWire.level(code: OTLPWire.code(level)) == level) }
+        #expect(OTLPWire.level(code: -1) == .info)
+        for status in [SpanStatus.Code.ok, .error] { #expect(OTLPWire.status(code: OTLPWire.code(status)) == status) }
     }
 
     @Test func epochInstantOrdersByNanoseconds() {
