@@ -19,10 +19,13 @@ public enum EventStreamLayout {
     /// `events_<id>`: the durable consumer of the gateway (or gateway group) identified by `id`.
     public static func consumer(id: String) -> String { "events_\(token(id))" }
 
-    /// `<task_id>:<event>:<attempt>` for every event but `progress` (several per attempt, each to be kept): the
-    /// `Nats-Msg-Id` that makes a republish after a reconnect a duplicate.
-    public static func messageID(for event: TaskEvent) -> String? {
-        event.kind == .progress ? nil : "\(event.taskID):\(event.kind.rawValue):\(event.attempt)"
+    /// `<task_id>:<event>:<attempt>:<origin>` for every event but `progress` (several per attempt, each to be kept):
+    /// the `Nats-Msg-Id` that makes one process's republish (after a PubAck timeout or a reconnect) a duplicate.
+    /// The origin keeps two processes' reports of the same outcome apart: a sync call's `completed` is recorded by the
+    /// gateway that relayed it and, with what the task printed, by the worker that ran it; the stream must keep both
+    /// (applying them merges the facts), not whichever arrived first.
+    public static func messageID(for event: TaskEvent, origin: EventOrigin) -> String? {
+        event.kind == .progress ? nil : "\(event.taskID):\(event.kind.rawValue):\(event.attempt):\(origin.tag)"
     }
 
     /// `text` with every byte outside `[A-Za-z0-9_-]` replaced by `_` (`_` alone when empty).
@@ -33,5 +36,21 @@ public enum EventStreamLayout {
         }
         if text.utf8.allSatisfy(safe) { return text }
         return String(decoding: text.utf8.map { safe($0) ? $0 : 0x5F }, as: UTF8.self)
+    }
+}
+
+/// The process that publishes a task event: part of its `Nats-Msg-Id` (`EventStreamLayout.messageID`).
+public enum EventOrigin: Sendable, Equatable {
+    /// A gateway (`--gateway-id`): the events it records itself (`pending`, `queued`, relayed sync outcomes, cancels).
+    case gateway(String)
+    /// A worker (`--worker-id`).
+    case worker(String)
+
+    /// `g-<id>` or `w-<id>`, the id reduced to `[A-Za-z0-9_-]` (a header value never carries a delimiter).
+    public var tag: String {
+        switch self {
+        case .gateway(let id): "g-" + EventStreamLayout.token(id)
+        case .worker(let id): "w-" + EventStreamLayout.token(id)
+        }
     }
 }

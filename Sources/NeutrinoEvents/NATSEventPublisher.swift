@@ -8,8 +8,9 @@ import NeutrinoNATS
 /// - `record` appends to a bounded queue and returns (it never waits for NATS). A pump task publishes the queue
 ///   in windows with cnats's async publish, each event awaiting its PubAck. Events of one task keep their order
 ///   (they share one of `lanes` sequential lanes); lanes publish concurrently.
-/// - Every event but `progress` carries `Nats-Msg-Id: <task_id>:<event>:<attempt>`, so a republish (after a
-///   timeout, a reconnect, a worker retry) inside the 2 min duplicate window stores nothing new.
+/// - Every event but `progress` carries `Nats-Msg-Id: <task_id>:<event>:<attempt>:<origin>`, so this process's
+///   republish (after a timeout, a reconnect, a worker retry) inside the 2 min duplicate window stores nothing new,
+///   while another process's report of the same outcome is kept (see `EventStreamLayout.messageID`).
 /// - `flush` returns once every event recorded before it is acknowledged by the stream (the NATS worker acks a
 ///   task message only after that, for its terminal event).
 /// - NATS unreachable: events stay queued and are retried with exponential backoff until it is back; nothing is
@@ -47,12 +48,13 @@ public final class NATSEventPublisher: TaskEventSink {
     private let options: Options
 
     /// Starts publishing at once (the pump waits for events). `jetStream` must outlive the publisher's `close()`.
-    public init(jetStream: JetStream, logger: Logger, options: Options = Options()) {
+    /// `origin` names this process in every event's `Nats-Msg-Id`.
+    public init(jetStream: JetStream, origin: EventOrigin, logger: Logger, options: Options = Options()) {
         let queue = PublisherQueue(capacity: options.capacity)
         self.queue = queue
         self.logger = logger
         self.options = options
-        let pump = PublisherPump(js: jetStream, queue: queue, logger: logger, options: options)
+        let pump = PublisherPump(js: jetStream, queue: queue, origin: origin, logger: logger, options: options)
         self.pump = Task.detached { await pump.run() }
     }
 

@@ -7,6 +7,7 @@ import NeutrinoNATS
 struct PublisherPump: Sendable {
     let js: JetStream
     let queue: PublisherQueue
+    let origin: EventOrigin
     let logger: Logger
     let options: NATSEventPublisher.Options
 
@@ -99,6 +100,7 @@ struct PublisherPump: Sendable {
             lanes[lane, default: []].append(entry)
         }
         let js = self.js
+        let origin = self.origin
         let timeout = options.publishTimeout
         return await withTaskGroup(of: LaneResult.self) { group in
             for entries in lanes.values {
@@ -109,7 +111,7 @@ struct PublisherPump: Sendable {
                             let ack = try await js.publish(
                                 subject: EventStreamLayout.subject(pool: entry.event.pool),
                                 data: EventCodec.encode(entry.event),
-                                msgID: EventStreamLayout.messageID(for: entry.event),
+                                msgID: EventStreamLayout.messageID(for: entry.event, origin: origin),
                                 timeout: timeout)
                             result.published += 1
                             if ack.duplicate { result.duplicates += 1 }

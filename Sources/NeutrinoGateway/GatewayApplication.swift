@@ -72,7 +72,8 @@ public func buildGateway(
             guard let queue else { throw GatewayError(message: "--events-via-nats needs --nats") }
             // Workers' events arrive on NEUTRINO_EVENTS and are committed here; this gateway's own events are
             // committed at once and published for the other replicas (applying one twice is harmless).
-            taskLog = TeeSink(local: writer, published: NATSEventPublisher(jetStream: queue.js, logger: logger))
+            let published = NATSEventPublisher(jetStream: queue.js, origin: .gateway(configuration.gatewayID), logger: logger)
+            taskLog = TeeSink(local: writer, published: published)
             eventsConsumer = EventStreamConsumer(jetStream: queue.js, id: configuration.gatewayID, sink: writer, logger: logger)
         } else {
             taskLog = writer

@@ -52,7 +52,8 @@ public enum Worker {
         case .nats:
             guard let connection else { throw WorkerError(message: "--task-log nats needs --nats URL") }
             // The publisher provisions NEUTRINO_EVENTS itself and keeps events while NATS is not reachable yet.
-            taskLog = NATSEventPublisher(jetStream: try connection.jetStream(), logger: logger)
+            taskLog = NATSEventPublisher(
+                jetStream: try connection.jetStream(), origin: .worker(configuration.workerID), logger: logger)
         case .none: taskLog = nil
         }
         let recycler = Recycler(maxTasks: configuration.maxTasksPerWorker, maxRSSMB: configuration.maxRSSMB, logger: logger)

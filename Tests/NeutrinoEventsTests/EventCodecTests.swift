@@ -83,10 +83,12 @@ struct EventCodecTests {
         #expect(EventStreamLayout.subject(pool: "") == "neutrino.events._")
         #expect(EventStreamLayout.consumer(id: "gw.1") == "events_gw_1")
         let running = TaskEvent(taskID: "abc", kind: .timedOut, function: "f", pool: "p", mode: .gpu, attempt: 2)
-        #expect(EventStreamLayout.messageID(for: running) == "abc:timed_out:2")
+        #expect(EventStreamLayout.messageID(for: running, origin: .worker("w.1")) == "abc:timed_out:2:w-w_1")
+        #expect(EventStreamLayout.messageID(for: running, origin: .gateway("w.1")) == "abc:timed_out:2:g-w_1")
+        #expect(EventStreamLayout.messageID(for: running, origin: .worker("gw\r\nX: y")) == "abc:timed_out:2:w-gw__X__y")
         var progress = running
         progress.kind = .progress
-        #expect(EventStreamLayout.messageID(for: progress) == nil)
+        #expect(EventStreamLayout.messageID(for: progress, origin: .gateway("gw")) == nil)
     }
 }
 

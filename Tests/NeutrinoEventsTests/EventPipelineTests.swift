@@ -32,7 +32,7 @@ struct EventPipelineTests {
             let path = temporaryTaskLogPath()
             let writer = try TaskLogWriter(path: path, logger: testLogger)
             let reader = try TaskLogReader(path: path, threads: 1)
-            let publisher = NATSEventPublisher(jetStream: js, logger: testLogger, options: publisherOptions())
+            let publisher = NATSEventPublisher(jetStream: js, origin: .worker("w1"), logger: testLogger, options: publisherOptions())
             let ids = (0..<60).map { _ in TaskID.make() }
             for id in ids { publisher.record(contentsOf: lifecycle(id)) }
             // A worker that republishes its outcome (a retry after a lost ack): same message ids.
@@ -63,6 +63,47 @@ struct EventPipelineTests {
         }
     }
 
+    /// A sync call's outcome is recorded by the gateway that relayed it and, with what the task printed, by the worker
+    /// that ran it. Whichever reaches the stream first, both are kept and the row holds the output (CI once lost it
+    /// when the gateway's copy arrived first and the worker's was stored as its duplicate).
+    @Test func theSameOutcomeFromGatewayAndWorkerIsKeptFromBoth() async throws {
+        try await withJetStream { _, _, js in
+            let path = temporaryTaskLogPath()
+            let writer = try TaskLogWriter(path: path, logger: testLogger)
+            let reader = try TaskLogReader(path: path, threads: 1)
+            let gateway = NATSEventPublisher(jetStream: js, origin: .gateway("gw"), logger: testLogger, options: publisherOptions())
+            let worker = NATSEventPublisher(jetStream: js, origin: .worker("w1"), logger: testLogger, options: publisherOptions())
+            let id = TaskID.make()
+            let events = lifecycle(id)
+            gateway.record(contentsOf: [events[0], events[1], events[3]])
+            #expect(await gateway.flush(timeout: .seconds(30)))
+            var printed = events[3]
+            printed.output = "line 0\nline 1\n"
+            worker.record(printed)
+            // The worker's own republish (a PubAck that timed out) is still a duplicate.
+            worker.record(printed)
+            #expect(await worker.flush(timeout: .seconds(30)))
+            #expect(gateway.duplicates == 0)
+            #expect(worker.duplicates == 1)
+            #expect(try await js.streamInfo(stream: EventStreamLayout.stream).messages == 4)
+
+            let consumer = EventStreamConsumer(
+                jetStream: js, id: "gw", sink: writer, logger: testLogger, options: consumerOptions())
+            consumer.start()
+            #expect(await eventually { (try? await reader.record(id: id))?.output == "line 0\nline 1\n" })
+            await consumer.stop()
+            let (record, stored) = try #require(try await reader.recordWithEvents(id: id))
+            #expect(record.status == .completed)
+            #expect(record.result == #"{"v": [0.1,0.2]}"#)
+            #expect(stored.map(\.event).sorted() == ["completed", "pending", "running"])
+
+            await gateway.close()
+            await worker.close()
+            await writer.close()
+            await reader.shutdown()
+        }
+    }
+
     @Test func aResultTooLargeForNATSBecomesAFailureNotALostEvent() async throws {
         try await withJetStream { _, _, js in
             let path = temporaryTaskLogPath()
@@ -70,7 +111,7 @@ struct EventPipelineTests {
             let reader = try TaskLogReader(path: path, threads: 1)
             var options = publisherOptions()
             options.maxValueBytes = 1000
-            let publisher = NATSEventPublisher(jetStream: js, logger: testLogger, options: options)
+            let publisher = NATSEventPublisher(jetStream: js, origin: .worker("w1"), logger: testLogger, options: options)
             let id = TaskID.make()
             var events = lifecycle(id)
             events[3].result = "\"" + String(repeating: "x", count: 5000) + "\""
@@ -95,7 +136,7 @@ struct EventPipelineTests {
             let path = temporaryTaskLogPath()
             let writer = try TaskLogWriter(path: path, logger: testLogger)
             let reader = try TaskLogReader(path: path, threads: 1)
-            let publisher = NATSEventPublisher(jetStream: js, logger: testLogger, options: publisherOptions())
+            let publisher = NATSEventPublisher(jetStream: js, origin: .worker("w1"), logger: testLogger, options: publisherOptions())
             let ids = (0..<10).map { _ in TaskID.make() }
             for id in ids { publisher.record(contentsOf: lifecycle(id)) }
             #expect(await publisher.flush(timeout: .seconds(30)))
@@ -136,7 +177,7 @@ struct EventPipelineTests {
             let path = temporaryTaskLogPath()
             let writer = try TaskLogWriter(path: path, logger: testLogger)
             let reader = try TaskLogReader(path: path, threads: 1)
-            let publisher = NATSEventPublisher(jetStream: js, logger: testLogger, options: publisherOptions())
+            let publisher = NATSEventPublisher(jetStream: js, origin: .worker("w1"), logger: testLogger, options: publisherOptions())
             let before = (0..<5).map { _ in TaskID.make() }
             for id in before { publisher.record(contentsOf: lifecycle(id)) }
             #expect(await publisher.flush(timeout: .seconds(30)))
@@ -184,7 +225,7 @@ struct EventPipelineTests {
             for event in lifecycle(id) {
                 _ = try await js.publish(
                     subject: EventStreamLayout.subject(pool: event.pool), data: EventCodec.encode(event),
-                    msgID: EventStreamLayout.messageID(for: event))
+                    msgID: EventStreamLayout.messageID(for: event, origin: .worker("w1")))
             }
             _ = try await js.publish(subject: "neutrino.events.gpu", data: Array(#"{"task_id":"x"}"#.utf8))
 
@@ -224,7 +265,7 @@ struct EventPipelineTests {
         options.capacity = 10
         options.publishTimeout = .milliseconds(300)
         options.closeTimeout = .milliseconds(300)
-        let publisher = NATSEventPublisher(jetStream: js, logger: testLogger, options: options)
+        let publisher = NATSEventPublisher(jetStream: js, origin: .worker("w1"), logger: testLogger, options: options)
         let started = ContinuousClock.now
         for i in 0..<15 { publisher.record(lifecycle("t\(i)")[1]) }
         #expect(ContinuousClock.now - started < .milliseconds(200))
