@@ -219,7 +219,7 @@ public func announceListening(_ channel: any Channel, host: String) {
 }
 
 /// Prints `line` on stdout and flushes it at once: the lines a supervisor (`neutrino up`, a test) waits for in a
-/// process's output (`listening on …`, `consuming … from …`, `served its first task`), which must not sit in a buffer
+/// process's output (`listening on …`, `consuming … from …`, `started its first task`), which must not sit in a buffer
 /// while the process runs on.
 public func printForSupervisor(_ line: String) {
     print(line)

@@ -309,10 +309,12 @@ struct HTTPWorker: Sendable {
         let taskLog = self.taskLog
         let callerRecorded = self.callerRecorded
         let running = self.running
+        let recycler = self.recycler
         running.begin()
         executor.submit(
             task: spec.name, tag: taskID, payload: payload, timeoutMs: spec.timeoutMs,
             onStart: {
+                recycler.taskStarted()
                 // `running` is recorded the moment the Python thread starts the call.
                 let now = Timestamp.now()
                 call.started.set(now)

@@ -256,7 +256,8 @@ final class NATSWorker: Sendable {
         let printed = CapturedOutput()
         let outcome = await executor.run(
             task: name, tag: taskID, payload: payload, timeoutMs: spec.timeoutMs,
-            onStart: {
+            onStart: { [recycler] in
+                recycler.taskStarted()
                 taskLog.record(event(.running))
             }, onOutput: printed.set)
         if let executeSpan {

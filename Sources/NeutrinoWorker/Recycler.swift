@@ -75,19 +75,24 @@ final class Recycler: Sendable {
         state.withLock { $0.action = action }
     }
 
-    /// Printed on stdout once, when the first task this process ran reaches its outcome. Its supervisor (`neutrino
-    /// up`) then knows the worker can serve: a later crash is a task's doing (say one that calls `os._exit`), and the
-    /// worker is restarted at once instead of backing off as a worker that cannot start or serve would be.
-    static let servedLine = "served its first task"
-    private let servedOne = Atomic<Bool>(false)
+    /// Printed on stdout once, when a Python thread starts the first task this process runs. Its supervisor
+    /// (`neutrino up`) then knows the worker got through its start-up: a later crash is a task's doing (say one that
+    /// calls `os._exit`), and the worker is restarted at once instead of backing off as a worker that cannot start
+    /// would be. (At a task's start, not its end: a restarted worker is handed the calls that waited for it at once,
+    /// and a crashing one among them could end the process before any other finished.)
+    static let startedLine = "started its first task"
+    private let startedOne = Atomic<Bool>(false)
+
+    /// Called as a Python thread starts each task.
+    func taskStarted() {
+        guard !startedOne.load(ordering: .relaxed),
+            startedOne.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged
+        else { return }
+        printForSupervisor(Self.startedLine)
+    }
 
     /// Called after each task this worker ran reached its outcome.
     func taskFinished() {
-        if !servedOne.load(ordering: .relaxed),
-            servedOne.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged
-        {
-            printForSupervisor(Self.servedLine)
-        }
         guard isEnabled else { return }
         let count = finished.add(1, ordering: .relaxed).newValue
         if maxTasks > 0 && count >= maxTasks {

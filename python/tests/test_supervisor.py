@@ -59,18 +59,18 @@ def test_backoff_resets_after_thirty_seconds_up() -> None:
     backoff = Backoff()
     assert plan_restart(-9, uptime=29.9, crashes=5, backoff=backoff) == (16, 6)
     assert plan_restart(-9, uptime=30.0, crashes=5, backoff=backoff) == (0, 1)
-    assert plan_restart(-9, uptime=0.1, crashes=0, backoff=backoff, ready=False) == (1, 1)  # never served: back off
+    assert plan_restart(-9, uptime=0.1, crashes=0, backoff=backoff, ready=False) == (1, 1)  # never ready: back off
 
 
 def test_a_worker_that_finished_a_task_restarts_at_once_however_often_it_crashes() -> None:
     backoff = Backoff()
-    # It said it served (a task of its own finished), so the crash was a task's: no backoff, the count starts over.
-    assert plan_restart(-9, uptime=0.4, crashes=5, backoff=backoff, served=True) == (0, 1)
-    assert plan_restart(1, uptime=0.4, crashes=1, backoff=backoff, served=True) == (0, 1)
+    # It said it started a task, so the crash was a task's: no backoff, the count starts over.
+    assert plan_restart(-9, uptime=0.4, crashes=5, backoff=backoff, ran_task=True) == (0, 1)
+    assert plan_restart(1, uptime=0.4, crashes=1, backoff=backoff, ran_task=True) == (0, 1)
     # One that never finished a task still backs off, as does one that never became ready.
-    assert plan_restart(1, uptime=0.4, crashes=1, backoff=backoff, served=False) == (1, 2)
-    assert plan_restart(1, uptime=0.4, crashes=1, backoff=backoff, ready=False, served=True) == (2, 2)
-    assert plan_restart(1, uptime=0.4, crashes=0, backoff=Backoff(immediate_first=False), served=True) == (1, 1)
+    assert plan_restart(1, uptime=0.4, crashes=1, backoff=backoff, ran_task=False) == (1, 2)
+    assert plan_restart(1, uptime=0.4, crashes=1, backoff=backoff, ready=False, ran_task=True) == (2, 2)
+    assert plan_restart(1, uptime=0.4, crashes=0, backoff=Backoff(immediate_first=False), ran_task=True) == (1, 1)
 
 
 def test_exit_0_and_75_restart_at_once_unless_before_ready() -> None:
@@ -102,7 +102,7 @@ def test_startup_error_report() -> None:
 # -- the Supervisor with stand-in workers --------------------------------------------------------------
 
 # A stand-in worker: appends {"restarts", "pid", "at"} to LOG, then acts out PLAN[restarts] = [ready, up_for, status]
-# or [ready, up_for, status, served] (up_for None: run until SIGTERM, then exit 0; served: says it finished a task).
+# or [ready, up_for, status, ran_task] (up_for None: run until SIGTERM, then exit 0; ran_task: says it started a task).
 WORKER = r"""
 import json, os, signal, sys, time
 log, plan = sys.argv[1], json.loads(sys.argv[2])
@@ -110,12 +110,12 @@ restarts = int(os.environ.get("NEUTRINO_WORKER_RESTARTS", "-1"))
 with open(log, "a") as f:
     f.write(json.dumps({"restarts": restarts, "pid": os.getpid(), "at": time.monotonic()}) + "\n")
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-ready, up_for, status, *served = plan[min(max(restarts, 0), len(plan) - 1)]
+ready, up_for, status, *ran_task = plan[min(max(restarts, 0), len(plan) - 1)]
 if ready:
     print("listening on http://127.0.0.1:1", flush=True)
-if served and served[0]:
+if ran_task and ran_task[0]:
     print("some output of its own", flush=True)
-    print("served its first task", flush=True)
+    print("started its first task", flush=True)
     time.sleep(0.1)  # the relay reads the line before the exit is seen
 if up_for is None:
     while True:
@@ -199,12 +199,12 @@ def test_backoff_grows_then_resets_after_staying_up(tmp_path: Path) -> None:
         assert after["at"] - before["at"] >= float(delay) * 0.9  # each restart waited its delay
 
 
-def test_crashes_after_serving_restart_at_once(tmp_path: Path) -> None:
+def test_crashes_after_a_task_started_restart_at_once(tmp_path: Path) -> None:
     log = tmp_path / "starts.jsonl"
-    # Four crashes in a row, each after the worker finished a task (a poison task calling os._exit, say), then one
-    # that crashes before finishing any: only that one waits out the backoff.
-    served_crash = [True, 0, 1, True]
-    plan = [served_crash, served_crash, served_crash, served_crash, [True, 0, 1], [True, None, 0]]
+    # Four crashes in a row, each after the worker started a task (a poison task calling os._exit, say), then one
+    # that crashes before starting any: only that one waits out the backoff.
+    task_crash = [True, 0, 1, True]
+    plan = [task_crash, task_crash, task_crash, task_crash, [True, 0, 1], [True, None, 0]]
     with Running(Backoff(first=0.5)) as run:
         spawn_worker(run.supervisor, log, plan)
         wait_for(lambda: len(starts(log)) == 6, what="the 5th restart")

@@ -4,10 +4,10 @@
   interpreter was wedged past a task's hard timeout), after the worker was ready: restart at once.
 - A crash (any other status, a signal such as SIGKILL) of a worker that was ready: the first one restarts at once
   (one poison task must not cost the pool a second of capacity), consecutive ones after 1 s, 2 s, 4 s … at most
-  30 s; a worker that stayed up 30 s counts as healthy again, and so does one that finished a task since it
-  started (it printed ``served its first task``): its crash was a task's doing (one that calls ``os._exit``, say),
-  not a worker that cannot serve, so it restarts at once however often that happens, as Celery replaces a pool
-  process. A worker that dies before it finishes any task still backs off.
+  30 s; a worker that stayed up 30 s counts as healthy again, and so does one that started a task since it
+  started (it printed ``started its first task``): its crash was a task's doing (one that calls ``os._exit``, say),
+  not a worker that cannot start, so it restarts at once however often that happens, as Celery replaces a pool
+  process. A worker that dies before it starts any task still backs off.
 - An exit before the worker was ready: 1 s, 2 s, 4 s … at most 30 s (a broken worker must not spin).
 
 Pure functions, so the policy is tested without processes; :class:`~neutrino.local.supervisor.Supervisor` applies it.
@@ -49,13 +49,13 @@ class Backoff:
 
 
 def plan_restart(
-    status: int, uptime: float, crashes: int, backoff: Backoff, ready: bool = True, served: bool = False
+    status: int, uptime: float, crashes: int, backoff: Backoff, ready: bool = True, ran_task: bool = False
 ) -> Tuple[float, int]:
     """``(delay, consecutive crashes)`` after a child that had ``crashes`` consecutive crashes before exited with
     ``status`` (``Popen.returncode``: negative for a signal) after ``uptime`` seconds, having printed its ready
-    line (``ready``) or not, and having finished a task (``served``) or not. Exiting 0 or 75 before it was ready
+    line (``ready``) or not, and having started a task (``ran_task``) or not. Exiting 0 or 75 before it was ready
     counts as a crash: it would restart in a loop."""
-    if uptime >= backoff.reset_after or (ready and served):
+    if uptime >= backoff.reset_after or (ready and ran_task):
         crashes = 0
     if status in RESTART_AT_ONCE and ready:
         return 0.0, crashes

@@ -46,9 +46,9 @@ STARTUP_OUTPUT_LINES = 1000
 LISTENING = re.compile(r"listening on (https?://\S+)")
 #: What ``neutrino-worker --mode nats`` prints once it pulls from its pool's consumer.
 CONSUMING = re.compile(r"consuming (\S+) from (\S+)")
-#: What a worker prints once, when the first task it ran reaches its outcome: it can serve, so a crash after that
-#: is a task's doing (:func:`~neutrino.local.restarts.plan_restart`).
-SERVED = re.compile(r"^served its first task$")
+#: What a worker prints once, when a Python thread starts the first task it runs: it got through its start-up, so a
+#: crash after that is a task's doing (:func:`~neutrino.local.restarts.plan_restart`).
+STARTED_TASK = re.compile(r"^started its first task$")
 
 
 class StartupError(Exception):
@@ -106,8 +106,8 @@ class Child:
     url: Optional[str] = None
     #: Set once the current process printed its ready line.
     listening: threading.Event = dataclasses.field(default_factory=threading.Event)
-    #: Set once the current process said it finished its first task (:data:`SERVED`).
-    served: threading.Event = dataclasses.field(default_factory=threading.Event)
+    #: Set once the current process said it started its first task (:data:`STARTED_TASK`).
+    ran_task: threading.Event = dataclasses.field(default_factory=threading.Event)
     #: The last lines it printed, to explain a failed start.
     tail: Deque[str] = dataclasses.field(default_factory=lambda: deque(maxlen=40))
     #: What the current process printed before its ready line (the last STARTUP_OUTPUT_LINES lines), and how many
@@ -262,12 +262,12 @@ class Supervisor:
         """Start the thread that relays the output of the child's current process."""
         child.started_at = time.monotonic()
         child.listening = threading.Event()
-        child.served = threading.Event()
+        child.ran_task = threading.Event()
         child.startup_output = deque(maxlen=STARTUP_OUTPUT_LINES)
         child.startup_lines = 0
         child.relay = threading.Thread(
             target=self._relay,
-            args=(child, child.process, child.listening, child.served, child.startup_output),
+            args=(child, child.process, child.listening, child.ran_task, child.startup_output),
             name=f"relay-{child.name}",
             daemon=True,
         )
@@ -287,7 +287,7 @@ class Supervisor:
         child: Child,
         process: subprocess.Popen,
         listening: threading.Event,
-        served: threading.Event,
+        ran_task: threading.Event,
         startup_output: Deque[str],
     ) -> None:
         assert process.stdout is not None
@@ -302,8 +302,8 @@ class Supervisor:
                     if child.url is None:
                         child.url = match.group(1).rstrip("/")
                     listening.set()
-            elif not served.is_set() and SERVED.match(line):
-                served.set()
+            elif not ran_task.is_set() and STARTED_TASK.match(line):
+                ran_task.set()
             self.log(child.name, line)
         self._wake.set()
 
@@ -409,7 +409,7 @@ class Supervisor:
             uptime = time.monotonic() - child.started_at
             ready = child.listening.is_set()
             delay, child.crashes = plan_restart(
-                status, uptime, child.crashes, self.backoff, ready, served=child.served.is_set()
+                status, uptime, child.crashes, self.backoff, ready, ran_task=child.ran_task.is_set()
             )
             child.restarts += 1
             child.restart_at = time.monotonic() + delay
