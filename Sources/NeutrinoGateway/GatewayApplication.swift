@@ -46,7 +46,8 @@ public func buildGateway(
         }
         pools[name] = WorkerPool(
             name: name, endpoints: endpoints, maxConnections: configuration.workerConnections,
-            maxAnswerBytes: configuration.maxWorkerAnswerBytes, recordsCalls: configuration.taskLogPath != nil, logger: logger)
+            maxAnswerBytes: configuration.maxWorkerAnswerBytes, recordsCalls: configuration.taskLogPath != nil,
+            joinWait: configuration.workerJoinWait, logger: logger)
     }
     // With NATS every sync pool of the manifest is elastic: its workers join from their heartbeats (PoolDiscovery),
     // beside the static ones given.

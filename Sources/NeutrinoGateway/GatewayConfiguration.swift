@@ -27,8 +27,10 @@ public struct GatewayConfiguration: Sendable {
     public var dashboardDirectory: String?
     /// A worker not heard from for this long leaves the live set.
     public var heartbeatTimeout: Duration = .seconds(6)
-    /// How long a sync call to a pool with no worker at all waits for one to join from its heartbeat (a gateway that
-    /// just started, a pool scaled to zero) before it answers 503; zero answers at once. Bounded by the call's deadline.
+    /// How long a sync call waits for a reachable worker of its pool before it answers 503: when the pool has no worker
+    /// at all, for one to join from its heartbeat (a gateway that just started, a pool scaled to zero); when every
+    /// worker refused the connection, for one to come back (restarting after a crash, replaced in a rolling update).
+    /// Zero answers at once. A saturated worker is alive: its 503 never waits.
     public var workerJoinWait: Duration = .seconds(5)
     /// `--scale POOL=MIN:MAX[:TARGET[:WINDOW]]` texts by pool, checked against the manifest's modes at start-up.
     public var scaling: [String: String] = [:]

@@ -84,8 +84,11 @@ public final class WorkerPool: Sendable {
     /// Sent to workers when this gateway records the lifecycle of the calls it forwards (it has a task log): the
     /// answer size it relays, so a worker writes only what the gateway cannot (`X-Neutrino-Caller-Records`).
     private let callerRecords: String?
-    /// How long a call waits for a first worker when the pool has none (see `GatewayConfiguration.workerJoinWait`).
+    /// How long a call waits for a reachable worker when the pool has none: no worker yet, or every one refusing
+    /// connections (see `GatewayConfiguration.workerJoinWait`).
     private let joinWait: Duration
+    /// Finds the first worker back after every one refused connections.
+    private let recovery: PoolRecoveryProbe
 
     /// `maxConnections` bounds the connections to each worker (a request finding them all busy goes to the next
     /// worker, as if that one were saturated); `maxAnswerBytes` bounds the answer read from a worker.
@@ -96,6 +99,7 @@ public final class WorkerPool: Sendable {
     ) {
         self.name = name
         self.joinWait = joinWait
+        self.recovery = PoolRecoveryProbe(group: group)
         self.callerRecords = recordsCalls ? String(max(1024, maxAnswerBytes)) : nil
         self.group = group
         self.maxConnections = maxConnections
@@ -181,71 +185,82 @@ public final class WorkerPool: Sendable {
     /// extra attempts on other workers (at-least-once), each with the next attempt number. `traceParent` (W3C) makes
     /// the worker's execution span a child of the caller's.
     ///
-    /// `timeout` bounds the answer from the moment a worker is chosen: the wait for a first worker of an empty pool
-    /// (`joinWait`) comes before it.
+    /// When every worker refused the connection (all restarting, say), the call waits up to `joinWait` for one to
+    /// come back (`PoolRecoveryProbe`) and tries the pool again; a saturated worker is alive, and ends the call at once.
+    ///
+    /// `timeout` bounds the answer from the moment a worker is chosen: the wait for a first worker of an empty pool,
+    /// or for one to come back (`joinWait`), comes before it.
     public func call(
         task: String, taskID: String, body: [UInt8], timeout: TimeAmount, reruns: Int = 0, traceParent: String? = nil
     ) async throws(Failure) -> Answer {
         var attempt = 1
-        let (members, noAnswer) = await candidates()
-        var lastError = noAnswer
+        var (members, lastError) = await candidates()
+        let waitUntil = NIODeadline.now() + TimeAmount(joinWait)
+        var waited = false
         let payload = ByteBuffer(bytes: body)
-        let deadline = NIODeadline.now() + timeout
-        for member in members {
-            let endpoint = member.endpoint
-            var headers = HTTPHeaders()
-            headers.add(name: "Content-Type", value: "application/json")
-            headers.add(name: "X-Neutrino-Task-Id", value: taskID)
-            headers.add(name: "X-Neutrino-Attempt", value: String(attempt))
-            if let callerRecords { headers.add(name: "X-Neutrino-Caller-Records", value: callerRecords) }
-            if let traceParent { headers.add(name: "traceparent", value: traceParent) }
-            do {
-                var reply = try await member.connections.send(path: "/api/\(task)", headers: headers, body: payload, deadline: deadline)
-                if reply.status == 503 {
-                    // Saturated: it ran nothing; another worker may have room.
-                    lastError = "worker \(endpoint.url) is saturated"
-                    continue
-                }
-                record(endpoint.url, success: true)
-                var answerHeaders: [String: String] = [:]
-                for h in reply.headers where h.name.lowercased().hasPrefix("x-neutrino-") { answerHeaders[h.name.lowercased()] = h.value }
-                let bytes = reply.body.readBytes(length: reply.body.readableBytes) ?? []
-                return Answer(status: reply.status, headers: answerHeaders, body: bytes, endpoint: endpoint.url)
-            } catch {
-                switch error {
-                case .timedOut: throw .timedOut  // a slow task, not a broken worker
-                case .saturated(let limit):
-                    // Every connection to it is busy: nothing was sent, the worker is fine; try the next one.
-                    HTTPRejections.count("worker_connections")
-                    lastError = "all \(limit) connections to worker \(endpoint.url) are busy (--worker-connections)"
-                    continue
-                case .answerTooLarge(let limit):
+        repeat {
+            var allRefused = !members.isEmpty
+            let deadline = NIODeadline.now() + timeout
+            for member in members {
+                let endpoint = member.endpoint
+                var headers = HTTPHeaders()
+                headers.add(name: "Content-Type", value: "application/json")
+                headers.add(name: "X-Neutrino-Task-Id", value: taskID)
+                headers.add(name: "X-Neutrino-Attempt", value: String(attempt))
+                if let callerRecords { headers.add(name: "X-Neutrino-Caller-Records", value: callerRecords) }
+                if let traceParent { headers.add(name: "traceparent", value: traceParent) }
+                do {
+                    var reply = try await member.connections.send(path: "/api/\(task)", headers: headers, body: payload, deadline: deadline)
+                    if reply.status == 503 {
+                        // Saturated: it ran nothing; another worker may have room.
+                        lastError = "worker \(endpoint.url) is saturated"
+                        allRefused = false
+                        continue
+                    }
                     record(endpoint.url, success: true)
-                    throw .answerTooLarge(limit: limit)
-                default: break
-                }
-                record(endpoint.url, success: false)
-                switch error {
-                case .timedOut, .saturated, .answerTooLarge:
-                    throw .timedOut
-                case .unreachable(let reason):
-                    lastError = "worker \(endpoint.url): \(reason)"
-                    logger.warning("worker unreachable", metadata: ["pool": "\(name)", "worker": "\(endpoint.url)", "error": "\(reason)"])
-                case .lost(let reason):
-                    let crash = "worker \(endpoint.url) dropped the connection during attempt \(attempt) (it crashed or was killed): \(reason)"
-                    logger.error(
-                        "worker lost mid-call",
-                        metadata: [
-                            "pool": "\(name)", "worker": "\(endpoint.url)", "task_id": "\(taskID)",
-                            "attempt": "\(attempt)",
-                        ])
-                    guard attempt <= reruns else { throw .workerCrashed(crash) }
-                    lastError = crash
-                    attempt += 1
+                    var answerHeaders: [String: String] = [:]
+                    for h in reply.headers where h.name.lowercased().hasPrefix("x-neutrino-") { answerHeaders[h.name.lowercased()] = h.value }
+                    let bytes = reply.body.readBytes(length: reply.body.readableBytes) ?? []
+                    return Answer(status: reply.status, headers: answerHeaders, body: bytes, endpoint: endpoint.url)
+                } catch {
+                    switch error {
+                    case .timedOut: throw .timedOut  // a slow task, not a broken worker
+                    case .saturated(let limit):
+                        // Every connection to it is busy: nothing was sent, the worker is fine; try the next one.
+                        HTTPRejections.count("worker_connections")
+                        lastError = "all \(limit) connections to worker \(endpoint.url) are busy (--worker-connections)"
+                        allRefused = false
+                        continue
+                    case .answerTooLarge(let limit):
+                        record(endpoint.url, success: true)
+                        throw .answerTooLarge(limit: limit)
+                    default: break
+                    }
+                    record(endpoint.url, success: false)
+                    switch error {
+                    case .timedOut, .saturated, .answerTooLarge:
+                        throw .timedOut
+                    case .unreachable(let reason):
+                        lastError = "worker \(endpoint.url): \(reason)"
+                        logger.warning("worker unreachable", metadata: ["pool": "\(name)", "worker": "\(endpoint.url)", "error": "\(reason)"])
+                    case .lost(let reason):
+                        let crash = "worker \(endpoint.url) dropped the connection during attempt \(attempt) (it crashed or was killed): \(reason)"
+                        logger.error(
+                            "worker lost mid-call",
+                            metadata: [
+                                "pool": "\(name)", "worker": "\(endpoint.url)", "task_id": "\(taskID)",
+                                "attempt": "\(attempt)",
+                            ])
+                        guard attempt <= reruns else { throw .workerCrashed(crash) }
+                        lastError = crash
+                        attempt += 1
+                    }
                 }
             }
-        }
-        throw .noWorkerAvailable(lastError)
+            guard allRefused else { break }
+            waited = true
+        } while await workerReturned(until: waitUntil, members: &members)
+        throw .noWorkerAvailable(waited ? noneCameBack(lastError) : lastError)
     }
 
     /// Forwards a request for the mounted ASGI app to a worker of this pool (`ASGIForwarding.prefix` + the client's
@@ -256,45 +271,70 @@ public final class WorkerPool: Sendable {
     func forward(method: HTTPMethod, target: String, headers: HTTPHeaders, body: [UInt8], headDeadline: NIODeadline) async throws(Failure)
         -> (WorkerConnections.StreamedReply, String)
     {
-        let (members, noAnswer) = await candidates()
-        var lastError = noAnswer
+        var (members, lastError) = await candidates()
+        let waitUntil = min(NIODeadline.now() + TimeAmount(joinWait), headDeadline)
+        var waited = false
         let payload = ByteBuffer(bytes: body)
-        for member in members {
-            let endpoint = member.endpoint
-            do {
-                var h = headers
-                h.replaceOrAdd(name: "Host", value: headers.first(name: "Host") ?? "\(endpoint.host):\(endpoint.port)")
-                let reply = try await member.connections.stream(
-                    method: method, target: ASGIForwarding.prefix + target, headers: h, body: payload, headDeadline: headDeadline)
-                if reply.status == 503, reply.headers.first(name: NeutrinoHeader.rejected.canonicalName) != nil {
-                    lastError = "worker \(endpoint.url) refused the request: it is saturated or stopping"
-                    // Read to the end so the connection can be reused.
-                    if let body = reply.body.take() { for try await _ in body {} }
-                    continue
+        repeat {
+            var allRefused = !members.isEmpty
+            for member in members {
+                let endpoint = member.endpoint
+                do {
+                    var h = headers
+                    h.replaceOrAdd(name: "Host", value: headers.first(name: "Host") ?? "\(endpoint.host):\(endpoint.port)")
+                    let reply = try await member.connections.stream(
+                        method: method, target: ASGIForwarding.prefix + target, headers: h, body: payload, headDeadline: headDeadline)
+                    if reply.status == 503, reply.headers.first(name: NeutrinoHeader.rejected.canonicalName) != nil {
+                        lastError = "worker \(endpoint.url) refused the request: it is saturated or stopping"
+                        allRefused = false
+                        // Read to the end so the connection can be reused.
+                        if let body = reply.body.take() { for try await _ in body {} }
+                        continue
+                    }
+                    record(endpoint.url, success: true)
+                    return (reply, endpoint.url)
+                } catch let error as WorkerConnections.Failure {
+                    switch error {
+                    case .timedOut: throw .timedOut
+                    case .saturated(let limit):
+                        HTTPRejections.count("worker_connections")
+                        lastError = "all \(limit) connections to worker \(endpoint.url) are busy (--worker-connections)"
+                        allRefused = false
+                        continue
+                    case .answerTooLarge(let limit): throw .answerTooLarge(limit: limit)
+                    case .unreachable(let reason):
+                        record(endpoint.url, success: false)
+                        lastError = "worker \(endpoint.url): \(reason)"
+                        logger.warning("worker unreachable", metadata: ["pool": "\(name)", "worker": "\(endpoint.url)", "error": "\(reason)"])
+                    case .lost(let reason):
+                        record(endpoint.url, success: false)
+                        throw .workerCrashed("worker \(endpoint.url) dropped the connection while serving the request: \(reason)")
+                    }
+                } catch {
+                    lastError = "worker \(endpoint.url): \(error)"
+                    allRefused = false
                 }
-                record(endpoint.url, success: true)
-                return (reply, endpoint.url)
-            } catch let error as WorkerConnections.Failure {
-                switch error {
-                case .timedOut: throw .timedOut
-                case .saturated(let limit):
-                    HTTPRejections.count("worker_connections")
-                    lastError = "all \(limit) connections to worker \(endpoint.url) are busy (--worker-connections)"
-                    continue
-                case .answerTooLarge(let limit): throw .answerTooLarge(limit: limit)
-                case .unreachable(let reason):
-                    record(endpoint.url, success: false)
-                    lastError = "worker \(endpoint.url): \(reason)"
-                    logger.warning("worker unreachable", metadata: ["pool": "\(name)", "worker": "\(endpoint.url)", "error": "\(reason)"])
-                case .lost(let reason):
-                    record(endpoint.url, success: false)
-                    throw .workerCrashed("worker \(endpoint.url) dropped the connection while serving the request: \(reason)")
-                }
-            } catch {
-                lastError = "worker \(endpoint.url): \(error)"
             }
-        }
-        throw .noWorkerAvailable(lastError)
+            guard allRefused else { break }
+            waited = true
+        } while await workerReturned(until: waitUntil, members: &members)
+        throw .noWorkerAvailable(waited ? noneCameBack(lastError) : lastError)
+    }
+
+    /// After every worker refused a call's connection: waits until `until` for one to accept connections again
+    /// (`PoolRecoveryProbe`, shared by the waiting calls). True when one did: its circuit is closed and `members` is
+    /// the pool's order for the call's next round.
+    private func workerReturned(until: NIODeadline, members: inout [Member]) async -> Bool {
+        guard joinWait > .zero, NIODeadline.now() < until else { return false }
+        let back = await recovery.waitForWorker(
+            until: until, endpoints: { endpoints }, back: { record($0.url, success: true) })
+        guard back else { return false }
+        members = order(now: .now())
+        return true
+    }
+
+    private func noneCameBack(_ lastError: String) -> String {
+        joinWait > .zero ? "\(lastError); no worker of pool '\(name)' came back within \(joinWait) (--worker-join-wait)" : lastError
     }
 
     /// The workers to try for a call, in order (`order(now:)`), and what to report if none answers. An empty pool

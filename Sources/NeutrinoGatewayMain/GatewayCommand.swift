@@ -99,7 +99,7 @@ struct GatewayCommand: AsyncParsableCommand {
     @Option(
         name: .customLong("worker-join-wait"),
         help:
-            "Seconds a sync call to a discovered pool that has no worker yet (gateway start-up, scaled to zero) waits for one to announce itself before answering 503 (0: never wait)."
+            "Seconds a sync call waits for a reachable worker of its pool before answering 503: for a first one to announce itself (gateway start-up, scaled to zero), or, when every worker refused the connection, for one to come back (restarting after a crash, a rolling update). 0: never wait."
     )
     var workerJoinWait: Double = 5
 

@@ -22,9 +22,10 @@ struct GatewayRoutesTests {
          }}
         """#
 
-    /// A gateway on a fresh task log in a temporary folder, its sync pool on a closed port.
+    /// A gateway on a fresh task log in a temporary folder, its sync pool on a closed port (calls do not wait for a
+    /// worker to come back unless `workerJoinWait` says so).
     static func withGateway(
-        maxBodyBytes: Int = 1 << 20,
+        maxBodyBytes: Int = 1 << 20, workerJoinWait: Duration = .zero,
         _ test: @Sendable (any TestClientProtocol) async throws -> Void
     ) async throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("gateway-routes-\(UUID().uuidString)")
@@ -32,9 +33,10 @@ struct GatewayRoutesTests {
         defer { try? FileManager.default.removeItem(at: dir) }
         let manifestPath = dir.appendingPathComponent("openapi.json").path
         try Data(manifest.utf8).write(to: URL(fileURLWithPath: manifestPath))
-        let configuration = GatewayConfiguration(
+        var configuration = GatewayConfiguration(
             manifestPath: manifestPath, httpPools: ["fast": ["http://127.0.0.1:9"]],
             taskLogPath: dir.appendingPathComponent("tasks.db").path, port: 0, maxBodyBytes: maxBodyBytes)
+        configuration.workerJoinWait = workerJoinWait
         var logger = Logger(label: "test")
         logger.logLevel = .critical
         let app = try await buildGateway(configuration, logger: logger)
@@ -100,6 +102,19 @@ struct GatewayRoutesTests {
                     #expect(try Self.errorType(r.body) == type, "\(uri) \(body)")
                 }
             }
+        }
+    }
+
+    /// Every worker refusing connections: the call waits `--worker-join-wait` for one to come back, then says so.
+    @Test func aCallToAPoolWhoseWorkersStayDownWaitsThenSaysHowLong() async throws {
+        try await Self.withGateway(workerJoinWait: .milliseconds(300)) { client in
+            let r = try await client.execute(uri: "/api/echo", method: .post, body: ByteBuffer(string: #"{"args":{"x":3}}"#))
+            #expect(r.status == .serviceUnavailable)
+            let error = try #require(try Self.json(r.body)["error"] as? [String: Any])
+            #expect(error["type"] as? String == "NoWorkerAvailable")
+            let message = try #require(error["message"] as? String)
+            #expect(message.contains("http://127.0.0.1:9"), "\(message)")
+            #expect(message.contains("no worker of pool 'fast' came back within 0.3 seconds (--worker-join-wait)"), "\(message)")
         }
     }
 

@@ -554,8 +554,10 @@ class Launcher:
         heartbeat_interval: float = HEARTBEAT_INTERVAL_S,
         task_log: Optional[str] = None,
         extra_args: Iterable[str] = (),
+        port: int = 0,
     ) -> ServerProcess:
-        """An HTTP-mode worker; with `nats_url` it also sends heartbeats (every `heartbeat_interval` s).
+        """An HTTP-mode worker (on `port`, 0: a free one); with `nats_url` it also sends heartbeats (every
+        `heartbeat_interval` s).
 
         `task_log` (default: the session's mode) picks `--task-log sqlite:<db_path>` or `--task-log nats`; a NATS-mode
         worker given no `nats_url` publishes to the session's standalone nats-server."""
@@ -564,7 +566,7 @@ class Launcher:
             nats_url = self.standalone_nats().url
         argv = [
             str(WORKER_BIN), "--mode", "http", "--pool", pool, "--app", str(app),
-            "--host", "127.0.0.1", "--port", "0", "--concurrency", str(concurrency),
+            "--host", "127.0.0.1", "--port", str(port), "--concurrency", str(concurrency),
             *worker_task_log_args(db_path, nats_url, task_log), "--python-path", str(PYTHON_SDK),
         ]
         if worker_id:
@@ -587,6 +589,7 @@ class Launcher:
         max_body_bytes: Optional[int] = None,
         nats: Optional["NatsServer"] = None,
         gateway_id: Optional[str] = None,
+        extra_args: Iterable[str] = (),
     ) -> ServerProcess:
         """A gateway on `db_path`; with `nats` and `gateway_id` (the NATS task-log mode) it also records the events
         published on that server (`--nats --events-via-nats --gateway-id`) and is returned once its events consumer
@@ -600,6 +603,7 @@ class Launcher:
         if nats is not None:
             assert gateway_id, "a gateway recording events from NATS needs its id"
             argv += gateway_events_args(nats.url, gateway_id)
+        argv += list(extra_args)
         p = self.spawn(f"gateway-{next(self._counter)}", argv, env=_server_env(), log_dir=log_dir)
         p.wait_listening()
         if nats is not None:
@@ -615,6 +619,7 @@ class Launcher:
         concurrency: int = 4,
         max_body_bytes: Optional[int] = None,
         name: str = "cluster",
+        gateway_args: Iterable[str] = (),
     ) -> Cluster:
         d = self.new_dir(name)
         db = d / "tasks.sqlite"
@@ -628,7 +633,7 @@ class Launcher:
         for p in procs:
             p.wait_listening()
         gw = self.gateway(manifest, {"fast": [p.url for p in procs]}, db, log_dir=d, max_body_bytes=max_body_bytes,
-                          nats=nats, gateway_id=gateway_id)
+                          nats=nats, gateway_id=gateway_id, extra_args=gateway_args)
         return Cluster(gateway=gw, workers=procs, worker_ids=ids, db_path=db, manifest=manifest, nats=nats,
                        gateway_id=gateway_id)
 
