@@ -209,6 +209,9 @@ public final class WorkerPool: Sendable {
                 headers.add(name: "X-Neutrino-Attempt", value: String(attempt))
                 if let callerRecords { headers.add(name: "X-Neutrino-Caller-Records", value: callerRecords) }
                 if let traceParent { headers.add(name: "traceparent", value: traceParent) }
+                // The worker does not start the call once this gateway has stopped waiting for it.
+                let waits = max(1, (deadline - .now()).nanoseconds / 1_000_000)
+                headers.add(name: "X-Neutrino-Caller-Waits-Ms", value: String(waits))
                 do {
                     var reply = try await member.connections.send(path: "/api/\(task)", headers: headers, body: payload, deadline: deadline)
                     if reply.status == 503 {

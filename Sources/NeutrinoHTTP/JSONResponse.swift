@@ -19,6 +19,9 @@ public enum NeutrinoHeader {
     /// this many bytes; the worker then writes to the task log only what the caller cannot (see
     /// `CallerRecordedCalls`).
     public static let callerRecords = HTTPField.Name("X-Neutrino-Caller-Records")!
+    /// On a call to a worker: how many milliseconds the caller (the gateway) still waits for the answer; a call still
+    /// queued in the worker after that is not run.
+    public static let callerWaitsMs = HTTPField.Name("X-Neutrino-Caller-Waits-Ms")!
     /// On a worker's answer: the task's status, worker id and execution time.
     public static let status = HTTPField.Name("X-Neutrino-Status")!
     public static let worker = HTTPField.Name("X-Neutrino-Worker")!

@@ -99,6 +99,8 @@ public final class PythonExecutor: Sendable {
         let coroutine: Bool
         /// The coroutine's number on the loop (`neutrino._loop`), set when it is handed over.
         var loopID: UInt64 = 0
+        /// When its caller stops waiting for the answer (monotonic ns; 0: never): a job still queued then is not run.
+        var startBy: UInt64 = 0
 
         init(
             task: String, tag: String?, payload: [UInt8], timeoutMs: Int, coroutine: Bool = false,
@@ -260,6 +262,9 @@ public final class PythonExecutor: Sendable {
     /// Why the interpreter is wedged, once it is (liveness fails from then on).
     public var wedged: String? { lock.withLock { state.wedged } }
 
+    /// Why a queued call whose caller stopped waiting was not run.
+    public static let callerGone = "its caller stopped waiting before a Python thread was free; it did not run"
+
     /// Runs `task` with `payload` (JSON `{"args":…,"task_id":…}`) and returns how it ended. `onStart` runs on the
     /// Python thread just before the call (to record `running` at the moment it starts).
     /// `tag` (the task id) lets `cancel(tag:)` find the call.
@@ -278,8 +283,12 @@ public final class PythonExecutor: Sendable {
     /// `run` without a Swift task: `completion` is called once with how the call ended, on the thread that ended it
     /// (a Python thread, the watchdog, or this one when the call is refused at once). It must not block. For callers
     /// that live on an event loop (the worker's sync-call handler), so a call costs no task and no executor hops.
+    ///
+    /// `callerWaitsMs`: how long the caller waits for the answer. A call still queued when that has passed is not
+    /// run: it ends `.rejected` without Python (the caller has gone, and a backlog of such calls would hold every
+    /// thread long after a burst).
     public func submit(
-        task: String, tag: String? = nil, payload: [UInt8], timeoutMs: Int,
+        task: String, tag: String? = nil, payload: [UInt8], timeoutMs: Int, callerWaitsMs: Int? = nil,
         onStart: @escaping @Sendable () -> Void = {},
         onOutput: @escaping @Sendable ([UInt8]) -> Void = { _ in },
         completion: @escaping @Sendable (PythonOutcome) -> Void
@@ -289,6 +298,7 @@ public final class PythonExecutor: Sendable {
             return submitCoroutine(job, completion: completion)
         }
         let job = Job(task: task, tag: tag, payload: payload, timeoutMs: timeoutMs, onStart: onStart, onOutput: onOutput)
+        if let callerWaitsMs { job.startBy = monotonicNanos() &+ UInt64(min(max(1, callerWaitsMs), 86_400_000)) * 1_000_000 }
         lock.lock()
         if state.stopping || state.wedged != nil || state.queue.count - state.queueHead >= maxQueued {
             let reason =
@@ -380,6 +390,13 @@ public final class PythonExecutor: Sendable {
             if state.queueHead > 1024 && state.queueHead * 2 > state.queue.count {
                 state.queue.removeFirst(state.queueHead)
                 state.queueHead = 0
+            }
+            if job.startBy != 0, monotonicNanos() > job.startBy {
+                // Its caller has stopped waiting: running it would spend a thread on an answer nobody reads.
+                job.phase = .done
+                lock.unlock()
+                finish(job, .rejected(reason: Self.callerGone))
+                continue
             }
             job.phase = .running(ident)
             job.startNanos = monotonicNanos()

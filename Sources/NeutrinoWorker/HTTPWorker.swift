@@ -313,6 +313,7 @@ struct HTTPWorker: Sendable {
         running.begin()
         executor.submit(
             task: spec.name, tag: taskID, payload: payload, timeoutMs: spec.timeoutMs,
+            callerWaitsMs: headers[NeutrinoHeader.callerWaitsMs].flatMap(Int.init),
             onStart: {
                 recycler.taskStarted()
                 // `running` is recorded the moment the Python thread starts the call.
@@ -340,6 +341,11 @@ struct HTTPWorker: Sendable {
         let reply = TaskReply(taskID: taskID, spec: spec, workerID: workerID, attempt: call.attempt, outcome: outcome)
         if case .rejected(let reason) = outcome {
             // Nothing ran: the caller may send it elsewhere; nothing is logged here.
+            if reason == PythonExecutor.callerGone {
+                logger.warning(
+                    "a queued call was not run: its caller had stopped waiting (the worker is behind)",
+                    metadata: ["task_id": "\(taskID)", "task": "\(spec.name)"])
+            }
             call.span?.fail(reason)
             call.span?.end()
             return .error(.workerUnavailable, reason, headers: [.retryAfter: "1"])

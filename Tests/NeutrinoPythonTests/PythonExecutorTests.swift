@@ -1,5 +1,6 @@
 import Foundation
 import NeutrinoCore
+import Synchronization
 import Testing
 
 @testable import NeutrinoPython
@@ -93,6 +94,47 @@ extension Embedded {
             let outcomes = [try await a, try await b, try await c]
             #expect(sawThreeBusy)
             for o in outcomes { guard case .completed = o else { Issue.record("sleepy failed: \(o)"); continue } }
+        }
+
+        final class StartCount: Sendable {
+            private let count = Mutex(0)
+            var value: Int { count.withLock { $0 } }
+            func add() { count.withLock { $0 += 1 } }
+        }
+
+        static func submit(_ executor: PythonExecutor, _ payload: [UInt8], waitsMs: Int, started: StartCount) async -> PythonOutcome {
+            await withCheckedContinuation { continuation in
+                executor.submit(
+                    task: "echo", payload: payload, timeoutMs: 5000, callerWaitsMs: waitsMs, onStart: { started.add() },
+                    completion: { continuation.resume(returning: $0) })
+            }
+        }
+
+        /// A call still queued when its caller stopped waiting is not run (a backlog after a burst must not hold every
+        /// thread for answers nobody reads); one whose caller still waits runs when a thread is free.
+        @Test func aQueuedCallWhoseCallerStoppedWaitingDoesNotRun() async throws {
+            let executor = try Embedded.executor.get()
+            async let a = run("sleepy", #"{"seconds":1.0}"#)
+            async let b = run("sleepy", #"{"seconds":1.0}"#)
+            async let c = run("sleepy", #"{"seconds":1.0}"#)
+            for _ in 0..<200 where executor.load.busy < 3 { try await Task.sleep(for: .milliseconds(5)) }
+            #expect(executor.load.busy == 3)
+            let payload = Array(#"{"args":{"x":1},"task_id":"t-gone","attempt":1,"pool":"fast"}"#.utf8)
+            let started = StartCount()
+            async let gone = Self.submit(executor, payload, waitsMs: 20, started: started)
+            async let waiting = Self.submit(executor, payload, waitsMs: 60_000, started: started)
+            let goneOutcome = await gone
+            let waitingOutcome = await waiting
+            if case .rejected(let reason) = goneOutcome {
+                #expect(reason == PythonExecutor.callerGone)
+            } else {
+                Issue.record("expected the call not to run, got \(goneOutcome)")
+            }
+            if case .completed = waitingOutcome {} else { Issue.record("the call whose caller waits should run, got \(waitingOutcome)") }
+            #expect(started.value == 1)
+            for o in [try await a, try await b, try await c] {
+                guard case .completed = o else { Issue.record("sleepy failed: \(o)"); continue }
+            }
         }
 
         @Test func pythonThreadsWakeAtTheirTimersDeadlineWithoutTheKernelsSlack() async throws {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -314,3 +315,31 @@ def test_shutdown_waits_for_a_call_whose_client_left(launcher: Launcher):
     row = TaskLog(db).wait_terminal(task_id, final_event="completed")
     assert row["status"] == "completed", row
     assert "event dropped" not in w.output, w.output[-3000:]
+
+
+def test_a_queued_call_whose_caller_stopped_waiting_is_not_run(launcher: Launcher):
+    """X-Neutrino-Caller-Waits-Ms (the gateway sends what is left of its deadline): a call that is still queued
+    behind a busy thread when that time has passed is answered 503 without running, and the worker says so."""
+    d = launcher.new_dir("gone")
+    w = launcher.worker(EXAMPLE_APP, d / "tasks.sqlite", log_dir=d, worker_id="gone-w1", concurrency=1)
+    try:
+        holder = threading.Thread(target=lambda: post_task(w.url, "sleepy", {"seconds": 1.5}))
+        holder.start()
+        wait_for(lambda: "1" == _busy_threads(w), timeout=60, interval=0.02, message="the only thread to be busy")
+        gone = post_task(w.url, "whoami", {}, headers={"X-Neutrino-Caller-Waits-Ms": "50"})
+        waited = post_task(w.url, "whoami", {}, headers={"X-Neutrino-Caller-Waits-Ms": "60000"})
+        holder.join(60)
+        assert gone.status == 503, gone
+        assert "stopped waiting" in gone.json()["error"]["message"], gone
+        assert waited.status == 200, waited
+        wait_for(lambda: "a queued call was not run" in w.output, timeout=10, message="the worker's warning")
+    finally:
+        w.stop()
+
+
+def _busy_threads(w) -> str:
+    """The worker's busy Python threads, from its /metrics."""
+    for line in http_request("GET", f"{w.url}/metrics").body.decode().splitlines():
+        if line.startswith("neutrino_worker_tasks_in_flight"):
+            return line.rsplit(" ", 1)[-1].split(".")[0]
+    return ""
