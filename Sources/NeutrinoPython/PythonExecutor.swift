@@ -293,12 +293,10 @@ public final class PythonExecutor: Sendable {
         onOutput: @escaping @Sendable ([UInt8]) -> Void = { _ in },
         completion: @escaping @Sendable (PythonOutcome) -> Void
     ) {
-        if runtime.coroutineTasks.contains(task) {
-            let job = Job(task: task, tag: tag, payload: payload, timeoutMs: timeoutMs, coroutine: true, onStart: onStart, onOutput: onOutput)
-            return submitCoroutine(job, completion: completion)
-        }
-        let job = Job(task: task, tag: tag, payload: payload, timeoutMs: timeoutMs, onStart: onStart, onOutput: onOutput)
+        let coroutine = runtime.coroutineTasks.contains(task)
+        let job = Job(task: task, tag: tag, payload: payload, timeoutMs: timeoutMs, coroutine: coroutine, onStart: onStart, onOutput: onOutput)
         if let callerWaitsMs { job.startBy = monotonicNanos() &+ UInt64(min(max(1, callerWaitsMs), 86_400_000)) * 1_000_000 }
+        if coroutine { return submitCoroutine(job, completion: completion) }
         lock.lock()
         if state.stopping || state.wedged != nil || state.queue.count - state.queueHead >= maxQueued {
             let reason =

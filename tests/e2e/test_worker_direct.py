@@ -317,17 +317,22 @@ def test_shutdown_waits_for_a_call_whose_client_left(launcher: Launcher):
     assert "event dropped" not in w.output, w.output[-3000:]
 
 
-def test_a_queued_call_whose_caller_stopped_waiting_is_not_run(launcher: Launcher):
+@pytest.mark.parametrize("kind", ["thread", "coroutine"])
+def test_a_queued_call_whose_caller_stopped_waiting_is_not_run(launcher: Launcher, kind: str):
     """X-Neutrino-Caller-Waits-Ms (the gateway sends what is left of its deadline): a call that is still queued
-    behind a busy thread when that time has passed is answered 503 without running, and the worker says so."""
+    behind a busy thread (or the one coroutine slot) when that time has passed is answered 503 without running, and
+    the worker says so; one whose caller still waits runs."""
     d = launcher.new_dir("gone")
-    w = launcher.worker(EXAMPLE_APP, d / "tasks.sqlite", log_dir=d, worker_id="gone-w1", concurrency=1)
+    w = launcher.worker(EXAMPLE_APP, d / "tasks.sqlite", log_dir=d, worker_id=f"gone-{kind}", concurrency=1,
+                        extra_args=["--max-coroutines", "1"])
+    task, hold, quick = (("sleepy", {"seconds": 1.5}, {"seconds": 0}) if kind == "thread"
+                         else ("lookup", {"key": "a", "delay_s": 1.5}, {"key": "b", "delay_s": 0}))
     try:
-        holder = threading.Thread(target=lambda: post_task(w.url, "sleepy", {"seconds": 1.5}))
+        holder = threading.Thread(target=lambda: post_task(w.url, task, hold))
         holder.start()
-        wait_for(lambda: "1" == _busy_threads(w), timeout=60, interval=0.02, message="the only thread to be busy")
-        gone = post_task(w.url, "whoami", {}, headers={"X-Neutrino-Caller-Waits-Ms": "50"})
-        waited = post_task(w.url, "whoami", {}, headers={"X-Neutrino-Caller-Waits-Ms": "60000"})
+        wait_for(lambda: "1" == _busy_threads(w), timeout=60, interval=0.02, message="the only slot to be busy")
+        gone = post_task(w.url, task, quick, headers={"X-Neutrino-Caller-Waits-Ms": "50"})
+        waited = post_task(w.url, task, quick, headers={"X-Neutrino-Caller-Waits-Ms": "60000"})
         holder.join(60)
         assert gone.status == 503, gone
         assert "stopped waiting" in gone.json()["error"]["message"], gone
