@@ -196,7 +196,6 @@ public final class WorkerPool: Sendable {
         var attempt = 1
         var (members, lastError) = await candidates()
         let waitUntil = NIODeadline.now() + TimeAmount(joinWait)
-        var waited = false
         let payload = ByteBuffer(bytes: body)
         repeat {
             var allRefused = !members.isEmpty
@@ -205,13 +204,13 @@ public final class WorkerPool: Sendable {
                 let endpoint = member.endpoint
                 var headers = HTTPHeaders()
                 headers.add(name: "Content-Type", value: "application/json")
-                headers.add(name: "X-Neutrino-Task-Id", value: taskID)
-                headers.add(name: "X-Neutrino-Attempt", value: String(attempt))
-                if let callerRecords { headers.add(name: "X-Neutrino-Caller-Records", value: callerRecords) }
-                if let traceParent { headers.add(name: "traceparent", value: traceParent) }
+                headers.add(name: NeutrinoHeader.taskID.canonicalName, value: taskID)
+                headers.add(name: NeutrinoHeader.attempt.canonicalName, value: String(attempt))
+                if let callerRecords { headers.add(name: NeutrinoHeader.callerRecords.canonicalName, value: callerRecords) }
+                if let traceParent { headers.add(name: NeutrinoHeader.traceParent.canonicalName, value: traceParent) }
                 // The worker does not start the call once this gateway has stopped waiting for it.
                 let waits = max(1, (deadline - .now()).nanoseconds / 1_000_000)
-                headers.add(name: "X-Neutrino-Caller-Waits-Ms", value: String(waits))
+                headers.add(name: NeutrinoHeader.callerWaitsMs.canonicalName, value: String(waits))
                 do {
                     var reply = try await member.connections.send(path: "/api/\(task)", headers: headers, body: payload, deadline: deadline)
                     if reply.status == 503 {
@@ -260,10 +259,10 @@ public final class WorkerPool: Sendable {
                     }
                 }
             }
-            guard allRefused else { break }
-            waited = true
+            // A saturated (or otherwise answering) worker is alive: no wait for one to come back.
+            guard allRefused else { throw .noWorkerAvailable(lastError) }
         } while await workerReturned(until: waitUntil, members: &members)
-        throw .noWorkerAvailable(waited ? noneCameBack(lastError) : lastError)
+        throw .noWorkerAvailable(noneCameBack(lastError))
     }
 
     /// Forwards a request for the mounted ASGI app to a worker of this pool (`ASGIForwarding.prefix` + the client's
@@ -276,7 +275,6 @@ public final class WorkerPool: Sendable {
     {
         var (members, lastError) = await candidates()
         let waitUntil = min(NIODeadline.now() + TimeAmount(joinWait), headDeadline)
-        var waited = false
         let payload = ByteBuffer(bytes: body)
         repeat {
             var allRefused = !members.isEmpty
@@ -318,10 +316,10 @@ public final class WorkerPool: Sendable {
                     allRefused = false
                 }
             }
-            guard allRefused else { break }
-            waited = true
+            // A saturated (or otherwise answering) worker is alive: no wait for one to come back.
+            guard allRefused else { throw .noWorkerAvailable(lastError) }
         } while await workerReturned(until: waitUntil, members: &members)
-        throw .noWorkerAvailable(waited ? noneCameBack(lastError) : lastError)
+        throw .noWorkerAvailable(noneCameBack(lastError))
     }
 
     /// After every worker refused a call's connection: waits until `until` for one to accept connections again

@@ -48,8 +48,8 @@ extension PythonExecutor {
                 return state.coroutineWaiting.removeFirst()
             }
             guard let job = next else { return }
-            if job.startBy != 0, monotonicNanos() > job.startBy {
-                // Its caller has stopped waiting (see `submit`'s `callerWaitsMs`): the slot goes back unused.
+            if job.callerGone {
+                // The slot goes back unused.
                 lock.withLock {
                     state.coroutinesRunning -= 1
                     job.phase = .done

@@ -102,6 +102,10 @@ public final class PythonExecutor: Sendable {
         /// When its caller stops waiting for the answer (monotonic ns; 0: never): a job still queued then is not run.
         var startBy: UInt64 = 0
 
+        /// Its caller has stopped waiting (see `submit`'s `callerWaitsMs`): starting it would spend a thread or a
+        /// coroutine slot on an answer nobody reads.
+        var callerGone: Bool { startBy != 0 && monotonicNanos() > startBy }
+
         init(
             task: String, tag: String?, payload: [UInt8], timeoutMs: Int, coroutine: Bool = false,
             onStart: @escaping @Sendable () -> Void, onOutput: @escaping @Sendable ([UInt8]) -> Void
@@ -389,8 +393,7 @@ public final class PythonExecutor: Sendable {
                 state.queue.removeFirst(state.queueHead)
                 state.queueHead = 0
             }
-            if job.startBy != 0, monotonicNanos() > job.startBy {
-                // Its caller has stopped waiting: running it would spend a thread on an answer nobody reads.
+            if job.callerGone {
                 job.phase = .done
                 lock.unlock()
                 finish(job, .rejected(reason: Self.callerGone))

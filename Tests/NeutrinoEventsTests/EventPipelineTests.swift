@@ -29,9 +29,7 @@ struct EventPipelineTests {
 
     @Test func everyEventArrivesOnceAsRowsAndRepublishesAreDeduplicated() async throws {
         try await withJetStream { _, _, js in
-            let path = temporaryTaskLogPath()
-            let writer = try TaskLogWriter(path: path, logger: testLogger)
-            let reader = try TaskLogReader(path: path, threads: 1)
+            let (writer, reader) = try freshTaskLog()
             let publisher = NATSEventPublisher(jetStream: js, origin: .worker("w1"), logger: testLogger, options: publisherOptions())
             let ids = (0..<60).map { _ in TaskID.make() }
             for id in ids { publisher.record(contentsOf: lifecycle(id)) }
@@ -68,9 +66,7 @@ struct EventPipelineTests {
     /// when the gateway's copy arrived first and the worker's was stored as its duplicate).
     @Test func theSameOutcomeFromGatewayAndWorkerIsKeptFromBoth() async throws {
         try await withJetStream { _, _, js in
-            let path = temporaryTaskLogPath()
-            let writer = try TaskLogWriter(path: path, logger: testLogger)
-            let reader = try TaskLogReader(path: path, threads: 1)
+            let (writer, reader) = try freshTaskLog()
             let gateway = NATSEventPublisher(jetStream: js, origin: .gateway("gw"), logger: testLogger, options: publisherOptions())
             let worker = NATSEventPublisher(jetStream: js, origin: .worker("w1"), logger: testLogger, options: publisherOptions())
             let id = TaskID.make()
@@ -106,9 +102,7 @@ struct EventPipelineTests {
 
     @Test func aResultTooLargeForNATSBecomesAFailureNotALostEvent() async throws {
         try await withJetStream { _, _, js in
-            let path = temporaryTaskLogPath()
-            let writer = try TaskLogWriter(path: path, logger: testLogger)
-            let reader = try TaskLogReader(path: path, threads: 1)
+            let (writer, reader) = try freshTaskLog()
             var options = publisherOptions()
             options.maxValueBytes = 1000
             let publisher = NATSEventPublisher(jetStream: js, origin: .worker("w1"), logger: testLogger, options: options)
@@ -133,9 +127,7 @@ struct EventPipelineTests {
 
     @Test func aConsumerRestartedBetweenCommitAndAckReplaysWithoutDuplicates() async throws {
         try await withJetStream { _, _, js in
-            let path = temporaryTaskLogPath()
-            let writer = try TaskLogWriter(path: path, logger: testLogger)
-            let reader = try TaskLogReader(path: path, threads: 1)
+            let (writer, reader) = try freshTaskLog()
             let publisher = NATSEventPublisher(jetStream: js, origin: .worker("w1"), logger: testLogger, options: publisherOptions())
             let ids = (0..<10).map { _ in TaskID.make() }
             for id in ids { publisher.record(contentsOf: lifecycle(id)) }
@@ -174,9 +166,7 @@ struct EventPipelineTests {
 
     @Test func eventsRecordedWhileTheServerIsDownArriveAfterItRestarts() async throws {
         try await withJetStream(publishTimeout: .seconds(1)) { server, connection, js in
-            let path = temporaryTaskLogPath()
-            let writer = try TaskLogWriter(path: path, logger: testLogger)
-            let reader = try TaskLogReader(path: path, threads: 1)
+            let (writer, reader) = try freshTaskLog()
             let publisher = NATSEventPublisher(jetStream: js, origin: .worker("w1"), logger: testLogger, options: publisherOptions())
             let before = (0..<5).map { _ in TaskID.make() }
             for id in before { publisher.record(contentsOf: lifecycle(id)) }
@@ -216,9 +206,7 @@ struct EventPipelineTests {
 
     @Test func undecodableMessagesAreTerminatedAndTheRestApplied() async throws {
         try await withJetStream { _, _, js in
-            let path = temporaryTaskLogPath()
-            let writer = try TaskLogWriter(path: path, logger: testLogger)
-            let reader = try TaskLogReader(path: path, threads: 1)
+            let (writer, reader) = try freshTaskLog()
             try await EventStreamProvisioning.ensureStream(js)
             _ = try await js.publish(subject: "neutrino.events.gpu", data: Array("not an event".utf8))
             let id = TaskID.make()

@@ -5,6 +5,12 @@ import NeutrinoNATS
 import NeutrinoTaskLog
 @_exported import NeutrinoTestSupport
 
+/// A writer and a one-thread reader on a fresh task log in a temporary folder.
+func freshTaskLog() throws -> (writer: TaskLogWriter, reader: TaskLogReader) {
+    let path = temporaryTaskLogPath()
+    return (try TaskLogWriter(path: path, logger: testLogger), try TaskLogReader(path: path, threads: 1))
+}
+
 /// One task's life as a NATS worker (and the gateway's `pending`) would record it: pending, running, progress,
 /// completed.
 func lifecycle(_ id: String, pool: String = "gpu", worker: String = "w1", base: Int64 = 1_700_000_000_000) -> [TaskEvent] {

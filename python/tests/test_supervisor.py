@@ -62,12 +62,12 @@ def test_backoff_resets_after_thirty_seconds_up() -> None:
     assert plan_restart(-9, uptime=0.1, crashes=0, backoff=backoff, ready=False) == (1, 1)  # never ready: back off
 
 
-def test_a_worker_that_finished_a_task_restarts_at_once_however_often_it_crashes() -> None:
+def test_a_worker_that_started_a_task_restarts_at_once_however_often_it_crashes() -> None:
     backoff = Backoff()
     # It said it started a task, so the crash was a task's: no backoff, the count starts over.
     assert plan_restart(-9, uptime=0.4, crashes=5, backoff=backoff, ran_task=True) == (0, 1)
     assert plan_restart(1, uptime=0.4, crashes=1, backoff=backoff, ran_task=True) == (0, 1)
-    # One that never finished a task still backs off, as does one that never became ready.
+    # One that never started a task still backs off, as does one that never became ready.
     assert plan_restart(1, uptime=0.4, crashes=1, backoff=backoff, ran_task=False) == (1, 2)
     assert plan_restart(1, uptime=0.4, crashes=1, backoff=backoff, ready=False, ran_task=True) == (2, 2)
     assert plan_restart(1, uptime=0.4, crashes=0, backoff=Backoff(immediate_first=False), ran_task=True) == (1, 1)

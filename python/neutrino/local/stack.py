@@ -75,7 +75,7 @@ def up(loaded: LoadedApp, options: UpOptions, error: Callable[[str], None] = _pr
     ``--http-pool`` list.
 
     A worker that exits without being asked to is restarted in its slot (same name and worker id; an HTTP worker
-    on the same port): at once after exit status 0 or 75, and after a crash once it had finished a task (a poison
+    on the same port): at once after exit status 0 or 75, and after a crash once it had started a task (a poison
     task's doing); else with a backoff of 1 s doubling to 30 s (:mod:`neutrino.local.restarts`). A worker that fails
     before it is ready during start-up is not restarted: start-up stops and ``error`` shows its output.
 
