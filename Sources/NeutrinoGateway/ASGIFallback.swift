@@ -70,6 +70,7 @@ struct ASGIFallback: RouterMiddleware {
             let response: Response =
                 switch error {
                 case .noWorkerAvailable(let why): .error(.noWorkerAvailable, why, headers: [.retryAfter: "1"])
+                case .atCapacity(let why): .error(.overloaded, why, headers: [.retryAfter: "1"])
                 case .timedOut: .error(.timeout, "the ASGI app did not start its answer within \(headTimeout)")
                 case .workerCrashed(let why): .error(.workerCrashed, why)
                 case .answerTooLarge(let limit): .error(.workerAnswerTooLarge, "the answer is larger than \(limit) bytes")

@@ -47,7 +47,7 @@ public func buildGateway(
         pools[name] = WorkerPool(
             name: name, endpoints: endpoints, maxConnections: configuration.workerConnections,
             maxAnswerBytes: configuration.maxWorkerAnswerBytes, recordsCalls: configuration.taskLogPath != nil,
-            joinWait: configuration.workerJoinWait, logger: logger)
+            joinWait: configuration.workerJoinWait, maxWaiting: configuration.maxWaitingCalls, logger: logger)
     }
     // With NATS every sync pool of the manifest is elastic: its workers join from their heartbeats (PoolDiscovery),
     // beside the static ones given.
@@ -56,7 +56,7 @@ public func buildGateway(
             pools[pool] = WorkerPool(
                 name: pool, endpoints: [], maxConnections: configuration.workerConnections,
                 maxAnswerBytes: configuration.maxWorkerAnswerBytes, recordsCalls: configuration.taskLogPath != nil,
-                joinWait: configuration.workerJoinWait, logger: logger)
+                joinWait: configuration.workerJoinWait, maxWaiting: configuration.maxWaitingCalls, logger: logger)
         } else {
             logger.warning(
                 "no --http-pool given for a sync pool of the manifest and no --nats to discover its workers; its tasks will answer 503",

@@ -64,6 +64,9 @@ public struct GatewayConfiguration: Sendable {
     public var sseBacklog = 1000
     /// Connections from this gateway to each sync worker; when all are busy the call goes to the next worker.
     public var workerConnections = 128
+    /// Sync calls of a pool that wait for room while every worker is at capacity (each within its task's timeout); one
+    /// more is answered 503 at once. 0: none wait.
+    public var maxWaitingCalls = 1024
     /// The largest answer read from a sync worker: 502 above.
     public var maxWorkerAnswerBytes = 16 << 20
     /// A request forwarded to the mounted ASGI app must get its answer's head within this (its body may stream longer).

@@ -179,6 +179,8 @@ final class PoolMonitor: Sendable {
 
             let labels = [("pool", pool)]
             NeutrinoMetrics.gauge(NeutrinoMetrics.workersAlive, labels, Double(replicas))
+            let waiting = staticPools[pool]?.waitingCalls
+            if let waiting { NeutrinoMetrics.gauge(NeutrinoMetrics.poolWaitingCalls, labels, Double(waiting)) }
             NeutrinoMetrics.gauge(NeutrinoMetrics.desiredReplicas, labels, Double(desired))
             if let queue {
                 NeutrinoMetrics.gauge(NeutrinoMetrics.queuePending, labels, Double(queue.pending))
@@ -208,6 +210,7 @@ final class PoolMonitor: Sendable {
             }
             w.key("running"); w.int(stats.running)
             w.key("workers_alive"); w.int(replicas)
+            w.key("waiting_calls"); if let waiting { w.int(waiting) } else { w.null() }
             w.key("restarts"); w.int(live.reduce(0) { $0.addingReportingOverflow($1.heartbeat.restarts).partialValue })
             w.key("workers")
             w.beginArray()

@@ -48,6 +48,8 @@ final class WorkerConnections: Sendable {
     /// The largest answer read from this worker.
     let maxAnswerBytes: Int
     private let group: any EventLoopGroup
+    /// Called when a connection is given back or closes: room for a call that found every connection busy.
+    private let onRoom: @Sendable () -> Void
     /// Idle connections by the event loop they run on: a call takes one on its own loop first, so a request the
     /// gateway serves on a loop (`EventLoopBoundChannel`) reaches the worker and gets its answer on that same thread.
     private let idle = NIOLockedValueBox<[PoolKey: [Pooled]]>([:])
@@ -62,10 +64,14 @@ final class WorkerConnections: Sendable {
     /// How long a new call-lane connection waits for the worker's greeting (as long as a connect may take).
     static let greetingTimeout = TimeAmount.seconds(1)
 
-    init(host: String, port: Int, group: any EventLoopGroup, maxConnections: Int = 128, maxAnswerBytes: Int = 16 << 20) {
+    init(
+        host: String, port: Int, group: any EventLoopGroup, maxConnections: Int = 128, maxAnswerBytes: Int = 16 << 20,
+        onRoom: @escaping @Sendable () -> Void = {}
+    ) {
         self.host = host
         self.port = port
         self.group = group
+        self.onRoom = onRoom
         self.maxConnections = max(1, maxConnections)
         self.maxAnswerBytes = max(1024, maxAnswerBytes)
     }
@@ -124,7 +130,9 @@ final class WorkerConnections: Sendable {
         send(channel, promise, written)
         do {
             let reply = try await promise.futureResult.get()
-            checkin(channel, lane: lanePort != nil, keepAlive: reusable(reply))
+            // A 503 is a worker that ran nothing because it has no room (or is stopping): giving its connection back
+            // makes no room for a waiting call, which would only be refused again.
+            checkin(channel, lane: lanePort != nil, keepAlive: reusable(reply), roomMade: reply.status != 503)
             return reply
         } catch {
             throw await Self.failure(error, closing: channel, written: written)
@@ -239,7 +247,10 @@ final class WorkerConnections: Sendable {
                 }
                 .connect(host: host, port: lanePort ?? port)
                 .get()
-            channel.closeFuture.whenComplete { [open] _ in open.withLockedValue { $0 -= 1 } }
+            channel.closeFuture.whenComplete { [open, onRoom] _ in
+                open.withLockedValue { $0 -= 1 }
+                onRoom()
+            }
             do {
                 // A worker that turns the connection away (too many, shutting down) closes it without a greeting;
                 // something else on that port (the worker gone, the port reused) may say nothing at all.
@@ -275,13 +286,15 @@ final class WorkerConnections: Sendable {
         return nil
     }
 
-    private func checkin(_ channel: any Channel, lane: Bool, keepAlive: Bool) {
+    /// Pools the connection of a finished exchange (closes it when it cannot be reused: the close makes the room then).
+    private func checkin(_ channel: any Channel, lane: Bool, keepAlive: Bool, roomMade: Bool = true) {
         guard keepAlive, channel.isActive, !retired.withLockedValue({ $0 }) else {
             channel.close(promise: nil)
             return
         }
         let pooled = Pooled(channel: channel, since: .now())
         idle.withLockedValue { $0[PoolKey(loop: ObjectIdentifier(channel.eventLoop), lane: lane), default: []].append(pooled) }
+        if roomMade { onRoom() }
     }
 }
 

@@ -43,8 +43,11 @@ public final class WorkerPool: Sendable {
     }
 
     public enum Failure: Error, Sendable {
-        /// No worker could be reached (or all were saturated).
+        /// No worker could be reached.
         case noWorkerAvailable(String)
+        /// Every worker was at capacity, and the call could not wait for room: `--max-waiting-calls` calls were
+        /// waiting already, or it waited until its deadline. Nothing ran.
+        case atCapacity(String)
         /// The worker did not answer before the deadline.
         case timedOut
         /// The connection dropped after the request was sent: the worker died (crashed, was killed, ran out of
@@ -89,17 +92,21 @@ public final class WorkerPool: Sendable {
     private let joinWait: Duration
     /// Finds the first worker back after every one refused connections.
     private let recovery: PoolRecoveryProbe
+    /// The calls waiting for room while every worker is at capacity.
+    private let capacity: PoolCapacityQueue
 
     /// `maxConnections` bounds the connections to each worker (a request finding them all busy goes to the next
-    /// worker, as if that one were saturated); `maxAnswerBytes` bounds the answer read from a worker.
+    /// worker, as if that one were saturated; when every worker is, it waits for room, `maxWaiting` calls at most);
+    /// `maxAnswerBytes` bounds the answer read from a worker.
     public init(
         name: String, endpoints: [Endpoint], group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         maxConnections: Int = 128, maxAnswerBytes: Int = 16 << 20, recordsCalls: Bool = false, joinWait: Duration = .zero,
-        logger: Logger
+        maxWaiting: Int = 1024, logger: Logger
     ) {
         self.name = name
         self.joinWait = joinWait
         self.recovery = PoolRecoveryProbe(group: group)
+        self.capacity = PoolCapacityQueue(limit: maxWaiting, group: group)
         self.callerRecords = recordsCalls ? String(max(1024, maxAnswerBytes)) : nil
         self.group = group
         self.maxConnections = maxConnections
@@ -111,6 +118,9 @@ public final class WorkerPool: Sendable {
 
     /// The workers calls go to now.
     public var endpoints: [Endpoint] { state.withLock { $0.members.map(\.endpoint) } }
+
+    /// Calls waiting for room now (every worker was at capacity when they tried).
+    public var waitingCalls: Int { capacity.waiting }
 
     /// How many workers have a closed circuit (are believed reachable).
     public var healthyCount: Int {
@@ -141,15 +151,18 @@ public final class WorkerPool: Sendable {
     var discovered: Set<String> { state.withLock { Set($0.members.filter { !$0.isStatic }.map(\.endpoint.url)) } }
 
     private func insert(_ endpoint: Endpoint, isStatic: Bool) -> Bool {
-        state.withLock { s in
+        let added = state.withLock { s in
             guard !s.members.contains(where: { $0.endpoint.url == endpoint.url }) else { return false }
             let connections = WorkerConnections(
                 host: endpoint.host, port: endpoint.port, group: group, maxConnections: maxConnections,
-                maxAnswerBytes: maxAnswerBytes)
+                maxAnswerBytes: maxAnswerBytes, onRoom: { [capacity] in capacity.roomMade() })
             s.members.append(Member(endpoint: endpoint, connections: connections, isStatic: isStatic))
             s.breakers[endpoint.url] = CircuitBreaker()
             return true
         }
+        // A new worker is room for every waiting call.
+        if added { capacity.membersChanged() }
+        return added
     }
 
     /// Workers to try, in order: the round-robin choice and the other available ones, then the ones whose circuit
@@ -185,11 +198,13 @@ public final class WorkerPool: Sendable {
     /// extra attempts on other workers (at-least-once), each with the next attempt number. `traceParent` (W3C) makes
     /// the worker's execution span a child of the caller's.
     ///
-    /// When every worker refused the connection (all restarting, say), the call waits up to `joinWait` for one to
-    /// come back (`PoolRecoveryProbe`) and tries the pool again; a saturated worker is alive, and ends the call at once.
+    /// When every worker is at capacity (all its connections busy, or it answered that it is saturated), the call
+    /// waits for room in the pool's line (`PoolCapacityQueue`), within its deadline; when every worker refused the
+    /// connection (all restarting, say), it waits up to `joinWait` for one to come back (`PoolRecoveryProbe`). Either
+    /// way it then tries the pool again.
     ///
-    /// `timeout` bounds the answer from the moment a worker is chosen: the wait for a first worker of an empty pool,
-    /// or for one to come back (`joinWait`), comes before it.
+    /// `timeout` bounds the call from the moment it first tries a worker, its wait for room included: the wait for a
+    /// first worker of an empty pool, or for one to come back (`joinWait`), comes before it.
     public func call(
         task: String, taskID: String, body: [UInt8], timeout: TimeAmount, reruns: Int = 0, traceParent: String? = nil
     ) async throws(Failure) -> Answer {
@@ -197,9 +212,12 @@ public final class WorkerPool: Sendable {
         var (members, lastError) = await candidates()
         let waitUntil = NIODeadline.now() + TimeAmount(joinWait)
         let payload = ByteBuffer(bytes: body)
-        repeat {
+        var deadline = NIODeadline.now() + timeout
+        var line = try await takePlace(until: deadline)
+        while true {
             var allRefused = !members.isEmpty
-            let deadline = NIODeadline.now() + timeout
+            var full = Fullness()
+            let ticket = capacity.ticket()
             for member in members {
                 let endpoint = member.endpoint
                 var headers = HTTPHeaders()
@@ -217,6 +235,7 @@ public final class WorkerPool: Sendable {
                         // Saturated: it ran nothing; another worker may have room.
                         lastError = "worker \(endpoint.url) is saturated"
                         allRefused = false
+                        full.workerSaid = true
                         continue
                     }
                     record(endpoint.url, success: true)
@@ -229,9 +248,9 @@ public final class WorkerPool: Sendable {
                     case .timedOut: throw .timedOut  // a slow task, not a broken worker
                     case .saturated(let limit):
                         // Every connection to it is busy: nothing was sent, the worker is fine; try the next one.
-                        HTTPRejections.count("worker_connections")
                         lastError = "all \(limit) connections to worker \(endpoint.url) are busy (--worker-connections)"
                         allRefused = false
+                        full.connections = true
                         continue
                     case .answerTooLarge(let limit):
                         record(endpoint.url, success: true)
@@ -259,25 +278,34 @@ public final class WorkerPool: Sendable {
                     }
                 }
             }
-            // A saturated (or otherwise answering) worker is alive: no wait for one to come back.
+            if full.any {
+                try await waitForRoom(after: ticket, until: deadline, line: &line, full: full, lastError: lastError)
+                members = order(now: .now())
+                continue
+            }
+            // An answering worker is alive: no wait for one to come back.
             guard allRefused else { throw .noWorkerAvailable(lastError) }
-        } while await workerReturned(until: waitUntil, members: &members)
-        throw .noWorkerAvailable(noneCameBack(lastError))
+            guard await workerReturned(until: waitUntil, members: &members) else { throw .noWorkerAvailable(noneCameBack(lastError)) }
+            deadline = NIODeadline.now() + timeout
+        }
     }
 
     /// Forwards a request for the mounted ASGI app to a worker of this pool (`ASGIForwarding.prefix` + the client's
     /// target) and returns the answer once its head arrives; the body streams behind it. Unreachable and saturated
     /// workers, and a worker that refused the request without running it (`X-Neutrino-Rejected`), move on to the next
-    /// worker. A connection lost after the request was sent is `workerCrashed`: the app may have acted on it, so it
-    /// is not sent again.
+    /// worker; when every worker is at capacity the request waits for room, as a task's call does. A connection lost
+    /// after the request was sent is `workerCrashed`: the app may have acted on it, so it is not sent again.
     func forward(method: HTTPMethod, target: String, headers: HTTPHeaders, body: [UInt8], headDeadline: NIODeadline) async throws(Failure)
         -> (WorkerConnections.StreamedReply, String)
     {
         var (members, lastError) = await candidates()
         let waitUntil = min(NIODeadline.now() + TimeAmount(joinWait), headDeadline)
         let payload = ByteBuffer(bytes: body)
-        repeat {
+        var line = try await takePlace(until: headDeadline)
+        while true {
             var allRefused = !members.isEmpty
+            var full = Fullness()
+            let ticket = capacity.ticket()
             for member in members {
                 let endpoint = member.endpoint
                 do {
@@ -288,6 +316,7 @@ public final class WorkerPool: Sendable {
                     if reply.status == 503, reply.headers.first(name: NeutrinoHeader.rejected.canonicalName) != nil {
                         lastError = "worker \(endpoint.url) refused the request: it is saturated or stopping"
                         allRefused = false
+                        full.workerSaid = true
                         // Read to the end so the connection can be reused.
                         if let body = reply.body.take() { for try await _ in body {} }
                         continue
@@ -298,9 +327,9 @@ public final class WorkerPool: Sendable {
                     switch error {
                     case .timedOut: throw .timedOut
                     case .saturated(let limit):
-                        HTTPRejections.count("worker_connections")
                         lastError = "all \(limit) connections to worker \(endpoint.url) are busy (--worker-connections)"
                         allRefused = false
+                        full.connections = true
                         continue
                     case .answerTooLarge(let limit): throw .answerTooLarge(limit: limit)
                     case .unreachable(let reason):
@@ -316,10 +345,61 @@ public final class WorkerPool: Sendable {
                     allRefused = false
                 }
             }
-            // A saturated (or otherwise answering) worker is alive: no wait for one to come back.
+            if full.any {
+                try await waitForRoom(after: ticket, until: headDeadline, line: &line, full: full, lastError: lastError)
+                members = order(now: .now())
+                continue
+            }
+            // An answering worker is alive: no wait for one to come back.
             guard allRefused else { throw .noWorkerAvailable(lastError) }
-        } while await workerReturned(until: waitUntil, members: &members)
-        throw .noWorkerAvailable(noneCameBack(lastError))
+            guard await workerReturned(until: waitUntil, members: &members) else { throw .noWorkerAvailable(noneCameBack(lastError)) }
+        }
+    }
+
+    /// Why a round over the members found no room.
+    private struct Fullness {
+        /// Some worker had every `--worker-connections` busy.
+        var connections = false
+        /// Some worker answered that it is saturated (its own queue full, or stopping): room this gateway may not see.
+        var workerSaid = false
+        var any: Bool { connections || workerSaid }
+    }
+
+    /// Where a call stands in the pool's line: whether it has waited (and so goes back to the front when woken for
+    /// nothing), and since when.
+    private struct Place {
+        var waited = false
+        let since = NIODeadline.now()
+    }
+
+    /// A call that arrives while others wait for room queues behind them rather than taking the room made for them.
+    private func takePlace(until deadline: NIODeadline) async throws(Failure) -> Place {
+        var place = Place()
+        guard capacity.waiting > 0 else { return place }
+        try await waitForRoom(after: capacity.ticket(), until: deadline, line: &place, full: Fullness(connections: true), lastError: nil)
+        return place
+    }
+
+    /// Waits in the pool's line until room is made (returns: try the workers again), or refuses the call
+    /// (`atCapacity`): the line is full, or the deadline came first.
+    private func waitForRoom(
+        after ticket: UInt64, until deadline: NIODeadline, line: inout Place, full: Fullness, lastError: String?
+    ) async throws(Failure) {
+        let outcome = await capacity.wait(after: ticket, until: deadline, first: line.waited, recheck: full.workerSaid)
+        line.waited = true
+        let why = lastError.map { ": \($0)" } ?? ""
+        switch outcome {
+        case .tryAgain:
+            return
+        case .full:
+            HTTPRejections.count("worker_connections")
+            let queueFull = "the line of calls waiting for room is full (--max-waiting-calls \(capacity.limit))"
+            throw .atCapacity("pool '\(name)' is at capacity: every worker is busy and \(queueFull)\(why)")
+        case .expired:
+            HTTPRejections.count("worker_connections")
+            let waited = (NIODeadline.now() - line.since).nanoseconds / 1_000_000
+            throw .atCapacity("pool '\(name)' stayed at capacity for the \(waited) ms this call could wait: every worker is busy\(why)")
+        }
     }
 
     /// After every worker refused a call's connection: waits until `until` for one to accept connections again

@@ -153,8 +153,17 @@ struct GatewayCommand: AsyncParsableCommand {
     @Option(name: .customLong("sse-backlog"), help: "Missed events a resuming GET /events client is sent at most.")
     var sseBacklog: Int = 1000
 
-    @Option(name: .customLong("worker-connections"), help: "Connections to each sync worker; when all are busy a call goes to the next worker.")
+    @Option(
+        name: .customLong("worker-connections"),
+        help: "Connections to each sync worker; when all are busy a call goes to the next worker (and waits for room when every worker is busy).")
     var workerConnections: Int = 128
+
+    @Option(
+        name: .customLong("max-waiting-calls"),
+        help:
+            "Sync calls per pool that wait, within their task's timeout, for room when every worker is busy; more are answered 503 at once (0: none wait)."
+    )
+    var maxWaitingCalls: Int = 1024
 
     @Option(name: .customLong("max-worker-answer-bytes"), help: "Largest answer read from a sync worker (502 above).")
     var maxWorkerAnswerBytes: Int = 16 << 20
@@ -211,6 +220,7 @@ struct GatewayCommand: AsyncParsableCommand {
         ] {
             guard value > 0, value <= 1 << 40 else { throw ValidationError("\(name) must be a positive number") }
         }
+        guard maxWaitingCalls >= 0, maxWaitingCalls <= 1_000_000 else { throw ValidationError("--max-waiting-calls must be between 0 and 1000000") }
         guard maxHeaderBytes >= 1024 else { throw ValidationError("--max-header-bytes must be at least 1024") }
         guard maxListBytes >= 4096 else { throw ValidationError("--max-list-bytes must be at least 4096") }
         guard maxWorkerAnswerBytes >= 1024 else { throw ValidationError("--max-worker-answer-bytes must be at least 1024") }
@@ -294,6 +304,7 @@ struct GatewayCommand: AsyncParsableCommand {
         configuration.maxSSESubscribers = maxSSESubscribers
         configuration.sseBacklog = sseBacklog
         configuration.workerConnections = workerConnections
+        configuration.maxWaitingCalls = maxWaitingCalls
         configuration.maxWorkerAnswerBytes = maxWorkerAnswerBytes
         configuration.maxListBytes = maxListBytes
 

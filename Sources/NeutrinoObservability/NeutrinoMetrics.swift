@@ -17,6 +17,8 @@ public enum NeutrinoMetrics {
     public static let queueOldestAge = "neutrino_queue_oldest_age_seconds"
     public static let dlqDepth = "neutrino_dlq_depth"
     public static let workersAlive = "neutrino_workers_alive"
+    /// Sync calls waiting in a gateway for room in their pool (every worker busy).
+    public static let poolWaitingCalls = "neutrino_pool_waiting_calls"
     /// Restarts of worker slots by their supervisor (crashes, wedged interpreters, recycling), from heartbeats.
     public static let workerRestarts = "neutrino_worker_restarts_total"
     public static let desiredReplicas = "neutrino_pool_desired_replicas"

@@ -84,6 +84,7 @@ function paintCard(card, p) {
   fill(stats, 
     q ? stat("queue depth", fmtNumber(q.depth), "depth") : stat("running", fmtNumber(p.running ?? busySlots(p)), "running"),
     q ? stat("pending", fmtNumber(q.pending), "pending") : null,
+    !q && p.waiting_calls ? stat("waiting for room", fmtNumber(p.waiting_calls), "waiting") : null,
     q ? stat("in flight", fmtNumber(q.in_flight), "in_flight") : null,
     q && q.redelivered ? stat("redelivered", fmtNumber(q.redelivered), "redelivered") : null,
     q ? stat("oldest queued", q.oldest_queued_age_seconds ? fmtDuration(q.oldest_queued_age_seconds * 1000) : "—", "oldest") : null,

@@ -15,6 +15,7 @@ import socket
 import sqlite3
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 from urllib.parse import urlsplit
@@ -132,7 +133,8 @@ def hostile(launcher: Launcher, example_manifest) -> Hostile:
     h = Hostile(launcher, example_manifest, [
         "--header-timeout", str(HEADER_TIMEOUT_S), "--body-timeout", str(BODY_TIMEOUT_S), "--max-header-bytes", "8192",
         "--max-body-bytes", "65536", "--max-long-poll-waiters", "2", "--max-sse-subscribers", "2",
-        "--max-worker-answer-bytes", "4096", "--max-list-bytes", "8192", "--worker-connections", "1"])
+        "--max-worker-answer-bytes", "4096", "--max-list-bytes", "8192", "--worker-connections", "1",
+        "--max-waiting-calls", "1"])
     yield h
     h.stop()
 
@@ -326,34 +328,41 @@ def test_worker_answer_size_is_bounded(hostile: Hostile):
 
 
 def test_worker_connection_pool_is_bounded(hostile: Hostile):
-    """With --worker-connections 1 and one worker, a call while another holds the only connection is 503 (the worker
-    is not marked broken: the next call succeeds)."""
+    """With --worker-connections 1, one worker and --max-waiting-calls 1: while a call holds the only connection, the
+    next call waits in line and runs once it is given back (200); one more finds the line full and is refused at once
+    (503 Overloaded with Retry-After, nothing ran, recorded failed). The worker is not marked broken."""
     import json
 
-    # Whether the probe lands while the holder runs depends on scheduling: try a bounded number of times; every
-    # answer must be 200 or that 503, and at least one must be the 503.
-    refusals = 0
-    for _ in range(8):
+    # Both calls must arrive while the holder runs, which depends on scheduling: a bounded number of tries; every
+    # answer must be 200 or that 503, and a try that saw both must see exactly one of each.
+    refused = None
+    for _ in range(6):
         holder = threading.Thread(target=lambda: http_request("POST", f"{hostile.url}/api/sleepy",
-                                                              json_body={"args": {"seconds": 1.8}}))
+                                                              json_body={"args": {"seconds": 1.5}}))
         holder.start()
         try:
             def running():
                 page = http_request("GET", f"{hostile.url}/tasks?function=sleepy&status=running").json()
                 return page["tasks"]
             wait_for(running, timeout=60, interval=0.02, message="the holding call to be running")
-            r = http_request("POST", f"{hostile.url}/api/echo", json_body={"args": {"x": 1}})
-            if r.status == 503:
-                body = assert_error_body(r, 503, "NoWorkerAvailable")
-                assert "busy" in body["error"]["message"], body
-                refusals += 1
-            else:
-                assert r.status == 200, r
+            with ThreadPoolExecutor(2) as pool:
+                answers = list(pool.map(lambda x: http_request("POST", f"{hostile.url}/api/echo", json_body={"args": {"x": x}}),
+                                        (1, 2)))
         finally:
             holder.join(SOCKET_BOUND_S)
-        if refusals:
+        statuses = sorted(r.status for r in answers)
+        assert statuses in ([200, 200], [200, 503]), answers
+        if statuses == [200, 503]:
+            refused = next(r for r in answers if r.status == 503)
+            served = next(r for r in answers if r.status == 200)
+            assert served.json()["status"] == "completed", served
             break
-    assert refusals, "no call was refused while the only worker connection was busy"
+    assert refused is not None, "no call was refused while one waited for the only worker connection"
+    body = assert_error_body(refused, 503, "Overloaded")
+    assert "at capacity" in body["error"]["message"] and "--max-waiting-calls 1" in body["error"]["message"], body
+    assert refused.headers.get("retry-after") == "1", refused.headers
+    record = http_request("GET", f"{hostile.url}/tasks/{body['error']['task_id']}").json()
+    assert record["status"] == "failed" and record["error"]["type"] == "Overloaded", record
     CASES.append("worker connection pool")
     assert http_request("POST", f"{hostile.url}/api/echo", json_body={"args": {"x": 2}}).status == 200
     assert json.loads(http_request("GET", f"{hostile.url}/readyz").body)["status"] == "ready"

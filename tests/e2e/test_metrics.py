@@ -25,8 +25,8 @@ HISTOGRAMS = {"neutrino_task_duration_seconds", "neutrino_task_execution_seconds
 GAUGES = {"neutrino_worker_tasks_in_flight", "neutrino_worker_slots", "neutrino_queue_pending",
           "neutrino_queue_in_flight", "neutrino_queue_redelivered", "neutrino_queue_depth",
           "neutrino_queue_oldest_age_seconds", "neutrino_dlq_depth", "neutrino_workers_alive",
-          "neutrino_pool_desired_replicas", "neutrino_tasklog_db_bytes", "neutrino_tasklog_queued_events",
-          "neutrino_tasklog_wal_bytes"}
+          "neutrino_pool_desired_replicas", "neutrino_pool_waiting_calls", "neutrino_tasklog_db_bytes",
+          "neutrino_tasklog_queued_events", "neutrino_tasklog_wal_bytes"}
 TYPES = {**{n: "counter" for n in COUNTERS}, **{n: "histogram" for n in HISTOGRAMS}, **{n: "gauge" for n in GAUGES}}
 # The task-log histograms of a worker: only one with a SQLite writer has them (not a `--task-log nats` worker).
 WORKER_TASKLOG = set() if NATS_TASK_LOG else {"neutrino_tasklog_batch_size", "neutrino_tasklog_write_seconds"}
@@ -90,6 +90,10 @@ def test_gateway_and_http_worker_metrics_move_as_sync_tasks_run(cluster):
     if g.samples("neutrino_tasks_submitted_total", task="echo"):  # the gateway counts sync submissions too
         assert delta("neutrino_tasks_submitted_total", task="echo", mode="sync", pool="fast") == 3
     assert g.value("neutrino_tasklog_batch_size_count") > 0 and g.value("neutrino_tasklog_write_seconds_count") > 0
+    # No call waits for room here (the gauge is refreshed once a second, with the pool's other gauges).
+    assert wait_for(lambda: scrape(cluster.url).samples("neutrino_pool_waiting_calls", pool="fast"), timeout=30,
+                    message="neutrino_pool_waiting_calls{pool=fast} exposed")
+    assert scrape(cluster.url).value("neutrino_pool_waiting_calls", pool="fast") == 0
 
     def workers_moved():
         scrapes = [scrape(w.url) for w in cluster.workers]

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
 import pytest
 
 from conftest import (
     EXAMPLE_APP, SETTLE_TIMEOUT_S, TASK_LOG_MODE, Cluster, Launcher, TaskLog, assert_error_body, loads_json_column,
-    parse_time, wait_for,
+    parse_time, post_task, wait_for,
 )
 
 from neutrino.errors import TaskFailed
@@ -301,3 +302,30 @@ def test_gateway_shutdown_records_a_call_whose_client_left(launcher: Launcher, e
         assert rows[0]["status"] == "completed", rows
     finally:
         w.stop()
+
+
+def test_a_burst_beyond_the_pools_connections_waits_its_turn_instead_of_failing(launcher: Launcher, example_manifest):
+    """Every worker busy is not an error: with --worker-connections 2 to each of two workers (4 calls in flight at
+    most), 40 calls at once all complete, the others after waiting for room in the gateway; /pools shows them
+    waiting meanwhile, and every call is recorded once, completed."""
+    c = launcher.cluster(app=EXAMPLE_APP, manifest=example_manifest, workers=2, concurrency=2, name="burst",
+                         gateway_args=["--worker-connections", "2"])
+    try:
+        with ThreadPoolExecutor(40) as pool:
+            futures = [pool.submit(post_task, c.gateway.url, "sleepy", {"seconds": 0.25}) for _ in range(40)]
+            most_waiting = 0
+            for _ in range(400):  # bounded: the burst takes about 2.5 s
+                if all(f.done() for f in futures):
+                    break
+                fast = next(p for p in c.get("/pools").json()["pools"] if p["name"] == "fast")
+                most_waiting = max(most_waiting, fast["waiting_calls"] or 0)
+                time.sleep(0.02)
+            answers = [f.result() for f in futures]
+        assert all(r.status == 200 for r in answers), [r for r in answers if r.status != 200][:3]
+        ids = {r.json()["task_id"] for r in answers}
+        assert len(ids) == 40
+        assert most_waiting > 0, "/pools never showed a call waiting for room"
+        for task_id in ids:
+            assert c.get(f"/tasks/{task_id}").json()["status"] == "completed"
+    finally:
+        c.stop()

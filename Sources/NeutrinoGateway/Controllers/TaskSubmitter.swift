@@ -282,6 +282,9 @@ struct TaskSubmitter: Sendable {
                 return fail(
                     .noWorkerAvailable, .failed, "no worker of pool '\(spec.pool)' is reachable (\(reason))",
                     headers: [.retryAfter: "1"])
+            case .atCapacity(let reason):
+                // Nothing ran: every worker was busy for as long as the call could wait.
+                return fail(.overloaded, .failed, reason, headers: [.retryAfter: "1"])
             case .answerTooLarge(let limit):
                 // The task ran and its worker recorded the outcome; only the answer is too big to relay.
                 record(nil)

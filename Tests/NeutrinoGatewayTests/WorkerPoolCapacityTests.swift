@@ -1,0 +1,126 @@
+import Hummingbird
+import HummingbirdTesting
+import Logging
+import NIOCore
+import Synchronization
+import Testing
+
+@testable import NeutrinoGateway
+
+/// A pool whose workers are all busy: calls wait for room in line instead of failing, within their deadline and the
+/// line's bound. The worker is a real HTTP server on a loopback port (Hummingbird, live): `/api/slow` answers after
+/// 400 ms, `/api/busy` always says it is saturated (503).
+struct WorkerPoolCapacityTests {
+    static let answersAfter = Duration.milliseconds(400)
+
+    final class Counts: Sendable {
+        let slowStarted = Atomic<Int>(0)
+        let busyAsked = Atomic<Int>(0)
+    }
+
+    static func withWorker(_ test: @Sendable (Int, Counts) async throws -> Void) async throws {
+        let counts = Counts()
+        let router = Router()
+        router.post("/api/slow") { _, _ -> String in
+            counts.slowStarted.wrappingAdd(1, ordering: .relaxed)
+            try await Task.sleep(for: answersAfter)
+            return #"{"ok":true}"#
+        }
+        router.post("/api/busy") { _, _ -> Response in
+            counts.busyAsked.wrappingAdd(1, ordering: .relaxed)
+            return Response(status: .serviceUnavailable)
+        }
+        var logger = Logger(label: "worker")
+        logger.logLevel = .critical
+        let app = Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)), logger: logger)
+        try await app.test(.live) { client in
+            try await test(try #require(client.port), counts)
+        }
+    }
+
+    static func pool(port: Int, maxWaiting: Int) throws -> WorkerPool {
+        var logger = Logger(label: "pool")
+        logger.logLevel = .critical
+        let endpoint = try #require(WorkerPool.Endpoint(url: "http://127.0.0.1:\(port)"))
+        return WorkerPool(name: "fast", endpoints: [endpoint], maxConnections: 1, maxWaiting: maxWaiting, logger: logger)
+    }
+
+    static func call(_ pool: WorkerPool, _ task: String = "slow", timeout: TimeAmount = .seconds(30)) async -> Result<Int, WorkerPool.Failure> {
+        do throws(WorkerPool.Failure) {
+            return .success(try await pool.call(task: task, taskID: "t", body: Array(#"{"args":{}}"#.utf8), timeout: timeout).status)
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    static func eventually(_ what: Comment, _ check: () -> Bool) async throws {
+        for _ in 0..<2000 where !check() { try await Task.sleep(for: .milliseconds(5)) }
+        #expect(check(), what)
+    }
+
+    static func refusal(_ result: Result<Int, WorkerPool.Failure>) -> String? {
+        guard case .failure(.atCapacity(let message)) = result else { return nil }
+        return message
+    }
+
+    @Test func callsBeyondTheWorkersConnectionsWaitTheirTurnAndBeyondTheLineAreRefused() async throws {
+        try await Self.withWorker { port, counts in
+            let pool = try Self.pool(port: port, maxWaiting: 1)
+            defer { pool.close() }
+            let first = Task { await Self.call(pool) }
+            try await Self.eventually("the first call holds the only connection") { counts.slowStarted.load(ordering: .relaxed) == 1 }
+            let second = Task { await Self.call(pool) }
+            try await Self.eventually("the second call waits for room") { pool.waitingCalls == 1 }
+            // The line (one place) is full: refused at once, nothing sent.
+            let third = await Self.call(pool)
+            let message = try #require(Self.refusal(third), "\(third)")
+            #expect(message.contains("pool 'fast' is at capacity"), "\(message)")
+            #expect(message.contains("(--max-waiting-calls 1)"), "\(message)")
+            // The first answers, the second then runs on the connection it gave back.
+            #expect(try await first.value.get() == 200)
+            #expect(try await second.value.get() == 200)
+            #expect(counts.slowStarted.load(ordering: .relaxed) == 2)
+            #expect(pool.waitingCalls == 0)
+        }
+    }
+
+    @Test func aCallWaitsNoLongerThanItsDeadline() async throws {
+        try await Self.withWorker { port, counts in
+            let pool = try Self.pool(port: port, maxWaiting: 8)
+            defer { pool.close() }
+            let holder = Task { await Self.call(pool) }
+            try await Self.eventually("the holder runs") { counts.slowStarted.load(ordering: .relaxed) == 1 }
+            let late = await Self.call(pool, timeout: .milliseconds(50))
+            let message = try #require(Self.refusal(late), "\(late)")
+            #expect(message.contains("stayed at capacity"), "\(message)")
+            #expect(pool.waitingCalls == 0)
+            #expect(try await holder.value.get() == 200)
+            #expect(counts.slowStarted.load(ordering: .relaxed) == 1)  // the refused call never reached the worker
+        }
+    }
+
+    /// A worker that says it is saturated frees no connection when it answers: the waiting call looks again every
+    /// `PoolCapacityQueue.recheck`, not at once (no busy loop against the worker), until its deadline.
+    @Test func aCallToAWorkerThatStaysSaturatedLooksAgainAtAPace() async throws {
+        try await Self.withWorker { port, counts in
+            let pool = try Self.pool(port: port, maxWaiting: 8)
+            defer { pool.close() }
+            let result = await Self.call(pool, "busy", timeout: .milliseconds(350))
+            let message = try #require(Self.refusal(result), "\(result)")
+            #expect(message.contains("is saturated"), "\(message)")
+            let asked = counts.busyAsked.load(ordering: .relaxed)
+            #expect(asked >= 2 && asked <= 10, "asked \(asked) times in 350 ms")
+        }
+    }
+
+    @Test func withoutALineACallFindingNoRoomIsRefusedAtOnce() async throws {
+        try await Self.withWorker { port, counts in
+            let pool = try Self.pool(port: port, maxWaiting: 0)
+            defer { pool.close() }
+            let holder = Task { await Self.call(pool) }
+            try await Self.eventually("the holder runs") { counts.slowStarted.load(ordering: .relaxed) == 1 }
+            #expect(Self.refusal(await Self.call(pool)) != nil)
+            #expect(try await holder.value.get() == 200)
+        }
+    }
+}
