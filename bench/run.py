@@ -18,6 +18,8 @@ Environment:
   BENCH_START_TIMEOUT=60   seconds to wait for a server to come up (Ray: max(this, 180))
   BENCH_WORKER_PATH=/api/echo   path of the echo task on a worker called directly
   BENCH_SLEEP=1            also run sleep_ms(10) (an I/O-bound call) at c=32 on the rows that have it (0: skip)
+  BENCH_BURST=1024         also run echo at this many connections on neutrino, uvicorn-2 and nginx-uvicorn-2: a burst
+                           far above the workers' connections, where what counts is what is refused (0: skip)
   BENCH_RAY_REPLICAS=2     Ray Serve replicas
   BENCH_PAIRS=3            alternating pairs for the paired ratios (Neutrino and uvicorn-2 both up, runs taking
                            turns, so a host whose speed drifts weighs on both sides alike; 0: skip)
@@ -61,6 +63,9 @@ GATEWAY_BIN = BIN_DIR / "neutrino-gateway"
 BODY = os.environ.get("BENCH_BODY", '{"args":{"x":42,"label":"bench"}}')
 SLEEP_BODY = '{"args":{"ms":10}}'
 SLEEP = os.environ.get("BENCH_SLEEP", "1") != "0"
+BURST = int(os.environ.get("BENCH_BURST", "1024"))
+#: The rows that also take the burst: the headline pair and the proxy yardstick.
+BURST_TARGETS = ("neutrino", "uvicorn-2", "nginx-uvicorn-2")
 BENCH_APP = "bench/bench_app.py"
 SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
 WARMUP = int(os.environ.get("BENCH_WARMUP", "2"))
@@ -637,6 +642,8 @@ def run_target(t: Target, ctx: Ctx, rows: list[Row]) -> None:
         runs = [(t.call, url, BODY, c) for c in CONCURRENCY]
         if SLEEP and t.sleep:
             runs.append(("sleep_ms(10)", url.rsplit("/", 1)[0] + "/sleep_ms", SLEEP_BODY, 32))
+        if BURST > 0 and t.key in BURST_TARGETS and BURST not in CONCURRENCY:
+            runs.append((t.call, url, BODY, BURST))
         for workload, run_url, body, c in runs:
             wlog = ctx.state / f"wrk-{t.key}.log"
             try:
@@ -655,7 +662,8 @@ def run_target(t: Target, ctx: Ctx, rows: list[Row]) -> None:
                     f"p99 {res.p99_ms:.3f} ms, non-2xx {res.non2xx}, socket errors {res.sock_total}, "
                     f"cpu/call {cpu_ms if cpu_ms is None else round(cpu_ms, 3)} ms, RSS MB {rss}")
                 rows.append(Row(t.label, c, res, workload=workload, cpu_ms=cpu_ms, rss_mb=rss))
-                ctx.loaded_memory[t.key] = {p.name: m for p, m in resident}
+                if c != BURST:  # the memory targets are for the c=32 load; the burst row shows its own RSS
+                    ctx.loaded_memory[t.key] = {p.name: m for p, m in resident}
             except (RuntimeError, ValueError, AttributeError, subprocess.TimeoutExpired) as e:
                 ctx.failed = True
                 log(f"  {workload} c={c}: wrk failed: {e}")
@@ -785,6 +793,11 @@ def ratios(rows: list[Row]) -> list[str]:
         if n.cpu_ms is not None and u.cpu_ms is not None:
             line += f", CPU per call {fmt_ms(n.cpu_ms)} vs {fmt_ms(u.cpu_ms)}"
         out.append(line)
+    n, u = (measured_row(rows, key, "echo", BURST) for key in ("neutrino", "uvicorn-2"))
+    if BURST > 0 and n is not None and u is not None and u.result.rps:
+        out.append(f"- echo c={BURST} (a burst): Neutrino ÷ uvicorn-2: req/s {n.result.rps / u.result.rps:.2f}×; refused "
+                   f"(non-2xx) {n.result.non2xx:,} vs {u.result.non2xx:,}, socket errors {n.result.sock_total:,} vs "
+                   f"{u.result.sock_total:,}, p99 {fmt_ms(n.result.p99_ms)} vs {fmt_ms(u.result.p99_ms)}")
     return out
 
 

@@ -71,6 +71,7 @@ struct ASGIFallback: RouterMiddleware {
                 switch error {
                 case .noWorkerAvailable(let why): .error(.noWorkerAvailable, why, headers: [.retryAfter: "1"])
                 case .atCapacity(let why): .error(.overloaded, why, headers: [.retryAfter: "1"])
+                case .callerLeft(let why): .error(.cancelled, why)  // not forwarded with a caller: nobody reads it
                 case .timedOut: .error(.timeout, "the ASGI app did not start its answer within \(headTimeout)")
                 case .workerCrashed(let why): .error(.workerCrashed, why)
                 case .answerTooLarge(let limit): .error(.workerAnswerTooLarge, "the answer is larger than \(limit) bytes")

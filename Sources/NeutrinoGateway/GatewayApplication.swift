@@ -234,8 +234,8 @@ public func buildGateway(
         let calls = CallHandler.Calls(
             claim: { head in SubmitController.claimedTask(head, manifest: manifest, hostGuard: hostGuard, access: callAccess) },
             maxBodyBytes: configuration.maxBodyBytes, serverName: "neutrino-gateway", route: "/api/{task}",
-            start: { task, head, body, executor, answer in
-                submit.start(task: task, head: head, body: body, access: callAccess, executor: executor, answer: answer)
+            start: { task, head, body, executor, caller, answer in
+                submit.start(task: task, head: head, body: body, access: callAccess, executor: executor, caller: caller, answer: answer)
             })
         gatewayLimits.requestHandlers = { [CallHandler(calls: calls)] }
     }

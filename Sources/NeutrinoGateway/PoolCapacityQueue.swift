@@ -1,5 +1,6 @@
 import NIOCore
 import NIOPosix
+import NeutrinoHTTP
 import Synchronization
 
 /// The sync calls of one pool waiting for room: every worker's `--worker-connections` were busy (or every worker
@@ -20,6 +21,8 @@ final class PoolCapacityQueue: Sendable {
         case full
         /// The deadline passed, or the waiting task was cancelled.
         case expired
+        /// The caller closed its connection.
+        case callerLeft
     }
 
     private struct Waiter {
@@ -87,8 +90,11 @@ final class PoolCapacityQueue: Sendable {
 
     /// Waits for room made after `ticket` was taken, until `deadline`. `first`: a call that was woken and still found
     /// no room goes back to the front, not behind the calls that came after it. `recheck`: it met a worker saturated by
-    /// calls this gateway does not see, so it also looks again every `PoolCapacityQueue.recheck`.
-    func wait(after ticket: UInt64, until deadline: NIODeadline, first: Bool = false, recheck: Bool = false) async -> Wait {
+    /// calls this gateway does not see, so it also looks again every `PoolCapacityQueue.recheck`. A `caller` that
+    /// leaves takes its call out of the line (`callerLeft`).
+    func wait(
+        after ticket: UInt64, until deadline: NIODeadline, first: Bool = false, recheck: Bool = false, caller: CallerPresence? = nil
+    ) async -> Wait {
         let id = nextID.wrappingAdd(1, ordering: .relaxed).oldValue
         let wake = recheck ? min(deadline, .now() + Self.recheck) : deadline
         let onTimer: Wait = wake < deadline ? .tryAgain : .expired
@@ -98,16 +104,29 @@ final class PoolCapacityQueue: Sendable {
                 let refusal = waiters.withLock { w -> Wait? in
                     // The cancellation flag is set before the handler below runs, which takes this lock: a waiter is
                     // either refused here or found there.
-                    if Task.isCancelled || wake <= .now() { return onTimer }
+                    if Task.isCancelled { return .expired }
+                    if caller?.hasLeft == true { return .callerLeft }
+                    if wake <= .now() { return onTimer }
                     if made.load(ordering: .sequentiallyConsistent) != ticket { return .tryAgain }
                     if w.count >= limit && !(first && limit > 0) { return .full }
+                    // Counted before the last look at `made`, the order `roomMade` uses the other way round (its add,
+                    // then its look at `count`): either it sees this waiter and wakes it (after this lock), or this
+                    // look sees its room.
+                    count.store(w.count + 1, ordering: .sequentiallyConsistent)
+                    if made.load(ordering: .sequentiallyConsistent) != ticket {
+                        count.store(w.count, ordering: .sequentiallyConsistent)
+                        return .tryAgain
+                    }
                     let timer = loop.scheduleTask(deadline: wake) { [self] in self.leave(id, with: nil) }
                     let waiter = Waiter(id: id, continuation: continuation, timer: timer, onTimer: onTimer)
                     if first { w.prepend(waiter) } else { w.append(waiter) }
-                    count.store(w.count, ordering: .sequentiallyConsistent)
                     return nil
                 }
-                if let refusal { continuation.resume(returning: refusal) }
+                if let refusal {
+                    continuation.resume(returning: refusal)
+                } else {
+                    caller?.onLeave { [self] in self.leave(id, with: .callerLeft) }
+                }
             }
         } onCancel: {
             leave(id, with: .expired)

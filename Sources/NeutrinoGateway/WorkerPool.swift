@@ -48,6 +48,8 @@ public final class WorkerPool: Sendable {
         /// Every worker was at capacity, and the call could not wait for room: `--max-waiting-calls` calls were
         /// waiting already, or it waited until its deadline. Nothing ran.
         case atCapacity(String)
+        /// The caller closed its connection while the call waited for room: nothing ran.
+        case callerLeft(String)
         /// The worker did not answer before the deadline.
         case timedOut
         /// The connection dropped after the request was sent: the worker died (crashed, was killed, ran out of
@@ -206,14 +208,16 @@ public final class WorkerPool: Sendable {
     /// `timeout` bounds the call from the moment it first tries a worker, its wait for room included: the wait for a
     /// first worker of an empty pool, or for one to come back (`joinWait`), comes before it.
     public func call(
-        task: String, taskID: String, body: [UInt8], timeout: TimeAmount, reruns: Int = 0, traceParent: String? = nil
+        task: String, taskID: String, body: [UInt8], timeout: TimeAmount, reruns: Int = 0, traceParent: String? = nil,
+        caller: CallerPresence? = nil
     ) async throws(Failure) -> Answer {
         var attempt = 1
         var (members, lastError) = await candidates()
         let waitUntil = NIODeadline.now() + TimeAmount(joinWait)
         let payload = ByteBuffer(bytes: body)
         var deadline = NIODeadline.now() + timeout
-        var line = try await takePlace(until: deadline)
+        var line = Place(caller: caller)
+        try await takePlace(until: deadline, line: &line)
         while true {
             var allRefused = !members.isEmpty
             var full = Fullness()
@@ -301,7 +305,8 @@ public final class WorkerPool: Sendable {
         var (members, lastError) = await candidates()
         let waitUntil = min(NIODeadline.now() + TimeAmount(joinWait), headDeadline)
         let payload = ByteBuffer(bytes: body)
-        var line = try await takePlace(until: headDeadline)
+        var line = Place(caller: nil)
+        try await takePlace(until: headDeadline, line: &line)
         while true {
             var allRefused = !members.isEmpty
             var full = Fullness()
@@ -366,18 +371,17 @@ public final class WorkerPool: Sendable {
     }
 
     /// Where a call stands in the pool's line: whether it has waited (and so goes back to the front when woken for
-    /// nothing), and since when.
+    /// nothing), since when, and who waits for it (a caller that leaves takes the call out of the line).
     private struct Place {
+        let caller: CallerPresence?
         var waited = false
         let since = NIODeadline.now()
     }
 
     /// A call that arrives while others wait for room queues behind them rather than taking the room made for them.
-    private func takePlace(until deadline: NIODeadline) async throws(Failure) -> Place {
-        var place = Place()
-        guard capacity.waiting > 0 else { return place }
-        try await waitForRoom(after: capacity.ticket(), until: deadline, line: &place, full: Fullness(connections: true), lastError: nil)
-        return place
+    private func takePlace(until deadline: NIODeadline, line: inout Place) async throws(Failure) {
+        guard capacity.waiting > 0 else { return }
+        try await waitForRoom(after: capacity.ticket(), until: deadline, line: &line, full: Fullness(connections: true), lastError: nil)
     }
 
     /// Waits in the pool's line until room is made (returns: try the workers again), or refuses the call
@@ -385,7 +389,8 @@ public final class WorkerPool: Sendable {
     private func waitForRoom(
         after ticket: UInt64, until deadline: NIODeadline, line: inout Place, full: Fullness, lastError: String?
     ) async throws(Failure) {
-        let outcome = await capacity.wait(after: ticket, until: deadline, first: line.waited, recheck: full.workerSaid)
+        let outcome = await capacity.wait(
+            after: ticket, until: deadline, first: line.waited, recheck: full.workerSaid, caller: line.caller)
         line.waited = true
         let why = lastError.map { ": \($0)" } ?? ""
         switch outcome {
@@ -395,6 +400,10 @@ public final class WorkerPool: Sendable {
             HTTPRejections.count("worker_connections")
             let queueFull = "the line of calls waiting for room is full (--max-waiting-calls \(capacity.limit))"
             throw .atCapacity("pool '\(name)' is at capacity: every worker is busy and \(queueFull)\(why)")
+        case .callerLeft:
+            let waited = (NIODeadline.now() - line.since).nanoseconds / 1_000_000
+            throw .callerLeft(
+                "the caller closed its connection after waiting \(waited) ms for room in pool '\(name)' (every worker busy); the call was not run")
         case .expired:
             HTTPRejections.count("worker_connections")
             let waited = (NIODeadline.now() - line.since).nanoseconds / 1_000_000

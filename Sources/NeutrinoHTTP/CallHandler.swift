@@ -29,16 +29,19 @@ public final class CallHandler: ChannelDuplexHandler, RemovableChannelHandler {
         /// The route its answers are counted under in `neutrino_http_requests_total`, as the router names it.
         let route: String
         /// Runs the call; `answer` is called once, on any thread. `executor` runs a task on the connection's event
-        /// loop (one per connection), for a call that needs one.
+        /// loop (one per connection), for a call that needs one; `caller` says when the client left before its answer.
         let start:
             @Sendable (
                 _ task: String, _ request: HTTPRequest, _ body: [UInt8], _ executor: EventLoopTaskExecutor,
-                _ answer: @escaping @Sendable (CallAnswer) -> Void
+                _ caller: CallerPresence, _ answer: @escaping @Sendable (CallAnswer) -> Void
             ) -> Void
 
         public init(
             claim: @escaping @Sendable (HTTPRequest) -> String?, maxBodyBytes: Int, serverName: String, route: String,
-            start: @escaping @Sendable (String, HTTPRequest, [UInt8], EventLoopTaskExecutor, @escaping @Sendable (CallAnswer) -> Void) -> Void
+            start:
+                @escaping @Sendable (
+                    String, HTTPRequest, [UInt8], EventLoopTaskExecutor, CallerPresence, @escaping @Sendable (CallAnswer) -> Void
+                ) -> Void
         ) {
             self.claim = claim
             self.maxBodyBytes = maxBodyBytes
@@ -75,6 +78,8 @@ public final class CallHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var date = (second: Int64(-1), text: "")
     /// This connection's event loop as a task executor (made with the handler).
     private var executor: EventLoopTaskExecutor?
+    /// The client of the call waiting for its answer, told if the connection closes first.
+    private var caller: CallerPresence?
 
     public init(calls: Calls) { self.calls = calls }
 
@@ -152,9 +157,12 @@ public final class CallHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let loop = context.eventLoop
         let bound = NIOLoopBound((self, context), eventLoop: loop)
         let executor = self.executor ?? EventLoopTaskExecutor(loop)
-        calls.start(call.task, call.head, bytes, executor) { answer in
+        let caller = CallerPresence()
+        self.caller = caller
+        calls.start(call.task, call.head, bytes, executor, caller) { answer in
             loop.execute {
                 let (handler, context) = bound.value
+                handler.caller = nil
                 handler.respond(answer, context: context)
                 handler.finishCall(context: context)
             }
@@ -235,9 +243,22 @@ public final class CallHandler: ChannelDuplexHandler, RemovableChannelHandler {
         context.write(data, promise: promise)
     }
 
+    public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        // The client has sent all it will: it closed the connection (Hummingbird allows half-closure, so the channel
+        // stays open until the server closes it). The call in progress learns that its caller left, as nginx takes a
+        // client's EOF during a proxied request for an abort: a call still waiting for a worker with room is not run.
+        if let event = event as? ChannelEvent, event == .inputClosed {
+            caller?.leave()
+            caller = nil
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
     public func channelInactive(context: ChannelHandlerContext) {
         active = false
         waiting.removeAll()
+        caller?.leave()
+        caller = nil
         context.fireChannelInactive()
     }
 

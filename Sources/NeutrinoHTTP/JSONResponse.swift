@@ -173,6 +173,10 @@ public struct ServerLimits: Sendable {
     public var maxHeaderCount = 100
     /// Connections accepted at once; beyond it the server stops accepting (they wait in the listen backlog).
     public var maxAcceptedConnections: Int?
+    /// The listen backlog: connections the kernel completes before the server accepts them (capped by
+    /// `net.core.somaxconn`, 4096 on current kernels). Hummingbird's 256 turned a burst of 1,024 new connections into
+    /// SYNs dropped and retried a second later; 2048 is uvicorn's and gunicorn's default.
+    public var backlog = 2048
     /// Channel handlers added to every connection after the HTTP codec (a connection guard).
     public var channelHandlers: @Sendable () -> [any RemovableChannelHandler] = { [] }
     /// Channel handlers added to every connection right in front of the router, behind Hummingbird's connection state
@@ -204,7 +208,7 @@ where Context.Source == ApplicationRequestContextSource {
         router: router,
         server: .http1OnEventLoops(configuration: http1, requestHandlers: limits.requestHandlers),
         configuration: .init(
-            address: .hostname(host, port: port), serverName: serverName,
+            address: .hostname(host, port: port), serverName: serverName, backlog: limits.backlog,
             availableConnectionsDelegate: limits.maxAcceptedConnections.map { MaximumAvailableConnections($0, logger: logger) }),
         services: services,
         onServerRunning: { channel in

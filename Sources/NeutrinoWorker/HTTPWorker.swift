@@ -101,7 +101,7 @@ struct HTTPWorker: Sendable {
             claim: { [specs] head in CallHandler.apiTaskName(head).flatMap { specs[$0] == nil ? nil : $0 } },
             maxBodyBytes: configuration.maxBodyBytes,
             serverName: Self.serverName, route: Self.callRoute,
-            start: { [self] task, head, body, _, answer in startCall(task: task, headers: head.headerFields, body: body, answer: answer) })
+            start: { [self] task, head, body, _, _, answer in startCall(task: task, headers: head.headerFields, body: body, answer: answer) })
         limits.requestHandlers = { [CallHandler(calls: calls)] }
         let app = makeApplication(
             router: router, host: configuration.host, port: configuration.port,

@@ -1,5 +1,6 @@
 import NIOCore
 import NIOPosix
+import NeutrinoHTTP
 import Synchronization
 import Testing
 
@@ -112,6 +113,20 @@ struct PoolCapacityQueueTests {
             return await queue.wait(after: queue.ticket(), until: .now() + Self.far)
         }
         #expect(await early.value == .expired)
+        #expect(queue.waiting == 0)
+    }
+
+    @Test func aCallerThatLeavesTakesItsCallOutOfTheLine() async throws {
+        let queue = PoolCapacityQueue(limit: 8, group: MultiThreadedEventLoopGroup.singleton)
+        let caller = CallerPresence()
+        let ticket = queue.ticket()
+        let waiting = Task { await queue.wait(after: ticket, until: .now() + Self.far, caller: caller) }
+        try await Self.eventually("the call waits") { queue.waiting == 1 }
+        caller.leave()
+        #expect(await waiting.value == .callerLeft)
+        #expect(queue.waiting == 0)
+        // One whose caller has gone already does not wait at all.
+        #expect(await queue.wait(after: queue.ticket(), until: .now() + Self.far, caller: caller) == .callerLeft)
         #expect(queue.waiting == 0)
     }
 

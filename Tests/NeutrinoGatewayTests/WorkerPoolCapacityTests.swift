@@ -2,6 +2,7 @@ import Hummingbird
 import HummingbirdTesting
 import Logging
 import NIOCore
+import NeutrinoHTTP
 import Synchronization
 import Testing
 
@@ -45,9 +46,12 @@ struct WorkerPoolCapacityTests {
         return WorkerPool(name: "fast", endpoints: [endpoint], maxConnections: 1, maxWaiting: maxWaiting, logger: logger)
     }
 
-    static func call(_ pool: WorkerPool, _ task: String = "slow", timeout: TimeAmount = .seconds(30)) async -> Result<Int, WorkerPool.Failure> {
+    static func call(
+        _ pool: WorkerPool, _ task: String = "slow", timeout: TimeAmount = .seconds(30), caller: CallerPresence? = nil
+    ) async -> Result<Int, WorkerPool.Failure> {
         do throws(WorkerPool.Failure) {
-            return .success(try await pool.call(task: task, taskID: "t", body: Array(#"{"args":{}}"#.utf8), timeout: timeout).status)
+            let answer = try await pool.call(task: task, taskID: "t", body: Array(#"{"args":{}}"#.utf8), timeout: timeout, caller: caller)
+            return .success(answer.status)
         } catch {
             return .failure(error)
         }
@@ -110,6 +114,29 @@ struct WorkerPoolCapacityTests {
             #expect(message.contains("is saturated"), "\(message)")
             let asked = counts.busyAsked.load(ordering: .relaxed)
             #expect(asked >= 2 && asked <= 10, "asked \(asked) times in 350 ms")
+        }
+    }
+
+    /// A call whose client hangs up while it waits for room leaves the line and never reaches a worker.
+    @Test func aCallWhoseCallerLeftWhileItWaitedIsNotRun() async throws {
+        try await Self.withWorker { port, counts in
+            let pool = try Self.pool(port: port, maxWaiting: 8)
+            defer { pool.close() }
+            let holder = Task { await Self.call(pool) }
+            try await Self.eventually("the holder runs") { counts.slowStarted.load(ordering: .relaxed) == 1 }
+            let caller = CallerPresence()
+            let abandoned = Task { await Self.call(pool, caller: caller) }
+            try await Self.eventually("the second call waits") { pool.waitingCalls == 1 }
+            caller.leave()
+            let result = await abandoned.value
+            guard case .failure(.callerLeft(let message)) = result else {
+                Issue.record("expected callerLeft, got \(result)")
+                return
+            }
+            #expect(message.contains("the call was not run"), "\(message)")
+            #expect(pool.waitingCalls == 0)
+            #expect(try await holder.value.get() == 200)
+            #expect(counts.slowStarted.load(ordering: .relaxed) == 1)
         }
     }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
@@ -12,7 +13,7 @@ import pytest
 
 from conftest import (
     EXAMPLE_APP, SETTLE_TIMEOUT_S, TASK_LOG_MODE, Cluster, Launcher, TaskLog, assert_error_body, loads_json_column,
-    parse_time, post_task, wait_for,
+    http_request, parse_time, post_task, wait_for,
 )
 
 from neutrino.errors import TaskFailed
@@ -329,3 +330,45 @@ def test_a_burst_beyond_the_pools_connections_waits_its_turn_instead_of_failing(
             assert c.get(f"/tasks/{task_id}").json()["status"] == "completed"
     finally:
         c.stop()
+
+
+@pytest.mark.skipif(TASK_LOG_MODE != "sqlite", reason="its own gateway and worker on one SQLite file; the line does not "
+                    "depend on the task-log mode")
+def test_a_call_whose_client_leaves_while_it_waits_for_room_is_not_run(launcher: Launcher, example_manifest):
+    """One worker behind --worker-connections 1: while a call holds the connection, a second call waits in the
+    gateway's line; its client hangs up. The call leaves the line: recorded `cancelled` (it never reached the worker),
+    and it does not run later for nobody, ahead of the calls still waited for."""
+    def _get(base: str, path: str):
+        return http_request("GET", f"{base}{path}").json()
+
+    d = launcher.new_dir("left")
+    db = d / "tasks.sqlite"
+    w = launcher.worker(EXAMPLE_APP, db, log_dir=d, worker_id="left-w1", concurrency=1)
+    gw = launcher.gateway(example_manifest, {"fast": [w.url]}, db, log_dir=d, extra_args=["--worker-connections", "1"])
+    try:
+        holder = threading.Thread(target=lambda: post_task(gw.url, "sleepy", {"seconds": 1.5}))
+        holder.start()
+        wait_for(lambda: _get(gw.url, "/tasks?function=sleepy&status=running")["tasks"], timeout=60,
+                 interval=0.02, message="the holding call to be running")
+        parts = urlsplit(gw.url)
+        body = json.dumps({"args": {"x": 7}}).encode()
+        s = socket.create_connection((parts.hostname, parts.port), timeout=30)
+        s.sendall(b"POST /api/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                  + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        wait_for(lambda: next(p for p in _get(gw.url, "/pools")["pools"] if p["name"] == "fast")["waiting_calls"],
+                 timeout=30, interval=0.05, message="the call to wait for room")
+        s.close()
+        tasks = wait_for(lambda: _get(gw.url, "/tasks?function=echo")["tasks"], timeout=30, interval=0.05,
+                         message="the abandoned call recorded")
+        assert len(tasks) == 1 and tasks[0]["status"] == "cancelled", tasks
+        record = _get(gw.url, f"/tasks/{tasks[0]['task_id']}")
+        assert record["error"]["type"] == "Cancelled" and "not run" in record["error"]["message"], record
+        assert record["worker_id"] is None and [e["event"] for e in record["events"]] == ["pending", "cancelled"], record
+        holder.join(60)
+        # Nothing left ahead of a new call: it runs, and echo ran on the worker once, for it.
+        assert post_task(gw.url, "echo", {"x": 8}).status == 200
+        done = _get(gw.url, "/tasks?function=echo&status=completed")["tasks"]
+        assert len(done) == 1 and done[0]["task_id"] != tasks[0]["task_id"], done
+    finally:
+        gw.stop()
+        w.stop()

@@ -24,8 +24,9 @@ struct SubmitController: Sendable {
         return await submit(task: name, headers: request.headers, body: body)
     }
 
-    /// `POST /api/<task>` once its body is read: through the router, or from `CallHandler`.
-    func submit(task name: String, headers: HTTPFields, body: [UInt8]) async -> Response {
+    /// `POST /api/<task>` once its body is read: through the router, or from `CallHandler` (which says when the
+    /// `caller` left).
+    func submit(task name: String, headers: HTTPFields, body: [UInt8], caller: CallerPresence? = nil) async -> Response {
         let manifest = components.manifest
         guard let task = manifest.tasks[name] else {
             return .error(.unknownTask, "no task named '\(name)' in the manifest")
@@ -51,7 +52,7 @@ struct SubmitController: Sendable {
         // `integer` parameters are written as integers.
         return await submitter.submit(
             spec: task.spec, args: conformance.value,
-            idempotencyKey: headers[TaskSubmitter.idempotencyKey])
+            idempotencyKey: headers[TaskSubmitter.idempotencyKey], caller: caller)
     }
 
     /// The task a request head submits (a sync call or a queued task), when `CallHandler` may serve it instead of
@@ -73,7 +74,7 @@ struct SubmitController: Sendable {
     /// keys), and hands back the answer.
     func start(
         task name: String, head: HTTPRequest, body: [UInt8], access: CallAccess?, executor: EventLoopTaskExecutor,
-        answer: @escaping @Sendable (CallAnswer) -> Void
+        caller: CallerPresence, answer: @escaping @Sendable (CallAnswer) -> Void
     ) {
         let submits = components.claimedSubmits
         submits.begin()
@@ -82,9 +83,9 @@ struct SubmitController: Sendable {
             let fields = head.headerFields
             let response =
                 if let access {
-                    await access.serve(fields, task: name) { await submit(task: name, headers: fields, body: body) }
+                    await access.serve(fields, task: name) { await submit(task: name, headers: fields, body: body, caller: caller) }
                 } else {
-                    await submit(task: name, headers: fields, body: body)
+                    await submit(task: name, headers: fields, body: body, caller: caller)
                 }
             let collected = CollectedBody()
             do {

@@ -23,13 +23,17 @@ struct TaskSubmitter: Sendable {
 
     /// Counts the submit, then runs the task by its mode. With tracing on, the task joins the trace of the request
     /// span (`TracingMiddleware`): its id is stored with the task, its spans are children of that span.
-    func submit(spec: TaskSpec, args: JSONValue, idempotencyKey: String? = nil, retryOf: String? = nil) async -> Response {
+    /// `caller`: the client's connection, for a sync call `CallHandler` serves (a call still waiting for a worker with
+    /// room when it closes is not run).
+    func submit(
+        spec: TaskSpec, args: JSONValue, idempotencyKey: String? = nil, retryOf: String? = nil, caller: CallerPresence? = nil
+    ) async -> Response {
         NeutrinoMetrics.submitted(task: spec.name, mode: spec.mode.rawValue, pool: spec.pool)
         let trace = TaskTrace.current()
         guard spec.mode == .sync else {
             return await enqueue(spec: spec, args: args, idempotencyKey: idempotencyKey, retryOf: retryOf, trace: trace)
         }
-        return await callSync(spec: spec, args: args, retryOf: retryOf, trace: trace)
+        return await callSync(spec: spec, args: args, retryOf: retryOf, trace: trace, caller: caller)
     }
 
     // MARK: Queued (async and gpu)
@@ -201,7 +205,7 @@ struct TaskSubmitter: Sendable {
 
     // MARK: Sync
 
-    private func callSync(spec: TaskSpec, args: JSONValue, retryOf: String?, trace: TaskTrace?) async -> Response {
+    private func callSync(spec: TaskSpec, args: JSONValue, retryOf: String?, trace: TaskTrace?, caller: CallerPresence?) async -> Response {
         let taskID = TaskID.make()
         let taskLog = components.taskLog
         func event(
@@ -242,7 +246,7 @@ struct TaskSubmitter: Sendable {
         }
         func fail(_ error: APIError, _ kind: TaskEventKind, _ message: String, headers: HTTPFields = [:]) -> Response {
             record(event(kind, error: JSONWriter.taskErrorText(error, message: message)))
-            let status: TaskStatus = kind == .timedOut ? .timedOut : .failed
+            let status: TaskStatus = kind == .timedOut ? .timedOut : kind == .cancelled ? .cancelled : .failed
             return .taskError(
                 error, taskID: taskID, status: status, message: message,
                 headers: [NeutrinoHeader.taskID: taskID] + headers)
@@ -258,7 +262,7 @@ struct TaskSubmitter: Sendable {
         do {
             answer = try await pool.call(
                 task: spec.name, taskID: taskID, body: Self.forwardBody(args), timeout: timeout,
-                reruns: spec.retries, traceParent: callSpan?.traceParent?.value)
+                reruns: spec.retries, traceParent: callSpan?.traceParent?.value, caller: caller)
             if let callSpan {
                 callSpan.updateAttributes { a in
                     a["http.response.status_code"] = answer.status
@@ -285,6 +289,9 @@ struct TaskSubmitter: Sendable {
             case .atCapacity(let reason):
                 // Nothing ran: every worker was busy for as long as the call could wait.
                 return fail(.overloaded, .failed, reason, headers: [.retryAfter: "1"])
+            case .callerLeft(let reason):
+                // Nothing ran, and nobody reads this answer: recorded as the caller's cancel.
+                return fail(.cancelled, .cancelled, reason)
             case .answerTooLarge(let limit):
                 // The task ran and its worker recorded the outcome; only the answer is too big to relay.
                 record(nil)
