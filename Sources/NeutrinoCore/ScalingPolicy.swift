@@ -5,7 +5,8 @@ public struct ScalingPolicy: Sendable, Hashable {
     public enum Signal: String, Sendable, Hashable {
         /// Queued pools: backlog (pending + in flight, as KEDA's nats-jetstream scaler counts it) per replica.
         case backlog
-        /// Sync pools: busy Python threads over all threads, against a target utilisation.
+        /// Sync pools: busy Python threads (and calls waiting in a gateway for room) over all threads, against a
+        /// target utilisation.
         case utilisation
     }
 
@@ -70,13 +71,18 @@ public struct ScalingPolicy: Sendable, Hashable {
         public var replicas: Int
         public var busySlots: Int
         public var totalSlots: Int
+        /// Sync calls waiting in the gateway for room because every slot was busy: demand past 100 % utilisation.
+        public var waiting: Int
 
-        public init(pending: Int = 0, inFlight: Int = 0, replicas: Int = 0, busySlots: Int = 0, totalSlots: Int = 0) {
+        public init(
+            pending: Int = 0, inFlight: Int = 0, replicas: Int = 0, busySlots: Int = 0, totalSlots: Int = 0, waiting: Int = 0
+        ) {
             self.pending = pending
             self.inFlight = inFlight
             self.replicas = replicas
             self.busySlots = busySlots
             self.totalSlots = totalSlots
+            self.waiting = waiting
         }
     }
 
@@ -95,12 +101,19 @@ public struct ScalingPolicy: Sendable, Hashable {
             guard inputs.totalSlots > 0, inputs.replicas > 0 else {
                 return (clamp(Swift.max(inputs.replicas, min)), "no worker reports its load; keeping \(clamp(Swift.max(inputs.replicas, min)))")
             }
-            let utilisation = Double(inputs.busySlots) / Double(inputs.totalSlots)
-            let raw = Int((Double(inputs.replicas) * utilisation / target).rounded(.up))
+            // Calls waiting for room count as demand on top of the busy slots (a queue's lag, as KEDA counts it), so
+            // a pool whose line grows scales by the line's length, not by one step per refresh. Saturating: the
+            // figures come from heartbeats and the gateway.
+            let demand = Double(inputs.busySlots) + Double(Swift.max(0, inputs.waiting))
+            let utilisation = demand / Double(inputs.totalSlots)
+            let wantedReplicas = (Double(inputs.replicas) * utilisation / target).rounded(.up)
+            let raw = wantedReplicas >= Double(Int.max / 2) ? Int.max / 2 : Int(wantedReplicas)
             let wanted = clamp(raw)
+            let line = inputs.waiting > 0 ? " + \(inputs.waiting) calls waiting for room" : ""
+            let percent = Int(Swift.min(utilisation * 100, 1e12).rounded())
             return (
                 wanted,
-                "busy \(inputs.busySlots)/\(inputs.totalSlots) threads = \(Int((utilisation * 100).rounded())) % on \(inputs.replicas) replicas, target \(Int((target * 100).rounded())) % → \(raw)\(bounds(raw, wanted))"
+                "busy \(inputs.busySlots)/\(inputs.totalSlots) threads\(line) = \(percent) % on \(inputs.replicas) replicas, target \(Int((target * 100).rounded())) % → \(raw)\(bounds(raw, wanted))"
             )
         }
     }

@@ -11,8 +11,10 @@ import Synchronization
 ///
 /// A call takes a `ticket` before it tries the workers and hands it to `wait`: room made in between (a connection
 /// given back since the ticket) sends it to try again at once rather than sleep through the one wake-up meant for
-/// it. Each room made wakes the first waiter; a change of members wakes them all. Room that this gateway cannot
-/// see (a worker saturated by other callers answers 503) is looked for again every `recheck`.
+/// it. Each room made wakes the first waiter; a change of members (a worker joined, or came back) wakes them all.
+/// Room that makes no event here (a worker saturated by other gateways' calls frees up, a restarted worker accepts
+/// again while no call watches for it) is found by the first waiter, woken to look again every `lookAgain` while the
+/// line is not empty: the line can be slow to notice such room, never blind to it.
 final class PoolCapacityQueue: Sendable {
     enum Wait: Equatable {
         /// Room was made (or it is time to look again): try the workers.
@@ -28,27 +30,33 @@ final class PoolCapacityQueue: Sendable {
     private struct Waiter {
         let id: UInt64
         let continuation: CheckedContinuation<Wait, Never>
-        let timer: Scheduled<Void>
-        /// What the timer means when it fires: `tryAgain` at a recheck, `expired` at the deadline.
-        let onTimer: Wait
+        /// Ends the wait at the call's deadline.
+        let deadline: Scheduled<Void>
     }
 
-    /// How often a call that met a worker answering "saturated" looks again without a wake-up.
-    static let recheck = TimeAmount.milliseconds(100)
+    private struct State {
+        var line = CircularBuffer<Waiter>()
+        /// Wakes the first waiter every `lookAgain` while anyone waits.
+        var ticker: Scheduled<Void>?
+    }
+
+    /// How often the first waiter looks again without a wake-up.
+    let lookAgain: TimeAmount
 
     /// At most this many calls wait (0: none; a call finding no room is refused at once).
     let limit: Int
-    private let waiters = Mutex(CircularBuffer<Waiter>())
+    private let state = Mutex(State())
     /// Room made so far (connections given back); a call's ticket is this count before it tried the workers.
     private let made = Atomic<UInt64>(0)
-    /// `waiters.count`, readable without the lock: the path of a call that finds room pays one atomic load.
+    /// How many wait, readable without the lock: the path of a call that finds room pays one atomic load.
     private let count = Atomic<Int>(0)
     private let nextID = Atomic<UInt64>(0)
     private let group: any EventLoopGroup
 
-    init(limit: Int, group: any EventLoopGroup) {
+    init(limit: Int, group: any EventLoopGroup, lookAgain: TimeAmount = .milliseconds(100)) {
         self.limit = max(0, limit)
         self.group = group
+        self.lookAgain = lookAgain
     }
 
     /// Calls waiting now.
@@ -61,65 +69,66 @@ final class PoolCapacityQueue: Sendable {
     func roomMade() {
         made.wrappingAdd(1, ordering: .sequentiallyConsistent)
         guard count.load(ordering: .sequentiallyConsistent) > 0 else { return }
-        let first = waiters.withLock { w -> Waiter? in
-            let first = w.popFirst()
-            count.store(w.count, ordering: .sequentiallyConsistent)
-            return first
-        }
-        guard let first else { return }
-        first.timer.cancel()
-        first.continuation.resume(returning: .tryAgain)
+        wakeFirst()
     }
 
-    /// The pool's members changed (a worker joined): every waiter tries again.
+    /// The pool's members changed (a worker joined, or one that refused connections accepts them again): every waiter
+    /// tries again.
     func membersChanged() {
         made.wrappingAdd(1, ordering: .sequentiallyConsistent)
         guard count.load(ordering: .sequentiallyConsistent) > 0 else { return }
-        let all = waiters.withLock { w -> [Waiter] in
+        let all = state.withLock { s -> [Waiter] in
             defer {
-                w.removeAll()
+                s.line.removeAll()
                 count.store(0, ordering: .sequentiallyConsistent)
             }
-            return Array(w)
+            return Array(s.line)
         }
         for waiter in all {
-            waiter.timer.cancel()
+            waiter.deadline.cancel()
             waiter.continuation.resume(returning: .tryAgain)
         }
     }
 
+    private func wakeFirst() {
+        let first = state.withLock { s -> Waiter? in
+            let first = s.line.popFirst()
+            count.store(s.line.count, ordering: .sequentiallyConsistent)
+            return first
+        }
+        guard let first else { return }
+        first.deadline.cancel()
+        first.continuation.resume(returning: .tryAgain)
+    }
+
     /// Waits for room made after `ticket` was taken, until `deadline`. `first`: a call that was woken and still found
-    /// no room goes back to the front, not behind the calls that came after it. `recheck`: it met a worker saturated by
-    /// calls this gateway does not see, so it also looks again every `PoolCapacityQueue.recheck`. A `caller` that
-    /// leaves takes its call out of the line (`callerLeft`).
-    func wait(
-        after ticket: UInt64, until deadline: NIODeadline, first: Bool = false, recheck: Bool = false, caller: CallerPresence? = nil
-    ) async -> Wait {
+    /// no room goes back to the front, not behind the calls that came after it (up to twice `limit` waiting). A
+    /// `caller` that leaves takes its call out of the line (`callerLeft`).
+    func wait(after ticket: UInt64, until deadline: NIODeadline, first: Bool = false, caller: CallerPresence? = nil) async -> Wait {
         let id = nextID.wrappingAdd(1, ordering: .relaxed).oldValue
-        let wake = recheck ? min(deadline, .now() + Self.recheck) : deadline
-        let onTimer: Wait = wake < deadline ? .tryAgain : .expired
         let loop = MultiThreadedEventLoopGroup.currentEventLoop ?? group.next()
         return await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Wait, Never>) in
-                let refusal = waiters.withLock { w -> Wait? in
+                let refusal = state.withLock { s -> Wait? in
                     // The cancellation flag is set before the handler below runs, which takes this lock: a waiter is
                     // either refused here or found there.
-                    if Task.isCancelled { return .expired }
+                    if Task.isCancelled || deadline <= .now() { return .expired }
                     if caller?.hasLeft == true { return .callerLeft }
-                    if wake <= .now() { return onTimer }
                     if made.load(ordering: .sequentiallyConsistent) != ticket { return .tryAgain }
-                    if w.count >= limit && !(first && limit > 0) { return .full }
+                    let room = first ? limit.multipliedReportingOverflow(by: 2).partialValue : limit
+                    if limit == 0 || s.line.count >= room { return .full }
                     // Counted before the last look at `made`, the order `roomMade` uses the other way round (its add,
                     // then its look at `count`): either it sees this waiter and wakes it (after this lock), or this
                     // look sees its room.
-                    count.store(w.count + 1, ordering: .sequentiallyConsistent)
+                    count.store(s.line.count + 1, ordering: .sequentiallyConsistent)
                     if made.load(ordering: .sequentiallyConsistent) != ticket {
-                        count.store(w.count, ordering: .sequentiallyConsistent)
+                        count.store(s.line.count, ordering: .sequentiallyConsistent)
                         return .tryAgain
                     }
-                    let timer = loop.scheduleTask(deadline: wake) { [self] in self.leave(id, with: nil) }
-                    let waiter = Waiter(id: id, continuation: continuation, timer: timer, onTimer: onTimer)
-                    if first { w.prepend(waiter) } else { w.append(waiter) }
+                    let timer = loop.scheduleTask(deadline: deadline) { [self] in self.leave(id, with: .expired) }
+                    let waiter = Waiter(id: id, continuation: continuation, deadline: timer)
+                    if first { s.line.prepend(waiter) } else { s.line.append(waiter) }
+                    if s.ticker == nil { s.ticker = loop.scheduleTask(in: lookAgain) { [self] in self.tick() } }
                     return nil
                 }
                 if let refusal {
@@ -133,17 +142,31 @@ final class PoolCapacityQueue: Sendable {
         }
     }
 
-    /// Takes a waiter out of the line (its timer fired, or its task was cancelled) and resumes it; nothing if a wake-up
-    /// took it first.
-    private func leave(_ id: UInt64, with outcome: Wait?) {
-        let found = waiters.withLock { w -> Waiter? in
-            guard let i = w.firstIndex(where: { $0.id == id }) else { return nil }
-            let waiter = w.remove(at: i)
-            count.store(w.count, ordering: .sequentiallyConsistent)
+    /// Every `lookAgain` while anyone waits: the first waiter looks for room no event announced.
+    private func tick() {
+        let first = state.withLock { s -> Waiter? in
+            let first = s.line.popFirst()
+            count.store(s.line.count, ordering: .sequentiallyConsistent)
+            // Armed again while anyone waits (the one woken now included: it may come back to the front).
+            s.ticker = first == nil ? nil : group.next().scheduleTask(in: self.lookAgain) { [self] in self.tick() }
+            return first
+        }
+        guard let first else { return }
+        first.deadline.cancel()
+        first.continuation.resume(returning: .tryAgain)
+    }
+
+    /// Takes a waiter out of the line (its deadline came, its task was cancelled, its caller left) and resumes it;
+    /// nothing if a wake-up took it first.
+    private func leave(_ id: UInt64, with outcome: Wait) {
+        let found = state.withLock { s -> Waiter? in
+            guard let i = s.line.firstIndex(where: { $0.id == id }) else { return nil }
+            let waiter = s.line.remove(at: i)
+            count.store(s.line.count, ordering: .sequentiallyConsistent)
             return waiter
         }
         guard let found else { return }
-        found.timer.cancel()
-        found.continuation.resume(returning: outcome ?? found.onTimer)
+        found.deadline.cancel()
+        found.continuation.resume(returning: outcome)
     }
 }

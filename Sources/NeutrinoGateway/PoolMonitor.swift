@@ -165,9 +165,10 @@ final class PoolMonitor: Sendable {
                 coroutines > 0 && Double(coroutinesBusy) * Double(max(1, threads)) > Double(threadsBusy) * Double(coroutines)
             let busy = coroutinesBusier ? coroutinesBusy : threadsBusy
             let slots = coroutinesBusier ? coroutines : threads
+            let waiting = staticPools[pool]?.waitingCalls
             let inputs = ScalingPolicy.Inputs(
                 pending: queue?.pending ?? 0, inFlight: queue?.inFlight ?? 0, replicas: replicas,
-                busySlots: busy, totalSlots: slots)
+                busySlots: busy, totalSlots: slots, waiting: waiting ?? 0)
             let (recommended, reason) = recommender.policy.recommend(inputs)
             let lastBefore = recommender.decisions.last
             let desired = recommender.observe(recommended, reason: reason, now: now)
@@ -179,7 +180,6 @@ final class PoolMonitor: Sendable {
 
             let labels = [("pool", pool)]
             NeutrinoMetrics.gauge(NeutrinoMetrics.workersAlive, labels, Double(replicas))
-            let waiting = staticPools[pool]?.waitingCalls
             if let waiting { NeutrinoMetrics.gauge(NeutrinoMetrics.poolWaitingCalls, labels, Double(waiting)) }
             NeutrinoMetrics.gauge(NeutrinoMetrics.desiredReplicas, labels, Double(desired))
             if let queue {

@@ -168,12 +168,20 @@ final class WorkerConnections: Sendable {
         let promise = channel.eventLoop.makePromise(of: Reply.self)
         var head = HTTPRequestHead(version: .http1_1, method: method, uri: target, headers: headers)
         head.headers.replaceOrAdd(name: "Content-Length", value: String(body.readableBytes))
+        // A refusal (503 `X-Neutrino-Rejected`) makes no room when its connection comes back, as for a call
+        // (`roundTrip`). Noted on the event loop as the head arrives, before its end can give the connection back.
+        let refused = NIOLockedValueBox(false)
+        promise.futureResult.whenSuccess { reply in
+            if reply.status == 503, reply.headers.first(name: NeutrinoHeader.rejected.canonicalName) != nil {
+                refused.withLockedValue { $0 = true }
+            }
+        }
         let streamed = StreamedBody(channel: channel) { [weak self] reusable in
             guard let self else {
                 channel.close(promise: nil)
                 return
             }
-            self.checkin(channel, lane: false, keepAlive: reusable)
+            self.checkin(channel, lane: false, keepAlive: reusable, roomMade: !refused.withLockedValue { $0 })
         }
         // The deadline covers the head only: the handler stops timing the exchange when the head arrives.
         let exchange = Exchange(

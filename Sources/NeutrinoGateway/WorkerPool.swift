@@ -213,14 +213,15 @@ public final class WorkerPool: Sendable {
     ) async throws(Failure) -> Answer {
         var attempt = 1
         var (members, lastError) = await candidates()
-        let waitUntil = NIODeadline.now() + TimeAmount(joinWait)
+        // The wait for a worker to come back starts when every worker first refused the call.
+        var waitUntil: NIODeadline?
         let payload = ByteBuffer(bytes: body)
         var deadline = NIODeadline.now() + timeout
         var line = Place(caller: caller)
         try await takePlace(until: deadline, line: &line)
         while true {
             var allRefused = !members.isEmpty
-            var full = Fullness()
+            var noRoom = false
             let ticket = capacity.ticket()
             for member in members {
                 let endpoint = member.endpoint
@@ -239,7 +240,7 @@ public final class WorkerPool: Sendable {
                         // Saturated: it ran nothing; another worker may have room.
                         lastError = "worker \(endpoint.url) is saturated"
                         allRefused = false
-                        full.workerSaid = true
+                        noRoom = true
                         continue
                     }
                     record(endpoint.url, success: true)
@@ -254,7 +255,7 @@ public final class WorkerPool: Sendable {
                         // Every connection to it is busy: nothing was sent, the worker is fine; try the next one.
                         lastError = "all \(limit) connections to worker \(endpoint.url) are busy (--worker-connections)"
                         allRefused = false
-                        full.connections = true
+                        noRoom = true
                         continue
                     case .answerTooLarge(let limit):
                         record(endpoint.url, success: true)
@@ -282,14 +283,16 @@ public final class WorkerPool: Sendable {
                     }
                 }
             }
-            if full.any {
-                try await waitForRoom(after: ticket, until: deadline, line: &line, full: full, lastError: lastError)
+            if noRoom {
+                try await waitForRoom(after: ticket, until: deadline, line: &line, lastError: lastError)
                 members = order(now: .now())
                 continue
             }
             // An answering worker is alive: no wait for one to come back.
             guard allRefused else { throw .noWorkerAvailable(lastError) }
-            guard await workerReturned(until: waitUntil, members: &members) else { throw .noWorkerAvailable(noneCameBack(lastError)) }
+            let until = waitUntil ?? NIODeadline.now() + TimeAmount(joinWait)
+            waitUntil = until
+            guard await workerReturned(until: until, members: &members) else { throw .noWorkerAvailable(noneCameBack(lastError)) }
             deadline = NIODeadline.now() + timeout
         }
     }
@@ -303,13 +306,13 @@ public final class WorkerPool: Sendable {
         -> (WorkerConnections.StreamedReply, String)
     {
         var (members, lastError) = await candidates()
-        let waitUntil = min(NIODeadline.now() + TimeAmount(joinWait), headDeadline)
+        var waitUntil: NIODeadline?
         let payload = ByteBuffer(bytes: body)
         var line = Place(caller: nil)
         try await takePlace(until: headDeadline, line: &line)
         while true {
             var allRefused = !members.isEmpty
-            var full = Fullness()
+            var noRoom = false
             let ticket = capacity.ticket()
             for member in members {
                 let endpoint = member.endpoint
@@ -321,7 +324,7 @@ public final class WorkerPool: Sendable {
                     if reply.status == 503, reply.headers.first(name: NeutrinoHeader.rejected.canonicalName) != nil {
                         lastError = "worker \(endpoint.url) refused the request: it is saturated or stopping"
                         allRefused = false
-                        full.workerSaid = true
+                        noRoom = true
                         // Read to the end so the connection can be reused.
                         if let body = reply.body.take() { for try await _ in body {} }
                         continue
@@ -334,7 +337,7 @@ public final class WorkerPool: Sendable {
                     case .saturated(let limit):
                         lastError = "all \(limit) connections to worker \(endpoint.url) are busy (--worker-connections)"
                         allRefused = false
-                        full.connections = true
+                        noRoom = true
                         continue
                     case .answerTooLarge(let limit): throw .answerTooLarge(limit: limit)
                     case .unreachable(let reason):
@@ -350,24 +353,17 @@ public final class WorkerPool: Sendable {
                     allRefused = false
                 }
             }
-            if full.any {
-                try await waitForRoom(after: ticket, until: headDeadline, line: &line, full: full, lastError: lastError)
+            if noRoom {
+                try await waitForRoom(after: ticket, until: headDeadline, line: &line, lastError: lastError)
                 members = order(now: .now())
                 continue
             }
             // An answering worker is alive: no wait for one to come back.
             guard allRefused else { throw .noWorkerAvailable(lastError) }
-            guard await workerReturned(until: waitUntil, members: &members) else { throw .noWorkerAvailable(noneCameBack(lastError)) }
+            let until = waitUntil ?? min(NIODeadline.now() + TimeAmount(joinWait), headDeadline)
+            waitUntil = until
+            guard await workerReturned(until: until, members: &members) else { throw .noWorkerAvailable(noneCameBack(lastError)) }
         }
-    }
-
-    /// Why a round over the members found no room.
-    private struct Fullness {
-        /// Some worker had every `--worker-connections` busy.
-        var connections = false
-        /// Some worker answered that it is saturated (its own queue full, or stopping): room this gateway may not see.
-        var workerSaid = false
-        var any: Bool { connections || workerSaid }
     }
 
     /// Where a call stands in the pool's line: whether it has waited (and so goes back to the front when woken for
@@ -381,16 +377,15 @@ public final class WorkerPool: Sendable {
     /// A call that arrives while others wait for room queues behind them rather than taking the room made for them.
     private func takePlace(until deadline: NIODeadline, line: inout Place) async throws(Failure) {
         guard capacity.waiting > 0 else { return }
-        try await waitForRoom(after: capacity.ticket(), until: deadline, line: &line, full: Fullness(connections: true), lastError: nil)
+        try await waitForRoom(after: capacity.ticket(), until: deadline, line: &line, lastError: nil)
     }
 
     /// Waits in the pool's line until room is made (returns: try the workers again), or refuses the call
     /// (`atCapacity`): the line is full, or the deadline came first.
     private func waitForRoom(
-        after ticket: UInt64, until deadline: NIODeadline, line: inout Place, full: Fullness, lastError: String?
+        after ticket: UInt64, until deadline: NIODeadline, line: inout Place, lastError: String?
     ) async throws(Failure) {
-        let outcome = await capacity.wait(
-            after: ticket, until: deadline, first: line.waited, recheck: full.workerSaid, caller: line.caller)
+        let outcome = await capacity.wait(after: ticket, until: deadline, first: line.waited, caller: line.caller)
         line.waited = true
         let why = lastError.map { ": \($0)" } ?? ""
         switch outcome {
@@ -420,6 +415,8 @@ public final class WorkerPool: Sendable {
             until: until, endpoints: { endpoints }, back: { record($0.url, success: true) })
         guard back else { return false }
         members = order(now: .now())
+        // The calls waiting for room in the line may use the worker that came back too.
+        capacity.membersChanged()
         return true
     }
 

@@ -80,6 +80,9 @@ public final class CallHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var executor: EventLoopTaskExecutor?
     /// The client of the call waiting for its answer, told if the connection closes first.
     private var caller: CallerPresence?
+    /// The client hung up before the current call's answer: it is counted as nginx logs it, 499, not by the status
+    /// nobody received.
+    private var hungUp = false
 
     public init(calls: Calls) { self.calls = calls }
 
@@ -159,6 +162,7 @@ public final class CallHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let executor = self.executor ?? EventLoopTaskExecutor(loop)
         let caller = CallerPresence()
         self.caller = caller
+        hungUp = false
         calls.start(call.task, call.head, bytes, executor, caller) { answer in
             loop.execute {
                 let (handler, context) = bound.value
@@ -172,7 +176,7 @@ public final class CallHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// Writes the answer to the call being served (dropped when the connection is gone: the call's outcome is in
     /// the task log either way).
     private func respond(_ answer: CallAnswer, context: ChannelHandlerContext) {
-        HTTPRequestCounter.count(route: calls.route, code: answer.status.code)
+        HTTPRequestCounter.count(route: calls.route, code: hungUp || !active ? Self.clientClosedRequest : answer.status.code)
         guard active else { return }
         var fields = answer.headers
         fields[.contentType] = "application/json"
@@ -247,12 +251,16 @@ public final class CallHandler: ChannelDuplexHandler, RemovableChannelHandler {
         // The client has sent all it will: it closed the connection (Hummingbird allows half-closure, so the channel
         // stays open until the server closes it). The call in progress learns that its caller left, as nginx takes a
         // client's EOF during a proxied request for an abort: a call still waiting for a worker with room is not run.
-        if let event = event as? ChannelEvent, event == .inputClosed {
-            caller?.leave()
-            caller = nil
+        if let event = event as? ChannelEvent, event == .inputClosed, let caller {
+            hungUp = true
+            caller.leave()
+            self.caller = nil
         }
         context.fireUserInboundEventTriggered(event)
     }
+
+    /// nginx's status for a request whose client closed the connection before the answer.
+    static let clientClosedRequest = 499
 
     public func channelInactive(context: ChannelHandlerContext) {
         active = false

@@ -28,6 +28,19 @@ struct ScalingPolicyTests {
         #expect(policy.recommend(.init(replicas: 3)).replicas == 3)
     }
 
+    /// Calls waiting in the gateway for room are demand past 100 %: the pool grows by the line's length at once.
+    @Test func callsWaitingForRoomCountAsDemand() {
+        let policy = ScalingPolicy(signal: .utilisation, min: 1, max: 10, target: 0.5, downWindow: .seconds(30))
+        // 2 replicas × 2 threads, all busy, 4 more waiting: 8 / 4 = 200 % against 50 % → 8 replicas.
+        let (replicas, reason) = policy.recommend(.init(replicas: 2, busySlots: 4, totalSlots: 4, waiting: 4))
+        #expect(replicas == 8)
+        #expect(reason.contains("busy 4/4 threads + 4 calls waiting for room = 200 %"), "\(reason)")
+        // A line far past the maximum is bounded, and a nonsense count does not overflow.
+        #expect(policy.recommend(.init(replicas: 2, busySlots: 4, totalSlots: 4, waiting: 10_000)).replicas == 10)
+        #expect(policy.recommend(.init(replicas: Int.max, busySlots: Int.max, totalSlots: 1, waiting: Int.max)).replicas == 10)
+        #expect(policy.recommend(.init(replicas: 2, busySlots: 1, totalSlots: 4, waiting: -5)).replicas == 1)
+    }
+
     @Test func parsesFlagText() throws {
         let p = try ScalingPolicy.parse("1:3:2:4", mode: .async)
         #expect(p.min == 1 && p.max == 3 && p.target == 2 && p.downWindow == .seconds(4))

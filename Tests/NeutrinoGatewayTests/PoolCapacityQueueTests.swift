@@ -41,7 +41,7 @@ struct PoolCapacityQueueTests {
     }
 
     @Test func roomGoesToTheWaitersInArrivalOrder() async throws {
-        let queue = PoolCapacityQueue(limit: 8, group: MultiThreadedEventLoopGroup.singleton)
+        let queue = PoolCapacityQueue(limit: 8, group: MultiThreadedEventLoopGroup.singleton, lookAgain: Self.far)
         let outcomes = Outcomes()
         var tasks: [Task<Void, Never>] = []
         for name in ["a", "b", "c"] { tasks.append(try await Self.enqueue(queue, name, into: outcomes)) }
@@ -57,7 +57,7 @@ struct PoolCapacityQueueTests {
     }
 
     @Test func roomMadeSinceTheTicketIsNotSleptThrough() async {
-        let queue = PoolCapacityQueue(limit: 8, group: MultiThreadedEventLoopGroup.singleton)
+        let queue = PoolCapacityQueue(limit: 8, group: MultiThreadedEventLoopGroup.singleton, lookAgain: Self.far)
         let ticket = queue.ticket()
         queue.roomMade()  // a connection came back while the call was trying the (busy) workers
         let outcome = await queue.wait(after: ticket, until: .now() + Self.far)
@@ -66,7 +66,7 @@ struct PoolCapacityQueueTests {
     }
 
     @Test func theLineIsBoundedButAWokenCallKeepsItsPlace() async throws {
-        let queue = PoolCapacityQueue(limit: 1, group: MultiThreadedEventLoopGroup.singleton)
+        let queue = PoolCapacityQueue(limit: 1, group: MultiThreadedEventLoopGroup.singleton, lookAgain: Self.far)
         let outcomes = Outcomes()
         let a = try await Self.enqueue(queue, "a", into: outcomes)
         #expect(await queue.wait(after: queue.ticket(), until: .now() + Self.far) == .full)
@@ -80,20 +80,20 @@ struct PoolCapacityQueueTests {
         await b.value
         #expect(outcomes.names == ["b", "a"])
 
-        let none = PoolCapacityQueue(limit: 0, group: MultiThreadedEventLoopGroup.singleton)
+        let none = PoolCapacityQueue(limit: 0, group: MultiThreadedEventLoopGroup.singleton, lookAgain: Self.far)
         #expect(await none.wait(after: none.ticket(), until: .now() + Self.far) == .full)
         #expect(await none.wait(after: none.ticket(), until: .now() + Self.far, first: true) == .full)
     }
 
     @Test func aWaiterLeavesAtItsDeadline() async {
-        let queue = PoolCapacityQueue(limit: 8, group: MultiThreadedEventLoopGroup.singleton)
+        let queue = PoolCapacityQueue(limit: 8, group: MultiThreadedEventLoopGroup.singleton, lookAgain: Self.far)
         #expect(await queue.wait(after: queue.ticket(), until: .now() + .milliseconds(50)) == .expired)
         #expect(queue.waiting == 0)
         #expect(await queue.wait(after: queue.ticket(), until: .now() - .milliseconds(1)) == .expired)
     }
 
     @Test func aCancelledWaiterLeavesTheLine() async throws {
-        let queue = PoolCapacityQueue(limit: 8, group: MultiThreadedEventLoopGroup.singleton)
+        let queue = PoolCapacityQueue(limit: 8, group: MultiThreadedEventLoopGroup.singleton, lookAgain: Self.far)
         let outcomes = Outcomes()
         let a = try await Self.enqueue(queue, "a", into: outcomes)
         let b = try await Self.enqueue(queue, "b", into: outcomes)
@@ -117,7 +117,7 @@ struct PoolCapacityQueueTests {
     }
 
     @Test func aCallerThatLeavesTakesItsCallOutOfTheLine() async throws {
-        let queue = PoolCapacityQueue(limit: 8, group: MultiThreadedEventLoopGroup.singleton)
+        let queue = PoolCapacityQueue(limit: 8, group: MultiThreadedEventLoopGroup.singleton, lookAgain: Self.far)
         let caller = CallerPresence()
         let ticket = queue.ticket()
         let waiting = Task { await queue.wait(after: ticket, until: .now() + Self.far, caller: caller) }
@@ -131,7 +131,7 @@ struct PoolCapacityQueueTests {
     }
 
     @Test func aNewWorkerWakesEveryWaiter() async throws {
-        let queue = PoolCapacityQueue(limit: 8, group: MultiThreadedEventLoopGroup.singleton)
+        let queue = PoolCapacityQueue(limit: 8, group: MultiThreadedEventLoopGroup.singleton, lookAgain: Self.far)
         let outcomes = Outcomes()
         var tasks: [Task<Void, Never>] = []
         for name in ["a", "b", "c"] { tasks.append(try await Self.enqueue(queue, name, into: outcomes)) }
@@ -142,12 +142,25 @@ struct PoolCapacityQueueTests {
         #expect(queue.waiting == 0)
     }
 
-    /// Room this gateway cannot see (a worker saturated by other callers): the waiter looks again before its deadline.
-    @Test func aWaiterThatMetASaturatedWorkerLooksAgain() async {
-        let queue = PoolCapacityQueue(limit: 8, group: MultiThreadedEventLoopGroup.singleton)
-        #expect(await queue.wait(after: queue.ticket(), until: .now() + Self.far, recheck: true) == .tryAgain)
+    /// Room no event announces (a worker saturated by other gateways frees up, a restarted worker accepts again): the
+    /// first waiter looks again every `lookAgain` while anyone waits, one after another, in order.
+    @Test func theFirstWaiterLooksAgainWithoutAWakeUp() async throws {
+        let queue = PoolCapacityQueue(limit: 8, group: MultiThreadedEventLoopGroup.singleton, lookAgain: .milliseconds(20))
+        let outcomes = Outcomes()
+        // Not `enqueue`: the first look may come before a waiter is seen in the line.
+        let waiters = (0..<3).map { n in
+            let ticket = queue.ticket()
+            return Task {
+                let outcome = await queue.wait(after: ticket, until: .now() + Self.far)
+                outcomes.add("\(n)", outcome)
+            }
+        }
+        for waiter in waiters { await waiter.value }
+        #expect(Set(outcomes.names) == ["0", "1", "2"])
+        #expect(outcomes.all.allSatisfy { $0.1 == .tryAgain })
         #expect(queue.waiting == 0)
         // With its deadline before the next look, it expires instead.
-        #expect(await queue.wait(after: queue.ticket(), until: .now() + .milliseconds(20), recheck: true) == .expired)
+        let slow = PoolCapacityQueue(limit: 8, group: MultiThreadedEventLoopGroup.singleton, lookAgain: Self.far)
+        #expect(await slow.wait(after: slow.ticket(), until: .now() + .milliseconds(20)) == .expired)
     }
 }

@@ -2,6 +2,7 @@ import Hummingbird
 import HummingbirdTesting
 import Logging
 import NIOCore
+import NIOHTTP1
 import NeutrinoHTTP
 import Synchronization
 import Testing
@@ -17,6 +18,7 @@ struct WorkerPoolCapacityTests {
     final class Counts: Sendable {
         let slowStarted = Atomic<Int>(0)
         let busyAsked = Atomic<Int>(0)
+        let refusedAsked = Atomic<Int>(0)
     }
 
     static func withWorker(_ test: @Sendable (Int, Counts) async throws -> Void) async throws {
@@ -30,6 +32,11 @@ struct WorkerPoolCapacityTests {
         router.post("/api/busy") { _, _ -> Response in
             counts.busyAsked.wrappingAdd(1, ordering: .relaxed)
             return Response(status: .serviceUnavailable)
+        }
+        // What a worker answers a forwarded ASGI request it did not run (its app's queue full, or stopping).
+        router.get("\(ASGIForwarding.prefix)/items") { _, _ -> Response in
+            counts.refusedAsked.wrappingAdd(1, ordering: .relaxed)
+            return Response(status: .serviceUnavailable, headers: [NeutrinoHeader.rejected: "saturated"])
         }
         var logger = Logger(label: "worker")
         logger.logLevel = .critical
@@ -137,6 +144,27 @@ struct WorkerPoolCapacityTests {
             #expect(pool.waitingCalls == 0)
             #expect(try await holder.value.get() == 200)
             #expect(counts.slowStarted.load(ordering: .relaxed) == 1)
+        }
+    }
+
+    /// The same for a request forwarded to a mounted ASGI app: the refusal's connection coming back is no room.
+    @Test func aForwardedRequestToAWorkerThatStaysSaturatedLooksAgainAtAPace() async throws {
+        try await Self.withWorker { port, counts in
+            let pool = try Self.pool(port: port, maxWaiting: 8)
+            defer { pool.close() }
+            do throws(WorkerPool.Failure) {
+                _ = try await pool.forward(
+                    method: .GET, target: "/items", headers: HTTPHeaders(), body: [], headDeadline: .now() + .milliseconds(350))
+                Issue.record("a refused request was answered")
+            } catch {
+                guard case .atCapacity(let message) = error else {
+                    Issue.record("expected atCapacity, got \(error)")
+                    return
+                }
+                #expect(message.contains("refused the request"), "\(message)")
+            }
+            let asked = counts.refusedAsked.load(ordering: .relaxed)
+            #expect(asked >= 2 && asked <= 10, "asked \(asked) times in 350 ms")
         }
     }
 
