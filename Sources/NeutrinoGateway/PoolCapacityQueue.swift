@@ -32,6 +32,12 @@ final class PoolCapacityQueue: Sendable {
         let continuation: CheckedContinuation<Wait, Never>
         /// Ends the wait at the call's deadline.
         let deadline: Scheduled<Void>
+
+        /// Ends the wait, once the waiter is out of the line (never under its lock).
+        func end(_ outcome: Wait) {
+            deadline.cancel()
+            continuation.resume(returning: outcome)
+        }
     }
 
     private struct State {
@@ -84,21 +90,18 @@ final class PoolCapacityQueue: Sendable {
             }
             return Array(s.line)
         }
-        for waiter in all {
-            waiter.deadline.cancel()
-            waiter.continuation.resume(returning: .tryAgain)
-        }
+        for waiter in all { waiter.end(.tryAgain) }
     }
 
     private func wakeFirst() {
-        let first = state.withLock { s -> Waiter? in
-            let first = s.line.popFirst()
-            count.store(s.line.count, ordering: .sequentiallyConsistent)
-            return first
-        }
-        guard let first else { return }
-        first.deadline.cancel()
-        first.continuation.resume(returning: .tryAgain)
+        state.withLock { takeFirst(&$0) }?.end(.tryAgain)
+    }
+
+    /// The first waiter, out of the line (under the lock).
+    private func takeFirst(_ s: inout State) -> Waiter? {
+        let first = s.line.popFirst()
+        count.store(s.line.count, ordering: .sequentiallyConsistent)
+        return first
     }
 
     /// Waits for room made after `ticket` was taken, until `deadline`. `first`: a call that was woken and still found
@@ -145,15 +148,12 @@ final class PoolCapacityQueue: Sendable {
     /// Every `lookAgain` while anyone waits: the first waiter looks for room no event announced.
     private func tick() {
         let first = state.withLock { s -> Waiter? in
-            let first = s.line.popFirst()
-            count.store(s.line.count, ordering: .sequentiallyConsistent)
+            let first = takeFirst(&s)
             // Armed again while anyone waits (the one woken now included: it may come back to the front).
-            s.ticker = first == nil ? nil : group.next().scheduleTask(in: self.lookAgain) { [self] in self.tick() }
+            s.ticker = first == nil ? nil : group.next().scheduleTask(in: lookAgain) { [self] in self.tick() }
             return first
         }
-        guard let first else { return }
-        first.deadline.cancel()
-        first.continuation.resume(returning: .tryAgain)
+        first?.end(.tryAgain)
     }
 
     /// Takes a waiter out of the line (its deadline came, its task was cancelled, its caller left) and resumes it;
@@ -165,8 +165,6 @@ final class PoolCapacityQueue: Sendable {
             count.store(s.line.count, ordering: .sequentiallyConsistent)
             return waiter
         }
-        guard let found else { return }
-        found.deadline.cancel()
-        found.continuation.resume(returning: outcome)
+        found?.end(outcome)
     }
 }

@@ -213,8 +213,6 @@ public final class WorkerPool: Sendable {
     ) async throws(Failure) -> Answer {
         var attempt = 1
         var (members, lastError) = await candidates()
-        // The wait for a worker to come back starts when every worker first refused the call.
-        var waitUntil: NIODeadline?
         let payload = ByteBuffer(bytes: body)
         var deadline = NIODeadline.now() + timeout
         var line = Place(caller: caller)
@@ -283,17 +281,10 @@ public final class WorkerPool: Sendable {
                     }
                 }
             }
-            if noRoom {
-                try await waitForRoom(after: ticket, until: deadline, line: &line, lastError: lastError)
-                members = order(now: .now())
-                continue
-            }
-            // An answering worker is alive: no wait for one to come back.
-            guard allRefused else { throw .noWorkerAvailable(lastError) }
-            let until = waitUntil ?? NIODeadline.now() + TimeAmount(joinWait)
-            waitUntil = until
-            guard await workerReturned(until: until, members: &members) else { throw .noWorkerAvailable(noneCameBack(lastError)) }
-            deadline = NIODeadline.now() + timeout
+            let cameBack = try await nextRound(
+                noRoom: noRoom, allRefused: allRefused, ticket: ticket, deadline: deadline, line: &line, members: &members,
+                lastError: lastError)
+            if cameBack { deadline = NIODeadline.now() + timeout }
         }
     }
 
@@ -306,9 +297,8 @@ public final class WorkerPool: Sendable {
         -> (WorkerConnections.StreamedReply, String)
     {
         var (members, lastError) = await candidates()
-        var waitUntil: NIODeadline?
         let payload = ByteBuffer(bytes: body)
-        var line = Place(caller: nil)
+        var line = Place(caller: nil, comeBackCap: headDeadline)
         try await takePlace(until: headDeadline, line: &line)
         while true {
             var allRefused = !members.isEmpty
@@ -353,25 +343,48 @@ public final class WorkerPool: Sendable {
                     allRefused = false
                 }
             }
-            if noRoom {
-                try await waitForRoom(after: ticket, until: headDeadline, line: &line, lastError: lastError)
-                members = order(now: .now())
-                continue
-            }
-            // An answering worker is alive: no wait for one to come back.
-            guard allRefused else { throw .noWorkerAvailable(lastError) }
-            let until = waitUntil ?? min(NIODeadline.now() + TimeAmount(joinWait), headDeadline)
-            waitUntil = until
-            guard await workerReturned(until: until, members: &members) else { throw .noWorkerAvailable(noneCameBack(lastError)) }
+            _ = try await nextRound(
+                noRoom: noRoom, allRefused: allRefused, ticket: ticket, deadline: headDeadline, line: &line,
+                members: &members, lastError: lastError)
         }
     }
 
     /// Where a call stands in the pool's line: whether it has waited (and so goes back to the front when woken for
-    /// nothing), since when, and who waits for it (a caller that leaves takes the call out of the line).
+    /// nothing), since when, who waits for it (a caller that leaves takes the call out of the line), and until when it
+    /// waits for a worker to come back.
     private struct Place {
         let caller: CallerPresence?
         var waited = false
         let since = NIODeadline.now()
+        /// Set when every worker first refused the call: `joinWait` from then, no later than `comeBackCap`.
+        var comeBackBy: NIODeadline?
+        var comeBackCap: NIODeadline?
+
+        init(caller: CallerPresence?, comeBackCap: NIODeadline? = nil) {
+            self.caller = caller
+            self.comeBackCap = comeBackCap
+        }
+    }
+
+    /// After a round over the members that brought no answer: a worker without room → the call waits in the line for
+    /// some (within `deadline`); every worker refused → it waits for one to come back (`joinWait` from the first such
+    /// round); a worker that answered otherwise is alive → the call fails. Returns once it should try the pool again
+    /// (`members` in the order to try), true when it waited for a worker to come back.
+    private func nextRound(
+        noRoom: Bool, allRefused: Bool, ticket: UInt64, deadline: NIODeadline, line: inout Place, members: inout [Member],
+        lastError: String
+    ) async throws(Failure) -> Bool {
+        if noRoom {
+            try await waitForRoom(after: ticket, until: deadline, line: &line, lastError: lastError)
+            members = order(now: .now())
+            return false
+        }
+        guard allRefused else { throw .noWorkerAvailable(lastError) }
+        let joined = NIODeadline.now() + TimeAmount(joinWait)
+        let until = line.comeBackBy ?? line.comeBackCap.map { min(joined, $0) } ?? joined
+        line.comeBackBy = until
+        guard await workerReturned(until: until, members: &members) else { throw .noWorkerAvailable(noneCameBack(lastError)) }
+        return true
     }
 
     /// A call that arrives while others wait for room queues behind them rather than taking the room made for them.
