@@ -85,6 +85,15 @@ struct WorkerPoolCapacityTests {
         return message
     }
 
+    /// A call that a saturated worker keeps refusing ends refused at its deadline, saying why; or, where the machine
+    /// stalls (CI: two cores, every suite at once), the last look is still on its way to the worker when the deadline
+    /// passes and the call ends timed out instead. Anything else (an answer, a transport failure) is wrong.
+    static func expectRefusedOrLastLookTimedOut(_ result: Result<Int, WorkerPool.Failure>, saying: String) throws {
+        if case .failure(.timedOut) = result { return }
+        let message = try #require(Self.refusal(result), "\(result)")
+        #expect(message.contains(saying), "\(message)")
+    }
+
     /// The message of a `callerLeft` end, else nil.
     static func callerLeft(_ result: Result<Int, WorkerPool.Failure>) -> String? {
         guard case .failure(.callerLeft(let message)) = result else { return nil }
@@ -134,8 +143,7 @@ struct WorkerPoolCapacityTests {
             let pool = try Self.pool(port: port, maxWaiting: 8)
             defer { pool.close() }
             let result = await Self.call(pool, "busy", timeout: .milliseconds(350))
-            let message = try #require(Self.refusal(result), "\(result)")
-            #expect(message.contains("is saturated"), "\(message)")
+            try Self.expectRefusedOrLastLookTimedOut(result, saying: "is saturated")
             let asked = counts.busyAsked.load(ordering: .relaxed)
             #expect(asked >= 2 && asked <= 10, "asked \(asked) times in 350 ms")
         }
@@ -167,8 +175,7 @@ struct WorkerPoolCapacityTests {
             let pool = try Self.pool(port: port, maxWaiting: 8)
             defer { pool.close() }
             let result = await Self.forward(pool, "/items", headDeadline: .now() + .milliseconds(350))
-            let message = try #require(Self.refusal(result), "\(result)")
-            #expect(message.contains("refused the request"), "\(message)")
+            try Self.expectRefusedOrLastLookTimedOut(result, saying: "refused the request")
             let asked = counts.refusedAsked.load(ordering: .relaxed)
             #expect(asked >= 2 && asked <= 10, "asked \(asked) times in 350 ms")
         }

@@ -313,9 +313,10 @@ def test_a_burst_beyond_the_pools_connections_waits_its_turn_instead_of_failing(
                          gateway_args=["--worker-connections", "2"])
     try:
         with ThreadPoolExecutor(40) as pool:
-            futures = [pool.submit(post_task, c.gateway.url, "sleepy", {"seconds": 0.25}) for _ in range(40)]
+            # 40 × 0.2 s over 4 connections: the last call waits about 1.8 s of its 2 s timeout + 2 s grace.
+            futures = [pool.submit(post_task, c.gateway.url, "sleepy", {"seconds": 0.2}) for _ in range(40)]
             most_waiting = 0
-            for _ in range(400):  # bounded: the burst takes about 2.5 s
+            for _ in range(400):  # bounded: the burst takes about 2 s
                 if all(f.done() for f in futures):
                     break
                 fast = next(p for p in c.get("/pools").json()["pools"] if p["name"] == "fast")
