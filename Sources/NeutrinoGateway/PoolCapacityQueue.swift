@@ -1,6 +1,6 @@
 import NIOCore
 import NIOPosix
-import NeutrinoHTTP
+import NeutrinoCore
 import Synchronization
 
 /// The sync calls of one pool waiting for room: every worker's `--worker-connections` were busy (or every worker
@@ -110,6 +110,10 @@ final class PoolCapacityQueue: Sendable {
     func wait(after ticket: UInt64, until deadline: NIODeadline, first: Bool = false, caller: CallerPresence? = nil) async -> Wait {
         let id = nextID.wrappingAdd(1, ordering: .relaxed).oldValue
         let loop = MultiThreadedEventLoopGroup.currentEventLoop ?? group.next()
+        // Before the waiter is in the line, so that either the hook finds it there or the look at `hasLeft` below
+        // sees the caller gone (`leave` marks it before it runs the hook); and before this wait ends, so that the
+        // next wait's hook replaces this one's, never the other way round.
+        caller?.onLeave { [self] in self.leave(id, with: .callerLeft) }
         return await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Wait, Never>) in
                 let refusal = state.withLock { s -> Wait? in
@@ -134,11 +138,7 @@ final class PoolCapacityQueue: Sendable {
                     if s.ticker == nil { s.ticker = loop.scheduleTask(in: lookAgain) { [self] in self.tick() } }
                     return nil
                 }
-                if let refusal {
-                    continuation.resume(returning: refusal)
-                } else {
-                    caller?.onLeave { [self] in self.leave(id, with: .callerLeft) }
-                }
+                if let refusal { continuation.resume(returning: refusal) }
             }
         } onCancel: {
             leave(id, with: .expired)

@@ -1,6 +1,6 @@
 import NIOCore
 import NIOPosix
-import NeutrinoHTTP
+import NeutrinoCore
 import Synchronization
 import Testing
 

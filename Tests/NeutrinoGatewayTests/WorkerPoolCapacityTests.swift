@@ -3,6 +3,7 @@ import HummingbirdTesting
 import Logging
 import NIOCore
 import NIOHTTP1
+import NeutrinoCore
 import NeutrinoHTTP
 import Synchronization
 import Testing
