@@ -48,13 +48,13 @@ extension PythonExecutor {
                 return state.coroutineWaiting.removeFirst()
             }
             guard let job = next else { return }
-            if job.callerGone {
+            if let unwanted = job.unwanted {
                 // The slot goes back unused.
                 lock.withLock {
                     state.coroutinesRunning -= 1
                     job.phase = .done
                 }
-                finish(job, .rejected(reason: Self.callerGone))
+                finish(job, .rejected(reason: unwanted))
                 continue
             }
             job.onStart()

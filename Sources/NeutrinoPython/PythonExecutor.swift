@@ -101,10 +101,16 @@ public final class PythonExecutor: Sendable {
         var loopID: UInt64 = 0
         /// When its caller stops waiting for the answer (monotonic ns; 0: never): a job still queued then is not run.
         var startBy: UInt64 = 0
+        /// Its caller's connection, where the call came over one: a job still queued once it closed is not run.
+        var caller: CallerPresence?
 
-        /// Its caller has stopped waiting (see `submit`'s `callerWaitsMs`): starting it would spend a thread or a
-        /// coroutine slot on an answer nobody reads.
-        var callerGone: Bool { startBy != 0 && monotonicNanos() > startBy }
+        /// Why it is no longer wanted, else nil: its caller has stopped waiting (see `submit`'s `callerWaitsMs`) or
+        /// has closed its connection. Starting it would spend a thread or a coroutine slot on an answer nobody reads.
+        var unwanted: String? {
+            if let caller, caller.hasLeft { return PythonExecutor.callerLeft }
+            if startBy != 0 && monotonicNanos() > startBy { return PythonExecutor.callerGone }
+            return nil
+        }
 
         init(
             task: String, tag: String?, payload: [UInt8], timeoutMs: Int, coroutine: Bool = false,
@@ -268,6 +274,8 @@ public final class PythonExecutor: Sendable {
 
     /// Why a queued call whose caller stopped waiting was not run.
     public static let callerGone = "its caller stopped waiting before a Python thread was free; it did not run"
+    /// Why a queued call whose caller closed its connection was not run.
+    public static let callerLeft = "its caller closed the connection before a Python thread was free; it did not run"
 
     /// Runs `task` with `payload` (JSON `{"args":…,"task_id":…}`) and returns how it ended. `onStart` runs on the
     /// Python thread just before the call (to record `running` at the moment it starts).
@@ -290,9 +298,9 @@ public final class PythonExecutor: Sendable {
     ///
     /// `callerWaitsMs`: how long the caller waits for the answer. A call still queued when that has passed is not
     /// run: it ends `.rejected` without Python (the caller has gone, and a backlog of such calls would hold every
-    /// thread long after a burst).
+    /// thread long after a burst). Likewise a call still queued once `caller` has left (its connection closed).
     public func submit(
-        task: String, tag: String? = nil, payload: [UInt8], timeoutMs: Int, callerWaitsMs: Int? = nil,
+        task: String, tag: String? = nil, payload: [UInt8], timeoutMs: Int, callerWaitsMs: Int? = nil, caller: CallerPresence? = nil,
         onStart: @escaping @Sendable () -> Void = {},
         onOutput: @escaping @Sendable ([UInt8]) -> Void = { _ in },
         completion: @escaping @Sendable (PythonOutcome) -> Void
@@ -300,6 +308,7 @@ public final class PythonExecutor: Sendable {
         let coroutine = runtime.coroutineTasks.contains(task)
         let job = Job(task: task, tag: tag, payload: payload, timeoutMs: timeoutMs, coroutine: coroutine, onStart: onStart, onOutput: onOutput)
         if let callerWaitsMs { job.startBy = monotonicNanos() &+ UInt64(min(max(1, callerWaitsMs), 86_400_000)) * 1_000_000 }
+        job.caller = caller
         if coroutine { return submitCoroutine(job, completion: completion) }
         lock.lock()
         if state.stopping || state.wedged != nil || state.queue.count - state.queueHead >= maxQueued {
@@ -393,10 +402,10 @@ public final class PythonExecutor: Sendable {
                 state.queue.removeFirst(state.queueHead)
                 state.queueHead = 0
             }
-            if job.callerGone {
+            if let unwanted = job.unwanted {
                 job.phase = .done
                 lock.unlock()
-                finish(job, .rejected(reason: Self.callerGone))
+                finish(job, .rejected(reason: unwanted))
                 continue
             }
             job.phase = .running(ident)

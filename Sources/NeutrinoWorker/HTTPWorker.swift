@@ -101,7 +101,9 @@ struct HTTPWorker: Sendable {
             claim: { [specs] head in CallHandler.apiTaskName(head).flatMap { specs[$0] == nil ? nil : $0 } },
             maxBodyBytes: configuration.maxBodyBytes,
             serverName: Self.serverName, route: Self.callRoute,
-            start: { [self] task, head, body, _, _, answer in startCall(task: task, headers: head.headerFields, body: body, answer: answer) })
+            start: { [self] task, head, body, _, caller, answer in
+                startCall(task: task, headers: head.headerFields, body: body, caller: caller, answer: answer)
+            })
         limits.requestHandlers = { [CallHandler(calls: calls)] }
         let app = makeApplication(
             router: router, host: configuration.host, port: configuration.port,
@@ -273,8 +275,12 @@ struct HTTPWorker: Sendable {
     }
 
     /// Runs a sync call whose body has been read, without a Swift task: `answer` is called once, on the thread that
-    /// ended the call (a Python thread, the watchdog, or this one when it is refused at once).
-    func startCall(task name: String, headers: HTTPFields, body: [UInt8], answer: @escaping @Sendable (CallAnswer) -> Void) {
+    /// ended the call (a Python thread, the watchdog, or this one when it is refused at once). With `caller`, a call
+    /// still queued for a Python thread when its client closes the connection is not run.
+    func startCall(
+        task name: String, headers: HTTPFields, body: [UInt8], caller: CallerPresence? = nil,
+        answer: @escaping @Sendable (CallAnswer) -> Void
+    ) {
         let spec: TaskSpec
         switch admit(task: name) {
         case .refuse(let refusal): return answer(refusal)
@@ -313,7 +319,7 @@ struct HTTPWorker: Sendable {
         running.begin()
         executor.submit(
             task: spec.name, tag: taskID, payload: payload, timeoutMs: spec.timeoutMs,
-            callerWaitsMs: headers[NeutrinoHeader.callerWaitsMs].flatMap(Int.init),
+            callerWaitsMs: headers[NeutrinoHeader.callerWaitsMs].flatMap(Int.init), caller: caller,
             onStart: {
                 recycler.taskStarted()
                 // `running` is recorded the moment the Python thread starts the call.
@@ -344,6 +350,10 @@ struct HTTPWorker: Sendable {
             if reason == PythonExecutor.callerGone {
                 logger.warning(
                     "a queued call was not run: its caller had stopped waiting (the worker is behind)",
+                    metadata: ["task_id": "\(taskID)", "task": "\(spec.name)"])
+            } else if reason == PythonExecutor.callerLeft {
+                logger.info(
+                    "a queued call was not run: its caller closed the connection first",
                     metadata: ["task_id": "\(taskID)", "task": "\(spec.name)"])
             }
             call.span?.fail(reason)

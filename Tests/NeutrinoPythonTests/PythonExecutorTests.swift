@@ -102,38 +102,66 @@ extension Embedded {
             func add() { count.withLock { $0 += 1 } }
         }
 
-        static func submit(_ executor: PythonExecutor, _ payload: [UInt8], waitsMs: Int, started: StartCount) async -> PythonOutcome {
+        static func submit(
+            _ executor: PythonExecutor, _ payload: [UInt8], waitsMs: Int? = nil, caller: CallerPresence? = nil, started: StartCount
+        ) async -> PythonOutcome {
             await withCheckedContinuation { continuation in
                 executor.submit(
-                    task: "echo", payload: payload, timeoutMs: 5000, callerWaitsMs: waitsMs, onStart: { started.add() },
+                    task: "echo", payload: payload, timeoutMs: 5000, callerWaitsMs: waitsMs, caller: caller, onStart: { started.add() },
                     completion: { continuation.resume(returning: $0) })
+            }
+        }
+
+        /// Three 0.5 s or 1 s sleeps on the three threads; `body` runs while they are all busy.
+        func whileEveryThreadIsBusy(seconds: Double, _ body: (PythonExecutor) async throws -> Void) async throws {
+            let executor = try Embedded.executor.get()
+            let args = #"{"seconds":\#(seconds)}"#
+            async let a = run("sleepy", args)
+            async let b = run("sleepy", args)
+            async let c = run("sleepy", args)
+            for _ in 0..<200 where executor.load.busy < 3 { try await Task.sleep(for: .milliseconds(5)) }
+            #expect(executor.load.busy == 3)
+            try await body(executor)
+            for o in [try await a, try await b, try await c] {
+                guard case .completed = o else { Issue.record("sleepy failed: \(o)"); continue }
             }
         }
 
         /// A call still queued when its caller stopped waiting is not run (a backlog after a burst must not hold every
         /// thread for answers nobody reads); one whose caller still waits runs when a thread is free.
         @Test func aQueuedCallWhoseCallerStoppedWaitingDoesNotRun() async throws {
-            let executor = try Embedded.executor.get()
-            async let a = run("sleepy", #"{"seconds":1.0}"#)
-            async let b = run("sleepy", #"{"seconds":1.0}"#)
-            async let c = run("sleepy", #"{"seconds":1.0}"#)
-            for _ in 0..<200 where executor.load.busy < 3 { try await Task.sleep(for: .milliseconds(5)) }
-            #expect(executor.load.busy == 3)
-            let payload = Array(#"{"args":{"x":1},"task_id":"t-gone","attempt":1,"pool":"fast"}"#.utf8)
-            let started = StartCount()
-            async let gone = Self.submit(executor, payload, waitsMs: 20, started: started)
-            async let waiting = Self.submit(executor, payload, waitsMs: 60_000, started: started)
-            let goneOutcome = await gone
-            let waitingOutcome = await waiting
-            if case .rejected(let reason) = goneOutcome {
-                #expect(reason == PythonExecutor.callerGone)
-            } else {
-                Issue.record("expected the call not to run, got \(goneOutcome)")
+            try await whileEveryThreadIsBusy(seconds: 1.0) { executor in
+                let payload = Array(#"{"args":{"x":1},"task_id":"t-gone","attempt":1,"pool":"fast"}"#.utf8)
+                let started = StartCount()
+                async let gone = Self.submit(executor, payload, waitsMs: 20, started: started)
+                async let waiting = Self.submit(executor, payload, waitsMs: 60_000, started: started)
+                Self.expectNotRun(await gone, because: PythonExecutor.callerGone)
+                if case .completed = await waiting {} else { Issue.record("the call whose caller waits should run, got \(await waiting)") }
+                #expect(started.value == 1)
             }
-            if case .completed = waitingOutcome {} else { Issue.record("the call whose caller waits should run, got \(waitingOutcome)") }
-            #expect(started.value == 1)
-            for o in [try await a, try await b, try await c] {
-                guard case .completed = o else { Issue.record("sleepy failed: \(o)"); continue }
+        }
+
+        /// A call still queued when its caller closes the connection is not run; the one queued beside it, whose
+        /// caller is still there, runs when a thread is free.
+        @Test func aQueuedCallWhoseCallerLeftDoesNotRun() async throws {
+            try await whileEveryThreadIsBusy(seconds: 0.5) { executor in
+                let payload = Array(#"{"args":{"x":1},"task_id":"t-left","attempt":1,"pool":"fast"}"#.utf8)
+                let started = StartCount()
+                let left = CallerPresence()
+                async let gone = Self.submit(executor, payload, caller: left, started: started)
+                async let waiting = Self.submit(executor, payload, caller: CallerPresence(), started: started)
+                left.leave()
+                Self.expectNotRun(await gone, because: PythonExecutor.callerLeft)
+                if case .completed = await waiting {} else { Issue.record("the call whose caller stays should run, got \(await waiting)") }
+                #expect(started.value == 1)
+            }
+        }
+
+        static func expectNotRun(_ outcome: PythonOutcome, because reason: String) {
+            if case .rejected(let why) = outcome {
+                #expect(why == reason)
+            } else {
+                Issue.record("expected the call not to run, got \(outcome)")
             }
         }
 

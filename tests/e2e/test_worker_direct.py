@@ -317,29 +317,66 @@ def test_shutdown_waits_for_a_call_whose_client_left(launcher: Launcher):
     assert "event dropped" not in w.output, w.output[-3000:]
 
 
+class _OneBusySlot:
+    """A worker with one Python thread and one coroutine slot, the slot of `kind` held by a 1.5 s call of `task`;
+    `quick` are the arguments of a call of the same task that returns at once."""
+
+    def __init__(self, launcher: Launcher, kind: str, name: str):
+        self.dir = launcher.new_dir(name)
+        self.db = self.dir / "tasks.sqlite"
+        self.worker = launcher.worker(EXAMPLE_APP, self.db, log_dir=self.dir, worker_id=f"{name}-{kind}", concurrency=1,
+                                      extra_args=["--max-coroutines", "1"])
+        self.task, hold, self.quick = (("sleepy", {"seconds": 1.5}, {"seconds": 0}) if kind == "thread"
+                                       else ("lookup", {"key": "a", "delay_s": 1.5}, {"key": "b", "delay_s": 0}))
+        self.holder = threading.Thread(target=lambda: post_task(self.worker.url, self.task, hold))
+        self.holder.start()
+        wait_for(lambda: "1" == _busy_threads(self.worker), timeout=60, interval=0.02,
+                 message="the only slot to be busy")
+
+    def __enter__(self) -> "_OneBusySlot":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.holder.join(60)
+        self.worker.stop()
+
+
 @pytest.mark.parametrize("kind", ["thread", "coroutine"])
 def test_a_queued_call_whose_caller_stopped_waiting_is_not_run(launcher: Launcher, kind: str):
     """X-Neutrino-Caller-Waits-Ms (the gateway sends what is left of its deadline): a call that is still queued
     behind a busy thread (or the one coroutine slot) when that time has passed is answered 503 without running, and
     the worker says so; one whose caller still waits runs."""
-    d = launcher.new_dir("gone")
-    w = launcher.worker(EXAMPLE_APP, d / "tasks.sqlite", log_dir=d, worker_id=f"gone-{kind}", concurrency=1,
-                        extra_args=["--max-coroutines", "1"])
-    task, hold, quick = (("sleepy", {"seconds": 1.5}, {"seconds": 0}) if kind == "thread"
-                         else ("lookup", {"key": "a", "delay_s": 1.5}, {"key": "b", "delay_s": 0}))
-    try:
-        holder = threading.Thread(target=lambda: post_task(w.url, task, hold))
-        holder.start()
-        wait_for(lambda: "1" == _busy_threads(w), timeout=60, interval=0.02, message="the only slot to be busy")
-        gone = post_task(w.url, task, quick, headers={"X-Neutrino-Caller-Waits-Ms": "50"})
-        waited = post_task(w.url, task, quick, headers={"X-Neutrino-Caller-Waits-Ms": "60000"})
-        holder.join(60)
+    with _OneBusySlot(launcher, kind, "gone") as busy:
+        w = busy.worker
+        gone = post_task(w.url, busy.task, busy.quick, headers={"X-Neutrino-Caller-Waits-Ms": "50"})
+        waited = post_task(w.url, busy.task, busy.quick, headers={"X-Neutrino-Caller-Waits-Ms": "60000"})
+        busy.holder.join(60)
         assert gone.status == 503, gone
         assert "stopped waiting" in gone.json()["error"]["message"], gone
         assert waited.status == 200, waited
         wait_for(lambda: "a queued call was not run" in w.output, timeout=10, message="the worker's warning")
-    finally:
-        w.stop()
+
+
+@pytest.mark.sqlite_task_log_only("reads the SQLite file a worker without a gateway writes itself")
+@pytest.mark.parametrize("kind", ["thread", "coroutine"])
+def test_a_queued_call_whose_client_hangs_up_is_not_run(launcher: Launcher, kind: str):
+    """A call waiting for the only busy thread (or coroutine slot) whose client closes its connection is not started
+    once the slot frees: nothing is recorded for it, the worker says why, and the next call runs."""
+    with _OneBusySlot(launcher, kind, "hangup") as busy:
+        w = busy.worker
+        left_id = uuid7()
+        s = _connect(w.url)
+        s.sendall(_call(f"/api/{busy.task}", busy.quick, extra=f"X-Neutrino-Task-Id: {left_id}\r\n"))
+        wait_for(lambda: http_request("GET", f"{w.url}/healthz").json()["queued"] == 1, timeout=30, interval=0.02,
+                 message="the call to be queued")
+        s.close()
+        busy.holder.join(60)
+        wait_for(lambda: "its caller closed the connection first" in w.output, timeout=10,
+                 message="the worker's note that it did not run the call")
+        answer = post_task(w.url, busy.task, busy.quick)
+        assert answer.status == 200, answer
+        TaskLog(busy.db).wait_terminal(answer.json()["task_id"], final_event="completed")
+        assert TaskLog(busy.db).task(left_id) is None, TaskLog(busy.db).events(left_id)
 
 
 def _busy_threads(w) -> str:
