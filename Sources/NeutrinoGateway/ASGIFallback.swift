@@ -23,6 +23,8 @@ struct ASGIFallback: RouterMiddleware {
     let headTimeout: Duration
     /// The gateway's own `host:port`, for the scope's `server`.
     let server: String
+    /// Whether each request's client is still connected: a request waiting for room leaves the line when it is not.
+    let presences: ConnectionPresences
     let logger: Logger
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
@@ -65,18 +67,24 @@ struct ASGIFallback: RouterMiddleware {
         do {
             (reply, _) = try await pool.forward(
                 method: HTTPMethod(rawValue: request.method.rawValue), target: target, headers: headers, body: body,
-                headDeadline: .now() + .nanoseconds(Int64(headTimeout.wholeMilliseconds) * 1_000_000))
+                headDeadline: .now() + .nanoseconds(Int64(headTimeout.wholeMilliseconds) * 1_000_000),
+                caller: presences.presence(of: context.connection))
         } catch {
             let response: Response =
                 switch error {
                 case .noWorkerAvailable(let why): .error(.noWorkerAvailable, why, headers: [.retryAfter: "1"])
                 case .atCapacity(let why): .error(.overloaded, why, headers: [.retryAfter: "1"])
-                case .callerLeft(let why): .error(.cancelled, why)  // not forwarded with a caller: nobody reads it
+                case .callerLeft(let why): .error(.cancelled, why)  // nobody reads it
                 case .timedOut: .error(.timeout, "the ASGI app did not start its answer within \(headTimeout)")
                 case .workerCrashed(let why): .error(.workerCrashed, why)
                 case .answerTooLarge(let limit): .error(.workerAnswerTooLarge, "the answer is larger than \(limit) bytes")
                 }
-            Self.count(route: "unmatched", method: method, code: response.status.code, since: start)
+            var code = response.status.code
+            if case .callerLeft(let why) = error {
+                code = Self.clientClosedRequest
+                logger.info("a request for the mounted app was not forwarded", metadata: ["reason": "\(why)", "path": "\(path)"])
+            }
+            Self.count(route: "unmatched", method: method, code: code, since: start)
             return response
         }
         let route = reply.headers.first(name: NeutrinoHeader.asgiRoute.canonicalName) ?? "unmatched"
@@ -100,7 +108,7 @@ struct ASGIFallback: RouterMiddleware {
             status: HTTPResponse.Status(code: status), headers: fields,
             body: ResponseBody(contentLength: contentLength) { writer in
                 var complete = false
-                defer { Self.count(route: route, method: method, code: complete ? status : 499, since: start) }
+                defer { Self.count(route: route, method: method, code: complete ? status : Self.clientClosedRequest, since: start) }
                 if let chunks {
                     for try await chunk in chunks { try await writer.write(chunk) }
                 }
@@ -108,6 +116,9 @@ struct ASGIFallback: RouterMiddleware {
                 try await writer.finish(nil)
             })
     }
+
+    /// nginx's status for a request whose client closed the connection before the answer.
+    static let clientClosedRequest = 499
 
     /// `neutrino_asgi_requests_total{route,method,code}` and `neutrino_asgi_request_duration_seconds{route,method}`:
     /// the route is the app's pattern (`/items/{item_id}`) the worker reported, `unmatched` when none matched. A

@@ -148,6 +148,7 @@ public func buildGateway(
     submit.addRoutes(to: router)
     TasksController(components: components, submitter: submitter).addRoutes(to: router)
     operations.addDashboard(to: router, under: manifest.asgi == nil ? nil : ASGIConflicts.dashboardPrefix)
+    var connectionPresences: ConnectionPresences?
     if let mount = manifest.asgi {
         // Innermost, after every route and the dashboard's files: only requests none of them answers get here.
         for conflict in ASGIConflicts.find(mount, routes: gatewayRoutes) {
@@ -155,10 +156,12 @@ public func buildGateway(
                 "route of the mounted ASGI app is shadowed: Neutrino's routes win, requests to it never reach the app; move it",
                 metadata: ["conflict": "\(conflict)", "app": "\(mount.app)"])
         }
+        let presences = ConnectionPresences()
         router.add(
             middleware: ASGIFallback(
                 mount: mount, pool: pools[mount.pool], maxBodyBytes: configuration.maxBodyBytes, headTimeout: configuration.asgiHeadTimeout,
-                server: "\(configuration.host):\(configuration.port)", logger: logger))
+                server: "\(configuration.host):\(configuration.port)", presences: presences, logger: logger))
+        connectionPresences = presences
     }
 
     // Stopped in reverse order of this list, after the server.
@@ -238,6 +241,11 @@ public func buildGateway(
                 submit.start(task: task, head: head, body: body, access: callAccess, executor: executor, caller: caller, answer: answer)
             })
         gatewayLimits.requestHandlers = { [CallHandler(calls: calls)] }
+    }
+    if let connectionPresences {
+        // Only with a mounted app: its forwarded requests learn when their client leaves.
+        let calls = gatewayLimits.requestHandlers
+        gatewayLimits.requestHandlers = { [connectionPresences.handler()] + calls() }
     }
     return makeApplication(
         router: router, host: configuration.host, port: configuration.port,

@@ -291,14 +291,16 @@ public final class WorkerPool: Sendable {
     /// Forwards a request for the mounted ASGI app to a worker of this pool (`ASGIForwarding.prefix` + the client's
     /// target) and returns the answer once its head arrives; the body streams behind it. Unreachable and saturated
     /// workers, and a worker that refused the request without running it (`X-Neutrino-Rejected`), move on to the next
-    /// worker; when every worker is at capacity the request waits for room, as a task's call does. A connection lost
+    /// worker; when every worker is at capacity the request waits for room, as a task's call does, and leaves the
+    /// line if `caller` (its client's connection) goes. A connection lost
     /// after the request was sent is `workerCrashed`: the app may have acted on it, so it is not sent again.
-    func forward(method: HTTPMethod, target: String, headers: HTTPHeaders, body: [UInt8], headDeadline: NIODeadline) async throws(Failure)
-        -> (WorkerConnections.StreamedReply, String)
-    {
+    func forward(
+        method: HTTPMethod, target: String, headers: HTTPHeaders, body: [UInt8], headDeadline: NIODeadline,
+        caller: CallerPresence? = nil
+    ) async throws(Failure) -> (WorkerConnections.StreamedReply, String) {
         var (members, lastError) = await candidates()
         let payload = ByteBuffer(bytes: body)
-        var line = Place(caller: nil, comeBackCap: headDeadline)
+        var line = Place(caller: caller, comeBackCap: headDeadline)
         try await takePlace(until: headDeadline, line: &line)
         while true {
             var allRefused = !members.isEmpty

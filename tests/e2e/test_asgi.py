@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -32,19 +33,24 @@ def _venv() -> str:
     return sys.prefix
 
 
-@pytest.fixture
-def asgi_stack(launcher, queue_stack, tmp_path):
-    """nats-server, one HTTP worker of pool fast serving the app, and a gateway with it as a static member."""
-    marks = tmp_path / "marks.txt"
-    stack = queue_stack(app=ASGI_APP, name="asgi", gateway=False)
+def _asgi_stack(launcher, queue_stack, marks: Path, name: str, worker_args=(), gateway_args=()):
+    """nats-server, one HTTP worker of pool fast serving the app (its marks in `marks`), and a gateway with it as a
+    static member."""
+    stack = queue_stack(app=ASGI_APP, name=name, gateway=False)
     worker = launcher.worker(
-        ASGI_APP, stack.db_path, log_dir=stack.dir, worker_id="asgi-w1", concurrency=2, nats_url=stack.nats.url,
-        task_log=stack.task_log, env_extra={"VIRTUAL_ENV": _venv(), "NEUTRINO_E2E_ASGI_MARKS": str(marks)})
+        ASGI_APP, stack.db_path, log_dir=stack.dir, worker_id=f"{name}-w1", concurrency=2, nats_url=stack.nats.url,
+        task_log=stack.task_log, extra_args=worker_args,
+        env_extra={"VIRTUAL_ENV": _venv(), "NEUTRINO_E2E_ASGI_MARKS": str(marks)})
     stack.workers.append(worker)
-    stack.start_gateway(http_pools={"fast": [worker.url]})
+    stack.start_gateway(http_pools={"fast": [worker.url]}, extra_args=gateway_args)
     stack.marks = marks
     stack.asgi_worker = worker
     return stack
+
+
+@pytest.fixture
+def asgi_stack(launcher, queue_stack, tmp_path):
+    return _asgi_stack(launcher, queue_stack, tmp_path / "marks.txt", "asgi")
 
 
 def _get(stack, path: str, **kw):
@@ -148,12 +154,7 @@ def test_a_large_stream_read_slowly_arrives_whole(asgi_stack):
 
 def test_many_requests_wait_for_few_slots(launcher, queue_stack, tmp_path):
     """200 requests at once on a worker with 4 coroutine slots: they wait their turn, and all are answered."""
-    stack = queue_stack(app=ASGI_APP, name="asgi-slots", gateway=False)
-    worker = launcher.worker(
-        ASGI_APP, stack.db_path, log_dir=stack.dir, worker_id="asgi-slots-w", nats_url=stack.nats.url,
-        task_log=stack.task_log, extra_args=["--max-coroutines", "4"], env_extra={"VIRTUAL_ENV": _venv()})
-    stack.workers.append(worker)
-    stack.start_gateway(http_pools={"fast": [worker.url]})
+    stack = _asgi_stack(launcher, queue_stack, tmp_path / "marks.txt", "asgi-slots", worker_args=["--max-coroutines", "4"])
     from concurrent.futures import ThreadPoolExecutor
 
     def order(i: int) -> tuple:
@@ -180,6 +181,40 @@ def test_client_disconnect_reaches_the_app(asgi_stack):
              message="the app's generator to see the client's disconnect")
     # The worker serves on.
     assert _get(s, "/items/1").status == 200
+
+
+def test_a_request_whose_client_leaves_while_it_waits_for_room_is_not_forwarded(launcher, queue_stack, tmp_path):
+    """--worker-connections 1: while a streamed answer holds the only connection to the worker, the next request
+    waits in the gateway's line; its client hangs up. The request leaves the line and never reaches the app, and
+    the next one does."""
+    stack = _asgi_stack(launcher, queue_stack, tmp_path / "marks.txt", "asgi-left", gateway_args=["--worker-connections", "1"])
+    gateway, worker = stack.gateway, stack.asgi_worker
+    parts = urlsplit(stack.url)
+    holder = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    try:
+        holder.request("GET", "/stream")
+        held = holder.getresponse()
+        assert held.readline() == b"first\n"
+        s = socket.create_connection((parts.hostname, parts.port), timeout=30)
+        s.sendall(b"GET /visit/left HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+
+        def waiting() -> int:
+            pools = http_request("GET", f"{stack.url}/pools").json()["pools"]
+            return next(p for p in pools if p["name"] == "fast")["waiting_calls"]
+        wait_for(lambda: waiting() == 1, timeout=30, interval=0.05, message="the request to wait for room")
+        s.close()
+        wait_for(lambda: "a request for the mounted app was not forwarded" in gateway.output, timeout=30,
+                 message="the gateway to drop the request whose client left")
+        # /pools is a snapshot taken about once a second.
+        wait_for(lambda: waiting() == 0, timeout=30, interval=0.1, message="the line to be empty")
+        # Released on the worker directly: the gateway's only connection is the stream's.
+        assert http_request("GET", f"{worker.url}/_neutrino_asgi/release").status == 200
+        assert held.read() == b"last\n"
+    finally:
+        holder.close()
+    assert _get(stack, "/visit/after").json() == {"visited": "after"}
+    seen = stack.marks.read_text()
+    assert "visit-after" in seen and "visit-left" not in seen, seen
 
 
 def test_app_exception_and_websocket(asgi_stack):

@@ -14,11 +14,14 @@ public struct GatewayRequestContext: AuthRequestContext, RequestContext {
     public var identity: APIKey?
     /// The client's address (the ASGI scope's `client` for a request forwarded to a mounted app).
     public var remoteAddress: SocketAddress?
+    /// The client's connection, to look up whether its client is still there (`ConnectionPresences`).
+    public var connection: ObjectIdentifier
 
     public init(source: ApplicationRequestContextSource) {
         coreContext = .init(source: source)
         identity = nil
         remoteAddress = source.channel.remoteAddress
+        connection = ObjectIdentifier(source.channel)
     }
 }
 

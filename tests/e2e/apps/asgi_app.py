@@ -92,6 +92,13 @@ async def stream() -> StreamingResponse:
     return StreamingResponse(produce(), media_type="text/plain")
 
 
+@api.get("/visit/{tag}")
+async def visit(tag: str) -> dict:
+    """Marks 'visit-<tag>': proves a request reached the app (or did not)."""
+    mark(f"visit-{tag}")
+    return {"visited": tag}
+
+
 @api.get("/release")
 async def do_release() -> dict:
     release.set()
