@@ -144,11 +144,13 @@ public func buildGateway(
     let operations = OperationsController(components: components)
     operations.addRoutes(to: router)
     SessionController(sessions: sessions, keys: keys).addRoutes(to: router)
-    let submit = SubmitController(components: components, submitter: submitter)
+    // Whether each connection's client is still there, for the requests the router serves (CallHandler tells its
+    // own calls): a sync call or a forwarded ASGI request waiting for room leaves the line when its client hangs up.
+    let presences = ConnectionPresences()
+    let submit = SubmitController(components: components, submitter: submitter, presences: presences)
     submit.addRoutes(to: router)
     TasksController(components: components, submitter: submitter).addRoutes(to: router)
     operations.addDashboard(to: router, under: manifest.asgi == nil ? nil : ASGIConflicts.dashboardPrefix)
-    var connectionPresences: ConnectionPresences?
     if let mount = manifest.asgi {
         // Innermost, after every route and the dashboard's files: only requests none of them answers get here.
         for conflict in ASGIConflicts.find(mount, routes: gatewayRoutes) {
@@ -156,12 +158,10 @@ public func buildGateway(
                 "route of the mounted ASGI app is shadowed: Neutrino's routes win, requests to it never reach the app; move it",
                 metadata: ["conflict": "\(conflict)", "app": "\(mount.app)"])
         }
-        let presences = ConnectionPresences()
         router.add(
             middleware: ASGIFallback(
                 mount: mount, pool: pools[mount.pool], maxBodyBytes: configuration.maxBodyBytes, headTimeout: configuration.asgiHeadTimeout,
                 server: "\(configuration.host):\(configuration.port)", presences: presences, logger: logger))
-        connectionPresences = presences
     }
 
     // Stopped in reverse order of this list, after the server.
@@ -240,12 +240,9 @@ public func buildGateway(
             start: { task, head, body, executor, caller, answer in
                 submit.start(task: task, head: head, body: body, access: callAccess, executor: executor, caller: caller, answer: answer)
             })
-        gatewayLimits.requestHandlers = { [CallHandler(calls: calls)] }
-    }
-    if let connectionPresences {
-        // Only with a mounted app: its forwarded requests learn when their client leaves.
-        let calls = gatewayLimits.requestHandlers
-        gatewayLimits.requestHandlers = { [connectionPresences.handler()] + calls() }
+        gatewayLimits.requestHandlers = { [presences.handler(), CallHandler(calls: calls)] }
+    } else {
+        gatewayLimits.requestHandlers = { [presences.handler()] }
     }
     return makeApplication(
         router: router, host: configuration.host, port: configuration.port,

@@ -5,8 +5,9 @@ import Synchronization
 
 /// Whether each open client connection of a server is still there, for requests the router serves: a handler
 /// serving one looks its connection up (`presence(of:)`) and learns when the client leaves before its answer, as
-/// `CallHandler` tells its own calls. The gateway's mounted ASGI app uses it, so that a forwarded request still
-/// waiting for a worker with room leaves the line when its client hangs up instead of running for nobody.
+/// `CallHandler` tells its own calls. The gateway's routed sync calls (tracing on, an `Origin` header) and its
+/// mounted ASGI app's requests use it, so that one still waiting for a worker with room leaves the line when its
+/// client hangs up instead of running for nobody.
 ///
 /// A connection is one caller at a time (HTTP/1.1 answers in order), so one presence per connection serves every
 /// request on it; it is marked once, when the client's side closes, which ends the connection.

@@ -335,10 +335,12 @@ def test_a_burst_beyond_the_pools_connections_waits_its_turn_instead_of_failing(
 
 @pytest.mark.skipif(TASK_LOG_MODE != "sqlite", reason="its own gateway and worker on one SQLite file; the line does not "
                     "depend on the task-log mode")
-def test_a_call_whose_client_leaves_while_it_waits_for_room_is_not_run(launcher: Launcher, example_manifest):
+@pytest.mark.parametrize("path", ["call handler", "router"])
+def test_a_call_whose_client_leaves_while_it_waits_for_room_is_not_run(launcher: Launcher, example_manifest, path: str):
     """One worker behind --worker-connections 1: while a call holds the connection, a second call waits in the
     gateway's line; its client hangs up. The call leaves the line: recorded `cancelled` (it never reached the worker),
-    and it does not run later for nobody, ahead of the calls still waited for."""
+    and it does not run later for nobody, ahead of the calls still waited for. The same for a call the router serves
+    (one with an `Origin` header, which the Origin guard and CORS see)."""
     def _get(base: str, path: str):
         return http_request("GET", f"{base}{path}").json()
 
@@ -354,8 +356,9 @@ def test_a_call_whose_client_leaves_while_it_waits_for_room_is_not_run(launcher:
         parts = urlsplit(gw.url)
         body = json.dumps({"args": {"x": 7}}).encode()
         s = socket.create_connection((parts.hostname, parts.port), timeout=30)
-        s.sendall(b"POST /api/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                  + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        origin = f"Origin: http://{parts.netloc}\r\n" if path == "router" else ""  # same-origin: allowed
+        s.sendall(f"POST /api/echo HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: application/json\r\n{origin}"
+                  f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
         wait_for(lambda: next(p for p in _get(gw.url, "/pools")["pools"] if p["name"] == "fast")["waiting_calls"],
                  timeout=30, interval=0.05, message="the call to wait for room")
         s.close()

@@ -8,20 +8,22 @@ import NeutrinoHTTP
 struct SubmitController: Sendable {
     let components: GatewayComponents
     let submitter: TaskSubmitter
+    /// Whether a routed request's client is still connected (`CallHandler`'s calls have their own presence).
+    let presences: ConnectionPresences
 
     func addRoutes(to router: Router<GatewayRequestContext>) {
         router.post("/api/:task") { request, context in
-            await submit(request, task: context.parameters.get("task") ?? "")
+            await submit(request, task: context.parameters.get("task") ?? "", caller: presences.presence(of: context.connection))
         }
     }
 
-    func submit(_ request: Request, task name: String) async -> Response {
+    func submit(_ request: Request, task name: String, caller: CallerPresence?) async -> Response {
         guard components.manifest.tasks[name] != nil else {
             return .error(.unknownTask, "no task named '\(name)' in the manifest")
         }
         let body: [UInt8]
         do { body = try await request.collectBody(limit: components.configuration.maxBodyBytes) } catch { return error.response }
-        return await submit(task: name, headers: request.headers, body: body)
+        return await submit(task: name, headers: request.headers, body: body, caller: caller)
     }
 
     /// `POST /api/<task>` once its body is read: through the router, or from `CallHandler` (which says when the
