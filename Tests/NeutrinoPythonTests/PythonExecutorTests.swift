@@ -112,7 +112,7 @@ extension Embedded {
             }
         }
 
-        /// Three 0.5 s or 1 s sleeps on the three threads; `body` runs while they are all busy.
+        /// Three sleeps of `seconds` on the three threads; `body` runs while they are all busy.
         func whileEveryThreadIsBusy(seconds: Double, _ body: (PythonExecutor) async throws -> Void) async throws {
             let executor = try Embedded.executor.get()
             let args = #"{"seconds":\#(seconds)}"#
@@ -144,7 +144,7 @@ extension Embedded {
         /// A call still queued when its caller closes the connection is not run; the one queued beside it, whose
         /// caller is still there, runs when a thread is free.
         @Test func aQueuedCallWhoseCallerLeftDoesNotRun() async throws {
-            try await whileEveryThreadIsBusy(seconds: 0.5) { executor in
+            try await whileEveryThreadIsBusy(seconds: 1.0) { executor in
                 let payload = Array(#"{"args":{"x":1},"task_id":"t-left","attempt":1,"pool":"fast"}"#.utf8)
                 let started = StartCount()
                 let left = CallerPresence()
