@@ -292,8 +292,8 @@ public final class WorkerPool: Sendable {
     /// target) and returns the answer once its head arrives; the body streams behind it. Unreachable and saturated
     /// workers, and a worker that refused the request without running it (`X-Neutrino-Rejected`), move on to the next
     /// worker; when every worker is at capacity the request waits for room, as a task's call does, and leaves the
-    /// line if `caller` (its client's connection) goes. A connection lost
-    /// after the request was sent is `workerCrashed`: the app may have acted on it, so it is not sent again.
+    /// line if `caller` (its client's connection) goes. A connection lost after the request was sent is
+    /// `workerCrashed`: the app may have acted on it, so it is not sent again.
     func forward(
         method: HTTPMethod, target: String, headers: HTTPHeaders, body: [UInt8], headDeadline: NIODeadline,
         caller: CallerPresence? = nil
