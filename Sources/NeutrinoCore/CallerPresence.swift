@@ -1,12 +1,11 @@
 import Synchronization
 
-/// Whether the client of a call is still connected. The HTTP server's `CallHandler` marks it when the connection
-/// closes (or the client's sending side does) before the call was answered, and runs what waited on that: a gateway
+/// Whether the client of a call is still connected. The HTTP servers mark it (`ConnectionPresences`, one per
+/// connection) when the connection closes, or the client's sending side does, and run what waited on that: a gateway
 /// call still waiting for a worker with room leaves the line, and a worker's call still queued for a Python thread
 /// is not started; neither runs for nobody.
 ///
-/// One presence may serve several calls one after another (`ConnectionPresences` keeps one per connection), but
-/// waits on one thing at a time: `onLeave` holds one hook, and a new one replaces it, so a call that waits again and
+/// One presence serves a connection's calls one after another, but waits on one thing at a time: `onLeave` holds one hook, and a new one replaces it, so a call that waits again and
 /// again (woken to look for room every 100 ms) or a long-lived connection does not pile them up.
 public final class CallerPresence: Sendable {
     private struct State {

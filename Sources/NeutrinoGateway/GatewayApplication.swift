@@ -236,11 +236,11 @@ public func buildGateway(
         let callAccess = keys.map { CallAccess(keys: $0, policy: policy) }
         let calls = CallHandler.Calls(
             claim: { head in SubmitController.claimedTask(head, manifest: manifest, hostGuard: hostGuard, access: callAccess) },
-            maxBodyBytes: configuration.maxBodyBytes, serverName: "neutrino-gateway", route: "/api/{task}",
+            maxBodyBytes: configuration.maxBodyBytes, serverName: "neutrino-gateway", route: "/api/{task}", presences: presences,
             start: { task, head, body, executor, caller, answer in
                 submit.start(task: task, head: head, body: body, access: callAccess, executor: executor, caller: caller, answer: answer)
             })
-        gatewayLimits.requestHandlers = { [presences.handler(), CallHandler(calls: calls)] }
+        gatewayLimits.requestHandlers = { CallHandler.handlers(calls) }
     } else {
         gatewayLimits.requestHandlers = { [presences.handler()] }
     }

@@ -360,12 +360,15 @@ public final class WorkerPool: Sendable {
         let since = NIODeadline.now()
         /// Set when every worker first refused the call: `joinWait` from then, no later than `comeBackCap`.
         var comeBackBy: NIODeadline?
-        var comeBackCap: NIODeadline?
+        let comeBackCap: NIODeadline?
 
         init(caller: CallerPresence?, comeBackCap: NIODeadline? = nil) {
             self.caller = caller
             self.comeBackCap = comeBackCap
         }
+
+        /// How long it has waited so far, in milliseconds (for the messages that end its wait).
+        var waitedMs: Int64 { (NIODeadline.now() - since).nanoseconds / 1_000_000 }
     }
 
     /// After a round over the members that brought no answer: a worker without room → the call waits in the line for
@@ -411,13 +414,12 @@ public final class WorkerPool: Sendable {
             let queueFull = "the line of calls waiting for room is full (--max-waiting-calls \(capacity.limit))"
             throw .atCapacity("pool '\(name)' is at capacity: every worker is busy and \(queueFull)\(why)")
         case .callerLeft:
-            let waited = (NIODeadline.now() - line.since).nanoseconds / 1_000_000
             throw .callerLeft(
-                "the caller closed its connection after waiting \(waited) ms for room in pool '\(name)' (every worker busy); the call was not run")
+                "the caller closed its connection after waiting \(line.waitedMs) ms for room in pool '\(name)' (every worker busy); the call was not run"
+            )
         case .expired:
             HTTPRejections.count("worker_connections")
-            let waited = (NIODeadline.now() - line.since).nanoseconds / 1_000_000
-            throw .atCapacity("pool '\(name)' stayed at capacity for the \(waited) ms this call could wait: every worker is busy\(why)")
+            throw .atCapacity("pool '\(name)' stayed at capacity for the \(line.waitedMs) ms this call could wait: every worker is busy\(why)")
         }
     }
 

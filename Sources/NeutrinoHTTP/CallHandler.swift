@@ -29,15 +29,19 @@ public final class CallHandler: ChannelDuplexHandler, RemovableChannelHandler {
         /// The route its answers are counted under in `neutrino_http_requests_total`, as the router names it.
         let route: String
         /// Runs the call; `answer` is called once, on any thread. `executor` runs a task on the connection's event
-        /// loop (one per connection), for a call that needs one; `caller` says when the client left before its answer.
+        /// loop (one per connection), for a call that needs one; `caller` says when the client leaves (the
+        /// connection's presence, from `presences`).
         let start:
             @Sendable (
                 _ task: String, _ request: HTTPRequest, _ body: [UInt8], _ executor: EventLoopTaskExecutor,
                 _ caller: CallerPresence, _ answer: @escaping @Sendable (CallAnswer) -> Void
             ) -> Void
+        /// Whether each connection's client is still there: `handlers` puts its handler in front of this one.
+        let presences: ConnectionPresences
 
         public init(
             claim: @escaping @Sendable (HTTPRequest) -> String?, maxBodyBytes: Int, serverName: String, route: String,
+            presences: ConnectionPresences,
             start:
                 @escaping @Sendable (
                     String, HTTPRequest, [UInt8], EventLoopTaskExecutor, CallerPresence, @escaping @Sendable (CallAnswer) -> Void
@@ -47,6 +51,7 @@ public final class CallHandler: ChannelDuplexHandler, RemovableChannelHandler {
             self.maxBodyBytes = maxBodyBytes
             self.serverName = serverName
             self.route = route
+            self.presences = presences
             self.start = start
         }
     }
@@ -78,13 +83,17 @@ public final class CallHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var date = (second: Int64(-1), text: "")
     /// This connection's event loop as a task executor (made with the handler).
     private var executor: EventLoopTaskExecutor?
-    /// The client of the call waiting for its answer, told if the connection closes first.
-    private var caller: CallerPresence?
-    /// The client hung up before the current call's answer: it is counted as nginx logs it, 499, not by the status
-    /// nobody received.
-    private var hungUp = false
+    /// Whether this connection's client is still there (`ConnectionPresences`' handler, in front of this one, marks
+    /// it): a call waiting for a worker with room leaves the line when it goes, and an answer after that is counted
+    /// as nginx logs it, 499, not by the status nobody received.
+    private var caller = CallerPresence()  // the connection's, from `handlerAdded` on
 
-    public init(calls: Calls) { self.calls = calls }
+    private init(calls: Calls) { self.calls = calls }
+
+    /// The handlers a server puts in each connection for `calls`: the presence of its client, then this one.
+    public static func handlers(_ calls: Calls) -> [any ChannelHandler] {
+        [calls.presences.handler(), CallHandler(calls: calls)]
+    }
 
     /// `POST /api/<name>`: the name (without a query), for a server's `claim`; nil for any other request.
     public static func apiTaskName(_ head: HTTPRequest) -> String? {
@@ -95,6 +104,7 @@ public final class CallHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     public func handlerAdded(context: ChannelHandlerContext) {
         executor = EventLoopTaskExecutor(context.eventLoop)
+        caller = calls.presences.opened(ObjectIdentifier(context.channel))
     }
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -160,13 +170,9 @@ public final class CallHandler: ChannelDuplexHandler, RemovableChannelHandler {
         let loop = context.eventLoop
         let bound = NIOLoopBound((self, context), eventLoop: loop)
         let executor = self.executor ?? EventLoopTaskExecutor(loop)
-        let caller = CallerPresence()
-        self.caller = caller
-        hungUp = false
         calls.start(call.task, call.head, bytes, executor, caller) { answer in
             loop.execute {
                 let (handler, context) = bound.value
-                handler.caller = nil
                 handler.respond(answer, context: context)
                 handler.finishCall(context: context)
             }
@@ -176,7 +182,7 @@ public final class CallHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// Writes the answer to the call being served (dropped when the connection is gone: the call's outcome is in
     /// the task log either way).
     private func respond(_ answer: CallAnswer, context: ChannelHandlerContext) {
-        HTTPRequestCounter.count(route: calls.route, code: hungUp || !active ? Self.clientClosedRequest : answer.status.code)
+        HTTPRequestCounter.count(route: calls.route, code: caller.hasLeft || !active ? Self.clientClosedRequest : answer.status.code)
         guard active else { return }
         var fields = answer.headers
         fields[.contentType] = "application/json"
@@ -247,26 +253,12 @@ public final class CallHandler: ChannelDuplexHandler, RemovableChannelHandler {
         context.write(data, promise: promise)
     }
 
-    public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        // The client has sent all it will: it closed the connection (Hummingbird allows half-closure, so the channel
-        // stays open until the server closes it). The call in progress learns that its caller left, as nginx takes a
-        // client's EOF during a proxied request for an abort: a call still waiting for a worker with room is not run.
-        if let event = event as? ChannelEvent, event == .inputClosed, let caller {
-            hungUp = true
-            caller.leave()
-            self.caller = nil
-        }
-        context.fireUserInboundEventTriggered(event)
-    }
-
     /// nginx's status for a request whose client closed the connection before the answer.
     static let clientClosedRequest = 499
 
     public func channelInactive(context: ChannelHandlerContext) {
         active = false
         waiting.removeAll()
-        caller?.leave()
-        caller = nil
         context.fireChannelInactive()
     }
 

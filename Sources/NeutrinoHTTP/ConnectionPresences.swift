@@ -3,11 +3,11 @@ import NIOHTTPTypes
 import NeutrinoCore
 import Synchronization
 
-/// Whether each open client connection of a server is still there, for requests the router serves: a handler
-/// serving one looks its connection up (`presence(of:)`) and learns when the client leaves before its answer, as
-/// `CallHandler` tells its own calls. The gateway's routed sync calls (tracing on, an `Origin` header) and its
-/// mounted ASGI app's requests use it, so that one still waiting for a worker with room leaves the line when its
-/// client hangs up instead of running for nobody.
+/// Whether each open client connection of a server is still there: a handler serving a request looks its connection
+/// up (`presence(of:)`) and learns when the client leaves before its answer. `CallHandler` takes its connection's at
+/// start; the gateway's router looks it up for sync calls `CallHandler` leaves to it (tracing on, an `Origin` header)
+/// and for its mounted ASGI app's requests. A gateway call still waiting for a worker with room then leaves the line,
+/// and a worker's call still queued for a Python thread is not started: neither runs for nobody.
 ///
 /// A connection is one caller at a time (HTTP/1.1 answers in order), so one presence per connection serves every
 /// request on it; it is marked once, when the client's side closes, which ends the connection.
@@ -27,18 +27,26 @@ public final class ConnectionPresences: Sendable {
     /// The handler to put in each connection's pipeline (`ServerLimits.requestHandlers`).
     public func handler() -> any ChannelHandler { Handler(presences: self) }
 
-    fileprivate func opened(_ channel: ObjectIdentifier) -> CallerPresence {
-        let presence = CallerPresence()
-        open.withLock { $0[channel] = presence }
-        return presence
+    /// The presence of an open connection's client, made by whichever of its handlers asks first (NIO adds a list
+    /// of handlers placed after another one last to first, so `handlerAdded` order is not theirs); `handler()`
+    /// removes it when the connection ends.
+    func opened(_ channel: ObjectIdentifier) -> CallerPresence {
+        open.withLock { open in
+            if let presence = open[channel] { return presence }
+            let presence = CallerPresence()
+            open[channel] = presence
+            return presence
+        }
     }
 
     fileprivate func closed(_ channel: ObjectIdentifier) {
         _ = open.withLock { $0.removeValue(forKey: channel) }
     }
 
-    /// Marks its connection's presence when the client closes its side (Hummingbird allows half-closure, so the
-    /// channel stays open until the server closes it) or the connection ends; passes everything on unchanged.
+    /// Marks its connection's presence when the client has sent all it will: it closed the connection, or only its
+    /// sending side (Hummingbird allows half-closure, so the channel stays open until the server closes it; nginx
+    /// likewise takes a client's EOF during a proxied request for an abort), or the connection ends. Passes
+    /// everything on unchanged.
     private final class Handler: ChannelInboundHandler, RemovableChannelHandler {
         typealias InboundIn = HTTPRequestPart
         typealias InboundOut = HTTPRequestPart

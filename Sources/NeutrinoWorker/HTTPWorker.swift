@@ -100,11 +100,11 @@ struct HTTPWorker: Sendable {
         let calls = CallHandler.Calls(
             claim: { [specs] head in CallHandler.apiTaskName(head).flatMap { specs[$0] == nil ? nil : $0 } },
             maxBodyBytes: configuration.maxBodyBytes,
-            serverName: Self.serverName, route: Self.callRoute,
+            serverName: Self.serverName, route: Self.callRoute, presences: ConnectionPresences(),
             start: { [self] task, head, body, _, caller, answer in
                 startCall(task: task, headers: head.headerFields, body: body, caller: caller, answer: answer)
             })
-        limits.requestHandlers = { [CallHandler(calls: calls)] }
+        limits.requestHandlers = { CallHandler.handlers(calls) }
         let app = makeApplication(
             router: router, host: configuration.host, port: configuration.port,
             serverName: Self.serverName, limits: limits, logger: logger,

@@ -23,7 +23,7 @@ struct TaskSubmitter: Sendable {
 
     /// Counts the submit, then runs the task by its mode. With tracing on, the task joins the trace of the request
     /// span (`TracingMiddleware`): its id is stored with the task, its spans are children of that span.
-    /// `caller`: the client's connection, for a sync call `CallHandler` serves (a call still waiting for a worker with
+    /// `caller`: the client's connection, for a sync call (a call still waiting for a worker with
     /// room when it closes is not run).
     func submit(
         spec: TaskSpec, args: JSONValue, idempotencyKey: String? = nil, retryOf: String? = nil, caller: CallerPresence? = nil
