@@ -4,6 +4,7 @@ import NIOHTTP1
 import NIOPosix
 import NeutrinoCore
 import NeutrinoHTTP
+import Synchronization
 
 /// Keep-alive HTTP/1.1 connections to one worker, one request in flight per connection.
 ///
@@ -24,8 +25,9 @@ final class WorkerConnections: Sendable {
         /// The connection broke after the request was written: the worker may have run it.
         case lost(String)
         case timedOut
-        /// `maxConnections` connections to this worker are busy: the request never left the gateway.
-        case saturated(limit: Int)
+        /// `limit` calls to this worker are in flight, as many as it takes at once (`announced`: as it said in
+        /// `X-Neutrino-Max-Calls`; else `maxConnections`): the request never left the gateway.
+        case saturated(limit: Int, announced: Bool)
         /// The worker's answer is larger than `maxAnswerBytes` (it ran the task; the answer was not read).
         case answerTooLarge(limit: Int)
     }
@@ -43,8 +45,10 @@ final class WorkerConnections: Sendable {
 
     let host: String
     let port: Int
-    /// Connections to this worker, busy and idle together.
+    /// Connections to this worker, busy and idle together (`--worker-connections`).
     let maxConnections: Int
+    /// How many calls the worker takes at once, as its answers say (`X-Neutrino-Max-Calls`); 0 until one has.
+    private let announcedMax = Atomic<Int>(0)
     /// The largest answer read from this worker.
     let maxAnswerBytes: Int
     private let group: any EventLoopGroup
@@ -78,6 +82,19 @@ final class WorkerConnections: Sendable {
 
     /// Connections open to this worker now.
     var openCount: Int { open.withLockedValue { $0 } }
+
+    /// The most connections (so calls in flight) this worker gets: `maxConnections`, or fewer once the worker has said
+    /// it takes fewer calls at once.
+    var limit: Int {
+        let announced = announcedMax.load(ordering: .relaxed)
+        return announced > 0 ? min(announced, maxConnections) : maxConnections
+    }
+
+    /// Takes the worker's `X-Neutrino-Max-Calls` from an answer (a positive number; anything else is ignored).
+    private func noteMaxCalls(_ headers: HTTPHeaders) {
+        guard let text = headers.first(name: NeutrinoHeader.maxCalls.canonicalName), let value = Int(text), value > 0 else { return }
+        if announcedMax.load(ordering: .relaxed) != value { announcedMax.store(value, ordering: .relaxed) }
+    }
 
     /// Sends one request and returns the worker's whole answer: over the worker's call lane once it has announced
     /// one (`X-Neutrino-Lane`), else, or while the lane cannot be reached, over HTTP.
@@ -130,6 +147,7 @@ final class WorkerConnections: Sendable {
         send(channel, promise, written)
         do {
             let reply = try await promise.futureResult.get()
+            noteMaxCalls(reply.headers)
             // A 503 is a worker that ran nothing because it has no room (or is stopping): giving its connection back
             // makes no room for a waiting call, which would only be refused again.
             checkin(channel, lane: lanePort != nil, keepAlive: reusable(reply), roomMade: reply.status != 503)
@@ -218,8 +236,9 @@ final class WorkerConnections: Sendable {
         let lane = lanePort != nil
         if let channel = takeIdle(on: here.map { ObjectIdentifier($0) }, lane: lane) { return channel }
         // A place for a new connection, given back when it closes (however it closes).
+        let limit = self.limit
         let admitted = open.withLockedValue { n -> Bool in
-            guard n < maxConnections else { return false }
+            guard n < limit else { return false }
             n += 1
             return true
         }
@@ -227,7 +246,7 @@ final class WorkerConnections: Sendable {
             if let channel = takeIdle(on: nil, lane: lane) { return channel }
             // Idle connections of the other kind (HTTP ones from before the lane was announced) give up their place:
             // the new one is counted now, the one closed when its close completes.
-            guard let other = takeIdle(on: nil, lane: !lane) else { throw .saturated(limit: maxConnections) }
+            guard let other = takeIdle(on: nil, lane: !lane) else { throw .saturated(limit: limit, announced: limit < maxConnections) }
             other.close(promise: nil)
             open.withLockedValue { $0 += 1 }
         }
@@ -294,9 +313,10 @@ final class WorkerConnections: Sendable {
         return nil
     }
 
-    /// Pools the connection of a finished exchange (closes it when it cannot be reused: the close makes the room then).
+    /// Pools the connection of a finished exchange (closes it when it cannot be reused, or when more are open than the
+    /// worker now takes calls at once: the close makes the room then).
     private func checkin(_ channel: any Channel, lane: Bool, keepAlive: Bool, roomMade: Bool = true) {
-        guard keepAlive, channel.isActive, !retired.withLockedValue({ $0 }) else {
+        guard keepAlive, channel.isActive, !retired.withLockedValue({ $0 }), openCount <= limit else {
             channel.close(promise: nil)
             return
         }

@@ -97,8 +97,9 @@ public final class WorkerPool: Sendable {
     /// The calls waiting for room while every worker is at capacity.
     private let capacity: PoolCapacityQueue
 
-    /// `maxConnections` bounds the connections to each worker (a request finding them all busy goes to the next
-    /// worker, as if that one were saturated; when every worker is, it waits for room, `maxWaiting` calls at most);
+    /// `maxConnections` bounds the connections to each worker, and so its calls in flight, further bounded by what the
+    /// worker says it takes at once (`X-Neutrino-Max-Calls`); a request finding them all busy goes to the next worker,
+    /// as if that one were saturated; when every worker is, it waits for room, `maxWaiting` calls at most;
     /// `maxAnswerBytes` bounds the answer read from a worker.
     public init(
         name: String, endpoints: [Endpoint], group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
@@ -249,9 +250,9 @@ public final class WorkerPool: Sendable {
                 } catch {
                     switch error {
                     case .timedOut: throw .timedOut  // a slow task, not a broken worker
-                    case .saturated(let limit):
-                        // Every connection to it is busy: nothing was sent, the worker is fine; try the next one.
-                        lastError = "all \(limit) connections to worker \(endpoint.url) are busy (--worker-connections)"
+                    case .saturated(let limit, let announced):
+                        // It has as many calls as it takes at once: nothing was sent, the worker is fine; try the next one.
+                        lastError = Self.busy(endpoint, limit: limit, announced: announced)
                         allRefused = false
                         noRoom = true
                         continue
@@ -326,8 +327,8 @@ public final class WorkerPool: Sendable {
                 } catch let error as WorkerConnections.Failure {
                     switch error {
                     case .timedOut: throw .timedOut
-                    case .saturated(let limit):
-                        lastError = "all \(limit) connections to worker \(endpoint.url) are busy (--worker-connections)"
+                    case .saturated(let limit, let announced):
+                        lastError = Self.busy(endpoint, limit: limit, announced: announced)
                         allRefused = false
                         noRoom = true
                         continue
@@ -349,6 +350,12 @@ public final class WorkerPool: Sendable {
                 noRoom: noRoom, allRefused: allRefused, ticket: ticket, deadline: headDeadline, line: &line,
                 members: &members, lastError: lastError)
         }
+    }
+
+    /// Why a worker got no more calls: `limit` are in flight to it, as many as it takes at once.
+    private static func busy(_ endpoint: Endpoint, limit: Int, announced: Bool) -> String {
+        let bound = announced ? "what it said it takes at once: its Python threads, a quarter more and its coroutine slots" : "--worker-connections"
+        return "worker \(endpoint.url) has \(limit) calls in flight (\(bound))"
     }
 
     /// Where a call stands in the pool's line: whether it has waited (and so goes back to the front when woken for

@@ -155,7 +155,9 @@ struct GatewayCommand: AsyncParsableCommand {
 
     @Option(
         name: .customLong("worker-connections"),
-        help: "Connections to each sync worker; when all are busy a call goes to the next worker (and waits for room when every worker is busy).")
+        help:
+            "Connections to each sync worker, so calls in flight to it; fewer when the worker says it takes fewer at once (its Python threads, a quarter more, its coroutine slots). When a worker has that many, a call goes to the next worker (and waits for room when every worker is busy)."
+    )
     var workerConnections: Int = 128
 
     @Option(

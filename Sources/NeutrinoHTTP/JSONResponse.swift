@@ -34,6 +34,10 @@ public enum NeutrinoHeader {
     /// On a worker's answer to a sync call: the port of its call lane (`CallFrame`), which its gateways use for the
     /// calls that follow.
     public static let lane = HTTPField.Name("X-Neutrino-Lane")!
+    /// On a worker's answer to a sync call: how many calls it takes at once from one gateway
+    /// (`PythonExecutor.callsAtOnce`); the gateway keeps no more in flight to it and lines the rest up, as an HTTP/2
+    /// client keeps to a server's `SETTINGS_MAX_CONCURRENT_STREAMS`.
+    public static let maxCalls = HTTPField.Name("X-Neutrino-Max-Calls")!
     /// On a request the gateway forwards to the mounted ASGI app: the client's address (`host:port`) and the
     /// gateway's own (`host:port`), for the ASGI scope's `client` and `server`.
     public static let asgiClient = HTTPField.Name("X-Neutrino-Client")!

@@ -32,6 +32,8 @@ struct HTTPWorker: Sendable {
     private let running = RunningCalls()
     /// The gateways' sync calls without HTTP (nil with `--call-lane-port -1`, or when it cannot listen).
     let lane: CallLane?
+    /// `X-Neutrino-Max-Calls` on every answer to a sync call: how many calls a gateway keeps in flight here.
+    private let maxCallsText: String
 
     init(
         configuration: WorkerConfiguration, runtime: PythonRuntime, taskLog: ObservedSink, connection: NATSConnection?,
@@ -55,6 +57,7 @@ struct HTTPWorker: Sendable {
                 grace: configuration.hardTimeoutGrace,
                 maxLeakedThreads: configuration.maxLeakedThreads),
             alarm: { [recycler] in recycler.executorAlarm($0) })
+        self.maxCallsText = String(executor.callsAtOnce)
         self.taskLog = taskLog
         self.connection = connection
         self.logger = logger
@@ -395,6 +398,7 @@ struct HTTPWorker: Sendable {
             NeutrinoHeader.durationMs: JSONWriter.format(reply.durationMs),
             NeutrinoHeader.startedAt: String(call.started.value?.millis ?? Timestamp.now().millis),
             NeutrinoHeader.outcomeOffset: String(reply.outcomeOffset),
+            NeutrinoHeader.maxCalls: maxCallsText,
         ]
         if let lane { headers[NeutrinoHeader.lane] = lane.portText }
         return CallAnswer(status: status, headers: headers, body: reply.body)

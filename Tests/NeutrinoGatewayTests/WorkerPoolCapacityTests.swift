@@ -20,7 +20,13 @@ struct WorkerPoolCapacityTests {
         let slowStarted = Atomic<Int>(0)
         let busyAsked = Atomic<Int>(0)
         let refusedAsked = Atomic<Int>(0)
+        /// `/api/announcing`: calls running now, and the most that ran at once.
+        let running = Atomic<Int>(0)
+        let mostAtOnce = Atomic<Int>(0)
     }
+
+    /// What `/api/announcing` says in `X-Neutrino-Max-Calls`, by the call's `X-Neutrino-Task-Id`.
+    static let announcements = ["two": "2", "zero": "0", "negative": "-3", "text": "many", "huge": "99999999999999999999999"]
 
     static func withWorker(_ test: @Sendable (Int, Counts) async throws -> Void) async throws {
         let counts = Counts()
@@ -29,6 +35,19 @@ struct WorkerPoolCapacityTests {
             counts.slowStarted.wrappingAdd(1, ordering: .relaxed)
             try await Task.sleep(for: answersAfter)
             return #"{"ok":true}"#
+        }
+        router.post("/api/announcing") { request, _ -> Response in
+            let now = counts.running.wrappingAdd(1, ordering: .relaxed).newValue
+            var most = counts.mostAtOnce.load(ordering: .relaxed)
+            while now > most {
+                let (exchanged, original) = counts.mostAtOnce.compareExchange(expected: most, desired: now, ordering: .relaxed)
+                if exchanged { break }
+                most = original
+            }
+            try await Task.sleep(for: .milliseconds(200))
+            counts.running.wrappingSubtract(1, ordering: .relaxed)
+            let said = announcements[request.headers[NeutrinoHeader.taskID] ?? ""] ?? "2"
+            return Response(status: .ok, headers: [NeutrinoHeader.maxCalls: said], body: .init(byteBuffer: ByteBuffer(string: "{}")))
         }
         router.post("/api/busy") { _, _ -> Response in
             counts.busyAsked.wrappingAdd(1, ordering: .relaxed)
@@ -47,18 +66,19 @@ struct WorkerPoolCapacityTests {
         }
     }
 
-    static func pool(port: Int, maxWaiting: Int) throws -> WorkerPool {
+    static func pool(port: Int, maxWaiting: Int, maxConnections: Int = 1) throws -> WorkerPool {
         var logger = Logger(label: "pool")
         logger.logLevel = .critical
         let endpoint = try #require(WorkerPool.Endpoint(url: "http://127.0.0.1:\(port)"))
-        return WorkerPool(name: "fast", endpoints: [endpoint], maxConnections: 1, maxWaiting: maxWaiting, logger: logger)
+        return WorkerPool(name: "fast", endpoints: [endpoint], maxConnections: maxConnections, maxWaiting: maxWaiting, logger: logger)
     }
 
     static func call(
-        _ pool: WorkerPool, _ task: String = "slow", timeout: TimeAmount = .seconds(30), caller: CallerPresence? = nil
+        _ pool: WorkerPool, _ task: String = "slow", taskID: String = "t", timeout: TimeAmount = .seconds(30),
+        caller: CallerPresence? = nil
     ) async -> Result<Int, WorkerPool.Failure> {
         do throws(WorkerPool.Failure) {
-            let answer = try await pool.call(task: task, taskID: "t", body: Array(#"{"args":{}}"#.utf8), timeout: timeout, caller: caller)
+            let answer = try await pool.call(task: task, taskID: taskID, body: Array(#"{"args":{}}"#.utf8), timeout: timeout, caller: caller)
             return .success(answer.status)
         } catch {
             return .failure(error)
@@ -119,6 +139,38 @@ struct WorkerPoolCapacityTests {
             #expect(try await second.value.get() == 200)
             #expect(counts.slowStarted.load(ordering: .relaxed) == 2)
             #expect(pool.waitingCalls == 0)
+        }
+    }
+
+    /// A worker that says it takes 2 calls at once gets no more than 2 in flight, though `--worker-connections` allows
+    /// 8: the others wait in the pool's line and run as calls end.
+    @Test func aWorkerGetsNoMoreCallsAtOnceThanItSaysItTakes() async throws {
+        try await Self.withWorker { port, counts in
+            let pool = try Self.pool(port: port, maxWaiting: 16, maxConnections: 8)
+            defer { pool.close() }
+            // Its first answer says how many it takes.
+            #expect(try await Self.call(pool, "announcing", taskID: "two").get() == 200)
+            let calls = (0..<6).map { _ in Task { await Self.call(pool, "announcing", taskID: "two") } }
+            try await Self.eventually("calls beyond the two wait in line") { pool.waitingCalls > 0 }
+            for call in calls { #expect(try await call.value.get() == 200) }
+            #expect(counts.mostAtOnce.load(ordering: .relaxed) <= 2)
+            #expect(pool.waitingCalls == 0)
+        }
+    }
+
+    /// What a worker says it takes is used only when it is a positive number: anything else leaves the pool's own
+    /// bound (`--worker-connections`) in force.
+    @Test func aWorkersNonsenseAboutTheCallsItTakesIsIgnored() async throws {
+        for said in ["zero", "negative", "text", "huge"] {
+            try await Self.withWorker { port, counts in
+                let pool = try Self.pool(port: port, maxWaiting: 16, maxConnections: 4)
+                defer { pool.close() }
+                #expect(try await Self.call(pool, "announcing", taskID: said).get() == 200)
+                let calls = (0..<4).map { _ in Task { await Self.call(pool, "announcing", taskID: said) } }
+                for call in calls { #expect(try await call.value.get() == 200) }
+                // All four at once, or nearly (a stalled machine may start one late): never held to a nonsense bound.
+                #expect(counts.mostAtOnce.load(ordering: .relaxed) > 2, "X-Neutrino-Max-Calls: \(said)")
+            }
         }
     }
 

@@ -397,6 +397,51 @@ def test_an_announced_lane_that_does_not_greet_costs_nothing_but_a_fallback_to_h
         fake.close()
 
 
+def test_a_worker_gets_no_more_calls_at_once_than_it_says_it_takes(launcher: Launcher, extra_manifest, tmp_path):
+    """A worker's answers say how many calls it takes at once (X-Neutrino-Max-Calls: its Python threads, a quarter
+    more rounded up, and its coroutine slots when it runs async def tasks): 2 for one thread. The gateway, its
+    --worker-connections left at 128, keeps no more in flight to it and lines the rest up: six calls at once hold
+    two lane connections, not six, and all complete once released."""
+    from conftest import EXTRA_APP, GATEWAY_BIN, _server_env
+
+    d = launcher.new_dir("maxcalls")
+    db = d / "tasks.sqlite"
+    w = launcher.worker(EXTRA_APP, db, log_dir=d, worker_id="maxcalls-w1", concurrency=1)
+    argv = [str(GATEWAY_BIN), "--manifest", str(extra_manifest), "--http-pool", f"fast={w.url}",
+            "--task-log", f"sqlite:{db}", "--host", "127.0.0.1", "--port", "0"]
+    gw = launcher.spawn("gateway-maxcalls", argv, env=_server_env(), log_dir=d)
+    gw.wait_listening()
+    markers = tmp_path / "held"
+    try:
+        direct = post_task(w.url, "helper_tag")
+        assert direct.status == 200 and direct.headers.get("x-neutrino-max-calls") == "2", direct
+        # The gateway's first call learns it, and the lane.
+        assert post_task(gw.url, "helper_tag").status == 200
+
+        def waiting_calls() -> int:
+            pools = http_request("GET", f"{gw.url}/pools").json()["pools"]
+            return next(p for p in pools if p["name"] == "fast")["waiting_calls"] or 0
+
+        with ThreadPoolExecutor(6) as pool:
+            futures = [pool.submit(post_task, gw.url, "hold", {"marker_dir": str(markers), "max_seconds": 4.5})
+                       for _ in range(6)]
+            # One runs, one waits in the worker for its only thread, four wait in the gateway's line (/pools shows a
+            # snapshot taken every second; the hold lasts up to 4.5 s).
+            assert wait_for(lambda: waiting_calls() == 4, timeout=4, message=lambda: f"{waiting_calls()} waiting")
+            health = http_request("GET", f"{w.url}/healthz").json()
+            assert (health["busy"], health["queued"]) == (1, 1), health
+            assert len(list(markers.glob("started-*"))) == 1
+            assert lane_of(w)["connections"] == 2, lane_of(w)
+            (markers / "release").touch()
+            answers = [f.result() for f in futures]
+        assert all(r.status == 200 for r in answers), [r for r in answers if r.status != 200][:2]
+        assert len(list(markers.glob("started-*"))) == 6
+        assert lane_of(w)["connections"] <= 2, lane_of(w)
+    finally:
+        gw.stop()
+        w.stop()
+
+
 def test_idle_http_connections_from_before_the_lane_give_way_to_lane_ones(launcher: Launcher, example_manifest):
     """--worker-connections bounds a gateway's connections to a worker, HTTP and lane together: the HTTP ones it
     opened before it knew the lane do not keep the lane from opening its own."""
