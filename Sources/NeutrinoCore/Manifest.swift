@@ -91,11 +91,16 @@ public struct Manifest: Sendable {
             }
             let retries = op["x-neutrino-retries"]?.intValue ?? 0
             guard retries >= 0 else { throw LoadError(message: "\(location): 'x-neutrino-retries' must be >= 0") }
+            var coroutine: Bool?
+            if let kind = op["x-neutrino-coroutine"], kind != .null {
+                guard let flag = kind.boolValue else { throw LoadError(message: "\(location): 'x-neutrino-coroutine' must be true or false") }
+                coroutine = flag
+            }
             let argsSchema = op["requestBody"]?["content"]?["application/json"]?["schema"]?["properties"]?["args"] ?? .object([:])
             let arguments: ArgumentSchema
             do { arguments = try ArgumentSchema(argsSchema) } catch { throw LoadError(message: "\(location): args schema: \(error)") }
             tasks[name] = Task(
-                spec: TaskSpec(name: name, mode: mode, pool: pool, timeoutMs: timeout, retries: retries),
+                spec: TaskSpec(name: name, mode: mode, pool: pool, timeoutMs: timeout, retries: retries, coroutine: coroutine),
                 arguments: arguments)
         }
         var asgi: ASGIMount?

@@ -13,13 +13,17 @@ public struct TaskSpec: Sendable, Hashable, Codable {
     public var pool: String
     public var timeoutMs: Int
     public var retries: Int
+    /// Whether the task is an `async def`, run in a worker's coroutine slots (true), or a plain function, run on one of
+    /// its Python threads (false): the manifest's `x-neutrino-coroutine`; nil where the manifest does not say.
+    public var coroutine: Bool?
 
-    public init(name: String, mode: ExecutionMode, pool: String, timeoutMs: Int, retries: Int) {
+    public init(name: String, mode: ExecutionMode, pool: String, timeoutMs: Int, retries: Int, coroutine: Bool? = nil) {
         self.name = name
         self.mode = mode
         self.pool = pool
         self.timeoutMs = timeoutMs
         self.retries = retries
+        self.coroutine = coroutine
     }
 
     enum CodingKeys: String, CodingKey {

@@ -26,8 +26,9 @@ final class WorkerConnections: Sendable {
         case lost(String)
         case timedOut
         /// `limit` calls to this worker are in flight, as many as it takes at once (`announced`: as it said in
-        /// `X-Neutrino-Max-Calls`; else `maxConnections`): the request never left the gateway.
-        case saturated(limit: Int, announced: Bool)
+        /// `X-Neutrino-Max-Calls`; else `maxConnections`), or `limit` calls of plain-function tasks, as many as it said
+        /// its threads take (`threads`, `X-Neutrino-Max-Thread-Calls`): the request never left the gateway.
+        case saturated(limit: Int, announced: Bool, threads: Bool = false)
         /// The worker's answer is larger than `maxAnswerBytes` (it ran the task; the answer was not read).
         case answerTooLarge(limit: Int)
     }
@@ -49,6 +50,11 @@ final class WorkerConnections: Sendable {
     let maxConnections: Int
     /// How many calls the worker takes at once, as its answers say (`X-Neutrino-Max-Calls`); 0 until one has.
     private let announcedMax = Atomic<Int>(0)
+    /// How many of them may be calls of plain-function tasks, which take its Python threads
+    /// (`X-Neutrino-Max-Thread-Calls`, said by a worker that also has coroutine slots); 0: no bound of its own.
+    private let announcedThreadMax = Atomic<Int>(0)
+    /// Calls of plain-function tasks in flight to the worker.
+    private let threadCalls = Atomic<Int>(0)
     /// The largest answer read from this worker.
     let maxAnswerBytes: Int
     private let group: any EventLoopGroup
@@ -90,43 +96,75 @@ final class WorkerConnections: Sendable {
         return announced > 0 ? min(announced, maxConnections) : maxConnections
     }
 
-    /// Takes the worker's `X-Neutrino-Max-Calls` from an answer (a positive number; anything else is ignored).
+    /// Takes the worker's `X-Neutrino-Max-Calls` and `X-Neutrino-Max-Thread-Calls` from an answer (positive numbers;
+    /// anything else is ignored; a worker that no longer says the second has no thread bound of its own).
     private func noteMaxCalls(_ headers: HTTPHeaders) {
-        guard let text = headers.first(name: NeutrinoHeader.maxCalls.canonicalName), let value = Int(text), value > 0 else { return }
-        if announcedMax.load(ordering: .relaxed) != value { announcedMax.store(value, ordering: .relaxed) }
+        func said(_ name: String) -> Int? {
+            guard let text = headers.first(name: name), let value = Int(text), value > 0 else { return nil }
+            return value
+        }
+        if let value = said(NeutrinoHeader.maxCalls.canonicalName), announcedMax.load(ordering: .relaxed) != value {
+            announcedMax.store(value, ordering: .relaxed)
+        }
+        let threads = said(NeutrinoHeader.maxThreadCalls.canonicalName) ?? 0
+        if announcedThreadMax.load(ordering: .relaxed) != threads { announcedThreadMax.store(threads, ordering: .relaxed) }
+    }
+
+    /// A call of a plain-function task takes one of the places the worker's threads have (when it said how many);
+    /// `.saturated` when none is free.
+    private func takeThreadPlace() throws(Failure) {
+        let bound = announcedThreadMax.load(ordering: .relaxed)
+        let now = threadCalls.wrappingAdd(1, ordering: .relaxed).newValue
+        guard bound > 0, now > bound else { return }
+        threadCalls.wrappingSubtract(1, ordering: .relaxed)
+        throw .saturated(limit: bound, announced: true, threads: true)
+    }
+
+    /// Gives a thread place back: before the call's connection goes back (or closes), whose return wakes the line.
+    private func releaseThreadPlace() {
+        threadCalls.wrappingSubtract(1, ordering: .relaxed)
     }
 
     /// Sends one request and returns the worker's whole answer: over the worker's call lane once it has announced
     /// one (`X-Neutrino-Lane`), else, or while the lane cannot be reached, over HTTP.
-    func send(path: String, headers: HTTPHeaders, body: ByteBuffer, deadline: NIODeadline) async throws(Failure) -> Reply {
+    /// `threadCall`: a call of a plain-function task (the manifest's `x-neutrino-coroutine: false`), bounded by the
+    /// worker's thread places as well as its connections.
+    func send(path: String, headers: HTTPHeaders, body: ByteBuffer, deadline: NIODeadline, threadCall: Bool = false) async throws(Failure) -> Reply {
         if let port = lane.usablePort(), path.hasPrefix("/api/") {
             do {
-                return try await sendOverLane(port: port, task: String(path.dropFirst(5)), headers: headers, body: body, deadline: deadline)
+                return try await sendOverLane(
+                    port: port, task: String(path.dropFirst(5)), headers: headers, body: body, deadline: deadline, threadCall: threadCall)
             } catch {
                 // Nothing was sent: the call goes over HTTP, and the lane rests (longer each time it fails again).
                 guard case .unreachable = error else { throw error }
                 lane.failed()
             }
         }
-        let reply = try await sendOverHTTP(path: path, headers: headers, body: body, deadline: deadline)
+        let reply = try await sendOverHTTP(path: path, headers: headers, body: body, deadline: deadline, threadCall: threadCall)
         if let announced = reply.headers.first(name: NeutrinoHeader.lane.canonicalName) { lane.announced(announced) }
         return reply
     }
 
-    private func sendOverLane(port: Int, task: String, headers: HTTPHeaders, body: ByteBuffer, deadline: NIODeadline) async throws(Failure) -> Reply {
+    private func sendOverLane(
+        port: Int, task: String, headers: HTTPHeaders, body: ByteBuffer, deadline: NIODeadline, threadCall: Bool
+    ) async throws(Failure) -> Reply {
         let fields = headers.map { CallFrame.Field($0.name, $0.value) }
         let request = CallFrame.Request(id: 0, head: task, fields: fields, body: Array(buffer: body))
-        return try await roundTrip(lanePort: port, reusable: { _ in true }) { channel, promise, written in
+        return try await roundTrip(lanePort: port, threadCall: threadCall, reusable: { _ in true }) { channel, promise, written in
             channel.writeAndFlush(LaneExchange(request: request, promise: promise, deadline: deadline), promise: written)
         }
     }
 
-    private func sendOverHTTP(path: String, headers: HTTPHeaders, body: ByteBuffer, deadline: NIODeadline) async throws(Failure) -> Reply {
+    private func sendOverHTTP(
+        path: String, headers: HTTPHeaders, body: ByteBuffer, deadline: NIODeadline, threadCall: Bool
+    ) async throws(Failure) -> Reply {
         var head = HTTPRequestHead(version: .http1_1, method: .POST, uri: path, headers: headers)
         head.headers.replaceOrAdd(name: "Host", value: "\(host):\(port)")
         head.headers.replaceOrAdd(name: "Content-Length", value: String(body.readableBytes))
         let maxAnswerBytes = self.maxAnswerBytes
-        return try await roundTrip(lanePort: nil, reusable: { $0.headers.first(name: "Connection")?.lowercased() != "close" }) {
+        return try await roundTrip(
+            lanePort: nil, threadCall: threadCall, reusable: { $0.headers.first(name: "Connection")?.lowercased() != "close" }
+        ) {
             channel, promise, written in
             let exchange = Exchange(head: head, body: body, promise: promise, maxAnswerBytes: maxAnswerBytes, deadline: deadline)
             channel.writeAndFlush(exchange, promise: written)
@@ -137,22 +175,33 @@ final class WorkerConnections: Sendable {
     /// answer; the connection goes back to the pool when the answer leaves it `reusable`. `send` writes the request
     /// (its message type known where it is written: a generic message here cost a metadata lookup and NIOAny's
     /// dynamic casts on every call).
+    /// `threadCall`: the call takes one of the worker's thread places first (`takeThreadPlace`) and gives it back as
+    /// soon as its answer is in, before its connection goes back and wakes the line, so the call woken finds it free.
     private func roundTrip(
-        lanePort: Int?, reusable: (Reply) -> Bool,
+        lanePort: Int?, threadCall: Bool, reusable: (Reply) -> Bool,
         _ send: (any Channel, EventLoopPromise<Reply>, EventLoopPromise<Void>) -> Void
     ) async throws(Failure) -> Reply {
-        let channel = try await checkout(lanePort: lanePort)
+        if threadCall { try takeThreadPlace() }
+        let channel: any Channel
+        do {
+            channel = try await checkout(lanePort: lanePort)
+        } catch {
+            if threadCall { releaseThreadPlace() }
+            throw error
+        }
         let promise = channel.eventLoop.makePromise(of: Reply.self)
         let written = channel.eventLoop.makePromise(of: Void.self)
         send(channel, promise, written)
         do {
             let reply = try await promise.futureResult.get()
+            if threadCall { releaseThreadPlace() }
             noteMaxCalls(reply.headers)
             // A 503 is a worker that ran nothing because it has no room (or is stopping): giving its connection back
             // makes no room for a waiting call, which would only be refused again.
             checkin(channel, lane: lanePort != nil, keepAlive: reusable(reply), roomMade: reply.status != 503)
             return reply
         } catch {
+            if threadCall { releaseThreadPlace() }
             throw await Self.failure(error, closing: channel, written: written)
         }
     }

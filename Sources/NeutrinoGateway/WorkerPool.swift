@@ -96,6 +96,10 @@ public final class WorkerPool: Sendable {
     private let recovery: PoolRecoveryProbe
     /// The calls waiting for room while every worker is at capacity.
     private let capacity: PoolCapacityQueue
+    /// The calls of plain-function tasks waiting for a worker's thread place (`X-Neutrino-Max-Thread-Calls`): a line of
+    /// their own, so that while every thread is taken the `async def` calls behind them still go to the coroutine
+    /// slots.
+    private let threadCapacity: PoolCapacityQueue
 
     /// `maxConnections` bounds the connections to each worker, and so its calls in flight, further bounded by what the
     /// worker says it takes at once (`X-Neutrino-Max-Calls`); a request finding them all busy goes to the next worker,
@@ -110,6 +114,7 @@ public final class WorkerPool: Sendable {
         self.joinWait = joinWait
         self.recovery = PoolRecoveryProbe(group: group)
         self.capacity = PoolCapacityQueue(limit: maxWaiting, group: group)
+        self.threadCapacity = PoolCapacityQueue(limit: maxWaiting, group: group)
         self.callerRecords = recordsCalls ? String(max(1024, maxAnswerBytes)) : nil
         self.group = group
         self.maxConnections = maxConnections
@@ -123,7 +128,7 @@ public final class WorkerPool: Sendable {
     public var endpoints: [Endpoint] { state.withLock { $0.members.map(\.endpoint) } }
 
     /// Calls waiting for room now (every worker was at capacity when they tried).
-    public var waitingCalls: Int { capacity.waiting }
+    public var waitingCalls: Int { capacity.waiting + threadCapacity.waiting }
 
     /// How many workers have a closed circuit (are believed reachable).
     public var healthyCount: Int {
@@ -158,13 +163,18 @@ public final class WorkerPool: Sendable {
             guard !s.members.contains(where: { $0.endpoint.url == endpoint.url }) else { return false }
             let connections = WorkerConnections(
                 host: endpoint.host, port: endpoint.port, group: group, maxConnections: maxConnections,
-                maxAnswerBytes: maxAnswerBytes, onRoom: { [capacity] in capacity.roomMade() })
+                maxAnswerBytes: maxAnswerBytes,
+                onRoom: { [capacity, threadCapacity] in
+                    // A thread place, if the call had one, was given back first.
+                    capacity.roomMade()
+                    threadCapacity.roomMade()
+                })
             s.members.append(Member(endpoint: endpoint, connections: connections, isStatic: isStatic))
             s.breakers[endpoint.url] = CircuitBreaker()
             return true
         }
         // A new worker is room for every waiting call.
-        if added { capacity.membersChanged() }
+        if added { membersChanged() }
         return added
     }
 
@@ -210,18 +220,18 @@ public final class WorkerPool: Sendable {
     /// first worker of an empty pool, or for one to come back (`joinWait`), comes before it.
     public func call(
         task: String, taskID: String, body: [UInt8], timeout: TimeAmount, reruns: Int = 0, traceParent: String? = nil,
-        caller: CallerPresence? = nil
+        caller: CallerPresence? = nil, threadCall: Bool = false
     ) async throws(Failure) -> Answer {
         var attempt = 1
         var (members, lastError) = await candidates()
         let payload = ByteBuffer(bytes: body)
         var deadline = NIODeadline.now() + timeout
-        var line = Place(caller: caller)
+        var line = Place(caller: caller, queue: threadCall ? threadCapacity : capacity)
         try await takePlace(until: deadline, line: &line)
         while true {
             var allRefused = !members.isEmpty
             var noRoom = false
-            let ticket = capacity.ticket()
+            let ticket = line.queue.ticket()
             for member in members {
                 let endpoint = member.endpoint
                 var headers = HTTPHeaders()
@@ -234,7 +244,8 @@ public final class WorkerPool: Sendable {
                 let waits = max(1, (deadline - .now()).nanoseconds / 1_000_000)
                 headers.add(name: NeutrinoHeader.callerWaitsMs.canonicalName, value: String(waits))
                 do {
-                    var reply = try await member.connections.send(path: "/api/\(task)", headers: headers, body: payload, deadline: deadline)
+                    var reply = try await member.connections.send(
+                        path: "/api/\(task)", headers: headers, body: payload, deadline: deadline, threadCall: threadCall)
                     if reply.status == 503 {
                         // Saturated: it ran nothing; another worker may have room.
                         lastError = "worker \(endpoint.url) is saturated"
@@ -250,9 +261,9 @@ public final class WorkerPool: Sendable {
                 } catch {
                     switch error {
                     case .timedOut: throw .timedOut  // a slow task, not a broken worker
-                    case .saturated(let limit, let announced):
+                    case .saturated(let limit, let announced, let threads):
                         // It has as many calls as it takes at once: nothing was sent, the worker is fine; try the next one.
-                        lastError = Self.busy(endpoint, limit: limit, announced: announced)
+                        lastError = Self.busy(endpoint, limit: limit, announced: announced, threads: threads)
                         allRefused = false
                         noRoom = true
                         continue
@@ -301,12 +312,12 @@ public final class WorkerPool: Sendable {
     ) async throws(Failure) -> (WorkerConnections.StreamedReply, String) {
         var (members, lastError) = await candidates()
         let payload = ByteBuffer(bytes: body)
-        var line = Place(caller: caller, comeBackCap: headDeadline)
+        var line = Place(caller: caller, queue: capacity, comeBackCap: headDeadline)
         try await takePlace(until: headDeadline, line: &line)
         while true {
             var allRefused = !members.isEmpty
             var noRoom = false
-            let ticket = capacity.ticket()
+            let ticket = line.queue.ticket()
             for member in members {
                 let endpoint = member.endpoint
                 do {
@@ -327,8 +338,8 @@ public final class WorkerPool: Sendable {
                 } catch let error as WorkerConnections.Failure {
                     switch error {
                     case .timedOut: throw .timedOut
-                    case .saturated(let limit, let announced):
-                        lastError = Self.busy(endpoint, limit: limit, announced: announced)
+                    case .saturated(let limit, let announced, let threads):
+                        lastError = Self.busy(endpoint, limit: limit, announced: announced, threads: threads)
                         allRefused = false
                         noRoom = true
                         continue
@@ -352,10 +363,16 @@ public final class WorkerPool: Sendable {
         }
     }
 
-    /// Why a worker got no more calls: `limit` are in flight to it, as many as it takes at once.
-    private static func busy(_ endpoint: Endpoint, limit: Int, announced: Bool) -> String {
-        let bound = announced ? "what it said it takes at once: its Python threads, a quarter more and its coroutine slots" : "--worker-connections"
-        return "worker \(endpoint.url) has \(limit) calls in flight (\(bound))"
+    /// Why a worker got no more calls: `limit` are in flight to it, as many as it takes at once (`threads`: calls of
+    /// plain-function tasks, as many as its Python threads take).
+    private static func busy(_ endpoint: Endpoint, limit: Int, announced: Bool, threads: Bool) -> String {
+        let bound =
+            threads
+            ? "of plain-function tasks in flight (what it said its Python threads take, a quarter more included)"
+            : announced
+                ? "in flight (what it said it takes at once: its Python threads, a quarter more and its coroutine slots)"
+                : "in flight (--worker-connections)"
+        return "worker \(endpoint.url) has \(limit) calls \(bound)"
     }
 
     /// Where a call stands in the pool's line: whether it has waited (and so goes back to the front when woken for
@@ -363,14 +380,17 @@ public final class WorkerPool: Sendable {
     /// waits for a worker to come back.
     private struct Place {
         let caller: CallerPresence?
+        /// The line it waits in: the pool's, or the one of calls waiting for a thread place.
+        let queue: PoolCapacityQueue
         var waited = false
         let since = NIODeadline.now()
         /// Set when every worker first refused the call: `joinWait` from then, no later than `comeBackCap`.
         var comeBackBy: NIODeadline?
         let comeBackCap: NIODeadline?
 
-        init(caller: CallerPresence?, comeBackCap: NIODeadline? = nil) {
+        init(caller: CallerPresence?, queue: PoolCapacityQueue, comeBackCap: NIODeadline? = nil) {
             self.caller = caller
+            self.queue = queue
             self.comeBackCap = comeBackCap
         }
 
@@ -401,8 +421,8 @@ public final class WorkerPool: Sendable {
 
     /// A call that arrives while others wait for room queues behind them rather than taking the room made for them.
     private func takePlace(until deadline: NIODeadline, line: inout Place) async throws(Failure) {
-        guard capacity.waiting > 0 else { return }
-        try await waitForRoom(after: capacity.ticket(), until: deadline, line: &line, lastError: nil)
+        guard line.queue.waiting > 0 else { return }
+        try await waitForRoom(after: line.queue.ticket(), until: deadline, line: &line, lastError: nil)
     }
 
     /// Waits in the pool's line until room is made (returns: try the workers again), or refuses the call
@@ -410,7 +430,7 @@ public final class WorkerPool: Sendable {
     private func waitForRoom(
         after ticket: UInt64, until deadline: NIODeadline, line: inout Place, lastError: String?
     ) async throws(Failure) {
-        let outcome = await capacity.wait(after: ticket, until: deadline, first: line.waited, caller: line.caller)
+        let outcome = await line.queue.wait(after: ticket, until: deadline, first: line.waited, caller: line.caller)
         line.waited = true
         let why = lastError.map { ": \($0)" } ?? ""
         switch outcome {
@@ -440,8 +460,14 @@ public final class WorkerPool: Sendable {
         guard back else { return false }
         members = order(now: .now())
         // The calls waiting for room in the line may use the worker that came back too.
-        capacity.membersChanged()
+        membersChanged()
         return true
+    }
+
+    /// Every waiting call, of either line, tries the pool again.
+    private func membersChanged() {
+        capacity.membersChanged()
+        threadCapacity.membersChanged()
     }
 
     private func noneCameBack(_ lastError: String) -> String {

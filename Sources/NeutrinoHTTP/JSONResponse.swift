@@ -38,6 +38,9 @@ public enum NeutrinoHeader {
     /// (`PythonExecutor.callsAtOnce`); the gateway keeps no more in flight to it and lines the rest up, as an HTTP/2
     /// client keeps to a server's `SETTINGS_MAX_CONCURRENT_STREAMS`.
     public static let maxCalls = HTTPField.Name("X-Neutrino-Max-Calls")!
+    /// On a worker's answer to a sync call, when it has coroutine slots as well as threads: how many of those calls may
+    /// be of plain-function tasks (`PythonExecutor.threadCallsAtOnce`), which take its Python threads.
+    public static let maxThreadCalls = HTTPField.Name("X-Neutrino-Max-Thread-Calls")!
     /// On a request the gateway forwards to the mounted ASGI app: the client's address (`host:port`) and the
     /// gateway's own (`host:port`), for the ASGI scope's `client` and `server`.
     public static let asgiClient = HTTPField.Name("X-Neutrino-Client")!

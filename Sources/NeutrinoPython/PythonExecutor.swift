@@ -266,12 +266,16 @@ public final class PythonExecutor: Sendable {
     /// What this executor runs at once: its threads, plus its coroutine slots when the loop runs.
     public var slots: Int { threadCount + maxCoroutines }
 
-    /// How many calls one caller (a gateway) does well to keep in flight here: a call per thread, a quarter more so
-    /// that a thread which finishes finds its next call already queued instead of idling through the caller's round
-    /// trip, and the coroutine slots. More only queue here, behind calls the caller could have sent to whichever
+    /// How many calls of plain-function tasks one caller (a gateway) does well to keep in flight here: a call per
+    /// thread, and a quarter more so that a thread which finishes finds its next call already queued instead of idling
+    /// through the caller's round trip. More only queue here, behind calls the caller could have sent to whichever
     /// worker frees a thread first: on 2 cores, echo at 1,024 connections had a p99 of 1.2-1.4 s with 128 calls per
     /// worker and 0.27-0.42 s with 20 (bench/README.md, twenty-eighth round).
-    public var callsAtOnce: Int { threadCount + (threadCount + 3) / 4 + maxCoroutines }
+    public var threadCallsAtOnce: Int { threadCount + (threadCount + 3) / 4 }
+
+    /// How many calls of every kind one caller does well to keep in flight here: `threadCallsAtOnce` and the coroutine
+    /// slots.
+    public var callsAtOnce: Int { threadCallsAtOnce + maxCoroutines }
 
     /// Threads given up on (past their hard limit) that have not returned.
     public var leakedThreads: Int { lock.withLock { state.leaked } }

@@ -32,8 +32,10 @@ struct HTTPWorker: Sendable {
     private let running = RunningCalls()
     /// The gateways' sync calls without HTTP (nil with `--call-lane-port -1`, or when it cannot listen).
     let lane: CallLane?
-    /// `X-Neutrino-Max-Calls` on every answer to a sync call: how many calls a gateway keeps in flight here.
+    /// `X-Neutrino-Max-Calls` on every answer to a sync call: how many calls a gateway keeps in flight here; and
+    /// `X-Neutrino-Max-Thread-Calls`, how many of them may take Python threads, where that is fewer (coroutine slots).
     private let maxCallsText: String
+    private let maxThreadCallsText: String?
 
     init(
         configuration: WorkerConfiguration, runtime: PythonRuntime, taskLog: ObservedSink, connection: NATSConnection?,
@@ -58,6 +60,7 @@ struct HTTPWorker: Sendable {
                 maxLeakedThreads: configuration.maxLeakedThreads),
             alarm: { [recycler] in recycler.executorAlarm($0) })
         self.maxCallsText = String(executor.callsAtOnce)
+        self.maxThreadCallsText = executor.maxCoroutines > 0 ? String(executor.threadCallsAtOnce) : nil
         self.taskLog = taskLog
         self.connection = connection
         self.logger = logger
@@ -401,6 +404,7 @@ struct HTTPWorker: Sendable {
             NeutrinoHeader.maxCalls: maxCallsText,
         ]
         if let lane { headers[NeutrinoHeader.lane] = lane.portText }
+        if let maxThreadCallsText { headers[NeutrinoHeader.maxThreadCalls] = maxThreadCallsText }
         return CallAnswer(status: status, headers: headers, body: reply.body)
     }
 

@@ -48,6 +48,18 @@ struct ManifestTests {
         #expect(issues[0].message == "expected string, got integer")
     }
 
+    /// `x-neutrino-coroutine` says which calls take a worker's threads; a manifest that does not say leaves it unknown.
+    @Test func readsWhetherATaskIsACoroutine() throws {
+        func kind(_ extra: String) throws -> Bool? {
+            let text = #"{"openapi":"3.1.0","paths":{"/api/x":{"post":{"x-neutrino-mode":"sync","x-neutrino-pool":"p","x-neutrino-timeout":1"#
+            return try #require(try Manifest(json: Array((text + extra + "}}}}").utf8)).tasks["x"]).spec.coroutine
+        }
+        #expect(try kind(#","x-neutrino-coroutine":true"#) == true)
+        #expect(try kind(#","x-neutrino-coroutine":false"#) == false)
+        #expect(try kind("") == nil)
+        #expect(try kind(#","x-neutrino-coroutine":null"#) == nil)
+    }
+
     @Test(arguments: [
         #"{"paths":{}}"#,
         #"{"openapi":"3.1.0","paths":{}}"#,
@@ -55,6 +67,7 @@ struct ManifestTests {
         #"{"openapi":"3.1.0","paths":{"/api/x":{"post":{"x-neutrino-mode":"sync","x-neutrino-pool":"P!","x-neutrino-timeout":1}}}}"#,
         #"{"openapi":"3.1.0","paths":{"/api/x":{"post":{"x-neutrino-mode":"sync","x-neutrino-pool":"p","x-neutrino-timeout":6000}}}}"#,
         #"{"openapi":"3.1.0","paths":{"/api/Bad":{"post":{"x-neutrino-mode":"sync","x-neutrino-pool":"p","x-neutrino-timeout":1}}}}"#,
+        #"{"openapi":"3.1.0","paths":{"/api/x":{"post":{"x-neutrino-mode":"sync","x-neutrino-pool":"p","x-neutrino-timeout":1,"x-neutrino-coroutine":"yes"}}}}"#,
         "not json",
     ])
     func rejectsBadManifests(_ text: String) {

@@ -23,6 +23,21 @@ struct WorkerPoolCapacityTests {
         /// `/api/announcing`: calls running now, and the most that ran at once.
         let running = Atomic<Int>(0)
         let mostAtOnce = Atomic<Int>(0)
+        /// `/api/mixed`: calls of plain-function tasks (task id "thread") running now and the most at once, and
+        /// every call's end.
+        let threadsRunning = Atomic<Int>(0)
+        let mostThreadsAtOnce = Atomic<Int>(0)
+        let threadCallsEnded = Atomic<Int>(0)
+    }
+
+    /// Raises `most` to `now` if it is higher.
+    static func raise(_ most: borrowing Atomic<Int>, to now: Int) {
+        var seen = most.load(ordering: .relaxed)
+        while now > seen {
+            let (exchanged, original) = most.compareExchange(expected: seen, desired: now, ordering: .relaxed)
+            if exchanged { break }
+            seen = original
+        }
     }
 
     /// What `/api/announcing` says in `X-Neutrino-Max-Calls`, by the call's `X-Neutrino-Task-Id`.
@@ -37,17 +52,24 @@ struct WorkerPoolCapacityTests {
             return #"{"ok":true}"#
         }
         router.post("/api/announcing") { request, _ -> Response in
-            let now = counts.running.wrappingAdd(1, ordering: .relaxed).newValue
-            var most = counts.mostAtOnce.load(ordering: .relaxed)
-            while now > most {
-                let (exchanged, original) = counts.mostAtOnce.compareExchange(expected: most, desired: now, ordering: .relaxed)
-                if exchanged { break }
-                most = original
-            }
+            raise(counts.mostAtOnce, to: counts.running.wrappingAdd(1, ordering: .relaxed).newValue)
             try await Task.sleep(for: .milliseconds(200))
             counts.running.wrappingSubtract(1, ordering: .relaxed)
             let said = announcements[request.headers[NeutrinoHeader.taskID] ?? ""] ?? "2"
             return Response(status: .ok, headers: [NeutrinoHeader.maxCalls: said], body: .init(byteBuffer: ByteBuffer(string: "{}")))
+        }
+        // A worker with 2 thread places among its 10 calls at once; the task id says the call's kind.
+        router.post("/api/mixed") { request, _ -> Response in
+            let thread = request.headers[NeutrinoHeader.taskID] == "thread"
+            if thread { raise(counts.mostThreadsAtOnce, to: counts.threadsRunning.wrappingAdd(1, ordering: .relaxed).newValue) }
+            try await Task.sleep(for: .milliseconds(300))
+            if thread {
+                counts.threadsRunning.wrappingSubtract(1, ordering: .relaxed)
+                counts.threadCallsEnded.wrappingAdd(1, ordering: .relaxed)
+            }
+            return Response(
+                status: .ok, headers: [NeutrinoHeader.maxCalls: "10", NeutrinoHeader.maxThreadCalls: "2"],
+                body: .init(byteBuffer: ByteBuffer(string: "{}")))
         }
         router.post("/api/busy") { _, _ -> Response in
             counts.busyAsked.wrappingAdd(1, ordering: .relaxed)
@@ -75,10 +97,11 @@ struct WorkerPoolCapacityTests {
 
     static func call(
         _ pool: WorkerPool, _ task: String = "slow", taskID: String = "t", timeout: TimeAmount = .seconds(30),
-        caller: CallerPresence? = nil
+        caller: CallerPresence? = nil, threadCall: Bool = false
     ) async -> Result<Int, WorkerPool.Failure> {
         do throws(WorkerPool.Failure) {
-            let answer = try await pool.call(task: task, taskID: taskID, body: Array(#"{"args":{}}"#.utf8), timeout: timeout, caller: caller)
+            let answer = try await pool.call(
+                task: task, taskID: taskID, body: Array(#"{"args":{}}"#.utf8), timeout: timeout, caller: caller, threadCall: threadCall)
             return .success(answer.status)
         } catch {
             return .failure(error)
@@ -154,6 +177,27 @@ struct WorkerPoolCapacityTests {
             try await Self.eventually("calls beyond the two wait in line") { pool.waitingCalls > 0 }
             for call in calls { #expect(try await call.value.get() == 200) }
             #expect(counts.mostAtOnce.load(ordering: .relaxed) <= 2)
+            #expect(pool.waitingCalls == 0)
+        }
+    }
+
+    /// A worker with coroutine slots as well as threads says how many of its calls may take threads: calls of
+    /// plain-function tasks beyond that wait in a line of their own, and `async def` calls made meanwhile do not wait
+    /// behind them.
+    @Test func callsOfPlainFunctionsWaitForAThreadPlaceWithoutHoldingUpCoroutineCalls() async throws {
+        try await Self.withWorker { port, counts in
+            let pool = try Self.pool(port: port, maxWaiting: 16, maxConnections: 16)
+            defer { pool.close() }
+            #expect(try await Self.call(pool, "mixed", taskID: "coroutine").get() == 200)
+            // Eight thread calls of 300 ms over 2 places: about 1.2 s.
+            let threadCalls = (0..<8).map { _ in Task { await Self.call(pool, "mixed", taskID: "thread", threadCall: true) } }
+            try await Self.eventually("thread calls wait for a place") { pool.waitingCalls > 0 }
+            let coroutineCalls = (0..<4).map { _ in Task { await Self.call(pool, "mixed", taskID: "coroutine") } }
+            for call in coroutineCalls { #expect(try await call.value.get() == 200) }
+            // The coroutine calls ran beside the thread calls (about 300 ms), not after them.
+            #expect(counts.threadCallsEnded.load(ordering: .relaxed) < 8)
+            for call in threadCalls { #expect(try await call.value.get() == 200) }
+            #expect(counts.mostThreadsAtOnce.load(ordering: .relaxed) <= 2)
             #expect(pool.waitingCalls == 0)
         }
     }

@@ -7,6 +7,9 @@ routing facts as extensions on the operation:
 ``x-neutrino-pool``     the pool name
 ``x-neutrino-timeout``  the timeout in milliseconds (int)
 ``x-neutrino-retries``  retries after a failed attempt (int)
+``x-neutrino-coroutine``  whether the task is an ``async def`` (bool): a worker runs it in its event loop's coroutine
+                        slots, a plain function on one of its Python threads; the gateway keeps no more calls of the
+                        second kind in flight to a worker than it says its threads take
 
 plus ``x-neutrino-app`` (the app's name) at the top level, and, when the app mounts an ASGI app
 (:meth:`neutrino.App.mount`), ``x-neutrino-asgi``: ``{"pool", "app", "routes": [{"path", "methods", "kind"}]}``
@@ -18,6 +21,7 @@ order, components sorted by name.
 from __future__ import annotations
 
 import copy
+import inspect
 from typing import Any, Dict
 
 from .app import App, TaskSpec
@@ -130,6 +134,7 @@ def _operation(spec: TaskSpec, builder: SchemaBuilder) -> Dict[str, Any]:
     operation["x-neutrino-pool"] = spec.pool
     operation["x-neutrino-timeout"] = spec.timeout_ms
     operation["x-neutrino-retries"] = spec.retries
+    operation["x-neutrino-coroutine"] = inspect.iscoroutinefunction(spec.func)
     return operation
 
 

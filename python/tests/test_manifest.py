@@ -73,6 +73,7 @@ def test_sync_operation(doc: dict) -> None:
         5000,
         0,
     )
+    assert op["x-neutrino-coroutine"] is False
     body = op["requestBody"]
     assert body["required"] is True
     assert body["content"]["application/json"]["schema"] == {
@@ -159,3 +160,23 @@ def test_unresolvable_forward_reference_fails_at_build_time() -> None:
 def test_valid_openapi(doc: dict) -> None:
     validator = pytest.importorskip("openapi_spec_validator")
     validator.validate(doc)
+
+
+def test_an_async_def_task_is_marked_a_coroutine() -> None:
+    """`x-neutrino-coroutine` tells the gateway which calls take a worker's Python threads (false) and which its
+    coroutine slots (true)."""
+    from neutrino import App
+
+    app = App("kinds")
+
+    @app.task()
+    async def fetch(url: str) -> str:
+        return url
+
+    @app.task()
+    def parse(text: str) -> int:
+        return len(text)
+
+    doc = build_openapi(app)
+    assert doc["paths"]["/api/fetch"]["post"]["x-neutrino-coroutine"] is True
+    assert doc["paths"]["/api/parse"]["post"]["x-neutrino-coroutine"] is False

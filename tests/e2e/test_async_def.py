@@ -219,3 +219,55 @@ def test_max_coroutines_bounds_the_coroutines_in_flight(launcher: Launcher):
         assert took >= 2.9, f"6 one-second naps with 2 slots finished in {took:.1f} s"
     finally:
         worker.stop()
+
+
+def test_calls_of_thread_tasks_wait_for_a_thread_without_holding_up_coroutines(launcher: Launcher, tmp_path):
+    """A worker with threads and coroutine slots says how many calls of plain-function tasks it takes at once
+    (X-Neutrino-Max-Thread-Calls: a thread and a quarter more, rounded up: 2 for one thread) beside all its calls
+    (X-Neutrino-Max-Calls, its coroutine slots included). The gateway, told by the manifest which tasks are
+    `async def` (x-neutrino-coroutine), keeps 2 thread calls in flight to it and lines the rest up apart: six
+    0.6 s `nap_thread` calls take their turns on the one thread (about 3.6 s) while twenty `nap` coroutines made
+    meanwhile go straight to the coroutine slots, not into line behind them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from conftest import GATEWAY_BIN, _server_env, build_manifest, http_request
+
+    d = launcher.new_dir("coro-kinds")
+    db = d / "tasks.sqlite"
+    manifest = build_manifest(CORO_APP, tmp_path / "openapi.json")
+    worker = launcher.worker(CORO_APP, db, log_dir=d, worker_id="coro-kinds", concurrency=1)
+    argv = [str(GATEWAY_BIN), "--manifest", str(manifest), "--http-pool", f"fast={worker.url}",
+            "--task-log", f"sqlite:{db}", "--host", "127.0.0.1", "--port", "0"]
+    gw = launcher.spawn("gateway-coro-kinds", argv, env=_server_env(), log_dir=d)
+    gw.wait_listening()
+    try:
+        direct = post_task(worker.url, "plain", {"x": 1})
+        assert direct.headers.get("x-neutrino-max-thread-calls") == "2", direct.headers
+        assert int(direct.headers["x-neutrino-max-calls"]) > 2, direct.headers
+        assert post_task(gw.url, "plain", {"x": 2}).status == 200  # the gateway learns both bounds
+
+        with ThreadPoolExecutor(26) as pool:
+            threads = [pool.submit(post_task, gw.url, "nap_thread", {"seconds": 0.6}) for _ in range(6)]
+            # One runs, one waits in the worker, four wait in the gateway's line for a thread place (/pools shows a
+            # snapshot taken every second).
+            def waiting_calls() -> int:
+                pools = http_request("GET", f"{gw.url}/pools").json()["pools"]
+                return next(p for p in pools if p["name"] == "fast")["waiting_calls"] or 0
+
+            wait_for(lambda: waiting_calls() > 0, timeout=3, message="thread calls waiting in the gateway's line")
+            assert http_request("GET", f"{worker.url}/healthz").json()["queued"] == 1
+            threads_done_before = sum(f.done() for f in threads)
+            coroutines = [pool.submit(post_task, gw.url, "nap", {"seconds": 0.3}) for _ in range(20)]
+            naps = [f.result() for f in coroutines]
+            threads_done_meanwhile = sum(f.done() for f in threads) - threads_done_before
+            health = http_request("GET", f"{worker.url}/healthz").json()
+            answers = [f.result() for f in threads]
+        assert all(a.status == 200 for a in naps), [a for a in naps if a.status != 200][:2]
+        # The coroutines take about 0.3 s, a thread call 0.6 s: at most one ends meanwhile (two on a stalled machine),
+        # where coroutines in line behind the thread calls would wait for every one still waiting.
+        assert threads_done_meanwhile <= 2, f"the coroutine calls waited behind {threads_done_meanwhile} thread calls"
+        assert health["queued"] <= 1, health
+        assert all(a.status == 200 for a in answers), [a for a in answers if a.status != 200][:2]
+    finally:
+        gw.stop()
+        worker.stop()

@@ -262,7 +262,8 @@ struct TaskSubmitter: Sendable {
         do {
             answer = try await pool.call(
                 task: spec.name, taskID: taskID, body: Self.forwardBody(args), timeout: timeout,
-                reruns: spec.retries, traceParent: callSpan?.traceParent?.value, caller: caller)
+                reruns: spec.retries, traceParent: callSpan?.traceParent?.value, caller: caller,
+                threadCall: spec.coroutine == false)
             if let callSpan {
                 callSpan.updateAttributes { a in
                     a["http.response.status_code"] = answer.status

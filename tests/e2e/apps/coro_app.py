@@ -64,3 +64,10 @@ async def spin_loop(seconds: float) -> str:
 def plain(x: int) -> int:
     """A thread task beside the coroutines."""
     return x
+
+
+@app.task(timeout_ms=5000)
+def nap_thread(seconds: float = 0.5) -> float:
+    """A thread task that waits (time.sleep releases the GIL), beside the coroutines."""
+    time.sleep(seconds)
+    return seconds
