@@ -255,7 +255,7 @@ def test_calls_of_thread_tasks_wait_for_a_thread_without_holding_up_coroutines(l
                 return next(p for p in pools if p["name"] == "fast")["waiting_calls"] or 0
 
             wait_for(lambda: waiting_calls() > 0, timeout=3, message="thread calls waiting in the gateway's line")
-            assert http_request("GET", f"{worker.url}/healthz").json()["queued"] == 1
+            assert http_request("GET", f"{worker.url}/healthz").json()["queued"] <= 1  # 0 between two calls
             threads_done_before = sum(f.done() for f in threads)
             coroutines = [pool.submit(post_task, gw.url, "nap", {"seconds": 0.3}) for _ in range(20)]
             naps = [f.result() for f in coroutines]
