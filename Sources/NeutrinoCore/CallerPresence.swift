@@ -5,8 +5,9 @@ import Synchronization
 /// call still waiting for a worker with room leaves the line, and a worker's call still queued for a Python thread
 /// is not started; neither runs for nobody.
 ///
-/// One presence serves a connection's calls one after another, but waits on one thing at a time: `onLeave` holds one hook, and a new one replaces it, so a call that waits again and
-/// again (woken to look for room every 100 ms) or a long-lived connection does not pile them up.
+/// One presence serves a connection's calls one after another, but waits on one thing at a time: `onLeave` holds one
+/// hook, and a new one replaces it, so a call that waits again and again (woken to look for room every 100 ms) or a
+/// long-lived connection does not pile them up.
 public final class CallerPresence: Sendable {
     private struct State {
         var left = false

@@ -172,7 +172,7 @@ public final class WorkerPool: Sendable {
 
     private func insert(_ endpoint: Endpoint, isStatic: Bool) -> Bool {
         let added = state.withLock { s in
-            guard !s.members.contains(where: { $0.endpoint.url == endpoint.url }) else { return false }
+            guard s.index(of: endpoint.url) == nil else { return false }
             let connections = WorkerConnections(
                 host: endpoint.host, port: endpoint.port, group: group, maxConnections: maxConnections,
                 maxAnswerBytes: maxAnswerBytes,
@@ -449,7 +449,7 @@ public final class WorkerPool: Sendable {
             return
         case .full:
             HTTPRejections.count("worker_connections")
-            let queueFull = "the line of calls waiting for room is full (--max-waiting-calls \(capacity.limit))"
+            let queueFull = "the line of calls waiting for room is full (--max-waiting-calls \(line.queue.limit))"
             throw .atCapacity("pool '\(name)' is at capacity: every worker is busy and \(queueFull)\(why)")
         case .callerLeft:
             throw .callerLeft(
