@@ -630,6 +630,13 @@ private final class ExchangeHandler: ChannelDuplexHandler, CallDeadlineHandler {
             pending = nil
             promise.fail(error)
         }
+        if let stream {
+            // A streamed answer whose head never came (its deadline passed, the connection dropped): its body ends
+            // too. The caller of `stream` gets the failure and closes the connection; a source left unfinished would
+            // trap when it is freed.
+            self.stream = nil
+            stream.source.finish(error)
+        }
         if let streaming {
             self.streaming = nil
             streaming.source.finish(error)

@@ -76,6 +76,11 @@ struct WorkerPoolCapacityTests {
             return Response(status: .serviceUnavailable)
         }
         // What a worker answers a forwarded ASGI request it did not run (its app's queue full, or stopping).
+        // An ASGI app that answers after the gateway stopped waiting for the head.
+        router.get("\(ASGIForwarding.prefix)/late") { _, _ -> String in
+            try await Task.sleep(for: answersAfter)
+            return "late"
+        }
         router.get("\(ASGIForwarding.prefix)/items") { _, _ -> Response in
             counts.refusedAsked.wrappingAdd(1, ordering: .relaxed)
             return Response(status: .serviceUnavailable, headers: [NeutrinoHeader.rejected: "saturated"])
@@ -215,6 +220,26 @@ struct WorkerPoolCapacityTests {
                 // All four at once, or nearly (a stalled machine may start one late): never held to a nonsense bound.
                 #expect(counts.mostAtOnce.load(ordering: .relaxed) > 2, "X-Neutrino-Max-Calls: \(said)")
             }
+        }
+    }
+
+    /// A forwarded request whose answer's head does not come by its deadline ends `timedOut`, its connection closed;
+    /// the gateway goes on (the streamed body made for that answer is ended, never left for its deinit to trap on).
+    @Test func aForwardedRequestWhoseHeadIsLateTimesOutAndTheGatewayGoesOn() async throws {
+        try await Self.withWorker { port, _ in
+            let pool = try Self.pool(port: port, maxWaiting: 4, maxConnections: 4)
+            defer { pool.close() }
+            for _ in 0..<3 {
+                let late = await Self.forward(pool, "/late", headDeadline: .now() + .milliseconds(50))
+                guard case .failure(.timedOut) = late else {
+                    Issue.record("expected timedOut, got \(late)")
+                    return
+                }
+            }
+            // Its connections closed, the pool still forwards (a refusal, as `/items` answers).
+            let after = await Self.forward(pool, "/items", headDeadline: .now() + .milliseconds(300))
+            if case .failure(.timedOut) = after { return }  // a stalled machine: the look is still on its way
+            #expect(Self.refusal(after) != nil, "\(after)")
         }
     }
 
