@@ -15,10 +15,11 @@ public enum NeutrinoHeader {
     public static let taskID = HTTPField.Name("X-Neutrino-Task-Id")!
     /// The attempt number (1 for sync calls).
     public static let attempt = HTTPField.Name("X-Neutrino-Attempt")!
-    /// On a call to a worker: the caller (the gateway) records the call's lifecycle itself, and relays answers up to
-    /// this many bytes; the worker then writes to the task log only what the caller cannot (see
-    /// `CallerRecordedCalls`).
-    public static let callerRecords = HTTPField.Name("X-Neutrino-Caller-Records")!
+    /// On a call to a worker: the caller (the gateway) records the call's lifecycle itself, what the task printed
+    /// included (`outputOffset`), and takes answers up to this many bytes; the worker then writes to the task log only
+    /// what the caller cannot (see `CallerRecordedCalls`). (Named anew when the caller began taking the output: a
+    /// worker or gateway of an older release ignores the other's header, and the worker records everything itself.)
+    public static let callerRecords = HTTPField.Name("X-Neutrino-Caller-Records-Output")!
     /// On a call to a worker: how many milliseconds the caller (the gateway) still waits for the answer; a call still
     /// queued in the worker after that is not run.
     public static let callerWaitsMs = HTTPField.Name("X-Neutrino-Caller-Waits-Ms")!
@@ -31,6 +32,10 @@ public enum NeutrinoHeader {
     /// On a worker's answer: byte offset in the body where the raw `result` (or `error`) JSON starts; it runs to
     /// the body's last byte but one. Lets the gateway log the outcome without parsing the body again.
     public static let outcomeOffset = HTTPField.Name("X-Neutrino-Outcome-Offset")!
+    /// On a worker's answer to a caller that records the call: where what the task printed starts in the body (it
+    /// runs to the end, after the answer's own JSON). The caller records it with the outcome and relays only the
+    /// bytes before it.
+    public static let outputOffset = HTTPField.Name("X-Neutrino-Output-Offset")!
     /// On a worker's answer to a sync call: the port of its call lane (`CallFrame`), which its gateways use for the
     /// calls that follow.
     public static let lane = HTTPField.Name("X-Neutrino-Lane")!

@@ -315,7 +315,7 @@ struct HTTPWorker: Sendable {
             spec: spec, taskID: taskID, attempt: attempt, span: span, traceID: traceParent?.traceID,
             callerRelays: headers[NeutrinoHeader.callerRecords].flatMap(Int.init).map { max(0, $0) })
         if cancelled.contains(taskID) {
-            return answer(finish(call, outcome: .cancelled(durationMs: 0)))
+            return answer(finish(call, outcome: .cancelled(durationMs: 0)).answer)
         }
         let workerID = configuration.workerID
         let taskLog = self.taskLog
@@ -339,13 +339,26 @@ struct HTTPWorker: Sendable {
                 if call.callerRelays != nil { callerRecorded.begin(running) } else { taskLog.record(running) }
             }, onOutput: call.printed.set,
             completion: { outcome in
-                answer(self.finish(call, outcome: outcome))
-                running.end()
+                let finished = self.finish(call, outcome: outcome)
+                guard finished.awaitsTaskLog else {
+                    answer(finished.answer)
+                    running.end()
+                    return
+                }
+                // The gateway records the outcome it relays the moment it has the answer, and a reader who polls
+                // for the terminal record stops there: what only this worker recorded (what the task printed, when
+                // it did not fit behind the answer) must be committed first, or that reader gets the record without.
+                Task {
+                    await taskLog.flush()
+                    answer(finished.answer)
+                    running.end()
+                }
             })
     }
 
-    /// Records how `call` ended (or leaves it to the gateway) and makes its answer.
-    private func finish(_ call: SyncCall, outcome: PythonOutcome) -> CallAnswer {
+    /// Records how `call` ended (or leaves it to the gateway) and makes its answer; `awaitsTaskLog` when the worker
+    /// recorded something the gateway's own copy of the outcome lacks, so the answer waits for that write to commit.
+    private func finish(_ call: SyncCall, outcome: PythonOutcome) -> (answer: CallAnswer, awaitsTaskLog: Bool) {
         let spec = call.spec
         let taskID = call.taskID
         let workerID = configuration.workerID
@@ -364,20 +377,30 @@ struct HTTPWorker: Sendable {
             }
             call.span?.fail(reason)
             call.span?.end()
-            return .error(.workerUnavailable, reason, headers: [.retryAfter: "1"])
+            return (.error(.workerUnavailable, reason, headers: [.retryAfter: "1"]), false)
         }
         if let span = call.span {
             span.updateAttributes { $0["neutrino.status"] = reply.status.rawValue }
             if reply.status != .completed { span.fail("the task ended \(reply.status.rawValue)") }
             span.end()
         }
+        let printed = call.printed.bytes
         var outcomeEvent = Self.outcomeEvent(taskID: taskID, spec: spec, workerID: workerID, attempt: call.attempt, reply: reply)
-        outcomeEvent.output = call.printed.text
+        outcomeEvent.output = printed.map { String(decoding: $0, as: UTF8.self) }
         outcomeEvent.traceID = call.traceID
-        // One writer per call: the gateway records the outcome it relays. The worker records it too when the task
-        // log already shows the call (running past `runningVisibleAfter`, progress), when only the worker has what
-        // the task printed, or when the answer is too large for the gateway to relay.
-        if let relayLimit = call.callerRelays, !madeVisible, outcomeEvent.output == nil, reply.body.count <= relayLimit {
+        // One writer per call: the gateway records the outcome it relays, with what the task printed, which rides
+        // behind the answer's body (`X-Neutrino-Output-Offset`). The worker records the outcome too when the task log
+        // already shows the call (running past `runningVisibleAfter`, progress), or when the answer, or the answer
+        // and what was printed, are too large for the gateway to take.
+        var body = reply.body
+        var outputOffset: Int?
+        let relayed = call.callerRelays.map { reply.body.count <= $0 } ?? false
+        if let printed, let limit = call.callerRelays, printed.count <= limit - body.count {
+            outputOffset = body.count
+            body.append(contentsOf: printed)
+        }
+        let gatewayHasAll = relayed && (printed == nil || outputOffset != nil)
+        if gatewayHasAll, !madeVisible {
             taskLog.observeOnly(outcomeEvent)
         } else {
             taskLog.record(outcomeEvent)
@@ -405,7 +428,8 @@ struct HTTPWorker: Sendable {
         ]
         if let lane { headers[NeutrinoHeader.lane] = lane.portText }
         if let maxThreadCallsText { headers[NeutrinoHeader.maxThreadCalls] = maxThreadCallsText }
-        return CallAnswer(status: status, headers: headers, body: reply.body)
+        if let outputOffset { headers[NeutrinoHeader.outputOffset] = String(outputOffset) }
+        return (CallAnswer(status: status, headers: headers, body: body), relayed && !gatewayHasAll)
     }
 
     static func outcomeEvent(taskID: String, spec: TaskSpec, workerID: String, attempt: Int, reply: TaskReply) -> TaskEvent {
@@ -467,7 +491,8 @@ struct SyncCall: Sendable {
 final class CapturedOutput: Sendable {
     private let stored = Mutex<[UInt8]?>(nil)
     @Sendable func set(_ bytes: [UInt8]) { stored.withLock { $0 = bytes } }
-    var text: String? { stored.withLock { $0.map { String(decoding: $0, as: UTF8.self) } } }
+    var bytes: [UInt8]? { stored.withLock { $0 } }
+    var text: String? { bytes.map { String(decoding: $0, as: UTF8.self) } }
 }
 
 /// When the Python thread started a call (set on that thread, read after the call returns).

@@ -11,7 +11,7 @@ import pytest
 
 import time
 
-from conftest import Launcher, assert_error_body, build_manifest, post_task, wait_for
+from conftest import NATS_TASK_LOG, Launcher, assert_error_body, build_manifest, post_task, wait_for
 
 pytestmark = pytest.mark.destructive
 
@@ -144,19 +144,53 @@ def gateway_log(gateway):
 
 
 def test_what_a_task_prints_is_kept_with_it_and_logged_with_its_id(launcher: Launcher, poison_manifest):
-    c = launcher.cluster(app=POISON_APP, manifest=poison_manifest, workers=1, concurrency=1, name="output")
+    c = launcher.cluster(app=POISON_APP, manifest=poison_manifest, workers=1, concurrency=4, name="output")
     try:
-        r = post_task(c.url, "chatty", {"lines": 3})
-        assert r.status == 200, r
-        task_id = r.json()["task_id"]
-        # With the task log over NATS the worker's outcome event (which carries the output) may land after the gateway
-        # recorded the answer. It must still land: each process's copy has its own Nats-Msg-Id (CI once lost the output
-        # when both shared one and the gateway's arrived first). The bound leaves room for a publish that waits out its
-        # PubAck timeout (5 s) on a loaded machine and goes again after a back-off.
+        # The record read right after the answer is whole: what the task printed rode behind the answer to the gateway,
+        # which recorded it with the outcome. (CI once read a terminal record whose output the worker had not written
+        # yet: a worker's writer that lingers to batch, as it does under load, lost that race to the gateway's.) The
+        # first calls go over HTTP, the others over the call lane.
         expected = "line 0\nline 1\nline 2\nto stderr\n"
-        wait_for(lambda: c.get(f"/tasks/{task_id}").json()["output"] == expected, timeout=30,
-                 message=lambda: f"the output stored with the task: {c.get(f'/tasks/{task_id}').json()}")
+
+        def call_and_read(_: int) -> tuple[dict, dict]:
+            r = post_task(c.url, "chatty", {"lines": 3})
+            assert r.status == 200, r
+            return r.json(), c.get(f"/tasks/{r.json()['task_id']}").json()
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            calls = list(pool.map(call_and_read, range(40)))
+        for answer, record in calls:
+            assert answer["result"] == 3, answer  # the answer relayed carries none of it
+            assert record["status"] == "completed" and record["output"] == expected, record
+        task_id = calls[-1][0]["task_id"]
         wait_for(lambda: f"[task {task_id}] line 2" in c.workers[0].output, timeout=10,
                  message=lambda: "the worker log to carry the task's lines with its id")
+    finally:
+        c.stop()
+
+
+def test_output_too_large_to_ride_with_the_answer_is_recorded_before_it(launcher: Launcher, poison_manifest):
+    """When the output does not fit behind the answer (`--max-worker-answer-bytes`), the worker records it itself and
+    answers once that write is committed."""
+    c = launcher.cluster(app=POISON_APP, manifest=poison_manifest, workers=1, concurrency=4, name="output-large",
+                         gateway_args=["--max-worker-answer-bytes", "1024"])
+    try:
+        expected = "".join(f"line {i}\n" for i in range(300)) + "to stderr\n"
+
+        def call_and_read(_: int) -> tuple[str, dict]:
+            r = post_task(c.url, "chatty", {"lines": 300})
+            assert r.status == 200 and r.json()["result"] == 300, r
+            task_id = r.json()["task_id"]
+            return task_id, c.get(f"/tasks/{task_id}").json()
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            calls = list(pool.map(call_and_read, range(20)))
+        for task_id, record in calls:
+            if NATS_TASK_LOG:
+                # The worker's event reaches the gateway's task log through a NATS stream, after its PubAck.
+                wait_for(lambda: c.get(f"/tasks/{task_id}").json()["output"] == expected, timeout=30,
+                         message=lambda: f"the output stored with the task: {c.get(f'/tasks/{task_id}').json()}")
+            else:
+                assert record["status"] == "completed" and record["output"] == expected, record
     finally:
         c.stop()

@@ -305,13 +305,21 @@ struct TaskSubmitter: Sendable {
                 }
             }
         }
+        // What the task printed rides behind the answer's own JSON (`X-Neutrino-Output-Offset`): recorded with the
+        // outcome, not relayed.
+        var body = answer.body
+        var output: String?
+        if let offsetText = answer.headers["x-neutrino-output-offset"], let offset = Int(offsetText), offset >= 0, offset <= body.count {
+            output = String(decoding: body[offset...], as: UTF8.self)
+            body.removeSubrange(offset...)
+        }
         // Record the outcome the caller is about to see, so GET /tasks/<id> right after this answer shows it.
         var outcome: TaskEvent?
         if let statusText = answer.headers["x-neutrino-status"], let status = TaskStatus(rawValue: statusText), status.isTerminal,
             let offsetText = answer.headers["x-neutrino-outcome-offset"], let offset = Int(offsetText),
-            offset >= 0, offset < answer.body.count
+            offset >= 0, offset < body.count
         {
-            let raw = String(decoding: answer.body[offset..<(answer.body.count - 1)], as: UTF8.self)
+            let raw = String(decoding: body[offset..<(body.count - 1)], as: UTF8.self)
             let kind: TaskEventKind =
                 switch status {
                 case .completed: .completed
@@ -323,6 +331,7 @@ struct TaskSubmitter: Sendable {
                 kind, workerID: answer.headers["x-neutrino-worker"],
                 result: kind == .completed ? raw : nil, error: kind == .completed ? nil : raw,
                 durationMs: answer.headers["x-neutrino-duration-ms"].flatMap(Double.init))
+            outcome?.output = output
         }
         // The worker's own `running` may still sit in its writer's queue: record the start it reported too (the unique
         // (task, event, attempt) index keeps one), so the record read right after this answer is complete.
@@ -333,7 +342,7 @@ struct TaskSubmitter: Sendable {
             running = e
         }
         record(outcome, running: running)
-        return .json(HTTPResponse.Status(code: answer.status), answer.body, headers: [NeutrinoHeader.taskID: taskID])
+        return .json(HTTPResponse.Status(code: answer.status), body, headers: [NeutrinoHeader.taskID: taskID])
     }
 
     /// What a worker receives: `{"args":…}` re-written from the validated value.
