@@ -82,7 +82,7 @@ struct ASGIFallback: RouterMiddleware {
             var code = response.status.code
             if case .callerLeft(let why) = error {
                 code = Self.clientClosedRequest
-                logger.info("a request for the mounted app was not forwarded", metadata: ["reason": "\(why)", "path": "\(path)"])
+                logger.info("a request for the mounted app was given up: its client left", metadata: ["reason": "\(why)", "path": "\(path)"])
             }
             Self.count(route: "unmatched", method: method, code: code, since: start)
             return response

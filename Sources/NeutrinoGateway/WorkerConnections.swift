@@ -228,9 +228,14 @@ final class WorkerConnections: Sendable {
     /// Sends one request (any method and target) and returns the worker's answer as soon as its head arrives; the
     /// body follows through `StreamedReply.body`. `headDeadline` bounds the wait for the head only (a streamed body
     /// may last long). The connection goes back to the pool when the body has ended.
-    func stream(method: HTTPMethod, target: String, headers: HTTPHeaders, body: ByteBuffer, headDeadline: NIODeadline) async throws(Failure)
-        -> StreamedReply
-    {
+    ///
+    /// A `caller` that leaves before the answer has ended closes the connection, as nginx does by default: the worker
+    /// sees its client go, so a request still waiting there for a coroutine slot is not started and one that runs is
+    /// told (`http.disconnect`). The request then fails with `lost`; the caller tells that apart by `hasLeft`.
+    func stream(
+        method: HTTPMethod, target: String, headers: HTTPHeaders, body: ByteBuffer, headDeadline: NIODeadline,
+        caller: CallerPresence? = nil
+    ) async throws(Failure) -> StreamedReply {
         let channel = try await checkout(lanePort: nil)
         let promise = channel.eventLoop.makePromise(of: Reply.self)
         var head = HTTPRequestHead(version: .http1_1, method: method, uri: target, headers: headers)
@@ -255,6 +260,16 @@ final class WorkerConnections: Sendable {
             head: head, body: body, promise: promise, maxAnswerBytes: maxAnswerBytes, deadline: headDeadline, stream: streamed)
         let written = channel.eventLoop.makePromise(of: Void.self)
         channel.writeAndFlush(exchange, promise: written)
+        if let caller {
+            // Checked on the connection's event loop, where the answer's end marks `ended` before the connection goes
+            // back to the pool: a late hook cannot close the connection once another request has it.
+            let delegate = streamed.delegate
+            caller.onLeave {
+                channel.eventLoop.execute {
+                    if !delegate.ended.withLockedValue({ $0 }) { channel.close(promise: nil) }
+                }
+            }
+        }
         do {
             let reply = try await promise.futureResult.get()
             return StreamedReply(status: reply.status, headers: reply.headers, body: streamed)

@@ -335,7 +335,8 @@ public final class WorkerPool: Sendable {
                     var h = headers
                     h.replaceOrAdd(name: "Host", value: headers.first(name: "Host") ?? "\(endpoint.host):\(endpoint.port)")
                     let reply = try await member.connections.stream(
-                        method: method, target: ASGIForwarding.prefix + target, headers: h, body: payload, headDeadline: headDeadline)
+                        method: method, target: ASGIForwarding.prefix + target, headers: h, body: payload, headDeadline: headDeadline,
+                        caller: caller)
                     if reply.status == 503, reply.headers.first(name: NeutrinoHeader.rejected.canonicalName) != nil {
                         lastError = "worker \(endpoint.url) refused the request: it is saturated or stopping"
                         allRefused = false
@@ -355,6 +356,9 @@ public final class WorkerPool: Sendable {
                         noRoom = true
                         continue
                     case .answerTooLarge(let limit): throw .answerTooLarge(limit: limit)
+                    case .unreachable where caller?.hasLeft == true, .lost where caller?.hasLeft == true:
+                        // Closed here because the client left (`WorkerConnections.stream`): the worker is fine.
+                        throw .callerLeft("the client closed its connection before the app answered")
                     case .unreachable(let reason):
                         record(endpoint.url, success: false)
                         lastError = "worker \(endpoint.url): \(reason)"

@@ -10,6 +10,8 @@ public enum NeutrinoMetrics {
     public static let taskExecution = "neutrino_task_execution_seconds"
     public static let workerInFlight = "neutrino_worker_tasks_in_flight"
     public static let workerSlots = "neutrino_worker_slots"
+    /// Calls and ASGI requests waiting in a worker for a Python thread or a coroutine slot.
+    public static let workerQueued = "neutrino_worker_tasks_queued"
     public static let queuePending = "neutrino_queue_pending"
     public static let queueInFlight = "neutrino_queue_in_flight"
     public static let queueRedelivered = "neutrino_queue_redelivered"

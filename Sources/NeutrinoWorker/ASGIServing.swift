@@ -12,10 +12,11 @@ import NeutrinoPython
 /// starts its response, each body chunk when it is sent (chunked when the app gave no Content-Length). Added first to
 /// the router, so it sees these requests before any route.
 struct ASGIMiddleware: RouterMiddleware {
-    typealias Context = BasicRequestContext
+    typealias Context = WorkerRequestContext
     let executor: PythonExecutor
     let maxBodyBytes: Int
     let headTimeout: Duration
+    let presences: ConnectionPresences
     let logger: Logger
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
@@ -24,10 +25,13 @@ struct ASGIMiddleware: RouterMiddleware {
         var rest = target.dropFirst(ASGIForwarding.prefix.count)
         if rest.isEmpty || rest.first == "?" { rest = "/" + rest }
         guard rest.first == "/" else { return try await next(request, context) }
-        return await serve(request, target: String(rest))
+        return await serve(request, target: String(rest), caller: presences.presence(of: context.connection))
     }
 
-    private func serve(_ request: Request, target: String) async -> Response {
+    /// With `caller`: a request whose client (the gateway, or whoever called directly) goes away while it waits for a
+    /// coroutine slot is not started, and one that runs is told (`http.disconnect` from `receive()`), as uvicorn
+    /// tells it; a streamed answer learns it from its failed write as well.
+    private func serve(_ request: Request, target: String, caller: CallerPresence?) async -> Response {
         let body: [UInt8]
         do { body = try await request.collectBody(limit: maxBodyBytes) } catch { return error.response }
         let (path, query) = Self.split(target)
@@ -52,6 +56,8 @@ struct ASGIMiddleware: RouterMiddleware {
                 Array("http".utf8),
             ], headers: headers)
         let exchange = executor.serveASGI(head: head, body: body)
+        // Weak: the presence outlives the request on a keep-alive connection; the next request's hook replaces this.
+        caller?.onLeave { [weak exchange] in exchange?.disconnect() }
         // An app that does not start its answer in time is cancelled (CancelledError in it): its slot comes back.
         let timer = Task { [headTimeout] in
             try await Task.sleep(for: headTimeout)
@@ -84,6 +90,9 @@ struct ASGIMiddleware: RouterMiddleware {
             // The traceback is in the worker's log (neutrino._asgi), not in the answer.
             return .error(.internalError, "the ASGI app raised before it answered; see the worker's log")
         case .rejected(let reason):
+            if caller?.hasLeft == true {
+                logger.info("a request to the ASGI app was not started: its client left while it waited for a slot", metadata: ["path": "\(path)"])
+            }
             return .error(.workerUnavailable, reason, headers: [.retryAfter: "1", NeutrinoHeader.rejected: "1"])
         }
     }

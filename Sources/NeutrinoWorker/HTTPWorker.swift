@@ -87,12 +87,14 @@ struct HTTPWorker: Sendable {
     /// `stopping` (the gateways stop routing here at once), `--stop-delay` passes while calls are still taken, then
     /// the server drains the calls in flight, then the threads and the task log close.
     func services() -> [any Service] {
-        let router = Router()
+        let router = Router(context: WorkerRequestContext.self)
+        // Whether each connection's client is still there: for sync calls (`CallHandler`) and the ASGI app's requests.
+        let presences = ConnectionPresences()
         if executor.servesASGI {
             router.add(
                 middleware: ASGIMiddleware(
                     executor: executor, maxBodyBytes: configuration.maxBodyBytes, headTimeout: configuration.asgiHeadTimeout,
-                    logger: logger))
+                    presences: presences, logger: logger))
         }
         router.addWorkerMetrics(executor: executor, configuration: configuration)
         router.get("/healthz") { _, _ in self.health() }
@@ -106,7 +108,7 @@ struct HTTPWorker: Sendable {
         let calls = CallHandler.Calls(
             claim: { [specs] head in CallHandler.apiTaskName(head).flatMap { specs[$0] == nil ? nil : $0 } },
             maxBodyBytes: configuration.maxBodyBytes,
-            serverName: Self.serverName, route: Self.callRoute, presences: ConnectionPresences(),
+            serverName: Self.serverName, route: Self.callRoute, presences: presences,
             start: { [self] task, head, body, _, caller, answer in
                 startCall(task: task, headers: head.headerFields, body: body, caller: caller, answer: answer)
             })
@@ -447,14 +449,16 @@ struct HTTPWorker: Sendable {
     }
 }
 
-extension Router where Context == BasicRequestContext {
+extension Router {
     /// The request counter for every route added after this call, and `/metrics` of a worker (either mode) with its
-    /// busy and total Python threads read at each scrape.
+    /// busy and total Python threads (and coroutine slots), and what waits for them, read at each scrape.
     func addWorkerMetrics(executor: PythonExecutor, configuration: WorkerConfiguration) {
         add(middleware: RequestMetricsMiddleware())
         let labels = [("pool", configuration.pool), ("worker", configuration.workerID)]
         addMetricsRoute {
-            NeutrinoMetrics.gauge(NeutrinoMetrics.workerInFlight, labels, Double(executor.load.busy))
+            let load = executor.load
+            NeutrinoMetrics.gauge(NeutrinoMetrics.workerInFlight, labels, Double(load.busy))
+            NeutrinoMetrics.gauge(NeutrinoMetrics.workerQueued, labels, Double(load.queued))
             NeutrinoMetrics.gauge(NeutrinoMetrics.workerSlots, labels, Double(executor.slots))
         }
     }

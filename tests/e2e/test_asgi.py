@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from conftest import (APPS_DIR, BIN_DIR, GATEWAY_BIN, NATS_SERVER_BIN, NATS_TASK_LOG, PYTHON_SDK, REPO_ROOT, _server_env,
-                      assert_error_body, build_manifest, http_request, post_task, wait_for)
+                      assert_error_body, build_manifest, http_request, post_task, scrape, wait_for)
 
 pytest.importorskip("fastapi", reason="fastapi is not installed (make venv installs the test extras)")
 
@@ -203,7 +203,7 @@ def test_a_request_whose_client_leaves_while_it_waits_for_room_is_not_forwarded(
             return next(p for p in pools if p["name"] == "fast")["waiting_calls"]
         wait_for(lambda: waiting() == 1, timeout=30, interval=0.05, message="the request to wait for room")
         s.close()
-        wait_for(lambda: "a request for the mounted app was not forwarded" in gateway.output, timeout=30,
+        wait_for(lambda: "a request for the mounted app was given up: its client left" in gateway.output, timeout=30,
                  message="the gateway to drop the request whose client left")
         # /pools is a snapshot taken about once a second.
         wait_for(lambda: waiting() == 0, timeout=30, interval=0.1, message="the line to be empty")
@@ -214,6 +214,64 @@ def test_a_request_whose_client_leaves_while_it_waits_for_room_is_not_forwarded(
         holder.close()
     assert _get(stack, "/visit/after").json() == {"visited": "after"}
     seen = stack.marks.read_text()
+    assert "visit-after" in seen and "visit-left" not in seen, seen
+
+
+def _marks(stack) -> str:
+    return stack.marks.read_text() if stack.marks.exists() else ""
+
+
+@pytest.mark.parametrize("route", ["gateway", "direct"])
+def test_a_client_that_leaves_before_the_answer_is_told_to_the_app(asgi_stack, route: str):
+    """The app awaits `receive()` before it answers; its client hangs up. Through the gateway (which then closes its
+    connection to the worker, as nginx does) or on the worker directly, the app gets `http.disconnect` at once rather
+    than at --asgi-head-timeout, and the worker is not taken for a crashed one."""
+    s = asgi_stack
+    base = s.url if route == "gateway" else f"{s.asgi_worker.url}/_neutrino_asgi"
+    parts = urlsplit(base)
+    client = socket.create_connection((parts.hostname, parts.port), timeout=30)
+    client.sendall(f"GET {parts.path}/until-disconnect/{route} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    wait_for(lambda: f"waiting-{route}" in _marks(s), timeout=30, message="the app to be awaiting receive()")
+    client.close()
+    wait_for(lambda: f"disconnect-{route}" in _marks(s), timeout=20, message="the app to be told its client left")
+    if route == "gateway":
+        wait_for(lambda: "a request for the mounted app was given up: its client left" in s.gateway.output, timeout=10,
+                 message="the gateway to log the request it gave up")
+        assert "dropped the connection while serving" not in s.gateway.output
+    # Both serve on, and the gateway still sends to the worker (its circuit stayed closed).
+    for _ in range(3):
+        assert _get(s, "/items/1").status == 200
+
+
+def test_a_forwarded_request_whose_client_leaves_while_it_waits_for_a_slot_is_not_started(launcher, queue_stack, tmp_path):
+    """One coroutine slot, held by a request that waits for its client to leave; a second request reaches the worker
+    and waits there for the slot; its client hangs up. The gateway closes that request's connection to the worker,
+    the worker drops it from its queue, and the app never sees it; once the slot is free the next request runs."""
+    stack = _asgi_stack(launcher, queue_stack, tmp_path / "marks.txt", "asgi-slot-left", worker_args=["--max-coroutines", "1"])
+    parts = urlsplit(stack.url)
+
+    def send(path: str) -> socket.socket:
+        s = socket.create_connection((parts.hostname, parts.port), timeout=30)
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        return s
+
+    queued = lambda: scrape(stack.asgi_worker.url).value("neutrino_worker_tasks_queued", pool="fast")  # noqa: E731
+    holder = send("/until-disconnect/holder")
+    try:
+        wait_for(lambda: "waiting-holder" in _marks(stack), timeout=30, message="the slot to be taken")
+        left = send("/visit/left")
+        wait_for(lambda: queued() == 1, timeout=30, interval=0.05, message="the request to wait in the worker for the slot")
+        left.close()
+        wait_for(lambda: "was not started: its client left while it waited for a slot" in stack.asgi_worker.output,
+                 timeout=30, message="the worker to drop the request whose client left")
+        assert queued() == 0
+        wait_for(lambda: "a request for the mounted app was given up: its client left" in stack.gateway.output,
+                 timeout=10, message="the gateway to log the request it gave up")
+    finally:
+        holder.close()
+    wait_for(lambda: "disconnect-holder" in _marks(stack), timeout=30, message="the slot's holder to be told")
+    assert _get(stack, "/visit/after").json() == {"visited": "after"}
+    seen = _marks(stack)
     assert "visit-after" in seen and "visit-left" not in seen, seen
 
 

@@ -22,7 +22,7 @@ HISTOGRAMS = {"neutrino_task_duration_seconds", "neutrino_task_execution_seconds
               "neutrino_tasklog_write_seconds", "neutrino_tasklog_checkpoint_seconds",
               "neutrino_tasklog_checkpoint_yield_seconds", "neutrino_tasklog_prune_transaction_seconds",
               "neutrino_tasklog_lock_wait_seconds"}
-GAUGES = {"neutrino_worker_tasks_in_flight", "neutrino_worker_slots", "neutrino_queue_pending",
+GAUGES = {"neutrino_worker_tasks_in_flight", "neutrino_worker_slots", "neutrino_worker_tasks_queued", "neutrino_queue_pending",
           "neutrino_queue_in_flight", "neutrino_queue_redelivered", "neutrino_queue_depth",
           "neutrino_queue_oldest_age_seconds", "neutrino_dlq_depth", "neutrino_workers_alive",
           "neutrino_pool_desired_replicas", "neutrino_pool_waiting_calls", "neutrino_tasklog_db_bytes",
@@ -108,10 +108,11 @@ def test_gateway_and_http_worker_metrics_move_as_sync_tasks_run(cluster):
         # No task-log metrics required here: the gateway records the short calls it forwards (one writer per call,
         # test_sync_calls.py), so these workers may not have written at all.
         check_exposition(s, {"neutrino_http_requests_total", "neutrino_worker_slots",
-                             "neutrino_worker_tasks_in_flight"})
+                             "neutrino_worker_tasks_in_flight", "neutrino_worker_tasks_queued"})
         # --concurrency + --max-coroutines (default 512): examples/app.py has an async def task in pool fast.
         assert s.value("neutrino_worker_slots", pool="fast") == 4 + 512, s.samples("neutrino_worker_slots")
         assert s.value("neutrino_worker_tasks_in_flight", pool="fast") == 0
+        assert s.value("neutrino_worker_tasks_queued", pool="fast") == 0
     total = lambda name, **labels: sum(s.value(name, **labels) - b.value(name, **labels)  # noqa: E731
                                        for s, b in zip(scrapes, workers_before))
     assert total("neutrino_task_execution_seconds_count", task="echo", mode="sync", pool="fast") == 3
@@ -135,7 +136,7 @@ def test_nats_worker_and_queue_metrics_move_as_queued_tasks_run(queue_stack):
     w = wait_for(worker_counted, timeout=30, message=lambda: f"the NATS worker to count 3 pings:\n"
                  f"{scrape(worker_url).text[:3000]}")
     check_exposition(w, {"neutrino_tasks_total", "neutrino_task_execution_seconds", "neutrino_worker_slots",
-                         "neutrino_worker_tasks_in_flight", *WORKER_TASKLOG})
+                         "neutrino_worker_tasks_in_flight", "neutrino_worker_tasks_queued", *WORKER_TASKLOG})
     assert w.value("neutrino_task_execution_seconds_count", task="ping", mode="async", pool="async") == 3
     assert w.value("neutrino_worker_slots", pool="async") == 2
     assert w.value("neutrino_worker_tasks_in_flight", pool="async") == 0

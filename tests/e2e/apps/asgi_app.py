@@ -119,6 +119,17 @@ async def forever() -> StreamingResponse:
     return StreamingResponse(produce(), media_type="text/plain")
 
 
+@api.get("/until-disconnect/{tag}")
+async def until_disconnect(tag: str, request: Request) -> dict:
+    """Marks 'waiting-<tag>', then reads the request's messages until `http.disconnect` (then marks 'disconnect-<tag>').
+    Starlette's `request.is_disconnected()` rests on this; the worker's --asgi-head-timeout bounds the wait."""
+    mark(f"waiting-{tag}")
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    mark(f"disconnect-{tag}")
+    return {}
+
+
 @api.get("/hang")
 async def hang() -> dict:
     """Never answers by itself (the worker's --asgi-head-timeout cancels it); marks 'hang-cancelled' when it is."""
