@@ -251,7 +251,8 @@ public func buildGateway(
 
 /// The connection limits of the gateway's server: Hummingbird's idle timeout and header size, the connection guard
 /// (header and body timeouts, the connection limit, JSON answers to malformed requests), and an accept pause a little
-/// above the connection limit, which bounds file descriptors even against clients that never send a byte.
+/// above the connection limit, which bounds file descriptors even against clients that never send a byte (to the
+/// pause plus `ServerLimits.acceptsPerWakeup` less one: the pause is checked between wake-ups).
 func serverLimits(_ configuration: GatewayConfiguration) -> ServerLimits {
     var limits = ServerLimits()
     limits.idleTimeout = configuration.idleTimeout

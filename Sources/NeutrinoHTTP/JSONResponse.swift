@@ -189,6 +189,12 @@ public struct ServerLimits: Sendable {
     /// `net.core.somaxconn`, 4096 on current kernels). Hummingbird's 256 turned a burst of 1,024 new connections into
     /// SYNs dropped and retried a second later; 2048 is uvicorn's and gunicorn's default.
     public var backlog = 2048
+    /// Connections accepted each time the listening socket wakes the event loop. NIO's default, 4, let a burst of
+    /// 1,024 new connections trickle in while the loop served the ones it had: the last first requests waited up to
+    /// 2 s (p99 of `/healthz` at 1,024 connections: 0.98–1.05 s, against 59–66 ms at 256; bench/README.md,
+    /// "twenty-ninth round"). asyncio accepts up to its backlog per wake-up. The accept pause
+    /// (`maxAcceptedConnections`) is checked between wake-ups, so it may be passed by up to this many less one.
+    public var acceptsPerWakeup: UInt = 256
     /// Channel handlers added to every connection after the HTTP codec (a connection guard).
     public var channelHandlers: @Sendable () -> [any RemovableChannelHandler] = { [] }
     /// Channel handlers added to every connection right in front of the router, behind Hummingbird's connection state
@@ -224,6 +230,8 @@ where Context.Source == ApplicationRequestContextSource {
             availableConnectionsDelegate: limits.maxAcceptedConnections.map { MaximumAvailableConnections($0, logger: logger) }),
         services: services,
         onServerRunning: { channel in
+            // Set on the listening channel once it is bound: Hummingbird's bootstrap takes no server channel options.
+            try? await channel.setOption(ChannelOptions.maxMessagesPerRead, value: limits.acceptsPerWakeup).get()
             announceListening(channel, host: host)
             onListening(channel.localAddress?.port ?? 0)
         },
