@@ -99,7 +99,7 @@ public final class WorkerPool: Sendable {
     private let maxAnswerBytes: Int
     private let logger: Logger
     /// Sent to workers when this gateway records the lifecycle of the calls it forwards (it has a task log): the
-    /// answer size it relays, so a worker writes only what the gateway cannot (`X-Neutrino-Caller-Records`).
+    /// answer size it relays, so a worker writes only what the gateway cannot (`X-Neutrino-Caller-Records-Output`).
     private let callerRecords: String?
     /// How long a call waits for a reachable worker when the pool has none: no worker yet, or every one refusing
     /// connections (see `GatewayConfiguration.workerJoinWait`).

@@ -3,9 +3,9 @@ import ServiceLifecycle
 import Synchronization
 
 /// Sync calls whose lifecycle the caller records: the gateway writes `pending`, `running` and the outcome of every
-/// call it forwards in one batch when the answer comes back (`X-Neutrino-Caller-Records`), so a short call costs
-/// the task log one write from one process instead of two from two (measured in bench/README.md, "one writer per
-/// call").
+/// call it forwards (with what the task printed) in one batch when the answer comes back
+/// (`X-Neutrino-Caller-Records-Output`), so a short call costs the task log one write from one process instead of two
+/// from two (measured in bench/README.md, "one writer per call").
 ///
 /// A call that runs longer than `visibleAfter` still shows up as `running` while it runs: the `RunningRecorder`
 /// records it from here, and from then on the worker records the call's outcome too (the task log keeps one copy of
