@@ -57,6 +57,19 @@ def _get(stack, path: str, **kw):
     return http_request("GET", f"{stack.url}{path}", **kw)
 
 
+def _marks(stack) -> str:
+    """The app's marks so far ("" before the first)."""
+    return stack.marks.read_text() if stack.marks.exists() else ""
+
+
+def _send_get(base_url: str, path: str) -> socket.socket:
+    """A raw `GET <base path><path>` sent on a new connection, its answer left unread: the test hangs up by closing it."""
+    parts = urlsplit(base_url)
+    s = socket.create_connection((parts.hostname, parts.port), timeout=30)
+    s.sendall(f"GET {parts.path}{path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    return s
+
+
 def test_requests_reach_the_app(asgi_stack):
     s = asgi_stack
     # Path and query parameters.
@@ -177,7 +190,7 @@ def test_client_disconnect_reaches_the_app(asgi_stack):
     assert resp.readline() == b"tick 0\n"
     conn.sock.close()  # the client goes away mid-stream
     conn.close()
-    wait_for(lambda: "stream-ended" in (s.marks.read_text() if s.marks.exists() else ""), timeout=30,
+    wait_for(lambda: "stream-ended" in _marks(s), timeout=30,
              message="the app's generator to see the client's disconnect")
     # The worker serves on.
     assert _get(s, "/items/1").status == 200
@@ -195,8 +208,7 @@ def test_a_request_whose_client_leaves_while_it_waits_for_room_is_not_forwarded(
         holder.request("GET", "/stream")
         held = holder.getresponse()
         assert held.readline() == b"first\n"
-        s = socket.create_connection((parts.hostname, parts.port), timeout=30)
-        s.sendall(b"GET /visit/left HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        s = _send_get(stack.url, "/visit/left")
 
         def waiting() -> int:
             pools = http_request("GET", f"{stack.url}/pools").json()["pools"]
@@ -217,10 +229,6 @@ def test_a_request_whose_client_leaves_while_it_waits_for_room_is_not_forwarded(
     assert "visit-after" in seen and "visit-left" not in seen, seen
 
 
-def _marks(stack) -> str:
-    return stack.marks.read_text() if stack.marks.exists() else ""
-
-
 @pytest.mark.parametrize("route", ["gateway", "direct"])
 def test_a_client_that_leaves_before_the_answer_is_told_to_the_app(asgi_stack, route: str):
     """The app awaits `receive()` before it answers; its client hangs up. Through the gateway (which then closes its
@@ -228,9 +236,7 @@ def test_a_client_that_leaves_before_the_answer_is_told_to_the_app(asgi_stack, r
     than at --asgi-head-timeout, and the worker is not taken for a crashed one."""
     s = asgi_stack
     base = s.url if route == "gateway" else f"{s.asgi_worker.url}/_neutrino_asgi"
-    parts = urlsplit(base)
-    client = socket.create_connection((parts.hostname, parts.port), timeout=30)
-    client.sendall(f"GET {parts.path}/until-disconnect/{route} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    client = _send_get(base, f"/until-disconnect/{route}")
     wait_for(lambda: f"waiting-{route}" in _marks(s), timeout=30, message="the app to be awaiting receive()")
     client.close()
     wait_for(lambda: f"disconnect-{route}" in _marks(s), timeout=20, message="the app to be told its client left")
@@ -248,18 +254,11 @@ def test_a_forwarded_request_whose_client_leaves_while_it_waits_for_a_slot_is_no
     and waits there for the slot; its client hangs up. The gateway closes that request's connection to the worker,
     the worker drops it from its queue, and the app never sees it; once the slot is free the next request runs."""
     stack = _asgi_stack(launcher, queue_stack, tmp_path / "marks.txt", "asgi-slot-left", worker_args=["--max-coroutines", "1"])
-    parts = urlsplit(stack.url)
-
-    def send(path: str) -> socket.socket:
-        s = socket.create_connection((parts.hostname, parts.port), timeout=30)
-        s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
-        return s
-
     queued = lambda: scrape(stack.asgi_worker.url).value("neutrino_worker_tasks_queued", pool="fast")  # noqa: E731
-    holder = send("/until-disconnect/holder")
+    holder = _send_get(stack.url, "/until-disconnect/holder")
     try:
         wait_for(lambda: "waiting-holder" in _marks(stack), timeout=30, message="the slot to be taken")
-        left = send("/visit/left")
+        left = _send_get(stack.url, "/visit/left")
         wait_for(lambda: queued() == 1, timeout=30, interval=0.05, message="the request to wait in the worker for the slot")
         left.close()
         wait_for(lambda: "was not started: its client left while it waited for a slot" in stack.asgi_worker.output,

@@ -143,6 +143,18 @@ def gateway_log(gateway):
     return TaskLog(Path(gateway.argv[gateway.argv.index("--task-log") + 1].removeprefix("sqlite:")))
 
 
+def _chatty_calls_read_back(cluster, lines: int, calls: int) -> list[tuple[dict, dict]]:
+    """`calls` calls of `chatty` from 4 threads, each answer's record read the moment the answer is in: (answer, record)
+    pairs."""
+    def call_and_read(_: int) -> tuple[dict, dict]:
+        r = post_task(cluster.url, "chatty", {"lines": lines})
+        assert r.status == 200 and r.json()["result"] == lines, r  # the answer relayed carries none of the output
+        return r.json(), cluster.get(f"/tasks/{r.json()['task_id']}").json()
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return list(pool.map(call_and_read, range(calls)))
+
+
 def test_what_a_task_prints_is_kept_with_it_and_logged_with_its_id(launcher: Launcher, poison_manifest):
     c = launcher.cluster(app=POISON_APP, manifest=poison_manifest, workers=1, concurrency=4, name="output")
     try:
@@ -151,16 +163,8 @@ def test_what_a_task_prints_is_kept_with_it_and_logged_with_its_id(launcher: Lau
         # yet: a worker's writer that lingers to batch, as it does under load, lost that race to the gateway's.) The
         # first calls go over HTTP, the others over the call lane.
         expected = "line 0\nline 1\nline 2\nto stderr\n"
-
-        def call_and_read(_: int) -> tuple[dict, dict]:
-            r = post_task(c.url, "chatty", {"lines": 3})
-            assert r.status == 200, r
-            return r.json(), c.get(f"/tasks/{r.json()['task_id']}").json()
-
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            calls = list(pool.map(call_and_read, range(40)))
-        for answer, record in calls:
-            assert answer["result"] == 3, answer  # the answer relayed carries none of it
+        calls = _chatty_calls_read_back(c, lines=3, calls=40)
+        for _, record in calls:
             assert record["status"] == "completed" and record["output"] == expected, record
         task_id = calls[-1][0]["task_id"]
         wait_for(lambda: f"[task {task_id}] line 2" in c.workers[0].output, timeout=10,
@@ -176,16 +180,8 @@ def test_output_too_large_to_ride_with_the_answer_is_recorded_before_it(launcher
                          gateway_args=["--max-worker-answer-bytes", "1024"])
     try:
         expected = "".join(f"line {i}\n" for i in range(300)) + "to stderr\n"
-
-        def call_and_read(_: int) -> tuple[str, dict]:
-            r = post_task(c.url, "chatty", {"lines": 300})
-            assert r.status == 200 and r.json()["result"] == 300, r
-            task_id = r.json()["task_id"]
-            return task_id, c.get(f"/tasks/{task_id}").json()
-
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            calls = list(pool.map(call_and_read, range(20)))
-        for task_id, record in calls:
+        for answer, record in _chatty_calls_read_back(c, lines=300, calls=20):
+            task_id = answer["task_id"]
             if NATS_TASK_LOG:
                 # The worker's event reaches the gateway's task log through a NATS stream, after its PubAck.
                 wait_for(lambda: c.get(f"/tasks/{task_id}").json()["output"] == expected, timeout=30,
