@@ -13,7 +13,10 @@ One side runs at a time (started on free 127.0.0.1 ports, checked with one task,
   1. one producer: BENCH_ASYNC_SUBMITS (2,000) submits one after another, after 100 unmeasured ones: the time
      for `POST /api/echo` to answer 202 (a keep-alive connection) / for `echo.delay()` to return; then every
      result fetched (`GET /tasks/<id>?wait=30` on the same connection / `AsyncResult.get()`). Its throughput is
-     all 2,100 tasks over the time from the first submit to the last result.
+     all 2,100 tasks over the time from the first submit to the last result. Before the submits, Neutrino's
+     producer times 1,000 `GET /healthz` on its connection (after 100 unmeasured): the client's round trip to a
+     gateway that does no work, two of which every task of this phase takes (the submit and the fetch); the table
+     shows what that floor leaves of the 3× target's time per task.
   2. throughput: BENCH_ASYNC_TASKS (5,000) tasks submitted from BENCH_ASYNC_THREADS (16) threads at once, timed
      until every one is terminal. Neutrino: a poll of the task log (count of terminal rows, every 5 ms).
      Celery: each thread calls AsyncResult.get() on its own results once it has submitted them. The CPU each
@@ -70,6 +73,7 @@ THREADS = int(os.environ.get("BENCH_ASYNC_THREADS", "16"))
 E2E = int(os.environ.get("BENCH_ASYNC_E2E", "300"))
 DRAIN_TIMEOUT = float(os.environ.get("BENCH_ASYNC_DRAIN_TIMEOUT", "300"))
 SUBMIT_WARMUP = 100
+FLOOR_REQUESTS = 1000  # GET /healthz back to back before the submits: the client's round trip to a do-nothing endpoint
 E2E_WARMUP = 20
 WORKERS = 2  # neutrino-worker processes (Celery: one worker, --concurrency 2 prefork children)
 CONCURRENCY = 2  # Python threads per Neutrino worker; prefork children of the (one) Celery worker
@@ -104,6 +108,8 @@ class Result:
     e2e_errors: int = 0
     seq_tasks: int = 0  # one producer: tasks submitted back to back whose result was then fetched and correct
     seq_s: float = 0.0  # from its first submit to the last result fetched
+    fetch_ms: list = field(default_factory=list)  # one producer: each `GET /tasks/<id>?wait=30` of a finished task
+    floor_us: float = 0.0  # one producer: p50 of the client's round trip to `GET /healthz` on its connection
     tp_cpu_us: dict = field(default_factory=dict)  # 16 producers: CPU per task (µs) of each process kind
     notes: list = field(default_factory=list)
     done: set = field(default_factory=set)  # the phases measured: "submit", "throughput", "e2e"
@@ -373,6 +379,7 @@ class NeutrinoSide:
         client = NeutrinoClient(self.port)
         ids = []
         try:
+            res.floor_us = self.round_trip_floor(client)
             start = time.perf_counter()
             for i in range(SUBMIT_WARMUP + SUBMITS):
                 t0 = time.perf_counter()
@@ -384,15 +391,29 @@ class NeutrinoSide:
                 if i >= SUBMIT_WARMUP:
                     res.submit_ms.append((time.perf_counter() - t0) * 1e3)
             for task_id in ids:
+                t0 = time.perf_counter()
                 try:
                     client.wait(task_id)
                     res.seq_tasks += 1
+                    res.fetch_ms.append((time.perf_counter() - t0) * 1e3)
                 except (TaskError, OSError, ValueError):
                     pass
             res.seq_s = time.perf_counter() - start
         finally:
             client.close()
         self.drain()
+
+    @staticmethod
+    def round_trip_floor(client: NeutrinoClient) -> float:
+        """p50, in µs, of `GET /healthz` (no task log, no NATS) back to back on the producer's connection: what this
+        client and the gateway's HTTP cost a request before any work. A task of the one-producer phase takes two."""
+        times = []
+        for i in range(SUBMIT_WARMUP + FLOOR_REQUESTS):
+            t0 = time.perf_counter()
+            status, _ = client.request("GET", "/healthz")
+            if status == 200 and i >= SUBMIT_WARMUP:
+                times.append((time.perf_counter() - t0) * 1e6)
+        return percentile(times, 50) if times else 0.0
 
     def throughput(self, res: Result) -> None:
         before = self.counts()
@@ -537,8 +558,10 @@ class CelerySide:
                 res.submit_ms.append((time.perf_counter() - t0) * 1e3)
             results.append(r)
         for r in results:  # every result, which also drains the queue before the next phase
+            t0 = time.perf_counter()
             if self._get(r):
                 res.seq_tasks += 1
+                res.fetch_ms.append((time.perf_counter() - t0) * 1e3)
         res.seq_s = time.perf_counter() - start
 
     def throughput(self, res: Result) -> None:
@@ -746,6 +769,19 @@ def ceiling_note(n: Result, c: Result) -> str:
             f"workers, {cores} cores run at most {most:,.0f} tasks/s = {most / c.throughput:.1f}× celery")
 
 
+def floor_note(n: Result, c: Result) -> str:
+    """What the target leaves for the work of a task: the one-producer target's time per task (1 / (3 × celery's
+    tasks/s)) less the client's two round trips to a do-nothing endpoint (the submit and the fetch)."""
+    if not n.floor_us or "submit" not in c.done or not c.sequential_throughput:
+        return ""
+    budget = 1e6 / (TARGET_SEQUENTIAL_SPEEDUP * c.sequential_throughput)
+    most = 1e6 / (2 * n.floor_us)
+    return (f"at most {most:,.0f} tasks/s = {most / c.sequential_throughput:.1f}× celery with submits and fetches "
+            f"that cost nothing; {TARGET_SEQUENTIAL_SPEEDUP:g}× allows {budget:,.0f} µs per task, which leaves "
+            f"{budget - 2 * n.floor_us:,.0f} µs for the JetStream publish and its acknowledgement, the durable commit "
+            f"of the queued row and the read of the result")
+
+
 def table(n: Result, c: Result) -> list:
     p50 = percentile(n.submit_ms, 50) if n.submit_ms else None
     p99 = percentile(n.submit_ms, 99) if n.submit_ms else None
@@ -764,6 +800,9 @@ def table(n: Result, c: Result) -> list:
         (f"one producer: {SUBMIT_WARMUP + SUBMITS:,} submits, then every result fetched (tasks/s)", "submit",
          lambda r: f"{r.sequential_throughput:,.0f}",
          ratio_target(n, c, "submit", lambda r: r.sequential_throughput, TARGET_SEQUENTIAL_SPEEDUP)),
+        ("one producer: fetching a result (p50)", "submit", lambda r: cell_ms(r.fetch_ms, 50), ""),
+        ("one producer: the client's round trip to `GET /healthz` (p50; two per task)", "submit",
+         lambda r: f"{r.floor_us:,.0f} µs" if r.floor_us else "–", floor_note(n, c)),
         (f"{TASKS:,} tasks from {THREADS} threads: all submitted after", "throughput",
          lambda r: f"{r.tp_submit_s:.2f} s", ""),
         (f"{TASKS:,} tasks: all terminal after", "throughput", lambda r: f"{r.tp_total_s:.2f} s", ""),
