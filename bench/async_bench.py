@@ -16,7 +16,9 @@ One side runs at a time (started on free 127.0.0.1 ports, checked with one task,
      all 2,100 tasks over the time from the first submit to the last result. Before the submits, Neutrino's
      producer times 1,000 `GET /healthz` on its connection (after 100 unmeasured): the client's round trip to a
      gateway that does no work, two of which every task of this phase takes (the submit and the fetch); the table
-     shows what that floor leaves of the 3× target's time per task.
+     shows what that floor leaves of the 3× target's time per task. Then 1,000 more submits with every
+     worker process stopped (SIGSTOP on its process group, continued after): the submit with nothing but the
+     broker, the gateway and the client on the cores; those tasks run once the workers continue.
   2. throughput: BENCH_ASYNC_TASKS (5,000) tasks submitted from BENCH_ASYNC_THREADS (16) threads at once, timed
      until every one is terminal. Neutrino: a poll of the task log (count of terminal rows, every 5 ms).
      Celery: each thread calls AsyncResult.get() on its own results once it has submitted them. The CPU each
@@ -73,6 +75,7 @@ THREADS = int(os.environ.get("BENCH_ASYNC_THREADS", "16"))
 E2E = int(os.environ.get("BENCH_ASYNC_E2E", "300"))
 DRAIN_TIMEOUT = float(os.environ.get("BENCH_ASYNC_DRAIN_TIMEOUT", "300"))
 SUBMIT_WARMUP = 100
+PAUSED_SUBMITS = 1000  # submits with the workers paused (SIGSTOP): what the broker and the gateway/client alone take
 FLOOR_REQUESTS = 1000  # GET /healthz back to back before the submits: the client's round trip to a do-nothing endpoint
 E2E_WARMUP = 20
 WORKERS = 2  # neutrino-worker processes (Celery: one worker, --concurrency 2 prefork children)
@@ -108,6 +111,7 @@ class Result:
     e2e_errors: int = 0
     seq_tasks: int = 0  # one producer: tasks submitted back to back whose result was then fetched and correct
     seq_s: float = 0.0  # from its first submit to the last result fetched
+    paused_submit_ms: list = field(default_factory=list)  # submits while every worker process is stopped
     fetch_ms: list = field(default_factory=list)  # one producer: each `GET /tasks/<id>?wait=30` of a finished task
     floor_us: float = 0.0  # one producer: p50 of the client's round trip to `GET /healthz` on its connection
     tp_cpu_us: dict = field(default_factory=dict)  # 16 producers: CPU per task (µs) of each process kind
@@ -190,6 +194,28 @@ def cpu_by_kind(procs: list) -> dict:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     out["client"] = usage.ru_utime + usage.ru_stime
     return out
+
+
+def paused(procs: list):
+    """Context manager: every worker process (its whole process group: Celery's prefork children too) stopped with
+    SIGSTOP inside, continued on the way out; the brokers, the gateway and the client run as usual."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def manage():
+        groups = [p.p.pid for p in procs if process_kind(p.name) == "workers" and p.p.poll() is None]
+        for pgid in groups:
+            os.killpg(pgid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for pgid in groups:
+                try:
+                    os.killpg(pgid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+
+    return manage()
 
 
 def shares(total: int, parts: int) -> list:
@@ -403,6 +429,25 @@ class NeutrinoSide:
             client.close()
         self.drain()
 
+    def paused_submits(self, res: Result) -> None:
+        """Submits back to back with the workers stopped: the gateway, nats-server and the task log alone. The tasks
+        run once the workers continue (drained before the next phase)."""
+        client = NeutrinoClient(self.port)
+        try:
+            with paused(self.procs):
+                for i in range(SUBMIT_WARMUP + PAUSED_SUBMITS):
+                    t0 = time.perf_counter()
+                    try:
+                        client.submit()
+                    except (TaskError, OSError, ValueError):
+                        res.submit_errors += 1
+                        continue
+                    if i >= SUBMIT_WARMUP:
+                        res.paused_submit_ms.append((time.perf_counter() - t0) * 1e3)
+        finally:
+            client.close()
+        self.drain()
+
     @staticmethod
     def round_trip_floor(client: NeutrinoClient) -> float:
         """p50, in µs, of `GET /healthz` (no task log, no NATS) back to back on the producer's connection: what this
@@ -564,6 +609,22 @@ class CelerySide:
                 res.fetch_ms.append((time.perf_counter() - t0) * 1e3)
         res.seq_s = time.perf_counter() - start
 
+    def paused_submits(self, res: Result) -> None:
+        results = []
+        with paused(self.procs):
+            for i in range(SUBMIT_WARMUP + PAUSED_SUBMITS):
+                t0 = time.perf_counter()
+                try:
+                    r = self.echo.delay(42, "bench")
+                except Exception:
+                    res.submit_errors += 1
+                    continue
+                if i >= SUBMIT_WARMUP:
+                    res.paused_submit_ms.append((time.perf_counter() - t0) * 1e3)
+                results.append(r)
+        for r in results:  # drain before the next phase
+            self._get(r)
+
     def throughput(self, res: Result) -> None:
         ok = [0] * THREADS
         failed = [0] * THREADS
@@ -648,6 +709,11 @@ def measure(side: Any, res: Result, ctx: common.Ctx) -> None:
         log(f"    p50 {fmt_ms(percentile(res.submit_ms, 50))}, p99 {fmt_ms(percentile(res.submit_ms, 99))}, "
             f"errors {res.submit_errors}; every result fetched after {res.seq_s:.2f} s "
             f"({res.sequential_throughput:,.0f} tasks/s)")
+        log(f"  submit latency with the workers paused: {PAUSED_SUBMITS} sequential submits (+{SUBMIT_WARMUP} warm-up)")
+        side.paused_submits(res)
+        res.done.add("paused")
+        log(f"    p50 {fmt_ms(percentile(res.paused_submit_ms, 50))}, "
+            f"p99 {fmt_ms(percentile(res.paused_submit_ms, 99))}")
         log(f"  throughput: {TASKS} tasks from {THREADS} threads, until all are terminal")
         before = cpu_by_kind(side.procs)
         side.throughput(res)
@@ -791,12 +857,19 @@ def table(n: Result, c: Result) -> list:
     if p99 is not None:
         submit_target += ": neutrino " + ("met" if p99 <= TARGET_SUBMIT_P99_MS else
                                           "not met; seed bar met" if p99 < SEED_SUBMIT_P99_MS else "not met")
+    paused_target = ""
+    if n.paused_submit_ms:
+        paused_p50 = percentile(n.paused_submit_ms, 50)
+        paused_target = (f"≤ {TARGET_SUBMIT_P50_MS:g} ms: neutrino {verdict(paused_p50 <= TARGET_SUBMIT_P50_MS)} without "
+                         "the workers on the same cores")
     e2e_target = "neutrino below celery"
     if "e2e" in n.done and "e2e" in c.done and n.e2e_ms and c.e2e_ms:
         e2e_target += f": {verdict(percentile(n.e2e_ms, 50) < percentile(c.e2e_ms, 50))}"
     rows_spec = [
         (f"submit p50 ({SUBMITS:,} sequential)", "submit", lambda r: cell_ms(r.submit_ms, 50), p50_target),
         ("submit p99", "submit", lambda r: cell_ms(r.submit_ms, 99), submit_target),
+        (f"submit p50 / p99 with every worker paused ({PAUSED_SUBMITS:,} sequential; the broker and the gateway alone)",
+         "paused", lambda r: f"{cell_ms(r.paused_submit_ms, 50)} / {cell_ms(r.paused_submit_ms, 99)}", paused_target),
         (f"one producer: {SUBMIT_WARMUP + SUBMITS:,} submits, then every result fetched (tasks/s)", "submit",
          lambda r: f"{r.sequential_throughput:,.0f}",
          ratio_target(n, c, "submit", lambda r: r.sequential_throughput, TARGET_SEQUENTIAL_SPEEDUP)),
