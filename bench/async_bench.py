@@ -196,6 +196,25 @@ def cpu_by_kind(procs: list) -> dict:
     return out
 
 
+def timed_submits(submit: Callable[[], Any], count: int, times_ms: list, res: Result, errors: tuple) -> list:
+    """`SUBMIT_WARMUP + count` submits back to back; each one's time after the warm-up is appended to `times_ms`
+    (ms). Returns what the submits that succeeded returned; one that raised `errors` counts in `res.submit_errors`."""
+    out = []
+    for i in range(SUBMIT_WARMUP + count):
+        t0 = time.perf_counter()
+        try:
+            out.append(submit())
+        except errors:
+            res.submit_errors += 1
+            continue
+        if i >= SUBMIT_WARMUP:
+            times_ms.append((time.perf_counter() - t0) * 1e3)
+    return out
+
+
+NEUTRINO_SUBMIT_ERRORS = (TaskError, OSError, ValueError)
+
+
 def paused(procs: list):
     """Context manager: every worker process (its whole process group: Celery's prefork children too) stopped with
     SIGSTOP inside, continued on the way out; the brokers, the gateway and the client run as usual."""
@@ -403,19 +422,10 @@ class NeutrinoSide:
         """The submits back to back, then every result fetched over the same connection (the one-producer
         throughput: from the first submit to the last result)."""
         client = NeutrinoClient(self.port)
-        ids = []
         try:
             res.floor_us = self.round_trip_floor(client)
             start = time.perf_counter()
-            for i in range(SUBMIT_WARMUP + SUBMITS):
-                t0 = time.perf_counter()
-                try:
-                    ids.append(client.submit())
-                except (TaskError, OSError, ValueError):
-                    res.submit_errors += 1
-                    continue
-                if i >= SUBMIT_WARMUP:
-                    res.submit_ms.append((time.perf_counter() - t0) * 1e3)
+            ids = timed_submits(client.submit, SUBMITS, res.submit_ms, res, NEUTRINO_SUBMIT_ERRORS)
             for task_id in ids:
                 t0 = time.perf_counter()
                 try:
@@ -435,15 +445,7 @@ class NeutrinoSide:
         client = NeutrinoClient(self.port)
         try:
             with paused(self.procs):
-                for i in range(SUBMIT_WARMUP + PAUSED_SUBMITS):
-                    t0 = time.perf_counter()
-                    try:
-                        client.submit()
-                    except (TaskError, OSError, ValueError):
-                        res.submit_errors += 1
-                        continue
-                    if i >= SUBMIT_WARMUP:
-                        res.paused_submit_ms.append((time.perf_counter() - t0) * 1e3)
+                timed_submits(client.submit, PAUSED_SUBMITS, res.paused_submit_ms, res, NEUTRINO_SUBMIT_ERRORS)
         finally:
             client.close()
         self.drain()
@@ -582,6 +584,9 @@ class CelerySide:
                 if time.monotonic() > deadline:
                     raise StartError(f"the check task did not complete within {START_TIMEOUT:.0f} s: {e!r}") from e
 
+    def submit(self) -> Any:
+        return self.echo.delay(42, "bench")
+
     def _get(self, result: Any) -> bool:
         try:
             value = result.get(timeout=DRAIN_TIMEOUT)
@@ -590,18 +595,8 @@ class CelerySide:
             return False
 
     def submit_latency(self, res: Result) -> None:
-        results = []
         start = time.perf_counter()
-        for i in range(SUBMIT_WARMUP + SUBMITS):
-            t0 = time.perf_counter()
-            try:
-                r = self.echo.delay(42, "bench")
-            except Exception:
-                res.submit_errors += 1
-                continue
-            if i >= SUBMIT_WARMUP:
-                res.submit_ms.append((time.perf_counter() - t0) * 1e3)
-            results.append(r)
+        results = timed_submits(self.submit, SUBMITS, res.submit_ms, res, (Exception,))
         for r in results:  # every result, which also drains the queue before the next phase
             t0 = time.perf_counter()
             if self._get(r):
@@ -610,18 +605,8 @@ class CelerySide:
         res.seq_s = time.perf_counter() - start
 
     def paused_submits(self, res: Result) -> None:
-        results = []
         with paused(self.procs):
-            for i in range(SUBMIT_WARMUP + PAUSED_SUBMITS):
-                t0 = time.perf_counter()
-                try:
-                    r = self.echo.delay(42, "bench")
-                except Exception:
-                    res.submit_errors += 1
-                    continue
-                if i >= SUBMIT_WARMUP:
-                    res.paused_submit_ms.append((time.perf_counter() - t0) * 1e3)
-                results.append(r)
+            results = timed_submits(self.submit, PAUSED_SUBMITS, res.paused_submit_ms, res, (Exception,))
         for r in results:  # drain before the next phase
             self._get(r)
 
