@@ -42,6 +42,7 @@ Environment:
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import http.client
 import importlib
@@ -116,7 +117,7 @@ class Result:
     floor_us: float = 0.0  # one producer: p50 of the client's round trip to `GET /healthz` on its connection
     tp_cpu_us: dict = field(default_factory=dict)  # 16 producers: CPU per task (µs) of each process kind
     notes: list = field(default_factory=list)
-    done: set = field(default_factory=set)  # the phases measured: "submit", "throughput", "e2e"
+    done: set = field(default_factory=set)  # the phases measured: "submit", "paused", "throughput", "e2e"
 
     @property
     def throughput(self) -> float:
@@ -215,26 +216,21 @@ def timed_submits(submit: Callable[[], Any], count: int, times_ms: list, res: Re
 NEUTRINO_SUBMIT_ERRORS = (TaskError, OSError, ValueError)
 
 
+@contextlib.contextmanager
 def paused(procs: list):
-    """Context manager: every worker process (its whole process group: Celery's prefork children too) stopped with
-    SIGSTOP inside, continued on the way out; the brokers, the gateway and the client run as usual."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def manage():
-        groups = [p.p.pid for p in procs if process_kind(p.name) == "workers" and p.p.poll() is None]
+    """Every worker process (its whole process group: Celery's prefork children too) stopped with SIGSTOP inside,
+    continued on the way out; the brokers, the gateway and the client run as usual."""
+    groups = [p.p.pid for p in procs if process_kind(p.name) == "workers" and p.p.poll() is None]
+    for pgid in groups:
+        os.killpg(pgid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
         for pgid in groups:
-            os.killpg(pgid, signal.SIGSTOP)
-        try:
-            yield
-        finally:
-            for pgid in groups:
-                try:
-                    os.killpg(pgid, signal.SIGCONT)
-                except ProcessLookupError:
-                    pass
-
-    return manage()
+            try:
+                os.killpg(pgid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
 
 
 def shares(total: int, parts: int) -> list:

@@ -1,3 +1,4 @@
+import HTTPTypes
 import Logging
 import NIOCore
 import NIOHTTP1
@@ -47,7 +48,7 @@ public final class WorkerPool: Sendable {
     public struct Headers: Sendable {
         let fields: HTTPHeaders
 
-        public subscript(_ name: String) -> String? { fields.first(name: name) }
+        public subscript(_ name: HTTPField.Name) -> String? { fields.first(name: name.canonicalName) }
     }
 
     public enum Failure: Error, Sendable {

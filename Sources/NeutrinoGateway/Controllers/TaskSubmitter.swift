@@ -309,14 +309,14 @@ struct TaskSubmitter: Sendable {
         // outcome, not relayed.
         var body = answer.body
         var output: String?
-        if let offsetText = answer.headers["x-neutrino-output-offset"], let offset = Int(offsetText), offset >= 0, offset <= body.count {
+        if let offsetText = answer.headers[NeutrinoHeader.outputOffset], let offset = Int(offsetText), offset >= 0, offset <= body.count {
             output = String(decoding: body[offset...], as: UTF8.self)
             body.removeSubrange(offset...)
         }
         // Record the outcome the caller is about to see, so GET /tasks/<id> right after this answer shows it.
         var outcome: TaskEvent?
-        if let statusText = answer.headers["x-neutrino-status"], let status = TaskStatus(rawValue: statusText), status.isTerminal,
-            let offsetText = answer.headers["x-neutrino-outcome-offset"], let offset = Int(offsetText),
+        if let statusText = answer.headers[NeutrinoHeader.status], let status = TaskStatus(rawValue: statusText), status.isTerminal,
+            let offsetText = answer.headers[NeutrinoHeader.outcomeOffset], let offset = Int(offsetText),
             offset >= 0, offset < body.count
         {
             let raw = String(decoding: body[offset..<(body.count - 1)], as: UTF8.self)
@@ -328,16 +328,16 @@ struct TaskSubmitter: Sendable {
                 default: .failed
                 }
             outcome = event(
-                kind, workerID: answer.headers["x-neutrino-worker"],
+                kind, workerID: answer.headers[NeutrinoHeader.worker],
                 result: kind == .completed ? raw : nil, error: kind == .completed ? nil : raw,
-                durationMs: answer.headers["x-neutrino-duration-ms"].flatMap(Double.init))
+                durationMs: answer.headers[NeutrinoHeader.durationMs].flatMap(Double.init))
             outcome?.output = output
         }
         // The worker's own `running` may still sit in its writer's queue: record the start it reported too (the unique
         // (task, event, attempt) index keeps one), so the record read right after this answer is complete.
         var running: TaskEvent?
-        if outcome != nil, let startedText = answer.headers["x-neutrino-started-at"], let millis = Int64(startedText) {
-            var e = event(.running, workerID: answer.headers["x-neutrino-worker"])
+        if outcome != nil, let startedText = answer.headers[NeutrinoHeader.startedAt], let millis = Int64(startedText) {
+            var e = event(.running, workerID: answer.headers[NeutrinoHeader.worker])
             e.at = Timestamp(millis: millis)
             running = e
         }
